@@ -1,0 +1,68 @@
+"""The ``medge`` command: one entry point, one subcommand per job.
+
+Usage: medge --help
+
+Edge subcommands live in ``edge/`` and need only numpy and OpenCV. Subcommands
+of the other packages (train, export, benchmarks) are found through the
+``medge.commands`` entry points declared in pyproject.toml, so ``edge`` never
+imports them. Every subcommand module has ``add_parser(subparsers)`` and
+``run(args) -> int``; heavy libraries are imported inside ``run``, and a missing
+one exits 2 with the name of the extra that provides it.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from importlib.metadata import entry_points
+
+from edge.errors import MedgeError, MissingExtraError
+
+EDGE_COMMANDS = ("edge.preview",)
+# Optional module -> the extra that installs it.
+EXTRAS = {"torch": "train", "torchvision": "train", "onnx": "train", "onnxsim": "train", "pydicom": "dicom"}
+
+
+def _command_modules():
+    modules = [importlib.import_module(name) for name in EDGE_COMMANDS]
+    for ep in sorted(entry_points(group="medge.commands"), key=lambda e: e.name):
+        modules.append(ep.load())
+    return modules
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="medge",
+        description="Train, export and run grayscale medical image classifiers on CPU edge boxes with OpenCV DNN.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for module in _command_modules():
+        module.add_parser(sub).set_defaults(_run=module.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    prog = f"medge {args.command}"
+    try:
+        return int(args._run(args) or 0)
+    except MissingExtraError as e:
+        print(f"{prog}: {e}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as e:
+        root = (e.name or "").split(".")[0]
+        if root not in EXTRAS:
+            raise
+        print(f"{prog}: {MissingExtraError(EXTRAS[root], root, prog)}", file=sys.stderr)
+        return 2
+    except MedgeError as e:
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

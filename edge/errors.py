@@ -1,0 +1,70 @@
+"""One exception hierarchy for medge: every error raised on purpose is a MedgeError.
+
+Callers (the CLI, a batch loop, a hot folder) catch ``MedgeError`` to report a
+bad item and go on; anything else is a bug and is allowed to surface.
+"""
+from __future__ import annotations
+
+import os
+
+
+class MedgeError(Exception):
+    """Base class of every error medge raises on purpose."""
+
+
+class ConfigError(MedgeError, ValueError):
+    """A configuration (PreprocessConfig, TrainConfig, ...) is invalid."""
+
+
+class ImageError(MedgeError):
+    """An input image cannot be used; names the file and the reason."""
+
+    def __init__(self, path: str | os.PathLike | None, reason: str):
+        self.path = None if path is None else os.fspath(path)
+        self.reason = reason
+        super().__init__(f"{self.path or '<array>'}: {reason}")
+
+
+class MissingExtraError(MedgeError):
+    """An optional dependency is not installed; names the extra that provides it."""
+
+    def __init__(self, extra: str, module: str, what: str = ""):
+        self.extra = extra
+        self.module = module
+        what = what or "this feature"
+        super().__init__(
+            f"{what} needs the '{extra}' extra ({module} is not installed): "
+            f"pip install -c constraints.txt 'medge[{extra}]'"
+        )
+
+
+class BundleError(MedgeError):
+    """A model bundle is missing, malformed or of an unknown format version."""
+
+
+class ModelIntegrityError(BundleError):
+    """model.onnx does not match the SHA-256 recorded in its manifest."""
+
+
+class SelfTestError(BundleError):
+    """The bundle's golden self-test gave outputs beyond tolerance on this machine."""
+
+
+class InferenceError(MedgeError):
+    """cv2.dnn was given, or returned, something unusable (shape, dtype, NaN)."""
+
+
+class CheckpointError(MedgeError):
+    """A training checkpoint is corrupt, foreign or incomplete."""
+
+
+class DataError(MedgeError):
+    """A data set folder is unusable (no images, an empty class, ...)."""
+
+
+class ExportError(MedgeError):
+    """A step of the ONNX export chain failed."""
+
+
+class ParityError(MedgeError):
+    """Two runtimes disagree beyond the tolerance."""

@@ -1,0 +1,226 @@
+"""Reading images from disk into grayscale numpy arrays, with clear errors.
+
+``read_image`` reads the file's bytes itself and decodes them with
+``cv2.imdecode``: ``cv2.imread`` cannot open paths with non-ASCII characters on
+some platforms (Korean file names are normal in Korean hospitals).
+
+Before any pixel is decoded the header is parsed to learn the format and the
+image size, so that an image over the pixel limit is refused cheaply and a
+truncated file is recognised instead of being decoded into a half-grey picture
+(libjpeg fills the missing rows and only warns).
+
+Bit depth is kept: 8-bit files give ``uint8``, 16-bit files give ``uint16``.
+The conversion to 8 bits happens in ``edge.preprocess.to_uint8``, by one
+documented rule, never silently here (``cv2.IMREAD_GRAYSCALE`` would shift a
+16-bit image right by 8 bits, which turns a 12-bit X-ray nearly black).
+"""
+from __future__ import annotations
+
+import os
+import struct
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from edge.errors import ImageError
+
+DEFAULT_MAX_PIXELS = 100_000_000  # 100 megapixels; a 4k x 4k detector is 16 MP
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
+DICOM_SUFFIXES = (".dcm", ".dicom")
+
+_PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+_JPEG_MAGIC = b"\xff\xd8\xff"
+_TIFF_MAGICS = (b"II*\x00", b"MM\x00*")
+_BIGTIFF_MAGICS = (b"II+\x00", b"MM\x00+")
+# Start-of-frame markers carry the image size; C4 (DHT), C8 (JPG) and CC (DAC) do not.
+_JPEG_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
+
+
+def sniff_image(data: bytes, path: str | os.PathLike | None = None) -> tuple[str, int, int]:
+    """Identify an encoded image from its header, without decoding pixels.
+
+    Args:
+        data: the file's bytes.
+        path: used in error messages only.
+
+    Returns:
+        ``(format, width, height)`` with format one of png, jpeg, tiff, bmp, dicom.
+
+    Raises:
+        ImageError: unknown or unsupported format, a header too short to read,
+            or a file that is cut short.
+    """
+    if len(data) >= 132 and data[128:132] == b"DICM":
+        return "dicom", 0, 0  # size comes from the DICOM reader
+    if data.startswith(_PNG_MAGIC):
+        return ("png", *_png_size(data, path))
+    if data.startswith(_JPEG_MAGIC):
+        return ("jpeg", *_jpeg_size(data, path))
+    if data[:4] in _TIFF_MAGICS:
+        return ("tiff", *_tiff_size(data, path))
+    if data[:4] in _BIGTIFF_MAGICS:
+        raise ImageError(path, "unsupported format: BigTIFF")
+    if data.startswith(b"BM") and len(data) >= 26:
+        width, height = struct.unpack_from("<ii", data, 18)
+        return "bmp", width, abs(height)  # negative height = top-down rows
+    head = data[:8].hex(" ")
+    raise ImageError(path, f"unsupported or unrecognised image format (first bytes: {head or 'none'})")
+
+
+def _png_size(data: bytes, path) -> tuple[int, int]:
+    if len(data) < 24 or data[12:16] != b"IHDR":
+        raise ImageError(path, "truncated PNG: no IHDR header")
+    # IEND closes every complete PNG; without it the pixel data is cut short.
+    if data.rfind(b"IEND") < 0:
+        raise ImageError(path, "truncated PNG: the file ends before the IEND chunk")
+    return struct.unpack_from(">II", data, 16)
+
+
+def _jpeg_size(data: bytes, path) -> tuple[int, int]:
+    pos, n = 2, len(data)
+    while pos + 4 <= n:
+        if data[pos] != 0xFF:
+            raise ImageError(path, f"corrupt JPEG: no marker at byte {pos}")
+        marker = data[pos + 1]
+        if marker == 0xFF:  # fill byte
+            pos += 1
+            continue
+        (length,) = struct.unpack_from(">H", data, pos + 2)
+        if marker in _JPEG_SOF:
+            if pos + 9 > n:
+                break
+            height, width = struct.unpack_from(">HH", data, pos + 5)
+            # Entropy-coded data never contains FF D9 (FF is stuffed), so its
+            # absence after the frame header means the scan was cut short.
+            if data.rfind(b"\xff\xd9") < pos:
+                raise ImageError(path, "truncated JPEG: the file ends before the end-of-image marker")
+            return width, height
+        pos += 2 + length
+    raise ImageError(path, "truncated or corrupt JPEG: no frame header found")
+
+
+def _tiff_size(data: bytes, path) -> tuple[int, int]:
+    endian = "<" if data[:2] == b"II" else ">"
+    try:
+        (ifd,) = struct.unpack_from(endian + "I", data, 4)
+        (count,) = struct.unpack_from(endian + "H", data, ifd)
+        size = {}
+        for i in range(count):
+            tag, typ, _, value = struct.unpack_from(endian + "HHI4s", data, ifd + 2 + 12 * i)
+            if tag in (256, 257):  # ImageWidth, ImageLength: SHORT (3) or LONG (4)
+                fmt = "H" if typ == 3 else "I"
+                size[tag] = struct.unpack_from(endian + fmt, value)[0]
+        return size[256], size[257]
+    except (struct.error, KeyError):
+        raise ImageError(path, "truncated or corrupt TIFF: cannot read the image size") from None
+
+
+def to_gray(image: np.ndarray, path: str | os.PathLike | None = None) -> np.ndarray:
+    """Return a 2-D grayscale view or copy of a decoded image (gray, BGR or BGRA).
+
+    Alpha is ignored. Accepts uint8, uint16 and float32 (DICOM after rescale).
+    """
+    if not isinstance(image, np.ndarray):
+        raise ImageError(path, f"expected a numpy array, got {type(image).__name__}")
+    if image.dtype not in (np.uint8, np.uint16, np.float32):
+        raise ImageError(path, f"unsupported pixel type {image.dtype} (expected uint8, uint16 or float32)")
+    if image.ndim == 3 and image.shape[2] == 1:
+        image = image[:, :, 0]
+    if image.ndim == 3 and image.shape[2] in (3, 4):
+        code = cv2.COLOR_BGR2GRAY if image.shape[2] == 3 else cv2.COLOR_BGRA2GRAY
+        image = cv2.cvtColor(np.ascontiguousarray(image), code)
+    if image.ndim != 2:
+        raise ImageError(path, f"expected a gray, BGR or BGRA image, got shape {image.shape}")
+    if image.size == 0:
+        raise ImageError(path, f"empty image (shape {image.shape})")
+    if image.dtype == np.float32 and not np.isfinite(image).all():
+        raise ImageError(path, "image contains NaN or infinite values")
+    return image
+
+
+def read_bytes(path: str | os.PathLike) -> bytes:
+    """Read a whole file, turning OS errors into ImageError that name the file."""
+    p = Path(path)
+    try:
+        if p.is_dir():
+            raise ImageError(path, "is a directory, not an image file")
+        data = p.read_bytes()
+    except FileNotFoundError:
+        raise ImageError(path, "file not found") from None
+    except PermissionError:
+        raise ImageError(path, "permission denied") from None
+    except OSError as e:
+        raise ImageError(path, f"cannot read: {e.strerror or e}") from None
+    if not data:
+        raise ImageError(path, "empty file (0 bytes)")
+    return data
+
+
+def read_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Read an image file as a 2-D grayscale array, keeping its bit depth.
+
+    Args:
+        path: PNG, JPEG, TIFF or BMP file (8- or 16-bit; gray, RGB or RGBA);
+            DICOM when the ``dicom`` extra is installed. The format is taken from
+            the content, not the suffix. Non-ASCII paths work.
+        max_pixels: refuse images with more pixels than this, checked on the
+            header before decoding.
+
+    Returns:
+        ``uint8`` or ``uint16`` array of shape (H, W) (``float32`` for DICOM).
+
+    Raises:
+        ImageError: the file is missing, a directory, empty, truncated,
+            undecodable, of an unsupported format, or over the pixel limit.
+    """
+    data = read_bytes(path)
+    fmt, width, height = sniff_image(data, path)
+    if fmt == "dicom":
+        from edge.dicom import decode_dicom  # pydicom is optional
+
+        return decode_dicom(data, path, max_pixels)
+    check_size(width, height, max_pixels, path)
+    try:
+        # ANYDEPTH keeps 16 bits; ANYCOLOR keeps gray as gray. EXIF orientation is applied.
+        image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR)
+    except cv2.error as e:
+        raise ImageError(path, f"cannot decode {fmt.upper()}: {str(e).strip().splitlines()[-1]}") from None
+    if image is None:
+        raise ImageError(path, f"cannot decode {fmt.upper()} (corrupt or truncated data)")
+    if sorted(image.shape[:2]) != sorted((height, width)):
+        raise ImageError(path, f"decoded size {image.shape[1]}x{image.shape[0]} differs from the header's {width}x{height}")
+    return to_gray(image, path)
+
+
+def check_size(width: int, height: int, max_pixels: int, path) -> None:
+    """Raise ImageError for a zero-sized image or one over the pixel limit."""
+    if width <= 0 or height <= 0:
+        raise ImageError(path, f"invalid image size {width}x{height}")
+    if width * height > max_pixels:
+        raise ImageError(
+            path, f"image is {width}x{height} = {width * height / 1e6:.1f} MP, over the limit of {max_pixels / 1e6:g} MP"
+        )
+
+
+def write_image(path: str | os.PathLike, image: np.ndarray) -> None:
+    """Encode by suffix and write bytes (works with non-ASCII paths, unlike cv2.imwrite)."""
+    ok, buf = cv2.imencode(Path(path).suffix or ".png", image)
+    if not ok:
+        raise ImageError(path, "cannot encode image")
+    Path(path).write_bytes(buf.tobytes())
+
+
+def collect_inputs(paths, suffixes=IMAGE_SUFFIXES + DICOM_SUFFIXES) -> list[str]:
+    """Expand folders (recursively, by suffix, sorted) and keep files as given.
+
+    A path that does not exist is kept, so that it is reported as a failed
+    input rather than silently dropped.
+    """
+    out: list[str] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            out.extend(str(f) for f in sorted(p.rglob("*")) if f.is_file() and f.suffix.lower() in suffixes)
+        else:
+            out.append(str(p))
+    return out

@@ -1,0 +1,83 @@
+"""``medge preview``: see what the model will see.
+
+Usage: medge preview chest.png scans/ --out previews/
+
+Writes one PNG per input with four panels side by side: the original (after the
+8-bit rule), blurred, CLAHE, and the final resized image the network receives.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from edge.errors import ImageError, MedgeError
+from edge.image import DEFAULT_MAX_PIXELS, collect_inputs, read_image, write_image
+from edge.preprocess import PreprocessConfig, preprocess_stages
+
+PANEL_PX = 320  # height of each panel in the preview
+
+
+def _panel(image: np.ndarray, title: str) -> np.ndarray:
+    h, w = image.shape
+    width = max(1, round(w * PANEL_PX / h))
+    interp = cv2.INTER_AREA if h > PANEL_PX else cv2.INTER_NEAREST
+    panel = cv2.resize(image, (width, PANEL_PX), interpolation=interp)
+    bar = np.zeros((28, width), np.uint8)
+    cv2.putText(bar, title, (6, 20), cv2.FONT_HERSHEY_SIMPLEX, 0.55, 255, 1, cv2.LINE_AA)
+    return np.vstack([bar, panel])
+
+
+def render_preview(image: np.ndarray, cfg: PreprocessConfig = PreprocessConfig()) -> np.ndarray:
+    """Return the side-by-side uint8 picture of the preprocessing stages."""
+    s = preprocess_stages(image, cfg)
+    h, w = s["gray"].shape
+    panels = [
+        _panel(s["gray"], f"original {w}x{h}"),
+        _panel(s["blurred"], f"blur {cfg.blur_ksize}x{cfg.blur_ksize}"),
+        _panel(s["clahe"], f"CLAHE {cfg.clahe_clip_limit:g}, {cfg.clahe_tile_grid}x{cfg.clahe_tile_grid}"),
+        _panel(s["resized"], f"model input {cfg.size}x{cfg.size}"),
+    ]
+    gap = np.full((PANEL_PX + 28, 8), 128, np.uint8)
+    row = [panels[0]]
+    for p in panels[1:]:
+        row += [gap, p]
+    return np.hstack(row)
+
+
+def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    p = sub.add_parser("preview", help="write a picture of each preprocessing stage", description=__doc__,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files or folders (searched recursively)")
+    p.add_argument("--out", required=True, help="folder for the preview PNGs (created if missing)")
+    p.add_argument("--overwrite", action="store_true", help="replace existing preview files (default: refuse)")
+    p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help="refuse larger images (default: %(default)s)")
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    cfg = PreprocessConfig()
+    failed, used = 0, set()
+    for path in collect_inputs(args.images):
+        stem = Path(path).stem
+        name, i = f"{stem}.preview.png", 1
+        while name in used:  # two inputs with the same name in different folders
+            name, i = f"{stem}.{i}.preview.png", i + 1
+        used.add(name)
+        target = out / name
+        try:
+            if target.exists() and not args.overwrite:
+                raise ImageError(target, "exists already (use --overwrite to replace it)")
+            write_image(target, render_preview(read_image(path, args.max_pixels), cfg))
+            print(f"{path} -> {target}")
+        except MedgeError as e:
+            failed += 1
+            print(f"error: {e}", file=sys.stderr)
+    if failed:
+        print(f"{failed} input(s) failed", file=sys.stderr)
+    return 1 if failed else 0

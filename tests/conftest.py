@@ -1,0 +1,22 @@
+"""Shared fixtures: small images made by the tests themselves (no downloads)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+
+def xray_like(h: int, w: int, seed: int = 0, bits: int = 8) -> np.ndarray:
+    """A smooth, structured gray image (not noise: CLAHE and blur act on it as on an X-ray)."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    img = 0.5 + 0.3 * np.sin(xx / (w / 7.0) + seed) * np.cos(yy / (h / 5.0))
+    img += 0.25 * np.exp(-(((xx - w * 0.3) / (w * 0.15)) ** 2 + ((yy - h * 0.5) / (h * 0.3)) ** 2))
+    img += 0.05 * rng.standard_normal((h, w)).astype(np.float32)
+    img = np.clip(img, 0, 1)
+    top = (1 << bits) - 1
+    return np.round(img * top).astype(np.uint8 if bits <= 8 else np.uint16)
+
+
+@pytest.fixture
+def gray8():
+    return xray_like(300, 257, seed=1)

@@ -1,0 +1,55 @@
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edge.cli import main
+from edge.image import read_image, write_image
+from tests.conftest import xray_like
+
+
+def test_help_lists_subcommands(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["--help"])
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    assert "preview" in out
+
+
+def test_console_script_help():
+    medge = Path(sys.executable).with_name("medge")  # the venv's script, active or not
+    out = subprocess.run([str(medge), "--help"], capture_output=True, text=True, check=True).stdout
+    assert "preview" in out and "usage: medge" in out
+
+
+def test_preview_writes_one_picture_per_input(tmp_path, capsys):
+    src = tmp_path / "in"
+    (src / "sub").mkdir(parents=True)
+    write_image(src / "a.png", xray_like(300, 200))
+    write_image(src / "sub" / "a.png", xray_like(120, 160, bits=12))  # same name, 16-bit
+    out = tmp_path / "out"
+    assert main(["preview", str(src), "--out", str(out)]) == 0
+    files = sorted(p.name for p in out.iterdir())
+    assert files == ["a.1.preview.png", "a.preview.png"]
+    pic = read_image(out / "a.preview.png")
+    assert pic.dtype == np.uint8 and pic.shape[0] == 320 + 28
+    # four panels: original (aspect kept) + three more, with gaps between them
+    assert pic.shape[1] > 320 * 3
+    # Running again refuses to overwrite, reports each file, and exits non-zero.
+    assert main(["preview", str(src), "--out", str(out)]) == 1
+    assert "exists already" in capsys.readouterr().err
+    assert main(["preview", str(src), "--out", str(out), "--overwrite"]) == 0
+
+
+def test_preview_goes_on_past_a_bad_input(tmp_path, capsys):
+    good = tmp_path / "good.png"
+    write_image(good, xray_like(64, 64))
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n")
+    out = tmp_path / "out"
+    assert main(["preview", str(bad), str(good), str(tmp_path / "missing.png"), "--out", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert f"{bad}: truncated PNG" in err and "missing.png: file not found" in err and "2 input(s) failed" in err
+    assert [p.name for p in out.iterdir()] == ["good.preview.png"]

@@ -1,0 +1,139 @@
+"""Synthetic chest-X-ray-like data: a learnable two-class ImageFolder, made offline.
+
+Usage: medge synth data/xray --n 400 --seed 0
+
+Each image is a chest-like radiograph: a bright body with two darker lung
+fields, a spine, curved ribs and low-frequency texture, under a random pose,
+exposure and contrast. The ``disease`` class adds one to three faint,
+lesion-like blobs inside the lungs. The blobs' average brightness is taken back
+out of the whole image, so the classes cannot be told apart by mean brightness.
+
+Written as ``OUT/{train,val,test}/{normal,disease}/NNNNN.png``, 8-bit, 16-bit
+(12-bit values in 16-bit PNGs, like a detector's output) or both mixed.
+Deterministic: image i depends only on (seed, i). numpy + OpenCV only.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from edge.errors import MedgeError
+from edge.image import write_image
+
+CLASSES = ("disease", "normal")  # sorted, as ImageFolder orders them
+
+
+@dataclass(frozen=True)
+class SynthConfig:
+    n: int = 400  # images in all, half of each class
+    size: int = 256  # side of each image in pixels
+    bits: str = "8"  # "8", "16" (12-bit values) or "mix" (alternating)
+    val_fraction: float = 0.2
+    test_fraction: float = 0.1
+    lesion_contrast: float = 0.10  # peak blob brightness, in units of the image's range
+    seed: int = 0
+
+
+def _texture(rng: np.random.Generator, size: int, scale: float) -> np.ndarray:
+    noise = rng.standard_normal((size, size)).astype(np.float32)
+    k = int(scale * 6) | 1  # +-3 sigma, so the texture has no box edges
+    t = cv2.GaussianBlur(noise, (k, k), scale)
+    return t / (t.std() + 1e-6)
+
+
+def make_image(index: int, disease: bool, cfg: SynthConfig = SynthConfig()) -> np.ndarray:
+    """One synthetic radiograph as float32 in [0, 1]; depends only on (cfg.seed, index, disease)."""
+    rng = np.random.default_rng([cfg.seed, index])
+    s = cfg.size
+    yy, xx = np.mgrid[0:s, 0:s].astype(np.float32) / s
+    cx, cy = 0.5 + rng.uniform(-0.05, 0.05), 0.52 + rng.uniform(-0.05, 0.05)
+    img = 0.55 + 0.1 * _texture(rng, s, s / 10)  # soft tissue
+    body = np.exp(-(((xx - cx) / 0.48) ** 4 + ((yy - cy) / 0.6) ** 4))
+    img *= 0.6 + 0.4 * body
+    lungs = np.zeros_like(img)
+    for side in (-1, 1):
+        lx, ly = cx + side * rng.uniform(0.17, 0.21), cy + rng.uniform(-0.04, 0.0)
+        rx, ry = rng.uniform(0.12, 0.15), rng.uniform(0.27, 0.32)
+        lungs = np.maximum(lungs, np.exp(-(((xx - lx) / rx) ** 2 + ((yy - ly) / ry) ** 2) ** 2))
+    img -= 0.35 * lungs
+    ribs = 0.5 + 0.5 * np.cos(2 * np.pi * (yy * rng.uniform(9, 12) + 3 * (xx - cx) ** 2 + rng.uniform(0, 1)))
+    img += 0.07 * ribs * lungs
+    img += 0.25 * np.exp(-(((xx - cx) / 0.035) ** 2)) * body  # spine
+    img += 0.04 * _texture(rng, s, s / 40) * lungs  # lung markings
+    if disease:
+        blobs = np.zeros_like(img)
+        for _ in range(rng.integers(1, 4)):
+            side = rng.choice([-1, 1])
+            bx = cx + side * rng.uniform(0.12, 0.26)
+            by = cy + rng.uniform(-0.2, 0.2)
+            r = rng.uniform(0.025, 0.05)
+            blobs += np.exp(-(((xx - bx) ** 2 + (yy - by) ** 2) / (2 * r * r)))
+        blobs *= cfg.lesion_contrast * rng.uniform(0.8, 1.2)
+        img += blobs - blobs.mean()  # keep the mean brightness of the class unchanged
+    gain, offset = rng.uniform(0.7, 1.1), rng.uniform(-0.1, 0.1)  # exposure
+    img = gain * img + offset + 0.01 * rng.standard_normal(img.shape).astype(np.float32)
+    return np.clip(img, 0, 1)
+
+
+def _quantize(img: np.ndarray, bits: int) -> np.ndarray:
+    top = 4095 if bits == 16 else 255  # 16-bit files hold 12-bit values, as detectors write them
+    return np.round(img * top).astype(np.uint16 if bits == 16 else np.uint8)
+
+
+def generate(out: str | Path, cfg: SynthConfig = SynthConfig()) -> dict:
+    """Write the data set and ``synth.json`` (its config and counts); returns the counts.
+
+    Refuses to write into a folder that already holds images, so nothing is overwritten.
+    """
+    out = Path(out)
+    if cfg.n < 2 or cfg.size < 32 or cfg.bits not in ("8", "16", "mix"):
+        raise MedgeError(f"synth: need n >= 2, size >= 32 and bits in 8/16/mix, got {cfg}")
+    if not 0 <= cfg.val_fraction + cfg.test_fraction < 1:
+        raise MedgeError("synth: val_fraction + test_fraction must be in [0, 1)")
+    if out.exists() and any(out.rglob("*.png")):
+        raise MedgeError(f"synth: {out} already holds images; choose an empty folder")
+    counts: dict[str, dict[str, int]] = {}
+    per_class = cfg.n // 2
+    n_val, n_test = round(per_class * cfg.val_fraction), round(per_class * cfg.test_fraction)
+    for label in CLASSES:
+        for j in range(per_class):
+            split = "val" if j < n_val else "test" if j < n_val + n_test else "train"
+            index = 2 * j + (label == "disease")
+            bits = {"8": 8, "16": 16}.get(cfg.bits, 16 if index % 2 == 0 else 8)
+            folder = out / split / label
+            folder.mkdir(parents=True, exist_ok=True)
+            write_image(folder / f"{index:05d}.png", _quantize(make_image(index, label == "disease", cfg), bits))
+            counts.setdefault(split, {}).setdefault(label, 0)
+            counts[split][label] += 1
+    (out / "synth.json").write_text(json.dumps({"config": asdict(cfg), "counts": counts}, indent=2))
+    return counts
+
+
+def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    p = sub.add_parser("synth", help="write a synthetic chest-X-ray-like two-class data set",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    d = SynthConfig()
+    p.add_argument("out", help="output folder (must not hold images yet)")
+    p.add_argument("--n", type=int, default=d.n, help="number of images, half per class (default: %(default)s)")
+    p.add_argument("--size", type=int, default=d.size, help="image side in pixels (default: %(default)s)")
+    p.add_argument("--bits", choices=["8", "16", "mix"], default=d.bits, help="bit depth of the PNGs (default: %(default)s)")
+    p.add_argument("--val-fraction", type=float, default=d.val_fraction, help="share of each class for val (default: %(default)s)")
+    p.add_argument("--test-fraction", type=float, default=d.test_fraction, help="share of each class for test (default: %(default)s)")
+    p.add_argument("--lesion-contrast", type=float, default=d.lesion_contrast, help="blob brightness; lower is harder (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=d.seed, help="random seed (default: %(default)s)")
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    cfg = SynthConfig(n=args.n, size=args.size, bits=args.bits, val_fraction=args.val_fraction,
+                      test_fraction=args.test_fraction, lesion_contrast=args.lesion_contrast, seed=args.seed)
+    counts = generate(args.out, cfg)
+    for split, per in sorted(counts.items()):
+        print(f"{split}: " + ", ".join(f"{k} {v}" for k, v in sorted(per.items())))
+    print(f"wrote {sum(sum(p.values()) for p in counts.values())} images to {args.out}")
+    return 0
