@@ -35,7 +35,7 @@ class SynthConfig:
     bits: str = "8"  # "8", "16" (12-bit values) or "mix" (alternating)
     val_fraction: float = 0.2
     test_fraction: float = 0.1
-    lesion_contrast: float = 0.10  # peak blob brightness, in units of the image's range
+    lesion_contrast: float = 0.15  # peak blob brightness, in units of the image's range
     seed: int = 0
 
 
@@ -71,8 +71,9 @@ def make_image(index: int, disease: bool, cfg: SynthConfig = SynthConfig()) -> n
             side = rng.choice([-1, 1])
             bx = cx + side * rng.uniform(0.12, 0.26)
             by = cy + rng.uniform(-0.2, 0.2)
-            r = rng.uniform(0.025, 0.05)
-            blobs += np.exp(-(((xx - bx) ** 2 + (yy - by) ** 2) / (2 * r * r)))
+            r = rng.uniform(0.03, 0.06)
+            d = np.sqrt((xx - bx) ** 2 + (yy - by) ** 2)
+            blobs += 1 / (1 + np.exp((d - r) / (0.15 * r)))  # a nodule: a disc with a soft edge
         blobs *= cfg.lesion_contrast * rng.uniform(0.8, 1.2)
         img += blobs - blobs.mean()  # keep the mean brightness of the class unchanged
     gain, offset = rng.uniform(0.7, 1.1), rng.uniform(-0.1, 0.1)  # exposure

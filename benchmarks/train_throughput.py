@@ -1,0 +1,134 @@
+"""Training throughput: is the data pipeline or the training step the limit?
+
+Usage: python -m benchmarks.train_throughput --data data/xray --arch resnet18 --batch-size 64 --out train_tp.json
+
+Measures, on the same data and device:
+  pipeline  images/s of the data path alone: cached uint8 batches -> device ->
+            augmentation -> normalisation (what feeds the model), no model;
+  step      images/s of training steps alone (forward, backward, Adam) on a
+            batch already on the device;
+  cold      images/s of the first preprocessing pass (decode + blur + CLAHE +
+            resize, with the configured worker threads), which only epoch 1 pays.
+Prints a JSON record with the environment; ``--out`` also writes it.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import tempfile
+import time
+
+import numpy as np
+
+
+def _timeit(fn, warmup: int, repeats: int, sync) -> list[float]:
+    for _ in range(warmup):
+        fn()
+    sync()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        sync()
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+def measure(data: str, arch: str = "resnet18", batch_size: int = 64, img_size: int = 224, device: str = "auto",
+            amp: str = "auto", repeats: int = 20, workers: int = 2) -> dict:
+    import torch
+
+    from edge.preprocess import PreprocessConfig
+    from train import data as D
+    from train import engine
+    from train.checkpoint import library_versions
+    from train.config import TrainConfig
+    from train.models import build_model
+
+    cfg = TrainConfig(data=data, arch=arch, batch_size=batch_size, device=device, amp=amp, workers=workers)
+    pcfg = PreprocessConfig(size=img_size)
+    dev = engine.select_device(device)
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+    channels_last = dev.type == "cuda"
+    if dev.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    _, splits = D.discover(data)
+    with tempfile.TemporaryDirectory() as cache:
+        t0 = time.perf_counter()
+        split = D.prepare(splits["train"], pcfg, cache, workers, "train")
+        cold = len(splits["train"]) / (time.perf_counter() - t0)
+        order = np.arange(len(split))
+        gen = torch.Generator(device=dev)
+        gen.manual_seed(0)
+
+        def pipeline():
+            for u8, y in engine._batches(split, order, batch_size):
+                x = engine.augment(engine._to_input(u8, pcfg, dev, channels_last), cfg.hflip, cfg.rotate_deg, gen)
+                engine._normalize(x, pcfg, channels_last)
+                y.to(dev)
+
+        pipe_times = _timeit(pipeline, 1, max(3, repeats // 5), sync)
+        pipe_ips = len(split) / float(np.median(pipe_times))
+
+    model = build_model(arch, pcfg.channels, 2).to(dev)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    amp_dtype = engine._amp_dtype(cfg, dev)
+    scaler = torch.amp.GradScaler(dev.type, enabled=amp_dtype == torch.float16)
+    x = engine._normalize(torch.rand(batch_size, pcfg.channels, img_size, img_size, device=dev), pcfg, channels_last)
+    y = torch.randint(0, 2, (batch_size,), device=dev)
+    loss_fn = torch.nn.CrossEntropyLoss()
+
+    def step():
+        with torch.autocast(dev.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+            loss = loss_fn(model(x), y)
+        opt.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
+
+    model.train()
+    step_times = _timeit(step, 3, repeats, sync)
+    step_ips = batch_size / float(np.median(step_times))
+    return {
+        "benchmark": "train_throughput",
+        "arch": arch, "batch_size": batch_size, "img_size": img_size, "device": str(dev),
+        "amp": str(amp_dtype).replace("torch.", "") if amp_dtype else "off", "channels_last": channels_last,
+        "images": len(split), "workers": workers,
+        "cold_preprocess_images_per_s": cold,
+        "pipeline_images_per_s": pipe_ips,
+        "step_images_per_s": step_ips,
+        "step_ms_median": 1000 * float(np.median(step_times)),
+        "limit": "pipeline" if pipe_ips < step_ips else "step",
+        "env": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+                "torch_threads": torch.get_num_threads(),
+                "gpu": torch.cuda.get_device_name(dev) if dev.type == "cuda" else None, **library_versions()},
+    }
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", required=True)
+    p.add_argument("--arch", default="resnet18")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--img-size", type=int, default=224)
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--amp", default="auto", choices=["auto", "bf16", "fp16", "off"])
+    p.add_argument("--repeats", type=int, default=20)
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--out")
+    a = p.parse_args(argv)
+    rec = measure(a.data, a.arch, a.batch_size, a.img_size, a.device, a.amp, a.repeats, a.workers)
+    text = json.dumps(rec, indent=2)
+    print(text)
+    if a.out:
+        with open(a.out, "w") as f:
+            f.write(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,154 @@
+import json
+import os
+import subprocess
+import sys
+from dataclasses import replace
+
+import pytest
+import torch
+
+from edge.errors import CheckpointError, MedgeError
+from edge.preprocess import PreprocessConfig
+from train import engine
+from train.checkpoint import load_checkpoint, model_from_checkpoint
+from train.config import TrainConfig
+from train.synth import SynthConfig, generate
+
+SMALL = PreprocessConfig(size=32)
+
+
+def tiny_cfg(data, out, **kw):
+    base = dict(data=str(data), out=str(out), epochs=3, batch_size=8, workers=1, device="cpu", cache_dir=str(out) + "-cache")
+    return TrainConfig(**{**base, **kw})
+
+
+def history(out):
+    lines = (out / "metrics.jsonl").read_text().splitlines()
+    return [{k: v for k, v in json.loads(l).items() if k not in ("time_s", "train_images_per_s")} for l in lines]
+
+
+@pytest.mark.slow
+def test_short_cpu_run_learns(tmp_path):
+    data = tmp_path / "data"
+    generate(data, SynthConfig(n=400, size=128, bits="mix", seed=0))
+    cfg = TrainConfig(data=str(data), out=str(tmp_path / "run"), epochs=10, schedule="cosine", device="cpu",
+                      best_metric="accuracy", cache_dir=str(tmp_path / "cache"))
+    summary = engine.train(cfg, PreprocessConfig(size=64))
+    assert summary["val"]["accuracy"] >= 0.85, summary["val"]
+    assert summary["test"]["accuracy"] >= 0.75, summary["test"]
+
+
+def test_same_seed_gives_same_metrics(tiny_data, tmp_path):
+    a = engine.train(tiny_cfg(tiny_data, tmp_path / "a", epochs=2), SMALL)
+    b = engine.train(tiny_cfg(tiny_data, tmp_path / "b", epochs=2), SMALL)
+    assert history(tmp_path / "a") == history(tmp_path / "b")
+    assert a["val"] == b["val"]
+    wa, wb = (load_checkpoint(tmp_path / x / "last.pt")["model"] for x in "ab")
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_interrupted_and_resumed_run_equals_uninterrupted(tiny_data, tmp_path, monkeypatch):
+    engine.train(tiny_cfg(tiny_data, tmp_path / "full", schedule="cosine"), SMALL)
+
+    calls = {"n": 0}
+    real = engine.augment
+
+    def interrupt_in_epoch_3(*a, **k):  # 28 train images / batch 8 = 4 steps per epoch
+        calls["n"] += 1
+        if calls["n"] == 10:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(engine, "augment", interrupt_in_epoch_3)
+    with pytest.raises(KeyboardInterrupt):
+        engine.train(tiny_cfg(tiny_data, tmp_path / "cut", schedule="cosine"), SMALL)
+    assert load_checkpoint(tmp_path / "cut" / "last.pt")["epoch"] == 2
+    monkeypatch.setattr(engine, "augment", real)
+
+    engine.train(tiny_cfg(tiny_data, tmp_path / "cut", epochs=3), resume=True)
+    assert history(tmp_path / "cut") == history(tmp_path / "full")
+    full, cut = (load_checkpoint(tmp_path / x / "last.pt") for x in ("full", "cut"))
+    assert all(torch.equal(full["model"][k], cut["model"][k]) for k in full["model"])
+    assert full["optimizer"]["state"][0]["exp_avg"].equal(cut["optimizer"]["state"][0]["exp_avg"])
+
+
+def test_checkpoint_contents(tiny_data, tmp_path):
+    out = tmp_path / "run"
+    summary = engine.train(tiny_cfg(tiny_data, out, epochs=2, arch="mobilenet_v3_small"), SMALL)
+    ck = load_checkpoint(out / "best.pt")
+    assert ck["arch"] == "mobilenet_v3_small" and ck["classes"] == ["disease", "normal"]
+    assert ck["preprocess_config"] == SMALL
+    assert TrainConfig.from_dict(ck["train_config"]).arch == "mobilenet_v3_small"
+    assert ck["epoch"] == summary["best"]["epoch"]
+    assert set(ck["metrics"]) == {"val", "test"} and 0 <= ck["metrics"]["val"]["auc"] <= 1
+    assert {"torch", "torchvision", "numpy", "opencv", "medge"} <= set(ck["versions"])
+    model = model_from_checkpoint(ck)
+    assert model(torch.zeros(1, 1, 32, 32)).shape == (1, 2)
+    last = load_checkpoint(out / "last.pt")
+    assert last["epoch"] == 2 and "optimizer" in last and "model" in last
+    assert json.loads((out / "config.json").read_text())["preprocess"] == SMALL.to_dict()
+    assert len((out / "metrics.jsonl").read_text().splitlines()) == 2
+    assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_existing_run_is_not_overwritten(tiny_data, tmp_path):
+    engine.train(tiny_cfg(tiny_data, tmp_path / "run", epochs=1), SMALL)
+    with pytest.raises(MedgeError, match="holds a run already: continue it with --resume"):
+        engine.train(tiny_cfg(tiny_data, tmp_path / "run", epochs=1), SMALL)
+
+
+@pytest.mark.parametrize(
+    "content, match",
+    [
+        (b"", "not a readable checkpoint"),
+        (b"garbage" * 100, "not a readable checkpoint"),
+        ("state_dict", "not a medge checkpoint"),
+        ("truncated", "not a readable checkpoint"),
+    ],
+)
+def test_corrupt_or_foreign_checkpoint(tmp_path, tiny_data, content, match):
+    path = tmp_path / "x.pt"
+    if content == "state_dict":
+        torch.save(torch.nn.Linear(2, 2).state_dict(), path)
+    elif content == "truncated":
+        engine.train(tiny_cfg(tiny_data, tmp_path / "run", epochs=1), SMALL)
+        data = (tmp_path / "run" / "best.pt").read_bytes()
+        path.write_bytes(data[: len(data) // 2])
+    else:
+        path.write_bytes(content)
+    with pytest.raises(CheckpointError, match=match):
+        load_checkpoint(path)
+
+
+def test_missing_checkpoint(tmp_path):
+    with pytest.raises(CheckpointError, match="checkpoint not found"):
+        load_checkpoint(tmp_path / "none.pt")
+
+
+def test_cli_train_and_resume(tiny_data, tmp_path, capsys):
+    from edge.cli import main
+
+    out = tmp_path / "run"
+    common = ["--cache-dir", str(tmp_path / "c"), "--device", "cpu", "--img-size", "32", "--batch-size", "8"]
+    assert main(["train", "--data", str(tiny_data), "--out", str(out), "--epochs", "1", *common]) == 0
+    assert main(["train", "--resume", str(out), "--epochs", "2", *common]) == 0
+    text = capsys.readouterr().out
+    assert "epoch 1/1" in text and "epoch 2/2" in text and "best epoch" in text
+    assert main(["train", "--data", str(tmp_path / "nothing"), "--out", str(tmp_path / "r2")]) == 1
+    assert "data folder not found" in capsys.readouterr().err
+
+
+def test_ddp_two_cpu_processes_only_rank0_writes(tiny_data, tmp_path):
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "train", "--data", str(tiny_data), "--out", str(out), "--epochs", "2", "--device", "cpu",
+           "--img-size", "32", "--batch-size", "4", "--cache-dir", str(tmp_path / "c"), "--workers", "1"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=180, env=env)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert res.stdout.count("epoch 2/2") == 1 and res.stdout.count("best epoch") == 1  # only rank 0 prints
+    assert len((out / "metrics.jsonl").read_text().splitlines()) == 2  # only rank 0 appends
+    assert sorted(p.name for p in out.iterdir()) == ["best.pt", "config.json", "data_report.json", "last.pt",
+                                                      "metrics.jsonl", "summary.json"]
+    ck = load_checkpoint(out / "last.pt")
+    assert ck["epoch"] == 2 and ck["metrics"]["val"]["n"] == 8  # val gathered from both ranks

@@ -1,0 +1,44 @@
+import json
+
+import numpy as np
+import pytest
+
+from edge.errors import MedgeError
+from edge.image import read_image
+from train.synth import SynthConfig, generate, make_image
+
+
+def test_deterministic_by_seed():
+    cfg = SynthConfig(size=64, seed=3)
+    np.testing.assert_array_equal(make_image(5, True, cfg), make_image(5, True, cfg))
+    assert not np.array_equal(make_image(5, True, cfg), make_image(5, True, SynthConfig(size=64, seed=4)))
+
+
+def test_writes_imagefolder_with_8_and_16_bit(tmp_path):
+    counts = generate(tmp_path / "d", SynthConfig(n=40, size=64, bits="mix"))
+    assert counts == {"train": {"disease": 14, "normal": 14}, "val": {"disease": 4, "normal": 4},
+                      "test": {"disease": 2, "normal": 2}}
+    files = sorted((tmp_path / "d").rglob("*.png"))
+    assert len(files) == 40
+    dtypes = {read_image(f).dtype for f in files}
+    assert dtypes == {np.dtype(np.uint8), np.dtype(np.uint16)}
+    sixteen = [read_image(f) for f in files if read_image(f).dtype == np.uint16]
+    assert max(int(a.max()) for a in sixteen) <= 4095  # 12-bit values in 16-bit files
+    assert json.loads((tmp_path / "d" / "synth.json").read_text())["counts"] == counts
+
+
+def test_refuses_to_overwrite(tmp_path):
+    generate(tmp_path / "d", SynthConfig(n=4, size=32))
+    with pytest.raises(MedgeError, match="already holds images"):
+        generate(tmp_path / "d", SynthConfig(n=4, size=32))
+
+
+def test_classes_not_separable_by_mean_brightness():
+    cfg = SynthConfig(size=96)
+    means = {label: np.array([make_image(i, label, cfg).mean() for i in range(60)]) for label in (True, False)}
+    # AUC of "mean brightness" as a classifier stays near chance.
+    from train.metrics import roc_auc
+
+    scores = np.concatenate([means[True], means[False]])
+    auc = roc_auc(np.r_[np.ones(60, bool), np.zeros(60, bool)], scores)
+    assert 0.35 < auc < 0.65, auc

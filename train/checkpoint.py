@@ -1,0 +1,81 @@
+"""Checkpoints: everything export and the edge need, written atomically, read defensively."""
+from __future__ import annotations
+
+import os
+import platform
+from pathlib import Path
+
+import torch
+
+from edge.errors import CheckpointError
+from edge.preprocess import PreprocessConfig
+
+FORMAT = "medge-checkpoint"
+VERSION = 1
+REQUIRED = ("model", "train_config", "preprocess", "classes", "arch", "epoch", "metrics", "versions")
+
+
+def library_versions() -> dict:
+    """Versions of the libraries that decide what a checkpoint or bundle contains."""
+    import cv2
+    import numpy
+    import torchvision
+
+    from edge import __version__
+
+    # str(): torch.__version__ is a TorchVersion, which weights_only loading refuses.
+    return {"medge": __version__, "python": platform.python_version(), "torch": str(torch.__version__),
+            "torchvision": str(torchvision.__version__), "numpy": numpy.__version__, "opencv": cv2.__version__}
+
+
+def save_checkpoint(path: str | os.PathLike, payload: dict) -> None:
+    """torch.save to a temporary file in the same folder, then rename over ``path``."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        torch.save({"format": FORMAT, "version": VERSION, **payload}, tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict:
+    """Load and validate a medge checkpoint (tensors and plain data only: no pickled code).
+
+    Raises:
+        CheckpointError: missing, unreadable, corrupt, foreign or incomplete file.
+    """
+    path = Path(path)
+    if path.is_dir():
+        path = path / "best.pt"
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint not found")
+    try:
+        ck = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises many types for bad files (zip, pickle, EOF, ...)
+        reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"{path}: not a readable checkpoint (corrupt or truncated?): {reason}") from None
+    if not isinstance(ck, dict) or ck.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: not a medge checkpoint (a plain state dict, or another tool's file?)")
+    if ck.get("version") != VERSION:
+        raise CheckpointError(f"{path}: checkpoint format version {ck.get('version')!r}; this medge reads {VERSION}")
+    missing = [k for k in REQUIRED if k not in ck]
+    if missing:
+        raise CheckpointError(f"{path}: incomplete checkpoint, missing {missing}")
+    try:
+        ck["preprocess_config"] = PreprocessConfig.from_dict(ck["preprocess"])
+    except Exception as e:
+        raise CheckpointError(f"{path}: bad preprocessing config: {e}") from None
+    return ck
+
+
+def model_from_checkpoint(ck: dict):
+    """Rebuild the trained nn.Module (eval mode, CPU) from a loaded checkpoint."""
+    from train.models import build_model
+
+    model = build_model(ck["arch"], ck["preprocess_config"].channels, len(ck["classes"]))
+    try:
+        model.load_state_dict(ck["model"])
+    except RuntimeError as e:
+        raise CheckpointError(f"checkpoint weights do not fit {ck['arch']}: {str(e).splitlines()[0]}") from None
+    return model.eval()

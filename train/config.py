@@ -1,0 +1,65 @@
+"""TrainConfig: how a model is trained. torch-free, so that the CLI can build its parser without torch."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from edge.errors import ConfigError
+from train.metrics import HIGHER_IS_BETTER
+
+ARCHS = ("resnet18", "resnet50", "mobilenet_v3_small", "mobilenet_v3_large", "efficientnet_b0", "densenet121")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How a model is trained; saved in every checkpoint."""
+
+    data: str = ""  # data folder (ImageFolder layout, see train.data)
+    out: str = "runs/train"  # run folder: checkpoints, metrics.jsonl, config.json
+    arch: str = "resnet18"  # one of train.models.ARCHS
+    pretrained: bool = False  # start from torchvision's ImageNet weights
+    epochs: int = 10
+    batch_size: int = 16  # per process
+    lr: float = 1e-3  # Adam
+    weight_decay: float = 0.0
+    schedule: str = "none"  # "none" or "cosine" (per epoch, to 0 at the last epoch)
+    class_weights: bool = False  # weight cross-entropy by inverse class frequency
+    hflip: float = 0.5  # probability of a horizontal flip; 0 turns it off (it swaps left/right anatomy)
+    rotate_deg: float = 15.0  # random rotation in [-deg, +deg]; 0 turns it off
+    val_fraction: float = 0.2  # used only when the data has no val/ folder
+    best_metric: str = "auc"  # keep the checkpoint that is best by this: auc, accuracy, balanced_accuracy, loss
+    seed: int = 0
+    device: str = "auto"  # auto (cuda when available), cpu, cuda
+    amp: str = "auto"  # CUDA only: auto (bf16 if supported, else fp16), bf16, fp16, off
+    workers: int = 2  # threads that decode and preprocess images
+    cache_dir: str = ""  # preprocessed-image cache; "" = ~/.cache/medge/preprocess
+
+    def __post_init__(self):
+        checks = [
+            (self.arch in ARCHS, f"arch must be one of {ARCHS}"),
+            (self.epochs >= 1, "epochs must be >= 1"),
+            (self.batch_size >= 2, "batch_size must be >= 2 (batch norm needs 2 samples)"),
+            (self.lr > 0, "lr must be > 0"),
+            (self.weight_decay >= 0, "weight_decay must be >= 0"),
+            (self.schedule in ("none", "cosine"), "schedule must be none or cosine"),
+            (0 <= self.hflip <= 1, "hflip must be a probability in [0, 1]"),
+            (0 <= self.rotate_deg <= 180, "rotate_deg must be in [0, 180]"),
+            (0 < self.val_fraction < 1, "val_fraction must be in (0, 1)"),
+            (self.best_metric in HIGHER_IS_BETTER, f"best_metric must be one of {list(HIGHER_IS_BETTER)}"),
+            (self.device in ("auto", "cpu", "cuda"), "device must be auto, cpu or cuda"),
+            (self.amp in ("auto", "bf16", "fp16", "off"), "amp must be auto, bf16, fp16 or off"),
+            (self.workers >= 1, "workers must be >= 1"),
+        ]
+        bad = [msg for ok, msg in checks if not ok]
+        if bad:
+            raise ConfigError("TrainConfig: " + "; ".join(bad))
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        unknown = set(d) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise ConfigError(f"TrainConfig: unknown keys {sorted(unknown)}")
+        return cls(**d)

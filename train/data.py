@@ -1,0 +1,186 @@
+"""Image-folder data sets, preprocessed once with ``edge`` and cached on disk.
+
+Layouts:
+  ROOT/train/<class>/*, ROOT/val/<class>/* (ROOT/test/<class>/* optional), or
+  ROOT/<class>/*, split into train and val by a seeded, stratified ratio.
+
+The deterministic preprocessing (``edge.preprocess_uint8``) runs once per file;
+its (size, size) uint8 result is cached as ``.npy`` under a key made of the
+file's absolute path, size, mtime and the PreprocessConfig fingerprint, so epoch
+2 onwards (and later runs) never redo CLAHE. Normalisation is applied by
+``edge.normalize`` for evaluation, so evaluation tensors are exactly what the
+edge computes.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import sys
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from edge.errors import DataError, MedgeError
+from edge.image import DICOM_SUFFIXES, IMAGE_SUFFIXES, read_image
+from edge.preprocess import PreprocessConfig, normalize, preprocess_uint8
+
+SUFFIXES = IMAGE_SUFFIXES + DICOM_SUFFIXES
+
+
+@dataclass
+class Split:
+    """One split: file paths with their class indices, and what could not be read."""
+
+    paths: list[str]
+    labels: list[int]
+    cache_files: list[str] = field(default_factory=list)
+    failures: list[tuple[str, str]] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+
+def _list_class_folder(folder: Path, classes: list[str] | None, split: str) -> tuple[list[str], dict[str, list[str]]]:
+    found = sorted(d.name for d in folder.iterdir() if d.is_dir() and not d.name.startswith("."))
+    if classes is None:
+        classes = found
+    extra = sorted(set(found) - set(classes))
+    if extra:
+        raise DataError(f"{folder}: class folder(s) {extra} are not in the training classes {classes}")
+    files = {}
+    for c in classes:
+        d = folder / c
+        files[c] = sorted(str(p) for p in d.rglob("*") if p.is_file() and p.suffix.lower() in SUFFIXES) if d.is_dir() else []
+        if not files[c]:
+            raise DataError(f"{folder}: class '{c}' has no images in the {split} split ({d})")
+    return classes, files
+
+
+def discover(root: str | os.PathLike, val_fraction: float = 0.2, seed: int = 0) -> tuple[list[str], dict[str, Split]]:
+    """Find classes and splits under ``root``.
+
+    Returns:
+        (class names sorted, {"train": Split, "val": Split[, "test": Split]}).
+
+    Raises:
+        DataError: missing folder, no class folders, a class without images.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"{root}: data folder not found")
+    splits: dict[str, Split] = {}
+    if (root / "train").is_dir():
+        classes, files = _list_class_folder(root / "train", None, "train")
+        if len(classes) < 2:
+            raise DataError(f"{root / 'train'}: need at least 2 class folders, found {classes}")
+        per_split = {"train": files}
+        for name in ("val", "test"):
+            if (root / name).is_dir():
+                per_split[name] = _list_class_folder(root / name, classes, name)[1]
+        if "val" not in per_split:
+            per_split["train"], per_split["val"] = _stratified(files, val_fraction, seed)
+    else:
+        classes, files = _list_class_folder(root, None, "whole")
+        if len(classes) < 2:
+            raise DataError(f"{root}: need at least 2 class folders (or train/ and val/), found {classes}")
+        per_split = dict(zip(("train", "val"), _stratified(files, val_fraction, seed)))
+    for name, by_class in per_split.items():
+        items = [(p, classes.index(c)) for c in classes for p in by_class[c]]
+        splits[name] = Split([p for p, _ in items], [y for _, y in items])
+    return classes, splits
+
+
+def _stratified(files: dict[str, list[str]], val_fraction: float, seed: int):
+    if not 0 < val_fraction < 1:
+        raise DataError(f"val_fraction must be in (0, 1), got {val_fraction}")
+    rng = np.random.default_rng(seed)
+    train, val = {}, {}
+    for c, paths in files.items():
+        order = rng.permutation(len(paths))
+        n_val = int(round(len(paths) * val_fraction))
+        if n_val == 0 or n_val == len(paths):
+            raise DataError(f"class '{c}' has {len(paths)} image(s): too few to split {val_fraction:.0%} off for validation")
+        val[c] = sorted(paths[i] for i in order[:n_val])
+        train[c] = sorted(paths[i] for i in order[n_val:])
+    return train, val
+
+
+def default_cache_dir() -> str:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "medge", "preprocess")
+
+
+def _cache_file(path: str, cfg: PreprocessConfig, cache_dir: str) -> str:
+    st = os.stat(path)
+    key = f"{os.path.abspath(path)}|{st.st_size}|{st.st_mtime_ns}|{cfg.fingerprint()}"
+    return os.path.join(cache_dir, cfg.fingerprint(), hashlib.sha256(key.encode()).hexdigest()[:32] + ".npy")
+
+
+def _prepare_one(path: str, cfg: PreprocessConfig, cache_dir: str) -> str:
+    try:
+        target = _cache_file(path, cfg, cache_dir)
+    except OSError as e:
+        raise MedgeError(f"{path}: cannot stat: {e.strerror}") from None
+    if not os.path.exists(target):
+        arr = preprocess_uint8(read_image(path), cfg)
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(target), suffix=".tmp")
+        with os.fdopen(fd, "wb") as f:
+            np.save(f, arr)
+        os.replace(tmp, target)  # atomic: a concurrent reader never sees half a file
+    return target
+
+
+def prepare(split: Split, cfg: PreprocessConfig, cache_dir: str, workers: int = 2, name: str = "",
+            verbose: bool = True) -> Split:
+    """Preprocess (or find in the cache) every file; unreadable files are reported and skipped.
+
+    OpenCV releases the GIL, so threads run the decoding and CLAHE in parallel.
+
+    Returns:
+        a new Split holding only the usable files, their cache files and the failures.
+    """
+    def job(path):
+        try:
+            return _prepare_one(path, cfg, cache_dir), None
+        except MedgeError as e:
+            return None, str(e)
+
+    with ThreadPoolExecutor(max(1, workers)) as pool:
+        results = list(pool.map(job, split.paths))
+    out = Split([], [])
+    for path, label, (cached, err) in zip(split.paths, split.labels, results):
+        if err is None:
+            out.paths.append(path)
+            out.labels.append(label)
+            out.cache_files.append(cached)
+        else:
+            out.failures.append((path, err))
+            if verbose:
+                print(f"skipping unreadable image: {err}", file=sys.stderr)
+    if out.failures and verbose:
+        print(f"{name or 'split'}: skipped {len(out.failures)} of {len(split)} image(s)", file=sys.stderr)
+    return out
+
+
+def check_usable(split: Split, classes: list[str], name: str) -> None:
+    """Fail when a split has no usable image, or a class has none left after skipping."""
+    if not len(split):
+        raise DataError(f"the {name} split has no usable image")
+    counts = np.bincount(split.labels, minlength=len(classes))
+    empty = [c for c, n in zip(classes, counts) if n == 0]
+    if empty:
+        raise DataError(f"the {name} split has no usable image of class(es) {empty}")
+
+
+def load_uint8(split: Split, indices) -> np.ndarray:
+    """Stack cached (size, size) uint8 images for the given indices: (N, size, size)."""
+    return np.stack([np.load(split.cache_files[i]) for i in indices])
+
+
+def load_normalized(split: Split, indices, cfg: PreprocessConfig) -> np.ndarray:
+    """(N, C, size, size) float32, exactly ``edge.preprocess`` of each file."""
+    return np.stack([normalize(np.load(split.cache_files[i]), cfg) for i in indices])
