@@ -20,3 +20,13 @@ def xray_like(h: int, w: int, seed: int = 0, bits: int = 8) -> np.ndarray:
 @pytest.fixture
 def gray8():
     return xray_like(300, 257, seed=1)
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory):
+    """40 small synthetic images: train/val/test of two classes, 8- and 16-bit."""
+    from train.synth import SynthConfig, generate
+
+    root = tmp_path_factory.mktemp("data") / "tiny"
+    generate(root, SynthConfig(n=40, size=64, bits="mix", seed=1))
+    return root

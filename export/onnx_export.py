@@ -1,0 +1,253 @@
+"""Checkpoint -> opset-12 ONNX -> onnxsim -> onnx.checker -> cv2.dnn -> parity gate -> bundle.
+
+Each step is a function that returns a path, bytes or a report and raises
+ExportError on failure; ``export_bundle`` chains them, times each, and writes the
+bundle only when every step passed.
+"""
+from __future__ import annotations
+
+import datetime
+import json
+import tempfile
+import time
+import warnings
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from edge.bundle import MANIFEST_FILE, check_writable_parent, golden_inputs, read_manifest, write_bundle
+from edge.errors import BundleError, ExportError, MedgeError, ParityError
+from edge.image import read_image
+from edge.preprocess import PreprocessConfig, preprocess
+from edge.runtime import forward, load_net
+from export.parity import Tolerance, compare, summary_line
+
+INPUT_NAME, OUTPUT_NAME = "input", "logits"
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    """How a checkpoint becomes a bundle; saved in the manifest."""
+
+    opset: int = 12  # ONNX default-domain opset; cv2.dnn's best-supported
+    simplify: bool = True  # run onnxsim; its failed check is an error
+    dynamic_batch: bool = True  # batch axis dynamic when cv2.dnn runs batches > 1 correctly on it
+    engine: str = "auto"  # cv2.dnn engine used for verification, and by the edge
+    max_abs_logit: float = 1e-3  # parity gate: largest |logit(PyTorch) - logit(cv2.dnn)|
+    min_top1_agreement: float = 1.0  # parity gate: share of inputs with the same top-1 class
+    max_images: int = 64  # parity inputs taken from --data (val split), or synthetic ones
+    parity_batch: int = 8  # batch size of the cv2.dnn parity run (checks batched inference)
+    golden_count: int = 4  # self-test inputs stored (as a seed) with expected outputs
+    golden_seed: int = 0
+    golden_tolerance: float = 1e-3  # the edge's self-test tolerance on |logit difference|
+
+
+def _onnx_nodes(model) -> int:
+    return len(model.graph.node)
+
+
+def export_onnx(model, path: Path, chw: tuple[int, int, int], opset: int = 12, dynamic_batch: bool = True) -> Path:
+    """torch.onnx.export with the TorchScript exporter (dynamo cannot emit opset 12); asserts the opset."""
+    import onnx
+    import torch
+
+    dummy = torch.zeros(1, *chw)
+    axes = {INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}} if dynamic_batch else None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
+            torch.onnx.export(model, dummy, str(path), dynamo=False, opset_version=opset, input_names=[INPUT_NAME],
+                              output_names=[OUTPUT_NAME], dynamic_axes=axes, do_constant_folding=True)
+    except Exception as e:
+        raise ExportError(f"torch.onnx.export failed at opset {opset}: {type(e).__name__}: {str(e).splitlines()[0]}") from None
+    saved = {o.domain or "ai.onnx": o.version for o in onnx.load(str(path), load_external_data=False).opset_import}
+    if saved.get("ai.onnx") != opset:
+        raise ExportError(f"exported model has default-domain opset {saved.get('ai.onnx')}, expected exactly {opset}")
+    return path
+
+
+def simplify_onnx(src: Path, dst: Path) -> dict:
+    """onnxsim.simplify; a failed check is an error. Returns node counts and sizes."""
+    import onnx
+    import onnxsim
+
+    model = onnx.load(str(src))
+    try:
+        simplified, ok = onnxsim.simplify(model)
+    except Exception as e:
+        raise ExportError(f"onnxsim failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
+    if not ok:
+        raise ExportError("onnxsim's check failed: the simplified model does not match the original (use --no-simplify)")
+    onnx.save(simplified, str(dst))
+    return {"nodes_before": _onnx_nodes(model), "nodes_after": _onnx_nodes(simplified),
+            "bytes_before": src.stat().st_size, "bytes_after": dst.stat().st_size}
+
+
+def finalize_onnx(path: Path, props: dict) -> bytes:
+    """Add metadata_props (for Netron and friends), run the full checker, return the final bytes."""
+    import onnx
+
+    model = onnx.load(str(path))
+    onnx.helper.set_model_props(model, {k: v if isinstance(v, str) else json.dumps(v) for k, v in props.items()})
+    try:
+        onnx.checker.check_model(model, full_check=True)
+    except Exception as e:
+        raise ExportError(f"onnx.checker rejected the model: {str(e).splitlines()[0]}") from None
+    return model.SerializeToString()
+
+
+def torch_logits(model, inputs: np.ndarray, batch: int = 32) -> np.ndarray:
+    """Reference logits from PyTorch (CPU, float32, inference mode)."""
+    import torch
+
+    with torch.inference_mode():
+        return np.concatenate([model(torch.from_numpy(inputs[i : i + batch])).float().numpy()
+                               for i in range(0, len(inputs), batch)])
+
+
+def dnn_logits(net, inputs: np.ndarray, chw, num_classes: int, batch: int) -> np.ndarray:
+    return np.concatenate([forward(net, inputs[i : i + batch], chw, num_classes) for i in range(0, len(inputs), batch)])
+
+
+def parity_inputs(data: str | None, pcfg: PreprocessConfig, classes: list[str], count: int):
+    """Inputs for the parity gate: --data's val images through edge.preprocess, else synthetic ones.
+
+    Returns:
+        (float32 (N, C, H, W), names, skipped [(path, reason)]).
+    """
+    if data is None:
+        from train.synth import SynthConfig, make_image
+
+        scfg = SynthConfig(size=256, seed=12345)
+        imgs = [np.round(make_image(i, i % 2 == 1, scfg) * 255).astype(np.uint8) for i in range(count)]
+        return np.stack([preprocess(im, pcfg) for im in imgs]), [f"synthetic:{i}" for i in range(count)], []
+    from train.data import discover
+
+    data_classes, splits = discover(data)
+    if data_classes != classes:
+        raise ExportError(f"{data}: classes {data_classes} differ from the checkpoint's {classes}")
+    split = splits["val"]
+    pick = np.unique(np.linspace(0, len(split) - 1, min(count, len(split))).round().astype(int))
+    tensors, names, skipped = [], [], []
+    for i in pick:
+        try:
+            tensors.append(preprocess(read_image(split.paths[i]), pcfg))
+            names.append(split.paths[i])
+        except MedgeError as e:
+            skipped.append((split.paths[i], str(e)))
+    if not tensors:
+        raise ExportError(f"{data}: no readable validation image for the parity check")
+    return np.stack(tensors), names, skipped
+
+
+def export_bundle(checkpoint: str, out: str, data: str | None = None, cfg: ExportConfig = ExportConfig(),
+                  overwrite: bool = False, log=print) -> dict:
+    """Export a training checkpoint to a verified bundle.
+
+    Args:
+        checkpoint: a ``best.pt``/``last.pt`` or a run folder (its best.pt).
+        out: the bundle folder to write.
+        data: optional data folder; its val images are the parity inputs.
+        cfg: export settings and tolerances.
+        overwrite: replace an existing bundle at ``out``.
+        log: where progress lines go.
+
+    Returns:
+        the manifest written.
+
+    Raises:
+        CheckpointError, ExportError, ParityError, BundleError: nothing is written then.
+    """
+    import cv2
+    import onnx
+    import onnxsim
+    import torch
+
+    from train.checkpoint import load_checkpoint, model_from_checkpoint
+
+    out_path = Path(out)
+    if out_path.exists() and not overwrite:
+        raise BundleError(f"{out_path}: exists already (use --overwrite to replace the bundle in it)")
+    if out_path.exists() and not (out_path / MANIFEST_FILE).is_file():
+        raise BundleError(f"{out_path}: exists and is not a medge bundle; refusing to replace it")
+    check_writable_parent(out_path)  # fail before the expensive steps
+
+    steps: list[dict] = []
+
+    def step(name, fn, *args, **kw):
+        t0 = time.perf_counter()
+        result = fn(*args, **kw)
+        steps.append({"step": name, "seconds": round(time.perf_counter() - t0, 3)})
+        return result
+
+    ck = step("load_checkpoint", load_checkpoint, checkpoint)
+    model = model_from_checkpoint(ck)
+    pcfg, classes = ck["preprocess_config"], ck["classes"]
+    chw = (pcfg.channels, pcfg.size, pcfg.size)
+    inputs, names, skipped = step("parity_inputs", parity_inputs, data, pcfg, classes, cfg.max_images)
+    for path, reason in skipped:
+        log(f"parity: skipping unreadable image: {reason}")
+    reference = step("pytorch_reference", torch_logits, model, inputs)
+    log(f"exporting {ck['arch']} ({len(classes)} classes, input {chw}) from {checkpoint}")
+
+    with tempfile.TemporaryDirectory() as work:
+        work = Path(work)
+        dynamic, note = cfg.dynamic_batch, None
+        for attempt in range(2):
+            raw = step("torch.onnx.export", export_onnx, model, work / "raw.onnx", chw, cfg.opset, dynamic)
+            sim_stats = None
+            final_src = raw
+            if cfg.simplify:
+                sim_stats = step("onnxsim", simplify_onnx, raw, work / "sim.onnx")
+                final_src = work / "sim.onnx"
+            props = {"medge.format_version": "1", "medge.arch": ck["arch"], "medge.classes": classes,
+                     "medge.preprocess": pcfg.to_dict(), "medge.input": {"name": INPUT_NAME, "shape": ["batch" if dynamic else 1, *chw]}}
+            onnx_bytes = step("onnx.checker", finalize_onnx, final_src, props)
+            net = step("cv2.dnn.load", load_net, onnx_bytes, cfg.engine, "cpu", str(out_path / "model.onnx"))
+            batch = cfg.parity_batch if dynamic else 1
+            try:
+                candidate = step("cv2.dnn.forward", dnn_logits, net, inputs, chw, len(classes), batch)
+                batched_ok = not dynamic or np.abs(candidate - reference).max() <= cfg.max_abs_logit
+            except MedgeError as e:
+                if not dynamic:
+                    raise ExportError(f"cv2.dnn cannot run the exported model: {e}") from None
+                batched_ok, candidate = False, None
+            if batched_ok:
+                break
+            # Batched inference on the dynamic axis is wrong or fails: fall back to batch 1, said in the manifest.
+            note = "cv2.dnn gave wrong results or failed for batches > 1 on the dynamic batch axis; exported with a fixed batch of 1"
+            log(f"warning: {note}")
+            dynamic = False
+        report = compare(reference, candidate, names, classes, Tolerance(cfg.max_abs_logit, cfg.min_top1_agreement))
+        log(f"parity: {summary_line(report)}")
+        if not report["passed"]:
+            worst = sorted(report["label_flips"], key=lambda f: -f["max_abs_logit"])[:5]
+            raise ParityError(f"parity gate failed, no bundle written: {'; '.join(report['failures'])}"
+                              + (f"; flips: {worst}" if worst else ""))
+        golden_x = golden_inputs(cfg.golden_seed, cfg.golden_count, pcfg)
+        golden_ref = torch_logits(model, golden_x)
+        golden_dnn = dnn_logits(net, golden_x, chw, len(classes), 1)
+        manifest = {
+            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "classes": classes,
+            "preprocess": pcfg.to_dict(),
+            "model": {"arch": ck["arch"], "opset": cfg.opset, "input_name": INPUT_NAME, "output_name": OUTPUT_NAME,
+                      "input_shape": ["batch" if dynamic else 1, *chw], "dynamic_batch": dynamic,
+                      "batch_note": note, "output": "logits (apply softmax for probabilities)"},
+            "runtime": {"engine": cfg.engine, "backend": "cpu"},
+            "golden": {"seed": cfg.golden_seed, "count": cfg.golden_count, "generator": "edge.bundle.golden_inputs",
+                       "expected_logits": golden_ref.tolist(), "tolerance": cfg.golden_tolerance,
+                       "export_max_abs_logit": float(np.abs(golden_ref - golden_dnn).max())},
+            "parity": {**report, "inputs": "val images of " + data if data else "synthetic images",
+                       "skipped": [{"path": p, "reason": r} for p, r in skipped]},
+            "training": {"epoch": ck["epoch"], "metrics": ck["metrics"], "train_config": ck["train_config"],
+                         "checkpoint": str(checkpoint)},
+            "export": {"config": asdict(cfg), "simplified": cfg.simplify, "simplify_stats": sim_stats, "steps": steps},
+            "versions": {**ck["versions"], "export_torch": str(torch.__version__), "onnx": onnx.__version__,
+                         "onnxsim": getattr(onnxsim, "__version__", "unknown"), "opencv": cv2.__version__},
+        }
+        written = write_bundle(out_path, onnx_bytes, manifest, overwrite=overwrite)
+    manifest = read_manifest(written)
+    log(f"bundle written: {written} (model.onnx {len(onnx_bytes) / 1e6:.1f} MB, sha256 {manifest['model']['sha256'][:16]}...)")
+    return manifest

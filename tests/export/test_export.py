@@ -1,0 +1,152 @@
+import hashlib
+import json
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from edge.bundle import golden_inputs, read_manifest
+from edge.cli import main
+from edge.errors import BundleError, CheckpointError, ParityError
+from edge.runtime import forward, load_net
+from export import onnx_export
+from export.onnx_export import ExportConfig, export_bundle
+from tests.export.conftest import make_checkpoint
+from train.checkpoint import load_checkpoint, model_from_checkpoint
+from train.config import ARCHS
+
+quiet = lambda *a: None
+
+
+def _check_round_trip(ckpt, bundle, n=5):
+    m = read_manifest(bundle)
+    data = (bundle / "model.onnx").read_bytes()
+    assert m["model"]["sha256"] == hashlib.sha256(data).hexdigest()
+    model_proto = onnx.load(str(bundle / "model.onnx"))
+    assert {o.domain or "ai.onnx": o.version for o in model_proto.opset_import}["ai.onnx"] == 12
+    props = {p.key: p.value for p in model_proto.metadata_props}
+    assert json.loads(props["medge.classes"]) == m["classes"]
+    chw = tuple(m["model"]["input_shape"][1:])
+    x = np.random.default_rng(1).uniform(-1, 1, (n, *chw)).astype(np.float32)
+    with torch.inference_mode():
+        ref = model_from_checkpoint(load_checkpoint(ckpt))(torch.from_numpy(x)).numpy()
+    net = load_net(data, m["runtime"]["engine"])
+    batch = n if m["model"]["dynamic_batch"] else 1
+    got = np.concatenate([forward(net, x[i : i + batch], chw, 2) for i in range(0, n, batch)])
+    np.testing.assert_allclose(got, ref, atol=1e-3, rtol=0)
+    return m
+
+
+@pytest.mark.parametrize("arch", ["resnet18", "mobilenet_v3_small"])
+def test_round_trip_trained_checkpoint(tiny_data, tmp_path, arch):
+    from train.config import TrainConfig
+    from train.engine import train
+    from edge.preprocess import PreprocessConfig
+
+    run = tmp_path / "run"
+    train(TrainConfig(data=str(tiny_data), out=str(run), arch=arch, epochs=1, batch_size=8, device="cpu",
+                      cache_dir=str(tmp_path / "c")), PreprocessConfig(size=32))
+    bundle = tmp_path / "bundle"
+    m = export_bundle(str(run / "best.pt"), str(bundle), data=str(tiny_data), log=quiet)
+    assert sorted(p.name for p in bundle.iterdir()) == ["model.json", "model.onnx"]
+    _check_round_trip(run / "best.pt", bundle)
+    assert m["model"]["dynamic_batch"] is True and m["model"]["opset"] == 12
+    assert m["parity"]["passed"] and m["parity"]["n"] == 8 and m["parity"]["top1_agreement"] == 1.0
+    assert m["parity"]["logits"]["max_abs"] <= 1e-3
+    assert m["training"]["metrics"]["val"]["n"] == 8
+    assert m["export"]["simplified"] and m["export"]["simplify_stats"]["nodes_after"] <= m["export"]["simplify_stats"]["nodes_before"]
+    assert {"torch", "onnx", "onnxsim", "opencv"} <= set(m["versions"])
+    g = m["golden"]
+    assert len(g["expected_logits"]) == g["count"] == 4 and g["export_max_abs_logit"] <= 1e-3
+    # the golden inputs regenerate identically
+    np.testing.assert_array_equal(golden_inputs(g["seed"], g["count"], load_checkpoint(run / "best.pt")["preprocess_config"]),
+                                  golden_inputs(g["seed"], g["count"], load_checkpoint(run / "best.pt")["preprocess_config"]))
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_every_architecture_exports_and_loads_in_cv2(tmp_path, arch):
+    ckpt = make_checkpoint(tmp_path / "ck.pt", arch=arch)
+    m = export_bundle(str(ckpt), str(tmp_path / "b"), log=quiet)
+    _check_round_trip(ckpt, tmp_path / "b")
+    assert m["parity"]["inputs"] == "synthetic images" and m["parity"]["n"] == 64
+    spread = np.ptp(np.array(m["golden"]["expected_logits"]), axis=0)
+    assert spread.max() > 1e-2, "outputs barely depend on the input: the parity check would prove little"
+
+
+def test_three_channel_model(tmp_path):
+    ckpt = make_checkpoint(tmp_path / "ck.pt", channels=3)
+    m = export_bundle(str(ckpt), str(tmp_path / "b"), cfg=ExportConfig(max_images=8), log=quiet)
+    assert m["model"]["input_shape"] == ["batch", 3, 32, 32]
+    _check_round_trip(ckpt, tmp_path / "b")
+
+
+def test_no_simplify_and_static_batch_are_recorded(resnet_ckpt, tmp_path):
+    m = export_bundle(str(resnet_ckpt), str(tmp_path / "b"), cfg=ExportConfig(simplify=False, dynamic_batch=False, max_images=4),
+                      log=quiet)
+    assert m["export"]["simplified"] is False and m["export"]["simplify_stats"] is None
+    assert m["model"]["input_shape"][0] == 1 and m["model"]["dynamic_batch"] is False
+    _check_round_trip(resnet_ckpt, tmp_path / "b")
+
+
+def test_parity_gate_fails_and_writes_nothing(resnet_ckpt, tmp_path, monkeypatch):
+    real = onnx_export.torch_logits
+    monkeypatch.setattr(onnx_export, "torch_logits", lambda model, x, batch=32: real(model, x, batch) + 0.01)
+    with pytest.raises(ParityError, match=r"parity gate failed, no bundle written: max \|delta logit\|"):
+        export_bundle(str(resnet_ckpt), str(tmp_path / "b"), cfg=ExportConfig(max_images=8), log=quiet)
+    assert not (tmp_path / "b").exists()
+    assert not list(tmp_path.iterdir())  # no temporary folder left behind either
+
+
+def test_failed_export_keeps_the_previous_bundle(resnet_ckpt, tmp_path, monkeypatch):
+    bundle = tmp_path / "b"
+    export_bundle(str(resnet_ckpt), str(bundle), cfg=ExportConfig(max_images=4), log=quiet)
+    before = {p.name: p.read_bytes() for p in bundle.iterdir()}
+    # The exported weights are perturbed (as a broken exporter would): the gate must catch it.
+    real = onnx_export.finalize_onnx
+
+    def perturbed(path, props):
+        model = onnx.load(str(path))
+        init = max(model.graph.initializer, key=lambda t: len(t.raw_data))
+        arr = onnx.numpy_helper.to_array(init).copy()
+        arr.flat[: arr.size // 4] += 0.5
+        init.CopyFrom(onnx.numpy_helper.from_array(arr, init.name))
+        onnx.save(model, str(path))
+        return real(path, props)
+
+    monkeypatch.setattr(onnx_export, "finalize_onnx", perturbed)
+    assert main(["export", str(resnet_ckpt), "--out", str(bundle), "--overwrite", "--max-images", "8"]) == 1
+    assert {p.name: p.read_bytes() for p in bundle.iterdir()} == before
+
+
+def test_existing_bundle_needs_overwrite(resnet_ckpt, tmp_path):
+    export_bundle(str(resnet_ckpt), str(tmp_path / "b"), cfg=ExportConfig(max_images=4), log=quiet)
+    with pytest.raises(BundleError, match="exists already"):
+        export_bundle(str(resnet_ckpt), str(tmp_path / "b"), log=quiet)
+    (tmp_path / "other").mkdir()
+    with pytest.raises(BundleError, match="not a medge bundle; refusing"):
+        export_bundle(str(resnet_ckpt), str(tmp_path / "other"), overwrite=True, log=quiet)
+
+
+def test_corrupt_checkpoint_is_a_clear_error(tmp_path, capsys):
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"PK\x03\x04 not really a zip")
+    with pytest.raises(CheckpointError, match="not a readable checkpoint"):
+        export_bundle(str(bad), str(tmp_path / "b"), log=quiet)
+    assert main(["export", str(bad), "--out", str(tmp_path / "b")]) == 1
+    err = capsys.readouterr().err
+    assert "medge export: error:" in err and "bad.pt" in err and "Traceback" not in err
+
+
+def test_unwritable_output_folder_is_a_clear_error(resnet_ckpt, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("a file where a folder should be")
+    with pytest.raises(BundleError, match="cannot write into"):
+        export_bundle(str(resnet_ckpt), str(blocker / "bundle"), log=quiet)
+
+
+def test_cli_export(resnet_ckpt, tmp_path, capsys):
+    assert main(["export", str(resnet_ckpt), "--out", str(tmp_path / "b"), "--max-images", "4"]) == 0
+    out = capsys.readouterr().out
+    last = json.loads(out.strip().splitlines()[-1])
+    assert last["sha256"] == read_manifest(tmp_path / "b")["model"]["sha256"]
