@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from importlib.metadata import entry_points
 
 from edge.errors import MedgeError, MissingExtraError
 
-EDGE_COMMANDS = ("edge.preview",)
+EDGE_COMMANDS = ("edge.predict", "edge.preview", "edge.watch")
 # Optional module -> the extra that installs it.
 EXTRAS = {"torch": "train", "torchvision": "train", "onnx": "train", "onnxsim": "train", "pydicom": "dicom"}
 
@@ -62,6 +63,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # e.g. `medge predict ... | head`: the reader left
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
 
 
 if __name__ == "__main__":

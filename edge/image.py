@@ -175,11 +175,12 @@ def read_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) ->
             undecodable, of an unsupported format, or over the pixel limit.
     """
     data = read_bytes(path)
-    fmt, width, height = sniff_image(data, path)
-    if fmt == "dicom":
+    is_dicom = len(data) >= 132 and data[128:132] == b"DICM"
+    if is_dicom or Path(path).suffix.lower() in DICOM_SUFFIXES:
         from edge.dicom import decode_dicom  # pydicom is optional
 
         return decode_dicom(data, path, max_pixels)
+    fmt, width, height = sniff_image(data, path)
     check_size(width, height, max_pixels, path)
     try:
         # ANYDEPTH keeps 16 bits; ANYCOLOR keeps gray as gray. EXIF orientation is applied.

@@ -40,6 +40,14 @@ def _cv_message(e: cv2.error) -> str:
     return lines[-1] if lines else "unknown OpenCV error"
 
 
+def check_choices(engine: str, backend: str) -> None:
+    """Raise ConfigError for an engine or backend name that is not in the tables."""
+    if engine not in ENGINES:
+        raise ConfigError(f"unknown engine {engine!r}; choose one of {list(ENGINES)}")
+    if backend not in BACKENDS:
+        raise ConfigError(f"unknown backend {backend!r}; choose one of {list(BACKENDS)}")
+
+
 def load_net(model: bytes | str | os.PathLike, engine: str = "auto", backend: str = "cpu", name: str = "") -> cv2.dnn.Net:
     """Load an ONNX model into cv2.dnn.
 
@@ -55,10 +63,7 @@ def load_net(model: bytes | str | os.PathLike, engine: str = "auto", backend: st
             model; the message has OpenCV's reason (naming the failing node or
             layer when OpenCV does) and the usual remedies.
     """
-    if engine not in ENGINES:
-        raise ConfigError(f"unknown engine {engine!r}; choose one of {list(ENGINES)}")
-    if backend not in BACKENDS:
-        raise ConfigError(f"unknown backend {backend!r}; choose one of {list(BACKENDS)}")
+    check_choices(engine, backend)
     if backend != "cpu":
         if engine == "new":
             raise ConfigError(f"backend {backend!r} needs the classic engine; OpenCV's new engine runs on the CPU only")

@@ -30,3 +30,15 @@ def tiny_data(tmp_path_factory):
     root = tmp_path_factory.mktemp("data") / "tiny"
     generate(root, SynthConfig(n=40, size=64, bits="mix", seed=1))
     return root
+
+
+@pytest.fixture(scope="session")
+def bundle(tmp_path_factory):
+    """A verified bundle of a small resnet18 (input 1x32x32), exported once per session."""
+    from export.onnx_export import ExportConfig, export_bundle
+    from tests.helpers import make_checkpoint
+
+    d = tmp_path_factory.mktemp("bundle")
+    ckpt = make_checkpoint(d / "ck.pt", arch="resnet18", size=32)
+    export_bundle(str(ckpt), str(d / "bundle"), cfg=ExportConfig(max_images=8), log=lambda *a: None)
+    return d / "bundle"

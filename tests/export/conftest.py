@@ -1,39 +1,6 @@
 import pytest
-import torch
 
-from edge.preprocess import PreprocessConfig
-from train.checkpoint import library_versions, save_checkpoint
-from train.config import TrainConfig
-from train.models import build_model
-
-CLASSES = ["disease", "normal"]
-
-
-def randomize(model: torch.nn.Module, seed: int = 0, chw=(1, 32, 32)) -> torch.nn.Module:
-    """Give an untrained model input-dependent outputs: calibrate its batch-norm statistics
-    on random images (fresh running stats make deep nets collapse to a constant),
-    so that parity checks compare something."""
-    g = torch.Generator().manual_seed(seed)
-    for m in model.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.reset_running_stats()
-            m.momentum = None  # cumulative average over the calibration batches
-    model.train()
-    with torch.no_grad():
-        for _ in range(4):
-            model(torch.rand(8, *chw, generator=g) * 2 - 1)
-    return model.eval()
-
-
-def make_checkpoint(path, arch="resnet18", size=32, channels=1, seed=0):
-    torch.manual_seed(seed)
-    pcfg = PreprocessConfig(size=size, channels=channels)
-    model = randomize(build_model(arch, channels, len(CLASSES)), seed, (channels, size, size))
-    save_checkpoint(path, {"model": model.state_dict(), "arch": arch, "classes": CLASSES,
-                           "train_config": TrainConfig(arch=arch).to_dict(), "preprocess": pcfg.to_dict(),
-                           "epoch": 1, "metrics": {"val": {"accuracy": 0.5}}, "versions": library_versions(),
-                           "history": [], "best": None})
-    return path
+from tests.helpers import make_checkpoint
 
 
 @pytest.fixture(scope="session")

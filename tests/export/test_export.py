@@ -12,7 +12,7 @@ from edge.errors import BundleError, CheckpointError, ParityError
 from edge.runtime import forward, load_net
 from export import onnx_export
 from export.onnx_export import ExportConfig, export_bundle
-from tests.export.conftest import make_checkpoint
+from tests.helpers import make_checkpoint
 from train.checkpoint import load_checkpoint, model_from_checkpoint
 from train.config import ARCHS
 

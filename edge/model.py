@@ -1,0 +1,232 @@
+"""The edge model: a verified bundle, run with cv2.dnn on numpy + OpenCV only.
+
+Usage:
+    from edge.model import Model
+    model = Model.load("bundles/xray")           # checks hash and golden self-test
+    for p in model.predict(["a.png", "b.dcm"]):  # files, arrays, or a mix
+        print(p.path, p.label, p.probabilities, p.error)
+
+Thread safety: a ``cv2.dnn.Net`` is never shared by threads. Each thread that
+calls ``predict`` gets its own net, built on first use from the model bytes
+whose SHA-256 was verified at load (OpenCV crashes or returns wrong outputs when
+threads share one). CLAHE objects are per thread too (``edge.preprocess``).
+So one ``Model`` may be used from many threads at once.
+
+Throughput: ``predict`` reads and preprocesses files on ``workers`` threads
+(OpenCV releases the GIL) while the calling thread runs batched forward passes,
+so decoding and CLAHE overlap inference. Results come back in input order.
+"""
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from edge.bundle import MODEL_FILE, golden_inputs, read_manifest, sha256_bytes
+from edge.errors import BundleError, MedgeError, ModelIntegrityError, SelfTestError
+from edge.image import DEFAULT_MAX_PIXELS, read_image
+from edge.preprocess import PreprocessConfig, preprocess
+from edge.runtime import check_choices, forward, load_net, softmax
+
+
+@dataclass
+class Prediction:
+    """One input's result: a label and probabilities, or an error; never both."""
+
+    path: str | None  # None for arrays
+    label: str | None = None
+    probabilities: dict[str, float] | None = None
+    logits: list[float] | None = None
+    timings_ms: dict[str, float] = field(default_factory=dict)  # read, preprocess, inference (batch time / batch size)
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    def to_record(self, model_sha256: str) -> dict:
+        return {"path": self.path, "label": self.label, "probabilities": self.probabilities,
+                "model_sha256": model_sha256, "timings_ms": self.timings_ms, "error": self.error}
+
+
+class Model:
+    """A loaded, verified bundle. Build with ``Model.load``."""
+
+    def __init__(self, manifest: dict, onnx_bytes: bytes, bundle_dir: Path, engine: str, backend: str):
+        self.manifest = manifest
+        self.bundle_dir = bundle_dir
+        self.classes: list[str] = list(manifest["classes"])
+        self.preprocess_config = PreprocessConfig.from_dict(manifest["preprocess"])
+        self.chw = tuple(int(v) for v in manifest["model"]["input_shape"][1:])
+        self.dynamic_batch = bool(manifest["model"].get("dynamic_batch", False))
+        self.sha256 = manifest["model"]["sha256"]
+        self.engine, self.backend = engine, backend
+        self._onnx = onnx_bytes
+        self._local = threading.local()
+        self.self_test_max_abs: float | None = None
+
+    @classmethod
+    def load(cls, bundle_dir: str | os.PathLike, backend: str = "cpu", engine: str | None = None,
+             self_test: bool = True) -> "Model":
+        """Load a bundle and prove it is the model that was exported.
+
+        Args:
+            bundle_dir: folder with model.onnx and model.json.
+            backend: a key of ``edge.runtime.BACKENDS`` (default OpenCV on the CPU).
+            engine: cv2.dnn engine; default: the one recorded in the manifest.
+            self_test: run the manifest's golden self-test (on by default; only
+                benchmarks of raw loading turn it off).
+
+        Raises:
+            BundleError: missing folder/manifest/model, unknown format version, or
+                OpenCV cannot load the model. ModelIntegrityError: model.onnx's
+                SHA-256 differs from the manifest's. SelfTestError: this machine's
+                outputs on the golden inputs differ beyond tolerance.
+        """
+        d = Path(bundle_dir)
+        manifest = read_manifest(d)
+        path = d / manifest["model"]["file"]
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            raise BundleError(f"{path}: model file missing from the bundle") from None
+        except OSError as e:
+            raise BundleError(f"{path}: cannot read: {e.strerror or e}") from None
+        digest = sha256_bytes(data)
+        if digest != manifest["model"]["sha256"]:
+            raise ModelIntegrityError(
+                f"{path}: SHA-256 {digest[:16]}... does not match the manifest's {manifest['model']['sha256'][:16]}...: "
+                "the model file was modified or only partly copied; refusing to run it")
+        engine = engine or manifest.get("runtime", {}).get("engine", "auto")
+        check_choices(engine, backend)
+        model = cls(manifest, data, d, engine, backend)
+        model._net()  # load now so that OpenCV's errors surface at load time
+        if self_test:
+            model.run_self_test()
+        return model
+
+    def _net(self) -> cv2.dnn.Net:
+        net = getattr(self._local, "net", None)
+        if net is None:
+            net = self._local.net = load_net(self._onnx, self.engine, self.backend, str(self.bundle_dir / MODEL_FILE))
+        return net
+
+    def run_self_test(self) -> float:
+        """Compare this machine's logits on the golden inputs with the exported ones."""
+        g = self.manifest["golden"]
+        x = golden_inputs(int(g["seed"]), int(g["count"]), self.preprocess_config)
+        expected = np.asarray(g["expected_logits"], np.float32)
+        got = self.infer(x)
+        worst = float(np.abs(got - expected).max())
+        self.self_test_max_abs = worst
+        if not worst <= float(g["tolerance"]):
+            raise SelfTestError(
+                f"{self.bundle_dir}: golden self-test failed: max |logit difference| {worst:.3g} > {g['tolerance']:g} "
+                f"(OpenCV {cv2.__version__} here; the bundle was verified with OpenCV "
+                f"{self.manifest.get('versions', {}).get('opencv', '?')}): do not use this model on this machine")
+        return worst
+
+    def infer(self, blob: np.ndarray) -> np.ndarray:
+        """Logits for a preprocessed (N, C, H, W) float32 blob, in chunks the model accepts."""
+        step = len(blob) if self.dynamic_batch else 1
+        net = self._net()
+        return np.concatenate([forward(net, blob[i : i + step], self.chw, len(self.classes))
+                               for i in range(0, len(blob), max(step, 1))]) if len(blob) else \
+            np.zeros((0, len(self.classes)), np.float32)
+
+    def _prepare(self, item, max_pixels: int):
+        """Read and preprocess one input (runs on a worker thread)."""
+        if not isinstance(item, (str, os.PathLike, np.ndarray)):
+            return Prediction(None, error=f"unsupported input {type(item).__name__}: give a path or a numpy array"), None
+        path = None if isinstance(item, np.ndarray) else os.fspath(item)
+        pred = Prediction(path)
+        try:
+            t0 = time.perf_counter()
+            image = item if path is None else read_image(path, max_pixels)
+            t1 = time.perf_counter()
+            tensor = preprocess(image, self.preprocess_config)
+            t2 = time.perf_counter()
+            pred.timings_ms = {"read": 1000 * (t1 - t0), "preprocess": 1000 * (t2 - t1)}
+            return pred, tensor
+        except MedgeError as e:
+            pred.error = str(e)
+            return pred, None
+
+    def _finish(self, batch: list[tuple[Prediction, np.ndarray]]) -> None:
+        try:
+            t0 = time.perf_counter()
+            logits = self.infer(np.stack([t for _, t in batch]))
+            per_image = 1000 * (time.perf_counter() - t0) / len(batch)
+        except MedgeError:
+            if len(batch) > 1:  # isolate the input that breaks the batch
+                for one in batch:
+                    self._finish([one])
+                return
+            raise
+        probs = softmax(logits)
+        for (pred, _), z, p in zip(batch, logits, probs):
+            pred.logits = [float(v) for v in z]
+            pred.probabilities = {c: float(v) for c, v in zip(self.classes, p)}
+            pred.label = self.classes[int(np.argmax(z))]
+            pred.timings_ms["inference"] = per_image
+
+    def predict_iter(self, inputs, batch_size: int = 8, workers: int = 2, max_pixels: int = DEFAULT_MAX_PIXELS):
+        """Yield one Prediction per input, in input order, as soon as each batch is done.
+
+        Args:
+            inputs: iterable of paths and/or arrays (gray, BGR or BGRA).
+            batch_size: images per forward pass (1 for a fixed-batch model).
+            workers: threads reading and preprocessing ahead of inference (0 = in this thread).
+            max_pixels: refuse larger images.
+        """
+        batch_size = max(1, batch_size if self.dynamic_batch else 1)
+        inputs = iter(inputs)
+        pool = ThreadPoolExecutor(workers) if workers > 0 else None
+        ahead = max(2 * batch_size, 2 * workers)
+        pending: deque = deque()
+
+        def submit():
+            for item in inputs:
+                pending.append(pool.submit(self._prepare, item, max_pixels) if pool else item)
+                return True
+            return False
+
+        try:
+            while len(pending) < ahead and submit():
+                pass
+            batch: list = []
+            done: list[Prediction] = []
+            while pending:
+                head = pending.popleft()
+                pred, tensor = head.result() if pool else self._prepare(head, max_pixels)
+                submit()
+                done.append(pred)
+                if tensor is not None:
+                    batch.append((pred, tensor))
+                if len(batch) == batch_size or (not pending and batch):
+                    try:
+                        self._finish(batch)
+                    except MedgeError as e:
+                        for p, _ in batch:
+                            p.error = str(e)
+                    batch = []
+                if not batch:  # everything before this point is complete
+                    yield from done
+                    done = []
+            yield from done
+        finally:
+            if pool:
+                pool.shutdown(wait=True, cancel_futures=True)
+
+    def predict(self, inputs, batch_size: int = 8, workers: int = 2, max_pixels: int = DEFAULT_MAX_PIXELS) -> list[Prediction]:
+        """Predict one path or array, or a list of them; returns a list of Predictions in order."""
+        if isinstance(inputs, (str, os.PathLike, np.ndarray)):
+            inputs = [inputs]
+        return list(self.predict_iter(inputs, batch_size, workers, max_pixels))

@@ -1,0 +1,105 @@
+"""``medge predict``: classify image files with a bundle, on numpy + OpenCV only.
+
+Usage: medge predict --model bundles/xray scans/ extra.png --out results.jsonl
+
+One record per input, in input order, each exactly once: path, label, class
+probabilities, the model's SHA-256 and timings, or the error and its reason.
+Folders are searched recursively by extension. A bad input never stops the
+batch; the exit status is 1 when any input failed, 0 otherwise.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import cv2
+
+from edge.errors import MedgeError
+from edge.image import DEFAULT_MAX_PIXELS, collect_inputs
+from edge.model import Model
+from edge.runtime import BACKENDS, ENGINES
+
+
+def add_model_arguments(p: argparse.ArgumentParser) -> None:
+    """Options shared by the commands that load a bundle (predict, watch)."""
+    p.add_argument("--model", required=True, metavar="BUNDLE", help="bundle folder (model.onnx + model.json)")
+    p.add_argument("--backend", choices=list(BACKENDS), default="cpu", help="cv2.dnn backend/target (default: %(default)s)")
+    p.add_argument("--engine", choices=list(ENGINES), help="cv2.dnn engine (default: the bundle's)")
+    p.add_argument("--threads", type=int, help="cv2.setNumThreads for inference (default: OpenCV's choice)")
+    p.add_argument("--batch-size", type=int, default=8, help="images per forward pass (default: %(default)s)")
+    p.add_argument("--workers", type=int, default=2, help="threads reading and preprocessing ahead (default: %(default)s)")
+    p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help="refuse larger images (default: %(default)s)")
+
+
+def load_model(args) -> Model:
+    if args.threads is not None:
+        cv2.setNumThreads(args.threads)
+    return Model.load(args.model, backend=args.backend, engine=args.engine)
+
+
+def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    p = sub.add_parser("predict", help="classify images with a bundle (base install)", description=__doc__,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("paths", nargs="+", metavar="PATH", help="image files (PNG, JPEG, TIFF, BMP, DICOM) or folders")
+    add_model_arguments(p)
+    p.add_argument("--out", help="write records here (default: stdout)")
+    p.add_argument("--format", choices=["jsonl", "csv"], default="jsonl", help="record format (default: %(default)s)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
+    return p
+
+
+class _Writer:
+    def __init__(self, stream, fmt: str, classes: list[str]):
+        self.stream, self.fmt, self.classes = stream, fmt, classes
+        if fmt == "csv":
+            self.csv = csv.writer(stream, lineterminator="\n")
+            self.csv.writerow(["path", "label", *[f"p_{c}" for c in classes], "read_ms", "preprocess_ms",
+                               "inference_ms", "model_sha256", "error"])
+
+    def write(self, rec: dict) -> None:
+        if self.fmt == "jsonl":
+            self.stream.write(json.dumps(rec, ensure_ascii=False) + "\n")
+        else:
+            p, t = rec["probabilities"] or {}, rec["timings_ms"]
+            self.csv.writerow([rec["path"], rec["label"] or "", *[p.get(c, "") for c in self.classes],
+                               *[round(t[k], 3) if k in t else "" for k in ("read", "preprocess", "inference")],
+                               rec["model_sha256"], rec["error"] or ""])
+        self.stream.flush()
+
+
+def run(args: argparse.Namespace) -> int:
+    out = Path(args.out) if args.out else None
+    if out is not None and out.exists() and not args.overwrite:
+        raise MedgeError(f"{out}: exists already (use --overwrite to replace it)")
+    model = load_model(args)
+    paths = collect_inputs(args.paths)
+    progress = sys.stderr.isatty()
+    tmp = out.with_name(f".{out.name}.partial") if out else None
+    stream = open(tmp, "w", encoding="utf-8", newline="") if tmp else io.TextIOWrapper(sys.stdout.buffer, "utf-8", newline="", line_buffering=True)
+    failed, t0 = 0, time.perf_counter()
+    try:
+        writer = _Writer(stream, args.format, model.classes)
+        for i, pred in enumerate(model.predict_iter(paths, args.batch_size, args.workers, args.max_pixels), 1):
+            writer.write(pred.to_record(model.sha256))
+            failed += not pred.ok
+            if progress:
+                print(f"\r{i}/{len(paths)} images, {failed} failed, {i / (time.perf_counter() - t0):.1f} img/s",
+                      end="", file=sys.stderr, flush=True)
+    finally:
+        if tmp:
+            stream.close()
+        else:
+            stream.detach()
+    if tmp:
+        os.replace(tmp, out)  # complete results only: a killed run leaves the .partial file
+    if progress:
+        print(file=sys.stderr)
+    summary = f"{len(paths)} input(s), {len(paths) - failed} classified, {failed} failed"
+    print(summary + (f"; records in {out}" if out else ""), file=sys.stderr)
+    return 1 if failed else 0

@@ -1,0 +1,220 @@
+"""``medge watch``: a hot folder for PACS routers that drop files into a folder.
+
+Usage: medge watch incoming/ results/ --model bundles/xray
+
+- A file is taken once its size and modification time have not changed for
+  ``--settle`` seconds (so a file still being written is left alone). Hidden
+  files and names ending in .part, .partial, .tmp, .filepart are ignored: routers
+  that write under a temporary name and rename are handled without waiting.
+- Each result is written atomically to ``OUT/results/<relative path>.json``.
+- Inputs that fail are moved to ``OUT/quarantine/<relative path>`` with a
+  ``.reason.txt`` beside them; nothing is dropped silently.
+- ``OUT/.medge-watch.jsonl`` records every file handled (path, size, mtime), so a
+  restart neither reprocesses nor skips anything; a result found on disk for the
+  same file version (after a crash between the two writes) is recorded, not redone.
+- SIGINT and SIGTERM finish the current batch and stop cleanly (exit 0).
+- ``--once`` handles what is there (waiting for files to settle) and exits.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import shutil
+import signal
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from edge.errors import MedgeError
+from edge.model import Model
+from edge.predict import add_model_arguments, load_model
+
+LEDGER = ".medge-watch.jsonl"
+TEMP_SUFFIXES = (".part", ".partial", ".tmp", ".filepart", ".crdownload")
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _free_name(path: Path, suffix: str = "") -> Path:
+    """``path`` + suffix, or the first ``path.N`` + suffix that does not exist yet."""
+    candidate, n = Path(f"{path}{suffix}"), 1
+    while candidate.exists():
+        candidate, n = Path(f"{path}.{n}{suffix}"), n + 1
+    return candidate
+
+
+class HotFolder:
+    """Watches ``in_dir`` and writes results and quarantined files under ``out_dir``."""
+
+    def __init__(self, model: Model, in_dir: str | os.PathLike, out_dir: str | os.PathLike, settle_s: float = 2.0,
+                 batch_size: int = 8, workers: int = 2, max_pixels: int | None = None, log=print):
+        self.model, self.in_dir, self.out_dir = model, Path(in_dir), Path(out_dir)
+        if not self.in_dir.is_dir():
+            raise MedgeError(f"{self.in_dir}: input folder not found")
+        if self.out_dir.resolve() == self.in_dir.resolve() or self.in_dir.resolve() in self.out_dir.resolve().parents:
+            raise MedgeError(f"{self.out_dir}: the output folder must not be inside the input folder")
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.settle_s, self.batch_size, self.workers = settle_s, batch_size, workers
+        self.max_pixels = max_pixels
+        self.log = log
+        self.ledger_path = self.out_dir / LEDGER
+        self.done: set[str] = set()
+        self.counts = {"classified": 0, "quarantined": 0, "recovered": 0}
+        self._seen: dict[str, tuple[tuple[int, int], float]] = {}
+        if self.ledger_path.exists():
+            for line in self.ledger_path.read_text(encoding="utf-8").splitlines():
+                try:
+                    self.done.add(json.loads(line)["key"])
+                except (json.JSONDecodeError, KeyError):
+                    continue  # a line cut short by a crash: that file is simply handled again
+
+    @staticmethod
+    def _key(rel: str, size: int, mtime_ns: int) -> str:
+        return f"{rel}|{size}|{mtime_ns}"
+
+    def scan(self, now: float | None = None) -> tuple[list[tuple[Path, str, str]], int]:
+        """Files ready to handle, as (path, relative path, key), and how many are still settling."""
+        now = time.monotonic() if now is None else now
+        ready, settling = [], 0
+        for p in sorted(self.in_dir.rglob("*")):
+            rel = p.relative_to(self.in_dir).as_posix()
+            if any(part.startswith(".") for part in Path(rel).parts) or p.name.lower().endswith(TEMP_SUFFIXES):
+                continue
+            try:
+                if not p.is_file():
+                    continue
+                st = p.stat()
+            except OSError:
+                continue  # vanished between listing and stat
+            sig = (st.st_size, st.st_mtime_ns)
+            key = self._key(rel, *sig)
+            if key in self.done:
+                continue
+            prev = self._seen.get(rel)
+            if prev is None or prev[0] != sig:
+                self._seen[rel] = (sig, now)
+                settling += 1
+            elif now - prev[1] >= self.settle_s:
+                ready.append((p, rel, key))
+            else:
+                settling += 1
+        return ready, settling
+
+    def _record(self, entry: dict) -> None:
+        with open(self.ledger_path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(entry, ensure_ascii=False) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        self.done.add(entry["key"])
+        self._seen.pop(entry["path"], None)
+
+    def _existing_result(self, rel: str, key: str) -> Path | None:
+        base = self.out_dir / "results" / rel
+        for candidate in [Path(f"{base}.json"), *sorted(base.parent.glob(f"{base.name}.*.json"))]:
+            try:
+                if json.loads(candidate.read_text(encoding="utf-8")).get("source", {}).get("key") == key:
+                    return candidate
+            except (OSError, json.JSONDecodeError):
+                continue
+        return None
+
+    def handle(self, items: list[tuple[Path, str, str]]) -> None:
+        """Classify ready files; write results or quarantine; record each in the ledger."""
+        todo = []
+        for path, rel, key in items:
+            found = self._existing_result(rel, key)
+            if found is not None:  # crashed after writing the result, before recording it
+                self._record({"key": key, "path": rel, "status": "classified", "result": str(found), "recovered": True})
+                self.counts["recovered"] += 1
+            else:
+                todo.append((path, rel, key))
+        kw = {"max_pixels": self.max_pixels} if self.max_pixels else {}
+        preds = self.model.predict([p for p, _, _ in todo], self.batch_size, self.workers, **kw)
+        for (path, rel, key), pred in zip(todo, preds):
+            size, mtime_ns = (int(v) for v in key.rsplit("|", 2)[1:])
+            stamp = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+            if pred.ok:
+                target = _free_name(self.out_dir / "results" / rel, ".json")
+                rec = {**pred.to_record(self.model.sha256), "path": rel,
+                       "source": {"key": key, "size": size, "mtime_ns": mtime_ns}, "processed_at": stamp}
+                _atomic_write(target, json.dumps(rec, indent=2, ensure_ascii=False) + "\n")
+                self._record({"key": key, "path": rel, "status": "classified", "result": str(target)})
+                self.counts["classified"] += 1
+                self.log(f"{rel}: {pred.label} ({max(pred.probabilities.values()):.3f})")
+            else:
+                dest = _free_name(self.out_dir / "quarantine" / rel)
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                try:
+                    shutil.move(str(path), dest)
+                    moved = str(dest)
+                except OSError as e:
+                    moved = f"not moved: {e}"
+                _atomic_write(Path(f"{dest}.reason.txt"), f"{rel}\n{pred.error}\nquarantined {stamp}\n")
+                self._record({"key": key, "path": rel, "status": "quarantined", "quarantine": moved, "reason": pred.error})
+                self.counts["quarantined"] += 1
+                self.log(f"{rel}: quarantined: {pred.error}")
+
+    def run(self, stop: threading.Event, poll_s: float = 1.0, once: bool = False) -> dict:
+        """Watch until ``stop`` is set (or, with ``once``, until nothing is left to settle)."""
+        while not stop.is_set():
+            ready, settling = self.scan()
+            for i in range(0, len(ready), 4 * self.batch_size):
+                if stop.is_set():
+                    break
+                self.handle(ready[i : i + 4 * self.batch_size])
+            if once and not ready and not settling:
+                break
+            if not ready:
+                stop.wait(min(poll_s, self.settle_s) if settling else poll_s)
+        return self.counts
+
+
+def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    p = sub.add_parser("watch", help="classify files dropped into a hot folder (base install)", description=__doc__,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("in_dir", metavar="IN_DIR", help="folder the router drops files into")
+    p.add_argument("out_dir", metavar="OUT_DIR", help="folder for results/, quarantine/ and the ledger")
+    add_model_arguments(p)
+    p.add_argument("--settle", type=float, default=2.0, help="seconds a file must stay unchanged (default: %(default)s)")
+    p.add_argument("--poll", type=float, default=1.0, help="seconds between scans (default: %(default)s)")
+    p.add_argument("--once", action="store_true", help="handle what is there, then exit")
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    model = load_model(args)
+    folder = HotFolder(model, args.in_dir, args.out_dir, args.settle, args.batch_size, args.workers, args.max_pixels,
+                       log=lambda msg: print(msg, flush=True))
+    stop = threading.Event()
+
+    def on_signal(signum, _frame):
+        print(f"{signal.Signals(signum).name}: finishing the current batch, then stopping", file=sys.stderr, flush=True)
+        stop.set()
+
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    print(f"watching {args.in_dir} -> {args.out_dir} (model {model.sha256[:12]}, {len(folder.done)} file(s) already done)",
+          file=sys.stderr, flush=True)
+    try:
+        counts = folder.run(stop, args.poll, args.once)
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+    print(f"stopped: {counts['classified']} classified, {counts['quarantined']} quarantined, "
+          f"{counts['recovered']} recovered from a previous run", file=sys.stderr, flush=True)
+    return 0
