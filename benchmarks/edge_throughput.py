@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import tempfile
 import time
 
@@ -26,6 +25,7 @@ import numpy as np
 from edge.image import collect_inputs, read_image, write_image
 from edge.model import Model
 from edge.preprocess import preprocess
+from benchmarks.common import environment
 from edge.runtime import forward, load_net
 
 
@@ -52,38 +52,37 @@ def run_sequential(net, paths, cfg, chw, k) -> np.ndarray:
     return np.concatenate([forward(net, preprocess(read_image(p), cfg)[None], chw, k) for p in paths])
 
 
-def environment() -> dict:
-    info = cv2.getBuildInformation()
-    keep = ("Parallel framework", "Lapack", "Baseline", "Dispatched code generation")
-    return {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
-            "cv2_threads": cv2.getNumThreads(), "opencv": cv2.__version__, "numpy": np.__version__,
-            "python": platform.python_version(),
-            "opencv_build": {k: l.split(":", 1)[1].strip() for l in info.splitlines() for k in keep if l.strip().startswith(k)}}
-
-
-def measure(bundle: str, paths: list[str], rounds: int = 3, batch_size: int = 8, workers: int = 2) -> dict:
+def measure(bundle: str, paths: list[str], rounds: int = 3, batch_size: int = 8, workers: int = 2,
+            others: dict | None = None) -> dict:
+    """Images/s per contender on ``paths``, interleaved; ``others`` maps a name to a runner
+    (``infer(blob)``) fed by the same sequential read -> preprocess loop (onnxruntime, PyTorch)."""
     model = Model.load(bundle)
     net = load_net((model.bundle_dir / "model.onnx").read_bytes(), model.engine)
-    k = len(model.classes)
+    cfg, k = model.preprocess_config, len(model.classes)
     contenders = {
         "medge": lambda: run_medge(model, paths, batch_size, workers),
-        "sequential": lambda: run_sequential(net, paths, model.preprocess_config, model.chw, k),
+        "sequential": lambda: run_sequential(net, paths, cfg, model.chw, k),
     }
+    for name, runner in (others or {}).items():
+        contenders[name] = lambda r=runner: np.concatenate([r.infer(preprocess(read_image(p), cfg)[None]) for p in paths])
     outputs = {name: fn() for name, fn in contenders.items()}  # warm-up, and the outputs to compare
     times = {name: [] for name in contenders}
+    names = list(contenders)
     for r in range(rounds):
-        for name in (list(contenders) if r % 2 == 0 else list(contenders)[::-1]):
+        for name in names[r % len(names):] + names[: r % len(names)]:  # rotate who goes first
             t0 = time.perf_counter()
             contenders[name]()
             times[name].append(time.perf_counter() - t0)
     ips = {name: len(paths) / float(np.median(t)) for name, t in times.items()}
+    ref = outputs["sequential"]
     return {
         "benchmark": "edge_throughput", "images": len(paths), "rounds": rounds, "batch_size": batch_size,
         "workers": workers, "model": {"arch": model.manifest["model"].get("arch"), "input": list(model.chw)},
         "images_per_s": ips, "seconds_per_round": times,
         "ms_per_image": {n: 1000 / v for n, v in ips.items()},
-        "speedup_medge_over_sequential": ips["medge"] / ips["sequential"],
-        "outputs_identical": bool(np.array_equal(outputs["medge"], outputs["sequential"])),
+        "speedup_of_medge": {n: ips["medge"] / v for n, v in ips.items() if n != "medge"},
+        "outputs_identical": bool(np.array_equal(outputs["medge"], ref)),
+        "max_abs_logit_vs_sequential": {n: float(np.abs(o - ref).max()) for n, o in outputs.items()},
         "env": environment(),
     }
 

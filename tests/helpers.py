@@ -2,8 +2,7 @@
 import torch
 
 from edge.preprocess import PreprocessConfig
-from train.checkpoint import library_versions, save_checkpoint
-from train.config import TrainConfig
+from train.checkpoint import save_model_checkpoint
 from train.models import build_model
 
 CLASSES = ["disease", "normal"]
@@ -29,8 +28,4 @@ def make_checkpoint(path, arch="resnet18", size=32, channels=1, seed=0):
     torch.manual_seed(seed)
     pcfg = PreprocessConfig(size=size, channels=channels)
     model = randomize(build_model(arch, channels, len(CLASSES)), seed, (channels, size, size))
-    save_checkpoint(path, {"model": model.state_dict(), "arch": arch, "classes": CLASSES,
-                           "train_config": TrainConfig(arch=arch).to_dict(), "preprocess": pcfg.to_dict(),
-                           "epoch": 1, "metrics": {"val": {"accuracy": 0.5}}, "versions": library_versions(),
-                           "history": [], "best": None})
-    return path
+    return save_model_checkpoint(path, model, arch, CLASSES, pcfg, {"val": {"accuracy": 0.5}}, epoch=1)

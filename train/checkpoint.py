@@ -79,3 +79,15 @@ def model_from_checkpoint(ck: dict):
     except RuntimeError as e:
         raise CheckpointError(f"checkpoint weights do not fit {ck['arch']}: {str(e).splitlines()[0]}") from None
     return model.eval()
+
+
+def save_model_checkpoint(path, model, arch: str, classes: list[str], pcfg: PreprocessConfig, metrics: dict | None = None,
+                          epoch: int = 0) -> Path:
+    """Write a checkpoint for a model trained elsewhere (or not at all: benchmarks and tests)."""
+    from train.config import TrainConfig
+
+    save_checkpoint(path, {"model": model.state_dict(), "arch": arch, "classes": list(classes),
+                           "train_config": TrainConfig(arch=arch).to_dict(), "preprocess": pcfg.to_dict(),
+                           "epoch": epoch, "metrics": metrics or {}, "versions": library_versions(),
+                           "history": [], "best": None})
+    return Path(path)

@@ -86,6 +86,40 @@ def _quantize(img: np.ndarray, bits: int) -> np.ndarray:
     return np.round(img * top).astype(np.uint16 if bits == 16 else np.uint8)
 
 
+def write_dicom(path, pixels, photometric="MONOCHROME2", slope=None, intercept=None, window=None, transfer=None,
+                frames=None) -> str:
+    """Write a 12-bit DX DICOM file (needs pydicom). ``transfer`` other than Explicit VR Little
+    Endian writes a placeholder compressed stream (to test decoders that are not installed)."""
+    from pydicom.dataset import FileDataset, FileMetaDataset
+    from pydicom.encaps import encapsulate
+    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+
+    transfer = transfer or ExplicitVRLittleEndian
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = transfer
+    ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
+    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+    ds.Modality = "DX"
+    ds.Rows, ds.Columns = pixels.shape
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, photometric
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+    if slope is not None:
+        ds.RescaleSlope, ds.RescaleIntercept = slope, intercept
+    if window is not None:
+        ds.WindowCenter, ds.WindowWidth = window
+    if frames:
+        ds.NumberOfFrames = frames
+    if transfer == ExplicitVRLittleEndian:
+        ds.PixelData = pixels.astype(np.uint16).tobytes()
+    else:
+        ds.PixelData = encapsulate([b"\xff\x4f\xff\x51" + bytes(100)])  # not decodable without a JPEG 2000 plugin
+        ds["PixelData"].VR = "OB"
+    ds.save_as(str(path), enforce_file_format=True)
+    return str(path)
+
+
 def generate(out: str | Path, cfg: SynthConfig = SynthConfig()) -> dict:
     """Write the data set and ``synth.json`` (its config and counts); returns the counts.
 

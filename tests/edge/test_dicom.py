@@ -4,41 +4,12 @@ import numpy as np
 import pytest
 
 pydicom = pytest.importorskip("pydicom", reason="the dicom extra is not installed")
-from pydicom.dataset import FileDataset, FileMetaDataset  # noqa: E402
-from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless, SecondaryCaptureImageStorage, generate_uid  # noqa: E402
+from pydicom.uid import JPEG2000Lossless  # noqa: E402
 
 from edge.errors import ImageError, MissingExtraError  # noqa: E402
 from edge.image import read_image  # noqa: E402
 from edge.preprocess import preprocess, to_uint8  # noqa: E402
-
-
-def write_dicom(path, pixels, photometric="MONOCHROME2", slope=None, intercept=None, window=None, transfer=ExplicitVRLittleEndian,
-                frames=None):
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = transfer
-    ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
-    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
-    ds.Modality = "DX"
-    ds.Rows, ds.Columns = pixels.shape
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, photometric
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
-    if slope is not None:
-        ds.RescaleSlope, ds.RescaleIntercept = slope, intercept
-    if window is not None:
-        ds.WindowCenter, ds.WindowWidth = window
-    if frames:
-        ds.NumberOfFrames = frames
-    if transfer == ExplicitVRLittleEndian:
-        ds.PixelData = pixels.astype(np.uint16).tobytes()
-    else:
-        from pydicom.encaps import encapsulate
-
-        ds.PixelData = encapsulate([b"\xff\x4f\xff\x51" + bytes(100)])  # not decodable without a JPEG 2000 plugin
-        ds["PixelData"].VR = "OB"
-    ds.save_as(str(path), enforce_file_format=True)
-    return path
+from train.synth import write_dicom  # noqa: E402
 
 
 def _ramp():

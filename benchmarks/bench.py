@@ -1,0 +1,358 @@
+"""``medge bench``: PyTorch vs cv2.dnn (vs onnxruntime) latency on this machine, as a record.
+
+Usage: medge bench --model bundles/xray --checkpoint runs/xray/best.pt --out bench.json
+
+In one run, interleaving the runtimes in short blocks (5 timed calls each, the
+order rotating, the first call of each block untimed) so that machine drift hits
+all alike and no runtime pays for another's spinning threads, for each thread count (default 1 and all cores) and batch size
+(default 1 and 8): warm-up, then repeats of one forward pass each; p50, p90,
+p99, mean, min (ms) and images/s. Also: cold start (load + first inference),
+RSS after each runtime loads and the process's peak, preprocessing (read and
+edge.preprocess timed apart on 2048x2048 8- and 16-bit PNGs, and DICOM when
+pydicom is installed), end-to-end images/s on those files (medge's pipelined
+edge, a plain sequential cv2.dnn loop, onnxruntime and PyTorch fed by the same
+preprocessing), and the compute floor: the model's FLOPs and the fraction of the
+measured FP32 matmul peak each runtime reaches.
+
+What each figure includes: "latency" is one forward pass on a ready blob
+(no preprocessing); "preprocess" is read_image or edge.preprocess alone;
+"end to end" is file on disk to logits. The JSON record holds every figure and
+the environment; a Markdown table goes to stdout; a PNG plot is written next to
+--out when matplotlib is installed.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+EXTRA = "train"
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    batch_sizes: tuple = (1, 8)
+    threads: tuple = (1, os.cpu_count() or 1)
+    warmup: int = 5  # untimed calls per runtime before each measurement
+    repeats: int = 50  # timed calls per runtime, batch size and thread count
+    block: int = 5  # timed calls in a row per runtime before the next one's turn
+    preprocess_repeats: int = 10  # timed reads/preprocessings per image kind
+    e2e_images: int = 16  # 2048x2048 files for the end-to-end comparison (0 = skip)
+    e2e_rounds: int = 3
+    image_size: int = 2048  # side of the generated files
+
+
+def model_flops(checkpoint: str | None, arch: str, chw) -> float | None:
+    """FLOPs of one forward pass (2 x multiply-adds of Conv2d and Linear layers), via torch hooks."""
+    try:
+        import torch
+
+        from train.models import build_model
+    except ImportError:
+        return None
+    net = build_model(arch, chw[0], 2).eval()
+    macs = []
+
+    def hook(m, inp, out):
+        if isinstance(m, torch.nn.Conv2d):
+            macs.append(out.numel() * (m.in_channels // m.groups) * m.kernel_size[0] * m.kernel_size[1])
+        elif isinstance(m, torch.nn.Linear):
+            macs.append(out.numel() * m.in_features)
+
+    handles = [m.register_forward_hook(hook) for m in net.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+    with torch.inference_mode():
+        net(torch.zeros(1, *chw))
+    for h in handles:
+        h.remove()
+    return 2.0 * sum(macs)
+
+
+def matmul_peak_gflops(threads: int, n: int = 1024, repeats: int = 5) -> float:
+    """Measured FP32 matmul GFLOP/s with ``threads`` threads (torch when present, else numpy)."""
+    try:
+        import torch
+
+        torch.set_num_threads(threads)
+        a, b = torch.rand(n, n), torch.rand(n, n)
+        mm = lambda: torch.mm(a, b)
+    except ImportError:
+        a, b = np.random.rand(n, n).astype(np.float32), np.random.rand(n, n).astype(np.float32)
+        mm = lambda: a @ b
+    mm()
+    best = min(_time(mm) for _ in range(repeats))
+    return 2.0 * n**3 / best / 1e9
+
+
+def _time(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def write_dicom_files(folder: str, n: int, size: int) -> list[str]:
+    try:
+        from train.synth import SynthConfig, make_image, write_dicom
+    except ImportError:
+        return []
+    try:
+        import pydicom  # noqa: F401
+    except ImportError:
+        return []
+    cfg = SynthConfig(size=size, seed=9)
+    return [write_dicom(os.path.join(folder, f"d{i}.dcm"), np.round(make_image(i, i % 2 == 1, cfg) * 4095).astype(np.uint16))
+            for i in range(n)]
+
+
+def time_preprocessing(files: dict[str, list[str]], cfg, repeats: int) -> dict:
+    from edge.image import read_image
+    from edge.preprocess import preprocess
+
+    from benchmarks.common import summarize
+
+    out = {}
+    for kind, paths in files.items():
+        if not paths:
+            continue
+        read_ms, prep_ms = [], []
+        for i in range(repeats):
+            p = paths[i % len(paths)]
+            t0 = time.perf_counter()
+            img = read_image(p)
+            t1 = time.perf_counter()
+            preprocess(img, cfg)
+            t2 = time.perf_counter()
+            read_ms.append(1000 * (t1 - t0))
+            prep_ms.append(1000 * (t2 - t1))
+        out[kind] = {"read": summarize(read_ms), "preprocess": summarize(prep_ms)}
+    return out
+
+
+def measure_latency(runners: list, inputs: np.ndarray, cfg: BenchConfig) -> list[dict]:
+    """Forward-pass latencies for every thread count and batch size, interleaved in blocks.
+
+    The runtimes take turns in blocks of ``cfg.block`` calls (the order rotates), and the
+    first call of each block is not timed: thread pools that spin after a call (PyTorch's
+    OpenMP, onnxruntime) would otherwise tax whichever runtime runs right after them.
+    """
+    from benchmarks.common import summarize
+
+    rows = []
+    for threads in cfg.threads:
+        for r in runners:
+            r.set_threads(threads)
+        for batch in cfg.batch_sizes:
+            blob = np.ascontiguousarray(inputs[np.arange(batch) % len(inputs)])
+            for r in runners:
+                for _ in range(cfg.warmup):
+                    r.infer(blob)
+            times = {r.name: [] for r in runners}
+            turn = 0
+            while min(len(t) for t in times.values()) < cfg.repeats:
+                for r in runners[turn % len(runners):] + runners[: turn % len(runners)]:
+                    r.infer(blob)  # untimed: settles this runtime's threads
+                    for _ in range(min(cfg.block, cfg.repeats - len(times[r.name]))):
+                        t0 = time.perf_counter()
+                        r.infer(blob)
+                        times[r.name].append(1000 * (time.perf_counter() - t0))
+                turn += 1
+            for r in runners:
+                rows.append({"runtime": r.name, "threads": threads, "batch": batch, **summarize(times[r.name], batch),
+                             "samples_ms": times[r.name]})
+    return rows
+
+
+def run_bench(bundle: str, checkpoint: str | None = None, data: str | None = None, cfg: BenchConfig = BenchConfig(),
+              log=print) -> dict:
+    """Measure everything described in the module docstring; returns the record."""
+    from benchmarks import edge_throughput
+    from benchmarks.common import environment, peak_rss_mb, rss_mb
+    from benchmarks.runners import DnnRunner, TorchRunner, optional_ort
+    from edge.bundle import golden_inputs
+    from edge.image import collect_inputs, read_image
+    from edge.preprocess import preprocess
+
+    record: dict = {"benchmark": "medge bench", "config": asdict(cfg), "bundle": str(bundle), "checkpoint": checkpoint,
+                    "cold_start_ms": {}, "rss_mb_after_load": {"start": rss_mb()}, "notes": []}
+    runners = []
+
+    def add(make, name):
+        t0 = time.perf_counter()
+        r = make()
+        if r is None:
+            record["notes"].append(f"{name}: not installed, skipped")
+            return None
+        runners.append(r)
+        r.infer(probe)
+        record["cold_start_ms"][r.name] = 1000 * (time.perf_counter() - t0)
+        record["rss_mb_after_load"][r.name] = rss_mb()
+        return r
+
+    from edge.bundle import read_manifest
+
+    manifest = read_manifest(bundle)
+    from edge.preprocess import PreprocessConfig
+
+    pcfg = PreprocessConfig.from_dict(manifest["preprocess"])
+    probe = golden_inputs(1, 1, pcfg)
+    dnn = add(lambda: DnnRunner(bundle), "cv2.dnn")
+    torch_cpu = None
+    if checkpoint:
+        torch_cpu = add(lambda: TorchRunner(checkpoint, "cpu"), "pytorch")
+        try:
+            import torch
+
+            if torch.cuda.is_available():
+                add(lambda: TorchRunner(checkpoint, "cuda"), "pytorch-cuda")
+        except ImportError:
+            pass
+    else:
+        record["notes"].append("no --checkpoint: PyTorch not measured")
+    ort = add(lambda: optional_ort(dnn.model._onnx), "onnxruntime")
+
+    # Inputs: the data's val images through the edge preprocessing, else golden-style inputs.
+    if data:
+        paths = collect_inputs([os.path.join(data, "val") if os.path.isdir(os.path.join(data, "val")) else data])[:16]
+        inputs = np.stack([preprocess(read_image(p), pcfg) for p in paths])
+    else:
+        inputs = golden_inputs(2, max(cfg.batch_sizes), pcfg)
+    log(f"latency: {', '.join(r.name for r in runners)}; threads {list(cfg.threads)}; batches {list(cfg.batch_sizes)}; "
+        f"{cfg.repeats} repeats")
+    record["latency"] = measure_latency(runners, inputs, cfg)
+
+    flops = model_flops(checkpoint, manifest["model"].get("arch", "resnet18"), tuple(manifest["model"]["input_shape"][1:]))
+    record["compute"] = {"model_gflops": flops / 1e9 if flops else None, "matmul_peak_gflops": {}}
+    for threads in cfg.threads:
+        record["compute"]["matmul_peak_gflops"][str(threads)] = peak = matmul_peak_gflops(threads)
+        for row in record["latency"]:
+            if row["threads"] == threads and flops:
+                achieved = flops * row["batch"] / (row["p50_ms"] / 1000) / 1e9
+                row["achieved_gflops"] = achieved
+                row["fraction_of_matmul_peak"] = achieved / peak
+    for r in runners:  # restore the default thread count for what follows
+        r.set_threads(os.cpu_count() or 1)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        log(f"preprocessing and end to end on {cfg.image_size}x{cfg.image_size} files")
+        n = max(cfg.e2e_images, 2)
+        pngs = edge_throughput.make_images(tmp, n, cfg.image_size)
+        files = {"png8": pngs[0::2], "png16": pngs[1::2],
+                 "dicom": write_dicom_files(tmp, min(4, n), cfg.image_size)}
+        if not files["dicom"]:
+            record["notes"].append("pydicom not installed: DICOM not measured")
+        record["preprocessing"] = time_preprocessing(files, pcfg, cfg.preprocess_repeats)
+        if cfg.e2e_images:
+            others = {"onnxruntime": ort} if ort else {}
+            if torch_cpu:
+                others["pytorch"] = torch_cpu
+            e2e_paths = pngs[: cfg.e2e_images] + files["dicom"]
+            e2e = edge_throughput.measure(bundle, e2e_paths, cfg.e2e_rounds, others=others)
+            e2e.pop("env")
+            record["end_to_end"] = e2e
+    record["peak_rss_mb"] = peak_rss_mb()
+    record["env"] = environment()
+    return record
+
+
+def _fmt(v, digits=2):
+    return "-" if v is None or (isinstance(v, float) and not np.isfinite(v)) else f"{v:.{digits}f}"
+
+
+def markdown(record: dict) -> str:
+    """Render the record as Markdown tables (generated, never typed by hand)."""
+    env = record["env"]
+    lines = [f"Machine: {env['cpu']}, {env['cores']} cores; OpenCV {env['opencv']} "
+             f"({env['opencv_build'].get('Parallel framework', '?')}), torch {env.get('torch')}, "
+             f"onnxruntime {env.get('onnxruntime')}; git {env.get('git_revision')}.", "",
+             "Forward pass on a ready blob (no preprocessing), interleaved:", "",
+             "| runtime | threads | batch | p50 ms | p90 ms | p99 ms | mean ms | min ms | images/s | % matmul peak |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for r in record["latency"]:
+        frac = r.get("fraction_of_matmul_peak")
+        lines.append(f"| {r['runtime']} | {r['threads']} | {r['batch']} | {_fmt(r['p50_ms'])} | {_fmt(r['p90_ms'])} | "
+                     f"{_fmt(r['p99_ms'])} | {_fmt(r['mean_ms'])} | {_fmt(r['min_ms'])} | {_fmt(r['images_per_s'], 1)} | "
+                     f"{_fmt(100 * frac, 0) if frac else '-'} |")
+    c = record["compute"]
+    lines += ["", f"Model: {_fmt(c['model_gflops'])} GFLOPs per image; measured FP32 matmul peak "
+                  + ", ".join(f"{_fmt(v, 0)} GFLOP/s at {t} thread(s)" for t, v in c["matmul_peak_gflops"].items()) + ".",
+              "", "Cold start (load + first inference, ms): "
+              + ", ".join(f"{k} {_fmt(v, 0)}" for k, v in record["cold_start_ms"].items())
+              + f"; peak RSS {_fmt(record['peak_rss_mb'], 0)} MB.", ""]
+    if record.get("preprocessing"):
+        lines += ["| input | read p50 ms | preprocess p50 ms |", "| --- | ---: | ---: |"]
+        for kind, v in record["preprocessing"].items():
+            lines.append(f"| {kind} | {_fmt(v['read']['p50_ms'])} | {_fmt(v['preprocess']['p50_ms'])} |")
+        lines.append("")
+    e2e = record.get("end_to_end")
+    if e2e:
+        lines += [f"End to end, file to logits, {e2e['images']} files, median of {e2e['rounds']} interleaved rounds:", "",
+                  "| pipeline | images/s | ms/image | medge speed-up | max abs logit vs sequential |",
+                  "| --- | ---: | ---: | ---: | ---: |"]
+        for name, ips in e2e["images_per_s"].items():
+            sp = e2e["speedup_of_medge"].get(name)
+            lines.append(f"| {name} | {_fmt(ips, 1)} | {_fmt(1000 / ips, 1)} | {_fmt(sp) + 'x' if sp else '-'} | "
+                         f"{e2e['max_abs_logit_vs_sequential'][name]:.1e} |")
+    if record.get("notes"):
+        lines += ["", "Notes: " + "; ".join(record["notes"]) + "."]
+    return "\n".join(lines)
+
+
+def plot(record: dict, path: str) -> str | None:
+    """Latency distributions per runtime and batch size (all-cores rows); None without matplotlib."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    rows = [r for r in record["latency"] if r["threads"] == max(x["threads"] for x in record["latency"])]
+    fig, ax = plt.subplots(figsize=(8, 4))
+    ax.boxplot([r["samples_ms"] for r in rows], tick_labels=[f"{r['runtime']}\nbatch {r['batch']}" for r in rows])
+    ax.set_ylabel("ms per forward pass")
+    ax.set_title(f"latency, {rows[0]['threads']} threads")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    d = BenchConfig()
+    p = sub.add_parser("bench", help="measure PyTorch vs cv2.dnn latency here (extra: train)", description=__doc__,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", required=True, metavar="BUNDLE", help="bundle folder")
+    p.add_argument("--checkpoint", help="training checkpoint, to measure PyTorch")
+    p.add_argument("--data", help="data folder; its val images are the inputs (default: generated)")
+    p.add_argument("--out", help="write the JSON record here (and a PNG plot beside it)")
+    p.add_argument("--batch-sizes", type=int, nargs="+", default=list(d.batch_sizes), help="default: %(default)s")
+    p.add_argument("--threads", type=int, nargs="+", default=list(d.threads), help="default: %(default)s")
+    p.add_argument("--repeats", type=int, default=d.repeats, help="timed calls per case (default: %(default)s)")
+    p.add_argument("--warmup", type=int, default=d.warmup, help="untimed calls per case (default: %(default)s)")
+    p.add_argument("--e2e-images", type=int, default=d.e2e_images, help="files for end to end, 0 = skip (default: %(default)s)")
+    p.add_argument("--image-size", type=int, default=d.image_size, help="side of generated files (default: %(default)s)")
+    p.add_argument("--smoke", action="store_true", help="few repeats and small files: checks the command, measures nothing useful")
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.smoke:
+        cfg = BenchConfig(batch_sizes=(1, 2), threads=(1,), warmup=1, repeats=3, preprocess_repeats=2, e2e_images=2,
+                          e2e_rounds=1, image_size=256)
+    else:
+        cfg = BenchConfig(tuple(args.batch_sizes), tuple(args.threads), args.warmup, args.repeats,
+                          e2e_images=args.e2e_images, image_size=args.image_size)
+    log = lambda msg: print(msg, file=sys.stderr, flush=True)
+    record = run_bench(args.model, args.checkpoint, args.data, cfg, log)
+    print(markdown(record))
+    if args.out:
+        Path(args.out).write_text(json.dumps(record, indent=2) + "\n")
+        png = plot(record, str(Path(args.out).with_suffix(".png")))
+        log(f"record: {args.out}" + (f", plot: {png}" if png else " (matplotlib not installed: no plot)"))
+    return 0

@@ -1,0 +1,95 @@
+"""What every benchmark record shares: correct percentiles and the environment."""
+from __future__ import annotations
+
+import math
+import os
+import platform
+import subprocess
+
+import cv2
+import numpy as np
+
+
+def percentile(values, q: float) -> float:
+    """The q-th percentile (0..100) by linear interpolation between the sorted values
+    (numpy's default 'linear' method): sort first, then interpolate."""
+    xs = sorted(float(v) for v in values)
+    if not xs:
+        return float("nan")
+    pos = (len(xs) - 1) * q / 100.0
+    lo, hi = math.floor(pos), math.ceil(pos)
+    return xs[lo] + (xs[hi] - xs[lo]) * (pos - lo)
+
+
+def summarize(times_ms, images_per_call: int = 1) -> dict:
+    """p50, p90, p99, mean, min, max (ms per call) and throughput (images/s at the mean)."""
+    xs = [float(v) for v in times_ms]
+    mean = sum(xs) / len(xs) if xs else float("nan")
+    return {"n": len(xs), "p50_ms": percentile(xs, 50), "p90_ms": percentile(xs, 90), "p99_ms": percentile(xs, 99),
+            "mean_ms": mean, "min_ms": min(xs) if xs else float("nan"), "max_ms": max(xs) if xs else float("nan"),
+            "images_per_s": 1000.0 * images_per_call / mean if xs and mean > 0 else float("nan")}
+
+
+def rss_mb() -> float:
+    """Current resident set size of this process (Linux), MB."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return float("nan")
+
+
+def peak_rss_mb() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KB on Linux
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _git_revision() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5,
+                             cwd=os.path.dirname(os.path.abspath(__file__)))
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def environment() -> dict:
+    """CPU, cores, thread settings, library versions, OpenCV build essentials, git revision."""
+    info = cv2.getBuildInformation()
+    keep = ("Parallel framework", "Lapack", "Baseline", "Dispatched code generation", "Version control")
+    env = {"cpu": _cpu_model(), "cores": os.cpu_count(), "python": platform.python_version(),
+           "platform": platform.platform(), "cv2_threads": cv2.getNumThreads(), "opencv": cv2.__version__,
+           "numpy": np.__version__, "git_revision": _git_revision(),
+           "opencv_build": {k: l.split(":", 1)[1].strip() for l in info.splitlines() for k in keep
+                            if l.strip().startswith(k + ":")},
+           "thread_env": {k: os.environ[k] for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+                          if k in os.environ}}
+    for mod in ("torch", "torchvision", "onnx", "onnxruntime"):
+        try:
+            m = __import__(mod)
+            env[mod] = str(m.__version__)
+        except ImportError:
+            env[mod] = None
+    try:
+        import torch
+
+        env["torch_threads"] = torch.get_num_threads()
+        env["cuda"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    except ImportError:
+        pass
+    return env

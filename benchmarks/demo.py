@@ -1,0 +1,213 @@
+"""``medge demo``: the whole promise in one command, from nothing to a verified, benchmarked model.
+
+Usage: medge demo                        # synthetic data, CPU-sized, a few minutes on 2 cores
+       medge demo --data data/xray --device cuda --out runs/demo-gpu
+
+Stages, each in the run folder, each stopping the demo with a clear message if it fails:
+  1. data      synthetic chest-X-ray-like set (medge synth), unless --data is given
+  2. train     a short training run (medge train)
+  3. export    opset-12 ONNX, onnxsim, cv2.dnn, parity gate, bundle (medge export)
+  4. predict   the bundle on held-out images, numpy + OpenCV only (medge predict)
+  5. bench     a short PyTorch vs cv2.dnn latency run (medge bench)
+  6. parity    PyTorch vs cv2.dnn on every image (medge parity)
+and a summary (summary.json, summary.md). It lives in benchmarks/ because it is
+the one package allowed to use all the others.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+EXTRA = "train"
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    n_images: int = 400  # synthetic images (half per class)
+    image_px: int = 256  # side of the synthetic images
+    img_size: int = 128  # network input (the bundle's PreprocessConfig.size)
+    arch: str = "resnet18"
+    epochs: int = 8
+    batch_size: int = 16
+    bench_repeats: int = 20
+    bench_e2e_images: int = 8
+    bench_image_px: int = 2048
+
+
+CPU = DemoConfig()
+GPU = DemoConfig(n_images=2000, img_size=224, epochs=15, batch_size=64, bench_repeats=50, bench_e2e_images=16)
+QUICK = DemoConfig(n_images=60, image_px=96, img_size=32, epochs=2, batch_size=8, bench_repeats=3,
+                   bench_e2e_images=2, bench_image_px=256)  # for tests: checks the plumbing, learns little
+
+
+class StageError(Exception):
+    pass
+
+
+def _stage(k: int, name: str, fn, log):
+    log(f"\n[{k}/6] {name}")
+    t0 = time.perf_counter()
+    try:
+        result = fn()
+    except KeyboardInterrupt:
+        raise
+    except Exception as e:  # every stage failure becomes one clear line
+        raise StageError(f"demo failed at stage {k} ({name}): {e}") from e
+    log(f"[{k}/6] {name}: done in {time.perf_counter() - t0:.1f} s")
+    return result
+
+
+def run_demo(out: str, data: str | None = None, device: str = "auto", cfg: DemoConfig | None = None,
+             log=print) -> dict:
+    """Run the six stages; returns the summary (also written to OUT/summary.json)."""
+    from benchmarks.bench import BenchConfig, run_bench
+    from benchmarks.parity import run_parity
+    from edge.model import Model
+    from edge.preprocess import PreprocessConfig
+    from export.onnx_export import ExportConfig, export_bundle
+    from train.config import TrainConfig
+    from train.engine import select_device, train
+    from train.synth import SynthConfig, generate
+
+    out_dir = Path(out)
+    if out_dir.exists() and any(out_dir.iterdir()):
+        raise StageError(f"{out_dir} is not empty; choose a new --out (nothing is overwritten)")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    dev = select_device(device)
+    cfg = cfg or (GPU if dev.type == "cuda" else CPU)
+    log(f"medge demo -> {out_dir} (device {dev}, {cfg.arch} at {cfg.img_size}px, {cfg.epochs} epochs)")
+    t_start = time.perf_counter()
+
+    def make_data():
+        if data:
+            return data
+        counts = generate(out_dir / "data", SynthConfig(n=cfg.n_images, size=cfg.image_px, bits="mix", seed=0))
+        log("  " + ", ".join(f"{s}: {sum(c.values())}" for s, c in sorted(counts.items())))
+        return str(out_dir / "data")
+
+    data_dir = _stage(1, "data", make_data, log)
+    run_dir = out_dir / "run"
+    tcfg = TrainConfig(data=data_dir, out=str(run_dir), arch=cfg.arch, epochs=cfg.epochs, batch_size=cfg.batch_size,
+                       schedule="cosine", device=device, cache_dir=str(out_dir / "cache"))
+    summary_train = _stage(2, "train", lambda: train(tcfg, PreprocessConfig(size=cfg.img_size)), log)
+    bundle = out_dir / "bundle"
+    manifest = _stage(3, "export", lambda: export_bundle(str(run_dir / "best.pt"), str(bundle), data_dir,
+                                                         ExportConfig(), log=lambda m: log("  " + m)), log)
+
+    def predict():
+        held_out = Path(data_dir) / ("test" if (Path(data_dir) / "test").is_dir() else "val")
+        from edge.image import collect_inputs
+
+        paths = collect_inputs([held_out])
+        model = Model.load(bundle)
+        preds = model.predict(paths)
+        with open(out_dir / "predictions.jsonl", "w", encoding="utf-8") as f:
+            for p in preds:
+                f.write(json.dumps(p.to_record(model.sha256), ensure_ascii=False) + "\n")
+        truth = [Path(p).parent.name for p in paths]
+        correct = sum(p.label == t for p, t in zip(preds, truth))
+        failed = sum(not p.ok for p in preds)
+        log(f"  {len(preds)} held-out images from {held_out}: {correct} correct, {failed} failed")
+        return {"images": len(preds), "correct": correct, "failed": failed, "accuracy": correct / max(len(preds), 1)}
+
+    pred_summary = _stage(4, "predict (edge: numpy + OpenCV only)", predict, log)
+    bcfg = BenchConfig(threads=(os.cpu_count() or 1,), warmup=3, repeats=cfg.bench_repeats,
+                       e2e_images=cfg.bench_e2e_images, e2e_rounds=2, image_size=cfg.bench_image_px)
+
+    def bench():
+        rec = run_bench(str(bundle), str(run_dir / "best.pt"), None, bcfg, log=lambda m: log("  " + m))
+        (out_dir / "bench.json").write_text(json.dumps(rec, indent=2) + "\n")
+        from benchmarks.bench import markdown, plot
+
+        (out_dir / "bench.md").write_text(markdown(rec) + "\n")
+        plot(rec, str(out_dir / "bench.png"))
+        return rec
+
+    bench_rec = _stage(5, "bench", bench, log)
+
+    def parity():
+        rec = run_parity(str(bundle), str(run_dir / "best.pt"), data_dir, log=lambda m: log("  " + m))
+        (out_dir / "parity.json").write_text(json.dumps(rec, indent=2) + "\n")
+        if not rec["passed"]:
+            raise RuntimeError("parity beyond tolerance: " + "; ".join(
+                f for c in rec["comparisons"].values() for f in c["failures"]))
+        return rec
+
+    parity_rec = _stage(6, "parity", parity, log)
+
+    lat = {(r["runtime"], r["batch"]): r["p50_ms"] for r in bench_rec["latency"]}
+    c = parity_rec["comparisons"]["pytorch_vs_cv2.dnn"]
+    summary = {
+        "out": str(out_dir), "seconds": round(time.perf_counter() - t_start, 1), "device": str(dev),
+        "data": data_dir, "arch": cfg.arch, "img_size": cfg.img_size,
+        "val": {k: summary_train["val"][k] for k in ("accuracy", "balanced_accuracy", "auc")},
+        "test": {k: summary_train["test"][k] for k in ("accuracy", "balanced_accuracy", "auc")} if "test" in summary_train else None,
+        "export_parity": {"max_abs_logit": manifest["parity"]["logits"]["max_abs"], "top1_agreement": manifest["parity"]["top1_agreement"]},
+        "parity": {"images": parity_rec["images"], "max_abs_logit": c["logits"]["max_abs"],
+                   "max_abs_prob": c["probabilities"]["max_abs"], "top1_agreement": c["top1_agreement"]},
+        "latency_p50_ms": {f"{rt} batch {b}": v for (rt, b), v in sorted(lat.items())},
+        "end_to_end_images_per_s": bench_rec.get("end_to_end", {}).get("images_per_s"),
+        "predict": pred_summary,
+        "paths": {"bundle": str(bundle), "checkpoint": str(run_dir / "best.pt"),
+                  "predictions": str(out_dir / "predictions.jsonl"), "bench": str(out_dir / "bench.json"),
+                  "parity": str(out_dir / "parity.json")},
+    }
+    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    text = summary_text(summary)
+    (out_dir / "summary.md").write_text(text + "\n")
+    log("\n" + text)
+    return summary
+
+
+def summary_text(s: dict) -> str:
+    v = s["val"]
+    lat = s["latency_p50_ms"]
+    b1 = {k.split(" batch")[0]: ms for k, ms in lat.items() if k.endswith(" batch 1")}
+    ratio = f" (cv2.dnn / PyTorch = {b1['cv2.dnn'] / b1['pytorch']:.2f})" if "cv2.dnn" in b1 and "pytorch" in b1 else ""
+    lines = [
+        f"medge demo finished in {s['seconds']:.0f} s on {s['device']}: {s['arch']} at {s['img_size']}px",
+        f"  validation: accuracy {v['accuracy']:.3f}, balanced accuracy {v['balanced_accuracy']:.3f}, AUC {v['auc']:.3f}",
+    ]
+    if s.get("test"):
+        t = s["test"]
+        lines.append(f"  test:       accuracy {t['accuracy']:.3f}, balanced accuracy {t['balanced_accuracy']:.3f}, AUC {t['auc']:.3f}")
+    p = s["parity"]
+    lines += [
+        f"  parity PyTorch vs cv2.dnn on {p['images']} images: max |dlogit| {p['max_abs_logit']:.2e}, "
+        f"max |dprob| {p['max_abs_prob']:.2e}, top-1 agreement {p['top1_agreement']:.2%}",
+        "  latency p50, batch 1: " + ", ".join(f"{k} {ms:.1f} ms" for k, ms in b1.items()) + ratio,
+    ]
+    if s.get("end_to_end_images_per_s"):
+        lines.append("  end to end (files -> logits), images/s: "
+                     + ", ".join(f"{k} {v:.1f}" for k, v in s["end_to_end_images_per_s"].items()))
+    pr = s["predict"]
+    lines += [f"  edge predictions on {pr['images']} held-out images: {pr['correct']} correct, {pr['failed']} failed",
+              *[f"  {k}: {v}" for k, v in s["paths"].items()]]
+    return "\n".join(lines)
+
+
+def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    p = sub.add_parser("demo", help="synthetic data -> train -> export -> predict -> bench -> parity (extra: train)",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", help="run folder, must be new or empty (default: runs/demo-<date-time>)")
+    p.add_argument("--data", help="your data folder instead of synthetic data (ImageFolder layout)")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="training device (default: %(default)s)")
+    p.add_argument("--quick", action="store_true", help="a tiny run that checks every stage in about a minute (tests)")
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    out = args.out or f"runs/demo-{datetime.datetime.now().strftime('%Y%m%d-%H%M%S')}"
+    log = lambda msg: print(msg, flush=True)
+    try:
+        run_demo(out, args.data, args.device, QUICK if args.quick else None, log)
+    except StageError as e:
+        print(f"medge demo: {e}", file=sys.stderr)
+        return 1
+    return 0

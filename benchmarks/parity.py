@@ -1,0 +1,104 @@
+"""``medge parity``: PyTorch vs cv2.dnn (and onnxruntime) on every image of a data set.
+
+Usage: medge parity --model bundles/xray --checkpoint runs/xray/best.pt --data data/xray --out parity.json
+
+Every image under --data (all splits, recursively) goes through edge.preprocess
+once; the same blob is given to each runtime. Reported per comparison: max and
+mean |delta| of logits and probabilities, cosine similarity, top-1 agreement,
+label flips, cases within 0.05 of the decision boundary, per class. The exit
+status is 1 when any comparison exceeds the tolerance, so it can gate a release.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+EXTRA = "train"
+
+
+def run_parity(bundle: str, checkpoint: str, data: str, tol=None, batch_size: int = 16, log=print) -> dict:
+    from benchmarks.common import environment
+    from benchmarks.runners import DnnRunner, TorchRunner, optional_ort
+    from edge.errors import MedgeError
+    from edge.image import collect_inputs, read_image
+    from edge.preprocess import preprocess
+    from export.parity import Tolerance, compare, summary_line
+
+    tol = tol or Tolerance()
+    dnn = DnnRunner(bundle)
+    runners = [TorchRunner(checkpoint), dnn]
+    ort = optional_ort(dnn.model._onnx)
+    if ort:
+        runners.append(ort)
+    cfg, classes = dnn.model.preprocess_config, dnn.model.classes
+    paths = collect_inputs([data])
+    names, skipped = [], []
+    logits = {r.name: [] for r in runners}
+    for i in range(0, len(paths), batch_size):
+        blob = []
+        for p in paths[i : i + batch_size]:
+            try:
+                blob.append(preprocess(read_image(p), cfg))
+                names.append(p)
+            except MedgeError as e:
+                skipped.append({"path": p, "reason": str(e)})
+        if blob:
+            blob = np.stack(blob)
+            for r in runners:
+                logits[r.name].append(r.infer(blob) if r is not dnn or dnn.model.dynamic_batch else
+                                      np.concatenate([r.infer(blob[j : j + 1]) for j in range(len(blob))]))
+    if not names:
+        raise MedgeError(f"{data}: no readable image to compare")
+    ref = np.concatenate(logits["pytorch"])
+    comparisons = {}
+    for r in runners[1:]:
+        rep = compare(ref, np.concatenate(logits[r.name]), names, classes, tol, "pytorch", r.name)
+        comparisons[f"pytorch_vs_{r.name}"] = rep
+        log(summary_line(rep))
+    return {"benchmark": "medge parity", "bundle": str(bundle), "checkpoint": str(checkpoint), "data": str(data),
+            "images": len(names), "skipped": skipped, "comparisons": comparisons,
+            "passed": all(c["passed"] for c in comparisons.values()),
+            "notes": [] if ort else ["onnxruntime not installed: not compared"], "env": environment()}
+
+
+def markdown(record: dict) -> str:
+    lines = [f"Parity on {record['images']} images ({len(record['skipped'])} unreadable, skipped):", "",
+             "| comparison | max abs logit | mean abs logit | max abs prob | min cosine | top-1 agreement | flips | near threshold | verdict |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
+    for name, c in record["comparisons"].items():
+        lines.append(f"| {name} | {c['logits']['max_abs']:.2e} | {c['logits']['mean_abs']:.2e} | "
+                     f"{c['probabilities']['max_abs']:.2e} | {c['cosine']['min']:.6f} | {c['top1_agreement']:.2%} | "
+                     f"{len(c['label_flips'])} | {len(c['near_threshold'])} | {'pass' if c['passed'] else 'FAIL'} |")
+    return "\n".join(lines)
+
+
+def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    from export.parity import Tolerance
+
+    t = Tolerance()
+    p = sub.add_parser("parity", help="compare PyTorch and cv2.dnn on a data set; gates a release (extra: train)",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", required=True, metavar="BUNDLE", help="bundle folder")
+    p.add_argument("--checkpoint", required=True, help="the training checkpoint the bundle was exported from")
+    p.add_argument("--data", required=True, help="folder of images (searched recursively)")
+    p.add_argument("--out", help="write the JSON report here")
+    p.add_argument("--max-abs-logit", type=float, default=t.max_abs_logit, help="default: %(default)s")
+    p.add_argument("--min-agreement", type=float, default=t.min_top1_agreement, help="default: %(default)s")
+    p.add_argument("--batch-size", type=int, default=16, help="default: %(default)s")
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    from export.parity import Tolerance
+
+    log = lambda msg: print(msg, file=sys.stderr, flush=True)
+    record = run_parity(args.model, args.checkpoint, args.data, Tolerance(args.max_abs_logit, args.min_agreement),
+                        args.batch_size, log)
+    print(markdown(record))
+    if args.out:
+        Path(args.out).write_text(json.dumps(record, indent=2) + "\n")
+    return 0 if record["passed"] else 1

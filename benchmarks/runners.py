@@ -1,0 +1,80 @@
+"""Runners: one per runtime, each with a ``name`` and ``infer(blob) -> logits``.
+
+cv2.dnn needs only the edge install; PyTorch needs the ``train`` extra and a
+checkpoint; onnxruntime is optional (``bench`` extra) and skipped when absent.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from edge.model import Model
+
+
+class DnnRunner:
+    """cv2.dnn through the edge runtime (the bundle's engine and backend, all guards on)."""
+
+    def __init__(self, bundle: str, backend: str = "cpu", engine: str | None = None):
+        self.model = Model.load(bundle, backend=backend, engine=engine)
+        self.name = "cv2.dnn" if backend == "cpu" else f"cv2.dnn-{backend}"
+
+    def set_threads(self, n: int) -> None:
+        import cv2
+
+        cv2.setNumThreads(n)
+
+    def infer(self, blob: np.ndarray) -> np.ndarray:
+        return self.model.infer(blob)
+
+
+class TorchRunner:
+    """PyTorch eager in inference mode, on the CPU or a CUDA device."""
+
+    def __init__(self, checkpoint: str, device: str = "cpu"):
+        import torch
+
+        from train.checkpoint import load_checkpoint, model_from_checkpoint
+
+        self.torch = torch
+        self.device = torch.device(device)
+        self.net = model_from_checkpoint(load_checkpoint(checkpoint)).to(self.device).eval()
+        self.name = "pytorch" if device == "cpu" else f"pytorch-{device}"
+
+    def set_threads(self, n: int) -> None:
+        self.torch.set_num_threads(n)
+
+    def infer(self, blob: np.ndarray) -> np.ndarray:
+        with self.torch.inference_mode():
+            out = self.net(self.torch.from_numpy(blob).to(self.device))
+            if self.device.type == "cuda":
+                self.torch.cuda.synchronize()  # the clock is read after this returns
+            return out.float().cpu().numpy()
+
+
+class OrtRunner:
+    """onnxruntime's CPU execution provider on the bundle's model.onnx."""
+
+    def __init__(self, onnx_bytes: bytes, threads: int | None = None):
+        import onnxruntime as ort
+
+        self.ort, self.onnx_bytes = ort, onnx_bytes
+        self.name = "onnxruntime"
+        self.set_threads(threads or 0)
+
+    def set_threads(self, n: int) -> None:
+        opts = self.ort.SessionOptions()
+        opts.intra_op_num_threads = n
+        opts.inter_op_num_threads = 1
+        self.session = self.ort.InferenceSession(self.onnx_bytes, opts, providers=["CPUExecutionProvider"])
+        self.input_name = self.session.get_inputs()[0].name
+
+    def infer(self, blob: np.ndarray) -> np.ndarray:
+        return self.session.run(None, {self.input_name: blob})[0]
+
+
+def optional_ort(onnx_bytes: bytes):
+    """An OrtRunner, or None when onnxruntime is not installed."""
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        return None
+    return OrtRunner(onnx_bytes)

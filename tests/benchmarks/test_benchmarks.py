@@ -1,0 +1,103 @@
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from benchmarks.common import percentile, summarize
+from edge.cli import main
+from train.checkpoint import load_checkpoint, save_model_checkpoint
+from train.checkpoint import model_from_checkpoint
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_percentiles_match_numpy(seed):
+    rng = np.random.default_rng(seed)
+    data = rng.exponential(10, size=int(rng.integers(1, 200)))
+    shuffled = rng.permutation(data)  # unsorted input: the function must sort
+    for q in (0, 1, 50, 90, 99, 99.9, 100):
+        assert percentile(shuffled, q) == pytest.approx(np.percentile(data, q), rel=1e-12)
+
+
+def test_summarize_known_data():
+    s = summarize([4.0, 1.0, 3.0, 2.0, 10.0], images_per_call=8)
+    assert (s["p50_ms"], s["min_ms"], s["max_ms"], s["mean_ms"], s["n"]) == (3.0, 1.0, 10.0, 4.0, 5)
+    assert s["p90_ms"] == pytest.approx(7.6) and s["images_per_s"] == pytest.approx(2000.0)
+
+
+def test_bench_smoke_produces_a_complete_record(bundle, tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    assert main(["bench", "--model", str(bundle), "--checkpoint", str(bundle.parent / "ck.pt"), "--smoke",
+                 "--out", str(out)]) == 0
+    rec = json.loads(out.read_text())
+    runtimes = {r["runtime"] for r in rec["latency"]}
+    assert {"cv2.dnn", "pytorch"} <= runtimes
+    for row in rec["latency"]:
+        assert row["n"] == 3 and len(row["samples_ms"]) == 3
+        assert row["min_ms"] <= row["p50_ms"] <= row["p90_ms"] <= row["p99_ms"] <= row["max_ms"]
+        assert row["images_per_s"] > 0 and 0 < row["fraction_of_matmul_peak"]
+    assert {(r["batch"], r["threads"]) for r in rec["latency"]} == {(1, 1), (2, 1)}
+    assert set(rec["cold_start_ms"]) == runtimes and rec["peak_rss_mb"] > 0
+    assert rec["compute"]["model_gflops"] > 0 and rec["compute"]["matmul_peak_gflops"]["1"] > 0
+    assert {"png8", "png16"} <= set(rec["preprocessing"])
+    e2e = rec["end_to_end"]
+    assert {"medge", "sequential", "pytorch"} <= set(e2e["images_per_s"]) and e2e["outputs_identical"]
+    assert max(e2e["max_abs_logit_vs_sequential"].values()) < 1e-3
+    env = rec["env"]
+    assert env["cores"] and env["opencv"] and env["torch"] and "Parallel framework" in env["opencv_build"]
+    table = capsys.readouterr().out
+    assert "| cv2.dnn | 1 | 1 |" in table and "| pytorch | 1 | 2 |" in table and "End to end" in table
+
+
+def test_parity_passes_for_the_exported_model(bundle, tiny_data, tmp_path, capsys):
+    out = tmp_path / "parity.json"
+    assert main(["parity", "--model", str(bundle), "--checkpoint", str(bundle.parent / "ck.pt"),
+                 "--data", str(tiny_data), "--out", str(out)]) == 0
+    rec = json.loads(out.read_text())
+    assert rec["passed"] and rec["images"] == 40 and not rec["skipped"]
+    c = rec["comparisons"]["pytorch_vs_cv2.dnn"]
+    assert c["n"] == 40 and c["top1_agreement"] == 1.0 and c["logits"]["max_abs"] < 1e-3 and not c["label_flips"]
+    assert "| pytorch_vs_cv2.dnn |" in capsys.readouterr().out
+
+
+def test_parity_fails_for_a_perturbed_model(bundle, tiny_data, tmp_path, capsys):
+    ck = load_checkpoint(bundle.parent / "ck.pt")
+    model = model_from_checkpoint(ck)
+    with torch.no_grad():
+        head = [m for m in model.modules() if isinstance(m, torch.nn.Linear)][-1]
+        head.bias += torch.tensor([0.5, -0.5])
+    perturbed = save_model_checkpoint(tmp_path / "perturbed.pt", model, ck["arch"], ck["classes"], ck["preprocess_config"])
+    assert main(["parity", "--model", str(bundle), "--checkpoint", str(perturbed), "--data", str(tiny_data),
+                 "--out", str(tmp_path / "p.json")]) == 1
+    rec = json.loads((tmp_path / "p.json").read_text())
+    c = rec["comparisons"]["pytorch_vs_cv2.dnn"]
+    assert not rec["passed"] and not c["passed"] and c["logits"]["max_abs"] == pytest.approx(0.5, abs=1e-3)
+    assert "FAIL" in capsys.readouterr().out
+
+
+def test_parity_reports_unreadable_images(bundle, tiny_data, tmp_path):
+    import shutil
+
+    data = tmp_path / "d"
+    shutil.copytree(tiny_data, data)
+    (data / "val" / "normal" / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\n")
+    out = tmp_path / "p.json"
+    assert main(["parity", "--model", str(bundle), "--checkpoint", str(bundle.parent / "ck.pt"), "--data", str(data),
+                 "--out", str(out)]) == 0
+    rec = json.loads(out.read_text())
+    assert rec["images"] == 40 and [s["path"].endswith("bad.png") for s in rec["skipped"]] == [True]
+
+
+def test_pytest_benchmark_suite_runs(tmp_path):
+    env = {**os.environ, "MEDGE_BENCH_SIZE": "64", "MEDGE_BENCH_IMAGE": "256"}
+    res = subprocess.run([sys.executable, "-m", "pytest", str(ROOT / "benchmarks"), "-q", "--benchmark-disable",
+                          "-p", "no:cacheprovider", "--rootdir", str(ROOT)], capture_output=True, text=True,
+                         env=env, timeout=300, cwd=tmp_path)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-2000:]
+    assert "8 passed" in res.stdout

@@ -1,0 +1,49 @@
+import json
+import subprocess
+import sys
+
+from edge.cli import main
+from tests.edge.test_cli import BLOCK_TORCH
+
+
+def test_quick_demo_end_to_end(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo", "--quick", "--out", str(out), "--device", "cpu"]) == 0
+    text = capsys.readouterr().out
+    for k in range(1, 7):
+        assert f"[{k}/6]" in text
+    assert "medge demo finished" in text and "parity PyTorch vs cv2.dnn" in text and "latency p50, batch 1" in text
+
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(summary["paths"]) == {"bundle", "checkpoint", "predictions", "bench", "parity"}
+    assert summary["parity"]["top1_agreement"] == 1.0 and summary["parity"]["max_abs_logit"] < 1e-3
+    assert {"cv2.dnn batch 1", "pytorch batch 1"} <= set(summary["latency_p50_ms"])
+
+    # The bundle loads and predicts in a subprocess where torch and onnx cannot be imported.
+    held_out = sorted((out / "data" / "test").rglob("*.png"))
+    res = subprocess.run([sys.executable, "-c", BLOCK_TORCH, "predict", "--model", str(out / "bundle"),
+                          str(out / "data" / "test")], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert len(res.stdout.splitlines()) == len(held_out) > 0
+
+    preds = [json.loads(l) for l in (out / "predictions.jsonl").read_text().splitlines()]
+    assert sorted(p["path"] for p in preds) == sorted(map(str, held_out))
+    assert all(p["error"] is None and p["label"] in ("disease", "normal") for p in preds)
+    bench = json.loads((out / "bench.json").read_text())
+    assert bench["latency"] and bench["env"]["opencv"] and bench["end_to_end"]["outputs_identical"]
+    parity = json.loads((out / "parity.json").read_text())
+    assert parity["passed"] and parity["images"] == 60
+    assert (out / "run" / "best.pt").exists() and (out / "summary.md").exists()
+
+
+def test_demo_stops_with_a_clear_message_at_the_failing_stage(tmp_path, capsys):
+    assert main(["demo", "--quick", "--out", str(tmp_path / "d"), "--data", str(tmp_path / "nothing")]) == 1
+    err = capsys.readouterr().err
+    assert "demo failed at stage 2 (train)" in err and "data folder not found" in err
+
+
+def test_demo_refuses_a_non_empty_folder(tmp_path, capsys):
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "keep.txt").write_text("mine")
+    assert main(["demo", "--quick", "--out", str(tmp_path / "d")]) == 1
+    assert "is not empty" in capsys.readouterr().err
