@@ -28,7 +28,7 @@ import os
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -111,10 +111,9 @@ def write_dicom_files(folder: str, n: int, size: int) -> list[str]:
 
 
 def time_preprocessing(files: dict[str, list[str]], cfg, repeats: int) -> dict:
+    from benchmarks.common import summarize
     from edge.image import read_image
     from edge.preprocess import preprocess
-
-    from benchmarks.common import summarize
 
     out = {}
     for kind, paths in files.items():

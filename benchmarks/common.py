@@ -93,3 +93,14 @@ def environment() -> dict:
     except ImportError:
         pass
     return env
+
+
+def emit(record: dict, out: str | None) -> None:
+    """Print a record as JSON and, with ``out``, write it there too."""
+    import json
+
+    text = json.dumps(record, indent=2)
+    print(text)
+    if out:
+        with open(out, "w", encoding="utf-8") as f:
+            f.write(text + "\n")

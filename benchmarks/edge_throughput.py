@@ -14,18 +14,16 @@ Both use OpenCV's default thread count for inference. Outputs are compared
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import tempfile
 import time
 
-import cv2
 import numpy as np
 
+from benchmarks.common import emit, environment
 from edge.image import collect_inputs, read_image, write_image
 from edge.model import Model
 from edge.preprocess import preprocess
-from benchmarks.common import environment
 from edge.runtime import forward, load_net
 
 
@@ -101,11 +99,7 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         paths = collect_inputs([a.images]) if a.images else make_images(tmp, a.make)
         rec = measure(a.model, paths, a.rounds, a.batch_size, a.workers)
-    text = json.dumps(rec, indent=2)
-    print(text)
-    if a.out:
-        with open(a.out, "w") as f:
-            f.write(text + "\n")
+    emit(rec, a.out)
     return 0
 
 

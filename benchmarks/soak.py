@@ -10,20 +10,12 @@ to the last, and the time taken.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 
 import numpy as np
 
+from benchmarks.common import emit, rss_mb
 from edge.model import Model
-
-
-def rss_mb() -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def soak(bundle: str, n: int = 10_000, every: int = 500, batch_size: int = 1) -> dict:
@@ -52,11 +44,7 @@ def main(argv=None) -> int:
     p.add_argument("--out")
     a = p.parse_args(argv)
     rec = soak(a.model, a.n, a.every, a.batch_size)
-    text = json.dumps(rec, indent=2)
-    print(text)
-    if a.out:
-        with open(a.out, "w") as f:
-            f.write(text + "\n")
+    emit(rec, a.out)
     return 0
 
 

@@ -14,13 +14,14 @@ Prints a JSON record with the environment; ``--out`` also writes it.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import tempfile
 import time
 
 import numpy as np
+
+from benchmarks.common import emit
 
 
 def _timeit(fn, warmup: int, repeats: int, sync) -> list[float]:
@@ -83,12 +84,7 @@ def measure(data: str, arch: str = "resnet18", batch_size: int = 64, img_size: i
     loss_fn = torch.nn.CrossEntropyLoss()
 
     def step():
-        with torch.autocast(dev.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-            loss = loss_fn(model(x), y)
-        opt.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(opt)
-        scaler.update()
+        engine.train_step(model, x, y, loss_fn, opt, scaler, amp_dtype)
 
     model.train()
     step_times = _timeit(step, 3, repeats, sync)
@@ -122,11 +118,7 @@ def main(argv=None) -> int:
     p.add_argument("--out")
     a = p.parse_args(argv)
     rec = measure(a.data, a.arch, a.batch_size, a.img_size, a.device, a.amp, a.repeats, a.workers)
-    text = json.dumps(rec, indent=2)
-    print(text)
-    if a.out:
-        with open(a.out, "w") as f:
-            f.write(text + "\n")
+    emit(rec, a.out)
     return 0
 
 

@@ -10,6 +10,13 @@ from edge.errors import (
     SelfTestError,
 )
 from edge.image import DEFAULT_MAX_PIXELS, read_image
-from edge.preprocess import PreprocessConfig, normalize, preprocess, preprocess_batch, preprocess_stages, preprocess_uint8
+from edge.preprocess import (
+    PreprocessConfig,
+    normalize,
+    preprocess,
+    preprocess_batch,
+    preprocess_stages,
+    preprocess_uint8,
+)
 
 __version__ = "0.1.0"

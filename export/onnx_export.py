@@ -16,7 +16,13 @@ from pathlib import Path
 
 import numpy as np
 
-from edge.bundle import MANIFEST_FILE, check_writable_parent, golden_inputs, read_manifest, write_bundle
+from edge.bundle import (
+    MANIFEST_FILE,
+    check_writable_parent,
+    golden_inputs,
+    read_manifest,
+    write_bundle,
+)
 from edge.errors import BundleError, ExportError, MedgeError, ParityError
 from edge.image import read_image
 from edge.preprocess import PreprocessConfig, preprocess

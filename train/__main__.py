@@ -2,7 +2,6 @@
 
 Usage: torchrun --nproc_per_node 2 -m train --data data/xray --out runs/xray-ddp --device cpu
 """
-import argparse
 import sys
 
 from edge.cli import main

@@ -32,7 +32,6 @@ from train.config import TrainConfig
 from train.metrics import HIGHER_IS_BETTER, classification_metrics
 from train.models import build_model
 
-
 # ----------------------------------------------------------------------------- devices and DDP
 
 
@@ -182,6 +181,17 @@ class _Progress:
               end="\r" if self.tty else "\n", file=sys.stderr, flush=True)
 
 
+def train_step(net, x, y, criterion, opt, scaler, amp_dtype) -> torch.Tensor:
+    """One optimisation step (autocast when amp_dtype is set; the scaler is a no-op unless fp16)."""
+    with torch.autocast(x.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+        loss = criterion(net(x), y)
+    opt.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.step(opt)
+    scaler.update()
+    return loss
+
+
 def _better(value: float, best: dict | None, metric: str) -> bool:
     if best is None:
         return True
@@ -312,12 +322,7 @@ def _train(cfg, pcfg, resume, device, rank, world):
             for u8, y in _batches(train_split, order, cfg.batch_size):
                 x = augment(_to_input(u8, pcfg, device, channels_last), cfg.hflip, cfg.rotate_deg, gen)
                 x, y = _normalize(x, pcfg, channels_last), y.to(device, non_blocking=True)
-                with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                    loss = criterion(net(x), y)
-                opt.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                scaler.step(opt)
-                scaler.update()
+                loss = train_step(net, x, y, criterion, opt, scaler, amp_dtype)
                 seen += len(y)
                 loss_sum += loss.item() * len(y)
                 progress.update(seen, loss_sum / seen)

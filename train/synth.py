@@ -92,7 +92,11 @@ def write_dicom(path, pixels, photometric="MONOCHROME2", slope=None, intercept=N
     Endian writes a placeholder compressed stream (to test decoders that are not installed)."""
     from pydicom.dataset import FileDataset, FileMetaDataset
     from pydicom.encaps import encapsulate
-    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+    from pydicom.uid import (
+        ExplicitVRLittleEndian,
+        SecondaryCaptureImageStorage,
+        generate_uid,
+    )
 
     transfer = transfer or ExplicitVRLittleEndian
     meta = FileMetaDataset()

@@ -10,8 +10,11 @@ import torch
 
 from benchmarks.common import percentile, summarize
 from edge.cli import main
-from train.checkpoint import load_checkpoint, save_model_checkpoint
-from train.checkpoint import model_from_checkpoint
+from train.checkpoint import (
+    load_checkpoint,
+    model_from_checkpoint,
+    save_model_checkpoint,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 

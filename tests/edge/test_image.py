@@ -9,7 +9,6 @@ from edge.errors import ImageError
 from edge.image import collect_inputs, read_image, sniff_image, write_image
 from tests.conftest import xray_like
 
-
 FORMATS = [(e, l) for e in [".png", ".jpg", ".tif", ".bmp"] for l in ["gray", "bgr", "bgra"] if (e, l) != (".jpg", "bgra")]
 
 

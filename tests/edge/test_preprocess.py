@@ -4,7 +4,14 @@ import pytest
 
 from edge.errors import ConfigError, ImageError
 from edge.image import read_image, write_image
-from edge.preprocess import PreprocessConfig, normalize, preprocess, preprocess_batch, preprocess_uint8, to_uint8
+from edge.preprocess import (
+    PreprocessConfig,
+    normalize,
+    preprocess,
+    preprocess_batch,
+    preprocess_uint8,
+    to_uint8,
+)
 from tests.conftest import xray_like
 
 

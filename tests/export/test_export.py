@@ -40,9 +40,9 @@ def _check_round_trip(ckpt, bundle, n=5):
 
 @pytest.mark.parametrize("arch", ["resnet18", "mobilenet_v3_small"])
 def test_round_trip_trained_checkpoint(tiny_data, tmp_path, arch):
+    from edge.preprocess import PreprocessConfig
     from train.config import TrainConfig
     from train.engine import train
-    from edge.preprocess import PreprocessConfig
 
     run = tmp_path / "run"
     train(TrainConfig(data=str(tiny_data), out=str(run), arch=arch, epochs=1, batch_size=8, device="cpu",
