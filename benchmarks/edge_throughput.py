@@ -50,7 +50,7 @@ def run_sequential(net, paths, cfg, chw, k) -> np.ndarray:
     return np.concatenate([forward(net, preprocess(read_image(p), cfg)[None], chw, k) for p in paths])
 
 
-def measure(bundle: str, paths: list[str], rounds: int = 3, batch_size: int = 8, workers: int = 2,
+def measure(bundle: str, paths: list[str], rounds: int = 3, batch_size: int = 8, workers: int | None = None,
             others: dict | None = None) -> dict:
     """Images/s per contender on ``paths``, interleaved; ``others`` maps a name to a runner
     (``infer(blob)``) fed by the same sequential read -> preprocess loop (onnxruntime, PyTorch)."""
@@ -93,7 +93,7 @@ def main(argv=None) -> int:
     g.add_argument("--make", type=int, help="write this many 2048x2048 PNGs to a temporary folder")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--workers", type=int, help="default: one per core")
     p.add_argument("--out", help="write the JSON record here too")
     a = p.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:

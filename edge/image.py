@@ -17,6 +17,7 @@ documented rule, never silently here (``cv2.IMREAD_GRAYSCALE`` would shift a
 from __future__ import annotations
 
 import os
+import stat
 import struct
 from pathlib import Path
 
@@ -139,12 +140,21 @@ def to_gray(image: np.ndarray, path: str | os.PathLike | None = None) -> np.ndar
     return image
 
 
-def read_bytes(path: str | os.PathLike) -> bytes:
-    """Read a whole file, turning OS errors into ImageError that name the file."""
+def read_bytes(path: str | os.PathLike, max_bytes: int | None = None) -> bytes:
+    """Read a whole regular file, turning OS errors into ImageError that name the file.
+
+    FIFOs and devices are refused (reading /dev/zero would never end), and so is a
+    file larger than ``max_bytes``.
+    """
     p = Path(path)
     try:
         if p.is_dir():
             raise ImageError(path, "is a directory, not an image file")
+        st = p.stat()
+        if not stat.S_ISREG(st.st_mode):
+            raise ImageError(path, "not a regular file (a device, FIFO or socket)")
+        if max_bytes is not None and st.st_size > max_bytes:
+            raise ImageError(path, f"file is {st.st_size / 1e6:.0f} MB, larger than any image within the pixel limit")
         data = p.read_bytes()
     except FileNotFoundError:
         raise ImageError(path, "file not found") from None
@@ -174,7 +184,8 @@ def read_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) ->
         ImageError: the file is missing, a directory, empty, truncated,
             undecodable, of an unsupported format, or over the pixel limit.
     """
-    data = read_bytes(path)
+    # 8 bytes a pixel covers 16-bit RGBA stored raw; a larger file cannot be a valid image within the limit.
+    data = read_bytes(path, max_bytes=max(64 << 20, 8 * max_pixels))
     is_dicom = len(data) >= 132 and data[128:132] == b"DICM"
     if is_dicom or Path(path).suffix.lower() in DICOM_SUFFIXES:
         from edge.dicom import decode_dicom  # pydicom is optional

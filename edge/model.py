@@ -177,16 +177,18 @@ class Model:
             pred.label = self.classes[int(np.argmax(z))]
             pred.timings_ms["inference"] = per_image
 
-    def predict_iter(self, inputs, batch_size: int = 8, workers: int = 2, max_pixels: int = DEFAULT_MAX_PIXELS):
+    def predict_iter(self, inputs, batch_size: int = 8, workers: int | None = None, max_pixels: int = DEFAULT_MAX_PIXELS):
         """Yield one Prediction per input, in input order, as soon as each batch is done.
 
         Args:
             inputs: iterable of paths and/or arrays (gray, BGR or BGRA).
             batch_size: images per forward pass (1 for a fixed-batch model).
-            workers: threads reading and preprocessing ahead of inference (0 = in this thread).
+            workers: threads reading and preprocessing ahead of inference (0 = in this thread;
+                default: one per core).
             max_pixels: refuse larger images.
         """
         batch_size = max(1, batch_size if self.dynamic_batch else 1)
+        workers = (os.cpu_count() or 1) if workers is None else workers
         inputs = iter(inputs)
         pool = ThreadPoolExecutor(workers) if workers > 0 else None
         ahead = max(2 * batch_size, 2 * workers)
@@ -225,7 +227,8 @@ class Model:
             if pool:
                 pool.shutdown(wait=True, cancel_futures=True)
 
-    def predict(self, inputs, batch_size: int = 8, workers: int = 2, max_pixels: int = DEFAULT_MAX_PIXELS) -> list[Prediction]:
+    def predict(self, inputs, batch_size: int = 8, workers: int | None = None,
+                max_pixels: int = DEFAULT_MAX_PIXELS) -> list[Prediction]:
         """Predict one path or array, or a list of them; returns a list of Predictions in order."""
         if isinstance(inputs, (str, os.PathLike, np.ndarray)):
             inputs = [inputs]

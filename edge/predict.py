@@ -33,7 +33,7 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--engine", choices=list(ENGINES), help="cv2.dnn engine (default: the bundle's)")
     p.add_argument("--threads", type=int, help="cv2.setNumThreads for inference (default: OpenCV's choice)")
     p.add_argument("--batch-size", type=int, default=8, help="images per forward pass (default: %(default)s)")
-    p.add_argument("--workers", type=int, default=2, help="threads reading and preprocessing ahead (default: %(default)s)")
+    p.add_argument("--workers", type=int, help="threads reading and preprocessing ahead (default: one per core)")
     p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help="refuse larger images (default: %(default)s)")
 
 

@@ -63,7 +63,7 @@ class HotFolder:
     """Watches ``in_dir`` and writes results and quarantined files under ``out_dir``."""
 
     def __init__(self, model: Model, in_dir: str | os.PathLike, out_dir: str | os.PathLike, settle_s: float = 2.0,
-                 batch_size: int = 8, workers: int = 2, max_pixels: int | None = None, log=print):
+                 batch_size: int = 8, workers: int | None = None, max_pixels: int | None = None, log=print):
         self.model, self.in_dir, self.out_dir = model, Path(in_dir), Path(out_dir)
         if not self.in_dir.is_dir():
             raise MedgeError(f"{self.in_dir}: input folder not found")

@@ -71,6 +71,23 @@ def test_bad_inputs_raise_image_error_naming_the_file(tmp_path, make, reason):
     assert str(path) in str(info.value)
 
 
+def test_special_files_and_oversized_files_are_refused(tmp_path):
+    import os
+
+    with pytest.raises(ImageError, match="not a regular file"):
+        read_image("/dev/zero")  # would never finish reading
+    fifo = tmp_path / "pipe.png"
+    os.mkfifo(fifo)
+    with pytest.raises(ImageError, match="not a regular file"):
+        read_image(fifo)  # would block forever waiting for a writer
+    big = tmp_path / "big.png"
+    with open(big, "wb") as f:
+        f.write(b"\x89PNG\r\n\x1a\n")
+        f.truncate(65 << 20)  # sparse: 65 MB on paper
+    with pytest.raises(ImageError, match="larger than any image within the pixel limit"):
+        read_image(big, max_pixels=1000)
+
+
 def test_corrupt_png_data_fails_cleanly(tmp_path):
     data = bytearray(_png_bytes(xray_like(64, 64, seed=3)))
     idat = data.find(b"IDAT")
