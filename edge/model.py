@@ -158,6 +158,9 @@ class Model:
         except MedgeError as e:
             pred.error = str(e)
             return pred, None
+        except Exception as e:  # one odd input must not take the batch down; say what happened
+            pred.error = f"{path or '<array>'}: unexpected {type(e).__name__}: {e}"
+            return pred, None
 
     def _finish(self, batch: list[tuple[Prediction, np.ndarray]]) -> None:
         try:

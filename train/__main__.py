@@ -1,6 +1,6 @@
 """python -m train ... = medge train ... (this form is what torchrun runs).
 
-Usage: torchrun --nproc_per_node 2 -m train --data data/xray --out runs/xray-ddp --device cpu
+Usage: torchrun --standalone --nproc_per_node 2 -m train --data data/xray --out runs/xray-ddp --device cpu
 """
 import sys
 

@@ -2,7 +2,7 @@
 
 Usage: medge train --data data/xray --arch resnet18 --epochs 10 --out runs/xray
        medge train --resume runs/xray --epochs 20
-       torchrun --nproc_per_node 2 -m train --data data/xray --out runs/xray-ddp
+       torchrun --standalone --nproc_per_node 2 -m train --data data/xray --out runs/xray-ddp
 
 The run folder gets config.json, data_report.json, metrics.jsonl (one line per
 epoch), best.pt (the best epoch by --best-metric) and last.pt (resumable).

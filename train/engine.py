@@ -2,7 +2,7 @@
 device, validation every epoch, atomic checkpoints, exact resume, optional DDP.
 
 Usage: medge train --data data/xray --arch resnet18 --epochs 10 --out runs/xray
-       torchrun --nproc_per_node 2 -m train --data data/xray --out runs/xray-ddp
+       torchrun --standalone --nproc_per_node 2 -m train --data data/xray --out runs/xray-ddp
 
 Reproducibility: every random draw of epoch e (data order, augmentation,
 dropout) is seeded from (seed, e), so a run resumed after epoch e continues
