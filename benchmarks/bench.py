@@ -49,7 +49,7 @@ class BenchConfig:
     image_size: int = 2048  # side of the generated files
 
 
-def model_flops(checkpoint: str | None, arch: str, chw) -> float | None:
+def model_flops(arch: str, chw) -> float | None:
     """FLOPs of one forward pass (2 x multiply-adds of Conv2d and Linear layers), via torch hooks."""
     try:
         import torch
@@ -173,9 +173,9 @@ def run_bench(bundle: str, checkpoint: str | None = None, data: str | None = Non
     from benchmarks import edge_throughput
     from benchmarks.common import environment, peak_rss_mb, rss_mb
     from benchmarks.runners import DnnRunner, TorchRunner, optional_ort
-    from edge.bundle import golden_inputs
+    from edge.bundle import golden_inputs, read_manifest
     from edge.image import collect_inputs, read_image
-    from edge.preprocess import preprocess
+    from edge.preprocess import PreprocessConfig, preprocess
 
     record: dict = {"benchmark": "medge bench", "config": asdict(cfg), "bundle": str(bundle), "checkpoint": checkpoint,
                     "cold_start_ms": {}, "rss_mb_after_load": {"start": rss_mb()}, "notes": []}
@@ -193,11 +193,7 @@ def run_bench(bundle: str, checkpoint: str | None = None, data: str | None = Non
         record["rss_mb_after_load"][r.name] = rss_mb()
         return r
 
-    from edge.bundle import read_manifest
-
     manifest = read_manifest(bundle)
-    from edge.preprocess import PreprocessConfig
-
     pcfg = PreprocessConfig.from_dict(manifest["preprocess"])
     probe = golden_inputs(1, 1, pcfg)
     dnn = add(lambda: DnnRunner(bundle), "cv2.dnn")
@@ -225,7 +221,7 @@ def run_bench(bundle: str, checkpoint: str | None = None, data: str | None = Non
         f"{cfg.repeats} repeats")
     record["latency"] = measure_latency(runners, inputs, cfg)
 
-    flops = model_flops(checkpoint, manifest["model"].get("arch", "resnet18"), tuple(manifest["model"]["input_shape"][1:]))
+    flops = model_flops(manifest["model"].get("arch", "resnet18"), tuple(manifest["model"]["input_shape"][1:]))
     record["compute"] = {"model_gflops": flops / 1e9 if flops else None, "matmul_peak_gflops": {}}
     for threads in cfg.threads:
         record["compute"]["matmul_peak_gflops"][str(threads)] = peak = matmul_peak_gflops(threads)

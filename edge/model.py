@@ -92,7 +92,7 @@ class Model:
         """
         d = Path(bundle_dir)
         manifest = read_manifest(d)
-        path = d / manifest["model"]["file"]
+        path = d / MODEL_FILE  # never a name from the manifest: it could point outside the bundle
         try:
             data = path.read_bytes()
         except FileNotFoundError:
@@ -135,11 +135,12 @@ class Model:
 
     def infer(self, blob: np.ndarray) -> np.ndarray:
         """Logits for a preprocessed (N, C, H, W) float32 blob, in chunks the model accepts."""
+        if not len(blob):
+            return np.zeros((0, len(self.classes)), np.float32)
         step = len(blob) if self.dynamic_batch else 1
         net = self._net()
         return np.concatenate([forward(net, blob[i : i + step], self.chw, len(self.classes))
-                               for i in range(0, len(blob), max(step, 1))]) if len(blob) else \
-            np.zeros((0, len(self.classes)), np.float32)
+                               for i in range(0, len(blob), step)])
 
     def _prepare(self, item, max_pixels: int):
         """Read and preprocess one input (runs on a worker thread)."""

@@ -112,6 +112,15 @@ def to_uint8(gray: np.ndarray, cfg: PreprocessConfig = PreprocessConfig()) -> np
     return cv2.normalize(gray, None, 0, 255, cv2.NORM_MINMAX, cv2.CV_8U)
 
 
+def _uint8_stages(image: np.ndarray, cfg: PreprocessConfig) -> dict[str, np.ndarray]:
+    gray = to_uint8(to_gray(image), cfg)
+    k = cfg.blur_ksize
+    blurred = cv2.GaussianBlur(gray, (k, k), cfg.blur_sigma) if k > 1 else gray
+    clahe = _clahe(cfg).apply(blurred)
+    resized = cv2.resize(clahe, (cfg.size, cfg.size), interpolation=INTERPOLATIONS[cfg.interpolation])
+    return {"gray": gray, "blurred": blurred, "clahe": clahe, "resized": resized}
+
+
 def preprocess_stages(image: np.ndarray, cfg: PreprocessConfig = PreprocessConfig()) -> dict[str, np.ndarray]:
     """Run the chain and keep every intermediate (for ``medge preview`` and debugging).
 
@@ -119,17 +128,13 @@ def preprocess_stages(image: np.ndarray, cfg: PreprocessConfig = PreprocessConfi
         dict with ``gray`` (uint8), ``blurred``, ``clahe``, ``resized`` (uint8) and
         ``tensor`` (float32, (C, H, W)).
     """
-    gray = to_uint8(to_gray(image), cfg)
-    k = cfg.blur_ksize
-    blurred = cv2.GaussianBlur(gray, (k, k), cfg.blur_sigma) if k > 1 else gray
-    clahe = _clahe(cfg).apply(blurred)
-    resized = cv2.resize(clahe, (cfg.size, cfg.size), interpolation=INTERPOLATIONS[cfg.interpolation])
-    return {"gray": gray, "blurred": blurred, "clahe": clahe, "resized": resized, "tensor": normalize(resized, cfg)}
+    stages = _uint8_stages(image, cfg)
+    return {**stages, "tensor": normalize(stages["resized"], cfg)}
 
 
 def preprocess_uint8(image: np.ndarray, cfg: PreprocessConfig = PreprocessConfig()) -> np.ndarray:
     """The deterministic part up to the resize: (size, size) uint8. Cacheable."""
-    return preprocess_stages(image, cfg)["resized"]
+    return _uint8_stages(image, cfg)["resized"]
 
 
 def normalize(resized: np.ndarray, cfg: PreprocessConfig = PreprocessConfig()) -> np.ndarray:
@@ -150,7 +155,7 @@ def preprocess(image: np.ndarray, cfg: PreprocessConfig = PreprocessConfig()) ->
     Returns:
         float32 array of shape (cfg.channels, cfg.size, cfg.size).
     """
-    return preprocess_stages(image, cfg)["tensor"]
+    return normalize(preprocess_uint8(image, cfg), cfg)
 
 
 def preprocess_batch(images, cfg: PreprocessConfig = PreprocessConfig()) -> np.ndarray:

@@ -30,6 +30,7 @@ import time
 from pathlib import Path
 
 from edge.errors import MedgeError
+from edge.image import DEFAULT_MAX_PIXELS
 from edge.model import Model
 from edge.predict import add_model_arguments, load_model
 
@@ -63,7 +64,7 @@ class HotFolder:
     """Watches ``in_dir`` and writes results and quarantined files under ``out_dir``."""
 
     def __init__(self, model: Model, in_dir: str | os.PathLike, out_dir: str | os.PathLike, settle_s: float = 2.0,
-                 batch_size: int = 8, workers: int | None = None, max_pixels: int | None = None, log=print):
+                 batch_size: int = 8, workers: int | None = None, max_pixels: int = DEFAULT_MAX_PIXELS, log=print):
         self.model, self.in_dir, self.out_dir = model, Path(in_dir), Path(out_dir)
         if not self.in_dir.is_dir():
             raise MedgeError(f"{self.in_dir}: input folder not found")
@@ -144,8 +145,7 @@ class HotFolder:
                 self.counts["recovered"] += 1
             else:
                 todo.append((path, rel, key))
-        kw = {"max_pixels": self.max_pixels} if self.max_pixels else {}
-        preds = self.model.predict([p for p, _, _ in todo], self.batch_size, self.workers, **kw)
+        preds = self.model.predict([p for p, _, _ in todo], self.batch_size, self.workers, self.max_pixels)
         for (path, rel, key), pred in zip(todo, preds):
             size, mtime_ns = (int(v) for v in key.rsplit("|", 2)[1:])
             stamp = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")

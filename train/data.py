@@ -128,9 +128,13 @@ def _prepare_one(path: str, cfg: PreprocessConfig, cache_dir: str) -> str:
         arr = preprocess_uint8(read_image(path), cfg)
         os.makedirs(os.path.dirname(target), exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=os.path.dirname(target), suffix=".tmp")
-        with os.fdopen(fd, "wb") as f:
-            np.save(f, arr)
-        os.replace(tmp, target)  # atomic: a concurrent reader never sees half a file
+        try:
+            with os.fdopen(fd, "wb") as f:
+                np.save(f, arr)
+            os.replace(tmp, target)  # atomic: a concurrent reader never sees half a file
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
     return target
 
 

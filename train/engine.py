@@ -26,6 +26,7 @@ from torch import nn
 
 from edge.errors import DataError, MedgeError
 from edge.preprocess import PreprocessConfig
+from edge.runtime import softmax
 from train import data as D
 from train.checkpoint import library_versions, load_checkpoint, save_checkpoint
 from train.config import TrainConfig
@@ -139,12 +140,6 @@ def evaluate(model: nn.Module, split: D.Split, pcfg: PreprocessConfig, device, b
 
 
 # ----------------------------------------------------------------------------- the loop
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    z = logits - logits.max(1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(1, keepdims=True)
 
 
 def _cross_entropy(logits: np.ndarray, labels: np.ndarray) -> float:
