@@ -28,12 +28,10 @@ import os
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
-
-EXTRA = "train"
 
 
 @dataclass(frozen=True)
@@ -54,7 +52,7 @@ def model_flops(arch: str, chw) -> float | None:
     try:
         import torch
 
-        from train.models import build_model
+        from medge.train.models import build_model
     except ImportError:
         return None
     net = build_model(arch, chw[0], 2).eval()
@@ -98,7 +96,7 @@ def _time(fn) -> float:
 
 def write_dicom_files(folder: str, n: int, size: int) -> list[str]:
     try:
-        from train.synth import SynthConfig, make_image, write_dicom
+        from medge.train.synth import SynthConfig, make_image, write_dicom
     except ImportError:
         return []
     try:
@@ -111,9 +109,9 @@ def write_dicom_files(folder: str, n: int, size: int) -> list[str]:
 
 
 def time_preprocessing(files: dict[str, list[str]], cfg, repeats: int) -> dict:
-    from benchmarks.common import summarize
-    from edge.image import read_image
-    from edge.preprocess import preprocess
+    from medge.benchmarks.common import summarize
+    from medge.edge.image import read_image
+    from medge.edge.preprocess import preprocess
 
     out = {}
     for kind, paths in files.items():
@@ -140,7 +138,7 @@ def measure_latency(runners: list, inputs: np.ndarray, cfg: BenchConfig) -> list
     first call of each block is not timed: thread pools that spin after a call (PyTorch's
     OpenMP, onnxruntime) would otherwise tax whichever runtime runs right after them.
     """
-    from benchmarks.common import summarize
+    from medge.benchmarks.common import summarize
 
     rows = []
     for threads in cfg.threads:
@@ -167,19 +165,22 @@ def measure_latency(runners: list, inputs: np.ndarray, cfg: BenchConfig) -> list
     return rows
 
 
-def run_bench(bundle: str, checkpoint: str | None = None, data: str | None = None, cfg: BenchConfig = BenchConfig(),
-              log=print) -> dict:
-    """Measure everything described in the module docstring; returns the record."""
-    from benchmarks import edge_throughput
-    from benchmarks.common import environment, peak_rss_mb, rss_mb
-    from benchmarks.runners import DnnRunner, TorchRunner, optional_ort
-    from edge.bundle import golden_inputs, read_manifest
-    from edge.image import collect_inputs, read_image
-    from edge.preprocess import PreprocessConfig, preprocess
+@dataclass
+class Contenders:
+    """The runtimes under test; absent ones are None (and said so in the record's notes)."""
 
-    record: dict = {"benchmark": "medge bench", "config": asdict(cfg), "bundle": str(bundle), "checkpoint": checkpoint,
-                    "cold_start_ms": {}, "rss_mb_after_load": {"start": rss_mb()}, "notes": []}
-    runners = []
+    dnn: object
+    torch_cpu: object | None = None
+    ort: object | None = None
+    all: list = field(default_factory=list)  # in the order they are interleaved
+
+
+def load_runners(bundle: str, checkpoint: str | None, probe: np.ndarray, record: dict) -> Contenders:
+    """Load every available runtime, timing its cold start (load + first inference) and the RSS after it."""
+    from medge.benchmarks.common import rss_mb
+    from medge.benchmarks.runners import DnnRunner, TorchRunner, optional_ort
+
+    loaded = []
 
     def add(make, name):
         t0 = time.perf_counter()
@@ -187,69 +188,100 @@ def run_bench(bundle: str, checkpoint: str | None = None, data: str | None = Non
         if r is None:
             record["notes"].append(f"{name}: not installed, skipped")
             return None
-        runners.append(r)
         r.infer(probe)
         record["cold_start_ms"][r.name] = 1000 * (time.perf_counter() - t0)
         record["rss_mb_after_load"][r.name] = rss_mb()
+        loaded.append(r)
         return r
 
-    manifest = read_manifest(bundle)
-    pcfg = PreprocessConfig.from_dict(manifest["preprocess"])
-    probe = golden_inputs(1, 1, pcfg)
     dnn = add(lambda: DnnRunner(bundle), "cv2.dnn")
     torch_cpu = None
     if checkpoint:
         torch_cpu = add(lambda: TorchRunner(checkpoint, "cpu"), "pytorch")
-        try:
-            import torch
-
-            if torch.cuda.is_available():
-                add(lambda: TorchRunner(checkpoint, "cuda"), "pytorch-cuda")
-        except ImportError:
-            pass
+        if _cuda_available():
+            add(lambda: TorchRunner(checkpoint, "cuda"), "pytorch-cuda")
     else:
         record["notes"].append("no --checkpoint: PyTorch not measured")
-    ort = add(lambda: optional_ort(dnn.model._onnx), "onnxruntime")
+    ort = add(lambda: optional_ort(dnn.model.onnx_bytes), "onnxruntime")
+    return Contenders(dnn, torch_cpu, ort, loaded)
 
-    # Inputs: the data's val images through the edge preprocessing, else golden-style inputs.
-    if data:
-        paths = collect_inputs([os.path.join(data, "val") if os.path.isdir(os.path.join(data, "val")) else data])[:16]
-        inputs = np.stack([preprocess(read_image(p), pcfg) for p in paths])
-    else:
-        inputs = golden_inputs(2, max(cfg.batch_sizes), pcfg)
-    log(f"latency: {', '.join(r.name for r in runners)}; threads {list(cfg.threads)}; batches {list(cfg.batch_sizes)}; "
-        f"{cfg.repeats} repeats")
-    record["latency"] = measure_latency(runners, inputs, cfg)
 
-    flops = model_flops(manifest["model"].get("arch", "resnet18"), tuple(manifest["model"]["input_shape"][1:]))
-    record["compute"] = {"model_gflops": flops / 1e9 if flops else None, "matmul_peak_gflops": {}}
-    for threads in cfg.threads:
-        record["compute"]["matmul_peak_gflops"][str(threads)] = peak = matmul_peak_gflops(threads)
-        for row in record["latency"]:
-            if row["threads"] == threads and flops:
+def _cuda_available() -> bool:
+    try:
+        import torch
+    except ImportError:
+        return False
+    return torch.cuda.is_available()
+
+
+def bench_inputs(data: str | None, pcfg, count: int) -> np.ndarray:
+    """The data's val images (up to 16) through the edge preprocessing, else golden-style inputs."""
+    from medge.edge.bundle import golden_inputs
+    from medge.edge.image import collect_inputs, read_image
+    from medge.edge.preprocess import preprocess
+
+    if not data:
+        return golden_inputs(2, count, pcfg)
+    folder = os.path.join(data, "val") if os.path.isdir(os.path.join(data, "val")) else data
+    return np.stack([preprocess(read_image(p), pcfg) for p in collect_inputs([folder])[:16]])
+
+
+def measure_compute(latency: list[dict], arch: str, chw, threads: tuple) -> dict:
+    """The model's FLOPs and the fraction of the measured matmul peak each latency row reaches (rows are annotated)."""
+    flops = model_flops(arch, chw)
+    compute = {"model_gflops": flops / 1e9 if flops else None, "matmul_peak_gflops": {}}
+    for n in threads:
+        compute["matmul_peak_gflops"][str(n)] = peak = matmul_peak_gflops(n)
+        for row in latency:
+            if row["threads"] == n and flops:
                 achieved = flops * row["batch"] / (row["p50_ms"] / 1000) / 1e9
                 row["achieved_gflops"] = achieved
                 row["fraction_of_matmul_peak"] = achieved / peak
-    for r in runners:  # restore the default thread count for what follows
-        r.set_threads(os.cpu_count() or 1)
+    return compute
+
+
+def measure_files(bundle: str, pcfg, runners: Contenders, cfg: BenchConfig, record: dict) -> None:
+    """Preprocessing (read and edge.preprocess apart) and end to end, on generated large files."""
+    from medge.benchmarks import edge_throughput
 
     with tempfile.TemporaryDirectory() as tmp:
-        log(f"preprocessing and end to end on {cfg.image_size}x{cfg.image_size} files")
         n = max(cfg.e2e_images, 2)
         pngs = edge_throughput.make_images(tmp, n, cfg.image_size)
-        files = {"png8": pngs[0::2], "png16": pngs[1::2],
-                 "dicom": write_dicom_files(tmp, min(4, n), cfg.image_size)}
+        files = {"png8": pngs[0::2], "png16": pngs[1::2], "dicom": write_dicom_files(tmp, min(4, n), cfg.image_size)}
         if not files["dicom"]:
             record["notes"].append("pydicom not installed: DICOM not measured")
         record["preprocessing"] = time_preprocessing(files, pcfg, cfg.preprocess_repeats)
         if cfg.e2e_images:
-            others = {"onnxruntime": ort} if ort else {}
-            if torch_cpu:
-                others["pytorch"] = torch_cpu
-            e2e_paths = pngs[: cfg.e2e_images] + files["dicom"]
-            e2e = edge_throughput.measure(bundle, e2e_paths, cfg.e2e_rounds, others=others)
+            others = {"onnxruntime": runners.ort} if runners.ort else {}
+            if runners.torch_cpu:
+                others["pytorch"] = runners.torch_cpu
+            e2e = edge_throughput.measure(bundle, pngs[: cfg.e2e_images] + files["dicom"], cfg.e2e_rounds, others=others)
             e2e.pop("env")
             record["end_to_end"] = e2e
+
+
+def run_bench(bundle: str, checkpoint: str | None = None, data: str | None = None, cfg: BenchConfig = BenchConfig(),
+              log=print) -> dict:
+    """Measure everything described in the module docstring; returns the record."""
+    from medge.benchmarks.common import environment, peak_rss_mb, rss_mb
+    from medge.edge.bundle import golden_inputs, read_manifest
+    from medge.edge.preprocess import PreprocessConfig
+
+    record: dict = {"benchmark": "medge bench", "config": asdict(cfg), "bundle": str(bundle), "checkpoint": checkpoint,
+                    "cold_start_ms": {}, "rss_mb_after_load": {"start": rss_mb()}, "notes": []}
+    manifest = read_manifest(bundle)
+    pcfg = PreprocessConfig.from_dict(manifest["preprocess"])
+    runners = load_runners(bundle, checkpoint, golden_inputs(1, 1, pcfg), record)
+    inputs = bench_inputs(data, pcfg, max(cfg.batch_sizes))
+    log(f"latency: {', '.join(r.name for r in runners.all)}; threads {list(cfg.threads)}; "
+        f"batches {list(cfg.batch_sizes)}; {cfg.repeats} repeats")
+    record["latency"] = measure_latency(runners.all, inputs, cfg)
+    record["compute"] = measure_compute(record["latency"], manifest["model"].get("arch", "resnet18"),
+                                        tuple(manifest["model"]["input_shape"][1:]), cfg.threads)
+    for r in runners.all:  # restore the default thread count for what follows
+        r.set_threads(os.cpu_count() or 1)
+    log(f"preprocessing and end to end on {cfg.image_size}x{cfg.image_size} files")
+    measure_files(bundle, pcfg, runners, cfg, record)
     record["peak_rss_mb"] = peak_rss_mb()
     record["env"] = environment()
     return record
@@ -332,7 +364,8 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=int, default=d.warmup, help="untimed calls per case (default: %(default)s)")
     p.add_argument("--e2e-images", type=int, default=d.e2e_images, help="files for end to end, 0 = skip (default: %(default)s)")
     p.add_argument("--image-size", type=int, default=d.image_size, help="side of generated files (default: %(default)s)")
-    p.add_argument("--smoke", action="store_true", help="few repeats and small files: checks the command, measures nothing useful")
+    p.add_argument("--smoke", action="store_true",
+                   help="few repeats and small files: checks the command, measures nothing useful")
     return p
 
 

@@ -75,8 +75,8 @@ def environment() -> dict:
     env = {"cpu": _cpu_model(), "cores": os.cpu_count(), "python": platform.python_version(),
            "platform": platform.platform(), "cv2_threads": cv2.getNumThreads(), "opencv": cv2.__version__,
            "numpy": np.__version__, "git_revision": _git_revision(),
-           "opencv_build": {k: l.split(":", 1)[1].strip() for l in info.splitlines() for k in keep
-                            if l.strip().startswith(k + ":")},
+           "opencv_build": {k: ln.split(":", 1)[1].strip() for ln in info.splitlines() for k in keep
+                            if ln.strip().startswith(k + ":")},
            "thread_env": {k: os.environ[k] for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
                           if k in os.environ}}
     for mod in ("torch", "torchvision", "onnx", "onnxruntime"):

@@ -14,10 +14,10 @@ def model_files(tmp_path_factory):
     bundle, ckpt = os.environ.get("MEDGE_BENCH_BUNDLE"), os.environ.get("MEDGE_BENCH_CHECKPOINT")
     if bundle and ckpt:
         return Path(bundle), Path(ckpt)
-    from edge.preprocess import PreprocessConfig
-    from export.onnx_export import ExportConfig, export_bundle
-    from train.checkpoint import save_model_checkpoint
-    from train.models import build_model
+    from medge.edge.preprocess import PreprocessConfig
+    from medge.export.onnx_export import ExportConfig, export_bundle
+    from medge.train.checkpoint import save_model_checkpoint
+    from medge.train.models import build_model
 
     size = int(os.environ.get("MEDGE_BENCH_SIZE", "224"))
     d = tmp_path_factory.mktemp("bench")
@@ -29,7 +29,7 @@ def model_files(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def xray_2048(tmp_path_factory):
-    from benchmarks.edge_throughput import make_images
+    from medge.benchmarks.edge_throughput import make_images
 
     size = int(os.environ.get("MEDGE_BENCH_IMAGE", "2048"))
     d = tmp_path_factory.mktemp("img")

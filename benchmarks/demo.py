@@ -24,8 +24,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-EXTRA = "train"
-
 
 @dataclass(frozen=True)
 class DemoConfig:
@@ -63,17 +61,106 @@ def _stage(k: int, name: str, fn, log):
     return result
 
 
+def make_data(out_dir: Path, cfg: DemoConfig, log) -> str:
+    """Stage 1: a synthetic set in OUT/data (mixed 8- and 16-bit PNGs)."""
+    from medge.train.synth import SynthConfig, generate
+
+    counts = generate(out_dir / "data", SynthConfig(n=cfg.n_images, size=cfg.image_px, bits="mix", seed=0))
+    log("  " + ", ".join(f"{s}: {sum(c.values())}" for s, c in sorted(counts.items())))
+    return str(out_dir / "data")
+
+
+def train_model(data_dir: str, out_dir: Path, device: str, cfg: DemoConfig) -> dict:
+    """Stage 2: a short training run in OUT/run."""
+    from medge.edge.preprocess import PreprocessConfig
+    from medge.train.config import TrainConfig
+    from medge.train.engine import train
+
+    tcfg = TrainConfig(data=data_dir, out=str(out_dir / "run"), arch=cfg.arch, epochs=cfg.epochs,
+                       batch_size=cfg.batch_size, schedule="cosine", device=device, cache_dir=str(out_dir / "cache"))
+    return train(tcfg, PreprocessConfig(size=cfg.img_size))
+
+
+def export_model(out_dir: Path, data_dir: str, log) -> dict:
+    """Stage 3: the verified bundle in OUT/bundle."""
+    from medge.export.onnx_export import ExportConfig, export_bundle
+
+    return export_bundle(str(out_dir / "run" / "best.pt"), str(out_dir / "bundle"), data_dir, ExportConfig(),
+                         log=lambda m: log("  " + m))
+
+
+def predict_held_out(out_dir: Path, data_dir: str, log) -> dict:
+    """Stage 4: the edge runtime alone on the test (else val) images; OUT/predictions.jsonl."""
+    from medge.edge.image import collect_inputs
+    from medge.edge.model import Model
+
+    held_out = Path(data_dir) / ("test" if (Path(data_dir) / "test").is_dir() else "val")
+    paths = collect_inputs([held_out])
+    model = Model.load(out_dir / "bundle")
+    preds = model.predict(paths)
+    with open(out_dir / "predictions.jsonl", "w", encoding="utf-8") as f:
+        for p in preds:
+            f.write(json.dumps(p.to_record(model.sha256), ensure_ascii=False) + "\n")
+    truth = [Path(p).parent.name for p in paths]
+    correct = sum(p.label == t for p, t in zip(preds, truth, strict=True))
+    failed = sum(not p.ok for p in preds)
+    log(f"  {len(preds)} held-out images from {held_out}: {correct} correct, {failed} failed")
+    return {"images": len(preds), "correct": correct, "failed": failed, "accuracy": correct / max(len(preds), 1)}
+
+
+def bench_model(out_dir: Path, cfg: DemoConfig, log) -> dict:
+    """Stage 5: a short medge bench; OUT/bench.json, bench.md, bench.png."""
+    from medge.benchmarks.bench import BenchConfig, markdown, plot, run_bench
+
+    bcfg = BenchConfig(threads=(os.cpu_count() or 1,), warmup=3, repeats=cfg.bench_repeats,
+                       e2e_images=cfg.bench_e2e_images, e2e_rounds=2, image_size=cfg.bench_image_px)
+    rec = run_bench(str(out_dir / "bundle"), str(out_dir / "run" / "best.pt"), None, bcfg, log=lambda m: log("  " + m))
+    (out_dir / "bench.json").write_text(json.dumps(rec, indent=2) + "\n")
+    (out_dir / "bench.md").write_text(markdown(rec) + "\n")
+    plot(rec, str(out_dir / "bench.png"))
+    return rec
+
+
+def check_parity(out_dir: Path, data_dir: str, log) -> dict:
+    """Stage 6: medge parity on every image; OUT/parity.json; beyond tolerance stops the demo."""
+    from medge.benchmarks.parity import run_parity
+
+    rec = run_parity(str(out_dir / "bundle"), str(out_dir / "run" / "best.pt"), data_dir, log=lambda m: log("  " + m))
+    (out_dir / "parity.json").write_text(json.dumps(rec, indent=2) + "\n")
+    if not rec["passed"]:
+        raise RuntimeError("parity beyond tolerance: " + "; ".join(
+            f for c in rec["comparisons"].values() for f in c["failures"]))
+    return rec
+
+
+def summarize(out_dir: Path, seconds: float, device, data_dir: str, cfg: DemoConfig, trained: dict, manifest: dict,
+              predicted: dict, bench: dict, parity: dict) -> dict:
+    """The demo's figures in one dict (summary.json)."""
+    lat = {(r["runtime"], r["batch"]): r["p50_ms"] for r in bench["latency"]}
+    c = parity["comparisons"]["pytorch_vs_cv2.dnn"]
+    keys = ("accuracy", "balanced_accuracy", "auc")
+    return {
+        "out": str(out_dir), "seconds": round(seconds, 1), "device": str(device),
+        "data": data_dir, "arch": cfg.arch, "img_size": cfg.img_size,
+        "val": {k: trained["val"][k] for k in keys},
+        "test": {k: trained["test"][k] for k in keys} if "test" in trained else None,
+        "export_parity": {"max_abs_logit": manifest["parity"]["logits"]["max_abs"],
+                          "top1_agreement": manifest["parity"]["top1_agreement"]},
+        "parity": {"images": parity["images"], "max_abs_logit": c["logits"]["max_abs"],
+                   "max_abs_prob": c["probabilities"]["max_abs"], "top1_agreement": c["top1_agreement"]},
+        "latency_p50_ms": {f"{rt} batch {b}": v for (rt, b), v in sorted(lat.items())},
+        "end_to_end_images_per_s": bench.get("end_to_end", {}).get("images_per_s"),
+        "predict": predicted,
+        "paths": {"bundle": str(out_dir / "bundle"), "checkpoint": str(out_dir / "run" / "best.pt"),
+                  "predictions": str(out_dir / "predictions.jsonl"), "bench": str(out_dir / "bench.json"),
+                  "parity": str(out_dir / "parity.json")},
+    }
+
+
 def run_demo(out: str, data: str | None = None, device: str = "auto", cfg: DemoConfig | None = None,
              log=print) -> dict:
-    """Run the six stages; returns the summary (also written to OUT/summary.json)."""
-    from benchmarks.bench import BenchConfig, run_bench
-    from benchmarks.parity import run_parity
-    from edge.model import Model
-    from edge.preprocess import PreprocessConfig
-    from export.onnx_export import ExportConfig, export_bundle
-    from train.config import TrainConfig
-    from train.engine import select_device, train
-    from train.synth import SynthConfig, generate
+    """Run the six stages; returns the summary (also written to OUT/summary.json and summary.md)."""
+    from medge.train.engine import select_device
 
     out_dir = Path(out)
     if out_dir.exists() and any(out_dir.iterdir()):
@@ -82,82 +169,14 @@ def run_demo(out: str, data: str | None = None, device: str = "auto", cfg: DemoC
     dev = select_device(device)
     cfg = cfg or (GPU if dev.type == "cuda" else CPU)
     log(f"medge demo -> {out_dir} (device {dev}, {cfg.arch} at {cfg.img_size}px, {cfg.epochs} epochs)")
-    t_start = time.perf_counter()
-
-    def make_data():
-        if data:
-            return data
-        counts = generate(out_dir / "data", SynthConfig(n=cfg.n_images, size=cfg.image_px, bits="mix", seed=0))
-        log("  " + ", ".join(f"{s}: {sum(c.values())}" for s, c in sorted(counts.items())))
-        return str(out_dir / "data")
-
-    data_dir = _stage(1, "data", make_data, log)
-    run_dir = out_dir / "run"
-    tcfg = TrainConfig(data=data_dir, out=str(run_dir), arch=cfg.arch, epochs=cfg.epochs, batch_size=cfg.batch_size,
-                       schedule="cosine", device=device, cache_dir=str(out_dir / "cache"))
-    summary_train = _stage(2, "train", lambda: train(tcfg, PreprocessConfig(size=cfg.img_size)), log)
-    bundle = out_dir / "bundle"
-    manifest = _stage(3, "export", lambda: export_bundle(str(run_dir / "best.pt"), str(bundle), data_dir,
-                                                         ExportConfig(), log=lambda m: log("  " + m)), log)
-
-    def predict():
-        held_out = Path(data_dir) / ("test" if (Path(data_dir) / "test").is_dir() else "val")
-        from edge.image import collect_inputs
-
-        paths = collect_inputs([held_out])
-        model = Model.load(bundle)
-        preds = model.predict(paths)
-        with open(out_dir / "predictions.jsonl", "w", encoding="utf-8") as f:
-            for p in preds:
-                f.write(json.dumps(p.to_record(model.sha256), ensure_ascii=False) + "\n")
-        truth = [Path(p).parent.name for p in paths]
-        correct = sum(p.label == t for p, t in zip(preds, truth))
-        failed = sum(not p.ok for p in preds)
-        log(f"  {len(preds)} held-out images from {held_out}: {correct} correct, {failed} failed")
-        return {"images": len(preds), "correct": correct, "failed": failed, "accuracy": correct / max(len(preds), 1)}
-
-    pred_summary = _stage(4, "predict (edge: numpy + OpenCV only)", predict, log)
-    bcfg = BenchConfig(threads=(os.cpu_count() or 1,), warmup=3, repeats=cfg.bench_repeats,
-                       e2e_images=cfg.bench_e2e_images, e2e_rounds=2, image_size=cfg.bench_image_px)
-
-    def bench():
-        rec = run_bench(str(bundle), str(run_dir / "best.pt"), None, bcfg, log=lambda m: log("  " + m))
-        (out_dir / "bench.json").write_text(json.dumps(rec, indent=2) + "\n")
-        from benchmarks.bench import markdown, plot
-
-        (out_dir / "bench.md").write_text(markdown(rec) + "\n")
-        plot(rec, str(out_dir / "bench.png"))
-        return rec
-
-    bench_rec = _stage(5, "bench", bench, log)
-
-    def parity():
-        rec = run_parity(str(bundle), str(run_dir / "best.pt"), data_dir, log=lambda m: log("  " + m))
-        (out_dir / "parity.json").write_text(json.dumps(rec, indent=2) + "\n")
-        if not rec["passed"]:
-            raise RuntimeError("parity beyond tolerance: " + "; ".join(
-                f for c in rec["comparisons"].values() for f in c["failures"]))
-        return rec
-
-    parity_rec = _stage(6, "parity", parity, log)
-
-    lat = {(r["runtime"], r["batch"]): r["p50_ms"] for r in bench_rec["latency"]}
-    c = parity_rec["comparisons"]["pytorch_vs_cv2.dnn"]
-    summary = {
-        "out": str(out_dir), "seconds": round(time.perf_counter() - t_start, 1), "device": str(dev),
-        "data": data_dir, "arch": cfg.arch, "img_size": cfg.img_size,
-        "val": {k: summary_train["val"][k] for k in ("accuracy", "balanced_accuracy", "auc")},
-        "test": {k: summary_train["test"][k] for k in ("accuracy", "balanced_accuracy", "auc")} if "test" in summary_train else None,
-        "export_parity": {"max_abs_logit": manifest["parity"]["logits"]["max_abs"], "top1_agreement": manifest["parity"]["top1_agreement"]},
-        "parity": {"images": parity_rec["images"], "max_abs_logit": c["logits"]["max_abs"],
-                   "max_abs_prob": c["probabilities"]["max_abs"], "top1_agreement": c["top1_agreement"]},
-        "latency_p50_ms": {f"{rt} batch {b}": v for (rt, b), v in sorted(lat.items())},
-        "end_to_end_images_per_s": bench_rec.get("end_to_end", {}).get("images_per_s"),
-        "predict": pred_summary,
-        "paths": {"bundle": str(bundle), "checkpoint": str(run_dir / "best.pt"),
-                  "predictions": str(out_dir / "predictions.jsonl"), "bench": str(out_dir / "bench.json"),
-                  "parity": str(out_dir / "parity.json")},
-    }
+    t0 = time.perf_counter()
+    data_dir = _stage(1, "data", lambda: data or make_data(out_dir, cfg, log), log)
+    trained = _stage(2, "train", lambda: train_model(data_dir, out_dir, device, cfg), log)
+    manifest = _stage(3, "export", lambda: export_model(out_dir, data_dir, log), log)
+    predicted = _stage(4, "predict (edge: numpy + OpenCV only)", lambda: predict_held_out(out_dir, data_dir, log), log)
+    bench = _stage(5, "bench", lambda: bench_model(out_dir, cfg, log), log)
+    parity = _stage(6, "parity", lambda: check_parity(out_dir, data_dir, log), log)
+    summary = summarize(out_dir, time.perf_counter() - t0, dev, data_dir, cfg, trained, manifest, predicted, bench, parity)
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     text = summary_text(summary)
     (out_dir / "summary.md").write_text(text + "\n")
@@ -176,7 +195,8 @@ def summary_text(s: dict) -> str:
     ]
     if s.get("test"):
         t = s["test"]
-        lines.append(f"  test:       accuracy {t['accuracy']:.3f}, balanced accuracy {t['balanced_accuracy']:.3f}, AUC {t['auc']:.3f}")
+        lines.append(f"  test:       accuracy {t['accuracy']:.3f}, balanced accuracy {t['balanced_accuracy']:.3f}, "
+                     f"AUC {t['auc']:.3f}")
     p = s["parity"]
     lines += [
         f"  parity PyTorch vs cv2.dnn on {p['images']} images: max |dlogit| {p['max_abs_logit']:.2e}, "

@@ -20,16 +20,16 @@ import time
 
 import numpy as np
 
-from benchmarks.common import emit, environment
-from edge.image import collect_inputs, read_image, write_image
-from edge.model import Model
-from edge.preprocess import preprocess
-from edge.runtime import forward, load_net
+from medge.benchmarks.common import emit, environment
+from medge.edge.image import collect_inputs, read_image, write_image
+from medge.edge.model import Model
+from medge.edge.preprocess import preprocess
+from medge.edge.runtime import forward, load_net
 
 
 def make_images(folder: str, n: int, size: int = 2048) -> list[str]:
     """N radiograph-like PNGs, alternately 8-bit and 16-bit (12-bit values)."""
-    from train.synth import SynthConfig, make_image  # numpy + cv2 only
+    from medge.train.synth import SynthConfig, make_image  # numpy + cv2 only
 
     cfg = SynthConfig(size=size, seed=7)
     paths = []
@@ -55,7 +55,7 @@ def measure(bundle: str, paths: list[str], rounds: int = 3, batch_size: int = 8,
     """Images/s per contender on ``paths``, interleaved; ``others`` maps a name to a runner
     (``infer(blob)``) fed by the same sequential read -> preprocess loop (onnxruntime, PyTorch)."""
     model = Model.load(bundle)
-    net = load_net((model.bundle_dir / "model.onnx").read_bytes(), model.engine)
+    net = load_net(model.onnx_bytes, model.engine)  # a net of its own for the plain loop
     cfg, k = model.preprocess_config, len(model.classes)
     contenders = {
         "medge": lambda: run_medge(model, paths, batch_size, workers),

@@ -17,21 +17,19 @@ from pathlib import Path
 
 import numpy as np
 
-EXTRA = "train"
-
 
 def run_parity(bundle: str, checkpoint: str, data: str, tol=None, batch_size: int = 16, log=print) -> dict:
-    from benchmarks.common import environment
-    from benchmarks.runners import DnnRunner, TorchRunner, optional_ort
-    from edge.errors import MedgeError
-    from edge.image import collect_inputs, read_image
-    from edge.preprocess import preprocess
-    from export.parity import Tolerance, compare, summary_line
+    from medge.benchmarks.common import environment
+    from medge.benchmarks.runners import DnnRunner, TorchRunner, optional_ort
+    from medge.edge.errors import MedgeError
+    from medge.edge.image import collect_inputs, read_image
+    from medge.edge.preprocess import preprocess
+    from medge.export.parity import Tolerance, compare, summary_line
 
     tol = tol or Tolerance()
     dnn = DnnRunner(bundle)
     runners = [TorchRunner(checkpoint), dnn]
-    ort = optional_ort(dnn.model._onnx)
+    ort = optional_ort(dnn.model.onnx_bytes)
     if ort:
         runners.append(ort)
     cfg, classes = dnn.model.preprocess_config, dnn.model.classes
@@ -49,8 +47,7 @@ def run_parity(bundle: str, checkpoint: str, data: str, tol=None, batch_size: in
         if blob:
             blob = np.stack(blob)
             for r in runners:
-                logits[r.name].append(r.infer(blob) if r is not dnn or dnn.model.dynamic_batch else
-                                      np.concatenate([r.infer(blob[j : j + 1]) for j in range(len(blob))]))
+                logits[r.name].append(r.infer(blob))
     if not names:
         raise MedgeError(f"{data}: no readable image to compare")
     ref = np.concatenate(logits["pytorch"])
@@ -67,7 +64,8 @@ def run_parity(bundle: str, checkpoint: str, data: str, tol=None, batch_size: in
 
 def markdown(record: dict) -> str:
     lines = [f"Parity on {record['images']} images ({len(record['skipped'])} unreadable, skipped):", "",
-             "| comparison | max abs logit | mean abs logit | max abs prob | min cosine | top-1 agreement | flips | near threshold | verdict |",
+             "| comparison | max abs logit | mean abs logit | max abs prob | min cosine | top-1 agreement | flips "
+             "| near threshold | verdict |",
              "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
     for name, c in record["comparisons"].items():
         lines.append(f"| {name} | {c['logits']['max_abs']:.2e} | {c['logits']['mean_abs']:.2e} | "
@@ -77,7 +75,7 @@ def markdown(record: dict) -> str:
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    from export.parity import Tolerance
+    from medge.export.parity import Tolerance
 
     t = Tolerance()
     p = sub.add_parser("parity", help="compare PyTorch and cv2.dnn on a data set; gates a release (extra: train)",
@@ -93,7 +91,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from export.parity import Tolerance
+    from medge.export.parity import Tolerance
 
     log = lambda msg: print(msg, file=sys.stderr, flush=True)
     record = run_parity(args.model, args.checkpoint, args.data, Tolerance(args.max_abs_logit, args.min_agreement),

@@ -15,7 +15,7 @@ START, END = "<!-- results:start -->", "<!-- results:end -->"
 
 
 def render(records: list[dict]) -> str:
-    from benchmarks import bench, parity
+    from medge.benchmarks import bench, parity
 
     parts = []
     for rec in records:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from edge.model import Model
+from medge.edge.model import Model
 
 
 class DnnRunner:
@@ -32,7 +32,7 @@ class TorchRunner:
     def __init__(self, checkpoint: str, device: str = "cpu"):
         import torch
 
-        from train.checkpoint import load_checkpoint, model_from_checkpoint
+        from medge.train.checkpoint import load_checkpoint, model_from_checkpoint
 
         self.torch = torch
         self.device = torch.device(device)

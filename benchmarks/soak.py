@@ -14,8 +14,8 @@ import time
 
 import numpy as np
 
-from benchmarks.common import emit, rss_mb
-from edge.model import Model
+from medge.benchmarks.common import emit, rss_mb
+from medge.edge.model import Model
 
 
 def soak(bundle: str, n: int = 10_000, every: int = 500, batch_size: int = 1) -> dict:

@@ -6,8 +6,8 @@ Not part of the default test run (tests/ is); tests/benchmarks runs it once as a
 import numpy as np
 import pytest
 
-from edge.image import read_image
-from edge.preprocess import PreprocessConfig, preprocess
+from medge.edge.image import read_image
+from medge.edge.preprocess import PreprocessConfig, preprocess
 
 
 @pytest.mark.parametrize("kind", ["png8", "png16"])
@@ -25,7 +25,7 @@ def test_preprocess(benchmark, xray_2048, kind):
 
 @pytest.mark.parametrize("batch", [1, 8])
 def test_cv2_dnn_forward(benchmark, model_files, batch):
-    from benchmarks.runners import DnnRunner
+    from medge.benchmarks.runners import DnnRunner
 
     runner = DnnRunner(str(model_files[0]))
     blob = np.zeros((batch, *runner.model.chw), np.float32)
@@ -34,8 +34,8 @@ def test_cv2_dnn_forward(benchmark, model_files, batch):
 
 @pytest.mark.parametrize("batch", [1, 8])
 def test_pytorch_forward(benchmark, model_files, batch):
-    from benchmarks.runners import TorchRunner
-    from edge.bundle import read_manifest
+    from medge.benchmarks.runners import TorchRunner
+    from medge.edge.bundle import read_manifest
 
     chw = tuple(read_manifest(model_files[0])["model"]["input_shape"][1:])
     runner = TorchRunner(str(model_files[1]))

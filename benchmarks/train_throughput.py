@@ -21,7 +21,7 @@ import time
 
 import numpy as np
 
-from benchmarks.common import emit
+from medge.benchmarks.common import emit
 
 
 def _timeit(fn, warmup: int, repeats: int, sync) -> list[float]:
@@ -41,12 +41,12 @@ def measure(data: str, arch: str = "resnet18", batch_size: int = 64, img_size: i
             amp: str = "auto", repeats: int = 20, workers: int = 2) -> dict:
     import torch
 
-    from edge.preprocess import PreprocessConfig
-    from train import data as D
-    from train import engine
-    from train.checkpoint import library_versions
-    from train.config import TrainConfig
-    from train.models import build_model
+    from medge.edge.preprocess import PreprocessConfig
+    from medge.train import data as D
+    from medge.train import engine
+    from medge.train.checkpoint import library_versions
+    from medge.train.config import TrainConfig
+    from medge.train.models import build_model
 
     cfg = TrainConfig(data=data, arch=arch, batch_size=batch_size, device=device, amp=amp, workers=workers)
     pcfg = PreprocessConfig(size=img_size)
@@ -65,9 +65,9 @@ def measure(data: str, arch: str = "resnet18", batch_size: int = 64, img_size: i
         gen.manual_seed(0)
 
         def pipeline():
-            for u8, y in engine._batches(split, order, batch_size):
-                x = engine.augment(engine._to_input(u8, pcfg, dev, channels_last), cfg.hflip, cfg.rotate_deg, gen)
-                engine._normalize(x, pcfg, channels_last)
+            for u8, y in engine.batches(split, order, batch_size):
+                x = engine.augment(engine.to_input(u8, pcfg, dev), cfg.hflip, cfg.rotate_deg, gen)
+                engine.normalize(x, pcfg, channels_last)
                 y.to(dev)
 
         pipe_times = _timeit(pipeline, 1, max(3, repeats // 5), sync)
@@ -77,9 +77,9 @@ def measure(data: str, arch: str = "resnet18", batch_size: int = 64, img_size: i
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    amp_dtype = engine._amp_dtype(cfg, dev)
+    amp_dtype = engine.amp_dtype(cfg, dev)
     scaler = torch.amp.GradScaler(dev.type, enabled=amp_dtype == torch.float16)
-    x = engine._normalize(torch.rand(batch_size, pcfg.channels, img_size, img_size, device=dev), pcfg, channels_last)
+    x = engine.normalize(torch.rand(batch_size, pcfg.channels, img_size, img_size, device=dev), pcfg, channels_last)
     y = torch.randint(0, 2, (batch_size,), device=dev)
     loss_fn = torch.nn.CrossEntropyLoss()
 

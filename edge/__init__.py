@@ -1,5 +1,9 @@
-"""medge's edge runtime: numpy + OpenCV only (never torch or onnx)."""
-from edge.errors import (
+"""medge.edge: the edge runtime, numpy + OpenCV only (never torch or onnx).
+
+The library (formats, image, dicom, preprocess, bundle, runtime, model) is here;
+the commands built on it (medge predict, watch, preview) are in ``medge.edge.apps``.
+"""
+from medge.edge.errors import (
     BundleError,
     ConfigError,
     ImageError,
@@ -9,8 +13,9 @@ from edge.errors import (
     ModelIntegrityError,
     SelfTestError,
 )
-from edge.image import DEFAULT_MAX_PIXELS, read_image
-from edge.preprocess import (
+from medge.edge.formats import DEFAULT_MAX_PIXELS
+from medge.edge.image import read_image
+from medge.edge.preprocess import (
     PreprocessConfig,
     normalize,
     preprocess,
@@ -19,4 +24,8 @@ from edge.preprocess import (
     preprocess_uint8,
 )
 
-__version__ = "0.1.0"
+__all__ = [
+    "DEFAULT_MAX_PIXELS", "BundleError", "ConfigError", "ImageError", "InferenceError", "MedgeError",
+    "MissingExtraError", "ModelIntegrityError", "PreprocessConfig", "SelfTestError", "normalize", "preprocess",
+    "preprocess_batch", "preprocess_stages", "preprocess_uint8", "read_image",
+]

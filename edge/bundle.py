@@ -22,8 +22,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from edge.errors import BundleError
-from edge.preprocess import PreprocessConfig, preprocess
+from medge.edge.errors import BundleError
+from medge.edge.preprocess import PreprocessConfig, preprocess
 
 FORMAT = "medge-bundle"
 FORMAT_VERSION = 1

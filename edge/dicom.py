@@ -14,7 +14,8 @@ import os
 
 import numpy as np
 
-from edge.errors import ImageError, MissingExtraError
+from medge.edge.errors import ImageError, MissingExtraError
+from medge.edge.formats import check_size
 
 
 def _luts():
@@ -37,8 +38,6 @@ def decode_dicom(data: bytes, path: str | os.PathLike | None, max_pixels: int) -
         import pydicom
     except ImportError:
         raise MissingExtraError("dicom", "pydicom", f"reading DICOM file {path}") from None
-    from edge.image import check_size
-
     try:
         ds = pydicom.dcmread(io.BytesIO(data))
     except Exception as e:  # pydicom raises InvalidDicomError, EOFError, ValueError, ...

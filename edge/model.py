@@ -1,7 +1,7 @@
 """The edge model: a verified bundle, run with cv2.dnn on numpy + OpenCV only.
 
 Usage:
-    from edge.model import Model
+    from medge.edge.model import Model
     model = Model.load("bundles/xray")           # checks hash and golden self-test
     for p in model.predict(["a.png", "b.dcm"]):  # files, arrays, or a mix
         print(p.path, p.label, p.probabilities, p.error)
@@ -29,11 +29,12 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from edge.bundle import MODEL_FILE, golden_inputs, read_manifest, sha256_bytes
-from edge.errors import BundleError, MedgeError, ModelIntegrityError, SelfTestError
-from edge.image import DEFAULT_MAX_PIXELS, read_image
-from edge.preprocess import PreprocessConfig, preprocess
-from edge.runtime import check_choices, forward, load_net, softmax
+from medge.edge.bundle import MODEL_FILE, golden_inputs, read_manifest, sha256_bytes
+from medge.edge.errors import BundleError, MedgeError, ModelIntegrityError, SelfTestError
+from medge.edge.formats import DEFAULT_MAX_PIXELS
+from medge.edge.image import read_image
+from medge.edge.preprocess import PreprocessConfig, preprocess
+from medge.edge.runtime import check_choices, forward_batches, load_net, softmax
 
 
 @dataclass
@@ -68,9 +69,14 @@ class Model:
         self.dynamic_batch = bool(manifest["model"].get("dynamic_batch", False))
         self.sha256 = manifest["model"]["sha256"]
         self.engine, self.backend = engine, backend
-        self._onnx = onnx_bytes
+        self._onnx_bytes = onnx_bytes
         self._local = threading.local()
         self.self_test_max_abs: float | None = None
+
+    @property
+    def onnx_bytes(self) -> bytes:
+        """The verified bytes of model.onnx (their SHA-256 is ``self.sha256``), for other runtimes."""
+        return self._onnx_bytes
 
     @classmethod
     def load(cls, bundle_dir: str | os.PathLike, backend: str = "cpu", engine: str | None = None,
@@ -115,7 +121,7 @@ class Model:
     def _net(self) -> cv2.dnn.Net:
         net = getattr(self._local, "net", None)
         if net is None:
-            net = self._local.net = load_net(self._onnx, self.engine, self.backend, str(self.bundle_dir / MODEL_FILE))
+            net = self._local.net = load_net(self._onnx_bytes, self.engine, self.backend, str(self.bundle_dir / MODEL_FILE))
         return net
 
     def run_self_test(self) -> float:
@@ -135,12 +141,8 @@ class Model:
 
     def infer(self, blob: np.ndarray) -> np.ndarray:
         """Logits for a preprocessed (N, C, H, W) float32 blob, in chunks the model accepts."""
-        if not len(blob):
-            return np.zeros((0, len(self.classes)), np.float32)
-        step = len(blob) if self.dynamic_batch else 1
-        net = self._net()
-        return np.concatenate([forward(net, blob[i : i + step], self.chw, len(self.classes))
-                               for i in range(0, len(blob), step)])
+        step = max(1, len(blob)) if self.dynamic_batch else 1
+        return forward_batches(self._net(), blob, self.chw, len(self.classes), step)
 
     def _prepare(self, item, max_pixels: int):
         """Read and preprocess one input (runs on a worker thread)."""
@@ -175,9 +177,9 @@ class Model:
                 return
             raise
         probs = softmax(logits)
-        for (pred, _), z, p in zip(batch, logits, probs):
+        for (pred, _), z, p in zip(batch, logits, probs, strict=True):
             pred.logits = [float(v) for v in z]
-            pred.probabilities = {c: float(v) for c, v in zip(self.classes, p)}
+            pred.probabilities = {c: float(v) for c, v in zip(self.classes, p, strict=True)}
             pred.label = self.classes[int(np.argmax(z))]
             pred.timings_ms["inference"] = per_image
 

@@ -29,8 +29,9 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from edge.errors import ConfigError, ImageError
-from edge.image import to_gray
+from medge.edge.config import check_ranges, check_types, from_dict
+from medge.edge.errors import ImageError
+from medge.edge.image import to_gray
 
 INTERPOLATIONS = {"area": cv2.INTER_AREA, "linear": cv2.INTER_LINEAR, "cubic": cv2.INTER_CUBIC}
 HIGH_BIT_RULES = ("minmax",)
@@ -52,41 +53,28 @@ class PreprocessConfig:
     high_bit_rule: str = "minmax"  # how non-8-bit images become 8-bit (module docstring)
 
     def __post_init__(self):
-        def need(ok: bool, msg: str):
-            if not ok:
-                raise ConfigError(f"PreprocessConfig: {msg}")
-
-        for name in ("blur_ksize", "clahe_tile_grid", "size", "channels"):
-            v = getattr(self, name)
-            need(isinstance(v, int) and not isinstance(v, bool), f"{name} must be an integer, got {v!r}")
-        for name in ("blur_sigma", "clahe_clip_limit", "mean", "std"):
-            v = getattr(self, name)
-            need(
-                isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v),
-                f"{name} must be a finite number, got {v!r}",
-            )
-        need(self.blur_ksize >= 1 and self.blur_ksize % 2 == 1, f"blur_ksize must be odd and >= 1, got {self.blur_ksize}")
-        need(self.blur_sigma >= 0, f"blur_sigma must be >= 0, got {self.blur_sigma}")
-        need(self.clahe_clip_limit > 0, f"clahe_clip_limit must be > 0, got {self.clahe_clip_limit}")
-        need(1 <= self.clahe_tile_grid <= 64, f"clahe_tile_grid must be in 1..64, got {self.clahe_tile_grid}")
-        need(1 <= self.size <= 4096, f"size must be in 1..4096, got {self.size}")
-        need(self.interpolation in INTERPOLATIONS, f"interpolation must be one of {list(INTERPOLATIONS)}, got {self.interpolation!r}")
-        need(self.std > 0, f"std must be > 0, got {self.std}")
-        need(self.channels in (1, 3), f"channels must be 1 or 3, got {self.channels}")
-        need(self.high_bit_rule in HIGH_BIT_RULES, f"high_bit_rule must be one of {list(HIGH_BIT_RULES)}, got {self.high_bit_rule!r}")
+        check_types(self)
+        check_ranges("PreprocessConfig", [
+            (self.blur_ksize >= 1 and self.blur_ksize % 2 == 1, f"blur_ksize must be odd and >= 1, got {self.blur_ksize}"),
+            (self.blur_sigma >= 0, f"blur_sigma must be >= 0, got {self.blur_sigma}"),
+            (self.clahe_clip_limit > 0, f"clahe_clip_limit must be > 0, got {self.clahe_clip_limit}"),
+            (1 <= self.clahe_tile_grid <= 64, f"clahe_tile_grid must be in 1..64, got {self.clahe_tile_grid}"),
+            (1 <= self.size <= 4096, f"size must be in 1..4096, got {self.size}"),
+            (self.interpolation in INTERPOLATIONS,
+             f"interpolation must be one of {list(INTERPOLATIONS)}, got {self.interpolation!r}"),
+            (self.std > 0, f"std must be > 0, got {self.std}"),
+            (self.channels in (1, 3), f"channels must be 1 or 3, got {self.channels}"),
+            (self.high_bit_rule in HIGH_BIT_RULES,
+             f"high_bit_rule must be one of {list(HIGH_BIT_RULES)}, got {self.high_bit_rule!r}"),
+        ])
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "PreprocessConfig":
+    def from_dict(cls, d: dict) -> PreprocessConfig:
         """Build from a dict (e.g. a manifest); unknown keys and bad values raise ConfigError."""
-        if not isinstance(d, dict):
-            raise ConfigError(f"PreprocessConfig: expected a mapping, got {type(d).__name__}")
-        unknown = set(d) - {f.name for f in dataclasses.fields(cls)}
-        if unknown:
-            raise ConfigError(f"PreprocessConfig: unknown keys {sorted(unknown)}")
-        return cls(**d)
+        return from_dict(cls, d)
 
     def fingerprint(self) -> str:
         """Short stable hash of the config (cache keys, manifests)."""
@@ -106,10 +94,12 @@ def _clahe(cfg: PreprocessConfig):
 
 
 def to_uint8(gray: np.ndarray, cfg: PreprocessConfig = PreprocessConfig()) -> np.ndarray:
-    """Apply the documented high-bit rule (module docstring); uint8 input is returned as is."""
+    """Apply ``cfg.high_bit_rule`` (module docstring) to a non-8-bit image; uint8 input is returned as is."""
     if gray.dtype == np.uint8:
         return gray
-    return cv2.normalize(gray, None, 0, 255, cv2.NORM_MINMAX, cv2.CV_8U)
+    if cfg.high_bit_rule == "minmax":
+        return cv2.normalize(gray, None, 0, 255, cv2.NORM_MINMAX, cv2.CV_8U)
+    raise ValueError(f"unknown high_bit_rule {cfg.high_bit_rule!r}")  # unreachable: PreprocessConfig validates it
 
 
 def _uint8_stages(image: np.ndarray, cfg: PreprocessConfig) -> dict[str, np.ndarray]:

@@ -18,7 +18,7 @@ import os
 import cv2
 import numpy as np
 
-from edge.errors import BundleError, ConfigError, InferenceError
+from medge.edge.errors import BundleError, ConfigError, InferenceError
 
 ENGINES = {"auto": cv2.dnn.ENGINE_AUTO, "classic": cv2.dnn.ENGINE_CLASSIC, "new": cv2.dnn.ENGINE_NEW}
 # name -> (backend, target). The new engine runs on the CPU only; other backends use the classic engine.
@@ -36,7 +36,7 @@ LOAD_REMEDIES = (
 
 
 def _cv_message(e: cv2.error) -> str:
-    lines = [l.strip() for l in str(e).strip().splitlines() if l.strip()]
+    lines = [ln.strip() for ln in str(e).strip().splitlines() if ln.strip()]
     return lines[-1] if lines else "unknown OpenCV error"
 
 
@@ -126,6 +126,22 @@ def forward(net: cv2.dnn.Net, blob: np.ndarray, chw: tuple[int, int, int], num_o
     if not np.isfinite(out).all():
         raise InferenceError("model returned NaN or infinite outputs")
     return out
+
+
+def forward_batches(net: cv2.dnn.Net, blob: np.ndarray, chw: tuple[int, int, int], num_outputs: int,
+                    batch_size: int) -> np.ndarray:
+    """``forward`` over a blob of any length, ``batch_size`` images per pass (1 for a fixed-batch model).
+
+    The one chunked forward pass of medge: ``Model.infer``, the export's parity gate
+    and the benchmarks all go through it.
+
+    Returns:
+        (N, num_outputs) float32 logits; (0, num_outputs) for an empty blob.
+    """
+    if not len(blob):
+        return np.zeros((0, num_outputs), np.float32)
+    step = max(1, int(batch_size))
+    return np.concatenate([forward(net, blob[i : i + step], chw, num_outputs) for i in range(0, len(blob), step)])
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:

@@ -13,12 +13,10 @@ from __future__ import annotations
 import argparse
 import json
 
-EXTRA = "train"
-
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    from edge.runtime import ENGINES
-    from export.onnx_export import ExportConfig
+    from medge.edge.runtime import ENGINES
+    from medge.export.onnx_export import ExportConfig
 
     d = ExportConfig()
     p = sub.add_parser("export", help="export a checkpoint to a verified ONNX bundle (extra: train)", description=__doc__,
@@ -28,23 +26,28 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--data", help="data folder whose val images are the parity inputs (default: synthetic images)")
     p.add_argument("--no-simplify", action="store_true", help="skip onnxsim (recorded in the manifest)")
     p.add_argument("--static-batch", action="store_true", help="export a fixed batch of 1 instead of a dynamic batch axis")
-    p.add_argument("--engine", choices=list(ENGINES), default=d.engine, help="cv2.dnn engine to verify with and ship (default: %(default)s)")
-    p.add_argument("--max-abs-logit", type=float, default=d.max_abs_logit, help="parity tolerance on |logit difference| (default: %(default)s)")
-    p.add_argument("--min-agreement", type=float, default=d.min_top1_agreement, help="parity: required top-1 agreement (default: %(default)s)")
+    p.add_argument("--engine", choices=list(ENGINES), default=d.engine,
+                   help="cv2.dnn engine to verify with and ship (default: %(default)s)")
+    p.add_argument("--max-abs-logit", type=float, default=d.tolerance.max_abs_logit,
+                   help="parity tolerance on |logit difference| (default: %(default)s)")
+    p.add_argument("--min-agreement", type=float, default=d.tolerance.min_top1_agreement,
+                   help="parity: required top-1 agreement (default: %(default)s)")
     p.add_argument("--max-images", type=int, default=d.max_images, help="parity inputs at most (default: %(default)s)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing bundle at --out (atomically)")
     return p
 
 
 def run(args: argparse.Namespace) -> int:
-    from export.onnx_export import ExportConfig, export_bundle
+    from medge.export.onnx_export import ExportConfig, export_bundle
+    from medge.export.parity import Tolerance
 
     cfg = ExportConfig(simplify=not args.no_simplify, dynamic_batch=not args.static_batch, engine=args.engine,
-                       max_abs_logit=args.max_abs_logit, min_top1_agreement=args.min_agreement, max_images=args.max_images)
+                       tolerance=Tolerance(args.max_abs_logit, args.min_agreement), max_images=args.max_images)
     m = export_bundle(args.checkpoint, args.out, args.data, cfg, overwrite=args.overwrite)
     s = m["export"]["simplify_stats"]
     if s:
-        print(f"onnxsim: {s['nodes_before']} -> {s['nodes_after']} nodes, {s['bytes_before'] / 1e6:.2f} -> {s['bytes_after'] / 1e6:.2f} MB")
+        print(f"onnxsim: {s['nodes_before']} -> {s['nodes_after']} nodes, "
+              f"{s['bytes_before'] / 1e6:.2f} -> {s['bytes_after'] / 1e6:.2f} MB")
     print(json.dumps({"bundle": args.out, "sha256": m["model"]["sha256"], "input_shape": m["model"]["input_shape"],
                       "parity_max_abs_logit": m["parity"]["logits"]["max_abs"], "top1_agreement": m["parity"]["top1_agreement"]}))
     return 0

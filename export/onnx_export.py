@@ -1,8 +1,8 @@
 """Checkpoint -> opset-12 ONNX -> onnxsim -> onnx.checker -> cv2.dnn -> parity gate -> bundle.
 
 Each step is a function that returns a path, bytes or a report and raises
-ExportError on failure; ``export_bundle`` chains them, times each, and writes the
-bundle only when every step passed.
+ExportError on failure; ``export_bundle`` reads as the list of them, times each
+(``StepTimer``), and writes the bundle only when every step passed.
 """
 from __future__ import annotations
 
@@ -16,18 +16,19 @@ from pathlib import Path
 
 import numpy as np
 
-from edge.bundle import (
+from medge.edge.bundle import (
     MANIFEST_FILE,
+    MODEL_FILE,
     check_writable_parent,
     golden_inputs,
     read_manifest,
     write_bundle,
 )
-from edge.errors import BundleError, ExportError, MedgeError, ParityError
-from edge.image import read_image
-from edge.preprocess import PreprocessConfig, preprocess
-from edge.runtime import forward, load_net
-from export.parity import Tolerance, compare, summary_line
+from medge.edge.errors import BundleError, ExportError, MedgeError, ParityError
+from medge.edge.image import read_image
+from medge.edge.preprocess import PreprocessConfig, preprocess
+from medge.edge.runtime import forward_batches, load_net
+from medge.export.parity import Tolerance, compare, summary_line
 
 INPUT_NAME, OUTPUT_NAME = "input", "logits"
 
@@ -40,8 +41,7 @@ class ExportConfig:
     simplify: bool = True  # run onnxsim; its failed check is an error
     dynamic_batch: bool = True  # batch axis dynamic when cv2.dnn runs batches > 1 correctly on it
     engine: str = "auto"  # cv2.dnn engine used for verification, and by the edge
-    max_abs_logit: float = 1e-3  # parity gate: largest |logit(PyTorch) - logit(cv2.dnn)|
-    min_top1_agreement: float = 1.0  # parity gate: share of inputs with the same top-1 class
+    tolerance: Tolerance = Tolerance()  # the parity gate (PyTorch vs cv2.dnn)
     max_images: int = 64  # parity inputs taken from --data (val split), or synthetic ones
     parity_batch: int = 8  # batch size of the cv2.dnn parity run (checks batched inference)
     golden_count: int = 4  # self-test inputs stored (as a seed) with expected outputs
@@ -112,10 +112,6 @@ def torch_logits(model, inputs: np.ndarray, batch: int = 32) -> np.ndarray:
                                for i in range(0, len(inputs), batch)])
 
 
-def dnn_logits(net, inputs: np.ndarray, chw, num_classes: int, batch: int) -> np.ndarray:
-    return np.concatenate([forward(net, inputs[i : i + batch], chw, num_classes) for i in range(0, len(inputs), batch)])
-
-
 def parity_inputs(data: str | None, pcfg: PreprocessConfig, classes: list[str], count: int):
     """Inputs for the parity gate: --data's val images through edge.preprocess, else synthetic ones.
 
@@ -123,12 +119,12 @@ def parity_inputs(data: str | None, pcfg: PreprocessConfig, classes: list[str], 
         (float32 (N, C, H, W), names, skipped [(path, reason)]).
     """
     if data is None:
-        from train.synth import SynthConfig, make_image
+        from medge.train.synth import SynthConfig, make_image
 
         scfg = SynthConfig(size=256, seed=12345)
         imgs = [np.round(make_image(i, i % 2 == 1, scfg) * 255).astype(np.uint8) for i in range(count)]
         return np.stack([preprocess(im, pcfg) for im in imgs]), [f"synthetic:{i}" for i in range(count)], []
-    from train.data import discover
+    from medge.train.data import discover
 
     data_classes, splits = discover(data)
     if data_classes != classes:
@@ -145,6 +141,130 @@ def parity_inputs(data: str | None, pcfg: PreprocessConfig, classes: list[str], 
     if not tensors:
         raise ExportError(f"{data}: no readable validation image for the parity check")
     return np.stack(tensors), names, skipped
+
+
+class StepTimer:
+    """Runs the export's steps and records how long each took (saved in the manifest)."""
+
+    def __init__(self):
+        self.steps: list[dict] = []
+
+    def run(self, name: str, fn, *args, **kw):
+        t0 = time.perf_counter()
+        result = fn(*args, **kw)
+        self.steps.append({"step": name, "seconds": round(time.perf_counter() - t0, 3)})
+        return result
+
+
+def check_target(out: Path, overwrite: bool) -> None:
+    """Refuse an existing bundle without ``overwrite``, and any other existing folder; prove the parent writable."""
+    if out.exists() and not overwrite:
+        raise BundleError(f"{out}: exists already (use --overwrite to replace the bundle in it)")
+    if out.exists() and not (out / MANIFEST_FILE).is_file():
+        raise BundleError(f"{out}: exists and is not a medge bundle; refusing to replace it")
+    check_writable_parent(out)  # fail before the expensive steps
+
+
+@dataclass(frozen=True)
+class OnnxCandidate:
+    """An exported, simplified, checked model and what cv2.dnn made of it."""
+
+    onnx_bytes: bytes
+    dynamic: bool  # batch axis dynamic (False after the fallback to a fixed batch of 1)
+    logits: np.ndarray  # cv2.dnn's logits on the parity inputs
+    net: object  # the cv2.dnn.Net that produced them
+    simplify_stats: dict | None
+    batch_note: str | None  # why the batch axis is fixed, when it fell back
+
+
+def build_onnx(model, ck, chw, cfg: ExportConfig, dynamic: bool, work: Path, timer: StepTimer) -> tuple[bytes, dict | None]:
+    """torch.onnx.export -> onnxsim (optional) -> metadata + full check; returns the final bytes and onnxsim's stats."""
+    raw = timer.run("torch.onnx.export", export_onnx, model, work / "raw.onnx", chw, cfg.opset, dynamic)
+    stats, src = None, raw
+    if cfg.simplify:
+        stats = timer.run("onnxsim", simplify_onnx, raw, work / "sim.onnx")
+        src = work / "sim.onnx"
+    props = {"medge.format_version": "1", "medge.arch": ck.arch, "medge.classes": ck.classes,
+             "medge.preprocess": ck.preprocess.to_dict(),
+             "medge.input": {"name": INPUT_NAME, "shape": ["batch" if dynamic else 1, *chw]}}
+    return timer.run("onnx.checker", finalize_onnx, src, props), stats
+
+
+def export_verified_onnx(model, ck, inputs: np.ndarray, reference: np.ndarray, cfg: ExportConfig, name: str,
+                         timer: StepTimer, log) -> OnnxCandidate:
+    """Export and run the model in cv2.dnn on the parity inputs; a dynamic batch axis that cv2.dnn
+    runs wrongly (or not at all) for batches > 1 falls back to a fixed batch of 1, said in the manifest."""
+    chw = (ck.preprocess.channels, ck.preprocess.size, ck.preprocess.size)
+    k = len(ck.classes)
+    with tempfile.TemporaryDirectory() as work:
+        dynamic, note = cfg.dynamic_batch, None
+        while True:
+            onnx_bytes, stats = build_onnx(model, ck, chw, cfg, dynamic, Path(work), timer)
+            net = timer.run("cv2.dnn.load", load_net, onnx_bytes, cfg.engine, "cpu", name)
+            try:
+                logits = timer.run("cv2.dnn.forward", forward_batches, net, inputs, chw, k, cfg.parity_batch if dynamic else 1)
+            except MedgeError as e:
+                if not dynamic:
+                    raise ExportError(f"cv2.dnn cannot run the exported model: {e}") from None
+                logits = None
+            if not dynamic or (logits is not None and np.abs(logits - reference).max() <= cfg.tolerance.max_abs_logit):
+                return OnnxCandidate(onnx_bytes, dynamic, logits, net, stats, note)
+            note = ("cv2.dnn gave wrong results or failed for batches > 1 on the dynamic batch axis; "
+                    "exported with a fixed batch of 1")
+            log(f"warning: {note}")
+            dynamic = False
+
+
+def parity_gate(reference: np.ndarray, candidate: np.ndarray, names: list[str], classes: list[str],
+                tol: Tolerance, log) -> dict:
+    """compare() PyTorch with cv2.dnn; ParityError (and no bundle) beyond the tolerance."""
+    report = compare(reference, candidate, names, classes, tol)
+    log(f"parity: {summary_line(report)}")
+    if not report["passed"]:
+        worst = sorted(report["label_flips"], key=lambda f: -f["max_abs_logit"])[:5]
+        raise ParityError(f"parity gate failed, no bundle written: {'; '.join(report['failures'])}"
+                          + (f"; flips: {worst}" if worst else ""))
+    return report
+
+
+def golden_section(model, candidate: OnnxCandidate, ck, cfg: ExportConfig) -> dict:
+    """The manifest's self-test: a seed for the inputs, PyTorch's logits on them, the tolerance."""
+    chw = (ck.preprocess.channels, ck.preprocess.size, ck.preprocess.size)
+    x = golden_inputs(cfg.golden_seed, cfg.golden_count, ck.preprocess)
+    expected = torch_logits(model, x)
+    here = forward_batches(candidate.net, x, chw, len(ck.classes), 1)
+    return {"seed": cfg.golden_seed, "count": cfg.golden_count, "generator": "medge.edge.bundle.golden_inputs",
+            "expected_logits": expected.tolist(), "tolerance": cfg.golden_tolerance,
+            "export_max_abs_logit": float(np.abs(expected - here).max())}
+
+
+def build_manifest(ck, checkpoint: str, candidate: OnnxCandidate, cfg: ExportConfig, report: dict, golden: dict,
+                   data: str | None, skipped: list, steps: list[dict]) -> dict:
+    """Everything the edge needs to know about the model, as model.json."""
+    import cv2
+    import onnx
+    import onnxsim
+    import torch
+
+    chw = [ck.preprocess.channels, ck.preprocess.size, ck.preprocess.size]
+    return {
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "classes": ck.classes,
+        "preprocess": ck.preprocess.to_dict(),
+        "model": {"arch": ck.arch, "opset": cfg.opset, "input_name": INPUT_NAME, "output_name": OUTPUT_NAME,
+                  "input_shape": ["batch" if candidate.dynamic else 1, *chw], "dynamic_batch": candidate.dynamic,
+                  "batch_note": candidate.batch_note, "output": "logits (apply softmax for probabilities)"},
+        "runtime": {"engine": cfg.engine, "backend": "cpu"},
+        "golden": golden,
+        "parity": {**report, "inputs": "val images of " + data if data else "synthetic images",
+                   "skipped": [{"path": p, "reason": r} for p, r in skipped]},
+        "training": {"epoch": ck.epoch, "metrics": ck.metrics, "train_config": ck["train_config"],
+                     "checkpoint": str(checkpoint)},
+        "export": {"config": asdict(cfg), "simplified": cfg.simplify, "simplify_stats": candidate.simplify_stats,
+                   "steps": steps},
+        "versions": {**ck.versions, "export_torch": str(torch.__version__), "onnx": onnx.__version__,
+                     "onnxsim": getattr(onnxsim, "__version__", "unknown"), "opencv": cv2.__version__},
+    }
 
 
 def export_bundle(checkpoint: str, out: str, data: str | None = None, cfg: ExportConfig = ExportConfig(),
@@ -165,95 +285,24 @@ def export_bundle(checkpoint: str, out: str, data: str | None = None, cfg: Expor
     Raises:
         CheckpointError, ExportError, ParityError, BundleError: nothing is written then.
     """
-    import cv2
-    import onnx
-    import onnxsim
-    import torch
-
-    from train.checkpoint import load_checkpoint, model_from_checkpoint
+    from medge.train.checkpoint import load_checkpoint, model_from_checkpoint
 
     out_path = Path(out)
-    if out_path.exists() and not overwrite:
-        raise BundleError(f"{out_path}: exists already (use --overwrite to replace the bundle in it)")
-    if out_path.exists() and not (out_path / MANIFEST_FILE).is_file():
-        raise BundleError(f"{out_path}: exists and is not a medge bundle; refusing to replace it")
-    check_writable_parent(out_path)  # fail before the expensive steps
-
-    steps: list[dict] = []
-
-    def step(name, fn, *args, **kw):
-        t0 = time.perf_counter()
-        result = fn(*args, **kw)
-        steps.append({"step": name, "seconds": round(time.perf_counter() - t0, 3)})
-        return result
-
-    ck = step("load_checkpoint", load_checkpoint, checkpoint)
+    check_target(out_path, overwrite)
+    timer = StepTimer()
+    ck = timer.run("load_checkpoint", load_checkpoint, checkpoint)
     model = model_from_checkpoint(ck)
-    pcfg, classes = ck["preprocess_config"], ck["classes"]
-    chw = (pcfg.channels, pcfg.size, pcfg.size)
-    inputs, names, skipped = step("parity_inputs", parity_inputs, data, pcfg, classes, cfg.max_images)
-    for path, reason in skipped:
+    inputs, names, skipped = timer.run("parity_inputs", parity_inputs, data, ck.preprocess, ck.classes, cfg.max_images)
+    for _, reason in skipped:
         log(f"parity: skipping unreadable image: {reason}")
-    reference = step("pytorch_reference", torch_logits, model, inputs)
-    log(f"exporting {ck['arch']} ({len(classes)} classes, input {chw}) from {checkpoint}")
-
-    with tempfile.TemporaryDirectory() as work:
-        work = Path(work)
-        dynamic, note = cfg.dynamic_batch, None
-        for attempt in range(2):
-            raw = step("torch.onnx.export", export_onnx, model, work / "raw.onnx", chw, cfg.opset, dynamic)
-            sim_stats = None
-            final_src = raw
-            if cfg.simplify:
-                sim_stats = step("onnxsim", simplify_onnx, raw, work / "sim.onnx")
-                final_src = work / "sim.onnx"
-            props = {"medge.format_version": "1", "medge.arch": ck["arch"], "medge.classes": classes,
-                     "medge.preprocess": pcfg.to_dict(), "medge.input": {"name": INPUT_NAME, "shape": ["batch" if dynamic else 1, *chw]}}
-            onnx_bytes = step("onnx.checker", finalize_onnx, final_src, props)
-            net = step("cv2.dnn.load", load_net, onnx_bytes, cfg.engine, "cpu", str(out_path / "model.onnx"))
-            batch = cfg.parity_batch if dynamic else 1
-            try:
-                candidate = step("cv2.dnn.forward", dnn_logits, net, inputs, chw, len(classes), batch)
-                batched_ok = not dynamic or np.abs(candidate - reference).max() <= cfg.max_abs_logit
-            except MedgeError as e:
-                if not dynamic:
-                    raise ExportError(f"cv2.dnn cannot run the exported model: {e}") from None
-                batched_ok, candidate = False, None
-            if batched_ok:
-                break
-            # Batched inference on the dynamic axis is wrong or fails: fall back to batch 1, said in the manifest.
-            note = "cv2.dnn gave wrong results or failed for batches > 1 on the dynamic batch axis; exported with a fixed batch of 1"
-            log(f"warning: {note}")
-            dynamic = False
-        report = compare(reference, candidate, names, classes, Tolerance(cfg.max_abs_logit, cfg.min_top1_agreement))
-        log(f"parity: {summary_line(report)}")
-        if not report["passed"]:
-            worst = sorted(report["label_flips"], key=lambda f: -f["max_abs_logit"])[:5]
-            raise ParityError(f"parity gate failed, no bundle written: {'; '.join(report['failures'])}"
-                              + (f"; flips: {worst}" if worst else ""))
-        golden_x = golden_inputs(cfg.golden_seed, cfg.golden_count, pcfg)
-        golden_ref = torch_logits(model, golden_x)
-        golden_dnn = dnn_logits(net, golden_x, chw, len(classes), 1)
-        manifest = {
-            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "classes": classes,
-            "preprocess": pcfg.to_dict(),
-            "model": {"arch": ck["arch"], "opset": cfg.opset, "input_name": INPUT_NAME, "output_name": OUTPUT_NAME,
-                      "input_shape": ["batch" if dynamic else 1, *chw], "dynamic_batch": dynamic,
-                      "batch_note": note, "output": "logits (apply softmax for probabilities)"},
-            "runtime": {"engine": cfg.engine, "backend": "cpu"},
-            "golden": {"seed": cfg.golden_seed, "count": cfg.golden_count, "generator": "edge.bundle.golden_inputs",
-                       "expected_logits": golden_ref.tolist(), "tolerance": cfg.golden_tolerance,
-                       "export_max_abs_logit": float(np.abs(golden_ref - golden_dnn).max())},
-            "parity": {**report, "inputs": "val images of " + data if data else "synthetic images",
-                       "skipped": [{"path": p, "reason": r} for p, r in skipped]},
-            "training": {"epoch": ck["epoch"], "metrics": ck["metrics"], "train_config": ck["train_config"],
-                         "checkpoint": str(checkpoint)},
-            "export": {"config": asdict(cfg), "simplified": cfg.simplify, "simplify_stats": sim_stats, "steps": steps},
-            "versions": {**ck["versions"], "export_torch": str(torch.__version__), "onnx": onnx.__version__,
-                         "onnxsim": getattr(onnxsim, "__version__", "unknown"), "opencv": cv2.__version__},
-        }
-        written = write_bundle(out_path, onnx_bytes, manifest, overwrite=overwrite)
+    reference = timer.run("pytorch_reference", torch_logits, model, inputs)
+    log(f"exporting {ck.arch} ({len(ck.classes)} classes, input {inputs.shape[1:]}) from {checkpoint}")
+    candidate = export_verified_onnx(model, ck, inputs, reference, cfg, str(out_path / MODEL_FILE), timer, log)
+    report = parity_gate(reference, candidate.logits, names, ck.classes, cfg.tolerance, log)
+    golden = golden_section(model, candidate, ck, cfg)
+    manifest = build_manifest(ck, checkpoint, candidate, cfg, report, golden, data, skipped, timer.steps)
+    written = write_bundle(out_path, candidate.onnx_bytes, manifest, overwrite=overwrite)
     manifest = read_manifest(written)
-    log(f"bundle written: {written} (model.onnx {len(onnx_bytes) / 1e6:.1f} MB, sha256 {manifest['model']['sha256'][:16]}...)")
+    log(f"bundle written: {written} (model.onnx {len(candidate.onnx_bytes) / 1e6:.1f} MB, "
+        f"sha256 {manifest['model']['sha256'][:16]}...)")
     return manifest

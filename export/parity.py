@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from edge.runtime import softmax
+from medge.edge.runtime import softmax
 
 
 @dataclass(frozen=True)

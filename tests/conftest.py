@@ -25,7 +25,7 @@ def gray8():
 @pytest.fixture(scope="session")
 def tiny_data(tmp_path_factory):
     """40 small synthetic images: train/val/test of two classes, 8- and 16-bit."""
-    from train.synth import SynthConfig, generate
+    from medge.train.synth import SynthConfig, generate
 
     root = tmp_path_factory.mktemp("data") / "tiny"
     generate(root, SynthConfig(n=40, size=64, bits="mix", seed=1))
@@ -35,10 +35,27 @@ def tiny_data(tmp_path_factory):
 @pytest.fixture(scope="session")
 def bundle(tmp_path_factory):
     """A verified bundle of a small resnet18 (input 1x32x32), exported once per session."""
-    from export.onnx_export import ExportConfig, export_bundle
+    from medge.export.onnx_export import ExportConfig, export_bundle
     from tests.helpers import make_checkpoint
 
     d = tmp_path_factory.mktemp("bundle")
     ckpt = make_checkpoint(d / "ck.pt", arch="resnet18", size=32)
     export_bundle(str(ckpt), str(d / "bundle"), cfg=ExportConfig(max_images=8), log=lambda *a: None)
     return d / "bundle"
+
+
+SHADOWS = {  # what a user's project folder commonly holds; importing any of them fails loudly
+    "train.py": "raise SystemExit('the user train.py ran')\n",
+    "export.py": "raise SystemExit('the user export.py ran')\n",
+    "edge.py": "raise SystemExit('the user edge.py ran')\n",
+    "benchmarks/__init__.py": "raise SystemExit('the user benchmarks package ran')\n",
+}
+
+
+@pytest.fixture
+def user_folder(tmp_path):
+    folder = tmp_path / "project"
+    for name, text in SHADOWS.items():
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_text(text)
+    return folder

@@ -1,9 +1,9 @@
 """Helpers shared by the test packages: tiny models and checkpoints made by the tests."""
 import torch
 
-from edge.preprocess import PreprocessConfig
-from train.checkpoint import save_model_checkpoint
-from train.models import build_model
+from medge.edge.preprocess import PreprocessConfig
+from medge.train.checkpoint import save_model_checkpoint
+from medge.train.models import build_model
 
 CLASSES = ["disease", "normal"]
 

@@ -6,7 +6,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def _ci_commands():
     lines = (ROOT / ".ci" / "run").read_text().splitlines()
-    marks = [i for i, l in enumerate(lines) if l.startswith("# --- README:")]
+    marks = [i for i, ln in enumerate(lines) if ln.startswith("# --- README:")]
     assert len(marks) == 2, "expected the install and test markers in .ci/run"
     return [lines[i + 1] for i in marks]
 

@@ -1,9 +1,11 @@
-"""python -m train ... = medge train ... (this form is what torchrun runs).
+"""``python -m medge.train ...`` = ``medge train ...``; the form torchrun runs.
 
-Usage: torchrun --standalone --nproc_per_node 2 -m train --data data/xray --out runs/xray-ddp --device cpu
+Usage: torchrun --standalone --nproc_per_node 2 -m medge.train --data data/xray --out runs/xray-ddp --device cpu
+
+``-m medge.train`` cannot be shadowed by a ``train.py`` in the working folder.
 """
 import sys
 
-from edge.cli import main
+from medge.edge.apps.cli import main
 
 sys.exit(main(["train", *sys.argv[1:]]))

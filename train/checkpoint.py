@@ -3,12 +3,14 @@ from __future__ import annotations
 
 import os
 import platform
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from edge.errors import CheckpointError
-from edge.preprocess import PreprocessConfig
+from medge.edge.errors import CheckpointError, ConfigError
+from medge.edge.preprocess import PreprocessConfig
+from medge.train.config import TrainConfig
 
 FORMAT = "medge-checkpoint"
 VERSION = 1
@@ -21,7 +23,7 @@ def library_versions() -> dict:
     import numpy
     import torchvision
 
-    from edge import __version__
+    from medge import __version__
 
     # str(): torch.__version__ is a TorchVersion, which weights_only loading refuses.
     return {"medge": __version__, "python": platform.python_version(), "torch": str(torch.__version__),
@@ -39,8 +41,51 @@ def save_checkpoint(path: str | os.PathLike, payload: dict) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def load_checkpoint(path: str | os.PathLike) -> dict:
+@dataclass(frozen=True)
+class Checkpoint:
+    """A loaded, validated checkpoint: typed configs beside the raw payload ``torch.load`` returned.
+
+    ``ck["model"]``, ``ck["optimizer"]``, ... read the payload; nothing is added to it or
+    removed from it, so saving ``ck.payload`` again writes what was read.
+    """
+
+    path: Path
+    payload: dict
+    preprocess: PreprocessConfig
+    train_config: TrainConfig
+
+    def __getitem__(self, key: str):
+        return self.payload[key]
+
+    def __contains__(self, key: str) -> bool:
+        return key in self.payload
+
+    @property
+    def arch(self) -> str:
+        return self.payload["arch"]
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.payload["classes"])
+
+    @property
+    def epoch(self) -> int:
+        return int(self.payload["epoch"])
+
+    @property
+    def metrics(self) -> dict:
+        return self.payload["metrics"]
+
+    @property
+    def versions(self) -> dict:
+        return self.payload["versions"]
+
+
+def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
     """Load and validate a medge checkpoint (tensors and plain data only: no pickled code).
+
+    Args:
+        path: a ``.pt`` file, or a run folder (its ``best.pt``).
 
     Raises:
         CheckpointError: missing, unreadable, corrupt, foreign or incomplete file.
@@ -63,29 +108,28 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
     if missing:
         raise CheckpointError(f"{path}: incomplete checkpoint, missing {missing}")
     try:
-        ck["preprocess_config"] = PreprocessConfig.from_dict(ck["preprocess"])
-    except Exception as e:
-        raise CheckpointError(f"{path}: bad preprocessing config: {e}") from None
-    return ck
+        pcfg = PreprocessConfig.from_dict(ck["preprocess"])
+        tcfg = TrainConfig.from_dict(ck["train_config"])
+    except ConfigError as e:
+        raise CheckpointError(f"{path}: bad configuration: {e}") from None
+    return Checkpoint(path, ck, pcfg, tcfg)
 
 
-def model_from_checkpoint(ck: dict):
+def model_from_checkpoint(ck: Checkpoint):
     """Rebuild the trained nn.Module (eval mode, CPU) from a loaded checkpoint."""
-    from train.models import build_model
+    from medge.train.models import build_model
 
-    model = build_model(ck["arch"], ck["preprocess_config"].channels, len(ck["classes"]))
+    model = build_model(ck.arch, ck.preprocess.channels, len(ck.classes))
     try:
         model.load_state_dict(ck["model"])
     except RuntimeError as e:
-        raise CheckpointError(f"checkpoint weights do not fit {ck['arch']}: {str(e).splitlines()[0]}") from None
+        raise CheckpointError(f"checkpoint weights do not fit {ck.arch}: {str(e).splitlines()[0]}") from None
     return model.eval()
 
 
 def save_model_checkpoint(path, model, arch: str, classes: list[str], pcfg: PreprocessConfig, metrics: dict | None = None,
                           epoch: int = 0) -> Path:
     """Write a checkpoint for a model trained elsewhere (or not at all: benchmarks and tests)."""
-    from train.config import TrainConfig
-
     save_checkpoint(path, {"model": model.state_dict(), "arch": arch, "classes": list(classes),
                            "train_config": TrainConfig(arch=arch).to_dict(), "preprocess": pcfg.to_dict(),
                            "epoch": epoch, "metrics": metrics or {}, "versions": library_versions(),

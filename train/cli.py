@@ -12,22 +12,21 @@ from __future__ import annotations
 import argparse
 import os
 
-from edge.preprocess import INTERPOLATIONS, PreprocessConfig
-
-EXTRA = "train"
+from medge.edge.preprocess import INTERPOLATIONS, PreprocessConfig
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     # Defaults are taken from the dataclasses, so the help cannot drift from the code.
-    from train.config import ARCHS, TrainConfig
-    from train.metrics import HIGHER_IS_BETTER
+    from medge.train.config import ARCHS, TrainConfig
+    from medge.train.metrics import HIGHER_IS_BETTER
 
     t, pp = TrainConfig, PreprocessConfig()
     g = p.add_argument_group("data and run")
     g.add_argument("--data", help="data folder: ROOT/train/<class>/*, ROOT/val/<class>/* [ROOT/test/...], or ROOT/<class>/*")
     g.add_argument("--out", default=t.out, help="run folder (default: %(default)s)")
     g.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last.pt")
-    g.add_argument("--val-fraction", type=float, default=t.val_fraction, help="val share when the data has no val/ (default: %(default)s)")
+    g.add_argument("--val-fraction", type=float, default=t.val_fraction,
+                   help="val share when the data has no val/ (default: %(default)s)")
     g.add_argument("--cache-dir", default=t.cache_dir, help="preprocessed-image cache (default: ~/.cache/medge/preprocess)")
     g.add_argument("--workers", type=int, default=t.workers, help="threads that decode and preprocess (default: %(default)s)")
     g = p.add_argument_group("model and optimisation")
@@ -36,20 +35,31 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--epochs", type=int, default=t.epochs, help="epochs in all (default: %(default)s)")
     g.add_argument("--batch-size", type=int, default=t.batch_size, help="images per step and process (default: %(default)s)")
     g.add_argument("--lr", type=float, default=t.lr, help="Adam learning rate (default: %(default)s)")
-    g.add_argument("--weight-decay", type=float, default=t.weight_decay, help="Adam weight decay (default: %(default)s)")
-    g.add_argument("--schedule", choices=["none", "cosine"], default=t.schedule, help="learning-rate schedule (default: %(default)s)")
-    g.add_argument("--class-weights", action="store_true", help="weight the loss by inverse class frequency (imbalanced data)")
-    g.add_argument("--best-metric", choices=list(HIGHER_IS_BETTER), default=t.best_metric, help="keep best.pt by this (default: %(default)s)")
-    g.add_argument("--seed", type=int, default=t.seed, help="random seed; same seed on CPU = same metrics (default: %(default)s)")
-    g.add_argument("--device", choices=["auto", "cpu", "cuda"], default=t.device, help="auto = cuda when available (default: %(default)s)")
-    g.add_argument("--amp", choices=["auto", "bf16", "fp16", "off"], default=t.amp, help="mixed precision on CUDA (default: %(default)s)")
+    g.add_argument("--weight-decay", type=float, default=t.weight_decay,
+                   help="Adam weight decay (default: %(default)s)")
+    g.add_argument("--schedule", choices=["none", "cosine"], default=t.schedule,
+                   help="learning-rate schedule (default: %(default)s)")
+    g.add_argument("--class-weights", action="store_true",
+                   help="weight the loss by inverse class frequency (imbalanced data)")
+    g.add_argument("--best-metric", choices=list(HIGHER_IS_BETTER), default=t.best_metric,
+                   help="keep best.pt by this (default: %(default)s)")
+    g.add_argument("--seed", type=int, default=t.seed,
+                   help="random seed; same seed on CPU = same metrics (default: %(default)s)")
+    g.add_argument("--device", choices=["auto", "cpu", "cuda"], default=t.device,
+                   help="auto = cuda when available (default: %(default)s)")
+    g.add_argument("--amp", choices=["auto", "bf16", "fp16", "off"], default=t.amp,
+                   help="mixed precision on CUDA (default: %(default)s)")
     g = p.add_argument_group("augmentation (training only, after the deterministic preprocessing)")
-    g.add_argument("--hflip", type=float, default=t.hflip, help="horizontal-flip probability, 0 = off; a flip swaps left/right anatomy (default: %(default)s)")
-    g.add_argument("--rotate", type=float, default=t.rotate_deg, help="random rotation range in degrees, 0 = off (default: %(default)s)")
+    g.add_argument("--hflip", type=float, default=t.hflip,
+                   help="horizontal-flip probability, 0 = off; a flip swaps left/right anatomy (default: %(default)s)")
+    g.add_argument("--rotate", type=float, default=t.rotate_deg,
+                   help="random rotation range in degrees, 0 = off (default: %(default)s)")
     g = p.add_argument_group("preprocessing (saved with the model; the edge applies the same)")
     g.add_argument("--img-size", type=int, default=pp.size, help="network input side in pixels (default: %(default)s)")
-    g.add_argument("--channels", type=int, choices=[1, 3], default=pp.channels, help="1 = gray; 3 = gray repeated (default: %(default)s)")
-    g.add_argument("--interpolation", choices=list(INTERPOLATIONS), default=pp.interpolation, help="resize method (default: %(default)s)")
+    g.add_argument("--channels", type=int, choices=[1, 3], default=pp.channels,
+                   help="1 = gray; 3 = gray repeated (default: %(default)s)")
+    g.add_argument("--interpolation", choices=list(INTERPOLATIONS), default=pp.interpolation,
+                   help="resize method (default: %(default)s)")
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -60,9 +70,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from edge.errors import MedgeError
-    from train.config import TrainConfig
-    from train.engine import train  # imports torch
+    from medge.edge.errors import MedgeError
+    from medge.train.config import TrainConfig
+    from medge.train.engine import train  # imports torch
 
     if not args.data and not args.resume:
         raise MedgeError("give --data DIR (or --resume RUN_DIR)")
@@ -82,5 +92,6 @@ def run(args: argparse.Namespace) -> int:
         print(f"best epoch {b['epoch']}: {b['metric']} {b['value']}; checkpoint {summary['out']}/best.pt")
     if "test" in summary:
         t = summary["test"]
-        print(f"test: acc {t['accuracy']:.3f}  bal_acc {t['balanced_accuracy']:.3f}  auc {t['auc'] if t['auc'] is None else round(t['auc'], 3)}")
+        auc = t["auc"] if t["auc"] is None else round(t["auc"], 3)
+        print(f"test: acc {t['accuracy']:.3f}  bal_acc {t['balanced_accuracy']:.3f}  auc {auc}")
     return 0

@@ -4,8 +4,8 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from edge.errors import ConfigError
-from train.metrics import HIGHER_IS_BETTER
+from medge.edge.config import check_ranges, check_types, from_dict
+from medge.train.metrics import HIGHER_IS_BETTER
 
 ARCHS = ("resnet18", "resnet50", "mobilenet_v3_small", "mobilenet_v3_large", "efficientnet_b0", "densenet121")
 
@@ -35,7 +35,8 @@ class TrainConfig:
     cache_dir: str = ""  # preprocessed-image cache; "" = ~/.cache/medge/preprocess
 
     def __post_init__(self):
-        checks = [
+        check_types(self)
+        check_ranges("TrainConfig", [
             (self.arch in ARCHS, f"arch must be one of {ARCHS}"),
             (self.epochs >= 1, "epochs must be >= 1"),
             (self.batch_size >= 2, "batch_size must be >= 2 (batch norm needs 2 samples)"),
@@ -49,17 +50,12 @@ class TrainConfig:
             (self.device in ("auto", "cpu", "cuda"), "device must be auto, cpu or cuda"),
             (self.amp in ("auto", "bf16", "fp16", "off"), "amp must be auto, bf16, fp16 or off"),
             (self.workers >= 1, "workers must be >= 1"),
-        ]
-        bad = [msg for ok, msg in checks if not ok]
-        if bad:
-            raise ConfigError("TrainConfig: " + "; ".join(bad))
+        ])
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "TrainConfig":
-        unknown = set(d) - {f.name for f in dataclasses.fields(cls)}
-        if unknown:
-            raise ConfigError(f"TrainConfig: unknown keys {sorted(unknown)}")
-        return cls(**d)
+    def from_dict(cls, d: dict) -> TrainConfig:
+        """Build from a dict (a checkpoint or config.json); unknown keys and bad values raise ConfigError."""
+        return from_dict(cls, d)

@@ -23,9 +23,10 @@ from pathlib import Path
 
 import numpy as np
 
-from edge.errors import DataError, MedgeError
-from edge.image import DICOM_SUFFIXES, IMAGE_SUFFIXES, read_image
-from edge.preprocess import PreprocessConfig, normalize, preprocess_uint8
+from medge.edge.errors import DataError, MedgeError
+from medge.edge.formats import DICOM_SUFFIXES, IMAGE_SUFFIXES
+from medge.edge.image import read_image
+from medge.edge.preprocess import PreprocessConfig, normalize, preprocess_uint8
 
 SUFFIXES = IMAGE_SUFFIXES + DICOM_SUFFIXES
 
@@ -86,7 +87,7 @@ def discover(root: str | os.PathLike, val_fraction: float = 0.2, seed: int = 0) 
         classes, files = _list_class_folder(root, None, "whole")
         if len(classes) < 2:
             raise DataError(f"{root}: need at least 2 class folders (or train/ and val/), found {classes}")
-        per_split = dict(zip(("train", "val"), _stratified(files, val_fraction, seed)))
+        per_split = dict(zip(("train", "val"), _stratified(files, val_fraction, seed), strict=True))
     for name, by_class in per_split.items():
         items = [(p, classes.index(c)) for c in classes for p in by_class[c]]
         splits[name] = Split([p for p, _ in items], [y for _, y in items])
@@ -156,7 +157,7 @@ def prepare(split: Split, cfg: PreprocessConfig, cache_dir: str, workers: int = 
     with ThreadPoolExecutor(max(1, workers)) as pool:
         results = list(pool.map(job, split.paths))
     out = Split([], [])
-    for path, label, (cached, err) in zip(split.paths, split.labels, results):
+    for path, label, (cached, err) in zip(split.paths, split.labels, results, strict=True):
         if err is None:
             out.paths.append(path)
             out.labels.append(label)
@@ -175,7 +176,7 @@ def check_usable(split: Split, classes: list[str], name: str) -> None:
     if not len(split):
         raise DataError(f"the {name} split has no usable image")
     counts = np.bincount(split.labels, minlength=len(classes))
-    empty = [c for c, n in zip(classes, counts) if n == 0]
+    empty = [c for c, n in zip(classes, counts, strict=True) if n == 0]
     if empty:
         raise DataError(f"the {name} split has no usable image of class(es) {empty}")
 

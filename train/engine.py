@@ -2,7 +2,12 @@
 device, validation every epoch, atomic checkpoints, exact resume, optional DDP.
 
 Usage: medge train --data data/xray --arch resnet18 --epochs 10 --out runs/xray
-       torchrun --standalone --nproc_per_node 2 -m train --data data/xray --out runs/xray-ddp
+       torchrun --standalone --nproc_per_node 2 -m medge.train --data data/xray --out runs/xray-ddp
+
+``train`` reads as its steps: open the run (new, or resumed from ``last.pt``),
+prepare the data, build the model and optimiser, then per epoch
+``train_one_epoch``, ``evaluate`` and ``save_epoch``, and finally ``finish``
+(test split, summary).
 
 Reproducibility: every random draw of epoch e (data order, augmentation,
 dropout) is seeded from (seed, e), so a run resumed after epoch e continues
@@ -17,6 +22,7 @@ import os
 import sys
 import threading
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -24,19 +30,20 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from edge.errors import DataError, MedgeError
-from edge.preprocess import PreprocessConfig
-from edge.runtime import softmax
-from train import data as D
-from train.checkpoint import library_versions, load_checkpoint, save_checkpoint
-from train.config import TrainConfig
-from train.metrics import HIGHER_IS_BETTER, classification_metrics
-from train.models import build_model
+from medge.edge.errors import DataError, MedgeError
+from medge.edge.preprocess import PreprocessConfig
+from medge.edge.runtime import softmax
+from medge.train import data as D
+from medge.train.checkpoint import library_versions, load_checkpoint, save_checkpoint
+from medge.train.config import TrainConfig
+from medge.train.metrics import HIGHER_IS_BETTER, classification_metrics
+from medge.train.models import build_model
 
 # ----------------------------------------------------------------------------- devices and DDP
 
 
-def _rank_world() -> tuple[int, int, int]:
+def rank_world() -> tuple[int, int, int]:
+    """(rank, world size, local rank) from torchrun's environment; (0, 1, 0) without it."""
     return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("LOCAL_RANK", 0))
 
 
@@ -47,11 +54,12 @@ def select_device(name: str) -> torch.device:
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda":
-        return torch.device("cuda", _rank_world()[2])
+        return torch.device("cuda", rank_world()[2])
     return torch.device("cpu")
 
 
-def _amp_dtype(cfg: TrainConfig, device: torch.device):
+def amp_dtype(cfg: TrainConfig, device: torch.device):
+    """The autocast dtype for ``cfg.amp`` on ``device`` (None: full precision; always None on the CPU)."""
     if device.type != "cuda" or cfg.amp == "off":
         return None
     if cfg.amp == "auto":
@@ -90,37 +98,50 @@ def augment(x: torch.Tensor, hflip: float, rotate_deg: float, gen: torch.Generat
     return x
 
 
-def _batches(split: D.Split, order: np.ndarray, batch_size: int):
-    """Yield (uint8 images, labels) in ``order``, loading the next batch in a background thread."""
+def _load_batch(split: D.Split, idx) -> tuple[torch.Tensor, torch.Tensor]:
+    return torch.from_numpy(D.load_uint8(split, idx)), torch.tensor([split.labels[i] for i in idx])
+
+
+def batches(split: D.Split, order: np.ndarray, batch_size: int):
+    """Yield (uint8 images (N, H, W), labels) in ``order``, loading the next batch in a background thread.
+
+    A last batch of one image is dropped: batch norm cannot train on it.
+    """
     chunks = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
     if len(chunks) > 1 and len(chunks[-1]) == 1:
-        chunks.pop()  # batch norm cannot train on a batch of one
-    load = lambda idx: (torch.from_numpy(D.load_uint8(split, idx)), torch.tensor([split.labels[i] for i in idx]))
-    box: dict = {}
-    for k, idx in enumerate(chunks):
-        nxt = None
+        chunks.pop()
+    ahead: dict = {}
+
+    def load_next(idx):
+        ahead["batch"] = _load_batch(split, idx)
+
+    current = _load_batch(split, chunks[0]) if chunks else None
+    for k in range(len(chunks)):
+        loader = None
         if k + 1 < len(chunks):
-            nxt = threading.Thread(target=lambda j=chunks[k + 1]: box.__setitem__("next", load(j)))
-            nxt.start()
-        yield box.pop("cur") if "cur" in box else load(idx)
-        if nxt is not None:
-            nxt.join()
-            box["cur"] = box.pop("next")
+            loader = threading.Thread(target=load_next, args=(chunks[k + 1],))
+            loader.start()
+        yield current
+        if loader is not None:
+            loader.join()
+            current = ahead.pop("batch")
 
 
-def _to_input(u8: torch.Tensor, pcfg: PreprocessConfig, device, channels_last: bool) -> torch.Tensor:
+def to_input(u8: torch.Tensor, pcfg: PreprocessConfig, device) -> torch.Tensor:
+    """(N, H, W) uint8 -> (N, C, H, W) float in [0, 1] on ``device`` (gray repeated for C = 3)."""
     x = u8.to(device, non_blocking=True).float().div_(255.0)[:, None]
     return x.expand(-1, pcfg.channels, -1, -1) if pcfg.channels > 1 else x
 
 
-def _normalize(x: torch.Tensor, pcfg: PreprocessConfig, channels_last: bool) -> torch.Tensor:
+def normalize(x: torch.Tensor, pcfg: PreprocessConfig, channels_last: bool) -> torch.Tensor:
+    """``(x - mean) / std`` as ``edge.normalize`` does, in the memory format the model runs in."""
     x = (x - pcfg.mean) / pcfg.std
     return x.contiguous(memory_format=torch.channels_last) if channels_last else x.contiguous()
 
 
 @torch.inference_mode()
 def evaluate(model: nn.Module, split: D.Split, pcfg: PreprocessConfig, device, batch_size: int = 32,
-             rank: int = 0, world: int = 1, amp_dtype=None) -> tuple[np.ndarray, np.ndarray]:
+             rank: int = 0, world: int = 1, amp=None) -> tuple[np.ndarray, np.ndarray]:
     """Logits and labels of a split; inputs are exactly ``edge.preprocess`` of each file.
 
     With DDP every rank evaluates a shard and all ranks get the whole result.
@@ -130,7 +151,7 @@ def evaluate(model: nn.Module, split: D.Split, pcfg: PreprocessConfig, device, b
     logits = []
     for i in range(0, len(idx), batch_size):
         x = torch.from_numpy(D.load_normalized(split, idx[i : i + batch_size], pcfg)).to(device)
-        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+        with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
             logits.append(model(x).float().cpu().numpy())
     parts = _all_gather((idx, np.concatenate(logits) if logits else None), world)
     out = np.concatenate([p[1] for p in parts if p[1] is not None])
@@ -139,10 +160,22 @@ def evaluate(model: nn.Module, split: D.Split, pcfg: PreprocessConfig, device, b
     return full, np.asarray(split.labels)
 
 
-# ----------------------------------------------------------------------------- the loop
+def train_step(net, x, y, criterion, opt, scaler, amp) -> torch.Tensor:
+    """One optimisation step (autocast when ``amp`` is a dtype; the scaler is a no-op unless fp16)."""
+    with torch.autocast(x.device.type, dtype=amp, enabled=amp is not None):
+        loss = criterion(net(x), y)
+    opt.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.step(opt)
+    scaler.update()
+    return loss
 
 
-def _cross_entropy(logits: np.ndarray, labels: np.ndarray) -> float:
+# ----------------------------------------------------------------------------- the run's parts
+
+
+def cross_entropy(logits: np.ndarray, labels: np.ndarray) -> float:
+    """Mean cross-entropy of logits against integer labels, in float64."""
     z = logits.astype(np.float64) - logits.max(1, keepdims=True)
     logp = z - np.log(np.exp(z).sum(1, keepdims=True))
     return float(-logp[np.arange(len(labels)), labels].mean())
@@ -176,18 +209,139 @@ class _Progress:
               end="\r" if self.tty else "\n", file=sys.stderr, flush=True)
 
 
-def train_step(net, x, y, criterion, opt, scaler, amp_dtype) -> torch.Tensor:
-    """One optimisation step (autocast when amp_dtype is set; the scaler is a no-op unless fp16)."""
-    with torch.autocast(x.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-        loss = criterion(net(x), y)
-    opt.zero_grad(set_to_none=True)
-    scaler.scale(loss).backward()
-    scaler.step(opt)
-    scaler.update()
-    return loss
+@dataclass
+class RunState:
+    """What a run carries from epoch to epoch, and what ``last.pt`` stores to resume it."""
+
+    cfg: TrainConfig
+    pcfg: PreprocessConfig
+    start_epoch: int = 1
+    history: list = field(default_factory=list)  # one record per finished epoch
+    best: dict | None = None  # {"epoch", "metric", "value"} of the best epoch so far
+    best_weights: dict | None = None  # its state dict, on the CPU
+    resume_from: dict | None = None  # last.pt's payload when resuming
 
 
-def _better(value: float, best: dict | None, metric: str) -> bool:
+@dataclass
+class Training:
+    """The model and everything that updates it."""
+
+    model: nn.Module  # the plain module (checkpoints, evaluation)
+    net: nn.Module  # what the forward pass runs: the model, or its DDP wrapper
+    opt: torch.optim.Optimizer
+    sched: object | None
+    scaler: torch.amp.GradScaler
+    criterion: nn.Module
+    amp: object | None  # autocast dtype, None = full precision
+    channels_last: bool
+
+
+def open_run(cfg: TrainConfig, pcfg: PreprocessConfig, resume: bool) -> RunState:
+    """A new run (refusing a folder that holds one), or the run in ``cfg.out`` resumed from its last.pt.
+
+    On resume, ``cfg.epochs``, ``device``, ``workers`` and ``cache_dir`` may change; the rest is the run's.
+    """
+    out = Path(cfg.out)
+    if not resume:
+        if (out / "last.pt").exists():
+            raise MedgeError(f"{out} holds a run already: continue it with --resume {out}, or choose another --out")
+        return RunState(cfg, pcfg)
+    state = load_checkpoint(out / "last.pt")
+    cfg = dataclasses.replace(state.train_config, epochs=cfg.epochs, device=cfg.device, workers=cfg.workers,
+                              cache_dir=cfg.cache_dir, out=cfg.out)
+    return RunState(cfg, state.preprocess, start_epoch=state.epoch + 1, history=list(state["history"]),
+                    best=state["best"], best_weights=load_checkpoint(out / "best.pt")["model"],
+                    resume_from=state.payload)
+
+
+def prepare_splits(cfg: TrainConfig, pcfg: PreprocessConfig, rank: int, world: int) -> tuple[list[str], dict]:
+    """Discover the data and fill the preprocessing cache (rank 0 first under DDP, then the others read it)."""
+    classes, splits = D.discover(cfg.data, cfg.val_fraction, cfg.seed)
+    cache_dir = cfg.cache_dir or D.default_cache_dir()
+    prepared = {}
+    for turn in range(2 if world > 1 else 1):
+        if (rank == 0) == (turn == 0):
+            prepared = {n: D.prepare(s, pcfg, cache_dir, cfg.workers, n, verbose=rank == 0) for n, s in splits.items()}
+        if world > 1:
+            torch.distributed.barrier()
+    for name, split in prepared.items():
+        D.check_usable(split, classes, name)
+    return classes, prepared
+
+
+def build_training(run: RunState, classes: list[str], train_split: D.Split, device: torch.device,
+                   world: int) -> Training:
+    """Model, optimiser, schedule, scaler and loss; restored from last.pt when resuming."""
+    cfg, pcfg, state = run.cfg, run.pcfg, run.resume_from
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg.arch, pcfg.channels, len(classes), cfg.pretrained and state is None).to(device)
+    channels_last = device.type == "cuda"
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs) if cfg.schedule == "cosine" else None
+    amp = amp_dtype(cfg, device)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp == torch.float16)
+    if state is not None:
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        if sched is not None:
+            sched.load_state_dict(state["scheduler"])
+        scaler.load_state_dict(state["scaler"])
+    net = model
+    if world > 1:
+        net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    weight = None
+    if cfg.class_weights:
+        counts = np.bincount(train_split.labels, minlength=len(classes))
+        weight = torch.tensor(len(train_split) / (len(classes) * counts), dtype=torch.float32, device=device)
+    return Training(model, net, opt, sched, scaler, nn.CrossEntropyLoss(weight=weight), amp, channels_last)
+
+
+def write_run_files(run: RunState, classes: list[str], splits: dict, versions: dict) -> None:
+    """config.json and data_report.json in the run folder (rank 0 only)."""
+    out = Path(run.cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    report = {n: {"images": len(s),
+                  "per_class": dict(zip(classes, np.bincount(s.labels, minlength=len(classes)).tolist(), strict=True)),
+                  "skipped": [{"path": p, "reason": r} for p, r in s.failures]} for n, s in splits.items()}
+    (out / "data_report.json").write_text(json.dumps(report, indent=2))
+    (out / "config.json").write_text(json.dumps({"train": run.cfg.to_dict(), "preprocess": run.pcfg.to_dict(),
+                                                 "classes": classes, "versions": versions}, indent=2))
+
+
+def train_one_epoch(t: Training, split: D.Split, run: RunState, epoch: int, device: torch.device, rank: int,
+                    world: int) -> tuple[int, float]:
+    """One pass over this rank's shard of the training split; returns (images seen, summed loss)."""
+    cfg, pcfg = run.cfg, run.pcfg
+    order = np.random.default_rng([cfg.seed, epoch]).permutation(len(split))
+    if world > 1:  # every rank gets the same number of samples, or DDP would wait forever
+        order = np.resize(order, math.ceil(len(order) / world) * world)[rank::world]
+    torch.manual_seed(cfg.seed * 100_003 + epoch)  # dropout
+    gen = torch.Generator(device=device)
+    gen.manual_seed(cfg.seed * 100_003 + epoch)
+    t.net.train()
+    seen, loss_sum = 0, 0.0
+    progress = _Progress(rank == 0, epoch, cfg.epochs, len(order))
+    for u8, y in batches(split, order, cfg.batch_size):
+        x = augment(to_input(u8, pcfg, device), cfg.hflip, cfg.rotate_deg, gen)
+        x, y = normalize(x, pcfg, t.channels_last), y.to(device, non_blocking=True)
+        loss = train_step(t.net, x, y, t.criterion, t.opt, t.scaler, t.amp)
+        seen += len(y)
+        loss_sum += loss.item() * len(y)
+        progress.update(seen, loss_sum / seen)
+    return seen, loss_sum
+
+
+def validation_metrics(t: Training, split: D.Split, run: RunState, classes: list[str], device, rank: int,
+                       world: int) -> dict:
+    """classification_metrics of the validation split, plus its cross-entropy loss."""
+    logits, labels = evaluate(t.model, split, run.pcfg, device, 2 * run.cfg.batch_size, rank, world, t.amp)
+    return {**classification_metrics(labels, softmax(logits), classes), "loss": cross_entropy(logits, labels)}
+
+
+def is_better(value: float, best: dict | None, metric: str) -> bool:
+    """Whether ``value`` of ``metric`` beats the best so far (NaN never does; anything beats NaN)."""
     if best is None:
         return True
     if not math.isfinite(value):
@@ -195,6 +349,58 @@ def _better(value: float, best: dict | None, metric: str) -> bool:
     if best["value"] is None or not math.isfinite(best["value"]):
         return True
     return value > best["value"] if HIGHER_IS_BETTER[metric] else value < best["value"]
+
+
+def checkpoint_payload(run: RunState, classes: list[str], epoch: int, metrics: dict, versions: dict) -> dict:
+    """What best.pt and last.pt share: everything export and the edge need, and the run's history."""
+    return {"arch": run.cfg.arch, "classes": classes, "train_config": run.cfg.to_dict(), "preprocess": run.pcfg.to_dict(),
+            "epoch": epoch, "metrics": jsonable(metrics), "versions": versions, "history": run.history, "best": run.best}
+
+
+def save_epoch(t: Training, run: RunState, classes: list[str], epoch: int, record: dict, improved: bool,
+               versions: dict) -> None:
+    """best.pt when the epoch improved, last.pt (resumable) always, one line of metrics.jsonl (rank 0 only)."""
+    out = Path(run.cfg.out)
+    common = checkpoint_payload(run, classes, epoch, {"val": record["val"]}, versions)
+    if improved:
+        save_checkpoint(out / "best.pt", {**common, "model": run.best_weights})
+    save_checkpoint(out / "last.pt", {
+        **common, "model": t.model.state_dict(), "optimizer": t.opt.state_dict(),
+        "scheduler": t.sched.state_dict() if t.sched is not None else None, "scaler": t.scaler.state_dict()})
+    with open(out / "metrics.jsonl", "a", encoding="utf-8") as f:
+        f.write(json.dumps(jsonable(record)) + "\n")
+    m = record["val"]
+    print(f"epoch {epoch}/{run.cfg.epochs}  train_loss {record['train_loss']:.4f}  val_loss {m['loss']:.4f}  "
+          f"acc {m['accuracy']:.3f}  bal_acc {m['balanced_accuracy']:.3f}  auc {m['auc']:.3f}"
+          f"{'  *best' if improved else ''}  {record['time_s']:.1f} s ({record['train_images_per_s']:.0f} img/s)",
+          flush=True)
+
+
+def finish(t: Training, run: RunState, classes: list[str], splits: dict, device, rank: int, world: int) -> dict:
+    """Score the test split (if any) with the best weights, write summary.json; returns the summary."""
+    out, main = Path(run.cfg.out), rank == 0
+    summary = {"out": str(out), "best": run.best, "classes": classes, "val": run.history[-1]["val"] if run.history else None,
+               "skipped": {n: len(s.failures) for n, s in splits.items()}}
+    if run.best_weights is not None and run.best is not None:
+        summary["val"] = next(h["val"] for h in run.history if h["epoch"] == run.best["epoch"])
+        if "test" in splits:
+            t.model.load_state_dict(run.best_weights)
+            logits, labels = evaluate(t.model, splits["test"], run.pcfg, device, 2 * run.cfg.batch_size, rank, world, t.amp)
+            summary["test"] = jsonable({**classification_metrics(labels, softmax(logits), classes),
+                                        "loss": cross_entropy(logits, labels)})
+            if main:
+                best = load_checkpoint(out / "best.pt").payload
+                best["metrics"] = {**best["metrics"], "test": summary["test"]}
+                save_checkpoint(out / "best.pt", {k: v for k, v in best.items() if k not in ("format", "version")})
+    if main:
+        (out / "summary.json").write_text(json.dumps(jsonable(summary), indent=2))
+        n_skipped = sum(summary["skipped"].values())
+        if n_skipped:
+            print(f"skipped {n_skipped} unreadable image(s): see {out / 'data_report.json'}", file=sys.stderr)
+    return summary
+
+
+# ----------------------------------------------------------------------------- the loop
 
 
 def train(cfg: TrainConfig, pcfg: PreprocessConfig = PreprocessConfig(), resume: bool = False) -> dict:
@@ -214,7 +420,7 @@ def train(cfg: TrainConfig, pcfg: PreprocessConfig = PreprocessConfig(), resume:
         DataError, CheckpointError, ConfigError, MedgeError: with a message for the user.
         KeyboardInterrupt: after saying where the resumable checkpoint is.
     """
-    rank, world, _ = _rank_world()
+    rank, world, _ = rank_world()
     device = select_device(cfg.device)
     if world > 1:
         torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
@@ -222,157 +428,48 @@ def train(cfg: TrainConfig, pcfg: PreprocessConfig = PreprocessConfig(), resume:
         torch.cuda.set_device(device)
         torch.backends.cudnn.benchmark = True
     try:
-        return _train(cfg, pcfg, resume, device, rank, world)
+        return _run(open_run(cfg, pcfg, resume), device, rank, world)
     finally:
         if world > 1:
             torch.distributed.destroy_process_group()
 
 
-def _prepare_splits(cfg, pcfg, rank, world):
-    classes, splits = D.discover(cfg.data, cfg.val_fraction, cfg.seed)
-    cache_dir = cfg.cache_dir or D.default_cache_dir()
-    prepared = {}
-    for turn in range(2 if world > 1 else 1):  # rank 0 fills the cache, then the others read it
-        if (rank == 0) == (turn == 0):
-            prepared = {n: D.prepare(s, pcfg, cache_dir, cfg.workers, n, verbose=rank == 0) for n, s in splits.items()}
-        if world > 1:
-            torch.distributed.barrier()
-    for name, split in prepared.items():
-        D.check_usable(split, classes, name)
-    return classes, prepared
-
-
-def _train(cfg, pcfg, resume, device, rank, world):
-    out, main = Path(cfg.out), rank == 0
-    state, best_state, start_epoch, history, best = None, None, 1, [], None
-    if resume:
-        state = load_checkpoint(out / "last.pt")
-        saved = TrainConfig.from_dict(state["train_config"])
-        cfg = dataclasses.replace(saved, epochs=cfg.epochs, device=cfg.device, workers=cfg.workers,
-                                  cache_dir=cfg.cache_dir, out=cfg.out)
-        pcfg = state["preprocess_config"]
-        start_epoch, history, best = state["epoch"] + 1, state["history"], state["best"]
-        best_state = load_checkpoint(out / "best.pt")["model"]
-    elif (out / "last.pt").exists():
-        raise MedgeError(f"{out} holds a run already: continue it with --resume {out}, or choose another --out")
-
-    classes, splits = _prepare_splits(cfg, pcfg, rank, world)
-    if state is not None and classes != state["classes"]:
-        raise DataError(f"the data's classes {classes} differ from the run's {state['classes']}")
-    train_split, val_split = splits["train"], splits["val"]
-
-    torch.manual_seed(cfg.seed)
-    model = build_model(cfg.arch, pcfg.channels, len(classes), cfg.pretrained and state is None).to(device)
-    channels_last = device.type == "cuda"
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs) if cfg.schedule == "cosine" else None
-    amp_dtype = _amp_dtype(cfg, device)
-    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
-    if state is not None:
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        if sched is not None:
-            sched.load_state_dict(state["scheduler"])
-        scaler.load_state_dict(state["scaler"])
-    net = model
-    if world > 1:
-        net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    weight = None
-    if cfg.class_weights:
-        counts = np.bincount(train_split.labels, minlength=len(classes))
-        weight = torch.tensor(len(train_split) / (len(classes) * counts), dtype=torch.float32, device=device)
-    criterion = nn.CrossEntropyLoss(weight=weight)
-
-    skipped = {n: s.failures for n, s in splits.items()}
+def _run(run: RunState, device: torch.device, rank: int, world: int) -> dict:
+    main = rank == 0
+    classes, splits = prepare_splits(run.cfg, run.pcfg, rank, world)
+    if run.resume_from is not None and classes != run.resume_from["classes"]:
+        raise DataError(f"the data's classes {classes} differ from the run's {run.resume_from['classes']}")
+    t = build_training(run, classes, splits["train"], device, world)
     versions = library_versions()
     if main:
-        out.mkdir(parents=True, exist_ok=True)
-        report = {n: {"images": len(s), "per_class": dict(zip(classes, np.bincount(s.labels, minlength=len(classes)).tolist())),
-                      "skipped": [{"path": p, "reason": r} for p, r in s.failures]} for n, s in splits.items()}
-        (out / "data_report.json").write_text(json.dumps(report, indent=2))
-        (out / "config.json").write_text(json.dumps({"train": cfg.to_dict(), "preprocess": pcfg.to_dict(),
-                                                     "classes": classes, "versions": versions}, indent=2))
-        print(f"{cfg.arch} on {device}{f' x{world}' if world > 1 else ''}: {len(train_split)} train, "
-              f"{len(val_split)} val images, classes {classes}", flush=True)
-
-    common = lambda epoch, metrics: {
-        "arch": cfg.arch, "classes": classes, "train_config": cfg.to_dict(), "preprocess": pcfg.to_dict(),
-        "epoch": epoch, "metrics": jsonable(metrics), "versions": versions, "history": history, "best": best,
-    }
-    epoch = start_epoch
+        write_run_files(run, classes, splits, versions)
+        print(f"{run.cfg.arch} on {device}{f' x{world}' if world > 1 else ''}: {len(splits['train'])} train, "
+              f"{len(splits['val'])} val images, classes {classes}", flush=True)
+    epoch = run.start_epoch
     try:
-        for epoch in range(start_epoch, cfg.epochs + 1):
+        for epoch in range(run.start_epoch, run.cfg.epochs + 1):
             t0 = time.perf_counter()
-            order = np.random.default_rng([cfg.seed, epoch]).permutation(len(train_split))
-            if world > 1:  # every rank gets the same number of samples, or DDP would wait forever
-                order = np.resize(order, math.ceil(len(order) / world) * world)[rank::world]
-            torch.manual_seed(cfg.seed * 100_003 + epoch)  # dropout
-            gen = torch.Generator(device=device)
-            gen.manual_seed(cfg.seed * 100_003 + epoch)
-            net.train()
-            seen, loss_sum = 0, 0.0
-            progress = _Progress(main, epoch, cfg.epochs, len(order))
-            for u8, y in _batches(train_split, order, cfg.batch_size):
-                x = augment(_to_input(u8, pcfg, device, channels_last), cfg.hflip, cfg.rotate_deg, gen)
-                x, y = _normalize(x, pcfg, channels_last), y.to(device, non_blocking=True)
-                loss = train_step(net, x, y, criterion, opt, scaler, amp_dtype)
-                seen += len(y)
-                loss_sum += loss.item() * len(y)
-                progress.update(seen, loss_sum / seen)
+            seen, loss_sum = train_one_epoch(t, splits["train"], run, epoch, device, rank, world)
             train_s = time.perf_counter() - t0
-            lr = opt.param_groups[0]["lr"]
-            if sched is not None:
-                sched.step()
-            totals = _all_gather((seen, loss_sum), world)
-            seen_all, loss_all = sum(t[0] for t in totals), sum(t[1] for t in totals)
-            logits, labels = evaluate(model, val_split, pcfg, device, 2 * cfg.batch_size, rank, world, amp_dtype)
-            m = classification_metrics(labels, softmax(logits), classes)
-            m["loss"] = _cross_entropy(logits, labels)
-            improved = _better(m[cfg.best_metric], best, cfg.best_metric)
+            lr = t.opt.param_groups[0]["lr"]
+            if t.sched is not None:
+                t.sched.step()
+            seen_all, loss_all = (sum(v) for v in zip(*_all_gather((seen, loss_sum), world), strict=True))
+            m = validation_metrics(t, splits["val"], run, classes, device, rank, world)
+            improved = is_better(m[run.cfg.best_metric], run.best, run.cfg.best_metric)
             if improved:
-                best = {"epoch": epoch, "metric": cfg.best_metric, "value": jsonable(m[cfg.best_metric])}
-                best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+                run.best = {"epoch": epoch, "metric": run.cfg.best_metric, "value": jsonable(m[run.cfg.best_metric])}
+                run.best_weights = {k: v.detach().cpu().clone() for k, v in t.model.state_dict().items()}
             record = {"epoch": epoch, "train_loss": loss_all / max(seen_all, 1), "lr": lr,
                       "train_images_per_s": seen_all / train_s, "time_s": time.perf_counter() - t0, "val": m}
-            history.append(jsonable(record))
+            run.history.append(jsonable(record))
             if main:
-                if improved:
-                    save_checkpoint(out / "best.pt", {**common(epoch, {"val": m}), "model": best_state})
-                save_checkpoint(out / "last.pt", {
-                    **common(epoch, {"val": m}), "model": model.state_dict(), "optimizer": opt.state_dict(),
-                    "scheduler": sched.state_dict() if sched is not None else None, "scaler": scaler.state_dict()})
-                with open(out / "metrics.jsonl", "a", encoding="utf-8") as f:
-                    f.write(json.dumps(jsonable(record)) + "\n")
-                print(f"epoch {epoch}/{cfg.epochs}  train_loss {record['train_loss']:.4f}  val_loss {m['loss']:.4f}  "
-                      f"acc {m['accuracy']:.3f}  bal_acc {m['balanced_accuracy']:.3f}  auc {m['auc']:.3f}"
-                      f"{'  *best' if improved else ''}  {record['time_s']:.1f} s ({record['train_images_per_s']:.0f} img/s)",
-                      flush=True)
+                save_epoch(t, run, classes, epoch, record, improved, versions)
     except KeyboardInterrupt:
         if main:
-            done = history[-1]["epoch"] if history else 0
+            out = Path(run.cfg.out)
+            done = run.history[-1]["epoch"] if run.history else 0
             hint = f"{out / 'last.pt'} holds epoch {done}: continue with --resume {out}" if done else "no epoch was completed"
             print(f"\ninterrupted during epoch {epoch}; {hint}", file=sys.stderr, flush=True)
         raise
-
-    summary = {"out": str(out), "best": best, "classes": classes, "val": history[-1]["val"] if history else None,
-               "skipped": {n: len(f) for n, f in skipped.items()}}
-    if best_state is not None and best is not None:
-        summary["val"] = next(h["val"] for h in history if h["epoch"] == best["epoch"])
-        if "test" in splits:
-            model.load_state_dict(best_state)
-            logits, labels = evaluate(model, splits["test"], pcfg, device, 2 * cfg.batch_size, rank, world, amp_dtype)
-            summary["test"] = jsonable({**classification_metrics(labels, softmax(logits), classes),
-                                        "loss": _cross_entropy(logits, labels)})
-            if main:
-                ck = load_checkpoint(out / "best.pt")
-                ck["metrics"]["test"] = summary["test"]
-                ck.pop("preprocess_config")
-                save_checkpoint(out / "best.pt", {k: v for k, v in ck.items() if k not in ("format", "version")})
-    n_skipped = sum(summary["skipped"].values())
-    if main:
-        (out / "summary.json").write_text(json.dumps(jsonable(summary), indent=2))
-        if n_skipped:
-            print(f"skipped {n_skipped} unreadable image(s): see {out / 'data_report.json'}", file=sys.stderr)
-    return summary
+    return finish(t, run, classes, splits, device, rank, world)

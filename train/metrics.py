@@ -69,7 +69,7 @@ def classification_metrics(labels: np.ndarray, probs: np.ndarray, classes: list[
         "accuracy": float((pred == labels).mean()) if len(labels) else float("nan"),
         "balanced_accuracy": float(np.nanmean(sens)) if not np.isnan(sens).all() else float("nan"),
         "auc": auc,
-        "sensitivity": {k: float(v) for k, v in zip(classes, sens)},
-        "specificity": {k: float(v) for k, v in zip(classes, spec)},
+        "sensitivity": {k: float(v) for k, v in zip(classes, sens, strict=True)},
+        "specificity": {k: float(v) for k, v in zip(classes, spec, strict=True)},
         "confusion": cm.tolist(),
     }

@@ -6,8 +6,8 @@ import os
 import torch
 from torch import nn
 
-from edge.errors import MedgeError
-from train.config import ARCHS
+from medge.edge.errors import MedgeError
+from medge.train.config import ARCHS
 
 
 def _replace(model: nn.Module, name: str, new: nn.Module) -> None:

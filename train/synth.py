@@ -22,8 +22,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from edge.errors import MedgeError
-from edge.image import write_image
+from medge.edge.errors import MedgeError
+from medge.edge.image import write_image
 
 CLASSES = ("disease", "normal")  # sorted, as ImageFolder orders them
 
@@ -161,9 +161,12 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--n", type=int, default=d.n, help="number of images, half per class (default: %(default)s)")
     p.add_argument("--size", type=int, default=d.size, help="image side in pixels (default: %(default)s)")
     p.add_argument("--bits", choices=["8", "16", "mix"], default=d.bits, help="bit depth of the PNGs (default: %(default)s)")
-    p.add_argument("--val-fraction", type=float, default=d.val_fraction, help="share of each class for val (default: %(default)s)")
-    p.add_argument("--test-fraction", type=float, default=d.test_fraction, help="share of each class for test (default: %(default)s)")
-    p.add_argument("--lesion-contrast", type=float, default=d.lesion_contrast, help="blob brightness; lower is harder (default: %(default)s)")
+    p.add_argument("--val-fraction", type=float, default=d.val_fraction,
+                   help="share of each class for val (default: %(default)s)")
+    p.add_argument("--test-fraction", type=float, default=d.test_fraction,
+                   help="share of each class for test (default: %(default)s)")
+    p.add_argument("--lesion-contrast", type=float, default=d.lesion_contrast,
+                   help="blob brightness; lower is harder (default: %(default)s)")
     p.add_argument("--seed", type=int, default=d.seed, help="random seed (default: %(default)s)")
     return p
 

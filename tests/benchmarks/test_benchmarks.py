@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from benchmarks.common import percentile, summarize
-from edge.cli import main
-from train.checkpoint import (
+from medge.benchmarks.common import percentile, summarize
+from medge.edge.apps.cli import main
+from medge.train.checkpoint import (
     load_checkpoint,
     model_from_checkpoint,
     save_model_checkpoint,
@@ -75,7 +75,7 @@ def test_parity_fails_for_a_perturbed_model(bundle, tiny_data, tmp_path, capsys)
     with torch.no_grad():
         head = [m for m in model.modules() if isinstance(m, torch.nn.Linear)][-1]
         head.bias += torch.tensor([0.5, -0.5])
-    perturbed = save_model_checkpoint(tmp_path / "perturbed.pt", model, ck["arch"], ck["classes"], ck["preprocess_config"])
+    perturbed = save_model_checkpoint(tmp_path / "perturbed.pt", model, ck["arch"], ck["classes"], ck.preprocess)
     assert main(["parity", "--model", str(bundle), "--checkpoint", str(perturbed), "--data", str(tiny_data),
                  "--out", str(tmp_path / "p.json")]) == 1
     rec = json.loads((tmp_path / "p.json").read_text())

@@ -2,8 +2,8 @@ import json
 import subprocess
 import sys
 
-from edge.cli import main
-from tests.edge.test_cli import BLOCK_TORCH
+from medge.edge.apps.cli import main
+from tests.edge.apps.test_cli import BLOCK_TORCH
 
 
 def test_quick_demo_end_to_end(tmp_path, capsys):
@@ -26,7 +26,7 @@ def test_quick_demo_end_to_end(tmp_path, capsys):
     assert res.returncode == 0, res.stderr
     assert len(res.stdout.splitlines()) == len(held_out) > 0
 
-    preds = [json.loads(l) for l in (out / "predictions.jsonl").read_text().splitlines()]
+    preds = [json.loads(ln) for ln in (out / "predictions.jsonl").read_text().splitlines()]
     assert sorted(p["path"] for p in preds) == sorted(map(str, held_out))
     assert all(p["error"] is None and p["label"] in ("disease", "normal") for p in preds)
     bench = json.loads((out / "bench.json").read_text())

@@ -6,10 +6,10 @@ import pytest
 pydicom = pytest.importorskip("pydicom", reason="the dicom extra is not installed")
 from pydicom.uid import JPEG2000Lossless  # noqa: E402
 
-from edge.errors import ImageError, MissingExtraError  # noqa: E402
-from edge.image import read_image  # noqa: E402
-from edge.preprocess import preprocess, to_uint8  # noqa: E402
-from train.synth import write_dicom  # noqa: E402
+from medge.edge.errors import ImageError, MissingExtraError  # noqa: E402
+from medge.edge.image import read_image  # noqa: E402
+from medge.edge.preprocess import preprocess, to_uint8  # noqa: E402
+from medge.train.synth import write_dicom  # noqa: E402
 
 
 def _ramp():
@@ -64,7 +64,7 @@ def test_dcm_without_pydicom_names_the_extra(tmp_path, monkeypatch):
 
 
 def test_dcm_without_pydicom_in_a_batch_is_reported(bundle, tmp_path, monkeypatch):
-    from edge.model import Model
+    from medge.edge.model import Model
 
     path = write_dicom(tmp_path / "a.dcm", _ramp())
     m = Model.load(bundle)

@@ -5,11 +5,12 @@ import cv2
 import numpy as np
 import pytest
 
-from edge.errors import ImageError
-from edge.image import collect_inputs, read_image, sniff_image, write_image
+from medge.edge.errors import ImageError
+from medge.edge.formats import sniff_image
+from medge.edge.image import collect_inputs, read_image, write_image
 from tests.conftest import xray_like
 
-FORMATS = [(e, l) for e in [".png", ".jpg", ".tif", ".bmp"] for l in ["gray", "bgr", "bgra"] if (e, l) != (".jpg", "bgra")]
+FORMATS = [(e, ln) for e in [".png", ".jpg", ".tif", ".bmp"] for ln in ["gray", "bgr", "bgra"] if (e, ln) != (".jpg", "bgra")]
 
 
 @pytest.mark.parametrize("ext, layout", FORMATS)

@@ -1,12 +1,32 @@
-"""edge/ is the edge runtime: it must import without torch, torchvision or onnx."""
+"""medge.edge is the edge runtime: it must import without torch, torchvision or onnx, and
+the layers import downward only (edge <- train <- export <- benchmarks)."""
+import ast
 import pkgutil
 import subprocess
 import sys
 from pathlib import Path
 
-import edge
+from medge import edge
 
-EDGE_MODULES = sorted(f"edge.{m.name}" for m in pkgutil.iter_modules(edge.__path__) if m.name != "__main__")
+ROOT = Path(__file__).resolve().parents[2]
+EDGE_MODULES = sorted(m.name for m in pkgutil.walk_packages(edge.__path__, "medge.edge."))
+# Optional extras the edge may import inside the functions that need them (never at module level).
+LAZY_EXTRAS = {"pydicom", "pylibjpeg", "openjpeg", "libjpeg", "gdcm", "onnxruntime", "fastapi", "uvicorn", "gradio",
+               "starlette", "multipart", "python_multipart"}
+# What each layer may import from medge (its own layer and those below it).
+LAYERS = {"edge": {"edge"}, "train": {"edge", "train"}, "export": {"edge", "train", "export"},
+          "benchmarks": {"edge", "train", "export", "benchmarks"}}
+
+
+def _imports(path: Path):
+    """(module, at_module_level) for every import statement of a source file."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    top = {id(n) for n in tree.body}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            yield from ((a.name, id(node) in top) for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0:
+            yield node.module, id(node) in top
 
 
 def test_importing_every_edge_module_loads_no_heavy_library():
@@ -16,15 +36,30 @@ def test_importing_every_edge_module_loads_no_heavy_library():
         "heavy = sorted(m for m in ('torch', 'torchvision', 'onnx', 'onnxsim', 'onnxruntime') if m in sys.modules)\n"
         "print(','.join(heavy))\n"
     )
+    assert "medge.edge.apps.cli" in EDGE_MODULES and "medge.edge.model" in EDGE_MODULES
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "", f"edge imported {out.stdout.strip()}"
 
 
-def test_edge_sources_import_only_stdlib_numpy_cv2_and_edge():
-    allowed = set(sys.stdlib_module_names) | {"numpy", "cv2", "edge", "pydicom"}  # pydicom: optional, lazily
-    for path in Path(edge.__path__[0]).glob("*.py"):
-        for line in path.read_text(encoding="utf-8").splitlines():
-            words = line.strip().split()
-            if len(words) >= 2 and words[0] in ("import", "from"):
-                root = words[1].split(".")[0]
-                assert root in allowed, f"{path.name} imports {root}"
+def test_edge_sources_import_only_stdlib_numpy_cv2_and_medge_edge():
+    allowed = set(sys.stdlib_module_names) | {"numpy", "cv2"}
+    files = sorted((ROOT / "edge").rglob("*.py"))
+    assert len(files) > 10
+    for path in files:
+        for module, at_top in _imports(path):
+            root = module.split(".")[0]
+            if module.startswith("medge."):
+                assert module.startswith("medge.edge"), f"{path.relative_to(ROOT)} imports {module}"
+            elif root != "medge" and root != "__future__":
+                ok = root in allowed or (not at_top and root in LAZY_EXTRAS)
+                assert ok, f"{path.relative_to(ROOT)} imports {module}{' at module level' if at_top else ''}"
+
+
+def test_layers_import_downward_only():
+    for layer, may in LAYERS.items():
+        for path in sorted((ROOT / layer).rglob("*.py")):
+            for module, _ in _imports(path):
+                parts = module.split(".")
+                if parts[0] == "medge" and len(parts) > 1:
+                    assert parts[1] in may, f"{path.relative_to(ROOT)} ({layer}) imports {module}"
+                assert parts[0] not in LAYERS, f"{path.relative_to(ROOT)} imports the bare name {module}"

@@ -6,11 +6,11 @@ import cv2
 import numpy as np
 import pytest
 
-from edge.errors import BundleError, InferenceError, ModelIntegrityError, SelfTestError
-from edge.image import write_image
-from edge.model import Model
-from edge.preprocess import preprocess
-from edge.runtime import forward, load_net
+from medge.edge.errors import BundleError, InferenceError, ModelIntegrityError, SelfTestError
+from medge.edge.image import write_image
+from medge.edge.model import Model
+from medge.edge.preprocess import preprocess
+from medge.edge.runtime import forward, load_net
 from tests.conftest import xray_like
 
 
@@ -60,8 +60,8 @@ def test_batched_equals_one_by_one_and_sequential(bundle, tmp_path):
     assert [p.logits for p in batched] == [p.logits for p in single]
     # and both equal a plain read -> preprocess -> forward
     net = load_net((bundle / "model.onnx").read_bytes())
-    for path, p in zip(paths, single):
-        from edge.image import read_image
+    for path, p in zip(paths, single, strict=True):
+        from medge.edge.image import read_image
 
         net.setInput(preprocess(read_image(path), m.preprocess_config)[None])
         np.testing.assert_array_equal(np.float32(p.logits), net.forward()[0])
@@ -88,7 +88,7 @@ def test_every_bad_input_is_reported_in_order_and_the_rest_processed(bundle, tmp
     assert [r is None for r in reasons] == [True, False, False, True, False, False, False, False, True, True, False, False]
     for r, expected in zip([reasons[i] for i in (1, 2, 4, 5, 6, 7, 10, 11)],
                            ["file not found", "is a directory", "empty file", "truncated PNG", "truncated JPEG",
-                            "unsupported or unrecognised", "expected a gray, BGR or BGRA", "unsupported input int"]):
+                            "unsupported or unrecognised", "expected a gray, BGR or BGRA", "unsupported input int"], strict=True):
         assert expected in r
     big = tmp_path / "big.png"
     write_image(big, np.zeros((400, 300), np.uint8))

@@ -2,9 +2,9 @@ import cv2
 import numpy as np
 import pytest
 
-from edge.errors import ConfigError, ImageError
-from edge.image import read_image, write_image
-from edge.preprocess import (
+from medge.edge.errors import ConfigError, ImageError
+from medge.edge.image import read_image, write_image
+from medge.edge.preprocess import (
     PreprocessConfig,
     normalize,
     preprocess,

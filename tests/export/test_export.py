@@ -6,15 +6,15 @@ import onnx
 import pytest
 import torch
 
-from edge.bundle import golden_inputs, read_manifest
-from edge.cli import main
-from edge.errors import BundleError, CheckpointError, ParityError
-from edge.runtime import forward, load_net
-from export import onnx_export
-from export.onnx_export import ExportConfig, export_bundle
+from medge.edge.apps.cli import main
+from medge.edge.bundle import golden_inputs, read_manifest
+from medge.edge.errors import BundleError, CheckpointError, ParityError
+from medge.edge.runtime import forward, load_net
+from medge.export import onnx_export
+from medge.export.onnx_export import ExportConfig, export_bundle
+from medge.train.checkpoint import load_checkpoint, model_from_checkpoint
+from medge.train.config import ARCHS
 from tests.helpers import make_checkpoint
-from train.checkpoint import load_checkpoint, model_from_checkpoint
-from train.config import ARCHS
 
 quiet = lambda *a: None
 
@@ -40,9 +40,9 @@ def _check_round_trip(ckpt, bundle, n=5):
 
 @pytest.mark.parametrize("arch", ["resnet18", "mobilenet_v3_small"])
 def test_round_trip_trained_checkpoint(tiny_data, tmp_path, arch):
-    from edge.preprocess import PreprocessConfig
-    from train.config import TrainConfig
-    from train.engine import train
+    from medge.edge.preprocess import PreprocessConfig
+    from medge.train.config import TrainConfig
+    from medge.train.engine import train
 
     run = tmp_path / "run"
     train(TrainConfig(data=str(tiny_data), out=str(run), arch=arch, epochs=1, batch_size=8, device="cpu",
@@ -55,13 +55,14 @@ def test_round_trip_trained_checkpoint(tiny_data, tmp_path, arch):
     assert m["parity"]["passed"] and m["parity"]["n"] == 8 and m["parity"]["top1_agreement"] == 1.0
     assert m["parity"]["logits"]["max_abs"] <= 1e-3
     assert m["training"]["metrics"]["val"]["n"] == 8
-    assert m["export"]["simplified"] and m["export"]["simplify_stats"]["nodes_after"] <= m["export"]["simplify_stats"]["nodes_before"]
+    stats = m["export"]["simplify_stats"]
+    assert m["export"]["simplified"] and stats["nodes_after"] <= stats["nodes_before"]
     assert {"torch", "onnx", "onnxsim", "opencv"} <= set(m["versions"])
     g = m["golden"]
     assert len(g["expected_logits"]) == g["count"] == 4 and g["export_max_abs_logit"] <= 1e-3
     # the golden inputs regenerate identically
-    np.testing.assert_array_equal(golden_inputs(g["seed"], g["count"], load_checkpoint(run / "best.pt")["preprocess_config"]),
-                                  golden_inputs(g["seed"], g["count"], load_checkpoint(run / "best.pt")["preprocess_config"]))
+    np.testing.assert_array_equal(golden_inputs(g["seed"], g["count"], load_checkpoint(run / "best.pt").preprocess),
+                                  golden_inputs(g["seed"], g["count"], load_checkpoint(run / "best.pt").preprocess))
 
 
 @pytest.mark.parametrize("arch", ARCHS)

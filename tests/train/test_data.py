@@ -3,10 +3,10 @@ import shutil
 import numpy as np
 import pytest
 
-from edge.errors import DataError
-from edge.image import read_image
-from edge.preprocess import PreprocessConfig, preprocess
-from train import data as D
+from medge.edge.errors import DataError
+from medge.edge.image import read_image
+from medge.edge.preprocess import PreprocessConfig, preprocess
+from medge.train import data as D
 
 
 def test_discovers_imagefolder_splits(tiny_data):

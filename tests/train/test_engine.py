@@ -6,12 +6,12 @@ import sys
 import pytest
 import torch
 
-from edge.errors import CheckpointError, MedgeError
-from edge.preprocess import PreprocessConfig
-from train import engine
-from train.checkpoint import load_checkpoint, model_from_checkpoint
-from train.config import TrainConfig
-from train.synth import SynthConfig, generate
+from medge.edge.errors import CheckpointError, MedgeError
+from medge.edge.preprocess import PreprocessConfig
+from medge.train import engine
+from medge.train.checkpoint import load_checkpoint, model_from_checkpoint
+from medge.train.config import TrainConfig
+from medge.train.synth import SynthConfig, generate
 
 SMALL = PreprocessConfig(size=32)
 
@@ -23,7 +23,7 @@ def tiny_cfg(data, out, **kw):
 
 def history(out):
     lines = (out / "metrics.jsonl").read_text().splitlines()
-    return [{k: v for k, v in json.loads(l).items() if k not in ("time_s", "train_images_per_s")} for l in lines]
+    return [{k: v for k, v in json.loads(ln).items() if k not in ("time_s", "train_images_per_s")} for ln in lines]
 
 
 @pytest.mark.slow
@@ -76,7 +76,7 @@ def test_checkpoint_contents(tiny_data, tmp_path):
     summary = engine.train(tiny_cfg(tiny_data, out, epochs=2, arch="mobilenet_v3_small"), SMALL)
     ck = load_checkpoint(out / "best.pt")
     assert ck["arch"] == "mobilenet_v3_small" and ck["classes"] == ["disease", "normal"]
-    assert ck["preprocess_config"] == SMALL
+    assert ck.preprocess == SMALL
     assert TrainConfig.from_dict(ck["train_config"]).arch == "mobilenet_v3_small"
     assert ck["epoch"] == summary["best"]["epoch"]
     assert set(ck["metrics"]) == {"val", "test"} and 0 <= ck["metrics"]["val"]["auc"] <= 1
@@ -125,7 +125,7 @@ def test_missing_checkpoint(tmp_path):
 
 
 def test_cli_train_and_resume(tiny_data, tmp_path, capsys):
-    from edge.cli import main
+    from medge.edge.apps.cli import main
 
     out = tmp_path / "run"
     common = ["--cache-dir", str(tmp_path / "c"), "--device", "cpu", "--img-size", "32", "--batch-size", "8"]
@@ -137,13 +137,14 @@ def test_cli_train_and_resume(tiny_data, tmp_path, capsys):
     assert "data folder not found" in capsys.readouterr().err
 
 
-def test_ddp_two_cpu_processes_only_rank0_writes(tiny_data, tmp_path):
+def test_ddp_two_cpu_processes_only_rank0_writes(tiny_data, tmp_path, user_folder):
+    """The README's torchrun command, run from a folder holding the user's own train.py (issue 10)."""
     out = tmp_path / "ddp"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "train", "--data", str(tiny_data), "--out", str(out), "--epochs", "2", "--device", "cpu",
+           "-m", "medge.train", "--data", str(tiny_data), "--out", str(out), "--epochs", "2", "--device", "cpu",
            "--img-size", "32", "--batch-size", "4", "--cache-dir", str(tmp_path / "c"), "--workers", "1"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    res = subprocess.run(cmd, capture_output=True, text=True, timeout=180, env=env)
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=180, env=env, cwd=user_folder)
     assert res.returncode == 0, res.stderr[-3000:]
     assert res.stdout.count("epoch 2/2") == 1 and res.stdout.count("best epoch") == 1  # only rank 0 prints
     assert len((out / "metrics.jsonl").read_text().splitlines()) == 2  # only rank 0 appends

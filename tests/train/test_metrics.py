@@ -3,7 +3,7 @@ import itertools
 import numpy as np
 import pytest
 
-from train.metrics import classification_metrics, roc_auc
+from medge.train.metrics import classification_metrics, roc_auc
 
 
 def brute_auc(pos, score):

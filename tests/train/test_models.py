@@ -1,9 +1,9 @@
 import pytest
 import torch
 
-from edge.errors import MedgeError
-from train import models
-from train.config import ARCHS
+from medge.edge.errors import MedgeError
+from medge.train import models
+from medge.train.config import ARCHS
 
 
 @pytest.mark.parametrize("arch", ARCHS)

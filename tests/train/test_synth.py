@@ -3,9 +3,9 @@ import json
 import numpy as np
 import pytest
 
-from edge.errors import MedgeError
-from edge.image import read_image
-from train.synth import SynthConfig, generate, make_image
+from medge.edge.errors import MedgeError
+from medge.edge.image import read_image
+from medge.train.synth import SynthConfig, generate, make_image
 
 
 def test_deterministic_by_seed():
@@ -37,7 +37,7 @@ def test_classes_not_separable_by_mean_brightness():
     cfg = SynthConfig(size=96)
     means = {label: np.array([make_image(i, label, cfg).mean() for i in range(60)]) for label in (True, False)}
     # AUC of "mean brightness" as a classifier stays near chance.
-    from train.metrics import roc_auc
+    from medge.train.metrics import roc_auc
 
     scores = np.concatenate([means[True], means[False]])
     auc = roc_auc(np.r_[np.ones(60, bool), np.zeros(60, bool)], scores)

@@ -5,10 +5,10 @@ import sys
 
 import pytest
 
-from edge.cli import main
-from edge.image import write_image
+from medge.edge.apps.cli import main
+from medge.edge.image import write_image
 from tests.conftest import xray_like
-from tests.edge.test_cli import BLOCK_TORCH
+from tests.edge.apps.test_cli import BLOCK_TORCH
 
 
 @pytest.fixture
@@ -28,7 +28,7 @@ def test_jsonl_records_complete_in_order_exit_1_on_failure(bundle, folder, tmp_p
     rc = main(["predict", "--model", str(bundle), str(folder), str(extra), "--batch-size", "2"])
     assert rc == 1
     out, err = capsys.readouterr()
-    recs = [json.loads(l) for l in out.splitlines()]
+    recs = [json.loads(ln) for ln in out.splitlines()]
     assert [r["path"] for r in recs] == [str(folder / "a.png"), str(folder / "sub/b.tif"), str(folder / "sub/c.png"),
                                          str(folder / "z.jpg"), str(extra)]
     sha = json.loads((bundle / "model.json").read_text())["model"]["sha256"]
@@ -70,6 +70,6 @@ def test_edge_cli_end_to_end_without_torch_or_onnx(bundle, folder, tmp_path):
     res = subprocess.run([sys.executable, "-c", BLOCK_TORCH, "predict", "--model", str(bundle), str(folder),
                           "--out", str(out), "--threads", "1"], capture_output=True, text=True, timeout=120)
     assert res.returncode == 1, res.stderr  # one broken input in the folder
-    recs = [json.loads(l) for l in out.read_text().splitlines()]
+    recs = [json.loads(ln) for ln in out.read_text().splitlines()]
     assert len(recs) == 4 and sum(r["error"] is None for r in recs) == 3
     assert "Traceback" not in res.stderr

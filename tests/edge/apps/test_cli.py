@@ -5,8 +5,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge.cli import main
-from edge.image import read_image, write_image
+from medge.edge.apps.cli import main
+from medge.edge.image import read_image, write_image
 from tests.conftest import xray_like
 
 
@@ -58,7 +58,7 @@ def test_preview_goes_on_past_a_bad_input(tmp_path, capsys):
 BLOCK_TORCH = (
     "import sys\n"
     "for m in ('torch', 'torchvision', 'onnx', 'onnxsim'): sys.modules[m] = None  # as if not installed\n"
-    "from edge.cli import main\n"
+    "from medge.edge.apps.cli import main\n"
     "sys.exit(main(sys.argv[1:]))\n"
 )
 

@@ -27,12 +27,13 @@ import sys
 import tempfile
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
-from edge.errors import MedgeError
-from edge.image import DEFAULT_MAX_PIXELS
-from edge.model import Model
-from edge.predict import add_model_arguments, load_model
+from medge.edge.apps.options import add_model_arguments, load_model
+from medge.edge.errors import MedgeError
+from medge.edge.formats import DEFAULT_MAX_PIXELS
+from medge.edge.model import Model
 
 LEDGER = ".medge-watch.jsonl"
 TEMP_SUFFIXES = (".part", ".partial", ".tmp", ".filepart", ".crdownload")
@@ -50,6 +51,28 @@ def _atomic_write(path: Path, text: str) -> None:
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+@dataclass(frozen=True)
+class FileVersion:
+    """One version of an input file: its path relative to the input folder, size and mtime."""
+
+    rel: str
+    size: int
+    mtime_ns: int
+
+    @property
+    def key(self) -> str:
+        """The ledger's identity of this version: a JSON list, unambiguous whatever the file name holds."""
+        return json.dumps([self.rel, self.size, self.mtime_ns], ensure_ascii=False)
+
+
+def _ledger_key(key: str) -> str:
+    """A ledger key as this version writes it; ledgers of medge 0.1 wrote "rel|size|mtime_ns"."""
+    if key.startswith("["):
+        return key
+    rel, size, mtime_ns = key.rsplit("|", 2)
+    return FileVersion(rel, int(size), int(mtime_ns)).key
 
 
 def _free_name(path: Path, suffix: str = "") -> Path:
@@ -77,20 +100,16 @@ class HotFolder:
         self.ledger_path = self.out_dir / LEDGER
         self.done: set[str] = set()
         self.counts = {"classified": 0, "quarantined": 0, "recovered": 0}
-        self._seen: dict[str, tuple[tuple[int, int], float]] = {}
+        self._seen: dict[str, tuple[FileVersion, float]] = {}  # rel -> (version, when first seen so)
         if self.ledger_path.exists():
             for line in self.ledger_path.read_text(encoding="utf-8").splitlines():
                 try:
-                    self.done.add(json.loads(line)["key"])
-                except (json.JSONDecodeError, KeyError):
+                    self.done.add(_ledger_key(json.loads(line)["key"]))
+                except (json.JSONDecodeError, KeyError, TypeError, ValueError):
                     continue  # a line cut short by a crash: that file is simply handled again
 
-    @staticmethod
-    def _key(rel: str, size: int, mtime_ns: int) -> str:
-        return f"{rel}|{size}|{mtime_ns}"
-
-    def scan(self, now: float | None = None) -> tuple[list[tuple[Path, str, str]], int]:
-        """Files ready to handle, as (path, relative path, key), and how many are still settling."""
+    def scan(self, now: float | None = None) -> tuple[list[tuple[Path, FileVersion]], int]:
+        """Files ready to handle, as (path, version), and how many are still settling."""
         now = time.monotonic() if now is None else now
         ready, settling = [], 0
         for p in sorted(self.in_dir.rglob("*")):
@@ -103,16 +122,15 @@ class HotFolder:
                 st = p.stat()
             except OSError:
                 continue  # vanished between listing and stat
-            sig = (st.st_size, st.st_mtime_ns)
-            key = self._key(rel, *sig)
-            if key in self.done:
+            version = FileVersion(rel, st.st_size, st.st_mtime_ns)
+            if version.key in self.done:
                 continue
             prev = self._seen.get(rel)
-            if prev is None or prev[0] != sig:
-                self._seen[rel] = (sig, now)
+            if prev is None or prev[0] != version:
+                self._seen[rel] = (version, now)
                 settling += 1
             elif now - prev[1] >= self.settle_s:
-                ready.append((p, rel, key))
+                ready.append((p, version))
             else:
                 settling += 1
         return ready, settling
@@ -135,24 +153,24 @@ class HotFolder:
                 continue
         return None
 
-    def handle(self, items: list[tuple[Path, str, str]]) -> None:
+    def handle(self, items: list[tuple[Path, FileVersion]]) -> None:
         """Classify ready files; write results or quarantine; record each in the ledger."""
         todo = []
-        for path, rel, key in items:
-            found = self._existing_result(rel, key)
+        for path, v in items:
+            found = self._existing_result(v.rel, v.key)
             if found is not None:  # crashed after writing the result, before recording it
-                self._record({"key": key, "path": rel, "status": "classified", "result": str(found), "recovered": True})
+                self._record({"key": v.key, "path": v.rel, "status": "classified", "result": str(found), "recovered": True})
                 self.counts["recovered"] += 1
             else:
-                todo.append((path, rel, key))
-        preds = self.model.predict([p for p, _, _ in todo], self.batch_size, self.workers, self.max_pixels)
-        for (path, rel, key), pred in zip(todo, preds):
-            size, mtime_ns = (int(v) for v in key.rsplit("|", 2)[1:])
+                todo.append((path, v))
+        preds = self.model.predict([p for p, _ in todo], self.batch_size, self.workers, self.max_pixels)
+        for (path, v), pred in zip(todo, preds, strict=True):
+            rel, key = v.rel, v.key
             stamp = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
             if pred.ok:
                 target = _free_name(self.out_dir / "results" / rel, ".json")
                 rec = {**pred.to_record(self.model.sha256), "path": rel,
-                       "source": {"key": key, "size": size, "mtime_ns": mtime_ns}, "processed_at": stamp}
+                       "source": {"key": key, "size": v.size, "mtime_ns": v.mtime_ns}, "processed_at": stamp}
                 _atomic_write(target, json.dumps(rec, indent=2, ensure_ascii=False) + "\n")
                 self._record({"key": key, "path": rel, "status": "classified", "result": str(target)})
                 self.counts["classified"] += 1

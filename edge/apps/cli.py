@@ -2,10 +2,10 @@
 
 Usage: medge --help
 
-Edge subcommands live in ``edge/`` and need only numpy and OpenCV. Subcommands
-of the other packages (train, export, benchmarks) are found through the
-``medge.commands`` entry points declared in pyproject.toml, so ``edge`` never
-imports them. Every subcommand module has ``add_parser(subparsers)`` and
+Edge subcommands live in ``medge.edge.apps`` and need only numpy and OpenCV.
+Subcommands of the other packages (train, export, benchmarks) are found through
+the ``medge.commands`` entry points declared in pyproject.toml, so ``medge.edge``
+never imports them. Every subcommand module has ``add_parser(subparsers)`` and
 ``run(args) -> int``; heavy libraries are imported inside ``run``, and a missing
 one exits 2 with the name of the extra that provides it.
 """
@@ -17,9 +17,10 @@ import os
 import sys
 from importlib.metadata import entry_points
 
-from edge.errors import MedgeError, MissingExtraError
+from medge import __version__
+from medge.edge.errors import MedgeError, MissingExtraError
 
-EDGE_COMMANDS = ("edge.predict", "edge.preview", "edge.watch")
+EDGE_COMMANDS = ("medge.edge.apps.predict", "medge.edge.apps.preview", "medge.edge.apps.watch")
 # Optional module -> the extra that installs it.
 EXTRAS = {"torch": "train", "torchvision": "train", "onnx": "train", "onnxsim": "train", "pydicom": "dicom"}
 
@@ -36,6 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="medge",
         description="Train, export and run grayscale medical image classifiers on CPU edge boxes with OpenCV DNN.",
     )
+    parser.add_argument("--version", action="version", version=f"medge {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for module in _command_modules():
         module.add_parser(sub).set_defaults(_run=module.run)

@@ -18,29 +18,9 @@ import sys
 import time
 from pathlib import Path
 
-import cv2
-
-from edge.errors import MedgeError
-from edge.image import DEFAULT_MAX_PIXELS, collect_inputs
-from edge.model import Model
-from edge.runtime import BACKENDS, ENGINES
-
-
-def add_model_arguments(p: argparse.ArgumentParser) -> None:
-    """Options shared by the commands that load a bundle (predict, watch)."""
-    p.add_argument("--model", required=True, metavar="BUNDLE", help="bundle folder (model.onnx + model.json)")
-    p.add_argument("--backend", choices=list(BACKENDS), default="cpu", help="cv2.dnn backend/target (default: %(default)s)")
-    p.add_argument("--engine", choices=list(ENGINES), help="cv2.dnn engine (default: the bundle's)")
-    p.add_argument("--threads", type=int, help="cv2.setNumThreads for inference (default: OpenCV's choice)")
-    p.add_argument("--batch-size", type=int, default=8, help="images per forward pass (default: %(default)s)")
-    p.add_argument("--workers", type=int, help="threads reading and preprocessing ahead (default: one per core)")
-    p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help="refuse larger images (default: %(default)s)")
-
-
-def load_model(args) -> Model:
-    if args.threads is not None:
-        cv2.setNumThreads(args.threads)
-    return Model.load(args.model, backend=args.backend, engine=args.engine)
+from medge.edge.apps.options import add_model_arguments, load_model
+from medge.edge.errors import MedgeError
+from medge.edge.image import collect_inputs
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -81,7 +61,10 @@ def run(args: argparse.Namespace) -> int:
     paths = collect_inputs(args.paths)
     progress = sys.stderr.isatty()
     tmp = out.with_name(f".{out.name}.partial") if out else None
-    stream = open(tmp, "w", encoding="utf-8", newline="") if tmp else io.TextIOWrapper(sys.stdout.buffer, "utf-8", newline="", line_buffering=True)
+    if tmp:
+        stream = open(tmp, "w", encoding="utf-8", newline="")  # closed in the finally below
+    else:
+        stream = io.TextIOWrapper(sys.stdout.buffer, "utf-8", newline="", line_buffering=True)
     failed, t0 = 0, time.perf_counter()
     try:
         writer = _Writer(stream, args.format, model.classes)

@@ -14,9 +14,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from edge.errors import ImageError, MedgeError
-from edge.image import DEFAULT_MAX_PIXELS, collect_inputs, read_image, write_image
-from edge.preprocess import PreprocessConfig, preprocess_stages
+from medge.edge.errors import ImageError, MedgeError
+from medge.edge.formats import DEFAULT_MAX_PIXELS
+from medge.edge.image import collect_inputs, read_image, write_image
+from medge.edge.preprocess import PreprocessConfig, preprocess_stages
 
 PANEL_PX = 320  # height of each panel in the preview
 

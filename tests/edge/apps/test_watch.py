@@ -8,9 +8,9 @@ import time
 
 import pytest
 
-from edge.image import write_image
-from edge.model import Model
-from edge.watch import LEDGER, HotFolder
+from medge.edge.apps.watch import LEDGER, HotFolder
+from medge.edge.image import write_image
+from medge.edge.model import Model
 from tests.conftest import xray_like
 
 
@@ -26,7 +26,7 @@ def _png(path, seed=0):
 
 
 def _ledger(out):
-    return [json.loads(l) for l in (out / LEDGER).read_text().splitlines()]
+    return [json.loads(ln) for ln in (out / LEDGER).read_text().splitlines()]
 
 
 def test_waits_for_files_to_settle_and_ignores_temporary_names(model, tmp_path):
@@ -39,10 +39,10 @@ def test_waits_for_files_to_settle_and_ignores_temporary_names(model, tmp_path):
     partial.write_bytes((inp / "a.png").read_bytes()[:100])  # still being written
     (inp / "c.png.part").write_bytes(b"router writes here first")
     ready, settling = hf.scan(now=5.5)
-    assert [rel for _, rel, _ in ready] == ["a.png"] and settling == 1
+    assert [v.rel for _, v in ready] == ["a.png"] and settling == 1
     partial.write_bytes((inp / "a.png").read_bytes())  # grows: its clock restarts
-    assert [rel for _, rel, _ in hf.scan(now=9.0)[0]] == ["a.png"]
-    assert [rel for _, rel, _ in hf.scan(now=15.0)[0]] == ["a.png", "b.png"]
+    assert [v.rel for _, v in hf.scan(now=9.0)[0]] == ["a.png"]
+    assert [v.rel for _, v in hf.scan(now=15.0)[0]] == ["a.png", "b.png"]
 
 
 def test_results_quarantine_and_restart(model, tmp_path):
@@ -85,6 +85,16 @@ def test_crash_between_result_and_ledger_is_recovered_not_redone(model, tmp_path
     assert not (out / "results" / "a.png.1.json").exists()
 
 
+def test_a_ledger_written_by_medge_0_1_is_honoured(model, tmp_path):
+    inp, out = tmp_path / "in", tmp_path / "out"
+    st = _png(inp / "a|b.png").stat()  # a "|" in the name: the old key format split on it
+    out.mkdir()
+    (out / LEDGER).write_text(json.dumps({"key": f"a|b.png|{st.st_size}|{st.st_mtime_ns}", "path": "a|b.png",
+                                          "status": "classified"}) + "\n")
+    hf = HotFolder(model, inp, out, settle_s=0.0, log=lambda m: None)
+    assert hf.run(threading.Event(), 0.01, once=True) == {"classified": 0, "quarantined": 0, "recovered": 0}
+
+
 def test_files_dropped_while_running(model, tmp_path):
     inp, out = tmp_path / "in", tmp_path / "out"
     inp.mkdir()
@@ -109,7 +119,7 @@ def test_files_dropped_while_running(model, tmp_path):
 
 
 def test_output_inside_input_is_refused(model, tmp_path):
-    from edge.errors import MedgeError
+    from medge.edge.errors import MedgeError
 
     (tmp_path / "in").mkdir()
     with pytest.raises(MedgeError, match="must not be inside the input folder"):
@@ -119,7 +129,7 @@ def test_output_inside_input_is_refused(model, tmp_path):
 def test_sigterm_stops_cleanly(bundle, tmp_path):
     inp, out = tmp_path / "in", tmp_path / "out"
     _png(inp / "a.png")
-    proc = subprocess.Popen([sys.executable, "-m", "edge", "watch", str(inp), str(out), "--model", str(bundle),
+    proc = subprocess.Popen([sys.executable, "-m", "medge", "watch", str(inp), str(out), "--model", str(bundle),
                              "--settle", "0.1", "--poll", "0.1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.time() + 60

@@ -1,0 +1,32 @@
+"""Options shared by the edge commands that load a bundle (predict, watch), and loading it.
+
+One place for them, so that the commands do not import each other (Polygraphy's
+``tools/args`` argument groups play this part there).
+"""
+from __future__ import annotations
+
+import argparse
+
+import cv2
+
+from medge.edge.formats import DEFAULT_MAX_PIXELS
+from medge.edge.model import Model
+from medge.edge.runtime import BACKENDS, ENGINES
+
+
+def add_model_arguments(p: argparse.ArgumentParser) -> None:
+    """--model, --backend, --engine, --threads, --batch-size, --workers, --max-pixels."""
+    p.add_argument("--model", required=True, metavar="BUNDLE", help="bundle folder (model.onnx + model.json)")
+    p.add_argument("--backend", choices=list(BACKENDS), default="cpu", help="cv2.dnn backend/target (default: %(default)s)")
+    p.add_argument("--engine", choices=list(ENGINES), help="cv2.dnn engine (default: the bundle's)")
+    p.add_argument("--threads", type=int, help="cv2.setNumThreads for inference (default: OpenCV's choice)")
+    p.add_argument("--batch-size", type=int, default=8, help="images per forward pass (default: %(default)s)")
+    p.add_argument("--workers", type=int, help="threads reading and preprocessing ahead (default: one per core)")
+    p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help="refuse larger images (default: %(default)s)")
+
+
+def load_model(args: argparse.Namespace) -> Model:
+    """Apply --threads, then load and verify the bundle named by --model."""
+    if args.threads is not None:
+        cv2.setNumThreads(args.threads)
+    return Model.load(args.model, backend=args.backend, engine=args.engine)

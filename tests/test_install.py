@@ -1,0 +1,50 @@
+"""One installed top-level name, medge, that a user's own files cannot shadow (issue 10)."""
+import importlib.metadata
+import re
+import subprocess
+import sys
+import sysconfig
+from pathlib import Path
+
+import medge
+
+
+def _installed() -> importlib.metadata.Distribution:
+    """medge's installed distribution (not the medge.egg-info an editable build leaves in the checkout)."""
+    site = sysconfig.get_paths()["purelib"]
+    (dist,) = [d for d in importlib.metadata.distributions(path=[site]) if d.metadata["Name"] == "medge"]
+    return dist
+
+
+def _installed_top_level_names() -> set[str]:
+    dist = _installed()
+    names = set()
+    for f in dist.files or []:
+        first = f.parts[0]
+        if first.endswith((".dist-info", ".pth")) or first == ".." or first == "__pycache__":
+            continue
+        if first.startswith("__editable__"):  # the editable finder: read the names it maps
+            text = Path(f.locate()).read_text()
+            mapping = re.search(r"MAPPING[^=]*=\s*(\{.*?\})", text, re.S)
+            names |= {k.split(".")[0] for k in eval(mapping.group(1))}  # noqa: S307 (a dict literal setuptools wrote)
+            continue
+        names.add(first.removesuffix(".py"))
+    return names
+
+
+def test_the_distribution_installs_only_medge():
+    assert _installed_top_level_names() == {"medge"}
+    top_level = _installed().read_text("top_level.txt")
+    assert top_level is None or top_level.split() == ["medge"]
+    assert importlib.metadata.version("medge") == medge.__version__
+
+
+def test_commands_run_from_a_folder_that_shadows_the_layer_names(user_folder):
+    medge_script = Path(sys.executable).with_name("medge")
+    for cmd in ([str(medge_script), "--version"], [sys.executable, "-m", "medge", "--help"],
+                [sys.executable, "-m", "medge.train", "--help"]):
+        res = subprocess.run(cmd, cwd=user_folder, capture_output=True, text=True, timeout=120)
+        assert res.returncode == 0, (cmd, res.stderr)
+        assert "the user" not in res.stderr + res.stdout
+    res = subprocess.run([sys.executable, "-m", "medge", "--version"], cwd=user_folder, capture_output=True, text=True)
+    assert res.stdout.strip() == f"medge {medge.__version__}"
