@@ -2,6 +2,11 @@
 
 Callers (the CLI, a batch loop, a hot folder) catch ``MedgeError`` to report a
 bad item and go on; anything else is a bug and is allowed to surface.
+
+Each class carries the exit status the ``medge`` command returns for it:
+0 all done, 1 some inputs (or a step of the job) failed, 2 a usage or
+configuration error (bad option, missing or invalid bundle, existing output,
+missing extra), 3 an unexpected internal error (a bug: the CLI prints its traceback).
 """
 from __future__ import annotations
 
@@ -11,9 +16,19 @@ import os
 class MedgeError(Exception):
     """Base class of every error medge raises on purpose."""
 
+    exit_status = 1  # an input or a step of the job failed
+
+
+class UsageError(MedgeError):
+    """The command cannot start as asked: a bad option value, a path of the wrong kind, an existing output."""
+
+    exit_status = 2
+
 
 class ConfigError(MedgeError, ValueError):
     """A configuration (PreprocessConfig, TrainConfig, ...) is invalid."""
+
+    exit_status = 2
 
 
 class ImageError(MedgeError):
@@ -28,6 +43,8 @@ class ImageError(MedgeError):
 class MissingExtraError(MedgeError):
     """An optional dependency is not installed; names the extra that provides it."""
 
+    exit_status = 2
+
     def __init__(self, extra: str, module: str, what: str = ""):
         self.extra = extra
         self.module = module
@@ -40,6 +57,8 @@ class MissingExtraError(MedgeError):
 
 class BundleError(MedgeError):
     """A model bundle is missing, malformed or of an unknown format version."""
+
+    exit_status = 2
 
 
 class ModelIntegrityError(BundleError):
@@ -56,6 +75,8 @@ class InferenceError(MedgeError):
 
 class CheckpointError(MedgeError):
     """A training checkpoint is corrupt, foreign or incomplete."""
+
+    exit_status = 2
 
 
 class DataError(MedgeError):

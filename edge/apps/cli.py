@@ -15,6 +15,7 @@ import argparse
 import importlib
 import os
 import sys
+import traceback
 from importlib.metadata import entry_points
 
 from medge import __version__
@@ -36,6 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="medge",
         description="Train, export and run grayscale medical image classifiers on CPU edge boxes with OpenCV DNN.",
+        epilog=EXIT_STATUS_HELP, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"medge {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
@@ -44,7 +46,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+EXIT_STATUS_HELP = """exit status:
+  0  every input classified / the job done
+  1  some inputs failed (each is reported), or a step of the job failed
+  2  usage or configuration error: bad option, missing or invalid bundle, existing output, missing extra
+  3  unexpected internal error (a bug: the traceback is printed; please report it)
+"""
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run one ``medge`` command; returns its exit status (see EXIT_STATUS_HELP)."""
     parser = build_parser()
     args = parser.parse_args(argv)
     prog = f"medge {args.command}"
@@ -52,22 +63,32 @@ def main(argv: list[str] | None = None) -> int:
         return int(args._run(args) or 0)
     except MissingExtraError as e:
         print(f"{prog}: {e}", file=sys.stderr)
-        return 2
+        return e.exit_status
     except ModuleNotFoundError as e:
         root = (e.name or "").split(".")[0]
         if root not in EXTRAS:
-            raise
-        print(f"{prog}: {MissingExtraError(EXTRAS[root], root, prog)}", file=sys.stderr)
-        return 2
+            return _internal_error(prog, e)
+        error = MissingExtraError(EXTRAS[root], root, prog)
+        print(f"{prog}: {error}", file=sys.stderr)
+        return error.exit_status
     except MedgeError as e:
         print(f"{prog}: error: {e}", file=sys.stderr)
-        return 1
+        return e.exit_status
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:  # e.g. `medge predict ... | head`: the reader left
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
+    except Exception as e:  # a bug: say so, keep the traceback for the report, exit 3
+        return _internal_error(prog, e)
+
+
+def _internal_error(prog: str, e: BaseException) -> int:
+    traceback.print_exc(file=sys.stderr)
+    print(f"{prog}: internal error ({type(e).__name__}: {e}); this is a bug in medge, please report it "
+          "with the traceback above", file=sys.stderr)
+    return 3
 
 
 if __name__ == "__main__":

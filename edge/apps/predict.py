@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 from medge.edge.apps.options import add_model_arguments, load_model
-from medge.edge.errors import MedgeError
+from medge.edge.errors import UsageError
 from medge.edge.image import collect_inputs
 
 
@@ -56,7 +56,7 @@ class _Writer:
 def run(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else None
     if out is not None and out.exists() and not args.overwrite:
-        raise MedgeError(f"{out}: exists already (use --overwrite to replace it)")
+        raise UsageError(f"{out}: exists already (use --overwrite to replace it)")
     model = load_model(args)
     paths = collect_inputs(args.paths)
     progress = sys.stderr.isatty()

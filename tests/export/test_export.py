@@ -134,7 +134,7 @@ def test_corrupt_checkpoint_is_a_clear_error(tmp_path, capsys):
     bad.write_bytes(b"PK\x03\x04 not really a zip")
     with pytest.raises(CheckpointError, match="not a readable checkpoint"):
         export_bundle(str(bad), str(tmp_path / "b"), log=quiet)
-    assert main(["export", str(bad), "--out", str(tmp_path / "b")]) == 1
+    assert main(["export", str(bad), "--out", str(tmp_path / "b")]) == 2
     err = capsys.readouterr().err
     assert "medge export: error:" in err and "bad.pt" in err and "Traceback" not in err
 

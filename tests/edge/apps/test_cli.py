@@ -86,3 +86,27 @@ def test_edge_commands_work_without_torch(tmp_path):
     res = _medge_without_torch("preview", str(tmp_path / "a.png"), "--out", str(tmp_path / "out"))
     assert res.returncode == 0, res.stderr
     assert (tmp_path / "out" / "a.preview.png").exists()
+
+
+def test_an_unexpected_exception_exits_3_with_its_traceback(monkeypatch, capsys):
+    from medge.edge.apps import preview
+
+    def broken(args):
+        raise ZeroDivisionError("boom")
+
+    monkeypatch.setattr(preview, "run", broken)
+    assert main(["preview", "x.png", "--out", "o"]) == 3
+    err = capsys.readouterr().err
+    assert "Traceback" in err and "internal error (ZeroDivisionError: boom)" in err and "bug in medge" in err
+
+
+def test_version_and_exit_status_help(capsys):
+    from medge import __version__
+
+    with pytest.raises(SystemExit) as info:
+        main(["--version"])
+    assert info.value.code == 0 and capsys.readouterr().out.strip() == f"medge {__version__}"
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    out = capsys.readouterr().out
+    assert "exit status:" in out and "3  unexpected internal error" in out

@@ -45,7 +45,7 @@ def test_all_good_exits_0_and_out_file_is_not_overwritten(bundle, folder, tmp_pa
     out = tmp_path / "results.jsonl"
     assert main(["predict", "--model", str(bundle), str(folder), "--out", str(out)]) == 0
     assert len(out.read_text().splitlines()) == 3
-    assert main(["predict", "--model", str(bundle), str(folder), "--out", str(out)]) == 1
+    assert main(["predict", "--model", str(bundle), str(folder), "--out", str(out)]) == 2
     assert "exists already" in capsys.readouterr().err
     assert main(["predict", "--model", str(bundle), str(folder), "--out", str(out), "--overwrite"]) == 0
 
@@ -60,8 +60,8 @@ def test_csv_format(bundle, folder, tmp_path):
     assert abs(float(rows[0]["p_disease"]) + float(rows[0]["p_normal"]) - 1) < 1e-9
 
 
-def test_bad_bundle_exits_1_with_a_message(tmp_path, capsys):
-    assert main(["predict", "--model", str(tmp_path), str(tmp_path)]) == 1
+def test_bad_bundle_exits_2_with_a_message(tmp_path, capsys):
+    assert main(["predict", "--model", str(tmp_path), str(tmp_path)]) == 2
     assert "no model.json manifest" in capsys.readouterr().err
 
 
