@@ -25,6 +25,7 @@ import numpy as np
 
 from medge.edge.errors import ImageError
 from medge.edge.formats import DEFAULT_MAX_PIXELS, DICOM_SUFFIXES, IMAGE_SUFFIXES, check_size, sniff_image
+from medge.edge.outputs import atomic_write_bytes
 
 
 def to_gray(image: np.ndarray, path: str | os.PathLike | None = None) -> np.ndarray:
@@ -116,11 +117,12 @@ def read_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) ->
 
 
 def write_image(path: str | os.PathLike, image: np.ndarray) -> None:
-    """Encode by suffix and write bytes (works with non-ASCII paths, unlike cv2.imwrite)."""
+    """Encode by suffix and write the bytes atomically, creating parent folders (works with non-ASCII
+    paths, unlike cv2.imwrite). Whether ``path`` may be replaced is the caller's check."""
     ok, buf = cv2.imencode(Path(path).suffix or ".png", image)
     if not ok:
         raise ImageError(path, "cannot encode image")
-    Path(path).write_bytes(buf.tobytes())
+    atomic_write_bytes(path, buf.tobytes())
 
 
 def collect_inputs(paths, suffixes=IMAGE_SUFFIXES + DICOM_SUFFIXES) -> list[str]:

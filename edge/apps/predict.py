@@ -13,14 +13,14 @@ import argparse
 import csv
 import io
 import json
-import os
 import sys
-import time
+from contextlib import contextmanager
 from pathlib import Path
 
 from medge.edge.apps.options import add_model_arguments, load_model
-from medge.edge.errors import UsageError
 from medge.edge.image import collect_inputs
+from medge.edge.outputs import check_output_file, open_atomic, wrote
+from medge.edge.progress import ProgressLine
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -28,7 +28,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("paths", nargs="+", metavar="PATH", help="image files (PNG, JPEG, TIFF, BMP, DICOM) or folders")
     add_model_arguments(p)
-    p.add_argument("--out", help="write records here (default: stdout)")
+    p.add_argument("--out", help="write records here, parent folders created (default: stdout)")
     p.add_argument("--format", choices=["jsonl", "csv"], default="jsonl", help="record format (default: %(default)s)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     return p
@@ -53,36 +53,34 @@ class _Writer:
         self.stream.flush()
 
 
+@contextmanager
+def _record_stream(out: Path | None):
+    """--out through medge.edge.outputs (complete results only: a run cut short leaves .NAME.partial), else stdout."""
+    if out is not None:
+        with open_atomic(out, "w", newline="", keep_partial=True) as f:
+            yield f
+        return
+    stream = io.TextIOWrapper(sys.stdout.buffer, "utf-8", newline="", line_buffering=True)
+    try:
+        yield stream
+    finally:
+        stream.detach()
+
+
 def run(args: argparse.Namespace) -> int:
-    out = Path(args.out) if args.out else None
-    if out is not None and out.exists() and not args.overwrite:
-        raise UsageError(f"{out}: exists already (use --overwrite to replace it)")
+    out = check_output_file(args.out, args.overwrite, "records") if args.out else None
     model = load_model(args)
     paths = collect_inputs(args.paths)
-    progress = sys.stderr.isatty()
-    tmp = out.with_name(f".{out.name}.partial") if out else None
-    if tmp:
-        stream = open(tmp, "w", encoding="utf-8", newline="")  # closed in the finally below
-    else:
-        stream = io.TextIOWrapper(sys.stdout.buffer, "utf-8", newline="", line_buffering=True)
-    failed, t0 = 0, time.perf_counter()
-    try:
+    progress = ProgressLine(len(paths), "images")
+    failed = 0
+    with _record_stream(out) as stream:
         writer = _Writer(stream, args.format, model.classes)
-        for i, pred in enumerate(model.predict_iter(paths, args.batch_size, args.workers, args.max_pixels), 1):
+        for pred in model.predict_iter(paths, args.batch_size, args.workers, args.max_pixels):
             writer.write(pred.to_record(model.sha256))
             failed += not pred.ok
-            if progress:
-                print(f"\r{i}/{len(paths)} images, {failed} failed, {i / (time.perf_counter() - t0):.1f} img/s",
-                      end="", file=sys.stderr, flush=True)
-    finally:
-        if tmp:
-            stream.close()
-        else:
-            stream.detach()
-    if tmp:
-        os.replace(tmp, out)  # complete results only: a killed run leaves the .partial file
-    if progress:
-        print(file=sys.stderr)
-    summary = f"{len(paths)} input(s), {len(paths) - failed} classified, {failed} failed"
-    print(summary + (f"; records in {out}" if out else ""), file=sys.stderr)
+            progress.update(f"{failed} failed")
+    progress.close()
+    print(f"{len(paths)} input(s), {len(paths) - failed} classified, {failed} failed", file=sys.stderr)
+    if out is not None:
+        wrote(out, "records")
     return 1 if failed else 0

@@ -42,12 +42,17 @@ def test_jsonl_records_complete_in_order_exit_1_on_failure(bundle, folder, tmp_p
 
 def test_all_good_exits_0_and_out_file_is_not_overwritten(bundle, folder, tmp_path, capsys):
     (folder / "sub" / "c.png").unlink()
-    out = tmp_path / "results.jsonl"
+    out = tmp_path / "new" / "folders" / "results.jsonl"  # parent folders are created
     assert main(["predict", "--model", str(bundle), str(folder), "--out", str(out)]) == 0
     assert len(out.read_text().splitlines()) == 3
-    assert main(["predict", "--model", str(bundle), str(folder), "--out", str(out)]) == 2
-    assert "exists already" in capsys.readouterr().err
+    assert f"wrote records: {out}" in capsys.readouterr().err
+    out.write_text("mine")
+    # refused before any work: even a bundle that does not exist is not looked at
+    assert main(["predict", "--model", str(tmp_path / "nothing"), str(folder), "--out", str(out)]) == 2
+    assert "exists already (use --overwrite" in capsys.readouterr().err and out.read_text() == "mine"
     assert main(["predict", "--model", str(bundle), str(folder), "--out", str(out), "--overwrite"]) == 0
+    assert len(out.read_text().splitlines()) == 3
+    assert [p.name for p in out.parent.iterdir()] == ["results.jsonl"]  # no temporary file left
 
 
 def test_csv_format(bundle, folder, tmp_path):
