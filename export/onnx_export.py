@@ -26,6 +26,7 @@ from medge.edge.bundle import (
 )
 from medge.edge.errors import BundleError, ExportError, MedgeError, ParityError
 from medge.edge.image import read_image
+from medge.edge.outputs import check_output_dir
 from medge.edge.preprocess import PreprocessConfig, preprocess
 from medge.edge.runtime import forward_batches, load_net
 from medge.export.parity import Tolerance, compare, summary_line
@@ -144,25 +145,32 @@ def parity_inputs(data: str | None, pcfg: PreprocessConfig, classes: list[str], 
 
 
 class StepTimer:
-    """Runs the export's steps and records how long each took (saved in the manifest)."""
+    """Runs the export's steps, says each as it ends (the progress of an export), and records how long
+    each took (saved in the manifest)."""
 
-    def __init__(self):
+    def __init__(self, log=None):
         self.steps: list[dict] = []
+        self.log = log
 
     def run(self, name: str, fn, *args, **kw):
         t0 = time.perf_counter()
         result = fn(*args, **kw)
-        self.steps.append({"step": name, "seconds": round(time.perf_counter() - t0, 3)})
+        seconds = time.perf_counter() - t0
+        self.steps.append({"step": name, "seconds": round(seconds, 3)})
+        if self.log is not None:
+            self.log(f"  {name}: done in {seconds:.1f} s")
         return result
 
 
 def check_target(out: Path, overwrite: bool) -> None:
-    """Refuse an existing bundle without ``overwrite``, and any other existing folder; prove the parent writable."""
+    """Refuse a file, an existing bundle without ``overwrite`` and any other existing folder; prove the
+    parent writable (all before the expensive steps)."""
+    check_output_dir(out, "bundle")
     if out.exists() and not overwrite:
         raise BundleError(f"{out}: exists already (use --overwrite to replace the bundle in it)")
     if out.exists() and not (out / MANIFEST_FILE).is_file():
         raise BundleError(f"{out}: exists and is not a medge bundle; refusing to replace it")
-    check_writable_parent(out)  # fail before the expensive steps
+    check_writable_parent(out)
 
 
 @dataclass(frozen=True)
@@ -259,7 +267,7 @@ def build_manifest(ck, checkpoint: str, candidate: OnnxCandidate, cfg: ExportCon
         "parity": {**report, "inputs": "val images of " + data if data else "synthetic images",
                    "skipped": [{"path": p, "reason": r} for p, r in skipped]},
         "training": {"epoch": ck.epoch, "metrics": ck.metrics, "train_config": ck["train_config"],
-                     "checkpoint": str(checkpoint)},
+                     "checkpoint": str(Path(checkpoint).absolute()), "weights_sha256": ck.weights_sha256},
         "export": {"config": asdict(cfg), "simplified": cfg.simplify, "simplify_stats": candidate.simplify_stats,
                    "steps": steps},
         "versions": {**ck.versions, "export_torch": str(torch.__version__), "onnx": onnx.__version__,
@@ -289,7 +297,7 @@ def export_bundle(checkpoint: str, out: str, data: str | None = None, cfg: Expor
 
     out_path = Path(out)
     check_target(out_path, overwrite)
-    timer = StepTimer()
+    timer = StepTimer(log)
     ck = timer.run("load_checkpoint", load_checkpoint, checkpoint)
     model = model_from_checkpoint(ck)
     inputs, names, skipped = timer.run("parity_inputs", parity_inputs, data, ck.preprocess, ck.classes, cfg.max_images)
