@@ -13,7 +13,7 @@ from pathlib import Path
 
 
 def render(records: list[dict]) -> str:
-    from medge.benchmarks import bench, parity
+    from medge.benchmarks import bench, parity, recipe
 
     parts = []
     for rec in records:
@@ -22,6 +22,8 @@ def render(records: list[dict]) -> str:
             parts.append(bench.markdown(rec))
         elif kind == "medge parity":
             parts.append(parity.markdown(rec))
+        elif kind == "medge recipe":
+            parts.append(recipe.markdown(rec))
         else:
             parts.append("```json\n" + json.dumps({k: v for k, v in rec.items() if k != "env"}, indent=2) + "\n```")
     return "\n\n".join(parts)

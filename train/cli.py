@@ -61,6 +61,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--bn-recalibration", type=int, metavar="IMAGES",
                    help=h("training images that re-estimate batch-norm statistics before each validation, 0 = off",
                           t.bn_recalibration))
+    g.add_argument("--zero-init-residual", action=argparse.BooleanOptionalAction,
+                   help=h("resnets from scratch: every residual branch starts at zero", t.zero_init_residual))
     g.add_argument("--class-weights", action="store_true", default=None,
                    help="weight the loss by inverse class frequency (imbalanced data)")
     g.add_argument("--best-metric", choices=list(HIGHER_IS_BETTER), help=h("keep best.pt by this", t.best_metric))

@@ -164,7 +164,7 @@ def learning_rate(cfg: TrainConfig, epoch: int, step: int, steps: int) -> float:
     what ran before: a resumed run continues exactly, and a run extended from E to
     M epochs continues on the curve of a run planned for M epochs (its learning
     rate rises again, from about 0 at the end of epoch E to the M-epoch curve's value
-    there, e.g. 0.25 x lr at epoch 9 of 12, and decays to 0 at the end of epoch M).
+    there, e.g. 0.29 x lr at epoch 9 of 12 with the 1-epoch warm-up, and decays to 0 at the end of epoch M).
     """
     warmup = min(cfg.warmup_epochs, cfg.epochs / 4)  # never more than a quarter of the run
     start = epoch - 1 + step / steps  # epochs done when this step starts
@@ -403,7 +403,8 @@ def build_training(run: RunState, classes: list[str], train_split: D.Split, devi
     """Model, optimiser, scaler and loss; restored from last.pt when resuming (the schedule has no state)."""
     cfg, pcfg, state = run.cfg, run.pcfg, run.resume_from
     torch.manual_seed(cfg.seed)
-    model = build_model(cfg.arch, pcfg.channels, len(classes), cfg.pretrained and state is None).to(device)
+    model = build_model(cfg.arch, pcfg.channels, len(classes), cfg.pretrained and state is None,
+                        cfg.zero_init_residual).to(device)
     channels_last = device.type == "cuda"
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
