@@ -299,12 +299,13 @@ def export_bundle(checkpoint: str, out: str, data: str | None = None, cfg: Expor
     check_target(out_path, overwrite)
     timer = StepTimer(log)
     ck = timer.run("load_checkpoint", load_checkpoint, checkpoint)
+    log(f"exporting {ck.arch} ({len(ck.classes)} classes, input {ck.preprocess.channels}x{ck.preprocess.size}x"
+        f"{ck.preprocess.size}, epoch {ck.epoch}) from {checkpoint}")
     model = model_from_checkpoint(ck)
     inputs, names, skipped = timer.run("parity_inputs", parity_inputs, data, ck.preprocess, ck.classes, cfg.max_images)
     for _, reason in skipped:
         log(f"parity: skipping unreadable image: {reason}")
     reference = timer.run("pytorch_reference", torch_logits, model, inputs)
-    log(f"exporting {ck.arch} ({len(ck.classes)} classes, input {inputs.shape[1:]}) from {checkpoint}")
     candidate = export_verified_onnx(model, ck, inputs, reference, cfg, str(out_path / MODEL_FILE), timer, log)
     report = parity_gate(reference, candidate.logits, names, ck.classes, cfg.tolerance, log)
     golden = golden_section(model, candidate, ck, cfg)
