@@ -5,6 +5,8 @@ Usage:
     model = Model.load("bundles/xray")           # checks hash and golden self-test
     for p in model.predict(["a.png", "b.dcm"]):  # files, arrays, or a mix
         print(p.path, p.label, p.probabilities, p.error)
+    if model.explain_method:                     # "cam" / "occlusion"; None for bundles without heatmaps
+        heatmap = model.explain("a.png").heatmap   # float32 in [0, 1] at the model's input size
 
 Thread safety: a ``cv2.dnn.Net`` is never shared by threads. Each thread that
 calls ``predict`` gets its own net, built on first use from the model bytes
@@ -30,11 +32,12 @@ import cv2
 import numpy as np
 
 from medge.edge.bundle import MODEL_FILE, golden_inputs, read_manifest, sha256_bytes
-from medge.edge.errors import BundleError, MedgeError, ModelIntegrityError, SelfTestError
+from medge.edge.errors import BundleError, InferenceError, MedgeError, ModelIntegrityError, SelfTestError, UsageError
+from medge.edge.explain import CamExplainer, Explainer, Explanation, load_explainer
 from medge.edge.formats import DEFAULT_MAX_PIXELS
 from medge.edge.image import read_image
 from medge.edge.preprocess import PreprocessConfig, preprocess
-from medge.edge.runtime import check_choices, forward_batches, load_net, softmax
+from medge.edge.runtime import LOGITS_OUTPUT, check_choices, forward_batches, forward_outputs_batches, load_net, softmax
 
 
 @dataclass
@@ -47,6 +50,7 @@ class Prediction:
     logits: list[float] | None = None
     timings_ms: dict[str, float] = field(default_factory=dict)  # read, preprocess, inference (batch time / batch size)
     error: str | None = None
+    explanation: Explanation | None = field(default=None, repr=False)  # predict(..., heatmaps=True) only
 
     @property
     def ok(self) -> bool:
@@ -72,6 +76,12 @@ class Model:
         self._onnx_bytes = onnx_bytes
         self._local = threading.local()
         self.self_test_max_abs: float | None = None
+        self._explainer: Explainer | None = None  # set by load from the manifest's "explain" section
+
+    @property
+    def explain_method(self) -> str | None:
+        """The heatmap method this bundle supports: "cam", "occlusion", or None (exported before heatmaps)."""
+        return self._explainer.method if self._explainer else None
 
     @property
     def onnx_bytes(self) -> bytes:
@@ -113,6 +123,7 @@ class Model:
         engine = engine or manifest.get("runtime", {}).get("engine", "auto")
         check_choices(engine, backend)
         model = cls(manifest, data, d, engine, backend)
+        model._explainer = load_explainer(manifest, d)  # checks the CAM head's SHA-256
         model._net()  # load now so that OpenCV's errors surface at load time
         if self_test:
             model.run_self_test()
@@ -129,7 +140,13 @@ class Model:
         g = self.manifest["golden"]
         x = golden_inputs(int(g["seed"]), int(g["count"]), self.preprocess_config)
         expected = np.asarray(g["expected_logits"], np.float32)
-        got = self.infer(x)
+        cam = self._explainer if isinstance(self._explainer, CamExplainer) and "expected_cam" in g else None
+        if cam is None:
+            got = self.infer(x)
+        else:  # one pass for both outputs: the feature map is tested with the logits
+            outs = self._run(x, (LOGITS_OUTPUT, cam.output))
+            got = outs[LOGITS_OUTPUT]
+            self._self_test_cam(cam, outs[cam.output], g)
         worst = float(np.abs(got - expected).max())
         self.self_test_max_abs = worst
         if not worst <= float(g["tolerance"]):
@@ -138,6 +155,74 @@ class Model:
                 f"(OpenCV {cv2.__version__} here; the bundle was verified with OpenCV "
                 f"{self.manifest.get('versions', {}).get('opencv', '?')}): do not use this model on this machine")
         return worst
+
+    def _self_test_cam(self, cam: CamExplainer, features: np.ndarray, g: dict) -> None:
+        expected = np.asarray(g["expected_cam"], np.float32)
+        got = np.stack([cam.cams(features, [k] * len(features)) for k in range(len(self.classes))], axis=1)
+        worst = float(np.abs(got - expected).max()) / max(1.0, float(np.abs(expected).max())) \
+            if got.shape == expected.shape else float("inf")
+        if not worst <= float(g["tolerance"]):
+            raise SelfTestError(
+                f"{self.bundle_dir}: golden self-test of the heatmaps failed: max relative |CAM difference| {worst:.3g} > "
+                f"{g['tolerance']:g} (OpenCV {cv2.__version__} here): do not use this model's heatmaps on this machine")
+
+    def _run(self, blob: np.ndarray, names: tuple[str, ...]) -> dict[str, np.ndarray]:
+        """Named outputs for a non-empty blob, in chunks the model accepts (the heatmaps' forward pass)."""
+        step = max(1, len(blob)) if self.dynamic_batch else 1
+        outs = forward_outputs_batches(self._net(), blob, self.chw, names, step)
+        if LOGITS_OUTPUT in outs:
+            outs[LOGITS_OUTPUT] = outs[LOGITS_OUTPUT].reshape(len(blob), -1)
+            if outs[LOGITS_OUTPUT].shape[1] != len(self.classes):
+                raise InferenceError(f"model returned {outs[LOGITS_OUTPUT].shape[1]} logits per image, "
+                                     f"expected {len(self.classes)}")
+        return outs
+
+    def require_heatmaps(self) -> Explainer:
+        """The bundle's explainer; BundleError (exit 2) when it has none (exported before heatmaps)."""
+        if self._explainer is None:
+            raise BundleError(f"{self.bundle_dir}: this bundle has no heatmaps (its manifest has no 'explain' section: "
+                              "it was exported before medge had them); export it again to get heatmaps")
+        return self._explainer
+
+    def explain_blob(self, blob: np.ndarray, class_indices=None) -> tuple[np.ndarray, list[Explanation]]:
+        """Logits and one Explanation per image of a preprocessed (N, C, H, W) float32 blob.
+
+        Args:
+            blob: as ``edge.preprocess`` makes it with this bundle's PreprocessConfig.
+            class_indices: the class to explain per image (None: each image's predicted class).
+
+        Raises:
+            BundleError: the bundle has no heatmaps. UsageError: a bad class index.
+            InferenceError: a bad blob or model output, or a CAM head that does not match the model.
+        """
+        return self.require_heatmaps().explain(self._run, blob, class_indices, self.preprocess_config)
+
+    def explain(self, path_or_array, class_index: int | None = None, max_pixels: int = DEFAULT_MAX_PIXELS) -> Explanation:
+        """Where the model looked: a heatmap of one image for one class (default: the predicted class).
+
+        Args:
+            path_or_array: an image file (as ``predict`` reads it) or a gray/BGR/BGRA numpy array.
+            class_index: index into ``classes``; None = the class the model predicts.
+            max_pixels: refuse larger images.
+
+        Returns:
+            an ``edge.explain.Explanation``: ``heatmap`` (float32 in [0, 1], the model's input size),
+            ``class_index``, ``method``, ``logits``, ``image`` and ``overlay()``.
+
+        Raises:
+            BundleError: the bundle has no heatmaps (``explain_method`` is None). ImageError: the
+            input cannot be read. UsageError: a bad class index. InferenceError: as ``explain_blob``.
+        """
+        explainer = self.require_heatmaps()
+        if isinstance(path_or_array, np.ndarray):
+            image = path_or_array
+        elif isinstance(path_or_array, (str, os.PathLike)):
+            image = read_image(path_or_array, max_pixels)
+        else:
+            raise UsageError(f"explain takes a path or a numpy array, got {type(path_or_array).__name__}")
+        blob = preprocess(image, self.preprocess_config)[None]
+        classes = None if class_index is None else [class_index]
+        return explainer.explain(self._run, blob, classes, self.preprocess_config)[1][0]
 
     def infer(self, blob: np.ndarray) -> np.ndarray:
         """Logits for a preprocessed (N, C, H, W) float32 blob, in chunks the model accepts."""
@@ -165,25 +250,28 @@ class Model:
             pred.error = f"{path or '<array>'}: unexpected {type(e).__name__}: {e}"
             return pred, None
 
-    def _finish(self, batch: list[tuple[Prediction, np.ndarray]]) -> None:
+    def _finish(self, batch: list[tuple[Prediction, np.ndarray]], heatmaps: bool = False) -> None:
         try:
             t0 = time.perf_counter()
-            logits = self.infer(np.stack([t for _, t in batch]))
+            blob = np.stack([t for _, t in batch])
+            logits, explanations = self.explain_blob(blob) if heatmaps else (self.infer(blob), [None] * len(batch))
             per_image = 1000 * (time.perf_counter() - t0) / len(batch)
         except MedgeError:
             if len(batch) > 1:  # isolate the input that breaks the batch
                 for one in batch:
-                    self._finish([one])
+                    self._finish([one], heatmaps)
                 return
             raise
         probs = softmax(logits)
-        for (pred, _), z, p in zip(batch, logits, probs, strict=True):
+        for (pred, _), z, p, e in zip(batch, logits, probs, explanations, strict=True):
             pred.logits = [float(v) for v in z]
             pred.probabilities = {c: float(v) for c, v in zip(self.classes, p, strict=True)}
             pred.label = self.classes[int(np.argmax(z))]
-            pred.timings_ms["inference"] = per_image
+            pred.timings_ms["inference"] = per_image  # with heatmaps: inference and heatmap together
+            pred.explanation = e
 
-    def predict_iter(self, inputs, batch_size: int = 8, workers: int | None = None, max_pixels: int = DEFAULT_MAX_PIXELS):
+    def predict_iter(self, inputs, batch_size: int = 8, workers: int | None = None, max_pixels: int = DEFAULT_MAX_PIXELS,
+                     heatmaps: bool = False):
         """Yield one Prediction per input, in input order, as soon as each batch is done.
 
         Args:
@@ -192,7 +280,11 @@ class Model:
             workers: threads reading and preprocessing ahead of inference (0 = in this thread;
                 default: one per core).
             max_pixels: refuse larger images.
+            heatmaps: also explain each classified input (``Prediction.explanation``, the predicted
+                class); with CAM from the same forward pass. BundleError if the bundle has none.
         """
+        if heatmaps:
+            self.require_heatmaps()
         batch_size = max(1, batch_size if self.dynamic_batch else 1)
         workers = (os.cpu_count() or 1) if workers is None else workers
         inputs = iter(inputs)
@@ -220,7 +312,7 @@ class Model:
                     batch.append((pred, tensor))
                 if len(batch) == batch_size or (not pending and batch):
                     try:
-                        self._finish(batch)
+                        self._finish(batch, heatmaps)
                     except MedgeError as e:
                         for p, _ in batch:
                             p.error = str(e)
@@ -234,8 +326,8 @@ class Model:
                 pool.shutdown(wait=True, cancel_futures=True)
 
     def predict(self, inputs, batch_size: int = 8, workers: int | None = None,
-                max_pixels: int = DEFAULT_MAX_PIXELS) -> list[Prediction]:
+                max_pixels: int = DEFAULT_MAX_PIXELS, heatmaps: bool = False) -> list[Prediction]:
         """Predict one path or array, or a list of them; returns a list of Predictions in order."""
         if isinstance(inputs, (str, os.PathLike, np.ndarray)):
             inputs = [inputs]
-        return list(self.predict_iter(inputs, batch_size, workers, max_pixels))
+        return list(self.predict_iter(inputs, batch_size, workers, max_pixels, heatmaps))

@@ -9,7 +9,10 @@ OpenCV 5 hazards this module designs for (see issue 5):
 - ``ENGINE_NEW`` returns an empty net instead of raising on an unsupported op:
   ``net.empty()`` is always checked;
 - a ``cv2.dnn.Net`` must not be used by two threads at once (crashes, wrong
-  outputs): callers give each thread its own net (see ``edge.model``).
+  outputs): callers give each thread its own net (see ``edge.model``);
+- with two graph outputs (logits and, for heatmaps, a feature map: issue 16),
+  ``net.forward()`` returns the *feature map* under the classic engine and the
+  logits under the new one: outputs are always asked for by name.
 """
 from __future__ import annotations
 
@@ -29,6 +32,7 @@ BACKENDS = {
     "cuda": (cv2.dnn.DNN_BACKEND_CUDA, cv2.dnn.DNN_TARGET_CUDA),
     "cuda-fp16": (cv2.dnn.DNN_BACKEND_CUDA, cv2.dnn.DNN_TARGET_CUDA_FP16),
 }
+LOGITS_OUTPUT = "logits"  # the name every medge bundle gives its class scores
 LOAD_REMEDIES = (
     "usual remedies: export with opset 12 (medge's default), keep the input shape fixed apart from the batch, "
     "simplify with onnxsim, try --engine classic (or new), or choose an architecture that OpenCV supports"
@@ -117,7 +121,9 @@ def forward(net: cv2.dnn.Net, blob: np.ndarray, chw: tuple[int, int, int], num_o
     blob = check_blob(blob, chw)
     try:
         net.setInput(blob)
-        out = net.forward()
+        # By name when the model has several outputs (a heatmap bundle): the classic engine's
+        # unnamed forward() would return the feature map instead of the logits.
+        out = net.forward(LOGITS_OUTPUT) if len(net.getUnconnectedOutLayersNames()) > 1 else net.forward()
     except cv2.error as e:
         raise InferenceError(f"cv2.dnn forward failed: {_cv_message(e)}") from None
     out = np.array(out, dtype=np.float32, copy=True).reshape(blob.shape[0], -1)
@@ -126,6 +132,40 @@ def forward(net: cv2.dnn.Net, blob: np.ndarray, chw: tuple[int, int, int], num_o
     if not np.isfinite(out).all():
         raise InferenceError("model returned NaN or infinite outputs")
     return out
+
+
+def forward_outputs(net: cv2.dnn.Net, blob: np.ndarray, chw: tuple[int, int, int],
+                    names: tuple[str, ...]) -> dict[str, np.ndarray]:
+    """Run one checked forward pass and return the named outputs (for models with several).
+
+    Args:
+        net: a net from ``load_net`` used by this thread only.
+        blob: (N, C, H, W) float32.
+        chw: the model's expected (C, H, W).
+        names: graph output names, e.g. ``("logits", "features")``.
+
+    Returns:
+        name -> float32 array (a copy) whose first axis is N.
+
+    Raises:
+        InferenceError: bad blob, an OpenCV error (an unknown output name included),
+            or an output that is non-finite or does not have N rows.
+    """
+    blob = check_blob(blob, chw)
+    try:
+        net.setInput(blob)
+        outs = net.forward(list(names))
+    except cv2.error as e:
+        raise InferenceError(f"cv2.dnn forward of outputs {list(names)} failed: {_cv_message(e)}") from None
+    result = {}
+    for name, out in zip(names, outs, strict=True):
+        out = np.array(out, dtype=np.float32, copy=True)
+        if out.ndim == 0 or out.shape[0] != blob.shape[0]:
+            raise InferenceError(f"model output {name!r} has shape {out.shape}, expected {blob.shape[0]} rows")
+        if not np.isfinite(out).all():
+            raise InferenceError(f"model output {name!r} contains NaN or infinite values")
+        result[name] = out
+    return result
 
 
 def forward_batches(net: cv2.dnn.Net, blob: np.ndarray, chw: tuple[int, int, int], num_outputs: int,
@@ -142,6 +182,14 @@ def forward_batches(net: cv2.dnn.Net, blob: np.ndarray, chw: tuple[int, int, int
         return np.zeros((0, num_outputs), np.float32)
     step = max(1, int(batch_size))
     return np.concatenate([forward(net, blob[i : i + step], chw, num_outputs) for i in range(0, len(blob), step)])
+
+
+def forward_outputs_batches(net: cv2.dnn.Net, blob: np.ndarray, chw: tuple[int, int, int], names: tuple[str, ...],
+                            batch_size: int) -> dict[str, np.ndarray]:
+    """``forward_outputs`` over a non-empty blob of any length, ``batch_size`` images per pass."""
+    step = max(1, int(batch_size))
+    parts = [forward_outputs(net, blob[i : i + step], chw, names) for i in range(0, max(len(blob), 1), step)]
+    return {n: np.concatenate([p[n] for p in parts]) for n in names}
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
