@@ -129,8 +129,8 @@ def run_pointing_game(bundle: str, data: str, split: str = "test", tolerance_fra
         results.append({"path": path, "hit": hit, "point": point, "lesions": [les.__dict__ for les in lesions],
                         "predicted": model.classes[int(np.argmax(e.logits))], "random_hit_rate":
                         float(reach_mask(lesions, width, height, tol).mean()), "prior_hit": prior_hit})
-        if example and hit and (best_example is None or len(lesions) > len(best_example[1])):
-            best_example = (e, lesions, width, height, point)
+        if example and (best_example is None or (hit and not best_example[-1])):  # the first hit, else the first case
+            best_example = (e, lesions, width, height, point, hit)
     n = len(results)
     record = {
         "benchmark": "medge pointing game", "bundle": str(bundle), "arch": model.manifest["model"]["arch"],
@@ -143,7 +143,7 @@ def run_pointing_game(bundle: str, data: str, split: str = "test", tolerance_fra
         "explain_ms": summarize(times), "results": results, "env": environment(),
     }
     if example and best_example is not None:
-        draw_example(*best_example, example)
+        draw_example(*best_example[:-1], example)
         record["example"] = example
     log(f"pointing game: {record['hits']}/{n} hits ({record['hit_rate']:.1%}); random point "
         f"{record['random_point_hit_rate']:.1%}, train-prior point {record['prior_point_hit_rate']:.1%}")
@@ -165,7 +165,8 @@ def main(argv=None) -> int:
     p.add_argument("--split", default="test", help="split to score (default: %(default)s)")
     p.add_argument("--tolerance", type=float, default=TOLERANCE_FRACTION,
                    help="hit tolerance beyond the lesion's radius, as a fraction of the image side (default: 15/224)")
-    p.add_argument("--example", metavar="PNG", help="also draw one hit: model input | overlay, lesions, hottest pixel")
+    p.add_argument("--example", metavar="PNG",
+                   help="also draw one case (the first hit, else the first): model input | overlay, lesions, hottest pixel")
     p.add_argument("--out", help="write the JSON record here too")
     a = p.parse_args(argv)
     rec = run_pointing_game(a.model, a.data, a.split, a.tolerance, a.example)

@@ -154,7 +154,8 @@ def forward_outputs(net: cv2.dnn.Net, blob: np.ndarray, chw: tuple[int, int, int
     blob = check_blob(blob, chw)
     try:
         net.setInput(blob)
-        outs = net.forward(list(names))
+        # One name as a string: OpenCV 5's new engine refuses a list shorter than the graph's outputs.
+        outs = [net.forward(names[0])] if len(names) == 1 else net.forward(list(names))
     except cv2.error as e:
         raise InferenceError(f"cv2.dnn forward of outputs {list(names)} failed: {_cv_message(e)}") from None
     result = {}

@@ -52,14 +52,14 @@ def output_names(paths: list[str], suffix: str) -> list[str]:
     return names
 
 
-def check_output_folder(folder: Path, names: list[str], overwrite: bool) -> None:
+def check_output_folder(folder: Path, names: list[str], overwrite: bool, option: str = "--out") -> None:
     """Before any work: ``folder`` must be a folder or not exist yet, and hold none of ``names`` unless ``overwrite``.
 
     Raises:
         UsageError: (exit 2) it is a file, or files would be overwritten (the first few are named).
     """
     if folder.exists() and not folder.is_dir():
-        raise UsageError(f"{folder}: exists and is not a folder")
+        raise UsageError(f"{option} {folder}: exists and is not a folder")
     taken = [n for n in names if (folder / n).exists()] if folder.is_dir() else []
     if taken and not overwrite:
         more = f" and {len(taken) - 3} more" if len(taken) > 3 else ""

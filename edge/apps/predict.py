@@ -93,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
     heat_dir = Path(args.heatmaps) if args.heatmaps else None
     if heat_dir is not None:
         targets = [heat_dir / n for n in output_names(paths, HEATMAP_SUFFIX)]
-        check_output_folder(heat_dir, [t.name for t in targets], args.overwrite)
+        check_output_folder(heat_dir, [t.name for t in targets], args.overwrite, "--heatmaps")
     model = load_model(args)
     if heat_dir is not None:
         model.require_heatmaps()  # exit 2 before any work for a bundle exported without them

@@ -36,9 +36,8 @@ def test_pointing_game_on_synthetic_data(heat_bundle, tiny_data, tmp_path, capsy
     assert rec["benchmark"] == "medge pointing game" and rec["method"] == "cam" and rec["images"] == 14  # disease only
     assert all(r["lesions"] for r in rec["results"]) and rec["hits"] == sum(r["hit"] for r in rec["results"])
     assert 0 < rec["random_point_hit_rate"] < 1 and 0 <= rec["prior_point_hit_rate"] <= 1
-    if rec["hits"]:
-        pic = cv2.imread(str(example))
-        assert pic.shape == (192, 2 * 192 + 6, 3)  # model input | overlay, at twice the 96 px input
+    pic = cv2.imread(str(example))
+    assert pic.shape == (192, 2 * 192 + 6, 3) and rec["example"] == str(example)  # input | overlay, twice the 96 px
     assert "pointing-game hits" in capsys.readouterr().out
     assert report_main([str(out)]) == 0 and f"| {rec['hits']} (" in capsys.readouterr().out
     with pytest.raises(UsageError, match="no such split"):

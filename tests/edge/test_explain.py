@@ -228,3 +228,20 @@ def test_golden_self_test_covers_the_heatmaps(heat_copy):
     _manifest(heat_copy, shift)
     with pytest.raises(SelfTestError, match="self-test of the heatmaps failed"):
         Model.load(heat_copy)
+
+
+@pytest.mark.parametrize("engine", ["auto", "classic", "new"])
+def test_named_outputs_of_a_heatmap_bundle_on_every_engine(heat_bundle, engine):
+    from medge.edge.runtime import forward, forward_outputs, load_net
+
+    m = Model.load(heat_bundle[0])
+    net = load_net(m.onnx_bytes, engine)
+    x = np.stack([preprocess(xray_like(100, 100, seed=s), m.preprocess_config) for s in range(2)])
+    both = forward_outputs(net, x, m.chw, ("logits", "features"))
+    assert both["logits"].shape == (2, 2) and both["features"].shape == (2, 512, 3, 3)
+    for name in ("logits", "features"):  # one output alone (the new engine refuses a one-name list)
+        np.testing.assert_allclose(forward_outputs(net, x, m.chw, (name,))[name], both[name], rtol=0, atol=1e-5)
+    # the single-output path gives the logits, not the feature map the classic engine's plain forward() returns
+    np.testing.assert_allclose(forward(net, x, m.chw, 2), both["logits"], rtol=0, atol=1e-5)
+    with pytest.raises(InferenceError, match="forward of outputs"):
+        forward_outputs(net, x, m.chw, ("nothing",))

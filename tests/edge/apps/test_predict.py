@@ -120,7 +120,7 @@ def test_heatmaps_csv_and_clear_errors(heat_bundle, bundle, folder, tmp_path, ca
     assert [r["heatmap"] for r in rows] == [str(tmp_path / "h" / f"{n}.heatmap.png") for n in "abz"]
     (tmp_path / "file").write_text("a file, not a folder")
     assert main(["predict", "--model", str(heat_bundle[0]), str(folder), "--heatmaps", str(tmp_path / "file")]) == 2
-    assert "exists and is not a folder" in capsys.readouterr().err
+    assert f"--heatmaps {tmp_path / 'file'}: exists and is not a folder" in capsys.readouterr().err
     # a bundle exported before heatmaps: exit 2 before any work
     old = tmp_path / "old"
     import shutil
