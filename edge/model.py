@@ -33,7 +33,14 @@ import numpy as np
 
 from medge.edge.bundle import MODEL_FILE, golden_inputs, read_manifest, sha256_bytes
 from medge.edge.errors import BundleError, InferenceError, MedgeError, ModelIntegrityError, SelfTestError, UsageError
-from medge.edge.explain import CamExplainer, Explainer, Explanation, load_explainer
+from medge.edge.explain import (
+    CamExplainer,
+    Explainer,
+    Explanation,
+    OcclusionExplainer,
+    default_occlusion,
+    load_explainer,
+)
 from medge.edge.formats import DEFAULT_MAX_PIXELS
 from medge.edge.image import read_image
 from medge.edge.preprocess import PreprocessConfig, preprocess
@@ -184,36 +191,52 @@ class Model:
                               "it was exported before medge had them); export it again to get heatmaps")
         return self._explainer
 
-    def explain_blob(self, blob: np.ndarray, class_indices=None) -> tuple[np.ndarray, list[Explanation]]:
+    def _explainer_for(self, method: str | None) -> Explainer:
+        """The bundle's explainer (None), or occlusion asked for by name: it needs only the logits, so any bundle has it."""
+        if method is None or method == self.explain_method:
+            return self.require_heatmaps()
+        if method == "occlusion":
+            size = self.chw[1]
+            return OcclusionExplainer(size, **default_occlusion(size))
+        raise UsageError(f"{self.bundle_dir}: heatmap method {method!r} is not available for this bundle "
+                         f"(its own: {self.explain_method}; occlusion works with any bundle)")
+
+    def explain_blob(self, blob: np.ndarray, class_indices=None, method: str | None = None
+                     ) -> tuple[np.ndarray, list[Explanation]]:
         """Logits and one Explanation per image of a preprocessed (N, C, H, W) float32 blob.
 
         Args:
             blob: as ``edge.preprocess`` makes it with this bundle's PreprocessConfig.
             class_indices: the class to explain per image (None: each image's predicted class).
+            method: None = the bundle's (``explain_method``); "occlusion" works with any bundle.
 
         Raises:
-            BundleError: the bundle has no heatmaps. UsageError: a bad class index.
+            BundleError: the bundle has no heatmaps. UsageError: a bad class index or method.
             InferenceError: a bad blob or model output, or a CAM head that does not match the model.
         """
-        return self.require_heatmaps().explain(self._run, blob, class_indices, self.preprocess_config)
+        return self._explainer_for(method).explain(self._run, blob, class_indices, self.preprocess_config)
 
-    def explain(self, path_or_array, class_index: int | None = None, max_pixels: int = DEFAULT_MAX_PIXELS) -> Explanation:
+    def explain(self, path_or_array, class_index: int | None = None, max_pixels: int = DEFAULT_MAX_PIXELS,
+                method: str | None = None) -> Explanation:
         """Where the model looked: a heatmap of one image for one class (default: the predicted class).
 
         Args:
             path_or_array: an image file (as ``predict`` reads it) or a gray/BGR/BGRA numpy array.
             class_index: index into ``classes``; None = the class the model predicts.
             max_pixels: refuse larger images.
+            method: None = the bundle's (``explain_method``); "occlusion" works with any bundle (a
+                cross-check of CAM, or heatmaps from a bundle exported before them), at its cost.
 
         Returns:
             an ``edge.explain.Explanation``: ``heatmap`` (float32 in [0, 1], the model's input size),
             ``class_index``, ``method``, ``logits``, ``image`` and ``overlay()``.
 
         Raises:
-            BundleError: the bundle has no heatmaps (``explain_method`` is None). ImageError: the
-            input cannot be read. UsageError: a bad class index. InferenceError: as ``explain_blob``.
+            BundleError: the bundle has no heatmaps (``explain_method`` is None) and no method was
+            named. ImageError: the input cannot be read. UsageError: a bad class index or method.
+            InferenceError: as ``explain_blob``.
         """
-        explainer = self.require_heatmaps()
+        explainer = self._explainer_for(method)
         if isinstance(path_or_array, np.ndarray):
             image = path_or_array
         elif isinstance(path_or_array, (str, os.PathLike)):
