@@ -24,7 +24,7 @@ import numpy as np
 
 from medge.benchmarks.common import environment, summarize
 from medge.edge.errors import UsageError
-from medge.edge.image import collect_inputs, read_image, write_image
+from medge.edge.image import collect_inputs, read_image
 from medge.edge.model import Model
 from medge.train.synth import Lesion, read_lesions
 
@@ -100,7 +100,9 @@ def draw_example(e, lesions: list[Lesion], width: int, height: int, point, path:
         cv2.circle(over, (round(les.x * k), round(les.y * k)), max(1, round(les.radius * k)), (0, 255, 0), 1, cv2.LINE_AA)
     if point is not None:
         cv2.drawMarker(over, (round(point[0] * k), round(point[1] * k)), (255, 255, 255), cv2.MARKER_CROSS, 12, 2)
-    write_image(path, np.hstack([base, np.full((s * scale, 6, 3), 255, np.uint8), over]))
+    ok, png = cv2.imencode(".png", np.hstack([base, np.full((s * scale, 6, 3), 255, np.uint8), over]),
+                           [cv2.IMWRITE_PNG_COMPRESSION, 9])  # small enough to commit beside the README
+    Path(path).write_bytes(png.tobytes())
 
 
 def run_pointing_game(bundle: str, data: str, split: str = "test", tolerance_frac: float = TOLERANCE_FRACTION,
