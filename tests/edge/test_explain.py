@@ -203,18 +203,10 @@ def test_bundle_without_heatmaps_still_classifies(heat_copy, tmp_path):
     with pytest.raises(BundleError, match="has no heatmaps"):
         m.predict([xray_like(50, 50)], heatmaps=True)
     e = m.explain(xray_like(50, 50), method="occlusion")  # asked for by name, occlusion works with any bundle
-    assert e.method == "occlusion" and e.heatmap.shape == (96, 96)
+    assert e.method == "occlusion" and e.heatmap.shape == (96, 96) and e.heatmap.max() == 1.0
+    np.testing.assert_array_equal(e.logits, m.infer(preprocess(xray_like(50, 50), m.preprocess_config)[None])[0])
     with pytest.raises(UsageError, match="method 'cam' is not available"):
         m.explain(xray_like(50, 50), method="cam")
-
-
-def test_occlusion_cross_checks_a_cam_bundle(heat_bundle):
-    m = Model.load(heat_bundle[0])
-    img = xray_like(120, 120, seed=3)
-    cam, occ = m.explain(img), m.explain(img, method="occlusion")
-    assert (cam.method, occ.method) == ("cam", "occlusion") and cam.class_index == occ.class_index
-    np.testing.assert_array_equal(cam.logits, occ.logits)
-    assert occ.heatmap.shape == cam.heatmap.shape and occ.heatmap.max() == 1.0
 
 
 def test_tampered_or_missing_cam_head_is_refused(heat_copy):
