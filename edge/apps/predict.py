@@ -10,15 +10,14 @@ batch; the exit status is 1 when any input failed, 0 otherwise.
 from __future__ import annotations
 
 import argparse
-import csv
 import io
-import json
 import os
 import sys
 import time
 from pathlib import Path
 
 from medge.edge.apps.options import add_model_arguments, load_model
+from medge.edge.apps.records import RecordWriter
 from medge.edge.errors import UsageError
 from medge.edge.image import collect_inputs
 
@@ -32,25 +31,6 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--format", choices=["jsonl", "csv"], default="jsonl", help="record format (default: %(default)s)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     return p
-
-
-class _Writer:
-    def __init__(self, stream, fmt: str, classes: list[str]):
-        self.stream, self.fmt, self.classes = stream, fmt, classes
-        if fmt == "csv":
-            self.csv = csv.writer(stream, lineterminator="\n")
-            self.csv.writerow(["path", "label", *[f"p_{c}" for c in classes], "read_ms", "preprocess_ms",
-                               "inference_ms", "model_sha256", "error"])
-
-    def write(self, rec: dict) -> None:
-        if self.fmt == "jsonl":
-            self.stream.write(json.dumps(rec, ensure_ascii=False) + "\n")
-        else:
-            p, t = rec["probabilities"] or {}, rec["timings_ms"]
-            self.csv.writerow([rec["path"], rec["label"] or "", *[p.get(c, "") for c in self.classes],
-                               *[round(t[k], 3) if k in t else "" for k in ("read", "preprocess", "inference")],
-                               rec["model_sha256"], rec["error"] or ""])
-        self.stream.flush()
 
 
 def run(args: argparse.Namespace) -> int:
@@ -67,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
         stream = io.TextIOWrapper(sys.stdout.buffer, "utf-8", newline="", line_buffering=True)
     failed, t0 = 0, time.perf_counter()
     try:
-        writer = _Writer(stream, args.format, model.classes)
+        writer = RecordWriter(stream, args.format, model.classes)
         for i, pred in enumerate(model.predict_iter(paths, args.batch_size, args.workers, args.max_pixels), 1):
             writer.write(pred.to_record(model.sha256))
             failed += not pred.ok

@@ -1,0 +1,146 @@
+"""The words of ``medge serve``'s page and login form, in English and Korean.
+
+The page's fixed labels are translated in the browser by Gradio's ``I18n`` (from the
+browser's language); what the server writes into the page (results, the model card,
+the login form) uses ``pick_language`` on the request's Accept-Language header,
+which the browser sets from the same language preferences.
+"""
+from __future__ import annotations
+
+LANGUAGES = ("en", "ko")
+
+TEXT = {
+    "en": {
+        "title": "medge: grayscale image classifier",
+        "tab_classify": "Classify",
+        "tab_batch": "Batch",
+        "tab_model": "Model card",
+        "drop_files": "Drop images or DICOM files here (one or more)",
+        "drop_batch": "Drop a batch of images or DICOM files",
+        "privacy": "Uploaded files are deleted as soon as they are classified. Nothing leaves this server.",
+        "batch_help": "Every file is classified; download the results as CSV or JSONL (the formats of medge predict).",
+        "label": "Label",
+        "probabilities": "Class probabilities",
+        "class": "class",
+        "probability": "probability",
+        "stages": "Preprocessing: original, Gaussian blur, CLAHE, model input",
+        "heatmap": "Heatmap",
+        "heatmap_note": "where the model found evidence for {cls} ({method})",
+        "heatmap_failed": "No heatmap: {reason}",
+        "timings": "Timings",
+        "read": "read",
+        "preprocess": "preprocess",
+        "inference": "inference",
+        "queue": "waiting",
+        "heatmap_ms": "heatmap",
+        "total": "total",
+        "refused": "Refused",
+        "warnings": "Warnings",
+        "busy": "The server is busy; try again in {seconds} s.",
+        "too_many": "{shown} of {total} files are shown in detail; the Batch tab classifies any number. Not shown: {names}",
+        "summary": "{total} file(s): {ok} classified, {failed} refused",
+        "download_csv": "Download CSV",
+        "download_jsonl": "Download JSONL",
+        "file": "file",
+        "error": "error",
+        "model": "Model",
+        "classes": "Classes",
+        "sha256": "SHA-256",
+        "architecture": "Architecture",
+        "input": "Input",
+        "created": "Exported",
+        "opencv": "OpenCV on this server",
+        "engine": "cv2.dnn engine / backend",
+        "self_test": "Golden self-test",
+        "self_test_passed": "passed: max |logit difference| {worst:.2g} <= {tol:g} on {n} inputs",
+        "self_test_failed": "FAILED: max |logit difference| {worst} > {tol:g}",
+        "training_metrics": "Training metrics",
+        "epoch": "epoch",
+        "parity": "Parity at export (PyTorch vs cv2.dnn)",
+        "parity_passed": "passed",
+        "parity_failed": "failed",
+        "versions": "Versions at export",
+        "preprocessing": "Preprocessing",
+        "heatmap_method": "Heatmap method",
+        "none": "none",
+        "login_title": "medge: sign in",
+        "login_prompt": "This server needs its access token.",
+        "login_token": "Token",
+        "login_submit": "Sign in",
+        "login_wrong": "Wrong token.",
+    },
+    "ko": {
+        "title": "medge: 흑백 의료영상 분류기",
+        "tab_classify": "분류",
+        "tab_batch": "일괄 처리",
+        "tab_model": "모델 정보",
+        "drop_files": "영상 또는 DICOM 파일을 여기에 놓으세요 (하나 이상)",
+        "drop_batch": "여러 영상 또는 DICOM 파일을 한 번에 놓으세요",
+        "privacy": "업로드한 파일은 분류가 끝나면 바로 삭제됩니다. 어떤 데이터도 이 서버 밖으로 나가지 않습니다.",
+        "batch_help": "모든 파일을 분류합니다. 결과는 CSV 또는 JSONL로 내려받을 수 있습니다 (medge predict와 같은 형식).",
+        "label": "판정",
+        "probabilities": "클래스별 확률",
+        "class": "클래스",
+        "probability": "확률",
+        "stages": "전처리: 원본, 가우시안 블러, CLAHE, 모델 입력",
+        "heatmap": "히트맵",
+        "heatmap_note": "모델이 {cls}의 근거를 찾은 위치 ({method})",
+        "heatmap_failed": "히트맵 없음: {reason}",
+        "timings": "처리 시간",
+        "read": "읽기",
+        "preprocess": "전처리",
+        "inference": "추론",
+        "queue": "대기",
+        "heatmap_ms": "히트맵",
+        "total": "합계",
+        "refused": "처리 불가",
+        "warnings": "경고",
+        "busy": "서버가 바쁩니다. {seconds}초 후에 다시 시도하세요.",
+        "too_many": ("{total}개 중 {shown}개 파일만 자세히 표시합니다. 일괄 처리 탭은 개수 제한이 없습니다. "
+                     "표시하지 않은 파일: {names}"),
+        "summary": "파일 {total}개: {ok}개 분류, {failed}개 처리 불가",
+        "download_csv": "CSV 내려받기",
+        "download_jsonl": "JSONL 내려받기",
+        "file": "파일",
+        "error": "오류",
+        "model": "모델",
+        "classes": "클래스",
+        "sha256": "SHA-256",
+        "architecture": "구조",
+        "input": "입력",
+        "created": "내보낸 시각",
+        "opencv": "이 서버의 OpenCV",
+        "engine": "cv2.dnn 엔진 / 백엔드",
+        "self_test": "골든 자체 시험",
+        "self_test_passed": "통과: 최대 |로짓 차이| {worst:.2g} <= {tol:g} (입력 {n}개)",
+        "self_test_failed": "실패: 최대 |로짓 차이| {worst} > {tol:g}",
+        "training_metrics": "학습 지표",
+        "epoch": "에포크",
+        "parity": "내보내기 시 일치성 (PyTorch 대 cv2.dnn)",
+        "parity_passed": "통과",
+        "parity_failed": "실패",
+        "versions": "내보내기 당시 버전",
+        "preprocessing": "전처리",
+        "heatmap_method": "히트맵 방법",
+        "none": "없음",
+        "login_title": "medge: 로그인",
+        "login_prompt": "이 서버는 접근 토큰이 필요합니다.",
+        "login_token": "토큰",
+        "login_submit": "로그인",
+        "login_wrong": "토큰이 틀렸습니다.",
+    },
+}
+
+
+def pick_language(accept_language: str | None) -> str:
+    """The page's language: the browser's first preferred language when it is one of LANGUAGES, else English.
+
+    Only the first entry counts, as for Gradio's ``navigator.language``, so that the
+    server's text and the labels translated in the browser agree.
+
+    >>> pick_language("ko-KR,ko;q=0.9,en-US;q=0.8")
+    'ko'
+    """
+    first = (accept_language or "").split(",")[0].split(";")[0].strip().lower()
+    lang = first.split("-")[0]
+    return lang if lang in LANGUAGES else "en"
