@@ -160,6 +160,29 @@ def build_app(service, cfg: ServeConfig, gradio_dir: Path):
     return app
 
 
+def quiet_gradio_tracebacks() -> None:
+    """Gradio prints the traceback of a failed page event to stderr, and its text can name the
+    uploaded file (a patient's name, often): log the exception's type instead."""
+    import traceback
+    import types
+
+    import gradio.queueing
+    import gradio.route_utils
+    import gradio.routes
+    import gradio.utils
+
+    def print_exc(*_args, **_kwargs):
+        kind = sys.exc_info()[0]
+        logging.getLogger("medge.serve").warning("page event failed: %s", kind.__name__ if kind else "unknown error")
+
+    quiet = types.ModuleType("traceback")
+    quiet.__dict__.update(traceback.__dict__)
+    quiet.print_exc = print_exc
+    for module in (gradio.queueing, gradio.route_utils, gradio.routes, gradio.utils):
+        if getattr(module, "traceback", None) is traceback:
+            module.traceback = quiet
+
+
 def _log_to_stderr() -> None:
     log = logging.getLogger("medge.serve")
     if not log.handlers:
@@ -200,21 +223,22 @@ def serve(app, sock: socket.socket, cfg: ServeConfig, banner: str) -> None:
 def run(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
     sock = bind(cfg.host, cfg.port)
-    workdir = private_workdir()
-    service = None
+    service = workdir = None
     try:
-        import fastapi_offline  # noqa: F401  (fail now, with the extra's name, if the extra is missing)
+        model = load_model(args)  # a bad bundle stops here, exit 2, before anything is imported or listens
+        workdir = private_workdir()  # before Gradio is imported: it reads GRADIO_TEMP_DIR
+        import fastapi_offline  # noqa: F401  (a missing extra fails here, naming the extra: exit 2)
         import gradio  # noqa: F401
         import python_multipart  # noqa: F401
         import uvicorn  # noqa: F401
 
         from medge.edge.apps.serve_api import InferenceService
 
-        model = load_model(args)
         service = InferenceService(model, cfg.inference_threads, cfg.queue, workdir / "uploads", cfg.max_pixels)
         service.warm_up()
         app = build_app(service, cfg, workdir / "gradio")
         _log_to_stderr()
+        quiet_gradio_tracebacks()
         access = "bearer token required" if cfg.token else "no token" + (" (--insecure)" if cfg.insecure else "")
         banner = (f"medge serve: model {model.sha256[:12]} ({', '.join(model.classes)}), self-test max |diff| "
                   f"{model.self_test_max_abs:.2g}; {cfg.inference_threads} inference thread(s), queue {cfg.queue}, "
@@ -224,6 +248,7 @@ def run(args: argparse.Namespace) -> int:
         sock.close()
         if service is not None:
             service.close()
-        shutil.rmtree(workdir, ignore_errors=True)
+        if workdir is not None:
+            shutil.rmtree(workdir, ignore_errors=True)
     print("medge serve: stopped", file=sys.stderr, flush=True)
     return 0
