@@ -48,6 +48,9 @@ CSS = """
 .medge-pictures img {max-width: 100%; height: auto; image-rendering: auto;}
 .medge-timings {color: var(--body-text-color-subdued); font-size: 0.9em;}
 .medge-downloads a {margin-right: 16px; font-weight: 600;}
+.medge-probs {min-width: 420px; border-collapse: collapse;}
+/* the uploads are deleted once classified: no download links to them */
+#medge-files td.download, #medge-batch-files td.download {display: none;}
 """
 
 
@@ -59,7 +62,8 @@ class PageResult:
     stages_png: bytes | None = None
     heatmap_png: bytes | None = None
     heatmap_note: tuple[str, str] | None = None  # (class, method)
-    heatmap_error: str | None = None
+    heatmap_error: str | None = None  # why the heatmap could not be drawn
+    stages_error: str | None = None  # why the preprocessing stages could not be drawn
     extra_ms: dict[str, float] = field(default_factory=dict)  # heatmap, total
     busy_s: int | None = None  # not classified: the server was busy; retry after this many seconds
 
@@ -77,7 +81,11 @@ def explain_supported(model) -> bool:
 
 
 def analyze(service: InferenceService, path: Path, name: str, pictures: bool) -> PageResult:
-    """Classify one uploaded file (on an inference thread); with ``pictures`` also draw its stages and heatmap."""
+    """Classify one uploaded file (on an inference thread); with ``pictures`` also draw its stages and heatmap.
+
+    The record is exactly the API's; a picture that cannot be drawn is reported on the card
+    and never costs the file its result.
+    """
     result = PageResult(service.predict_file(path, name))
     if not pictures or result.record["error"] is not None:
         return result
@@ -85,18 +93,24 @@ def analyze(service: InferenceService, path: Path, name: str, pictures: bool) ->
     try:
         image = read_image(path, service.max_pixels)
         result.stages_png = _png(render_preview(image, model.preprocess_config))
-        if explain_supported(model):
-            t0 = time.perf_counter()
-            try:
-                e = model.explain(image)
-                result.heatmap_png = _png(e.overlay())
-                result.heatmap_note = (model.classes[e.class_index], e.method)
-            except MedgeError as err:
-                result.heatmap_error = str(err).replace(os.fspath(path), name)
-            result.extra_ms["heatmap"] = 1000 * (time.perf_counter() - t0)
-    except MedgeError as err:  # the file was classified, so this is unexpected; say so without failing
-        result.heatmap_error = str(err).replace(os.fspath(path), name)
+    except Exception as err:  # the file was just classified, so this is unexpected
+        result.stages_error = _reason(err, path, name)
+        return result
+    if explain_supported(model):
+        t0 = time.perf_counter()
+        try:
+            e = model.explain(image)
+            result.heatmap_png = _png(e.overlay())
+            result.heatmap_note = (model.classes[e.class_index], e.method)
+        except Exception as err:
+            result.heatmap_error = _reason(err, path, name)
+        result.extra_ms["heatmap"] = 1000 * (time.perf_counter() - t0)
     return result
+
+
+def _reason(err: Exception, path: Path, name: str) -> str:
+    text = str(err) if isinstance(err, MedgeError) else f"unexpected {type(err).__name__}: {err}"
+    return text.replace(os.fspath(path), name)
 
 
 class Page:
@@ -140,6 +154,9 @@ class Page:
                 res.extra_ms["total"] = 1000 * (time.perf_counter() - t0)
             except Overloaded as e:
                 res = _busy_result(uploads[i][1], self.service, e.retry_after_s)
+            except Exception as e:  # a bug: this file gets an error, the others their results
+                log.warning("page job failed: %s", type(e).__name__)
+                res = PageResult(_refused_record(uploads[i][1], self.service, f"{uploads[i][1]}: unexpected {type(e).__name__}"))
             results[i] = res
             if progress is not None:
                 progress((sum(r is not None for r in results), len(uploads)))
@@ -172,7 +189,7 @@ class Page:
             _log_page("classify", results, t0)
         finally:
             self._delete(uploads)
-        parts = [_result_card(r, lang) for r in results]
+        parts = [result_card(r, lang) for r in results]
         if len(uploads) > len(shown):
             names = ", ".join(n for _, n in uploads[len(shown):])
             note = TEXT[lang]["too_many"].format(shown=len(shown), total=len(uploads), names=names)
@@ -227,7 +244,8 @@ def _img(png: bytes, alt: str) -> str:
     return f'<img src="data:image/png;base64,{base64.b64encode(png).decode()}" alt="{_e(alt)}">'
 
 
-def _result_card(r: PageResult, lang: str) -> str:
+def result_card(r: PageResult, lang: str) -> str:
+    """One file's card on the Classify tab (HTML, every value escaped)."""
     t, rec = TEXT[lang], r.record
     name = rec["path"]
     if rec["error"] is not None:
@@ -237,7 +255,7 @@ def _result_card(r: PageResult, lang: str) -> str:
     probs = rec["probabilities"]
     top = probs[rec["label"]]
     rows = "".join(
-        f'<tr><td>{_e(c)}</td><td style="width:50%"><div class="medge-bar" style="width:{100 * p:.1f}%"></div></td>'
+        f'<tr><td>{_e(c)}</td><td style="width:60%"><div class="medge-bar" style="width:{100 * p:.1f}%"></div></td>'
         f'<td class="medge-p" data-class="{_e(c)}">{p:.4f}</td></tr>' for c, p in probs.items())
     warn = rec.get("warnings") or []
     warn_html = (f'<p class="medge-refused"><b>{_e(t["warnings"])}:</b> {_e("; ".join(map(str, warn)))}</p>'
@@ -245,6 +263,8 @@ def _result_card(r: PageResult, lang: str) -> str:
     pictures = ""
     if r.stages_png:
         pictures += f'<figure>{_img(r.stages_png, t["stages"])}<figcaption>{_e(t["stages"])}</figcaption></figure>'
+    elif r.stages_error:
+        pictures += f'<p class="medge-timings">{_e(t["stages_failed"].format(reason=r.stages_error))}</p>'
     if r.heatmap_png:
         cls, method = r.heatmap_note
         pictures += (f'<figure class="medge-heatmap">{_img(r.heatmap_png, t["heatmap"])}<figcaption>{_e(t["heatmap"])}: '
@@ -344,7 +364,7 @@ def _card_html(info: dict, lang: str) -> str:
     metric_rows = [(f'{split} ({t["epoch"]} {info["training"]["epoch"]})', _e(_fmt(values))) for split, values in metrics.items()]
     parity = info["parity"] or {}
     verdict = t["parity_passed"] if parity.get("passed") else t["parity_failed"]
-    parity_rows = [("verdict", _e(verdict))] + [(k, _e(_fmt(v))) for k, v in parity.items() if k != "passed"]
+    parity_rows = [(t["verdict"], _e(verdict))] + [(k, _e(_fmt(v))) for k, v in parity.items() if k != "passed"]
     versions = _kv([(k, _e(v)) for k, v in (info["versions"] or {}).items()])
     return (f'<div id="medge-model-card">{main}<h3>{_e(t["training_metrics"])}</h3>{_kv(metric_rows)}'
             f'<h3>{_e(t["parity"])}</h3>{_kv(parity_rows)}<h3>{_e(t["versions"])}</h3>{versions}</div>')

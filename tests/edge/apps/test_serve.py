@@ -8,16 +8,23 @@ import json
 import subprocess
 import sys
 import threading
+from types import SimpleNamespace
 
+import cv2
+import numpy as np
 import pytest
 
 from medge.edge.apps.cli import main
+from medge.edge.apps.preview import render_preview
 from medge.edge.apps.serve import ServeConfig
 from medge.edge.apps.serve_api import InferenceService, Overloaded, clean_name, model_info
 from medge.edge.apps.serve_guard import TOKEN_COOKIE, Guard, host_name
+from medge.edge.apps.serve_page import analyze, result_card
 from medge.edge.apps.serve_text import TEXT, pick_language
 from medge.edge.errors import ConfigError, UsageError
+from medge.edge.image import read_image, write_image
 from medge.edge.model import Model
+from tests.conftest import xray_like
 
 TOKEN = "s3cret-token_0123456789"
 
@@ -176,3 +183,70 @@ def test_language_follows_the_browser_and_both_have_every_text():
     assert pick_language("en-US,en;q=0.9,ko;q=0.8") == "en"
     assert pick_language("fr-FR") == "en" and pick_language(None) == "en"
     assert set(TEXT["en"]) == set(TEXT["ko"])
+
+
+class Explaining:
+    """The session's model, as a bundle with a heatmap method would present it (issue 16's ``Model.explain``)."""
+
+    explain_method = "cam"
+
+    def __init__(self, model):
+        self._model = model
+
+    def __getattr__(self, name):
+        return getattr(self._model, name)
+
+    def explain(self, image, class_index=None):
+        size = self._model.chw[1]
+        heat = np.tile(np.linspace(0, 1, size, dtype=np.float32), (size, 1))
+        return SimpleNamespace(heatmap=heat, class_index=0, method="cam",
+                               overlay=lambda: cv2.applyColorMap(np.uint8(heat * 255), cv2.COLORMAP_JET))
+
+
+def test_page_result_pictures_stages_as_preview_and_heatmap_only_when_supported(model, tmp_path):
+    path = tmp_path / "a.png"
+    write_image(path, xray_like(120, 90))
+    service = InferenceService(model, threads=1, queue=0, upload_dir=tmp_path)
+    try:
+        plain = analyze(service, path, "a.png", pictures=True)
+        stages = cv2.imdecode(np.frombuffer(plain.stages_png, np.uint8), cv2.IMREAD_UNCHANGED)
+        np.testing.assert_array_equal(stages, render_preview(read_image(path), model.preprocess_config))
+        assert plain.heatmap_png is None and plain.heatmap_error is None  # no explain: no heatmap, no error
+        card = result_card(plain, "en")
+        assert "medge-heatmap" not in card and 'data-label="' in card and "inference" in card
+    finally:
+        service.close()
+    service = InferenceService(Explaining(model), threads=1, queue=0, upload_dir=tmp_path)
+    try:
+        shown = analyze(service, path, "a.png", pictures=True)
+        assert shown.heatmap_png and shown.heatmap_note == ("disease", "cam") and "heatmap" in shown.extra_ms
+        card = result_card(shown, "ko")
+        assert "medge-heatmap" in card and "히트맵" in card and "disease" in card
+    finally:
+        service.close()
+
+
+def test_page_classifies_deletes_uploads_and_says_what_it_does_not_show(model, tmp_path):
+    from medge.edge.apps.serve_page import DETAIL_MAX_FILES, Page
+
+    service = InferenceService(model, threads=2, queue=2, upload_dir=tmp_path / "api")
+    gradio_dir = tmp_path / "gradio"
+    uploads = []
+    for i in range(DETAIL_MAX_FILES + 2):
+        folder = gradio_dir / f"h{i:03d}"
+        folder.mkdir(parents=True)
+        uploads.append(str(folder / f"img{i:03d}.png"))
+        write_image(uploads[-1], xray_like(40, 40, seed=i))
+    outside = tmp_path / "outside.png"
+    write_image(outside, xray_like(40, 40))
+    try:
+        page = Page(service, gradio_dir)
+        html = page.classify(uploads[:3] + [str(outside)] + uploads[3:], SimpleNamespace(headers={}))
+        assert html.count("medge-result") == DETAIL_MAX_FILES
+        assert "outside.png: not an uploaded file" in html
+        assert f"img{DETAIL_MAX_FILES:03d}.png, img{DETAIL_MAX_FILES + 1:03d}.png" in html and "Batch tab" in html
+        assert list(gradio_dir.iterdir()) == [] and outside.exists()  # every upload deleted, nothing else touched
+        batch = page.batch([], SimpleNamespace(headers={"accept-language": "ko"}))
+        assert 'data-total="0"' in batch and "파일 0개" in batch
+    finally:
+        service.close()

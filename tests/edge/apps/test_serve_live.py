@@ -247,6 +247,15 @@ def test_the_page_cannot_be_made_to_read_a_server_file(server, inputs):
             assert "event: error" in answer and "root:" not in answer and "medge-result" not in answer
 
 
+def test_the_load_benchmark_gets_correct_answers(server, inputs, expected):
+    from medge.benchmarks.serve_load import multipart, run_level
+
+    names = ["photo.jpg", "old.bmp"]
+    bodies = [(n, *multipart(n, (inputs / n).read_bytes())) for n in names]
+    row = run_level(server.url, TOKEN, bodies, {n: expected[n]["probabilities"] for n in names}, clients=2, seconds=0.5)
+    assert row["ok"] >= 2 and row["errors"] == {} and row["latency_ms"]["n"] == row["ok"]
+
+
 def test_the_log_has_no_patient_data(server):
     log = server.log
     assert "predict 200" in log and "predict 413" in log and "predict 422" in log and "predict 503" in log
