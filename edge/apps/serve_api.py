@@ -89,11 +89,15 @@ class InferenceService:
         self._job_s = 0.1  # moving average of a job's duration, for Retry-After
         self._lock = threading.Lock()
 
+    def _take_place(self, wait_s: float = 0.0) -> None:
+        got = self._places.acquire(timeout=wait_s) if wait_s > 0 else self._places.acquire(blocking=False)
+        if not got:
+            raise Overloaded(self.retry_after_s())
+
     @contextmanager
     def admit(self):
         """Hold a place for one request from its upload to its answer; Overloaded when none is free."""
-        if not self._places.acquire(blocking=False):
-            raise Overloaded(self.retry_after_s())
+        self._take_place()
         try:
             yield
         finally:
@@ -120,9 +124,7 @@ class InferenceService:
         Raises:
             Overloaded: no place freed up in time.
         """
-        got = self._places.acquire(timeout=wait_s) if wait_s > 0 else self._places.acquire(blocking=False)
-        if not got:
-            raise Overloaded(self.retry_after_s())
+        self._take_place(wait_s)
         try:
             fut = self.run(fn, *args)
         except BaseException:

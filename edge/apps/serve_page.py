@@ -17,6 +17,7 @@ import io
 import json
 import logging
 import os
+import stat
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +35,7 @@ from medge.edge.image import read_image
 log = logging.getLogger("medge.serve")
 
 DETAIL_MAX_FILES = 24  # files shown with pictures on the Classify tab; the Batch tab takes any number
+EMPTY_FILE_AGE_S = 60.0  # an empty file this old in Gradio's folder is no upload in progress
 PAGE_WAIT_S = 60.0  # how long a page request waits for a free inference place before saying "busy"
 FONTS = ("ui-sans-serif", "system-ui", "Noto Sans KR", "Malgun Gothic", "Apple SD Gothic Neo", "sans-serif")
 CSS = """
@@ -142,6 +144,15 @@ class Page:
                 p.parent.rmdir()  # Gradio keeps each upload in a folder of its own
             except OSError:
                 pass
+        # Gradio's upload route leaves an empty temporary file per upload; sweep the old ones.
+        cutoff = time.time() - EMPTY_FILE_AGE_S
+        for f in self.gradio_dir.iterdir():
+            try:
+                st = f.lstat()
+                if stat.S_ISREG(st.st_mode) and st.st_size == 0 and st.st_mtime < cutoff:
+                    f.unlink()
+            except OSError:
+                continue
 
     def _run(self, uploads, pictures: bool, progress=None) -> list[PageResult]:
         """Classify every upload through the shared service, ``threads`` at a time, in order."""

@@ -5,9 +5,11 @@ are tested in test_serve_live.py.
 """
 import asyncio
 import json
+import os
 import subprocess
 import sys
 import threading
+import time
 from types import SimpleNamespace
 
 import cv2
@@ -239,13 +241,18 @@ def test_page_classifies_deletes_uploads_and_says_what_it_does_not_show(model, t
         write_image(uploads[-1], xray_like(40, 40, seed=i))
     outside = tmp_path / "outside.png"
     write_image(outside, xray_like(40, 40))
+    stale, fresh = gradio_dir / "tmpstale", gradio_dir / "tmpfresh"  # Gradio's empty upload leftovers
+    stale.touch()
+    fresh.touch()
+    os.utime(stale, (time.time() - 3600, time.time() - 3600))
     try:
         page = Page(service, gradio_dir)
         html = page.classify(uploads[:3] + [str(outside)] + uploads[3:], SimpleNamespace(headers={}))
         assert html.count("medge-result") == DETAIL_MAX_FILES
         assert "outside.png: not an uploaded file" in html
         assert f"img{DETAIL_MAX_FILES:03d}.png, img{DETAIL_MAX_FILES + 1:03d}.png" in html and "Batch tab" in html
-        assert list(gradio_dir.iterdir()) == [] and outside.exists()  # every upload deleted, nothing else touched
+        # every upload deleted, the old empty leftover swept, an upload in progress and other files left alone
+        assert list(gradio_dir.iterdir()) == [fresh] and outside.exists()
         batch = page.batch([], SimpleNamespace(headers={"accept-language": "ko"}))
         assert 'data-total="0"' in batch and "파일 0개" in batch
     finally:
