@@ -2,7 +2,7 @@
 
 Usage:
     from medge.edge.model import Model
-    model = Model.load("bundles/xray")           # checks hash and golden self-test
+    model = Model.load("bundles/xray")           # checks hash and golden self-test, picks the engine
     for p in model.predict(["a.png", "b.dcm"]):  # files, arrays, or a mix
         print(p.path, p.label, p.probabilities, p.error)
 
@@ -11,6 +11,11 @@ calls ``predict`` gets its own net, built on first use from the model bytes
 whose SHA-256 was verified at load (OpenCV crashes or returns wrong outputs when
 threads share one). CLAHE objects are per thread too (``edge.preprocess``).
 So one ``Model`` may be used from many threads at once.
+
+Engine: with ``engine="auto"`` (the default) ``Model.load`` runs the fastest engine
+that passes the self-test on this box (``edge.engine_choice``); ``model.engine``
+names it and ``model.engine_choice`` says why. Where batches > 1 fail or differ
+(OpenCV 4.5.5/4.6 with squeeze-excitation models) the model runs one image per pass.
 
 Throughput: ``predict`` reads and preprocesses files on ``workers`` threads
 (OpenCV releases the GIL) while the calling thread runs batched forward passes,
@@ -29,12 +34,13 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from medge.edge.bundle import MODEL_FILE, golden_inputs, read_manifest, sha256_bytes
-from medge.edge.errors import BundleError, MedgeError, ModelIntegrityError, SelfTestError
+from medge.edge.bundle import MANIFEST_FILE, MODEL_FILE, golden_inputs, read_manifest, sha256_bytes
+from medge.edge.engine_choice import EngineChoice, choose_engine
+from medge.edge.errors import BundleError, ConfigError, MedgeError, ModelIntegrityError, SelfTestError
 from medge.edge.formats import DEFAULT_MAX_PIXELS
 from medge.edge.image import read_image
 from medge.edge.preprocess import PreprocessConfig, preprocess
-from medge.edge.runtime import check_choices, forward_batches, load_net, softmax
+from medge.edge.runtime import AUTO, check_choices, forward_batches, load_net, softmax
 
 
 @dataclass
@@ -68,7 +74,9 @@ class Model:
         self.chw = tuple(int(v) for v in manifest["model"]["input_shape"][1:])
         self.dynamic_batch = bool(manifest["model"].get("dynamic_batch", False))
         self.sha256 = manifest["model"]["sha256"]
-        self.engine, self.backend = engine, backend
+        self.engine, self.backend = engine, backend  # engine: the one running (Model.load resolves auto)
+        self.engine_choice: EngineChoice | None = None  # which engine, why, and what was tried
+        self.batch_note: str | None = None  # why batches > 1 are off here, when the self-test turned them off
         self._onnx_bytes = onnx_bytes
         self._local = threading.local()
         self.self_test_max_abs: float | None = None
@@ -86,15 +94,38 @@ class Model:
         Args:
             bundle_dir: folder with model.onnx and model.json.
             backend: a key of ``edge.runtime.BACKENDS`` (default OpenCV on the CPU).
-            engine: cv2.dnn engine; default: the one recorded in the manifest.
+            engine: ``auto`` (the fastest engine that passes the self-test here) or
+                one of ``edge.runtime.ENGINES``; default: the manifest's (``auto``
+                unless the export named one).
             self_test: run the manifest's golden self-test (on by default; only
                 benchmarks of raw loading turn it off).
 
         Raises:
-            BundleError: missing folder/manifest/model, unknown format version, or
-                OpenCV cannot load the model. ModelIntegrityError: model.onnx's
+            BundleError: missing folder/manifest/model, unknown format version, an
+                engine the manifest asks for that this OpenCV lacks, an OpenCV too
+                old or unable to load the model. ModelIntegrityError: model.onnx's
                 SHA-256 differs from the manifest's. SelfTestError: this machine's
                 outputs on the golden inputs differ beyond tolerance.
+                ConfigError: an engine or backend this OpenCV or box does not have.
+        """
+        model = cls.open(bundle_dir, backend, engine)
+        model.engine_choice, net = choose_engine(model, model.engine, self_test)
+        model.engine, model._local.net = model.engine_choice.engine, net
+        trial = model.engine_choice.trials[0]
+        model.self_test_max_abs = trial.self_test_max_abs
+        if trial.batched is False:
+            model.dynamic_batch = False
+            model.batch_note = (f"OpenCV {cv2.__version__} ({model.engine} engine) fails or differs on batches > 1 "
+                                "of this model: one image per forward pass here")
+        return model
+
+    @classmethod
+    def open(cls, bundle_dir: str | os.PathLike, backend: str = "cpu", engine: str | None = None) -> "Model":
+        """Read a bundle's manifest and verify model.onnx's SHA-256; no net is loaded and ``engine`` may still be
+        ``auto`` (``load`` goes on to choose the engine and run the self-test; ``medge check`` tries each engine).
+
+        Raises:
+            the errors of ``load`` that come before any engine is involved.
         """
         d = Path(bundle_dir)
         manifest = read_manifest(d)
@@ -110,32 +141,56 @@ class Model:
             raise ModelIntegrityError(
                 f"{path}: SHA-256 {digest[:16]}... does not match the manifest's {manifest['model']['sha256'][:16]}...: "
                 "the model file was modified or only partly copied; refusing to run it")
-        engine = engine or manifest.get("runtime", {}).get("engine", "auto")
-        check_choices(engine, backend)
-        model = cls(manifest, data, d, engine, backend)
-        model._net()  # load now so that OpenCV's errors surface at load time
-        if self_test:
-            model.run_self_test()
-        return model
+        requested = engine or manifest.get("runtime", {}).get("engine", AUTO)
+        try:
+            check_choices(requested, backend)
+        except ConfigError as e:
+            if engine:
+                raise
+            raise BundleError(f"{d / MANIFEST_FILE}: the bundle asks for an engine this OpenCV lacks: {e}; "
+                              "run it with --engine auto (Model.load(..., engine='auto')) or install an OpenCV that has it"
+                              ) from None
+        return cls(manifest, data, d, requested, backend)
 
-    def _net(self) -> cv2.dnn.Net:
+    def load_net(self, engine: str):
+        """A new net of the verified model bytes with ``engine`` on this model's backend (for one thread)."""
+        return load_net(self._onnx_bytes, engine, self.backend, str(self.bundle_dir / MODEL_FILE),
+                        self.manifest.get("versions", {}).get("opencv"))
+
+    def _net(self):
         net = getattr(self._local, "net", None)
         if net is None:
-            net = self._local.net = load_net(self._onnx_bytes, self.engine, self.backend, str(self.bundle_dir / MODEL_FILE))
+            net = self._local.net = self.load_net(self.engine)
         return net
 
-    def run_self_test(self) -> float:
-        """Compare this machine's logits on the golden inputs with the exported ones."""
+    def golden_inputs(self) -> np.ndarray:
+        """The manifest's self-test inputs, regenerated here (N, C, H, W)."""
         g = self.manifest["golden"]
-        x = golden_inputs(int(g["seed"]), int(g["count"]), self.preprocess_config)
+        return golden_inputs(int(g["seed"]), int(g["count"]), self.preprocess_config)
+
+    def run_self_test(self) -> float:
+        """Compare this machine's logits on the golden inputs with the exported ones (this thread's net)."""
+        self.self_test_max_abs = self.self_test(self._net(), len(self.golden_inputs()) if self.dynamic_batch else 1)
+        return self.self_test_max_abs
+
+    def self_test(self, net, batch_size: int, engine: str | None = None) -> float:
+        """Max |logit difference| between ``net``'s outputs on the golden inputs (``batch_size`` per pass)
+        and the exported ones; ``engine`` names the net's engine in errors (default: ``self.engine``).
+
+        Raises:
+            SelfTestError: beyond the manifest's tolerance. InferenceError: a forward pass failed.
+        """
+        g = self.manifest["golden"]
         expected = np.asarray(g["expected_logits"], np.float32)
-        got = self.infer(x)
+        got = forward_batches(net, self.golden_inputs(), self.chw, len(self.classes), batch_size)
+        if got.shape != expected.shape:
+            raise SelfTestError(f"{self.bundle_dir}: the manifest's golden logits have shape {expected.shape}, "
+                                f"the model gives {got.shape}: a damaged manifest")
         worst = float(np.abs(got - expected).max())
-        self.self_test_max_abs = worst
         if not worst <= float(g["tolerance"]):
             raise SelfTestError(
                 f"{self.bundle_dir}: golden self-test failed: max |logit difference| {worst:.3g} > {g['tolerance']:g} "
-                f"(OpenCV {cv2.__version__} here; the bundle was verified with OpenCV "
+                f"(OpenCV {cv2.__version__}, {engine or self.engine} engine here; the bundle was verified with OpenCV "
                 f"{self.manifest.get('versions', {}).get('opencv', '?')}): do not use this model on this machine")
         return worst
 

@@ -15,7 +15,7 @@ import json
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    from medge.edge.runtime import ENGINES
+    from medge.edge.runtime import engine_choices
     from medge.export.onnx_export import ExportConfig
 
     d = ExportConfig()
@@ -26,8 +26,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--data", help="data folder whose val images are the parity inputs (default: synthetic images)")
     p.add_argument("--no-simplify", action="store_true", help="skip onnxsim (recorded in the manifest)")
     p.add_argument("--static-batch", action="store_true", help="export a fixed batch of 1 instead of a dynamic batch axis")
-    p.add_argument("--engine", choices=list(ENGINES), default=d.engine,
-                   help="cv2.dnn engine to verify with and ship (default: %(default)s)")
+    p.add_argument("--engine", choices=engine_choices(), default=d.engine,
+                   help="engine the edge runs; auto: the fastest correct one on the edge box, so every engine of this "
+                        "OpenCV is verified here (default: %(default)s)")
     p.add_argument("--max-abs-logit", type=float, default=d.tolerance.max_abs_logit,
                    help="parity tolerance on |logit difference| (default: %(default)s)")
     p.add_argument("--min-agreement", type=float, default=d.tolerance.min_top1_agreement,

@@ -1,5 +1,9 @@
 """Checkpoint -> opset-12 ONNX -> onnxsim -> onnx.checker -> cv2.dnn -> parity gate -> bundle.
 
+cv2.dnn here means each engine the edge may run the bundle with: with ``--engine auto``
+(the default) every engine of this OpenCV must pass the gate, and each one's batch-1
+forward time on this machine is recorded in the manifest (``runtime.export_timings``).
+
 Each step is a function that returns a path, bytes or a report and raises
 ExportError on failure; ``export_bundle`` reads as the list of them, times each
 (``StepTimer``), and writes the bundle only when every step passed.
@@ -8,6 +12,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import os
 import tempfile
 import time
 import warnings
@@ -27,7 +32,8 @@ from medge.edge.bundle import (
 from medge.edge.errors import BundleError, ExportError, MedgeError, ParityError
 from medge.edge.image import read_image
 from medge.edge.preprocess import PreprocessConfig, preprocess
-from medge.edge.runtime import forward_batches, load_net
+from medge.edge.runtime import AUTO, ENGINES, engines_for, forward_batches, latency_summary, load_net, time_forwards
+from medge.edge.system import cpu_model
 from medge.export.parity import Tolerance, compare, summary_line
 
 INPUT_NAME, OUTPUT_NAME = "input", "logits"
@@ -40,13 +46,14 @@ class ExportConfig:
     opset: int = 12  # ONNX default-domain opset; cv2.dnn's best-supported
     simplify: bool = True  # run onnxsim; its failed check is an error
     dynamic_batch: bool = True  # batch axis dynamic when cv2.dnn runs batches > 1 correctly on it
-    engine: str = "auto"  # cv2.dnn engine used for verification, and by the edge
+    engine: str = "auto"  # engine the edge runs; auto: the fastest correct one on the edge box (all are verified here)
     tolerance: Tolerance = Tolerance()  # the parity gate (PyTorch vs cv2.dnn)
     max_images: int = 64  # parity inputs taken from --data (val split), or synthetic ones
     parity_batch: int = 8  # batch size of the cv2.dnn parity run (checks batched inference)
     golden_count: int = 4  # self-test inputs stored (as a seed) with expected outputs
     golden_seed: int = 0
     golden_tolerance: float = 1e-3  # the edge's self-test tolerance on |logit difference|
+    timing_rounds: int = 10  # batch-1 forward passes per engine timed for the manifest (interleaved)
 
 
 def _onnx_nodes(model) -> int:
@@ -167,14 +174,23 @@ def check_target(out: Path, overwrite: bool) -> None:
 
 @dataclass(frozen=True)
 class OnnxCandidate:
-    """An exported, simplified, checked model and what cv2.dnn made of it."""
+    """An exported, simplified, checked model and what each cv2.dnn engine made of it."""
 
     onnx_bytes: bytes
     dynamic: bool  # batch axis dynamic (False after the fallback to a fixed batch of 1)
-    logits: np.ndarray  # cv2.dnn's logits on the parity inputs
-    net: object  # the cv2.dnn.Net that produced them
+    logits: dict  # engine -> cv2.dnn's logits on the parity inputs
+    nets: dict  # engine -> the cv2.dnn.Net that produced them
     simplify_stats: dict | None
     batch_note: str | None  # why the batch axis is fixed, when it fell back
+
+
+def export_engines(engine: str) -> list[str]:
+    """The engines a bundle is verified with: all of this OpenCV's CPU engines for auto, else the one named."""
+    if engine == AUTO:
+        return engines_for("cpu")
+    if engine not in ENGINES:
+        raise ExportError(f"engine {engine!r} is not in this OpenCV (it has {list(ENGINES)})")
+    return [engine]
 
 
 def build_onnx(model, ck, chw, cfg: ExportConfig, dynamic: bool, work: Path, timer: StepTimer) -> tuple[bytes, dict | None]:
@@ -192,39 +208,63 @@ def build_onnx(model, ck, chw, cfg: ExportConfig, dynamic: bool, work: Path, tim
 
 def export_verified_onnx(model, ck, inputs: np.ndarray, reference: np.ndarray, cfg: ExportConfig, name: str,
                          timer: StepTimer, log) -> OnnxCandidate:
-    """Export and run the model in cv2.dnn on the parity inputs; a dynamic batch axis that cv2.dnn
-    runs wrongly (or not at all) for batches > 1 falls back to a fixed batch of 1, said in the manifest."""
+    """Export and run the model in each cv2.dnn engine on the parity inputs; a dynamic batch axis that
+    an engine runs wrongly (or not at all) for batches > 1 falls back to a fixed batch of 1, said in the manifest."""
     chw = (ck.preprocess.channels, ck.preprocess.size, ck.preprocess.size)
     k = len(ck.classes)
+    engines = export_engines(cfg.engine)
     with tempfile.TemporaryDirectory() as work:
         dynamic, note = cfg.dynamic_batch, None
         while True:
             onnx_bytes, stats = build_onnx(model, ck, chw, cfg, dynamic, Path(work), timer)
-            net = timer.run("cv2.dnn.load", load_net, onnx_bytes, cfg.engine, "cpu", name)
-            try:
-                logits = timer.run("cv2.dnn.forward", forward_batches, net, inputs, chw, k, cfg.parity_batch if dynamic else 1)
-            except MedgeError as e:
-                if not dynamic:
-                    raise ExportError(f"cv2.dnn cannot run the exported model: {e}") from None
-                logits = None
-            if not dynamic or (logits is not None and np.abs(logits - reference).max() <= cfg.tolerance.max_abs_logit):
-                return OnnxCandidate(onnx_bytes, dynamic, logits, net, stats, note)
+            nets = {e: timer.run(f"cv2.dnn.load[{e}]", load_net, onnx_bytes, e, "cpu", name) for e in engines}
+            logits = {}
+            for e, net in nets.items():
+                try:
+                    logits[e] = timer.run(f"cv2.dnn.forward[{e}]", forward_batches, net, inputs, chw, k,
+                                          cfg.parity_batch if dynamic else 1)
+                except MedgeError as err:
+                    if not dynamic:
+                        raise ExportError(f"cv2.dnn ({e} engine) cannot run the exported model: {err}") from None
+                    logits[e] = None
+            if not dynamic or all(v is not None and np.abs(v - reference).max() <= cfg.tolerance.max_abs_logit
+                                  for v in logits.values()):
+                return OnnxCandidate(onnx_bytes, dynamic, logits, nets, stats, note)
             note = ("cv2.dnn gave wrong results or failed for batches > 1 on the dynamic batch axis; "
                     "exported with a fixed batch of 1")
             log(f"warning: {note}")
             dynamic = False
 
 
-def parity_gate(reference: np.ndarray, candidate: np.ndarray, names: list[str], classes: list[str],
+def parity_gate(reference: np.ndarray, candidates: dict, names: list[str], classes: list[str],
                 tol: Tolerance, log) -> dict:
-    """compare() PyTorch with cv2.dnn; ParityError (and no bundle) beyond the tolerance."""
-    report = compare(reference, candidate, names, classes, tol)
-    log(f"parity: {summary_line(report)}")
-    if not report["passed"]:
-        worst = sorted(report["label_flips"], key=lambda f: -f["max_abs_logit"])[:5]
-        raise ParityError(f"parity gate failed, no bundle written: {'; '.join(report['failures'])}"
-                          + (f"; flips: {worst}" if worst else ""))
-    return report
+    """compare() PyTorch with each cv2.dnn engine; ParityError (and no bundle) when one is beyond the tolerance.
+
+    Returns:
+        the report of the engine farthest from PyTorch, with ``engine`` and ``engines`` (each one's figures).
+    """
+    reports = {}
+    for engine, logits in candidates.items():
+        report = reports[engine] = compare(reference, logits, names, classes, tol, candidate_name=f"cv2.dnn[{engine}]")
+        log(f"parity: {summary_line(report)}")
+        if not report["passed"]:
+            worst = sorted(report["label_flips"], key=lambda f: -f["max_abs_logit"])[:5]
+            raise ParityError(f"parity gate failed, no bundle written: {'; '.join(report['failures'])} ({engine} engine)"
+                              + (f"; flips: {worst}" if worst else ""))
+    engine = max(reports, key=lambda e: reports[e]["logits"]["max_abs"])
+    return {**reports[engine], "candidate": "cv2.dnn", "engine": engine,
+            "engines": {e: {"max_abs_logit": r["logits"]["max_abs"], "top1_agreement": r["top1_agreement"],
+                            "passed": r["passed"]} for e, r in reports.items()}}
+
+
+def engine_timings(candidate: OnnxCandidate, inputs: np.ndarray, chw: tuple[int, int, int], k: int, rounds: int) -> dict:
+    """Batch-1 forward time of each verified engine on this (the exporting) machine, interleaved, for the manifest."""
+    import cv2
+
+    times = time_forwards(candidate.nets, inputs[:1], chw, k, rounds, warmup=2)
+    return {"machine": {"cpu": cpu_model(), "cores": os.cpu_count(), "opencv": cv2.__version__,
+                        "threads": cv2.getNumThreads()},
+            "batch": 1, "forward_ms": {e: latency_summary(t) for e, t in times.items()}}
 
 
 def golden_section(model, candidate: OnnxCandidate, ck, cfg: ExportConfig) -> dict:
@@ -232,14 +272,14 @@ def golden_section(model, candidate: OnnxCandidate, ck, cfg: ExportConfig) -> di
     chw = (ck.preprocess.channels, ck.preprocess.size, ck.preprocess.size)
     x = golden_inputs(cfg.golden_seed, cfg.golden_count, ck.preprocess)
     expected = torch_logits(model, x)
-    here = forward_batches(candidate.net, x, chw, len(ck.classes), 1)
+    here = [forward_batches(net, x, chw, len(ck.classes), 1) for net in candidate.nets.values()]
     return {"seed": cfg.golden_seed, "count": cfg.golden_count, "generator": "medge.edge.bundle.golden_inputs",
             "expected_logits": expected.tolist(), "tolerance": cfg.golden_tolerance,
-            "export_max_abs_logit": float(np.abs(expected - here).max())}
+            "export_max_abs_logit": max(float(np.abs(expected - h).max()) for h in here)}
 
 
 def build_manifest(ck, checkpoint: str, candidate: OnnxCandidate, cfg: ExportConfig, report: dict, golden: dict,
-                   data: str | None, skipped: list, steps: list[dict]) -> dict:
+                   data: str | None, skipped: list, steps: list[dict], timings: dict) -> dict:
     """Everything the edge needs to know about the model, as model.json."""
     import cv2
     import onnx
@@ -254,7 +294,8 @@ def build_manifest(ck, checkpoint: str, candidate: OnnxCandidate, cfg: ExportCon
         "model": {"arch": ck.arch, "opset": cfg.opset, "input_name": INPUT_NAME, "output_name": OUTPUT_NAME,
                   "input_shape": ["batch" if candidate.dynamic else 1, *chw], "dynamic_batch": candidate.dynamic,
                   "batch_note": candidate.batch_note, "output": "logits (apply softmax for probabilities)"},
-        "runtime": {"engine": cfg.engine, "backend": "cpu"},
+        "runtime": {"engine": cfg.engine, "backend": "cpu", "verified_engines": list(candidate.nets),
+                    "export_timings": timings},
         "golden": golden,
         "parity": {**report, "inputs": "val images of " + data if data else "synthetic images",
                    "skipped": [{"path": p, "reason": r} for p, r in skipped]},
@@ -300,7 +341,9 @@ def export_bundle(checkpoint: str, out: str, data: str | None = None, cfg: Expor
     candidate = export_verified_onnx(model, ck, inputs, reference, cfg, str(out_path / MODEL_FILE), timer, log)
     report = parity_gate(reference, candidate.logits, names, ck.classes, cfg.tolerance, log)
     golden = golden_section(model, candidate, ck, cfg)
-    manifest = build_manifest(ck, checkpoint, candidate, cfg, report, golden, data, skipped, timer.steps)
+    chw = (ck.preprocess.channels, ck.preprocess.size, ck.preprocess.size)
+    timings = timer.run("engine_timings", engine_timings, candidate, inputs, chw, len(ck.classes), cfg.timing_rounds)
+    manifest = build_manifest(ck, checkpoint, candidate, cfg, report, golden, data, skipped, timer.steps, timings)
     written = write_bundle(out_path, candidate.onnx_bytes, manifest, overwrite=overwrite)
     manifest = read_manifest(written)
     log(f"bundle written: {written} (model.onnx {len(candidate.onnx_bytes) / 1e6:.1f} MB, "

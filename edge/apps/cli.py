@@ -21,7 +21,8 @@ from importlib.metadata import entry_points
 from medge import __version__
 from medge.edge.errors import MedgeError, MissingExtraError
 
-EDGE_COMMANDS = ("medge.edge.apps.predict", "medge.edge.apps.preview", "medge.edge.apps.watch", "medge.edge.apps.serve")
+EDGE_COMMANDS = ("medge.edge.apps.check", "medge.edge.apps.predict", "medge.edge.apps.preview", "medge.edge.apps.watch",
+                 "medge.edge.apps.serve")
 # Optional module -> the extra that installs it.
 EXTRAS = {"torch": "train", "torchvision": "train", "onnx": "train", "onnxsim": "train", "pydicom": "dicom",
           "fastapi": "serve", "fastapi_offline": "serve", "starlette": "serve", "uvicorn": "serve", "gradio": "serve",

@@ -11,14 +11,16 @@ import cv2
 
 from medge.edge.formats import DEFAULT_MAX_PIXELS
 from medge.edge.model import Model
-from medge.edge.runtime import BACKENDS, ENGINES
+from medge.edge.runtime import BACKENDS, ENGINES, engine_choices
 
 
 def add_bundle_arguments(p: argparse.ArgumentParser) -> None:
     """--model, --backend, --engine, --threads, --max-pixels."""
     p.add_argument("--model", required=True, metavar="BUNDLE", help="bundle folder (model.onnx + model.json)")
     p.add_argument("--backend", choices=list(BACKENDS), default="cpu", help="cv2.dnn backend/target (default: %(default)s)")
-    p.add_argument("--engine", choices=list(ENGINES), help="cv2.dnn engine (default: the bundle's)")
+    p.add_argument("--engine", choices=engine_choices(),
+                   help=f"inference engine: auto = the fastest that passes the self-test on this box; this OpenCV has "
+                        f"{', '.join(ENGINES)} (default: the bundle's, normally auto)")
     p.add_argument("--threads", type=int, help="cv2.setNumThreads for inference (default: OpenCV's choice)")
     p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help="refuse larger images (default: %(default)s)")
 

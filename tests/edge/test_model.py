@@ -10,7 +10,7 @@ from medge.edge.errors import BundleError, InferenceError, ModelIntegrityError, 
 from medge.edge.image import write_image
 from medge.edge.model import Model
 from medge.edge.preprocess import preprocess
-from medge.edge.runtime import forward, load_net
+from medge.edge.runtime import NET_TYPE, forward, load_net
 from tests.conftest import xray_like
 
 
@@ -172,7 +172,7 @@ def test_blob_hazards_are_refused_before_opencv(bundle, blob, match):
 
 
 def test_empty_net_from_opencv_is_an_error(bundle, monkeypatch):
-    monkeypatch.setattr(cv2.dnn, "readNetFromONNX", lambda *a: cv2.dnn.Net())  # what ENGINE_NEW does on an unsupported op
+    monkeypatch.setattr(cv2.dnn, "readNetFromONNX", lambda *a: NET_TYPE())  # what ENGINE_NEW does on an unsupported op
     with pytest.raises(BundleError, match="returned an empty network"):
         Model.load(bundle)
 

@@ -9,7 +9,7 @@ import torch
 from medge.edge.apps.cli import main
 from medge.edge.bundle import golden_inputs, read_manifest
 from medge.edge.errors import BundleError, CheckpointError, ParityError
-from medge.edge.runtime import forward, load_net
+from medge.edge.runtime import ENGINES, forward, load_net
 from medge.export import onnx_export
 from medge.export.onnx_export import ExportConfig, export_bundle
 from medge.train.checkpoint import load_checkpoint, model_from_checkpoint
@@ -31,10 +31,12 @@ def _check_round_trip(ckpt, bundle, n=5):
     x = np.random.default_rng(1).uniform(-1, 1, (n, *chw)).astype(np.float32)
     with torch.inference_mode():
         ref = model_from_checkpoint(load_checkpoint(ckpt))(torch.from_numpy(x)).numpy()
-    net = load_net(data, m["runtime"]["engine"])
+    assert m["runtime"]["engine"] == "auto" and m["runtime"]["verified_engines"] == list(ENGINES)
     batch = n if m["model"]["dynamic_batch"] else 1
-    got = np.concatenate([forward(net, x[i : i + batch], chw, 2) for i in range(0, n, batch)])
-    np.testing.assert_allclose(got, ref, atol=1e-3, rtol=0)
+    for engine in ENGINES:
+        net = load_net(data, engine)
+        got = np.concatenate([forward(net, x[i : i + batch], chw, 2) for i in range(0, n, batch)])
+        np.testing.assert_allclose(got, ref, atol=1e-3, rtol=0)
     return m
 
 
