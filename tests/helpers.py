@@ -39,12 +39,13 @@ def make_checkpoint(path, arch="resnet18", size=32, channels=1, seed=0):
 
 
 def export_test_bundle(out) -> Path:
-    """The edge tests' bundle: a small randomized resnet18 (input 1x32x32), exported and verified into ``out``."""
+    """The edge tests' bundle: a small randomized resnet18 (input 1x32x32), exported and verified into ``out``
+    (its checkpoint beside it, as ``ck.pt``)."""
     from medge.export.onnx_export import ExportConfig, export_bundle
 
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    ckpt = make_checkpoint(out.parent / f"{out.name}.ck.pt", arch="resnet18", size=32)
+    ckpt = make_checkpoint(out.parent / "ck.pt", arch="resnet18", size=32)  # benchmark tests use it
     export_bundle(str(ckpt), str(out), cfg=ExportConfig(max_images=8), log=lambda *a: None)
     return out
 
