@@ -284,6 +284,7 @@ def run_bench(bundle: str, checkpoint: str | None = None, data: str | None = Non
     measure_files(bundle, pcfg, runners, cfg, record)
     record["peak_rss_mb"] = peak_rss_mb()
     record["env"] = environment()
+    record["cv2_engine"] = runners.dnn.model.engine_choice.to_dict()  # which engine "cv2.dnn" is, and why
     return record
 
 

@@ -109,9 +109,9 @@ def choose_engine(model: Model, requested: str, self_test: bool = True) -> tuple
     if requested != AUTO:
         return _decide(requested, [try_engine(model, requested, self_test)], "asked for")
     candidates = engines_for(model.backend)
-    recorded = read_recorded_engine(record_key(model.sha256, model.backend)) if self_test else None
+    recorded = read_recorded_engine(record_key(model.sha256, model.backend))
     if recorded in candidates:
-        trial = try_engine(model, recorded)
+        trial = try_engine(model, recorded, self_test)
         if trial[0].ok:
             return _decide(AUTO, [trial], "recorded by medge check on this box")
     if len(candidates) == 1 or not self_test:

@@ -74,12 +74,12 @@ def verify_bundle(bundle: str) -> tuple[dict, Model | None, dict]:
     except MedgeError as e:
         return {**section, "opencv_supported": False, "error": str(e), "exit_status": e.exit_status}, None, {}
     try:
-        model = Model.open(bundle, engine=AUTO)
+        model = Model.open(bundle)  # the manifest's engine, as predict runs it: one this OpenCV lacks is an error
     except MedgeError as e:
         return {**section, "error": str(e), "exit_status": e.exit_status}, None, {}
     g = model.manifest["golden"]
-    section.update(hash_ok=True, sha256=model.sha256, arch=model.manifest["model"].get("arch"), classes=model.classes,
-                   input=list(model.chw), tolerance=float(g["tolerance"]), golden_inputs=int(g["count"]),
+    section.update(hash_ok=True, sha256=model.sha256, bundle_engine=model.engine, arch=model.manifest["model"].get("arch"),
+                   classes=model.classes, input=list(model.chw), tolerance=float(g["tolerance"]), golden_inputs=int(g["count"]),
                    exported_with_opencv=model.manifest.get("versions", {}).get("opencv"))
     nets, errors = {}, []
     for engine in engines_for("cpu"):
@@ -226,6 +226,9 @@ def render(r: dict) -> str:
                          f"{ex['machine']['threads']} threads): p50 ms {figures}")
         c = r["choice"]
         lines.append("choice      " + (f"recorded for Model.load: {', '.join(c['recorded'])}" if c["recorded"] else c["error"]))
+        if v["bundle_engine"] != AUTO:
+            lines.append(f"            the bundle asks for the {v['bundle_engine']} engine: Model.load runs it "
+                         "(--engine auto runs the fastest correct one)")
     if "end_to_end" in r:
         e = r["end_to_end"]
         if e["ok"]:

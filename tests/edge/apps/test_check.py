@@ -115,3 +115,11 @@ def test_check_runs_without_torch(bundle, tmp_path):
                          capture_output=True, text=True, timeout=120, env=env)
     assert res.returncode == 0, res.stderr
     assert json.loads(res.stdout)["verdict"]["ok"]
+
+
+def test_a_bundle_asking_for_a_missing_engine_fails_as_predict_would(copy, capsys):
+    m = json.loads((copy / "model.json").read_text())
+    m["runtime"]["engine"] = "warp"
+    (copy / "model.json").write_text(json.dumps(m))
+    assert main(["check", "--model", str(copy)]) == 2
+    assert "the bundle asks for an engine this OpenCV lacks" in capsys.readouterr().err
