@@ -223,6 +223,7 @@ def summarize(models: dict, results: dict, reference: str, tol: float = 1e-3) ->
         pinned_p = [softmax(np.asarray(e["logits"], np.float32)) for e in pinned.values() if e.get("logits")]
         row = {}
         for name, res in per.items():
+            name = f"{name}-{res.get('opencv')}" if name == "system" else name  # the distribution's version
             for engine, e in res["engines"].items():
                 cell = {"opencv": res.get("opencv"), "error": e.get("error"), "batched": e.get("batched")}
                 if e.get("logits"):
@@ -355,8 +356,9 @@ def main(argv=None) -> int:
 
     p = argparse.ArgumentParser(prog="python -m medge.benchmarks.opencv_versions", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--versions", nargs="+", default=list(DEFAULT_VERSIONS),
-                   help="opencv-python-headless versions (pip), or 'system' (default: %(default)s)")
+    p.add_argument("--versions", nargs="+",
+                   help=f"opencv-python-headless versions (pip), or 'system' (default: {' '.join(DEFAULT_VERSIONS)}; "
+                        f"with --smoke: 4.6.0.66 {DEFAULT_VERSIONS[-1]})")
     p.add_argument("--reference", help="contender the probabilities are compared with (default: the installed OpenCV's)")
     p.add_argument("--archs", nargs="+", default=list(ARCHS), help="architectures (default: all six)")
     p.add_argument("--size", type=int, default=224, help="input side in pixels (default: %(default)s)")
@@ -376,7 +378,8 @@ def main(argv=None) -> int:
         return worker(args.worker, args.inputs, args.threads)
     if args.smoke:
         args.archs, args.size, args.rounds, args.block, args.warmup = ["resnet18", "mobilenet_v3_small"], 64, 2, 2, 1
-        args.versions = args.versions if argv and "--versions" in argv else ["4.6.0.66", DEFAULT_VERSIONS[-1]]
+        args.versions = args.versions or ["4.6.0.66", DEFAULT_VERSIONS[-1]]
+    args.versions = args.versions or list(DEFAULT_VERSIONS)
     record = run_versions(args, log=lambda m: print(m, file=sys.stderr))
     text = markdown(record)
     if args.out:

@@ -195,7 +195,7 @@ def render(r: dict) -> str:
              f"machine     {m['cpu']}, {m['cores']} cores ({m['usable_cores']} usable), {m['arch']}",
              f"            SIMD OpenCV uses: {' '.join(m['simd']['available']) or '-'}"
              + (f"  (built for, not on this CPU: {' '.join(m['simd']['missing'])})" if m['simd']['missing'] else ""),
-             f"            parallel framework {m['parallel_framework']}, {m['opencv_threads']} threads",
+             f"            parallel framework {m['parallel_framework']}; OpenCV uses {m['opencv_threads']} threads",
              f"software    Python {s['python']}, numpy {s['numpy']}, OpenCV {s['opencv']}, medge {s['medge']}",
              f"            OpenCV from {s['opencv_module']}",
              *[f"            {k}: {v}" for k, v in build.items() if k != "Parallel framework"],
