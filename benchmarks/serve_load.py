@@ -32,7 +32,7 @@ from pathlib import Path
 
 from medge.benchmarks.common import emit, environment, summarize
 from medge.benchmarks.edge_throughput import make_images
-from medge.edge.image import collect_inputs
+from medge.edge.inputs import scan_inputs
 from medge.edge.model import Model
 
 LEVELS = (1, 4, 16)
@@ -177,7 +177,7 @@ def main(argv=None) -> int:
             p.error("--model is required (or --from)")
         token = Path(a.token_file).read_text().splitlines()[0].strip() if a.token_file else None
         with tempfile.TemporaryDirectory() as tmp:
-            paths = collect_inputs([a.images]) if a.images else make_images(tmp, a.make, a.size)
+            paths = scan_inputs([a.images]).paths if a.images else make_images(tmp, a.make, a.size)
             record = measure(a.model, paths, a.seconds, [int(x) for x in a.levels.split(",")], a.url, token,
                              a.server_args.split())
         emit(record, a.out)

@@ -4,7 +4,7 @@ Usage:
     from medge.edge.model import Model
     model = Model.load("bundles/xray")           # checks hash and golden self-test, picks the engine
     for p in model.predict(["a.png", "b.dcm"]):  # files, arrays, or a mix
-        print(p.path, p.label, p.probabilities, p.error)
+        print(p.path, p.label, p.probabilities, p.warnings, p.error)
 
 Thread safety: a ``cv2.dnn.Net`` is never shared by threads. Each thread that
 calls ``predict`` gets its own net, built on first use from the model bytes
@@ -38,8 +38,9 @@ from medge.edge.bundle import MANIFEST_FILE, MODEL_FILE, golden_inputs, read_man
 from medge.edge.engine_choice import EngineChoice, choose_engine
 from medge.edge.errors import BundleError, ConfigError, MedgeError, ModelIntegrityError, SelfTestError
 from medge.edge.formats import DEFAULT_MAX_PIXELS
-from medge.edge.image import read_image
-from medge.edge.preprocess import PreprocessConfig, preprocess
+from medge.edge.image import array_info, load_image, to_gray
+from medge.edge.preprocess import PreprocessConfig, preprocess_stages
+from medge.edge.profile import check_input, image_stats
 from medge.edge.runtime import AUTO, check_choices, forward_batches, load_net, softmax
 
 
@@ -47,20 +48,25 @@ from medge.edge.runtime import AUTO, check_choices, forward_batches, load_net, s
 class Prediction:
     """One input's result: a label and probabilities, or an error; never both."""
 
-    path: str | None  # None for arrays
+    path: str | None  # None for arrays; a non-UTF-8 name holds surrogate escapes (edge.paths)
     label: str | None = None
     probabilities: dict[str, float] | None = None
     logits: list[float] | None = None
     timings_ms: dict[str, float] = field(default_factory=dict)  # read, preprocess, inference (batch time / batch size)
     error: str | None = None
+    warnings: list[str] = field(default_factory=list)  # what is odd about the input (edge.profile); empty when fine
+    input: dict | None = None  # ImageInfo.to_dict(): format, size, bits, photometric, modality, decoder, ...
+    unexpected: bool = False  # the error is a bug in medge (exit status 3), not a problem of the input
 
     @property
     def ok(self) -> bool:
         return self.error is None
 
     def to_record(self, model_sha256: str) -> dict:
+        """The one record format of medge predict, watch and serve (JSON-ready)."""
         return {"path": self.path, "label": self.label, "probabilities": self.probabilities,
-                "model_sha256": model_sha256, "timings_ms": self.timings_ms, "error": self.error}
+                "model_sha256": model_sha256, "timings_ms": self.timings_ms, "error": self.error,
+                "warnings": list(self.warnings), "input": self.input}
 
 
 class Model:
@@ -74,6 +80,7 @@ class Model:
         self.chw = tuple(int(v) for v in manifest["model"]["input_shape"][1:])
         self.dynamic_batch = bool(manifest["model"].get("dynamic_batch", False))
         self.sha256 = manifest["model"]["sha256"]
+        self.data_profile: dict | None = manifest.get("data_profile")  # what training saw (edge.profile); may be absent
         self.engine, self.backend = engine, backend  # engine: the one running (Model.load resolves auto)
         self.engine_choice: EngineChoice | None = None  # which engine, why, and what was tried
         self.batch_note: str | None = None  # why batches > 1 are off here, when the self-test turned them off
@@ -199,25 +206,34 @@ class Model:
         step = max(1, len(blob)) if self.dynamic_batch else 1
         return forward_batches(self._net(), blob, self.chw, len(self.classes), step)
 
-    def _prepare(self, item, max_pixels: int):
-        """Read and preprocess one input (runs on a worker thread)."""
+    def _prepare(self, item, max_pixels: int, strict: bool = False):
+        """Read, preprocess and check one input (runs on a worker thread)."""
         if not isinstance(item, (str, os.PathLike, np.ndarray)):
             return Prediction(None, error=f"unsupported input {type(item).__name__}: give a path or a numpy array"), None
         path = None if isinstance(item, np.ndarray) else os.fspath(item)
         pred = Prediction(path)
         try:
             t0 = time.perf_counter()
-            image = item if path is None else read_image(path, max_pixels)
+            if path is None:
+                image, info = to_gray(item), array_info(item)
+            else:
+                image, info = load_image(path, max_pixels)
+            pred.input = info.to_dict()
             t1 = time.perf_counter()
-            tensor = preprocess(image, self.preprocess_config)
+            stages = preprocess_stages(image, self.preprocess_config, info.display_range)
+            pred.warnings = check_input(info, image_stats(stages["gray"], stages["resized"]), self.data_profile, path)
             t2 = time.perf_counter()
             pred.timings_ms = {"read": 1000 * (t1 - t0), "preprocess": 1000 * (t2 - t1)}
-            return pred, tensor
+            if strict and pred.warnings:
+                pred.error = f"{path or '<array>'}: refused (strict mode): {'; '.join(pred.warnings)}"
+                return pred, None
+            return pred, stages["tensor"]
         except MedgeError as e:
             pred.error = str(e)
             return pred, None
         except Exception as e:  # one odd input must not take the batch down; say what happened
-            pred.error = f"{path or '<array>'}: unexpected {type(e).__name__}: {e}"
+            pred.error = f"{path or '<array>'}: internal error ({type(e).__name__}: {e}); this is a bug in medge"
+            pred.unexpected = True
             return pred, None
 
     def _finish(self, batch: list[tuple[Prediction, np.ndarray]]) -> None:
@@ -238,7 +254,8 @@ class Model:
             pred.label = self.classes[int(np.argmax(z))]
             pred.timings_ms["inference"] = per_image
 
-    def predict_iter(self, inputs, batch_size: int = 8, workers: int | None = None, max_pixels: int = DEFAULT_MAX_PIXELS):
+    def predict_iter(self, inputs, batch_size: int = 8, workers: int | None = None, max_pixels: int = DEFAULT_MAX_PIXELS,
+                     strict: bool = False):
         """Yield one Prediction per input, in input order, as soon as each batch is done.
 
         Args:
@@ -247,6 +264,7 @@ class Model:
             workers: threads reading and preprocessing ahead of inference (0 = in this thread;
                 default: one per core).
             max_pixels: refuse larger images.
+            strict: an input with warnings (``edge.profile``) is refused instead of labelled.
         """
         batch_size = max(1, batch_size if self.dynamic_batch else 1)
         workers = (os.cpu_count() or 1) if workers is None else workers
@@ -257,7 +275,7 @@ class Model:
 
         def submit():
             for item in inputs:
-                pending.append(pool.submit(self._prepare, item, max_pixels) if pool else item)
+                pending.append(pool.submit(self._prepare, item, max_pixels, strict) if pool else item)
                 return True
             return False
 
@@ -268,7 +286,7 @@ class Model:
             done: list[Prediction] = []
             while pending:
                 head = pending.popleft()
-                pred, tensor = head.result() if pool else self._prepare(head, max_pixels)
+                pred, tensor = head.result() if pool else self._prepare(head, max_pixels, strict)
                 submit()
                 done.append(pred)
                 if tensor is not None:
@@ -289,8 +307,8 @@ class Model:
                 pool.shutdown(wait=True, cancel_futures=True)
 
     def predict(self, inputs, batch_size: int = 8, workers: int | None = None,
-                max_pixels: int = DEFAULT_MAX_PIXELS) -> list[Prediction]:
+                max_pixels: int = DEFAULT_MAX_PIXELS, strict: bool = False) -> list[Prediction]:
         """Predict one path or array, or a list of them; returns a list of Predictions in order."""
         if isinstance(inputs, (str, os.PathLike, np.ndarray)):
             inputs = [inputs]
-        return list(self.predict_iter(inputs, batch_size, workers, max_pixels))
+        return list(self.predict_iter(inputs, batch_size, workers, max_pixels, strict))

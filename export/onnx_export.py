@@ -30,8 +30,7 @@ from medge.edge.bundle import (
     write_bundle,
 )
 from medge.edge.errors import BundleError, ExportError, MedgeError, ParityError
-from medge.edge.image import read_image
-from medge.edge.preprocess import PreprocessConfig, preprocess
+from medge.edge.preprocess import PreprocessConfig, preprocess, preprocess_file
 from medge.edge.runtime import AUTO, ENGINES, engines_for, forward_batches, latency_summary, load_net, time_forwards
 from medge.edge.system import cpu_model
 from medge.export.parity import Tolerance, compare, summary_line
@@ -141,7 +140,7 @@ def parity_inputs(data: str | None, pcfg: PreprocessConfig, classes: list[str], 
     tensors, names, skipped = [], [], []
     for i in pick:
         try:
-            tensors.append(preprocess(read_image(split.paths[i]), pcfg))
+            tensors.append(preprocess_file(split.paths[i], pcfg))
             names.append(split.paths[i])
         except MedgeError as e:
             skipped.append((split.paths[i], str(e)))

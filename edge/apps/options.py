@@ -32,6 +32,13 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=int, help="threads reading and preprocessing ahead (default: one per core)")
 
 
+def add_strict_argument(p: argparse.ArgumentParser) -> None:
+    """--strict: an input with warnings fails instead of being labelled."""
+    p.add_argument("--strict", action="store_true",
+                   help="refuse an input that has warnings (tiny, near-constant, a modality or statistics the model "
+                        "never saw) instead of labelling it with its warnings")
+
+
 def load_model(args: argparse.Namespace) -> Model:
     """Apply --threads, then load and verify the bundle named by --model."""
     if args.threads is not None:

@@ -7,7 +7,8 @@ a CSV from the command line have the same columns.
 from __future__ import annotations
 
 import csv
-import json
+
+from medge.edge.paths import to_json
 
 
 class RecordWriter:
@@ -18,14 +19,15 @@ class RecordWriter:
         if fmt == "csv":
             self.csv = csv.writer(stream, lineterminator="\n")
             self.csv.writerow(["path", "label", *[f"p_{c}" for c in classes], "read_ms", "preprocess_ms",
-                               "inference_ms", "model_sha256", "error"])
+                               "inference_ms", "model_sha256", "error", "warnings", "decoder"])
 
     def write(self, rec: dict) -> None:
         if self.fmt == "jsonl":
-            self.stream.write(json.dumps(rec, ensure_ascii=False) + "\n")
+            self.stream.write(to_json(rec) + "\n")  # a non-UTF-8 file name as \\udcXX escapes (edge.paths)
         else:
             p, t = rec["probabilities"] or {}, rec["timings_ms"]
             self.csv.writerow([rec["path"], rec["label"] or "", *[p.get(c, "") for c in self.classes],
                                *[round(t[k], 3) if k in t else "" for k in ("read", "preprocess", "inference")],
-                               rec["model_sha256"], rec["error"] or ""])
+                               rec["model_sha256"], rec["error"] or "", "; ".join(rec.get("warnings") or []),
+                               (rec.get("input") or {}).get("decoder") or ""])
         self.stream.flush()

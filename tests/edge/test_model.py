@@ -87,8 +87,8 @@ def test_every_bad_input_is_reported_in_order_and_the_rest_processed(bundle, tmp
     reasons = [p.error for p in preds]
     assert [r is None for r in reasons] == [True, False, False, True, False, False, False, False, True, True, False, False]
     for r, expected in zip([reasons[i] for i in (1, 2, 4, 5, 6, 7, 10, 11)],
-                           ["file not found", "is a directory", "empty file", "truncated PNG", "truncated JPEG",
-                            "unsupported or unrecognised", "expected a gray, BGR or BGRA", "unsupported input int"], strict=True):
+                           ["file not found", "is a folder", "empty file", "truncated PNG", "truncated JPEG",
+                            "it is a GIF image", "expected a gray, BGR or BGRA", "unsupported input int"], strict=True):
         assert expected in r
     big = tmp_path / "big.png"
     write_image(big, np.zeros((400, 300), np.uint8))

@@ -25,6 +25,11 @@ def _png(path, seed=0):
     return path
 
 
+def _counts(classified=0, quarantined=0, recovered=0, skipped=0, errors=0):
+    return {"classified": classified, "quarantined": quarantined, "recovered": recovered, "skipped": skipped,
+            "errors": errors}
+
+
 def _ledger(out):
     return [json.loads(ln) for ln in (out / LEDGER).read_text().splitlines()]
 
@@ -39,10 +44,10 @@ def test_waits_for_files_to_settle_and_ignores_temporary_names(model, tmp_path):
     partial.write_bytes((inp / "a.png").read_bytes()[:100])  # still being written
     (inp / "c.png.part").write_bytes(b"router writes here first")
     ready, settling = hf.scan(now=5.5)
-    assert [v.rel for _, v in ready] == ["a.png"] and settling == 1
+    assert [v.rel for _, v, _ in ready] == ["a.png"] and settling == 1
     partial.write_bytes((inp / "a.png").read_bytes())  # grows: its clock restarts
-    assert [v.rel for _, v in hf.scan(now=9.0)[0]] == ["a.png"]
-    assert [v.rel for _, v in hf.scan(now=15.0)[0]] == ["a.png", "b.png"]
+    assert [v.rel for _, v, _ in hf.scan(now=9.0)[0]] == ["a.png"]
+    assert [v.rel for _, v, _ in hf.scan(now=15.0)[0]] == ["a.png", "b.png"]
 
 
 def test_results_quarantine_and_restart(model, tmp_path):
@@ -52,7 +57,7 @@ def test_results_quarantine_and_restart(model, tmp_path):
     (inp / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\ncut")
     hf = HotFolder(model, inp, out, settle_s=0.0, log=lambda m: None)
     counts = hf.run(threading.Event(), poll_s=0.01, once=True)
-    assert counts == {"classified": 2, "quarantined": 1, "recovered": 0}
+    assert counts == _counts(2, 1, 0)
     res = json.loads((out / "results" / "sub" / "b.png.json").read_text())
     assert res["label"] in model.classes and res["model_sha256"] == model.sha256 and res["path"] == "sub/b.png"
     assert not (inp / "bad.png").exists() and (out / "quarantine" / "bad.png").exists()
@@ -65,12 +70,12 @@ def test_results_quarantine_and_restart(model, tmp_path):
     _png(inp / "a.png", 4)
     os.utime(inp / "a.png", ns=(time.time_ns(), time.time_ns() + 10**9))
     hf2 = HotFolder(model, inp, out, settle_s=0.0, log=lambda m: None)
-    assert hf2.run(threading.Event(), poll_s=0.01, once=True) == {"classified": 2, "quarantined": 0, "recovered": 0}
+    assert hf2.run(threading.Event(), poll_s=0.01, once=True) == _counts(2, 0, 0)
     assert (out / "results" / "c.png.json").exists()
     assert (out / "results" / "a.png.json").exists() and (out / "results" / "a.png.1.json").exists()  # old kept
     assert len(_ledger(out)) == 5
     hf3 = HotFolder(model, inp, out, settle_s=0.0, log=lambda m: None)
-    assert hf3.run(threading.Event(), poll_s=0.01, once=True) == {"classified": 0, "quarantined": 0, "recovered": 0}
+    assert hf3.run(threading.Event(), poll_s=0.01, once=True) == _counts(0, 0, 0)
 
 
 def test_crash_between_result_and_ledger_is_recovered_not_redone(model, tmp_path):
@@ -80,7 +85,7 @@ def test_crash_between_result_and_ledger_is_recovered_not_redone(model, tmp_path
     (out / LEDGER).unlink()  # as if the process died right after writing the result
     before = (out / "results" / "a.png.json").read_text()
     hf = HotFolder(model, inp, out, settle_s=0.0, log=lambda m: None)
-    assert hf.run(threading.Event(), 0.01, once=True) == {"classified": 0, "quarantined": 0, "recovered": 1}
+    assert hf.run(threading.Event(), 0.01, once=True) == _counts(0, 0, 1)
     assert (out / "results" / "a.png.json").read_text() == before
     assert not (out / "results" / "a.png.1.json").exists()
 
@@ -92,7 +97,7 @@ def test_a_ledger_written_by_medge_0_1_is_honoured(model, tmp_path):
     (out / LEDGER).write_text(json.dumps({"key": f"a|b.png|{st.st_size}|{st.st_mtime_ns}", "path": "a|b.png",
                                           "status": "classified"}) + "\n")
     hf = HotFolder(model, inp, out, settle_s=0.0, log=lambda m: None)
-    assert hf.run(threading.Event(), 0.01, once=True) == {"classified": 0, "quarantined": 0, "recovered": 0}
+    assert hf.run(threading.Event(), 0.01, once=True) == _counts(0, 0, 0)
 
 
 def test_files_dropped_while_running(model, tmp_path):
