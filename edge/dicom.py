@@ -227,7 +227,7 @@ def _decode_pixels(ds, plugin: str, decoder: str, header: dict, path) -> np.ndar
         warnings.simplefilter("ignore")
         try:
             pixels = pixel_array(ds, decoding_plugin=plugin, index=None)
-        except Exception as e:
+        except Exception:  # each decoder raises its own types; the reason is in words below
             raise ImageError(path, f"the {header['transfer_syntax']} pixel data cannot be decoded by {decoder}: "
                                    "the file is damaged or uses an encoding variant the decoder does not support") from None
     if pixels.ndim != 2 or pixels.shape != (header["rows"], header["columns"]):

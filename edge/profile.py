@@ -19,7 +19,7 @@ Against the training data (bundles exported from a checkpoint that has a
   - an image much smaller than, or shaped unlike, every training image;
   - brightness or contrast, before and after CLAHE, far outside the training
     range: outside [p1 - m, p99 + m] of the training values, where the margin m
-    is half the p1..p99 spread, at least ``MIN_MARGIN`` grey levels.
+    is a quarter of the p1..p99 spread, at least ``MIN_MARGIN`` grey levels.
 
 The same ``image_stats`` runs in training (``medge.train.data``) and at the
 edge, on the same preprocessing stages.
@@ -146,18 +146,29 @@ def _intrinsic(info: ImageInfo, stats: dict) -> list[str]:
     return out
 
 
+def _depth(bits: int) -> str:
+    """8 bits or fewer are used as they are; more go through the 8-bit rule, whatever the container."""
+    return "8-bit" if bits <= 8 else "high bit depth (9 to 16 bits)"
+
+
+def _tone(photometric: str) -> str:
+    """gray for gray files and MONOCHROME1/2 DICOM (read so that bright is dense); colour for RGB(A)."""
+    return "colour" if photometric in ("rgb", "rgba") else "gray"
+
+
 def _against_profile(info: ImageInfo, stats: dict, profile: dict) -> list[str]:
     out = []
     n = profile.get("images", 0)
     modalities = profile.get("modalities") or {}
     if info.modality and modalities and info.modality not in modalities:
         out.append(f"modality {info.modality} never seen in training (trained on {', '.join(modalities)})")
-    bits = profile.get("bits") or {}
-    if bits and str(info.bits) not in bits:
-        out.append(f"{info.bits}-bit image; training had {', '.join(f'{b}-bit' for b in bits)} images only")
-    photometric = profile.get("photometric") or {}
-    if photometric and info.photometric not in photometric:
-        out.append(f"{info.photometric} image; training had {', '.join(photometric)} images only")
+    depths = {_depth(int(b)) for b in profile.get("bits") or {}}
+    if depths and _depth(info.bits) not in depths:
+        out.append(f"{info.bits}-bit image; the training images were all {' or '.join(sorted(depths))}")
+    tones = {_tone(t) for t in profile.get("photometric") or {}}
+    if tones and _tone(info.photometric) not in tones:
+        out.append(f"{_tone(info.photometric)} image ({info.photometric}); the training images were all "
+                   f"{' or '.join(sorted(tones))}")
     short_side = profile.get("short_side")
     if short_side and min(info.width, info.height) < 0.5 * short_side["min"]:
         out.append(f"image {info.width}x{info.height} is much smaller than every training image "
@@ -171,7 +182,7 @@ def _against_profile(info: ImageInfo, stats: dict, profile: dict) -> list[str]:
         s = (profile.get("stats") or {}).get(key)
         if not s:
             continue
-        margin = max(0.5 * (s["p99"] - s["p01"]), MIN_MARGIN)
+        margin = max(0.25 * (s["p99"] - s["p01"]), MIN_MARGIN)
         if not s["p01"] - margin <= stats[key] <= s["p99"] + margin:
             out.append(f"{words} {stats[key]:.0f} is far from the training images' "
                        f"({s['p01']:.0f} to {s['p99']:.0f} for 98% of {n})")

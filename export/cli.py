@@ -34,6 +34,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--min-agreement", type=float, default=d.tolerance.min_top1_agreement,
                    help="parity: required top-1 agreement (default: %(default)s)")
     p.add_argument("--max-images", type=int, default=d.max_images, help="parity inputs at most (default: %(default)s)")
+    p.add_argument("--modality", action="append", default=[], metavar="CODE",
+                   help="DICOM modality the model is for (CR, DX, ...; repeat for several): the edge warns about "
+                        "DICOM inputs of other modalities; added to those of the training DICOM files")
     p.add_argument("--overwrite", action="store_true", help="replace an existing bundle at --out (atomically)")
     return p
 
@@ -43,7 +46,8 @@ def run(args: argparse.Namespace) -> int:
     from medge.export.parity import Tolerance
 
     cfg = ExportConfig(simplify=not args.no_simplify, dynamic_batch=not args.static_batch, engine=args.engine,
-                       tolerance=Tolerance(args.max_abs_logit, args.min_agreement), max_images=args.max_images)
+                       tolerance=Tolerance(args.max_abs_logit, args.min_agreement), max_images=args.max_images,
+                       modalities=tuple(code.strip().upper() for arg in args.modality for code in arg.split(",") if code.strip()))
     m = export_bundle(args.checkpoint, args.out, args.data, cfg, overwrite=args.overwrite)
     s = m["export"]["simplify_stats"]
     if s:

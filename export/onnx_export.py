@@ -53,6 +53,7 @@ class ExportConfig:
     golden_seed: int = 0
     golden_tolerance: float = 1e-3  # the edge's self-test tolerance on |logit difference|
     timing_rounds: int = 10  # batch-1 forward passes per engine timed for the manifest (interleaved)
+    modalities: tuple = ()  # DICOM modalities the model is for, besides those of the training DICOM files
 
 
 def _onnx_nodes(model) -> int:
@@ -277,6 +278,22 @@ def golden_section(model, candidate: OnnxCandidate, ck, cfg: ExportConfig) -> di
             "export_max_abs_logit": max(float(np.abs(expected - h).max()) for h in here)}
 
 
+def data_profile_section(ck, cfg: ExportConfig) -> dict | None:
+    """What training saw (the checkpoint's data_profile), with the modalities declared at export; None if unknown.
+
+    The edge warns about inputs far from it (``medge.edge.profile``); without it only the intrinsic checks run.
+    """
+    profile = ck.payload.get("data_profile")
+    if not profile and not cfg.modalities:
+        return None
+    profile = dict(profile or {"version": 1, "images": 0})
+    modalities = dict(profile.get("modalities") or {})
+    for m in cfg.modalities:
+        modalities.setdefault(m, 0)  # declared, not counted: no training image of it need exist
+    profile["modalities"] = dict(sorted(modalities.items()))
+    return profile
+
+
 def build_manifest(ck, checkpoint: str, candidate: OnnxCandidate, cfg: ExportConfig, report: dict, golden: dict,
                    data: str | None, skipped: list, steps: list[dict], timings: dict) -> dict:
     """Everything the edge needs to know about the model, as model.json."""
@@ -296,6 +313,7 @@ def build_manifest(ck, checkpoint: str, candidate: OnnxCandidate, cfg: ExportCon
         "runtime": {"engine": cfg.engine, "backend": "cpu", "verified_engines": list(candidate.nets),
                     "export_timings": timings},
         "golden": golden,
+        "data_profile": data_profile_section(ck, cfg),
         "parity": {**report, "inputs": "val images of " + data if data else "synthetic images",
                    "skipped": [{"path": p, "reason": r} for p, r in skipped]},
         "training": {"epoch": ck.epoch, "metrics": ck.metrics, "train_config": ck["train_config"],
@@ -343,6 +361,12 @@ def export_bundle(checkpoint: str, out: str, data: str | None = None, cfg: Expor
     chw = (ck.preprocess.channels, ck.preprocess.size, ck.preprocess.size)
     timings = timer.run("engine_timings", engine_timings, candidate, inputs, chw, len(ck.classes), cfg.timing_rounds)
     manifest = build_manifest(ck, checkpoint, candidate, cfg, report, golden, data, skipped, timer.steps, timings)
+    if manifest["data_profile"] is None:
+        log("note: the checkpoint has no data profile (trained before medge 0.3, or outside medge train): the edge "
+            "will check inputs for intrinsic problems only (tiny, uniform, ...), not against the training data")
+    elif not manifest["data_profile"].get("modalities"):
+        log("note: the training data had no DICOM files and no --modality was given: the edge cannot warn about DICOM "
+            "inputs of a modality the model is not for (CT or MR given to a chest X-ray model); consider --modality CR,DX")
     written = write_bundle(out_path, candidate.onnx_bytes, manifest, overwrite=overwrite)
     manifest = read_manifest(written)
     log(f"bundle written: {written} (model.onnx {len(candidate.onnx_bytes) / 1e6:.1f} MB, "

@@ -14,9 +14,9 @@ from medge.edge.preprocess import (
     preprocess_uint8,
     to_uint8,
 )
+from tests.conftest import xray_like
 
 MINMAX = PreprocessConfig(high_bit_rule="minmax")
-from tests.conftest import xray_like
 
 
 def plain_cv2(img8, size=224, ksize=5, clip=2.0, tiles=8, mean=0.5, std=0.5):
