@@ -9,9 +9,10 @@ Intrinsic checks (every bundle, with or without a profile):
   - refused: a uniform image (every pixel one value: nothing to classify), and
     DICOM objects whose pixels are not a picture of a patient (``SEG`` masks,
     ``RTDOSE`` grids, ...), unless the training data had that modality;
-  - warned: tiny (shorter side < ``TINY_PX``), extreme aspect ratio
-    (> ``MAX_ASPECT``), near-constant (contrast below ``MIN_STD`` grey levels),
-    binary (two grey levels: a mask or a drawing).
+  - warned: near-constant (contrast below ``MIN_STD`` grey levels), binary (two
+    grey levels: a mask or a drawing); and, when the bundle has no profile to
+    compare sizes with, tiny (shorter side < ``TINY_PX``) and extreme aspect
+    ratio (> ``MAX_ASPECT``).
 
 Against the training data (bundles exported from a checkpoint that has a
 ``data_profile``: what training saw, recorded by ``medge train``):
@@ -33,7 +34,7 @@ from medge.edge.errors import ImageError
 from medge.edge.image import ImageInfo
 
 PROFILE_VERSION = 1
-TINY_PX = 64  # shorter side below this: warned (a radiograph is hundreds of pixels across)
+TINY_PX = 128  # shorter side below this: warned (a radiograph is hundreds of pixels across), without a profile
 MAX_ASPECT = 4.0  # longer / shorter side above this: warned
 MIN_STD = 2.0  # grey levels: below this standard deviation (8-bit image) an image is near-constant
 MIN_MARGIN = 10.0  # grey levels: the least margin around the training range of a statistic
@@ -126,18 +127,18 @@ def check_input(info: ImageInfo, stats: dict, profile: dict | None = None, path=
                                "not an image of a patient: nothing to classify")
     if stats["levels"] <= 1:
         raise ImageError(path, "the image is uniform (every pixel has the same value): nothing to classify")
-    warnings = _intrinsic(info, stats)
+    warnings = _intrinsic(info, stats, sizes_known=bool(profile and profile.get("short_side")))
     if profile:
         warnings += _against_profile(info, stats, profile)
     return warnings
 
 
-def _intrinsic(info: ImageInfo, stats: dict) -> list[str]:
+def _intrinsic(info: ImageInfo, stats: dict, sizes_known: bool) -> list[str]:
     out = []
     short, long_ = sorted((info.width, info.height))
-    if short < TINY_PX:
+    if not sizes_known and short < TINY_PX:  # with a profile, sizes are compared with the training images
         out.append(f"tiny image ({info.width}x{info.height} pixels): a radiograph is hundreds of pixels across")
-    if long_ / short > MAX_ASPECT:
+    if not sizes_known and long_ / short > MAX_ASPECT:
         out.append(f"extreme aspect ratio ({info.width}x{info.height}, {long_ / short:.0f}:1): not a radiograph's shape")
     if stats["levels"] == 2:
         out.append("only two grey levels: a mask or a drawing, not a radiograph")

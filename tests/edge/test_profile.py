@@ -127,7 +127,7 @@ def test_records_carry_warnings_and_strict_refuses(profiled_bundle, bundle, tmp_
     model = Model.load(profiled_bundle)
     preds = model.predict([good, odd, blank, str(ct)], workers=0)
     assert preds[0].ok and preds[0].warnings == []
-    assert preds[1].ok and any("tiny image" in w for w in preds[1].warnings)
+    assert preds[1].ok and any("30x30 is much smaller than every training image" in w for w in preds[1].warnings)
     assert not preds[2].ok and "uniform" in preds[2].error and preds[2].label is None
     assert preds[3].ok and "modality CT never seen in training (trained on CR, DX)" in preds[3].warnings
     assert preds[3].input["modality"] == "CT" and preds[3].input["decoder"].startswith("pydicom")
@@ -135,7 +135,7 @@ def test_records_carry_warnings_and_strict_refuses(profiled_bundle, bundle, tmp_
     assert rec["warnings"] == preds[3].warnings and rec["input"]["format"] == "dicom"
     strict = model.predict([good, odd, str(ct)], workers=0, strict=True)
     assert strict[0].ok
-    assert not strict[1].ok and "refused (strict mode): tiny image" in strict[1].error
+    assert not strict[1].ok and "refused (strict mode): image 30x30 is much smaller" in strict[1].error
     assert not strict[2].ok and "modality CT never seen" in strict[2].error
     # A bundle without a profile still runs the intrinsic checks.
     plain = Model.load(bundle)

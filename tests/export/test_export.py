@@ -57,6 +57,7 @@ def test_round_trip_trained_checkpoint(tiny_data, tmp_path, arch):
     assert m["parity"]["passed"] and m["parity"]["n"] == 8 and m["parity"]["top1_agreement"] == 1.0
     assert m["parity"]["logits"]["max_abs"] <= 1e-3
     assert m["training"]["metrics"]["val"]["n"] == 8
+    assert m["data_profile"] == load_checkpoint(run / "best.pt")["data_profile"]  # the edge checks inputs against it
     stats = m["export"]["simplify_stats"]
     assert m["export"]["simplified"] and stats["nodes_after"] <= stats["nodes_before"]
     assert {"torch", "onnx", "onnxsim", "opencv"} <= set(m["versions"])
@@ -149,7 +150,9 @@ def test_unwritable_output_folder_is_a_clear_error(resnet_ckpt, tmp_path):
 
 
 def test_cli_export(resnet_ckpt, tmp_path, capsys):
-    assert main(["export", str(resnet_ckpt), "--out", str(tmp_path / "b"), "--max-images", "4"]) == 0
+    assert main(["export", str(resnet_ckpt), "--out", str(tmp_path / "b"), "--max-images", "4",
+                 "--modality", "cr,DX", "--modality", "CR"]) == 0
+    assert read_manifest(tmp_path / "b")["data_profile"]["modalities"] == {"CR": 0, "DX": 0}  # declared, no profile
     out = capsys.readouterr().out
     last = json.loads(out.strip().splitlines()[-1])
     assert last["sha256"] == read_manifest(tmp_path / "b")["model"]["sha256"]
