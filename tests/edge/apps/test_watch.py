@@ -147,3 +147,39 @@ def test_sigterm_stops_cleanly(bundle, tmp_path):
     assert proc.returncode == 0, stderr
     assert "SIGTERM: finishing the current batch" in stderr and "stopped: 1 classified" in stderr
     assert "a.png: " in stdout
+
+
+def test_hot_folder_handles_what_a_pacs_share_holds(model, tmp_path):
+    """Non-UTF-8 names, files without an extension, text files, a FIFO and a dangling link: nothing kills the
+    hot folder, nothing is silently dropped, and a restart does not say it all again."""
+    inp, out = tmp_path / "in", tmp_path / "out"
+    weird = os.fsdecode(b"M\xfcller_\xff.png")
+    _png(inp / weird, 1)
+    _png(inp / "zz_after.png", 2)
+    os.rename(_png(inp / "x.png", 3), inp / "IM000001")  # no extension: classified by content
+    (inp / "readme.txt").write_text("not an image")
+    os.mkfifo(inp / "pipe")
+    os.symlink(inp / "gone.png", inp / "dangling.png")
+    logs = []
+    hf = HotFolder(model, inp, out, settle_s=0.0, log=logs.append)
+    assert hf.run(threading.Event(), poll_s=0.01, once=True) == _counts(classified=3, quarantined=2, skipped=1)
+    assert (out / "results" / "IM000001.json").exists() and (out / "results" / "zz_after.png.json").exists()
+    res = json.loads((out / "results" / f"{weird}.json").read_text(encoding="utf-8"))
+    assert os.fsencode(res["path"]) == b"M\xfcller_\xff.png" and res["label"] in model.classes
+    assert any("tiny image" in w for w in res["warnings"])
+    assert (out / "quarantine" / "pipe").exists() and not (inp / "pipe").exists()  # moved, never read
+    assert "broken link" in (out / "quarantine" / "dangling.png.reason.txt").read_text()
+    assert (inp / "readme.txt").exists()  # not an image: left where it is, said once
+    assert "M\\udcfcller_\\udcff.png: normal" in "\n".join(logs) or "M\\udcfcller_\\udcff.png: disease" in "\n".join(logs)
+    statuses = sorted(e["status"] for e in _ledger(out))
+    assert statuses == ["classified"] * 3 + ["quarantined"] * 2 + ["skipped"]
+    hf2 = HotFolder(model, inp, out, settle_s=0.0, log=logs.append)
+    assert hf2.run(threading.Event(), poll_s=0.01, once=True) == _counts()  # the ledger read back, names and all
+
+
+def test_strict_hot_folder_quarantines_inputs_with_warnings(model, tmp_path):
+    inp, out = tmp_path / "in", tmp_path / "out"
+    _png(inp / "small.png")
+    hf = HotFolder(model, inp, out, settle_s=0.0, log=lambda m: None, strict=True)
+    assert hf.run(threading.Event(), poll_s=0.01, once=True) == _counts(quarantined=1)
+    assert "refused (strict mode): tiny image" in (out / "quarantine" / "small.png.reason.txt").read_text()
