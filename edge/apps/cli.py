@@ -50,8 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 EXIT_STATUS_HELP = """exit status:
-  0  every input classified / the job done
-  1  some inputs failed (each is reported), or a step of the job failed
+  0  every input classified (possibly with warnings) / the job done
+  1  some inputs failed (each is reported; with --strict, inputs with warnings fail), or a step of the job failed
   2  usage or configuration error: bad option, missing or invalid bundle, existing output, missing extra
   3  unexpected internal error (a bug: the traceback is printed; please report it)
 """
