@@ -55,7 +55,7 @@ from medge.edge.image import load_image, to_gray
 INTERPOLATIONS = {"area": cv2.INTER_AREA, "linear": cv2.INTER_LINEAR, "cubic": cv2.INTER_CUBIC}
 HIGH_BIT_RULES = ("percentile", "minmax")
 PERCENTILES = (0.5, 99.5)  # the "percentile" rule: these map to black and white
-PERCENTILE_SAMPLES = 1 << 20  # at most this many pixels (a regular grid) decide the percentiles
+PERCENTILE_SAMPLES = 1 << 18  # at most this many pixels (a regular grid) decide the percentiles
 
 
 @dataclass(frozen=True)
@@ -138,9 +138,12 @@ def to_uint8(gray: np.ndarray, cfg: PreprocessConfig = PreprocessConfig(),
     lo, hi = display_range if display_range is not None else percentile_range(gray)
     if not hi > lo:
         return np.zeros(gray.shape, np.uint8)
-    # saturate(x * scale + shift) in one pass, no float copy of the image; rounds to nearest.
-    scale = 255.0 / (float(hi) - float(lo))
-    return cv2.addWeighted(gray, scale, gray, 0.0, -float(lo) * scale, dtype=cv2.CV_8U)
+    # (x - lo) * 255 / (hi - lo), clipped to 0..255 and rounded to nearest, with OpenCV's vectorised
+    # saturating arithmetic: uint16 needs no float copy of the image (the subtraction saturates at 0).
+    shifted = cv2.subtract(gray, float(lo))
+    if gray.dtype != np.uint16:
+        cv2.max(shifted, 0.0, dst=shifted)
+    return cv2.convertScaleAbs(shifted, alpha=255.0 / (float(hi) - float(lo)))
 
 
 def percentile_range(gray: np.ndarray) -> tuple[float, float]:
