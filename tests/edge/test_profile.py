@@ -142,3 +142,16 @@ def test_records_carry_warnings_and_strict_refuses(profiled_bundle, bundle, tmp_
     assert plain.data_profile is None
     out = plain.predict([odd, blank, str(ct)], workers=0)
     assert any("tiny image" in w for w in out[0].warnings) and "uniform" in out[1].error and out[2].warnings == []
+
+
+def test_garbage_dicom_is_never_labelled(bundle):
+    """pydicom's own files: a 1-bit segmentation mask and a 10x10 RT dose grid are refused, a 64x64 MR is warned."""
+    pydicom = pytest.importorskip("pydicom")
+    from pathlib import Path
+
+    shipped = Path(pydicom.__file__).parent / "data" / "test_files"
+    seg, dose, mr = (str(shipped / n) for n in ("liver_1frame.dcm", "rtdose_1frame.dcm", "MR_small.dcm"))
+    p_seg, p_dose, p_mr = Model.load(bundle).predict([seg, dose, mr], workers=0)
+    assert p_seg.label is None and "a segmentation mask (modality SEG), not an image of a patient" in p_seg.error
+    assert p_dose.label is None and "32 bits per pixel is not supported" in p_dose.error
+    assert p_mr.ok and any("tiny image (64x64" in w for w in p_mr.warnings)
