@@ -91,16 +91,17 @@ def export_model(out_dir: Path, data_dir: str, log) -> dict:
 
 def predict_held_out(out_dir: Path, data_dir: str, log) -> dict:
     """Stage 4: the edge runtime alone on the test (else val) images; OUT/predictions.jsonl."""
-    from medge.edge.image import collect_inputs
+    from medge.edge.inputs import scan_inputs
     from medge.edge.model import Model
+    from medge.edge.paths import to_json
 
     held_out = Path(data_dir) / ("test" if (Path(data_dir) / "test").is_dir() else "val")
-    paths = collect_inputs([held_out])
+    paths = scan_inputs([held_out]).paths
     model = Model.load(out_dir / "bundle")
     preds = model.predict(paths)
     with open(out_dir / "predictions.jsonl", "w", encoding="utf-8") as f:
         for p in preds:
-            f.write(json.dumps(p.to_record(model.sha256), ensure_ascii=False) + "\n")
+            f.write(to_json(p.to_record(model.sha256)) + "\n")
     truth = [Path(p).parent.name for p in paths]
     correct = sum(p.label == t for p, t in zip(preds, truth, strict=True))
     failed = sum(not p.ok for p in preds)

@@ -1,4 +1,11 @@
-"""Helpers shared by the test packages: tiny models and checkpoints made by the tests."""
+"""Helpers shared by the test packages: tiny models, checkpoints and bundles made by the tests.
+
+Usage (CI exports the bundle that the torch-less edge environments test with):
+    python -m tests.helpers OUT_DIR
+"""
+import sys
+from pathlib import Path
+
 import torch
 
 from medge.edge.preprocess import PreprocessConfig
@@ -49,3 +56,19 @@ def make_checkpoint(path, arch="resnet18", size=32, channels=1, seed=0, centred_
     if centred_head:
         centre_head(model, arch, seed, (channels, size, size))
     return save_model_checkpoint(path, model, arch, CLASSES, pcfg, {"val": {"accuracy": 0.5}}, epoch=1)
+
+
+def export_test_bundle(out) -> Path:
+    """The edge tests' bundle: a small randomized resnet18 (input 1x32x32), exported and verified into ``out``
+    (its checkpoint beside it, as ``ck.pt``)."""
+    from medge.export.onnx_export import ExportConfig, export_bundle
+
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    ckpt = make_checkpoint(out.parent / "ck.pt", arch="resnet18", size=32)  # benchmark tests use it
+    export_bundle(str(ckpt), str(out), cfg=ExportConfig(max_images=8), log=lambda *a: None)
+    return out
+
+
+if __name__ == "__main__":
+    print(export_test_bundle(sys.argv[1]))

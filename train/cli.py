@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from medge.edge.preprocess import INTERPOLATIONS, PreprocessConfig
+from medge.edge.preprocess import HIGH_BIT_RULES, INTERPOLATIONS, PreprocessConfig
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -60,6 +60,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="1 = gray; 3 = gray repeated (default: %(default)s)")
     g.add_argument("--interpolation", choices=list(INTERPOLATIONS), default=pp.interpolation,
                    help="resize method (default: %(default)s)")
+    g.add_argument("--high-bit-rule", choices=list(HIGH_BIT_RULES), default=pp.high_bit_rule,
+                   help="how 16-bit images and DICOM without a window become 8-bit: percentile (0.5/99.5, robust to "
+                        "hot pixels) or minmax (the rule of medge 0.2) (default: %(default)s)")
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -83,7 +86,8 @@ def run(args: argparse.Namespace) -> int:
         val_fraction=args.val_fraction, best_metric=args.best_metric, seed=args.seed, device=args.device,
         amp=args.amp, workers=args.workers, cache_dir=args.cache_dir,
     )
-    pcfg = PreprocessConfig(size=args.img_size, channels=args.channels, interpolation=args.interpolation)
+    pcfg = PreprocessConfig(size=args.img_size, channels=args.channels, interpolation=args.interpolation,
+                            high_bit_rule=args.high_bit_rule)
     summary = train(cfg, pcfg, resume=bool(args.resume))
     if int(os.environ.get("RANK", 0)) != 0:  # under torchrun only rank 0 reports
         return 0

@@ -220,6 +220,7 @@ class RunState:
     best: dict | None = None  # {"epoch", "metric", "value"} of the best epoch so far
     best_weights: dict | None = None  # its state dict, on the CPU
     resume_from: dict | None = None  # last.pt's payload when resuming
+    data_profile: dict | None = None  # what the training images look like (edge.profile), for the bundle
 
 
 @dataclass
@@ -299,7 +300,7 @@ def build_training(run: RunState, classes: list[str], train_split: D.Split, devi
 
 
 def write_run_files(run: RunState, classes: list[str], splits: dict, versions: dict) -> None:
-    """config.json and data_report.json in the run folder (rank 0 only)."""
+    """config.json, data_report.json and data_profile.json in the run folder (rank 0 only)."""
     out = Path(run.cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     report = {n: {"images": len(s),
@@ -308,6 +309,7 @@ def write_run_files(run: RunState, classes: list[str], splits: dict, versions: d
     (out / "data_report.json").write_text(json.dumps(report, indent=2))
     (out / "config.json").write_text(json.dumps({"train": run.cfg.to_dict(), "preprocess": run.pcfg.to_dict(),
                                                  "classes": classes, "versions": versions}, indent=2))
+    (out / "data_profile.json").write_text(json.dumps(run.data_profile, indent=2))
 
 
 def train_one_epoch(t: Training, split: D.Split, run: RunState, epoch: int, device: torch.device, rank: int,
@@ -354,7 +356,8 @@ def is_better(value: float, best: dict | None, metric: str) -> bool:
 def checkpoint_payload(run: RunState, classes: list[str], epoch: int, metrics: dict, versions: dict) -> dict:
     """What best.pt and last.pt share: everything export and the edge need, and the run's history."""
     return {"arch": run.cfg.arch, "classes": classes, "train_config": run.cfg.to_dict(), "preprocess": run.pcfg.to_dict(),
-            "epoch": epoch, "metrics": jsonable(metrics), "versions": versions, "history": run.history, "best": run.best}
+            "epoch": epoch, "metrics": jsonable(metrics), "versions": versions, "history": run.history, "best": run.best,
+            "data_profile": run.data_profile}
 
 
 def save_epoch(t: Training, run: RunState, classes: list[str], epoch: int, record: dict, improved: bool,
@@ -437,6 +440,7 @@ def train(cfg: TrainConfig, pcfg: PreprocessConfig = PreprocessConfig(), resume:
 def _run(run: RunState, device: torch.device, rank: int, world: int) -> dict:
     main = rank == 0
     classes, splits = prepare_splits(run.cfg, run.pcfg, rank, world)
+    run.data_profile = D.data_profile(splits["train"])
     if run.resume_from is not None and classes != run.resume_from["classes"]:
         raise DataError(f"the data's classes {classes} differ from the run's {run.resume_from['classes']}")
     t = build_training(run, classes, splits["train"], device, world)

@@ -1,12 +1,20 @@
 """``medge predict``: classify image files with a bundle, on numpy + OpenCV only.
 
 Usage: medge predict --model bundles/xray scans/ extra.png --out results.jsonl
-       medge predict --model bundles/xray scans/ --heatmaps heatmaps/
 
 One record per input, in input order, each exactly once: path, label, class
-probabilities, the model's SHA-256 and timings, or the error and its reason.
-Folders are searched recursively by extension. A bad input never stops the
-batch; the exit status is 1 when any input failed, 0 otherwise.
+probabilities, the model's SHA-256, timings, warnings (what is odd about the
+input: tiny, near-constant, a modality or statistics the model never saw) and
+what the file is (format, size, bit depth, modality, decoder), or the error and
+its reason. Folders are searched recursively by content: files without an
+extension (PACS exports) are found, files that are not images are counted
+("3 skipped: not images"; names with --verbose), and entries that cannot be
+read (a folder without permission, a named pipe, a broken link) get an error
+record. Non-UTF-8 file names are written as \\udcXX escapes (README).
+
+Exit status: 0 every input classified, 1 some input failed (each has its
+record), 2 usage or configuration error (bad option, bad bundle), 3 a bug.
+With --strict an input with warnings fails instead of being labelled.
 
 --heatmaps DIR also writes, per classified input, DIR/<name>.heatmap.png: where the
 model looked for the class it predicted, over the image it saw (see ``edge.explain``),
@@ -16,9 +24,7 @@ without --overwrite (checked before any work).
 from __future__ import annotations
 
 import argparse
-import csv
 import io
-import json
 import os
 import sys
 import time
@@ -26,16 +32,20 @@ from pathlib import Path
 
 from medge.edge.apps.options import (
     add_model_arguments,
+    add_strict_argument,
     check_output_folder,
     load_model,
     make_folder,
     output_names,
     write_image_atomic,
 )
+from medge.edge.apps.records import RecordWriter
 from medge.edge.errors import MedgeError, UsageError
-from medge.edge.image import collect_inputs
+from medge.edge.inputs import scan_inputs
+from medge.edge.model import Prediction
+from medge.edge.paths import TEXT_ERRORS, shown
 
-HEATMAP_SUFFIX = ".heatmap.png"
+HEATMAP_SUFFIX = ".heatmap.png"  # DIR/<input stem>.heatmap.png
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -43,31 +53,14 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("paths", nargs="+", metavar="PATH", help="image files (PNG, JPEG, TIFF, BMP, DICOM) or folders")
     add_model_arguments(p)
+    add_strict_argument(p)
+    p.add_argument("--verbose", action="store_true", help="list the files skipped as not images")
     p.add_argument("--out", help="write records here (default: stdout)")
     p.add_argument("--format", choices=["jsonl", "csv"], default="jsonl", help="record format (default: %(default)s)")
     p.add_argument("--heatmaps", metavar="DIR",
                    help=f"also write a heatmap overlay per classified input: DIR/<name>{HEATMAP_SUFFIX} (created if missing)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out file and --heatmaps files")
     return p
-
-
-class _Writer:
-    def __init__(self, stream, fmt: str, classes: list[str], heatmaps: bool = False):
-        self.stream, self.fmt, self.classes, self.heatmaps = stream, fmt, classes, heatmaps
-        if fmt == "csv":
-            self.csv = csv.writer(stream, lineterminator="\n")
-            self.csv.writerow(["path", "label", *[f"p_{c}" for c in classes], "read_ms", "preprocess_ms",
-                               "inference_ms", "model_sha256", "error", *(["heatmap"] if heatmaps else [])])
-
-    def write(self, rec: dict) -> None:
-        if self.fmt == "jsonl":
-            self.stream.write(json.dumps(rec, ensure_ascii=False) + "\n")
-        else:
-            p, t = rec["probabilities"] or {}, rec["timings_ms"]
-            self.csv.writerow([rec["path"], rec["label"] or "", *[p.get(c, "") for c in self.classes],
-                               *[round(t[k], 3) if k in t else "" for k in ("read", "preprocess", "inference")],
-                               rec["model_sha256"], rec["error"] or "", *([rec["heatmap"] or ""] if self.heatmaps else [])])
-        self.stream.flush()
 
 
 def write_heatmap(pred, target: Path, rec: dict) -> bool:
@@ -89,10 +82,11 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else None
     if out is not None and out.exists() and not args.overwrite:
         raise UsageError(f"{out}: exists already (use --overwrite to replace it)")
-    paths = collect_inputs(args.paths)
+    scan = scan_inputs(args.paths)
+    n = len(scan.entries)
     heat_dir = Path(args.heatmaps) if args.heatmaps else None
     if heat_dir is not None:
-        targets = [heat_dir / n for n in output_names(paths, HEATMAP_SUFFIX)]
+        targets = [heat_dir / name for name in output_names([e.path for e in scan.entries], HEATMAP_SUFFIX)]
         check_output_folder(heat_dir, [t.name for t in targets], args.overwrite, "--heatmaps")
     model = load_model(args)
     if heat_dir is not None:
@@ -100,22 +94,24 @@ def run(args: argparse.Namespace) -> int:
         make_folder(heat_dir)
     progress = sys.stderr.isatty()
     tmp = out.with_name(f".{out.name}.partial") if out else None
+    # A file name that is not UTF-8 is written as \udcXX (edge.paths), never a UnicodeEncodeError.
     if tmp:
-        stream = open(tmp, "w", encoding="utf-8", newline="")  # closed in the finally below
+        stream = open(tmp, "w", encoding="utf-8", errors=TEXT_ERRORS, newline="")  # closed in the finally below
     else:
-        stream = io.TextIOWrapper(sys.stdout.buffer, "utf-8", newline="", line_buffering=True)
-    failed, no_heatmap, t0 = 0, 0, time.perf_counter()
+        stream = io.TextIOWrapper(sys.stdout.buffer, "utf-8", errors=TEXT_ERRORS, newline="", line_buffering=True)
+    failed, warned, bugs, no_heatmap, t0 = 0, 0, 0, 0, time.perf_counter()
     try:
-        writer = _Writer(stream, args.format, model.classes, heat_dir is not None)
-        results = model.predict_iter(paths, args.batch_size, args.workers, args.max_pixels, heatmaps=heat_dir is not None)
-        for i, pred in enumerate(results, 1):
+        writer = RecordWriter(stream, args.format, model.classes, heatmaps=heat_dir is not None)
+        for i, pred in enumerate(predictions(model, scan, args, heatmaps=heat_dir is not None), 1):
             rec = pred.to_record(model.sha256)
             if heat_dir is not None:
                 no_heatmap += not write_heatmap(pred, targets[i - 1], rec)
             writer.write(rec)
             failed += not pred.ok
+            warned += bool(pred.ok and pred.warnings)
+            bugs += pred.unexpected
             if progress:
-                print(f"\r{i}/{len(paths)} images, {failed} failed, {i / (time.perf_counter() - t0):.1f} img/s",
+                print(f"\r{i}/{n} images, {failed} failed, {i / (time.perf_counter() - t0):.1f} img/s",
                       end="", file=sys.stderr, flush=True)
     finally:
         if tmp:
@@ -126,9 +122,33 @@ def run(args: argparse.Namespace) -> int:
         os.replace(tmp, out)  # complete results only: a killed run leaves the .partial file
     if progress:
         print(file=sys.stderr)
-    summary = f"{len(paths)} input(s), {len(paths) - failed} classified, {failed} failed"
+    report_summary(n, failed, warned, scan, args.verbose, out)
     if heat_dir is not None:
-        summary += f", {len(paths) - failed - no_heatmap} heatmap(s) in {heat_dir}" + (
-            f" ({no_heatmap} could not be written)" if no_heatmap else "")
-    print(summary + (f"; records in {out}" if out else ""), file=sys.stderr)
+        print(f"{n - failed - no_heatmap} heatmap(s) in {shown(str(heat_dir))}"
+              + (f" ({no_heatmap} could not be written)" if no_heatmap else ""), file=sys.stderr)
+    if bugs:
+        print(f"{bugs} input(s) hit an internal error (a bug in medge: please report it with their records)",
+              file=sys.stderr)
+        return 3
     return 1 if failed or no_heatmap else 0
+
+
+def predictions(model, scan, args, heatmaps: bool = False):
+    """One Prediction per scan entry, in order: entries that cannot be read get their error, the rest are run."""
+    results = model.predict_iter(scan.paths, args.batch_size, args.workers, args.max_pixels, args.strict,
+                                 heatmaps=heatmaps)
+    for entry in scan.entries:
+        yield Prediction(entry.path, error=f"{entry.path}: {entry.error}") if entry.error else next(results)
+
+
+def report_summary(n: int, failed: int, warned: int, scan, verbose: bool, out) -> None:
+    """The summary line on stderr, e.g. "5 input(s), 3 classified (1 with warnings), 2 failed; 3 skipped: not images"."""
+    parts = [f"{n} input(s), {n - failed} classified" + (f" ({warned} with warnings)" if warned else ""),
+             f"{failed} failed"]
+    line = ", ".join(parts) + (f"; {scan.skipped_summary()}" if scan.skipped else "")
+    print(shown(line + (f"; records in {out}" if out else "")), file=sys.stderr)
+    if scan.skipped and verbose:
+        for path, why in scan.skipped:
+            print(f"  skipped {shown(path)}: {why}", file=sys.stderr)
+    elif scan.skipped:
+        print("  (--verbose lists the skipped files)", file=sys.stderr)

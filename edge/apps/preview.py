@@ -1,10 +1,13 @@
 """``medge preview``: see what the model will see.
 
 Usage: medge preview chest.png scans/ --out previews/
-       medge preview chest.png --out previews/ --model bundles/xray
 
 Writes one PNG per input with four panels side by side: the original (after the
 8-bit rule), blurred, CLAHE, and the final resized image the network receives.
+Each panel fits a box of at most PANEL_MAX_W x PANEL_PX pixels whatever the
+image's shape, so a 1 x 100000 image makes a small picture, not a 22 GB one.
+Folders are searched by content, as for ``medge predict``.
+
 With --model, the bundle's own preprocessing is shown and, when the bundle has
 heatmaps, a fifth panel: where the model looked for the class it predicts.
 """
@@ -19,37 +22,49 @@ import numpy as np
 
 from medge.edge.errors import ImageError, MedgeError
 from medge.edge.formats import DEFAULT_MAX_PIXELS
-from medge.edge.image import collect_inputs, read_image, write_image
+from medge.edge.image import load_image, write_image
+from medge.edge.inputs import scan_inputs
 from medge.edge.model import Model
+from medge.edge.paths import shown
 from medge.edge.preprocess import PreprocessConfig, preprocess_stages
 from medge.edge.runtime import softmax
 
 PANEL_PX = 320  # height of each panel in the preview
+PANEL_MAX_W = 4 * PANEL_PX  # width of each panel at most: the canvas is bounded for any aspect ratio
+TITLE_MIN_W = 240  # a panel is padded to at least this width so that its title fits
 
 
 def _panel(image: np.ndarray, title: str) -> np.ndarray:
+    """The image (gray or BGR) scaled to fit PANEL_MAX_W x PANEL_PX (aspect kept, grey padding), under a title bar."""
     h, w = image.shape[:2]
-    width = max(1, round(w * PANEL_PX / h))
-    interp = cv2.INTER_AREA if h > PANEL_PX else cv2.INTER_NEAREST
-    panel = cv2.resize(image, (width, PANEL_PX), interpolation=interp)
-    bar = np.zeros((28, *panel.shape[1:]), np.uint8)
+    scale = min(PANEL_PX / h, PANEL_MAX_W / w)
+    size = (min(PANEL_MAX_W, max(1, round(w * scale))), min(PANEL_PX, max(1, round(h * scale))))
+    interp = cv2.INTER_AREA if scale < 1 else cv2.INTER_NEAREST
+    scaled = cv2.resize(image, size, interpolation=interp)
+    width = max(size[0], TITLE_MIN_W)
+    panel = np.full((PANEL_PX, width, *image.shape[2:]), 128, np.uint8)
+    top, left = (PANEL_PX - size[1]) // 2, (width - size[0]) // 2
+    panel[top : top + size[1], left : left + size[0]] = scaled
+    bar = np.zeros((28, width, *image.shape[2:]), np.uint8)
     cv2.putText(bar, title, (6, 20), cv2.FONT_HERSHEY_SIMPLEX, 0.55, (255, 255, 255), 1, cv2.LINE_AA)
     return np.vstack([bar, panel])
 
 
-def _heatmap_panel(image: np.ndarray, model) -> np.ndarray:
-    e = model.explain(image)
-    p = softmax(e.logits[None])[0, e.class_index]
+def _heatmap_panel(tensor: np.ndarray, model) -> np.ndarray:
+    """The bundle's heatmap for the class it predicts, over the model input (the preview's own tensor)."""
+    logits, (e,) = model.explain_blob(tensor[None])
+    p = softmax(logits)[0, e.class_index]
     return _panel(e.overlay(), f"{e.method}: {model.classes[e.class_index]} {p:.2f}")
 
 
-def render_preview(image: np.ndarray, cfg: PreprocessConfig = PreprocessConfig(), model=None) -> np.ndarray:
-    """Return the side-by-side uint8 picture of the preprocessing stages (gray; BGR with a heatmap panel).
+def render_preview(image: np.ndarray, cfg: PreprocessConfig = PreprocessConfig(),
+                   display_range: tuple[float, float] | None = None, model=None) -> np.ndarray:
+    """Return the side-by-side uint8 picture of the preprocessing stages (at most 5 x PANEL_MAX_W wide).
 
-    With ``model`` (an ``edge.model.Model``) whose bundle has heatmaps, a last panel shows its
-    heatmap for the class it predicts over the model input; ``cfg`` should then be its PreprocessConfig.
+    Gray; BGR when ``model`` (an ``edge.model.Model``) has heatmaps: a last panel then shows its
+    heatmap for the class it predicts over the model input (``cfg`` should be its PreprocessConfig).
     """
-    s = preprocess_stages(image, cfg)
+    s = preprocess_stages(image, cfg, display_range)
     h, w = s["gray"].shape
     panels = [
         _panel(s["gray"], f"original {w}x{h}"),
@@ -58,7 +73,7 @@ def render_preview(image: np.ndarray, cfg: PreprocessConfig = PreprocessConfig()
         _panel(s["resized"], f"model input {cfg.size}x{cfg.size}"),
     ]
     if model is not None and model.explain_method:
-        panels = [cv2.cvtColor(p, cv2.COLOR_GRAY2BGR) for p in panels] + [_heatmap_panel(image, model)]
+        panels = [cv2.cvtColor(p, cv2.COLOR_GRAY2BGR) for p in panels] + [_heatmap_panel(s["tensor"], model)]
     gap = np.full((PANEL_PX + 28, 8, *panels[0].shape[2:]), 128, np.uint8)
     row = [panels[0]]
     for p in panels[1:]:
@@ -88,7 +103,9 @@ def run(args: argparse.Namespace) -> int:
     cfg = model.preprocess_config if model else PreprocessConfig()
     out.mkdir(parents=True, exist_ok=True)
     failed, used = 0, set()
-    for path in collect_inputs(args.images):
+    scan = scan_inputs(args.images)
+    for entry in scan.entries:
+        path = entry.path
         stem = Path(path).stem
         name, i = f"{stem}.preview.png", 1
         while name in used:  # two inputs with the same name in different folders
@@ -96,13 +113,18 @@ def run(args: argparse.Namespace) -> int:
         used.add(name)
         target = out / name
         try:
+            if entry.error:
+                raise ImageError(path, entry.error)
             if target.exists() and not args.overwrite:
                 raise ImageError(target, "exists already (use --overwrite to replace it)")
-            write_image(target, render_preview(read_image(path, args.max_pixels), cfg, model))
-            print(f"{path} -> {target}")
+            image, info = load_image(path, args.max_pixels)
+            write_image(target, render_preview(image, cfg, info.display_range, model))
+            print(shown(f"{path} -> {target}"))
         except MedgeError as e:
             failed += 1
-            print(f"error: {e}", file=sys.stderr)
+            print(f"error: {shown(str(e))}", file=sys.stderr)
+    if scan.skipped:
+        print(shown(scan.skipped_summary()), file=sys.stderr)
     if failed:
         print(f"{failed} input(s) failed", file=sys.stderr)
     return 1 if failed else 0

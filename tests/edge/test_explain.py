@@ -19,6 +19,7 @@ from medge.edge.explain import (
 from medge.edge.image import write_image
 from medge.edge.model import Model
 from medge.edge.preprocess import PreprocessConfig, preprocess, preprocess_stages
+from medge.edge.runtime import ENGINES
 from tests.conftest import xray_like
 
 
@@ -235,7 +236,7 @@ def test_golden_self_test_covers_the_heatmaps(heat_copy):
         Model.load(heat_copy)
 
 
-@pytest.mark.parametrize("engine", ["auto", "classic", "new"])
+@pytest.mark.parametrize("engine", list(ENGINES))  # this OpenCV's: classic (and new in OpenCV 5)
 def test_named_outputs_of_a_heatmap_bundle_on_every_engine(heat_bundle, engine):
     from medge.edge.runtime import forward, forward_outputs, load_net
 

@@ -9,7 +9,7 @@ import torch
 from medge.edge.apps.cli import main
 from medge.edge.bundle import golden_inputs, read_manifest
 from medge.edge.errors import BundleError, CheckpointError, ParityError
-from medge.edge.runtime import forward, load_net
+from medge.edge.runtime import ENGINES, forward, load_net
 from medge.export import onnx_export
 from medge.export.onnx_export import ExportConfig, export_bundle
 from medge.train.checkpoint import load_checkpoint, model_from_checkpoint
@@ -32,10 +32,12 @@ def _check_round_trip(ckpt, bundle, n=5):
     x = np.random.default_rng(1).uniform(-1, 1, (n, *chw)).astype(np.float32)
     with torch.inference_mode():
         ref = model_from_checkpoint(load_checkpoint(ckpt))(torch.from_numpy(x)).numpy()
-    net = load_net(data, m["runtime"]["engine"])
+    assert m["runtime"]["engine"] == "auto" and m["runtime"]["verified_engines"] == list(ENGINES)
     batch = n if m["model"]["dynamic_batch"] else 1
-    got = np.concatenate([forward(net, x[i : i + batch], chw, 2) for i in range(0, n, batch)])
-    np.testing.assert_allclose(got, ref, atol=1e-3, rtol=0)
+    for engine in ENGINES:
+        net = load_net(data, engine)
+        got = np.concatenate([forward(net, x[i : i + batch], chw, 2) for i in range(0, n, batch)])
+        np.testing.assert_allclose(got, ref, atol=1e-3, rtol=0)
     return m
 
 
@@ -58,6 +60,7 @@ def test_round_trip_trained_checkpoint(tiny_data, tmp_path, arch):
     assert m["parity"]["passed"] and m["parity"]["n"] == 8 and m["parity"]["top1_agreement"] == 1.0
     assert m["parity"]["logits"]["max_abs"] <= 1e-3
     assert m["training"]["metrics"]["val"]["n"] == 8
+    assert m["data_profile"] == load_checkpoint(run / "best.pt")["data_profile"]  # the edge checks inputs against it
     stats = m["export"]["simplify_stats"]
     assert m["export"]["simplified"] and stats["nodes_after"] <= stats["nodes_before"]
     assert {"torch", "onnx", "onnxsim", "opencv"} <= set(m["versions"])
@@ -163,7 +166,9 @@ def test_unwritable_output_folder_is_a_clear_error(resnet_ckpt, tmp_path):
 
 
 def test_cli_export(resnet_ckpt, tmp_path, capsys):
-    assert main(["export", str(resnet_ckpt), "--out", str(tmp_path / "b"), "--max-images", "4"]) == 0
+    assert main(["export", str(resnet_ckpt), "--out", str(tmp_path / "b"), "--max-images", "4",
+                 "--modality", "cr,DX", "--modality", "CR"]) == 0
+    assert read_manifest(tmp_path / "b")["data_profile"]["modalities"] == {"CR": 0, "DX": 0}  # declared, no profile
     out = capsys.readouterr().out
     last = json.loads(out.strip().splitlines()[-1])
     assert last["sha256"] == read_manifest(tmp_path / "b")["model"]["sha256"]

@@ -86,6 +86,10 @@ def test_checkpoint_contents(tiny_data, tmp_path):
     last = load_checkpoint(out / "last.pt")
     assert last["epoch"] == 2 and "optimizer" in last and "model" in last
     assert json.loads((out / "config.json").read_text())["preprocess"] == SMALL.to_dict()
+    profile = ck["data_profile"]  # what training saw, for the edge's input checks
+    assert profile["images"] == 28 and profile["bits"] == {"16": 14, "8": 14} and profile["formats"] == {"png": 28}
+    assert profile["width"]["min"] == 64 and set(profile["stats"]) >= {"gray_mean", "input_std"}
+    assert json.loads((out / "data_profile.json").read_text()) == profile
     assert len((out / "metrics.jsonl").read_text().splitlines()) == 2
     assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
 

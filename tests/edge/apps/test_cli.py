@@ -1,4 +1,5 @@
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -70,7 +71,7 @@ def test_preview_with_a_model_adds_its_heatmap_panel(heat_bundle, bundle, tmp_pa
     model = Model.load(heat_bundle[0])
     plain = render_preview(xray_like(300, 200), model.preprocess_config)
     assert pic.shape == (348, plain.shape[1] + 8 + 320, 3)  # one more panel, in colour
-    np.testing.assert_array_equal(pic, render_preview(xray_like(300, 200), model.preprocess_config, model))
+    np.testing.assert_array_equal(pic, render_preview(xray_like(300, 200), model.preprocess_config, model=model))
     # a bundle without heatmaps: the four panels of its preprocessing, and a note
     old = tmp_path / "old"
     shutil.copytree(bundle, old)
@@ -137,3 +138,40 @@ def test_version_and_exit_status_help(capsys):
         main(["--help"])
     out = capsys.readouterr().out
     assert "exit status:" in out and "3  unexpected internal error" in out
+
+
+MEMORY_LIMITED = (  # run medge with its address space capped: an allocation beyond it fails instead of the machine
+    "import resource, sys\n"
+    "cap = int(sys.argv.pop(1)) << 20\n"
+    "resource.setrlimit(resource.RLIMIT_AS, (cap, cap))\n"
+    "from medge.edge.apps.cli import main\n"
+    "rc = main(sys.argv[1:])\n"
+    "hwm = [ln for ln in open('/proc/self/status') if ln.startswith('VmHWM:')][0].split()[1]  # this process only\n"
+    "print('peak_rss_mb', int(hwm) // 1024, file=sys.stderr)\n"
+    "sys.exit(rc)\n"
+)
+
+
+def _under_memory_cap(*args, cap_mb=1500):
+    env = {**os.environ, "MALLOC_ARENA_MAX": "2", "OMP_NUM_THREADS": "1"}
+    res = subprocess.run([sys.executable, "-c", MEMORY_LIMITED, str(cap_mb), *args], capture_output=True, text=True,
+                         timeout=300, env=env)
+    peak = int(res.stderr.rsplit("peak_rss_mb", 1)[1].split()[0]) if "peak_rss_mb" in res.stderr else None
+    return res, peak
+
+
+@pytest.mark.parametrize("shape", [(1, 100_000), (100_000, 1)], ids=["1x100000", "100000x1"])
+def test_extreme_aspect_images_stay_small_in_memory(tmp_path, bundle, shape):
+    """A 177-byte 1 x 100000 PNG made medge preview allocate 22 GB; now every command stays within a few hundred MB."""
+    img = (np.arange(shape[0] * shape[1]) % 251).astype(np.uint8).reshape(shape)
+    write_image(tmp_path / "line.png", img)
+    res, peak = _under_memory_cap("preview", str(tmp_path / "line.png"), "--out", str(tmp_path / "out"))
+    assert res.returncode == 0, res.stderr
+    pic = read_image(tmp_path / "out" / "line.preview.png")
+    assert pic.shape[0] == 320 + 28 and pic.shape[1] <= 4 * (4 * 320) + 3 * 8  # a bounded canvas
+    assert peak < 400, f"preview peaked at {peak} MB"
+    res, peak = _under_memory_cap("predict", "--model", str(bundle), str(tmp_path / "line.png"), "--workers", "0",
+                                  "--threads", "1")
+    assert res.returncode == 0, res.stderr
+    assert any("extreme aspect ratio" in w for w in json.loads(res.stdout)["warnings"])
+    assert peak < 500, f"predict peaked at {peak} MB"
