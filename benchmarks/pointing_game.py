@@ -24,7 +24,8 @@ import numpy as np
 
 from medge.benchmarks.common import environment, summarize
 from medge.edge.errors import UsageError
-from medge.edge.image import collect_inputs, read_image
+from medge.edge.image import read_image
+from medge.edge.inputs import scan_inputs
 from medge.edge.model import Model
 from medge.train.synth import Lesion, read_lesions
 
@@ -61,7 +62,7 @@ def lesion_cases(data: Path, split: str) -> list[tuple[str, list[Lesion]]]:
     if not root.is_dir():
         raise UsageError(f"{root}: no such split folder (expected a medge synth data set)")
     cases = []
-    for path in collect_inputs([root]):
+    for path in scan_inputs([root]).paths:
         lesions = read_lesions(path)
         if lesions:
             cases.append((path, lesions))
