@@ -152,7 +152,7 @@ def test_ddp_two_cpu_processes_only_rank0_writes(tiny_data, tmp_path, user_folde
     assert res.returncode == 0, res.stderr[-3000:]
     assert res.stdout.count("epoch 2/2") == 1 and res.stdout.count("best epoch") == 1  # only rank 0 prints
     assert len((out / "metrics.jsonl").read_text().splitlines()) == 2  # only rank 0 appends
-    assert sorted(p.name for p in out.iterdir()) == ["best.pt", "config.json", "data_report.json", "last.pt",
-                                                      "metrics.jsonl", "summary.json"]
+    assert sorted(p.name for p in out.iterdir()) == ["best.pt", "config.json", "data_profile.json", "data_report.json",
+                                                      "last.pt", "metrics.jsonl", "summary.json"]
     ck = load_checkpoint(out / "last.pt")
     assert ck["epoch"] == 2 and ck["metrics"]["val"]["n"] == 8  # val gathered from both ranks
