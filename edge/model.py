@@ -5,6 +5,8 @@ Usage:
     model = Model.load("bundles/xray")           # checks hash and golden self-test, picks the engine
     for p in model.predict(["a.png", "b.dcm"]):  # files, arrays, or a mix
         print(p.path, p.label, p.probabilities, p.warnings, p.error)
+    if model.explain_method:                     # "cam" / "occlusion"; None for bundles without heatmaps
+        heatmap = model.explain("a.png").heatmap   # float32 in [0, 1] at the model's input size
 
 Thread safety: a ``cv2.dnn.Net`` is never shared by threads. Each thread that
 calls ``predict`` gets its own net, built on first use from the model bytes
@@ -36,12 +38,36 @@ import numpy as np
 
 from medge.edge.bundle import MANIFEST_FILE, MODEL_FILE, golden_inputs, read_manifest, sha256_bytes
 from medge.edge.engine_choice import EngineChoice, choose_engine
-from medge.edge.errors import BundleError, ConfigError, MedgeError, ModelIntegrityError, SelfTestError
+from medge.edge.errors import (
+    BundleError,
+    ConfigError,
+    InferenceError,
+    MedgeError,
+    ModelIntegrityError,
+    SelfTestError,
+    UsageError,
+)
+from medge.edge.explain import (
+    CamExplainer,
+    Explainer,
+    Explanation,
+    OcclusionExplainer,
+    default_occlusion,
+    load_explainer,
+)
 from medge.edge.formats import DEFAULT_MAX_PIXELS
 from medge.edge.image import array_info, load_image, to_gray
-from medge.edge.preprocess import PreprocessConfig, preprocess_stages
+from medge.edge.preprocess import PreprocessConfig, preprocess, preprocess_stages
 from medge.edge.profile import check_input, image_stats
-from medge.edge.runtime import AUTO, check_choices, forward_batches, load_net, softmax
+from medge.edge.runtime import (
+    AUTO,
+    LOGITS_OUTPUT,
+    check_choices,
+    forward_batches,
+    forward_outputs_batches,
+    load_net,
+    softmax,
+)
 
 
 @dataclass
@@ -57,6 +83,7 @@ class Prediction:
     warnings: list[str] = field(default_factory=list)  # what is odd about the input (edge.profile); empty when fine
     input: dict | None = None  # ImageInfo.to_dict(): format, size, bits, photometric, modality, decoder, ...
     unexpected: bool = False  # the error is a bug in medge (exit status 3), not a problem of the input
+    explanation: Explanation | None = field(default=None, repr=False)  # predict(..., heatmaps=True) only
 
     @property
     def ok(self) -> bool:
@@ -87,6 +114,12 @@ class Model:
         self._onnx_bytes = onnx_bytes
         self._local = threading.local()
         self.self_test_max_abs: float | None = None
+        self._explainer: Explainer | None = None  # set by open() from the manifest's "explain" section
+
+    @property
+    def explain_method(self) -> str | None:
+        """The heatmap method this bundle supports: "cam", "occlusion", or None (exported before heatmaps)."""
+        return self._explainer.method if self._explainer else None
 
     @property
     def onnx_bytes(self) -> bytes:
@@ -157,7 +190,9 @@ class Model:
             raise BundleError(f"{d / MANIFEST_FILE}: the bundle asks for an engine this OpenCV lacks: {e}; "
                               "run it with --engine auto (Model.load(..., engine='auto')) or install an OpenCV that has it"
                               ) from None
-        return cls(manifest, data, d, requested, backend)
+        model = cls(manifest, data, d, requested, backend)
+        model._explainer = load_explainer(manifest, d)  # checks the CAM head's SHA-256
+        return model
 
     def load_net(self, engine: str):
         """A new net of the verified model bytes with ``engine`` on this model's backend (for one thread)."""
@@ -189,7 +224,13 @@ class Model:
         """
         g = self.manifest["golden"]
         expected = np.asarray(g["expected_logits"], np.float32)
-        got = forward_batches(net, self.golden_inputs(), self.chw, len(self.classes), batch_size)
+        cam = self._explainer if isinstance(self._explainer, CamExplainer) and "expected_cam" in g else None
+        features = None
+        if cam is None:
+            got = forward_batches(net, self.golden_inputs(), self.chw, len(self.classes), batch_size)
+        else:  # one pass for both outputs: the feature map is tested with the logits (after them, below)
+            outs = forward_outputs_batches(net, self.golden_inputs(), self.chw, (LOGITS_OUTPUT, cam.output), batch_size)
+            got, features = outs[LOGITS_OUTPUT].reshape(len(outs[LOGITS_OUTPUT]), -1), outs[cam.output]
         if got.shape != expected.shape:
             raise SelfTestError(f"{self.bundle_dir}: the manifest's golden logits have shape {expected.shape}, "
                                 f"the model gives {got.shape}: a damaged manifest")
@@ -199,7 +240,96 @@ class Model:
                 f"{self.bundle_dir}: golden self-test failed: max |logit difference| {worst:.3g} > {g['tolerance']:g} "
                 f"(OpenCV {cv2.__version__}, {engine or self.engine} engine here; the bundle was verified with OpenCV "
                 f"{self.manifest.get('versions', {}).get('opencv', '?')}): do not use this model on this machine")
+        if cam is not None:
+            self._self_test_cam(cam, features, g, engine)
         return worst
+
+    def _self_test_cam(self, cam: CamExplainer, features: np.ndarray, g: dict, engine: str | None) -> None:
+        expected = np.asarray(g["expected_cam"], np.float32)
+        got = np.stack([cam.cams(features, [k] * len(features)) for k in range(len(self.classes))], axis=1)
+        worst = float(np.abs(got - expected).max()) / max(1.0, float(np.abs(expected).max())) \
+            if got.shape == expected.shape else float("inf")
+        if not worst <= float(g["tolerance"]):
+            raise SelfTestError(
+                f"{self.bundle_dir}: golden self-test of the heatmaps failed: max relative |CAM difference| {worst:.3g} > "
+                f"{g['tolerance']:g} (OpenCV {cv2.__version__}, {engine or self.engine} engine here): "
+                "do not use this model's heatmaps on this machine")
+
+    def _run(self, blob: np.ndarray, names: tuple[str, ...]) -> dict[str, np.ndarray]:
+        """Named outputs for a non-empty blob, in chunks the model accepts (the heatmaps' forward pass)."""
+        step = max(1, len(blob)) if self.dynamic_batch else 1
+        outs = forward_outputs_batches(self._net(), blob, self.chw, names, step)
+        if LOGITS_OUTPUT in outs:
+            outs[LOGITS_OUTPUT] = outs[LOGITS_OUTPUT].reshape(len(blob), -1)
+            if outs[LOGITS_OUTPUT].shape[1] != len(self.classes):
+                raise InferenceError(f"model returned {outs[LOGITS_OUTPUT].shape[1]} logits per image, "
+                                     f"expected {len(self.classes)}")
+        return outs
+
+    def require_heatmaps(self) -> Explainer:
+        """The bundle's explainer; BundleError (exit 2) when it has none (exported before heatmaps)."""
+        if self._explainer is None:
+            raise BundleError(f"{self.bundle_dir}: this bundle has no heatmaps (its manifest has no 'explain' section: "
+                              "it was exported before medge had them); export it again to get heatmaps")
+        return self._explainer
+
+    def _explainer_for(self, method: str | None) -> Explainer:
+        """The bundle's explainer (None), or occlusion asked for by name: it needs only the logits, so any bundle has it."""
+        if method is None or method == self.explain_method:
+            return self.require_heatmaps()
+        if method == "occlusion":
+            size = self.chw[1]
+            return OcclusionExplainer(size, **default_occlusion(size))
+        raise UsageError(f"{self.bundle_dir}: heatmap method {method!r} is not available for this bundle "
+                         f"(its own: {self.explain_method}; occlusion works with any bundle)")
+
+    def explain_blob(self, blob: np.ndarray, class_indices=None, method: str | None = None
+                     ) -> tuple[np.ndarray, list[Explanation]]:
+        """Logits and one Explanation per image of a preprocessed (N, C, H, W) float32 blob.
+
+        Args:
+            blob: as ``edge.preprocess`` makes it with this bundle's PreprocessConfig.
+            class_indices: the class to explain per image (None: each image's predicted class).
+            method: None = the bundle's (``explain_method``); "occlusion" works with any bundle.
+
+        Raises:
+            BundleError: the bundle has no heatmaps. UsageError: a bad class index or method.
+            InferenceError: a bad blob or model output, or a CAM head that does not match the model.
+        """
+        return self._explainer_for(method).explain(self._run, blob, class_indices, self.preprocess_config)
+
+    def explain(self, path_or_array, class_index: int | None = None, max_pixels: int = DEFAULT_MAX_PIXELS,
+                method: str | None = None) -> Explanation:
+        """Where the model looked: a heatmap of one image for one class (default: the predicted class).
+
+        Args:
+            path_or_array: an image file (read as ``predict`` reads it, DICOM window included) or a
+                gray/BGR/BGRA numpy array.
+            class_index: index into ``classes``; None = the class the model predicts.
+            max_pixels: refuse larger images.
+            method: None = the bundle's (``explain_method``); "occlusion" works with any bundle (a
+                cross-check of CAM, or heatmaps from a bundle exported before them), at its cost.
+
+        Returns:
+            an ``edge.explain.Explanation``: ``heatmap`` (float32 in [0, 1], the model's input size),
+            ``class_index``, ``method``, ``logits``, ``image`` and ``overlay()``.
+
+        Raises:
+            BundleError: the bundle has no heatmaps (``explain_method`` is None) and no method was
+            named. ImageError: the input cannot be read. UsageError: a bad class index or method.
+            InferenceError: as ``explain_blob``.
+        """
+        explainer = self._explainer_for(method)
+        if isinstance(path_or_array, np.ndarray):
+            image, display_range = to_gray(path_or_array), None
+        elif isinstance(path_or_array, (str, os.PathLike)):
+            image, info = load_image(path_or_array, max_pixels)
+            display_range = info.display_range
+        else:
+            raise UsageError(f"explain takes a path or a numpy array, got {type(path_or_array).__name__}")
+        blob = preprocess(image, self.preprocess_config, display_range)[None]
+        classes = None if class_index is None else [class_index]
+        return explainer.explain(self._run, blob, classes, self.preprocess_config)[1][0]
 
     def infer(self, blob: np.ndarray) -> np.ndarray:
         """Logits for a preprocessed (N, C, H, W) float32 blob, in chunks the model accepts."""
@@ -236,26 +366,28 @@ class Model:
             pred.unexpected = True
             return pred, None
 
-    def _finish(self, batch: list[tuple[Prediction, np.ndarray]]) -> None:
+    def _finish(self, batch: list[tuple[Prediction, np.ndarray]], heatmaps: bool = False) -> None:
         try:
             t0 = time.perf_counter()
-            logits = self.infer(np.stack([t for _, t in batch]))
+            blob = np.stack([t for _, t in batch])
+            logits, explanations = self.explain_blob(blob) if heatmaps else (self.infer(blob), [None] * len(batch))
             per_image = 1000 * (time.perf_counter() - t0) / len(batch)
         except MedgeError:
             if len(batch) > 1:  # isolate the input that breaks the batch
                 for one in batch:
-                    self._finish([one])
+                    self._finish([one], heatmaps)
                 return
             raise
         probs = softmax(logits)
-        for (pred, _), z, p in zip(batch, logits, probs, strict=True):
+        for (pred, _), z, p, e in zip(batch, logits, probs, explanations, strict=True):
             pred.logits = [float(v) for v in z]
             pred.probabilities = {c: float(v) for c, v in zip(self.classes, p, strict=True)}
             pred.label = self.classes[int(np.argmax(z))]
-            pred.timings_ms["inference"] = per_image
+            pred.timings_ms["inference"] = per_image  # with heatmaps: inference and heatmap together
+            pred.explanation = e
 
     def predict_iter(self, inputs, batch_size: int = 8, workers: int | None = None, max_pixels: int = DEFAULT_MAX_PIXELS,
-                     strict: bool = False):
+                     strict: bool = False, heatmaps: bool = False):
         """Yield one Prediction per input, in input order, as soon as each batch is done.
 
         Args:
@@ -265,7 +397,11 @@ class Model:
                 default: one per core).
             max_pixels: refuse larger images.
             strict: an input with warnings (``edge.profile``) is refused instead of labelled.
+            heatmaps: also explain each classified input (``Prediction.explanation``, the predicted
+                class); with CAM from the same forward pass. BundleError if the bundle has none.
         """
+        if heatmaps:
+            self.require_heatmaps()
         batch_size = max(1, batch_size if self.dynamic_batch else 1)
         workers = (os.cpu_count() or 1) if workers is None else workers
         inputs = iter(inputs)
@@ -293,7 +429,7 @@ class Model:
                     batch.append((pred, tensor))
                 if len(batch) == batch_size or (not pending and batch):
                     try:
-                        self._finish(batch)
+                        self._finish(batch, heatmaps)
                     except MedgeError as e:
                         for p, _ in batch:
                             p.error = str(e)
@@ -307,8 +443,8 @@ class Model:
                 pool.shutdown(wait=True, cancel_futures=True)
 
     def predict(self, inputs, batch_size: int = 8, workers: int | None = None,
-                max_pixels: int = DEFAULT_MAX_PIXELS, strict: bool = False) -> list[Prediction]:
+                max_pixels: int = DEFAULT_MAX_PIXELS, strict: bool = False, heatmaps: bool = False) -> list[Prediction]:
         """Predict one path or array, or a list of them; returns a list of Predictions in order."""
         if isinstance(inputs, (str, os.PathLike, np.ndarray)):
             inputs = [inputs]
-        return list(self.predict_iter(inputs, batch_size, workers, max_pixels, strict))
+        return list(self.predict_iter(inputs, batch_size, workers, max_pixels, strict, heatmaps))

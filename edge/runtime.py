@@ -43,6 +43,7 @@ AUTO = "auto"  # the engine that is fastest and correct for a bundle on this box
 NET_TYPE = getattr(cv2.dnn, "Net", None) or cv2.dnn_Net  # the class of a net: cv2.dnn_Net in OpenCV 4.5.5
 INSTALL_HINT = ("install a supported OpenCV: pip install 'opencv-python-headless>=4.5.5' "
                 "(pip install -c constraints.txt . installs the tested one), or a distribution's python3-opencv 4.5.5 or newer")
+LOGITS_OUTPUT = "logits"  # the name every medge bundle gives its class scores
 LOAD_REMEDIES = (
     "usual remedies: export with opset 12 (medge's default), keep the input shape fixed apart from the batch, "
     "simplify with onnxsim, try another --engine, or choose an architecture that OpenCV supports"
@@ -233,6 +234,12 @@ def check_blob(blob: np.ndarray, chw: tuple[int, int, int]) -> np.ndarray:
     return np.ascontiguousarray(blob)
 
 
+def _output_names(net) -> tuple:
+    """The graph outputs of a cv2.dnn net; () for a net of another kind, which answers ``forward()`` with its logits."""
+    names = getattr(net, "getUnconnectedOutLayersNames", None)
+    return tuple(names()) if names is not None else ()
+
+
 def forward(net, blob: np.ndarray, chw: tuple[int, int, int], num_outputs: int | None = None) -> np.ndarray:
     """Run one checked forward pass.
 
@@ -251,7 +258,9 @@ def forward(net, blob: np.ndarray, chw: tuple[int, int, int], num_outputs: int |
     blob = check_blob(blob, chw)
     try:
         net.setInput(blob)
-        out = net.forward()
+        # By name when the model has several outputs (a heatmap bundle): the classic engine's
+        # unnamed forward() would return the feature map instead of the logits.
+        out = net.forward(LOGITS_OUTPUT) if len(_output_names(net)) > 1 else net.forward()
     except cv2.error as e:
         raise InferenceError(f"cv2.dnn forward failed: {_cv_message(e)}") from None
     out = np.array(out, dtype=np.float32, copy=True)
@@ -263,6 +272,40 @@ def forward(net, blob: np.ndarray, chw: tuple[int, int, int], num_outputs: int |
     if not np.isfinite(out).all():
         raise InferenceError("model returned NaN or infinite outputs")
     return out
+
+
+def forward_outputs(net, blob: np.ndarray, chw: tuple[int, int, int], names: tuple[str, ...]) -> dict[str, np.ndarray]:
+    """Run one checked forward pass and return the named outputs (for models with several).
+
+    Args:
+        net: a net from ``load_net`` used by this thread only.
+        blob: (N, C, H, W) float32.
+        chw: the model's expected (C, H, W).
+        names: graph output names, e.g. ``("logits", "features")``.
+
+    Returns:
+        name -> float32 array (a copy) whose first axis is N.
+
+    Raises:
+        InferenceError: bad blob, an OpenCV error (an unknown output name included),
+            or an output that is non-finite or does not have N rows.
+    """
+    blob = check_blob(blob, chw)
+    try:
+        net.setInput(blob)
+        # One name as a string: OpenCV 5's new engine refuses a list shorter than the graph's outputs.
+        outs = [net.forward(names[0])] if len(names) == 1 else net.forward(list(names))
+    except cv2.error as e:
+        raise InferenceError(f"cv2.dnn forward of outputs {list(names)} failed: {_cv_message(e)}") from None
+    result = {}
+    for name, out in zip(names, outs, strict=True):
+        out = np.array(out, dtype=np.float32, copy=True)
+        if out.ndim == 0 or out.shape[0] != blob.shape[0]:
+            raise InferenceError(f"model output {name!r} has shape {out.shape}, expected {blob.shape[0]} rows")
+        if not np.isfinite(out).all():
+            raise InferenceError(f"model output {name!r} contains NaN or infinite values")
+        result[name] = out
+    return result
 
 
 def forward_batches(net, blob: np.ndarray, chw: tuple[int, int, int], num_outputs: int,
@@ -279,6 +322,14 @@ def forward_batches(net, blob: np.ndarray, chw: tuple[int, int, int], num_output
         return np.zeros((0, num_outputs), np.float32)
     step = max(1, int(batch_size))
     return np.concatenate([forward(net, blob[i : i + step], chw, num_outputs) for i in range(0, len(blob), step)])
+
+
+def forward_outputs_batches(net, blob: np.ndarray, chw: tuple[int, int, int], names: tuple[str, ...],
+                            batch_size: int) -> dict[str, np.ndarray]:
+    """``forward_outputs`` over a non-empty blob of any length, ``batch_size`` images per pass."""
+    step = max(1, int(batch_size))
+    parts = [forward_outputs(net, blob[i : i + step], chw, names) for i in range(0, max(len(blob), 1), step)]
+    return {n: np.concatenate([p[n] for p in parts]) for n in names}
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:

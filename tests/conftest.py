@@ -52,6 +52,29 @@ def bundle(tmp_path_factory):
     return export_test_bundle(tmp_path_factory.mktemp("bundle") / "bundle")
 
 
+@pytest.fixture(scope="session")
+def heat_bundle(tmp_path_factory):
+    """(bundle, checkpoint) of a small resnet18 at 96 px: CAM heatmaps from a 3x3 feature map."""
+    return _export("resnet18", 96, tmp_path_factory, centred_head=True)
+
+
+@pytest.fixture(scope="session")
+def occlusion_bundle(tmp_path_factory):
+    """(bundle, checkpoint) of a mobilenet_v3_small at 64 px: heatmaps by occlusion."""
+    return _export("mobilenet_v3_small", 64, tmp_path_factory)
+
+
+def _export(arch, size, tmp_path_factory, centred_head=False):
+    pytest.importorskip("torch", reason="exporting a test bundle needs the train extra")
+    from medge.export.onnx_export import ExportConfig, export_bundle
+    from tests.helpers import make_checkpoint
+
+    d = tmp_path_factory.mktemp(arch)
+    ckpt = make_checkpoint(d / "ck.pt", arch=arch, size=size, centred_head=centred_head)
+    export_bundle(str(ckpt), str(d / "bundle"), cfg=ExportConfig(max_images=8), log=lambda *a: None)
+    return d / "bundle", ckpt
+
+
 SHADOWS = {  # what a user's project folder commonly holds; importing any of them fails loudly
     "train.py": "raise SystemExit('the user train.py ran')\n",
     "export.py": "raise SystemExit('the user export.py ran')\n",

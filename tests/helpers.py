@@ -31,10 +31,30 @@ def randomize(model: torch.nn.Module, seed: int = 0, chw=(1, 32, 32)) -> torch.n
     return model.eval()
 
 
-def make_checkpoint(path, arch="resnet18", size=32, channels=1, seed=0):
+def centre_head(model: torch.nn.Module, arch: str, seed: int = 0, chw=(1, 32, 32)) -> torch.nn.Module:
+    """Make each class's CAM take both signs: remove from the head's weights their component along the
+    mean pooled feature (of random images). An untrained head otherwise often gives a class a map that is
+    negative everywhere, i.e. an empty heatmap, which would make a heatmap comparison prove little."""
+    from medge.train.models import CAM_LAYERS
+
+    head = model.get_submodule(CAM_LAYERS[arch].head)
+    pooled = []
+    hook = head.register_forward_hook(lambda module, args, out: pooled.append(args[0]))
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        model(torch.rand(16, *chw, generator=g) * 2 - 1)
+        hook.remove()
+        mu = pooled[0].mean(0)
+        head.weight -= (head.weight @ mu)[:, None] * mu[None] / (mu @ mu)
+    return model
+
+
+def make_checkpoint(path, arch="resnet18", size=32, channels=1, seed=0, centred_head=False):
     torch.manual_seed(seed)
     pcfg = PreprocessConfig(size=size, channels=channels)
     model = randomize(build_model(arch, channels, len(CLASSES)), seed, (channels, size, size))
+    if centred_head:
+        centre_head(model, arch, seed, (channels, size, size))
     return save_model_checkpoint(path, model, arch, CLASSES, pcfg, {"val": {"accuracy": 0.5}}, epoch=1)
 
 

@@ -15,6 +15,11 @@ record. Non-UTF-8 file names are written as \\udcXX escapes (README).
 Exit status: 0 every input classified, 1 some input failed (each has its
 record), 2 usage or configuration error (bad option, bad bundle), 3 a bug.
 With --strict an input with warnings fails instead of being labelled.
+
+--heatmaps DIR also writes, per classified input, DIR/<name>.heatmap.png: where the
+model looked for the class it predicted, over the image it saw (see ``edge.explain``),
+and the record says which file (``heatmap``). Existing files are never replaced
+without --overwrite (checked before any work).
 """
 from __future__ import annotations
 
@@ -25,12 +30,22 @@ import sys
 import time
 from pathlib import Path
 
-from medge.edge.apps.options import add_model_arguments, add_strict_argument, load_model
+from medge.edge.apps.options import (
+    add_model_arguments,
+    add_strict_argument,
+    check_output_folder,
+    load_model,
+    make_folder,
+    output_names,
+    write_image_atomic,
+)
 from medge.edge.apps.records import RecordWriter
-from medge.edge.errors import UsageError
+from medge.edge.errors import MedgeError, UsageError
 from medge.edge.inputs import scan_inputs
 from medge.edge.model import Prediction
 from medge.edge.paths import TEXT_ERRORS, shown
+
+HEATMAP_SUFFIX = ".heatmap.png"  # DIR/<input stem>.heatmap.png
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -42,17 +57,41 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--verbose", action="store_true", help="list the files skipped as not images")
     p.add_argument("--out", help="write records here (default: stdout)")
     p.add_argument("--format", choices=["jsonl", "csv"], default="jsonl", help="record format (default: %(default)s)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
+    p.add_argument("--heatmaps", metavar="DIR",
+                   help=f"also write a heatmap overlay per classified input: DIR/<name>{HEATMAP_SUFFIX} (created if missing)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out file and --heatmaps files")
     return p
+
+
+def write_heatmap(pred, target: Path, rec: dict) -> bool:
+    """Write the overlay of a classified input; the record gets ``heatmap`` (its path, or None) and
+    ``heatmap_error``. Returns False when a classified input's heatmap could not be written."""
+    rec["heatmap"] = rec["heatmap_error"] = None
+    if pred.explanation is None:  # the input failed: its error says why
+        return True
+    try:
+        write_image_atomic(target, pred.explanation.overlay())
+        rec["heatmap"] = str(target)
+        return True
+    except MedgeError as e:
+        rec["heatmap_error"] = str(e)
+        return False
 
 
 def run(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else None
     if out is not None and out.exists() and not args.overwrite:
         raise UsageError(f"{out}: exists already (use --overwrite to replace it)")
-    model = load_model(args)
     scan = scan_inputs(args.paths)
     n = len(scan.entries)
+    heat_dir = Path(args.heatmaps) if args.heatmaps else None
+    if heat_dir is not None:
+        targets = [heat_dir / name for name in output_names([e.path for e in scan.entries], HEATMAP_SUFFIX)]
+        check_output_folder(heat_dir, [t.name for t in targets], args.overwrite, "--heatmaps")
+    model = load_model(args)
+    if heat_dir is not None:
+        model.require_heatmaps()  # exit 2 before any work for a bundle exported without them
+        make_folder(heat_dir)
     progress = sys.stderr.isatty()
     tmp = out.with_name(f".{out.name}.partial") if out else None
     # A file name that is not UTF-8 is written as \udcXX (edge.paths), never a UnicodeEncodeError.
@@ -60,11 +99,14 @@ def run(args: argparse.Namespace) -> int:
         stream = open(tmp, "w", encoding="utf-8", errors=TEXT_ERRORS, newline="")  # closed in the finally below
     else:
         stream = io.TextIOWrapper(sys.stdout.buffer, "utf-8", errors=TEXT_ERRORS, newline="", line_buffering=True)
-    failed, warned, bugs, t0 = 0, 0, 0, time.perf_counter()
+    failed, warned, bugs, no_heatmap, t0 = 0, 0, 0, 0, time.perf_counter()
     try:
-        writer = RecordWriter(stream, args.format, model.classes)
-        for i, pred in enumerate(predictions(model, scan, args), 1):
-            writer.write(pred.to_record(model.sha256))
+        writer = RecordWriter(stream, args.format, model.classes, heatmaps=heat_dir is not None)
+        for i, pred in enumerate(predictions(model, scan, args, heatmaps=heat_dir is not None), 1):
+            rec = pred.to_record(model.sha256)
+            if heat_dir is not None:
+                no_heatmap += not write_heatmap(pred, targets[i - 1], rec)
+            writer.write(rec)
             failed += not pred.ok
             warned += bool(pred.ok and pred.warnings)
             bugs += pred.unexpected
@@ -81,16 +123,20 @@ def run(args: argparse.Namespace) -> int:
     if progress:
         print(file=sys.stderr)
     report_summary(n, failed, warned, scan, args.verbose, out)
+    if heat_dir is not None:
+        print(f"{n - failed - no_heatmap} heatmap(s) in {shown(str(heat_dir))}"
+              + (f" ({no_heatmap} could not be written)" if no_heatmap else ""), file=sys.stderr)
     if bugs:
         print(f"{bugs} input(s) hit an internal error (a bug in medge: please report it with their records)",
               file=sys.stderr)
         return 3
-    return 1 if failed else 0
+    return 1 if failed or no_heatmap else 0
 
 
-def predictions(model, scan, args):
+def predictions(model, scan, args, heatmaps: bool = False):
     """One Prediction per scan entry, in order: entries that cannot be read get their error, the rest are run."""
-    results = model.predict_iter(scan.paths, args.batch_size, args.workers, args.max_pixels, args.strict)
+    results = model.predict_iter(scan.paths, args.batch_size, args.workers, args.max_pixels, args.strict,
+                                 heatmaps=heatmaps)
     for entry in scan.entries:
         yield Prediction(entry.path, error=f"{entry.path}: {entry.error}") if entry.error else next(results)
 

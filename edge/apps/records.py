@@ -14,12 +14,13 @@ from medge.edge.paths import to_json
 class RecordWriter:
     """Writes ``Prediction.to_record`` dicts to a text stream as JSON lines or CSV (header first)."""
 
-    def __init__(self, stream, fmt: str, classes: list[str]):
-        self.stream, self.fmt, self.classes = stream, fmt, classes
+    def __init__(self, stream, fmt: str, classes: list[str], heatmaps: bool = False):
+        self.stream, self.fmt, self.classes, self.heatmaps = stream, fmt, classes, heatmaps
         if fmt == "csv":
             self.csv = csv.writer(stream, lineterminator="\n")
             self.csv.writerow(["path", "label", *[f"p_{c}" for c in classes], "read_ms", "preprocess_ms",
-                               "inference_ms", "model_sha256", "error", "warnings", "decoder"])
+                               "inference_ms", "model_sha256", "error", "warnings", "decoder",
+                               *(["heatmap"] if heatmaps else [])])
 
     def write(self, rec: dict) -> None:
         if self.fmt == "jsonl":
@@ -29,5 +30,6 @@ class RecordWriter:
             self.csv.writerow([rec["path"], rec["label"] or "", *[p.get(c, "") for c in self.classes],
                                *[round(t[k], 3) if k in t else "" for k in ("read", "preprocess", "inference")],
                                rec["model_sha256"], rec["error"] or "", "; ".join(rec.get("warnings") or []),
-                               (rec.get("input") or {}).get("decoder") or ""])
+                               (rec.get("input") or {}).get("decoder") or "",
+                               *([rec.get("heatmap") or ""] if self.heatmaps else [])])
         self.stream.flush()

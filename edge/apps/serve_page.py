@@ -30,7 +30,7 @@ from medge.edge.apps.records import RecordWriter
 from medge.edge.apps.serve_api import InferenceService, Overloaded, model_info
 from medge.edge.apps.serve_text import TEXT, pick_language
 from medge.edge.errors import MedgeError
-from medge.edge.image import read_image
+from medge.edge.image import load_image
 
 log = logging.getLogger("medge.serve")
 
@@ -93,15 +93,15 @@ def analyze(service: InferenceService, path: Path, name: str, pictures: bool) ->
         return result
     model = service.model
     try:
-        image = read_image(path, service.max_pixels)
-        result.stages_png = _png(render_preview(image, model.preprocess_config))
+        image, info = load_image(path, service.max_pixels)
+        result.stages_png = _png(render_preview(image, model.preprocess_config, info.display_range))
     except Exception as err:  # the file was just classified, so this is unexpected
         result.stages_error = _reason(err, path, name)
         return result
     if explain_supported(model):
         t0 = time.perf_counter()
         try:
-            e = model.explain(image)
+            e = model.explain(path, max_pixels=service.max_pixels)  # read as predict reads it (DICOM window)
             result.heatmap_png = _png(e.overlay())
             result.heatmap_note = (model.classes[e.class_index], e.method)
         except Exception as err:

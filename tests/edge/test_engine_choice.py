@@ -34,11 +34,17 @@ class _Wrapped:
         self.n = len(blob)
         self.net.setInput(blob)
 
-    def forward(self):
+    def getUnconnectedOutLayersNames(self):  # noqa: N802 (cv2's name)
+        return self.net.getUnconnectedOutLayersNames()
+
+    def forward(self, names=None):
         if self.n > 1 and not self.batches:
             raise cv2.error("(-215:Assertion failed) start <= (int)shape.size() in function 'total'")
         time.sleep(self.sleep_s)
-        return self.net.forward() + np.float32(self.shift)
+        out = self.net.forward() if names is None else self.net.forward(names)
+        if isinstance(names, list):  # several named outputs (a heatmap bundle): all shifted
+            return [o + np.float32(self.shift) for o in out]
+        return out + np.float32(self.shift)
 
 
 CLASSIC = ENGINES["classic"]

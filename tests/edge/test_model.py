@@ -64,7 +64,7 @@ def test_batched_equals_one_by_one_and_sequential(bundle, tmp_path):
         from medge.edge.image import read_image
 
         net.setInput(preprocess(read_image(path), m.preprocess_config)[None])
-        np.testing.assert_array_equal(np.float32(p.logits), net.forward()[0])
+        np.testing.assert_array_equal(np.float32(p.logits), net.forward("logits")[0])  # heatmap bundles have 2 outputs
 
 
 def test_every_bad_input_is_reported_in_order_and_the_rest_processed(bundle, tmp_path):
@@ -185,8 +185,11 @@ def test_non_finite_output_is_an_error(bundle, monkeypatch):
         def setInput(self, blob):
             net.setInput(blob)
 
-        def forward(self):
-            return net.forward() * np.float32("nan")
+        def getUnconnectedOutLayersNames(self):
+            return net.getUnconnectedOutLayersNames()
+
+        def forward(self, *names):
+            return net.forward(*names) * np.float32("nan")
 
     m._local.net = NaNNet()
     with pytest.raises(InferenceError, match="NaN or infinite outputs"):

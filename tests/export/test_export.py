@@ -14,6 +14,7 @@ from medge.export import onnx_export
 from medge.export.onnx_export import ExportConfig, export_bundle
 from medge.train.checkpoint import load_checkpoint, model_from_checkpoint
 from medge.train.config import ARCHS
+from medge.train.models import CAM_LAYERS
 from tests.helpers import make_checkpoint
 
 quiet = lambda *a: None
@@ -51,7 +52,9 @@ def test_round_trip_trained_checkpoint(tiny_data, tmp_path, arch):
                       cache_dir=str(tmp_path / "c")), PreprocessConfig(size=32))
     bundle = tmp_path / "bundle"
     m = export_bundle(str(run / "best.pt"), str(bundle), data=str(tiny_data), log=quiet)
-    assert sorted(p.name for p in bundle.iterdir()) == ["model.json", "model.onnx"]
+    heatmap_files = ["cam_head.npy"] if arch == "resnet18" else []  # mobilenet_v3 gets occlusion: nothing to store
+    assert sorted(p.name for p in bundle.iterdir()) == [*heatmap_files, "model.json", "model.onnx"]
+    assert m["explain"]["method"] == ("cam" if arch == "resnet18" else "occlusion")
     _check_round_trip(run / "best.pt", bundle)
     assert m["model"]["dynamic_batch"] is True and m["model"]["opset"] == 12
     assert m["parity"]["passed"] and m["parity"]["n"] == 8 and m["parity"]["top1_agreement"] == 1.0
@@ -74,6 +77,14 @@ def test_every_architecture_exports_and_loads_in_cv2(tmp_path, arch):
     m = export_bundle(str(ckpt), str(tmp_path / "b"), log=quiet)
     _check_round_trip(ckpt, tmp_path / "b")
     assert m["parity"]["inputs"] == "synthetic images" and m["parity"]["n"] == 64
+    if arch in CAM_LAYERS:  # the feature map is in the parity gate, and the head's file is hashed
+        assert m["explain"]["method"] == "cam" and m["model"]["output_names"] == ["logits", "features"]
+        assert m["parity"]["features"]["passed"] and m["parity"]["features"]["max_rel"] <= 1e-3
+        head = (tmp_path / "b" / "cam_head.npy").read_bytes()
+        assert m["explain"]["head_sha256"] == hashlib.sha256(head).hexdigest()
+        assert np.array(m["golden"]["expected_cam"]).shape[:2] == (4, 2) and m["golden"]["export_max_rel_cam"] <= 1e-3
+    else:
+        assert m["explain"]["method"] == "occlusion" and m["model"]["output_names"] == ["logits"]
     spread = np.ptp(np.array(m["golden"]["expected_logits"]), axis=0)
     assert spread.max() > 1e-2, "outputs barely depend on the input: the parity check would prove little"
 
@@ -94,8 +105,13 @@ def test_no_simplify_and_static_batch_are_recorded(resnet_ckpt, tmp_path):
 
 
 def test_parity_gate_fails_and_writes_nothing(resnet_ckpt, tmp_path, monkeypatch):
-    real = onnx_export.torch_logits
-    monkeypatch.setattr(onnx_export, "torch_logits", lambda model, x, batch=32: real(model, x, batch) + 0.01)
+    real = onnx_export.pytorch_reference
+
+    def shifted(model, arch, x):
+        logits, cam = real(model, arch, x)
+        return logits + 0.01, cam
+
+    monkeypatch.setattr(onnx_export, "pytorch_reference", shifted)
     with pytest.raises(ParityError, match=r"parity gate failed, no bundle written: max \|delta logit\|"):
         export_bundle(str(resnet_ckpt), str(tmp_path / "b"), cfg=ExportConfig(max_images=8), log=quiet)
     assert not (tmp_path / "b").exists()

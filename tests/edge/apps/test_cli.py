@@ -1,5 +1,6 @@
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -55,6 +56,31 @@ def test_preview_goes_on_past_a_bad_input(tmp_path, capsys):
     err = capsys.readouterr().err
     assert f"{bad}: truncated PNG" in err and "missing.png: file not found" in err and "2 input(s) failed" in err
     assert [p.name for p in out.iterdir()] == ["good.preview.png"]
+
+
+def test_preview_with_a_model_adds_its_heatmap_panel(heat_bundle, bundle, tmp_path, capsys):
+    import cv2
+
+    from medge.edge.apps.preview import render_preview
+    from medge.edge.model import Model
+
+    write_image(tmp_path / "a.png", xray_like(300, 200))
+    out = tmp_path / "out"
+    assert main(["preview", str(tmp_path / "a.png"), "--out", str(out), "--model", str(heat_bundle[0])]) == 0
+    pic = cv2.imdecode(np.frombuffer((out / "a.preview.png").read_bytes(), np.uint8), cv2.IMREAD_UNCHANGED)
+    model = Model.load(heat_bundle[0])
+    plain = render_preview(xray_like(300, 200), model.preprocess_config)
+    assert pic.shape == (348, plain.shape[1] + 8 + 320, 3)  # one more panel, in colour
+    np.testing.assert_array_equal(pic, render_preview(xray_like(300, 200), model.preprocess_config, model=model))
+    # a bundle without heatmaps: the four panels of its preprocessing, and a note
+    old = tmp_path / "old"
+    shutil.copytree(bundle, old)
+    m = json.loads((old / "model.json").read_text())
+    del m["explain"]
+    (old / "model.json").write_text(json.dumps(m))
+    assert main(["preview", str(tmp_path / "a.png"), "--out", str(tmp_path / "o2"), "--model", str(old)]) == 0
+    assert "has no heatmaps" in capsys.readouterr().err
+    assert read_image(tmp_path / "o2" / "a.preview.png").shape == plain.shape
 
 
 BLOCK_TORCH = (

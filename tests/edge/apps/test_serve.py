@@ -6,6 +6,7 @@ are tested in test_serve_live.py.
 import asyncio
 import json
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -187,25 +188,7 @@ def test_language_follows_the_browser_and_both_have_every_text():
     assert set(TEXT["en"]) == set(TEXT["ko"])
 
 
-class Explaining:
-    """The session's model, as a bundle with a heatmap method would present it (issue 16's ``Model.explain``)."""
-
-    explain_method = "cam"
-
-    def __init__(self, model):
-        self._model = model
-
-    def __getattr__(self, name):
-        return getattr(self._model, name)
-
-    def explain(self, image, class_index=None):
-        size = self._model.chw[1]
-        heat = np.tile(np.linspace(0, 1, size, dtype=np.float32), (size, 1))
-        return SimpleNamespace(heatmap=heat, class_index=0, method="cam",
-                               overlay=lambda: cv2.applyColorMap(np.uint8(heat * 255), cv2.COLORMAP_JET))
-
-
-def test_page_result_pictures_stages_as_preview_and_heatmap_only_when_supported(model, tmp_path):
+def test_page_result_pictures_stages_as_preview_and_heatmap_only_when_supported(model, heat_bundle, tmp_path):
     path = tmp_path / "a.png"
     write_image(path, xray_like(120, 90))
     service = InferenceService(model, threads=1, queue=0, upload_dir=tmp_path)
@@ -213,17 +196,34 @@ def test_page_result_pictures_stages_as_preview_and_heatmap_only_when_supported(
         plain = analyze(service, path, "a.png", pictures=True)
         stages = cv2.imdecode(np.frombuffer(plain.stages_png, np.uint8), cv2.IMREAD_UNCHANGED)
         np.testing.assert_array_equal(stages, render_preview(read_image(path), model.preprocess_config))
-        assert plain.heatmap_png is None and plain.heatmap_error is None  # no explain: no heatmap, no error
-        card = result_card(plain, "en")
-        assert "medge-heatmap" not in card and 'data-label="' in card and "inference" in card
+        if not model.explain_method:
+            assert plain.heatmap_png is None and plain.heatmap_error is None  # no heatmaps: none shown, no error
+            card = result_card(plain, "en")
+            assert "medge-heatmap" not in card and 'data-label="' in card and "inference" in card
     finally:
         service.close()
-    service = InferenceService(Explaining(model), threads=1, queue=0, upload_dir=tmp_path)
+    heat_model = Model.load(heat_bundle[0])
+    service = InferenceService(heat_model, threads=1, queue=0, upload_dir=tmp_path)
     try:
         shown = analyze(service, path, "a.png", pictures=True)
-        assert shown.heatmap_png and shown.heatmap_note == ("disease", "cam") and "heatmap" in shown.extra_ms
+        expected = heat_model.explain(str(path))
+        assert shown.heatmap_note == (heat_model.classes[expected.class_index], "cam") and "heatmap" in shown.extra_ms
+        got = cv2.imdecode(np.frombuffer(shown.heatmap_png, np.uint8), cv2.IMREAD_COLOR)
+        np.testing.assert_array_equal(got, expected.overlay())  # the page shows Model.explain's overlay
         card = result_card(shown, "ko")
-        assert "medge-heatmap" in card and "히트맵" in card and "disease" in card
+        assert "medge-heatmap" in card and "히트맵" in card
+    finally:
+        service.close()
+    old = tmp_path / "old"  # a bundle exported before heatmaps: nothing shown, no error
+    shutil.copytree(heat_bundle[0], old)
+    manifest = json.loads((old / "model.json").read_text())
+    del manifest["explain"]
+    (old / "model.json").write_text(json.dumps(manifest))
+    service = InferenceService(Model.load(old), threads=1, queue=0, upload_dir=tmp_path)
+    try:
+        none = analyze(service, path, "a.png", pictures=True)
+        assert none.heatmap_png is None and none.heatmap_error is None and none.stages_png
+        assert "medge-heatmap" not in result_card(none, "en")
     finally:
         service.close()
 
