@@ -115,7 +115,7 @@ def write_dicom_files(folder: str, n: int, size: int) -> list[str]:
 
 def time_preprocessing(files: dict[str, list[str]], cfg, repeats: int) -> dict:
     from medge.benchmarks.common import summarize
-    from medge.edge.image import read_image
+    from medge.edge.image import load_image
     from medge.edge.preprocess import preprocess
 
     out = {}
@@ -126,9 +126,9 @@ def time_preprocessing(files: dict[str, list[str]], cfg, repeats: int) -> dict:
         for i in range(repeats):
             p = paths[i % len(paths)]
             t0 = time.perf_counter()
-            img = read_image(p)
+            img, info = load_image(p)
             t1 = time.perf_counter()
-            preprocess(img, cfg)
+            preprocess(img, cfg, info.display_range)
             t2 = time.perf_counter()
             read_ms.append(1000 * (t1 - t0))
             prep_ms.append(1000 * (t2 - t1))
@@ -227,13 +227,13 @@ def _cuda_available() -> bool:
 def bench_inputs(data: str | None, pcfg, count: int) -> np.ndarray:
     """The data's val images (up to 16) through the edge preprocessing, else golden-style inputs."""
     from medge.edge.bundle import golden_inputs
-    from medge.edge.image import collect_inputs, read_image
-    from medge.edge.preprocess import preprocess
+    from medge.edge.inputs import scan_inputs
+    from medge.edge.preprocess import preprocess_file
 
     if not data:
         return golden_inputs(2, count, pcfg)
     folder = os.path.join(data, "val") if os.path.isdir(os.path.join(data, "val")) else data
-    return np.stack([preprocess(read_image(p), pcfg) for p in collect_inputs([folder])[:16]])
+    return np.stack([preprocess_file(p, pcfg) for p in scan_inputs([folder]).paths[:16]])
 
 
 def measure_compute(latency: list[dict], arch: str, chw, threads: tuple) -> dict:
@@ -305,6 +305,7 @@ def run_bench(bundle: str, checkpoint: str | None = None, data: str | None = Non
     measure_files(bundle, pcfg, runners, cfg, record, log)
     record["peak_rss_mb"] = peak_rss_mb()
     record["env"] = environment()
+    record["cv2_engine"] = runners.dnn.model.engine_choice.to_dict()  # which engine "cv2.dnn" is, and why
     return record
 
 

@@ -9,6 +9,8 @@ import subprocess
 import cv2
 import numpy as np
 
+from medge.edge.system import cpu_model, opencv_build
+
 
 def percentile(values, q: float) -> float:
     """The q-th percentile (0..100) by linear interpolation between the sorted values
@@ -48,17 +50,6 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KB on Linux
 
 
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def _git_revision() -> str | None:
     try:
         out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5,
@@ -70,13 +61,9 @@ def _git_revision() -> str | None:
 
 def environment() -> dict:
     """CPU, cores, thread settings, library versions, OpenCV build essentials, git revision."""
-    info = cv2.getBuildInformation()
-    keep = ("Parallel framework", "Lapack", "Baseline", "Dispatched code generation", "Version control")
-    env = {"cpu": _cpu_model(), "cores": os.cpu_count(), "python": platform.python_version(),
+    env = {"cpu": cpu_model(), "cores": os.cpu_count(), "python": platform.python_version(),
            "platform": platform.platform(), "cv2_threads": cv2.getNumThreads(), "opencv": cv2.__version__,
-           "numpy": np.__version__, "git_revision": _git_revision(),
-           "opencv_build": {k: ln.split(":", 1)[1].strip() for ln in info.splitlines() for k in keep
-                            if ln.strip().startswith(k + ":")},
+           "numpy": np.__version__, "git_revision": _git_revision(), "opencv_build": opencv_build(),
            "thread_env": {k: os.environ[k] for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
                           if k in os.environ}}
     for mod in ("torch", "torchvision", "onnx", "onnxruntime"):
@@ -101,18 +88,24 @@ def add_out_arguments(p, what: str = "JSON record") -> None:
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
 
 
-def emit(record: dict, out: str | None) -> None:
-    """Print a record as JSON and, with ``out``, write it there too (atomically; check ``out`` first
+def save_record(record: dict, out: str | None, what: str = "record") -> None:
+    """With ``out``, write a record there as JSON (atomically, saying where; check ``out`` first
     with ``medge.edge.outputs.check_output_file``, before the measuring)."""
     import json
 
     from medge.edge.outputs import atomic_write_text, wrote
 
-    text = json.dumps(record, indent=2)
-    print(text)
     if out:
-        atomic_write_text(out, text + "\n")
-        wrote(out, "record")
+        atomic_write_text(out, json.dumps(record, indent=2) + "\n")
+        wrote(out, what)
+
+
+def emit(record: dict, out: str | None) -> None:
+    """Print a record as JSON and, with ``out``, write it there too (``save_record``)."""
+    import json
+
+    print(json.dumps(record, indent=2))
+    save_record(record, out)
 
 
 def checkpoint_link(manifest: dict, checkpoint: str) -> dict:

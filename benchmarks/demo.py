@@ -95,15 +95,15 @@ def export_model(out_dir: Path, data_dir: str, log) -> dict:
 
 def predict_held_out(out_dir: Path, data_dir: str, log) -> dict:
     """Stage 4: the edge runtime alone on the test (else val) images; OUT/predictions.jsonl."""
-    from medge.edge.image import collect_inputs
+    from medge.edge.inputs import scan_inputs
     from medge.edge.model import Model
+    from medge.edge.paths import to_json
 
     held_out = Path(data_dir) / ("test" if (Path(data_dir) / "test").is_dir() else "val")
-    paths = collect_inputs([held_out])
+    paths = scan_inputs([held_out]).paths
     model = Model.load(out_dir / "bundle")
     preds = model.predict(paths)
-    atomic_write_text(out_dir / "predictions.jsonl",
-                      "".join(json.dumps(p.to_record(model.sha256), ensure_ascii=False) + "\n" for p in preds))
+    atomic_write_text(out_dir / "predictions.jsonl", "".join(to_json(p.to_record(model.sha256)) + "\n" for p in preds))
     truth = [Path(p).parent.name for p in paths]
     correct = sum(p.label == t for p, t in zip(preds, truth, strict=True))
     failed = sum(not p.ok for p in preds)

@@ -21,10 +21,11 @@ import time
 import numpy as np
 
 from medge.benchmarks.common import add_out_arguments, emit, environment
-from medge.edge.image import collect_inputs, read_image, write_image
+from medge.edge.image import write_image
+from medge.edge.inputs import scan_inputs
 from medge.edge.model import Model
 from medge.edge.outputs import check_output_file
-from medge.edge.preprocess import preprocess
+from medge.edge.preprocess import preprocess_file
 from medge.edge.runtime import forward, load_net
 
 
@@ -48,7 +49,7 @@ def run_medge(model: Model, paths, batch_size: int, workers: int) -> np.ndarray:
 
 
 def run_sequential(net, paths, cfg, chw, k) -> np.ndarray:
-    return np.concatenate([forward(net, preprocess(read_image(p), cfg)[None], chw, k) for p in paths])
+    return np.concatenate([forward(net, preprocess_file(p, cfg)[None], chw, k) for p in paths])
 
 
 def measure(bundle: str, paths: list[str], rounds: int = 3, batch_size: int = 8, workers: int | None = None,
@@ -63,7 +64,7 @@ def measure(bundle: str, paths: list[str], rounds: int = 3, batch_size: int = 8,
         "sequential": lambda: run_sequential(net, paths, cfg, model.chw, k),
     }
     for name, runner in (others or {}).items():
-        contenders[name] = lambda r=runner: np.concatenate([r.infer(preprocess(read_image(p), cfg)[None]) for p in paths])
+        contenders[name] = lambda r=runner: np.concatenate([r.infer(preprocess_file(p, cfg)[None]) for p in paths])
     outputs = {name: fn() for name, fn in contenders.items()}  # warm-up, and the outputs to compare
     times = {name: [] for name in contenders}
     names = list(contenders)
@@ -102,7 +103,7 @@ def main(argv=None) -> int:
     if a.out:
         check_output_file(a.out, a.overwrite, "record")
     with tempfile.TemporaryDirectory() as tmp:
-        paths = collect_inputs([a.images]) if a.images else make_images(tmp, a.make)
+        paths = scan_inputs([a.images]).paths if a.images else make_images(tmp, a.make)
         rec = measure(a.model, paths, a.rounds, a.batch_size, a.workers)
     emit(rec, a.out)
     return 0

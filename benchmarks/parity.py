@@ -40,8 +40,8 @@ def run_parity(bundle: str, checkpoint: str, data: str, tol=None, batch_size: in
     from medge.benchmarks.common import environment
     from medge.benchmarks.runners import DnnRunner, TorchRunner, optional_ort
     from medge.edge.errors import MedgeError
-    from medge.edge.image import collect_inputs, read_image
-    from medge.edge.preprocess import preprocess
+    from medge.edge.inputs import scan_inputs
+    from medge.edge.preprocess import preprocess_file
     from medge.export.parity import Tolerance, compare, summary_line
     from medge.train.progress import progress
 
@@ -53,7 +53,7 @@ def run_parity(bundle: str, checkpoint: str, data: str, tol=None, batch_size: in
     if ort:
         runners.append(ort)
     cfg, classes = dnn.model.preprocess_config, dnn.model.classes
-    paths = collect_inputs([data])
+    paths = scan_inputs([data]).paths
     names, skipped = [], []
     logits = {r.name: [] for r in runners}
     bar = progress(total=len(paths), desc="parity", unit="img")
@@ -61,7 +61,7 @@ def run_parity(bundle: str, checkpoint: str, data: str, tol=None, batch_size: in
         blob = []
         for p in paths[i : i + batch_size]:
             try:
-                blob.append(preprocess(read_image(p), cfg))
+                blob.append(preprocess_file(p, cfg))
                 names.append(p)
             except MedgeError as e:
                 skipped.append({"path": p, "reason": str(e)})

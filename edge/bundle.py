@@ -1,4 +1,5 @@
-"""The model bundle: a folder with ``model.onnx`` and its manifest ``model.json``.
+"""The model bundle: a folder with ``model.onnx`` and its manifest ``model.json`` (and, for
+heatmaps by CAM, the head's weights in ``cam_head.npy``, hashed in the manifest: ``edge.explain``).
 
 The edge cannot read ONNX metadata without the onnx package, so everything it
 needs is in the manifest: format version, classes, PreprocessConfig, input
@@ -89,13 +90,18 @@ def golden_inputs(seed: int, count: int, cfg: PreprocessConfig) -> np.ndarray:
     return np.stack([preprocess(im, cfg) for im in images])
 
 
-def write_bundle(bundle_dir: str | os.PathLike, onnx_bytes: bytes, manifest: dict, overwrite: bool = False) -> Path:
-    """Write model.onnx and model.json atomically into ``bundle_dir``.
+def write_bundle(bundle_dir: str | os.PathLike, onnx_bytes: bytes, manifest: dict, overwrite: bool = False,
+                 extra_files: dict[str, bytes] | None = None) -> Path:
+    """Write model.onnx, model.json and ``extra_files`` (name -> bytes, e.g. a CAM head) atomically into ``bundle_dir``.
 
     The manifest's ``model.sha256`` and ``model.size_bytes`` are filled in here from
-    the bytes written. An existing bundle is replaced only with ``overwrite``;
-    any other existing folder is never touched.
+    the bytes written; the manifest's sections that name an extra file carry its hash.
+    An existing bundle is replaced only with ``overwrite``; any other existing folder is never touched.
     """
+    extra_files = dict(extra_files or {})
+    for name in extra_files:
+        if name in (MODEL_FILE, MANIFEST_FILE) or Path(name).name != name or name.startswith("."):
+            raise BundleError(f"bad extra bundle file name {name!r}")
     target = Path(bundle_dir)
     if target.exists():
         if not overwrite:
@@ -109,6 +115,8 @@ def write_bundle(bundle_dir: str | os.PathLike, onnx_bytes: bytes, manifest: dic
     with atomic_dir(target, replace=overwrite) as tmp:
         (tmp / MODEL_FILE).write_bytes(onnx_bytes)
         (tmp / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+        for name, data in extra_files.items():
+            (tmp / name).write_bytes(data)
     return target
 
 

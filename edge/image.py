@@ -9,23 +9,76 @@ image size, so that an image over the pixel limit is refused cheaply and a
 truncated file is recognised instead of being decoded into a half-grey picture
 (libjpeg fills the missing rows and only warns).
 
+The format is taken from the bytes, never from the name: a PNG named ``.dcm``
+is read as a PNG, a DICOM named ``IM000001`` as a DICOM. Only a file whose
+bytes announce no format and whose name ends in ``.dcm``/``.dicom`` is tried as
+DICOM without its 128-byte preamble (old ACR-NEMA style files).
+
 Bit depth is kept: 8-bit files give ``uint8``, 16-bit files give ``uint16``.
 The conversion to 8 bits happens in ``edge.preprocess.to_uint8``, by one
 documented rule, never silently here (``cv2.IMREAD_GRAYSCALE`` would shift a
 16-bit image right by 8 bits, which turns a 12-bit X-ray nearly black).
+
+``load_image`` also returns an ``ImageInfo``: what the file is (format, size,
+bit depth, photometric interpretation, DICOM modality, which decoder read it)
+and, for DICOM, the display range its window defines; records carry it and
+the out-of-distribution checks (``edge.profile``) use it.
 """
 from __future__ import annotations
 
+import errno
 import os
 import stat
+import struct
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
 import numpy as np
 
 from medge.edge.errors import ImageError
-from medge.edge.formats import DEFAULT_MAX_PIXELS, DICOM_SUFFIXES, IMAGE_SUFFIXES, check_size, sniff_image
+from medge.edge.formats import DEFAULT_MAX_PIXELS, DICOM_SUFFIXES, check_size, sniff_format, sniff_image
 from medge.edge.outputs import atomic_write_bytes
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    """What an input file is, as read; every record carries it (``to_dict``)."""
+
+    format: str  # png, jpeg, tiff, bmp, dicom, array
+    width: int
+    height: int
+    bits: int  # bits per sample as stored: 8 or 16 (DICOM: Bits Stored, 1 to 16)
+    photometric: str  # gray, rgb, rgba (converted to gray); DICOM: MONOCHROME1 or MONOCHROME2
+    decoder: str  # what decoded the pixels, with its version: "opencv 5.0.0", "gdcm 3.2.6", ...
+    modality: str | None = None  # DICOM Modality (CR, DX, CT, ...)
+    transfer_syntax: str | None = None  # DICOM transfer syntax name
+    voi: str | None = None  # the DICOM VOI transform applied: "window C/W", "VOI LUT", or None
+    # Values that map to black and white (the DICOM window's output); None: the 8-bit rule decides.
+    display_range: tuple[float, float] | None = None
+
+    def to_dict(self) -> dict:
+        """The record's ``input`` section (the display range is an internal detail of preprocessing)."""
+        return {"format": self.format, "width": self.width, "height": self.height, "bits": self.bits,
+                "photometric": self.photometric, "modality": self.modality, "transfer_syntax": self.transfer_syntax,
+                "decoder": self.decoder, "voi": self.voi}
+
+
+def array_info(image: np.ndarray) -> ImageInfo:
+    """ImageInfo of an image given as an array (no file): the caller decoded it."""
+    image = np.asarray(image)
+    bits = {np.dtype(np.uint8): 8, np.dtype(np.uint16): 16}.get(image.dtype, 32)
+    return ImageInfo("array", int(image.shape[1]), int(image.shape[0]), bits, _photometric(image), "caller")
+
+
+def _photometric(image: np.ndarray) -> str:
+    """gray, rgb or rgba; a colour image whose three planes are equal (a gray X-ray saved as RGB) is gray."""
+    if image.ndim == 2 or image.shape[2] == 1:
+        return "gray"
+    b, g, r = image[:, :, 0], image[:, :, 1], image[:, :, 2]
+    if np.array_equal(b, g) and np.array_equal(g, r):
+        return "gray"
+    return "rgba" if image.shape[2] == 4 else "rgb"
 
 
 def to_gray(image: np.ndarray, path: str | os.PathLike | None = None) -> np.ndarray:
@@ -59,61 +112,139 @@ def read_bytes(path: str | os.PathLike, max_bytes: int | None = None) -> bytes:
     """
     p = Path(path)
     try:
-        if p.is_dir():
-            raise ImageError(path, "is a directory, not an image file")
         st = p.stat()
+        if stat.S_ISDIR(st.st_mode):
+            raise ImageError(path, "is a folder, not an image file")
         if not stat.S_ISREG(st.st_mode):
-            raise ImageError(path, "not a regular file (a device, FIFO or socket)")
+            raise ImageError(path, f"not a regular file but {special_file_kind(st.st_mode)}: nothing to read as an image")
         if max_bytes is not None and st.st_size > max_bytes:
             raise ImageError(path, f"file is {st.st_size / 1e6:.0f} MB, larger than any image within the pixel limit")
-        data = p.read_bytes()
-    except FileNotFoundError:
-        raise ImageError(path, "file not found") from None
-    except PermissionError:
-        raise ImageError(path, "permission denied") from None
+        with open(p, "rb") as f:  # read at most max_bytes + 1 even if the file grows meanwhile
+            data = f.read(-1 if max_bytes is None else max_bytes + 1)
     except OSError as e:
-        raise ImageError(path, f"cannot read: {e.strerror or e}") from None
+        raise ImageError(path, os_error_reason(path, e)) from None
+    if max_bytes is not None and len(data) > max_bytes:
+        raise ImageError(path, "file grew while being read beyond any image within the pixel limit")
     if not data:
         raise ImageError(path, "empty file (0 bytes)")
     return data
 
 
-def read_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
-    """Read an image file as a 2-D grayscale array, keeping its bit depth.
+def special_file_kind(mode: int) -> str:
+    """Words for a file that is neither a regular file nor a folder."""
+    if stat.S_ISFIFO(mode):
+        return "a named pipe (FIFO)"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    return "a special file"
+
+
+def os_error_reason(path: str | os.PathLike, e: OSError) -> str:
+    """A radiographer-readable reason for an OS error on ``path`` (broken links and loops named as such)."""
+    if e.errno == errno.ENOENT:
+        if os.path.islink(path):
+            return f"broken link: it points to {os.readlink(path)!r}, which does not exist"
+        return "file not found"
+    if e.errno == errno.ELOOP:
+        return "symbolic link loop: the link leads back to itself"
+    if e.errno in (errno.EACCES, errno.EPERM):
+        return "permission denied: medge may not read it"
+    if e.errno == errno.ENOTDIR:
+        return "file not found (a part of the path is not a folder)"
+    if e.errno == errno.ENAMETOOLONG:
+        return "the file name is too long for this system"
+    return f"cannot read: {e.strerror or e}"
+
+
+def load_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[np.ndarray, ImageInfo]:
+    """Read an image file as a 2-D grayscale array, keeping its bit depth, and say what it is.
 
     Args:
         path: PNG, JPEG, TIFF or BMP file (8- or 16-bit; gray, RGB or RGBA);
             DICOM when the ``dicom`` extra is installed. The format is taken from
-            the content, not the suffix. Non-ASCII paths work.
+            the content, not the name. Any path, including non-ASCII and non-UTF-8 ones.
         max_pixels: refuse images with more pixels than this, checked on the
             header before decoding.
 
     Returns:
-        ``uint8`` or ``uint16`` array of shape (H, W) (``float32`` for DICOM).
+        (pixels, info): ``uint8`` or ``uint16`` (H, W) (``float32`` for DICOM), and its ImageInfo.
 
     Raises:
-        ImageError: the file is missing, a directory, empty, truncated,
+        ImageError: the file is missing, a folder, a special file, empty, truncated,
             undecodable, of an unsupported format, or over the pixel limit.
+        MissingExtraError: a DICOM file without the ``dicom`` extra installed.
     """
     # 8 bytes a pixel covers 16-bit RGBA stored raw; a larger file cannot be a valid image within the limit.
     data = read_bytes(path, max_bytes=max(64 << 20, 8 * max_pixels))
-    is_dicom = len(data) >= 132 and data[128:132] == b"DICM"
-    if is_dicom or Path(path).suffix.lower() in DICOM_SUFFIXES:
+    fmt = sniff_format(data)
+    if fmt == "dicom" or (fmt is None and Path(path).suffix.lower() in DICOM_SUFFIXES):
         from medge.edge.dicom import decode_dicom  # pydicom is optional
 
         return decode_dicom(data, path, max_pixels)
     fmt, width, height = sniff_image(data, path)
     check_size(width, height, max_pixels, path)
+    image = _decode(data, fmt, path)
+    if image.ndim not in (2, 3) or sorted(image.shape[:2]) != sorted((height, width)):
+        raise ImageError(path, f"decoded size {image.shape[1]}x{image.shape[0]} differs from the header's {width}x{height}")
+    info = ImageInfo(fmt, int(image.shape[1]), int(image.shape[0]), 16 if image.dtype == np.uint16 else 8,
+                     _photometric(image), f"opencv {cv2.__version__}")
+    return to_gray(image, path), info
+
+
+def read_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """The pixels of ``load_image`` (see there).
+
+    For a DICOM file with a window, these are the values after the window, in
+    [0, 1]; ``load_image``'s ``info.display_range`` tells ``edge.preprocess`` so.
+    """
+    return load_image(path, max_pixels)[0]
+
+
+def _decode(data: bytes, fmt: str, path) -> np.ndarray:
+    """cv2.imdecode keeping depth and colour; a PNG whose only fault is a huge text chunk is read without it."""
+    image = _imdecode(data, fmt, path)
+    if image is None and fmt == "png":
+        stripped = _png_pixel_chunks(data)
+        if stripped is not None and len(stripped) < len(data):
+            image = _imdecode(stripped, fmt, path)
+    if image is None:
+        raise ImageError(path, f"cannot decode the {fmt.upper()} pixel data: the file is damaged")
+    return image
+
+
+def _imdecode(data: bytes, fmt: str, path) -> np.ndarray | None:
     try:
         # ANYDEPTH keeps 16 bits; ANYCOLOR keeps gray as gray. EXIF orientation is applied.
-        image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR)
+        return cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR)
     except cv2.error as e:
-        raise ImageError(path, f"cannot decode {fmt.upper()}: {str(e).strip().splitlines()[-1]}") from None
-    if image is None:
-        raise ImageError(path, f"cannot decode {fmt.upper()} (corrupt or truncated data)")
-    if sorted(image.shape[:2]) != sorted((height, width)):
-        raise ImageError(path, f"decoded size {image.shape[1]}x{image.shape[0]} differs from the header's {width}x{height}")
-    return to_gray(image, path)
+        raise ImageError(path, f"cannot decode the {fmt.upper()} pixel data: {str(e).strip().splitlines()[-1]}") from None
+
+
+# PNG chunks that decide the pixels; the others (text, time, colour profiles, ...) are metadata.
+_PNG_PIXEL_CHUNKS = {b"IHDR", b"PLTE", b"tRNS", b"IDAT", b"IEND", b"eXIf"}
+
+
+def _png_pixel_chunks(data: bytes) -> bytes | None:
+    """The PNG with its metadata chunks left out, or None when its chunk structure is broken.
+
+    OpenCV refuses a PNG whose text chunk (tEXt, zTXt, iTXt: DICOM headers, XMP)
+    exceeds its chunk size limit, though the pixels are intact.
+    """
+    out, pos = [data[:8]], 8
+    while pos + 12 <= len(data):
+        (length,) = struct.unpack_from(">I", data, pos)
+        kind = data[pos + 4 : pos + 8]
+        end = pos + 12 + length
+        if end > len(data):
+            return None
+        if kind in _PNG_PIXEL_CHUNKS:
+            out.append(data[pos:end])
+        pos = end
+        if kind == b"IEND":
+            return b"".join(out)
+    return None
 
 
 def write_image(path: str | os.PathLike, image: np.ndarray) -> None:
@@ -122,19 +253,7 @@ def write_image(path: str | os.PathLike, image: np.ndarray) -> None:
     ok, buf = cv2.imencode(Path(path).suffix or ".png", image)
     if not ok:
         raise ImageError(path, "cannot encode image")
-    atomic_write_bytes(path, buf.tobytes())
-
-
-def collect_inputs(paths, suffixes=IMAGE_SUFFIXES + DICOM_SUFFIXES) -> list[str]:
-    """Expand folders (recursively, by suffix, sorted) and keep files as given.
-
-    A path that does not exist is kept, so that it is reported as a failed
-    input rather than silently dropped.
-    """
-    out: list[str] = []
-    for p in map(Path, paths):
-        if p.is_dir():
-            out.extend(str(f) for f in sorted(p.rglob("*")) if f.is_file() and f.suffix.lower() in suffixes)
-        else:
-            out.append(str(p))
-    return out
+    try:
+        atomic_write_bytes(path, buf.tobytes())
+    except OSError as e:
+        raise ImageError(path, f"cannot write: {e.strerror or e}") from None

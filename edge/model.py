@@ -2,15 +2,22 @@
 
 Usage:
     from medge.edge.model import Model
-    model = Model.load("bundles/xray")           # checks hash and golden self-test
+    model = Model.load("bundles/xray")           # checks hash and golden self-test, picks the engine
     for p in model.predict(["a.png", "b.dcm"]):  # files, arrays, or a mix
-        print(p.path, p.label, p.probabilities, p.error)
+        print(p.path, p.label, p.probabilities, p.warnings, p.error)
+    if model.explain_method:                     # "cam" / "occlusion"; None for bundles without heatmaps
+        heatmap = model.explain("a.png").heatmap   # float32 in [0, 1] at the model's input size
 
 Thread safety: a ``cv2.dnn.Net`` is never shared by threads. Each thread that
 calls ``predict`` gets its own net, built on first use from the model bytes
 whose SHA-256 was verified at load (OpenCV crashes or returns wrong outputs when
 threads share one). CLAHE objects are per thread too (``edge.preprocess``).
 So one ``Model`` may be used from many threads at once.
+
+Engine: with ``engine="auto"`` (the default) ``Model.load`` runs the fastest engine
+that passes the self-test on this box (``edge.engine_choice``); ``model.engine``
+names it and ``model.engine_choice`` says why. Where batches > 1 fail or differ
+(OpenCV 4.5.5/4.6 with squeeze-excitation models) the model runs one image per pass.
 
 Throughput: ``predict`` reads and preprocesses files on ``workers`` threads
 (OpenCV releases the GIL) while the calling thread runs batched forward passes,
@@ -29,32 +36,64 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from medge.edge.bundle import MODEL_FILE, golden_inputs, read_manifest, sha256_bytes
-from medge.edge.errors import BundleError, MedgeError, ModelIntegrityError, SelfTestError
+from medge.edge.bundle import MANIFEST_FILE, MODEL_FILE, golden_inputs, read_manifest, sha256_bytes
+from medge.edge.engine_choice import EngineChoice, choose_engine
+from medge.edge.errors import (
+    BundleError,
+    ConfigError,
+    InferenceError,
+    MedgeError,
+    ModelIntegrityError,
+    SelfTestError,
+    UsageError,
+)
+from medge.edge.explain import (
+    CamExplainer,
+    Explainer,
+    Explanation,
+    OcclusionExplainer,
+    default_occlusion,
+    load_explainer,
+)
 from medge.edge.formats import DEFAULT_MAX_PIXELS
-from medge.edge.image import read_image
-from medge.edge.preprocess import PreprocessConfig, preprocess
-from medge.edge.runtime import check_choices, forward_batches, load_net, softmax
+from medge.edge.image import array_info, load_image, to_gray
+from medge.edge.preprocess import PreprocessConfig, preprocess, preprocess_stages
+from medge.edge.profile import check_input, image_stats
+from medge.edge.runtime import (
+    AUTO,
+    LOGITS_OUTPUT,
+    check_choices,
+    forward_batches,
+    forward_outputs_batches,
+    load_net,
+    softmax,
+)
 
 
 @dataclass
 class Prediction:
     """One input's result: a label and probabilities, or an error; never both."""
 
-    path: str | None  # None for arrays
+    path: str | None  # None for arrays; a non-UTF-8 name holds surrogate escapes (edge.paths)
     label: str | None = None
     probabilities: dict[str, float] | None = None
     logits: list[float] | None = None
     timings_ms: dict[str, float] = field(default_factory=dict)  # read, preprocess, inference (batch time / batch size)
     error: str | None = None
+    warnings: list[str] = field(default_factory=list)  # what is odd about the input (edge.profile); empty when fine
+    input: dict | None = None  # ImageInfo.to_dict(): format, size, bits, photometric, modality, decoder, ...
+    unexpected: bool = False  # the error is a bug in medge (exit status 3), not a problem of the input
+    explanation: Explanation | None = field(default=None, repr=False)  # predict(..., heatmaps=True) only
 
     @property
     def ok(self) -> bool:
         return self.error is None
 
     def to_record(self, model_sha256: str) -> dict:
+        """The one record format of medge predict, watch and serve (JSON-ready)."""
         return {"path": self.path, "label": self.label, "probabilities": self.probabilities,
-                "model_sha256": model_sha256, "timings_ms": self.timings_ms, "error": self.error}
+                "model_sha256": model_sha256, "timings_ms": self.timings_ms, "error": self.error,
+                "warnings": list(self.warnings), "input": self.input}
 
 
 class Model:
@@ -68,10 +107,19 @@ class Model:
         self.chw = tuple(int(v) for v in manifest["model"]["input_shape"][1:])
         self.dynamic_batch = bool(manifest["model"].get("dynamic_batch", False))
         self.sha256 = manifest["model"]["sha256"]
-        self.engine, self.backend = engine, backend
+        self.data_profile: dict | None = manifest.get("data_profile")  # what training saw (edge.profile); may be absent
+        self.engine, self.backend = engine, backend  # engine: the one running (Model.load resolves auto)
+        self.engine_choice: EngineChoice | None = None  # which engine, why, and what was tried
+        self.batch_note: str | None = None  # why batches > 1 are off here, when the self-test turned them off
         self._onnx_bytes = onnx_bytes
         self._local = threading.local()
         self.self_test_max_abs: float | None = None
+        self._explainer: Explainer | None = None  # set by open() from the manifest's "explain" section
+
+    @property
+    def explain_method(self) -> str | None:
+        """The heatmap method this bundle supports: "cam", "occlusion", or None (exported before heatmaps)."""
+        return self._explainer.method if self._explainer else None
 
     @property
     def onnx_bytes(self) -> bytes:
@@ -86,15 +134,38 @@ class Model:
         Args:
             bundle_dir: folder with model.onnx and model.json.
             backend: a key of ``edge.runtime.BACKENDS`` (default OpenCV on the CPU).
-            engine: cv2.dnn engine; default: the one recorded in the manifest.
+            engine: ``auto`` (the fastest engine that passes the self-test here) or
+                one of ``edge.runtime.ENGINES``; default: the manifest's (``auto``
+                unless the export named one).
             self_test: run the manifest's golden self-test (on by default; only
                 benchmarks of raw loading turn it off).
 
         Raises:
-            BundleError: missing folder/manifest/model, unknown format version, or
-                OpenCV cannot load the model. ModelIntegrityError: model.onnx's
+            BundleError: missing folder/manifest/model, unknown format version, an
+                engine the manifest asks for that this OpenCV lacks, an OpenCV too
+                old or unable to load the model. ModelIntegrityError: model.onnx's
                 SHA-256 differs from the manifest's. SelfTestError: this machine's
                 outputs on the golden inputs differ beyond tolerance.
+                ConfigError: an engine or backend this OpenCV or box does not have.
+        """
+        model = cls.open(bundle_dir, backend, engine)
+        model.engine_choice, net = choose_engine(model, model.engine, self_test)
+        model.engine, model._local.net = model.engine_choice.engine, net
+        trial = model.engine_choice.trials[0]
+        model.self_test_max_abs = trial.self_test_max_abs
+        if trial.batched is False:
+            model.dynamic_batch = False
+            model.batch_note = (f"OpenCV {cv2.__version__} ({model.engine} engine) fails or differs on batches > 1 "
+                                "of this model: one image per forward pass here")
+        return model
+
+    @classmethod
+    def open(cls, bundle_dir: str | os.PathLike, backend: str = "cpu", engine: str | None = None) -> "Model":
+        """Read a bundle's manifest and verify model.onnx's SHA-256; no net is loaded and ``engine`` may still be
+        ``auto`` (``load`` goes on to choose the engine and run the self-test; ``medge check`` tries each engine).
+
+        Raises:
+            the errors of ``load`` that come before any engine is involved.
         """
         d = Path(bundle_dir)
         manifest = read_manifest(d)
@@ -110,80 +181,213 @@ class Model:
             raise ModelIntegrityError(
                 f"{path}: SHA-256 {digest[:16]}... does not match the manifest's {manifest['model']['sha256'][:16]}...: "
                 "the model file was modified or only partly copied; refusing to run it")
-        engine = engine or manifest.get("runtime", {}).get("engine", "auto")
-        check_choices(engine, backend)
-        model = cls(manifest, data, d, engine, backend)
-        model._net()  # load now so that OpenCV's errors surface at load time
-        if self_test:
-            model.run_self_test()
+        requested = engine or manifest.get("runtime", {}).get("engine", AUTO)
+        try:
+            check_choices(requested, backend)
+        except ConfigError as e:
+            if engine:
+                raise
+            raise BundleError(f"{d / MANIFEST_FILE}: the bundle asks for an engine this OpenCV lacks: {e}; "
+                              "run it with --engine auto (Model.load(..., engine='auto')) or install an OpenCV that has it"
+                              ) from None
+        model = cls(manifest, data, d, requested, backend)
+        model._explainer = load_explainer(manifest, d)  # checks the CAM head's SHA-256
         return model
 
-    def _net(self) -> cv2.dnn.Net:
+    def load_net(self, engine: str):
+        """A new net of the verified model bytes with ``engine`` on this model's backend (for one thread)."""
+        return load_net(self._onnx_bytes, engine, self.backend, str(self.bundle_dir / MODEL_FILE),
+                        self.manifest.get("versions", {}).get("opencv"))
+
+    def _net(self):
         net = getattr(self._local, "net", None)
         if net is None:
-            net = self._local.net = load_net(self._onnx_bytes, self.engine, self.backend, str(self.bundle_dir / MODEL_FILE))
+            net = self._local.net = self.load_net(self.engine)
         return net
 
-    def run_self_test(self) -> float:
-        """Compare this machine's logits on the golden inputs with the exported ones."""
+    def golden_inputs(self) -> np.ndarray:
+        """The manifest's self-test inputs, regenerated here (N, C, H, W)."""
         g = self.manifest["golden"]
-        x = golden_inputs(int(g["seed"]), int(g["count"]), self.preprocess_config)
+        return golden_inputs(int(g["seed"]), int(g["count"]), self.preprocess_config)
+
+    def run_self_test(self) -> float:
+        """Compare this machine's logits on the golden inputs with the exported ones (this thread's net)."""
+        self.self_test_max_abs = self.self_test(self._net(), len(self.golden_inputs()) if self.dynamic_batch else 1)
+        return self.self_test_max_abs
+
+    def self_test(self, net, batch_size: int, engine: str | None = None) -> float:
+        """Max |logit difference| between ``net``'s outputs on the golden inputs (``batch_size`` per pass)
+        and the exported ones; ``engine`` names the net's engine in errors (default: ``self.engine``).
+
+        Raises:
+            SelfTestError: beyond the manifest's tolerance. InferenceError: a forward pass failed.
+        """
+        g = self.manifest["golden"]
         expected = np.asarray(g["expected_logits"], np.float32)
-        got = self.infer(x)
+        cam = self._explainer if isinstance(self._explainer, CamExplainer) and "expected_cam" in g else None
+        features = None
+        if cam is None:
+            got = forward_batches(net, self.golden_inputs(), self.chw, len(self.classes), batch_size)
+        else:  # one pass for both outputs: the feature map is tested with the logits (after them, below)
+            outs = forward_outputs_batches(net, self.golden_inputs(), self.chw, (LOGITS_OUTPUT, cam.output), batch_size)
+            got, features = outs[LOGITS_OUTPUT].reshape(len(outs[LOGITS_OUTPUT]), -1), outs[cam.output]
+        if got.shape != expected.shape:
+            raise SelfTestError(f"{self.bundle_dir}: the manifest's golden logits have shape {expected.shape}, "
+                                f"the model gives {got.shape}: a damaged manifest")
         worst = float(np.abs(got - expected).max())
-        self.self_test_max_abs = worst
         if not worst <= float(g["tolerance"]):
             raise SelfTestError(
                 f"{self.bundle_dir}: golden self-test failed: max |logit difference| {worst:.3g} > {g['tolerance']:g} "
-                f"(OpenCV {cv2.__version__} here; the bundle was verified with OpenCV "
+                f"(OpenCV {cv2.__version__}, {engine or self.engine} engine here; the bundle was verified with OpenCV "
                 f"{self.manifest.get('versions', {}).get('opencv', '?')}): do not use this model on this machine")
+        if cam is not None:
+            self._self_test_cam(cam, features, g, engine)
         return worst
+
+    def _self_test_cam(self, cam: CamExplainer, features: np.ndarray, g: dict, engine: str | None) -> None:
+        expected = np.asarray(g["expected_cam"], np.float32)
+        got = np.stack([cam.cams(features, [k] * len(features)) for k in range(len(self.classes))], axis=1)
+        worst = float(np.abs(got - expected).max()) / max(1.0, float(np.abs(expected).max())) \
+            if got.shape == expected.shape else float("inf")
+        if not worst <= float(g["tolerance"]):
+            raise SelfTestError(
+                f"{self.bundle_dir}: golden self-test of the heatmaps failed: max relative |CAM difference| {worst:.3g} > "
+                f"{g['tolerance']:g} (OpenCV {cv2.__version__}, {engine or self.engine} engine here): "
+                "do not use this model's heatmaps on this machine")
+
+    def _run(self, blob: np.ndarray, names: tuple[str, ...]) -> dict[str, np.ndarray]:
+        """Named outputs for a non-empty blob, in chunks the model accepts (the heatmaps' forward pass)."""
+        step = max(1, len(blob)) if self.dynamic_batch else 1
+        outs = forward_outputs_batches(self._net(), blob, self.chw, names, step)
+        if LOGITS_OUTPUT in outs:
+            outs[LOGITS_OUTPUT] = outs[LOGITS_OUTPUT].reshape(len(blob), -1)
+            if outs[LOGITS_OUTPUT].shape[1] != len(self.classes):
+                raise InferenceError(f"model returned {outs[LOGITS_OUTPUT].shape[1]} logits per image, "
+                                     f"expected {len(self.classes)}")
+        return outs
+
+    def require_heatmaps(self) -> Explainer:
+        """The bundle's explainer; BundleError (exit 2) when it has none (exported before heatmaps)."""
+        if self._explainer is None:
+            raise BundleError(f"{self.bundle_dir}: this bundle has no heatmaps (its manifest has no 'explain' section: "
+                              "it was exported before medge had them); export it again to get heatmaps")
+        return self._explainer
+
+    def _explainer_for(self, method: str | None) -> Explainer:
+        """The bundle's explainer (None), or occlusion asked for by name: it needs only the logits, so any bundle has it."""
+        if method is None or method == self.explain_method:
+            return self.require_heatmaps()
+        if method == "occlusion":
+            size = self.chw[1]
+            return OcclusionExplainer(size, **default_occlusion(size))
+        raise UsageError(f"{self.bundle_dir}: heatmap method {method!r} is not available for this bundle "
+                         f"(its own: {self.explain_method}; occlusion works with any bundle)")
+
+    def explain_blob(self, blob: np.ndarray, class_indices=None, method: str | None = None
+                     ) -> tuple[np.ndarray, list[Explanation]]:
+        """Logits and one Explanation per image of a preprocessed (N, C, H, W) float32 blob.
+
+        Args:
+            blob: as ``edge.preprocess`` makes it with this bundle's PreprocessConfig.
+            class_indices: the class to explain per image (None: each image's predicted class).
+            method: None = the bundle's (``explain_method``); "occlusion" works with any bundle.
+
+        Raises:
+            BundleError: the bundle has no heatmaps. UsageError: a bad class index or method.
+            InferenceError: a bad blob or model output, or a CAM head that does not match the model.
+        """
+        return self._explainer_for(method).explain(self._run, blob, class_indices, self.preprocess_config)
+
+    def explain(self, path_or_array, class_index: int | None = None, max_pixels: int = DEFAULT_MAX_PIXELS,
+                method: str | None = None) -> Explanation:
+        """Where the model looked: a heatmap of one image for one class (default: the predicted class).
+
+        Args:
+            path_or_array: an image file (read as ``predict`` reads it, DICOM window included) or a
+                gray/BGR/BGRA numpy array.
+            class_index: index into ``classes``; None = the class the model predicts.
+            max_pixels: refuse larger images.
+            method: None = the bundle's (``explain_method``); "occlusion" works with any bundle (a
+                cross-check of CAM, or heatmaps from a bundle exported before them), at its cost.
+
+        Returns:
+            an ``edge.explain.Explanation``: ``heatmap`` (float32 in [0, 1], the model's input size),
+            ``class_index``, ``method``, ``logits``, ``image`` and ``overlay()``.
+
+        Raises:
+            BundleError: the bundle has no heatmaps (``explain_method`` is None) and no method was
+            named. ImageError: the input cannot be read. UsageError: a bad class index or method.
+            InferenceError: as ``explain_blob``.
+        """
+        explainer = self._explainer_for(method)
+        if isinstance(path_or_array, np.ndarray):
+            image, display_range = to_gray(path_or_array), None
+        elif isinstance(path_or_array, (str, os.PathLike)):
+            image, info = load_image(path_or_array, max_pixels)
+            display_range = info.display_range
+        else:
+            raise UsageError(f"explain takes a path or a numpy array, got {type(path_or_array).__name__}")
+        blob = preprocess(image, self.preprocess_config, display_range)[None]
+        classes = None if class_index is None else [class_index]
+        return explainer.explain(self._run, blob, classes, self.preprocess_config)[1][0]
 
     def infer(self, blob: np.ndarray) -> np.ndarray:
         """Logits for a preprocessed (N, C, H, W) float32 blob, in chunks the model accepts."""
         step = max(1, len(blob)) if self.dynamic_batch else 1
         return forward_batches(self._net(), blob, self.chw, len(self.classes), step)
 
-    def _prepare(self, item, max_pixels: int):
-        """Read and preprocess one input (runs on a worker thread)."""
+    def _prepare(self, item, max_pixels: int, strict: bool = False):
+        """Read, preprocess and check one input (runs on a worker thread)."""
         if not isinstance(item, (str, os.PathLike, np.ndarray)):
             return Prediction(None, error=f"unsupported input {type(item).__name__}: give a path or a numpy array"), None
         path = None if isinstance(item, np.ndarray) else os.fspath(item)
         pred = Prediction(path)
         try:
             t0 = time.perf_counter()
-            image = item if path is None else read_image(path, max_pixels)
+            if path is None:
+                image, info = to_gray(item), array_info(item)
+            else:
+                image, info = load_image(path, max_pixels)
+            pred.input = info.to_dict()
             t1 = time.perf_counter()
-            tensor = preprocess(image, self.preprocess_config)
+            stages = preprocess_stages(image, self.preprocess_config, info.display_range)
+            pred.warnings = check_input(info, image_stats(stages["gray"], stages["resized"]), self.data_profile, path)
             t2 = time.perf_counter()
             pred.timings_ms = {"read": 1000 * (t1 - t0), "preprocess": 1000 * (t2 - t1)}
-            return pred, tensor
+            if strict and pred.warnings:
+                pred.error = f"{path or '<array>'}: refused (strict mode): {'; '.join(pred.warnings)}"
+                return pred, None
+            return pred, stages["tensor"]
         except MedgeError as e:
             pred.error = str(e)
             return pred, None
         except Exception as e:  # one odd input must not take the batch down; say what happened
-            pred.error = f"{path or '<array>'}: unexpected {type(e).__name__}: {e}"
+            pred.error = f"{path or '<array>'}: internal error ({type(e).__name__}: {e}); this is a bug in medge"
+            pred.unexpected = True
             return pred, None
 
-    def _finish(self, batch: list[tuple[Prediction, np.ndarray]]) -> None:
+    def _finish(self, batch: list[tuple[Prediction, np.ndarray]], heatmaps: bool = False) -> None:
         try:
             t0 = time.perf_counter()
-            logits = self.infer(np.stack([t for _, t in batch]))
+            blob = np.stack([t for _, t in batch])
+            logits, explanations = self.explain_blob(blob) if heatmaps else (self.infer(blob), [None] * len(batch))
             per_image = 1000 * (time.perf_counter() - t0) / len(batch)
         except MedgeError:
             if len(batch) > 1:  # isolate the input that breaks the batch
                 for one in batch:
-                    self._finish([one])
+                    self._finish([one], heatmaps)
                 return
             raise
         probs = softmax(logits)
-        for (pred, _), z, p in zip(batch, logits, probs, strict=True):
+        for (pred, _), z, p, e in zip(batch, logits, probs, explanations, strict=True):
             pred.logits = [float(v) for v in z]
             pred.probabilities = {c: float(v) for c, v in zip(self.classes, p, strict=True)}
             pred.label = self.classes[int(np.argmax(z))]
-            pred.timings_ms["inference"] = per_image
+            pred.timings_ms["inference"] = per_image  # with heatmaps: inference and heatmap together
+            pred.explanation = e
 
-    def predict_iter(self, inputs, batch_size: int = 8, workers: int | None = None, max_pixels: int = DEFAULT_MAX_PIXELS):
+    def predict_iter(self, inputs, batch_size: int = 8, workers: int | None = None, max_pixels: int = DEFAULT_MAX_PIXELS,
+                     strict: bool = False, heatmaps: bool = False):
         """Yield one Prediction per input, in input order, as soon as each batch is done.
 
         Args:
@@ -192,7 +396,12 @@ class Model:
             workers: threads reading and preprocessing ahead of inference (0 = in this thread;
                 default: one per core).
             max_pixels: refuse larger images.
+            strict: an input with warnings (``edge.profile``) is refused instead of labelled.
+            heatmaps: also explain each classified input (``Prediction.explanation``, the predicted
+                class); with CAM from the same forward pass. BundleError if the bundle has none.
         """
+        if heatmaps:
+            self.require_heatmaps()
         batch_size = max(1, batch_size if self.dynamic_batch else 1)
         workers = (os.cpu_count() or 1) if workers is None else workers
         inputs = iter(inputs)
@@ -202,7 +411,7 @@ class Model:
 
         def submit():
             for item in inputs:
-                pending.append(pool.submit(self._prepare, item, max_pixels) if pool else item)
+                pending.append(pool.submit(self._prepare, item, max_pixels, strict) if pool else item)
                 return True
             return False
 
@@ -213,14 +422,14 @@ class Model:
             done: list[Prediction] = []
             while pending:
                 head = pending.popleft()
-                pred, tensor = head.result() if pool else self._prepare(head, max_pixels)
+                pred, tensor = head.result() if pool else self._prepare(head, max_pixels, strict)
                 submit()
                 done.append(pred)
                 if tensor is not None:
                     batch.append((pred, tensor))
                 if len(batch) == batch_size or (not pending and batch):
                     try:
-                        self._finish(batch)
+                        self._finish(batch, heatmaps)
                     except MedgeError as e:
                         for p, _ in batch:
                             p.error = str(e)
@@ -234,8 +443,8 @@ class Model:
                 pool.shutdown(wait=True, cancel_futures=True)
 
     def predict(self, inputs, batch_size: int = 8, workers: int | None = None,
-                max_pixels: int = DEFAULT_MAX_PIXELS) -> list[Prediction]:
+                max_pixels: int = DEFAULT_MAX_PIXELS, strict: bool = False, heatmaps: bool = False) -> list[Prediction]:
         """Predict one path or array, or a list of them; returns a list of Predictions in order."""
         if isinstance(inputs, (str, os.PathLike, np.ndarray)):
             inputs = [inputs]
-        return list(self.predict_iter(inputs, batch_size, workers, max_pixels))
+        return list(self.predict_iter(inputs, batch_size, workers, max_pixels, strict, heatmaps))

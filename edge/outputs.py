@@ -4,15 +4,17 @@ Every medge command that writes files goes through this module, so that all of
 them behave alike (issue 13):
 
 - ``check_output_file`` / ``check_output_dir`` run before any work starts: an
-  existing output is refused without ``overwrite``, a path of the wrong kind (a
-  folder where a file is wanted, or the reverse) is named as such, and a parent
-  that cannot be created or written is reported. All are ``UsageError`` (exit 2),
-  so minutes of measuring are never thrown away at the end.
+  existing output (a file, or the files a command will write into a folder, named
+  after its inputs by ``output_names``) is refused without ``overwrite``, a path of
+  the wrong kind (a folder where a file is wanted, or the reverse) is named as
+  such, and a parent that cannot be created or written is reported. All are
+  ``UsageError`` (exit 2), so minutes of measuring are never thrown away at the end.
 - ``open_atomic``, ``atomic_write_text``, ``atomic_write_bytes`` create missing
   parent folders and write to a hidden temporary file beside the target, flush it
   to disk, then rename it over the target: a reader never sees half a file, and a
   crash leaves the previous version intact.
 - ``atomic_dir`` does the same for a folder built file by file (a bundle, a data set).
+- ``make_output_dir`` creates a checked output folder once the inputs and the model are known good.
 - ``wrote`` says where a file went, in one format for every command.
 
 The hazard guarded against: ``open(path, "w")`` truncates an existing file before
@@ -28,6 +30,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from medge.edge.errors import UsageError
+from medge.edge.paths import TEXT_ERRORS, shown
 
 
 def _temp_name(path: Path, suffix: str = ".tmp") -> Path:
@@ -40,9 +43,9 @@ def _check_creatable(path: Path) -> None:
     while not ancestor.exists() and ancestor != ancestor.parent:
         ancestor = ancestor.parent
     if not ancestor.is_dir():
-        raise UsageError(f"{path}: cannot create it: {ancestor} is a file, not a folder")
+        raise UsageError(shown(f"{path}: cannot create it: {ancestor} is a file, not a folder"))
     if not os.access(ancestor, os.W_OK | os.X_OK):
-        raise UsageError(f"{path}: cannot write into {ancestor}: permission denied")
+        raise UsageError(shown(f"{path}: cannot write into {ancestor}: permission denied"))
 
 
 def check_output_file(path: str | os.PathLike, overwrite: bool = False, what: str = "output") -> Path:
@@ -62,39 +65,79 @@ def check_output_file(path: str | os.PathLike, overwrite: bool = False, what: st
     """
     p = Path(path)
     if p.is_dir():
-        raise UsageError(f"{p}: is a folder: give a file name for the {what}")
+        raise UsageError(f"{shown(p)}: is a folder: give a file name for the {what}")
     if (p.exists() or p.is_symlink()) and not overwrite:
-        raise UsageError(f"{p}: exists already (use --overwrite to replace it)")
+        raise UsageError(f"{shown(p)}: exists already (use --overwrite to replace it)")
     _check_creatable(p)
     return p
 
 
-def check_output_dir(path: str | os.PathLike, what: str = "output") -> Path:
+def check_output_dir(path: str | os.PathLike, what: str = "output", names: list[str] | tuple[str, ...] = (),
+                     overwrite: bool = False) -> Path:
     """Check, before any work, that ``path`` is a folder or can be created as one.
 
-    Whether an existing folder's content may be replaced is the caller's rule
-    (a bundle, a run folder and a preview folder each have their own).
+    Args:
+        path: the folder.
+        what: what goes in it, for the message ("heatmaps", "bundle", ...).
+        names: the files the command will write into it; those that exist already are
+            refused without ``overwrite`` (the first few are named). Whether other
+            content may be replaced is the caller's rule (a bundle, a run folder and a
+            data set each have their own).
+        overwrite: allow replacing the files in ``names``.
+
+    Returns:
+        ``path`` as a Path.
 
     Raises:
-        UsageError: the path is a file, or it cannot be created or written.
+        UsageError: the path is a file, it cannot be created or written, or files in
+            ``names`` exist and ``overwrite`` is off.
     """
     p = Path(path)
     if p.exists() and not p.is_dir():
-        raise UsageError(f"{p}: is a file: give a folder for the {what}")
+        raise UsageError(f"{shown(p)}: is a file: give a folder for the {what}")
     if p.is_dir():
         if not os.access(p, os.W_OK | os.X_OK):
-            raise UsageError(f"{p}: cannot write into it: permission denied")
+            raise UsageError(f"{shown(p)}: cannot write into it: permission denied")
+        taken = [n for n in names if (p / n).exists() or (p / n).is_symlink()]
+        if taken and not overwrite:
+            more = f" and {len(taken) - 3} more" if len(taken) > 3 else ""
+            raise UsageError(shown(f"{p}: would overwrite {', '.join(taken[:3])}{more} (use --overwrite to replace them)"))
     else:
         _check_creatable(p)
     return p
 
 
+def make_output_dir(path: str | os.PathLike) -> Path:
+    """Create an output folder and its parents (after ``check_output_dir``); UsageError when that is impossible."""
+    p = Path(path)
+    try:
+        p.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UsageError(f"{shown(p)}: cannot create the folder: {e.strerror or e}") from None
+    return p
+
+
+def output_names(paths: list[str], suffix: str) -> list[str]:
+    """One file name per input, after its stem: ``a.png`` -> ``a<suffix>``; repeated stems (same
+    name in two folders) get ``a.1<suffix>``, ``a.2<suffix>``, ... in input order."""
+    used, names = set(), []
+    for path in paths:
+        stem = Path(path).stem
+        name, i = f"{stem}{suffix}", 1
+        while name in used:
+            name, i = f"{stem}.{i}{suffix}", i + 1
+        used.add(name)
+        names.append(name)
+    return names
+
+
 @contextmanager
 def open_atomic(path: str | os.PathLike, mode: str = "w", encoding: str | None = "utf-8", newline: str | None = None,
-                keep_partial: bool = False):
+                keep_partial: bool = False, errors: str = TEXT_ERRORS):
     """Open a temporary file beside ``path`` for writing; on success it is flushed to disk and renamed over ``path``.
 
-    Missing parent folders are created. On an exception the temporary file is
+    Missing parent folders are created. Text that cannot be encoded (a file name that
+    is not UTF-8) is written as ``\\udcXX`` (``medge.edge.paths``), never an error. On an exception the temporary file is
     removed, unless ``keep_partial``: then it is kept as ``.NAME.partial`` (results
     computed before a crash or Ctrl-C are not lost) and its path is added to the
     exception's notes.
@@ -104,7 +147,7 @@ def open_atomic(path: str | os.PathLike, mode: str = "w", encoding: str | None =
     tmp = path.with_name(f".{path.name}.partial") if keep_partial else _temp_name(path)
     binary = "b" in mode
     f = open(tmp, mode if keep_partial else mode.replace("w", "x"), encoding=None if binary else encoding,
-             newline=None if binary else newline)
+             newline=None if binary else newline, errors=None if binary else errors)
     try:
         with f:
             yield f
@@ -168,4 +211,4 @@ def atomic_dir(path: str | os.PathLike, replace: bool = False):
 
 def wrote(path: str | os.PathLike, what: str = "") -> None:
     """Say where a file or folder was written (stderr, one format for every command)."""
-    print(f"wrote {what + ': ' if what else ''}{path}", file=sys.stderr, flush=True)
+    print(f"wrote {what + ': ' if what else ''}{shown(path)}", file=sys.stderr, flush=True)

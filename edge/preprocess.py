@@ -9,14 +9,32 @@ For 8-bit gray input the result equals, bit for bit, the plain OpenCV sequence::
     r = cv2.resize(c, (224, 224), interpolation=cv2.INTER_AREA)
     x = (r.astype(np.float32) / np.float32(255) - np.float32(0.5)) / np.float32(0.5)
 
-The 16-bit rule (``high_bit_rule="minmax"``): an image that is not uint8 (16-bit
-PNG/TIFF, DICOM after rescale and windowing) is mapped linearly from its own
-[min, max] to [0, 255] with ``cv2.normalize(..., NORM_MINMAX, CV_8U)`` (rounded to
-nearest); a constant image becomes all zeros. This uses the full range of a
-12-bit image stored in 16 bits instead of keeping its top 8 bits (which leaves
-it nearly black), and is independent of the stored bit depth. A single
-saturated pixel (burned-in text) compresses the range; CLAHE then restores
-local contrast.
+The 8-bit rule, for an image that is not uint8 (16-bit PNG/TIFF, DICOM), in order:
+
+1. The file's own display range, when it has one (``display_range``: the DICOM
+   window or VOI LUT, or the stored range of an 8-bit DICOM), is mapped
+   linearly onto [0, 255]: the modality's choice of what is black and white wins.
+2. Otherwise ``PreprocessConfig.high_bit_rule`` decides:
+
+   - ``"percentile"`` (the default since medge 0.3): the 0.5th and 99.5th
+     percentiles of the pixel values map to 0 and 255, values outside clip.
+     Outliers cannot wreck it: one dead or saturated detector pixel, or burned-in
+     text at the maximum value, leaves the mapping of the anatomy unchanged (with
+     min-max, one pixel at 65535 in a 12-bit image squeezes the anatomy into 16
+     grey levels). The percentiles are exact ranks (``PERCENTILES``) of at most
+     ``PERCENTILE_SAMPLES`` pixels taken on a regular grid, so the cost does not
+     grow with the image. When the two percentiles are equal (more than 99% of
+     the image one value), the image's own minimum and maximum are used instead.
+   - ``"minmax"`` (bundles made before medge 0.3; their manifest says so): the
+     image's own [min, max] map to [0, 255] with ``cv2.normalize(...,
+     NORM_MINMAX, CV_8U)``; the display range is ignored, as it was then.
+
+   Values are rounded to nearest; a constant image becomes all zeros.
+
+Both rules use the full range of a 12-bit image stored in 16 bits instead of
+keeping its top 8 bits (which leaves it nearly black), independently of the
+stored bit depth. Training and the edge run this same function with the
+bundle's PreprocessConfig, so they always agree.
 """
 from __future__ import annotations
 
@@ -31,10 +49,13 @@ import numpy as np
 
 from medge.edge.config import check_ranges, check_types, from_dict
 from medge.edge.errors import ImageError
-from medge.edge.image import to_gray
+from medge.edge.formats import DEFAULT_MAX_PIXELS
+from medge.edge.image import load_image, to_gray
 
 INTERPOLATIONS = {"area": cv2.INTER_AREA, "linear": cv2.INTER_LINEAR, "cubic": cv2.INTER_CUBIC}
-HIGH_BIT_RULES = ("minmax",)
+HIGH_BIT_RULES = ("percentile", "minmax")
+PERCENTILES = (0.5, 99.5)  # the "percentile" rule: these map to black and white
+PERCENTILE_SAMPLES = 1 << 18  # at most this many pixels (a regular grid) decide the percentiles
 
 
 @dataclass(frozen=True)
@@ -50,7 +71,7 @@ class PreprocessConfig:
     mean: float = 0.5  # normalize: (x / 255 - mean) / std
     std: float = 0.5
     channels: int = 1  # 1, or 3 = the gray plane repeated (for 3-channel models)
-    high_bit_rule: str = "minmax"  # how non-8-bit images become 8-bit (module docstring)
+    high_bit_rule: str = "percentile"  # how non-8-bit images become 8-bit (module docstring); old bundles: "minmax"
 
     def __post_init__(self):
         check_types(self)
@@ -73,7 +94,13 @@ class PreprocessConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> PreprocessConfig:
-        """Build from a dict (e.g. a manifest); unknown keys and bad values raise ConfigError."""
+        """Build from a dict (e.g. a manifest); unknown keys and bad values raise ConfigError.
+
+        A dict without ``high_bit_rule`` was written before the rule could be chosen: it gets "minmax", the
+        only rule there was, so that an old bundle or checkpoint keeps preprocessing as it was trained.
+        """
+        if isinstance(d, dict) and "high_bit_rule" not in d:
+            d = {**d, "high_bit_rule": "minmax"}
         return from_dict(cls, d)
 
     def fingerprint(self) -> str:
@@ -93,17 +120,50 @@ def _clahe(cfg: PreprocessConfig):
     return cache[key]
 
 
-def to_uint8(gray: np.ndarray, cfg: PreprocessConfig = PreprocessConfig()) -> np.ndarray:
-    """Apply ``cfg.high_bit_rule`` (module docstring) to a non-8-bit image; uint8 input is returned as is."""
+def to_uint8(gray: np.ndarray, cfg: PreprocessConfig = PreprocessConfig(),
+             display_range: tuple[float, float] | None = None) -> np.ndarray:
+    """Apply the 8-bit rule (module docstring) to a non-8-bit image; uint8 input is returned as is.
+
+    Args:
+        gray: 2-D uint8, uint16 or float32.
+        cfg: its ``high_bit_rule`` decides images without a display range.
+        display_range: (black, white) values defined by the file (``ImageInfo.display_range``).
+    """
     if gray.dtype == np.uint8:
         return gray
     if cfg.high_bit_rule == "minmax":
         return cv2.normalize(gray, None, 0, 255, cv2.NORM_MINMAX, cv2.CV_8U)
-    raise ValueError(f"unknown high_bit_rule {cfg.high_bit_rule!r}")  # unreachable: PreprocessConfig validates it
+    if cfg.high_bit_rule != "percentile":
+        raise ValueError(f"unknown high_bit_rule {cfg.high_bit_rule!r}")  # unreachable: PreprocessConfig validates it
+    lo, hi = display_range if display_range is not None else percentile_range(gray)
+    if not hi > lo:
+        return np.zeros(gray.shape, np.uint8)
+    # (x - lo) * 255 / (hi - lo), clipped to 0..255 and rounded to nearest, with OpenCV's vectorised
+    # saturating arithmetic: uint16 needs no float copy of the image (the subtraction saturates at 0).
+    shifted = cv2.subtract(gray, float(lo))
+    if gray.dtype != np.uint16:
+        cv2.max(shifted, 0.0, dst=shifted)
+    return cv2.convertScaleAbs(shifted, alpha=255.0 / (float(hi) - float(lo)))
 
 
-def _uint8_stages(image: np.ndarray, cfg: PreprocessConfig) -> dict[str, np.ndarray]:
-    gray = to_uint8(to_gray(image), cfg)
+def percentile_range(gray: np.ndarray) -> tuple[float, float]:
+    """The values at ``PERCENTILES`` (exact ranks of a regular grid of at most ``PERCENTILE_SAMPLES`` pixels).
+
+    Falls back to the minimum and maximum when the two percentiles are equal.
+    """
+    step = max(1, int(np.ceil(np.sqrt(gray.size / PERCENTILE_SAMPLES))))
+    sample = np.ascontiguousarray(gray[::step, ::step]).ravel()
+    n = sample.size
+    ranks = [int(round(q / 100.0 * (n - 1))) for q in PERCENTILES]
+    part = np.partition(sample, ranks)
+    lo, hi = float(part[ranks[0]]), float(part[ranks[1]])
+    if hi <= lo:
+        lo, hi = float(gray.min()), float(gray.max())
+    return lo, hi
+
+
+def _uint8_stages(image: np.ndarray, cfg: PreprocessConfig, display_range=None) -> dict[str, np.ndarray]:
+    gray = to_uint8(to_gray(image), cfg, display_range)
     k = cfg.blur_ksize
     blurred = cv2.GaussianBlur(gray, (k, k), cfg.blur_sigma) if k > 1 else gray
     clahe = _clahe(cfg).apply(blurred)
@@ -111,20 +171,22 @@ def _uint8_stages(image: np.ndarray, cfg: PreprocessConfig) -> dict[str, np.ndar
     return {"gray": gray, "blurred": blurred, "clahe": clahe, "resized": resized}
 
 
-def preprocess_stages(image: np.ndarray, cfg: PreprocessConfig = PreprocessConfig()) -> dict[str, np.ndarray]:
-    """Run the chain and keep every intermediate (for ``medge preview`` and debugging).
+def preprocess_stages(image: np.ndarray, cfg: PreprocessConfig = PreprocessConfig(),
+                      display_range: tuple[float, float] | None = None) -> dict[str, np.ndarray]:
+    """Run the chain and keep every intermediate (for ``medge preview``, the input checks and debugging).
 
     Returns:
         dict with ``gray`` (uint8), ``blurred``, ``clahe``, ``resized`` (uint8) and
         ``tensor`` (float32, (C, H, W)).
     """
-    stages = _uint8_stages(image, cfg)
+    stages = _uint8_stages(image, cfg, display_range)
     return {**stages, "tensor": normalize(stages["resized"], cfg)}
 
 
-def preprocess_uint8(image: np.ndarray, cfg: PreprocessConfig = PreprocessConfig()) -> np.ndarray:
+def preprocess_uint8(image: np.ndarray, cfg: PreprocessConfig = PreprocessConfig(),
+                     display_range: tuple[float, float] | None = None) -> np.ndarray:
     """The deterministic part up to the resize: (size, size) uint8. Cacheable."""
-    return _uint8_stages(image, cfg)["resized"]
+    return _uint8_stages(image, cfg, display_range)["resized"]
 
 
 def normalize(resized: np.ndarray, cfg: PreprocessConfig = PreprocessConfig()) -> np.ndarray:
@@ -135,17 +197,33 @@ def normalize(resized: np.ndarray, cfg: PreprocessConfig = PreprocessConfig()) -
     return np.repeat(x[None], cfg.channels, axis=0) if cfg.channels > 1 else x[None]
 
 
-def preprocess(image: np.ndarray, cfg: PreprocessConfig = PreprocessConfig()) -> np.ndarray:
+def preprocess(image: np.ndarray, cfg: PreprocessConfig = PreprocessConfig(),
+               display_range: tuple[float, float] | None = None) -> np.ndarray:
     """Preprocess one image exactly as in training.
 
     Args:
         image: 2-D gray (uint8, uint16 or float32), or BGR/BGRA as OpenCV decodes it.
         cfg: the preprocessing configuration stored with the model.
+        display_range: the file's own (black, white) values, ``ImageInfo.display_range``
+            from ``edge.image.load_image`` (a DICOM window); None for arrays and plain files.
 
     Returns:
         float32 array of shape (cfg.channels, cfg.size, cfg.size).
     """
-    return normalize(preprocess_uint8(image, cfg), cfg)
+    return normalize(preprocess_uint8(image, cfg, display_range), cfg)
+
+
+def preprocess_file(path, cfg: PreprocessConfig = PreprocessConfig(), max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Read one file and preprocess it exactly as the edge does (its DICOM window included).
+
+    Returns:
+        float32 array of shape (cfg.channels, cfg.size, cfg.size).
+
+    Raises:
+        ImageError, MissingExtraError: as ``edge.image.load_image``.
+    """
+    image, info = load_image(path, max_pixels)
+    return preprocess(image, cfg, info.display_range)
 
 
 def preprocess_batch(images, cfg: PreprocessConfig = PreprocessConfig()) -> np.ndarray:

@@ -1,38 +1,155 @@
-"""cv2.dnn, guarded: loading an ONNX model and running a checked forward pass.
+"""cv2.dnn, guarded: what this OpenCV offers, loading an ONNX model, and a checked forward pass.
 
-OpenCV 5 hazards this module designs for (see issue 5):
-- the default engine does not check the input's channel count and passes NaN
+Every OpenCV from 4.5.5 up, pip wheel or distribution package (issue 11): what an
+OpenCV offers is detected, never assumed from its version:
+- engines: OpenCV 5 has a classic and a new engine (``readNetFromONNX(src, engine)``);
+  4.x has one, the classic engine (``readNetFromONNX(src)``); OpenCV 5's ONNX Runtime
+  engine only where OpenCV was built with ONNX Runtime (elsewhere it silently falls
+  back to another engine). ``ENGINES`` lists this OpenCV's; ``auto`` (the fastest
+  correct one for a bundle on this box) is chosen by ``edge.engine_choice``;
+- backends and targets: those that ``cv2.dnn.getAvailableTargets`` lists on this box;
+- the net's type is ``cv2.dnn.Net`` from 4.6 on, ``cv2.dnn_Net`` in 4.5.5.
+
+OpenCV hazards this module designs for (see issue 5):
+- OpenCV 5's new engine does not check the input's channel count and passes NaN
   through; the classic engine turns NaN into plausible finite numbers: so the
   blob's shape, dtype and finiteness are checked before ``setInput`` and the
   output's finiteness after ``forward``;
 - a blob with batch size 0 kills the process with SIGFPE: refused here;
-- ``ENGINE_NEW`` returns an empty net instead of raising on an unsupported op:
+- the new engine returns an empty net instead of raising on an unsupported op:
   ``net.empty()`` is always checked;
+- OpenCV 4.5.5 and 4.6 fail, or could err, on batches > 1 of some models (those with
+  squeeze-excitation blocks: mobilenet_v3, efficientnet): ``edge.model``'s self-test
+  checks batched inference and falls back to one image per pass;
 - a ``cv2.dnn.Net`` must not be used by two threads at once (crashes, wrong
   outputs): callers give each thread its own net (see ``edge.model``).
 """
 from __future__ import annotations
 
 import os
+import re
+import time
+from dataclasses import dataclass
+from functools import partial
+from typing import Callable
 
 import cv2
 import numpy as np
 
 from medge.edge.errors import BundleError, ConfigError, InferenceError
 
-ENGINES = {"auto": cv2.dnn.ENGINE_AUTO, "classic": cv2.dnn.ENGINE_CLASSIC, "new": cv2.dnn.ENGINE_NEW}
-# name -> (backend, target). The new engine runs on the CPU only; other backends use the classic engine.
-BACKENDS = {
-    "cpu": (cv2.dnn.DNN_BACKEND_OPENCV, cv2.dnn.DNN_TARGET_CPU),
-    "opencl": (cv2.dnn.DNN_BACKEND_OPENCV, cv2.dnn.DNN_TARGET_OPENCL),
-    "opencl-fp16": (cv2.dnn.DNN_BACKEND_OPENCV, cv2.dnn.DNN_TARGET_OPENCL_FP16),
-    "cuda": (cv2.dnn.DNN_BACKEND_CUDA, cv2.dnn.DNN_TARGET_CUDA),
-    "cuda-fp16": (cv2.dnn.DNN_BACKEND_CUDA, cv2.dnn.DNN_TARGET_CUDA_FP16),
-}
+MIN_OPENCV = (4, 5, 5)  # the oldest OpenCV medge supports: CI runs the edge tests on opencv-python-headless 4.5.5.64
+AUTO = "auto"  # the engine that is fastest and correct for a bundle on this box, chosen by edge.engine_choice
+NET_TYPE = getattr(cv2.dnn, "Net", None) or cv2.dnn_Net  # the class of a net: cv2.dnn_Net in OpenCV 4.5.5
+INSTALL_HINT = ("install a supported OpenCV: pip install 'opencv-python-headless>=4.5.5' "
+                "(pip install -c constraints.txt . installs the tested one), or a distribution's python3-opencv 4.5.5 or newer")
+LOGITS_OUTPUT = "logits"  # the name every medge bundle gives its class scores
 LOAD_REMEDIES = (
     "usual remedies: export with opset 12 (medge's default), keep the input shape fixed apart from the batch, "
-    "simplify with onnxsim, try --engine classic (or new), or choose an architecture that OpenCV supports"
+    "simplify with onnxsim, try another --engine, or choose an architecture that OpenCV supports"
 )
+
+
+@dataclass(frozen=True)
+class Engine:
+    """One way to run an ONNX model on this box.
+
+    ``read`` takes the model's bytes (or a path) and returns a net with ``setInput``,
+    ``forward`` and ``empty`` (a ``cv2.dnn.Net`` for OpenCV's engines); ``backends``
+    are the keys of BACKENDS it can use.
+    """
+
+    name: str
+    about: str
+    read: Callable[[bytes | str], object]
+    backends: tuple[str, ...]
+
+
+def _read_onnx(flag: int | None, src: bytes | str):
+    """cv2.dnn.readNetFromONNX of bytes or a path; ``flag`` is OpenCV 5's engine (None before 5.0)."""
+    buf = np.frombuffer(src, np.uint8) if isinstance(src, bytes) else os.fspath(src)
+    return cv2.dnn.readNetFromONNX(buf) if flag is None else cv2.dnn.readNetFromONNX(buf, flag)
+
+
+def _build_has(component: str) -> bool:
+    """Whether getBuildInformation says ``component: YES ...``."""
+    for line in cv2.getBuildInformation().splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == component:
+            return value.strip().upper().startswith("YES")
+    return False
+
+
+# name -> (backend, target) of cv2.dnn, for the constants this OpenCV defines; available_backends() says
+# which of them this box can run.
+BACKENDS = {
+    name: (getattr(cv2.dnn, backend), getattr(cv2.dnn, target))
+    for name, (backend, target) in {
+        "cpu": ("DNN_BACKEND_OPENCV", "DNN_TARGET_CPU"),
+        "opencl": ("DNN_BACKEND_OPENCV", "DNN_TARGET_OPENCL"),
+        "opencl-fp16": ("DNN_BACKEND_OPENCV", "DNN_TARGET_OPENCL_FP16"),
+        "cuda": ("DNN_BACKEND_CUDA", "DNN_TARGET_CUDA"),
+        "cuda-fp16": ("DNN_BACKEND_CUDA", "DNN_TARGET_CUDA_FP16"),
+    }.items()
+    if hasattr(cv2.dnn, backend) and hasattr(cv2.dnn, target)
+}
+# Engines that some OpenCV has, for messages on one that lacks them.
+KNOWN_ENGINES = {"classic": "every OpenCV", "new": "OpenCV 5", "ort": "an OpenCV 5 built with ONNX Runtime"}
+
+
+def detect_engines() -> dict[str, Engine]:
+    """The engines this OpenCV has, in order of preference when nothing was measured."""
+    dnn = cv2.dnn
+    if not hasattr(dnn, "ENGINE_CLASSIC"):  # OpenCV 4.x: one engine, readNetFromONNX(src)
+        return {"classic": Engine("classic", "OpenCV's DNN engine (the only one before OpenCV 5)",
+                                  partial(_read_onnx, None), tuple(BACKENDS))}
+    engines = {"classic": Engine("classic", "OpenCV 5's classic engine (that of 4.x; every backend)",
+                                 partial(_read_onnx, dnn.ENGINE_CLASSIC), tuple(BACKENDS))}
+    if hasattr(dnn, "ENGINE_NEW"):
+        engines["new"] = Engine("new", "OpenCV 5's new engine (CPU only)", partial(_read_onnx, dnn.ENGINE_NEW), ("cpu",))
+    if hasattr(dnn, "ENGINE_ORT") and _build_has("ONNX Runtime"):
+        engines["ort"] = Engine("ort", "OpenCV 5's ONNX Runtime engine (CPU only)", partial(_read_onnx, dnn.ENGINE_ORT),
+                                ("cpu",))
+    return engines
+
+
+ENGINES = detect_engines()
+
+
+def engine_choices() -> list[str]:
+    """What --engine accepts here: auto, then this OpenCV's engines."""
+    return [AUTO, *ENGINES]
+
+
+def engines_for(backend: str) -> list[str]:
+    """This OpenCV's engines that can use ``backend``, in order of preference."""
+    return [name for name, e in ENGINES.items() if backend in e.backends]
+
+
+def available_backends() -> list[str]:
+    """The BACKENDS this box can run: their target is in ``cv2.dnn.getAvailableTargets(backend)``."""
+    names = []
+    for name, (backend, target) in BACKENDS.items():
+        try:
+            targets = [int(t) for t in np.ravel(cv2.dnn.getAvailableTargets(backend))]
+        except cv2.error:
+            targets = []
+        if int(target) in targets:
+            names.append(name)
+    return names
+
+
+def opencv_version(text: str | None = None) -> tuple[int, int, int]:
+    """(major, minor, patch) of an OpenCV version such as '4.6.0' or '4.8.0-dev' (default: this one's)."""
+    nums = [int(n) for n in re.findall(r"\d+", cv2.__version__ if text is None else text)[:3]]
+    return tuple(nums + [0] * (3 - len(nums)))
+
+
+def check_opencv() -> None:
+    """Raise BundleError when this OpenCV is older than MIN_OPENCV."""
+    if opencv_version() < MIN_OPENCV:
+        raise BundleError(f"OpenCV {cv2.__version__} is older than {'.'.join(map(str, MIN_OPENCV))}, the oldest medge "
+                          f"supports: {INSTALL_HINT}")
 
 
 def _cv_message(e: cv2.error) -> str:
@@ -41,45 +158,63 @@ def _cv_message(e: cv2.error) -> str:
 
 
 def check_choices(engine: str, backend: str) -> None:
-    """Raise ConfigError for an engine or backend name that is not in the tables."""
-    if engine not in ENGINES:
-        raise ConfigError(f"unknown engine {engine!r}; choose one of {list(ENGINES)}")
+    """Raise ConfigError for an engine or backend that this OpenCV does not have, or a pair that cannot go together."""
     if backend not in BACKENDS:
         raise ConfigError(f"unknown backend {backend!r}; choose one of {list(BACKENDS)}")
+    if engine == AUTO:
+        return
+    if engine not in ENGINES:
+        known = f" (it is in {KNOWN_ENGINES[engine]})" if engine in KNOWN_ENGINES else ""
+        raise ConfigError(f"engine {engine!r} is not available in OpenCV {cv2.__version__}{known}; "
+                          f"this one has {list(ENGINES)}: choose one of {engine_choices()}")
+    if backend not in ENGINES[engine].backends:
+        raise ConfigError(f"backend {backend!r} needs an engine that runs on it ({engines_for(backend)}); "
+                          f"the {engine} engine runs on {list(ENGINES[engine].backends)} only")
 
 
-def load_net(model: bytes | str | os.PathLike, engine: str = "auto", backend: str = "cpu", name: str = "") -> cv2.dnn.Net:
-    """Load an ONNX model into cv2.dnn.
+def load_net(model: bytes | str | os.PathLike, engine: str = "classic", backend: str = "cpu", name: str = "",
+             verified_with: str | None = None):
+    """Load an ONNX model with one of this OpenCV's engines.
 
     Args:
         model: the ONNX file's bytes (preferred: the bytes whose hash was checked
             are the bytes loaded), or a path.
-        engine: auto, classic or new (``cv2.dnn.ENGINE_*``).
-        backend: a key of BACKENDS.
+        engine: a key of ENGINES (``auto`` is resolved per bundle by ``edge.engine_choice``).
+        backend: a key of BACKENDS that this box can run (``available_backends()``).
         name: how to call the model in errors (its path).
+        verified_with: the OpenCV version the bundle was verified with, for the remedy in errors.
+
+    Returns:
+        the engine's net (a ``cv2.dnn.Net`` for OpenCV's engines).
 
     Raises:
-        ConfigError: unknown engine or backend. BundleError: OpenCV cannot load the
-            model; the message has OpenCV's reason (naming the failing node or
-            layer when OpenCV does) and the usual remedies.
+        ConfigError: an engine or backend this OpenCV or box does not have.
+        BundleError: OpenCV is too old, or cannot load the model; the message names
+            the OpenCV version, OpenCV's reason (the failing node or layer when OpenCV
+            says) and what to install or try.
     """
+    check_opencv()
+    if engine == AUTO:
+        raise ConfigError("engine 'auto' is chosen per bundle by Model.load; load_net needs one of "
+                          f"{list(ENGINES)}")
     check_choices(engine, backend)
-    if backend != "cpu":
-        if engine == "new":
-            raise ConfigError(f"backend {backend!r} needs the classic engine; OpenCV's new engine runs on the CPU only")
-        engine = "classic"
+    if backend != "cpu" and backend not in available_backends():
+        raise ConfigError(f"backend {backend!r} is not available on this box: OpenCV {cv2.__version__} finds no device "
+                          f"for it (available: {available_backends()})")
     name = name or (str(model) if not isinstance(model, bytes) else "<onnx bytes>")
+    remedy = LOAD_REMEDIES
+    if verified_with and verified_with != cv2.__version__:
+        remedy = (f"the bundle was verified with OpenCV {verified_with}: install it here "
+                  f"(pip install 'opencv-python-headless=={verified_with}.*', or pip install -c constraints.txt .), "
+                  f"or try another --engine")
     try:
-        if isinstance(model, bytes):
-            net = cv2.dnn.readNetFromONNX(np.frombuffer(model, np.uint8), ENGINES[engine])
-        else:
-            net = cv2.dnn.readNetFromONNX(os.fspath(model), ENGINES[engine])
+        net = ENGINES[engine].read(model if isinstance(model, bytes) else os.fspath(model))
     except cv2.error as e:
-        raise BundleError(f"{name}: OpenCV {cv2.__version__} cannot load the model (engine {engine}): "
-                          f"{_cv_message(e)}; {LOAD_REMEDIES}") from None
+        raise BundleError(f"{name}: OpenCV {cv2.__version__} ({engine} engine) cannot read this model: "
+                          f"{_cv_message(e)}; {remedy}") from None
     if net.empty():
-        raise BundleError(f"{name}: OpenCV {cv2.__version__} returned an empty network (engine {engine}): "
-                          f"some operator is not supported; {LOAD_REMEDIES}")
+        raise BundleError(f"{name}: OpenCV {cv2.__version__} ({engine} engine) returned an empty network: "
+                          f"some operator is not supported; {remedy}")
     if backend != "cpu":  # OpenCV/CPU is the default; setting it warns under the new engine
         net.setPreferableBackend(BACKENDS[backend][0])
         net.setPreferableTarget(BACKENDS[backend][1])
@@ -99,7 +234,13 @@ def check_blob(blob: np.ndarray, chw: tuple[int, int, int]) -> np.ndarray:
     return np.ascontiguousarray(blob)
 
 
-def forward(net: cv2.dnn.Net, blob: np.ndarray, chw: tuple[int, int, int], num_outputs: int | None = None) -> np.ndarray:
+def _output_names(net) -> tuple:
+    """The graph outputs of a cv2.dnn net; () for a net of another kind, which answers ``forward()`` with its logits."""
+    names = getattr(net, "getUnconnectedOutLayersNames", None)
+    return tuple(names()) if names is not None else ()
+
+
+def forward(net, blob: np.ndarray, chw: tuple[int, int, int], num_outputs: int | None = None) -> np.ndarray:
     """Run one checked forward pass.
 
     Args:
@@ -117,10 +258,15 @@ def forward(net: cv2.dnn.Net, blob: np.ndarray, chw: tuple[int, int, int], num_o
     blob = check_blob(blob, chw)
     try:
         net.setInput(blob)
-        out = net.forward()
+        # By name when the model has several outputs (a heatmap bundle): the classic engine's
+        # unnamed forward() would return the feature map instead of the logits.
+        out = net.forward(LOGITS_OUTPUT) if len(_output_names(net)) > 1 else net.forward()
     except cv2.error as e:
         raise InferenceError(f"cv2.dnn forward failed: {_cv_message(e)}") from None
-    out = np.array(out, dtype=np.float32, copy=True).reshape(blob.shape[0], -1)
+    out = np.array(out, dtype=np.float32, copy=True)
+    if out.size == 0 or out.size % blob.shape[0]:
+        raise InferenceError(f"model returned an output of shape {out.shape} for a batch of {blob.shape[0]}")
+    out = out.reshape(blob.shape[0], -1)
     if num_outputs is not None and out.shape[1] != num_outputs:
         raise InferenceError(f"model returned {out.shape[1]} outputs per image, expected {num_outputs}")
     if not np.isfinite(out).all():
@@ -128,7 +274,41 @@ def forward(net: cv2.dnn.Net, blob: np.ndarray, chw: tuple[int, int, int], num_o
     return out
 
 
-def forward_batches(net: cv2.dnn.Net, blob: np.ndarray, chw: tuple[int, int, int], num_outputs: int,
+def forward_outputs(net, blob: np.ndarray, chw: tuple[int, int, int], names: tuple[str, ...]) -> dict[str, np.ndarray]:
+    """Run one checked forward pass and return the named outputs (for models with several).
+
+    Args:
+        net: a net from ``load_net`` used by this thread only.
+        blob: (N, C, H, W) float32.
+        chw: the model's expected (C, H, W).
+        names: graph output names, e.g. ``("logits", "features")``.
+
+    Returns:
+        name -> float32 array (a copy) whose first axis is N.
+
+    Raises:
+        InferenceError: bad blob, an OpenCV error (an unknown output name included),
+            or an output that is non-finite or does not have N rows.
+    """
+    blob = check_blob(blob, chw)
+    try:
+        net.setInput(blob)
+        # One name as a string: OpenCV 5's new engine refuses a list shorter than the graph's outputs.
+        outs = [net.forward(names[0])] if len(names) == 1 else net.forward(list(names))
+    except cv2.error as e:
+        raise InferenceError(f"cv2.dnn forward of outputs {list(names)} failed: {_cv_message(e)}") from None
+    result = {}
+    for name, out in zip(names, outs, strict=True):
+        out = np.array(out, dtype=np.float32, copy=True)
+        if out.ndim == 0 or out.shape[0] != blob.shape[0]:
+            raise InferenceError(f"model output {name!r} has shape {out.shape}, expected {blob.shape[0]} rows")
+        if not np.isfinite(out).all():
+            raise InferenceError(f"model output {name!r} contains NaN or infinite values")
+        result[name] = out
+    return result
+
+
+def forward_batches(net, blob: np.ndarray, chw: tuple[int, int, int], num_outputs: int,
                     batch_size: int) -> np.ndarray:
     """``forward`` over a blob of any length, ``batch_size`` images per pass (1 for a fixed-batch model).
 
@@ -144,8 +324,44 @@ def forward_batches(net: cv2.dnn.Net, blob: np.ndarray, chw: tuple[int, int, int
     return np.concatenate([forward(net, blob[i : i + step], chw, num_outputs) for i in range(0, len(blob), step)])
 
 
+def forward_outputs_batches(net, blob: np.ndarray, chw: tuple[int, int, int], names: tuple[str, ...],
+                            batch_size: int) -> dict[str, np.ndarray]:
+    """``forward_outputs`` over a non-empty blob of any length, ``batch_size`` images per pass."""
+    step = max(1, int(batch_size))
+    parts = [forward_outputs(net, blob[i : i + step], chw, names) for i in range(0, max(len(blob), 1), step)]
+    return {n: np.concatenate([p[n] for p in parts]) for n in names}
+
+
 def softmax(logits: np.ndarray) -> np.ndarray:
     """Row-wise softmax in float64 for stable probabilities, returned as float64."""
     z = logits.astype(np.float64) - logits.max(axis=1, keepdims=True)
     e = np.exp(z)
     return e / e.sum(axis=1, keepdims=True)
+
+
+def time_forwards(nets: dict, blob: np.ndarray, chw: tuple[int, int, int], num_outputs: int, rounds: int,
+                  warmup: int = 1) -> dict[str, list[float]]:
+    """Milliseconds per checked ``forward`` of ``blob`` through each net, interleaved.
+
+    Every round runs each net once, in an order that rotates from round to round, so
+    that drift on a shared machine hits all alike; ``warmup`` untimed rounds first.
+
+    Returns:
+        net name -> ``rounds`` timings in ms.
+    """
+    names = list(nets)
+    times: dict[str, list[float]] = {n: [] for n in names}
+    for r in range(warmup + rounds):
+        k = r % len(names)
+        for n in names[k:] + names[:k]:
+            t0 = time.perf_counter()
+            forward(nets[n], blob, chw, num_outputs)
+            if r >= warmup:
+                times[n].append(1000 * (time.perf_counter() - t0))
+    return times
+
+
+def latency_summary(times_ms: list[float]) -> dict:
+    """p50 and p90 (linear interpolation on the sorted values, numpy's default) and the count."""
+    xs = np.sort(np.asarray(times_ms, np.float64))
+    return {"p50_ms": float(np.percentile(xs, 50)), "p90_ms": float(np.percentile(xs, 90)), "n": int(len(xs))}

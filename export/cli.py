@@ -15,7 +15,7 @@ import json
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    from medge.edge.runtime import ENGINES
+    from medge.edge.runtime import engine_choices
     from medge.export.onnx_export import ExportConfig
 
     d = ExportConfig()
@@ -26,13 +26,17 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--data", help="data folder whose val images are the parity inputs (default: synthetic images)")
     p.add_argument("--no-simplify", action="store_true", help="skip onnxsim (recorded in the manifest)")
     p.add_argument("--static-batch", action="store_true", help="export a fixed batch of 1 instead of a dynamic batch axis")
-    p.add_argument("--engine", choices=list(ENGINES), default=d.engine,
-                   help="cv2.dnn engine to verify with and ship (default: %(default)s)")
+    p.add_argument("--engine", choices=engine_choices(), default=d.engine,
+                   help="engine the edge runs; auto: the fastest correct one on the edge box, so every engine of this "
+                        "OpenCV is verified here (default: %(default)s)")
     p.add_argument("--max-abs-logit", type=float, default=d.tolerance.max_abs_logit,
                    help="parity tolerance on |logit difference| (default: %(default)s)")
     p.add_argument("--min-agreement", type=float, default=d.tolerance.min_top1_agreement,
                    help="parity: required top-1 agreement (default: %(default)s)")
     p.add_argument("--max-images", type=int, default=d.max_images, help="parity inputs at most (default: %(default)s)")
+    p.add_argument("--modality", action="append", default=[], metavar="CODE",
+                   help="DICOM modality the model is for (CR, DX, ...; repeat for several): the edge warns about "
+                        "DICOM inputs of other modalities; added to those of the training DICOM files")
     p.add_argument("--overwrite", action="store_true", help="replace an existing bundle at --out (atomically)")
     return p
 
@@ -42,7 +46,8 @@ def run(args: argparse.Namespace) -> int:
     from medge.export.parity import Tolerance
 
     cfg = ExportConfig(simplify=not args.no_simplify, dynamic_batch=not args.static_batch, engine=args.engine,
-                       tolerance=Tolerance(args.max_abs_logit, args.min_agreement), max_images=args.max_images)
+                       tolerance=Tolerance(args.max_abs_logit, args.min_agreement), max_images=args.max_images,
+                       modalities=tuple(code.strip().upper() for arg in args.modality for code in arg.split(",") if code.strip()))
     m = export_bundle(args.checkpoint, args.out, args.data, cfg, overwrite=args.overwrite)
     s = m["export"]["simplify_stats"]
     if s:

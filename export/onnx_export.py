@@ -1,13 +1,22 @@
 """Checkpoint -> opset-12 ONNX -> onnxsim -> onnx.checker -> cv2.dnn -> parity gate -> bundle.
 
+cv2.dnn here means each engine the edge may run the bundle with: with ``--engine auto``
+(the default) every engine of this OpenCV must pass the gate, and each one's batch-1
+forward time on this machine is recorded in the manifest (``runtime.export_timings``).
+
 Each step is a function that returns a path, bytes or a report and raises
 ExportError on failure; ``export_bundle`` reads as the list of them, times each
 (``StepTimer``), and writes the bundle only when every step passed.
+
+Heatmaps (issue 16, ``export.explain``): a CAM architecture is exported with a second
+output, its feature map, which the parity gate and the golden self-test cover too, and
+its head goes into the bundle; other architectures are marked for occlusion.
 """
 from __future__ import annotations
 
 import datetime
 import json
+import os
 import tempfile
 import time
 import warnings
@@ -25,10 +34,21 @@ from medge.edge.bundle import (
     write_bundle,
 )
 from medge.edge.errors import BundleError, ExportError, MedgeError, ParityError
-from medge.edge.image import read_image
+from medge.edge.explain import CAM_HEAD_FILE, FEATURES_OUTPUT
 from medge.edge.outputs import check_output_dir
-from medge.edge.preprocess import PreprocessConfig, preprocess
-from medge.edge.runtime import forward_batches, load_net
+from medge.edge.preprocess import PreprocessConfig, preprocess, preprocess_file
+from medge.edge.runtime import (
+    AUTO,
+    ENGINES,
+    engines_for,
+    forward_batches,
+    forward_outputs_batches,
+    latency_summary,
+    load_net,
+    time_forwards,
+)
+from medge.edge.system import cpu_model
+from medge.export.explain import CamExport, compare_features, explain_section, prepare_cam, torch_outputs
 from medge.export.parity import Tolerance, compare, summary_line
 
 INPUT_NAME, OUTPUT_NAME = "input", "logits"
@@ -41,31 +61,38 @@ class ExportConfig:
     opset: int = 12  # ONNX default-domain opset; cv2.dnn's best-supported
     simplify: bool = True  # run onnxsim; its failed check is an error
     dynamic_batch: bool = True  # batch axis dynamic when cv2.dnn runs batches > 1 correctly on it
-    engine: str = "auto"  # cv2.dnn engine used for verification, and by the edge
+    engine: str = "auto"  # engine the edge runs; auto: the fastest correct one on the edge box (all are verified here)
     tolerance: Tolerance = Tolerance()  # the parity gate (PyTorch vs cv2.dnn)
     max_images: int = 64  # parity inputs taken from --data (val split), or synthetic ones
     parity_batch: int = 8  # batch size of the cv2.dnn parity run (checks batched inference)
     golden_count: int = 4  # self-test inputs stored (as a seed) with expected outputs
     golden_seed: int = 0
-    golden_tolerance: float = 1e-3  # the edge's self-test tolerance on |logit difference|
+    golden_tolerance: float = 1e-3  # the edge's self-test tolerance on |logit difference| (and relative, on CAM)
+    feature_rtol: float = 1e-3  # heatmap bundles: max |delta feature map| / max |feature|, PyTorch vs cv2.dnn
+    timing_rounds: int = 10  # batch-1 forward passes per engine timed for the manifest (interleaved)
+    modalities: tuple = ()  # DICOM modalities the model is for, besides those of the training DICOM files
 
 
 def _onnx_nodes(model) -> int:
     return len(model.graph.node)
 
 
-def export_onnx(model, path: Path, chw: tuple[int, int, int], opset: int = 12, dynamic_batch: bool = True) -> Path:
-    """torch.onnx.export with the TorchScript exporter (dynamo cannot emit opset 12); asserts the opset."""
+def export_onnx(model, path: Path, chw: tuple[int, int, int], opset: int = 12, dynamic_batch: bool = True,
+                outputs: tuple[str, ...] = (OUTPUT_NAME,)) -> Path:
+    """torch.onnx.export with the TorchScript exporter (dynamo cannot emit opset 12); asserts the opset.
+
+    ``outputs`` names the model's outputs in order: logits, then the feature map for a heatmap bundle.
+    """
     import onnx
     import torch
 
     dummy = torch.zeros(1, *chw)
-    axes = {INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}} if dynamic_batch else None
+    axes = {name: {0: "batch"} for name in (INPUT_NAME, *outputs)} if dynamic_batch else None
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
             torch.onnx.export(model, dummy, str(path), dynamo=False, opset_version=opset, input_names=[INPUT_NAME],
-                              output_names=[OUTPUT_NAME], dynamic_axes=axes, do_constant_folding=True)
+                              output_names=list(outputs), dynamic_axes=axes, do_constant_folding=True)
     except Exception as e:
         raise ExportError(f"torch.onnx.export failed at opset {opset}: {type(e).__name__}: {str(e).splitlines()[0]}") from None
     saved = {o.domain or "ai.onnx": o.version for o in onnx.load(str(path), load_external_data=False).opset_import}
@@ -104,6 +131,12 @@ def finalize_onnx(path: Path, props: dict) -> bytes:
     return model.SerializeToString()
 
 
+def pytorch_reference(model, arch: str, inputs: np.ndarray) -> tuple[np.ndarray, CamExport | None]:
+    """PyTorch's logits on the parity inputs; for a CAM architecture also its feature maps, proven to give them."""
+    cam = prepare_cam(model, arch, inputs)
+    return (torch_logits(model, inputs) if cam is None else cam.logits), cam
+
+
 def torch_logits(model, inputs: np.ndarray, batch: int = 32) -> np.ndarray:
     """Reference logits from PyTorch (CPU, float32, inference mode)."""
     import torch
@@ -135,7 +168,7 @@ def parity_inputs(data: str | None, pcfg: PreprocessConfig, classes: list[str], 
     tensors, names, skipped = [], [], []
     for i in pick:
         try:
-            tensors.append(preprocess(read_image(split.paths[i]), pcfg))
+            tensors.append(preprocess_file(split.paths[i], pcfg))
             names.append(split.paths[i])
         except MedgeError as e:
             skipped.append((split.paths[i], str(e)))
@@ -175,79 +208,170 @@ def check_target(out: Path, overwrite: bool) -> None:
 
 @dataclass(frozen=True)
 class OnnxCandidate:
-    """An exported, simplified, checked model and what cv2.dnn made of it."""
+    """An exported, simplified, checked model and what each cv2.dnn engine made of it."""
 
     onnx_bytes: bytes
     dynamic: bool  # batch axis dynamic (False after the fallback to a fixed batch of 1)
-    logits: np.ndarray  # cv2.dnn's logits on the parity inputs
-    net: object  # the cv2.dnn.Net that produced them
+    logits: dict  # engine -> cv2.dnn's logits on the parity inputs
+    features: dict | None  # engine -> cv2.dnn's feature maps on them (heatmap bundles with CAM), else None
+    nets: dict  # engine -> the cv2.dnn.Net that produced them
     simplify_stats: dict | None
     batch_note: str | None  # why the batch axis is fixed, when it fell back
 
 
-def build_onnx(model, ck, chw, cfg: ExportConfig, dynamic: bool, work: Path, timer: StepTimer) -> tuple[bytes, dict | None]:
+def export_engines(engine: str) -> list[str]:
+    """The engines a bundle is verified with: all of this OpenCV's CPU engines for auto, else the one named."""
+    if engine == AUTO:
+        return engines_for("cpu")
+    if engine not in ENGINES:
+        raise ExportError(f"engine {engine!r} is not in this OpenCV (it has {list(ENGINES)})")
+    return [engine]
+
+
+def build_onnx(model, ck, chw, cfg: ExportConfig, dynamic: bool, work: Path, timer: StepTimer,
+               outputs: tuple[str, ...] = (OUTPUT_NAME,)) -> tuple[bytes, dict | None]:
     """torch.onnx.export -> onnxsim (optional) -> metadata + full check; returns the final bytes and onnxsim's stats."""
-    raw = timer.run("torch.onnx.export", export_onnx, model, work / "raw.onnx", chw, cfg.opset, dynamic)
+    raw = timer.run("torch.onnx.export", export_onnx, model, work / "raw.onnx", chw, cfg.opset, dynamic, outputs)
     stats, src = None, raw
     if cfg.simplify:
         stats = timer.run("onnxsim", simplify_onnx, raw, work / "sim.onnx")
         src = work / "sim.onnx"
     props = {"medge.format_version": "1", "medge.arch": ck.arch, "medge.classes": ck.classes,
              "medge.preprocess": ck.preprocess.to_dict(),
-             "medge.input": {"name": INPUT_NAME, "shape": ["batch" if dynamic else 1, *chw]}}
+             "medge.input": {"name": INPUT_NAME, "shape": ["batch" if dynamic else 1, *chw]}, "medge.outputs": list(outputs)}
     return timer.run("onnx.checker", finalize_onnx, src, props), stats
 
 
+def cv2_outputs(net, inputs: np.ndarray, chw, k: int, batch: int, cam: CamExport | None):
+    """cv2.dnn's logits on the inputs, and its feature maps for a CAM export (else None)."""
+    if cam is None:
+        return forward_batches(net, inputs, chw, k, batch), None
+    outs = forward_outputs_batches(net, inputs, chw, (OUTPUT_NAME, FEATURES_OUTPUT), batch)
+    if outs[OUTPUT_NAME].reshape(len(inputs), -1).shape[1] != k:
+        raise ExportError(f"cv2.dnn returned logits of shape {outs[OUTPUT_NAME].shape}, expected {k} per image")
+    return outs[OUTPUT_NAME].reshape(len(inputs), k), outs[FEATURES_OUTPUT]
+
+
 def export_verified_onnx(model, ck, inputs: np.ndarray, reference: np.ndarray, cfg: ExportConfig, name: str,
-                         timer: StepTimer, log) -> OnnxCandidate:
-    """Export and run the model in cv2.dnn on the parity inputs; a dynamic batch axis that cv2.dnn
-    runs wrongly (or not at all) for batches > 1 falls back to a fixed batch of 1, said in the manifest."""
+                         timer: StepTimer, log, cam: CamExport | None = None) -> OnnxCandidate:
+    """Export and run the model in each cv2.dnn engine on the parity inputs; a dynamic batch axis that
+    an engine runs wrongly (or not at all) for batches > 1 falls back to a fixed batch of 1, said in the manifest.
+    With ``cam``, its wrapper (logits and feature map) is what is exported."""
     chw = (ck.preprocess.channels, ck.preprocess.size, ck.preprocess.size)
     k = len(ck.classes)
+    engines = export_engines(cfg.engine)
+    outputs = (OUTPUT_NAME,) if cam is None else (OUTPUT_NAME, FEATURES_OUTPUT)
     with tempfile.TemporaryDirectory() as work:
         dynamic, note = cfg.dynamic_batch, None
         while True:
-            onnx_bytes, stats = build_onnx(model, ck, chw, cfg, dynamic, Path(work), timer)
-            net = timer.run("cv2.dnn.load", load_net, onnx_bytes, cfg.engine, "cpu", name)
-            try:
-                logits = timer.run("cv2.dnn.forward", forward_batches, net, inputs, chw, k, cfg.parity_batch if dynamic else 1)
-            except MedgeError as e:
-                if not dynamic:
-                    raise ExportError(f"cv2.dnn cannot run the exported model: {e}") from None
-                logits = None
-            if not dynamic or (logits is not None and np.abs(logits - reference).max() <= cfg.tolerance.max_abs_logit):
-                return OnnxCandidate(onnx_bytes, dynamic, logits, net, stats, note)
+            onnx_bytes, stats = build_onnx(model if cam is None else cam.module, ck, chw, cfg, dynamic, Path(work), timer,
+                                           outputs)
+            nets = {e: timer.run(f"cv2.dnn.load[{e}]", load_net, onnx_bytes, e, "cpu", name) for e in engines}
+            logits, features = {}, {}
+            for e, net in nets.items():
+                try:
+                    logits[e], features[e] = timer.run(f"cv2.dnn.forward[{e}]", cv2_outputs, net, inputs, chw, k,
+                                                       cfg.parity_batch if dynamic else 1, cam)
+                except MedgeError as err:
+                    if not dynamic:
+                        raise ExportError(f"cv2.dnn ({e} engine) cannot run the exported model: {err}") from None
+                    logits[e] = features[e] = None
+            batch_ok = all(logits[e] is not None and np.abs(logits[e] - reference).max() <= cfg.tolerance.max_abs_logit
+                           and (cam is None or compare_features(cam.features, features[e], cfg.feature_rtol)["passed"])
+                           for e in engines)
+            if not dynamic or batch_ok:
+                return OnnxCandidate(onnx_bytes, dynamic, logits, features if cam is not None else None, nets, stats, note)
             note = ("cv2.dnn gave wrong results or failed for batches > 1 on the dynamic batch axis; "
                     "exported with a fixed batch of 1")
             log(f"warning: {note}")
             dynamic = False
 
 
-def parity_gate(reference: np.ndarray, candidate: np.ndarray, names: list[str], classes: list[str],
+def parity_gate(reference: np.ndarray, candidates: dict, names: list[str], classes: list[str],
                 tol: Tolerance, log) -> dict:
-    """compare() PyTorch with cv2.dnn; ParityError (and no bundle) beyond the tolerance."""
-    report = compare(reference, candidate, names, classes, tol)
-    log(f"parity: {summary_line(report)}")
-    if not report["passed"]:
-        worst = sorted(report["label_flips"], key=lambda f: -f["max_abs_logit"])[:5]
-        raise ParityError(f"parity gate failed, no bundle written: {'; '.join(report['failures'])}"
-                          + (f"; flips: {worst}" if worst else ""))
-    return report
+    """compare() PyTorch with each cv2.dnn engine; ParityError (and no bundle) when one is beyond the tolerance.
+
+    Returns:
+        the report of the engine farthest from PyTorch, with ``engine`` and ``engines`` (each one's figures).
+    """
+    reports = {}
+    for engine, logits in candidates.items():
+        report = reports[engine] = compare(reference, logits, names, classes, tol, candidate_name=f"cv2.dnn[{engine}]")
+        log(f"parity: {summary_line(report)}")
+        if not report["passed"]:
+            worst = sorted(report["label_flips"], key=lambda f: -f["max_abs_logit"])[:5]
+            raise ParityError(f"parity gate failed, no bundle written: {'; '.join(report['failures'])} ({engine} engine)"
+                              + (f"; flips: {worst}" if worst else ""))
+    engine = max(reports, key=lambda e: reports[e]["logits"]["max_abs"])
+    return {**reports[engine], "candidate": "cv2.dnn", "engine": engine,
+            "engines": {e: {"max_abs_logit": r["logits"]["max_abs"], "top1_agreement": r["top1_agreement"],
+                            "passed": r["passed"]} for e, r in reports.items()}}
 
 
-def golden_section(model, candidate: OnnxCandidate, ck, cfg: ExportConfig) -> dict:
-    """The manifest's self-test: a seed for the inputs, PyTorch's logits on them, the tolerance."""
+def feature_gate(cam: CamExport, candidate: OnnxCandidate, rtol: float, log) -> dict:
+    """PyTorch vs each engine's feature maps (the heatmaps' input); ParityError (and no bundle) beyond ``rtol``.
+
+    Returns:
+        the report of the engine farthest from PyTorch, with ``engine``.
+    """
+    reports = {}
+    for engine, features in candidate.features.items():
+        report = reports[engine] = compare_features(cam.features, features, rtol)
+        log(f"parity: feature map {report['shape']} ({engine} engine): max |delta| {report['max_abs']:.2e} of max "
+            f"|feature| {report['reference_max_abs']:.3g} (relative {report['max_rel']:.2e}) "
+            f"-> {'PASS' if report['passed'] else 'FAIL'}")
+        if not report["passed"]:
+            raise ParityError(f"parity gate failed, no bundle written: feature map max relative |delta| "
+                              f"{report['max_rel']:.3g} > {rtol:g} ({engine} engine)")
+    engine = max(reports, key=lambda e: reports[e]["max_rel"])
+    return {**reports[engine], "engine": engine}
+
+
+def engine_timings(candidate: OnnxCandidate, inputs: np.ndarray, chw: tuple[int, int, int], k: int, rounds: int) -> dict:
+    """Batch-1 forward time of each verified engine on this (the exporting) machine, interleaved, for the manifest."""
+    import cv2
+
+    times = time_forwards(candidate.nets, inputs[:1], chw, k, rounds, warmup=2)
+    return {"machine": {"cpu": cpu_model(), "cores": os.cpu_count(), "opencv": cv2.__version__,
+                        "threads": cv2.getNumThreads()},
+            "batch": 1, "forward_ms": {e: latency_summary(t) for e, t in times.items()}}
+
+
+def golden_section(model, candidate: OnnxCandidate, ck, cfg: ExportConfig, cam: CamExport | None = None) -> dict:
+    """The manifest's self-test: a seed for the inputs, PyTorch's logits (and raw CAMs) on them, the tolerance."""
     chw = (ck.preprocess.channels, ck.preprocess.size, ck.preprocess.size)
     x = golden_inputs(cfg.golden_seed, cfg.golden_count, ck.preprocess)
-    expected = torch_logits(model, x)
-    here = forward_batches(candidate.net, x, chw, len(ck.classes), 1)
-    return {"seed": cfg.golden_seed, "count": cfg.golden_count, "generator": "medge.edge.bundle.golden_inputs",
-            "expected_logits": expected.tolist(), "tolerance": cfg.golden_tolerance,
-            "export_max_abs_logit": float(np.abs(expected - here).max())}
+    expected, features = torch_outputs(cam.module, x) if cam is not None else (torch_logits(model, x), None)
+    here = [cv2_outputs(net, x, chw, len(ck.classes), 1, cam) for net in candidate.nets.values()]
+    golden = {"seed": cfg.golden_seed, "count": cfg.golden_count, "generator": "medge.edge.bundle.golden_inputs",
+              "expected_logits": expected.tolist(), "tolerance": cfg.golden_tolerance,
+              "export_max_abs_logit": max(float(np.abs(expected - h).max()) for h, _ in here)}
+    if cam is not None:
+        expected_cam = cam.raw_cams(features)
+        golden["expected_cam"] = expected_cam.tolist()
+        scale = max(1.0, float(np.abs(expected_cam).max()))
+        golden["export_max_rel_cam"] = max(float(np.abs(expected_cam - cam.raw_cams(f)).max()) / scale for _, f in here)
+    return golden
+
+
+def data_profile_section(ck, cfg: ExportConfig) -> dict | None:
+    """What training saw (the checkpoint's data_profile), with the modalities declared at export; None if unknown.
+
+    The edge warns about inputs far from it (``medge.edge.profile``); without it only the intrinsic checks run.
+    """
+    profile = ck.payload.get("data_profile")
+    if not profile and not cfg.modalities:
+        return None
+    profile = dict(profile or {"version": 1, "images": 0})
+    modalities = dict(profile.get("modalities") or {})
+    for m in cfg.modalities:
+        modalities.setdefault(m, 0)  # declared, not counted: no training image of it need exist
+    profile["modalities"] = dict(sorted(modalities.items()))
+    return profile
 
 
 def build_manifest(ck, checkpoint: str, candidate: OnnxCandidate, cfg: ExportConfig, report: dict, golden: dict,
-                   data: str | None, skipped: list, steps: list[dict]) -> dict:
+                   data: str | None, skipped: list, steps: list[dict], timings: dict, cam: CamExport | None = None) -> dict:
     """Everything the edge needs to know about the model, as model.json."""
     import cv2
     import onnx
@@ -260,10 +384,14 @@ def build_manifest(ck, checkpoint: str, candidate: OnnxCandidate, cfg: ExportCon
         "classes": ck.classes,
         "preprocess": ck.preprocess.to_dict(),
         "model": {"arch": ck.arch, "opset": cfg.opset, "input_name": INPUT_NAME, "output_name": OUTPUT_NAME,
+                  "output_names": [OUTPUT_NAME] if cam is None else [OUTPUT_NAME, FEATURES_OUTPUT],
                   "input_shape": ["batch" if candidate.dynamic else 1, *chw], "dynamic_batch": candidate.dynamic,
                   "batch_note": candidate.batch_note, "output": "logits (apply softmax for probabilities)"},
-        "runtime": {"engine": cfg.engine, "backend": "cpu"},
+        "explain": explain_section(cam, ck.preprocess.size),
+        "runtime": {"engine": cfg.engine, "backend": "cpu", "verified_engines": list(candidate.nets),
+                    "export_timings": timings},
         "golden": golden,
+        "data_profile": data_profile_section(ck, cfg),
         "parity": {**report, "inputs": "val images of " + data if data else "synthetic images",
                    "skipped": [{"path": p, "reason": r} for p, r in skipped]},
         "training": {"epoch": ck.epoch, "metrics": ck.metrics, "train_config": ck["train_config"],
@@ -305,12 +433,24 @@ def export_bundle(checkpoint: str, out: str, data: str | None = None, cfg: Expor
     inputs, names, skipped = timer.run("parity_inputs", parity_inputs, data, ck.preprocess, ck.classes, cfg.max_images)
     for _, reason in skipped:
         log(f"parity: skipping unreadable image: {reason}")
-    reference = timer.run("pytorch_reference", torch_logits, model, inputs)
-    candidate = export_verified_onnx(model, ck, inputs, reference, cfg, str(out_path / MODEL_FILE), timer, log)
+    reference, cam = timer.run("pytorch_reference", pytorch_reference, model, ck.arch, inputs)  # cam None: occlusion
+    log(f"heatmaps by {'CAM (feature map and head exported)' if cam else 'occlusion'}")
+    candidate = export_verified_onnx(model, ck, inputs, reference, cfg, str(out_path / MODEL_FILE), timer, log, cam)
     report = parity_gate(reference, candidate.logits, names, ck.classes, cfg.tolerance, log)
-    golden = golden_section(model, candidate, ck, cfg)
-    manifest = build_manifest(ck, checkpoint, candidate, cfg, report, golden, data, skipped, timer.steps)
-    written = write_bundle(out_path, candidate.onnx_bytes, manifest, overwrite=overwrite)
+    if cam is not None:
+        report["features"] = feature_gate(cam, candidate, cfg.feature_rtol, log)
+    golden = golden_section(model, candidate, ck, cfg, cam)
+    chw = (ck.preprocess.channels, ck.preprocess.size, ck.preprocess.size)
+    timings = timer.run("engine_timings", engine_timings, candidate, inputs, chw, len(ck.classes), cfg.timing_rounds)
+    manifest = build_manifest(ck, checkpoint, candidate, cfg, report, golden, data, skipped, timer.steps, timings, cam)
+    if manifest["data_profile"] is None:
+        log("note: the checkpoint has no data profile (trained before medge 0.3, or outside medge train): the edge "
+            "will check inputs for intrinsic problems only (tiny, uniform, ...), not against the training data")
+    elif not manifest["data_profile"].get("modalities"):
+        log("note: the training data had no DICOM files and no --modality was given: the edge cannot warn about DICOM "
+            "inputs of a modality the model is not for (CT or MR given to a chest X-ray model); consider --modality CR,DX")
+    extra = {CAM_HEAD_FILE: cam.head_bytes} if cam is not None else {}
+    written = write_bundle(out_path, candidate.onnx_bytes, manifest, overwrite=overwrite, extra_files=extra)
     manifest = read_manifest(written)
     log(f"bundle written: {written} (model.onnx {len(candidate.onnx_bytes) / 1e6:.1f} MB, "
         f"sha256 {manifest['model']['sha256'][:16]}...)")

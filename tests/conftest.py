@@ -1,6 +1,9 @@
 """Shared fixtures: small images made by the tests themselves (no downloads)."""
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -32,16 +35,44 @@ def tiny_data(tmp_path_factory):
     return root
 
 
+BUNDLE_ENV = "MEDGE_TEST_BUNDLE"  # a bundle exported by the main environment, for edge tests where torch is absent
+
+
 @pytest.fixture(scope="session")
 def bundle(tmp_path_factory):
-    """A verified bundle of a small resnet18 (input 1x32x32), exported once per session."""
+    """A verified bundle of a small resnet18 (input 1x32x32): the one $MEDGE_TEST_BUNDLE names (CI's OpenCV 4.5.5
+    and Debian environments have no torch), else exported once per session. Tests copy it before changing it."""
+    given = os.environ.get(BUNDLE_ENV)
+    if given:
+        assert (Path(given) / "model.json").is_file(), f"${BUNDLE_ENV}={given} is not a bundle"
+        return Path(given)
+    pytest.importorskip("torch", reason=f"exporting a test bundle needs the train extra; or set ${BUNDLE_ENV}")
+    from tests.helpers import export_test_bundle
+
+    return export_test_bundle(tmp_path_factory.mktemp("bundle") / "bundle")
+
+
+@pytest.fixture(scope="session")
+def heat_bundle(tmp_path_factory):
+    """(bundle, checkpoint) of a small resnet18 at 96 px: CAM heatmaps from a 3x3 feature map."""
+    return _export("resnet18", 96, tmp_path_factory, centred_head=True)
+
+
+@pytest.fixture(scope="session")
+def occlusion_bundle(tmp_path_factory):
+    """(bundle, checkpoint) of a mobilenet_v3_small at 64 px: heatmaps by occlusion."""
+    return _export("mobilenet_v3_small", 64, tmp_path_factory)
+
+
+def _export(arch, size, tmp_path_factory, centred_head=False):
+    pytest.importorskip("torch", reason="exporting a test bundle needs the train extra")
     from medge.export.onnx_export import ExportConfig, export_bundle
     from tests.helpers import make_checkpoint
 
-    d = tmp_path_factory.mktemp("bundle")
-    ckpt = make_checkpoint(d / "ck.pt", arch="resnet18", size=32)
+    d = tmp_path_factory.mktemp(arch)
+    ckpt = make_checkpoint(d / "ck.pt", arch=arch, size=size, centred_head=centred_head)
     export_bundle(str(ckpt), str(d / "bundle"), cfg=ExportConfig(max_images=8), log=lambda *a: None)
-    return d / "bundle"
+    return d / "bundle", ckpt
 
 
 SHADOWS = {  # what a user's project folder commonly holds; importing any of them fails loudly

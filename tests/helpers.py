@@ -1,4 +1,11 @@
-"""Helpers shared by the test packages: tiny models and checkpoints made by the tests."""
+"""Helpers shared by the test packages: tiny models, checkpoints and bundles made by the tests.
+
+Usage (CI exports the bundle that the torch-less edge environments test with):
+    python -m tests.helpers OUT_DIR
+"""
+import sys
+from pathlib import Path
+
 import torch
 
 from medge.edge.preprocess import PreprocessConfig
@@ -24,8 +31,44 @@ def randomize(model: torch.nn.Module, seed: int = 0, chw=(1, 32, 32)) -> torch.n
     return model.eval()
 
 
-def make_checkpoint(path, arch="resnet18", size=32, channels=1, seed=0):
+def centre_head(model: torch.nn.Module, arch: str, seed: int = 0, chw=(1, 32, 32)) -> torch.nn.Module:
+    """Make each class's CAM take both signs: remove from the head's weights their component along the
+    mean pooled feature (of random images). An untrained head otherwise often gives a class a map that is
+    negative everywhere, i.e. an empty heatmap, which would make a heatmap comparison prove little."""
+    from medge.train.models import CAM_LAYERS
+
+    head = model.get_submodule(CAM_LAYERS[arch].head)
+    pooled = []
+    hook = head.register_forward_hook(lambda module, args, out: pooled.append(args[0]))
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        model(torch.rand(16, *chw, generator=g) * 2 - 1)
+        hook.remove()
+        mu = pooled[0].mean(0)
+        head.weight -= (head.weight @ mu)[:, None] * mu[None] / (mu @ mu)
+    return model
+
+
+def make_checkpoint(path, arch="resnet18", size=32, channels=1, seed=0, centred_head=False):
     torch.manual_seed(seed)
     pcfg = PreprocessConfig(size=size, channels=channels)
     model = randomize(build_model(arch, channels, len(CLASSES)), seed, (channels, size, size))
+    if centred_head:
+        centre_head(model, arch, seed, (channels, size, size))
     return save_model_checkpoint(path, model, arch, CLASSES, pcfg, {"val": {"accuracy": 0.5}}, epoch=1)
+
+
+def export_test_bundle(out) -> Path:
+    """The edge tests' bundle: a small randomized resnet18 (input 1x32x32), exported and verified into ``out``
+    (its checkpoint beside it, as ``ck.pt``)."""
+    from medge.export.onnx_export import ExportConfig, export_bundle
+
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    ckpt = make_checkpoint(out.parent / "ck.pt", arch="resnet18", size=32)  # benchmark tests use it
+    export_bundle(str(ckpt), str(out), cfg=ExportConfig(max_images=8), log=lambda *a: None)
+    return out
+
+
+if __name__ == "__main__":
+    print(export_test_bundle(sys.argv[1]))

@@ -48,3 +48,12 @@ def test_commands_run_from_a_folder_that_shadows_the_layer_names(user_folder):
         assert "the user" not in res.stderr + res.stdout
     res = subprocess.run([sys.executable, "-m", "medge", "--version"], cwd=user_folder, capture_output=True, text=True)
     assert res.stdout.strip() == f"medge {medge.__version__}"
+
+
+def test_opencv_is_the_headless_build_only():
+    """grad-cam (the tests' heatmap oracle) must not have brought opencv-python, whose cv2 would replace
+    the headless one and need libGL: releases before 1.5.7 depend on it (constraints.txt pins 1.5.7)."""
+    installed = {d.metadata["Name"].lower() for d in importlib.metadata.distributions()}
+    assert "opencv-python-headless" in installed
+    assert not installed & {"opencv-python", "opencv-contrib-python"}, "a non-headless OpenCV is installed"
+    assert importlib.metadata.version("grad-cam") == "1.5.7"

@@ -5,8 +5,9 @@ Usage: medge train --data data/xray --arch resnet18 --epochs 10 --out runs/xray
        medge train --resume runs/xray --epochs 15    # extend a run to 15 epochs
        torchrun --standalone --nproc_per_node 2 -m medge.train --data data/xray --out runs/xray-ddp
 
-The run folder gets config.json, data_report.json, metrics.jsonl (one line per
-epoch), best.pt (the best epoch by --best-metric), last.pt (resumable) and
+The run folder gets config.json, data_report.json, data_profile.json (what the
+training images look like, for the bundle's input checks), metrics.jsonl (one line
+per epoch), best.pt (the best epoch by --best-metric), last.pt (resumable) and
 summary.json.
 
 --resume continues the run as it was configured: without --epochs an
@@ -21,13 +22,14 @@ from __future__ import annotations
 import argparse
 import os
 
-from medge.edge.preprocess import INTERPOLATIONS, PreprocessConfig
+from medge.edge.preprocess import HIGH_BIT_RULES, INTERPOLATIONS, PreprocessConfig
 
 # Options a resumed run may change; every other training option is the run's.
 RESUMABLE = ("epochs", "data", "device", "workers", "cache_dir")
 # --option -> TrainConfig field, where the names differ.
 FIELD = {"rotate": "rotate_deg"}
-PREPROCESS = {"img_size": "size", "channels": "channels", "interpolation": "interpolation"}
+PREPROCESS = {"img_size": "size", "channels": "channels", "interpolation": "interpolation",
+              "high_bit_rule": "high_bit_rule"}
 
 
 def _default_help(text: str, value) -> str:
@@ -77,6 +79,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--img-size", type=int, help=h("network input side in pixels", pp.size))
     g.add_argument("--channels", type=int, choices=[1, 3], help=h("1 = gray; 3 = gray repeated", pp.channels))
     g.add_argument("--interpolation", choices=list(INTERPOLATIONS), help=h("resize method", pp.interpolation))
+    g.add_argument("--high-bit-rule", choices=list(HIGH_BIT_RULES),
+                   help=h("how 16-bit images and DICOM without a window become 8-bit: percentile (0.5/99.5, robust to "
+                          "hot pixels) or minmax (the rule of medge 0.2)", pp.high_bit_rule))
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:

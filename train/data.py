@@ -4,10 +4,16 @@ Layouts:
   ROOT/train/<class>/*, ROOT/val/<class>/* (ROOT/test/<class>/* optional), or
   ROOT/<class>/*, split into train and val by a seeded, stratified ratio.
 
-The deterministic preprocessing (``edge.preprocess_uint8``) runs once per file;
-its (size, size) uint8 result is cached as ``.npy`` under a key made of the
-file's absolute path, size, mtime and the PreprocessConfig fingerprint, so epoch
-2 onwards (and later runs) never redo CLAHE. Normalisation is applied by
+Images are found as ``medge predict`` finds them, by suffix or content
+(``edge.inputs.classify_file``: a DICOM named ``IM000001`` is an image).
+
+The deterministic preprocessing (``edge.preprocess``) runs once per file; its
+(size, size) uint8 result is cached as ``.npy`` under a key made of the file's
+absolute path, size, mtime and the PreprocessConfig fingerprint, so epoch 2
+onwards (and later runs) never redo CLAHE. Beside it a ``.json`` keeps what the
+file is and the statistics of its preprocessing (``edge.profile.image_stats``),
+from which ``data_profile`` tells what training saw; the bundle carries that
+profile so that the edge can flag inputs unlike it. Normalisation is applied by
 ``edge.normalize`` for evaluation, so evaluation tensors are exactly what the
 edge computes.
 """
@@ -25,11 +31,10 @@ from pathlib import Path
 import numpy as np
 
 from medge.edge.errors import DataError, MedgeError
-from medge.edge.formats import DICOM_SUFFIXES, IMAGE_SUFFIXES
-from medge.edge.image import read_image
-from medge.edge.preprocess import PreprocessConfig, normalize, preprocess_uint8
-
-SUFFIXES = IMAGE_SUFFIXES + DICOM_SUFFIXES
+from medge.edge.image import load_image
+from medge.edge.inputs import classify_file
+from medge.edge.preprocess import PreprocessConfig, normalize, preprocess_stages
+from medge.edge.profile import build_profile, image_stats
 
 
 @dataclass
@@ -40,6 +45,7 @@ class Split:
     labels: list[int]
     cache_files: list[str] = field(default_factory=list)
     failures: list[tuple[str, str]] = field(default_factory=list)
+    profiles: list[tuple[dict, dict]] = field(default_factory=list)  # (ImageInfo.to_dict(), image_stats) per file
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -55,7 +61,8 @@ def _list_class_folder(folder: Path, classes: list[str] | None, split: str) -> t
     files = {}
     for c in classes:
         d = folder / c
-        files[c] = sorted(str(p) for p in d.rglob("*") if p.is_file() and p.suffix.lower() in SUFFIXES) if d.is_dir() else []
+        files[c] = sorted(str(p) for p in d.rglob("*") if p.is_file() and classify_file(str(p))[0] == "input") \
+            if d.is_dir() else []
         if not files[c]:
             raise DataError(f"{folder}: class '{c}' has no images in the {split} split ({d})")
     return classes, files
@@ -157,23 +164,38 @@ def _cache_file(path: str, cfg: PreprocessConfig, cache_dir: str) -> str:
     return os.path.join(cache_dir, cfg.fingerprint(), hashlib.sha256(key.encode()).hexdigest()[:32] + ".npy")
 
 
-def _prepare_one(path: str, cfg: PreprocessConfig, cache_dir: str) -> str:
+def _prepare_one(path: str, cfg: PreprocessConfig, cache_dir: str) -> tuple[str, tuple[dict, dict]]:
+    """The cache file of one image (made if missing) and its (info, stats) for the data profile."""
     try:
         target = _cache_file(path, cfg, cache_dir)
     except OSError as e:
         raise MedgeError(f"{path}: cannot stat: {e.strerror}") from None
-    if not os.path.exists(target):
-        arr = preprocess_uint8(read_image(path), cfg)
-        os.makedirs(os.path.dirname(target), exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(target), suffix=".tmp")
+    sidecar = target[: -len(".npy")] + ".json"
+    if os.path.exists(target) and os.path.exists(sidecar):
         try:
-            with os.fdopen(fd, "wb") as f:
-                np.save(f, arr)
-            os.replace(tmp, target)  # atomic: a concurrent reader never sees half a file
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-    return target
+            with open(sidecar, encoding="utf-8") as f:
+                meta = json.load(f)
+            return target, (meta["info"], meta["stats"])
+        except (OSError, ValueError, KeyError):
+            pass  # a cache written before the profile existed, or damaged: made again below
+    image, info = load_image(path)
+    stages = preprocess_stages(image, cfg, info.display_range)
+    meta = {"info": info.to_dict(), "stats": image_stats(stages["gray"], stages["resized"])}
+    _atomic_save(target, lambda f: np.save(f, stages["resized"]))
+    _atomic_save(sidecar, lambda f: f.write(json.dumps(meta).encode()))
+    return target, (meta["info"], meta["stats"])
+
+
+def _atomic_save(target: str, write) -> None:
+    os.makedirs(os.path.dirname(target), exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(target), suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+        os.replace(tmp, target)  # atomic: a concurrent reader never sees half a file
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
 
 
 def prepare(split: Split, cfg: PreprocessConfig, cache_dir: str, workers: int = 2, name: str = "",
@@ -183,7 +205,7 @@ def prepare(split: Split, cfg: PreprocessConfig, cache_dir: str, workers: int = 
     OpenCV releases the GIL, so threads run the decoding and CLAHE in parallel.
 
     Returns:
-        a new Split holding only the usable files, their cache files and the failures.
+        a new Split holding only the usable files, their cache files and profiles, and the failures.
     """
     def job(path):
         try:
@@ -197,11 +219,12 @@ def prepare(split: Split, cfg: PreprocessConfig, cache_dir: str, workers: int = 
         results = list(progress(pool.map(job, split.paths), total=len(split), desc=f"preprocessing {name}".strip(),
                                 unit="img", enabled=verbose))
     out = Split([], [])
-    for path, label, (cached, err) in zip(split.paths, split.labels, results, strict=True):
+    for path, label, (done, err) in zip(split.paths, split.labels, results, strict=True):
         if err is None:
             out.paths.append(path)
             out.labels.append(label)
-            out.cache_files.append(cached)
+            out.cache_files.append(done[0])
+            out.profiles.append(done[1])
         else:
             out.failures.append((path, err))
             if verbose:
@@ -209,6 +232,11 @@ def prepare(split: Split, cfg: PreprocessConfig, cache_dir: str, workers: int = 
     if out.failures and verbose:
         print(f"{name or 'split'}: skipped {len(out.failures)} of {len(split)} image(s)", file=sys.stderr)
     return out
+
+
+def data_profile(split: Split) -> dict | None:
+    """What a (prepared) split looks like: sizes, bit depths, modalities, statistics (``edge.profile``)."""
+    return build_profile(split.profiles)
 
 
 def check_usable(split: Split, classes: list[str], name: str) -> None:

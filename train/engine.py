@@ -296,6 +296,7 @@ class RunState:
     best_weights: dict | None = None  # its state dict, on the CPU
     resume_from: dict | None = None  # last.pt's payload when resuming
     data: dict | None = None  # the data's fingerprint (train.data.fingerprint); a resumed run's must match
+    data_profile: dict | None = None  # what the training images look like (edge.profile), for the bundle
 
     @property
     def finished(self) -> bool:
@@ -426,7 +427,7 @@ def build_training(run: RunState, classes: list[str], train_split: D.Split, devi
 
 
 def write_run_files(run: RunState, classes: list[str], splits: dict, versions: dict) -> None:
-    """config.json and data_report.json in the run folder (rank 0 only)."""
+    """config.json, data_report.json and data_profile.json in the run folder (rank 0 only)."""
     out = Path(run.cfg.out)
     report = {n: {"images": len(s),
                   "per_class": dict(zip(classes, np.bincount(s.labels, minlength=len(classes)).tolist(), strict=True)),
@@ -435,6 +436,7 @@ def write_run_files(run: RunState, classes: list[str], splits: dict, versions: d
     atomic_write_text(out / "config.json", json.dumps({"train": run.cfg.to_dict(), "preprocess": run.pcfg.to_dict(),
                                                        "classes": classes, "data": run.data, "versions": versions},
                                                       indent=2) + "\n")
+    atomic_write_text(out / "data_profile.json", json.dumps(run.data_profile, indent=2) + "\n")
 
 
 def train_one_epoch(t: Training, split: D.Split, run: RunState, epoch: int, device: torch.device, rank: int,
@@ -488,7 +490,7 @@ def checkpoint_payload(run: RunState, classes: list[str], epoch: int, metrics: d
     """What best.pt and last.pt share: everything export and the edge need, and the run's history."""
     return {"arch": run.cfg.arch, "classes": classes, "train_config": run.cfg.to_dict(), "preprocess": run.pcfg.to_dict(),
             "epoch": epoch, "metrics": jsonable(metrics), "versions": versions, "history": run.history, "best": run.best,
-            "data": run.data}
+            "data": run.data, "data_profile": run.data_profile}
 
 
 def save_epoch(t: Training, run: RunState, classes: list[str], epoch: int, record: dict, improved: bool,
@@ -614,6 +616,7 @@ def _announce(run: RunState, device, world: int, classes: list[str], splits: dic
 def _run(run: RunState, device: torch.device, rank: int, world: int) -> dict:
     main = rank == 0
     classes, splits = prepare_splits(run, rank, world)
+    run.data_profile = D.data_profile(splits["train"])
     if run.resume_from is not None and classes != run.resume_from["classes"]:
         raise DataError(f"the data's classes {classes} differ from the run's {run.resume_from['classes']}")
     t = build_training(run, classes, splits["train"], device, world)

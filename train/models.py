@@ -2,12 +2,34 @@
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from medge.edge.errors import MedgeError
 from medge.train.config import ARCHS
+
+
+@dataclass(frozen=True)
+class CamLayers:
+    """Where a class activation map comes from in a torchvision classifier (issue 16)."""
+
+    features: str  # module whose output is the last convolutional feature map
+    activation: str | None  # what the model's forward applies to it before pooling ("relu" or None)
+    head: str  # the one nn.Linear after global average pooling (dropout before it is identity in eval)
+
+
+# Heads that are global average pooling + one linear layer, for which CAM (Zhou et al. 2016,
+# arXiv:1512.04150) is exact: logits = head(mean over positions of the feature map), so the map
+# head.weight @ features(x, y) averages to the logits. mobilenet_v3's head (linear, hardswish,
+# linear) is not of this form: it gets occlusion sensitivity instead.
+CAM_LAYERS = {
+    "resnet18": CamLayers("layer4", None, "fc"),
+    "resnet50": CamLayers("layer4", None, "fc"),
+    "densenet121": CamLayers("features", "relu", "classifier"),  # forward: F.relu(features(x)) before pooling
+    "efficientnet_b0": CamLayers("features", None, "classifier.1"),  # classifier.0 is Dropout
+}
 
 
 def _replace(model: nn.Module, name: str, new: nn.Module) -> None:

@@ -9,7 +9,10 @@ lesion-like blobs inside the lungs. The blobs' average brightness is taken back
 out of the whole image, so the classes cannot be told apart by mean brightness.
 
 Written as ``OUT/{train,val,test}/{normal,disease}/NNNNN.png``, 8-bit, 16-bit
-(12-bit values in 16-bit PNGs, like a detector's output) or both mixed.
+(12-bit values in 16-bit PNGs, like a detector's output) or both mixed. Beside
+each image, ``NNNNN.json`` records where its lesions were drawn (centre and
+radius in pixels of the image), the ground truth of the heatmap benchmark
+(``medge.benchmarks.pointing_game``).
 Deterministic: image i depends only on (seed, i). numpy + OpenCV only.
 """
 from __future__ import annotations
@@ -47,8 +50,22 @@ def _texture(rng: np.random.Generator, size: int, scale: float) -> np.ndarray:
     return t / (t.std() + 1e-6)
 
 
+@dataclass(frozen=True)
+class Lesion:
+    """A drawn lesion, in pixels of the image: the disc's centre (x right, y down) and radius."""
+
+    x: float
+    y: float
+    radius: float
+
+
 def make_image(index: int, disease: bool, cfg: SynthConfig = SynthConfig()) -> np.ndarray:
     """One synthetic radiograph as float32 in [0, 1]; depends only on (cfg.seed, index, disease)."""
+    return make_case(index, disease, cfg)[0]
+
+
+def make_case(index: int, disease: bool, cfg: SynthConfig = SynthConfig()) -> tuple[np.ndarray, list[Lesion]]:
+    """One synthetic radiograph (float32 in [0, 1]) and the lesions drawn in it (none when not ``disease``)."""
     rng = np.random.default_rng([cfg.seed, index])
     s = cfg.size
     yy, xx = np.mgrid[0:s, 0:s].astype(np.float32) / s
@@ -66,6 +83,7 @@ def make_image(index: int, disease: bool, cfg: SynthConfig = SynthConfig()) -> n
     img += 0.07 * ribs * lungs
     img += 0.25 * np.exp(-(((xx - cx) / 0.035) ** 2)) * body  # spine
     img += 0.04 * _texture(rng, s, s / 40) * lungs  # lung markings
+    lesions = []
     if disease:
         blobs = np.zeros_like(img)
         for _ in range(rng.integers(1, 4)):
@@ -75,11 +93,20 @@ def make_image(index: int, disease: bool, cfg: SynthConfig = SynthConfig()) -> n
             r = rng.uniform(0.03, 0.06)
             d = np.sqrt((xx - bx) ** 2 + (yy - by) ** 2)
             blobs += 1 / (1 + np.exp((d - r) / (0.15 * r)))  # a nodule: a disc with a soft edge
+            lesions.append(Lesion(float(bx * s), float(by * s), float(r * s)))  # pixel (i, j) sits at (j / s, i / s)
         blobs *= cfg.lesion_contrast * rng.uniform(0.8, 1.2)
         img += blobs - blobs.mean()  # keep the mean brightness of the class unchanged
     gain, offset = rng.uniform(0.7, 1.1), rng.uniform(-0.1, 0.1)  # exposure
     img = gain * img + offset + 0.01 * rng.standard_normal(img.shape).astype(np.float32)
-    return np.clip(img, 0, 1)
+    return np.clip(img, 0, 1), lesions
+
+
+def read_lesions(image_path: str | Path) -> list[Lesion] | None:
+    """The lesions recorded beside a synthetic image (``NNNNN.json``), or None without a sidecar."""
+    sidecar = Path(image_path).with_suffix(".json")
+    if not sidecar.is_file():
+        return None
+    return [Lesion(**d) for d in json.loads(sidecar.read_text(encoding="utf-8"))["lesions"]]
 
 
 def _quantize(img: np.ndarray, bits: int) -> np.ndarray:
@@ -136,7 +163,7 @@ def check_target(out: Path, overwrite: bool = False) -> None:
 
 
 def generate(out: str | Path, cfg: SynthConfig = SynthConfig(), overwrite: bool = False) -> dict:
-    """Write the data set and ``synth.json`` (its config and counts); returns the counts.
+    """Write the data set, a lesion sidecar per image and ``synth.json`` (config and counts); returns the counts.
 
     The set is written into a hidden sibling folder and renamed into place when
     complete, so an interrupted run leaves nothing half-written. ``out`` must be
@@ -164,7 +191,10 @@ def _write(out: Path, cfg: SynthConfig) -> dict:
             bits = {"8": 8, "16": 16}.get(cfg.bits, 16 if index % 2 == 0 else 8)
             folder = out / split / label
             folder.mkdir(parents=True, exist_ok=True)
-            write_image(folder / f"{index:05d}.png", _quantize(make_image(index, label == "disease", cfg), bits))
+            img, lesions = make_case(index, label == "disease", cfg)
+            write_image(folder / f"{index:05d}.png", _quantize(img, bits))
+            sidecar = {"label": label, "size": [cfg.size, cfg.size], "lesions": [asdict(les) for les in lesions]}
+            (folder / f"{index:05d}.json").write_text(json.dumps(sidecar) + "\n", encoding="utf-8")
             counts.setdefault(split, {}).setdefault(label, 0)
             counts[split][label] += 1
     (out / "synth.json").write_text(json.dumps({"config": asdict(cfg), "counts": counts}, indent=2))

@@ -21,10 +21,12 @@ from importlib.metadata import entry_points
 from medge import __version__
 from medge.edge.errors import MedgeError, MissingExtraError
 
-EDGE_COMMANDS = ("medge.edge.apps.predict", "medge.edge.apps.preview", "medge.edge.apps.watch")
+EDGE_COMMANDS = ("medge.edge.apps.check", "medge.edge.apps.predict", "medge.edge.apps.preview", "medge.edge.apps.watch",
+                 "medge.edge.apps.serve")
 # Optional module -> the extra that installs it.
 EXTRAS = {"torch": "train", "torchvision": "train", "onnx": "train", "onnxsim": "train", "tqdm": "train",
-          "pydicom": "dicom"}
+          "pydicom": "dicom", "fastapi": "serve", "fastapi_offline": "serve", "starlette": "serve", "uvicorn": "serve",
+          "gradio": "serve", "python_multipart": "serve"}
 
 
 def _command_modules():
@@ -61,8 +63,8 @@ def parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.N
 
 
 EXIT_STATUS_HELP = """exit status:
-  0  every input classified / the job done
-  1  some inputs failed (each is reported), or a step of the job failed
+  0  every input classified (possibly with warnings) / the job done
+  1  some inputs failed (each is reported; with --strict, inputs with warnings fail), or a step of the job failed
   2  usage or configuration error: bad option, missing or invalid bundle, existing output, missing extra
   3  unexpected internal error (a bug: the traceback is printed; please report it)
 """

@@ -1,4 +1,5 @@
-"""Options shared by the edge commands that load a bundle (predict, watch), and loading it.
+"""Options shared by the edge commands that load a bundle (predict, watch, serve, preview), and loading it.
+(Their output files go through ``medge.edge.outputs``, as every command's do.)
 
 One place for them, so that the commands do not import each other (Polygraphy's
 ``tools/args`` argument groups play this part there).
@@ -11,18 +12,32 @@ import cv2
 
 from medge.edge.formats import DEFAULT_MAX_PIXELS
 from medge.edge.model import Model
-from medge.edge.runtime import BACKENDS, ENGINES
+from medge.edge.runtime import BACKENDS, ENGINES, engine_choices
+
+
+def add_bundle_arguments(p: argparse.ArgumentParser) -> None:
+    """--model, --backend, --engine, --threads, --max-pixels."""
+    p.add_argument("--model", required=True, metavar="BUNDLE", help="bundle folder (model.onnx + model.json)")
+    p.add_argument("--backend", choices=list(BACKENDS), default="cpu", help="cv2.dnn backend/target (default: %(default)s)")
+    p.add_argument("--engine", choices=engine_choices(),
+                   help=f"inference engine: auto = the fastest that passes the self-test on this box; this OpenCV has "
+                        f"{', '.join(ENGINES)} (default: the bundle's, normally auto)")
+    p.add_argument("--threads", type=int, help="cv2.setNumThreads for inference (default: OpenCV's choice)")
+    p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help="refuse larger images (default: %(default)s)")
 
 
 def add_model_arguments(p: argparse.ArgumentParser) -> None:
-    """--model, --backend, --engine, --threads, --batch-size, --workers, --max-pixels."""
-    p.add_argument("--model", required=True, metavar="BUNDLE", help="bundle folder (model.onnx + model.json)")
-    p.add_argument("--backend", choices=list(BACKENDS), default="cpu", help="cv2.dnn backend/target (default: %(default)s)")
-    p.add_argument("--engine", choices=list(ENGINES), help="cv2.dnn engine (default: the bundle's)")
-    p.add_argument("--threads", type=int, help="cv2.setNumThreads for inference (default: OpenCV's choice)")
+    """The bundle arguments, plus --batch-size and --workers for commands that classify many files at once."""
+    add_bundle_arguments(p)
     p.add_argument("--batch-size", type=int, default=8, help="images per forward pass (default: %(default)s)")
     p.add_argument("--workers", type=int, help="threads reading and preprocessing ahead (default: one per core)")
-    p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help="refuse larger images (default: %(default)s)")
+
+
+def add_strict_argument(p: argparse.ArgumentParser) -> None:
+    """--strict: an input with warnings fails instead of being labelled."""
+    p.add_argument("--strict", action="store_true",
+                   help="refuse an input that has warnings (tiny, near-constant, a modality or statistics the model "
+                        "never saw) instead of labelling it with its warnings")
 
 
 def load_model(args: argparse.Namespace) -> Model:

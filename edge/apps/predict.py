@@ -3,24 +3,43 @@
 Usage: medge predict --model bundles/xray scans/ extra.png --out results.jsonl
 
 One record per input, in input order, each exactly once: path, label, class
-probabilities, the model's SHA-256 and timings, or the error and its reason.
-Folders are searched recursively by extension. A bad input never stops the
-batch; the exit status is 1 when any input failed, 0 otherwise.
+probabilities, the model's SHA-256, timings, warnings (what is odd about the
+input: tiny, near-constant, a modality or statistics the model never saw) and
+what the file is (format, size, bit depth, modality, decoder), or the error and
+its reason. Folders are searched recursively by content: files without an
+extension (PACS exports) are found, files that are not images are counted
+("3 skipped: not images"; names with --verbose), and entries that cannot be
+read (a folder without permission, a named pipe, a broken link) get an error
+record. Non-UTF-8 file names are written as \\udcXX escapes (README).
+
+Exit status: 0 every input classified, 1 some input failed (each has its
+record), 2 usage or configuration error (bad option, bad bundle), 3 a bug.
+With --strict an input with warnings fails instead of being labelled.
+
+--heatmaps DIR also writes, per classified input, DIR/<name>.heatmap.png: where the
+model looked for the class it predicted, over the image it saw (see ``edge.explain``),
+and the record says which file (``heatmap``). Existing files are never replaced
+without --overwrite (checked before any work).
 """
 from __future__ import annotations
 
 import argparse
-import csv
 import io
-import json
 import sys
 from contextlib import contextmanager
 from pathlib import Path
 
-from medge.edge.apps.options import add_model_arguments, load_model
-from medge.edge.image import collect_inputs
-from medge.edge.outputs import check_output_file, open_atomic, wrote
+from medge.edge.apps.options import add_model_arguments, add_strict_argument, load_model
+from medge.edge.apps.records import RecordWriter
+from medge.edge.errors import MedgeError
+from medge.edge.image import write_image
+from medge.edge.inputs import scan_inputs
+from medge.edge.model import Prediction
+from medge.edge.outputs import check_output_dir, check_output_file, make_output_dir, open_atomic, output_names, wrote
+from medge.edge.paths import TEXT_ERRORS, shown
 from medge.edge.progress import ProgressLine
+
+HEATMAP_SUFFIX = ".heatmap.png"  # DIR/<input stem>.heatmap.png
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -28,29 +47,29 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("paths", nargs="+", metavar="PATH", help="image files (PNG, JPEG, TIFF, BMP, DICOM) or folders")
     add_model_arguments(p)
+    add_strict_argument(p)
+    p.add_argument("--verbose", action="store_true", help="list the files skipped as not images")
     p.add_argument("--out", help="write records here, parent folders created (default: stdout)")
     p.add_argument("--format", choices=["jsonl", "csv"], default="jsonl", help="record format (default: %(default)s)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
+    p.add_argument("--heatmaps", metavar="DIR",
+                   help=f"also write a heatmap overlay per classified input: DIR/<name>{HEATMAP_SUFFIX} (created if missing)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out file and --heatmaps files")
     return p
 
 
-class _Writer:
-    def __init__(self, stream, fmt: str, classes: list[str]):
-        self.stream, self.fmt, self.classes = stream, fmt, classes
-        if fmt == "csv":
-            self.csv = csv.writer(stream, lineterminator="\n")
-            self.csv.writerow(["path", "label", *[f"p_{c}" for c in classes], "read_ms", "preprocess_ms",
-                               "inference_ms", "model_sha256", "error"])
-
-    def write(self, rec: dict) -> None:
-        if self.fmt == "jsonl":
-            self.stream.write(json.dumps(rec, ensure_ascii=False) + "\n")
-        else:
-            p, t = rec["probabilities"] or {}, rec["timings_ms"]
-            self.csv.writerow([rec["path"], rec["label"] or "", *[p.get(c, "") for c in self.classes],
-                               *[round(t[k], 3) if k in t else "" for k in ("read", "preprocess", "inference")],
-                               rec["model_sha256"], rec["error"] or ""])
-        self.stream.flush()
+def write_heatmap(pred, target: Path, rec: dict) -> bool:
+    """Write the overlay of a classified input; the record gets ``heatmap`` (its path, or None) and
+    ``heatmap_error``. Returns False when a classified input's heatmap could not be written."""
+    rec["heatmap"] = rec["heatmap_error"] = None
+    if pred.explanation is None:  # the input failed: its error says why
+        return True
+    try:
+        write_image(target, pred.explanation.overlay())
+        rec["heatmap"] = str(target)
+        return True
+    except MedgeError as e:
+        rec["heatmap_error"] = str(e)
+        return False
 
 
 @contextmanager
@@ -60,7 +79,8 @@ def _record_stream(out: Path | None):
         with open_atomic(out, "w", newline="", keep_partial=True) as f:
             yield f
         return
-    stream = io.TextIOWrapper(sys.stdout.buffer, "utf-8", newline="", line_buffering=True)
+    # A file name that is not UTF-8 is written as \udcXX (edge.paths), never a UnicodeEncodeError.
+    stream = io.TextIOWrapper(sys.stdout.buffer, "utf-8", errors=TEXT_ERRORS, newline="", line_buffering=True)
     try:
         yield stream
     finally:
@@ -69,18 +89,59 @@ def _record_stream(out: Path | None):
 
 def run(args: argparse.Namespace) -> int:
     out = check_output_file(args.out, args.overwrite, "records") if args.out else None
+    scan = scan_inputs(args.paths)
+    n = len(scan.entries)
+    heat_dir, targets = None, []
+    if args.heatmaps:
+        names = output_names([e.path for e in scan.entries], HEATMAP_SUFFIX)
+        heat_dir = check_output_dir(args.heatmaps, "heatmaps", names, args.overwrite)
+        targets = [heat_dir / name for name in names]
     model = load_model(args)
-    paths = collect_inputs(args.paths)
-    progress = ProgressLine(len(paths), "images")
-    failed = 0
+    if heat_dir is not None:
+        model.require_heatmaps()  # exit 2 before any work for a bundle exported without them
+        make_output_dir(heat_dir)
+    progress = ProgressLine(n, "images")
+    failed, warned, bugs, no_heatmap = 0, 0, 0, 0
     with _record_stream(out) as stream:
-        writer = _Writer(stream, args.format, model.classes)
-        for pred in model.predict_iter(paths, args.batch_size, args.workers, args.max_pixels):
-            writer.write(pred.to_record(model.sha256))
+        writer = RecordWriter(stream, args.format, model.classes, heatmaps=heat_dir is not None)
+        for i, pred in enumerate(predictions(model, scan, args, heatmaps=heat_dir is not None)):
+            rec = pred.to_record(model.sha256)
+            if heat_dir is not None:
+                no_heatmap += not write_heatmap(pred, targets[i], rec)
+            writer.write(rec)
             failed += not pred.ok
+            warned += bool(pred.ok and pred.warnings)
+            bugs += pred.unexpected
             progress.update(f"{failed} failed")
     progress.close()
-    print(f"{len(paths)} input(s), {len(paths) - failed} classified, {failed} failed", file=sys.stderr)
+    report_summary(n, failed, warned, scan, args.verbose)
     if out is not None:
         wrote(out, "records")
-    return 1 if failed else 0
+    if heat_dir is not None:
+        print(f"{n - failed - no_heatmap} heatmap(s) in {shown(str(heat_dir))}"
+              + (f" ({no_heatmap} could not be written)" if no_heatmap else ""), file=sys.stderr)
+    if bugs:
+        print(f"{bugs} input(s) hit an internal error (a bug in medge: please report it with their records)",
+              file=sys.stderr)
+        return 3
+    return 1 if failed or no_heatmap else 0
+
+
+def predictions(model, scan, args, heatmaps: bool = False):
+    """One Prediction per scan entry, in order: entries that cannot be read get their error, the rest are run."""
+    results = model.predict_iter(scan.paths, args.batch_size, args.workers, args.max_pixels, args.strict,
+                                 heatmaps=heatmaps)
+    for entry in scan.entries:
+        yield Prediction(entry.path, error=f"{entry.path}: {entry.error}") if entry.error else next(results)
+
+
+def report_summary(n: int, failed: int, warned: int, scan, verbose: bool) -> None:
+    """The summary line on stderr, e.g. "5 input(s), 3 classified (1 with warnings), 2 failed; 3 skipped: not images"."""
+    parts = [f"{n} input(s), {n - failed} classified" + (f" ({warned} with warnings)" if warned else ""),
+             f"{failed} failed"]
+    print(shown(", ".join(parts) + (f"; {scan.skipped_summary()}" if scan.skipped else "")), file=sys.stderr)
+    if scan.skipped and verbose:
+        for path, why in scan.skipped:
+            print(f"  skipped {shown(path)}: {why}", file=sys.stderr)
+    elif scan.skipped:
+        print("  (--verbose lists the skipped files)", file=sys.stderr)

@@ -4,43 +4,70 @@ Usage: medge preview chest.png scans/ --out previews/ [--model bundles/xray]
 
 Writes one PNG per input with four panels side by side: the original (after the
 8-bit rule), blurred, CLAHE, and the final resized image the network receives,
-each titled with its size and settings. With --model the preprocessing is the
-bundle's own (its input size, CLAHE, ...); without, the default one. Existing
-preview files are refused before any work unless --overwrite.
+each titled with its size and settings. Each panel fits a box of at most
+PANEL_MAX_W x PANEL_PX pixels whatever the image's shape, so a 1 x 100000 image
+makes a small picture, not a 22 GB one. Folders are searched by content, as for
+``medge predict``. Existing preview files are refused before any work unless
+--overwrite.
+
+With --model, the bundle's own preprocessing is shown (its input size, CLAHE, ...)
+and, when the bundle has heatmaps, a fifth panel: where the model looked for the
+class it predicts. Without, the default preprocessing.
 """
 from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 import cv2
 import numpy as np
 
-from medge.edge.bundle import read_manifest
-from medge.edge.errors import MedgeError, UsageError
+from medge.edge.errors import ImageError, MedgeError
 from medge.edge.formats import DEFAULT_MAX_PIXELS
-from medge.edge.image import collect_inputs, read_image, write_image
-from medge.edge.outputs import check_output_dir, wrote
+from medge.edge.image import load_image, write_image
+from medge.edge.inputs import scan_inputs
+from medge.edge.model import Model
+from medge.edge.outputs import check_output_dir, make_output_dir, output_names, wrote
+from medge.edge.paths import shown
 from medge.edge.preprocess import PreprocessConfig, preprocess_stages
+from medge.edge.runtime import softmax
 
 PANEL_PX = 320  # height of each panel in the preview
+PANEL_MAX_W = 4 * PANEL_PX  # width of each panel at most: the canvas is bounded for any aspect ratio
+TITLE_MIN_W = 240  # a panel is padded to at least this width so that its title fits
 
 
 def _panel(image: np.ndarray, title: str) -> np.ndarray:
-    h, w = image.shape
-    width = max(1, round(w * PANEL_PX / h))
-    interp = cv2.INTER_AREA if h > PANEL_PX else cv2.INTER_NEAREST
-    panel = cv2.resize(image, (width, PANEL_PX), interpolation=interp)
-    bar = np.zeros((28, width), np.uint8)
-    cv2.putText(bar, title, (6, 20), cv2.FONT_HERSHEY_SIMPLEX, 0.55, 255, 1, cv2.LINE_AA)
+    """The image (gray or BGR) scaled to fit PANEL_MAX_W x PANEL_PX (aspect kept, grey padding), under a title bar."""
+    h, w = image.shape[:2]
+    scale = min(PANEL_PX / h, PANEL_MAX_W / w)
+    size = (min(PANEL_MAX_W, max(1, round(w * scale))), min(PANEL_PX, max(1, round(h * scale))))
+    interp = cv2.INTER_AREA if scale < 1 else cv2.INTER_NEAREST
+    scaled = cv2.resize(image, size, interpolation=interp)
+    width = max(size[0], TITLE_MIN_W)
+    panel = np.full((PANEL_PX, width, *image.shape[2:]), 128, np.uint8)
+    top, left = (PANEL_PX - size[1]) // 2, (width - size[0]) // 2
+    panel[top : top + size[1], left : left + size[0]] = scaled
+    bar = np.zeros((28, width, *image.shape[2:]), np.uint8)
+    cv2.putText(bar, title, (6, 20), cv2.FONT_HERSHEY_SIMPLEX, 0.55, (255, 255, 255), 1, cv2.LINE_AA)
     return np.vstack([bar, panel])
 
 
-def render_preview(image: np.ndarray, cfg: PreprocessConfig = PreprocessConfig()) -> np.ndarray:
-    """Return the side-by-side uint8 picture of the preprocessing stages under ``cfg``, each panel titled
-    with what it shows (the last one with the network's input size and channels)."""
-    s = preprocess_stages(image, cfg)
+def _heatmap_panel(tensor: np.ndarray, model) -> np.ndarray:
+    """The bundle's heatmap for the class it predicts, over the model input (the preview's own tensor)."""
+    logits, (e,) = model.explain_blob(tensor[None])
+    p = softmax(logits)[0, e.class_index]
+    return _panel(e.overlay(), f"{e.method}: {model.classes[e.class_index]} {p:.2f}")
+
+
+def render_preview(image: np.ndarray, cfg: PreprocessConfig = PreprocessConfig(),
+                   display_range: tuple[float, float] | None = None, model=None) -> np.ndarray:
+    """Return the side-by-side uint8 picture of the preprocessing stages (at most 5 x PANEL_MAX_W wide).
+
+    Gray; BGR when ``model`` (an ``edge.model.Model``) has heatmaps: a last panel then shows its
+    heatmap for the class it predicts over the model input (``cfg`` should be its PreprocessConfig).
+    """
+    s = preprocess_stages(image, cfg, display_range)
     h, w = s["gray"].shape
     channels = "" if cfg.channels == 1 else f", gray x{cfg.channels}"
     panels = [
@@ -49,7 +76,9 @@ def render_preview(image: np.ndarray, cfg: PreprocessConfig = PreprocessConfig()
         _panel(s["clahe"], f"CLAHE {cfg.clahe_clip_limit:g}, {cfg.clahe_tile_grid}x{cfg.clahe_tile_grid}"),
         _panel(s["resized"], f"model input {cfg.size}x{cfg.size}{channels}"),
     ]
-    gap = np.full((PANEL_PX + 28, 8), 128, np.uint8)
+    if model is not None and model.explain_method:
+        panels = [cv2.cvtColor(p, cv2.COLOR_GRAY2BGR) for p in panels] + [_heatmap_panel(s["tensor"], model)]
+    gap = np.full((PANEL_PX + 28, 8, *panels[0].shape[2:]), 128, np.uint8)
     row = [panels[0]]
     for p in panels[1:]:
         row += [gap, p]
@@ -61,47 +90,43 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files or folders (searched recursively)")
     p.add_argument("--out", required=True, help="folder for the preview PNGs (created if missing)")
-    p.add_argument("--model", metavar="BUNDLE",
-                   help="show what this bundle's model sees (its preprocessing); default: the default preprocessing")
     p.add_argument("--overwrite", action="store_true", help="replace existing preview files (default: refuse)")
     p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help="refuse larger images (default: %(default)s)")
+    p.add_argument("--model", metavar="BUNDLE",
+                   help="show what this bundle's model sees: its preprocessing, and its heatmap panel when the bundle "
+                        "has heatmaps (default: the default preprocessing)")
     return p
 
 
-def plan_targets(inputs: list[str], out: Path) -> list[Path]:
-    """One preview file per input, OUT/<stem>.preview.png, numbered when two inputs share a name."""
-    used, targets = set(), []
-    for path in inputs:
-        stem = Path(path).stem
-        name, i = f"{stem}.preview.png", 1
-        while name in used:  # two inputs with the same name in different folders
-            name, i = f"{stem}.{i}.preview.png", i + 1
-        used.add(name)
-        targets.append(out / name)
-    return targets
-
-
 def run(args: argparse.Namespace) -> int:
-    out = check_output_dir(args.out, "previews")
-    cfg = PreprocessConfig.from_dict(read_manifest(args.model)["preprocess"]) if args.model else PreprocessConfig()
-    inputs = collect_inputs(args.images)
-    targets = plan_targets(inputs, out)
-    existing = [t for t in targets if t.exists()]
-    if existing and not args.overwrite:  # before any work, as every command that writes
-        shown = ", ".join(str(t) for t in existing[:3]) + (f" and {len(existing) - 3} more" if len(existing) > 3 else "")
-        raise UsageError(f"{len(existing)} preview file(s) exist already: {shown} (use --overwrite to replace them)")
+    scan = scan_inputs(args.images)
+    names = output_names([e.path for e in scan.entries], ".preview.png")
+    out = check_output_dir(args.out, "previews", names, args.overwrite)  # before any work, as every command that writes
+    model = None
+    if args.model:
+        model = Model.load(args.model)
+        if not model.explain_method:
+            print(f"note: {args.model} has no heatmaps (exported before medge had them): no heatmap panel", file=sys.stderr)
+    cfg = model.preprocess_config if model else PreprocessConfig()
     print(f"preprocessing of {args.model or 'the default configuration'}: input {cfg.size}x{cfg.size}"
           + ("" if args.model else " (give --model BUNDLE to see what a model's own preprocessing does)"), file=sys.stderr)
+    make_output_dir(out)
     failed = 0
-    for path, target in zip(inputs, targets, strict=True):
+    for entry, name in zip(scan.entries, names, strict=True):
+        path, target = entry.path, out / name
         try:
-            write_image(target, render_preview(read_image(path, args.max_pixels), cfg))
-            print(f"{path} -> {target}")
+            if entry.error:
+                raise ImageError(path, entry.error)
+            image, info = load_image(path, args.max_pixels)
+            write_image(target, render_preview(image, cfg, info.display_range, model))
+            print(shown(f"{path} -> {target}"))
         except MedgeError as e:
             failed += 1
-            print(f"error: {e}", file=sys.stderr)
+            print(f"error: {shown(str(e))}", file=sys.stderr)
+    if scan.skipped:
+        print(shown(scan.skipped_summary()), file=sys.stderr)
     if failed:
         print(f"{failed} input(s) failed", file=sys.stderr)
-    if len(inputs) > failed:
-        wrote(out, f"{len(inputs) - failed} preview(s)")
+    if len(scan.entries) > failed:
+        wrote(out, f"{len(scan.entries) - failed} preview(s)")
     return 1 if failed else 0

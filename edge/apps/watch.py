@@ -6,9 +6,17 @@ Usage: medge watch incoming/ results/ --model bundles/xray
   ``--settle`` seconds (so a file still being written is left alone). Hidden
   files and names ending in .part, .partial, .tmp, .filepart are ignored: routers
   that write under a temporary name and rename are handled without waiting.
-- Each result is written atomically to ``OUT/results/<relative path>.json``.
+- Files are recognised by content, as ``medge predict`` does (``edge.inputs``):
+  a DICOM without an extension is classified; a file that is not an image (a
+  text file, a DICOMDIR) is left in place, logged once and recorded as skipped.
+- Each result is written atomically to ``OUT/results/<relative path>.json``,
+  with the record's ``warnings`` (``--strict`` quarantines such inputs instead).
 - Inputs that fail are moved to ``OUT/quarantine/<relative path>`` with a
-  ``.reason.txt`` beside them; nothing is dropped silently.
+  ``.reason.txt`` beside them; nothing is dropped silently. So are entries
+  that cannot be read (a named pipe, a device, a broken link); a subfolder
+  medge may not open is logged and recorded once (it is not moved).
+- Any file name works: one that is not UTF-8 is written as \\udcXX escapes in
+  the results, the ledger and the log (``edge.paths``).
 - ``OUT/.medge-watch.jsonl`` records every file handled (path, size, mtime), so a
   restart neither reprocesses nor skips anything; a result found on disk for the
   same file version (after a crash between the two writes) is recorded, not redone.
@@ -23,17 +31,20 @@ import json
 import os
 import shutil
 import signal
+import stat
 import sys
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from medge.edge.apps.options import add_model_arguments, load_model
+from medge.edge.apps.options import add_model_arguments, add_strict_argument, load_model
 from medge.edge.errors import UsageError
 from medge.edge.formats import DEFAULT_MAX_PIXELS
-from medge.edge.model import Model
+from medge.edge.inputs import classify_file, walk
+from medge.edge.model import Model, Prediction
 from medge.edge.outputs import atomic_write_text, check_output_dir
+from medge.edge.paths import shown, to_json
 
 LEDGER = ".medge-watch.jsonl"
 TEMP_SUFFIXES = (".part", ".partial", ".tmp", ".filepart", ".crdownload")
@@ -50,7 +61,7 @@ class FileVersion:
     @property
     def key(self) -> str:
         """The ledger's identity of this version: a JSON list, unambiguous whatever the file name holds."""
-        return json.dumps([self.rel, self.size, self.mtime_ns], ensure_ascii=False)
+        return json.dumps([self.rel, self.size, self.mtime_ns], ensure_ascii=False)  # may hold surrogates: to_json
 
 
 def _ledger_key(key: str) -> str:
@@ -84,16 +95,17 @@ class HotFolder:
     """Watches ``in_dir`` and writes results and quarantined files under ``out_dir``."""
 
     def __init__(self, model: Model, in_dir: str | os.PathLike, out_dir: str | os.PathLike, settle_s: float = 2.0,
-                 batch_size: int = 8, workers: int | None = None, max_pixels: int = DEFAULT_MAX_PIXELS, log=print):
+                 batch_size: int = 8, workers: int | None = None, max_pixels: int = DEFAULT_MAX_PIXELS, log=print,
+                 strict: bool = False):
         self.model, self.in_dir, self.out_dir = model, Path(in_dir), Path(out_dir)
         check_folders(self.in_dir, self.out_dir)
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self.settle_s, self.batch_size, self.workers = settle_s, batch_size, workers
-        self.max_pixels = max_pixels
-        self.log = log
+        self.max_pixels, self.strict = max_pixels, strict
+        self.log = lambda msg: log(shown(msg))  # a non-UTF-8 name must not kill the hot folder
         self.ledger_path = self.out_dir / LEDGER
         self.done: set[str] = set()
-        self.counts = {"classified": 0, "quarantined": 0, "recovered": 0}
+        self.counts = {"classified": 0, "quarantined": 0, "recovered": 0, "skipped": 0, "errors": 0}
         self._seen: dict[str, tuple[FileVersion, float]] = {}  # rel -> (version, when first seen so)
         if self.ledger_path.exists():
             for line in self.ledger_path.read_text(encoding="utf-8").splitlines():
@@ -102,36 +114,44 @@ class HotFolder:
                 except (json.JSONDecodeError, KeyError, TypeError, ValueError):
                     continue  # a line cut short by a crash: that file is simply handled again
 
-    def scan(self, now: float | None = None) -> tuple[list[tuple[Path, FileVersion]], int]:
-        """Files ready to handle, as (path, version), and how many are still settling."""
+    def scan(self, now: float | None = None) -> tuple[list[tuple[Path, FileVersion, str | None]], int]:
+        """Entries ready to handle, as (path, version, error or None), and how many files are still settling.
+
+        Regular files wait to settle; an entry that cannot be read (a named pipe, a
+        broken link, a folder medge may not open) is ready at once, with its error.
+        """
         now = time.monotonic() if now is None else now
         ready, settling = [], 0
-        for p in sorted(self.in_dir.rglob("*")):
+        for kind, found, why in walk(self.in_dir):
+            p = Path(found)
             rel = p.relative_to(self.in_dir).as_posix()
             if any(part.startswith(".") for part in Path(rel).parts) or p.name.lower().endswith(TEMP_SUFFIXES):
                 continue
+            if kind == "skip":
+                continue  # a folder reached a second time through a link: watched under its first path
             try:
-                if not p.is_file():
-                    continue
-                st = p.stat()
+                st = p.stat() if kind == "file" else p.lstat()
             except OSError:
                 continue  # vanished between listing and stat
-            version = FileVersion(rel, st.st_size, st.st_mtime_ns)
+            version = FileVersion(rel, st.st_size if kind == "file" else 0, st.st_mtime_ns)
             if version.key in self.done:
+                continue
+            if kind == "error":
+                ready.append((p, version, why))
                 continue
             prev = self._seen.get(rel)
             if prev is None or prev[0] != version:
                 self._seen[rel] = (version, now)
                 settling += 1
             elif now - prev[1] >= self.settle_s:
-                ready.append((p, version))
+                ready.append((p, version, None))
             else:
                 settling += 1
         return ready, settling
 
     def _record(self, entry: dict) -> None:
         with open(self.ledger_path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(entry, ensure_ascii=False) + "\n")
+            f.write(to_json(entry) + "\n")
             f.flush()
             os.fsync(f.fileno())
         self.done.add(entry["key"])
@@ -147,40 +167,68 @@ class HotFolder:
                 continue
         return None
 
-    def handle(self, items: list[tuple[Path, FileVersion]]) -> None:
-        """Classify ready files; write results or quarantine; record each in the ledger."""
+    def handle(self, items: list[tuple[Path, FileVersion, str | None]]) -> None:
+        """Classify ready files; write results, quarantine or skip; record each in the ledger."""
         todo = []
-        for path, v in items:
+        for path, v, error in items:
+            if error is not None:
+                self._fail(path, v, Prediction(str(path), error=f"{path}: {error}"))
+                continue
             found = self._existing_result(v.rel, v.key)
             if found is not None:  # crashed after writing the result, before recording it
                 self._record({"key": v.key, "path": v.rel, "status": "classified", "result": str(found), "recovered": True})
                 self.counts["recovered"] += 1
+                continue
+            kind, why = classify_file(str(path))
+            if kind == "skip":  # not an image: left where it is, said once
+                self._record({"key": v.key, "path": v.rel, "status": "skipped", "reason": why})
+                self.counts["skipped"] += 1
+                self.log(f"{v.rel}: skipped: {why}")
+            elif kind == "error":
+                self._fail(path, v, Prediction(str(path), error=f"{path}: {why}"))
             else:
                 todo.append((path, v))
-        preds = self.model.predict([p for p, _ in todo], self.batch_size, self.workers, self.max_pixels)
+        preds = self.model.predict([p for p, _ in todo], self.batch_size, self.workers, self.max_pixels, self.strict)
         for (path, v), pred in zip(todo, preds, strict=True):
-            rel, key = v.rel, v.key
-            stamp = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
             if pred.ok:
-                target = _free_name(self.out_dir / "results" / rel, ".json")
-                rec = {**pred.to_record(self.model.sha256), "path": rel,
-                       "source": {"key": key, "size": v.size, "mtime_ns": v.mtime_ns}, "processed_at": stamp}
-                atomic_write_text(target, json.dumps(rec, indent=2, ensure_ascii=False) + "\n")
-                self._record({"key": key, "path": rel, "status": "classified", "result": str(target)})
-                self.counts["classified"] += 1
-                self.log(f"{rel}: {pred.label} ({max(pred.probabilities.values()):.3f})")
+                self._write_result(v, pred)
             else:
-                dest = _free_name(self.out_dir / "quarantine" / rel)
-                dest.parent.mkdir(parents=True, exist_ok=True)
-                try:
-                    shutil.move(str(path), dest)
-                    moved = str(dest)
-                except OSError as e:
-                    moved = f"not moved: {e}"
-                atomic_write_text(Path(f"{dest}.reason.txt"), f"{rel}\n{pred.error}\nquarantined {stamp}\n")
-                self._record({"key": key, "path": rel, "status": "quarantined", "quarantine": moved, "reason": pred.error})
-                self.counts["quarantined"] += 1
-                self.log(f"{rel}: quarantined: {pred.error}")
+                self._fail(path, v, pred)
+
+    def _write_result(self, v: FileVersion, pred: Prediction) -> None:
+        stamp = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+        target = _free_name(self.out_dir / "results" / v.rel, ".json")
+        rec = {**pred.to_record(self.model.sha256), "path": v.rel,
+               "source": {"key": v.key, "size": v.size, "mtime_ns": v.mtime_ns}, "processed_at": stamp}
+        atomic_write_text(target, to_json(rec, indent=2) + "\n")
+        self._record({"key": v.key, "path": v.rel, "status": "classified", "result": str(target)})
+        self.counts["classified"] += 1
+        note = f" [warnings: {'; '.join(pred.warnings)}]" if pred.warnings else ""
+        self.log(f"{v.rel}: {pred.label} ({max(pred.probabilities.values()):.3f}){note}")
+
+    def _fail(self, path: Path, v: FileVersion, pred: Prediction) -> None:
+        """Move a failed input to quarantine/ with its reason; a folder is only recorded (never moved)."""
+        stamp = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+        try:
+            is_dir = stat.S_ISDIR(path.lstat().st_mode)
+        except OSError:
+            is_dir = False
+        if is_dir:
+            self._record({"key": v.key, "path": v.rel, "status": "error", "reason": pred.error})
+            self.counts["errors"] += 1
+            self.log(f"{v.rel}: error: {pred.error}")
+            return
+        dest = _free_name(self.out_dir / "quarantine" / v.rel)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            shutil.move(str(path), dest)  # a named pipe or device is renamed, never read
+            moved = str(dest)
+        except (OSError, shutil.Error) as e:
+            moved = f"not moved: {e}"
+        atomic_write_text(Path(f"{dest}.reason.txt"), f"{v.rel}\n{pred.error}\nquarantined {stamp}\n")
+        self._record({"key": v.key, "path": v.rel, "status": "quarantined", "quarantine": moved, "reason": pred.error})
+        self.counts["quarantined"] += 1
+        self.log(f"{v.rel}: quarantined: {pred.error}")
 
     def run(self, stop: threading.Event, poll_s: float = 1.0, once: bool = False) -> dict:
         """Watch until ``stop`` is set (or, with ``once``, until nothing is left to settle)."""
@@ -203,6 +251,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("in_dir", metavar="IN_DIR", help="folder the router drops files into")
     p.add_argument("out_dir", metavar="OUT_DIR", help="folder for results/, quarantine/ and the ledger")
     add_model_arguments(p)
+    add_strict_argument(p)
     p.add_argument("--settle", type=float, default=2.0, help="seconds a file must stay unchanged (default: %(default)s)")
     p.add_argument("--poll", type=float, default=1.0, help="seconds between scans (default: %(default)s)")
     p.add_argument("--once", action="store_true", help="handle what is there, then exit")
@@ -213,7 +262,7 @@ def run(args: argparse.Namespace) -> int:
     check_folders(Path(args.in_dir), Path(args.out_dir))  # before the model loads
     model = load_model(args)
     folder = HotFolder(model, args.in_dir, args.out_dir, args.settle, args.batch_size, args.workers, args.max_pixels,
-                       log=lambda msg: print(msg, flush=True))
+                       log=lambda msg: print(msg, flush=True), strict=args.strict)
     stop = threading.Event()
 
     def on_signal(signum, _frame):
@@ -221,13 +270,14 @@ def run(args: argparse.Namespace) -> int:
         stop.set()
 
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
-    print(f"watching {args.in_dir} -> {args.out_dir} (model {model.sha256[:12]}, {len(folder.done)} file(s) already done)",
-          file=sys.stderr, flush=True)
+    print(shown(f"watching {args.in_dir} -> {args.out_dir} (model {model.sha256[:12]}, {len(folder.done)} file(s) "
+                f"already done)"), file=sys.stderr, flush=True)
     try:
         counts = folder.run(stop, args.poll, args.once)
     finally:
         for s, h in previous.items():
             signal.signal(s, h)
     print(f"stopped: {counts['classified']} classified, {counts['quarantined']} quarantined, "
-          f"{counts['recovered']} recovered from a previous run", file=sys.stderr, flush=True)
+          f"{counts['recovered']} recovered from a previous run, {counts['skipped']} skipped (not images), "
+          f"{counts['errors']} folder(s) that cannot be opened", file=sys.stderr, flush=True)
     return 0

@@ -7,7 +7,7 @@ import pytest
 
 from medge.edge.errors import ImageError
 from medge.edge.formats import sniff_image
-from medge.edge.image import collect_inputs, read_image, write_image
+from medge.edge.image import load_image, read_image, write_image
 from tests.conftest import xray_like
 
 FORMATS = [(e, ln) for e in [".png", ".jpg", ".tif", ".bmp"] for ln in ["gray", "bgr", "bgra"] if (e, ln) != (".jpg", "bgra")]
@@ -53,12 +53,13 @@ def _png_bytes(img):
     "make, reason",
     [
         (lambda p: None, "file not found"),
-        (lambda p: p.mkdir(), "is a directory"),
+        (lambda p: p.mkdir(), "is a folder"),
         (lambda p: p.write_bytes(b""), "empty file"),
         (lambda p: p.write_bytes(_png_bytes(xray_like(64, 64))[:300]), "truncated PNG"),
         (lambda p: p.write_bytes(cv2.imencode(".jpg", xray_like(64, 64))[1].tobytes()[:400]), "truncated JPEG"),
-        (lambda p: p.write_bytes(b"GIF89a" + bytes(100)), "unsupported or unrecognised image format"),
-        (lambda p: p.write_bytes(b"just some text, not an image\n" * 10), "unsupported or unrecognised"),
+        (lambda p: p.write_bytes(b"GIF89a" + bytes(100)),
+         r"not an image medge can read \(PNG, JPEG, TIFF, BMP or DICOM\): it is a GIF image"),
+        (lambda p: p.write_bytes(b"just some text, not an image\n" * 10), "it starts with the text 'just some text"),
         (lambda p: p.write_bytes(b"II+\x00" + bytes(100)), "BigTIFF"),
     ],
     ids=["missing", "directory", "empty", "truncated-png", "truncated-jpeg", "gif", "text", "bigtiff"],
@@ -95,7 +96,7 @@ def test_corrupt_png_data_fails_cleanly(tmp_path):
     data[idat + 8 : idat + 60] = bytes(52)  # zero the start of the compressed stream
     path = tmp_path / "corrupt.png"
     path.write_bytes(bytes(data))
-    with pytest.raises(ImageError, match="cannot decode PNG"):
+    with pytest.raises(ImageError, match="cannot decode the PNG pixel data: the file is damaged"):
         read_image(path)
 
 
@@ -117,7 +118,7 @@ def _forged_png(width, height):
 def test_pixel_limit_is_checked_before_decoding(tmp_path):
     path = tmp_path / "huge.png"
     path.write_bytes(_forged_png(20000, 20000))  # 400 MP claimed, 0.0001 MP present
-    with pytest.raises(ImageError, match=r"20000x20000 = 400.0 MP, over the limit of 100 MP"):
+    with pytest.raises(ImageError, match=r"20000x20000 = 400.0 MP, over the limit of 40 MP"):
         read_image(path)
 
 
@@ -128,9 +129,39 @@ def test_sniff_reads_sizes_without_decoding():
         assert sniff_image(data) == (fmt, 53, 37)
 
 
-def test_collect_inputs_expands_folders_and_keeps_missing_files(tmp_path):
-    (tmp_path / "d" / "sub").mkdir(parents=True)
-    for name in ["d/b.png", "d/sub/a.JPG", "d/notes.txt"]:
-        (tmp_path / name).write_bytes(b"x")
-    got = collect_inputs([tmp_path / "d", tmp_path / "missing.png"])
-    assert got == [str(tmp_path / "d/b.png"), str(tmp_path / "d/sub/a.JPG"), str(tmp_path / "missing.png")]
+def test_format_comes_from_the_bytes_not_the_name(tmp_path):
+    img = xray_like(40, 30)
+    for name in ["scan.dcm", "IM000001", "report.txt"]:
+        write_image(tmp_path / "x.png", img)
+        (tmp_path / "x.png").rename(tmp_path / name)
+        pixels, info = load_image(tmp_path / name)
+        assert info.format == "png" and info.decoder.startswith("opencv")
+        np.testing.assert_array_equal(pixels, img)
+
+
+def test_image_info_says_what_the_file_is(tmp_path):
+    gray = xray_like(40, 30, bits=12)
+    write_image(tmp_path / "a.png", gray)
+    write_image(tmp_path / "b.jpg", cv2.cvtColor(xray_like(40, 30), cv2.COLOR_GRAY2BGR))
+    write_image(tmp_path / "c.png", np.dstack([xray_like(40, 30), xray_like(40, 30, seed=5), xray_like(40, 30)]))
+    infos = [load_image(tmp_path / n)[1] for n in ("a.png", "b.jpg", "c.png")]
+    assert [(i.format, i.width, i.height, i.bits, i.photometric) for i in infos] == [
+        ("png", 30, 40, 16, "gray"), ("jpeg", 30, 40, 8, "gray"), ("png", 30, 40, 8, "rgb")]
+    assert set(infos[0].to_dict()) == {"format", "width", "height", "bits", "photometric", "modality",
+                                       "transfer_syntax", "decoder", "voi"}
+
+
+def _with_chunk(png: bytes, kind: bytes, payload: bytes) -> bytes:
+    chunk = struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
+    return png[:33] + chunk + png[33:]  # right after IHDR, before the pixel data
+
+
+@pytest.mark.parametrize("kind", [b"zTXt", b"iTXt"])
+def test_png_with_a_huge_text_chunk_is_read_not_called_corrupt(tmp_path, kind):
+    img = xray_like(64, 64)
+    text = b"DICOM header\0" + (b"\0\0" + zlib.compress(np.random.default_rng(0).bytes(9 << 20), 1)
+                                  if kind == b"zTXt" else b"\0\0\0\0" + b"<x/>" * (9 << 18))
+    path = tmp_path / "annotated.png"
+    path.write_bytes(_with_chunk(_png_bytes(img), kind, text))
+    assert cv2.imdecode(np.frombuffer(path.read_bytes(), np.uint8), cv2.IMREAD_UNCHANGED) is None  # OpenCV alone fails
+    np.testing.assert_array_equal(read_image(path), img)

@@ -5,14 +5,18 @@ import pytest
 from medge.edge.errors import ConfigError, ImageError
 from medge.edge.image import read_image, write_image
 from medge.edge.preprocess import (
+    PERCENTILES,
     PreprocessConfig,
     normalize,
+    percentile_range,
     preprocess,
     preprocess_batch,
     preprocess_uint8,
     to_uint8,
 )
 from tests.conftest import xray_like
+
+MINMAX = PreprocessConfig(high_bit_rule="minmax")
 
 
 def plain_cv2(img8, size=224, ksize=5, clip=2.0, tiles=8, mean=0.5, std=0.5):
@@ -31,23 +35,65 @@ def test_bit_exact_with_plain_cv2_sequence(shape):
     np.testing.assert_array_equal(out, plain_cv2(img))
 
 
-def test_bit_exact_for_16bit_after_the_documented_rule(tmp_path):
+def test_bit_exact_for_16bit_after_the_minmax_rule_of_old_bundles(tmp_path):
     img16 = xray_like(333, 290, seed=7, bits=12)
     write_image(tmp_path / "x16.png", img16)
     img16 = read_image(tmp_path / "x16.png")
     as8 = cv2.normalize(img16, None, 0, 255, cv2.NORM_MINMAX, cv2.CV_8U)  # the documented rule
-    np.testing.assert_array_equal(preprocess(img16), plain_cv2(as8))
+    np.testing.assert_array_equal(preprocess(img16, MINMAX), plain_cv2(as8))
+    # the display range of a DICOM window is ignored by minmax, as it was before the percentile rule
+    np.testing.assert_array_equal(to_uint8(img16, MINMAX, (0, 65535)), as8)
 
 
-def test_16bit_rule_uses_the_full_range():
-    img16 = xray_like(100, 100, bits=12)
-    as8 = to_uint8(img16)
-    assert as8.dtype == np.uint8 and as8.min() == 0 and as8.max() == 255
+def _percentile_reference(img, lo_q=PERCENTILES[0], hi_q=PERCENTILES[1]):
+    """The documented percentile rule written out with numpy (exact ranks of the whole image)."""
+    v = np.sort(img.ravel())
+    lo, hi = float(v[round(lo_q / 100 * (v.size - 1))]), float(v[round(hi_q / 100 * (v.size - 1))])
+    return np.clip(np.rint((img.astype(np.float64) - lo) * 255 / (hi - lo)), 0, 255).astype(np.uint8)
+
+
+@pytest.mark.parametrize("dtype", [np.uint16, np.float32])
+def test_percentile_rule_follows_its_definition(dtype):
+    img = xray_like(300, 257, seed=4, bits=12).astype(dtype)
+    got, want = to_uint8(img).astype(int), _percentile_reference(img).astype(int)
+    assert PreprocessConfig().high_bit_rule == "percentile"
+    assert np.abs(got - want).max() <= 1 and (got != want).mean() < 1e-3  # rounding of .5 in float32 only
+    assert (to_uint8(img) == 0).mean() == pytest.approx(0.005, abs=0.003)  # 0.5% clip to black
+    assert (to_uint8(img) == 255).mean() == pytest.approx(0.005, abs=0.003)
     # A linear map: the order of intensities is kept.
-    flat16, flat8 = img16.ravel(), as8.ravel().astype(int)
-    order = np.argsort(flat16, kind="stable")
-    assert np.all(np.diff(flat8[order]) >= 0)
+    order = np.argsort(img.ravel(), kind="stable")
+    assert np.all(np.diff(got.ravel()[order]) >= 0)
+
+
+def test_percentile_rule_is_not_wrecked_by_a_hot_pixel():
+    img = xray_like(256, 256, bits=12)
+    hot = img.copy()
+    hot[17, 23] = 65535  # a dead detector pixel, or burned-in text, at full scale
+    clean8, hot8 = (np.delete(to_uint8(x).ravel().astype(int), 17 * 256 + 23) for x in (img, hot))
+    assert np.abs(clean8 - hot8).max() <= 1  # one pixel more moves a rank by one, no more
+    assert len(np.unique(to_uint8(hot, MINMAX))) < 20  # what min-max made of it: the anatomy in a few grey levels
+
+
+def test_percentile_rule_samples_large_images_on_a_grid():
+    big = np.tile(xray_like(64, 64, bits=12), (40, 40))  # 2560 x 2560 = 6.5 MP
+    lo, hi = percentile_range(big)
+    v = np.sort(big.ravel())
+    assert abs(lo - v[round(0.005 * (v.size - 1))]) <= 8 and abs(hi - v[round(0.995 * (v.size - 1))]) <= 8
+
+
+def test_display_range_wins_over_the_percentiles_and_constants_become_zeros():
+    img = np.array([[0.0, 0.25, 0.5, 1.0, 2.0]], np.float32)
+    np.testing.assert_array_equal(to_uint8(img, PreprocessConfig(), (0.0, 1.0)), [[0, 64, 128, 255, 255]])
     np.testing.assert_array_equal(to_uint8(np.full((5, 5), 1000, np.uint16)), np.zeros((5, 5), np.uint8))
+    np.testing.assert_array_equal(to_uint8(np.full((5, 5), 1000, np.uint16), MINMAX), np.zeros((5, 5), np.uint8))
+    mostly_black = np.zeros((100, 100), np.uint16)
+    mostly_black[0, :20] = 4000  # 0.2% bright: the percentiles are equal, min and max are used instead
+    assert to_uint8(mostly_black).max() == 255
+
+
+def test_configs_written_before_the_rule_existed_keep_minmax():
+    old = {k: v for k, v in PreprocessConfig().to_dict().items() if k != "high_bit_rule"}
+    assert PreprocessConfig.from_dict(old).high_bit_rule == "minmax"
 
 
 def test_other_configs_match_their_plain_sequence():

@@ -88,6 +88,10 @@ def test_checkpoint_contents(tiny_data, tmp_path):
     last = load_checkpoint(out / "last.pt")
     assert last["epoch"] == 2 and "optimizer" in last and "model" in last
     assert json.loads((out / "config.json").read_text())["preprocess"] == SMALL.to_dict()
+    profile = ck["data_profile"]  # what training saw, for the edge's input checks
+    assert profile["images"] == 28 and profile["bits"] == {"16": 14, "8": 14} and profile["formats"] == {"png": 28}
+    assert profile["width"]["min"] == 64 and set(profile["stats"]) >= {"gray_mean", "input_std"}
+    assert json.loads((out / "data_profile.json").read_text()) == profile
     assert len((out / "metrics.jsonl").read_text().splitlines()) == 2
     assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
 
@@ -150,8 +154,8 @@ def test_ddp_two_cpu_processes_only_rank0_writes(tiny_data, tmp_path, user_folde
     assert res.returncode == 0, res.stderr[-3000:]
     assert res.stdout.count("epoch 2/2") == 1 and res.stdout.count("best epoch") == 1  # only rank 0 prints
     assert len((out / "metrics.jsonl").read_text().splitlines()) == 2  # only rank 0 appends
-    assert sorted(p.name for p in out.iterdir()) == ["best.pt", "config.json", "data_report.json", "last.pt",
-                                                      "metrics.jsonl", "summary.json"]
+    assert sorted(p.name for p in out.iterdir()) == ["best.pt", "config.json", "data_profile.json", "data_report.json",
+                                                      "last.pt", "metrics.jsonl", "summary.json"]
     ck = load_checkpoint(out / "last.pt")
     assert ck["epoch"] == 2 and ck["metrics"]["val"]["n"] == 8  # val gathered from both ranks
 

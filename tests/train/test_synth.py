@@ -5,7 +5,7 @@ import pytest
 
 from medge.edge.errors import UsageError
 from medge.edge.image import read_image
-from medge.train.synth import SynthConfig, generate, make_image
+from medge.train.synth import SynthConfig, generate, make_case, make_image, read_lesions
 
 
 def test_deterministic_by_seed():
@@ -54,3 +54,24 @@ def test_classes_not_separable_by_mean_brightness():
     scores = np.concatenate([means[True], means[False]])
     auc = roc_auc(np.r_[np.ones(60, bool), np.zeros(60, bool)], scores)
     assert 0.35 < auc < 0.65, auc
+
+
+def test_lesion_sidecars_say_where_the_lesions_are(tmp_path):
+    cfg = SynthConfig(n=12, size=96, lesion_contrast=1.0, seed=2)  # strong lesions: visible against the anatomy
+    generate(tmp_path / "d", cfg)
+    pngs = sorted((tmp_path / "d").rglob("*.png"))
+    assert sorted(p.with_suffix(".json") for p in pngs) == sorted((tmp_path / "d").rglob("0*.json"))
+    yy, xx = np.mgrid[0:96, 0:96]
+    for png in pngs:
+        side = json.loads(png.with_suffix(".json").read_text())
+        assert side["label"] == png.parent.name and side["size"] == [96, 96]
+        lesions = read_lesions(png)
+        assert (len(lesions) > 0) == (png.parent.name == "disease") and len(lesions) <= 3
+        img = read_image(png).astype(float)
+        for les in lesions:
+            d = np.hypot(xx - les.x, yy - les.y)
+            inside, ring = img[d < 0.5 * les.radius].mean(), img[(d > 1.5 * les.radius) & (d < 2.5 * les.radius)].mean()
+            assert inside > ring + 20, (png, les)  # a bright disc where the sidecar says
+    assert read_lesions(tmp_path / "nowhere.png") is None
+    image, lesions = make_case(1, True, cfg)
+    np.testing.assert_array_equal(image, make_image(1, True, cfg))  # make_image is make_case's image

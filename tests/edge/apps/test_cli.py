@@ -1,3 +1,6 @@
+import json
+import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -40,7 +43,7 @@ def test_preview_writes_one_picture_per_input(tmp_path, capsys):
     # Running again refuses before any work (exit 2, files untouched), naming the files; --overwrite replaces them.
     before = {p: p.stat().st_mtime_ns for p in out.iterdir()}
     assert main(["preview", str(src), "--out", str(out)]) == 2
-    assert "2 preview file(s) exist already" in capsys.readouterr().err
+    assert "would overwrite a.preview.png, a.1.preview.png (use --overwrite" in capsys.readouterr().err
     assert {p: p.stat().st_mtime_ns for p in out.iterdir()} == before
     assert main(["preview", str(src), "--out", str(out), "--overwrite"]) == 0
 
@@ -55,6 +58,31 @@ def test_preview_goes_on_past_a_bad_input(tmp_path, capsys):
     err = capsys.readouterr().err
     assert f"{bad}: truncated PNG" in err and "missing.png: file not found" in err and "2 input(s) failed" in err
     assert [p.name for p in out.iterdir()] == ["good.preview.png"]
+
+
+def test_preview_with_a_model_adds_its_heatmap_panel(heat_bundle, bundle, tmp_path, capsys):
+    import cv2
+
+    from medge.edge.apps.preview import render_preview
+    from medge.edge.model import Model
+
+    write_image(tmp_path / "a.png", xray_like(300, 200))
+    out = tmp_path / "out"
+    assert main(["preview", str(tmp_path / "a.png"), "--out", str(out), "--model", str(heat_bundle[0])]) == 0
+    pic = cv2.imdecode(np.frombuffer((out / "a.preview.png").read_bytes(), np.uint8), cv2.IMREAD_UNCHANGED)
+    model = Model.load(heat_bundle[0])
+    plain = render_preview(xray_like(300, 200), model.preprocess_config)
+    assert pic.shape == (348, plain.shape[1] + 8 + 320, 3)  # one more panel, in colour
+    np.testing.assert_array_equal(pic, render_preview(xray_like(300, 200), model.preprocess_config, model=model))
+    # a bundle without heatmaps: the four panels of its preprocessing, and a note
+    old = tmp_path / "old"
+    shutil.copytree(bundle, old)
+    m = json.loads((old / "model.json").read_text())
+    del m["explain"]
+    (old / "model.json").write_text(json.dumps(m))
+    assert main(["preview", str(tmp_path / "a.png"), "--out", str(tmp_path / "o2"), "--model", str(old)]) == 0
+    assert "has no heatmaps" in capsys.readouterr().err
+    assert read_image(tmp_path / "o2" / "a.preview.png").shape == plain.shape
 
 
 BLOCK_TORCH = (
@@ -116,13 +144,21 @@ def test_version_and_exit_status_help(capsys):
 
 def test_preview_with_a_bundle_uses_its_preprocessing_and_labels_its_size(bundle, tmp_path, capsys):
     from medge.edge.apps.preview import render_preview
+    from medge.edge.model import Model
     from medge.edge.preprocess import PreprocessConfig
 
     write_image(tmp_path / "a.png", xray_like(300, 200))
     assert main(["preview", str(tmp_path / "a.png"), "--out", str(tmp_path / "deep" / "er"), "--model", str(bundle)]) == 0
-    pic = read_image(tmp_path / "deep" / "er" / "a.preview.png")  # parent folders created
-    np.testing.assert_array_equal(pic, render_preview(xray_like(300, 200), PreprocessConfig(size=32)))
-    assert not np.array_equal(pic, render_preview(xray_like(300, 200)))  # the title says 32x32, not 224x224
+    import cv2
+
+    data = (tmp_path / "deep" / "er" / "a.preview.png").read_bytes()  # parent folders created
+    pic = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)  # BGR: the bundle has heatmaps
+    model = Model.load(bundle)
+    assert model.preprocess_config == PreprocessConfig(size=32)
+    np.testing.assert_array_equal(pic, render_preview(xray_like(300, 200), model.preprocess_config, model=model))
+    four = render_preview(xray_like(300, 200), PreprocessConfig(size=32))  # its panels, before the heatmap's
+    np.testing.assert_array_equal(pic[:, : four.shape[1], 0], four)
+    assert not np.array_equal(four, render_preview(xray_like(300, 200)))  # the title says 32x32, not 224x224
     assert "input 32x32" in capsys.readouterr().err
     assert main(["preview", str(tmp_path / "a.png"), "--out", str(tmp_path / "o"), "--model",
                  str(bundle / "model.onnx")]) == 2
@@ -148,3 +184,38 @@ def test_output_of_the_wrong_kind_is_refused_before_any_work(bundle, tmp_path, c
     assert main(argv) == 2
     kind = "is a file: give a folder" if command == "preview" else "is a folder: give a file name"
     assert kind in capsys.readouterr().err
+MEMORY_LIMITED = (  # run medge with its address space capped: an allocation beyond it fails instead of the machine
+    "import resource, sys\n"
+    "cap = int(sys.argv.pop(1)) << 20\n"
+    "resource.setrlimit(resource.RLIMIT_AS, (cap, cap))\n"
+    "from medge.edge.apps.cli import main\n"
+    "rc = main(sys.argv[1:])\n"
+    "hwm = [ln for ln in open('/proc/self/status') if ln.startswith('VmHWM:')][0].split()[1]  # this process only\n"
+    "print('peak_rss_mb', int(hwm) // 1024, file=sys.stderr)\n"
+    "sys.exit(rc)\n"
+)
+
+
+def _under_memory_cap(*args, cap_mb=1500):
+    env = {**os.environ, "MALLOC_ARENA_MAX": "2", "OMP_NUM_THREADS": "1"}
+    res = subprocess.run([sys.executable, "-c", MEMORY_LIMITED, str(cap_mb), *args], capture_output=True, text=True,
+                         timeout=300, env=env)
+    peak = int(res.stderr.rsplit("peak_rss_mb", 1)[1].split()[0]) if "peak_rss_mb" in res.stderr else None
+    return res, peak
+
+
+@pytest.mark.parametrize("shape", [(1, 100_000), (100_000, 1)], ids=["1x100000", "100000x1"])
+def test_extreme_aspect_images_stay_small_in_memory(tmp_path, bundle, shape):
+    """A 177-byte 1 x 100000 PNG made medge preview allocate 22 GB; now every command stays within a few hundred MB."""
+    img = (np.arange(shape[0] * shape[1]) % 251).astype(np.uint8).reshape(shape)
+    write_image(tmp_path / "line.png", img)
+    res, peak = _under_memory_cap("preview", str(tmp_path / "line.png"), "--out", str(tmp_path / "out"))
+    assert res.returncode == 0, res.stderr
+    pic = read_image(tmp_path / "out" / "line.preview.png")
+    assert pic.shape[0] == 320 + 28 and pic.shape[1] <= 4 * (4 * 320) + 3 * 8  # a bounded canvas
+    assert peak < 400, f"preview peaked at {peak} MB"
+    res, peak = _under_memory_cap("predict", "--model", str(bundle), str(tmp_path / "line.png"), "--workers", "0",
+                                  "--threads", "1")
+    assert res.returncode == 0, res.stderr
+    assert any("extreme aspect ratio" in w for w in json.loads(res.stdout)["warnings"])
+    assert peak < 500, f"predict peaked at {peak} MB"

@@ -25,6 +25,11 @@ def _png(path, seed=0):
     return path
 
 
+def _counts(classified=0, quarantined=0, recovered=0, skipped=0, errors=0):
+    return {"classified": classified, "quarantined": quarantined, "recovered": recovered, "skipped": skipped,
+            "errors": errors}
+
+
 def _ledger(out):
     return [json.loads(ln) for ln in (out / LEDGER).read_text().splitlines()]
 
@@ -39,10 +44,10 @@ def test_waits_for_files_to_settle_and_ignores_temporary_names(model, tmp_path):
     partial.write_bytes((inp / "a.png").read_bytes()[:100])  # still being written
     (inp / "c.png.part").write_bytes(b"router writes here first")
     ready, settling = hf.scan(now=5.5)
-    assert [v.rel for _, v in ready] == ["a.png"] and settling == 1
+    assert [v.rel for _, v, _ in ready] == ["a.png"] and settling == 1
     partial.write_bytes((inp / "a.png").read_bytes())  # grows: its clock restarts
-    assert [v.rel for _, v in hf.scan(now=9.0)[0]] == ["a.png"]
-    assert [v.rel for _, v in hf.scan(now=15.0)[0]] == ["a.png", "b.png"]
+    assert [v.rel for _, v, _ in hf.scan(now=9.0)[0]] == ["a.png"]
+    assert [v.rel for _, v, _ in hf.scan(now=15.0)[0]] == ["a.png", "b.png"]
 
 
 def test_results_quarantine_and_restart(model, tmp_path):
@@ -52,7 +57,7 @@ def test_results_quarantine_and_restart(model, tmp_path):
     (inp / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\ncut")
     hf = HotFolder(model, inp, out, settle_s=0.0, log=lambda m: None)
     counts = hf.run(threading.Event(), poll_s=0.01, once=True)
-    assert counts == {"classified": 2, "quarantined": 1, "recovered": 0}
+    assert counts == _counts(2, 1, 0)
     res = json.loads((out / "results" / "sub" / "b.png.json").read_text())
     assert res["label"] in model.classes and res["model_sha256"] == model.sha256 and res["path"] == "sub/b.png"
     assert not (inp / "bad.png").exists() and (out / "quarantine" / "bad.png").exists()
@@ -65,12 +70,12 @@ def test_results_quarantine_and_restart(model, tmp_path):
     _png(inp / "a.png", 4)
     os.utime(inp / "a.png", ns=(time.time_ns(), time.time_ns() + 10**9))
     hf2 = HotFolder(model, inp, out, settle_s=0.0, log=lambda m: None)
-    assert hf2.run(threading.Event(), poll_s=0.01, once=True) == {"classified": 2, "quarantined": 0, "recovered": 0}
+    assert hf2.run(threading.Event(), poll_s=0.01, once=True) == _counts(2, 0, 0)
     assert (out / "results" / "c.png.json").exists()
     assert (out / "results" / "a.png.json").exists() and (out / "results" / "a.png.1.json").exists()  # old kept
     assert len(_ledger(out)) == 5
     hf3 = HotFolder(model, inp, out, settle_s=0.0, log=lambda m: None)
-    assert hf3.run(threading.Event(), poll_s=0.01, once=True) == {"classified": 0, "quarantined": 0, "recovered": 0}
+    assert hf3.run(threading.Event(), poll_s=0.01, once=True) == _counts(0, 0, 0)
 
 
 def test_crash_between_result_and_ledger_is_recovered_not_redone(model, tmp_path):
@@ -80,7 +85,7 @@ def test_crash_between_result_and_ledger_is_recovered_not_redone(model, tmp_path
     (out / LEDGER).unlink()  # as if the process died right after writing the result
     before = (out / "results" / "a.png.json").read_text()
     hf = HotFolder(model, inp, out, settle_s=0.0, log=lambda m: None)
-    assert hf.run(threading.Event(), 0.01, once=True) == {"classified": 0, "quarantined": 0, "recovered": 1}
+    assert hf.run(threading.Event(), 0.01, once=True) == _counts(0, 0, 1)
     assert (out / "results" / "a.png.json").read_text() == before
     assert not (out / "results" / "a.png.1.json").exists()
 
@@ -92,7 +97,7 @@ def test_a_ledger_written_by_medge_0_1_is_honoured(model, tmp_path):
     (out / LEDGER).write_text(json.dumps({"key": f"a|b.png|{st.st_size}|{st.st_mtime_ns}", "path": "a|b.png",
                                           "status": "classified"}) + "\n")
     hf = HotFolder(model, inp, out, settle_s=0.0, log=lambda m: None)
-    assert hf.run(threading.Event(), 0.01, once=True) == {"classified": 0, "quarantined": 0, "recovered": 0}
+    assert hf.run(threading.Event(), 0.01, once=True) == _counts(0, 0, 0)
 
 
 def test_files_dropped_while_running(model, tmp_path):
@@ -142,3 +147,39 @@ def test_sigterm_stops_cleanly(bundle, tmp_path):
     assert proc.returncode == 0, stderr
     assert "SIGTERM: finishing the current batch" in stderr and "stopped: 1 classified" in stderr
     assert "a.png: " in stdout
+
+
+def test_hot_folder_handles_what_a_pacs_share_holds(model, tmp_path):
+    """Non-UTF-8 names, files without an extension, text files, a FIFO and a dangling link: nothing kills the
+    hot folder, nothing is silently dropped, and a restart does not say it all again."""
+    inp, out = tmp_path / "in", tmp_path / "out"
+    weird = os.fsdecode(b"M\xfcller_\xff.png")
+    _png(inp / weird, 1)
+    _png(inp / "zz_after.png", 2)
+    os.rename(_png(inp / "x.png", 3), inp / "IM000001")  # no extension: classified by content
+    (inp / "readme.txt").write_text("not an image")
+    os.mkfifo(inp / "pipe")
+    os.symlink(inp / "gone.png", inp / "dangling.png")
+    logs = []
+    hf = HotFolder(model, inp, out, settle_s=0.0, log=logs.append)
+    assert hf.run(threading.Event(), poll_s=0.01, once=True) == _counts(classified=3, quarantined=2, skipped=1)
+    assert (out / "results" / "IM000001.json").exists() and (out / "results" / "zz_after.png.json").exists()
+    res = json.loads((out / "results" / f"{weird}.json").read_text(encoding="utf-8"))
+    assert os.fsencode(res["path"]) == b"M\xfcller_\xff.png" and res["label"] in model.classes
+    assert any("tiny image" in w for w in res["warnings"])
+    assert (out / "quarantine" / "pipe").exists() and not (inp / "pipe").exists()  # moved, never read
+    assert "broken link" in (out / "quarantine" / "dangling.png.reason.txt").read_text()
+    assert (inp / "readme.txt").exists()  # not an image: left where it is, said once
+    assert "M\\udcfcller_\\udcff.png: normal" in "\n".join(logs) or "M\\udcfcller_\\udcff.png: disease" in "\n".join(logs)
+    statuses = sorted(e["status"] for e in _ledger(out))
+    assert statuses == ["classified"] * 3 + ["quarantined"] * 2 + ["skipped"]
+    hf2 = HotFolder(model, inp, out, settle_s=0.0, log=logs.append)
+    assert hf2.run(threading.Event(), poll_s=0.01, once=True) == _counts()  # the ledger read back, names and all
+
+
+def test_strict_hot_folder_quarantines_inputs_with_warnings(model, tmp_path):
+    inp, out = tmp_path / "in", tmp_path / "out"
+    _png(inp / "small.png")
+    hf = HotFolder(model, inp, out, settle_s=0.0, log=lambda m: None, strict=True)
+    assert hf.run(threading.Event(), poll_s=0.01, once=True) == _counts(quarantined=1)
+    assert "refused (strict mode): tiny image" in (out / "quarantine" / "small.png.reason.txt").read_text()

@@ -1,0 +1,257 @@
+"""``medge check``: the acceptance test of a new edge box, on numpy + OpenCV only.
+
+Usage: medge check --model bundles/xray [--json] [--repeats 20]
+
+Reports the machine (CPU, cores, the SIMD features OpenCV sees, its parallel
+framework and threads), the Python, numpy and OpenCV versions and OpenCV's
+build, the engines and backends available here; verifies the bundle (SHA-256,
+golden self-test with each engine: max error against the tolerance); times the
+batch-1 forward pass of every correct engine, interleaved, with 1 and all
+threads (p50/p90) and names the fastest correct one, which it records for
+``Model.load`` on this box; then times one image end to end, from a synthetic
+2048x2048 16-bit PNG file to probabilities. Exit status 0 when the bundle is
+verified and runs, 2 when it cannot be verified here (reason printed), 1 when it
+is verified but the end-to-end run fails.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from medge.edge import system
+from medge.edge.engine_choice import record_engine, record_key, try_engine
+from medge.edge.errors import MedgeError, UsageError
+from medge.edge.image import write_image
+from medge.edge.model import Model
+from medge.edge.runtime import (
+    AUTO,
+    BACKENDS,
+    ENGINES,
+    available_backends,
+    check_opencv,
+    engines_for,
+    latency_summary,
+    time_forwards,
+)
+
+E2E_SIZE = 2048  # side of the synthetic end-to-end image, as a radiograph's
+E2E_RUNS = 3  # timed end-to-end runs after one untimed
+
+
+def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    p = sub.add_parser("check", help="prove a bundle runs on this box: machine, versions, self-test, speed (base install)",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", required=True, metavar="BUNDLE", help="bundle folder (model.onnx + model.json)")
+    p.add_argument("--json", action="store_true", help="print one JSON record instead of the table")
+    p.add_argument("--repeats", type=int, default=20,
+                   help="timed forward passes per engine and thread count (default: %(default)s)")
+    return p
+
+
+def describe_box() -> dict:
+    """The machine, the software, and the engines and backends this OpenCV offers here."""
+    return {"machine": system.machine(), "software": system.software(),
+            "engines": {name: e.about for name, e in ENGINES.items()},
+            "backends": {"known": list(BACKENDS), "available": available_backends()}}
+
+
+def verify_bundle(bundle: str) -> tuple[dict, Model | None, dict]:
+    """OpenCV's version, the manifest, model.onnx's SHA-256, then each CPU engine's load and golden self-test.
+
+    Returns:
+        (section, the opened Model or None, engine -> net of each engine that passed).
+    """
+    section: dict = {"opencv_supported": True, "hash_ok": None, "engines": {}, "error": None, "exit_status": 0}
+    try:
+        check_opencv()
+    except MedgeError as e:
+        return {**section, "opencv_supported": False, "error": str(e), "exit_status": e.exit_status}, None, {}
+    try:
+        model = Model.open(bundle)  # the manifest's engine, as predict runs it: one this OpenCV lacks is an error
+    except MedgeError as e:
+        return {**section, "error": str(e), "exit_status": e.exit_status}, None, {}
+    g = model.manifest["golden"]
+    section.update(hash_ok=True, sha256=model.sha256, bundle_engine=model.engine, arch=model.manifest["model"].get("arch"),
+                   classes=model.classes, input=list(model.chw), tolerance=float(g["tolerance"]), golden_inputs=int(g["count"]),
+                   exported_with_opencv=model.manifest.get("versions", {}).get("opencv"))
+    nets, errors = {}, []
+    for engine in engines_for("cpu"):
+        trial, net, error = try_engine(model, engine)
+        section["engines"][engine] = {"ok": trial.ok, "self_test_max_abs": trial.self_test_max_abs,
+                                      "batched": trial.batched, "error": trial.error}
+        if trial.ok:
+            nets[engine] = net
+        else:
+            errors.append(error)
+    if not nets:
+        section.update(error=f"no engine of OpenCV {cv2.__version__} runs this bundle correctly: "
+                             + "; ".join(f"[{e}] {s['error']}" for e, s in section["engines"].items()),
+                       exit_status=max(e.exit_status for e in errors))
+    return section, model, nets
+
+
+def time_engines(model: Model, nets: dict, repeats: int) -> dict:
+    """Batch-1 forward passes of each correct engine, interleaved, with 1 and all threads; the fastest of each."""
+    all_threads = cv2.getNumThreads()
+    blob = model.golden_inputs()[:1]
+    rows, fastest = [], {}
+    try:
+        for threads in sorted({1, all_threads}):
+            cv2.setNumThreads(threads)
+            times = time_forwards(nets, blob, model.chw, len(model.classes), repeats, warmup=2)
+            stats = {e: latency_summary(t) for e, t in times.items()}
+            rows += [{"engine": e, "threads": threads, **s} for e, s in stats.items()]
+            fastest[threads] = min(stats, key=lambda e: stats[e]["p50_ms"])
+    finally:
+        cv2.setNumThreads(all_threads)
+    exported = model.manifest.get("runtime", {}).get("export_timings")
+    return {"batch": 1, "repeats": repeats, "all_threads": all_threads, "rows": rows,
+            "fastest": {str(t): e for t, e in fastest.items()}, "exporting_machine": exported}
+
+
+def record_choice(model: Model, forward: dict) -> dict:
+    """Record the fastest correct engine per thread count for Model.load on this box."""
+    paths, error = [], None
+    for threads, engine in forward["fastest"].items():
+        timings = {r["engine"]: r for r in forward["rows"] if str(r["threads"]) == threads}
+        try:
+            paths.append(str(record_engine(record_key(model.sha256, "cpu", int(threads)), engine, timings)))
+        except OSError as e:
+            error = f"cannot record the choice ({e.strerror or e}): Model.load will measure at each load instead"
+    return {"recorded": paths, "error": error}
+
+
+def synthetic_radiograph(size: int = E2E_SIZE, seed: int = 0) -> np.ndarray:
+    """A smooth radiograph-like uint16 image with 12-bit values and fine noise (drawn at 256 px, scaled up)."""
+    y, x = np.mgrid[0:256, 0:256].astype(np.float32) / np.float32(256)
+    img = 0.45 + 0.2 * np.sin(7 * x + seed) * np.cos(5 * y)
+    img += 0.3 * np.exp(-(((x - 0.33) / 0.14) ** 2 + ((y - 0.5) / 0.3) ** 2))
+    img += 0.3 * np.exp(-(((x - 0.67) / 0.14) ** 2 + ((y - 0.5) / 0.3) ** 2))
+    img = cv2.resize(img, (size, size), interpolation=cv2.INTER_CUBIC)
+    noise = np.empty_like(img)
+    cv2.setRNGSeed(seed)
+    cv2.randn(noise, 0.0, 0.02)
+    return np.round(np.clip(img + noise, 0, 1) * 4095).astype(np.uint16)
+
+
+def end_to_end(bundle: str) -> dict:
+    """``Model.load`` as predict does (auto), then one 2048x2048 PNG file to probabilities, timed."""
+    model = Model.load(bundle)
+    with tempfile.TemporaryDirectory(prefix="medge-check-") as tmp:
+        path = Path(tmp) / "synthetic.png"
+        write_image(path, synthetic_radiograph())
+        runs = []
+        for _ in range(1 + E2E_RUNS):
+            t0 = time.perf_counter()
+            (pred,) = model.predict([str(path)], batch_size=1, workers=0)
+            runs.append((1000 * (time.perf_counter() - t0), pred))
+    total = [ms for ms, _ in runs[1:]]
+    pred = runs[-1][1]
+    if not pred.ok:
+        return {"ok": False, "error": pred.error, "engine": model.engine}
+    parts = {k: float(np.median([p.timings_ms[k] for _, p in runs[1:]])) for k in ("read", "preprocess", "inference")}
+    return {"ok": True, "image": f"{E2E_SIZE}x{E2E_SIZE} 16-bit PNG (12-bit values), synthetic", "runs": E2E_RUNS,
+            "total_ms": latency_summary(total), "median_ms": parts, "label": pred.label,
+            "probabilities": pred.probabilities, "engine": model.engine, "engine_choice": model.engine_choice.to_dict(),
+            "batch_note": model.batch_note, "error": None}
+
+
+def run_check(bundle: str, repeats: int) -> dict:
+    """Every step of ``medge check``; the record says what passed and why not."""
+    record = {"check": "medge check", "bundle": bundle, **describe_box()}
+    record["verification"], model, nets = verify_bundle(bundle)
+    verification = record["verification"]
+    if verification["error"]:
+        return {**record, "verdict": {"ok": False, "exit_status": verification["exit_status"], "reason": verification["error"]}}
+    record["forward"] = time_engines(model, nets, repeats)
+    record["choice"] = record_choice(model, record["forward"])
+    try:
+        record["end_to_end"] = end_to_end(bundle)
+    except MedgeError as e:
+        record["end_to_end"] = {"ok": False, "error": str(e)}
+    e2e = record["end_to_end"]
+    if not e2e["ok"]:
+        return {**record, "verdict": {"ok": False, "exit_status": 1, "reason": f"end-to-end run failed: {e2e['error']}"}}
+    return {**record, "verdict": {"ok": True, "exit_status": 0,
+                                  "reason": f"verified and runs on this box; Model.load picks the {e2e['engine']} engine"}}
+
+
+def _ms(v: float) -> str:
+    return f"{v:.2f}"
+
+
+def render(r: dict) -> str:
+    """The record as a human-readable report."""
+    m, s = r["machine"], r["software"]
+    build = s["opencv_build"]
+    lines = [f"medge check {r['bundle']}", "",
+             f"machine     {m['cpu']}, {m['cores']} cores ({m['usable_cores']} usable), {m['arch']}",
+             f"            SIMD OpenCV uses: {' '.join(m['simd']['available']) or '-'}"
+             + (f"  (built for, not on this CPU: {' '.join(m['simd']['missing'])})" if m['simd']['missing'] else ""),
+             f"            parallel framework {m['parallel_framework']}; OpenCV uses {m['opencv_threads']} threads",
+             f"software    Python {s['python']}, numpy {s['numpy']}, OpenCV {s['opencv']}, medge {s['medge']}",
+             f"            OpenCV from {s['opencv_module']}",
+             *[f"            {k}: {v}" for k, v in build.items() if k != "Parallel framework"],
+             f"engines     {', '.join(r['engines'])} (auto: the fastest correct one)",
+             f"backends    available {', '.join(r['backends']['available'])} (known: {', '.join(r['backends']['known'])})"]
+    v = r["verification"]
+    if v.get("hash_ok"):
+        lines.append(f"bundle      {v['arch']}, classes {v['classes']}, input {'x'.join(map(str, v['input']))}, "
+                     f"SHA-256 {v['sha256'][:16]}... verified (exported with OpenCV {v['exported_with_opencv']})")
+        for engine, t in v["engines"].items():
+            if t["ok"]:
+                batched = {True: "batched", False: "one image per pass (batches > 1 fail here)", None: "fixed batch"}
+                lines.append(f"self-test   {engine:8} max |dlogit| {t['self_test_max_abs']:.2e} <= {v['tolerance']:g}: pass, "
+                             f"{batched[t['batched']]}")
+            else:
+                lines.append(f"self-test   {engine:8} FAIL: {t['error']}")
+    if "forward" in r:
+        f = r["forward"]
+        lines.append(f"forward     batch 1, {f['repeats']} passes per engine, interleaved")
+        lines.append(f"            {'engine':8} {'threads':>7} {'p50 ms':>9} {'p90 ms':>9}")
+        for row in f["rows"]:
+            lines.append(f"            {row['engine']:8} {row['threads']:>7} {_ms(row['p50_ms']):>9} {_ms(row['p90_ms']):>9}")
+        lines.append("            fastest correct: " + ", ".join(f"{e} with {t} thread(s)" for t, e in f["fastest"].items()))
+        ex = f.get("exporting_machine")
+        if ex:
+            figures = ", ".join(f"{e} {_ms(t['p50_ms'])}" for e, t in ex["forward_ms"].items())
+            lines.append(f"            exporting machine ({ex['machine']['cpu']}, OpenCV {ex['machine']['opencv']}, "
+                         f"{ex['machine']['threads']} threads): p50 ms {figures}")
+        c = r["choice"]
+        lines.append("choice      " + (f"recorded for Model.load: {', '.join(c['recorded'])}" if c["recorded"] else c["error"]))
+        if v["bundle_engine"] != AUTO:
+            lines.append(f"            the bundle asks for the {v['bundle_engine']} engine: Model.load runs it "
+                         "(--engine auto runs the fastest correct one)")
+    if "end_to_end" in r:
+        e = r["end_to_end"]
+        if e["ok"]:
+            t = e["median_ms"]
+            lines.append(f"end to end  {e['image']}: p50 {_ms(e['total_ms']['p50_ms'])} ms (read {_ms(t['read'])}, "
+                         f"preprocess {_ms(t['preprocess'])}, inference {_ms(t['inference'])}); {e['engine']} engine, "
+                         f"label {e['label']}")
+            if e["batch_note"]:
+                lines.append(f"            note: {e['batch_note']}")
+        else:
+            lines.append(f"end to end  FAIL: {e['error']}")
+    verdict = r["verdict"]
+    lines.append(f"verdict     {'OK' if verdict['ok'] else 'FAIL'}: {verdict['reason']}")
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.repeats < 1:
+        raise UsageError(f"--repeats must be at least 1, got {args.repeats}")
+    record = run_check(args.model, args.repeats)
+    print(json.dumps(record, indent=2, ensure_ascii=False) if args.json else render(record))
+    verdict = record["verdict"]
+    if not verdict["ok"]:
+        print(f"medge check: {verdict['reason']}", file=sys.stderr)
+    return verdict["exit_status"]
+

@@ -1,0 +1,419 @@
+"""The JSON API of ``medge serve`` and the bounded inference service it shares with the page.
+
+Routes (OpenAPI at /docs): ``GET /healthz``, ``GET /api/v1/model``, ``POST /api/v1/predict``
+(multipart field ``file``) -> the record ``medge predict`` writes for that file.
+
+Hazards this module guards against:
+- **Unbounded uploads.** The body is streamed, counted and written to the server's
+  private upload folder under a name of the server's choosing; past ``--max-upload-mb``
+  the answer is 413 and nothing more is written. A client that stalls is dropped (408).
+  The file is deleted as soon as the answer is known.
+- **Overload.** At most ``threads`` inputs are classified at once (each inference
+  thread has its own cv2.dnn net, as ``Model`` arranges) and at most ``queue`` more
+  requests wait; the next one is answered 503 with Retry-After at once, before its
+  body is stored. The page goes through the same gate.
+- **Server paths.** No request names a file on the server: the API takes bytes, the
+  record names the uploaded file name, and errors never show the upload folder.
+- **Patient data in logs.** The log has counts, timings, status codes and error kinds,
+  never file names, DICOM tags or error texts (which name the file).
+
+FastAPI and python-multipart come with the ``serve`` extra and are imported inside
+the functions that need them.
+"""
+
+import asyncio
+import logging
+import math
+import os
+import secrets
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from medge import __version__
+from medge.edge.formats import DEFAULT_MAX_PIXELS, DICOM_SUFFIXES, IMAGE_SUFFIXES
+from medge.edge.model import Model
+
+log = logging.getLogger("medge.serve")
+
+BODY_OVERHEAD = 64 << 10  # multipart boundaries and part headers allowed on top of the file itself
+IDLE_TIMEOUT_S = 30.0  # a client that sends nothing for this long is dropped
+NAME_MAX_CHARS = 255
+
+
+class Overloaded(Exception):
+    """Every inference thread is busy and the queue is full."""
+
+    def __init__(self, retry_after_s: int):
+        self.retry_after_s = retry_after_s
+        super().__init__(f"the server is busy (all inference threads and queue places taken); retry in {retry_after_s} s")
+
+
+class UploadRefused(Exception):
+    """A request body that cannot be used: status code and reason for the client."""
+
+    def __init__(self, status: int, reason: str):
+        self.status, self.reason = status, reason
+        super().__init__(reason)
+
+
+@dataclass(frozen=True)
+class Upload:
+    """An uploaded file: where the server stored it and the name the client gave it."""
+
+    path: Path
+    name: str
+    size: int
+
+
+class InferenceService:
+    """A bounded pool of inference threads and a bounded number of waiting requests.
+
+    A request takes a place (``admit``) before its upload is stored and keeps it until
+    its answer is ready, so that at most ``threads + queue`` uploads are on disk or in
+    flight at any time; ``run`` executes a job on one of the ``threads`` threads.
+    """
+
+    def __init__(self, model: Model, threads: int, queue: int, upload_dir: Path,
+                 max_pixels: int = DEFAULT_MAX_PIXELS):
+        self.model, self.threads, self.queue = model, threads, queue
+        self.upload_dir, self.max_pixels = Path(upload_dir), max_pixels
+        self._places = threading.BoundedSemaphore(threads + queue)
+        self._pool = ThreadPoolExecutor(threads, thread_name_prefix="medge-infer")
+        self._job_s = 0.1  # moving average of a job's duration, for Retry-After
+        self._lock = threading.Lock()
+
+    def _take_place(self, wait_s: float = 0.0) -> None:
+        got = self._places.acquire(timeout=wait_s) if wait_s > 0 else self._places.acquire(blocking=False)
+        if not got:
+            raise Overloaded(self.retry_after_s())
+
+    @contextmanager
+    def admit(self):
+        """Hold a place for one request from its upload to its answer; Overloaded when none is free."""
+        self._take_place()
+        try:
+            yield
+        finally:
+            self._places.release()
+
+    def retry_after_s(self) -> int:
+        """Seconds until a full queue has likely drained (at least 1)."""
+        return max(1, math.ceil(self._job_s * (self.threads + self.queue) / self.threads))
+
+    def run(self, fn, *args) -> Future:
+        """Run ``fn(*args)`` on an inference thread (the caller holds a place from ``admit``)."""
+        def timed():
+            t0 = time.perf_counter()
+            try:
+                return fn(*args)
+            finally:
+                with self._lock:
+                    self._job_s = 0.8 * self._job_s + 0.2 * (time.perf_counter() - t0)
+        return self._pool.submit(timed)
+
+    def submit(self, fn, *args, wait_s: float = 0.0) -> Future:
+        """Take a place (waiting up to ``wait_s``), run ``fn(*args)`` on an inference thread, free the place when done.
+
+        Raises:
+            Overloaded: no place freed up in time.
+        """
+        self._take_place(wait_s)
+        try:
+            fut = self.run(fn, *args)
+        except BaseException:
+            self._places.release()
+            raise
+        fut.add_done_callback(lambda _: self._places.release())
+        return fut
+
+    def predict_file(self, path: Path, name: str) -> dict:
+        """The record ``medge predict`` writes for this file, naming it ``name`` instead of its server path."""
+        pred = self.model.predict([path], batch_size=1, workers=0, max_pixels=self.max_pixels)[0]
+        rec = pred.to_record(self.model.sha256)
+        rec["path"] = name
+        if rec.get("error"):  # messages start with the path they were given: name the upload instead
+            rec["error"] = rec["error"].replace(os.fspath(path), name)
+        return rec
+
+    def new_upload_path(self, name: str) -> Path:
+        """A fresh file name in the private upload folder, keeping only a known image suffix of ``name``."""
+        suffix = Path(name).suffix.lower()
+        suffix = suffix if suffix in IMAGE_SUFFIXES + DICOM_SUFFIXES else ""
+        return self.upload_dir / f"upload-{secrets.token_hex(8)}{suffix}"
+
+    def warm_up(self) -> None:
+        """Build every inference thread's cv2.dnn net now, so that the first requests do not pay for it."""
+        barrier = threading.Barrier(self.threads)
+
+        def build():
+            barrier.wait(timeout=60)  # one job per thread: each waits until all threads have one
+            self.model.infer(np.zeros((1, *self.model.chw), np.float32))
+
+        for fut in [self._pool.submit(build) for _ in range(self.threads)]:
+            fut.result()
+
+    def close(self) -> None:
+        """Finish running jobs, drop waiting ones."""
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+def clean_name(name: str | None) -> str:
+    """The client's file name as shown in records: control characters removed, length bounded."""
+    name = "".join(ch for ch in (name or "") if ch.isprintable()).strip()
+    return name[:NAME_MAX_CHARS] or "upload"
+
+
+def model_info(model: Model) -> dict:
+    """What a client may know about the model: the manifest without paths or data-set file names."""
+    m = model.manifest
+    parity = dict(m.get("parity") or {})
+    for key in ("label_flips", "near_threshold", "skipped"):  # lists that name training files: counts only
+        if isinstance(parity.get(key), list):
+            parity[key] = len(parity[key])
+    if isinstance(parity.get("inputs"), str):
+        parity["inputs"] = parity["inputs"].split(" of ")[0]  # "val images of /data/..." -> "val images"
+    golden = m["golden"]
+    training = m.get("training") or {}
+    info = {
+        "classes": model.classes,
+        "model_sha256": model.sha256,
+        "arch": m["model"].get("arch"),
+        "created": m.get("created"),
+        "preprocess": model.preprocess_config.to_dict(),
+        "input": {"name": m["model"]["input_name"], "shape": m["model"]["input_shape"], "size": list(model.chw),
+                  "dynamic_batch": model.dynamic_batch},
+        "opset": m["model"]["opset"],
+        "runtime": {"engine": model.engine, "backend": model.backend, "opencv": cv2.__version__, "medge": __version__},
+        "versions": m.get("versions", {}),
+        "training": {"epoch": training.get("epoch"), "metrics": training.get("metrics", {})},
+        "parity": parity,
+        "self_test": {"passed": model.self_test_max_abs is not None and model.self_test_max_abs <= float(golden["tolerance"]),
+                      "max_abs_logit": model.self_test_max_abs, "tolerance": float(golden["tolerance"]),
+                      "inputs": int(golden["count"])},
+        "explain_method": getattr(model, "explain_method", None),
+    }
+    return _finite(info)
+
+
+def _finite(obj):
+    """JSON has no NaN: undefined metrics (an AUC with one class) become null."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj
+
+
+async def _chunks(request):
+    """The request body, chunk by chunk; UploadRefused when the client stalls (408) or leaves (400)."""
+    from starlette.requests import ClientDisconnect
+
+    stream = request.stream().__aiter__()
+    while True:
+        try:
+            chunk = await asyncio.wait_for(stream.__anext__(), IDLE_TIMEOUT_S)
+        except StopAsyncIteration:
+            return
+        except asyncio.TimeoutError:
+            raise UploadRefused(408, f"no data from the client for {IDLE_TIMEOUT_S:g} s") from None
+        except ClientDisconnect:
+            raise UploadRefused(400, "the client disconnected during the upload") from None
+        if chunk:
+            yield chunk
+
+
+async def drain(request, limit: int) -> None:
+    """Read and discard what is left of a refused request's body (up to ``limit`` bytes) so that a
+    client still sending its upload reads the answer instead of a reset connection."""
+    seen = 0
+    try:
+        async for chunk in _chunks(request):
+            seen += len(chunk)
+            if seen > limit:
+                return
+    except Exception:  # the client left, or stalled: nothing more to do
+        return
+
+
+async def receive_upload(request, service: InferenceService, max_bytes: int) -> Upload:
+    """Stream the multipart field ``file`` of ``request`` into the private upload folder.
+
+    Raises:
+        UploadRefused: not multipart (415), malformed or truncated multipart (400), no or
+            several ``file`` parts (422), larger than ``max_bytes`` (413), a stalled client (408).
+    """
+    from python_multipart.exceptions import MultipartParseError
+    from python_multipart.multipart import MultipartParser, parse_options_header
+
+    ctype, params = parse_options_header(request.headers.get("content-type", ""))
+    if ctype != b"multipart/form-data":
+        raise UploadRefused(415, "send the image as multipart/form-data in a field named 'file'")
+    boundary = params.get(b"boundary")
+    if not boundary or len(boundary) > 200:
+        raise UploadRefused(400, "malformed multipart request: no boundary in the Content-Type header")
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > max_bytes + BODY_OVERHEAD:
+        raise UploadRefused(413, f"upload of {int(declared) / 2**20:.1f} MB is over the limit of {max_bytes / 2**20:g} MB")
+
+    state = {"headers": [], "field": b"", "value": b"", "name": None, "filename": None, "files": 0, "ended": False}
+    target: dict = {"fh": None, "path": None, "size": 0, "name": None, "complete": False}
+
+    def on_header_field(data, start, end):
+        state["field"] += data[start:end]
+
+    def on_header_value(data, start, end):
+        state["value"] += data[start:end]
+
+    def on_header_end():
+        state["headers"].append((state["field"].lower(), state["value"]))
+        state["field"], state["value"] = b"", b""
+
+    def on_headers_finished():
+        disposition = dict(state["headers"]).get(b"content-disposition", b"")
+        _, opts = parse_options_header(disposition)
+        state["headers"] = []
+        is_file = opts.get(b"name") == b"file" and b"filename" in opts
+        if is_file:
+            state["files"] += 1
+            if state["files"] == 1:
+                name = clean_name(opts[b"filename"].decode("utf-8", "replace"))
+                target["name"], target["path"] = name, service.new_upload_path(name)
+                target["fh"] = open(target["path"], "xb")  # noqa: SIM115 (closed below, whatever happens)
+        state["current_is_file"] = is_file and state["files"] == 1
+
+    def on_part_data(data, start, end):
+        if state.get("current_is_file"):
+            target["size"] += end - start
+            if target["size"] > max_bytes:
+                raise UploadRefused(413, f"upload is over the limit of {max_bytes / 2**20:g} MB")
+            target["fh"].write(data[start:end])
+
+    def on_part_end():
+        if state.get("current_is_file"):
+            target["complete"] = True
+        state["current_is_file"] = False
+
+    def on_end():
+        state["ended"] = True
+
+    parser = MultipartParser(boundary, {
+        "on_header_field": on_header_field, "on_header_value": on_header_value, "on_header_end": on_header_end,
+        "on_headers_finished": on_headers_finished, "on_part_data": on_part_data, "on_part_end": on_part_end,
+        "on_end": on_end,
+    })
+    total = 0
+    try:
+        async for chunk in _chunks(request):
+            total += len(chunk)
+            if total > max_bytes + BODY_OVERHEAD:
+                raise UploadRefused(413, f"upload is over the limit of {max_bytes / 2**20:g} MB")
+            try:
+                parser.write(chunk)
+            except MultipartParseError as e:
+                raise UploadRefused(400, f"malformed multipart request: {e}") from None
+        if not state["ended"]:
+            raise UploadRefused(400, "malformed multipart request: the body ends before the closing boundary")
+        if state["files"] == 0:
+            raise UploadRefused(422, "no file in the request: send the image in a multipart field named 'file'")
+        if state["files"] > 1:
+            raise UploadRefused(422, f"{state['files']} files in one request: send one file per request")
+        if not target["complete"]:
+            raise UploadRefused(400, "malformed multipart request: the file part is incomplete")
+        return Upload(target["path"], target["name"], target["size"])
+    except BaseException:
+        if target["fh"] is not None:
+            target["fh"].close()
+            target["fh"] = None
+            target["path"].unlink(missing_ok=True)
+        raise
+    finally:
+        if target["fh"] is not None:
+            target["fh"].close()
+
+
+PREDICT_OPENAPI = {
+    "requestBody": {
+        "required": True,
+        "content": {"multipart/form-data": {"schema": {
+            "type": "object", "required": ["file"],
+            "properties": {"file": {"type": "string", "format": "binary",
+                                    "description": "PNG, JPEG, TIFF, BMP or DICOM file"}}}}},
+    },
+    "responses": {
+        "200": {"description": "the record medge predict writes for this file (path = the uploaded file name)"},
+        "413": {"description": "upload over --max-upload-mb"},
+        "422": {"description": "an input medge refuses: {detail: reason, record: the record with its error}"},
+        "503": {"description": "all inference threads and queue places are taken: retry after Retry-After seconds"},
+    },
+}
+
+
+def create_api(service: InferenceService, max_upload_mb: float):
+    """The FastAPI app with /healthz, /api/v1/model, /api/v1/predict and /docs (the page is mounted on it later).
+
+    Args:
+        service: the inference service (model, pool, upload folder).
+        max_upload_mb: uploads over this size are answered 413.
+    """
+    from fastapi import Request
+    from fastapi.responses import JSONResponse
+    from fastapi_offline import FastAPIOffline  # /docs from local files: the edge box is offline
+
+    model = service.model
+    max_bytes = int(max_upload_mb * 2**20)
+    drain_bytes = 2 * max_bytes + BODY_OVERHEAD
+    app = FastAPIOffline(title="medge serve", version=__version__, redoc_url=None, favicon_url="/favicon.ico",
+                  description=f"Grayscale medical image classifier {model.sha256[:12]} on the medge edge runtime "
+                              "(numpy + OpenCV). Every answer carries the model's SHA-256.")
+    info = model_info(model)
+
+    @app.get("/healthz", tags=["service"], summary="200 once the model is loaded and verified")
+    def healthz() -> dict:
+        return {"status": "ok", "model_sha256": model.sha256}
+
+    @app.get("/api/v1/model", tags=["model"], summary="classes, SHA-256, preprocessing, versions, metrics, parity")
+    def model_card() -> dict:
+        return info
+
+    @app.post("/api/v1/predict", tags=["model"], summary="classify one image or DICOM file",
+              openapi_extra=PREDICT_OPENAPI)
+    async def predict(request: Request):
+        t0 = time.perf_counter()
+        try:
+            with service.admit():
+                upload = None
+                try:
+                    upload = await receive_upload(request, service, max_bytes)
+                    rec = await asyncio.wrap_future(service.run(service.predict_file, upload.path, upload.name))
+                finally:
+                    if upload is not None:
+                        upload.path.unlink(missing_ok=True)
+        except Overloaded as e:
+            await drain(request, drain_bytes)
+            _log_request("predict", 503, t0, "overloaded")
+            return JSONResponse({"detail": str(e)}, 503, headers={"Retry-After": str(e.retry_after_s)})
+        except UploadRefused as e:
+            if e.status != 408:
+                await drain(request, drain_bytes)
+            _log_request("predict", e.status, t0, "upload refused")
+            return JSONResponse({"detail": e.reason}, e.status)
+        if rec["error"] is not None:
+            _log_request("predict", 422, t0, "input refused")
+            return JSONResponse({"detail": rec["error"], "record": rec}, 422)
+        _log_request("predict", 200, t0, None)
+        return JSONResponse(rec)
+
+    return app
+
+
+def _log_request(route: str, status: int, t0: float, kind: str | None) -> None:
+    log.info("%s %d %.1f ms%s", route, status, 1000 * (time.perf_counter() - t0), f" ({kind})" if kind else "")

@@ -1,0 +1,125 @@
+"""``medge check``: the acceptance test of an edge box."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import cv2
+import pytest
+
+from medge.edge.apps import check
+from medge.edge.apps.cli import main
+from medge.edge.model import Model
+from medge.edge.runtime import ENGINES
+from tests.edge.apps.test_cli import BLOCK_TORCH
+
+
+@pytest.fixture(autouse=True)
+def cache(tmp_path, monkeypatch):
+    """Recorded engine choices go to a temporary cache, never the user's; one timed end-to-end run is enough here."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setattr(check, "E2E_RUNS", 1)
+    return tmp_path / "cache"
+
+
+@pytest.fixture
+def copy(bundle, tmp_path):
+    target = tmp_path / "b"
+    shutil.copytree(bundle, target)
+    return target
+
+
+def test_check_verifies_times_records_and_runs_end_to_end(bundle, capsys):
+    assert main(["check", "--model", str(bundle), "--json", "--repeats", "3"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert r["software"]["opencv"] == cv2.__version__ and r["machine"]["cores"] >= 1
+    assert r["machine"]["simd"]["line"] == cv2.getCPUFeaturesLine() and r["machine"]["parallel_framework"]
+    assert list(r["engines"]) == list(ENGINES) and "cpu" in r["backends"]["available"]
+    v = r["verification"]
+    assert v["hash_ok"] and v["sha256"] == Model.open(bundle).sha256 and v["error"] is None
+    assert set(v["engines"]) == set(ENGINES)
+    assert all(t["ok"] and t["self_test_max_abs"] <= v["tolerance"] for t in v["engines"].values())
+    f = r["forward"]
+    threads = sorted({1, cv2.getNumThreads()})
+    assert {(row["engine"], row["threads"]) for row in f["rows"]} == {(e, t) for e in ENGINES for t in threads}
+    assert all(row["n"] == 3 and row["p50_ms"] <= row["p90_ms"] for row in f["rows"])
+    for t, engine in f["fastest"].items():
+        rows = {row["engine"]: row["p50_ms"] for row in f["rows"] if row["threads"] == int(t)}
+        assert engine == min(rows, key=rows.get)
+    verified = Model.open(bundle).manifest["runtime"]["verified_engines"]
+    assert f["exporting_machine"]["forward_ms"].keys() == set(verified)  # the export recorded its timings
+    assert len(r["choice"]["recorded"]) == len(threads) and all(os.path.isfile(p) for p in r["choice"]["recorded"])
+    e2e = r["end_to_end"]
+    assert e2e["ok"] and abs(sum(e2e["probabilities"].values()) - 1) < 1e-9
+    assert e2e["engine"] == f["fastest"][str(cv2.getNumThreads())]
+    assert e2e["engine_choice"]["reason"] == "recorded by medge check on this box"
+    assert r["verdict"] == {"ok": True, "exit_status": 0,
+                            "reason": f"verified and runs on this box; Model.load picks the {e2e['engine']} engine"}
+    m = Model.load(bundle)  # what predict and watch will run
+    assert (m.engine, m.engine_choice.reason) == (e2e["engine"], "recorded by medge check on this box")
+
+
+def test_check_table(bundle, capsys):
+    assert main(["check", "--model", str(bundle), "--repeats", "2"]) == 0
+    out = capsys.readouterr().out
+    for needle in ("machine ", "SIMD OpenCV uses:", f"OpenCV {cv2.__version__}", "self-test   classic", "p50 ms",
+                   "fastest correct:", "end to end  2048x2048 16-bit PNG", "verdict     OK"):
+        assert needle in out, needle
+
+
+def test_tampered_bundle_fails_with_exit_2_and_still_describes_the_box(copy, capsys):
+    data = bytearray((copy / "model.onnx").read_bytes())
+    data[len(data) // 2] ^= 1
+    (copy / "model.onnx").write_bytes(bytes(data))
+    assert main(["check", "--model", str(copy)]) == 2
+    out, err = capsys.readouterr()
+    assert "machine " in out and "verdict     FAIL" in out and "does not match the manifest" in out
+    assert "does not match the manifest" in err and "Traceback" not in err
+
+
+def test_failed_self_test_exits_2_naming_each_engine(copy, capsys):
+    m = json.loads((copy / "model.json").read_text())
+    m["golden"]["expected_logits"][0][0] += 0.01
+    (copy / "model.json").write_text(json.dumps(m))
+    assert main(["check", "--model", str(copy), "--json"]) == 2
+    r = json.loads(capsys.readouterr().out)
+    assert r["verification"]["hash_ok"] and not r["verdict"]["ok"] and "forward" not in r
+    assert all("golden self-test failed" in t["error"] for t in r["verification"]["engines"].values())
+    assert "no engine of OpenCV" in r["verdict"]["reason"]
+
+
+def test_missing_bundle_and_old_opencv_exit_2(tmp_path, bundle, monkeypatch, capsys):
+    assert main(["check", "--model", str(tmp_path / "nothing")]) == 2
+    assert "bundle folder not found" in capsys.readouterr().err
+    monkeypatch.setattr(cv2, "__version__", "4.5.4")
+    assert main(["check", "--model", str(bundle), "--json"]) == 2
+    r = json.loads(capsys.readouterr().out)
+    assert r["verification"]["opencv_supported"] is False and "older than 4.5.5" in r["verdict"]["reason"]
+
+
+def test_an_end_to_end_failure_exits_1(bundle, monkeypatch, capsys):
+    monkeypatch.setattr(check, "write_image", lambda path, image: open(path, "wb").write(b"\x89PNG\r\n\x1a\n"))
+    assert main(["check", "--model", str(bundle), "--repeats", "1"]) == 1
+    assert "end-to-end run failed" in capsys.readouterr().err
+
+
+def test_bad_repeats_is_a_usage_error(bundle, capsys):
+    assert main(["check", "--model", str(bundle), "--repeats", "0"]) == 2
+    assert "--repeats must be at least 1" in capsys.readouterr().err
+
+
+def test_check_runs_without_torch(bundle, tmp_path):
+    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache")}
+    res = subprocess.run([sys.executable, "-c", BLOCK_TORCH, "check", "--model", str(bundle), "--json", "--repeats", "1"],
+                         capture_output=True, text=True, timeout=120, env=env)
+    assert res.returncode == 0, res.stderr
+    assert json.loads(res.stdout)["verdict"]["ok"]
+
+
+def test_a_bundle_asking_for_a_missing_engine_fails_as_predict_would(copy, capsys):
+    m = json.loads((copy / "model.json").read_text())
+    m["runtime"]["engine"] = "warp"
+    (copy / "model.json").write_text(json.dumps(m))
+    assert main(["check", "--model", str(copy)]) == 2
+    assert "the bundle asks for an engine this OpenCV lacks" in capsys.readouterr().err
