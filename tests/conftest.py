@@ -35,44 +35,40 @@ def tiny_data(tmp_path_factory):
     return root
 
 
-BUNDLE_ENV = "MEDGE_TEST_BUNDLE"  # a bundle exported by the main environment, for edge tests where torch is absent
+BUNDLES_ENV = "MEDGE_TEST_BUNDLES"  # bundles exported by the main environment, for edge tests where torch is absent
+
+
+def _test_bundle(name, tmp_path_factory):
+    """(bundle, checkpoint) of tests.helpers.TEST_BUNDLES[name]: from the folder $MEDGE_TEST_BUNDLES names (CI's
+    OpenCV 4.5.5 and Debian environments have no torch; ``python -m tests.helpers DIR`` writes it), else exported
+    once per session. Tests copy a bundle before changing it."""
+    given = os.environ.get(BUNDLES_ENV)
+    if given:
+        folder = Path(given) / name
+        assert (folder / "bundle" / "model.json").is_file(), f"${BUNDLES_ENV}={given} has no {name}/bundle"
+        return folder / "bundle", folder / "ck.pt"
+    pytest.importorskip("torch", reason=f"exporting a test bundle needs the train extra; or set ${BUNDLES_ENV}")
+    from tests.helpers import export_test_bundle
+
+    return export_test_bundle(name, tmp_path_factory.mktemp(name))
 
 
 @pytest.fixture(scope="session")
 def bundle(tmp_path_factory):
-    """A verified bundle of a small resnet18 (input 1x32x32): the one $MEDGE_TEST_BUNDLE names (CI's OpenCV 4.5.5
-    and Debian environments have no torch), else exported once per session. Tests copy it before changing it."""
-    given = os.environ.get(BUNDLE_ENV)
-    if given:
-        assert (Path(given) / "model.json").is_file(), f"${BUNDLE_ENV}={given} is not a bundle"
-        return Path(given)
-    pytest.importorskip("torch", reason=f"exporting a test bundle needs the train extra; or set ${BUNDLE_ENV}")
-    from tests.helpers import export_test_bundle
-
-    return export_test_bundle(tmp_path_factory.mktemp("bundle") / "bundle")
+    """A verified bundle of a small resnet18 (input 1x32x32)."""
+    return _test_bundle("bundle", tmp_path_factory)[0]
 
 
 @pytest.fixture(scope="session")
 def heat_bundle(tmp_path_factory):
     """(bundle, checkpoint) of a small resnet18 at 96 px: CAM heatmaps from a 3x3 feature map."""
-    return _export("resnet18", 96, tmp_path_factory, centred_head=True)
+    return _test_bundle("heat", tmp_path_factory)
 
 
 @pytest.fixture(scope="session")
 def occlusion_bundle(tmp_path_factory):
     """(bundle, checkpoint) of a mobilenet_v3_small at 64 px: heatmaps by occlusion."""
-    return _export("mobilenet_v3_small", 64, tmp_path_factory)
-
-
-def _export(arch, size, tmp_path_factory, centred_head=False):
-    pytest.importorskip("torch", reason="exporting a test bundle needs the train extra")
-    from medge.export.onnx_export import ExportConfig, export_bundle
-    from tests.helpers import make_checkpoint
-
-    d = tmp_path_factory.mktemp(arch)
-    ckpt = make_checkpoint(d / "ck.pt", arch=arch, size=size, centred_head=centred_head)
-    export_bundle(str(ckpt), str(d / "bundle"), cfg=ExportConfig(max_images=8), log=lambda *a: None)
-    return d / "bundle", ckpt
+    return _test_bundle("occlusion", tmp_path_factory)
 
 
 SHADOWS = {  # what a user's project folder commonly holds; importing any of them fails loudly

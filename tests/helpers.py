@@ -1,7 +1,7 @@
 """Helpers shared by the test packages: tiny models, checkpoints and bundles made by the tests.
 
-Usage (CI exports the bundle that the torch-less edge environments test with):
-    python -m tests.helpers OUT_DIR
+Usage (CI exports the bundles that the torch-less edge environments test with):
+    python -m tests.helpers OUT_DIR      # OUT_DIR/{bundle,heat,occlusion}/bundle, each with its ck.pt
 """
 import sys
 from pathlib import Path
@@ -58,17 +58,26 @@ def make_checkpoint(path, arch="resnet18", size=32, channels=1, seed=0, centred_
     return save_model_checkpoint(path, model, arch, CLASSES, pcfg, {"val": {"accuracy": 0.5}}, epoch=1)
 
 
-def export_test_bundle(out) -> Path:
-    """The edge tests' bundle: a small randomized resnet18 (input 1x32x32), exported and verified into ``out``
-    (its checkpoint beside it, as ``ck.pt``)."""
+TEST_BUNDLES = {  # fixture name: (architecture, input side, centred head)
+    "bundle": ("resnet18", 32, False),  # the edge tests' bundle
+    "heat": ("resnet18", 96, True),  # CAM heatmaps from a 3x3 feature map
+    "occlusion": ("mobilenet_v3_small", 64, False),  # heatmaps by occlusion
+}
+
+
+def export_test_bundle(name: str, folder) -> tuple[Path, Path]:
+    """(bundle, checkpoint) of the test bundle ``name`` of TEST_BUNDLES, randomized, exported and verified into
+    ``folder/bundle`` with its checkpoint as ``folder/ck.pt``."""
     from medge.export.onnx_export import ExportConfig, export_bundle
 
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    ckpt = make_checkpoint(out.parent / "ck.pt", arch="resnet18", size=32)  # benchmark tests use it
-    export_bundle(str(ckpt), str(out), cfg=ExportConfig(max_images=8), log=lambda *a: None)
-    return out
+    arch, size, centred = TEST_BUNDLES[name]
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    ckpt = make_checkpoint(folder / "ck.pt", arch=arch, size=size, centred_head=centred)
+    export_bundle(str(ckpt), str(folder / "bundle"), cfg=ExportConfig(max_images=8), log=lambda *a: None)
+    return folder / "bundle", ckpt
 
 
 if __name__ == "__main__":
-    print(export_test_bundle(sys.argv[1]))
+    for name in TEST_BUNDLES:
+        print(export_test_bundle(name, Path(sys.argv[1]) / name)[0])

@@ -165,7 +165,8 @@ def test_predict_with_heatmaps_matches_explain(heat_bundle, tmp_path):
         assert b.explanation.class_index == e.class_index == m.classes.index(b.label)
         np.testing.assert_allclose(b.explanation.heatmap, e.heatmap, atol=1e-5)
         np.testing.assert_allclose(s.explanation.heatmap, e.heatmap, atol=1e-5)
-        np.testing.assert_array_equal(np.float32(b.logits), e.logits)  # the same forward pass gave both
+        np.testing.assert_array_equal(np.float32(s.logits), e.logits)  # the same forward pass gave both
+        np.testing.assert_allclose(np.float32(b.logits), e.logits, atol=1e-5)  # batch 4: OpenCV 4.5.5 rounds apart
     assert all(p.explanation is None for p in m.predict(paths))  # off by default
 
 

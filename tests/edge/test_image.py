@@ -163,5 +163,5 @@ def test_png_with_a_huge_text_chunk_is_read_not_called_corrupt(tmp_path, kind):
                                   if kind == b"zTXt" else b"\0\0\0\0" + b"<x/>" * (9 << 18))
     path = tmp_path / "annotated.png"
     path.write_bytes(_with_chunk(_png_bytes(img), kind, text))
-    assert cv2.imdecode(np.frombuffer(path.read_bytes(), np.uint8), cv2.IMREAD_UNCHANGED) is None  # OpenCV alone fails
+    # The pip wheels' libpng refuses such a chunk (imdecode gives None); Debian's python3-opencv reads it: either way
     np.testing.assert_array_equal(read_image(path), img)
