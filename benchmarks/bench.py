@@ -18,7 +18,12 @@ What each figure includes: "latency" is one forward pass on a ready blob
 (no preprocessing); "preprocess" is read_image or edge.preprocess alone;
 "end to end" is file on disk to logits. The JSON record holds every figure and
 the environment; a Markdown table goes to stdout; a PNG plot is written next to
---out when matplotlib is installed.
+--out when matplotlib is installed. Both outputs are checked before measuring
+starts (an existing one needs --overwrite), and written atomically.
+
+With --checkpoint it first says whether that checkpoint holds the weights the
+bundle was exported from; latency does not depend on the weights, so a
+different one is noted in the record and the measuring goes on.
 """
 from __future__ import annotations
 
@@ -139,8 +144,11 @@ def measure_latency(runners: list, inputs: np.ndarray, cfg: BenchConfig) -> list
     OpenMP, onnxruntime) would otherwise tax whichever runtime runs right after them.
     """
     from medge.benchmarks.common import summarize
+    from medge.train.progress import progress
 
     rows = []
+    bar = progress(total=len(cfg.threads) * len(cfg.batch_sizes) * len(runners) * cfg.repeats, desc="latency",
+                   unit="call")
     for threads in cfg.threads:
         for r in runners:
             r.set_threads(threads)
@@ -158,10 +166,12 @@ def measure_latency(runners: list, inputs: np.ndarray, cfg: BenchConfig) -> list
                         t0 = time.perf_counter()
                         r.infer(blob)
                         times[r.name].append(1000 * (time.perf_counter() - t0))
+                        bar.update()
                 turn += 1
             for r in runners:
                 rows.append({"runtime": r.name, "threads": threads, "batch": batch, **summarize(times[r.name], batch),
                              "samples_ms": times[r.name]})
+    bar.close()
     return rows
 
 
@@ -240,14 +250,16 @@ def measure_compute(latency: list[dict], arch: str, chw, threads: tuple) -> dict
     return compute
 
 
-def measure_files(bundle: str, pcfg, runners: Contenders, cfg: BenchConfig, record: dict) -> None:
+def measure_files(bundle: str, pcfg, runners: Contenders, cfg: BenchConfig, record: dict, log=print) -> None:
     """Preprocessing (read and edge.preprocess apart) and end to end, on generated large files."""
     from medge.benchmarks import edge_throughput
 
     with tempfile.TemporaryDirectory() as tmp:
         n = max(cfg.e2e_images, 2)
+        log(f"writing {n} PNG and up to 4 DICOM test files")
         pngs = edge_throughput.make_images(tmp, n, cfg.image_size)
         files = {"png8": pngs[0::2], "png16": pngs[1::2], "dicom": write_dicom_files(tmp, min(4, n), cfg.image_size)}
+        log("timing read and preprocessing")
         if not files["dicom"]:
             record["notes"].append("pydicom not installed: DICOM not measured")
         record["preprocessing"] = time_preprocessing(files, pcfg, cfg.preprocess_repeats)
@@ -255,7 +267,8 @@ def measure_files(bundle: str, pcfg, runners: Contenders, cfg: BenchConfig, reco
             others = {"onnxruntime": runners.ort} if runners.ort else {}
             if runners.torch_cpu:
                 others["pytorch"] = runners.torch_cpu
-            e2e = edge_throughput.measure(bundle, pngs[: cfg.e2e_images] + files["dicom"], cfg.e2e_rounds, others=others)
+            e2e = edge_throughput.measure(bundle, pngs[: cfg.e2e_images] + files["dicom"], cfg.e2e_rounds, others=others,
+                                          log=log)
             e2e.pop("env")
             record["end_to_end"] = e2e
 
@@ -263,25 +276,33 @@ def measure_files(bundle: str, pcfg, runners: Contenders, cfg: BenchConfig, reco
 def run_bench(bundle: str, checkpoint: str | None = None, data: str | None = None, cfg: BenchConfig = BenchConfig(),
               log=print) -> dict:
     """Measure everything described in the module docstring; returns the record."""
-    from medge.benchmarks.common import environment, peak_rss_mb, rss_mb
+    from medge.benchmarks.common import checkpoint_link, environment, link_line, peak_rss_mb, rss_mb
     from medge.edge.bundle import golden_inputs, read_manifest
     from medge.edge.preprocess import PreprocessConfig
 
     record: dict = {"benchmark": "medge bench", "config": asdict(cfg), "bundle": str(bundle), "checkpoint": checkpoint,
                     "cold_start_ms": {}, "rss_mb_after_load": {"start": rss_mb()}, "notes": []}
     manifest = read_manifest(bundle)
+    if checkpoint:
+        record["checkpoint_link"] = link = checkpoint_link(manifest, checkpoint)
+        log(link_line(link, bundle) + ("; latency does not depend on the weights, measuring anyway"
+                                       if link["matches"] is False else ""))
+        if link["matches"] is False:
+            record["notes"].append("the checkpoint is not the one the bundle was exported from")
     pcfg = PreprocessConfig.from_dict(manifest["preprocess"])
+    log("loading the runtimes (cold start)")
     runners = load_runners(bundle, checkpoint, golden_inputs(1, 1, pcfg), record)
     inputs = bench_inputs(data, pcfg, max(cfg.batch_sizes))
     log(f"latency: {', '.join(r.name for r in runners.all)}; threads {list(cfg.threads)}; "
         f"batches {list(cfg.batch_sizes)}; {cfg.repeats} repeats")
     record["latency"] = measure_latency(runners.all, inputs, cfg)
+    log("compute floor: the model's FLOPs and the FP32 matmul peak")
     record["compute"] = measure_compute(record["latency"], manifest["model"].get("arch", "resnet18"),
                                         tuple(manifest["model"]["input_shape"][1:]), cfg.threads)
     for r in runners.all:  # restore the default thread count for what follows
         r.set_threads(os.cpu_count() or 1)
     log(f"preprocessing and end to end on {cfg.image_size}x{cfg.image_size} files")
-    measure_files(bundle, pcfg, runners, cfg, record)
+    measure_files(bundle, pcfg, runners, cfg, record, log)
     record["peak_rss_mb"] = peak_rss_mb()
     record["env"] = environment()
     record["cv2_engine"] = runners.dnn.model.engine_choice.to_dict()  # which engine "cv2.dnn" is, and why
@@ -340,15 +361,27 @@ def plot(record: dict, path: str) -> str | None:
         import matplotlib.pyplot as plt
     except ImportError:
         return None
+    from medge.edge.outputs import open_atomic
+
     rows = [r for r in record["latency"] if r["threads"] == max(x["threads"] for x in record["latency"])]
     fig, ax = plt.subplots(figsize=(8, 4))
     ax.boxplot([r["samples_ms"] for r in rows], tick_labels=[f"{r['runtime']}\nbatch {r['batch']}" for r in rows])
     ax.set_ylabel("ms per forward pass")
     ax.set_title(f"latency, {rows[0]['threads']} threads")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    with open_atomic(path, "wb") as f:
+        fig.savefig(f, format="png", dpi=100)
     plt.close(fig)
     return path
+
+
+def plot_path(out: str) -> str | None:
+    """Where the plot of a record written to ``out`` goes; None without matplotlib (no plot then)."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return None
+    return str(Path(out).with_suffix(".png"))
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -358,7 +391,8 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, metavar="BUNDLE", help="bundle folder")
     p.add_argument("--checkpoint", help="training checkpoint, to measure PyTorch")
     p.add_argument("--data", help="data folder; its val images are the inputs (default: generated)")
-    p.add_argument("--out", help="write the JSON record here (and a PNG plot beside it)")
+    p.add_argument("--out", help="write the JSON record here, and a PNG plot beside it (parent folders are created)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing record and plot")
     p.add_argument("--batch-sizes", type=int, nargs="+", default=list(d.batch_sizes), help="default: %(default)s")
     p.add_argument("--threads", type=int, nargs="+", default=list(d.threads), help="default: %(default)s")
     p.add_argument("--repeats", type=int, default=d.repeats, help="timed calls per case (default: %(default)s)")
@@ -371,6 +405,18 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
+    from medge.edge.outputs import atomic_write_text, check_output_file, wrote
+
+    png = None
+    if args.out:  # before minutes of measuring
+        check_output_file(args.out, args.overwrite, "record")
+        png = plot_path(args.out)
+        if png:
+            if Path(png) == Path(args.out):
+                from medge.edge.errors import UsageError
+
+                raise UsageError(f"{args.out}: the record needs another suffix than .png (the plot is written beside it)")
+            check_output_file(png, args.overwrite, "plot")
     if args.smoke:
         cfg = BenchConfig(batch_sizes=(1, 2), threads=(1,), warmup=1, repeats=3, preprocess_repeats=2, e2e_images=2,
                           e2e_rounds=1, image_size=256)
@@ -381,7 +427,10 @@ def run(args: argparse.Namespace) -> int:
     record = run_bench(args.model, args.checkpoint, args.data, cfg, log)
     print(markdown(record))
     if args.out:
-        Path(args.out).write_text(json.dumps(record, indent=2) + "\n")
-        png = plot(record, str(Path(args.out).with_suffix(".png")))
-        log(f"record: {args.out}" + (f", plot: {png}" if png else " (matplotlib not installed: no plot)"))
+        atomic_write_text(args.out, json.dumps(record, indent=2) + "\n")
+        wrote(args.out, "record")
+        if png:
+            wrote(plot(record, png), "plot")
+        else:
+            log("matplotlib not installed: no plot")
     return 0

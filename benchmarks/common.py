@@ -82,12 +82,55 @@ def environment() -> dict:
     return env
 
 
-def emit(record: dict, out: str | None) -> None:
-    """Print a record as JSON and, with ``out``, write it there too."""
+def add_out_arguments(p, what: str = "JSON record") -> None:
+    """--out and --overwrite, as every command that writes a file has them."""
+    p.add_argument("--out", help=f"write the {what} here too (parent folders are created)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
+
+
+def save_record(record: dict, out: str | None, what: str = "record") -> None:
+    """With ``out``, write a record there as JSON (atomically, saying where; check ``out`` first
+    with ``medge.edge.outputs.check_output_file``, before the measuring)."""
     import json
 
-    text = json.dumps(record, indent=2)
-    print(text)
+    from medge.edge.outputs import atomic_write_text, wrote
+
     if out:
-        with open(out, "w", encoding="utf-8") as f:
-            f.write(text + "\n")
+        atomic_write_text(out, json.dumps(record, indent=2) + "\n")
+        wrote(out, what)
+
+
+def emit(record: dict, out: str | None) -> None:
+    """Print a record as JSON and, with ``out``, write it there too (``save_record``)."""
+    import json
+
+    print(json.dumps(record, indent=2))
+    save_record(record, out)
+
+
+def checkpoint_link(manifest: dict, checkpoint: str) -> dict:
+    """Whether ``checkpoint`` holds the weights the bundle was exported from.
+
+    The manifest records the SHA-256 of the exported weights (``training.weights_sha256``);
+    ``matches`` is None for a bundle that predates it.
+    """
+    from medge.train.checkpoint import load_checkpoint
+
+    ck = load_checkpoint(checkpoint)
+    training = manifest.get("training", {})
+    expected = training.get("weights_sha256")
+    return {"checkpoint": str(checkpoint), "epoch": ck.epoch, "weights_sha256": ck.weights_sha256,
+            "bundle_checkpoint": training.get("checkpoint"), "bundle_epoch": training.get("epoch"),
+            "bundle_weights_sha256": expected, "matches": None if expected is None else ck.weights_sha256 == expected}
+
+
+def link_line(link: dict, bundle: str) -> str:
+    """The first thing parity and bench say: is the checkpoint the bundle's own?"""
+    ck = f"checkpoint {link['checkpoint']} (epoch {link['epoch']}, weights sha256 {link['weights_sha256'][:12]})"
+    if link["matches"] is None:
+        return (f"{ck}: cannot tell whether bundle {bundle} was exported from it "
+                "(the bundle records no weights hash: it was exported by an older medge)")
+    if link["matches"]:
+        return f"{ck}: the weights bundle {bundle} was exported from"
+    return (f"{ck} is NOT the checkpoint bundle {bundle} was exported from (that was {link['bundle_checkpoint']}, "
+            f"epoch {link['bundle_epoch']}, weights sha256 {link['bundle_weights_sha256'][:12]})")

@@ -10,8 +10,9 @@ Stages, each in the run folder, each stopping the demo with a clear message if i
   4. predict   the bundle on held-out images, numpy + OpenCV only (medge predict)
   5. bench     a short PyTorch vs cv2.dnn latency run (medge bench)
   6. parity    PyTorch vs cv2.dnn on every image (medge parity)
-and a summary (summary.json, summary.md). It lives in benchmarks/ because it is
-the one package allowed to use all the others.
+and a report: summary.json (the figures) and summary.md (a Markdown report with
+tables and the latency plot). The demo ends by listing every file it wrote. It
+lives in benchmarks/ because it is the one package allowed to use all the others.
 """
 from __future__ import annotations
 
@@ -23,6 +24,9 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from medge.edge.errors import UsageError
+from medge.edge.outputs import atomic_write_text, check_output_dir
 
 
 @dataclass(frozen=True)
@@ -77,7 +81,7 @@ def train_model(data_dir: str, out_dir: Path, device: str, cfg: DemoConfig) -> d
     from medge.train.engine import train
 
     tcfg = TrainConfig(data=data_dir, out=str(out_dir / "run"), arch=cfg.arch, epochs=cfg.epochs,
-                       batch_size=cfg.batch_size, schedule="cosine", device=device, cache_dir=str(out_dir / "cache"))
+                       batch_size=cfg.batch_size, device=device, cache_dir=str(out_dir / "cache"))  # the default recipe
     return train(tcfg, PreprocessConfig(size=cfg.img_size))
 
 
@@ -99,9 +103,7 @@ def predict_held_out(out_dir: Path, data_dir: str, log) -> dict:
     paths = scan_inputs([held_out]).paths
     model = Model.load(out_dir / "bundle")
     preds = model.predict(paths)
-    with open(out_dir / "predictions.jsonl", "w", encoding="utf-8") as f:
-        for p in preds:
-            f.write(to_json(p.to_record(model.sha256)) + "\n")
+    atomic_write_text(out_dir / "predictions.jsonl", "".join(to_json(p.to_record(model.sha256)) + "\n" for p in preds))
     truth = [Path(p).parent.name for p in paths]
     correct = sum(p.label == t for p, t in zip(preds, truth, strict=True))
     failed = sum(not p.ok for p in preds)
@@ -116,8 +118,8 @@ def bench_model(out_dir: Path, cfg: DemoConfig, log) -> dict:
     bcfg = BenchConfig(threads=(os.cpu_count() or 1,), warmup=3, repeats=cfg.bench_repeats,
                        e2e_images=cfg.bench_e2e_images, e2e_rounds=2, image_size=cfg.bench_image_px)
     rec = run_bench(str(out_dir / "bundle"), str(out_dir / "run" / "best.pt"), None, bcfg, log=lambda m: log("  " + m))
-    (out_dir / "bench.json").write_text(json.dumps(rec, indent=2) + "\n")
-    (out_dir / "bench.md").write_text(markdown(rec) + "\n")
+    atomic_write_text(out_dir / "bench.json", json.dumps(rec, indent=2) + "\n")
+    atomic_write_text(out_dir / "bench.md", markdown(rec) + "\n")
     plot(rec, str(out_dir / "bench.png"))
     return rec
 
@@ -127,24 +129,37 @@ def check_parity(out_dir: Path, data_dir: str, log) -> dict:
     from medge.benchmarks.parity import run_parity
 
     rec = run_parity(str(out_dir / "bundle"), str(out_dir / "run" / "best.pt"), data_dir, log=lambda m: log("  " + m))
-    (out_dir / "parity.json").write_text(json.dumps(rec, indent=2) + "\n")
+    atomic_write_text(out_dir / "parity.json", json.dumps(rec, indent=2) + "\n")
     if not rec["passed"]:
         raise RuntimeError("parity beyond tolerance: " + "; ".join(
             f for c in rec["comparisons"].values() for f in c["failures"]))
     return rec
 
 
-def summarize(out_dir: Path, seconds: float, device, data_dir: str, cfg: DemoConfig, trained: dict, manifest: dict,
-              predicted: dict, bench: dict, parity: dict) -> dict:
+def output_paths(out_dir: Path, data_dir: str, synthetic: bool) -> dict:
+    """Every file and folder the demo writes, by name (summary.json's "paths", the list it ends with)."""
+    return {"data": str(out_dir / "data") if synthetic else data_dir, "run": str(out_dir / "run"),
+             "checkpoint": str(out_dir / "run" / "best.pt"), "bundle": str(out_dir / "bundle"),
+             "predictions": str(out_dir / "predictions.jsonl"), "bench": str(out_dir / "bench.json"),
+             "bench_table": str(out_dir / "bench.md"), "bench_plot": str(out_dir / "bench.png"),
+             "parity": str(out_dir / "parity.json"), "summary": str(out_dir / "summary.json"),
+             "report": str(out_dir / "summary.md"), "preprocess_cache": str(out_dir / "cache")}
+
+
+def summarize(out_dir: Path, seconds: float, device, data_dir: str, synthetic: bool, cfg: DemoConfig, trained: dict,
+              manifest: dict, predicted: dict, bench: dict, parity: dict) -> dict:
     """The demo's figures in one dict (summary.json)."""
     lat = {(r["runtime"], r["batch"]): r["p50_ms"] for r in bench["latency"]}
     c = parity["comparisons"]["pytorch_vs_cv2.dnn"]
     keys = ("accuracy", "balanced_accuracy", "auc")
     return {
         "out": str(out_dir), "seconds": round(seconds, 1), "device": str(device),
-        "data": data_dir, "arch": cfg.arch, "img_size": cfg.img_size,
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "data": data_dir, "arch": cfg.arch, "img_size": cfg.img_size, "epochs": cfg.epochs,
+        "best_epoch": (trained.get("best") or {}).get("epoch"),
         "val": {k: trained["val"][k] for k in keys},
         "test": {k: trained["test"][k] for k in keys} if "test" in trained else None,
+        "bundle_sha256": manifest["model"]["sha256"],
         "export_parity": {"max_abs_logit": manifest["parity"]["logits"]["max_abs"],
                           "top1_agreement": manifest["parity"]["top1_agreement"]},
         "parity": {"images": parity["images"], "max_abs_logit": c["logits"]["max_abs"],
@@ -152,9 +167,7 @@ def summarize(out_dir: Path, seconds: float, device, data_dir: str, cfg: DemoCon
         "latency_p50_ms": {f"{rt} batch {b}": v for (rt, b), v in sorted(lat.items())},
         "end_to_end_images_per_s": bench.get("end_to_end", {}).get("images_per_s"),
         "predict": predicted,
-        "paths": {"bundle": str(out_dir / "bundle"), "checkpoint": str(out_dir / "run" / "best.pt"),
-                  "predictions": str(out_dir / "predictions.jsonl"), "bench": str(out_dir / "bench.json"),
-                  "parity": str(out_dir / "parity.json")},
+        "paths": output_paths(out_dir, data_dir, synthetic),
     }
 
 
@@ -163,12 +176,12 @@ def run_demo(out: str, data: str | None = None, device: str = "auto", cfg: DemoC
     """Run the six stages; returns the summary (also written to OUT/summary.json and summary.md)."""
     from medge.train.engine import select_device
 
-    out_dir = Path(out)
-    if out_dir.exists() and any(out_dir.iterdir()):
-        raise StageError(f"{out_dir} is not empty; choose a new --out (nothing is overwritten)")
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = check_output_dir(out, "demo")
+    if out_dir.is_dir() and any(out_dir.iterdir()):
+        raise UsageError(f"{out_dir} is not empty; choose a new --out (nothing is overwritten)")
     dev = select_device(device)
     cfg = cfg or (GPU if dev.type == "cuda" else CPU)
+    out_dir.mkdir(parents=True, exist_ok=True)
     log(f"medge demo -> {out_dir} (device {dev}, {cfg.arch} at {cfg.img_size}px, {cfg.epochs} epochs)")
     t0 = time.perf_counter()
     data_dir = _stage(1, "data", lambda: data or make_data(out_dir, cfg, log), log)
@@ -177,15 +190,57 @@ def run_demo(out: str, data: str | None = None, device: str = "auto", cfg: DemoC
     predicted = _stage(4, "predict (edge: numpy + OpenCV only)", lambda: predict_held_out(out_dir, data_dir, log), log)
     bench = _stage(5, "bench", lambda: bench_model(out_dir, cfg, log), log)
     parity = _stage(6, "parity", lambda: check_parity(out_dir, data_dir, log), log)
-    summary = summarize(out_dir, time.perf_counter() - t0, dev, data_dir, cfg, trained, manifest, predicted, bench, parity)
-    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    text = summary_text(summary)
-    (out_dir / "summary.md").write_text(text + "\n")
-    log("\n" + text)
+    summary = summarize(out_dir, time.perf_counter() - t0, dev, data_dir, data is None, cfg, trained, manifest,
+                        predicted, bench, parity)
+    atomic_write_text(out_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+    atomic_write_text(out_dir / "summary.md", report_markdown(summary, bench, parity))
+    log("\n" + summary_text(summary))
     return summary
 
 
+def _f(v, digits: int = 3) -> str:
+    return "-" if v is None else f"{v:.{digits}f}"
+
+
+def report_markdown(s: dict, bench: dict, parity: dict) -> str:
+    """summary.md: the demo as a Markdown report (tables generated from the records, the latency plot embedded)."""
+    from medge.benchmarks import bench as bench_mod
+    from medge.benchmarks import parity as parity_mod
+
+    out = Path(s["out"])
+    rel = lambda p: os.path.relpath(p, out)  # links relative to the report, which lives in OUT
+    pr = s["predict"]
+    lines = [
+        "# medge demo report", "",
+        f"{s['created']}: {s['arch']} at {s['img_size']} px, {s['epochs']} epochs on {s['device']}, "
+        f"{s['seconds']:.0f} s from data to this report. Data: `{s['data']}`.", "",
+        "## Training", "",
+        f"Validation and test figures of the kept checkpoint (best epoch {s['best_epoch']}):", "",
+        "| split | accuracy | balanced accuracy | AUC |", "| --- | ---: | ---: | ---: |",
+    ]
+    for split in ("val", "test"):
+        if s.get(split):
+            v = s[split]
+            lines.append(f"| {split} | {_f(v['accuracy'])} | {_f(v['balanced_accuracy'])} | {_f(v['auc'])} |")
+    lines += [
+        "", "## Export", "",
+        f"Bundle [`{rel(s['paths']['bundle'])}`]({rel(s['paths']['bundle'])}), model SHA-256 `{s['bundle_sha256']}`. "
+        f"Parity gate at export: max |delta logit| {s['export_parity']['max_abs_logit']:.2e}, "
+        f"top-1 agreement {s['export_parity']['top1_agreement']:.2%}.", "",
+        "## Edge predictions (numpy + OpenCV only)", "",
+        "| held-out images | correct | failed | accuracy |", "| ---: | ---: | ---: | ---: |",
+        f"| {pr['images']} | {pr['correct']} | {pr['failed']} | {_f(pr['accuracy'])} |", "",
+        "## Parity, PyTorch vs cv2.dnn on every image", "", parity_mod.markdown(parity), "",
+        "## Latency", "", bench_mod.markdown(bench), "",
+        f"![latency per forward pass]({rel(s['paths']['bench_plot'])})", "",
+        "## Files", "", "| what | path |", "| --- | --- |",
+        *[f"| {k} | [`{rel(v)}`]({rel(v)}) |" for k, v in s["paths"].items()],
+    ]
+    return "\n".join(lines) + "\n"
+
+
 def summary_text(s: dict) -> str:
+    """The console summary the demo ends with: the key figures, then every output path."""
     v = s["val"]
     lat = s["latency_p50_ms"]
     b1 = {k.split(" batch")[0]: ms for k, ms in lat.items() if k.endswith(" batch 1")}
@@ -208,8 +263,9 @@ def summary_text(s: dict) -> str:
         lines.append("  end to end (files -> logits), images/s: "
                      + ", ".join(f"{k} {v:.1f}" for k, v in s["end_to_end_images_per_s"].items()))
     pr = s["predict"]
+    width = max(len(k) for k in s["paths"])
     lines += [f"  edge predictions on {pr['images']} held-out images: {pr['correct']} correct, {pr['failed']} failed",
-              *[f"  {k}: {v}" for k, v in s["paths"].items()]]
+              "files:", *[f"  {k:<{width}}  {v}" for k, v in s["paths"].items()]]
     return "\n".join(lines)
 
 

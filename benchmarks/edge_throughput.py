@@ -20,10 +20,11 @@ import time
 
 import numpy as np
 
-from medge.benchmarks.common import emit, environment
+from medge.benchmarks.common import add_out_arguments, emit, environment
 from medge.edge.image import write_image
 from medge.edge.inputs import scan_inputs
 from medge.edge.model import Model
+from medge.edge.outputs import check_output_file
 from medge.edge.preprocess import preprocess_file
 from medge.edge.runtime import forward, load_net
 
@@ -52,7 +53,7 @@ def run_sequential(net, paths, cfg, chw, k) -> np.ndarray:
 
 
 def measure(bundle: str, paths: list[str], rounds: int = 3, batch_size: int = 8, workers: int | None = None,
-            others: dict | None = None) -> dict:
+            others: dict | None = None, log=None) -> dict:
     """Images/s per contender on ``paths``, interleaved; ``others`` maps a name to a runner
     (``infer(blob)``) fed by the same sequential read -> preprocess loop (onnxruntime, PyTorch)."""
     model = Model.load(bundle)
@@ -68,6 +69,8 @@ def measure(bundle: str, paths: list[str], rounds: int = 3, batch_size: int = 8,
     times = {name: [] for name in contenders}
     names = list(contenders)
     for r in range(rounds):
+        if log is not None:
+            log(f"end to end: round {r + 1} of {rounds} ({len(names)} pipelines, {len(paths)} files each)")
         for name in names[r % len(names):] + names[: r % len(names)]:  # rotate who goes first
             t0 = time.perf_counter()
             contenders[name]()
@@ -95,8 +98,10 @@ def main(argv=None) -> int:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--workers", type=int, help="default: one per core")
-    p.add_argument("--out", help="write the JSON record here too")
+    add_out_arguments(p)
     a = p.parse_args(argv)
+    if a.out:
+        check_output_file(a.out, a.overwrite, "record")
     with tempfile.TemporaryDirectory() as tmp:
         paths = scan_inputs([a.images]).paths if a.images else make_images(tmp, a.make)
         rec = measure(a.model, paths, a.rounds, a.batch_size, a.workers)

@@ -13,7 +13,6 @@ named architectures first (the weights do not change the speed; needs the train 
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 import time
 from pathlib import Path
@@ -21,9 +20,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from medge.benchmarks.common import environment, summarize
+from medge.benchmarks.common import add_out_arguments, environment, save_record, summarize
 from medge.edge.explain import OcclusionExplainer
 from medge.edge.model import Model
+from medge.edge.outputs import check_output_file
 from medge.edge.preprocess import preprocess
 
 
@@ -93,8 +93,10 @@ def main(argv=None) -> int:
     p.add_argument("--size", type=int, default=224, help="input size of the --make bundles (default: %(default)s)")
     p.add_argument("--repeats", type=int, default=10, help="timed calls per contender (default: %(default)s)")
     p.add_argument("--threads", type=int, help="cv2.setNumThreads (default: OpenCV's choice)")
-    p.add_argument("--out", help="write the JSON record here too")
+    add_out_arguments(p)
     a = p.parse_args(argv)
+    if a.out:
+        check_output_file(a.out, a.overwrite, "record")
     if a.threads is not None:
         cv2.setNumThreads(a.threads)
     with tempfile.TemporaryDirectory() as tmp:
@@ -104,8 +106,7 @@ def main(argv=None) -> int:
         rec = {"benchmark": "medge heatmap cost", "repeats": a.repeats, "bundles": [measure(b, a.repeats) for b in bundles],
                "env": environment()}
     print(markdown(rec))
-    if a.out:
-        Path(a.out).write_text(json.dumps(rec, indent=2) + "\n", encoding="utf-8")
+    save_record(rec, a.out)
     return 0
 
 

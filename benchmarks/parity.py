@@ -7,15 +7,33 @@ once; the same blob is given to each runtime. Reported per comparison: max and
 mean |delta| of logits and probabilities, cosine similarity, top-1 agreement,
 label flips, cases within 0.05 of the decision boundary, per class. The exit
 status is 1 when any comparison exceeds the tolerance, so it can gate a release.
+
+First it says whether --checkpoint holds the weights the bundle was exported
+from (the bundle records their SHA-256). When it does not, nothing is compared
+and the exit status is 2: differences between two different models say nothing
+about the export.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import sys
-from pathlib import Path
 
 import numpy as np
+
+
+def check_link(bundle: str, checkpoint: str, log) -> dict:
+    """Say whether ``checkpoint`` is the bundle's own; a different one is a UsageError (exit 2), not a parity failure."""
+    from medge.benchmarks.common import checkpoint_link, link_line
+    from medge.edge.bundle import read_manifest
+    from medge.edge.errors import UsageError
+
+    link = checkpoint_link(read_manifest(bundle), checkpoint)
+    if link["matches"] is False:
+        raise UsageError(link_line(link, bundle) + ": parity would compare two different models, which says nothing "
+                         "about the export. Give the checkpoint the bundle came from, or export this one")
+    log(link_line(link, bundle))
+    return link
 
 
 def run_parity(bundle: str, checkpoint: str, data: str, tol=None, batch_size: int = 16, log=print) -> dict:
@@ -25,8 +43,10 @@ def run_parity(bundle: str, checkpoint: str, data: str, tol=None, batch_size: in
     from medge.edge.inputs import scan_inputs
     from medge.edge.preprocess import preprocess_file
     from medge.export.parity import Tolerance, compare, summary_line
+    from medge.train.progress import progress
 
     tol = tol or Tolerance()
+    link = check_link(bundle, checkpoint, log)
     dnn = DnnRunner(bundle)
     runners = [TorchRunner(checkpoint), dnn]
     ort = optional_ort(dnn.model.onnx_bytes)
@@ -36,6 +56,7 @@ def run_parity(bundle: str, checkpoint: str, data: str, tol=None, batch_size: in
     paths = scan_inputs([data]).paths
     names, skipped = [], []
     logits = {r.name: [] for r in runners}
+    bar = progress(total=len(paths), desc="parity", unit="img")
     for i in range(0, len(paths), batch_size):
         blob = []
         for p in paths[i : i + batch_size]:
@@ -48,6 +69,8 @@ def run_parity(bundle: str, checkpoint: str, data: str, tol=None, batch_size: in
             blob = np.stack(blob)
             for r in runners:
                 logits[r.name].append(r.infer(blob))
+        bar.update(len(paths[i : i + batch_size]))
+    bar.close()
     if not names:
         raise MedgeError(f"{data}: no readable image to compare")
     ref = np.concatenate(logits["pytorch"])
@@ -56,8 +79,8 @@ def run_parity(bundle: str, checkpoint: str, data: str, tol=None, batch_size: in
         rep = compare(ref, np.concatenate(logits[r.name]), names, classes, tol, "pytorch", r.name)
         comparisons[f"pytorch_vs_{r.name}"] = rep
         log(summary_line(rep))
-    return {"benchmark": "medge parity", "bundle": str(bundle), "checkpoint": str(checkpoint), "data": str(data),
-            "images": len(names), "skipped": skipped, "comparisons": comparisons,
+    return {"benchmark": "medge parity", "bundle": str(bundle), "checkpoint": str(checkpoint), "checkpoint_link": link,
+            "data": str(data), "images": len(names), "skipped": skipped, "comparisons": comparisons,
             "passed": all(c["passed"] for c in comparisons.values()),
             "notes": [] if ort else ["onnxruntime not installed: not compared"], "env": environment()}
 
@@ -83,7 +106,8 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, metavar="BUNDLE", help="bundle folder")
     p.add_argument("--checkpoint", required=True, help="the training checkpoint the bundle was exported from")
     p.add_argument("--data", required=True, help="folder of images (searched recursively)")
-    p.add_argument("--out", help="write the JSON report here")
+    p.add_argument("--out", help="write the JSON report here (parent folders are created)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     p.add_argument("--max-abs-logit", type=float, default=t.max_abs_logit, help="default: %(default)s")
     p.add_argument("--min-agreement", type=float, default=t.min_top1_agreement, help="default: %(default)s")
     p.add_argument("--batch-size", type=int, default=16, help="default: %(default)s")
@@ -91,12 +115,16 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
+    from medge.edge.outputs import atomic_write_text, check_output_file, wrote
     from medge.export.parity import Tolerance
 
+    if args.out:
+        check_output_file(args.out, args.overwrite, "report")
     log = lambda msg: print(msg, file=sys.stderr, flush=True)
     record = run_parity(args.model, args.checkpoint, args.data, Tolerance(args.max_abs_logit, args.min_agreement),
                         args.batch_size, log)
     print(markdown(record))
     if args.out:
-        Path(args.out).write_text(json.dumps(record, indent=2) + "\n")
+        atomic_write_text(args.out, json.dumps(record, indent=2) + "\n")
+        wrote(args.out, "report")
     return 0 if record["passed"] else 1

@@ -22,11 +22,12 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from medge.benchmarks.common import environment, summarize
+from medge.benchmarks.common import add_out_arguments, environment, save_record, summarize
 from medge.edge.errors import UsageError
 from medge.edge.image import read_image
 from medge.edge.inputs import scan_inputs
 from medge.edge.model import Model
+from medge.edge.outputs import atomic_write_bytes, check_output_file, wrote
 from medge.train.synth import Lesion, read_lesions
 
 TOLERANCE_FRACTION = 15 / 224  # of the image side: the original pointing game's 15 px at 224
@@ -103,7 +104,7 @@ def draw_example(e, lesions: list[Lesion], width: int, height: int, point, path:
         cv2.drawMarker(over, (round(point[0] * k), round(point[1] * k)), (255, 255, 255), cv2.MARKER_CROSS, 12, 2)
     ok, png = cv2.imencode(".png", np.hstack([base, np.full((s * scale, 6, 3), 255, np.uint8), over]),
                            [cv2.IMWRITE_PNG_COMPRESSION, 9])  # small enough to commit beside the README
-    Path(path).write_bytes(png.tobytes())
+    atomic_write_bytes(path, png.tobytes())
 
 
 def run_pointing_game(bundle: str, data: str, split: str = "test", tolerance_frac: float = TOLERANCE_FRACTION,
@@ -174,12 +175,17 @@ def main(argv=None) -> int:
     p.add_argument("--example", metavar="PNG",
                    help="also draw one case (the first hit, else the first): model input | overlay, lesions, hottest pixel")
     p.add_argument("--method", choices=["occlusion"], help="explain by occlusion instead of the bundle's method")
-    p.add_argument("--out", help="write the JSON record here too")
+    add_out_arguments(p)
     a = p.parse_args(argv)
+    if a.out:
+        check_output_file(a.out, a.overwrite, "record")
+    if a.example:
+        check_output_file(a.example, a.overwrite, "example picture")
     rec = run_pointing_game(a.model, a.data, a.split, a.tolerance, a.example, a.method)
     print(markdown(rec))
-    if a.out:
-        Path(a.out).write_text(json.dumps(rec, indent=2) + "\n", encoding="utf-8")
+    save_record(rec, a.out)
+    if a.example:
+        wrote(a.example, "example")
     return 0
 
 

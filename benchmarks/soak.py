@@ -14,8 +14,9 @@ import time
 
 import numpy as np
 
-from medge.benchmarks.common import emit, rss_mb
+from medge.benchmarks.common import add_out_arguments, emit, rss_mb
 from medge.edge.model import Model
+from medge.edge.outputs import check_output_file
 
 
 def soak(bundle: str, n: int = 10_000, every: int = 500, batch_size: int = 1) -> dict:
@@ -41,8 +42,10 @@ def main(argv=None) -> int:
     p.add_argument("--n", type=int, default=10_000)
     p.add_argument("--every", type=int, default=500)
     p.add_argument("--batch-size", type=int, default=1)
-    p.add_argument("--out")
+    add_out_arguments(p)
     a = p.parse_args(argv)
+    if a.out:
+        check_output_file(a.out, a.overwrite, "record")
     rec = soak(a.model, a.n, a.every, a.batch_size)
     emit(rec, a.out)
     return 0

@@ -21,7 +21,8 @@ import time
 
 import numpy as np
 
-from medge.benchmarks.common import emit
+from medge.benchmarks.common import add_out_arguments, emit
+from medge.edge.outputs import check_output_file
 
 
 def _timeit(fn, warmup: int, repeats: int, sync) -> list[float]:
@@ -115,8 +116,10 @@ def main(argv=None) -> int:
     p.add_argument("--amp", default="auto", choices=["auto", "bf16", "fp16", "off"])
     p.add_argument("--repeats", type=int, default=20)
     p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--out")
+    add_out_arguments(p)
     a = p.parse_args(argv)
+    if a.out:
+        check_output_file(a.out, a.overwrite, "record")
     rec = measure(a.data, a.arch, a.batch_size, a.img_size, a.device, a.amp, a.repeats, a.workers)
     emit(rec, a.out)
     return 0

@@ -7,16 +7,15 @@ name/shape, opset, the SHA-256 of model.onnx, the versions used to build it,
 training metrics, the export's parity report and a golden self-test (inputs
 regenerated from a seed, expected outputs stored).
 
-Bundles are written atomically: built in a hidden sibling folder, then renamed
-into place, so a failed or interrupted export never leaves a half-written bundle
-where a good one was.
+Bundles are written atomically (``medge.edge.outputs.atomic_dir``): built in a
+hidden sibling folder, then renamed into place, so a failed or interrupted export
+never leaves a half-written bundle where a good one was.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import os
-import shutil
 import tempfile
 from pathlib import Path
 
@@ -24,6 +23,7 @@ import cv2
 import numpy as np
 
 from medge.edge.errors import BundleError
+from medge.edge.outputs import atomic_dir
 from medge.edge.preprocess import PreprocessConfig, preprocess
 
 FORMAT = "medge-bundle"
@@ -46,6 +46,8 @@ def read_manifest(bundle_dir: str | os.PathLike) -> dict:
             an unknown format version, or missing keys.
     """
     d = Path(bundle_dir)
+    if d.is_file():
+        raise BundleError(f"{d}: is a file: give the bundle folder that holds it ({MODEL_FILE} + {MANIFEST_FILE})")
     if not d.is_dir():
         raise BundleError(f"{d}: bundle folder not found")
     path = d / MANIFEST_FILE
@@ -109,26 +111,12 @@ def write_bundle(bundle_dir: str | os.PathLike, onnx_bytes: bytes, manifest: dic
     manifest = {**manifest, "format": FORMAT, "format_version": FORMAT_VERSION}
     manifest["model"] = {**manifest["model"], "file": MODEL_FILE, "sha256": sha256_bytes(onnx_bytes),
                          "size_bytes": len(onnx_bytes)}
-    parent = check_writable_parent(target)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=parent))
-    try:
-        tmp.chmod(0o755)  # mkdtemp makes it private; a bundle is meant to be read by the service user
+    check_writable_parent(target)
+    with atomic_dir(target, replace=overwrite) as tmp:
         (tmp / MODEL_FILE).write_bytes(onnx_bytes)
         (tmp / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
         for name, data in extra_files.items():
             (tmp / name).write_bytes(data)
-        for f in (MODEL_FILE, MANIFEST_FILE, *extra_files):  # flush to disk before the rename makes them visible
-            with open(tmp / f, "rb") as fh:
-                os.fsync(fh.fileno())
-        old = None
-        if target.exists():
-            old = parent / f".{target.name}.old.{os.getpid()}"
-            os.replace(target, old)
-        os.replace(tmp, target)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return target
 
 

@@ -22,7 +22,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -30,6 +29,7 @@ from typing import TYPE_CHECKING
 import cv2
 
 from medge.edge.errors import BundleError, InferenceError, MedgeError, SelfTestError
+from medge.edge.outputs import atomic_write_text
 from medge.edge.runtime import AUTO, ENGINES, engines_for, latency_summary, time_forwards
 from medge.edge.system import cpu_model
 
@@ -176,13 +176,5 @@ def read_recorded_engine(key: dict) -> str | None:
 def record_engine(key: dict, engine: str, timings: dict) -> Path:
     """Write the choice for ``key`` atomically (temporary file, then rename). Raises OSError when it cannot."""
     path = record_path(key)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump({"key": key, "engine": engine, "timings": timings, "by": "medge check"}, f, indent=2)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    atomic_write_text(path, json.dumps({"key": key, "engine": engine, "timings": timings, "by": "medge check"}, indent=2))
     return path

@@ -38,6 +38,7 @@ import numpy as np
 
 from medge.edge.errors import ImageError
 from medge.edge.formats import DEFAULT_MAX_PIXELS, DICOM_SUFFIXES, check_size, sniff_format, sniff_image
+from medge.edge.outputs import atomic_write_bytes
 
 
 @dataclass(frozen=True)
@@ -247,8 +248,12 @@ def _png_pixel_chunks(data: bytes) -> bytes | None:
 
 
 def write_image(path: str | os.PathLike, image: np.ndarray) -> None:
-    """Encode by suffix and write bytes (works with non-ASCII paths, unlike cv2.imwrite)."""
+    """Encode by suffix and write the bytes atomically, creating parent folders (works with non-ASCII
+    paths, unlike cv2.imwrite). Whether ``path`` may be replaced is the caller's check."""
     ok, buf = cv2.imencode(Path(path).suffix or ".png", image)
     if not ok:
         raise ImageError(path, "cannot encode image")
-    Path(path).write_bytes(buf.tobytes())
+    try:
+        atomic_write_bytes(path, buf.tobytes())
+    except OSError as e:
+        raise ImageError(path, f"cannot write: {e.strerror or e}") from None

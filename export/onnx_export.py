@@ -35,6 +35,7 @@ from medge.edge.bundle import (
 )
 from medge.edge.errors import BundleError, ExportError, MedgeError, ParityError
 from medge.edge.explain import CAM_HEAD_FILE, FEATURES_OUTPUT
+from medge.edge.outputs import check_output_dir
 from medge.edge.preprocess import PreprocessConfig, preprocess, preprocess_file
 from medge.edge.runtime import (
     AUTO,
@@ -177,25 +178,32 @@ def parity_inputs(data: str | None, pcfg: PreprocessConfig, classes: list[str], 
 
 
 class StepTimer:
-    """Runs the export's steps and records how long each took (saved in the manifest)."""
+    """Runs the export's steps, says each as it ends (the progress of an export), and records how long
+    each took (saved in the manifest)."""
 
-    def __init__(self):
+    def __init__(self, log=None):
         self.steps: list[dict] = []
+        self.log = log
 
     def run(self, name: str, fn, *args, **kw):
         t0 = time.perf_counter()
         result = fn(*args, **kw)
-        self.steps.append({"step": name, "seconds": round(time.perf_counter() - t0, 3)})
+        seconds = time.perf_counter() - t0
+        self.steps.append({"step": name, "seconds": round(seconds, 3)})
+        if self.log is not None:
+            self.log(f"  {name}: done in {seconds:.1f} s")
         return result
 
 
 def check_target(out: Path, overwrite: bool) -> None:
-    """Refuse an existing bundle without ``overwrite``, and any other existing folder; prove the parent writable."""
+    """Refuse a file, an existing bundle without ``overwrite`` and any other existing folder; prove the
+    parent writable (all before the expensive steps)."""
+    check_output_dir(out, "bundle")
     if out.exists() and not overwrite:
         raise BundleError(f"{out}: exists already (use --overwrite to replace the bundle in it)")
     if out.exists() and not (out / MANIFEST_FILE).is_file():
         raise BundleError(f"{out}: exists and is not a medge bundle; refusing to replace it")
-    check_writable_parent(out)  # fail before the expensive steps
+    check_writable_parent(out)
 
 
 @dataclass(frozen=True)
@@ -387,7 +395,7 @@ def build_manifest(ck, checkpoint: str, candidate: OnnxCandidate, cfg: ExportCon
         "parity": {**report, "inputs": "val images of " + data if data else "synthetic images",
                    "skipped": [{"path": p, "reason": r} for p, r in skipped]},
         "training": {"epoch": ck.epoch, "metrics": ck.metrics, "train_config": ck["train_config"],
-                     "checkpoint": str(checkpoint)},
+                     "checkpoint": str(Path(checkpoint).absolute()), "weights_sha256": ck.weights_sha256},
         "export": {"config": asdict(cfg), "simplified": cfg.simplify, "simplify_stats": candidate.simplify_stats,
                    "steps": steps},
         "versions": {**ck.versions, "export_torch": str(torch.__version__), "onnx": onnx.__version__,
@@ -417,15 +425,16 @@ def export_bundle(checkpoint: str, out: str, data: str | None = None, cfg: Expor
 
     out_path = Path(out)
     check_target(out_path, overwrite)
-    timer = StepTimer()
+    timer = StepTimer(log)
     ck = timer.run("load_checkpoint", load_checkpoint, checkpoint)
+    log(f"exporting {ck.arch} ({len(ck.classes)} classes, input {ck.preprocess.channels}x{ck.preprocess.size}x"
+        f"{ck.preprocess.size}, epoch {ck.epoch}) from {checkpoint}")
     model = model_from_checkpoint(ck)
     inputs, names, skipped = timer.run("parity_inputs", parity_inputs, data, ck.preprocess, ck.classes, cfg.max_images)
     for _, reason in skipped:
         log(f"parity: skipping unreadable image: {reason}")
     reference, cam = timer.run("pytorch_reference", pytorch_reference, model, ck.arch, inputs)  # cam None: occlusion
-    log(f"exporting {ck.arch} ({len(ck.classes)} classes, input {inputs.shape[1:]}, heatmaps by "
-        f"{'CAM' if cam else 'occlusion'}) from {checkpoint}")
+    log(f"heatmaps by {'CAM (feature map and head exported)' if cam else 'occlusion'}")
     candidate = export_verified_onnx(model, ck, inputs, reference, cfg, str(out_path / MODEL_FILE), timer, log, cam)
     report = parity_gate(reference, candidate.logits, names, ck.classes, cfg.tolerance, log)
     if cam is not None:

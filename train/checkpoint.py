@@ -1,7 +1,16 @@
-"""Checkpoints: everything export and the edge need, written atomically, read defensively."""
+"""Checkpoints: everything export and the edge need, written atomically, read defensively.
+
+Loaded with ``torch.load(weights_only=True)`` only: a checkpoint holds tensors and
+plain data, never pickled code. A file that is not one (an image, an ONNX model,
+a whole pickled model) is named as "not a medge checkpoint" with what it looks
+like, never with PyTorch's advice to turn that protection off.
+"""
 from __future__ import annotations
 
+import hashlib
+import json
 import os
+import pickle
 import platform
 from dataclasses import dataclass
 from pathlib import Path
@@ -80,6 +89,49 @@ class Checkpoint:
     def versions(self) -> dict:
         return self.payload["versions"]
 
+    @property
+    def weights_sha256(self) -> str:
+        """The identity of the model weights (``weights_sha256``), the same in every file that holds them."""
+        return weights_sha256(self.payload["model"])
+
+
+def weights_sha256(state_dict: dict) -> str:
+    """SHA-256 over a state dict's names, dtypes, shapes and bytes, in name order.
+
+    The identity of the weights, not of a file: best.pt is rewritten when the
+    test split is scored, with the same weights and so the same hash. A bundle
+    records it, so that parity and bench can tell whether a checkpoint is the one
+    the bundle was exported from.
+    """
+    digest = hashlib.sha256()
+    for name in sorted(state_dict):
+        t = state_dict[name].detach().cpu().contiguous()
+        digest.update(json.dumps([name, str(t.dtype).replace("torch.", ""), list(t.shape)]).encode())
+        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+_LOOKS_LIKE = ((b"\x89PNG", "a PNG image"), (b"\xff\xd8\xff", "a JPEG image"), (b"II*\x00", "a TIFF image"),
+               (b"MM\x00*", "a TIFF image"), (b"BM", "a BMP image"), (b"{", "a JSON or text file"))
+
+
+def _not_torch_file(path: Path) -> str | None:
+    """Why ``path`` cannot be a PyTorch file, from its first bytes (None: it may be one)."""
+    with open(path, "rb") as f:
+        head = f.read(132)
+    if not head:
+        return "an empty file"
+    if head.startswith(b"PK\x03\x04") or head.startswith(b"\x80"):  # torch.save's zip, or its legacy pickle
+        return None
+    if path.suffix.lower() == ".onnx":
+        return "an ONNX model (what export writes, not what it reads)"
+    if head[128:132] == b"DICM":
+        return "a DICOM file"
+    for magic, what in _LOOKS_LIKE:
+        if head.startswith(magic):
+            return what
+    return f"not a PyTorch file (first bytes: {head[:8].hex(' ')})"
+
 
 def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
     """Load and validate a medge checkpoint (tensors and plain data only: no pickled code).
@@ -92,12 +144,23 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
     """
     path = Path(path)
     if path.is_dir():
+        if (path / "model.json").is_file() and not (path / "best.pt").exists():
+            raise CheckpointError(f"{path}: is a bundle folder: give the training checkpoint (best.pt) it was exported from")
         path = path / "best.pt"
+    if path.exists() and not path.is_file():
+        raise CheckpointError(f"{path}: not a regular file: give a checkpoint file (best.pt, last.pt) or a run folder")
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint not found")
+    what = _not_torch_file(path)
+    if what is not None:
+        raise CheckpointError(f"{path}: not a medge checkpoint: {what}")
     try:
         ck = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises many types for bad files (zip, pickle, EOF, ...)
+        if "weights only load failed" in str(e).lower() or isinstance(e, pickle.UnpicklingError):
+            raise CheckpointError(f"{path}: not a medge checkpoint: it holds pickled Python objects (a whole model "
+                                  "saved with torch.save(model)?), which medge never loads: unpickling them can run "
+                                  "code") from None
         reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
         raise CheckpointError(f"{path}: not a readable checkpoint (corrupt or truncated?): {reason}") from None
     if not isinstance(ck, dict) or ck.get("format") != FORMAT:

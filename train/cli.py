@@ -1,11 +1,21 @@
 """``medge train``: train a grayscale classifier on an image folder.
 
 Usage: medge train --data data/xray --arch resnet18 --epochs 10 --out runs/xray
-       medge train --resume runs/xray --epochs 20
-       torchrun --standalone --nproc_per_node 2 -m train --data data/xray --out runs/xray-ddp
+       medge train --resume runs/xray                # finish an interrupted run
+       medge train --resume runs/xray --epochs 15    # extend a run to 15 epochs
+       torchrun --standalone --nproc_per_node 2 -m medge.train --data data/xray --out runs/xray-ddp
 
-The run folder gets config.json, data_report.json, metrics.jsonl (one line per
-epoch), best.pt (the best epoch by --best-metric) and last.pt (resumable).
+The run folder gets config.json, data_report.json, data_profile.json (what the
+training images look like, for the bundle's input checks), metrics.jsonl (one line
+per epoch), best.pt (the best epoch by --best-metric), last.pt (resumable) and
+summary.json.
+
+--resume continues the run as it was configured: without --epochs an
+interrupted run trains to its own epoch count, and a finished one is reported
+and left untouched; --epochs N (more than the run has) extends it. It works from
+any folder; --data gives the run's data in a new place (checked against the
+run's data fingerprint); --device, --workers and --cache-dir may change; any
+other option that differs from the run's is refused.
 """
 from __future__ import annotations
 
@@ -14,55 +24,64 @@ import os
 
 from medge.edge.preprocess import HIGH_BIT_RULES, INTERPOLATIONS, PreprocessConfig
 
+# Options a resumed run may change; every other training option is the run's.
+RESUMABLE = ("epochs", "data", "device", "workers", "cache_dir")
+# --option -> TrainConfig field, where the names differ.
+FIELD = {"rotate": "rotate_deg"}
+PREPROCESS = {"img_size": "size", "channels": "channels", "interpolation": "interpolation",
+              "high_bit_rule": "high_bit_rule"}
+
+
+def _default_help(text: str, value) -> str:
+    return f"{text} (default: {value})"
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    # Defaults are taken from the dataclasses, so the help cannot drift from the code.
-    from medge.train.config import ARCHS, TrainConfig
+    # Every default is None here, so that run() knows what was given (a resumed run refuses changes);
+    # the values shown come from the dataclasses, so the help cannot drift from the code.
+    from medge.train.config import ARCHS, SCHEDULES, TrainConfig
     from medge.train.metrics import HIGHER_IS_BETTER
 
-    t, pp = TrainConfig, PreprocessConfig()
+    t, pp, h = TrainConfig, PreprocessConfig(), _default_help
     g = p.add_argument_group("data and run")
     g.add_argument("--data", help="data folder: ROOT/train/<class>/*, ROOT/val/<class>/* [ROOT/test/...], or ROOT/<class>/*")
-    g.add_argument("--out", default=t.out, help="run folder (default: %(default)s)")
-    g.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last.pt")
-    g.add_argument("--val-fraction", type=float, default=t.val_fraction,
-                   help="val share when the data has no val/ (default: %(default)s)")
-    g.add_argument("--cache-dir", default=t.cache_dir, help="preprocessed-image cache (default: ~/.cache/medge/preprocess)")
-    g.add_argument("--workers", type=int, default=t.workers, help="threads that decode and preprocess (default: %(default)s)")
+    g.add_argument("--out", help=h("run folder", t.out))
+    g.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last.pt (see above)")
+    g.add_argument("--val-fraction", type=float, help=h("val share when the data has no val/", t.val_fraction))
+    g.add_argument("--cache-dir", help=h("preprocessed-image cache", "~/.cache/medge/preprocess"))
+    g.add_argument("--workers", type=int, help=h("threads that decode and preprocess", t.workers))
     g = p.add_argument_group("model and optimisation")
-    g.add_argument("--arch", choices=ARCHS, default=t.arch, help="torchvision architecture (default: %(default)s)")
-    g.add_argument("--pretrained", action="store_true", help="start from torchvision's ImageNet weights (cached or downloaded)")
-    g.add_argument("--epochs", type=int, default=t.epochs, help="epochs in all (default: %(default)s)")
-    g.add_argument("--batch-size", type=int, default=t.batch_size, help="images per step and process (default: %(default)s)")
-    g.add_argument("--lr", type=float, default=t.lr, help="Adam learning rate (default: %(default)s)")
-    g.add_argument("--weight-decay", type=float, default=t.weight_decay,
-                   help="Adam weight decay (default: %(default)s)")
-    g.add_argument("--schedule", choices=["none", "cosine"], default=t.schedule,
-                   help="learning-rate schedule (default: %(default)s)")
-    g.add_argument("--class-weights", action="store_true",
+    g.add_argument("--arch", choices=ARCHS, help=h("torchvision architecture", t.arch))
+    g.add_argument("--pretrained", action="store_true", default=None,
+                   help="start from torchvision's ImageNet weights (cached or downloaded)")
+    g.add_argument("--epochs", type=int, help=h("epochs in all; with --resume, more than the run's extends it", t.epochs))
+    g.add_argument("--batch-size", type=int, help=h("images per step and process", t.batch_size))
+    g.add_argument("--lr", type=float, help=h("Adam learning rate", t.lr))
+    g.add_argument("--weight-decay", type=float, help=h("Adam weight decay (L2)", t.weight_decay))
+    g.add_argument("--schedule", choices=SCHEDULES, help=h("learning-rate schedule, per step", t.schedule))
+    g.add_argument("--warmup-epochs", type=float, help=h("linear learning-rate warm-up, 0 = off", t.warmup_epochs))
+    g.add_argument("--bn-recalibration", type=int, metavar="IMAGES",
+                   help=h("training images that re-estimate batch-norm statistics before each validation, 0 = off",
+                          t.bn_recalibration))
+    g.add_argument("--zero-init-residual", action=argparse.BooleanOptionalAction,
+                   help=h("resnets from scratch: every residual branch starts at zero", t.zero_init_residual))
+    g.add_argument("--class-weights", action="store_true", default=None,
                    help="weight the loss by inverse class frequency (imbalanced data)")
-    g.add_argument("--best-metric", choices=list(HIGHER_IS_BETTER), default=t.best_metric,
-                   help="keep best.pt by this (default: %(default)s)")
-    g.add_argument("--seed", type=int, default=t.seed,
-                   help="random seed; same seed on CPU = same metrics (default: %(default)s)")
-    g.add_argument("--device", choices=["auto", "cpu", "cuda"], default=t.device,
-                   help="auto = cuda when available (default: %(default)s)")
-    g.add_argument("--amp", choices=["auto", "bf16", "fp16", "off"], default=t.amp,
-                   help="mixed precision on CUDA (default: %(default)s)")
+    g.add_argument("--best-metric", choices=list(HIGHER_IS_BETTER), help=h("keep best.pt by this", t.best_metric))
+    g.add_argument("--seed", type=int, help=h("random seed; same seed on CPU = same metrics", t.seed))
+    g.add_argument("--device", choices=["auto", "cpu", "cuda"], help=h("auto = cuda when available", t.device))
+    g.add_argument("--amp", choices=["auto", "bf16", "fp16", "off"], help=h("mixed precision on CUDA", t.amp))
     g = p.add_argument_group("augmentation (training only, after the deterministic preprocessing)")
-    g.add_argument("--hflip", type=float, default=t.hflip,
-                   help="horizontal-flip probability, 0 = off; a flip swaps left/right anatomy (default: %(default)s)")
-    g.add_argument("--rotate", type=float, default=t.rotate_deg,
-                   help="random rotation range in degrees, 0 = off (default: %(default)s)")
+    g.add_argument("--hflip", type=float,
+                   help=h("horizontal-flip probability, 0 = off; a flip swaps left/right anatomy", t.hflip))
+    g.add_argument("--rotate", type=float, help=h("random rotation range in degrees, 0 = off", t.rotate_deg))
     g = p.add_argument_group("preprocessing (saved with the model; the edge applies the same)")
-    g.add_argument("--img-size", type=int, default=pp.size, help="network input side in pixels (default: %(default)s)")
-    g.add_argument("--channels", type=int, choices=[1, 3], default=pp.channels,
-                   help="1 = gray; 3 = gray repeated (default: %(default)s)")
-    g.add_argument("--interpolation", choices=list(INTERPOLATIONS), default=pp.interpolation,
-                   help="resize method (default: %(default)s)")
-    g.add_argument("--high-bit-rule", choices=list(HIGH_BIT_RULES), default=pp.high_bit_rule,
-                   help="how 16-bit images and DICOM without a window become 8-bit: percentile (0.5/99.5, robust to "
-                        "hot pixels) or minmax (the rule of medge 0.2) (default: %(default)s)")
+    g.add_argument("--img-size", type=int, help=h("network input side in pixels", pp.size))
+    g.add_argument("--channels", type=int, choices=[1, 3], help=h("1 = gray; 3 = gray repeated", pp.channels))
+    g.add_argument("--interpolation", choices=list(INTERPOLATIONS), help=h("resize method", pp.interpolation))
+    g.add_argument("--high-bit-rule", choices=list(HIGH_BIT_RULES),
+                   help=h("how 16-bit images and DICOM without a window become 8-bit: percentile (0.5/99.5, robust to "
+                          "hot pixels) or minmax (the rule of medge 0.2)", pp.high_bit_rule))
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -72,28 +91,64 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     return p
 
 
-def run(args: argparse.Namespace) -> int:
-    from medge.edge.errors import MedgeError
-    from medge.train.config import TrainConfig
-    from medge.train.engine import train  # imports torch
+def _given(args: argparse.Namespace) -> tuple[dict, dict]:
+    """(TrainConfig fields, PreprocessConfig fields) given on the command line."""
+    train, pre = {}, {}
+    for name, value in vars(args).items():
+        if value is None or name.startswith("_") or name in ("command", "resume"):
+            continue
+        if name in PREPROCESS:
+            pre[PREPROCESS[name]] = value
+        else:
+            train[FIELD.get(name, name)] = value
+    return train, pre
 
-    if not args.data and not args.resume:
-        raise MedgeError("give --data DIR (or --resume RUN_DIR)")
-    cfg = TrainConfig(
-        data=args.data or "", out=args.resume or args.out, arch=args.arch, pretrained=args.pretrained,
-        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
-        schedule=args.schedule, class_weights=args.class_weights, hflip=args.hflip, rotate_deg=args.rotate,
-        val_fraction=args.val_fraction, best_metric=args.best_metric, seed=args.seed, device=args.device,
-        amp=args.amp, workers=args.workers, cache_dir=args.cache_dir,
-    )
-    pcfg = PreprocessConfig(size=args.img_size, channels=args.channels, interpolation=args.interpolation,
-                            high_bit_rule=args.high_bit_rule)
-    summary = train(cfg, pcfg, resume=bool(args.resume))
+
+def _refuse_changes(args: argparse.Namespace, train: dict, pre: dict) -> None:
+    """On resume, options other than RESUMABLE must be absent or equal to the run's."""
+    from medge.edge.errors import UsageError
+    from medge.train.checkpoint import load_checkpoint
+
+    last = os.path.join(args.resume, "last.pt")
+    if not os.path.isfile(last):
+        return  # resume() says what is wrong with the folder
+    ck = load_checkpoint(last)
+    run_train, run_pre = ck.train_config.to_dict(), ck.preprocess.to_dict()
+    changed = [f"{k}={v!r} (the run's: {run_train[k]!r})" for k, v in train.items()
+               if k not in RESUMABLE and k != "out" and v != run_train[k]]
+    changed += [f"{k}={v!r} (the run's: {run_pre[k]!r})" for k, v in pre.items() if v != run_pre[k]]
+    if "out" in train:
+        changed.append("--out (the run folder is --resume's)")
+    if changed:
+        raise UsageError(f"--resume {args.resume}: a resumed run keeps its configuration; cannot change "
+                         + ", ".join(changed) + f". Resume may change only {', '.join(RESUMABLE)}; "
+                         "for other settings start a new run")
+
+
+def run(args: argparse.Namespace) -> int:
+    from medge.edge.errors import UsageError
+    from medge.train.config import TrainConfig
+    from medge.train.engine import ResumeOptions, resume, train  # imports torch
+
+    train_fields, pre_fields = _given(args)
+    if args.resume:
+        _refuse_changes(args, train_fields, pre_fields)
+        summary = resume(ResumeOptions(args.resume, **{k: train_fields.get(k) for k in RESUMABLE}))
+    else:
+        if not args.data:
+            raise UsageError("give --data DIR (or --resume RUN_DIR)")
+        summary = train(TrainConfig(**train_fields), PreprocessConfig(**pre_fields))
     if int(os.environ.get("RANK", 0)) != 0:  # under torchrun only rank 0 reports
+        return 0
+    if summary.get("finished"):
+        b = summary.get("best") or {}
+        print(f"{summary['out']}: finished already ({summary['epochs']} of {summary['epochs']} epochs"
+              + (f"; best epoch {b['epoch']}: {b['metric']} {b['value']}" if b else "") + "); nothing to do, nothing "
+              f"changed. To train further: medge train --resume {args.resume} --epochs N (N > {summary['epochs']})")
         return 0
     if summary["best"]:
         b = summary["best"]
-        print(f"best epoch {b['epoch']}: {b['metric']} {b['value']}; checkpoint {summary['out']}/best.pt")
+        print(f"best epoch {b['epoch']}: {b['metric']} {b['value']}; checkpoint {os.path.join(summary['out'], 'best.pt')}")
     if "test" in summary:
         t = summary["test"]
         auc = t["auc"] if t["auc"] is None else round(t["auc"], 3)

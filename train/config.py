@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from medge.edge.config import check_ranges, check_types, from_dict
 from medge.train.metrics import HIGHER_IS_BETTER
 
+SCHEDULES = ("cosine", "none")
 ARCHS = ("resnet18", "resnet50", "mobilenet_v3_small", "mobilenet_v3_large", "efficientnet_b0", "densenet121")
 
 
@@ -21,11 +22,16 @@ class TrainConfig:
     epochs: int = 10
     batch_size: int = 16  # per process
     lr: float = 1e-3  # Adam
-    weight_decay: float = 0.0
-    schedule: str = "none"  # "none" or "cosine" (per epoch, to 0 at the last epoch)
+    weight_decay: float = 5e-4  # Adam's L2 penalty
+    schedule: str = "cosine"  # "cosine" (per step, to 0 at the end of the last epoch) or "none" (constant)
+    warmup_epochs: float = 1.0  # linear warm-up from ~0 to lr over this many epochs (per step; at most a quarter
+    #                             of the run); 0 = off
+    zero_init_residual: bool = False  # resnets from scratch: each residual branch starts at 0 (identity blocks)
+    bn_recalibration: int = 256  # training images (no augmentation) that re-estimate batch-norm statistics
+    #                              before each validation ("precise BN"); 0 = off
     class_weights: bool = False  # weight cross-entropy by inverse class frequency
     hflip: float = 0.5  # probability of a horizontal flip; 0 turns it off (it swaps left/right anatomy)
-    rotate_deg: float = 15.0  # random rotation in [-deg, +deg]; 0 turns it off
+    rotate_deg: float = 0.0  # random rotation in [-deg, +deg]; 0 = off (the default recipe: see the README)
     val_fraction: float = 0.2  # used only when the data has no val/ folder
     best_metric: str = "auc"  # keep the checkpoint that is best by this: auc, accuracy, balanced_accuracy, loss
     seed: int = 0
@@ -42,7 +48,9 @@ class TrainConfig:
             (self.batch_size >= 2, "batch_size must be >= 2 (batch norm needs 2 samples)"),
             (self.lr > 0, "lr must be > 0"),
             (self.weight_decay >= 0, "weight_decay must be >= 0"),
-            (self.schedule in ("none", "cosine"), "schedule must be none or cosine"),
+            (self.schedule in SCHEDULES, f"schedule must be one of {SCHEDULES}"),
+            (self.warmup_epochs >= 0, "warmup_epochs must be >= 0"),
+            (self.bn_recalibration >= 0, "bn_recalibration must be >= 0"),
             (0 <= self.hflip <= 1, "hflip must be a probability in [0, 1]"),
             (0 <= self.rotate_deg <= 180, "rotate_deg must be in [0, 180]"),
             (0 < self.val_fraction < 1, "val_fraction must be in (0, 1)"),

@@ -78,6 +78,8 @@ def discover(root: str | os.PathLike, val_fraction: float = 0.2, seed: int = 0) 
         DataError: missing folder, no class folders, a class without images.
     """
     root = Path(root)
+    if root.is_file():
+        raise DataError(f"{root}: is a file: give the data folder (ROOT/train/<class>/* or ROOT/<class>/*)")
     if not root.is_dir():
         raise DataError(f"{root}: data folder not found")
     splits: dict[str, Split] = {}
@@ -100,6 +102,40 @@ def discover(root: str | os.PathLike, val_fraction: float = 0.2, seed: int = 0) 
         items = [(p, classes.index(c)) for c in classes for p in by_class[c]]
         splits[name] = Split([p for p, _ in items], [y for _, y in items])
     return classes, splits
+
+
+def fingerprint(root: str | os.PathLike, classes: list[str], splits: dict[str, Split]) -> dict:
+    """The identity of a data set as ``discover`` found it: classes, images per split and class, and a SHA-256
+    of every file's split, class, path relative to ``root`` and size.
+
+    Moving or copying the folder keeps it (nothing absolute, no modification time);
+    adding, removing, renaming or resizing a file changes it. Files are not read.
+    """
+    root = Path(root).absolute()
+    digest = hashlib.sha256()
+    images = {}
+    for name in sorted(splits):
+        split = splits[name]
+        images[name] = dict(zip(classes, np.bincount(split.labels, minlength=len(classes)).tolist(), strict=True))
+        for path, label in sorted(zip(split.paths, split.labels, strict=True)):
+            rel = Path(path).absolute().relative_to(root).as_posix()
+            digest.update(json.dumps([name, classes[label], rel, os.stat(path).st_size]).encode() + b"\n")
+    return {"sha256": digest.hexdigest(), "classes": list(classes), "images": images}
+
+
+def fingerprint_difference(run: dict, found: dict) -> str | None:
+    """Why two fingerprints differ, in words; None when they are the same data."""
+    if run["sha256"] == found["sha256"]:
+        return None
+    if run["classes"] != found["classes"]:
+        return f"its classes are {found['classes']}, the run's are {run['classes']}"
+    diffs = [f"{split}/{c}: {found['images'].get(split, {}).get(c, 0)} images, the run had {n}"
+             for split, per_class in run["images"].items() for c, n in per_class.items()
+             if found["images"].get(split, {}).get(c, 0) != n]
+    diffs += [f"{split}: a split the run did not have" for split in found["images"] if split not in run["images"]]
+    if diffs:
+        return "; ".join(diffs)
+    return "the same number of images, but file names or sizes differ"
 
 
 def _stratified(files: dict[str, list[str]], val_fraction: float, seed: int):
@@ -177,8 +213,11 @@ def prepare(split: Split, cfg: PreprocessConfig, cache_dir: str, workers: int = 
         except MedgeError as e:
             return None, str(e)
 
+    from medge.train.progress import progress
+
     with ThreadPoolExecutor(max(1, workers)) as pool:
-        results = list(pool.map(job, split.paths))
+        results = list(progress(pool.map(job, split.paths), total=len(split), desc=f"preprocessing {name}".strip(),
+                                unit="img", enabled=verbose))
     out = Split([], [])
     for path, label, (done, err) in zip(split.paths, split.labels, results, strict=True):
         if err is None:

@@ -2,16 +2,26 @@
 device, validation every epoch, atomic checkpoints, exact resume, optional DDP.
 
 Usage: medge train --data data/xray --arch resnet18 --epochs 10 --out runs/xray
+       medge train --resume runs/xray --epochs 15
        torchrun --standalone --nproc_per_node 2 -m medge.train --data data/xray --out runs/xray-ddp
 
-``train`` reads as its steps: open the run (new, or resumed from ``last.pt``),
-prepare the data, build the model and optimiser, then per epoch
-``train_one_epoch``, ``evaluate`` and ``save_epoch``, and finally ``finish``
-(test split, summary).
+``train`` (a new run) and ``resume`` read as their steps: open the run (new, or
+reopened from ``last.pt``), prepare the data, build the model and optimiser,
+then per epoch ``train_one_epoch``, ``recalibrate_bn``, ``validation_metrics``
+and ``save_epoch``, and finally ``finish`` (test split, summary).
 
 Reproducibility: every random draw of epoch e (data order, augmentation,
-dropout) is seeded from (seed, e), so a run resumed after epoch e continues
-exactly as the uninterrupted run would; no RNG state needs to be carried.
+dropout) is seeded from (seed, e), and the learning rate is a function of the
+position in the run alone (``learning_rate``), so a run resumed after epoch e
+continues exactly as the uninterrupted run would; no RNG or scheduler state
+needs to be carried.
+
+Resume never surprises: a finished run is reported and left untouched; one
+stopped early continues to its own epoch count; ``epochs`` larger than the
+run's extends it (the cosine schedule is then that of a run planned for the
+new count, followed from where the run stands). Paths are stored absolute, and
+the data is checked against the run's fingerprint, so a run resumes from any
+working folder, with its data moved elsewhere if need be.
 """
 from __future__ import annotations
 
@@ -30,7 +40,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from medge.edge.errors import DataError, MedgeError
+from medge.edge.errors import DataError, UsageError
+from medge.edge.outputs import atomic_write_text, check_output_dir
 from medge.edge.preprocess import PreprocessConfig
 from medge.edge.runtime import softmax
 from medge.train import data as D
@@ -50,7 +61,7 @@ def rank_world() -> tuple[int, int, int]:
 def select_device(name: str) -> torch.device:
     """auto -> cuda when available, else cpu; asking for cuda without one is an error."""
     if name == "cuda" and not torch.cuda.is_available():
-        raise MedgeError("--device cuda: no CUDA device is available (use --device auto or cpu)")
+        raise UsageError("--device cuda: no CUDA device is available (use --device auto or cpu)")
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda":
@@ -102,14 +113,19 @@ def _load_batch(split: D.Split, idx) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.from_numpy(D.load_uint8(split, idx)), torch.tensor([split.labels[i] for i in idx])
 
 
+def _chunks(order: np.ndarray, batch_size: int) -> list[np.ndarray]:
+    chunks = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    if len(chunks) > 1 and len(chunks[-1]) == 1:
+        chunks.pop()
+    return chunks
+
+
 def batches(split: D.Split, order: np.ndarray, batch_size: int):
     """Yield (uint8 images (N, H, W), labels) in ``order``, loading the next batch in a background thread.
 
     A last batch of one image is dropped: batch norm cannot train on it.
     """
-    chunks = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
-    if len(chunks) > 1 and len(chunks[-1]) == 1:
-        chunks.pop()
+    chunks = _chunks(order, batch_size)
     ahead: dict = {}
 
     def load_next(idx):
@@ -137,6 +153,65 @@ def normalize(x: torch.Tensor, pcfg: PreprocessConfig, channels_last: bool) -> t
     """``(x - mean) / std`` as ``edge.normalize`` does, in the memory format the model runs in."""
     x = (x - pcfg.mean) / pcfg.std
     return x.contiguous(memory_format=torch.channels_last) if channels_last else x.contiguous()
+
+
+def learning_rate(cfg: TrainConfig, epoch: int, step: int, steps: int) -> float:
+    """The learning rate of step ``step`` (0-based) of ``steps`` in epoch ``epoch`` (1-based).
+
+    Linear warm-up over the first ``cfg.warmup_epochs`` (at most a quarter of the run; per step, from lr/steps),
+    then constant (``schedule="none"``) or a half cosine from ``cfg.lr`` down to 0 at
+    the end of epoch ``cfg.epochs``. It depends on the position alone, never on
+    what ran before: a resumed run continues exactly, and a run extended from E to
+    M epochs continues on the curve of a run planned for M epochs (its learning
+    rate rises again, from about 0 at the end of epoch E to the M-epoch curve's value
+    there, e.g. 0.29 x lr at epoch 9 of 12 with the 1-epoch warm-up, and decays to 0 at the end of epoch M).
+    """
+    warmup = min(cfg.warmup_epochs, cfg.epochs / 4)  # never more than a quarter of the run
+    start = epoch - 1 + step / steps  # epochs done when this step starts
+    end = start + 1 / steps
+    if end <= warmup:
+        return cfg.lr * end / warmup
+    if cfg.schedule == "none":
+        return cfg.lr
+    done = max(0.0, start - warmup) / (cfg.epochs - warmup)
+    return cfg.lr * 0.5 * (1 + math.cos(math.pi * min(done, 1.0)))
+
+
+@torch.no_grad()
+def recalibrate_bn(model: nn.Module, split: D.Split, run: "RunState", device, amp=None, channels_last: bool = False) -> int:
+    """Re-estimate every batch-norm layer's running statistics on training images, without augmentation.
+
+    During training, BN's running averages trail weights that change fast (Adam,
+    batch 16), so evaluation mode normalises with statistics of older weights and
+    validation loss jumps from epoch to epoch. Recomputing them with the current
+    weights ("precise BN", Wu and Johnson 2021, arXiv:2105.07576) removes that
+    lag. The same ``cfg.bn_recalibration`` images (a seeded choice) serve every
+    epoch and every DDP rank, so all ranks hold the same statistics. Only the
+    buffers change: the training itself is not affected. Returns the images used.
+    """
+    cfg, pcfg = run.cfg, run.pcfg
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    n = min(cfg.bn_recalibration, len(split))
+    if not bns or n < 2:
+        return 0
+    idx = np.sort(np.random.default_rng([cfg.seed, 0xB2]).permutation(len(split))[:n])
+    momenta = [m.momentum for m in bns]
+    was_training = model.training
+    model.eval()  # dropout and stochastic depth off ...
+    for m in bns:  # ... while batch norm accumulates a plain average over the batches
+        m.reset_running_stats()
+        m.momentum = None
+        m.train()
+    try:
+        for chunk in _chunks(idx, 2 * cfg.batch_size):
+            x = normalize(to_input(torch.from_numpy(D.load_uint8(split, chunk)), pcfg, device), pcfg, channels_last)
+            with torch.autocast(x.device.type, dtype=amp, enabled=amp is not None):
+                model(x)
+    finally:
+        for m, momentum in zip(bns, momenta, strict=True):
+            m.momentum = momentum
+        model.train(was_training)
+    return n
 
 
 @torch.inference_mode()
@@ -220,7 +295,24 @@ class RunState:
     best: dict | None = None  # {"epoch", "metric", "value"} of the best epoch so far
     best_weights: dict | None = None  # its state dict, on the CPU
     resume_from: dict | None = None  # last.pt's payload when resuming
+    data: dict | None = None  # the data's fingerprint (train.data.fingerprint); a resumed run's must match
     data_profile: dict | None = None  # what the training images look like (edge.profile), for the bundle
+
+    @property
+    def finished(self) -> bool:
+        return self.start_epoch > self.cfg.epochs
+
+
+@dataclass(frozen=True)
+class ResumeOptions:
+    """What may change when a run is continued; None keeps the run's own value."""
+
+    run_dir: str
+    epochs: int | None = None  # more than the run's extends it; None: the run's own count
+    data: str | None = None  # the run's data in another place (it must have the same fingerprint)
+    device: str | None = None
+    workers: int | None = None
+    cache_dir: str | None = None
 
 
 @dataclass
@@ -230,34 +322,71 @@ class Training:
     model: nn.Module  # the plain module (checkpoints, evaluation)
     net: nn.Module  # what the forward pass runs: the model, or its DDP wrapper
     opt: torch.optim.Optimizer
-    sched: object | None
     scaler: torch.amp.GradScaler
     criterion: nn.Module
     amp: object | None  # autocast dtype, None = full precision
     channels_last: bool
 
 
-def open_run(cfg: TrainConfig, pcfg: PreprocessConfig, resume: bool) -> RunState:
-    """A new run (refusing a folder that holds one), or the run in ``cfg.out`` resumed from its last.pt.
+def _absolute(path: str) -> str:
+    return os.path.abspath(path) if path else ""
 
-    On resume, ``cfg.epochs``, ``device``, ``workers`` and ``cache_dir`` may change; the rest is the run's.
+
+def open_run(cfg: TrainConfig, pcfg: PreprocessConfig) -> RunState:
+    """A new run in ``cfg.out``, refusing a folder that holds one; paths are made absolute."""
+    out = check_output_dir(cfg.out, "run")
+    if (out / "last.pt").exists():
+        raise UsageError(f"{out} holds a run already: continue it with --resume {out}, or choose another --out")
+    return RunState(dataclasses.replace(cfg, data=_absolute(cfg.data), out=_absolute(cfg.out),
+                                        cache_dir=_absolute(cfg.cache_dir)), pcfg)
+
+
+def reopen_run(opts: ResumeOptions) -> RunState:
+    """The run in ``opts.run_dir`` as its last.pt left it, with the changes ``opts`` asks for.
+
+    Raises:
+        UsageError: no run there, or ``opts.epochs`` fewer than the epochs already trained.
     """
-    out = Path(cfg.out)
-    if not resume:
-        if (out / "last.pt").exists():
-            raise MedgeError(f"{out} holds a run already: continue it with --resume {out}, or choose another --out")
-        return RunState(cfg, pcfg)
-    state = load_checkpoint(out / "last.pt")
-    cfg = dataclasses.replace(state.train_config, epochs=cfg.epochs, device=cfg.device, workers=cfg.workers,
-                              cache_dir=cfg.cache_dir, out=cfg.out)
-    return RunState(cfg, state.preprocess, start_epoch=state.epoch + 1, history=list(state["history"]),
-                    best=state["best"], best_weights=load_checkpoint(out / "best.pt")["model"],
-                    resume_from=state.payload)
+    run_dir = Path(opts.run_dir)
+    if run_dir.is_file():
+        raise UsageError(f"{run_dir}: is a file: give the run folder (the one that holds last.pt)")
+    if not run_dir.is_dir():
+        raise UsageError(f"{run_dir}: run folder not found")
+    if not (run_dir / "last.pt").is_file():
+        raise UsageError(f"{run_dir}: no last.pt: not a run folder, or no epoch of its run finished "
+                         "(start it again without --resume)")
+    state = load_checkpoint(run_dir / "last.pt")
+    old, done = state.train_config, state.epoch
+    epochs = old.epochs if opts.epochs is None else opts.epochs
+    if epochs < done:
+        raise UsageError(f"{run_dir} has trained {done} epochs already; --epochs {epochs} cannot undo them "
+                         f"(give more than {done} to extend the run)")
+    cfg = dataclasses.replace(
+        old, epochs=epochs, out=_absolute(str(run_dir)), device=opts.device or old.device, workers=opts.workers or old.workers,
+        data=_absolute(opts.data) if opts.data else old.data,
+        cache_dir=_absolute(opts.cache_dir) if opts.cache_dir is not None else old.cache_dir)
+    run = RunState(cfg, state.preprocess, start_epoch=done + 1, history=list(state["history"]), best=state["best"],
+                   data=state.payload.get("data"))
+    if not run.finished:
+        run.resume_from = state.payload
+        run.best_weights = load_checkpoint(run_dir / "best.pt")["model"]
+    return run
 
 
-def prepare_splits(cfg: TrainConfig, pcfg: PreprocessConfig, rank: int, world: int) -> tuple[list[str], dict]:
-    """Discover the data and fill the preprocessing cache (rank 0 first under DDP, then the others read it)."""
+def prepare_splits(run: RunState, rank: int, world: int) -> tuple[list[str], dict]:
+    """Discover the data, check it is the run's (when resuming), and fill the preprocessing cache
+    (rank 0 first under DDP, then the others read it). Sets ``run.data`` to the data's fingerprint."""
+    cfg, pcfg = run.cfg, run.pcfg
+    if run.resume_from is not None and not Path(cfg.data).is_dir():
+        raise UsageError(f"{cfg.data}: the run's data folder is not there (moved?); give its place with --data")
     classes, splits = D.discover(cfg.data, cfg.val_fraction, cfg.seed)
+    found = D.fingerprint(cfg.data, classes, splits)
+    if run.resume_from is not None and run.data is not None:
+        why = D.fingerprint_difference(run.data, found)
+        if why:
+            raise UsageError(f"{cfg.data}: not the data this run was trained on: {why}; "
+                             "give the run's own data with --data, or start a new run")
+    run.data = found
     cache_dir = cfg.cache_dir or D.default_cache_dir()
     prepared = {}
     for turn in range(2 if world > 1 else 1):
@@ -272,22 +401,20 @@ def prepare_splits(cfg: TrainConfig, pcfg: PreprocessConfig, rank: int, world: i
 
 def build_training(run: RunState, classes: list[str], train_split: D.Split, device: torch.device,
                    world: int) -> Training:
-    """Model, optimiser, schedule, scaler and loss; restored from last.pt when resuming."""
+    """Model, optimiser, scaler and loss; restored from last.pt when resuming (the schedule has no state)."""
     cfg, pcfg, state = run.cfg, run.pcfg, run.resume_from
     torch.manual_seed(cfg.seed)
-    model = build_model(cfg.arch, pcfg.channels, len(classes), cfg.pretrained and state is None).to(device)
+    model = build_model(cfg.arch, pcfg.channels, len(classes), cfg.pretrained and state is None,
+                        cfg.zero_init_residual).to(device)
     channels_last = device.type == "cuda"
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs) if cfg.schedule == "cosine" else None
     amp = amp_dtype(cfg, device)
     scaler = torch.amp.GradScaler(device.type, enabled=amp == torch.float16)
     if state is not None:
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
-        if sched is not None:
-            sched.load_state_dict(state["scheduler"])
         scaler.load_state_dict(state["scaler"])
     net = model
     if world > 1:
@@ -296,25 +423,26 @@ def build_training(run: RunState, classes: list[str], train_split: D.Split, devi
     if cfg.class_weights:
         counts = np.bincount(train_split.labels, minlength=len(classes))
         weight = torch.tensor(len(train_split) / (len(classes) * counts), dtype=torch.float32, device=device)
-    return Training(model, net, opt, sched, scaler, nn.CrossEntropyLoss(weight=weight), amp, channels_last)
+    return Training(model, net, opt, scaler, nn.CrossEntropyLoss(weight=weight), amp, channels_last)
 
 
 def write_run_files(run: RunState, classes: list[str], splits: dict, versions: dict) -> None:
     """config.json, data_report.json and data_profile.json in the run folder (rank 0 only)."""
     out = Path(run.cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
     report = {n: {"images": len(s),
                   "per_class": dict(zip(classes, np.bincount(s.labels, minlength=len(classes)).tolist(), strict=True)),
                   "skipped": [{"path": p, "reason": r} for p, r in s.failures]} for n, s in splits.items()}
-    (out / "data_report.json").write_text(json.dumps(report, indent=2))
-    (out / "config.json").write_text(json.dumps({"train": run.cfg.to_dict(), "preprocess": run.pcfg.to_dict(),
-                                                 "classes": classes, "versions": versions}, indent=2))
-    (out / "data_profile.json").write_text(json.dumps(run.data_profile, indent=2))
+    atomic_write_text(out / "data_report.json", json.dumps(report, indent=2) + "\n")
+    atomic_write_text(out / "config.json", json.dumps({"train": run.cfg.to_dict(), "preprocess": run.pcfg.to_dict(),
+                                                       "classes": classes, "data": run.data, "versions": versions},
+                                                      indent=2) + "\n")
+    atomic_write_text(out / "data_profile.json", json.dumps(run.data_profile, indent=2) + "\n")
 
 
 def train_one_epoch(t: Training, split: D.Split, run: RunState, epoch: int, device: torch.device, rank: int,
-                    world: int) -> tuple[int, float]:
-    """One pass over this rank's shard of the training split; returns (images seen, summed loss)."""
+                    world: int) -> tuple[int, float, list[float]]:
+    """One pass over this rank's shard of the training split; returns (images seen, summed loss,
+    learning rates of the first and last step)."""
     cfg, pcfg = run.cfg, run.pcfg
     order = np.random.default_rng([cfg.seed, epoch]).permutation(len(split))
     if world > 1:  # every rank gets the same number of samples, or DDP would wait forever
@@ -323,16 +451,21 @@ def train_one_epoch(t: Training, split: D.Split, run: RunState, epoch: int, devi
     gen = torch.Generator(device=device)
     gen.manual_seed(cfg.seed * 100_003 + epoch)
     t.net.train()
-    seen, loss_sum = 0, 0.0
+    seen, loss_sum, lrs = 0, 0.0, []
+    steps = len(_chunks(order, cfg.batch_size))
     progress = _Progress(rank == 0, epoch, cfg.epochs, len(order))
-    for u8, y in batches(split, order, cfg.batch_size):
+    for step, (u8, y) in enumerate(batches(split, order, cfg.batch_size)):
+        lr = learning_rate(cfg, epoch, step, steps)
+        for group in t.opt.param_groups:
+            group["lr"] = lr
+        lrs.append(lr)
         x = augment(to_input(u8, pcfg, device), cfg.hflip, cfg.rotate_deg, gen)
         x, y = normalize(x, pcfg, t.channels_last), y.to(device, non_blocking=True)
         loss = train_step(t.net, x, y, t.criterion, t.opt, t.scaler, t.amp)
         seen += len(y)
         loss_sum += loss.item() * len(y)
         progress.update(seen, loss_sum / seen)
-    return seen, loss_sum
+    return seen, loss_sum, [lrs[0], lrs[-1]] if lrs else [cfg.lr, cfg.lr]
 
 
 def validation_metrics(t: Training, split: D.Split, run: RunState, classes: list[str], device, rank: int,
@@ -357,21 +490,20 @@ def checkpoint_payload(run: RunState, classes: list[str], epoch: int, metrics: d
     """What best.pt and last.pt share: everything export and the edge need, and the run's history."""
     return {"arch": run.cfg.arch, "classes": classes, "train_config": run.cfg.to_dict(), "preprocess": run.pcfg.to_dict(),
             "epoch": epoch, "metrics": jsonable(metrics), "versions": versions, "history": run.history, "best": run.best,
-            "data_profile": run.data_profile}
+            "data": run.data, "data_profile": run.data_profile}
 
 
 def save_epoch(t: Training, run: RunState, classes: list[str], epoch: int, record: dict, improved: bool,
                versions: dict) -> None:
-    """best.pt when the epoch improved, last.pt (resumable) always, one line of metrics.jsonl (rank 0 only)."""
+    """best.pt when the epoch improved, last.pt (resumable) always, metrics.jsonl rewritten from the
+    history (so it always agrees with last.pt, whatever was cut short before); rank 0 only."""
     out = Path(run.cfg.out)
     common = checkpoint_payload(run, classes, epoch, {"val": record["val"]}, versions)
     if improved:
         save_checkpoint(out / "best.pt", {**common, "model": run.best_weights})
+    atomic_write_text(out / "metrics.jsonl", "".join(json.dumps(jsonable(h)) + "\n" for h in run.history))
     save_checkpoint(out / "last.pt", {
-        **common, "model": t.model.state_dict(), "optimizer": t.opt.state_dict(),
-        "scheduler": t.sched.state_dict() if t.sched is not None else None, "scaler": t.scaler.state_dict()})
-    with open(out / "metrics.jsonl", "a", encoding="utf-8") as f:
-        f.write(json.dumps(jsonable(record)) + "\n")
+        **common, "model": t.model.state_dict(), "optimizer": t.opt.state_dict(), "scaler": t.scaler.state_dict()})
     m = record["val"]
     print(f"epoch {epoch}/{run.cfg.epochs}  train_loss {record['train_loss']:.4f}  val_loss {m['loss']:.4f}  "
           f"acc {m['accuracy']:.3f}  bal_acc {m['balanced_accuracy']:.3f}  auc {m['auc']:.3f}"
@@ -382,7 +514,8 @@ def save_epoch(t: Training, run: RunState, classes: list[str], epoch: int, recor
 def finish(t: Training, run: RunState, classes: list[str], splits: dict, device, rank: int, world: int) -> dict:
     """Score the test split (if any) with the best weights, write summary.json; returns the summary."""
     out, main = Path(run.cfg.out), rank == 0
-    summary = {"out": str(out), "best": run.best, "classes": classes, "val": run.history[-1]["val"] if run.history else None,
+    summary = {"out": str(out), "epochs": run.cfg.epochs, "best": run.best, "classes": classes,
+               "val": run.history[-1]["val"] if run.history else None,
                "skipped": {n: len(s.failures) for n, s in splits.items()}}
     if run.best_weights is not None and run.best is not None:
         summary["val"] = next(h["val"] for h in run.history if h["epoch"] == run.best["epoch"])
@@ -396,50 +529,93 @@ def finish(t: Training, run: RunState, classes: list[str], splits: dict, device,
                 best["metrics"] = {**best["metrics"], "test": summary["test"]}
                 save_checkpoint(out / "best.pt", {k: v for k, v in best.items() if k not in ("format", "version")})
     if main:
-        (out / "summary.json").write_text(json.dumps(jsonable(summary), indent=2))
+        atomic_write_text(out / "summary.json", json.dumps(jsonable(summary), indent=2) + "\n")
         n_skipped = sum(summary["skipped"].values())
         if n_skipped:
             print(f"skipped {n_skipped} unreadable image(s): see {out / 'data_report.json'}", file=sys.stderr)
     return summary
 
 
+def finished_summary(run: RunState) -> dict:
+    """A finished run's summary.json (or what its last.pt says), marked ``finished``; nothing is written."""
+    path = Path(run.cfg.out) / "summary.json"
+    try:
+        summary = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        summary = {"out": run.cfg.out, "best": run.best, "val": run.history[-1]["val"] if run.history else None}
+    return {**summary, "out": run.cfg.out, "epochs": run.cfg.epochs, "finished": True}
+
+
 # ----------------------------------------------------------------------------- the loop
 
 
-def train(cfg: TrainConfig, pcfg: PreprocessConfig = PreprocessConfig(), resume: bool = False) -> dict:
-    """Train a classifier; write checkpoints and metrics to ``cfg.out``.
+def train(cfg: TrainConfig, pcfg: PreprocessConfig = PreprocessConfig()) -> dict:
+    """Train a new classifier; write checkpoints and metrics to ``cfg.out``.
 
     Args:
-        cfg: the training configuration (``cfg.out`` is the run folder).
-        pcfg: the preprocessing; ignored on resume (the checkpoint's is used).
-        resume: continue the run in ``cfg.out`` from its ``last.pt``; ``cfg.epochs``,
-            ``device``, ``workers`` and ``cache_dir`` may change, the rest is the run's.
+        cfg: the training configuration (``cfg.out`` is the run folder; it must not hold a run).
+        pcfg: the preprocessing, saved with the model.
 
     Returns:
         summary dict: run folder, best epoch and metric, its val (and test) metrics,
         classes, skipped images.
 
     Raises:
-        DataError, CheckpointError, ConfigError, MedgeError: with a message for the user.
+        DataError, CheckpointError, ConfigError, UsageError, MedgeError: with a message for the user.
         KeyboardInterrupt: after saying where the resumable checkpoint is.
     """
+    return _launch(open_run(cfg, pcfg))
+
+
+def resume(opts: ResumeOptions) -> dict:
+    """Continue the run in ``opts.run_dir`` (see the module docstring for what that means).
+
+    Returns:
+        the summary, as ``train``; for a run that had finished already (and was
+        left untouched) its summary with ``finished: True``.
+
+    Raises:
+        UsageError: no run there, fewer epochs than trained, or data that is not the run's.
+    """
+    run = reopen_run(opts)
+    if run.finished:
+        return finished_summary(run)
+    return _launch(run)
+
+
+def _launch(run: RunState) -> dict:
     rank, world, _ = rank_world()
-    device = select_device(cfg.device)
+    device = select_device(run.cfg.device)
     if world > 1:
         torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
     if device.type == "cuda":
         torch.cuda.set_device(device)
         torch.backends.cudnn.benchmark = True
     try:
-        return _run(open_run(cfg, pcfg, resume), device, rank, world)
+        return _run(run, device, rank, world)
     finally:
         if world > 1:
             torch.distributed.destroy_process_group()
 
 
+def _announce(run: RunState, device, world: int, classes: list[str], splits: dict) -> None:
+    cfg = run.cfg
+    print(f"{cfg.arch} on {device}{f' x{world}' if world > 1 else ''}: {len(splits['train'])} train, "
+          f"{len(splits['val'])} val images, classes {classes}", flush=True)
+    if run.resume_from is not None:
+        planned = TrainConfig.from_dict(run.resume_from["train_config"]).epochs
+        if cfg.epochs > planned:
+            how = (f"the cosine schedule now spans {cfg.epochs} epochs: epoch {run.start_epoch} starts at lr "
+                   f"{learning_rate(cfg, run.start_epoch, 0, 1):.2g}, decaying to 0 at the end of epoch {cfg.epochs}"
+                   if cfg.schedule == "cosine" else f"constant lr {cfg.lr:g}")
+            print(f"extending {cfg.out} from {planned} to {cfg.epochs} epochs; {how}", flush=True)
+        else:
+            print(f"resuming {cfg.out} at epoch {run.start_epoch} of {cfg.epochs}", flush=True)
+
+
 def _run(run: RunState, device: torch.device, rank: int, world: int) -> dict:
     main = rank == 0
-    classes, splits = prepare_splits(run.cfg, run.pcfg, rank, world)
+    classes, splits = prepare_splits(run, rank, world)
     run.data_profile = D.data_profile(splits["train"])
     if run.resume_from is not None and classes != run.resume_from["classes"]:
         raise DataError(f"the data's classes {classes} differ from the run's {run.resume_from['classes']}")
@@ -447,24 +623,22 @@ def _run(run: RunState, device: torch.device, rank: int, world: int) -> dict:
     versions = library_versions()
     if main:
         write_run_files(run, classes, splits, versions)
-        print(f"{run.cfg.arch} on {device}{f' x{world}' if world > 1 else ''}: {len(splits['train'])} train, "
-              f"{len(splits['val'])} val images, classes {classes}", flush=True)
+        _announce(run, device, world, classes, splits)
     epoch = run.start_epoch
     try:
         for epoch in range(run.start_epoch, run.cfg.epochs + 1):
             t0 = time.perf_counter()
-            seen, loss_sum = train_one_epoch(t, splits["train"], run, epoch, device, rank, world)
+            seen, loss_sum, lrs = train_one_epoch(t, splits["train"], run, epoch, device, rank, world)
             train_s = time.perf_counter() - t0
-            lr = t.opt.param_groups[0]["lr"]
-            if t.sched is not None:
-                t.sched.step()
             seen_all, loss_all = (sum(v) for v in zip(*_all_gather((seen, loss_sum), world), strict=True))
+            if run.cfg.bn_recalibration:
+                recalibrate_bn(t.model, splits["train"], run, device, t.amp, t.channels_last)
             m = validation_metrics(t, splits["val"], run, classes, device, rank, world)
             improved = is_better(m[run.cfg.best_metric], run.best, run.cfg.best_metric)
             if improved:
                 run.best = {"epoch": epoch, "metric": run.cfg.best_metric, "value": jsonable(m[run.cfg.best_metric])}
                 run.best_weights = {k: v.detach().cpu().clone() for k, v in t.model.state_dict().items()}
-            record = {"epoch": epoch, "train_loss": loss_all / max(seen_all, 1), "lr": lr,
+            record = {"epoch": epoch, "train_loss": loss_all / max(seen_all, 1), "lr": lrs[0], "lr_last_step": lrs[1],
                       "train_images_per_s": seen_all / train_s, "time_s": time.perf_counter() - t0, "val": m}
             run.history.append(jsonable(record))
             if main:

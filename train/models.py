@@ -52,7 +52,8 @@ def _load_pretrained(arch: str):
         ) from None
 
 
-def build_model(arch: str, in_channels: int = 1, num_classes: int = 2, pretrained: bool = False) -> nn.Module:
+def build_model(arch: str, in_channels: int = 1, num_classes: int = 2, pretrained: bool = False,
+                zero_init_residual: bool = False) -> nn.Module:
     """Build a torchvision classifier with its first conv and last linear layer adapted.
 
     Args:
@@ -62,6 +63,9 @@ def build_model(arch: str, in_channels: int = 1, num_classes: int = 2, pretraine
         pretrained: start from torchvision's ImageNet weights; for one channel the
             first conv's RGB filters are summed, which gives the same response to a
             gray image repeated on three channels.
+        zero_init_residual: resnets trained from scratch: the last batch norm of each
+            residual branch starts with weight 0, so every block starts as the identity
+            (torchvision's option; Goyal et al. 2017, arXiv:1706.02677). Ignored otherwise.
 
     Returns:
         an ``nn.Module`` mapping (N, in_channels, H, W) to (N, num_classes) logits.
@@ -70,7 +74,8 @@ def build_model(arch: str, in_channels: int = 1, num_classes: int = 2, pretraine
 
     if arch not in ARCHS:
         raise MedgeError(f"unknown architecture {arch!r}; choose one of {', '.join(ARCHS)}")
-    model = _load_pretrained(arch) if pretrained else torchvision.models.get_model(arch, weights=None)
+    extra = {"zero_init_residual": True} if zero_init_residual and arch.startswith("resnet") else {}
+    model = _load_pretrained(arch) if pretrained else torchvision.models.get_model(arch, weights=None, **extra)
     convs = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]
     name, conv = convs[0]
     if in_channels not in (1, 3):

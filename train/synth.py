@@ -1,6 +1,6 @@
 """Synthetic chest-X-ray-like data: a learnable two-class ImageFolder, made offline.
 
-Usage: medge synth data/xray --n 400 --seed 0
+Usage: medge synth data/xray --n 400 --seed 0 [--overwrite]
 
 Each image is a chest-like radiograph: a bright body with two darker lung
 fields, a spine, curved ribs and low-frequency texture, under a random pose,
@@ -25,8 +25,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from medge.edge.errors import MedgeError
+from medge.edge.errors import UsageError
 from medge.edge.image import write_image
+from medge.edge.outputs import atomic_dir, check_output_dir, wrote
 
 CLASSES = ("disease", "normal")  # sorted, as ImageFolder orders them
 
@@ -151,18 +152,35 @@ def write_dicom(path, pixels, photometric="MONOCHROME2", slope=None, intercept=N
     return str(path)
 
 
-def generate(out: str | Path, cfg: SynthConfig = SynthConfig()) -> dict:
+def check_target(out: Path, overwrite: bool = False) -> None:
+    """Before any work: ``out`` must be new or empty, or (with ``overwrite``) a data set synth wrote."""
+    check_output_dir(out, "data set")
+    if out.is_dir() and any(out.iterdir()):
+        if not overwrite:
+            raise UsageError(f"{out}: exists and is not empty (use --overwrite to replace a synthetic data set)")
+        if not (out / "synth.json").is_file():
+            raise UsageError(f"{out}: exists and holds no synth.json: not a synthetic data set; refusing to replace it")
+
+
+def generate(out: str | Path, cfg: SynthConfig = SynthConfig(), overwrite: bool = False) -> dict:
     """Write the data set, a lesion sidecar per image and ``synth.json`` (config and counts); returns the counts.
 
-    Refuses to write into a folder that already holds images, so nothing is overwritten.
+    The set is written into a hidden sibling folder and renamed into place when
+    complete, so an interrupted run leaves nothing half-written. ``out`` must be
+    new or empty; with ``overwrite`` a data set written by synth is replaced.
     """
     out = Path(out)
     if cfg.n < 2 or cfg.size < 32 or cfg.bits not in ("8", "16", "mix"):
-        raise MedgeError(f"synth: need n >= 2, size >= 32 and bits in 8/16/mix, got {cfg}")
+        raise UsageError(f"synth: need n >= 2, size >= 32 and bits in 8/16/mix, got {cfg}")
     if not 0 <= cfg.val_fraction + cfg.test_fraction < 1:
-        raise MedgeError("synth: val_fraction + test_fraction must be in [0, 1)")
-    if out.exists() and any(out.rglob("*.png")):
-        raise MedgeError(f"synth: {out} already holds images; choose an empty folder")
+        raise UsageError("synth: val_fraction + test_fraction must be in [0, 1)")
+    check_target(out, overwrite)
+    with atomic_dir(out, replace=True) as tmp:  # replacing only what check_target allowed
+        counts = _write(tmp, cfg)
+    return counts
+
+
+def _write(out: Path, cfg: SynthConfig) -> dict:
     counts: dict[str, dict[str, int]] = {}
     per_class = cfg.n // 2
     n_val, n_test = round(per_class * cfg.val_fraction), round(per_class * cfg.test_fraction)
@@ -187,7 +205,8 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = sub.add_parser("synth", help="write a synthetic chest-X-ray-like two-class data set",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     d = SynthConfig()
-    p.add_argument("out", help="output folder (must not hold images yet)")
+    p.add_argument("out", help="output folder: new or empty (parent folders are created)")
+    p.add_argument("--overwrite", action="store_true", help="replace a data set synth wrote there before")
     p.add_argument("--n", type=int, default=d.n, help="number of images, half per class (default: %(default)s)")
     p.add_argument("--size", type=int, default=d.size, help="image side in pixels (default: %(default)s)")
     p.add_argument("--bits", choices=["8", "16", "mix"], default=d.bits, help="bit depth of the PNGs (default: %(default)s)")
@@ -204,8 +223,8 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     cfg = SynthConfig(n=args.n, size=args.size, bits=args.bits, val_fraction=args.val_fraction,
                       test_fraction=args.test_fraction, lesion_contrast=args.lesion_contrast, seed=args.seed)
-    counts = generate(args.out, cfg)
+    counts = generate(args.out, cfg, args.overwrite)
     for split, per in sorted(counts.items()):
         print(f"{split}: " + ", ".join(f"{k} {v}" for k, v in sorted(per.items())))
-    print(f"wrote {sum(sum(p.values()) for p in counts.values())} images to {args.out}")
+    wrote(args.out, f"{sum(sum(p.values()) for p in counts.values())} images")
     return 0

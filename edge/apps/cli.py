@@ -24,9 +24,9 @@ from medge.edge.errors import MedgeError, MissingExtraError
 EDGE_COMMANDS = ("medge.edge.apps.check", "medge.edge.apps.predict", "medge.edge.apps.preview", "medge.edge.apps.watch",
                  "medge.edge.apps.serve")
 # Optional module -> the extra that installs it.
-EXTRAS = {"torch": "train", "torchvision": "train", "onnx": "train", "onnxsim": "train", "pydicom": "dicom",
-          "fastapi": "serve", "fastapi_offline": "serve", "starlette": "serve", "uvicorn": "serve", "gradio": "serve",
-          "python_multipart": "serve"}
+EXTRAS = {"torch": "train", "torchvision": "train", "onnx": "train", "onnxsim": "train", "tqdm": "train",
+          "pydicom": "dicom", "fastapi": "serve", "fastapi_offline": "serve", "starlette": "serve", "uvicorn": "serve",
+          "gradio": "serve", "python_multipart": "serve"}
 
 
 def _command_modules():
@@ -49,6 +49,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """Parse ``argv``; an unknown option of a subcommand is reported with that subcommand's usage.
+
+    (argparse's subparsers hand unrecognised arguments back to the top-level parser,
+    whose usage line says nothing about the subcommand's options.)
+    """
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        sub.choices[args.command].error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
+
+
 EXIT_STATUS_HELP = """exit status:
   0  every input classified (possibly with warnings) / the job done
   1  some inputs failed (each is reported; with --strict, inputs with warnings fail), or a step of the job failed
@@ -60,7 +73,7 @@ EXIT_STATUS_HELP = """exit status:
 def main(argv: list[str] | None = None) -> int:
     """Run one ``medge`` command; returns its exit status (see EXIT_STATUS_HELP)."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parse(parser, argv)
     prog = f"medge {args.command}"
     try:
         return int(args._run(args) or 0)

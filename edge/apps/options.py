@@ -1,5 +1,5 @@
-"""Options shared by the edge commands that load a bundle (predict, watch, serve, preview), loading it,
-and the output files they write (names after the inputs, never overwriting by surprise).
+"""Options shared by the edge commands that load a bundle (predict, watch, serve, preview), and loading it.
+(Their output files go through ``medge.edge.outputs``, as every command's do.)
 
 One place for them, so that the commands do not import each other (Polygraphy's
 ``tools/args`` argument groups play this part there).
@@ -7,15 +7,10 @@ One place for them, so that the commands do not import each other (Polygraphy's
 from __future__ import annotations
 
 import argparse
-import os
-from pathlib import Path
 
 import cv2
-import numpy as np
 
-from medge.edge.errors import ImageError, UsageError
 from medge.edge.formats import DEFAULT_MAX_PIXELS
-from medge.edge.image import write_image
 from medge.edge.model import Model
 from medge.edge.runtime import BACKENDS, ENGINES, engine_choices
 
@@ -50,51 +45,3 @@ def load_model(args: argparse.Namespace) -> Model:
     if args.threads is not None:
         cv2.setNumThreads(args.threads)
     return Model.load(args.model, backend=args.backend, engine=args.engine)
-
-
-def output_names(paths: list[str], suffix: str) -> list[str]:
-    """One file name per input, after its stem: ``a.png`` -> ``a<suffix>``; repeated stems (same
-    name in two folders) get ``a.1<suffix>``, ``a.2<suffix>``, ... in input order."""
-    used, names = set(), []
-    for path in paths:
-        stem = Path(path).stem
-        name, i = f"{stem}{suffix}", 1
-        while name in used:
-            name, i = f"{stem}.{i}{suffix}", i + 1
-        used.add(name)
-        names.append(name)
-    return names
-
-
-def check_output_folder(folder: Path, names: list[str], overwrite: bool, option: str = "--out") -> None:
-    """Before any work: ``folder`` must be a folder or not exist yet, and hold none of ``names`` unless ``overwrite``.
-
-    Raises:
-        UsageError: (exit 2) it is a file, or files would be overwritten (the first few are named).
-    """
-    if folder.exists() and not folder.is_dir():
-        raise UsageError(f"{option} {folder}: exists and is not a folder")
-    taken = [n for n in names if (folder / n).exists()] if folder.is_dir() else []
-    if taken and not overwrite:
-        more = f" and {len(taken) - 3} more" if len(taken) > 3 else ""
-        raise UsageError(f"{folder}: would overwrite {', '.join(taken[:3])}{more} (use --overwrite to replace them)")
-
-
-def make_folder(folder: Path) -> None:
-    """Create an output folder and its parents; UsageError (exit 2) when that is impossible."""
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise UsageError(f"{folder}: cannot create the folder: {e.strerror or e}") from None
-
-
-def write_image_atomic(path: Path, image: np.ndarray) -> None:
-    """Write through a hidden temporary name and rename: a killed run never leaves half a PNG under the real name."""
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.partial{path.suffix}")  # the suffix picks the encoder
-    try:
-        write_image(tmp, image)
-        os.replace(tmp, path)
-    except OSError as e:
-        raise ImageError(path, f"cannot write: {e.strerror or e}") from None
-    finally:
-        tmp.unlink(missing_ok=True)

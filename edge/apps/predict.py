@@ -25,25 +25,19 @@ from __future__ import annotations
 
 import argparse
 import io
-import os
 import sys
-import time
+from contextlib import contextmanager
 from pathlib import Path
 
-from medge.edge.apps.options import (
-    add_model_arguments,
-    add_strict_argument,
-    check_output_folder,
-    load_model,
-    make_folder,
-    output_names,
-    write_image_atomic,
-)
+from medge.edge.apps.options import add_model_arguments, add_strict_argument, load_model
 from medge.edge.apps.records import RecordWriter
-from medge.edge.errors import MedgeError, UsageError
+from medge.edge.errors import MedgeError
+from medge.edge.image import write_image
 from medge.edge.inputs import scan_inputs
 from medge.edge.model import Prediction
+from medge.edge.outputs import check_output_dir, check_output_file, make_output_dir, open_atomic, output_names, wrote
 from medge.edge.paths import TEXT_ERRORS, shown
+from medge.edge.progress import ProgressLine
 
 HEATMAP_SUFFIX = ".heatmap.png"  # DIR/<input stem>.heatmap.png
 
@@ -55,7 +49,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     add_model_arguments(p)
     add_strict_argument(p)
     p.add_argument("--verbose", action="store_true", help="list the files skipped as not images")
-    p.add_argument("--out", help="write records here (default: stdout)")
+    p.add_argument("--out", help="write records here, parent folders created (default: stdout)")
     p.add_argument("--format", choices=["jsonl", "csv"], default="jsonl", help="record format (default: %(default)s)")
     p.add_argument("--heatmaps", metavar="DIR",
                    help=f"also write a heatmap overlay per classified input: DIR/<name>{HEATMAP_SUFFIX} (created if missing)")
@@ -70,7 +64,7 @@ def write_heatmap(pred, target: Path, rec: dict) -> bool:
     if pred.explanation is None:  # the input failed: its error says why
         return True
     try:
-        write_image_atomic(target, pred.explanation.overlay())
+        write_image(target, pred.explanation.overlay())
         rec["heatmap"] = str(target)
         return True
     except MedgeError as e:
@@ -78,51 +72,51 @@ def write_heatmap(pred, target: Path, rec: dict) -> bool:
         return False
 
 
+@contextmanager
+def _record_stream(out: Path | None):
+    """--out through medge.edge.outputs (complete results only: a run cut short leaves .NAME.partial), else stdout."""
+    if out is not None:
+        with open_atomic(out, "w", newline="", keep_partial=True) as f:
+            yield f
+        return
+    # A file name that is not UTF-8 is written as \udcXX (edge.paths), never a UnicodeEncodeError.
+    stream = io.TextIOWrapper(sys.stdout.buffer, "utf-8", errors=TEXT_ERRORS, newline="", line_buffering=True)
+    try:
+        yield stream
+    finally:
+        stream.detach()
+
+
 def run(args: argparse.Namespace) -> int:
-    out = Path(args.out) if args.out else None
-    if out is not None and out.exists() and not args.overwrite:
-        raise UsageError(f"{out}: exists already (use --overwrite to replace it)")
+    out = check_output_file(args.out, args.overwrite, "records") if args.out else None
     scan = scan_inputs(args.paths)
     n = len(scan.entries)
-    heat_dir = Path(args.heatmaps) if args.heatmaps else None
-    if heat_dir is not None:
-        targets = [heat_dir / name for name in output_names([e.path for e in scan.entries], HEATMAP_SUFFIX)]
-        check_output_folder(heat_dir, [t.name for t in targets], args.overwrite, "--heatmaps")
+    heat_dir, targets = None, []
+    if args.heatmaps:
+        names = output_names([e.path for e in scan.entries], HEATMAP_SUFFIX)
+        heat_dir = check_output_dir(args.heatmaps, "heatmaps", names, args.overwrite)
+        targets = [heat_dir / name for name in names]
     model = load_model(args)
     if heat_dir is not None:
         model.require_heatmaps()  # exit 2 before any work for a bundle exported without them
-        make_folder(heat_dir)
-    progress = sys.stderr.isatty()
-    tmp = out.with_name(f".{out.name}.partial") if out else None
-    # A file name that is not UTF-8 is written as \udcXX (edge.paths), never a UnicodeEncodeError.
-    if tmp:
-        stream = open(tmp, "w", encoding="utf-8", errors=TEXT_ERRORS, newline="")  # closed in the finally below
-    else:
-        stream = io.TextIOWrapper(sys.stdout.buffer, "utf-8", errors=TEXT_ERRORS, newline="", line_buffering=True)
-    failed, warned, bugs, no_heatmap, t0 = 0, 0, 0, 0, time.perf_counter()
-    try:
+        make_output_dir(heat_dir)
+    progress = ProgressLine(n, "images")
+    failed, warned, bugs, no_heatmap = 0, 0, 0, 0
+    with _record_stream(out) as stream:
         writer = RecordWriter(stream, args.format, model.classes, heatmaps=heat_dir is not None)
-        for i, pred in enumerate(predictions(model, scan, args, heatmaps=heat_dir is not None), 1):
+        for i, pred in enumerate(predictions(model, scan, args, heatmaps=heat_dir is not None)):
             rec = pred.to_record(model.sha256)
             if heat_dir is not None:
-                no_heatmap += not write_heatmap(pred, targets[i - 1], rec)
+                no_heatmap += not write_heatmap(pred, targets[i], rec)
             writer.write(rec)
             failed += not pred.ok
             warned += bool(pred.ok and pred.warnings)
             bugs += pred.unexpected
-            if progress:
-                print(f"\r{i}/{n} images, {failed} failed, {i / (time.perf_counter() - t0):.1f} img/s",
-                      end="", file=sys.stderr, flush=True)
-    finally:
-        if tmp:
-            stream.close()
-        else:
-            stream.detach()
-    if tmp:
-        os.replace(tmp, out)  # complete results only: a killed run leaves the .partial file
-    if progress:
-        print(file=sys.stderr)
-    report_summary(n, failed, warned, scan, args.verbose, out)
+            progress.update(f"{failed} failed")
+    progress.close()
+    report_summary(n, failed, warned, scan, args.verbose)
+    if out is not None:
+        wrote(out, "records")
     if heat_dir is not None:
         print(f"{n - failed - no_heatmap} heatmap(s) in {shown(str(heat_dir))}"
               + (f" ({no_heatmap} could not be written)" if no_heatmap else ""), file=sys.stderr)
@@ -141,12 +135,11 @@ def predictions(model, scan, args, heatmaps: bool = False):
         yield Prediction(entry.path, error=f"{entry.path}: {entry.error}") if entry.error else next(results)
 
 
-def report_summary(n: int, failed: int, warned: int, scan, verbose: bool, out) -> None:
+def report_summary(n: int, failed: int, warned: int, scan, verbose: bool) -> None:
     """The summary line on stderr, e.g. "5 input(s), 3 classified (1 with warnings), 2 failed; 3 skipped: not images"."""
     parts = [f"{n} input(s), {n - failed} classified" + (f" ({warned} with warnings)" if warned else ""),
              f"{failed} failed"]
-    line = ", ".join(parts) + (f"; {scan.skipped_summary()}" if scan.skipped else "")
-    print(shown(line + (f"; records in {out}" if out else "")), file=sys.stderr)
+    print(shown(", ".join(parts) + (f"; {scan.skipped_summary()}" if scan.skipped else "")), file=sys.stderr)
     if scan.skipped and verbose:
         for path, why in scan.skipped:
             print(f"  skipped {shown(path)}: {why}", file=sys.stderr)

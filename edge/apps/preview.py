@@ -1,21 +1,23 @@
 """``medge preview``: see what the model will see.
 
-Usage: medge preview chest.png scans/ --out previews/
+Usage: medge preview chest.png scans/ --out previews/ [--model bundles/xray]
 
 Writes one PNG per input with four panels side by side: the original (after the
-8-bit rule), blurred, CLAHE, and the final resized image the network receives.
-Each panel fits a box of at most PANEL_MAX_W x PANEL_PX pixels whatever the
-image's shape, so a 1 x 100000 image makes a small picture, not a 22 GB one.
-Folders are searched by content, as for ``medge predict``.
+8-bit rule), blurred, CLAHE, and the final resized image the network receives,
+each titled with its size and settings. Each panel fits a box of at most
+PANEL_MAX_W x PANEL_PX pixels whatever the image's shape, so a 1 x 100000 image
+makes a small picture, not a 22 GB one. Folders are searched by content, as for
+``medge predict``. Existing preview files are refused before any work unless
+--overwrite.
 
-With --model, the bundle's own preprocessing is shown and, when the bundle has
-heatmaps, a fifth panel: where the model looked for the class it predicts.
+With --model, the bundle's own preprocessing is shown (its input size, CLAHE, ...)
+and, when the bundle has heatmaps, a fifth panel: where the model looked for the
+class it predicts. Without, the default preprocessing.
 """
 from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 import cv2
 import numpy as np
@@ -25,6 +27,7 @@ from medge.edge.formats import DEFAULT_MAX_PIXELS
 from medge.edge.image import load_image, write_image
 from medge.edge.inputs import scan_inputs
 from medge.edge.model import Model
+from medge.edge.outputs import check_output_dir, make_output_dir, output_names, wrote
 from medge.edge.paths import shown
 from medge.edge.preprocess import PreprocessConfig, preprocess_stages
 from medge.edge.runtime import softmax
@@ -66,11 +69,12 @@ def render_preview(image: np.ndarray, cfg: PreprocessConfig = PreprocessConfig()
     """
     s = preprocess_stages(image, cfg, display_range)
     h, w = s["gray"].shape
+    channels = "" if cfg.channels == 1 else f", gray x{cfg.channels}"
     panels = [
         _panel(s["gray"], f"original {w}x{h}"),
         _panel(s["blurred"], f"blur {cfg.blur_ksize}x{cfg.blur_ksize}"),
         _panel(s["clahe"], f"CLAHE {cfg.clahe_clip_limit:g}, {cfg.clahe_tile_grid}x{cfg.clahe_tile_grid}"),
-        _panel(s["resized"], f"model input {cfg.size}x{cfg.size}"),
+        _panel(s["resized"], f"model input {cfg.size}x{cfg.size}{channels}"),
     ]
     if model is not None and model.explain_method:
         panels = [cv2.cvtColor(p, cv2.COLOR_GRAY2BGR) for p in panels] + [_heatmap_panel(s["tensor"], model)]
@@ -89,34 +93,30 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace existing preview files (default: refuse)")
     p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help="refuse larger images (default: %(default)s)")
     p.add_argument("--model", metavar="BUNDLE",
-                   help="use this bundle's preprocessing and add its heatmap panel (when the bundle has heatmaps)")
+                   help="show what this bundle's model sees: its preprocessing, and its heatmap panel when the bundle "
+                        "has heatmaps (default: the default preprocessing)")
     return p
 
 
 def run(args: argparse.Namespace) -> int:
-    out = Path(args.out)
+    scan = scan_inputs(args.images)
+    names = output_names([e.path for e in scan.entries], ".preview.png")
+    out = check_output_dir(args.out, "previews", names, args.overwrite)  # before any work, as every command that writes
     model = None
     if args.model:
         model = Model.load(args.model)
         if not model.explain_method:
             print(f"note: {args.model} has no heatmaps (exported before medge had them): no heatmap panel", file=sys.stderr)
     cfg = model.preprocess_config if model else PreprocessConfig()
-    out.mkdir(parents=True, exist_ok=True)
-    failed, used = 0, set()
-    scan = scan_inputs(args.images)
-    for entry in scan.entries:
-        path = entry.path
-        stem = Path(path).stem
-        name, i = f"{stem}.preview.png", 1
-        while name in used:  # two inputs with the same name in different folders
-            name, i = f"{stem}.{i}.preview.png", i + 1
-        used.add(name)
-        target = out / name
+    print(f"preprocessing of {args.model or 'the default configuration'}: input {cfg.size}x{cfg.size}"
+          + ("" if args.model else " (give --model BUNDLE to see what a model's own preprocessing does)"), file=sys.stderr)
+    make_output_dir(out)
+    failed = 0
+    for entry, name in zip(scan.entries, names, strict=True):
+        path, target = entry.path, out / name
         try:
             if entry.error:
                 raise ImageError(path, entry.error)
-            if target.exists() and not args.overwrite:
-                raise ImageError(target, "exists already (use --overwrite to replace it)")
             image, info = load_image(path, args.max_pixels)
             write_image(target, render_preview(image, cfg, info.display_range, model))
             print(shown(f"{path} -> {target}"))
@@ -127,4 +127,6 @@ def run(args: argparse.Namespace) -> int:
         print(shown(scan.skipped_summary()), file=sys.stderr)
     if failed:
         print(f"{failed} input(s) failed", file=sys.stderr)
+    if len(scan.entries) > failed:
+        wrote(out, f"{len(scan.entries) - failed} preview(s)")
     return 1 if failed else 0

@@ -33,35 +33,21 @@ import shutil
 import signal
 import stat
 import sys
-import tempfile
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from medge.edge.apps.options import add_model_arguments, add_strict_argument, load_model
-from medge.edge.errors import MedgeError
+from medge.edge.errors import UsageError
 from medge.edge.formats import DEFAULT_MAX_PIXELS
 from medge.edge.inputs import classify_file, walk
 from medge.edge.model import Model, Prediction
-from medge.edge.paths import TEXT_ERRORS, shown, to_json
+from medge.edge.outputs import atomic_write_text, check_output_dir
+from medge.edge.paths import shown, to_json
 
 LEDGER = ".medge-watch.jsonl"
 TEMP_SUFFIXES = (".part", ".partial", ".tmp", ".filepart", ".crdownload")
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", errors=TEXT_ERRORS) as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 @dataclass(frozen=True)
@@ -94,6 +80,17 @@ def _free_name(path: Path, suffix: str = "") -> Path:
     return candidate
 
 
+def check_folders(in_dir: Path, out_dir: Path) -> None:
+    """UsageError unless IN_DIR is a folder and OUT_DIR a folder (or creatable) outside it."""
+    if in_dir.is_file():
+        raise UsageError(f"{in_dir}: is a file: give the folder the router drops files into")
+    if not in_dir.is_dir():
+        raise UsageError(f"{in_dir}: input folder not found")
+    check_output_dir(out_dir, "results")
+    if out_dir.resolve() == in_dir.resolve() or in_dir.resolve() in out_dir.resolve().parents:
+        raise UsageError(f"{out_dir}: the output folder must not be inside the input folder")
+
+
 class HotFolder:
     """Watches ``in_dir`` and writes results and quarantined files under ``out_dir``."""
 
@@ -101,10 +98,7 @@ class HotFolder:
                  batch_size: int = 8, workers: int | None = None, max_pixels: int = DEFAULT_MAX_PIXELS, log=print,
                  strict: bool = False):
         self.model, self.in_dir, self.out_dir = model, Path(in_dir), Path(out_dir)
-        if not self.in_dir.is_dir():
-            raise MedgeError(f"{self.in_dir}: input folder not found")
-        if self.out_dir.resolve() == self.in_dir.resolve() or self.in_dir.resolve() in self.out_dir.resolve().parents:
-            raise MedgeError(f"{self.out_dir}: the output folder must not be inside the input folder")
+        check_folders(self.in_dir, self.out_dir)
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self.settle_s, self.batch_size, self.workers = settle_s, batch_size, workers
         self.max_pixels, self.strict = max_pixels, strict
@@ -206,7 +200,7 @@ class HotFolder:
         target = _free_name(self.out_dir / "results" / v.rel, ".json")
         rec = {**pred.to_record(self.model.sha256), "path": v.rel,
                "source": {"key": v.key, "size": v.size, "mtime_ns": v.mtime_ns}, "processed_at": stamp}
-        _atomic_write(target, to_json(rec, indent=2) + "\n")
+        atomic_write_text(target, to_json(rec, indent=2) + "\n")
         self._record({"key": v.key, "path": v.rel, "status": "classified", "result": str(target)})
         self.counts["classified"] += 1
         note = f" [warnings: {'; '.join(pred.warnings)}]" if pred.warnings else ""
@@ -231,7 +225,7 @@ class HotFolder:
             moved = str(dest)
         except (OSError, shutil.Error) as e:
             moved = f"not moved: {e}"
-        _atomic_write(Path(f"{dest}.reason.txt"), f"{v.rel}\n{pred.error}\nquarantined {stamp}\n")
+        atomic_write_text(Path(f"{dest}.reason.txt"), f"{v.rel}\n{pred.error}\nquarantined {stamp}\n")
         self._record({"key": v.key, "path": v.rel, "status": "quarantined", "quarantine": moved, "reason": pred.error})
         self.counts["quarantined"] += 1
         self.log(f"{v.rel}: quarantined: {pred.error}")
@@ -265,6 +259,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
+    check_folders(Path(args.in_dir), Path(args.out_dir))  # before the model loads
     model = load_model(args)
     folder = HotFolder(model, args.in_dir, args.out_dir, args.settle, args.batch_size, args.workers, args.max_pixels,
                        log=lambda msg: print(msg, flush=True), strict=args.strict)

@@ -35,10 +35,12 @@ def test_summarize_known_data():
 
 
 def test_bench_smoke_produces_a_complete_record(bundle, tmp_path, capsys):
-    out = tmp_path / "bench.json"
+    out = tmp_path / "new" / "bench.json"  # parent folders are created
     assert main(["bench", "--model", str(bundle), "--checkpoint", str(bundle.parent / "ck.pt"), "--smoke",
                  "--out", str(out)]) == 0
     rec = json.loads(out.read_text())
+    assert sorted(p.name for p in out.parent.iterdir()) == ["bench.json", "bench.png"]
+    assert rec["checkpoint_link"]["matches"] is True
     runtimes = {r["runtime"] for r in rec["latency"]}
     assert {"cv2.dnn", "pytorch"} <= runtimes
     for row in rec["latency"]:
@@ -54,30 +56,75 @@ def test_bench_smoke_produces_a_complete_record(bundle, tmp_path, capsys):
     assert max(e2e["max_abs_logit_vs_sequential"].values()) < 1e-3
     env = rec["env"]
     assert env["cores"] and env["opencv"] and env["torch"] and "Parallel framework" in env["opencv_build"]
-    table = capsys.readouterr().out
+    table, err = capsys.readouterr()
     assert "| cv2.dnn | 1 | 1 |" in table and "| pytorch | 1 | 2 |" in table and "End to end" in table
+    assert err.splitlines()[0].endswith(f"the weights bundle {bundle} was exported from")  # said first
+    assert f"wrote record: {out}" in err and f"wrote plot: {out.with_suffix('.png')}" in err
+
+
+@pytest.mark.parametrize("command", ["bench", "parity"])
+def test_existing_output_is_refused_before_any_measuring(bundle, tiny_data, tmp_path, capsys, monkeypatch, command):
+    from medge.benchmarks import bench, parity
+
+    out = tmp_path / "r.json"
+    out.write_text("mine")
+    monkeypatch.setattr(bench, "run_bench", lambda *a, **k: pytest.fail("measured before checking --out"))
+    monkeypatch.setattr(parity, "run_parity", lambda *a, **k: pytest.fail("compared before checking --out"))
+    argv = [command, "--model", str(bundle), "--checkpoint", str(bundle.parent / "ck.pt"), "--out", str(out)]
+    assert main(argv + (["--data", str(tiny_data)] if command == "parity" else [])) == 2
+    assert "exists already (use --overwrite" in capsys.readouterr().err and out.read_text() == "mine"
+    if command == "bench":  # the plot beside the record is an output too
+        out.unlink()
+        out.with_suffix(".png").write_text("mine")
+        assert main(argv) == 2 and "r.png: exists already" in capsys.readouterr().err
 
 
 def test_parity_passes_for_the_exported_model(bundle, tiny_data, tmp_path, capsys):
-    out = tmp_path / "parity.json"
+    out = tmp_path / "a" / "b" / "parity.json"
     assert main(["parity", "--model", str(bundle), "--checkpoint", str(bundle.parent / "ck.pt"),
                  "--data", str(tiny_data), "--out", str(out)]) == 0
     rec = json.loads(out.read_text())
+    assert rec["checkpoint_link"]["matches"] is True
     assert rec["passed"] and rec["images"] == 40 and not rec["skipped"]
     c = rec["comparisons"]["pytorch_vs_cv2.dnn"]
     assert c["n"] == 40 and c["top1_agreement"] == 1.0 and c["logits"]["max_abs"] < 1e-3 and not c["label_flips"]
     assert "| pytorch_vs_cv2.dnn |" in capsys.readouterr().out
 
 
-def test_parity_fails_for_a_perturbed_model(bundle, tiny_data, tmp_path, capsys):
+def _perturbed_checkpoint(bundle, path):
     ck = load_checkpoint(bundle.parent / "ck.pt")
     model = model_from_checkpoint(ck)
     with torch.no_grad():
         head = [m for m in model.modules() if isinstance(m, torch.nn.Linear)][-1]
         head.bias += torch.tensor([0.5, -0.5])
-    perturbed = save_model_checkpoint(tmp_path / "perturbed.pt", model, ck["arch"], ck["classes"], ck.preprocess)
-    assert main(["parity", "--model", str(bundle), "--checkpoint", str(perturbed), "--data", str(tiny_data),
-                 "--out", str(tmp_path / "p.json")]) == 1
+    return save_model_checkpoint(path, model, ck["arch"], ck["classes"], ck.preprocess)
+
+
+def test_parity_names_a_checkpoint_that_is_not_the_bundles_own(bundle, tiny_data, tmp_path, capsys):
+    other = _perturbed_checkpoint(bundle, tmp_path / "other.pt")
+    assert main(["parity", "--model", str(bundle), "--checkpoint", str(other), "--data", str(tiny_data),
+                 "--out", str(tmp_path / "p.json")]) == 2  # a mismatch, not a parity failure (exit 1)
+    out, err = capsys.readouterr()
+    assert f"checkpoint {other} (epoch 0" in err and f"is NOT the checkpoint bundle {bundle} was exported from" in err
+    assert str(bundle.parent / "ck.pt") in err and "FAIL" not in out + err and not (tmp_path / "p.json").exists()
+    # bench measures anyway (latency does not depend on the weights) and says so first, and in the record
+    from medge.benchmarks.bench import BenchConfig, run_bench
+
+    said = []
+    tiny = BenchConfig(batch_sizes=(1,), threads=(1,), warmup=0, repeats=1, preprocess_repeats=1, e2e_images=0,
+                       image_size=64)
+    rec = run_bench(str(bundle), str(other), None, tiny, log=said.append)
+    assert "is NOT the checkpoint" in said[0] and "measuring anyway" in said[0]
+    assert rec["checkpoint_link"]["matches"] is False and any("not the one the bundle" in n for n in rec["notes"])
+
+
+def test_parity_fails_beyond_tolerance(bundle, tiny_data, tmp_path, capsys, monkeypatch):
+    from medge.benchmarks.runners import TorchRunner
+
+    real = TorchRunner.infer
+    monkeypatch.setattr(TorchRunner, "infer", lambda self, blob: real(self, blob) + np.float32([0.5, -0.5]))
+    assert main(["parity", "--model", str(bundle), "--checkpoint", str(bundle.parent / "ck.pt"), "--data",
+                 str(tiny_data), "--out", str(tmp_path / "p.json")]) == 1
     rec = json.loads((tmp_path / "p.json").read_text())
     c = rec["comparisons"]["pytorch_vs_cv2.dnn"]
     assert not rec["passed"] and not c["passed"] and c["logits"]["max_abs"] == pytest.approx(0.5, abs=1e-3)

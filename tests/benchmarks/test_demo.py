@@ -1,6 +1,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 from medge.edge.apps.cli import main
 from tests.edge.apps.test_cli import BLOCK_TORCH
@@ -15,7 +16,16 @@ def test_quick_demo_end_to_end(tmp_path, capsys):
     assert "medge demo finished" in text and "parity PyTorch vs cv2.dnn" in text and "latency p50, batch 1" in text
 
     summary = json.loads((out / "summary.json").read_text())
-    assert set(summary["paths"]) == {"bundle", "checkpoint", "predictions", "bench", "parity"}
+    assert set(summary["paths"]) == {"data", "run", "checkpoint", "bundle", "predictions", "bench", "bench_table",
+                                     "bench_plot", "parity", "summary", "report", "preprocess_cache"}
+    files_listed = text.split("\nfiles:\n")[1].splitlines()
+    assert [ln.split()[0] for ln in files_listed] == list(summary["paths"])  # the demo ends with every output path
+    for name, path in summary["paths"].items():
+        assert Path(path).exists(), name
+        assert path in text
+    report = (out / "summary.md").read_text()
+    assert report.startswith("# medge demo report") and "## Parity" in report and "| pytorch_vs_cv2.dnn |" in report
+    assert "![latency per forward pass](bench.png)" in report and "| val |" in report and "| test |" in report
     assert summary["parity"]["top1_agreement"] == 1.0 and summary["parity"]["max_abs_logit"] < 1e-3
     assert {"cv2.dnn batch 1", "pytorch batch 1"} <= set(summary["latency_p50_ms"])
 
@@ -45,5 +55,7 @@ def test_demo_stops_with_a_clear_message_at_the_failing_stage(tmp_path, capsys):
 def test_demo_refuses_a_non_empty_folder(tmp_path, capsys):
     (tmp_path / "d").mkdir()
     (tmp_path / "d" / "keep.txt").write_text("mine")
-    assert main(["demo", "--quick", "--out", str(tmp_path / "d")]) == 1
+    assert main(["demo", "--quick", "--out", str(tmp_path / "d")]) == 2
     assert "is not empty" in capsys.readouterr().err
+    assert main(["demo", "--quick", "--out", str(tmp_path / "d" / "keep.txt")]) == 2
+    assert "is a file: give a folder for the demo" in capsys.readouterr().err

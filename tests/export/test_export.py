@@ -8,7 +8,7 @@ import torch
 
 from medge.edge.apps.cli import main
 from medge.edge.bundle import golden_inputs, read_manifest
-from medge.edge.errors import BundleError, CheckpointError, ParityError
+from medge.edge.errors import BundleError, CheckpointError, ParityError, UsageError
 from medge.edge.runtime import ENGINES, forward, load_net
 from medge.export import onnx_export
 from medge.export.onnx_export import ExportConfig, export_bundle
@@ -37,7 +37,9 @@ def _check_round_trip(ckpt, bundle, n=5):
     for engine in ENGINES:
         net = load_net(data, engine)
         got = np.concatenate([forward(net, x[i : i + batch], chw, 2) for i in range(0, n, batch)])
-        np.testing.assert_allclose(got, ref, atol=1e-3, rtol=0)
+        # float32 sums in another order (each engine its own kernels): absolute 1e-3, or relative 5e-4 for the
+        # large logits (|z| ~ 30-65) a trained model with recalibrated batch norm gives on these noise inputs
+        np.testing.assert_allclose(got, ref, atol=1e-3, rtol=5e-4)
     return m
 
 
@@ -55,6 +57,8 @@ def test_round_trip_trained_checkpoint(tiny_data, tmp_path, arch):
     heatmap_files = ["cam_head.npy"] if arch == "resnet18" else []  # mobilenet_v3 gets occlusion: nothing to store
     assert sorted(p.name for p in bundle.iterdir()) == [*heatmap_files, "model.json", "model.onnx"]
     assert m["explain"]["method"] == ("cam" if arch == "resnet18" else "occlusion")
+    # the bundle names the weights it came from: the same in best.pt and in last.pt of a one-epoch run
+    assert m["training"]["weights_sha256"] == load_checkpoint(run / "last.pt").weights_sha256
     _check_round_trip(run / "best.pt", bundle)
     assert m["model"]["dynamic_batch"] is True and m["model"]["opset"] == 12
     assert m["parity"]["passed"] and m["parity"]["n"] == 8 and m["parity"]["top1_agreement"] == 1.0
@@ -158,11 +162,25 @@ def test_corrupt_checkpoint_is_a_clear_error(tmp_path, capsys):
     assert "medge export: error:" in err and "bad.pt" in err and "Traceback" not in err
 
 
-def test_unwritable_output_folder_is_a_clear_error(resnet_ckpt, tmp_path):
+def test_output_of_the_wrong_kind_is_a_clear_error(resnet_ckpt, tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("a file where a folder should be")
-    with pytest.raises(BundleError, match="cannot write into"):
+    with pytest.raises(UsageError, match="file is a file, not a folder"):
         export_bundle(str(resnet_ckpt), str(blocker / "bundle"), log=quiet)
+    with pytest.raises(UsageError, match="file: is a file: give a folder for the bundle"):
+        export_bundle(str(resnet_ckpt), str(blocker), log=quiet)
+
+
+def test_export_of_a_file_that_is_not_a_checkpoint_says_so(tmp_path, capsys):
+    import cv2
+
+    cv2.imwrite(str(tmp_path / "some.png"), np.zeros((8, 8), np.uint8))
+    torch.save(torch.nn.Linear(2, 2), tmp_path / "whole.pt")  # a pickled module, not tensors
+    for name, what in (("some.png", "a PNG image"), ("whole.pt", "it holds pickled Python objects")):
+        assert main(["export", str(tmp_path / name), "--out", str(tmp_path / "b")]) == 2
+        err = capsys.readouterr().err
+        assert f"{name}: not a medge checkpoint: {what}" in err
+        assert "weights_only" not in err and "Traceback" not in err
 
 
 def test_cli_export(resnet_ckpt, tmp_path, capsys):

@@ -1,5 +1,7 @@
 import json
+import math
 import os
+import shutil
 import subprocess
 import sys
 
@@ -30,7 +32,7 @@ def history(out):
 def test_short_cpu_run_learns(tmp_path):
     data = tmp_path / "data"
     generate(data, SynthConfig(n=400, size=128, bits="mix", seed=0))
-    cfg = TrainConfig(data=str(data), out=str(tmp_path / "run"), epochs=10, schedule="cosine", device="cpu",
+    cfg = TrainConfig(data=str(data), out=str(tmp_path / "run"), epochs=10, device="cpu",
                       best_metric="accuracy", cache_dir=str(tmp_path / "cache"))
     summary = engine.train(cfg, PreprocessConfig(size=64))
     assert summary["val"]["accuracy"] >= 0.85, summary["val"]
@@ -64,7 +66,7 @@ def test_interrupted_and_resumed_run_equals_uninterrupted(tiny_data, tmp_path, m
     assert load_checkpoint(tmp_path / "cut" / "last.pt")["epoch"] == 2
     monkeypatch.setattr(engine, "augment", real)
 
-    engine.train(tiny_cfg(tiny_data, tmp_path / "cut", epochs=3), resume=True)
+    engine.resume(engine.ResumeOptions(str(tmp_path / "cut")))  # to the run's own 3 epochs
     assert history(tmp_path / "cut") == history(tmp_path / "full")
     full, cut = (load_checkpoint(tmp_path / x / "last.pt") for x in ("full", "cut"))
     assert all(torch.equal(full["model"][k], cut["model"][k]) for k in full["model"])
@@ -103,8 +105,8 @@ def test_existing_run_is_not_overwritten(tiny_data, tmp_path):
 @pytest.mark.parametrize(
     "content, match",
     [
-        (b"", "not a readable checkpoint"),
-        (b"garbage" * 100, "not a readable checkpoint"),
+        (b"", "not a medge checkpoint: an empty file"),
+        (b"garbage" * 100, "not a medge checkpoint: not a PyTorch file"),
         ("state_dict", "not a medge checkpoint"),
         ("truncated", "not a readable checkpoint"),
     ],
@@ -156,3 +158,76 @@ def test_ddp_two_cpu_processes_only_rank0_writes(tiny_data, tmp_path, user_folde
                                                       "last.pt", "metrics.jsonl", "summary.json"]
     ck = load_checkpoint(out / "last.pt")
     assert ck["epoch"] == 2 and ck["metrics"]["val"]["n"] == 8  # val gathered from both ranks
+
+
+def test_learning_rate_warm_up_cosine_and_extension():
+    cfg = TrainConfig(epochs=8, lr=1e-3, warmup_epochs=1.0)
+    steps = 10
+    warm = [engine.learning_rate(cfg, 1, k, steps) for k in range(steps)]
+    assert warm == pytest.approx([1e-4 * (k + 1) for k in range(steps)])  # linear, reaching lr at the end of epoch 1
+    assert engine.learning_rate(cfg, 2, 0, steps) == pytest.approx(1e-3)  # then the cosine starts from lr
+    lrs = [engine.learning_rate(cfg, e, k, steps) for e in range(2, 9) for k in range(steps)]
+    assert all(a > b for a, b in zip(lrs, lrs[1:], strict=False)) and 0 < lrs[-1] < 1e-6
+    # Extended to 12 epochs: the curve of a 12-epoch run, e.g. 0.5 (1 + cos(pi (8 - 1) / 11)) x lr at epoch 9.
+    longer = TrainConfig(epochs=12, lr=1e-3, warmup_epochs=1.0)
+    assert engine.learning_rate(longer, 9, 0, steps) == pytest.approx(0.5e-3 * (1 + math.cos(math.pi * 7 / 11)))
+    assert engine.learning_rate(TrainConfig(schedule="none", warmup_epochs=0.0), 5, 3, steps) == 1e-3
+
+
+def _files(folder):
+    return {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in sorted(folder.iterdir())}
+
+
+def test_resume_from_another_folder_leaves_a_finished_run_untouched_and_extends_it(tiny_data, tmp_path, monkeypatch,
+                                                                                   capsys):
+    from medge.edge.apps.cli import main
+
+    work, elsewhere = tmp_path / "work", tmp_path / "elsewhere"
+    shutil.copytree(tiny_data, work / "data")
+    elsewhere.mkdir()
+    monkeypatch.chdir(work)  # relative paths, as a user types them
+    assert main(["train", "--data", "data", "--out", "run", "--epochs", "2", "--cache-dir", "cache", "--device", "cpu",
+                 "--img-size", "32", "--batch-size", "8", "--workers", "1"]) == 0
+    run = work / "run"
+    before, first_two = _files(run), history(run)
+    monkeypatch.chdir(elsewhere)
+    capsys.readouterr()
+    assert main(["train", "--resume", str(run)]) == 0
+    assert "finished already (2 of 2 epochs" in capsys.readouterr().out
+    assert _files(run) == before  # byte for byte, not even rewritten
+    assert main(["train", "--resume", str(run), "--epochs", "1"]) == 2
+    assert "has trained 2 epochs already" in capsys.readouterr().err and _files(run) == before
+
+    assert main(["train", "--resume", str(run), "--epochs", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "extending" in out and "from 2 to 3 epochs" in out and "epoch 3/3" in out
+    extended = history(run)
+    assert [h["epoch"] for h in extended] == [1, 2, 3] and extended[:2] == first_two
+    last = load_checkpoint(run / "last.pt")
+    cfg = last.train_config
+    assert last.epoch == 3 and cfg.epochs == 3 and cfg.data == str(work / "data") and cfg.cache_dir == str(work / "cache")
+    assert extended[2]["lr"] == pytest.approx(engine.learning_rate(cfg, 3, 0, 4)) and extended[2]["lr"] > 1e-5
+    assert json.loads((run / "config.json").read_text())["train"]["epochs"] == 3
+    assert sorted(os.listdir(elsewhere)) == []  # nothing written where the resume was typed
+
+
+def test_resume_accepts_moved_data_and_refuses_other_data(tiny_data, tmp_path, capsys):
+    from medge.edge.apps.cli import main
+
+    shutil.copytree(tiny_data, tmp_path / "data")
+    engine.train(tiny_cfg(tmp_path / "data", tmp_path / "run", epochs=1), SMALL)
+    shutil.move(tmp_path / "data", tmp_path / "moved")
+    before = _files(tmp_path / "run")
+    assert main(["train", "--resume", str(tmp_path / "run"), "--epochs", "2"]) == 2
+    assert "the run's data folder is not there (moved?); give its place with --data" in capsys.readouterr().err
+    changed = tmp_path / "changed"
+    shutil.copytree(tmp_path / "moved", changed)
+    next((changed / "train" / "normal").iterdir()).unlink()
+    assert main(["train", "--resume", str(tmp_path / "run"), "--epochs", "2", "--data", str(changed)]) == 2
+    err = capsys.readouterr().err
+    assert "not the data this run was trained on: train/normal: 13 images, the run had 14" in err
+    assert main(["train", "--resume", str(tmp_path / "run"), "--epochs", "2", "--lr", "0.1"]) == 2
+    assert "cannot change lr=0.1 (the run's: 0.001)" in capsys.readouterr().err
+    assert _files(tmp_path / "run") == before
+    assert main(["train", "--resume", str(tmp_path / "run"), "--epochs", "2", "--data", str(tmp_path / "moved")]) == 0
+    assert load_checkpoint(tmp_path / "run" / "last.pt").train_config.data == str(tmp_path / "moved")

@@ -3,7 +3,7 @@ import json
 import numpy as np
 import pytest
 
-from medge.edge.errors import MedgeError
+from medge.edge.errors import UsageError
 from medge.edge.image import read_image
 from medge.train.synth import SynthConfig, generate, make_case, make_image, read_lesions
 
@@ -27,10 +27,22 @@ def test_writes_imagefolder_with_8_and_16_bit(tmp_path):
     assert json.loads((tmp_path / "d" / "synth.json").read_text())["counts"] == counts
 
 
-def test_refuses_to_overwrite(tmp_path):
+def test_refuses_to_overwrite_unless_asked_and_replaces_atomically(tmp_path, capsys):
+    from medge.edge.apps.cli import main
+
     generate(tmp_path / "d", SynthConfig(n=4, size=32))
-    with pytest.raises(MedgeError, match="already holds images"):
+    with pytest.raises(UsageError, match="exists and is not empty"):
         generate(tmp_path / "d", SynthConfig(n=4, size=32))
+    assert main(["synth", str(tmp_path / "d"), "--n", "6", "--size", "32"]) == 2
+    assert main(["synth", str(tmp_path / "d"), "--n", "6", "--size", "32", "--overwrite"]) == 0
+    assert len(list((tmp_path / "d").rglob("*.png"))) == 6 and f"wrote 6 images: {tmp_path / 'd'}" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d"]  # no temporary folder left
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("not a data set")
+    with pytest.raises(UsageError, match="not a synthetic data set; refusing"):
+        generate(tmp_path / "mine", SynthConfig(n=4, size=32), overwrite=True)
+    assert main(["synth", str(tmp_path / "mine" / "notes.txt" / "x"), "--n", "4", "--size", "32"]) == 2
+    assert "notes.txt is a file, not a folder" in capsys.readouterr().err
 
 
 def test_classes_not_separable_by_mean_brightness():

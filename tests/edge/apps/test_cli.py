@@ -40,9 +40,11 @@ def test_preview_writes_one_picture_per_input(tmp_path, capsys):
     assert pic.dtype == np.uint8 and pic.shape[0] == 320 + 28
     # four panels: original (aspect kept) + three more, with gaps between them
     assert pic.shape[1] > 320 * 3
-    # Running again refuses to overwrite, reports each file, and exits non-zero.
-    assert main(["preview", str(src), "--out", str(out)]) == 1
-    assert "exists already" in capsys.readouterr().err
+    # Running again refuses before any work (exit 2, files untouched), naming the files; --overwrite replaces them.
+    before = {p: p.stat().st_mtime_ns for p in out.iterdir()}
+    assert main(["preview", str(src), "--out", str(out)]) == 2
+    assert "would overwrite a.preview.png, a.1.preview.png (use --overwrite" in capsys.readouterr().err
+    assert {p: p.stat().st_mtime_ns for p in out.iterdir()} == before
     assert main(["preview", str(src), "--out", str(out), "--overwrite"]) == 0
 
 
@@ -140,6 +142,48 @@ def test_version_and_exit_status_help(capsys):
     assert "exit status:" in out and "3  unexpected internal error" in out
 
 
+def test_preview_with_a_bundle_uses_its_preprocessing_and_labels_its_size(bundle, tmp_path, capsys):
+    from medge.edge.apps.preview import render_preview
+    from medge.edge.model import Model
+    from medge.edge.preprocess import PreprocessConfig
+
+    write_image(tmp_path / "a.png", xray_like(300, 200))
+    assert main(["preview", str(tmp_path / "a.png"), "--out", str(tmp_path / "deep" / "er"), "--model", str(bundle)]) == 0
+    import cv2
+
+    data = (tmp_path / "deep" / "er" / "a.preview.png").read_bytes()  # parent folders created
+    pic = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)  # BGR: the bundle has heatmaps
+    model = Model.load(bundle)
+    assert model.preprocess_config == PreprocessConfig(size=32)
+    np.testing.assert_array_equal(pic, render_preview(xray_like(300, 200), model.preprocess_config, model=model))
+    four = render_preview(xray_like(300, 200), PreprocessConfig(size=32))  # its panels, before the heatmap's
+    np.testing.assert_array_equal(pic[:, : four.shape[1], 0], four)
+    assert not np.array_equal(four, render_preview(xray_like(300, 200)))  # the title says 32x32, not 224x224
+    assert "input 32x32" in capsys.readouterr().err
+    assert main(["preview", str(tmp_path / "a.png"), "--out", str(tmp_path / "o"), "--model",
+                 str(bundle / "model.onnx")]) == 2
+    assert "is a file: give the bundle folder that holds it" in capsys.readouterr().err
+
+
+def test_a_subcommand_error_shows_that_subcommands_usage(capsys):
+    for argv in (["predict", "--model", "b", "x.png", "--bogus"], ["predict", "--batch-size", "x"]):
+        with pytest.raises(SystemExit) as info:
+            main(argv)
+        assert info.value.code == 2
+        err = capsys.readouterr().err
+        assert err.startswith("usage: medge predict") and "--model BUNDLE" in err and "medge predict: error:" in err
+
+
+@pytest.mark.parametrize("command", ["preview", "predict"])
+def test_output_of_the_wrong_kind_is_refused_before_any_work(bundle, tmp_path, capsys, command):
+    write_image(tmp_path / "a.png", xray_like(64, 64))
+    (tmp_path / "file").write_text("x")
+    (tmp_path / "folder").mkdir()
+    wrong = tmp_path / ("file" if command == "preview" else "folder")
+    argv = [command, str(tmp_path / "a.png"), "--out", str(wrong)] + (["--model", str(bundle)] if command == "predict" else [])
+    assert main(argv) == 2
+    kind = "is a file: give a folder" if command == "preview" else "is a folder: give a file name"
+    assert kind in capsys.readouterr().err
 MEMORY_LIMITED = (  # run medge with its address space capped: an allocation beyond it fails instead of the machine
     "import resource, sys\n"
     "cap = int(sys.argv.pop(1)) << 20\n"

@@ -51,12 +51,17 @@ def test_jsonl_records_complete_in_order_exit_1_on_failure(bundle, folder, tmp_p
 
 def test_all_good_exits_0_and_out_file_is_not_overwritten(bundle, folder, tmp_path, capsys):
     (folder / "sub" / "c.png").unlink()
-    out = tmp_path / "results.jsonl"
+    out = tmp_path / "new" / "folders" / "results.jsonl"  # parent folders are created
     assert main(["predict", "--model", str(bundle), str(folder), "--out", str(out)]) == 0
     assert len(out.read_text().splitlines()) == 3
-    assert main(["predict", "--model", str(bundle), str(folder), "--out", str(out)]) == 2
-    assert "exists already" in capsys.readouterr().err
+    assert f"wrote records: {out}" in capsys.readouterr().err
+    out.write_text("mine")
+    # refused before any work: even a bundle that does not exist is not looked at
+    assert main(["predict", "--model", str(tmp_path / "nothing"), str(folder), "--out", str(out)]) == 2
+    assert "exists already (use --overwrite" in capsys.readouterr().err and out.read_text() == "mine"
     assert main(["predict", "--model", str(bundle), str(folder), "--out", str(out), "--overwrite"]) == 0
+    assert len(out.read_text().splitlines()) == 3
+    assert [p.name for p in out.parent.iterdir()] == ["results.jsonl"]  # no temporary file left
 
 
 def test_csv_format(bundle, folder, tmp_path):
@@ -217,7 +222,7 @@ def test_heatmaps_csv_and_clear_errors(heat_bundle, bundle, folder, tmp_path, ca
     assert [r["heatmap"] for r in rows] == [str(tmp_path / "h" / f"{n}.heatmap.png") for n in "abz"]
     (tmp_path / "file").write_text("a file, not a folder")
     assert main(["predict", "--model", str(heat_bundle[0]), str(folder), "--heatmaps", str(tmp_path / "file")]) == 2
-    assert f"--heatmaps {tmp_path / 'file'}: exists and is not a folder" in capsys.readouterr().err
+    assert f"{tmp_path / 'file'}: is a file: give a folder for the heatmaps" in capsys.readouterr().err
     # a bundle exported before heatmaps: exit 2 before any work
     old = tmp_path / "old"
     import shutil
@@ -235,14 +240,14 @@ def test_a_heatmap_that_cannot_be_written_is_reported(heat_bundle, folder, tmp_p
     from medge.edge.errors import ImageError
 
     (folder / "sub" / "c.png").unlink()
-    real = predict.write_image_atomic
+    real = predict.write_image
 
     def full_disk(path, image):
         if path.name.startswith("b."):
             raise ImageError(path, "cannot write: No space left on device")
         real(path, image)
 
-    monkeypatch.setattr(predict, "write_image_atomic", full_disk)
+    monkeypatch.setattr(predict, "write_image", full_disk)
     rc = main(["predict", "--model", str(heat_bundle[0]), str(folder), "--heatmaps", str(tmp_path / "h")])
     out, err = capsys.readouterr()
     recs = [json.loads(ln) for ln in out.splitlines()]
