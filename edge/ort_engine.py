@@ -100,7 +100,8 @@ class OrtNet:
             wanted = [names] if isinstance(names, str) else list(names)
         unknown = [n for n in wanted if n not in self._outputs]
         if unknown:
-            raise InferenceError(f"the model has no output {unknown[0]!r} (it has {list(self._outputs)})")
+            raise InferenceError(f"onnxruntime forward of outputs {wanted} failed: the model has no output "
+                                 f"{unknown[0]!r} (it has {list(self._outputs)})")
         session = self._session(max(1, cv2.getNumThreads()))
         try:
             outs = session.run(wanted, {self._input: self._blob})
