@@ -10,6 +10,7 @@ import torch
 
 from medge.benchmarks.common import percentile, summarize
 from medge.edge.apps.cli import main
+from medge.edge.runtime import ENGINES
 from medge.train.checkpoint import (
     load_checkpoint,
     model_from_checkpoint,
@@ -98,7 +99,12 @@ def test_parity_passes_for_the_exported_model(bundle, tiny_data, tmp_path, capsy
     assert rec["passed"] and rec["images"] == 40 and not rec["skipped"]
     c = rec["comparisons"]["pytorch_vs_cv2.dnn"]
     assert c["n"] == 40 and c["top1_agreement"] == 1.0 and c["logits"]["max_abs"] < 1e-3 and not c["label_flips"]
-    assert "| pytorch_vs_cv2.dnn |" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "| pytorch_vs_cv2.dnn |" in out
+    if "onnxruntime" in ENGINES:  # edge-engine parity: the same bundle on both engines of the edge
+        engines = rec["comparisons"]["cv2.dnn_vs_edge-onnxruntime"]
+        assert engines["n"] == 40 and engines["passed"] and engines["logits"]["max_abs"] < 1e-3
+        assert "| cv2.dnn_vs_edge-onnxruntime |" in out and "pytorch_vs_edge-onnxruntime" in rec["comparisons"]
 
 
 def _perturbed_checkpoint(bundle, path):
