@@ -205,7 +205,11 @@ def _runnable_now() -> int | None:
 
 class LoadMeter:
     """Cores busy with other work than this process's: (all CPU time - this process's) / wall time between two
-    readings of /proc/stat (0.2 to 5 s apart); else, from the threads runnable right now. None off Linux."""
+    readings of /proc/stat (0.2 to 5 s apart); else, from the threads runnable right now. None off Linux.
+
+    /proc/stat and /proc/loadavg count the whole machine: in a container pinned to a few of a host's
+    cores, the other work is taken as spread evenly, so only this process's share of the cores counts.
+    """
 
     MIN_S, MAX_S = 0.2, 5.0
 
@@ -222,10 +226,11 @@ class LoadMeter:
             age = None if last is None else now - last[0]
             if age is None or age >= self.MIN_S:
                 self._last = (now, busy, mine)
+        share = min(1.0, usable_cores() / max(1, os.cpu_count() or 1))  # our cores of those /proc counts
         if age is not None and self.MIN_S <= age <= self.MAX_S:
-            return max(0.0, ((busy - last[1]) - (mine - last[2])) / age)
+            return share * max(0.0, ((busy - last[1]) - (mine - last[2])) / age)
         runnable = _runnable_now()
-        return None if runnable is None else float(max(0, runnable - 1))
+        return None if runnable is None else share * float(max(0, runnable - 1))
 
 
 LOAD = LoadMeter()

@@ -77,12 +77,16 @@ def test_load_meter_counts_other_processes_cpu_time(monkeypatch):
     monkeypatch.setattr(budget, "time", FakeTime)
     monkeypatch.setattr(budget, "_proc_stat_busy_s", lambda: clock["busy"])
     monkeypatch.setattr(budget, "_runnable_now", lambda: 4)
+    monkeypatch.setattr(budget, "usable_cores", lambda: 2)
+    monkeypatch.setattr(budget.os, "cpu_count", lambda: 2)
     meter = LoadMeter()
     assert meter.busy_cores() == 3.0  # no earlier reading: the threads runnable now, less this one
     clock.update(wall=101.0, busy=51.8, mine=3.5)  # 1.8 s of CPU in 1 s of which 0.5 s ours
     assert meter.busy_cores() == pytest.approx(1.3)
     clock.update(wall=101.05, busy=51.9, mine=3.55)  # too soon after the last reading: runnable threads again
     assert meter.busy_cores() == 3.0
+    monkeypatch.setattr(budget.os, "cpu_count", lambda: 8)  # pinned to 2 of a host's 8 cores: a quarter of it is ours
+    assert meter.busy_cores() == 0.75
 
 
 def _arrays(n):
