@@ -29,9 +29,10 @@ Hence, with ``s = f / (d + f)``: ``streams = ceil(s (C + 1))`` (at most
 16 cores -> 8 (the cap) + 9 (5 + 13). The split is re-planned during a run from the
 costs measured so far; a run starts from the previous run's costs (else s = 1/2).
 
-What load changes is how many cores are idle. Work with nothing to overlap (a run
-that fits in one batch: one file in ``medge predict`` or a hot folder) runs in turn
-with as many intra-op threads as there are idle cores (cores minus those busy
+What load changes is how many cores are idle. A run with no inference to overlap
+with reading (it fits in one batch: a few files in ``medge predict`` or a hot
+folder) reads its inputs side by side on the idle cores, then runs its one forward
+pass with as many intra-op threads as there are idle cores (cores minus those busy
 with other work, measured from /proc/stat): all of them on a quiet box, fewer
 (down to one) when other work holds them.
 

@@ -421,8 +421,9 @@ class Model:
         Three ways to run, chosen here (``edge.budget`` explains why):
         - ``workers=0``: everything in this thread, one input after the other, with
           OpenCV's thread setting as it is;
-        - a run that fits in one batch: the same, with OpenCV's threads set to the
-          cores that are idle (nothing to overlap: the forward pass gets them);
+        - a run that fits in one batch: its inputs read side by side, then one forward
+          pass with OpenCV's threads set to the cores that are idle (no inference to
+          overlap with reading: the pass gets them all);
         - otherwise pipelined: ``workers`` threads read and preprocess ahead while
           ``streams`` threads run single-threaded batched forward passes, each on a
           net of its own; the thread budget (``self.budget``) is planned from the cores
@@ -454,12 +455,27 @@ class Model:
             yield from self._predict_in_turn(inputs, run)
             return
         head = list(itertools.islice(inputs, batch_size + 1))
-        if len(head) <= batch_size:  # one batch: nothing to overlap
-            with opencv_threads(lone_threads(budget_cores(), LOAD.busy_cores())):
-                done = list(self._predict_in_turn(head, run))
-            yield from done
+        if len(head) <= batch_size:  # one batch: no inference to overlap with reading
+            yield from self._predict_one_batch(head, run)
             return
         yield from self._predict_pipelined(itertools.chain(head, inputs), run, workers, streams)
+
+    def _predict_one_batch(self, items: list, run: "_Run"):
+        """A run of one batch on the idle cores: the inputs read side by side, then one forward pass with as many
+        intra-op threads as there are idle cores (one input: read and run in this thread)."""
+        threads = lone_threads(budget_cores(), LOAD.busy_cores())
+        if len(items) < 2 or threads < 2:
+            with opencv_threads(threads):
+                done = list(self._predict_in_turn(items, run))
+            yield from done
+            return
+        with opencv_threads(1), ThreadPoolExecutor(min(len(items), threads), thread_name_prefix="medge-read") as pool:
+            prepared = list(pool.map(partial(self._prepare, max_pixels=run.max_pixels, strict=run.strict), items))
+        batch = [(pred, tensor) for pred, tensor in prepared if tensor is not None]
+        if batch:
+            with opencv_threads(threads):
+                self._finish(batch, run.heatmaps)
+        yield from (pred for pred, _ in prepared)
 
     def _predict_in_turn(self, inputs, run: "_Run"):
         """Read, preprocess and infer in this thread, ``run.batch_size`` inputs per forward pass."""

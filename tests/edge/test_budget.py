@@ -125,7 +125,13 @@ def test_pipeline_workers_and_streams_as_asked(bundle):
         m.predict(items, streams=0)
 
 
-def test_one_batch_runs_in_turn_without_a_pipeline(bundle):
+def test_one_batch_runs_without_a_pipeline_and_gives_the_same_results(bundle):
     m = Model.load(bundle)
-    assert [p.ok for p in m.predict(_arrays(3), batch_size=8)] == [True] * 3
-    assert m.budget is None  # nothing to overlap: no thread budget planned
+    items = [*_arrays(3), "/no/such/file.png", *_arrays(2)]
+    before = cv2.getNumThreads()
+    one_batch = m.predict(items, batch_size=8)
+    assert m.budget is None and cv2.getNumThreads() == before  # no inference to overlap: no thread budget planned
+    in_turn = m.predict(items, batch_size=8, workers=0)
+    assert [p.ok for p in one_batch] == [p.ok for p in in_turn] == [True, True, True, False, True, True]
+    np.testing.assert_array_equal([p.logits for p in one_batch if p.ok], [p.logits for p in in_turn if p.ok])
+    assert m.predict(items[0], batch_size=8)[0].logits == one_batch[0].logits  # one input: in this thread
