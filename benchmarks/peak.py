@@ -13,9 +13,9 @@ issue 14, is too small to fill the cores: onnxruntime's resnet18 then "ran" at
 over 200 % of it.
 
 Paper peak: FP32 lanes of the widest FMA unit (8 with AVX2+FMA, 16 with AVX-512)
-x 2 FLOPs per FMA x 2 FMA units per core (an assumption: true of recent x86
-server cores; Zen 4 double-pumps AVX-512, so 16 lanes overstate it) x the maximum
-clock (cpufreq, else /proc/cpuinfo's "cpu MHz") x threads. Stated with its
+x 2 FLOPs per FMA x 2 FMA units per core (an assumption: true of most recent
+x86 server cores, not of all) x the maximum clock (cpufreq, else /proc/cpuinfo's
+"cpu MHz", the current clock of a VM) x threads. Stated with its
 sources; it is a sanity check of the measured peak, not the reference.
 
 The check: a runtime whose achieved GFLOP/s exceeds the measured peak at its
