@@ -184,22 +184,28 @@ def apply_peak(peak: dict, rows: list[dict], flops: float | None) -> None:
 
 
 def main(argv=None) -> int:
+    from medge.benchmarks.common import add_out_arguments, emit
+    from medge.edge.errors import MedgeError
+    from medge.edge.outputs import check_output_file
+
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--threads", type=int, nargs="+", default=[1, os.cpu_count() or 1])
     p.add_argument("--size", type=int, default=2048, help="side of the square matrices (default: %(default)s)")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--probe", choices=KERNELS, help=argparse.SUPPRESS)  # one kernel in this process (measure_kernel)
-    p.add_argument("--out", help="write the JSON record here too")
+    add_out_arguments(p)
     a = p.parse_args(argv)
     if a.probe:
         print(json.dumps(probe(a.probe, a.size, a.threads[0], repeats=a.repeats)))
         return 0
-    rec = measure_peak(tuple(a.threads), a.size, a.repeats, log=lambda m: print(m, file=sys.stderr, flush=True))
-    text = json.dumps(rec, indent=2)
-    print(text)
     if a.out:
-        with open(a.out, "w", encoding="utf-8") as f:
-            f.write(text + "\n")
+        try:
+            check_output_file(a.out, a.overwrite, "record")
+        except MedgeError as e:
+            print(f"peak: {e}", file=sys.stderr)
+            return e.exit_status
+    rec = measure_peak(tuple(a.threads), a.size, a.repeats, log=lambda m: print(m, file=sys.stderr, flush=True))
+    emit(rec, a.out)
     return 0
 
 

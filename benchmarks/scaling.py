@@ -29,6 +29,7 @@ import sys
 import tempfile
 
 from medge.benchmarks.common import add_out_arguments, save_record
+from medge.edge.errors import MedgeError
 from medge.edge.outputs import check_output_file
 
 PAPER_CORES = (8, 16)
@@ -168,7 +169,11 @@ def main(argv=None) -> int:
         print(json.dumps(rec))
         return 0
     if a.out:  # before minutes of measuring
-        check_output_file(a.out, a.overwrite, "record")
+        try:
+            check_output_file(a.out, a.overwrite, "record")
+        except MedgeError as e:
+            print(f"scaling: {e}", file=sys.stderr)
+            return e.exit_status
     log = lambda msg: print(msg, file=sys.stderr, flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         images = a.images
