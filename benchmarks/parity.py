@@ -1,12 +1,16 @@
-"""``medge parity``: PyTorch vs cv2.dnn (and onnxruntime) on every image of a data set.
+"""``medge parity``: PyTorch vs the edge engines (cv2.dnn, and onnxruntime) on every image of a data set.
 
 Usage: medge parity --model bundles/xray --checkpoint runs/xray/best.pt --data data/xray --out parity.json
 
 Every image under --data (all splits, recursively) goes through edge.preprocess
 once; the same blob is given to each runtime. Reported per comparison: max and
 mean |delta| of logits and probabilities, cosine similarity, top-1 agreement,
-label flips, cases within 0.05 of the decision boundary, per class. The exit
-status is 1 when any comparison exceeds the tolerance, so it can gate a release.
+label flips, cases within 0.05 of the decision boundary, per class. Where the
+``ort`` extra is installed, medge's onnxruntime engine (the bundle through the
+same guards as in ``medge predict --engine onnxruntime``) is compared with
+PyTorch and with cv2.dnn (edge-engine parity: either engine may run the bundle
+on a box). The exit status is 1 when any comparison exceeds the tolerance, so it
+can gate a release.
 
 First it says whether --checkpoint holds the weights the bundle was exported
 from (the bundle records their SHA-256). When it does not, nothing is compared
@@ -38,10 +42,11 @@ def check_link(bundle: str, checkpoint: str, log) -> dict:
 
 def run_parity(bundle: str, checkpoint: str, data: str, tol=None, batch_size: int = 16, log=print) -> dict:
     from medge.benchmarks.common import environment
-    from medge.benchmarks.runners import DnnRunner, TorchRunner, optional_ort
+    from medge.benchmarks.runners import DnnRunner, TorchRunner
     from medge.edge.errors import MedgeError
     from medge.edge.inputs import scan_inputs
     from medge.edge.preprocess import preprocess_file
+    from medge.edge.runtime import ENGINES
     from medge.export.parity import Tolerance, compare, summary_line
     from medge.train.progress import progress
 
@@ -49,7 +54,7 @@ def run_parity(bundle: str, checkpoint: str, data: str, tol=None, batch_size: in
     link = check_link(bundle, checkpoint, log)
     dnn = DnnRunner(bundle)
     runners = [TorchRunner(checkpoint), dnn]
-    ort = optional_ort(dnn.model.onnx_bytes)
+    ort = DnnRunner(bundle, engine="onnxruntime") if "onnxruntime" in ENGINES else None  # medge's engine, ort extra
     if ort:
         runners.append(ort)
     cfg, classes = dnn.model.preprocess_config, dnn.model.classes
@@ -73,16 +78,17 @@ def run_parity(bundle: str, checkpoint: str, data: str, tol=None, batch_size: in
     bar.close()
     if not names:
         raise MedgeError(f"{data}: no readable image to compare")
-    ref = np.concatenate(logits["pytorch"])
     comparisons = {}
-    for r in runners[1:]:
-        rep = compare(ref, np.concatenate(logits[r.name]), names, classes, tol, "pytorch", r.name)
-        comparisons[f"pytorch_vs_{r.name}"] = rep
+    pairs = [("pytorch", r.name) for r in runners[1:]] + ([(dnn.name, ort.name)] if ort else [])
+    for a, b in pairs:  # the last: edge-engine parity, cv2.dnn vs onnxruntime
+        rep = compare(np.concatenate(logits[a]), np.concatenate(logits[b]), names, classes, tol, a, b)
+        comparisons[f"{a}_vs_{b}"] = rep
         log(summary_line(rep))
     return {"benchmark": "medge parity", "bundle": str(bundle), "checkpoint": str(checkpoint), "checkpoint_link": link,
             "data": str(data), "images": len(names), "skipped": skipped, "comparisons": comparisons,
             "passed": all(c["passed"] for c in comparisons.values()),
-            "notes": [] if ort else ["onnxruntime not installed: not compared"], "env": environment()}
+            "notes": [] if ort else ["onnxruntime not installed (pip install 'medge[ort]'): its edge engine not compared"],
+            "env": environment()}
 
 
 def markdown(record: dict) -> str:
@@ -101,7 +107,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     from medge.export.parity import Tolerance
 
     t = Tolerance()
-    p = sub.add_parser("parity", help="compare PyTorch and cv2.dnn on a data set; gates a release (extra: train)",
+    p = sub.add_parser("parity", help="compare PyTorch and the edge engines on a data set; gates a release (extra: train)",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True, metavar="BUNDLE", help="bundle folder")
     p.add_argument("--checkpoint", required=True, help="the training checkpoint the bundle was exported from")

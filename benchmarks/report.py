@@ -17,7 +17,7 @@ SECTIONS = ("results", "heatmaps")
 
 
 def render(records: list[dict]) -> str:
-    from medge.benchmarks import bench, heatmap_cost, parity, pointing_game, recipe
+    from medge.benchmarks import bench, heatmap_cost, parity, pointing_game, recipe, scaling
 
     parts = []
     for rec in records:
@@ -30,6 +30,8 @@ def render(records: list[dict]) -> str:
             parts.append(recipe.markdown(rec))
         elif kind == "medge pointing game":
             parts.append(pointing_game.markdown(rec))
+        elif kind == "medge scaling":
+            parts.append(scaling.markdown(rec))
         elif kind == "medge heatmap cost":
             parts.append(heatmap_cost.markdown(rec))
         else:

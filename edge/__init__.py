@@ -1,7 +1,8 @@
 """medge.edge: the edge runtime, numpy + OpenCV only (never torch or onnx).
 
 The library (formats, image, inputs, paths, dicom, preprocess, profile, bundle,
-runtime, engine_choice, system, model) is here; the commands built on it (medge
+runtime, ort_engine (onnxruntime, with the ``ort`` extra), engine_choice, budget,
+system, model) is here; the commands built on it (medge
 check, predict, watch, preview) are in ``medge.edge.apps``.
 """
 from medge.edge.errors import (

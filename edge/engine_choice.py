@@ -5,8 +5,11 @@ engine this OpenCV has for the backend: it loads the model, runs the golden
 self-test (is it correct here? do batches > 1 work?) and times batch-1 forward
 passes of all engines that passed, interleaved; the fastest wins. OpenCV 4.x has
 one engine, so there is nothing to time. Never a guess from a version number.
+Engines from outside OpenCV (onnxruntime, with the ``ort`` extra) are not measured
+at load time: cv2.dnn stays the default unless the user asks for one, or ``medge
+check`` measured it as the fastest correct engine on this box (issue 14).
 
-``medge check`` measures longer (1 and all threads) and records its choice in a
+``medge check`` measures every engine, longer (1 and all threads), and records its choice in a
 small JSON file under ``$XDG_CACHE_HOME/medge/engines`` (``~/.cache`` by default),
 keyed by the model's SHA-256, the backend, the thread count, the OpenCV version
 and build, and the CPU. ``Model.load`` uses a recorded choice whose key matches
@@ -108,12 +111,12 @@ def choose_engine(model: Model, requested: str, self_test: bool = True) -> tuple
     """
     if requested != AUTO:
         return _decide(requested, [try_engine(model, requested, self_test)], "asked for")
-    candidates = engines_for(model.backend)
     recorded = read_recorded_engine(record_key(model.sha256, model.backend))
-    if recorded in candidates:
+    if recorded in engines_for(model.backend):  # any engine, onnxruntime included: medge check measured them all
         trial = try_engine(model, recorded, self_test)
         if trial[0].ok:
             return _decide(AUTO, [trial], "recorded by medge check on this box")
+    candidates = engines_for(model.backend, extras=False)  # at load time, OpenCV's engines only
     if len(candidates) == 1 or not self_test:
         reason = (f"the only engine of OpenCV {cv2.__version__} for backend {model.backend}" if len(candidates) == 1
                   else "the first engine: with the self-test off nothing is measured")

@@ -8,10 +8,11 @@ Usage:
     if model.explain_method:                     # "cam" / "occlusion"; None for bundles without heatmaps
         heatmap = model.explain("a.png").heatmap   # float32 in [0, 1] at the model's input size
 
-Thread safety: a ``cv2.dnn.Net`` is never shared by threads. Each thread that
-calls ``predict`` gets its own net, built on first use from the model bytes
+Thread safety: a ``cv2.dnn.Net`` is never used by two threads at once. Each thread
+that calls ``predict`` gets its own net, built on first use from the model bytes
 whose SHA-256 was verified at load (OpenCV crashes or returns wrong outputs when
-threads share one). CLAHE objects are per thread too (``edge.preprocess``).
+threads share one); the pipeline's inference streams take nets from a pool of
+the model's, one each. CLAHE objects are per thread too (``edge.preprocess``).
 So one ``Model`` may be used from many threads at once.
 
 Engine: with ``engine="auto"`` (the default) ``Model.load`` runs the fastest engine
@@ -19,23 +20,37 @@ that passes the self-test on this box (``edge.engine_choice``); ``model.engine``
 names it and ``model.engine_choice`` says why. Where batches > 1 fail or differ
 (OpenCV 4.5.5/4.6 with squeeze-excitation models) the model runs one image per pass.
 
-Throughput: ``predict`` reads and preprocesses files on ``workers`` threads
-(OpenCV releases the GIL) while the calling thread runs batched forward passes,
-so decoding and CLAHE overlap inference. Results come back in input order.
+Throughput: ``predict`` reads and preprocesses files on worker threads (OpenCV
+releases the GIL) while inference streams run batched forward passes, so decoding
+and CLAHE overlap inference; how many of each is the thread budget of
+``edge.budget`` (``model.budget``). Results come back in input order.
 """
 from __future__ import annotations
 
+import itertools
 import os
 import threading
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import cv2
 import numpy as np
 
+from medge.edge.budget import (
+    LOAD,
+    MAX_STREAMS,
+    Gate,
+    StageCosts,
+    ThreadBudget,
+    budget_cores,
+    lone_threads,
+    opencv_threads,
+    plan_budget,
+)
 from medge.edge.bundle import MANIFEST_FILE, MODEL_FILE, golden_inputs, read_manifest, sha256_bytes
 from medge.edge.engine_choice import EngineChoice, choose_engine
 from medge.edge.errors import (
@@ -115,6 +130,10 @@ class Model:
         self._local = threading.local()
         self.self_test_max_abs: float | None = None
         self._explainer: Explainer | None = None  # set by open() from the manifest's "explain" section
+        self.budget: ThreadBudget | None = None  # the thread budget of the latest pipelined run (edge.budget)
+        self._costs: StageCosts | None = None  # CPU ms per image of each stage, measured by the latest pipelined run
+        self._stream_nets: list = []  # nets of the pipeline's inference streams, kept between runs
+        self._stream_lock = threading.Lock()
 
     @property
     def explain_method(self) -> str | None:
@@ -255,10 +274,11 @@ class Model:
                 f"{g['tolerance']:g} (OpenCV {cv2.__version__}, {engine or self.engine} engine here): "
                 "do not use this model's heatmaps on this machine")
 
-    def _run(self, blob: np.ndarray, names: tuple[str, ...]) -> dict[str, np.ndarray]:
-        """Named outputs for a non-empty blob, in chunks the model accepts (the heatmaps' forward pass)."""
+    def _run(self, blob: np.ndarray, names: tuple[str, ...], net=None) -> dict[str, np.ndarray]:
+        """Named outputs for a non-empty blob, in chunks the model accepts (the heatmaps' forward pass;
+        ``net``: default this thread's)."""
         step = max(1, len(blob)) if self.dynamic_batch else 1
-        outs = forward_outputs_batches(self._net(), blob, self.chw, names, step)
+        outs = forward_outputs_batches(net if net is not None else self._net(), blob, self.chw, names, step)
         if LOGITS_OUTPUT in outs:
             outs[LOGITS_OUTPUT] = outs[LOGITS_OUTPUT].reshape(len(blob), -1)
             if outs[LOGITS_OUTPUT].shape[1] != len(self.classes):
@@ -331,10 +351,11 @@ class Model:
         classes = None if class_index is None else [class_index]
         return explainer.explain(self._run, blob, classes, self.preprocess_config)[1][0]
 
-    def infer(self, blob: np.ndarray) -> np.ndarray:
-        """Logits for a preprocessed (N, C, H, W) float32 blob, in chunks the model accepts."""
+    def infer(self, blob: np.ndarray, net=None) -> np.ndarray:
+        """Logits for a preprocessed (N, C, H, W) float32 blob, in chunks the model accepts (``net``: default
+        this thread's)."""
         step = max(1, len(blob)) if self.dynamic_batch else 1
-        return forward_batches(self._net(), blob, self.chw, len(self.classes), step)
+        return forward_batches(net if net is not None else self._net(), blob, self.chw, len(self.classes), step)
 
     def _prepare(self, item, max_pixels: int, strict: bool = False):
         """Read, preprocess and check one input (runs on a worker thread)."""
@@ -366,18 +387,25 @@ class Model:
             pred.unexpected = True
             return pred, None
 
-    def _finish(self, batch: list[tuple[Prediction, np.ndarray]], heatmaps: bool = False) -> None:
+    def _finish(self, batch: list[tuple[Prediction, np.ndarray]], heatmaps: bool = False, net=None) -> None:
+        """Logits, probabilities, label (and heatmap) for each item of a batch, or each item's error
+        (``net``: default this thread's)."""
         try:
             t0 = time.perf_counter()
             blob = np.stack([t for _, t in batch])
-            logits, explanations = self.explain_blob(blob) if heatmaps else (self.infer(blob), [None] * len(batch))
+            if heatmaps:
+                logits, explanations = self.require_heatmaps().explain(partial(self._run, net=net), blob, None,
+                                                                       self.preprocess_config)
+            else:
+                logits, explanations = self.infer(blob, net), [None] * len(batch)
             per_image = 1000 * (time.perf_counter() - t0) / len(batch)
-        except MedgeError:
-            if len(batch) > 1:  # isolate the input that breaks the batch
-                for one in batch:
-                    self._finish([one], heatmaps)
+        except MedgeError as e:
+            if len(batch) == 1:
+                batch[0][0].error = str(e)
                 return
-            raise
+            for one in batch:  # isolate the input that breaks the batch
+                self._finish([one], heatmaps, net)
+            return
         probs = softmax(logits)
         for (pred, _), z, p, e in zip(batch, logits, probs, explanations, strict=True):
             pred.logits = [float(v) for v in z]
@@ -387,64 +415,203 @@ class Model:
             pred.explanation = e
 
     def predict_iter(self, inputs, batch_size: int = 8, workers: int | None = None, max_pixels: int = DEFAULT_MAX_PIXELS,
-                     strict: bool = False, heatmaps: bool = False):
+                     strict: bool = False, heatmaps: bool = False, streams: int | None = None):
         """Yield one Prediction per input, in input order, as soon as each batch is done.
+
+        Three ways to run, chosen here (``edge.budget`` explains why):
+        - ``workers=0``: everything in this thread, one input after the other, with
+          OpenCV's thread setting as it is;
+        - a run that fits in one batch: its inputs read side by side, then one forward
+          pass with OpenCV's threads set to the cores that are idle (no inference to
+          overlap with reading: the pass gets them all);
+        - otherwise pipelined: ``workers`` threads read and preprocess ahead while
+          ``streams`` threads run single-threaded batched forward passes, each on a
+          net of its own; the thread budget (``self.budget``) is planned from the cores
+          and the stages' measured costs and re-planned as the run goes.
 
         Args:
             inputs: iterable of paths and/or arrays (gray, BGR or BGRA).
             batch_size: images per forward pass (1 for a fixed-batch model).
-            workers: threads reading and preprocessing ahead of inference (0 = in this thread;
-                default: one per core).
+            workers: threads reading and preprocessing (0 = no pipeline; default: the thread budget's).
             max_pixels: refuse larger images.
             strict: an input with warnings (``edge.profile``) is refused instead of labelled.
             heatmaps: also explain each classified input (``Prediction.explanation``, the predicted
                 class); with CAM from the same forward pass. BundleError if the bundle has none.
+            streams: inference threads of the pipeline (default: the thread budget's).
+
+        Raises:
+            UsageError: workers < 0 or streams < 1. BundleError: heatmaps asked of a bundle without them.
         """
+        if workers is not None and workers < 0:
+            raise UsageError(f"workers must be 0 or more, got {workers}")
+        if streams is not None and streams < 1:
+            raise UsageError(f"streams must be 1 or more, got {streams}")
         if heatmaps:
             self.require_heatmaps()
         batch_size = max(1, batch_size if self.dynamic_batch else 1)
-        workers = (os.cpu_count() or 1) if workers is None else workers
+        run = _Run(batch_size, max_pixels, strict, heatmaps)
         inputs = iter(inputs)
-        pool = ThreadPoolExecutor(workers) if workers > 0 else None
-        ahead = max(2 * batch_size, 2 * workers)
-        pending: deque = deque()
+        if workers == 0:
+            yield from self._predict_in_turn(inputs, run)
+            return
+        head = list(itertools.islice(inputs, batch_size + 1))
+        if len(head) <= batch_size:  # one batch: no inference to overlap with reading
+            yield from self._predict_one_batch(head, run)
+            return
+        yield from self._predict_pipelined(itertools.chain(head, inputs), run, workers, streams)
 
-        def submit():
+    def _predict_one_batch(self, items: list, run: "_Run"):
+        """A run of one batch on the idle cores: the inputs read side by side, then one forward pass with as many
+        intra-op threads as there are idle cores (one input: read and run in this thread)."""
+        threads = lone_threads(budget_cores(), LOAD.busy_cores())
+        if len(items) < 2 or threads < 2:
+            with opencv_threads(threads):
+                done = list(self._predict_in_turn(items, run))
+            yield from done
+            return
+        with opencv_threads(1), ThreadPoolExecutor(min(len(items), threads), thread_name_prefix="medge-read") as pool:
+            prepared = list(pool.map(partial(self._prepare, max_pixels=run.max_pixels, strict=run.strict), items))
+        batch = [(pred, tensor) for pred, tensor in prepared if tensor is not None]
+        if batch:
+            with opencv_threads(threads):
+                self._finish(batch, run.heatmaps)
+        yield from (pred for pred, _ in prepared)
+
+    def _predict_in_turn(self, inputs, run: "_Run"):
+        """Read, preprocess and infer in this thread, ``run.batch_size`` inputs per forward pass."""
+        batch, done = [], []
+        for item in inputs:
+            pred, tensor = self._prepare(item, run.max_pixels, run.strict)
+            done.append(pred)
+            if tensor is not None:
+                batch.append((pred, tensor))
+            if len(batch) == run.batch_size:
+                self._finish(batch, run.heatmaps)
+                batch = []
+                yield from done
+                done = []
+        if batch:
+            self._finish(batch, run.heatmaps)
+        yield from done
+
+    def _predict_pipelined(self, inputs, run: "_Run", workers: int | None, streams: int | None):
+        """The pipeline of ``predict_iter``: readers ahead, streams behind, results in input order."""
+        cores = budget_cores()
+        budget = self.budget = plan_budget(cores, self._costs, workers, streams)
+        read_gate, infer_gate = Gate(budget.workers), Gate(budget.streams)
+        costs = _RunCosts()
+        readers = ThreadPoolExecutor(workers or cores + 1, thread_name_prefix="medge-read")
+        inferers = ThreadPoolExecutor(streams or min(MAX_STREAMS, cores + 1), thread_name_prefix="medge-infer")
+        pending: deque = deque()  # read + preprocess futures, in input order
+        inflight: deque = deque()  # (predictions in input order, the future of their batch or None)
+
+        def prepare(item):
+            with read_gate:
+                t0 = time.thread_time()
+                out = self._prepare(item, run.max_pixels, run.strict)
+                costs.add_decode(1000 * (time.thread_time() - t0))
+                return out
+
+        def submit() -> bool:
             for item in inputs:
-                pending.append(pool.submit(self._prepare, item, max_pixels, strict) if pool else item)
+                pending.append(readers.submit(prepare, item))
                 return True
             return False
 
         try:
-            while len(pending) < ahead and submit():
-                pass
-            batch: list = []
-            done: list[Prediction] = []
-            while pending:
-                head = pending.popleft()
-                pred, tensor = head.result() if pool else self._prepare(head, max_pixels, strict)
-                submit()
-                done.append(pred)
-                if tensor is not None:
-                    batch.append((pred, tensor))
-                if len(batch) == batch_size or (not pending and batch):
-                    try:
-                        self._finish(batch, heatmaps)
-                    except MedgeError as e:
-                        for p, _ in batch:
-                            p.error = str(e)
-                    batch = []
-                if not batch:  # everything before this point is complete
-                    yield from done
-                    done = []
-            yield from done
+            with opencv_threads(1):  # every forward pass and preprocessing single-threaded (see edge.budget)
+                while len(pending) < budget.workers + run.batch_size * (budget.streams + 1) and submit():
+                    pass
+                batch: list = []
+                done: list[Prediction] = []
+                while pending:
+                    pred, tensor = pending.popleft().result()
+                    submit()
+                    done.append(pred)
+                    if tensor is not None:
+                        batch.append((pred, tensor))
+                    if batch and (len(batch) == run.batch_size or not pending):
+                        inflight.append((done, inferers.submit(self._infer_stream, batch, run.heatmaps, infer_gate, costs)))
+                        batch, done = [], []
+                        measured = costs.measured()
+                        if measured and (workers is None or streams is None):
+                            self._costs = measured
+                            budget = self.budget = plan_budget(cores, measured, workers, streams)
+                            read_gate.set_limit(budget.workers)
+                            infer_gate.set_limit(budget.streams)
+                    elif not batch:
+                        inflight.append((done, None))
+                        done = []
+                    while inflight and (inflight[0][1] is None or inflight[0][1].done()
+                                        or len(inflight) > budget.streams + 1):
+                        preds, future = inflight.popleft()
+                        if future is not None:
+                            future.result()  # waits when too many batches are in flight; raises a bug's exception
+                        yield from preds
+                while inflight:
+                    preds, future = inflight.popleft()
+                    if future is not None:
+                        future.result()
+                    yield from preds
+                self._costs = costs.measured() or self._costs  # the next run starts from these
         finally:
-            if pool:
-                pool.shutdown(wait=True, cancel_futures=True)
+            readers.shutdown(wait=True, cancel_futures=True)
+            inferers.shutdown(wait=True, cancel_futures=True)
 
-    def predict(self, inputs, batch_size: int = 8, workers: int | None = None,
-                max_pixels: int = DEFAULT_MAX_PIXELS, strict: bool = False, heatmaps: bool = False) -> list[Prediction]:
+    def _infer_stream(self, batch: list, heatmaps: bool, gate: Gate, costs: "_RunCosts") -> None:
+        """One batch on an inference stream: a net of the stream pool, single-threaded, its CPU time counted."""
+        with gate:
+            with self._stream_lock:
+                net = self._stream_nets.pop() if self._stream_nets else None
+            if net is None:
+                net = self.load_net(self.engine)
+            try:
+                t0 = time.thread_time()
+                self._finish(batch, heatmaps, net)
+                costs.add_forward(1000 * (time.thread_time() - t0), len(batch))
+            finally:
+                with self._stream_lock:
+                    self._stream_nets.append(net)
+
+    def predict(self, inputs, batch_size: int = 8, workers: int | None = None, max_pixels: int = DEFAULT_MAX_PIXELS,
+                strict: bool = False, heatmaps: bool = False, streams: int | None = None) -> list[Prediction]:
         """Predict one path or array, or a list of them; returns a list of Predictions in order."""
         if isinstance(inputs, (str, os.PathLike, np.ndarray)):
             inputs = [inputs]
-        return list(self.predict_iter(inputs, batch_size, workers, max_pixels, strict, heatmaps))
+        return list(self.predict_iter(inputs, batch_size, workers, max_pixels, strict, heatmaps, streams))
+
+
+@dataclass(frozen=True)
+class _Run:
+    """What every input of one predict run gets."""
+
+    batch_size: int
+    max_pixels: int
+    strict: bool
+    heatmaps: bool
+
+
+class _RunCosts:
+    """CPU time per image of each stage during one pipelined run (threads add, the pipeline reads)."""
+
+    MIN_IMAGES = 4  # per stage, before the figures are used
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._decode_ms, self._decoded, self._forward_ms, self._forwarded = 0.0, 0, 0.0, 0
+
+    def add_decode(self, ms: float) -> None:
+        with self._lock:
+            self._decode_ms += ms
+            self._decoded += 1
+
+    def add_forward(self, ms: float, images: int) -> None:
+        with self._lock:
+            self._forward_ms += ms
+            self._forwarded += images
+
+    def measured(self) -> StageCosts | None:
+        with self._lock:
+            if min(self._decoded, self._forwarded) < self.MIN_IMAGES:
+                return None
+            return StageCosts(self._decode_ms / self._decoded, self._forward_ms / self._forwarded)

@@ -5,8 +5,10 @@ OpenCV offers is detected, never assumed from its version:
 - engines: OpenCV 5 has a classic and a new engine (``readNetFromONNX(src, engine)``);
   4.x has one, the classic engine (``readNetFromONNX(src)``); OpenCV 5's ONNX Runtime
   engine only where OpenCV was built with ONNX Runtime (elsewhere it silently falls
-  back to another engine). ``ENGINES`` lists this OpenCV's; ``auto`` (the fastest
-  correct one for a bundle on this box) is chosen by ``edge.engine_choice``;
+  back to another engine). ``ENGINES`` lists this OpenCV's, and onnxruntime where the
+  ``ort`` extra is installed (``edge.ort_engine``, issue 14); ``auto`` (the fastest
+  correct one of OpenCV's engines for a bundle on this box, or the one ``medge check``
+  measured fastest of all) is chosen by ``edge.engine_choice``;
 - backends and targets: those that ``cv2.dnn.getAvailableTargets`` lists on this box;
 - the net's type is ``cv2.dnn.Net`` from 4.6 on, ``cv2.dnn_Net`` in 4.5.5.
 
@@ -26,6 +28,7 @@ OpenCV hazards this module designs for (see issue 5):
 """
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 import time
@@ -36,7 +39,7 @@ from typing import Callable
 import cv2
 import numpy as np
 
-from medge.edge.errors import BundleError, ConfigError, InferenceError
+from medge.edge.errors import BundleError, ConfigError, InferenceError, MissingExtraError
 
 MIN_OPENCV = (4, 5, 5)  # the oldest OpenCV medge supports: CI runs the edge tests on opencv-python-headless 4.5.5.64
 AUTO = "auto"  # the engine that is fastest and correct for a bundle on this box, chosen by edge.engine_choice
@@ -44,6 +47,7 @@ NET_TYPE = getattr(cv2.dnn, "Net", None) or cv2.dnn_Net  # the class of a net: c
 INSTALL_HINT = ("install a supported OpenCV: pip install 'opencv-python-headless>=4.5.5' "
                 "(pip install -c constraints.txt . installs the tested one), or a distribution's python3-opencv 4.5.5 or newer")
 LOGITS_OUTPUT = "logits"  # the name every medge bundle gives its class scores
+ORT_EXTRA = "ort"  # pip install "medge[ort]": onnxruntime as an engine (edge.ort_engine)
 LOAD_REMEDIES = (
     "usual remedies: export with opset 12 (medge's default), keep the input shape fixed apart from the batch, "
     "simplify with onnxsim, try another --engine, or choose an architecture that OpenCV supports"
@@ -56,13 +60,16 @@ class Engine:
 
     ``read`` takes the model's bytes (or a path) and returns a net with ``setInput``,
     ``forward`` and ``empty`` (a ``cv2.dnn.Net`` for OpenCV's engines); ``backends``
-    are the keys of BACKENDS it can use.
+    are the keys of BACKENDS it can use; ``extra`` is the medge extra that brings an
+    engine from outside OpenCV (None for OpenCV's own): ``auto`` measures only
+    OpenCV's engines at load time, ``medge check`` measures all.
     """
 
     name: str
     about: str
     read: Callable[[bytes | str], object]
     backends: tuple[str, ...]
+    extra: str | None = None
 
 
 def _read_onnx(flag: int | None, src: bytes | str):
@@ -93,8 +100,21 @@ BACKENDS = {
     }.items()
     if hasattr(cv2.dnn, backend) and hasattr(cv2.dnn, target)
 }
-# Engines that some OpenCV has, for messages on one that lacks them.
-KNOWN_ENGINES = {"classic": "every OpenCV", "new": "OpenCV 5", "ort": "an OpenCV 5 built with ONNX Runtime"}
+# Engines that some install has, for messages on one that lacks them.
+KNOWN_ENGINES = {"classic": "every OpenCV", "new": "OpenCV 5", "ort": "an OpenCV 5 built with ONNX Runtime",
+                 "onnxruntime": f"medge's onnxruntime engine: pip install 'medge[{ORT_EXTRA}]'"}
+def _read_onnxruntime(src: bytes | str):
+    from medge.edge.ort_engine import read_ort  # imports onnxruntime: only when the engine is used
+
+    return read_ort(src)
+
+
+# Engines from outside OpenCV: name -> (extra, module that must be importable, Engine).
+OPTIONAL_ENGINES = {
+    "onnxruntime": (ORT_EXTRA, "onnxruntime",
+                    Engine("onnxruntime", "onnxruntime's CPU engine (optional: the ort extra; CPU only)",
+                           _read_onnxruntime, ("cpu",), extra=ORT_EXTRA)),
+}
 
 
 def detect_engines() -> dict[str, Engine]:
@@ -110,6 +130,9 @@ def detect_engines() -> dict[str, Engine]:
     if hasattr(dnn, "ENGINE_ORT") and _build_has("ONNX Runtime"):
         engines["ort"] = Engine("ort", "OpenCV 5's ONNX Runtime engine (CPU only)", partial(_read_onnx, dnn.ENGINE_ORT),
                                 ("cpu",))
+    for name, (_, module, engine) in OPTIONAL_ENGINES.items():
+        if importlib.util.find_spec(module) is not None:  # finds it without importing it
+            engines[name] = engine
     return engines
 
 
@@ -117,13 +140,14 @@ ENGINES = detect_engines()
 
 
 def engine_choices() -> list[str]:
-    """What --engine accepts here: auto, then this OpenCV's engines."""
-    return [AUTO, *ENGINES]
+    """What --engine accepts here: auto, the engines available, then optional ones whose extra is missing
+    (choosing one of those says what to install)."""
+    return [AUTO, *ENGINES, *(name for name in OPTIONAL_ENGINES if name not in ENGINES)]
 
 
-def engines_for(backend: str) -> list[str]:
-    """This OpenCV's engines that can use ``backend``, in order of preference."""
-    return [name for name, e in ENGINES.items() if backend in e.backends]
+def engines_for(backend: str, extras: bool = True) -> list[str]:
+    """The available engines that can use ``backend``, in order of preference (``extras=False``: OpenCV's only)."""
+    return [name for name, e in ENGINES.items() if backend in e.backends and (extras or e.extra is None)]
 
 
 def available_backends() -> list[str]:
@@ -163,6 +187,9 @@ def check_choices(engine: str, backend: str) -> None:
         raise ConfigError(f"unknown backend {backend!r}; choose one of {list(BACKENDS)}")
     if engine == AUTO:
         return
+    if engine in OPTIONAL_ENGINES and engine not in ENGINES:
+        extra, module, _ = OPTIONAL_ENGINES[engine]
+        raise MissingExtraError(extra, module, f"engine {engine!r}")
     if engine not in ENGINES:
         known = f" (it is in {KNOWN_ENGINES[engine]})" if engine in KNOWN_ENGINES else ""
         raise ConfigError(f"engine {engine!r} is not available in OpenCV {cv2.__version__}{known}; "
@@ -174,7 +201,7 @@ def check_choices(engine: str, backend: str) -> None:
 
 def load_net(model: bytes | str | os.PathLike, engine: str = "classic", backend: str = "cpu", name: str = "",
              verified_with: str | None = None):
-    """Load an ONNX model with one of this OpenCV's engines.
+    """Load an ONNX model with one of the ENGINES (OpenCV's, or onnxruntime with the ort extra).
 
     Args:
         model: the ONNX file's bytes (preferred: the bytes whose hash was checked
@@ -189,7 +216,8 @@ def load_net(model: bytes | str | os.PathLike, engine: str = "classic", backend:
 
     Raises:
         ConfigError: an engine or backend this OpenCV or box does not have.
-        BundleError: OpenCV is too old, or cannot load the model; the message names
+        MissingExtraError: an optional engine whose extra is not installed.
+        BundleError: OpenCV is too old, or the engine cannot load the model; the message names
             the OpenCV version, OpenCV's reason (the failing node or layer when OpenCV
             says) and what to install or try.
     """
@@ -212,6 +240,8 @@ def load_net(model: bytes | str | os.PathLike, engine: str = "classic", backend:
     except cv2.error as e:
         raise BundleError(f"{name}: OpenCV {cv2.__version__} ({engine} engine) cannot read this model: "
                           f"{_cv_message(e)}; {remedy}") from None
+    except BundleError as e:  # an engine from outside OpenCV, in its own words
+        raise BundleError(f"{name}: {e}; {LOAD_REMEDIES}") from None
     if net.empty():
         raise BundleError(f"{name}: OpenCV {cv2.__version__} ({engine} engine) returned an empty network: "
                           f"some operator is not supported; {remedy}")

@@ -208,16 +208,16 @@ def render(r: dict) -> str:
         for engine, t in v["engines"].items():
             if t["ok"]:
                 batched = {True: "batched", False: "one image per pass (batches > 1 fail here)", None: "fixed batch"}
-                lines.append(f"self-test   {engine:8} max |dlogit| {t['self_test_max_abs']:.2e} <= {v['tolerance']:g}: pass, "
+                lines.append(f"self-test   {engine:11} max |dlogit| {t['self_test_max_abs']:.2e} <= {v['tolerance']:g}: pass, "
                              f"{batched[t['batched']]}")
             else:
-                lines.append(f"self-test   {engine:8} FAIL: {t['error']}")
+                lines.append(f"self-test   {engine:11} FAIL: {t['error']}")
     if "forward" in r:
         f = r["forward"]
         lines.append(f"forward     batch 1, {f['repeats']} passes per engine, interleaved")
-        lines.append(f"            {'engine':8} {'threads':>7} {'p50 ms':>9} {'p90 ms':>9}")
+        lines.append(f"            {'engine':11} {'threads':>7} {'p50 ms':>9} {'p90 ms':>9}")
         for row in f["rows"]:
-            lines.append(f"            {row['engine']:8} {row['threads']:>7} {_ms(row['p50_ms']):>9} {_ms(row['p90_ms']):>9}")
+            lines.append(f"            {row['engine']:11} {row['threads']:>7} {_ms(row['p50_ms']):>9} {_ms(row['p90_ms']):>9}")
         lines.append("            fastest correct: " + ", ".join(f"{e} with {t} thread(s)" for t, e in f["fastest"].items()))
         ex = f.get("exporting_machine")
         if ex:

@@ -22,7 +22,9 @@ def add_bundle_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--engine", choices=engine_choices(),
                    help=f"inference engine: auto = the fastest that passes the self-test on this box; this OpenCV has "
                         f"{', '.join(ENGINES)} (default: the bundle's, normally auto)")
-    p.add_argument("--threads", type=int, help="cv2.setNumThreads for inference (default: OpenCV's choice)")
+    p.add_argument("--threads", type=at_least(1),
+                   help="cores medge may use: cv2.setNumThreads, and the cores the pipeline's thread budget plans for "
+                        "(default: OpenCV's choice, the cores this process may use)")
     p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help="refuse larger images (default: %(default)s)")
 
 
@@ -30,7 +32,26 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
     """The bundle arguments, plus --batch-size and --workers for commands that classify many files at once."""
     add_bundle_arguments(p)
     p.add_argument("--batch-size", type=int, default=8, help="images per forward pass (default: %(default)s)")
-    p.add_argument("--workers", type=int, help="threads reading and preprocessing ahead (default: one per core)")
+    p.add_argument("--workers", type=at_least(0),
+                   help="threads reading and preprocessing ahead, 0 = none: one file after the other (default: the "
+                        "thread budget's, from the cores and the measured cost of each stage)")
+    p.add_argument("--streams", type=at_least(1),
+                   help="inference threads of the pipeline, each with its own net (default: the thread budget's)")
+
+
+def at_least(low: int):
+    """An argparse type: an integer >= ``low``."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"{value} is below {low}")
+        return value
+
+    parse.__name__ = f"integer >= {low}"
+    return parse
 
 
 def add_strict_argument(p: argparse.ArgumentParser) -> None:

@@ -130,7 +130,7 @@ def run(args: argparse.Namespace) -> int:
 def predictions(model, scan, args, heatmaps: bool = False):
     """One Prediction per scan entry, in order: entries that cannot be read get their error, the rest are run."""
     results = model.predict_iter(scan.paths, args.batch_size, args.workers, args.max_pixels, args.strict,
-                                 heatmaps=heatmaps)
+                                 heatmaps=heatmaps, streams=args.streams)
     for entry in scan.entries:
         yield Prediction(entry.path, error=f"{entry.path}: {entry.error}") if entry.error else next(results)
 

@@ -96,12 +96,12 @@ class HotFolder:
 
     def __init__(self, model: Model, in_dir: str | os.PathLike, out_dir: str | os.PathLike, settle_s: float = 2.0,
                  batch_size: int = 8, workers: int | None = None, max_pixels: int = DEFAULT_MAX_PIXELS, log=print,
-                 strict: bool = False):
+                 strict: bool = False, streams: int | None = None):
         self.model, self.in_dir, self.out_dir = model, Path(in_dir), Path(out_dir)
         check_folders(self.in_dir, self.out_dir)
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self.settle_s, self.batch_size, self.workers = settle_s, batch_size, workers
-        self.max_pixels, self.strict = max_pixels, strict
+        self.max_pixels, self.strict, self.streams = max_pixels, strict, streams
         self.log = lambda msg: log(shown(msg))  # a non-UTF-8 name must not kill the hot folder
         self.ledger_path = self.out_dir / LEDGER
         self.done: set[str] = set()
@@ -188,7 +188,8 @@ class HotFolder:
                 self._fail(path, v, Prediction(str(path), error=f"{path}: {why}"))
             else:
                 todo.append((path, v))
-        preds = self.model.predict([p for p, _ in todo], self.batch_size, self.workers, self.max_pixels, self.strict)
+        preds = self.model.predict([p for p, _ in todo], self.batch_size, self.workers, self.max_pixels, self.strict,
+                                   streams=self.streams)
         for (path, v), pred in zip(todo, preds, strict=True):
             if pred.ok:
                 self._write_result(v, pred)
@@ -262,7 +263,7 @@ def run(args: argparse.Namespace) -> int:
     check_folders(Path(args.in_dir), Path(args.out_dir))  # before the model loads
     model = load_model(args)
     folder = HotFolder(model, args.in_dir, args.out_dir, args.settle, args.batch_size, args.workers, args.max_pixels,
-                       log=lambda msg: print(msg, flush=True), strict=args.strict)
+                       log=lambda msg: print(msg, flush=True), strict=args.strict, streams=args.streams)
     stop = threading.Event()
 
     def on_signal(signum, _frame):
