@@ -103,6 +103,8 @@ BACKENDS = {
 # Engines that some install has, for messages on one that lacks them.
 KNOWN_ENGINES = {"classic": "every OpenCV", "new": "OpenCV 5", "ort": "an OpenCV 5 built with ONNX Runtime",
                  "onnxruntime": f"medge's onnxruntime engine: pip install 'medge[{ORT_EXTRA}]'"}
+
+
 def _read_onnxruntime(src: bytes | str):
     from medge.edge.ort_engine import read_ort  # imports onnxruntime: only when the engine is used
 

@@ -24,7 +24,8 @@ def test_engines_are_what_this_opencv_has_and_each_gives_the_golden_logits(bundl
     opencv5 = hasattr(cv2.dnn, "ENGINE_CLASSIC")
     assert set(ENGINES) >= ({"classic", "new"} if opencv5 else {"classic"})
     assert opencv5 or list(ENGINES) == ["classic"]  # 4.x: one engine, readNetFromONNX(src)
-    assert engine_choices() == [AUTO, *ENGINES]
+    missing = [name for name in runtime.OPTIONAL_ENGINES if name not in ENGINES]  # offered, naming their extra
+    assert engine_choices() == [AUTO, *ENGINES, *missing] and "onnxruntime" in engine_choices()
     m = Model.open(bundle)
     expected = np.asarray(m.manifest["golden"]["expected_logits"], np.float32)
     for engine in ENGINES:
