@@ -19,21 +19,13 @@ SECTIONS = ("results", "heatmaps")
 def render(records: list[dict]) -> str:
     from medge.benchmarks import bench, heatmap_cost, parity, pointing_game, recipe, scaling
 
+    renderers = {"medge bench": bench, "medge parity": parity, "medge recipe": recipe,
+                 "medge pointing game": pointing_game, "medge scaling": scaling, "medge heatmap cost": heatmap_cost}
     parts = []
     for rec in records:
-        kind = rec.get("benchmark")
-        if kind == "medge bench":
-            parts.append(bench.markdown(rec))
-        elif kind == "medge parity":
-            parts.append(parity.markdown(rec))
-        elif kind == "medge recipe":
-            parts.append(recipe.markdown(rec))
-        elif kind == "medge pointing game":
-            parts.append(pointing_game.markdown(rec))
-        elif kind == "medge scaling":
-            parts.append(scaling.markdown(rec))
-        elif kind == "medge heatmap cost":
-            parts.append(heatmap_cost.markdown(rec))
+        module = renderers.get(rec.get("benchmark"))
+        if module is not None:
+            parts.append(module.markdown(rec))
         else:
             parts.append("```json\n" + json.dumps({k: v for k, v in rec.items() if k != "env"}, indent=2) + "\n```")
     return "\n\n".join(parts)
