@@ -115,8 +115,9 @@ def _quantize(img: np.ndarray, bits: int) -> np.ndarray:
 
 
 def write_dicom(path, pixels, photometric="MONOCHROME2", slope=None, intercept=None, window=None, transfer=None,
-                frames=None) -> str:
-    """Write a 12-bit DX DICOM file (needs pydicom). ``transfer`` other than Explicit VR Little
+                frames=None, bits: int = 12, frame: bytes | None = None) -> str:
+    """Write a DX DICOM file of ``bits`` stored bits (needs pydicom). ``frame``: an already compressed
+    frame of ``transfer`` to store as is; without it, a ``transfer`` other than Explicit VR Little
     Endian writes a placeholder compressed stream (to test decoders that are not installed)."""
     from pydicom.dataset import FileDataset, FileMetaDataset
     from pydicom.encaps import encapsulate
@@ -136,17 +137,18 @@ def write_dicom(path, pixels, photometric="MONOCHROME2", slope=None, intercept=N
     ds.Modality = "DX"
     ds.Rows, ds.Columns = pixels.shape
     ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, photometric
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+    allocated = 8 if bits <= 8 else 16
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = allocated, bits, bits - 1, 0
     if slope is not None:
         ds.RescaleSlope, ds.RescaleIntercept = slope, intercept
     if window is not None:
         ds.WindowCenter, ds.WindowWidth = window
     if frames:
         ds.NumberOfFrames = frames
-    if transfer == ExplicitVRLittleEndian:
-        ds.PixelData = pixels.astype(np.uint16).tobytes()
-    else:
-        ds.PixelData = encapsulate([b"\xff\x4f\xff\x51" + bytes(100)])  # not decodable without a JPEG 2000 plugin
+    if frame is None and transfer == ExplicitVRLittleEndian:
+        ds.PixelData = pixels.astype(np.uint8 if allocated == 8 else np.uint16).tobytes()
+    else:  # a placeholder is not decodable without a JPEG 2000 plugin
+        ds.PixelData = encapsulate([frame if frame is not None else b"\xff\x4f\xff\x51" + bytes(100)])
         ds["PixelData"].VR = "OB"
     ds.save_as(str(path), enforce_file_format=True)
     return str(path)

@@ -119,32 +119,12 @@ def test_jpeg_lossless_is_exact(tmp_path, syntax):
     np.testing.assert_array_equal(img, load_image(shipped("MR_small.dcm"))[0])
 
 
-def _dicom_with_frame(path, pixels: np.ndarray, transfer, frame: bytes, bits: int = 8, modality="CR") -> str:
-    from pydicom.dataset import FileDataset, FileMetaDataset
-    from pydicom.encaps import encapsulate
-    from pydicom.uid import DigitalXRayImageStorageForPresentation, generate_uid
-
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = DigitalXRayImageStorageForPresentation
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = transfer
-    ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
-    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
-    ds.Modality, (ds.Rows, ds.Columns) = modality, pixels.shape
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8 if bits <= 8 else 16, bits, bits - 1, 0
-    ds.PixelData = encapsulate([frame])
-    ds["PixelData"].VR = "OB"
-    ds.save_as(str(path), enforce_file_format=True)
-    return str(path)
-
-
 def test_jpeg_baseline_is_decoded_by_gdcm_whatever_else_is_installed(tmp_path):
     from tests.conftest import xray_like
 
     gray = xray_like(96, 80, seed=4)
     frame = cv2.imencode(".jpg", gray, [cv2.IMWRITE_JPEG_QUALITY, 90])[1].tobytes()
-    path = _dicom_with_frame(tmp_path / "rsna.dcm", gray, JPEGBaseline8Bit, frame)
+    path = write_dicom(tmp_path / "rsna.dcm", gray, transfer=JPEGBaseline8Bit, bits=8, frame=frame)
     img, info = load_image(path)
     assert info.decoder.startswith("python-gdcm") and info.transfer_syntax == "JPEG Baseline (Process 1)"
     assert info.display_range == (0.0, 255.0)  # 8 bits stored: kept as an 8-bit PNG would be
