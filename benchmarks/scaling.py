@@ -10,14 +10,15 @@ on onnxruntime, and the sequential loops (cv2.dnn; onnxruntime with C threads).
 The model (``edge.budget``), from the stage costs medge measured on the
 smallest core count (d = reading + preprocessing, f = one image's share of a
 single-threaded batched forward pass, both CPU-ms per image):
-  medge:      images/s = e x min(C / (d + f), streams / f, workers / d) x 1000, with
-              the thread budget ``plan_budget`` gives on C cores (streams capped at
-              MAX_STREAMS) and e the efficiency measured on the largest core count
-              (measured / ideal: memory bandwidth, the GIL, the OS);
+  medge:      images/s = e x min(C / (d + f), forwards / f) x 1000: C threads that each
+              read or infer, whichever is next, at most ``forwards`` passes at once
+              (the budget ``plan_budget`` gives on C cores: min(C, MAX_STREAMS)), and e
+              the efficiency measured on the largest core count (measured / ideal:
+              memory bandwidth, the GIL, the OS);
   sequential: a two-point Amdahl fit of its seconds per image, T(C) = a + b / C,
               through the figures measured on the two smallest core counts.
 The model ignores what more cores may not give: memory bandwidth shared by more
-streams, turbo clocks that drop as more cores work, SMT siblings counted as cores.
+passes at once, turbo clocks that drop as more cores work, SMT siblings counted as cores.
 """
 from __future__ import annotations
 
@@ -78,10 +79,10 @@ def pipeline_model(costs: dict, cores: int, efficiency: float = 1.0) -> dict:
 
     d, f = costs["decode_ms"], costs["forward_ms"]
     budget = plan_budget(cores, StageCosts(d, f))
-    bounds = {"cores": cores / (d + f), "streams": budget.streams / f, "workers": budget.workers / d}
+    bounds = {"cores": cores / (d + f), "passes at once": budget.forwards / f}
     limit = min(bounds, key=bounds.get)
-    return {"images_per_s": 1000 * efficiency * bounds[limit], "limited_by": limit, "workers": budget.workers,
-            "streams": budget.streams}
+    return {"images_per_s": 1000 * efficiency * bounds[limit], "limited_by": limit, "threads": budget.threads,
+            "forwards": budget.forwards}
 
 
 def amdahl_fit(ips_by_cores: dict[int, float]) -> tuple[float, float] | None:
@@ -140,13 +141,13 @@ def markdown(rec: dict) -> str:
         c = m["costs"]
         lines += [f"{medge_name}: d = {c['decode_ms']:.0f} core-ms reading + preprocessing, f = {c['forward_ms']:.0f} "
                   f"core-ms single-threaded inference per image; pipeline efficiency {m['efficiency']:.2f}.", "",
-                  f"| cores | {medge_name} measured | {medge_name} model | budget (read + infer threads) | "
+                  f"| cores | {medge_name} measured | {medge_name} model | threads (passes at once) | "
                   f"{loop} measured | {loop} model |", "| ---: | ---: | ---: | --- | ---: | ---: |"]
         for cores, row in m["by_cores"].items():
             got = rec["measured_images_per_s"].get(cores, {})
             p = row[medge_name]
             lines.append(f"| {cores} | {_fmt(got.get(medge_name))} | {_fmt(p['images_per_s'])} ({p['limited_by']}) | "
-                         f"{p['workers']} + {p['streams']} | {_fmt(got.get(loop))} | {_fmt(row[loop])} |")
+                         f"{p['threads']} ({p['forwards']}) | {_fmt(got.get(loop))} | {_fmt(row[loop])} |")
         lines.append("")
     return "\n".join(lines).rstrip()
 

@@ -11,7 +11,7 @@ Usage:
 Thread safety: a ``cv2.dnn.Net`` is never used by two threads at once. Each thread
 that calls ``predict`` gets its own net, built on first use from the model bytes
 whose SHA-256 was verified at load (OpenCV crashes or returns wrong outputs when
-threads share one); the pipeline's inference streams take nets from a pool of
+threads share one); the pipeline's forward passes take nets from a pool of
 the model's, one each. CLAHE objects are per thread too (``edge.preprocess``).
 So one ``Model`` may be used from many threads at once.
 
@@ -20,10 +20,11 @@ that passes the self-test on this box (``edge.engine_choice``); ``model.engine``
 names it and ``model.engine_choice`` says why. Where batches > 1 fail or differ
 (OpenCV 4.5.5/4.6 with squeeze-excitation models) the model runs one image per pass.
 
-Throughput: ``predict`` reads and preprocesses files on worker threads (OpenCV
-releases the GIL) while inference streams run batched forward passes, so decoding
-and CLAHE overlap inference; how many of each is the thread budget of
-``edge.budget`` (``model.budget``). Results come back in input order.
+Throughput: ``predict`` runs a pipeline (``edge.pipeline``): one thread per core,
+each reading and preprocessing the next file (OpenCV releases the GIL) or running a
+single-threaded batched forward pass on a net of its own, whichever is next; the
+thread budget and why are in ``edge.budget`` (``model.budget``). Results come back
+in input order.
 """
 from __future__ import annotations
 
@@ -31,7 +32,6 @@ import itertools
 import os
 import threading
 import time
-from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
@@ -40,17 +40,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from medge.edge.budget import (
-    LOAD,
-    MAX_STREAMS,
-    Gate,
-    StageCosts,
-    ThreadBudget,
-    budget_cores,
-    lone_threads,
-    opencv_threads,
-    plan_budget,
-)
+from medge.edge.budget import LOAD, StageCosts, ThreadBudget, budget_cores, lone_threads, opencv_threads, plan_budget
 from medge.edge.bundle import MANIFEST_FILE, MODEL_FILE, golden_inputs, read_manifest, sha256_bytes
 from medge.edge.engine_choice import EngineChoice, choose_engine
 from medge.edge.errors import (
@@ -72,6 +62,7 @@ from medge.edge.explain import (
 )
 from medge.edge.formats import DEFAULT_MAX_PIXELS
 from medge.edge.image import array_info, load_image, to_gray
+from medge.edge.pipeline import Pipeline
 from medge.edge.preprocess import PreprocessConfig, preprocess, preprocess_stages
 from medge.edge.profile import check_input, image_stats
 from medge.edge.runtime import (
@@ -132,7 +123,7 @@ class Model:
         self._explainer: Explainer | None = None  # set by open() from the manifest's "explain" section
         self.budget: ThreadBudget | None = None  # the thread budget of the latest pipelined run (edge.budget)
         self._costs: StageCosts | None = None  # CPU ms per image of each stage, measured by the latest pipelined run
-        self._stream_nets: list = []  # nets of the pipeline's inference streams, kept between runs
+        self._stream_nets: list = []  # nets of the pipeline's forward passes, kept between runs
         self._stream_lock = threading.Lock()
 
     @property
@@ -424,20 +415,21 @@ class Model:
         - a run that fits in one batch: its inputs read side by side, then one forward
           pass with OpenCV's threads set to the cores that are idle (no inference to
           overlap with reading: the pass gets them all);
-        - otherwise pipelined: ``workers`` threads read and preprocess ahead while
-          ``streams`` threads run single-threaded batched forward passes, each on a
-          net of its own; the thread budget (``self.budget``) is planned from the cores
-          and the stages' measured costs and re-planned as the run goes.
+        - otherwise pipelined (``edge.pipeline``): ``workers`` threads (default: one per
+          core) each read and preprocess the next input or run a single-threaded batched
+          forward pass on a net of its own, whichever is next, at most ``streams`` passes
+          at once; a list or tuple of inputs gets smaller passes when it is short
+          (``edge.budget.pass_size``); ``self.budget`` records the plan and the stages' measured costs.
 
         Args:
             inputs: iterable of paths and/or arrays (gray, BGR or BGRA).
-            batch_size: images per forward pass (1 for a fixed-batch model).
-            workers: threads reading and preprocessing (0 = no pipeline; default: the thread budget's).
+            batch_size: images per forward pass, at most (1 for a fixed-batch model; fewer in a short pipelined run).
+            workers: threads of the pipeline (0 = no pipeline; default: one per core, ``edge.budget``).
             max_pixels: refuse larger images.
             strict: an input with warnings (``edge.profile``) is refused instead of labelled.
             heatmaps: also explain each classified input (``Prediction.explanation``, the predicted
                 class); with CAM from the same forward pass. BundleError if the bundle has none.
-            streams: inference threads of the pipeline (default: the thread budget's).
+            streams: at most this many forward passes at once in the pipeline (default: ``min(workers, 8)``).
 
         Raises:
             UsageError: workers < 0 or streams < 1. BundleError: heatmaps asked of a bundle without them.
@@ -450,6 +442,7 @@ class Model:
             self.require_heatmaps()
         batch_size = max(1, batch_size if self.dynamic_batch else 1)
         run = _Run(batch_size, max_pixels, strict, heatmaps)
+        total = len(inputs) if isinstance(inputs, (list, tuple)) else None  # a run of known length (pass_size)
         inputs = iter(inputs)
         if workers == 0:
             yield from self._predict_in_turn(inputs, run)
@@ -458,7 +451,7 @@ class Model:
         if len(head) <= batch_size:  # one batch: no inference to overlap with reading
             yield from self._predict_one_batch(head, run)
             return
-        yield from self._predict_pipelined(itertools.chain(head, inputs), run, workers, streams)
+        yield from self._predict_pipelined(itertools.chain(head, inputs), total, run, workers, streams)
 
     def _predict_one_batch(self, items: list, run: "_Run"):
         """A run of one batch on the idle cores: the inputs read side by side, then one forward pass with as many
@@ -494,84 +487,37 @@ class Model:
             self._finish(batch, run.heatmaps)
         yield from done
 
-    def _predict_pipelined(self, inputs, run: "_Run", workers: int | None, streams: int | None):
-        """The pipeline of ``predict_iter``: readers ahead, streams behind, results in input order."""
+    def _predict_pipelined(self, inputs, total: int | None, run: "_Run", workers: int | None, streams: int | None):
+        """The pipeline of ``predict_iter`` (``edge.pipeline``): every thread reads, preprocesses or infers,
+        whichever is next; forward passes single-threaded, each on a net of the model's pool; input order."""
         cores = budget_cores()
-        budget = self.budget = plan_budget(cores, self._costs, workers, streams)
-        read_gate, infer_gate = Gate(budget.workers), Gate(budget.streams)
+        budget = self.budget = plan_budget(cores, self._costs, workers, streams, batch_size=run.batch_size, inputs=total)
         costs = _RunCosts()
-        readers = ThreadPoolExecutor(workers or cores + 1, thread_name_prefix="medge-read")
-        inferers = ThreadPoolExecutor(streams or min(MAX_STREAMS, cores + 1), thread_name_prefix="medge-infer")
-        pending: deque = deque()  # read + preprocess futures, in input order
-        inflight: deque = deque()  # (predictions in input order, the future of their batch or None)
 
         def prepare(item):
-            with read_gate:
-                t0 = time.thread_time()
-                out = self._prepare(item, run.max_pixels, run.strict)
-                costs.add_decode(1000 * (time.thread_time() - t0))
-                return out
+            t0 = time.thread_time()
+            out = self._prepare(item, run.max_pixels, run.strict)
+            costs.add_decode(1000 * (time.thread_time() - t0))
+            return out
 
-        def submit() -> bool:
-            for item in inputs:
-                pending.append(readers.submit(prepare, item))
-                return True
-            return False
-
-        try:
-            with opencv_threads(1):  # every forward pass and preprocessing single-threaded (see edge.budget)
-                while len(pending) < budget.workers + run.batch_size * (budget.streams + 1) and submit():
-                    pass
-                batch: list = []
-                done: list[Prediction] = []
-                while pending:
-                    pred, tensor = pending.popleft().result()
-                    submit()
-                    done.append(pred)
-                    if tensor is not None:
-                        batch.append((pred, tensor))
-                    if batch and (len(batch) == run.batch_size or not pending):
-                        inflight.append((done, inferers.submit(self._infer_stream, batch, run.heatmaps, infer_gate, costs)))
-                        batch, done = [], []
-                        measured = costs.measured()
-                        if measured and (workers is None or streams is None):
-                            self._costs = measured
-                            budget = self.budget = plan_budget(cores, measured, workers, streams)
-                            read_gate.set_limit(budget.workers)
-                            infer_gate.set_limit(budget.streams)
-                    elif not batch:
-                        inflight.append((done, None))
-                        done = []
-                    while inflight and (inflight[0][1] is None or inflight[0][1].done()
-                                        or len(inflight) > budget.streams + 1):
-                        preds, future = inflight.popleft()
-                        if future is not None:
-                            future.result()  # waits when too many batches are in flight; raises a bug's exception
-                        yield from preds
-                while inflight:
-                    preds, future = inflight.popleft()
-                    if future is not None:
-                        future.result()
-                    yield from preds
-                self._costs = costs.measured() or self._costs  # the next run starts from these
-        finally:
-            readers.shutdown(wait=True, cancel_futures=True)
-            inferers.shutdown(wait=True, cancel_futures=True)
-
-    def _infer_stream(self, batch: list, heatmaps: bool, gate: Gate, costs: "_RunCosts") -> None:
-        """One batch on an inference stream: a net of the stream pool, single-threaded, its CPU time counted."""
-        with gate:
+        def infer(batch: list) -> None:
             with self._stream_lock:
                 net = self._stream_nets.pop() if self._stream_nets else None
             if net is None:
                 net = self.load_net(self.engine)
             try:
                 t0 = time.thread_time()
-                self._finish(batch, heatmaps, net)
+                self._finish(batch, run.heatmaps, net)
                 costs.add_forward(1000 * (time.thread_time() - t0), len(batch))
             finally:
                 with self._stream_lock:
                     self._stream_nets.append(net)
+
+        with opencv_threads(1):  # every forward pass and preprocessing single-threaded (see edge.budget)
+            yield from Pipeline(inputs, budget.batch_size, budget.threads, budget.forwards, prepare, infer)
+        self._costs = costs.measured() or self._costs
+        self.budget = plan_budget(cores, self._costs, workers, streams, batch_size=run.batch_size,
+                                  inputs=total)  # the record: with this run's costs
 
     def predict(self, inputs, batch_size: int = 8, workers: int | None = None, max_pixels: int = DEFAULT_MAX_PIXELS,
                 strict: bool = False, heatmaps: bool = False, streams: int | None = None) -> list[Prediction]:

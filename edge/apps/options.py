@@ -33,10 +33,11 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
     add_bundle_arguments(p)
     p.add_argument("--batch-size", type=int, default=8, help="images per forward pass (default: %(default)s)")
     p.add_argument("--workers", type=at_least(0),
-                   help="threads reading and preprocessing ahead, 0 = none: one file after the other (default: the "
-                        "thread budget's, from the cores and the measured cost of each stage)")
+                   help="threads of the pipeline, each reading, preprocessing or inferring, whichever is next; "
+                        "0 = no pipeline: one file after the other in one thread (default: one per core)")
     p.add_argument("--streams", type=at_least(1),
-                   help="inference threads of the pipeline, each with its own net (default: the thread budget's)")
+                   help="at most this many forward passes at once in the pipeline, each with its own net "
+                        "(default: the workers, at most 8)")
 
 
 def at_least(low: int):

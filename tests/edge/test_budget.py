@@ -1,35 +1,43 @@
-import threading
-
 import cv2
 import numpy as np
 import pytest
 
 from medge.edge import budget
-from medge.edge.budget import MAX_STREAMS, Gate, LoadMeter, StageCosts, lone_threads, opencv_threads, plan_budget
+from medge.edge.budget import MAX_STREAMS, LoadMeter, StageCosts, lone_threads, opencv_threads, pass_size, plan_budget
 from medge.edge.errors import UsageError
 from medge.edge.model import Model
 from tests.conftest import xray_like
 
 
-@pytest.mark.parametrize("cores, decode_ms, forward_ms, workers, streams", [
-    (2, 43, 39, 2, 2),  # issue 14's resnet18 on 2048x2048 PNGs, cv2.dnn
-    (2, 43, 15, 3, 1),  # the same on onnxruntime: reading is the larger stage
-    (8, 43, 39, 5, 5),
-    (16, 43, 39, 9, MAX_STREAMS),  # 9 streams planned, capped (each holds a net)
-    (1, 10, 90, 1, 2),  # every stage gets a thread, even the small one
-])
-def test_threads_in_proportion_to_the_measured_costs(cores, decode_ms, forward_ms, workers, streams):
-    b = plan_budget(cores, StageCosts(decode_ms, forward_ms))
-    assert (b.cores, b.workers, b.streams) == (cores, workers, streams)
-    assert f"{cores} core(s), measured {decode_ms} core-ms" in b.reason and b.to_dict()["costs"]["forward_ms"] == forward_ms
+@pytest.mark.parametrize("cores, threads, forwards", [(1, 1, 1), (2, 2, 2), (8, 8, 8), (16, 16, MAX_STREAMS)])
+def test_one_thread_per_core_and_a_cap_on_passes_at_once(cores, threads, forwards):
+    b = plan_budget(cores, StageCosts(43, 39))
+    assert (b.cores, b.threads, b.forwards) == (cores, threads, forwards)
+    assert f"{cores} core(s): {threads} thread(s)" in b.reason and "measured 43 core-ms" in b.reason
+    assert b.to_dict()["costs"]["forward_ms"] == 39
 
 
 def test_budget_before_anything_is_measured_and_as_asked():
     b = plan_budget(2)
-    assert (b.workers, b.streams, b.costs) == (2, 2, None) and "nothing measured yet" in b.reason
-    b = plan_budget(4, StageCosts(10, 30), workers=1)
-    assert (b.workers, b.streams) == (1, 4) and "workers 1 as asked" in b.reason
+    assert (b.threads, b.forwards, b.costs) == (2, 2, None) and "measured" not in b.reason
+    b = plan_budget(4, threads=1)
+    assert (b.threads, b.forwards) == (1, 1) and "threads 1 as asked" in b.reason
+    b = plan_budget(4, threads=6, forwards=3)
+    assert (b.threads, b.forwards) == (6, 3) and "forwards 3 as asked" in b.reason
     assert plan_budget(0).cores == 1  # never zero cores
+
+
+@pytest.mark.parametrize("batch, inputs, threads, per_pass", [
+    (8, None, 2, 8),  # an iterator: the batch asked
+    (8, 1000, 16, 8),  # a long run: the batch asked
+    (8, 24, 2, 3), (8, 20, 2, 3), (8, 40, 2, 5), (8, 64, 2, 8),  # short runs: at least 4 batches per thread
+    (8, 9, 16, 1), (1, 24, 2, 1), (0, 5, 2, 1)])
+def test_a_short_run_gets_smaller_passes(batch, inputs, threads, per_pass):
+    assert pass_size(batch, inputs, threads) == per_pass
+    b = plan_budget(threads, batch_size=batch, inputs=inputs)
+    assert b.batch_size == per_pass and f"{per_pass} image(s) per pass" in b.reason
+    assert (f"not {batch}: a run of {inputs} inputs" in b.reason) == (per_pass < batch)
+    assert plan_budget(threads).batch_size is None  # not planned without a batch size
 
 
 @pytest.mark.parametrize("cores, busy, threads", [(2, 0.0, 2), (2, 1.0, 1), (2, 5.0, 1), (8, 2.6, 5), (4, None, 4)])
@@ -49,22 +57,6 @@ def test_opencv_threads_are_restored_after_overlapping_runs():
         assert cv2.getNumThreads() == 2
     finally:
         cv2.setNumThreads(before)
-
-
-def test_gate_limit_can_grow_while_a_thread_waits():
-    gate, entered = Gate(1), threading.Event()
-
-    def enter():
-        with gate:
-            entered.set()
-
-    with gate:
-        t = threading.Thread(target=enter)
-        t.start()
-        assert not entered.wait(0.2)  # the limit is 1 and it is taken
-        gate.set_limit(2)
-        assert entered.wait(10)
-    t.join(10)
 
 
 def test_load_meter_counts_other_processes_cpu_time(monkeypatch):
@@ -110,15 +102,18 @@ def test_pipeline_gives_the_sequential_results_in_order_and_plans_its_budget(bun
             np.testing.assert_allclose(a.logits, b.logits, rtol=0, atol=1e-5)
     b = m.budget
     assert b is not None and b.costs is not None and b.costs.decode_ms > 0 and b.costs.forward_ms > 0
-    assert b.workers >= 1 and 1 <= b.streams <= MAX_STREAMS and "measured" in b.reason
-    assert len(m._stream_nets) <= b.streams + 1  # one net per stream that ran, kept for the next run
+    assert b.threads >= 1 and 1 <= b.forwards <= MAX_STREAMS and "measured" in b.reason
+    assert 1 <= len(m._stream_nets) <= b.forwards  # a net per pass that ran at once, kept for the next run
 
 
 def test_pipeline_workers_and_streams_as_asked(bundle):
     m = Model.load(bundle)
     items = _arrays(10)
     got = m.predict(items, batch_size=2, workers=1, streams=3)
-    assert (m.budget.workers, m.budget.streams) == (1, 3) and all(p.ok for p in got)
+    assert (m.budget.threads, m.budget.forwards, m.budget.batch_size) == (1, 3, 2) and all(p.ok for p in got)
+    got = m.predict(items, batch_size=8, workers=2)  # 10 inputs on 2 threads: passes of 2, same results
+    assert m.budget.batch_size == 2
+    np.testing.assert_allclose([p.logits for p in got], [p.logits for p in m.predict(items, workers=0)], rtol=0, atol=1e-5)
     with pytest.raises(UsageError, match="workers must be 0 or more"):
         m.predict(items, workers=-1)
     with pytest.raises(UsageError, match="streams must be 1 or more"):
