@@ -1,6 +1,6 @@
 """The FP32 peak of this box as the runtimes see it, and the check that makes a "% of peak" honest.
 
-Usage: python -m medge.benchmarks.peak --threads 1 2 [--size 2048] [--out peak.json]
+Usage: python -m medge.benchmarks.peak --threads 1 2 [--size 4096] [--out peak.json]
 
 Measured peak: a large single-precision matrix product (``--size`` square, 2 n^3
 FLOPs) with each library's own best kernel: numpy's BLAS, PyTorch's (MKL or
@@ -8,12 +8,14 @@ oneDNN), and onnxruntime's MLAS (a one-node MatMul graph; needs onnx to build it
 Each library runs in a fresh subprocess per thread count, its thread pools sized
 by environment before import (a pool sized after import, or one left spinning by
 the previous contender, measures the wrong thing). Warm-up calls, then the best
-of ``repeats``; the peak is the best library. A 1024x1024 product, as before
-issue 14, is too small to fill the cores: onnxruntime's resnet18 then "ran" at
-over 200 % of it.
+of ``repeats``; the peak is the best library. The product must be large enough
+to fill the cores: with 1024x1024 (before issue 14) onnxruntime's resnet18 "ran"
+at over 200 % of it, and with 2048x2048 numpy's sgemm gave 152 GFLOP/s on 2
+threads of the 2-core AMD EPYC box against 182 with 4096x4096 (1 thread: 103 and
+100), below onnxruntime's resnet18 at batch 8 (146).
 
-Paper peak: FP32 lanes of the widest FMA unit (8 with AVX2+FMA, 16 with AVX-512)
-x 2 FLOPs per FMA x 2 FMA units per core (an assumption: true of most recent
+Paper peak: FP32 lanes of the widest FMA unit (8 with AVX2+FMA, 16 with AVX-512;
+4 on AMD Zen 1, whose FMA units are 128 bits wide) x 2 FLOPs per FMA x 2 FMA units per core (an assumption: true of most recent
 x86 server cores, not of all) x the maximum clock (cpufreq, else /proc/cpuinfo's
 "cpu MHz", the current clock of a VM) x threads. Stated with its
 sources; it is a sanity check of the measured peak, not the reference.
@@ -124,12 +126,24 @@ def _max_clock_ghz(cpuinfo: str, cpufreq: str) -> tuple[float | None, str]:
     return (max(mhz) / 1000, "/proc/cpuinfo cpu MHz (current clock: boost may be higher)") if mhz else (None, "unknown")
 
 
+def _is_zen1(cpuinfo: str) -> bool:
+    """AMD family 17h models below 30h (Zen, Zen+: EPYC 7001, Ryzen 1000/2000) split every 256-bit AVX2
+    instruction over two 128-bit halves, so their FMA units hold 4 FP32 lanes, not 8."""
+    vendor = re.search(r"^vendor_id\s*:\s*(\S+)", cpuinfo, re.M)
+    family = re.search(r"^cpu family\s*:\s*(\d+)", cpuinfo, re.M)
+    model = re.search(r"^model\s*:\s*(\d+)", cpuinfo, re.M)
+    return bool(vendor and family and model and vendor.group(1) == "AuthenticAMD" and int(family.group(1)) == 0x17
+                and int(model.group(1)) < 0x30)
+
+
 def paper_peak(threads: int, cpuinfo: str | None = None, cpufreq: str = CPUFREQ_MAX) -> dict:
     """The FP32 peak on paper for ``threads`` cores, with what it assumes (see the module docstring)."""
     cpuinfo = _cpuinfo() if cpuinfo is None else cpuinfo
     found = re.search(r"^flags\s*:\s*(.*)$", cpuinfo, re.M)
     flags = set(found.group(1).split()) if found else set()
     lanes, isa = (16, "AVX-512") if "avx512f" in flags else (8, "AVX2+FMA") if {"avx2", "fma"} <= flags else (None, "unknown")
+    if lanes == 8 and _is_zen1(cpuinfo):
+        lanes, isa = 4, "AVX2+FMA on Zen 1 (128-bit FMA units: 4 FP32 lanes each)"
     ghz, clock_source = _max_clock_ghz(cpuinfo, cpufreq)
     fma_units = 2
     gflops = lanes * 2 * fma_units * ghz * threads if lanes and ghz else None
@@ -137,7 +151,7 @@ def paper_peak(threads: int, cpuinfo: str | None = None, cpufreq: str = CPUFREQ_
             "clock_source": clock_source, "threads": threads}
 
 
-def measure_peak(threads: tuple[int, ...], n: int = 2048, repeats: int = 5, kernels=KERNELS, log=lambda msg: None) -> dict:
+def measure_peak(threads: tuple[int, ...], n: int = 4096, repeats: int = 5, kernels=KERNELS, log=lambda msg: None) -> dict:
     """Measured and paper peak per thread count: ``{"size": n, "by_threads": {"2": {...}}}``."""
     out = {"method": f"best of {repeats} FP32 {n}x{n} matrix products per library, each in a fresh subprocess",
            "size": n, "by_threads": {}}
@@ -190,7 +204,7 @@ def main(argv=None) -> int:
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--threads", type=int, nargs="+", default=[1, os.cpu_count() or 1])
-    p.add_argument("--size", type=int, default=2048, help="side of the square matrices (default: %(default)s)")
+    p.add_argument("--size", type=int, default=4096, help="side of the square matrices (default: %(default)s)")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--probe", choices=KERNELS, help=argparse.SUPPRESS)  # one kernel in this process (measure_kernel)
     add_out_arguments(p)

@@ -19,6 +19,15 @@ def test_paper_peak_is_lanes_times_fma_times_clock_times_threads(tmp_path):
     assert paper_peak(1, "flags : sse sse2\n", cpufreq=str(tmp_path / "absent"))["gflops"] is None
 
 
+@pytest.mark.parametrize("family, model, lanes", [(23, 1, 4), (23, 8, 4), (23, 49, 8), (25, 1, 8)])
+def test_zen1_fma_units_are_128_bits_wide(tmp_path, family, model, lanes):
+    amd = f"vendor_id\t: AuthenticAMD\ncpu family\t: {family}\nmodel\t\t: {model}\n" + CPUINFO
+    p = paper_peak(1, amd, cpufreq=str(tmp_path / "absent"))
+    assert p["fp32_lanes"] == lanes and p["gflops"] == pytest.approx(lanes * 2 * 2 * 3.0)
+    intel = amd.replace("AuthenticAMD", "GenuineIntel")  # Intel family 6 models are not AMD's
+    assert paper_peak(1, intel, cpufreq=str(tmp_path / "absent"))["fp32_lanes"] == 8
+
+
 def test_a_runtime_above_the_peak_marks_it_unreliable_instead_of_a_ratio():
     rows = [{"runtime": "onnxruntime", "threads": 2, "batch": 1, "p50_ms": 10.0},  # 1 GFLOP / 10 ms = 100 GFLOP/s
             {"runtime": "cv2.dnn", "threads": 2, "batch": 8, "p50_ms": 400.0},  # 20 GFLOP/s
