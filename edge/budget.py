@@ -39,7 +39,8 @@ beats ``C / (d + f)`` images/s. What the pipeline does about it (issue 14):
 
 So on C cores the model is ``images/s = 1000 x min(C / (d + f), forwards / f)``:
 with resnet18 at 224 px on 2048x2048 PNGs and the 8-forward cap, inference would
-bind only when ``f / (d + f) > 8 / C``, i.e. past ~20 cores for cv2.dnn.
+bind only when ``f / (d + f) > 8 / C``: past ~17 cores for cv2.dnn with issue 14's
+figures (d ~ 43, f ~ 39 core-ms), past ~15 on the 2-core Zen 1 box (d ~ 190, f ~ 218).
 
 What load changes is how many cores are idle for a run with no inference to
 overlap with reading (it fits in one batch: a few files in ``medge predict`` or a
@@ -74,7 +75,6 @@ class StageCosts:
 
     decode_ms: float  # read + preprocess, on a worker thread
     forward_ms: float  # one image's part of a single-threaded batched forward pass
-
 
 
 @dataclass(frozen=True)
