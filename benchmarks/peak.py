@@ -15,9 +15,10 @@ threads of the 2-core AMD EPYC box against 182 with 4096x4096 (1 thread: 103 and
 100), below onnxruntime's resnet18 at batch 8 (146).
 
 Paper peak: FP32 lanes of the widest FMA unit (8 with AVX2+FMA, 16 with AVX-512;
-4 on AMD Zen 1, whose FMA units are 128 bits wide) x 2 FLOPs per FMA x 2 FMA units per core (an assumption: true of most recent
-x86 server cores, not of all) x the maximum clock (cpufreq, else /proc/cpuinfo's
-"cpu MHz", the current clock of a VM) x threads. Stated with its
+4 on AMD Zen 1, whose FMA units are 128 bits wide) x 2 FLOPs per FMA x 2 FMA units
+per core (an assumption: true of most recent x86 server cores, not of all) x the
+maximum clock (cpufreq, else /proc/cpuinfo's "cpu MHz", the current clock of a VM)
+x threads. Stated with its
 sources; it is a sanity check of the measured peak, not the reference.
 
 The check: a runtime whose achieved GFLOP/s exceeds the measured peak at its

@@ -122,7 +122,6 @@ class Model:
         self.self_test_max_abs: float | None = None
         self._explainer: Explainer | None = None  # set by open() from the manifest's "explain" section
         self.budget: ThreadBudget | None = None  # the thread budget of the latest pipelined run (edge.budget)
-        self._costs: StageCosts | None = None  # CPU ms per image of each stage, measured by the latest pipelined run
         self._stream_nets: list = []  # nets of the pipeline's forward passes, kept between runs
         self._stream_lock = threading.Lock()
 
@@ -491,7 +490,7 @@ class Model:
         """The pipeline of ``predict_iter`` (``edge.pipeline``): every thread reads, preprocesses or infers,
         whichever is next; forward passes single-threaded, each on a net of the model's pool; input order."""
         cores = budget_cores()
-        budget = self.budget = plan_budget(cores, self._costs, workers, streams, batch_size=run.batch_size, inputs=total)
+        budget = self.budget = plan_budget(cores, None, workers, streams, batch_size=run.batch_size, inputs=total)
         costs = _RunCosts()
 
         def prepare(item):
@@ -515,9 +514,8 @@ class Model:
 
         with opencv_threads(1):  # every forward pass and preprocessing single-threaded (see edge.budget)
             yield from Pipeline(inputs, budget.batch_size, budget.threads, budget.forwards, prepare, infer)
-        self._costs = costs.measured() or self._costs
-        self.budget = plan_budget(cores, self._costs, workers, streams, batch_size=run.batch_size,
-                                  inputs=total)  # the record: with this run's costs
+        self.budget = plan_budget(cores, costs.measured(), workers, streams, batch_size=run.batch_size,
+                                  inputs=total)  # the record: the same plan, with the costs this run measured
 
     def predict(self, inputs, batch_size: int = 8, workers: int | None = None, max_pixels: int = DEFAULT_MAX_PIXELS,
                 strict: bool = False, heatmaps: bool = False, streams: int | None = None) -> list[Prediction]:
