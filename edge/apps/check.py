@@ -5,7 +5,8 @@ Usage: medge check --model bundles/xray [--json] [--repeats 20]
 Reports the machine (CPU, cores, the SIMD features OpenCV sees, its parallel
 framework and threads), the Python, numpy and OpenCV versions and OpenCV's
 build, the engines and backends available here; verifies the bundle (SHA-256,
-golden self-test with each engine: max error against the tolerance); times the
+golden self-test with each engine: max error against the tolerance); says whether
+the node extra works (``medge node``: imports, a C-ECHO to itself); times the
 batch-1 forward pass of every correct engine, interleaved, with 1 and all
 threads (p50/p90) and names the fastest correct one, which it records for
 ``Model.load`` on this box; then times one image end to end, from a synthetic
@@ -163,9 +164,19 @@ def end_to_end(bundle: str) -> dict:
             "batch_note": model.batch_note, "error": None}
 
 
+def node_extra() -> dict:
+    """Whether ``medge node`` works here: the node extra imports and answers a C-ECHO to itself (not part of the verdict)."""
+    from medge.edge.apps.node.scp import self_test
+
+    try:
+        return self_test()
+    except Exception as e:  # a broken install of the extra: reported, the bundle's check goes on
+        return {"ok": False, "error": f"{type(e).__name__}: {e}"}
+
+
 def run_check(bundle: str, repeats: int) -> dict:
     """Every step of ``medge check``; the record says what passed and why not."""
-    record = {"check": "medge check", "bundle": bundle, **describe_box()}
+    record = {"check": "medge check", "bundle": bundle, **describe_box(), "node": node_extra()}
     record["verification"], model, nets = verify_bundle(bundle)
     verification = record["verification"]
     if verification["error"]:
@@ -201,6 +212,13 @@ def render(r: dict) -> str:
              *[f"            {k}: {v}" for k, v in build.items() if k != "Parallel framework"],
              f"engines     {', '.join(r['engines'])} (auto: the fastest correct one)",
              f"backends    available {', '.join(r['backends']['available'])} (known: {', '.join(r['backends']['known'])})"]
+    n = r["node"]
+    if n["ok"]:
+        ts = n["transfer_syntaxes"]
+        lines.append(f"node        extra works: pynetdicom {n['versions']['pynetdicom']}, highdicom {n['versions']['highdicom']}; "
+                     f"C-ECHO to itself OK; decodes {ts['decodable']} of {ts['known']} transfer syntaxes")
+    else:
+        lines.append(f"node        medge node cannot run here: {n['error']}")
     v = r["verification"]
     if v.get("hash_ok"):
         lines.append(f"bundle      {v['arch']}, classes {v['classes']}, input {'x'.join(map(str, v['input']))}, "

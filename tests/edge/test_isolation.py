@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parents[2]
 EDGE_MODULES = sorted(m.name for m in pkgutil.walk_packages(edge.__path__, "medge.edge."))
 # Optional extras the edge may import inside the functions that need them (never at module level).
 LAZY_EXTRAS = {"pydicom", "pylibjpeg", "openjpeg", "libjpeg", "gdcm", "onnxruntime", "fastapi", "uvicorn", "gradio",
-               "starlette", "multipart", "python_multipart", "fastapi_offline"}
+               "starlette", "multipart", "python_multipart", "fastapi_offline", "pynetdicom", "highdicom"}
 # What each layer may import from medge (its own layer and those below it).
 LAYERS = {"edge": {"edge"}, "train": {"edge", "train"}, "export": {"edge", "train", "export"},
           "benchmarks": {"edge", "train", "export", "benchmarks"}}

@@ -1,0 +1,133 @@
+"""``medge node``: a DICOM node that PACS and modalities send to, with results back into PACS as DICOM (extra ``node``).
+
+Usage: medge node --model bundles/xray --out node/ [--ae-title MEDGE] [--port 11112] [--forward PACS@10.0.0.5:4242]
+
+A Storage SCP (pynetdicom) that answers C-ECHO and takes C-STORE of single-frame
+grayscale images (CR, DX, mammography, Secondary Capture; and the modalities the
+bundle names), in every transfer syntax ``edge.dicom`` decodes. Each instance is
+written to ``DIR/spool/`` (fsync, rename) before the sender hears success, classified
+off the association threads by the same ``Model.predict`` as ``medge predict``, and
+gets exactly one result, even across ``kill -9``:
+
+  DIR/results.jsonl        medge predict's record + status (classified/skipped/error), UIDs
+  DIR/reports/<h>.sr.dcm   a Comprehensive 3D SR (TID 1500) per classified instance
+  DIR/reports/<h>.sc.dcm   with --heatmap-sc, the heatmap overlay as a Secondary Capture
+  DIR/studies/<h>.json     per study, once quiet for --study-timeout s: instances and study label
+  DIR/outbox/              with --forward, the SR/SC waiting for the PACS (C-STORE, retried)
+
+Binds 127.0.0.1 unless --host says otherwise; --allow limits callers; --tls-cert/--tls-key
+(and --tls-ca for mutual TLS) speak DICOM over TLS. Logs hold counts, timings, status codes
+and hashed UIDs, never patient data. SIGINT/SIGTERM: no new associations, in-flight ones and
+the queue finished, exit within 10 s (what is left stays spooled for the next start).
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import signal
+import sys
+import threading
+
+from medge.edge.apps.node.config import NodeConfig, check_ae_title, parse_allow, parse_forward
+from medge.edge.apps.options import add_bundle_arguments, add_strict_argument, at_least, load_model
+from medge.edge.errors import MissingExtraError, UsageError
+from medge.edge.outputs import check_output_dir
+
+NODE_MODULES = {"pynetdicom": "pynetdicom", "highdicom": "highdicom", "pydicom": "pydicom"}
+
+
+def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    p = sub.add_parser("node", help="a DICOM node: receive by C-STORE, classify, send SR back (extra: node)",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_bundle_arguments(p)
+    add_strict_argument(p)
+    d = NodeConfig()
+    p.add_argument("--out", required=True, metavar="DIR", help="folder for the spool, results, reports and studies")
+    p.add_argument("--ae-title", default=d.ae_title, help="this node's AE title (default: %(default)s)")
+    p.add_argument("--host", default=d.host, help="address to listen on (default: %(default)s, this machine only)")
+    p.add_argument("--port", type=int, default=d.port, help="port (default: %(default)s; 0 = any free port)")
+    p.add_argument("--allow", action="append", default=[], metavar="AE[@HOST]",
+                   help="accept associations only from this calling AE title (and host); repeat for several")
+    p.add_argument("--forward", metavar="AE@HOST:PORT", help="send SR (and SC) objects to this PACS by C-STORE")
+    p.add_argument("--heatmap-sc", action="store_true",
+                   help="also a Secondary Capture of the heatmap overlay per classified instance (bundles with heatmaps)")
+    p.add_argument("--study-timeout", type=float, default=d.study_timeout_s,
+                   help="seconds without a new instance after which a study's record is written (default: %(default)s)")
+    p.add_argument("--keep-images", action="store_true",
+                   help="keep received images in DIR/images/ (default: deleted once their results are safe)")
+    p.add_argument("--queue", type=at_least(1), default=d.queue,
+                   help="instances received and not yet classified, at most; more are answered out of resources "
+                        "(0xA700) (default: %(default)s)")
+    p.add_argument("--max-instance-mb", type=float, default=d.max_instance_mb,
+                   help="refuse larger instances (0xA700); received to disk, not memory (default: %(default)s)")
+    p.add_argument("--max-associations", type=at_least(1), default=d.max_associations,
+                   help="associations at once (default: %(default)s)")
+    p.add_argument("--batch-size", type=at_least(1), default=1,
+                   help="instances per forward pass (default: 1: each instance's probabilities are those of "
+                        "`medge predict FILE`, whatever arrived with it)")
+    p.add_argument("--workers", type=at_least(0), help="pipeline threads (default: one per core; see medge predict)")
+    p.add_argument("--tls-cert", metavar="PEM", help="this node's certificate: speak DICOM over TLS")
+    p.add_argument("--tls-key", metavar="PEM", help="the certificate's private key")
+    p.add_argument("--tls-ca", metavar="PEM", help="require callers' certificates signed by this CA (mutual TLS)")
+    return p
+
+
+def config_from_args(args: argparse.Namespace) -> NodeConfig:
+    return NodeConfig(ae_title=check_ae_title(args.ae_title, "--ae-title"), host=args.host, port=args.port,
+                      allow=tuple(parse_allow(a) for a in args.allow),
+                      forward=parse_forward(args.forward) if args.forward else None, heatmap_sc=args.heatmap_sc,
+                      study_timeout_s=args.study_timeout, queue=args.queue, max_instance_mb=args.max_instance_mb,
+                      max_associations=args.max_associations, keep_images=args.keep_images, strict=args.strict,
+                      batch_size=args.batch_size, workers=args.workers, max_pixels=args.max_pixels,
+                      tls_cert=args.tls_cert, tls_key=args.tls_key, tls_ca=args.tls_ca)
+
+
+def require_extra() -> None:
+    """MissingExtraError (exit 2, naming the ``node`` extra) unless pynetdicom, highdicom and pydicom import."""
+    import importlib.util
+
+    for module in NODE_MODULES:
+        if importlib.util.find_spec(module) is None:
+            raise MissingExtraError("node", module, "medge node")
+
+
+def _log(msg: str) -> None:
+    stamp = datetime.datetime.now().isoformat(timespec="seconds")
+    print(f"{stamp} {msg}", file=sys.stderr, flush=True)
+
+
+def run(args: argparse.Namespace) -> int:
+    cfg = config_from_args(args)
+    for what, path in (("--tls-cert", cfg.tls_cert), ("--tls-key", cfg.tls_key), ("--tls-ca", cfg.tls_ca)):
+        if path and not os.path.isfile(path):
+            raise UsageError(f"{what} {path}: file not found")
+    require_extra()
+    check_output_dir(args.out, "node output")
+    model = load_model(args)
+    from medge.edge.apps.node.service import Node
+
+    node = Node(model, cfg, args.out, log=_log)
+    try:
+        node.start()
+    except OSError as e:
+        raise UsageError(f"cannot listen on {cfg.host}:{cfg.port}: {e.strerror or e}") from None
+    stop = threading.Event()
+
+    def on_signal(signum, _frame):
+        _log(f"{signal.Signals(signum).name}: no new associations; finishing those in flight and the queue")
+        stop.set()
+
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    host, port = node.address
+    _log(f"medge node {cfg.ae_title} listening on {host}:{port}{' (TLS)' if cfg.tls_cert else ''}, model "
+         f"{model.sha256[:12]}, {node.spool.recovered} instance(s) from the spool to classify, "
+         f"{len(node.spool.done)} done before" + (f", forwarding to {cfg.forward}" if cfg.forward else ""))
+    try:
+        stop.wait()
+    finally:
+        summary = node.stop()
+        for s, h in previous.items():
+            signal.signal(s, h)
+    _log("stopped: " + ", ".join(f"{k} {v}" for k, v in summary.items() if v is not None))
+    return 0

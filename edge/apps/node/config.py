@@ -1,0 +1,92 @@
+"""``medge node``'s settings: one frozen dataclass, checked once, and the parsing of --allow and --forward."""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from medge.edge.config import check_ranges
+from medge.edge.errors import UsageError
+
+# DICOM AE titles: up to 16 characters of the default character repertoire, no backslash or control characters.
+_AE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")
+
+
+def check_ae_title(text: str, what: str) -> str:
+    """``text`` stripped, or UsageError naming ``what``."""
+    title = text.strip()
+    if not _AE.match(title):
+        raise UsageError(f"{what}: {text!r} is not a DICOM AE title (1 to 16 printable characters, no backslash)")
+    return title
+
+
+@dataclass(frozen=True)
+class Peer:
+    """An allowed caller (AE title, and optionally the host it must call from) or the PACS to forward to."""
+
+    ae_title: str
+    host: str | None = None
+    port: int | None = None
+
+    def __str__(self) -> str:
+        host = f"@{self.host}" if self.host else ""
+        return f"{self.ae_title}{host}{f':{self.port}' if self.port else ''}"
+
+
+def parse_allow(text: str) -> Peer:
+    """``AE`` or ``AE@HOST``."""
+    ae, _, host = text.partition("@")
+    if "@" in text and not host:
+        raise UsageError(f"--allow {text!r}: give AE or AE@HOST")
+    return Peer(check_ae_title(ae, "--allow"), host or None)
+
+
+def parse_forward(text: str) -> Peer:
+    """``AE@HOST:PORT``, the PACS that results are sent to."""
+    m = re.match(r"^([^@]+)@(\[[^\]]+\]|[^:]+):(\d+)$", text.strip())
+    if not m:
+        raise UsageError(f"--forward {text!r}: give the PACS as AE@HOST:PORT, e.g. ORTHANC@10.0.0.5:4242")
+    port = int(m.group(3))
+    if not 1 <= port <= 65535:
+        raise UsageError(f"--forward {text!r}: port {port} is not in 1..65535")
+    return Peer(check_ae_title(m.group(1), "--forward"), m.group(2).strip("[]"), port)
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    """How ``medge node`` listens, what it keeps, and where it forwards."""
+
+    ae_title: str = "MEDGE"  # our AE title (the called AE title PACS uses)
+    host: str = "127.0.0.1"  # loopback unless told otherwise
+    port: int = 11112  # 0: any free port (printed at start)
+    allow: tuple[Peer, ...] = ()  # callers allowed; empty: any
+    forward: Peer | None = None  # the PACS that SR and SC objects go to
+    heatmap_sc: bool = False  # also a Secondary Capture of the heatmap overlay per classified instance
+    study_timeout_s: float = 5.0  # a study is complete after this long without a new instance (MONAI Deploy's default)
+    queue: int = 64  # instances received but not yet classified; beyond this the node answers out of resources
+    max_instance_mb: float = 1024.0  # larger instances are refused (out of resources); they are received to disk
+    max_associations: int = 16  # at once; more are rejected (local limit exceeded)
+    keep_images: bool = False  # keep spooled images (DIR/images/) after their results are safe
+    strict: bool = False  # an input with warnings is skipped instead of labelled
+    batch_size: int = 1  # 1: each instance's probabilities are those of `medge predict FILE`
+    workers: int | None = None
+    streams: int | None = None
+    max_pixels: int = 40_000_000
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    tls_ca: str | None = None  # with it, callers must present a certificate it signed (mutual TLS)
+    retry_max_s: float = 60.0  # the longest wait between two tries to forward to a PACS that is down
+    extra_sop_classes: tuple[str, ...] = field(default=())  # accepted besides the default set (the bundle's modalities)
+
+    def __post_init__(self):
+        check_ranges("node", [
+            (0 <= self.port <= 65535, f"--port must be in 0..65535, got {self.port}"),
+            (self.study_timeout_s > 0, f"--study-timeout must be > 0 seconds, got {self.study_timeout_s}"),
+            (1 <= self.queue <= 100_000, f"--queue must be in 1..100000, got {self.queue}"),
+            (0 < self.max_instance_mb <= 65536, f"--max-instance-mb must be in (0, 65536], got {self.max_instance_mb}"),
+            (1 <= self.max_associations <= 256, f"--max-associations must be in 1..256, got {self.max_associations}"),
+            (self.retry_max_s >= 1, f"retry_max_s must be >= 1, got {self.retry_max_s}"),
+        ])
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise UsageError("--tls-cert and --tls-key go together: give both for DICOM over TLS")
+        if self.tls_ca and not self.tls_cert:
+            raise UsageError("--tls-ca needs --tls-cert and --tls-key: mutual TLS is TLS with client certificates")

@@ -1,0 +1,182 @@
+"""Classifying what the node received: off the association threads, through the spool, into ``Model.predict``.
+
+One thread takes what waits in the spool (arrival order, a few at a time so the
+pipeline keeps every core busy) and, per instance:
+  1. classifies it with the same ``Model.predict`` as ``medge predict`` (each
+     instance alone in its forward pass by default, so its probabilities do not
+     depend on what arrived with it: they equal ``medge predict FILE``'s);
+  2. decides its status: ``classified``; ``skipped`` with the reason when the model
+     does not fit it (a modality the bundle was not made for, colour or multi-frame
+     data, a mask or a uniform image, and with --strict any warning); ``error`` for a bug;
+  3. writes the SR (and with --heatmap-sc the SC) to ``DIR/reports/`` and, with
+     --forward, to the outbox;
+  4. appends the record to results.jsonl (the commit point, ``spool.Spool.commit``),
+     then deletes the spooled image (or keeps it, --keep-images).
+A crash anywhere before step 4 redoes the instance at the next start, writing the
+same result objects (their UIDs are derived from the source's).
+"""
+from __future__ import annotations
+
+import datetime
+import io
+import os
+import threading
+import time
+from pathlib import Path
+
+import cv2
+
+from medge import __version__
+from medge.edge.apps.node.config import NodeConfig
+from medge.edge.apps.node.scp import SLICE_SOP_CLASSES
+from medge.edge.apps.node.spool import Spool, Spooled, private_dir, uid_hash
+from medge.edge.apps.node.studies import Studies
+from medge.edge.model import Model, Prediction
+
+SWEEP_EVERY_S = 10.0
+ABANDONED_AFTER_S = 120.0  # untouched this long: the association is gone (its DIMSE timeout is 60 s)
+
+
+def _iso(t: float) -> str:
+    return datetime.datetime.fromtimestamp(t, datetime.timezone.utc).isoformat(timespec="milliseconds")
+
+
+def bundle_modalities(model: Model) -> list[str]:
+    """The DICOM modalities the bundle was made for (its data profile), [] when it names none."""
+    return sorted((model.data_profile or {}).get("modalities") or {})
+
+
+class Classifier:
+    """The worker: spool -> Model.predict -> result objects -> results.jsonl."""
+
+    def __init__(self, model: Model, spool: Spool, cfg: NodeConfig, studies: Studies, forwarder=None, log=print):
+        self.model, self.spool, self.cfg, self.studies, self.forwarder = model, spool, cfg, studies, forwarder
+        self.log = log
+        self.reports = private_dir(spool.out_dir / "reports")
+        self.modalities = bundle_modalities(model)
+        self.algorithm = None  # report.Algorithm, built on first use (highdicom loads lazily)
+        self.counts = {"classified": 0, "skipped": 0, "error": 0}
+        self.busy = False
+        self.take_most = max(1, 4 * (os.cpu_count() or 1))
+        self._swept = time.monotonic()
+
+    def run(self, stop: threading.Event, drain: threading.Event) -> None:
+        """Classify until ``stop``; after ``drain`` is set, until the queue is empty."""
+        while not stop.is_set():
+            items = self.spool.take(self.take_most, 0.2)
+            if items:
+                self.busy = True
+                try:
+                    self.handle(items)
+                finally:
+                    self.busy = False
+            elif drain.is_set():
+                return
+            self.studies.flush()
+            if time.monotonic() - self._swept > SWEEP_EVERY_S:
+                self._swept = time.monotonic()
+                if removed := self.spool.sweep_incoming(ABANDONED_AFTER_S):
+                    self.log(f"removed {removed} instance(s) left half received by aborted associations")
+
+    def handle(self, items: list[Spooled]) -> None:
+        t0 = time.monotonic()
+        preds = self.model.predict([str(i.path) for i in items], self.cfg.batch_size, self.cfg.workers,
+                                   self.cfg.max_pixels, self.cfg.strict, heatmaps=self.cfg.heatmap_sc,
+                                   streams=self.cfg.streams)
+        for item, pred in zip(items, preds, strict=True):
+            record = self.finish(item, pred)
+            self.studies.add(record)
+        self.log(f"classified {len(items)} instance(s) in {time.monotonic() - t0:.2f} s "
+                 f"({self.spool.queued()} waiting)")
+
+    def finish(self, item: Spooled, pred: Prediction) -> dict:
+        """Status, result objects and the record of one instance; committed to results.jsonl."""
+        import pydicom
+
+        tag = uid_hash(item.sop_uid)[:12]
+        try:
+            source = pydicom.dcmread(item.path, stop_before_pixels=True)
+        except Exception as e:  # checked when received; a damaged spool file is recorded, never retried forever
+            source, pred = None, Prediction(pred.path, error=f"the spooled file cannot be read again ({type(e).__name__})")
+        status, reason = self.status(pred, source)
+        record = {**pred.to_record(self.model.sha256), "path": item.path.name, "status": status, "reason": reason,
+                  **_identity(source, item), "calling_ae": item.calling_ae, "received_at": _iso(item.received_at),
+                  "sr": None, "sc": None}
+        if status == "classified":
+            try:
+                record.update(self.write_results(source, pred))
+            except Exception as e:  # a result object that cannot be built is an error of this instance, said so
+                record.update(status="error", reason=f"the SR could not be written: {type(e).__name__}: {e}")
+        record["classified_at"] = _iso(time.time())
+        self.spool.commit(item, record)
+        self.counts[record["status"]] += 1
+        what = f"{pred.label} ({max(pred.probabilities.values()):.3f})" if record["status"] == "classified" else \
+            f"{record['status']}: {record['reason']}"
+        self.log(f"{tag}: {what}" + (f" [{len(pred.warnings)} warning(s)]" if pred.warnings else ""))
+        return record
+
+    def status(self, pred: Prediction, source) -> tuple[str, str | None]:
+        if not pred.ok:  # the reason without the spool file's path, which means nothing to the sender
+            reason = pred.error.removeprefix(f"{pred.path}: ")
+            return ("error" if pred.unexpected else "skipped"), reason
+        modality = str(source.get("Modality", "") or "") if source is not None else ""
+        slice_of = SLICE_SOP_CLASSES.get(str(source.get("SOPClassUID", "")) if source is not None else "")
+        if slice_of and slice_of[0] not in self.modalities:
+            return "skipped", (f"a {slice_of[0]} slice ({slice_of[1]}): the model is for "
+                               f"{', '.join(self.modalities) or 'projection radiographs'}; a bundle exported with "
+                               f"--modality {slice_of[0]} takes them")
+        if self.modalities and modality and modality not in self.modalities:
+            return "skipped", (f"modality {modality}: the model is for {', '.join(self.modalities)} "
+                               "(its training data and export say so)")
+        return "classified", None
+
+    def write_results(self, source, pred: Prediction) -> dict:
+        """The SR (and SC) of one classified instance: in DIR/reports/, and in the outbox with --forward."""
+        from medge.edge.apps.node import report
+
+        if self.algorithm is None:
+            self.algorithm = report.Algorithm(name=f"{self.model.manifest['model'].get('arch', 'model')} "
+                                                   f"({self.model.bundle_dir.name})"[:64],
+                                              version=__version__, model_sha256=self.model.sha256)
+        sop = str(source.SOPInstanceUID)
+        key = (sop, self.model.sha256)
+        threshold, positive = _operating_point(self.model.manifest)
+        finding = report.Finding(classes=tuple(self.model.classes), probabilities=dict(pred.probabilities),
+                                 label=pred.label, threshold=threshold, positive=positive, warnings=tuple(pred.warnings))
+        study = str(source.StudyInstanceUID)
+        sr = report.build_sr(source, finding, self.algorithm, series_uid=report.result_uid(study, self.model.sha256, "sr"),
+                             instance_uid=report.result_uid(*key, "sr"))
+        out = {"sr": self._save(sr, f"{uid_hash(sop)}.sr.dcm"), "sr_sop_instance_uid": str(sr.SOPInstanceUID)}
+        if self.cfg.heatmap_sc and pred.explanation is not None:
+            rgb = cv2.cvtColor(pred.explanation.overlay(), cv2.COLOR_BGR2RGB)
+            sc = report.build_heatmap_sc(source, rgb, self.algorithm,
+                                         series_uid=report.result_uid(study, self.model.sha256, "sc"),
+                                         instance_uid=report.result_uid(*key, "sc"))
+            out.update(sc=self._save(sc, f"{uid_hash(sop)}.sc.dcm"), sc_sop_instance_uid=str(sc.SOPInstanceUID))
+        return out
+
+    def _save(self, ds, name: str) -> str:
+        """Encode once; write to reports/ and (with --forward) the outbox, each atomically."""
+        from medge.edge.outputs import atomic_write_bytes
+
+        buf = io.BytesIO()
+        ds.save_as(buf, enforce_file_format=True)
+        data = buf.getvalue()
+        path = atomic_write_bytes(self.reports / name, data)
+        if self.forwarder is not None:
+            self.forwarder.put(name, data)
+        return str(Path("reports") / path.name)
+
+
+def _identity(source, item: Spooled) -> dict:
+    get = (lambda k: str(source.get(k, "") or "") or None) if source is not None else (lambda k: None)
+    return {"study_instance_uid": get("StudyInstanceUID"), "series_instance_uid": get("SeriesInstanceUID"),
+            "sop_instance_uid": get("SOPInstanceUID") or item.sop_uid, "sop_class_uid": get("SOPClassUID"),
+            "modality": get("Modality")}
+
+
+def _operating_point(manifest: dict) -> tuple[float | None, str | None]:
+    """The bundle's operating threshold and positive class, when it has them (else argmax: None, None)."""
+    op = manifest.get("operating_point") or {}
+    threshold = op.get("threshold")
+    return (float(threshold) if threshold is not None else None), op.get("positive")
