@@ -215,7 +215,8 @@ def render(r: dict) -> str:
     n = r["node"]
     if n["ok"]:
         ts = n["transfer_syntaxes"]
-        lines.append(f"node        extra works: pynetdicom {n['versions']['pynetdicom']}, highdicom {n['versions']['highdicom']}; "
+        v = n["versions"]
+        lines.append(f"node        extra works: pynetdicom {v['pynetdicom']}, highdicom {v['highdicom']}; "
                      f"C-ECHO to itself OK; decodes {ts['decodable']} of {ts['known']} transfer syntaxes")
     else:
         lines.append(f"node        medge node cannot run here: {n['error']}")

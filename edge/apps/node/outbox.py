@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 from medge.edge.apps.node.config import Peer
+from medge.edge.apps.node.scp import no_delay
 from medge.edge.apps.node.spool import private_dir
 
 SR_STORAGE = "1.2.840.10008.5.1.4.1.1.88.34"  # Comprehensive 3D SR Storage
@@ -74,6 +75,7 @@ class Forwarder:
         if not assoc.is_established:
             return self._failed(f"association with {self.peer} not established "
                                 f"({'rejected' if assoc.is_rejected else 'no answer or aborted'})")
+        no_delay(assoc)
         try:
             for path in files:
                 try:

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import datetime
 import io
-import os
 import threading
 import time
 from pathlib import Path
@@ -32,6 +31,7 @@ from medge.edge.apps.node.scp import SLICE_SOP_CLASSES
 from medge.edge.apps.node.spool import Spool, Spooled, private_dir, uid_hash
 from medge.edge.apps.node.studies import Studies
 from medge.edge.model import Model, Prediction
+from medge.edge.system import usable_cores
 
 SWEEP_EVERY_S = 10.0
 ABANDONED_AFTER_S = 120.0  # untouched this long: the association is gone (its DIMSE timeout is 60 s)
@@ -57,7 +57,7 @@ class Classifier:
         self.algorithm = None  # report.Algorithm, built on first use (highdicom loads lazily)
         self.counts = {"classified": 0, "skipped": 0, "error": 0}
         self.busy = False
-        self.take_most = max(1, 4 * (os.cpu_count() or 1))
+        self.take_most = max(1, 4 * usable_cores())
         self._swept = time.monotonic()
 
     def run(self, stop: threading.Event, drain: threading.Event) -> None:
