@@ -1,0 +1,231 @@
+"""The parts of ``medge node`` without a network: settings, the spool and its ledger, study records, the SR and SC
+builders, and the command line's refusals."""
+import json
+import os
+
+import numpy as np
+import pytest
+
+from medge.edge.apps.node.config import NodeConfig, Peer, check_ae_title, parse_allow, parse_forward
+from medge.edge.apps.node.spool import RESULTS, Spool, uid_hash
+from medge.edge.apps.node.studies import Studies, disease_classes
+from medge.edge.errors import ConfigError, UsageError
+
+
+# --- settings ----------------------------------------------------------------------------------------------------
+def test_peers_and_ae_titles():
+    assert parse_allow("MODALITY1") == Peer("MODALITY1")
+    assert parse_allow("PACS@10.0.0.5") == Peer("PACS", "10.0.0.5")
+    assert parse_forward("ORTHANC@10.0.0.5:4242") == Peer("ORTHANC", "10.0.0.5", 4242)
+    assert parse_forward("PACS@[::1]:104") == Peer("PACS", "::1", 104)
+    assert check_ae_title(" MEDGE ", "--ae-title") == "MEDGE"
+    for bad in ("", "A" * 17, "BACK\\SLASH", "TAB\tX"):
+        with pytest.raises(UsageError, match="not a DICOM AE title"):
+            check_ae_title(bad, "--ae-title")
+    for bad in ("ORTHANC", "ORTHANC@host", "ORTHANC@host:0", "@host:104", "ORTHANC@host:99999"):
+        with pytest.raises(UsageError, match="--forward"):
+            parse_forward(bad)
+    with pytest.raises(UsageError, match="AE@HOST"):
+        parse_allow("PACS@")
+
+
+def test_settings_are_checked_once():
+    with pytest.raises(ConfigError, match="--queue"):
+        NodeConfig(queue=0)
+    with pytest.raises(ConfigError, match="--study-timeout"):
+        NodeConfig(study_timeout_s=0)
+    with pytest.raises(UsageError, match="go together"):
+        NodeConfig(tls_cert="a.pem")
+    with pytest.raises(UsageError, match="mutual TLS"):
+        NodeConfig(tls_ca="ca.pem")
+    assert NodeConfig().host == "127.0.0.1" and NodeConfig().batch_size == 1
+
+
+# --- the spool ---------------------------------------------------------------------------------------------------
+def _received(tmp_path, name="incoming.dcm", data=b"DICM" * 10):
+    path = tmp_path / name
+    path.write_bytes(data)
+    return path
+
+
+def test_spool_put_take_commit_and_duplicates(tmp_path):
+    spool = Spool(tmp_path / "out", capacity=2)
+    assert (tmp_path / "out" / "spool").stat().st_mode & 0o777 == 0o700
+    assert spool.reserve("1.2.3") == "ok"
+    assert spool.reserve("1.2.3") == "duplicate"  # being written
+    item = spool.put("1.2.3", _received(tmp_path), "SCU")
+    assert item.path.name == f"{uid_hash('1.2.3')}.dcm" and item.path.read_bytes() == b"DICM" * 10
+    assert spool.reserve("1.2.3") == "duplicate"  # queued
+    assert spool.reserve("1.2.4") == "ok" and spool.reserve("1.2.5") == "full"
+    spool.unreserve("1.2.4")
+    (taken,) = spool.take(8, 0.01)
+    assert taken == item and spool.pending() == 1
+    spool.commit(taken, {"sop_instance_uid": "1.2.3", "status": "classified"})
+    assert spool.pending() == 0 and not item.path.exists() and not item.path.with_suffix(".json").exists()
+    assert spool.reserve("1.2.3") == "duplicate"  # done: no second result
+    assert [json.loads(x) for x in (tmp_path / "out" / RESULTS).read_text().splitlines()] == \
+        [{"sop_instance_uid": "1.2.3", "status": "classified"}]
+
+
+def test_spool_recovery_after_a_crash(tmp_path):
+    """What kill -9 leaves: acknowledged instances without a result, a done one not yet cleaned up, a copy cut short,
+    a sidecar without its image, and a results line cut in the middle."""
+    out = tmp_path / "out"
+    spool = Spool(out, capacity=10)
+    items = [spool.put(f"1.2.{i}", _received(tmp_path, f"r{i}.dcm"), "SCU") for i in range(4)]
+    with open(out / RESULTS, "a") as f:  # 1.2.0 done, its files still there (the crash came before the clean-up)
+        f.write(json.dumps({"sop_instance_uid": "1.2.0", "status": "classified"}) + "\n")
+        f.write('{"sop_instance_uid": "1.2.1", "sta')  # the crash cut this line: 1.2.1 is not done
+    (out / "spool" / ".abc.dcm.tmp").write_bytes(b"half")  # never acknowledged
+    (out / "spool" / "feedface.json").write_text('{"sop_instance_uid": "9.9"}')  # image never renamed in
+    again = Spool(out, capacity=10)
+    assert again.recovered == 3 and set(again.done) == {"1.2.0"}
+    assert sorted(i.sop_uid for i in again.take(10, 0.01)) == ["1.2.1", "1.2.2", "1.2.3"]
+    assert (out / RESULTS).read_text().endswith("}\n")  # the torn line is gone
+    assert not items[0].path.exists() and not (out / "spool" / ".abc.dcm.tmp").exists()
+    assert not (out / "spool" / "feedface.json").exists()
+    assert again.reserve("1.2.0") == "duplicate" and again.reserve("1.2.2") == "duplicate"
+
+
+def test_spool_write_failure_leaves_nothing_and_a_resend_works(tmp_path, monkeypatch):
+    spool = Spool(tmp_path / "out", capacity=4)
+    assert spool.reserve("1.2.3") == "ok"
+    real = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (_ for _ in ()).throw(OSError(28, "No space left on device")))
+    with pytest.raises(OSError, match="No space"):
+        spool.put("1.2.3", _received(tmp_path), "SCU")
+    monkeypatch.setattr(os, "fsync", real)
+    assert list((tmp_path / "out" / "spool").iterdir()) == [] and spool.pending() == 0
+    assert spool.reserve("1.2.3") == "ok"
+    spool.put("1.2.3", _received(tmp_path), "SCU")
+    assert spool.queued() == 1
+
+
+def test_keep_images_moves_them_out_of_the_spool(tmp_path):
+    spool = Spool(tmp_path / "out", capacity=4, keep_images=True)
+    spool.reserve("1.2.3")
+    item = spool.put("1.2.3", _received(tmp_path), "SCU")
+    spool.commit(spool.take(1, 0.01)[0], {"sop_instance_uid": "1.2.3"})
+    kept = tmp_path / "out" / "images" / item.path.name
+    assert kept.read_bytes() == b"DICM" * 10 and (tmp_path / "out" / "images").stat().st_mode & 0o777 == 0o700
+
+
+# --- studies -----------------------------------------------------------------------------------------------------
+def _record(study, sop, p_disease, status="classified"):
+    return {"study_instance_uid": study, "sop_instance_uid": sop, "series_instance_uid": "s", "status": status,
+            "label": "disease" if p_disease > 0.5 else "normal", "received_at": sop,
+            "probabilities": {"disease": p_disease, "normal": 1 - p_disease} if status == "classified" else None}
+
+
+def test_study_label_is_the_highest_disease_probability_and_late_instances_update_it(tmp_path):
+    assert disease_classes(["disease", "normal"]) == ["disease"]
+    assert disease_classes(["Normal", "effusion", "nodule"]) == ["effusion", "nodule"]
+    studies = Studies(tmp_path, ["disease", "normal"], timeout_s=5, log=lambda m: None)
+    studies.add(_record("S", "1", 0.2))
+    studies.add(_record("S", "2", 0.7))
+    studies.add(_record("S", "3", 0.0, status="skipped"))
+    assert studies.flush() == 0  # not quiet long enough
+    assert studies.flush(now=1e12) == 1
+    path = tmp_path / "studies" / f"{uid_hash('S')}.json"
+    first = json.loads(path.read_text())
+    assert (first["label"], first["disease_probability"], first["deciding_instance"]) == ("disease", 0.7, "2")
+    assert first["counts"] == {"classified": 2, "skipped": 1, "error": 0} and first["updated"] == 1
+    studies.add(_record("S", "4", 0.9))
+    assert studies.flush(now=1e12) == 1
+    second = json.loads(path.read_text())
+    assert second["deciding_instance"] == "4" and second["updated"] == 2 and len(second["instances"]) == 4
+    again = Studies(tmp_path, ["disease", "normal"], timeout_s=5, log=lambda m: None)
+    again.load([_record("S", str(i), 0.1) for i in range(1, 5)])
+    assert again.flush(now=1e12) == 0  # after a restart: nothing to rewrite, the file lists them all
+
+
+# --- result objects ----------------------------------------------------------------------------------------------
+def test_sr_and_sc_objects(tmp_path):
+    pytest.importorskip("highdicom", reason="the node extra is not installed")
+    import pydicom
+
+    from medge.edge.apps.node import report
+    from tests.edge.apps.nodes import write_radiograph
+
+    source = pydicom.dcmread(write_radiograph(tmp_path / "cr.dcm", "CR"), stop_before_pixels=True)
+    del source.PatientBirthDate  # Type 2 and absent: the SR has it empty
+    algorithm = report.Algorithm("resnet18 (xray)", "1.0", "ab" * 32)
+    finding = report.Finding(("disease", "normal"), {"disease": 0.1 + 0.2, "normal": 1 - (0.1 + 0.2)}, "normal",
+                             threshold=0.35, positive="disease", warnings=("low contrast",))
+    uid = report.result_uid(source.SOPInstanceUID, algorithm.model_sha256, "sr")
+    assert uid == report.result_uid(source.SOPInstanceUID, algorithm.model_sha256, "sr") and len(uid) <= 64
+    sr = report.build_sr(source, finding, algorithm, report.result_uid(source.StudyInstanceUID, "ab", "sr"), uid)
+    sr.save_as(tmp_path / "sr.dcm", enforce_file_format=True)
+    sr = pydicom.dcmread(tmp_path / "sr.dcm")
+    assert sr.SOPClassUID == "1.2.840.10008.5.1.4.1.1.88.34" and sr.SOPInstanceUID == uid
+    assert sr.PatientBirthDate == "" and sr.PatientID == source.PatientID
+    assert sr.VerificationFlag == "UNVERIFIED" and "not for diagnostic use" in sr.SeriesDescription
+    items = {}
+
+    def walk(seq):
+        for item in seq:
+            items.setdefault(item.ValueType, []).append(item)
+            walk(item.get("ContentSequence", []))
+
+    walk(sr.ContentSequence)
+    nums = {i.ConceptNameCodeSequence[0].CodeMeaning: i.MeasuredValueSequence[0].FloatingPointValue for i in items["NUM"]}
+    assert nums == {"Probability of disease": 0.1 + 0.2, "Probability of normal": 1 - (0.1 + 0.2),
+                    "Operating threshold for disease": 0.35}
+    finding_item = next(i for i in items["CODE"] if i.ConceptNameCodeSequence[0].CodeMeaning == "Finding")
+    assert finding_item.ConceptCodeSequence[0].CodeMeaning == "normal"
+    texts = [i.TextValue for i in items["TEXT"]]
+    assert "warning: low contrast" in texts and "resnet18 (xray)" in texts and f"model sha256 {'ab' * 32}" in texts
+    sc = report.build_heatmap_sc(source, np.full((32, 48, 3), 200, np.uint8), algorithm, "1.2.3.4", "1.2.3.5")
+    assert sc.BurnedInAnnotation == "YES" and sc.Rows == 32 and sc.Columns == 48
+    assert sc.PatientOrientation in (None, "", [])  # the source did not say; not made up
+
+
+def test_forwarder_sends_what_the_pacs_takes_and_sets_aside_what_it_never_will(tmp_path):
+    """A PACS that stores SR but no Secondary Capture: the SC goes to outbox/failed/, the SR after it is delivered."""
+    pytest.importorskip("pynetdicom", reason="the node extra is not installed")
+    import io
+
+    import pydicom
+    from pynetdicom import AE, evt
+
+    from medge.edge.apps.node import report
+    from medge.edge.apps.node.outbox import SR_STORAGE, Forwarder
+    from tests.edge.apps.nodes import write_radiograph
+
+    source = pydicom.dcmread(write_radiograph(tmp_path / "cr.dcm", "CR"), stop_before_pixels=True)
+    algorithm = report.Algorithm("m", "1", "ab" * 32)
+    finding = report.Finding(("disease", "normal"), {"disease": 0.25, "normal": 0.75}, "normal")
+    sc = report.build_heatmap_sc(source, np.zeros((8, 8, 3), np.uint8), algorithm, "1.2.3.4", "1.2.3.5")
+    sr = report.build_sr(source, finding, algorithm, "1.2.3.6", "1.2.3.7")
+    received = []
+    ae = AE(ae_title="PACS")
+    ae.add_supported_context(SR_STORAGE)
+    server = ae.start_server(("127.0.0.1", 0), block=False, evt_handlers=[
+        (evt.EVT_C_STORE, lambda event: received.append(event.request.AffectedSOPInstanceUID) or 0x0000)])
+    try:
+        log = []
+        forwarder = Forwarder(tmp_path / "out", Peer("PACS", "127.0.0.1", server.server_address[1]), "MEDGE",
+                              log=log.append)
+        for name, ds in (("a.sc.dcm", sc), ("b.sr.dcm", sr)):  # the SC first: it must not hold the SR back
+            buf = io.BytesIO()
+            ds.save_as(buf, enforce_file_format=True)
+            forwarder.put(name, buf.getvalue())
+        assert forwarder.send_round() is True
+    finally:
+        server.shutdown()
+    assert received == ["1.2.3.7"] and forwarder.sent == 1 and forwarder.refused == 1
+    assert [p.name for p in (tmp_path / "out" / "outbox" / "failed").iterdir()] == ["a.sc.dcm"]
+    assert forwarder.waiting() == [] and any("kept in outbox/failed/" in m for m in log)
+
+
+# --- the command line --------------------------------------------------------------------------------------------
+def test_cli_refuses_bad_options(tmp_path, bundle, capsys):
+    from medge.edge.apps.cli import main
+
+    out = str(tmp_path / "out")
+    assert main(["node", "--model", str(bundle), "--out", out, "--forward", "ORTHANC"]) == 2
+    assert "AE@HOST:PORT" in capsys.readouterr().err
+    assert main(["node", "--model", str(bundle), "--out", out, "--tls-cert", "x.pem"]) == 2
+    assert "go together" in capsys.readouterr().err
+    assert main(["node", "--model", str(bundle), "--out", out, "--tls-cert", "x.pem", "--tls-key", "y.pem"]) == 2
+    assert "file not found" in capsys.readouterr().err
