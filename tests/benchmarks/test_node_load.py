@@ -1,0 +1,55 @@
+"""The node load benchmark end to end on 4 tiny files, 1 and 2 associations: a complete record, its table, --from."""
+import json
+import os
+import shutil
+
+import pytest
+
+pytest.importorskip("pynetdicom", reason="the node extra (pynetdicom) is not installed")
+pytest.importorskip("highdicom", reason="the node extra (highdicom) is not installed")
+
+from medge.benchmarks.node_load import main, table  # noqa: E402
+from medge.edge.errors import UsageError  # noqa: E402
+
+ORTHANC = shutil.which("Orthanc") or "/usr/sbin/Orthanc"
+
+
+@pytest.mark.skipif(not os.access(ORTHANC, os.X_OK), reason=f"Orthanc is not installed ({ORTHANC}; apt-get install orthanc)")
+def test_node_load_smoke_produces_a_complete_record(bundle, tmp_path, capsys):
+    out = tmp_path / "new" / "node_load.json"
+    assert main(["--model", str(bundle), "--files", "4", "--size", "64", "--associations", "1,2",
+                 "--warmup-files", "2", "--out", str(out)]) == 0
+    rec = json.loads(out.read_text())
+    assert rec["benchmark"] == "node_load" and rec["files"] == 4 and rec["image_size"] == 64 and rec["node_exit"] == 0
+    assert rec["machine"]["usable_cores"] >= 1 and rec["versions"]["pynetdicom"] and rec["engine"]
+    assert rec["config"]["associations"] == [1, 2] and rec["config"]["synthetic_inputs"] is True
+    assert rec["warmup"]["sent"] == 2 and rec["warmup"]["srs_in_pacs"] == 2
+    assert [r["associations"] for r in rec["rounds"]] == [1, 2]
+    for r in rec["rounds"]:  # every instance acknowledged, classified and its SR in Orthanc, whatever the timings
+        assert r["sent"] == r["srs_in_pacs"] == 4 and r["c_store_status"] == {"0x0000": 4} and not r["timed_out"]
+        assert r["node_status"] == {"classified": 4}
+        lat = r["latency_ms"]
+        assert lat["n"] == 4 and 0 < lat["min_ms"] <= lat["p50_ms"] <= lat["p99_ms"] <= lat["max_ms"]
+        assert r["instances_per_s"] == pytest.approx(4 / r["wall_s"]) and r["wall_s"] >= r["sending_s"] > 0
+        for part in ("c_store_answer", "spooled_to_classified", "classified_to_pacs"):
+            assert r["parts_ms"][part]["n"] == 4
+        assert sum(int(k) * v for k, v in r["node_log"]["instances_per_call"].items()) == 4
+        assert set(r["cpu_s"]) == {"node", "orthanc", "senders", "box"} and r["cpu_s"]["node"] > 0
+        assert set(r["ratio_vs_predict"]) == {"8", "1"}
+        assert r["ratio_vs_predict"]["8"] == pytest.approx(r["instances_per_s"] / r["predict_instances_per_s"]["8"])
+    runs = rec["predict"]["runs"]  # before, between and after the rounds
+    assert len(runs) == 3 and all(run[b]["classified"] == 4 for run in runs for b in ("8", "1"))
+    assert rec["predict"]["summary"]["8"]["runs"] == [run["8"]["instances_per_s"] for run in runs]
+    assert rec["goals"] == []  # the goal is at 4 associations: not measured here
+    text = table(rec)
+    assert "| associations | instances/s |" in text and "\n| 2 | " in text and "4 64 px synthetic DX" in text
+    assert capsys.readouterr().out.rstrip().endswith(text)  # the record as JSON, then its table
+    assert main(["--from", str(out)]) == 0 and capsys.readouterr().out.strip() == text
+
+
+def test_existing_record_is_refused_before_any_measuring(tmp_path):
+    out = tmp_path / "r.json"
+    out.write_text("{}")
+    with pytest.raises(UsageError, match="exists already"):
+        main(["--model", str(tmp_path / "no-bundle"), "--out", str(out)])
+    assert out.read_text() == "{}"
