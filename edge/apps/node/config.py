@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from medge.edge.config import check_ranges
 from medge.edge.errors import UsageError
@@ -75,7 +75,6 @@ class NodeConfig:
     tls_key: str | None = None
     tls_ca: str | None = None  # with it, callers must present a certificate it signed (mutual TLS)
     retry_max_s: float = 60.0  # the longest wait between two tries to forward to a PACS that is down
-    extra_sop_classes: tuple[str, ...] = field(default=())  # accepted besides the default set (the bundle's modalities)
 
     def __post_init__(self):
         check_ranges("node", [

@@ -34,7 +34,7 @@ def stored(status: int) -> bool:
 
 
 def transient(status: int) -> bool:
-    """A refusal worth retrying: out of resources (0xA7xx) or a busy PACS (0xFE00 cancel, 0x0122 and up: none);
+    """A refusal worth retrying: out of resources (0xA7xx) or cancelled (0xFE00);
     0xA9xx (data set does not match the SOP class) and 0xCxxx (cannot understand) will not change with time."""
     return (status & 0xFF00) == 0xA700 or status == 0xFE00
 

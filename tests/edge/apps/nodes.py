@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -223,6 +222,3 @@ class NodeProcess:
         finally:
             self.kill()
 
-
-def have_orthanc() -> bool:
-    return shutil.which("Orthanc") is not None or os.access("/usr/sbin/Orthanc", os.X_OK)
