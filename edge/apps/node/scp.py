@@ -109,11 +109,10 @@ def tls_context(cfg: NodeConfig) -> ssl.SSLContext | None:
 class StorageSCP:
     """The association side: accepts, checks and spools; ``Node`` owns the rest."""
 
-    def __init__(self, cfg: NodeConfig, spool: Spool, modalities=(), log=print, on_spooled=None):
+    def __init__(self, cfg: NodeConfig, spool: Spool, modalities=(), log=print):
         self.cfg, self.spool, self.log = cfg, spool, log
         self.sop_classes = sop_classes(modalities)
         self.syntaxes = transfer_syntaxes()
-        self.on_spooled = on_spooled or (lambda item: None)
         self.counts = {"stored": 0, "duplicates": 0, "refused_full": 0, "refused_size": 0, "unreadable": 0,
                        "write_failed": 0, "rejected_associations": 0, "echo": 0}
         self.accepting = True
@@ -202,14 +201,13 @@ class StorageSCP:
             self.log(f"{tag}: from {calling}: {why}: cannot understand (0xC210)")
             return CANNOT_UNDERSTAND
         try:
-            item = self.spool.put(uid, path, calling)
+            self.spool.put(uid, path, calling)
         except OSError as e:
             self.counts["write_failed"] += 1
             self.log(f"{tag}: cannot be spooled ({e.strerror or e}): out of resources (0xA700); a resend will work")
             return OUT_OF_RESOURCES
         self.counts["stored"] += 1
         self.log(f"{tag}: stored from {calling} ({size / 1e6:.1f} MB, {1000 * (time.monotonic() - t0):.0f} ms)")
-        self.on_spooled(item)
         return SUCCESS
 
 

@@ -193,6 +193,17 @@ class Spool:
                 self._lock.wait(timeout_s)
             return [self._queue.popleft() for _ in range(min(most, len(self._queue)))]
 
+    def is_pending(self, sop_uid: str) -> bool:
+        """Acknowledged and not yet committed."""
+        with self._lock:
+            return sop_uid in self._pending
+
+    def requeue(self, items: list[Spooled]) -> None:
+        """Put taken instances back at the head of the queue, in their order (their classification failed)."""
+        with self._lock:
+            self._queue.extendleft(reversed(items))
+            self._lock.notify_all()
+
     def queued(self) -> int:
         with self._lock:
             return len(self._queue)

@@ -34,6 +34,7 @@ from medge.edge.model import Model, Prediction
 from medge.edge.system import usable_cores
 
 SWEEP_EVERY_S = 10.0
+RETRY_S = 5.0  # after a failure that is not the instance's (a full disk): wait, then try again
 ABANDONED_AFTER_S = 120.0  # untouched this long: the association is gone (its DIMSE timeout is 60 s)
 
 
@@ -56,7 +57,6 @@ class Classifier:
         self.modalities = bundle_modalities(model)
         self.algorithm = None  # report.Algorithm, built on first use (highdicom loads lazily)
         self.counts = {"classified": 0, "skipped": 0, "error": 0}
-        self.busy = False
         self.take_most = max(1, 4 * usable_cores())
         self._swept = time.monotonic()
 
@@ -65,11 +65,14 @@ class Classifier:
         while not stop.is_set():
             items = self.spool.take(self.take_most, 0.2)
             if items:
-                self.busy = True
                 try:
                     self.handle(items)
-                finally:
-                    self.busy = False
+                except Exception as e:  # e.g. the disk is full: the thread lives on, what is not done is tried again
+                    undone = [i for i in items if self.spool.is_pending(i.sop_uid)]  # not committed
+                    self.spool.requeue(undone)
+                    self.log(f"classifying failed ({type(e).__name__}: {e}); {len(undone)} instance(s) back in the "
+                             f"queue, next try in {RETRY_S:g} s")
+                    stop.wait(RETRY_S)
             elif drain.is_set():
                 return
             self.studies.flush()

@@ -110,6 +110,52 @@ def test_keep_images_moves_them_out_of_the_spool(tmp_path):
     assert kept.read_bytes() == b"DICM" * 10 and (tmp_path / "out" / "images").stat().st_mode & 0o777 == 0o700
 
 
+def test_classifier_survives_a_failure_that_is_not_the_instances_and_tries_again(tmp_path, bundle, monkeypatch):
+    """The disk fills while results are committed: nothing is lost, the thread goes on, each instance once."""
+    import threading
+    import time
+
+    pytest.importorskip("highdicom", reason="the node extra is not installed")
+    import pydicom
+
+    from medge.edge.apps.node import worker
+    from medge.edge.model import Model
+    from tests.edge.apps.nodes import write_radiograph
+
+    monkeypatch.setattr(worker, "RETRY_S", 0.1)
+    out = tmp_path / "out"
+    spool = Spool(out, capacity=4)
+    for i in range(2):
+        path = write_radiograph(tmp_path / f"i{i}.dcm", seed=i)
+        uid = pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID
+        spool.reserve(uid)
+        spool.put(uid, path, "SCU")
+    real, calls = spool.commit, []
+
+    def commit(item, record):
+        calls.append(item.sop_uid)
+        if len(calls) == 2:  # the second instance's commit fails once
+            raise OSError(28, "No space left on device")
+        real(item, record)
+
+    monkeypatch.setattr(spool, "commit", commit)
+    log = []
+    studies = Studies(out, ["disease", "normal"], 5, log=lambda m: None)
+    classifier = worker.Classifier(Model.load(bundle), spool, NodeConfig(), studies, log=log.append)
+    stop, drain = threading.Event(), threading.Event()
+    thread = threading.Thread(target=classifier.run, args=(stop, drain))
+    thread.start()
+    deadline = time.monotonic() + 60
+    while spool.pending() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    stop.set()
+    thread.join(10)
+    records = [json.loads(x) for x in (out / RESULTS).read_text().splitlines()]
+    assert len(records) == 2 and len({r["sop_instance_uid"] for r in records}) == 2
+    assert len(calls) == 3 and calls[1] == calls[2]  # the failed one was tried again, the other not
+    assert any("No space left" in m and "1 instance(s) back in the queue" in m for m in log)
+
+
 # --- studies -----------------------------------------------------------------------------------------------------
 def _record(study, sop, p_disease, status="classified"):
     return {"study_instance_uid": study, "sop_instance_uid": sop, "series_instance_uid": "s", "status": status,
