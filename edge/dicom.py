@@ -87,7 +87,8 @@ def decode_dicom(data: bytes, path: str | os.PathLike | None, max_pixels: int) -
     pixels = _decode_pixels(ds, plugin, decoder, header, path)
     image, voi, display_range = _display_pipeline(pixels, ds, header, path)
     info = ImageInfo("dicom", header["columns"], header["rows"], header["bits_stored"], header["photometric"],
-                     decoder, header["modality"], header["transfer_syntax"], voi, display_range)
+                     decoder, header["modality"], header["transfer_syntax"], voi, display_range,
+                     header["manufacturer"], header["view_position"])
     return image, info
 
 
@@ -122,6 +123,18 @@ def _element(ds, keyword: str, default=None, path=None):
             raise ImageError(path, f"the DICOM header has an invalid {_describe(keyword)} value "
                                    f"({_raw_value(ds, keyword)}): the file is damaged or was written by faulty "
                                    "software") from None
+
+
+def _optional_text(ds, keyword: str, limit: int, upper: bool = False) -> str | None:
+    """A descriptive header value (Manufacturer, ViewPosition) for records, or None: never a reason to refuse a file."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            value = ds.get(keyword, None)
+        except Exception:  # an invalid value: reported as unknown
+            return None
+    text = "".join(ch for ch in str(value or "") if ch.isprintable()).strip()[:limit]
+    return (text.upper() if upper else text) or None
 
 
 def _describe(keyword: str) -> str:
@@ -159,6 +172,8 @@ def _header(ds, path) -> dict:
         "ts_uid": str(ts) if ts else "1.2.840.10008.1.2",
         "modality": (str(_element(ds, "Modality", "", path)).strip().upper() or None),
         "photometric": str(_element(ds, "PhotometricInterpretation", "", path)).strip().upper(),
+        "manufacturer": _optional_text(ds, "Manufacturer", 64),
+        "view_position": _optional_text(ds, "ViewPosition", 16, upper=True),
     }
     for key, keyword, default in [("rows", "Rows", None), ("columns", "Columns", None), ("frames", "NumberOfFrames", 1),
                                   ("samples", "SamplesPerPixel", 1), ("bits_allocated", "BitsAllocated", None),

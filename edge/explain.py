@@ -114,6 +114,8 @@ def resolve_classes(logits: np.ndarray, class_indices) -> list[int]:
     """The class to explain per image: as given, or the predicted one; UsageError when out of range."""
     if class_indices is None:
         return [int(np.argmax(z)) for z in logits]
+    if callable(class_indices):  # the caller's rule for the predicted class (a bundle's threshold: edge.decision)
+        return [int(k) for k in class_indices(logits)]
     k = logits.shape[1]
     for c in class_indices:
         if isinstance(c, bool) or not isinstance(c, (int, np.integer)) or not 0 <= c < k:
@@ -137,7 +139,8 @@ class Explainer:
         Args:
             run: the chunked forward pass (``Runner``).
             blob: the model's input, as ``edge.preprocess`` makes it.
-            class_indices: the class to explain per image; None = each image's predicted class.
+            class_indices: the class to explain per image; None = each image's argmax; or a function of the
+                logits giving the class per image (a bundle's operating point: ``Model.label_indices``).
             cfg: the bundle's PreprocessConfig (its normalization gives back the image the model saw).
 
         Returns:
@@ -147,7 +150,7 @@ class Explainer:
             UsageError: class indices of the wrong number or out of range.
             InferenceError: a bad blob or output (``edge.runtime``), or a CAM head that does not match the model.
         """
-        if class_indices is not None and len(class_indices) != len(blob):
+        if class_indices is not None and not callable(class_indices) and len(class_indices) != len(blob):
             raise UsageError(f"{len(class_indices)} class indices for {len(blob)} images")
         logits, ks, raws = self.raw_maps(run, blob, class_indices)
         size = tuple(blob.shape[2:])

@@ -56,12 +56,15 @@ class ImageInfo:
     voi: str | None = None  # the DICOM VOI transform applied: "window C/W", "VOI LUT", or None
     # Values that map to black and white (the DICOM window's output); None: the 8-bit rule decides.
     display_range: tuple[float, float] | None = None
+    manufacturer: str | None = None  # DICOM Manufacturer (the subgroups of medge validate, drift of medge monitor)
+    view_position: str | None = None  # DICOM ViewPosition: PA, AP, LL, ...
 
     def to_dict(self) -> dict:
         """The record's ``input`` section (the display range is an internal detail of preprocessing)."""
         return {"format": self.format, "width": self.width, "height": self.height, "bits": self.bits,
                 "photometric": self.photometric, "modality": self.modality, "transfer_syntax": self.transfer_syntax,
-                "decoder": self.decoder, "voi": self.voi}
+                "decoder": self.decoder, "voi": self.voi, "manufacturer": self.manufacturer,
+                "view_position": self.view_position}
 
 
 def array_info(image: np.ndarray) -> ImageInfo:

@@ -42,6 +42,7 @@ import numpy as np
 
 from medge.edge.budget import LOAD, StageCosts, ThreadBudget, budget_cores, lone_threads, opencv_threads, plan_budget
 from medge.edge.bundle import MANIFEST_FILE, MODEL_FILE, golden_inputs, read_manifest, sha256_bytes
+from medge.edge.decision import OperatingPoint, label_indices
 from medge.edge.engine_choice import EngineChoice, choose_engine
 from medge.edge.errors import (
     BundleError,
@@ -64,7 +65,7 @@ from medge.edge.formats import DEFAULT_MAX_PIXELS
 from medge.edge.image import array_info, load_image, to_gray
 from medge.edge.pipeline import Pipeline
 from medge.edge.preprocess import PreprocessConfig, preprocess, preprocess_stages
-from medge.edge.profile import check_input, image_stats
+from medge.edge.profile import STATS, check_input, image_stats
 from medge.edge.runtime import (
     AUTO,
     LOGITS_OUTPUT,
@@ -82,8 +83,10 @@ class Prediction:
 
     path: str | None  # None for arrays; a non-UTF-8 name holds surrogate escapes (edge.paths)
     label: str | None = None
-    probabilities: dict[str, float] | None = None
-    logits: list[float] | None = None
+    probabilities: dict[str, float] | None = None  # calibrated when the bundle has a temperature (edge.decision)
+    logits: list[float] | None = None  # the model's raw outputs, before calibration
+    threshold: float | None = None  # the bundle's operating threshold on its positive class; None: argmax
+    calibrated: bool = False  # probabilities are softmax(logits / T) with the bundle's fitted T
     timings_ms: dict[str, float] = field(default_factory=dict)  # read, preprocess, inference (batch time / batch size)
     error: str | None = None
     warnings: list[str] = field(default_factory=list)  # what is odd about the input (edge.profile); empty when fine
@@ -98,6 +101,7 @@ class Prediction:
     def to_record(self, model_sha256: str) -> dict:
         """The one record format of medge predict, watch and serve (JSON-ready)."""
         return {"path": self.path, "label": self.label, "probabilities": self.probabilities,
+                "threshold": self.threshold, "calibrated": self.calibrated, "logits": self.logits,
                 "model_sha256": model_sha256, "timings_ms": self.timings_ms, "error": self.error,
                 "warnings": list(self.warnings), "input": self.input}
 
@@ -114,6 +118,8 @@ class Model:
         self.dynamic_batch = bool(manifest["model"].get("dynamic_batch", False))
         self.sha256 = manifest["model"]["sha256"]
         self.data_profile: dict | None = manifest.get("data_profile")  # what training saw (edge.profile); may be absent
+        # calibration and threshold (edge.decision); None: argmax of softmax(logits), as bundles exported without them
+        self.operating_point: OperatingPoint | None = OperatingPoint.from_manifest(manifest, str(bundle_dir))
         self.engine, self.backend = engine, backend  # engine: the one running (Model.load resolves auto)
         self.engine_choice: EngineChoice | None = None  # which engine, why, and what was tried
         self.batch_note: str | None = None  # why batches > 1 are off here, when the self-test turned them off
@@ -338,8 +344,12 @@ class Model:
         else:
             raise UsageError(f"explain takes a path or a numpy array, got {type(path_or_array).__name__}")
         blob = preprocess(image, self.preprocess_config, display_range)[None]
-        classes = None if class_index is None else [class_index]
+        classes = self.label_indices if class_index is None else [class_index]
         return explainer.explain(self._run, blob, classes, self.preprocess_config)[1][0]
+
+    def label_indices(self, logits: np.ndarray) -> list[int]:
+        """The predicted class of each row of logits: by the bundle's threshold, else argmax (``edge.decision``)."""
+        return label_indices(self.operating_point, logits)
 
     def infer(self, blob: np.ndarray, net=None) -> np.ndarray:
         """Logits for a preprocessed (N, C, H, W) float32 blob, in chunks the model accepts (``net``: default
@@ -362,7 +372,9 @@ class Model:
             pred.input = info.to_dict()
             t1 = time.perf_counter()
             stages = preprocess_stages(image, self.preprocess_config, info.display_range)
-            pred.warnings = check_input(info, image_stats(stages["gray"], stages["resized"]), self.data_profile, path)
+            stats = image_stats(stages["gray"], stages["resized"])
+            pred.input["stats"] = {k: round(stats[k], 3) for k in STATS}  # what medge monitor compares with the profile
+            pred.warnings = check_input(info, stats, self.data_profile, path)
             t2 = time.perf_counter()
             pred.timings_ms = {"read": 1000 * (t1 - t0), "preprocess": 1000 * (t2 - t1)}
             if strict and pred.warnings:
@@ -384,8 +396,8 @@ class Model:
             t0 = time.perf_counter()
             blob = np.stack([t for _, t in batch])
             if heatmaps:
-                logits, explanations = self.require_heatmaps().explain(partial(self._run, net=net), blob, None,
-                                                                       self.preprocess_config)
+                logits, explanations = self.require_heatmaps().explain(partial(self._run, net=net), blob,
+                                                                       self.label_indices, self.preprocess_config)
             else:
                 logits, explanations = self.infer(blob, net), [None] * len(batch)
             per_image = 1000 * (time.perf_counter() - t0) / len(batch)
@@ -396,11 +408,15 @@ class Model:
             for one in batch:  # isolate the input that breaks the batch
                 self._finish([one], heatmaps, net)
             return
-        probs = softmax(logits)
-        for (pred, _), z, p, e in zip(batch, logits, probs, explanations, strict=True):
+        op = self.operating_point
+        probs = softmax(logits) if op is None else op.probabilities(logits)
+        labels = self.label_indices(logits)
+        for (pred, _), z, p, k, e in zip(batch, logits, probs, labels, explanations, strict=True):
             pred.logits = [float(v) for v in z]
             pred.probabilities = {c: float(v) for c, v in zip(self.classes, p, strict=True)}
-            pred.label = self.classes[int(np.argmax(z))]
+            pred.label = self.classes[k]
+            pred.threshold = op.threshold if op is not None else None
+            pred.calibrated = op is not None
             pred.timings_ms["inference"] = per_image  # with heatmaps: inference and heatmap together
             pred.explanation = e
 

@@ -5,7 +5,9 @@ Usage: medge export runs/xray/best.pt --out bundles/xray --data data/xray
 Steps: torch.onnx.export (opset 12, TorchScript exporter) -> onnxsim ->
 onnx.checker (full) -> load in cv2.dnn -> parity gate against PyTorch (on
 --data's val images through edge.preprocess, else on synthetic images) ->
-bundle (model.onnx + model.json) written atomically. Any failure exits
+with --data, calibration (temperature scaling) and the operating point on its
+val split (--operating-point, default sensitivity=0.95 on the class that is not
+"normal") -> bundle (model.onnx + model.json) written atomically. Any failure exits
 non-zero and writes nothing.
 """
 from __future__ import annotations
@@ -37,6 +39,13 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--modality", action="append", default=[], metavar="CODE",
                    help="DICOM modality the model is for (CR, DX, ...; repeat for several): the edge warns about "
                         "DICOM inputs of other modalities; added to those of the training DICOM files")
+    p.add_argument("--operating-point", default=d.operating_point, metavar="CRITERION",
+                   help="with --data: calibrate on its val split and label by a threshold on the positive class chosen "
+                        "there: sensitivity=X, specificity=X or youden; none: argmax, uncalibrated (default: %(default)s)")
+    p.add_argument("--positive", help="two-class models: the positive class of the threshold (default: the class that "
+                                      "is not 'normal', else the second class)")
+    p.add_argument("--calibration-images", type=int, default=d.calibration_images,
+                   help="validation images used for calibration at most (default: %(default)s)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing bundle at --out (atomically)")
     return p
 
@@ -47,12 +56,16 @@ def run(args: argparse.Namespace) -> int:
 
     cfg = ExportConfig(simplify=not args.no_simplify, dynamic_batch=not args.static_batch, engine=args.engine,
                        tolerance=Tolerance(args.max_abs_logit, args.min_agreement), max_images=args.max_images,
-                       modalities=tuple(code.strip().upper() for arg in args.modality for code in arg.split(",") if code.strip()))
+                       modalities=tuple(code.strip().upper() for arg in args.modality for code in arg.split(",") if code.strip()),
+                       operating_point=args.operating_point.strip().lower(), positive=args.positive,
+                       calibration_images=args.calibration_images)
     m = export_bundle(args.checkpoint, args.out, args.data, cfg, overwrite=args.overwrite)
     s = m["export"]["simplify_stats"]
     if s:
         print(f"onnxsim: {s['nodes_before']} -> {s['nodes_after']} nodes, "
               f"{s['bytes_before'] / 1e6:.2f} -> {s['bytes_after'] / 1e6:.2f} MB")
     print(json.dumps({"bundle": args.out, "sha256": m["model"]["sha256"], "input_shape": m["model"]["input_shape"],
-                      "parity_max_abs_logit": m["parity"]["logits"]["max_abs"], "top1_agreement": m["parity"]["top1_agreement"]}))
+                      "parity_max_abs_logit": m["parity"]["logits"]["max_abs"], "top1_agreement": m["parity"]["top1_agreement"],
+                      "threshold": (m.get("operating_point") or {}).get("threshold"),
+                      "temperature": (m.get("operating_point") or {}).get("temperature")}))
     return 0

@@ -8,6 +8,10 @@ Each step is a function that returns a path, bytes or a report and raises
 ExportError on failure; ``export_bundle`` reads as the list of them, times each
 (``StepTimer``), and writes the bundle only when every step passed.
 
+With --data, the model is also calibrated and given an operating point on the validation
+split (``export.calibrate``): a temperature, and for two classes a threshold chosen by
+``--operating-point``, sealed in the manifest's ``operating_point`` section.
+
 Heatmaps (issue 16, ``export.explain``): a CAM architecture is exported with a second
 output, its feature map, which the parity gate and the golden self-test cover too, and
 its head goes into the bundle; other architectures are marked for occlusion.
@@ -33,6 +37,7 @@ from medge.edge.bundle import (
     read_manifest,
     write_bundle,
 )
+from medge.edge.decision import SECTION
 from medge.edge.errors import BundleError, ExportError, MedgeError, ParityError
 from medge.edge.explain import CAM_HEAD_FILE, FEATURES_OUTPUT
 from medge.edge.outputs import check_output_dir
@@ -71,6 +76,10 @@ class ExportConfig:
     feature_rtol: float = 1e-3  # heatmap bundles: max |delta feature map| / max |feature|, PyTorch vs cv2.dnn
     timing_rounds: int = 10  # batch-1 forward passes per engine timed for the manifest (interleaved)
     modalities: tuple = ()  # DICOM modalities the model is for, besides those of the training DICOM files
+    # Calibration and threshold on --data's val split (export.calibrate); "none": argmax, uncalibrated
+    operating_point: str = "sensitivity=0.95"  # or "specificity=X", "youden", "none"
+    positive: str | None = None  # the class the threshold is on (default: the one not called "normal")
+    calibration_images: int = 5000  # validation images used at most (evenly spread)
 
 
 def _onnx_nodes(model) -> int:
@@ -193,6 +202,21 @@ class StepTimer:
         if self.log is not None:
             self.log(f"  {name}: done in {seconds:.1f} s")
         return result
+
+
+def check_operating_point(cfg: ExportConfig) -> None:
+    """Refuse a criterion that cannot be parsed before any expensive step."""
+    from medge.edge.errors import UsageError
+    from medge.edge.evaluate import parse_criterion
+
+    if cfg.operating_point == "none":
+        return
+    try:
+        parse_criterion(cfg.operating_point)
+    except UsageError as e:
+        raise ExportError(f"--operating-point: {e}") from None
+    if cfg.calibration_images < 10:
+        raise ExportError(f"calibration needs at least 10 validation images, got a limit of {cfg.calibration_images}")
 
 
 def check_target(out: Path, overwrite: bool) -> None:
@@ -403,6 +427,28 @@ def build_manifest(ck, checkpoint: str, candidate: OnnxCandidate, cfg: ExportCon
     }
 
 
+def operating_point(model, ck, data: str | None, cfg: ExportConfig, log) -> dict | None:
+    """The sealed calibration and operating point on --data's val split (``export.calibrate``); None without data."""
+    from medge.export import calibrate
+
+    if cfg.operating_point == "none":
+        log("operating point: none (--operating-point none): the edge labels by argmax, uncalibrated")
+        return None
+    if data is None:
+        log("note: no --data: no calibration and no operating point (the edge labels by argmax, uncalibrated); "
+            "give --data to choose them on its validation split")
+        return None
+    logits, labels, skipped = calibrate.validation_logits(model, data, ck, cfg.calibration_images, log)
+    reason = calibrate.too_few(labels, ck.classes)
+    if reason:
+        log(f"warning: no calibration and no operating point (the edge labels by argmax, uncalibrated): {reason}")
+        return None
+    section = calibrate.operating_point_section(logits, labels, ck.classes, cfg.operating_point, cfg.positive,
+                                                f"val split of {data}", skipped)
+    log(calibrate.summary_line(section))
+    return section
+
+
 def export_bundle(checkpoint: str, out: str, data: str | None = None, cfg: ExportConfig = ExportConfig(),
                   overwrite: bool = False, log=print) -> dict:
     """Export a training checkpoint to a verified bundle.
@@ -425,6 +471,7 @@ def export_bundle(checkpoint: str, out: str, data: str | None = None, cfg: Expor
 
     out_path = Path(out)
     check_target(out_path, overwrite)
+    check_operating_point(cfg)
     timer = StepTimer(log)
     ck = timer.run("load_checkpoint", load_checkpoint, checkpoint)
     log(f"exporting {ck.arch} ({len(ck.classes)} classes, input {ck.preprocess.channels}x{ck.preprocess.size}x"
@@ -443,6 +490,9 @@ def export_bundle(checkpoint: str, out: str, data: str | None = None, cfg: Expor
     chw = (ck.preprocess.channels, ck.preprocess.size, ck.preprocess.size)
     timings = timer.run("engine_timings", engine_timings, candidate, inputs, chw, len(ck.classes), cfg.timing_rounds)
     manifest = build_manifest(ck, checkpoint, candidate, cfg, report, golden, data, skipped, timer.steps, timings, cam)
+    op = timer.run("operating_point", operating_point, model, ck, data, cfg, log)
+    if op is not None:
+        manifest[SECTION] = op
     if manifest["data_profile"] is None:
         log("note: the checkpoint has no data profile (trained before medge 0.3, or outside medge train): the edge "
             "will check inputs for intrinsic problems only (tiny, uniform, ...), not against the training data")

@@ -148,7 +148,7 @@ def test_image_info_says_what_the_file_is(tmp_path):
     assert [(i.format, i.width, i.height, i.bits, i.photometric) for i in infos] == [
         ("png", 30, 40, 16, "gray"), ("jpeg", 30, 40, 8, "gray"), ("png", 30, 40, 8, "rgb")]
     assert set(infos[0].to_dict()) == {"format", "width", "height", "bits", "photometric", "modality",
-                                       "transfer_syntax", "decoder", "voi"}
+                                       "transfer_syntax", "decoder", "voi", "manufacturer", "view_position"}
 
 
 def _with_chunk(png: bytes, kind: bytes, payload: bytes) -> bytes:

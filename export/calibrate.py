@@ -1,0 +1,138 @@
+"""Calibration and the operating point, chosen at export on the validation split (``medge.edge.decision``).
+
+Steps: the trained model's logits on every validation image (through ``edge.preprocess``,
+as the edge reads them) -> one temperature T minimising the NLL (temperature scaling)
+-> for two classes, the threshold on the positive class's calibrated probability that
+meets the criterion (``--operating-point sensitivity=0.95`` by default) -> the sealed
+manifest section, with the validation ROC, AUC and scores that ``medge validate`` and
+``medge monitor`` compare a site's cases with.
+
+The threshold is chosen on the same cases it is reported on, so its validation
+sensitivity is optimistic by construction: a site confirms it on its own cases
+(``medge validate``) before go-live.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from medge.edge import evaluate as ev
+from medge.edge.decision import SECTION, OperatingPoint, seal
+from medge.edge.errors import ExportError, MedgeError
+from medge.edge.preprocess import preprocess_file
+
+DEFAULT_CRITERION = "sensitivity=0.95"
+NORMAL = "normal"  # the default positive class is the one not called this
+
+
+def resolve_positive(classes: list[str], positive: str | None) -> tuple[str, str]:
+    """The positive class and how it was chosen: as given, the class that is not "normal", else the second class."""
+    if positive is not None:
+        if positive not in classes:
+            raise ExportError(f"--positive {positive!r} is not a class of the model ({classes})")
+        return positive, "given (--positive)"
+    others = [c for c in classes if c.lower() != NORMAL]
+    if len(others) == 1:
+        return others[0], f"the class that is not {NORMAL!r}"
+    return classes[1], "the second class (no class is called 'normal'; name it with --positive)"
+
+
+MIN_CASES, MIN_PER_CLASS = 20, 5  # below these a temperature and a threshold are noise
+
+
+def too_few(labels: np.ndarray, classes: list[str]) -> str | None:
+    """Why the validation cases cannot calibrate the model (too few, or a class with too few), or None."""
+    counts = np.bincount(np.asarray(labels, np.int64), minlength=len(classes))
+    if len(labels) < MIN_CASES or counts.min() < MIN_PER_CLASS:
+        per_class = dict(zip(classes, counts.tolist(), strict=True))
+        return (f"{len(labels)} readable validation images ({per_class}): calibration and a threshold need "
+                f"at least {MIN_CASES}, and {MIN_PER_CLASS} of each class")
+    return None
+
+
+def validation_logits(model, data: str, ck, limit: int, log, chunk: int = 32):
+    """The model's logits on the validation split of ``data`` (at most ``limit`` images, evenly spread).
+
+    Returns:
+        (logits float64 (N, C), labels int (N,), the number of unreadable images skipped).
+    """
+    from medge.export.onnx_export import torch_logits
+    from medge.train.data import discover
+
+    _, splits = discover(data)
+    split = splits["val"]
+    pick = np.unique(np.linspace(0, len(split) - 1, min(limit, len(split))).round().astype(int))
+    logits, labels, skipped = [], [], 0
+    for start in range(0, len(pick), chunk):
+        tensors = []
+        for i in pick[start : start + chunk]:
+            try:
+                tensors.append(preprocess_file(split.paths[i], ck.preprocess))
+                labels.append(split.labels[i])
+            except MedgeError as e:
+                skipped += 1
+                log(f"calibration: skipping unreadable image: {e}")
+        if tensors:
+            logits.append(torch_logits(model, np.stack(tensors)).astype(np.float64))
+    if not logits:
+        raise ExportError(f"{data}: no readable validation image to calibrate on")
+    return np.concatenate(logits), np.asarray(labels, np.int64), skipped
+
+
+def operating_point_section(logits: np.ndarray, labels: np.ndarray, classes: list[str], criterion: str,
+                            positive: str | None, source: str, skipped: int = 0) -> dict:
+    """The sealed ``operating_point`` manifest section (``edge.decision``) from validation logits and labels.
+
+    Args:
+        logits: (N, C) validation logits. labels: (N,) class indices.
+        classes: the model's classes. criterion: ``sensitivity=X``, ``specificity=X`` or ``youden``.
+        positive: the positive class (None: ``resolve_positive``'s default). source: where the cases came from.
+        skipped: validation images that could not be read.
+
+    Raises:
+        ExportError: too few cases, or a class absent from the validation split.
+    """
+    reason = too_few(labels, classes)
+    if reason:
+        raise ExportError(f"{source}: {reason}")
+    counts = np.bincount(labels, minlength=len(classes))
+    temperature = ev.fit_temperature(logits, labels)
+    section = {"temperature": temperature, "positive": None, "threshold": None, "criterion": None,
+               "calibration": {"method": "temperature scaling: one T minimising the validation NLL",
+                               "nll_uncalibrated": ev.nll(logits, labels), "nll_calibrated": ev.nll(logits, labels, temperature),
+                               "cases": int(len(labels))}}
+    probs = ev.softmax(logits, temperature)
+    validation = {"source": source, "cases": int(len(labels)), "skipped": int(skipped),
+                  "per_class": dict(zip(classes, counts.tolist(), strict=True))}
+    if len(classes) == 2:
+        pos_name, why = resolve_positive(classes, positive)
+        pos = classes.index(pos_name)
+        y, score = labels == pos, probs[:, pos]
+        chosen = ev.choose_threshold(y, score, ev.parse_criterion(criterion))
+        fpr, tpr, thr = ev.roc_curve(y, score)
+        section.update(positive=pos_name, positive_source=why, threshold=chosen["threshold"], criterion=chosen["criterion"])
+        figures = ev.binary_figures(y, score, chosen["threshold"])
+        validation.update(auc=ev.auc_ci(y, score), sensitivity=figures["sensitivity"], specificity=figures["specificity"],
+                          ppv=figures["ppv"], npv=figures["npv"], brier=ev.brier_score(y, score),
+                          ece=ev.reliability(y, score)["ece"],
+                          roc={"fpr": fpr.tolist(), "tpr": tpr.tolist(),
+                               "thresholds": [None if not np.isfinite(t) else float(t) for t in thr]},
+                          score_of=pos_name, scores=score.tolist(), positives=y.astype(int).tolist())
+    else:  # no threshold: the score a monitor follows is the calibrated probability of the predicted class
+        validation.update(score_of="predicted class", scores=probs.max(axis=1).tolist(), labels=labels.tolist())
+    section["validation"] = validation
+    sealed = seal(section)
+    OperatingPoint.from_manifest({"classes": classes, SECTION: sealed})  # the edge must accept what is written
+    return sealed
+
+
+def summary_line(section: dict) -> str:
+    """One line for the export's log."""
+    cal = section["calibration"]
+    head = (f"calibration: T = {section['temperature']:.3f} (validation NLL {cal['nll_uncalibrated']:.4f} -> "
+            f"{cal['nll_calibrated']:.4f}, {cal['cases']} cases)")
+    if section["threshold"] is None:
+        return head + "; more than two classes: label by argmax"
+    v = section["validation"]
+    return (f"{head}; operating point {section['criterion']} on {section['positive']!r}: threshold "
+            f"{section['threshold']:.4f} (validation sensitivity {v['sensitivity']['value']:.3f}, specificity "
+            f"{v['specificity']['value']:.3f}, AUC {v['auc']['auc']:.3f})")
