@@ -1,0 +1,242 @@
+"""``medge validate``: a bundle on a site's own labelled cases, before go-live (base install).
+
+Usage: medge validate --model bundles/xray --data site_cases/ --out validation/report.json --require "auc>=0.85,sensitivity>=0.90"
+
+Cases: --data DIR/<class>/... (class folders named after the model's classes,
+searched by content like medge predict), or --labels CSV with a header path,label
+(relative paths from --data, else from the CSV's folder). PNG, JPEG, TIFF, BMP and
+DICOM (with the dicom extra for compressed DICOM).
+
+Figures at the bundle's operating point (its calibrated probabilities and threshold;
+argmax for a bundle exported without one): AUC with a DeLong 95% CI; sensitivity,
+specificity, PPV and NPV with Wilson 95% CIs; the confusion matrix, Brier score,
+ECE and a 10-bin reliability table; per subgroup (manufacturer, modality, view
+position, photometric interpretation, bit depth, size band) with >= 20 cases; and
+the AUC difference with the bundle's own validation cases.
+
+Writes --out (the JSON report) and beside it NAME.md (the summary), NAME.roc.png,
+NAME.reliability.png and NAME.cases.jsonl (one record per input: the prediction
+and its truth, or why it is not a case). Unreadable and unlabelled files are
+counted and listed, never dropped.
+
+Exit status: 0 the report written and every --require met (judged on the lower
+95% CI bound), 1 a requirement not met (named) or no usable case, 2 usage error.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import sys
+from pathlib import Path
+
+from medge import __version__
+from medge.edge import validation as val
+from medge.edge.apps.options import add_model_arguments, load_model
+from medge.edge.errors import UsageError
+from medge.edge.outputs import atomic_write_text, check_output_file, wrote
+from medge.edge.paths import to_json
+from medge.edge.progress import ProgressLine
+
+SUFFIXES = {"summary": ".md", "roc": ".roc.png", "reliability": ".reliability.png", "cases": ".cases.jsonl"}
+
+
+def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    p = sub.add_parser("validate", help="validate a bundle on a site's labelled cases: AUC, sensitivity, ... with CIs "
+                                        "(base install)", description=__doc__,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_model_arguments(p)
+    p.add_argument("--data", help="folder of class folders (DIR/<class>/...); with --labels, the root of its relative paths")
+    p.add_argument("--labels", metavar="CSV", help="CSV with a header path,label instead of class folders")
+    p.add_argument("--out", required=True, help="the JSON report; NAME.md, NAME.roc.png, NAME.reliability.png and "
+                                                "NAME.cases.jsonl are written beside it")
+    p.add_argument("--require", metavar="CRITERIA",
+                   help='acceptance criteria, e.g. "auc>=0.85,sensitivity>=0.90" (figures with a CI are judged on its '
+                        "lower bound; brier<=X and ece<=X on the value): exit 1 when one is not met")
+    p.add_argument("--positive", help="the positive class, for a bundle without an operating point (default: the class "
+                                      "that is not 'normal')")
+    p.add_argument("--overwrite", action="store_true", help="replace existing report files")
+    return p
+
+
+def output_paths(out: str, overwrite: bool) -> dict[str, Path]:
+    """--out and the files beside it, each checked before any work (nothing is replaced without --overwrite)."""
+    report = Path(out)
+    if report.suffix.lower() != ".json":
+        raise UsageError(f"--out {out}: give a .json file name (the summary and plots are written beside it)")
+    stem = report.with_suffix("")
+    paths = {"report": report, **{k: Path(f"{stem}{s}") for k, s in SUFFIXES.items()}}
+    for what, path in paths.items():
+        check_output_file(path, overwrite, f"validation {what}")
+    return paths
+
+
+def collect_cases(args, classes: list[str]) -> tuple[list[val.Case], list[val.Problem]]:
+    if args.labels:
+        return val.cases_from_csv(args.labels, classes, args.data)
+    if not args.data:
+        raise UsageError("give --data DIR (class folders) or --labels CSV")
+    return val.cases_from_folders(args.data, classes)
+
+
+def case_records(model, cases: list[val.Case], args) -> list[dict]:
+    """One prediction record per case, with ``truth``; in case order."""
+    progress = ProgressLine(len(cases), "cases")
+    out = []
+    for case, pred in zip(cases, model.predict_iter([c.path for c in cases], args.batch_size, args.workers,
+                                                    args.max_pixels, streams=args.streams), strict=True):
+        out.append({**pred.to_record(model.sha256), "path": case.path, "truth": case.truth})
+        progress.update()
+    progress.close()
+    return out
+
+
+def run(args: argparse.Namespace) -> int:
+    requirements = val.parse_requirements(args.require)
+    paths = output_paths(args.out, args.overwrite)
+    model = load_model(args)
+    decision = val.decision_of(model, args.positive)
+    cases, problems = collect_cases(args, model.classes)
+    records = case_records(model, cases, args)
+    failed = [val.Problem(r["path"], "unreadable", r["error"]) for r in records if r["error"]]
+    classified = [r for r in records if not r["error"]]
+    report = build_report(model, decision, args, classified, problems + failed, requirements)
+    write_outputs(paths, report, records, problems)
+    print(summary_line(report), file=sys.stderr)
+    if not classified:
+        print("no usable case: nothing could be judged", file=sys.stderr)
+        return 1
+    for v in report["requirements"]:
+        if not v["passed"]:
+            print(f"requirement not met: {v['requirement']} ({v['judged_on']} {_num(v['judged_value'])})", file=sys.stderr)
+    return 0 if report["passed"] else 1
+
+
+def build_report(model, decision: val.Decision, args, classified: list[dict], problems: list[val.Problem],
+                 requirements: list[val.Requirement]) -> dict:
+    op = model.manifest.get("operating_point")
+    kinds: dict[str, int] = {}
+    for p in problems:
+        kinds[p.kind] = kinds.get(p.kind, 0) + 1
+    report = {
+        "report": "medge validation", "version": 1, "medge": __version__,
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "model": {"bundle": str(model.bundle_dir), "sha256": model.sha256, "classes": model.classes,
+                  "arch": model.manifest["model"].get("arch")},
+        "decision": {"positive": decision.positive, "threshold": decision.threshold, "source": decision.source,
+                     "calibrated": decision.calibrated},
+        "data": {"folder": args.data, "labels": args.labels},
+        "counts": {"cases": len(classified), "positives": sum(r["truth"] == decision.positive for r in classified),
+                   "problems": kinds},
+        "problems": [{"path": p.path, "kind": p.kind, "reason": p.reason} for p in problems],
+        "ci_method": {"auc": "DeLong", "proportions": "Wilson score interval", "level": 0.95},
+    }
+    if classified:
+        report.update(val.evaluate_records(classified, decision, op, requirements))
+    else:
+        report.update(figures=None, requirements=[r.judge({}) for r in requirements], passed=False)
+    return report
+
+
+def write_outputs(paths: dict[str, Path], report: dict, records: list[dict], problems: list[val.Problem]) -> None:
+    """The cases file (``records`` of the cases, then a record per ``problems``: inputs that never were cases), the
+    plots, the summary and, last, the report."""
+    from medge.edge.apps import plots
+
+    lines = [to_json(r) for r in records] + [to_json({"path": p.path, "error": p.reason, "problem": p.kind, "truth": None})
+                                             for p in problems]
+    atomic_write_text(paths["cases"], "\n".join(lines) + ("\n" if lines else ""))
+    if report.get("figures"):
+        plots.write_png(paths["roc"], roc_chart(report))
+        f = report["figures"]
+        plots.write_png(paths["reliability"], plots.reliability_plot(f["reliability"]["bins"], "Reliability (site cases)",
+                                                                     f["ece"]))
+    atomic_write_text(paths["summary"], markdown(report, paths))
+    atomic_write_text(paths["report"], to_json(report, indent=2) + "\n")
+    wrote(paths["report"], "validation report")
+
+
+def roc_chart(report: dict):
+    from medge.edge.apps import plots
+
+    f, d = report["figures"], report["decision"]
+    auc = f["auc"]
+    curves = [{"fpr": report["roc"]["fpr"], "tpr": report["roc"]["tpr"],
+               "label": f"site cases, AUC {_num(auc and auc['auc'])} ({_num(auc and auc['low'])}-{_num(auc and auc['high'])})"}]
+    ref = report.get("against_bundle")
+    point = {"fpr": 1 - f["specificity"]["value"], "tpr": f["sensitivity"]["value"],
+             "label": f"threshold {d['threshold']:.3f}: sens {_num(f['sensitivity']['value'])}, "
+                      f"spec {_num(f['specificity']['value'])}"}
+    if ref is not None:
+        curves[0]["label"] += f"; bundle validation {_num(ref['auc_2'])}"
+    return plots.roc_plot(curves, f"ROC of {d['positive']} (n = {report['counts']['cases']})", point)
+
+
+def _num(v, digits: int = 3) -> str:
+    return "n/a" if v is None or v != v else f"{v:.{digits}f}"
+
+
+def _ci(f: dict | None) -> str:
+    if not f:
+        return "n/a"
+    value = f.get("value", f.get("auc"))
+    return f"{_num(value)} ({_num(f['low'])} to {_num(f['high'])})"
+
+
+def summary_line(report: dict) -> str:
+    c = report["counts"]
+    problems = ", ".join(f"{n} {k}" for k, n in sorted(c["problems"].items())) or "none"
+    f = report.get("figures")
+    if not f:
+        return f"{c['cases']} cases; problems: {problems}"
+    return (f"{c['cases']} cases ({c['positives']} {report['decision']['positive']}); AUC {_ci(f['auc'])}, sensitivity "
+            f"{_ci(f['sensitivity'])}, specificity {_ci(f['specificity'])}; problems: {problems}"
+            + ("" if not report["requirements"] else f"; requirements {'met' if report['passed'] else 'NOT met'}"))
+
+
+def markdown(report: dict, paths: dict[str, Path]) -> str:
+    """The summary a clinical lead reads: headline figures, requirements, subgroups, problems."""
+    d, c, f = report["decision"], report["counts"], report.get("figures")
+    out = [f"# Validation of {Path(report['model']['bundle']).name} on site cases", "",
+           f"- model SHA-256 `{report['model']['sha256'][:16]}...`, classes {', '.join(report['model']['classes'])}",
+           f"- decision: {d['positive']!r} when its {'calibrated ' if d['calibrated'] else ''}probability >= "
+           f"{d['threshold']:.4f} ({d['source']})",
+           f"- {c['cases']} cases, {c['positives']} {d['positive']}; problems: "
+           + (", ".join(f"{n} {k}" for k, n in sorted(c["problems"].items())) or "none"),
+           f"- 95% CIs: AUC by DeLong, proportions by Wilson; created {report['created']} by medge {report['medge']}", ""]
+    if not f:
+        return "\n".join(out + ["No usable case: nothing could be judged.", ""])
+    out += ["| figure | value (95% CI) | cases |", "| --- | --- | --- |",
+            f"| AUC | {_ci(f['auc'])} | {c['cases']} |"]
+    for k in ("sensitivity", "specificity", "ppv", "npv", "accuracy"):
+        out.append(f"| {k} | {_ci(f[k])} | {f[k]['n']} |")
+    out += [f"| Brier score | {_num(f['brier'], 4)} | {c['cases']} |", f"| ECE (10 bins) | {_num(f['ece'], 4)} | {c['cases']} |",
+            ""]
+    m = f["matrix"]
+    out += ["Confusion matrix (rows: truth, columns: prediction):", "",
+            f"| | predicted not {d['positive']} | predicted {d['positive']} |", "| --- | --- | --- |",
+            f"| not {d['positive']} | {m[0][0]} | {m[0][1]} |", f"| {d['positive']} | {m[1][0]} | {m[1][1]} |", ""]
+    ref = report.get("against_bundle")
+    if ref:
+        out += [f"Against the bundle's own validation ({ref['bundle_cases']} cases, {ref.get('bundle_source')}): AUC "
+                f"{_num(ref['auc_1'])} here vs {_num(ref['auc_2'])}, difference {_num(ref['difference'])} "
+                f"({_num(ref['low'])} to {_num(ref['high'])}).", ""]
+    if report["requirements"]:
+        out += ["Requirements:", ""] + [
+            f"- {'met' if v['passed'] else '**NOT met**'}: {v['requirement']} ({v['judged_on']} {_num(v['judged_value'])})"
+            for v in report["requirements"]] + [""]
+    out += [f"![ROC]({paths['roc'].name})", "", f"![Reliability]({paths['reliability'].name})", "", "## Subgroups", ""]
+    for name, groups in report["subgroups"].items():
+        out += [f"### {name}", "", "| group | cases | AUC | sensitivity | specificity |", "| --- | --- | --- | --- | --- |"]
+        for value, g in groups.items():
+            if "note" in g:
+                out.append(f"| {value} | {g['cases']} | {g['note']} | | |")
+            else:
+                out.append(f"| {value} | {g['cases']} | {_ci(g['auc'])} | {_ci(g['sensitivity'])} | {_ci(g['specificity'])} |")
+        out.append("")
+    if report["problems"]:
+        out += ["## Inputs that are not cases", ""] + [f"- {p['kind']}: {p['path']}: {p['reason']}"
+                                                        for p in report["problems"][:50]]
+        if len(report["problems"]) > 50:
+            out.append(f"- ... {len(report['problems']) - 50} more in {paths['cases'].name}")
+        out.append("")
+    return "\n".join(out)
