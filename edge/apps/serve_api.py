@@ -198,8 +198,20 @@ def model_info(model: Model) -> dict:
                       "max_abs_logit": model.self_test_max_abs, "tolerance": float(golden["tolerance"]),
                       "inputs": int(golden["count"])},
         "explain_method": getattr(model, "explain_method", None),
+        "operating_point": operating_point_card(m.get("operating_point")),
     }
     return _finite(info)
+
+
+def operating_point_card(section: dict | None) -> dict | None:
+    """The bundle's calibration and operating point with its validation figures (no per-case scores); None: argmax."""
+    if not section:
+        return None
+    v = section.get("validation") or {}
+    figures = {k: v[k] for k in ("auc", "sensitivity", "specificity", "ppv", "npv", "brier", "ece") if k in v}
+    return {"positive": section.get("positive"), "threshold": section.get("threshold"),
+            "criterion": section.get("criterion"), "temperature": section.get("temperature"),
+            "validation": {"cases": v.get("cases"), "per_class": v.get("per_class"), **figures}}
 
 
 def _finite(obj):

@@ -377,8 +377,32 @@ def _card_html(info: dict, lang: str) -> str:
     verdict = t["parity_passed"] if parity.get("passed") else t["parity_failed"]
     parity_rows = [(t["verdict"], _e(verdict))] + [(k, _e(_fmt(v))) for k, v in parity.items() if k != "passed"]
     versions = _kv([(k, _e(v)) for k, v in (info["versions"] or {}).items()])
-    return (f'<div id="medge-model-card">{main}<h3>{_e(t["training_metrics"])}</h3>{_kv(metric_rows)}'
+    return (f'<div id="medge-model-card">{main}<h3>{_e(t["operating_point"])}</h3>{_operating_point_html(info, t)}'
+            f'<h3>{_e(t["training_metrics"])}</h3>{_kv(metric_rows)}'
             f'<h3>{_e(t["parity"])}</h3>{_kv(parity_rows)}<h3>{_e(t["versions"])}</h3>{versions}</div>')
+
+
+def _ci_text(f) -> str:
+    """0.912 (0.871 to 0.953) for a figure with a 95% CI, else the value."""
+    if isinstance(f, dict) and "low" in f:
+        value = f.get("value", f.get("auc"))
+        return f"{_fmt(value)} ({_fmt(f['low'])} - {_fmt(f['high'])})"
+    return _fmt(f)
+
+
+def _operating_point_html(info: dict, t: dict) -> str:
+    """The bundle's threshold and calibration with its validation figures (95% CIs), or that it labels by argmax."""
+    op = info.get("operating_point")
+    if not op:
+        return f'<p id="medge-operating-point">{_e(t["argmax_uncalibrated"])}</p>'
+    v = op["validation"]
+    rows = [(t["decision_rule"], _e(t["threshold_rule"].format(positive=op["positive"], threshold=_fmt(op["threshold"]),
+                                                               criterion=op["criterion"]))
+             if op.get("threshold") is not None else _e(t["argmax"])),
+            (t["temperature"], _e(_fmt(op["temperature"]))),
+            (t["validation_cases"], _e(f'{v.get("cases")} ({_fmt(v.get("per_class"))})'))]
+    rows += [(k, _e(_ci_text(v[k]))) for k in ("auc", "sensitivity", "specificity", "ppv", "npv", "brier", "ece") if k in v]
+    return f'<div id="medge-operating-point">{_kv(rows)}</div>'
 
 
 def build_page(service: InferenceService, gradio_dir: Path, queue: int):
