@@ -6,12 +6,14 @@ Usage: medge demo                        # synthetic data, CPU-sized, a few minu
 Stages, each in the run folder, each stopping the demo with a clear message if it fails:
   1. data      synthetic chest-X-ray-like set (medge synth), unless --data is given
   2. train     a short training run (medge train)
-  3. export    opset-12 ONNX, onnxsim, cv2.dnn, parity gate, bundle (medge export)
+  3. export    opset-12 ONNX, onnxsim, cv2.dnn, parity gate, calibration and operating point
+               on the val split, bundle (medge export --data)
   4. predict   the bundle on held-out images, numpy + OpenCV only (medge predict)
-  5. bench     a short PyTorch vs cv2.dnn latency run (medge bench)
-  6. parity    PyTorch vs cv2.dnn on every image (medge parity)
+  5. validate  the bundle's operating point on the held-out images, with CIs (medge validate)
+  6. bench     a short PyTorch vs cv2.dnn latency run (medge bench)
+  7. parity    PyTorch vs cv2.dnn on every image (medge parity)
 and a report: summary.json (the figures) and summary.md (a Markdown report with
-tables and the latency plot). The demo ends by listing every file it wrote. It
+tables, the ROC and the latency plot). The demo ends by listing every file it wrote. It
 lives in benchmarks/ because it is the one package allowed to use all the others.
 """
 from __future__ import annotations
@@ -44,8 +46,11 @@ class DemoConfig:
 
 CPU = DemoConfig()
 GPU = DemoConfig(n_images=2000, img_size=224, epochs=15, batch_size=64, bench_repeats=50, bench_e2e_images=16)
-QUICK = DemoConfig(n_images=60, image_px=96, img_size=32, epochs=2, batch_size=8, bench_repeats=3,
+QUICK = DemoConfig(n_images=100, image_px=96, img_size=32, epochs=2, batch_size=8, bench_repeats=3,
                    bench_e2e_images=2, bench_image_px=256)  # for tests: checks the plumbing, learns little
+
+
+STAGES = 7
 
 
 class StageError(Exception):
@@ -53,7 +58,7 @@ class StageError(Exception):
 
 
 def _stage(k: int, name: str, fn, log):
-    log(f"\n[{k}/6] {name}")
+    log(f"\n[{k}/{STAGES}] {name}")
     t0 = time.perf_counter()
     try:
         result = fn()
@@ -61,7 +66,7 @@ def _stage(k: int, name: str, fn, log):
         raise
     except Exception as e:  # every stage failure becomes one clear line
         raise StageError(f"demo failed at stage {k} ({name}): {e}") from e
-    log(f"[{k}/6] {name}: done in {time.perf_counter() - t0:.1f} s")
+    log(f"[{k}/{STAGES}] {name}: done in {time.perf_counter() - t0:.1f} s")
     return result
 
 
@@ -93,26 +98,53 @@ def export_model(out_dir: Path, data_dir: str, log) -> dict:
                          log=lambda m: log("  " + m))
 
 
+def held_out(data_dir: str) -> Path:
+    """The images no training or export step chose anything on: the test split (else val)."""
+    return Path(data_dir) / ("test" if (Path(data_dir) / "test").is_dir() else "val")
+
+
 def predict_held_out(out_dir: Path, data_dir: str, log) -> dict:
     """Stage 4: the edge runtime alone on the test (else val) images; OUT/predictions.jsonl."""
     from medge.edge.inputs import scan_inputs
     from medge.edge.model import Model
     from medge.edge.paths import to_json
 
-    held_out = Path(data_dir) / ("test" if (Path(data_dir) / "test").is_dir() else "val")
-    paths = scan_inputs([held_out]).paths
+    held_out_dir = held_out(data_dir)
+    paths = scan_inputs([held_out_dir]).paths
     model = Model.load(out_dir / "bundle")
     preds = model.predict(paths)
     atomic_write_text(out_dir / "predictions.jsonl", "".join(to_json(p.to_record(model.sha256)) + "\n" for p in preds))
     truth = [Path(p).parent.name for p in paths]
     correct = sum(p.label == t for p, t in zip(preds, truth, strict=True))
     failed = sum(not p.ok for p in preds)
-    log(f"  {len(preds)} held-out images from {held_out}: {correct} correct, {failed} failed")
+    log(f"  {len(preds)} held-out images from {held_out_dir}: {correct} correct, {failed} failed")
     return {"images": len(preds), "correct": correct, "failed": failed, "accuracy": correct / max(len(preds), 1)}
 
 
+def validate_held_out(out_dir: Path, data_dir: str, log) -> dict:
+    """Stage 5: medge validate (edge: numpy + OpenCV) on the held-out class folders; OUT/validation.json and beside it
+    validation.md, .roc.png, .reliability.png, .cases.jsonl. The bundle's own operating point is judged, with CIs."""
+    from medge.edge.apps.cli import main as medge
+
+    report = out_dir / "validation.json"
+    rc = medge(["validate", "--model", str(out_dir / "bundle"), "--data", str(held_out(data_dir)), "--out", str(report)])
+    if rc != 0:
+        raise RuntimeError(f"medge validate exited {rc} (its message above)")
+    rec = json.loads(report.read_text())
+    log("  " + validate_line(rec))
+    return rec
+
+
+def validate_line(rec: dict) -> str:
+    """One line: the held-out figures at the bundle's operating point, with 95% CIs."""
+    f, d = rec["figures"], rec["decision"]
+    ci = lambda x: "n/a" if not x else f"{x.get('value', x.get('auc')):.3f} ({x['low']:.3f}-{x['high']:.3f})"
+    return (f"{rec['counts']['cases']} held-out cases at threshold {d['threshold']:.3f} on {d['positive']!r} ({d['source']}): "
+            f"AUC {ci(f['auc'])}, sensitivity {ci(f['sensitivity'])}, specificity {ci(f['specificity'])}")
+
+
 def bench_model(out_dir: Path, cfg: DemoConfig, log) -> dict:
-    """Stage 5: a short medge bench; OUT/bench.json, bench.md, bench.png."""
+    """Stage 6: a short medge bench; OUT/bench.json, bench.md, bench.png."""
     from medge.benchmarks.bench import BenchConfig, markdown, plot, run_bench
 
     bcfg = BenchConfig(threads=(os.cpu_count() or 1,), warmup=3, repeats=cfg.bench_repeats,
@@ -125,7 +157,7 @@ def bench_model(out_dir: Path, cfg: DemoConfig, log) -> dict:
 
 
 def check_parity(out_dir: Path, data_dir: str, log) -> dict:
-    """Stage 6: medge parity on every image; OUT/parity.json; beyond tolerance stops the demo."""
+    """Stage 7: medge parity on every image; OUT/parity.json; beyond tolerance stops the demo."""
     from medge.benchmarks.parity import run_parity
 
     rec = run_parity(str(out_dir / "bundle"), str(out_dir / "run" / "best.pt"), data_dir, log=lambda m: log("  " + m))
@@ -140,14 +172,16 @@ def output_paths(out_dir: Path, data_dir: str, synthetic: bool) -> dict:
     """Every file and folder the demo writes, by name (summary.json's "paths", the list it ends with)."""
     return {"data": str(out_dir / "data") if synthetic else data_dir, "run": str(out_dir / "run"),
              "checkpoint": str(out_dir / "run" / "best.pt"), "bundle": str(out_dir / "bundle"),
-             "predictions": str(out_dir / "predictions.jsonl"), "bench": str(out_dir / "bench.json"),
+             "predictions": str(out_dir / "predictions.jsonl"), "validation": str(out_dir / "validation.json"),
+             "validation_report": str(out_dir / "validation.md"), "roc_plot": str(out_dir / "validation.roc.png"),
+             "bench": str(out_dir / "bench.json"),
              "bench_table": str(out_dir / "bench.md"), "bench_plot": str(out_dir / "bench.png"),
              "parity": str(out_dir / "parity.json"), "summary": str(out_dir / "summary.json"),
              "report": str(out_dir / "summary.md"), "preprocess_cache": str(out_dir / "cache")}
 
 
 def summarize(out_dir: Path, seconds: float, device, data_dir: str, synthetic: bool, cfg: DemoConfig, trained: dict,
-              manifest: dict, predicted: dict, bench: dict, parity: dict) -> dict:
+              manifest: dict, predicted: dict, validated: dict, bench: dict, parity: dict) -> dict:
     """The demo's figures in one dict (summary.json)."""
     lat = {(r["runtime"], r["batch"]): r["p50_ms"] for r in bench["latency"]}
     c = parity["comparisons"]["pytorch_vs_cv2.dnn"]
@@ -167,13 +201,18 @@ def summarize(out_dir: Path, seconds: float, device, data_dir: str, synthetic: b
         "latency_p50_ms": {f"{rt} batch {b}": v for (rt, b), v in sorted(lat.items())},
         "end_to_end_images_per_s": bench.get("end_to_end", {}).get("images_per_s"),
         "predict": predicted,
+        "operating_point": {k: (manifest.get("operating_point") or {}).get(k)
+                            for k in ("positive", "threshold", "criterion", "temperature")},
+        "validate": {"cases": validated["counts"]["cases"], "decision": validated["decision"],
+                     **{k: validated["figures"][k] for k in ("auc", "sensitivity", "specificity", "ppv", "npv", "brier", "ece")},
+                     "line": validate_line(validated)},
         "paths": output_paths(out_dir, data_dir, synthetic),
     }
 
 
 def run_demo(out: str, data: str | None = None, device: str = "auto", cfg: DemoConfig | None = None,
              log=print) -> dict:
-    """Run the six stages; returns the summary (also written to OUT/summary.json and summary.md)."""
+    """Run the stages; returns the summary (also written to OUT/summary.json and summary.md)."""
     from medge.train.engine import select_device
 
     out_dir = check_output_dir(out, "demo")
@@ -188,10 +227,11 @@ def run_demo(out: str, data: str | None = None, device: str = "auto", cfg: DemoC
     trained = _stage(2, "train", lambda: train_model(data_dir, out_dir, device, cfg), log)
     manifest = _stage(3, "export", lambda: export_model(out_dir, data_dir, log), log)
     predicted = _stage(4, "predict (edge: numpy + OpenCV only)", lambda: predict_held_out(out_dir, data_dir, log), log)
-    bench = _stage(5, "bench", lambda: bench_model(out_dir, cfg, log), log)
-    parity = _stage(6, "parity", lambda: check_parity(out_dir, data_dir, log), log)
+    validated = _stage(5, "validate (edge: numpy + OpenCV only)", lambda: validate_held_out(out_dir, data_dir, log), log)
+    bench = _stage(6, "bench", lambda: bench_model(out_dir, cfg, log), log)
+    parity = _stage(7, "parity", lambda: check_parity(out_dir, data_dir, log), log)
     summary = summarize(out_dir, time.perf_counter() - t0, dev, data_dir, data is None, cfg, trained, manifest,
-                        predicted, bench, parity)
+                        predicted, validated, bench, parity)
     atomic_write_text(out_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
     atomic_write_text(out_dir / "summary.md", report_markdown(summary, bench, parity))
     log("\n" + summary_text(summary))
@@ -230,6 +270,7 @@ def report_markdown(s: dict, bench: dict, parity: dict) -> str:
         "## Edge predictions (numpy + OpenCV only)", "",
         "| held-out images | correct | failed | accuracy |", "| ---: | ---: | ---: | ---: |",
         f"| {pr['images']} | {pr['correct']} | {pr['failed']} | {_f(pr['accuracy'])} |", "",
+        *validation_markdown(s, rel),
         "## Parity, PyTorch vs cv2.dnn on every image", "", parity_mod.markdown(parity), "",
         "## Latency", "", bench_mod.markdown(bench), "",
         f"![latency per forward pass]({rel(s['paths']['bench_plot'])})", "",
@@ -237,6 +278,23 @@ def report_markdown(s: dict, bench: dict, parity: dict) -> str:
         *[f"| {k} | [`{rel(v)}`]({rel(v)}) |" for k, v in s["paths"].items()],
     ]
     return "\n".join(lines) + "\n"
+
+
+def validation_markdown(s: dict, rel) -> list[str]:
+    """The report's validation section: the bundle's operating point and the held-out figures with CIs, and the ROC."""
+    op, v = s["operating_point"], s["validate"]
+    if op["threshold"] is not None:
+        chosen = (f"Chosen at export on the validation split: {op['positive']!r} when its calibrated probability >= "
+                  f"{op['threshold']:.4f} ({op['criterion']}), temperature {op['temperature']:.3f}.")
+    else:
+        chosen = "The bundle has no operating point (too few validation images to choose one): labels by argmax."
+    ci = lambda x: "-" if not x else f"{x.get('value', x.get('auc')):.3f} ({x['low']:.3f} to {x['high']:.3f})"
+    return ["## Validation at the operating point (medge validate)", "", chosen, "",
+            f"On the {v['cases']} held-out images ([report]({rel(s['paths']['validation_report'])})):", "",
+            "| figure | value (95% CI) |", "| --- | --- |",
+            *[f"| {k} | {ci(v[k])} |" for k in ("auc", "sensitivity", "specificity", "ppv", "npv")],
+            f"| Brier | {_f(v['brier'], 4)} |", f"| ECE | {_f(v['ece'], 4)} |", "",
+            f"![ROC with the operating point]({rel(s['paths']['roc_plot'])})", ""]
 
 
 def summary_text(s: dict) -> str:
@@ -265,12 +323,13 @@ def summary_text(s: dict) -> str:
     pr = s["predict"]
     width = max(len(k) for k in s["paths"])
     lines += [f"  edge predictions on {pr['images']} held-out images: {pr['correct']} correct, {pr['failed']} failed",
+              f"  validate: {s['validate']['line']}",
               "files:", *[f"  {k:<{width}}  {v}" for k, v in s["paths"].items()]]
     return "\n".join(lines)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    p = sub.add_parser("demo", help="synthetic data -> train -> export -> predict -> bench -> parity (extra: train)",
+    p = sub.add_parser("demo", help="synthetic data -> train -> export -> predict -> validate -> bench -> parity (extra: train)",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", help="run folder, must be new or empty (default: runs/demo-<date-time>)")
     p.add_argument("--data", help="your data folder instead of synthetic data (ImageFolder layout)")

@@ -11,12 +11,13 @@ def test_quick_demo_end_to_end(tmp_path, capsys):
     out = tmp_path / "demo"
     assert main(["demo", "--quick", "--out", str(out), "--device", "cpu"]) == 0
     text = capsys.readouterr().out
-    for k in range(1, 7):
-        assert f"[{k}/6]" in text
+    for k in range(1, 8):
+        assert f"[{k}/7]" in text
     assert "medge demo finished" in text and "parity PyTorch vs cv2.dnn" in text and "latency p50, batch 1" in text
 
     summary = json.loads((out / "summary.json").read_text())
-    assert set(summary["paths"]) == {"data", "run", "checkpoint", "bundle", "predictions", "bench", "bench_table",
+    assert set(summary["paths"]) == {"data", "run", "checkpoint", "bundle", "predictions", "validation",
+                                     "validation_report", "roc_plot", "bench", "bench_table",
                                      "bench_plot", "parity", "summary", "report", "preprocess_cache"}
     files_listed = text.split("\nfiles:\n")[1].splitlines()
     assert [ln.split()[0] for ln in files_listed] == list(summary["paths"])  # the demo ends with every output path
@@ -26,6 +27,15 @@ def test_quick_demo_end_to_end(tmp_path, capsys):
     report = (out / "summary.md").read_text()
     assert report.startswith("# medge demo report") and "## Parity" in report and "| pytorch_vs_cv2.dnn |" in report
     assert "![latency per forward pass](bench.png)" in report and "| val |" in report and "| test |" in report
+    # export --data chose an operating point on the val split; medge validate judged it on the test split
+    op = json.loads((out / "bundle" / "model.json").read_text())["operating_point"]
+    assert op["criterion"] == "sensitivity=0.95" and op["positive"] == "disease" and 0 <= op["threshold"] <= 1
+    assert summary["operating_point"]["threshold"] == op["threshold"]
+    validation = json.loads((out / "validation.json").read_text())
+    assert validation["decision"]["threshold"] == op["threshold"] and validation["counts"]["cases"] == len(
+        list((out / "data" / "test").rglob("*.png")))
+    assert "## Validation at the operating point" in report and "![ROC with the operating point](validation.roc.png)" in report
+    assert "validate: " in text and "AUC" in summary["validate"]["line"]
     assert summary["parity"]["top1_agreement"] == 1.0 and summary["parity"]["max_abs_logit"] < 1e-3
     assert {"cv2.dnn batch 1", "pytorch batch 1"} <= set(summary["latency_p50_ms"])
 
@@ -42,7 +52,7 @@ def test_quick_demo_end_to_end(tmp_path, capsys):
     bench = json.loads((out / "bench.json").read_text())
     assert bench["latency"] and bench["env"]["opencv"] and bench["end_to_end"]["outputs_identical"]
     parity = json.loads((out / "parity.json").read_text())
-    assert parity["passed"] and parity["images"] == 60
+    assert parity["passed"] and parity["images"] == 100
     assert (out / "run" / "best.pt").exists() and (out / "summary.md").exists()
 
 
