@@ -18,7 +18,9 @@ Checks, each with its figures and, when it fires, the reason in words:
   - scores: the positive class's calibrated probability (the predicted class's for
     more than two classes) against the validation scores: PSI (>= ``PSI_DRIFT``) or a
     two-sample KS test (p < ``KS_P`` with D >= ``KS_D``: with thousands of records a
-    tiny p alone flags shifts too small to matter);
+    tiny p alone flags shifts too small to matter). PSI must also exceed its noise
+    floor at the sample sizes (``evaluate.psi_noise_floor``): with a few dozen
+    validation cases, chance alone gives PSI above 0.25;
   - the share labelled positive against the validation share at the threshold,
     and the share with warnings: flagged when the 95% Wilson interval of the records'
     share lies beyond the reference by more than ``SHARE_DELTA``;
@@ -46,6 +48,7 @@ from medge.edge.profile import STATS
 MIN_RECORDS = 50  # fewer: too few to judge
 PSI_DRIFT = 0.25  # the usual reading: < 0.1 stable, 0.1-0.25 moderate, > 0.25 a major shift
 PSI_WATCH = 0.10
+PSI_NOISE_P = 0.9999  # a PSI counts only above what samples of these sizes from one distribution reach this rarely
 KS_P, KS_D = 0.001, 0.15
 SHARE_DELTA = 0.10  # positive / warning shares: how far beyond the reference the whole 95% CI must be
 WARNING_REFERENCE = 0.0  # the validation cases are the training distribution: no warnings expected there
@@ -77,15 +80,20 @@ def parse_since(text: str | None) -> datetime.datetime | None:
 
 
 def record_files(paths) -> list[Path]:
-    """The record files of the given files and folders (folders: every *.jsonl and *.json below, sorted)."""
-    out = []
+    """The record files of the given files and folders (folders: every *.jsonl and *.json below, sorted), each once
+    (a file given and also inside a given folder is read once)."""
+    out, seen = [], set()
     for p in map(Path, paths):
         if p.is_dir():
-            out += sorted(q for q in p.rglob("*") if q.suffix in (".jsonl", ".json") and q.is_file())
+            found = sorted(q for q in p.rglob("*") if q.suffix in (".jsonl", ".json") and q.is_file())
         elif p.is_file():
-            out.append(p)
+            found = [p]
         else:
             raise UsageError(f"{p}: no such file or folder of records")
+        for q in found:
+            if q.resolve() not in seen:
+                seen.add(q.resolve())
+                out.append(q)
     return out
 
 
@@ -177,14 +185,17 @@ def score_checks(records: list[dict], op: dict) -> list[dict]:
     cur = np.array([record_score(r, positive) for r in records], np.float64)
     psi = ev.psi(ref, cur)
     ks = ev.ks_2samp(ref, cur)
-    psi_drift, ks_drift = psi["psi"] >= PSI_DRIFT, ks["pvalue"] < KS_P and ks["statistic"] >= KS_D
+    floor = ev.psi_noise_floor(len(psi["bins"]), len(ref), len(cur), PSI_NOISE_P)
+    psi_drift, ks_drift = psi["psi"] >= max(PSI_DRIFT, floor), ks["pvalue"] < KS_P and ks["statistic"] >= KS_D
     check = {"check": "score distribution", "score_of": v.get("score_of"), "psi": psi["psi"], "psi_bins": psi["bins"],
-             "ks": ks, "reference_cases": int(len(ref)), "records": int(len(cur)), "drift": bool(psi_drift or ks_drift),
-             "watch": bool(PSI_WATCH <= psi["psi"] < PSI_DRIFT),
+             "psi_noise_floor": floor, "ks": ks, "reference_cases": int(len(ref)), "records": int(len(cur)),
+             "drift": bool(psi_drift or ks_drift),
+             "watch": bool(max(PSI_WATCH, floor) <= psi["psi"] < max(PSI_DRIFT, floor)),
              "median": float(np.median(cur)), "reference_median": float(np.median(ref))}
     if check["drift"]:
-        check["reason"] = (f"the scores of {v.get('score_of')} moved: PSI {psi['psi']:.3f} (>= {PSI_DRIFT} is a major "
-                           f"shift), KS D {ks['statistic']:.3f} p {ks['pvalue']:.2g}; median {check['median']:.3f} against "
+        check["reason"] = (f"the scores of {v.get('score_of')} moved: PSI {psi['psi']:.3f} (a major shift from "
+                           f"{max(PSI_DRIFT, floor):.3f} at these sample sizes), KS D {ks['statistic']:.3f} p "
+                           f"{ks['pvalue']:.2g}; median {check['median']:.3f} against "
                            f"{check['reference_median']:.3f} on the validation cases")
     out = [check]
     if positive is not None and op.get("threshold") is not None:

@@ -136,6 +136,25 @@ def test_model_info_has_no_paths_and_no_nan(model):
     assert info["classes"] == model.classes and info["model_sha256"] == model.sha256
 
 
+def test_model_card_shows_the_operating_point_and_validation_figures(model, bundle, tmp_path):
+    from medge.edge.apps.serve_page import _card_html
+    from tests.edge.calibrated import calibrated_copy, synth_split
+
+    val, _ = synth_split(tmp_path / "d", n=60)
+    calibrated = Model.load(calibrated_copy(bundle, tmp_path / "b", val))
+    info = model_info(calibrated)
+    op = calibrated.manifest["operating_point"]
+    card = info["operating_point"]
+    assert (card["positive"], card["threshold"], card["criterion"], card["temperature"]) == (
+        "disease", op["threshold"], "sensitivity=0.95", op["temperature"])
+    assert card["validation"]["auc"] == op["validation"]["auc"] and card["validation"]["cases"] == 30
+    assert not {"scores", "positives", "roc", "source"} & set(card["validation"])  # figures, not cases or paths
+    html = _card_html(info, "en")
+    assert f"disease when its calibrated probability &gt;= {op['threshold']:.4g} (sensitivity=0.95)" in html
+    assert info["operating_point"] is not None and model_info(model)["operating_point"] is None
+    assert "none in this bundle" in _card_html(model_info(model), "en")
+
+
 async def _inner(scope, receive, send):
     """A trivial ASGI app behind the guard: says which path it served."""
     await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]})
