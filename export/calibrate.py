@@ -108,9 +108,10 @@ def operating_point_section(logits: np.ndarray, labels: np.ndarray, classes: lis
         pos = classes.index(pos_name)
         y, score = labels == pos, probs[:, pos]
         chosen = ev.choose_threshold(y, score, ev.parse_criterion(criterion))
+        threshold = between_scores(chosen["threshold"], score)
         fpr, tpr, thr = ev.roc_curve(y, score)
-        section.update(positive=pos_name, positive_source=why, threshold=chosen["threshold"], criterion=chosen["criterion"])
-        figures = ev.binary_figures(y, score, chosen["threshold"])
+        section.update(positive=pos_name, positive_source=why, threshold=threshold, criterion=chosen["criterion"])
+        figures = ev.binary_figures(y, score, threshold)
         validation.update(auc=ev.auc_ci(y, score), sensitivity=figures["sensitivity"], specificity=figures["specificity"],
                           ppv=figures["ppv"], npv=figures["npv"], brier=ev.brier_score(y, score),
                           ece=ev.reliability(y, score)["ece"],
@@ -123,6 +124,17 @@ def operating_point_section(logits: np.ndarray, labels: np.ndarray, classes: lis
     sealed = seal(section)
     OperatingPoint.from_manifest({"classes": classes, SECTION: sealed})  # the edge must accept what is written
     return sealed
+
+
+def between_scores(threshold: float, score: np.ndarray) -> float:
+    """The threshold moved down to midway between the lowest score called positive and the highest below it.
+
+    The same cases are called positive on the validation split, but no validation score sits on the threshold:
+    the edge's engine computes the logits again (cv2.dnn or onnxruntime, about 1e-6 from PyTorch), and a score
+    exactly at the threshold could fall either side of it there.
+    """
+    below = score[score < threshold]
+    return float((threshold + (below.max() if below.size else 0.0)) / 2)
 
 
 def summary_line(section: dict) -> str:

@@ -204,8 +204,9 @@ class StepTimer:
         return result
 
 
-def check_operating_point(cfg: ExportConfig) -> None:
-    """Refuse a criterion that cannot be parsed before any expensive step."""
+def check_operating_point(cfg: ExportConfig, classes: list[str] | None = None) -> None:
+    """Refuse a criterion that cannot be parsed, and (once the classes are known) a --positive that is not one of
+    them: usage errors, before any expensive step."""
     from medge.edge.errors import UsageError
     from medge.edge.evaluate import parse_criterion
 
@@ -214,9 +215,11 @@ def check_operating_point(cfg: ExportConfig) -> None:
     try:
         parse_criterion(cfg.operating_point)
     except UsageError as e:
-        raise ExportError(f"--operating-point: {e}") from None
+        raise UsageError(f"--operating-point: {e}") from None
     if cfg.calibration_images < 10:
-        raise ExportError(f"calibration needs at least 10 validation images, got a limit of {cfg.calibration_images}")
+        raise UsageError(f"--calibration-images: calibration needs at least 10 validation images, got {cfg.calibration_images}")
+    if classes is not None and cfg.positive is not None and cfg.positive not in classes:
+        raise UsageError(f"--positive {cfg.positive!r} is not a class of the model ({', '.join(classes)})")
 
 
 def check_target(out: Path, overwrite: bool) -> None:
@@ -474,6 +477,7 @@ def export_bundle(checkpoint: str, out: str, data: str | None = None, cfg: Expor
     check_operating_point(cfg)
     timer = StepTimer(log)
     ck = timer.run("load_checkpoint", load_checkpoint, checkpoint)
+    check_operating_point(cfg, ck.classes)
     log(f"exporting {ck.arch} ({len(ck.classes)} classes, input {ck.preprocess.channels}x{ck.preprocess.size}x"
         f"{ck.preprocess.size}, epoch {ck.epoch}) from {checkpoint}")
     model = model_from_checkpoint(ck)

@@ -1,0 +1,100 @@
+"""Calibration and the operating point chosen at export (export.calibrate through medge export --data)."""
+import json
+
+import numpy as np
+import pytest
+
+from medge.edge import evaluate as ev
+from medge.edge.apps.cli import main
+from medge.edge.bundle import read_manifest
+from medge.edge.decision import section_sha256
+from medge.edge.errors import ExportError
+from medge.edge.model import Model
+from medge.export.calibrate import operating_point_section, resolve_positive
+from medge.export.onnx_export import ExportConfig, export_bundle
+from medge.train.synth import SynthConfig, generate
+
+quiet = lambda *a: None
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cal") / "d"
+    generate(root, SynthConfig(n=120, size=64, seed=3))  # 24 val images, 12 per class
+    return root
+
+
+def _val_logits(bundle, data):
+    model = Model.load(bundle)
+    paths, labels = [], []
+    for k, c in enumerate(model.classes):
+        found = sorted(str(p) for p in (data / "val" / c).glob("*.png"))
+        paths += found
+        labels += [k] * len(found)
+    return np.array([p.logits for p in model.predict(paths, workers=0)], np.float64), np.array(labels), model.classes
+
+
+def test_export_with_data_seals_a_temperature_and_a_threshold_that_hold_on_the_val_split(resnet_ckpt, data, tmp_path):
+    m = export_bundle(str(resnet_ckpt), str(tmp_path / "b"), str(data), log=quiet)
+    op = m["operating_point"]
+    assert op == read_manifest(tmp_path / "b")["operating_point"] and op["sha256"] == section_sha256(op)
+    assert (op["positive"], op["criterion"], op["validation"]["cases"]) == ("disease", "sensitivity=0.95", 24)
+    logits, labels, classes = _val_logits(tmp_path / "b", data)
+    # temperature scaling lowers the validation NLL (as recorded) and keeps every argmax
+    t = op["temperature"]
+    assert ev.nll(logits, labels, t) <= ev.nll(logits, labels) + 1e-12
+    assert op["calibration"]["nll_calibrated"] == pytest.approx(ev.nll(logits, labels, t), abs=1e-4)
+    assert (np.argmax(logits / t, 1) == np.argmax(logits, 1)).all()
+    # the threshold meets the criterion on the split it was chosen on, through the edge's own labels
+    model = Model.load(tmp_path / "b")
+    preds = model.predict([str(p) for c in classes for p in sorted((data / "val" / c).glob("*.png"))], workers=0)
+    pos = labels == classes.index("disease")
+    called = np.array([p.label == "disease" for p in preds])
+    assert called[pos].mean() >= 0.95
+    assert all(p.threshold == op["threshold"] and p.calibrated for p in preds)
+    assert op["validation"]["sensitivity"]["value"] == called[pos].mean()
+
+
+@pytest.mark.parametrize("criterion", ["specificity=0.9", "youden"])
+def test_other_criteria(resnet_ckpt, data, tmp_path, criterion):
+    m = export_bundle(str(resnet_ckpt), str(tmp_path / "b"), str(data), ExportConfig(operating_point=criterion), log=quiet)
+    op = m["operating_point"]
+    logits, labels, classes = _val_logits(tmp_path / "b", data)
+    y, score = labels == classes.index("disease"), ev.softmax(logits, op["temperature"])[:, classes.index("disease")]
+    chosen = ev.choose_threshold(y, score, criterion)["threshold"]  # a val score; the bundle's sits below it, in the gap
+    assert op["threshold"] < chosen and not ((score >= op["threshold"]) ^ (score >= chosen)).any()
+    if criterion == "specificity=0.9":
+        assert ((score < op["threshold"])[~y]).mean() >= 0.9
+
+
+def test_none_without_data_or_when_asked_and_bad_criteria_refused_before_work(resnet_ckpt, data, tmp_path, capsys):
+    assert "operating_point" not in export_bundle(str(resnet_ckpt), str(tmp_path / "a"), None, log=quiet)
+    assert "operating_point" not in export_bundle(str(resnet_ckpt), str(tmp_path / "b"), str(data),
+                                                  ExportConfig(operating_point="none"), log=quiet)
+    assert main(["export", str(resnet_ckpt), "--out", str(tmp_path / "c"), "--data", str(data),
+                 "--operating-point", "sensitivity=1.5"]) == 2
+    assert "--operating-point" in capsys.readouterr().err and not (tmp_path / "c").exists()
+    assert main(["export", str(resnet_ckpt), "--out", str(tmp_path / "d"), "--data", str(data), "--positive", "nodule"]) == 2
+    assert "--positive 'nodule' is not a class of the model" in capsys.readouterr().err and not (tmp_path / "d").exists()
+
+
+def test_too_few_validation_images_export_without_an_operating_point(resnet_ckpt, tmp_path):
+    small = tmp_path / "small"
+    generate(small, SynthConfig(n=40, size=64, seed=4))  # 8 val images
+    lines = []
+    m = export_bundle(str(resnet_ckpt), str(tmp_path / "b"), str(small), log=lines.append)
+    assert "operating_point" not in m
+    assert any("no calibration and no operating point" in ln and "at least 20" in ln for ln in lines)
+
+
+def test_positive_class_default_and_section_errors():
+    assert resolve_positive(["disease", "normal"], None)[0] == "disease"
+    assert resolve_positive(["Normal", "pneumonia"], None)[0] == "pneumonia"
+    assert resolve_positive(["a", "b"], None)[0] == "b"
+    with pytest.raises(ExportError, match="at least 20"):
+        operating_point_section(np.zeros((10, 2)), np.r_[np.zeros(5), np.ones(5)].astype(int), ["a", "b"], "youden",
+                                None, "x")
+    rng = np.random.default_rng(0)
+    three = operating_point_section(rng.normal(size=(30, 3)), np.arange(30) % 3, ["a", "b", "c"], "youden", None, "x")
+    assert three["threshold"] is None and three["positive"] is None and len(three["validation"]["scores"]) == 30
+    json.dumps(three, allow_nan=False)
