@@ -35,6 +35,23 @@ def tiny_data(tmp_path_factory):
     return root
 
 
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory):
+    """(data, run folder, summary) of a resnet18 that learned the synthetic task: 400 images of 128 px (8- and
+    16-bit), 10 CPU epochs at 64 px (about 30 s on 2 cores). Shared by the learning test and the go-live tests."""
+    pytest.importorskip("torch", reason="training needs the train extra")
+    from medge.edge.preprocess import PreprocessConfig
+    from medge.train import engine
+    from medge.train.config import TrainConfig
+    from medge.train.synth import SynthConfig, generate
+
+    root = tmp_path_factory.mktemp("trained")
+    generate(root / "data", SynthConfig(n=400, size=128, bits="mix", seed=0))
+    cfg = TrainConfig(data=str(root / "data"), out=str(root / "run"), epochs=10, device="cpu", best_metric="accuracy",
+                      cache_dir=str(root / "cache"))
+    return root / "data", root / "run", engine.train(cfg, PreprocessConfig(size=64))
+
+
 BUNDLES_ENV = "MEDGE_TEST_BUNDLES"  # bundles exported by the main environment, for edge tests where torch is absent
 
 

@@ -18,8 +18,8 @@ class RecordWriter:
         self.stream, self.fmt, self.classes, self.heatmaps = stream, fmt, classes, heatmaps
         if fmt == "csv":
             self.csv = csv.writer(stream, lineterminator="\n")
-            self.csv.writerow(["path", "label", *[f"p_{c}" for c in classes], "read_ms", "preprocess_ms",
-                               "inference_ms", "model_sha256", "error", "warnings", "decoder",
+            self.csv.writerow(["path", "label", *[f"p_{c}" for c in classes], "threshold", "calibrated", "read_ms",
+                               "preprocess_ms", "inference_ms", "model_sha256", "error", "warnings", "decoder",
                                *(["heatmap"] if heatmaps else [])])
 
     def write(self, rec: dict) -> None:
@@ -28,6 +28,7 @@ class RecordWriter:
         else:
             p, t = rec["probabilities"] or {}, rec["timings_ms"]
             self.csv.writerow([rec["path"], rec["label"] or "", *[p.get(c, "") for c in self.classes],
+                               "" if rec.get("threshold") is None else rec["threshold"], bool(rec.get("calibrated")),
                                *[round(t[k], 3) if k in t else "" for k in ("read", "preprocess", "inference")],
                                rec["model_sha256"], rec["error"] or "", "; ".join(rec.get("warnings") or []),
                                (rec.get("input") or {}).get("decoder") or "",

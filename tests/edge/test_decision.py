@@ -85,6 +85,22 @@ def test_predictions_are_calibrated_and_labelled_by_the_threshold(bundle, calibr
     assert flipped > 0
 
 
+def test_predict_csv_and_jsonl_say_threshold_and_calibrated(calibrated, data, tmp_path):
+    import csv
+
+    from medge.edge.apps.cli import main
+
+    op = Model.load(calibrated).operating_point
+    assert main(["predict", "--model", str(calibrated), str(data[1]), "--out", str(tmp_path / "r.csv"), "--format", "csv"]) == 0
+    assert main(["predict", "--model", str(calibrated), str(data[1]), "--out", str(tmp_path / "r.jsonl")]) == 0
+    rows = list(csv.DictReader((tmp_path / "r.csv").open()))
+    recs = [json.loads(ln) for ln in (tmp_path / "r.jsonl").read_text().splitlines()]
+    assert len(rows) == len(recs) > 0
+    for row, rec in zip(rows, recs, strict=True):
+        assert float(row["threshold"]) == rec["threshold"] == op.threshold and row["calibrated"] == "True"
+        assert row["label"] == rec["label"] and float(row["p_disease"]) == rec["probabilities"]["disease"]
+
+
 def test_argmax_unchanged_by_temperature_without_threshold():
     z = np.random.default_rng(0).normal(0, 3, (200, 3))
     op = OperatingPoint(("a", "b", "c"), temperature=2.5)

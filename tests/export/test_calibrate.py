@@ -98,3 +98,33 @@ def test_positive_class_default_and_section_errors():
     three = operating_point_section(rng.normal(size=(30, 3)), np.arange(30) % 3, ["a", "b", "c"], "youden", None, "x")
     assert three["threshold"] is None and three["positive"] is None and len(three["validation"]["scores"]) == 30
     json.dumps(three, allow_nan=False)
+
+
+@pytest.mark.slow
+def test_go_live_of_a_trained_model_validate_and_monitor(trained_run, tmp_path, capsys):
+    """The whole loop on a model that learned the task: export's operating point holds on the held-out split
+    (medge validate), records of the same distribution are stable and records of a set whose lesions are fainter
+    (medge synth --lesion-contrast) are flagged as drift."""
+    data, run, _ = trained_run
+    bundle = tmp_path / "bundle"
+    assert main(["export", str(run / "best.pt"), "--out", str(bundle), "--data", str(data)]) == 0
+    op = read_manifest(bundle)["operating_point"]
+    assert op["validation"]["sensitivity"]["value"] >= 0.95
+    assert main(["validate", "--model", str(bundle), "--data", str(data / "test"), "--out", str(tmp_path / "v/r.json"),
+                 "--require", "auc>=0.7"]) == 0
+    report = json.loads((tmp_path / "v/r.json").read_text())
+    assert report["decision"]["threshold"] == op["threshold"] and report["passed"]
+
+    def records(name, **kw):
+        generate(tmp_path / name, SynthConfig(n=120, size=128, bits="mix", val_fraction=0.0, test_fraction=0.0, **kw))
+        out = tmp_path / f"{name}.jsonl"
+        assert main(["predict", "--model", str(bundle), str(tmp_path / name), "--out", str(out)]) == 0
+        return out
+
+    capsys.readouterr()
+    same = main(["monitor", "--model", str(bundle), str(records("same", seed=21)), "--out", str(tmp_path / "m/same.json")])
+    faint = main(["monitor", "--model", str(bundle), str(records("faint", seed=22, lesion_contrast=0.03)),
+                  "--out", str(tmp_path / "m/faint.json")])
+    reasons = json.loads((tmp_path / "m/faint.json").read_text())["reasons"]
+    assert (same, faint) == (0, 1), capsys.readouterr().err
+    assert any("labelled disease" in r or "scores of disease moved" in r for r in reasons), reasons

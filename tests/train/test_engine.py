@@ -13,7 +13,6 @@ from medge.edge.preprocess import PreprocessConfig
 from medge.train import engine
 from medge.train.checkpoint import load_checkpoint, model_from_checkpoint
 from medge.train.config import TrainConfig
-from medge.train.synth import SynthConfig, generate
 
 SMALL = PreprocessConfig(size=32)
 
@@ -29,12 +28,8 @@ def history(out):
 
 
 @pytest.mark.slow
-def test_short_cpu_run_learns(tmp_path):
-    data = tmp_path / "data"
-    generate(data, SynthConfig(n=400, size=128, bits="mix", seed=0))
-    cfg = TrainConfig(data=str(data), out=str(tmp_path / "run"), epochs=10, device="cpu",
-                      best_metric="accuracy", cache_dir=str(tmp_path / "cache"))
-    summary = engine.train(cfg, PreprocessConfig(size=64))
+def test_short_cpu_run_learns(trained_run):
+    summary = trained_run[2]
     assert summary["val"]["accuracy"] >= 0.85, summary["val"]
     assert summary["test"]["accuracy"] >= 0.75, summary["test"]
 

@@ -143,7 +143,8 @@ class Classifier:
                                               version=__version__, model_sha256=self.model.sha256)
         sop = str(source.SOPInstanceUID)
         key = (sop, self.model.sha256)
-        threshold, positive = _operating_point(self.model.manifest)
+        op = self.model.operating_point  # the bundle's threshold and positive class, when it has them (else argmax)
+        threshold, positive = (op.threshold, op.positive) if op is not None else (None, None)
         finding = report.Finding(classes=tuple(self.model.classes), probabilities=dict(pred.probabilities),
                                  label=pred.label, threshold=threshold, positive=positive, warnings=tuple(pred.warnings))
         study = str(source.StudyInstanceUID)
@@ -176,10 +177,3 @@ def _identity(source, item: Spooled) -> dict:
     return {"study_instance_uid": get("StudyInstanceUID"), "series_instance_uid": get("SeriesInstanceUID"),
             "sop_instance_uid": get("SOPInstanceUID") or item.sop_uid, "sop_class_uid": get("SOPClassUID"),
             "modality": get("Modality")}
-
-
-def _operating_point(manifest: dict) -> tuple[float | None, str | None]:
-    """The bundle's operating threshold and positive class, when it has them (else argmax: None, None)."""
-    op = manifest.get("operating_point") or {}
-    threshold = op.get("threshold")
-    return (float(threshold) if threshold is not None else None), op.get("positive")
