@@ -92,7 +92,8 @@ def make_case(index: int, disease: bool, cfg: SynthConfig = SynthConfig()) -> tu
             by = cy + rng.uniform(-0.2, 0.2)
             r = rng.uniform(0.03, 0.06)
             d = np.sqrt((xx - bx) ** 2 + (yy - by) ** 2)
-            blobs += 1 / (1 + np.exp((d - r) / (0.15 * r)))  # a nodule: a disc with a soft edge
+            with np.errstate(over="ignore"):  # far from the disc exp() overflows to inf: the term is 0, as it should be
+                blobs += 1 / (1 + np.exp((d - r) / (0.15 * r)))  # a nodule: a disc with a soft edge
             lesions.append(Lesion(float(bx * s), float(by * s), float(r * s)))  # pixel (i, j) sits at (j / s, i / s)
         blobs *= cfg.lesion_contrast * rng.uniform(0.8, 1.2)
         img += blobs - blobs.mean()  # keep the mean brightness of the class unchanged
