@@ -191,7 +191,9 @@ def _write(out: Path, cfg: SynthConfig) -> dict:
         for j in range(per_class):
             split = "val" if j < n_val else "test" if j < n_val + n_test else "train"
             index = 2 * j + (label == "disease")
-            bits = {"8": 8, "16": 16}.get(cfg.bits, 16 if index % 2 == 0 else 8)
+            # "mix": half of each class in each bit depth. (Alternating by index made every disease image
+            # 8-bit and every normal one 16-bit: a model learnt the bit depth, not the lesions.)
+            bits = {"8": 8, "16": 16}.get(cfg.bits, 16 if j % 2 == 0 else 8)
             folder = out / split / label
             folder.mkdir(parents=True, exist_ok=True)
             img, lesions = make_case(index, label == "disease", cfg)

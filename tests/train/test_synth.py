@@ -22,6 +22,9 @@ def test_writes_imagefolder_with_8_and_16_bit(tmp_path):
     assert len(files) == 40
     dtypes = {read_image(f).dtype for f in files}
     assert dtypes == {np.dtype(np.uint8), np.dtype(np.uint16)}
+    for label in ("disease", "normal"):  # each class half 8-bit, half 16-bit: the bit depth says nothing of the class
+        per_class = [read_image(f).dtype for f in files if f.parent.name == label]
+        assert per_class.count(np.dtype(np.uint8)) == per_class.count(np.dtype(np.uint16)) == 10
     sixteen = [read_image(f) for f in files if read_image(f).dtype == np.uint16]
     assert max(int(a.max()) for a in sixteen) <= 4095  # 12-bit values in 16-bit files
     assert json.loads((tmp_path / "d" / "synth.json").read_text())["counts"] == counts
