@@ -59,7 +59,7 @@ from medge.edge.system import machine
 
 DX = "1.2.840.10008.5.1.4.1.1.1.1"  # Digital X-Ray Image Storage - For Presentation
 NODE_AE, PACS_AE, SCU_AE = "MEDGE", "ORTHANC", "LOADSCU"
-GOAL = (4, 0.8)  # issue 21: at 4 associations, node instances/s >= 0.8 x medge predict's on a 2-core box
+GOAL = (4, 0.8)  # at 4 associations, node instances/s >= 0.8 x medge predict's on a 2-core box
 CLASSIFIED_LINE = re.compile(r"classified (\d+) instance\(s\) in ([\d.]+) s")
 STORED_LINE = re.compile(r"stored from \S+ \(([\d.]+) MB, (\d+) ms\)")
 

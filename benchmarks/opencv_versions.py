@@ -1,4 +1,4 @@
-"""OpenCV versions side by side: forward time and parity of the six architectures (issue 11).
+"""OpenCV versions side by side: forward time and parity of the six architectures.
 
 Usage:
     python -m medge.benchmarks.opencv_versions --out opencv_versions.json --readme README.md

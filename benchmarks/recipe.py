@@ -1,4 +1,4 @@
-"""Does the default training recipe learn? Several data seeds, the recipe before and after (issue 13).
+"""Does the default training recipe learn? Several data seeds, the previous recipe and the default one.
 
 Usage: python -m medge.benchmarks.recipe --out runs/recipe                      # before and after, seeds 1-4
        python -m medge.benchmarks.recipe --out runs/recipe --recipes after --seeds 5 6 7

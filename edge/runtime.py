@@ -1,18 +1,18 @@
 """cv2.dnn, guarded: what this OpenCV offers, loading an ONNX model, and a checked forward pass.
 
-Every OpenCV from 4.5.5 up, pip wheel or distribution package (issue 11): what an
+Every OpenCV from 4.5.5 up, pip wheel or distribution package: what an
 OpenCV offers is detected, never assumed from its version:
 - engines: OpenCV 5 has a classic and a new engine (``readNetFromONNX(src, engine)``);
   4.x has one, the classic engine (``readNetFromONNX(src)``); OpenCV 5's ONNX Runtime
   engine only where OpenCV was built with ONNX Runtime (elsewhere it silently falls
   back to another engine). ``ENGINES`` lists this OpenCV's, and onnxruntime where the
-  ``ort`` extra is installed (``edge.ort_engine``, issue 14); ``auto`` (the fastest
+  ``ort`` extra is installed (``edge.ort_engine``); ``auto`` (the fastest
   correct one of OpenCV's engines for a bundle on this box, or the one ``medge check``
   measured fastest of all) is chosen by ``edge.engine_choice``;
 - backends and targets: those that ``cv2.dnn.getAvailableTargets`` lists on this box;
 - the net's type is ``cv2.dnn.Net`` from 4.6 on, ``cv2.dnn_Net`` in 4.5.5.
 
-OpenCV hazards this module designs for (see issue 5):
+OpenCV hazards this module designs for:
 - OpenCV 5's new engine does not check the input's channel count and passes NaN
   through; the classic engine turns NaN into plausible finite numbers: so the
   blob's shape, dtype and finiteness are checked before ``setInput`` and the

@@ -1,4 +1,4 @@
-"""The export side of heatmaps (issue 16): what a bundle needs so that the edge can draw them.
+"""The export side of heatmaps: what a bundle needs so that the edge can draw them.
 
 For a CAM architecture (``medge.train.models.CAM_LAYERS``) the exported ONNX model gets a
 second output, ``features``: the last convolutional feature map exactly as the model pools

@@ -12,7 +12,7 @@ With --data, the model is also calibrated and given an operating point on the va
 split (``export.calibrate``): a temperature, and for two classes a threshold chosen by
 ``--operating-point``, sealed in the manifest's ``operating_point`` section.
 
-Heatmaps (issue 16, ``export.explain``): a CAM architecture is exported with a second
+Heatmaps (``export.explain``): a CAM architecture is exported with a second
 output, its feature map, which the parity gate and the golden self-test cover too, and
 its head goes into the bundle; other architectures are marked for occlusion.
 """
@@ -402,6 +402,8 @@ def build_manifest(ck, checkpoint: str, candidate: OnnxCandidate, cfg: ExportCon
     import onnxsim
     import torch
 
+    from medge import __version__
+
     chw = [ck.preprocess.channels, ck.preprocess.size, ck.preprocess.size]
     return {
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -422,8 +424,8 @@ def build_manifest(ck, checkpoint: str, candidate: OnnxCandidate, cfg: ExportCon
                      "checkpoint": str(Path(checkpoint).absolute()), "weights_sha256": ck.weights_sha256},
         "export": {"config": asdict(cfg), "simplified": cfg.simplify, "simplify_stats": candidate.simplify_stats,
                    "steps": steps},
-        "versions": {**ck.versions, "export_torch": str(torch.__version__), "onnx": onnx.__version__,
-                     "onnxsim": getattr(onnxsim, "__version__", "unknown"), "opencv": cv2.__version__},
+        "versions": {**ck.versions, "export_medge": __version__, "export_torch": str(torch.__version__),
+                     "onnx": onnx.__version__, "onnxsim": getattr(onnxsim, "__version__", "unknown"), "opencv": cv2.__version__},
     }
 
 

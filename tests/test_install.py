@@ -3,21 +3,14 @@ import importlib.metadata
 import re
 import subprocess
 import sys
-import sysconfig
 from pathlib import Path
 
 import medge
-
-
-def _installed() -> importlib.metadata.Distribution:
-    """medge's installed distribution (not the medge.egg-info an editable build leaves in the checkout)."""
-    site = sysconfig.get_paths()["purelib"]
-    (dist,) = [d for d in importlib.metadata.distributions(path=[site]) if d.metadata["Name"] == "medge"]
-    return dist
+from tests.helpers import installed_distribution
 
 
 def _installed_top_level_names() -> set[str]:
-    dist = _installed()
+    dist = installed_distribution()
     names = set()
     for f in dist.files or []:
         first = f.parts[0]
@@ -34,7 +27,7 @@ def _installed_top_level_names() -> set[str]:
 
 def test_the_distribution_installs_only_medge():
     assert _installed_top_level_names() == {"medge"}
-    top_level = _installed().read_text("top_level.txt")
+    top_level = installed_distribution().read_text("top_level.txt")
     assert top_level is None or top_level.split() == ["medge"]
     assert importlib.metadata.version("medge") == medge.__version__
 

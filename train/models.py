@@ -13,7 +13,7 @@ from medge.train.config import ARCHS
 
 @dataclass(frozen=True)
 class CamLayers:
-    """Where a class activation map comes from in a torchvision classifier (issue 16)."""
+    """Where a class activation map comes from in a torchvision classifier."""
 
     features: str  # module whose output is the last convolutional feature map
     activation: str | None  # what the model's forward applies to it before pooling ("relu" or None)

@@ -12,7 +12,7 @@ import pytest
 from medge.edge.apps.cli import main
 from medge.edge.image import write_image
 from tests.conftest import xray_like
-from tests.edge.apps.test_cli import BLOCK_TORCH
+from tests.helpers import BLOCK_TORCH
 
 try:
     import pydicom
