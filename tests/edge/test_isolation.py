@@ -63,3 +63,22 @@ def test_layers_import_downward_only():
                 if parts[0] == "medge" and len(parts) > 1:
                     assert parts[1] in may, f"{path.relative_to(ROOT)} ({layer}) imports {module}"
                 assert parts[0] not in LAYERS, f"{path.relative_to(ROOT)} imports the bare name {module}"
+
+
+def test_the_library_never_imports_its_commands():
+    """edge/ is a library (image, dicom, preprocess, bundle, runtime, model, ...); edge/apps/ holds the commands on it."""
+    library = [p for p in sorted((ROOT / "edge").rglob("*.py")) if "apps" not in p.relative_to(ROOT / "edge").parts]
+    assert len(library) > 10
+    for path in library:
+        for module, _ in _imports(path):
+            assert not module.startswith("medge.edge.apps"), f"{path.relative_to(ROOT)} imports the command {module}"
+
+
+def test_serve_and_node_are_packages_of_the_commands():
+    """A command of several modules is one package (its command in ``__init__``), not loose files beside the others."""
+    apps = ROOT / "edge" / "apps"
+    for command in ("serve", "node"):
+        assert (apps / command / "__init__.py").is_file() and f"medge.edge.apps.{command}" in EDGE_MODULES
+        assert not sorted(apps.glob(f"{command}_*.py")), f"loose {command}_*.py files beside the {command} package"
+    assert {"medge.edge.apps.serve.api", "medge.edge.apps.serve.page", "medge.edge.apps.serve.guard",
+            "medge.edge.apps.serve.texts"} <= set(EDGE_MODULES)
