@@ -3,6 +3,7 @@ import importlib.metadata
 import re
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import medge
@@ -50,3 +51,18 @@ def test_opencv_is_the_headless_build_only():
     assert "opencv-python-headless" in installed
     assert not installed & {"opencv-python", "opencv-contrib-python"}, "a non-headless OpenCV is installed"
     assert importlib.metadata.version("grad-cam") == "1.5.7"
+
+
+def test_the_wheel_holds_no_tests(tmp_path):
+    """Test files stay in the repository: the built wheel has no test_*.py and no conftest.py."""
+    res = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path),
+                          str(Path(__file__).resolve().parents[1])], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-2000:]
+    (wheel,) = tmp_path.glob("medge-*.whl")
+    with zipfile.ZipFile(wheel) as z:
+        names = z.namelist()
+    assert "medge/edge/apps/serve/api.py" in names and "medge/benchmarks/bench.py" in names
+    record = [n for n in names if n.endswith(".dist-info/RECORD")]
+    assert record
+    tests = [n for n in names if Path(n).name.startswith("test_") or Path(n).name == "conftest.py"]
+    assert not tests, tests

@@ -162,7 +162,7 @@ def test_parity_reports_unreadable_images(bundle, tiny_data, tmp_path):
 
 def test_pytest_benchmark_suite_runs(tmp_path):
     env = {**os.environ, "MEDGE_BENCH_SIZE": "64", "MEDGE_BENCH_IMAGE": "256"}
-    res = subprocess.run([sys.executable, "-m", "pytest", str(ROOT / "benchmarks"), "-q", "--benchmark-disable",
+    res = subprocess.run([sys.executable, "-m", "pytest", str(ROOT / "tests/benchmarks/speed"), "-q", "--benchmark-disable",
                           "-p", "no:cacheprovider", "--rootdir", str(ROOT)], capture_output=True, text=True,
                          env=env, timeout=300, cwd=tmp_path)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-2000:]
