@@ -56,6 +56,7 @@ import threading
 import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
+from typing import Callable
 
 import cv2
 
@@ -210,12 +211,16 @@ class LoadMeter:
 
     MIN_S, MAX_S = 0.2, 5.0
 
-    def __init__(self):
+    def __init__(self, read_busy_s: Callable[[], float | None] = _proc_stat_busy_s,
+                 read_runnable: Callable[[], int | None] = _runnable_now):
+        """``read_busy_s``: the machine's busy CPU seconds so far (/proc/stat); ``read_runnable``: threads runnable
+        now (/proc/loadavg). Tests give their own readings."""
         self._lock = threading.Lock()
         self._last: tuple[float, float, float] | None = None  # (wall, all busy s, this process's CPU s)
+        self._read_busy_s, self._read_runnable = read_busy_s, read_runnable
 
     def busy_cores(self) -> float | None:
-        now, busy, mine = time.monotonic(), _proc_stat_busy_s(), time.process_time()
+        now, busy, mine = time.monotonic(), self._read_busy_s(), time.process_time()
         if busy is None:
             return None
         with self._lock:
@@ -226,7 +231,7 @@ class LoadMeter:
         share = min(1.0, usable_cores() / max(1, os.cpu_count() or 1))  # our cores of those /proc counts
         if age is not None and self.MIN_S <= age <= self.MAX_S:
             return share * max(0.0, ((busy - last[1]) - (mine - last[2])) / age)
-        runnable = _runnable_now()
+        runnable = self._read_runnable()
         return None if runnable is None else share * float(max(0, runnable - 1))
 
 

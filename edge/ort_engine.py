@@ -113,11 +113,3 @@ class OrtNet:
 def read_ort(src: bytes | str) -> OrtNet:
     """``Engine.read`` of the onnxruntime engine: an OrtNet of the model's bytes (or path)."""
     return OrtNet(src)
-
-
-def ort_version() -> str | None:
-    """onnxruntime's version, or None when it is not installed (imports it)."""
-    try:
-        return _onnxruntime().__version__
-    except MissingExtraError:
-        return None
