@@ -197,7 +197,7 @@ def load_runners(bundle: str, checkpoint: str | None, probe: np.ndarray, record:
     calls one by one, and the RSS after it."""
     from medge.benchmarks.common import rss_mb
     from medge.benchmarks.runners import DnnRunner, TorchRunner, optional_ort
-    from medge.edge.runtime import ENGINES
+    from medge.edge.engines import ENGINES
 
     loaded = []
 

@@ -54,9 +54,10 @@ def worker(bundle: str, inputs: str, threads: int | None) -> int:
 
     from medge.edge import system
     from medge.edge.engine_choice import try_engine
+    from medge.edge.engines import engines_for
     from medge.edge.errors import MedgeError
     from medge.edge.model import Model
-    from medge.edge.runtime import engines_for, forward_batches, time_forwards
+    from medge.edge.runtime import forward_batches, time_forwards
 
     if threads is not None:
         cv2.setNumThreads(threads)

@@ -31,9 +31,10 @@ from typing import TYPE_CHECKING
 
 import cv2
 
+from medge.edge.engines import AUTO, ENGINES, engines_for
 from medge.edge.errors import BundleError, InferenceError, MedgeError, SelfTestError
 from medge.edge.outputs import atomic_write_text
-from medge.edge.runtime import AUTO, ENGINES, engines_for, latency_summary, time_forwards
+from medge.edge.runtime import latency_summary, time_forwards
 from medge.edge.system import cpu_model
 
 if TYPE_CHECKING:

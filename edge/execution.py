@@ -31,7 +31,8 @@ import numpy as np
 from medge.edge.budget import LOAD, StageCosts, budget_cores, lone_threads, opencv_threads, plan_budget
 from medge.edge.errors import MedgeError
 from medge.edge.explain import Explanation
-from medge.edge.image import array_info, load_image, to_gray
+from medge.edge.formats import array_info
+from medge.edge.image import load_image, to_gray
 from medge.edge.pipeline import Pipeline
 from medge.edge.preprocess import preprocess_stages
 from medge.edge.profile import STATS, check_input, image_stats

@@ -36,9 +36,10 @@ import cv2
 import numpy as np
 
 from medge.edge.budget import ThreadBudget
-from medge.edge.bundle import MANIFEST_FILE, MODEL_FILE, golden_inputs, read_manifest, sha256_bytes
+from medge.edge.bundle import LOGITS_OUTPUT, MANIFEST_FILE, MODEL_FILE, golden_inputs, read_manifest, sha256_bytes
 from medge.edge.decision import OperatingPoint, label_indices
 from medge.edge.engine_choice import EngineChoice, choose_engine
+from medge.edge.engines import AUTO, check_choices
 from medge.edge.errors import (
     BundleError,
     ConfigError,
@@ -59,14 +60,7 @@ from medge.edge.explain import (
 from medge.edge.formats import DEFAULT_MAX_PIXELS
 from medge.edge.image import load_image, to_gray
 from medge.edge.preprocess import PreprocessConfig, preprocess
-from medge.edge.runtime import (
-    AUTO,
-    LOGITS_OUTPUT,
-    check_choices,
-    forward_batches,
-    forward_outputs_batches,
-    load_net,
-)
+from medge.edge.runtime import forward_batches, forward_outputs_batches, load_net
 
 
 class Model:
@@ -110,9 +104,9 @@ class Model:
 
         Args:
             bundle_dir: folder with model.onnx and model.json.
-            backend: a key of ``edge.runtime.BACKENDS`` (default OpenCV on the CPU).
+            backend: a key of ``edge.engines.BACKENDS`` (default OpenCV on the CPU).
             engine: ``auto`` (the fastest engine that passes the self-test here) or
-                one of ``edge.runtime.ENGINES``; default: the manifest's (``auto``
+                one of ``edge.engines.ENGINES``; default: the manifest's (``auto``
                 unless the export named one).
             self_test: run the manifest's golden self-test (on by default; only
                 benchmarks of raw loading turn it off).

@@ -1,6 +1,6 @@
 """onnxruntime as an engine of the edge runtime (optional: ``pip install "medge[ort]"``).
 
-One more entry of ``edge.runtime.ENGINES``: the same bundle, the same
+One more entry of ``edge.engines.ENGINES``: the same bundle, the same
 verified bytes (SHA-256), the same golden self-test and the same blob and output
 guards as OpenCV's engines, because ``OrtNet`` speaks the part of the
 ``cv2.dnn.Net`` interface that ``edge.runtime`` uses (``setInput``, ``forward``,
@@ -28,9 +28,10 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+from medge.edge.bundle import LOGITS_OUTPUT
 from medge.edge.errors import BundleError, InferenceError, MissingExtraError
-from medge.edge.runtime import LOGITS_OUTPUT
-from medge.edge.runtime import ORT_EXTRA as EXTRA
+
+EXTRA = "ort"  # pip install "medge[ort]": onnxruntime as an engine of the edge runtime
 
 
 def _onnxruntime():

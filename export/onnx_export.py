@@ -38,20 +38,12 @@ from medge.edge.bundle import (
     write_bundle,
 )
 from medge.edge.decision import SECTION
+from medge.edge.engines import AUTO, ENGINES, engines_for
 from medge.edge.errors import BundleError, ExportError, MedgeError, ParityError
 from medge.edge.explain import CAM_HEAD_FILE, FEATURES_OUTPUT
 from medge.edge.outputs import check_output_dir
 from medge.edge.preprocess import PreprocessConfig, preprocess, preprocess_file
-from medge.edge.runtime import (
-    AUTO,
-    ENGINES,
-    engines_for,
-    forward_batches,
-    forward_outputs_batches,
-    latency_summary,
-    load_net,
-    time_forwards,
-)
+from medge.edge.runtime import forward_batches, forward_outputs_batches, latency_summary, load_net, time_forwards
 from medge.edge.system import cpu_model
 from medge.export.explain import CamExport, compare_features, explain_section, prepare_cam, torch_outputs
 from medge.export.parity import Tolerance, compare, summary_line

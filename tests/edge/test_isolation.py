@@ -82,3 +82,42 @@ def test_serve_and_node_are_packages_of_the_commands():
         assert not sorted(apps.glob(f"{command}_*.py")), f"loose {command}_*.py files beside the {command} package"
     assert {"medge.edge.apps.serve.api", "medge.edge.apps.serve.page", "medge.edge.apps.serve.guard",
             "medge.edge.apps.serve.texts"} <= set(EDGE_MODULES)
+
+
+def _runtime_imports(path: Path):
+    """(module, in_a_function) of every medge.edge import that runs (not those under ``if TYPE_CHECKING:``)."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    typing_only = {id(n) for node in tree.body if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test)
+                   for n in ast.walk(node)}
+    top = {id(n) for n in tree.body}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.level == 0 and id(node) not in typing_only \
+                and (node.module or "").startswith("medge.edge"):
+            yield node.module, id(node) not in top
+
+
+def test_the_library_has_no_import_cycles_hidden_in_functions():
+    """Modules of the edge library import each other at module level only, and without a cycle: a
+    function-level import is how a cycle hides (image <-> dicom, runtime <-> ort_engine were two)."""
+    library = {f"medge.edge.{p.stem}": p for p in sorted((ROOT / "edge").glob("*.py")) if p.stem != "__init__"}
+    graph = {}
+    for name, path in library.items():
+        deps = set()
+        for module, in_function in _runtime_imports(path):
+            assert not in_function, f"{path.relative_to(ROOT)} imports {module} inside a function"
+            deps.add(module)
+        graph[name] = deps & set(library)
+    done, stack = set(), []
+
+    def visit(node):
+        assert node not in stack, f"import cycle: {' -> '.join(stack[stack.index(node):] + [node])}"
+        if node in done:
+            return
+        stack.append(node)
+        for dep in sorted(graph[node]):
+            visit(dep)
+        stack.pop()
+        done.add(node)
+
+    for node in sorted(graph):
+        visit(node)
