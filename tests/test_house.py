@@ -1,4 +1,5 @@
-"""The house: one version from one place, product text that says what is."""
+"""The house: one version from one place, product text that says what is, functions that read as steps."""
+import ast
 import re
 import subprocess
 import sys
@@ -43,3 +44,22 @@ def test_product_text_names_no_issue_numbers():
     hits = [f"{path.relative_to(ROOT)}:{n}: {line.strip()}" for path in files
             for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1) if ISSUE_NUMBER.search(line)]
     assert not hits, "\n".join(hits)
+
+
+MAX_FUNCTION_LINES = 60
+CODE_FOLDERS = ("edge", "train", "export", "benchmarks", "pkg")
+
+
+def test_no_function_is_longer_than_60_lines():
+    """A long function hides its steps: the top function should read as a list of named steps.
+    Lines from ``def`` to the function's last line, docstring included."""
+    files = [p for folder in CODE_FOLDERS for p in sorted((ROOT / folder).rglob("*.py"))]
+    assert len(files) > 50
+    long = []
+    for path in files:
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                lines = node.end_lineno - node.lineno + 1
+                if lines > MAX_FUNCTION_LINES:
+                    long.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.name}: {lines} lines")
+    assert not long, "\n".join(long)
