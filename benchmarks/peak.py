@@ -198,11 +198,9 @@ def apply_peak(peak: dict, rows: list[dict], flops: float | None) -> None:
 
 
 def main(argv=None) -> int:
-    from medge.benchmarks.common import add_out_arguments, emit
-    from medge.edge.errors import MedgeError
-    from medge.edge.outputs import check_output_file
+    from medge.benchmarks.common import add_out_arguments, check_outputs, emit, research_parser
 
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = research_parser(__doc__)
     p.add_argument("--threads", type=int, nargs="+", default=[1, os.cpu_count() or 1])
     p.add_argument("--size", type=int, default=4096, help="side of the square matrices (default: %(default)s)")
     p.add_argument("--repeats", type=int, default=5)
@@ -212,12 +210,9 @@ def main(argv=None) -> int:
     if a.probe:
         print(json.dumps(probe(a.probe, a.size, a.threads[0], repeats=a.repeats)))
         return 0
-    if a.out:
-        try:
-            check_output_file(a.out, a.overwrite, "record")
-        except MedgeError as e:
-            print(f"peak: {e}", file=sys.stderr)
-            return e.exit_status
+    status = check_outputs("peak", a.overwrite, {"record": a.out})
+    if status:
+        return status
     rec = measure_peak(tuple(a.threads), a.size, a.repeats, log=lambda m: print(m, file=sys.stderr, flush=True))
     emit(rec, a.out)
     return 0

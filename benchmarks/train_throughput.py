@@ -1,6 +1,6 @@
 """Training throughput: is the data pipeline or the training step the limit?
 
-Usage: python -m benchmarks.train_throughput --data data/xray --arch resnet18 --batch-size 64 --out train_tp.json
+Usage: python -m medge.benchmarks.train_throughput --data data/xray --arch resnet18 --batch-size 64 --out train_tp.json
 
 Measures, on the same data and device:
   pipeline  images/s of the data path alone: cached uint8 batches -> device ->
@@ -13,7 +13,6 @@ Prints a JSON record with the environment; ``--out`` also writes it.
 """
 from __future__ import annotations
 
-import argparse
 import os
 import platform
 import tempfile
@@ -21,8 +20,7 @@ import time
 
 import numpy as np
 
-from medge.benchmarks.common import add_out_arguments, emit
-from medge.edge.outputs import check_output_file
+from medge.benchmarks.common import add_out_arguments, check_outputs, emit, research_parser
 
 
 def _timeit(fn, warmup: int, repeats: int, sync) -> list[float]:
@@ -125,7 +123,7 @@ def _measure_train_step(cfg, pcfg, dev, channels_last: bool, repeats: int, sync)
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = research_parser(__doc__)
     p.add_argument("--data", required=True)
     p.add_argument("--arch", default="resnet18")
     p.add_argument("--batch-size", type=int, default=64)
@@ -136,8 +134,9 @@ def main(argv=None) -> int:
     p.add_argument("--workers", type=int, default=2)
     add_out_arguments(p)
     a = p.parse_args(argv)
-    if a.out:
-        check_output_file(a.out, a.overwrite, "record")
+    status = check_outputs("train_throughput", a.overwrite, {"record": a.out})
+    if status:
+        return status
     rec = measure(a.data, a.arch, a.batch_size, a.img_size, a.device, a.amp, a.repeats, a.workers)
     emit(rec, a.out)
     return 0
