@@ -30,10 +30,10 @@ ISSUE_NUMBER = re.compile(r"issue ?#?[0-9]", re.I)
 
 
 def product_text_files():
-    """Python files and docs of the product (what a user reads), not the tests."""
+    """Python files, docs and result records of the product (what a user reads), not the tests."""
     for folder in PRODUCT_FOLDERS:
         for path in sorted((ROOT / folder).rglob("*")):
-            if path.suffix in (".py", ".md", ".txt", ".rst") and "__pycache__" not in path.parts:
+            if path.suffix in (".py", ".md", ".txt", ".rst", ".json", ".toml") and "__pycache__" not in path.parts:
                 yield path
 
 
