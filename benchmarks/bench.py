@@ -10,8 +10,8 @@ no runtime pays for another's spinning threads, for each thread count (default
 (``benchmarks.peak``) and the fraction of it each runtime reaches; read and
 preprocessing times; end-to-end images/s on generated 2048x2048 files (medge's
 pipeline on cv2.dnn and on onnxruntime, the sequential loops), also with
-``--busy-cores`` cores kept busy by background processes; and the goals of
-issue 14 as ratios of those figures (never as pass/fail timings).
+``--busy-cores`` cores kept busy by background processes; and the goals
+as ratios of those figures (never as pass/fail timings).
 
 What each figure includes is in ``FIGURES``, copied into the record ("figures")
 and printed under each Markdown table. The JSON record holds every figure and
@@ -66,7 +66,7 @@ FIGURES = {
                   "with its thread budget; the loops go one image at a time with the runtime's default threads",
     "under_load": "end to end again while background processes each keep one core busy",
 }
-# The goals of issue 14, as ratios of end-to-end images/s: (name, numerator, denominator, target).
+# The goals, as ratios of end-to-end images/s: (name, numerator, denominator, target).
 GOALS = (
     ("medge (cv2.dnn) vs sequential cv2.dnn loop", "medge", "sequential", 1.3),
     ("medge (cv2.dnn) vs sequential onnxruntime loop", "medge", "onnxruntime", 1.1),
@@ -197,7 +197,7 @@ def load_runners(bundle: str, checkpoint: str | None, probe: np.ndarray, record:
     calls one by one, and the RSS after it."""
     from medge.benchmarks.common import rss_mb
     from medge.benchmarks.runners import DnnRunner, TorchRunner, optional_ort
-    from medge.edge.runtime import ENGINES
+    from medge.edge.engines import ENGINES
 
     loaded = []
 
@@ -323,7 +323,7 @@ def run_bench(bundle: str, checkpoint: str | None = None, data: str | None = Non
 
 
 def goal_ratios(e2e: dict | None) -> list[dict]:
-    """The goals of issue 14 as ratios of end-to-end images/s (a contender that was not measured: ratio None)."""
+    """The goals as ratios of end-to-end images/s (a contender that was not measured: ratio None)."""
     if not e2e:
         return []
     ips = e2e["images_per_s"]
@@ -352,8 +352,8 @@ def _fmt(v, digits=2):
 def _peak_lines(record: dict) -> list[str]:
     c = record["compute"]
     peak = c.get("peak")
-    if peak is None:  # a record from before issue 14: a 1024x1024 torch.mm, known to be too low
-        return ["", "This record's peak (a 1024x1024 matrix product) predates issue 14 and is not shown."]
+    if peak is None:  # an older record: a 1024x1024 torch.mm, known to be too low
+        return ["", "This record's peak (a 1024x1024 matrix product) is too low to compare with and is not shown."]
     lines = ["", f"Model: {_fmt(c['model_gflops'])} GFLOPs per image. FP32 peak ({peak['method']}):", ""]
     for t, p in peak["by_threads"].items():
         paper = p["paper"]
@@ -413,7 +413,7 @@ def markdown(record: dict) -> str:
         if budget:
             lines += ["", f"medge's thread budget: {budget['reason']}."]
     if record.get("goals"):
-        lines += ["", "Goals of issue 14 (ratios of end-to-end images/s in this run):", "",
+        lines += ["", "Goals (ratios of end-to-end images/s in this run):", "",
                   "| goal | ratio | target | met |", "| --- | ---: | ---: | --- |"]
         for g in record["goals"]:
             met = "-" if g["met"] is None else "yes" if g["met"] else "**no**"

@@ -1,10 +1,13 @@
-"""What every benchmark record shares: correct percentiles and the environment."""
+"""What every benchmark shares: correct percentiles, the environment, and the arguments and output of the
+research scripts (``research_parser``, ``add_out_arguments``, ``check_outputs``, ``save_record``/``emit``)."""
 from __future__ import annotations
 
+import argparse
 import math
 import os
 import platform
 import subprocess
+import sys
 
 import cv2
 import numpy as np
@@ -80,6 +83,32 @@ def environment() -> dict:
     except ImportError:
         pass
     return env
+
+
+def research_parser(doc: str, prog: str | None = None) -> argparse.ArgumentParser:
+    """The parser of a research script (``python -m medge.benchmarks.NAME``): its module docstring, Usage
+    line first, is the description that --help shows as written."""
+    return argparse.ArgumentParser(prog=prog, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
+def check_outputs(prog: str, overwrite: bool, outputs: dict[str, str | None]) -> int:
+    """Check, before any measuring, the files a script will write (``{what: path}``; None: not asked for).
+
+    Returns:
+        0 when all may be written; else the exit status (2: an existing file without --overwrite, a
+        folder in the way) after saying why on stderr.
+    """
+    from medge.edge.errors import MedgeError
+    from medge.edge.outputs import check_output_file
+
+    try:
+        for what, path in outputs.items():
+            if path:
+                check_output_file(path, overwrite, what)
+    except MedgeError as e:
+        print(f"{prog}: {e}", file=sys.stderr)
+        return e.exit_status
+    return 0
 
 
 def add_out_arguments(p, what: str = "JSON record") -> None:

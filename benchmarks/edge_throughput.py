@@ -21,7 +21,6 @@ radiograph-like PNGs (half 8-bit, half 16-bit) to a temporary folder.
 """
 from __future__ import annotations
 
-import argparse
 import os
 import subprocess
 import sys
@@ -31,14 +30,14 @@ from contextlib import contextmanager
 
 import numpy as np
 
-from medge.benchmarks.common import add_out_arguments, emit, environment
+from medge.benchmarks.common import add_out_arguments, check_outputs, emit, environment, research_parser
 from medge.benchmarks.runners import load_opencv_model
+from medge.edge.engines import ENGINES
 from medge.edge.image import write_image
 from medge.edge.inputs import scan_inputs
 from medge.edge.model import Model
-from medge.edge.outputs import check_output_file
 from medge.edge.preprocess import preprocess_file
-from medge.edge.runtime import ENGINES, forward, load_net
+from medge.edge.runtime import forward, load_net
 
 ORT_ENGINE = "onnxruntime"  # the edge engine of the ort extra (edge.ort_engine)
 MEDGE_ORT = "medge (onnxruntime)"
@@ -142,7 +141,7 @@ def measure(bundle: str, paths: list[str], rounds: int = 3, batch_size: int = 8,
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = research_parser(__doc__)
     p.add_argument("--model", required=True, help="bundle folder")
     g = p.add_mutually_exclusive_group(required=True)
     g.add_argument("--images", help="folder of images to classify")
@@ -153,8 +152,9 @@ def main(argv=None) -> int:
     p.add_argument("--busy-cores", type=int, default=0, help="also race under this many busy cores (default: %(default)s)")
     add_out_arguments(p)
     a = p.parse_args(argv)
-    if a.out:
-        check_output_file(a.out, a.overwrite, "record")
+    status = check_outputs("edge_throughput", a.overwrite, {"record": a.out})
+    if status:
+        return status
     log = lambda msg: print(msg, file=sys.stderr, flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         paths = scan_inputs([a.images]).paths if a.images else make_images(tmp, a.make)

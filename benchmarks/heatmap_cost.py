@@ -12,7 +12,6 @@ named architectures first (the weights do not change the speed; needs the train 
 """
 from __future__ import annotations
 
-import argparse
 import tempfile
 import time
 from pathlib import Path
@@ -20,10 +19,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from medge.benchmarks.common import add_out_arguments, environment, save_record, summarize
+from medge.benchmarks.common import add_out_arguments, check_outputs, environment, research_parser, save_record, summarize
 from medge.edge.explain import OcclusionExplainer
 from medge.edge.model import Model
-from medge.edge.outputs import check_output_file
 from medge.edge.preprocess import preprocess
 
 
@@ -87,7 +85,7 @@ def markdown(rec: dict) -> str:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = research_parser(__doc__)
     p.add_argument("--model", nargs="*", default=[], metavar="BUNDLE", help="bundles with heatmaps")
     p.add_argument("--make", nargs="*", default=[], metavar="ARCH", help="export untrained bundles of these first")
     p.add_argument("--size", type=int, default=224, help="input size of the --make bundles (default: %(default)s)")
@@ -95,8 +93,9 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, help="cv2.setNumThreads (default: OpenCV's choice)")
     add_out_arguments(p)
     a = p.parse_args(argv)
-    if a.out:
-        check_output_file(a.out, a.overwrite, "record")
+    status = check_outputs("heatmap_cost", a.overwrite, {"record": a.out})
+    if status:
+        return status
     if a.threads is not None:
         cv2.setNumThreads(a.threads)
     with tempfile.TemporaryDirectory() as tmp:

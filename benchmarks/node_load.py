@@ -51,15 +51,14 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-from medge.benchmarks.common import add_out_arguments, emit, environment, summarize
+from medge.benchmarks.common import add_out_arguments, check_outputs, emit, environment, research_parser, summarize
 from medge.benchmarks.pacs import Orthanc
 from medge.edge.model import Model
-from medge.edge.outputs import check_output_file
 from medge.edge.system import machine
 
 DX = "1.2.840.10008.5.1.4.1.1.1.1"  # Digital X-Ray Image Storage - For Presentation
 NODE_AE, PACS_AE, SCU_AE = "MEDGE", "ORTHANC", "LOADSCU"
-GOAL = (4, 0.8)  # issue 21: at 4 associations, node instances/s >= 0.8 x medge predict's on a 2-core box
+GOAL = (4, 0.8)  # at 4 associations, node instances/s >= 0.8 x medge predict's on a 2-core box
 CLASSIFIED_LINE = re.compile(r"classified (\d+) instance\(s\) in ([\d.]+) s")
 STORED_LINE = re.compile(r"stored from \S+ \(([\d.]+) MB, (\d+) ms\)")
 
@@ -548,7 +547,7 @@ def write_readme(readme: str, record: dict, command: str) -> None:
 
 def main(argv=None) -> int:
     d = LoadConfig()
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = research_parser(__doc__)
     p.add_argument("--model", help="bundle folder")
     p.add_argument("--files", type=int, default=d.files, help="synthetic DX instances to write (default: %(default)s)")
     p.add_argument("--size", type=int, default=d.size, help="their side in px (default: %(default)s)")
@@ -573,8 +572,9 @@ def main(argv=None) -> int:
         return 0
     if not a.model:
         p.error("--model is required (or --from)")
-    if a.out:
-        check_output_file(a.out, a.overwrite, "record")
+    status = check_outputs("node_load", a.overwrite, {"record": a.out})
+    if status:
+        return status
     cfg = LoadConfig(files=a.files, size=a.size, associations=a.associations, predict_batch_sizes=a.predict_batch_sizes,
                      warmup_files=a.warmup_files, poll_s=a.poll_s, node_args=tuple(a.node_args.split()))
     with tempfile.TemporaryDirectory(prefix="medge-node-load-") as tmp:

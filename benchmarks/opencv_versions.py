@@ -1,4 +1,4 @@
-"""OpenCV versions side by side: forward time and parity of the six architectures (issue 11).
+"""OpenCV versions side by side: forward time and parity of the six architectures.
 
 Usage:
     python -m medge.benchmarks.opencv_versions --out opencv_versions.json --readme README.md
@@ -54,9 +54,10 @@ def worker(bundle: str, inputs: str, threads: int | None) -> int:
 
     from medge.edge import system
     from medge.edge.engine_choice import try_engine
+    from medge.edge.engines import engines_for
     from medge.edge.errors import MedgeError
     from medge.edge.model import Model
-    from medge.edge.runtime import engines_for, forward_batches, time_forwards
+    from medge.edge.runtime import forward_batches, time_forwards
 
     if threads is not None:
         cv2.setNumThreads(threads)
@@ -349,10 +350,10 @@ def run_versions(args, log=print) -> dict:
 
 
 def main(argv=None) -> int:
+    from medge.benchmarks.common import add_out_arguments, research_parser
     from medge.train.config import ARCHS
 
-    p = argparse.ArgumentParser(prog="python -m medge.benchmarks.opencv_versions", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = research_parser(__doc__, prog="python -m medge.benchmarks.opencv_versions")
     p.add_argument("--versions", nargs="+",
                    help=f"opencv-python-headless versions (pip), or 'system' (default: {' '.join(DEFAULT_VERSIONS)}; "
                         f"with --smoke: 4.6.0.66 {DEFAULT_VERSIONS[-1]})")
@@ -364,8 +365,7 @@ def main(argv=None) -> int:
     p.add_argument("--warmup", type=int, default=3, help="untimed passes per engine first (default: %(default)s)")
     p.add_argument("--threads", type=int, help="cv2.setNumThreads in every contender (default: OpenCV's)")
     p.add_argument("--work", default="runs/opencv_versions", help="environments and bundles (default: %(default)s)")
-    p.add_argument("--out", help="write the JSON record here (parent folders are created)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing --out or --markdown file")
+    add_out_arguments(p)
     p.add_argument("--markdown", help="write the Markdown tables here too (parent folders are created)")
     p.add_argument("--readme", help="replace the README's opencv-versions section with the tables")
     p.add_argument("--smoke", action="store_true", help="two models at 64 px, two contenders, 2 short rounds")
@@ -378,12 +378,12 @@ def main(argv=None) -> int:
         args.archs, args.size, args.rounds, args.block, args.warmup = ["resnet18", "mobilenet_v3_small"], 64, 2, 2, 1
         args.versions = args.versions or ["4.6.0.66", DEFAULT_VERSIONS[-1]]
     args.versions = args.versions or list(DEFAULT_VERSIONS)
-    from medge.benchmarks.common import save_record
-    from medge.edge.outputs import atomic_write_text, check_output_file, wrote
+    from medge.benchmarks.common import check_outputs, save_record
+    from medge.edge.outputs import atomic_write_text, wrote
 
-    for path, what in ((args.out, "record"), (args.markdown, "tables")):
-        if path:
-            check_output_file(path, args.overwrite, what)
+    status = check_outputs("opencv_versions", args.overwrite, {"record": args.out, "tables": args.markdown})
+    if status:
+        return status
     record = run_versions(args, log=lambda m: print(m, file=sys.stderr))
     text = markdown(record)
     save_record(record, args.out)

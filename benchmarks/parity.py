@@ -43,10 +43,10 @@ def check_link(bundle: str, checkpoint: str, log) -> dict:
 def run_parity(bundle: str, checkpoint: str, data: str, tol=None, batch_size: int = 16, log=print) -> dict:
     from medge.benchmarks.common import environment
     from medge.benchmarks.runners import DnnRunner, TorchRunner
+    from medge.edge.engines import ENGINES
     from medge.edge.errors import MedgeError
     from medge.edge.inputs import scan_inputs
     from medge.edge.preprocess import preprocess_file
-    from medge.edge.runtime import ENGINES
     from medge.export.parity import Tolerance, compare, summary_line
     from medge.train.progress import progress
 

@@ -9,10 +9,9 @@ Each library runs in a fresh subprocess per thread count, its thread pools sized
 by environment before import (a pool sized after import, or one left spinning by
 the previous contender, measures the wrong thing). Warm-up calls, then the best
 of ``repeats``; the peak is the best library. The product must be large enough
-to fill the cores: with 1024x1024 (before issue 14) onnxruntime's resnet18 "ran"
-at over 200 % of it, and with 2048x2048 numpy's sgemm gave 152 GFLOP/s on 2
-threads of the 2-core AMD EPYC box against 182 with 4096x4096 (1 thread: 103 and
-100), below onnxruntime's resnet18 at batch 8 (146).
+to fill the cores: with a smaller product (1024x1024) a runtime's resnet18 can "run"
+at over 100 % of the peak, and 2048x2048 still measures below 4096x4096 on 2
+threads, so the peak is taken from 4096x4096 products.
 
 Paper peak: FP32 lanes of the widest FMA unit (8 with AVX2+FMA, 16 with AVX-512;
 4 on AMD Zen 1, whose FMA units are 128 bits wide) x 2 FLOPs per FMA x 2 FMA units
@@ -199,11 +198,9 @@ def apply_peak(peak: dict, rows: list[dict], flops: float | None) -> None:
 
 
 def main(argv=None) -> int:
-    from medge.benchmarks.common import add_out_arguments, emit
-    from medge.edge.errors import MedgeError
-    from medge.edge.outputs import check_output_file
+    from medge.benchmarks.common import add_out_arguments, check_outputs, emit, research_parser
 
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = research_parser(__doc__)
     p.add_argument("--threads", type=int, nargs="+", default=[1, os.cpu_count() or 1])
     p.add_argument("--size", type=int, default=4096, help="side of the square matrices (default: %(default)s)")
     p.add_argument("--repeats", type=int, default=5)
@@ -213,12 +210,9 @@ def main(argv=None) -> int:
     if a.probe:
         print(json.dumps(probe(a.probe, a.size, a.threads[0], repeats=a.repeats)))
         return 0
-    if a.out:
-        try:
-            check_output_file(a.out, a.overwrite, "record")
-        except MedgeError as e:
-            print(f"peak: {e}", file=sys.stderr)
-            return e.exit_status
+    status = check_outputs("peak", a.overwrite, {"record": a.out})
+    if status:
+        return status
     rec = measure_peak(tuple(a.threads), a.size, a.repeats, log=lambda m: print(m, file=sys.stderr, flush=True))
     emit(rec, a.out)
     return 0

@@ -14,7 +14,6 @@ first image): the model input, the overlay, the recorded lesions (green) and the
 """
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from pathlib import Path
@@ -22,12 +21,12 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from medge.benchmarks.common import add_out_arguments, environment, save_record, summarize
+from medge.benchmarks.common import add_out_arguments, check_outputs, environment, research_parser, save_record, summarize
 from medge.edge.errors import UsageError
 from medge.edge.image import read_image
 from medge.edge.inputs import scan_inputs
 from medge.edge.model import Model
-from medge.edge.outputs import atomic_write_bytes, check_output_file, wrote
+from medge.edge.outputs import atomic_write_bytes, wrote
 from medge.train.synth import Lesion, read_lesions
 
 TOLERANCE_FRACTION = 15 / 224  # of the image side: the original pointing game's 15 px at 224
@@ -166,7 +165,7 @@ def markdown(rec: dict) -> str:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = research_parser(__doc__)
     p.add_argument("--model", required=True, metavar="BUNDLE", help="bundle with heatmaps")
     p.add_argument("--data", required=True, help="a medge synth data set (with its lesion sidecars)")
     p.add_argument("--split", default="test", help="split to score (default: %(default)s)")
@@ -177,10 +176,9 @@ def main(argv=None) -> int:
     p.add_argument("--method", choices=["occlusion"], help="explain by occlusion instead of the bundle's method")
     add_out_arguments(p)
     a = p.parse_args(argv)
-    if a.out:
-        check_output_file(a.out, a.overwrite, "record")
-    if a.example:
-        check_output_file(a.example, a.overwrite, "example picture")
+    status = check_outputs("pointing_game", a.overwrite, {"record": a.out, "example picture": a.example})
+    if status:
+        return status
     rec = run_pointing_game(a.model, a.data, a.split, a.tolerance, a.example, a.method)
     print(markdown(rec))
     save_record(rec, a.out)

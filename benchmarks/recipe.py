@@ -1,4 +1,4 @@
-"""Does the default training recipe learn? Several data seeds, the recipe before and after (issue 13).
+"""Does the default training recipe learn? Several data seeds, the previous recipe and the default one.
 
 Usage: python -m medge.benchmarks.recipe --out runs/recipe                      # before and after, seeds 1-4
        python -m medge.benchmarks.recipe --out runs/recipe --recipes after --seeds 5 6 7
@@ -22,7 +22,6 @@ CPU: a benchmark, never a test.
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import sys
@@ -183,7 +182,9 @@ def markdown(record: dict) -> str:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    from medge.benchmarks.common import research_parser
+
+    p = research_parser(__doc__)
     p.add_argument("--out", default="runs/recipe", help="folder for data, runs and the record (default: %(default)s)")
     p.add_argument("--recipes", nargs="+", choices=list(RECIPES), default=["before", "after"],
                    help="default: %(default)s")

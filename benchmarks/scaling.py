@@ -29,9 +29,7 @@ import subprocess
 import sys
 import tempfile
 
-from medge.benchmarks.common import add_out_arguments, save_record
-from medge.edge.errors import MedgeError
-from medge.edge.outputs import check_output_file
+from medge.benchmarks.common import add_out_arguments, check_outputs, research_parser, save_record
 
 PAPER_CORES = (8, 16)
 THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
@@ -153,7 +151,7 @@ def markdown(rec: dict) -> str:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = research_parser(__doc__)
     p.add_argument("--model", required=True, help="bundle folder")
     g = p.add_mutually_exclusive_group(required=True)
     g.add_argument("--images", help="folder of images")
@@ -169,12 +167,9 @@ def main(argv=None) -> int:
         rec.pop("env", None)
         print(json.dumps(rec))
         return 0
-    if a.out:  # before minutes of measuring
-        try:
-            check_output_file(a.out, a.overwrite, "record")
-        except MedgeError as e:
-            print(f"scaling: {e}", file=sys.stderr)
-            return e.exit_status
+    status = check_outputs("scaling", a.overwrite, {"record": a.out})  # before minutes of measuring
+    if status:
+        return status
     log = lambda msg: print(msg, file=sys.stderr, flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         images = a.images

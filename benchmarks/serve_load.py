@@ -16,7 +16,6 @@ is counted as an error). ``--make N`` writes N 2048x2048 radiograph-like PNGs (h
 """
 from __future__ import annotations
 
-import argparse
 import http.client
 import json
 import os
@@ -30,11 +29,10 @@ import threading
 import time
 from pathlib import Path
 
-from medge.benchmarks.common import add_out_arguments, emit, environment, summarize
+from medge.benchmarks.common import add_out_arguments, check_outputs, emit, environment, research_parser, summarize
 from medge.benchmarks.edge_throughput import make_images
 from medge.edge.inputs import scan_inputs
 from medge.edge.model import Model
-from medge.edge.outputs import check_output_file
 
 LEVELS = (1, 4, 16)
 MARKERS = ("<!-- serve-load:start -->", "<!-- serve-load:end -->")
@@ -154,7 +152,7 @@ def write_readme(readme: str, record: dict, command: str) -> None:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = research_parser(__doc__)
     p.add_argument("--model", help="bundle folder")
     p.add_argument("--make", type=int, default=16, help="write this many 2048x2048 test PNGs (default: %(default)s)")
     p.add_argument("--size", type=int, default=2048, help="side of the --make images (default: %(default)s)")
@@ -168,8 +166,9 @@ def main(argv=None) -> int:
     p.add_argument("--from", dest="from_record", help="read a record instead of measuring")
     p.add_argument("--readme", help="replace the serve-load section of this README with the table")
     a = p.parse_args(argv)
-    if a.out:
-        check_output_file(a.out, a.overwrite, "record")
+    status = check_outputs("serve_load", a.overwrite, {"record": a.out})
+    if status:
+        return status
     if a.from_record:
         record = json.loads(Path(a.from_record).read_text(encoding="utf-8"))
     else:

@@ -1,9 +1,10 @@
 """medge.edge: the edge runtime, numpy + OpenCV only (never torch or onnx).
 
 The library (formats, image, inputs, paths, dicom, preprocess, profile, bundle,
-runtime, ort_engine (onnxruntime, with the ``ort`` extra), engine_choice, budget,
-system, model) is here; the commands built on it (medge
-check, predict, watch, preview) are in ``medge.edge.apps``.
+engines, runtime, ort_engine (onnxruntime, with the ``ort`` extra), engine_choice, budget,
+pipeline, execution, system, model, and explain, decision, evaluate, drift, validation) is here;
+the commands built on it (medge check, predict, watch, preview, validate, monitor, and the packages
+serve and node) are in ``medge.edge.apps``.
 """
 from medge.edge.errors import (
     BundleError,

@@ -3,7 +3,7 @@
 Per image, reading + preprocessing costs ``d`` CPU-ms and a single-threaded
 forward pass ``f`` CPU-ms (measured with ``time.thread_time`` on the threads doing
 the work, so the figures hold on a busy box too). On ``C`` free cores no schedule
-beats ``C / (d + f)`` images/s. What the pipeline does about it (issue 14):
+beats ``C / (d + f)`` images/s. What the pipeline does about it:
 
 1. **Every forward pass is single-threaded** (OpenCV's thread count is 1 while the
    pipeline runs; onnxruntime's sessions follow it). A pass with several intra-op
@@ -17,9 +17,7 @@ beats ``C / (d + f)`` images/s. What the pipeline does about it (issue 14):
    PNG, a small JPEG, cv2.dnn or onnxruntime, a heatmap bundle), the cores never hold
    more of the pipeline's threads than there are cores (no time-slicing between our
    own threads, no cache thrash from it), and on one core the pipeline *is* the
-   sequential loop with single-threaded passes. An earlier design with a fixed split
-   (readers : inference threads = d : f over C + 1 threads) ran 4 threads on 2 cores
-   and measured ~6 % slower on the quiet 2-core box, and slower than the plain loop on 1 core.
+   sequential loop with single-threaded passes.
 3. **Under load nothing needs re-planning.** Other work on the box takes its share of
    the cores (Linux CFS: equal shares per runnable thread); single-threaded passes
    have no barrier to stall on, and each of the pipeline's threads keeps taking the
@@ -29,18 +27,16 @@ beats ``C / (d + f)`` images/s. What the pipeline does about it (issue 14):
    read and wait, up to ``batch x f`` ms. Where the number of inputs ``n`` is known
    (a list), a pass takes at most ``ceil(n / (4 C))`` images (``pass_size``), so
    the drain is a small part of the run; a long run or an iterator keeps the
-   batch size asked. On the 2-core AMD EPYC (Zen 1) box, 24 files of 2048x2048,
-   one interleaved run: batches of 8 gave 5.9 images/s, of 3 gave 6.7 (sequential
-   loop 4.6); 40 files: 6.6 and 7.1 (5.3). Single-threaded passes cost about the
-   same per image at any batch size there (cv2.dnn 143 ms at batch 1, 139 at 8).
+   batch size asked. Single-threaded passes cost about the same per image at any
+   batch size, so smaller passes lose little.
 5. **At most ``forwards`` passes at once** (``min(threads, MAX_STREAMS)``): each
    holds a net (weights + activations), a cap on memory on big boxes; threads over
    the cap read ahead.
 
 So on C cores the model is ``images/s = 1000 x min(C / (d + f), forwards / f)``:
-with resnet18 at 224 px on 2048x2048 PNGs and the 8-forward cap, inference would
-bind only when ``f / (d + f) > 8 / C``: past ~17 cores for cv2.dnn with issue 14's
-figures (d ~ 43, f ~ 39 core-ms), past ~15 on the 2-core Zen 1 box (d ~ 190, f ~ 218).
+with the 8-forward cap, inference binds only when ``f / (d + f) > 8 / C``, that is
+past ``8 (d + f) / f`` cores: about 16 where reading and inference cost the same.
+``benchmarks.scaling`` measures ``d`` and ``f`` on a box and applies this model.
 
 What load changes is how many cores are idle for a run with no inference to
 overlap with reading (it fits in one batch: a few files in ``medge predict`` or a
@@ -60,6 +56,7 @@ import threading
 import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
+from typing import Callable
 
 import cv2
 
@@ -214,12 +211,16 @@ class LoadMeter:
 
     MIN_S, MAX_S = 0.2, 5.0
 
-    def __init__(self):
+    def __init__(self, read_busy_s: Callable[[], float | None] = _proc_stat_busy_s,
+                 read_runnable: Callable[[], int | None] = _runnable_now):
+        """``read_busy_s``: the machine's busy CPU seconds so far (/proc/stat); ``read_runnable``: threads runnable
+        now (/proc/loadavg). Tests give their own readings."""
         self._lock = threading.Lock()
         self._last: tuple[float, float, float] | None = None  # (wall, all busy s, this process's CPU s)
+        self._read_busy_s, self._read_runnable = read_busy_s, read_runnable
 
     def busy_cores(self) -> float | None:
-        now, busy, mine = time.monotonic(), _proc_stat_busy_s(), time.process_time()
+        now, busy, mine = time.monotonic(), self._read_busy_s(), time.process_time()
         if busy is None:
             return None
         with self._lock:
@@ -230,7 +231,7 @@ class LoadMeter:
         share = min(1.0, usable_cores() / max(1, os.cpu_count() or 1))  # our cores of those /proc counts
         if age is not None and self.MIN_S <= age <= self.MAX_S:
             return share * max(0.0, ((busy - last[1]) - (mine - last[2])) / age)
-        runnable = _runnable_now()
+        runnable = self._read_runnable()
         return None if runnable is None else share * float(max(0, runnable - 1))
 
 

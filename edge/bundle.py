@@ -30,6 +30,7 @@ FORMAT = "medge-bundle"
 FORMAT_VERSION = 1
 MODEL_FILE = "model.onnx"
 MANIFEST_FILE = "model.json"
+LOGITS_OUTPUT = "logits"  # the name every medge bundle gives its class scores
 REQUIRED = ("format", "format_version", "classes", "preprocess", "model", "golden")
 REQUIRED_MODEL = ("file", "sha256", "input_name", "input_shape", "opset")
 

@@ -35,8 +35,7 @@ import warnings
 import numpy as np
 
 from medge.edge.errors import ImageError, MissingExtraError
-from medge.edge.formats import check_size, non_image_reason
-from medge.edge.image import ImageInfo
+from medge.edge.formats import ImageInfo, check_size, non_image_reason
 
 # Transfer syntax UID -> (pydicom decoding plugin, the module it needs). Anything else is refused by name.
 _NATIVE = ("pydicom", "pydicom")

@@ -1,4 +1,4 @@
-"""Which engine runs a bundle on this box: the fastest correct one, by measurement (issue 11).
+"""Which engine runs a bundle on this box: the fastest correct one, by measurement.
 
 ``Model.load(engine="auto")`` (the default of bundles and commands) tries every
 engine this OpenCV has for the backend: it loads the model, runs the golden
@@ -7,7 +7,7 @@ passes of all engines that passed, interleaved; the fastest wins. OpenCV 4.x has
 one engine, so there is nothing to time. Never a guess from a version number.
 Engines from outside OpenCV (onnxruntime, with the ``ort`` extra) are not measured
 at load time: cv2.dnn stays the default unless the user asks for one, or ``medge
-check`` measured it as the fastest correct engine on this box (issue 14).
+check`` measured it as the fastest correct engine on this box.
 
 ``medge check`` measures every engine, longer (1 and all threads), and records its choice in a
 small JSON file under ``$XDG_CACHE_HOME/medge/engines`` (``~/.cache`` by default),
@@ -31,9 +31,10 @@ from typing import TYPE_CHECKING
 
 import cv2
 
+from medge.edge.engines import AUTO, ENGINES, engines_for
 from medge.edge.errors import BundleError, InferenceError, MedgeError, SelfTestError
 from medge.edge.outputs import atomic_write_text
-from medge.edge.runtime import AUTO, ENGINES, engines_for, latency_summary, time_forwards
+from medge.edge.runtime import latency_summary, time_forwards
 from medge.edge.system import cpu_model
 
 if TYPE_CHECKING:

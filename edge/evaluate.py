@@ -835,7 +835,7 @@ def _smirnov_sf(n: int, x: float) -> float:
     return min(x * math.exp(top) * float(np.sum(np.exp(log_terms - top))), 1.0)
 
 
-def _kolmogorov_sf(n: int, x: float) -> float:
+def kolmogorov_sf(n: int, x: float) -> float:
     """P(D_n >= x) for the one-sample two-sided Kolmogorov-Smirnov statistic (as scipy.stats.kstwo.sf)."""
     if x >= 1:
         return 0.0
@@ -884,5 +884,5 @@ def ks_2samp(a, b) -> dict:
     statistic = float(max(np.max(gaps), min(max(-np.min(gaps), 0.0), 1.0)))
     big, small = sorted([float(x.size), float(y.size)], reverse=True)
     n = round(big * small / (big + small))
-    pvalue = _kolmogorov_sf(n, statistic) if n >= 1 else math.nan
+    pvalue = kolmogorov_sf(n, statistic) if n >= 1 else math.nan
     return {"statistic": statistic, "pvalue": pvalue, "method": "asymptotic"}

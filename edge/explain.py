@@ -1,4 +1,4 @@
-"""Heatmaps: where the model looked, computed on the edge with numpy + OpenCV only (issue 16).
+"""Heatmaps: where the model looked, computed on the edge with numpy + OpenCV only.
 
 Usage:
     from medge.edge.model import Model

@@ -1,7 +1,8 @@
-"""Recognising image files by their bytes: format, pixel size, truncation.
+"""Recognising image files by their bytes (format, pixel size, truncation), and what a file is once read
+(``ImageInfo``).
 
-Shared by ``edge.image`` (PNG, JPEG, TIFF, BMP) and ``edge.dicom``, so that
-neither imports the other for these helpers. Nothing here decodes pixels: the
+Shared by ``edge.image`` (PNG, JPEG, TIFF, BMP) and ``edge.dicom``: ``edge.image`` reads DICOM files through
+``edge.dicom``, and ``edge.dicom`` needs nothing from ``edge.image``. Nothing here decodes pixels: the
 header alone says what a file is and how large it would be once decoded, so an
 image over the pixel limit or a file cut short is refused before any
 allocation.
@@ -10,6 +11,9 @@ from __future__ import annotations
 
 import os
 import struct
+from dataclasses import dataclass
+
+import numpy as np
 
 from medge.edge.errors import ImageError
 
@@ -215,3 +219,46 @@ def check_size(width: int, height: int, max_pixels: int, path) -> None:
         raise ImageError(
             path, f"image is {width}x{height} = {width * height / 1e6:.1f} MP, over the limit of {max_pixels / 1e6:g} MP"
         )
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    """What an input file is, as read; every record carries it (``to_dict``)."""
+
+    format: str  # png, jpeg, tiff, bmp, dicom, array
+    width: int
+    height: int
+    bits: int  # bits per sample as stored: 8 or 16 (DICOM: Bits Stored, 1 to 16)
+    photometric: str  # gray, rgb, rgba (converted to gray); DICOM: MONOCHROME1 or MONOCHROME2
+    decoder: str  # what decoded the pixels, with its version: "opencv 5.0.0", "gdcm 3.2.6", ...
+    modality: str | None = None  # DICOM Modality (CR, DX, CT, ...)
+    transfer_syntax: str | None = None  # DICOM transfer syntax name
+    voi: str | None = None  # the DICOM VOI transform applied: "window C/W", "VOI LUT", or None
+    # Values that map to black and white (the DICOM window's output); None: the 8-bit rule decides.
+    display_range: tuple[float, float] | None = None
+    manufacturer: str | None = None  # DICOM Manufacturer (the subgroups of medge validate, drift of medge monitor)
+    view_position: str | None = None  # DICOM ViewPosition: PA, AP, LL, ...
+
+    def to_dict(self) -> dict:
+        """The record's ``input`` section (the display range is an internal detail of preprocessing)."""
+        return {"format": self.format, "width": self.width, "height": self.height, "bits": self.bits,
+                "photometric": self.photometric, "modality": self.modality, "transfer_syntax": self.transfer_syntax,
+                "decoder": self.decoder, "voi": self.voi, "manufacturer": self.manufacturer,
+                "view_position": self.view_position}
+
+
+def array_info(image: np.ndarray) -> ImageInfo:
+    """ImageInfo of an image given as an array (no file): the caller decoded it."""
+    image = np.asarray(image)
+    bits = {np.dtype(np.uint8): 8, np.dtype(np.uint16): 16}.get(image.dtype, 32)
+    return ImageInfo("array", int(image.shape[1]), int(image.shape[0]), bits, photometric(image), "caller")
+
+
+def photometric(image: np.ndarray) -> str:
+    """gray, rgb or rgba; a colour image whose three planes are equal (a gray X-ray saved as RGB) is gray."""
+    if image.ndim == 2 or image.shape[2] == 1:
+        return "gray"
+    b, g, r = image[:, :, 0], image[:, :, 1], image[:, :, 2]
+    if np.array_equal(b, g) and np.array_equal(g, r):
+        return "gray"
+    return "rgba" if image.shape[2] == 4 else "rgb"

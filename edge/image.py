@@ -30,58 +30,23 @@ import errno
 import os
 import stat
 import struct
-from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
 import numpy as np
 
+from medge.edge.dicom import decode_dicom  # pydicom itself is imported inside, only for DICOM files
 from medge.edge.errors import ImageError
-from medge.edge.formats import DEFAULT_MAX_PIXELS, DICOM_SUFFIXES, check_size, sniff_format, sniff_image
+from medge.edge.formats import (
+    DEFAULT_MAX_PIXELS,
+    DICOM_SUFFIXES,
+    ImageInfo,
+    check_size,
+    photometric,
+    sniff_format,
+    sniff_image,
+)
 from medge.edge.outputs import atomic_write_bytes
-
-
-@dataclass(frozen=True)
-class ImageInfo:
-    """What an input file is, as read; every record carries it (``to_dict``)."""
-
-    format: str  # png, jpeg, tiff, bmp, dicom, array
-    width: int
-    height: int
-    bits: int  # bits per sample as stored: 8 or 16 (DICOM: Bits Stored, 1 to 16)
-    photometric: str  # gray, rgb, rgba (converted to gray); DICOM: MONOCHROME1 or MONOCHROME2
-    decoder: str  # what decoded the pixels, with its version: "opencv 5.0.0", "gdcm 3.2.6", ...
-    modality: str | None = None  # DICOM Modality (CR, DX, CT, ...)
-    transfer_syntax: str | None = None  # DICOM transfer syntax name
-    voi: str | None = None  # the DICOM VOI transform applied: "window C/W", "VOI LUT", or None
-    # Values that map to black and white (the DICOM window's output); None: the 8-bit rule decides.
-    display_range: tuple[float, float] | None = None
-    manufacturer: str | None = None  # DICOM Manufacturer (the subgroups of medge validate, drift of medge monitor)
-    view_position: str | None = None  # DICOM ViewPosition: PA, AP, LL, ...
-
-    def to_dict(self) -> dict:
-        """The record's ``input`` section (the display range is an internal detail of preprocessing)."""
-        return {"format": self.format, "width": self.width, "height": self.height, "bits": self.bits,
-                "photometric": self.photometric, "modality": self.modality, "transfer_syntax": self.transfer_syntax,
-                "decoder": self.decoder, "voi": self.voi, "manufacturer": self.manufacturer,
-                "view_position": self.view_position}
-
-
-def array_info(image: np.ndarray) -> ImageInfo:
-    """ImageInfo of an image given as an array (no file): the caller decoded it."""
-    image = np.asarray(image)
-    bits = {np.dtype(np.uint8): 8, np.dtype(np.uint16): 16}.get(image.dtype, 32)
-    return ImageInfo("array", int(image.shape[1]), int(image.shape[0]), bits, _photometric(image), "caller")
-
-
-def _photometric(image: np.ndarray) -> str:
-    """gray, rgb or rgba; a colour image whose three planes are equal (a gray X-ray saved as RGB) is gray."""
-    if image.ndim == 2 or image.shape[2] == 1:
-        return "gray"
-    b, g, r = image[:, :, 0], image[:, :, 1], image[:, :, 2]
-    if np.array_equal(b, g) and np.array_equal(g, r):
-        return "gray"
-    return "rgba" if image.shape[2] == 4 else "rgb"
 
 
 def to_gray(image: np.ndarray, path: str | os.PathLike | None = None) -> np.ndarray:
@@ -183,8 +148,6 @@ def load_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) ->
     data = read_bytes(path, max_bytes=max(64 << 20, 8 * max_pixels))
     fmt = sniff_format(data)
     if fmt == "dicom" or (fmt is None and Path(path).suffix.lower() in DICOM_SUFFIXES):
-        from medge.edge.dicom import decode_dicom  # pydicom is optional
-
         return decode_dicom(data, path, max_pixels)
     fmt, width, height = sniff_image(data, path)
     check_size(width, height, max_pixels, path)
@@ -192,7 +155,7 @@ def load_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) ->
     if image.ndim not in (2, 3) or sorted(image.shape[:2]) != sorted((height, width)):
         raise ImageError(path, f"decoded size {image.shape[1]}x{image.shape[0]} differs from the header's {width}x{height}")
     info = ImageInfo(fmt, int(image.shape[1]), int(image.shape[0]), 16 if image.dtype == np.uint16 else 8,
-                     _photometric(image), f"opencv {cv2.__version__}")
+                     photometric(image), f"opencv {cv2.__version__}")
     return to_gray(image, path), info
 
 

@@ -20,7 +20,7 @@ that passes the self-test on this box (``edge.engine_choice``); ``model.engine``
 names it and ``model.engine_choice`` says why. Where batches > 1 fail or differ
 (OpenCV 4.5.5/4.6 with squeeze-excitation models) the model runs one image per pass.
 
-Throughput: ``predict`` runs a pipeline (``edge.pipeline``): one thread per core,
+Throughput: ``predict`` runs a pipeline (``edge.pipeline``, driven by ``edge.execution``): one thread per core,
 each reading and preprocessing the next file (OpenCV releases the GIL) or running a
 single-threaded batched forward pass on a net of its own, whichever is next; the
 thread budget and why are in ``edge.budget`` (``model.budget``). Results come back
@@ -28,31 +28,27 @@ in input order.
 """
 from __future__ import annotations
 
-import itertools
 import os
 import threading
-import time
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
-from functools import partial
 from pathlib import Path
 
 import cv2
 import numpy as np
 
-from medge.edge.budget import LOAD, StageCosts, ThreadBudget, budget_cores, lone_threads, opencv_threads, plan_budget
-from medge.edge.bundle import MANIFEST_FILE, MODEL_FILE, golden_inputs, read_manifest, sha256_bytes
+from medge.edge.budget import ThreadBudget
+from medge.edge.bundle import LOGITS_OUTPUT, MANIFEST_FILE, MODEL_FILE, golden_inputs, read_manifest, sha256_bytes
 from medge.edge.decision import OperatingPoint, label_indices
 from medge.edge.engine_choice import EngineChoice, choose_engine
+from medge.edge.engines import AUTO, check_choices
 from medge.edge.errors import (
     BundleError,
     ConfigError,
     InferenceError,
-    MedgeError,
     ModelIntegrityError,
     SelfTestError,
     UsageError,
 )
+from medge.edge.execution import NetPool, Prediction, RunOptions, run_predictions
 from medge.edge.explain import (
     CamExplainer,
     Explainer,
@@ -62,48 +58,9 @@ from medge.edge.explain import (
     load_explainer,
 )
 from medge.edge.formats import DEFAULT_MAX_PIXELS
-from medge.edge.image import array_info, load_image, to_gray
-from medge.edge.pipeline import Pipeline
-from medge.edge.preprocess import PreprocessConfig, preprocess, preprocess_stages
-from medge.edge.profile import STATS, check_input, image_stats
-from medge.edge.runtime import (
-    AUTO,
-    LOGITS_OUTPUT,
-    check_choices,
-    forward_batches,
-    forward_outputs_batches,
-    load_net,
-    softmax,
-)
-
-
-@dataclass
-class Prediction:
-    """One input's result: a label and probabilities, or an error; never both."""
-
-    path: str | None  # None for arrays; a non-UTF-8 name holds surrogate escapes (edge.paths)
-    label: str | None = None
-    probabilities: dict[str, float] | None = None  # calibrated when the bundle has a temperature (edge.decision)
-    logits: list[float] | None = None  # the model's raw outputs, before calibration
-    threshold: float | None = None  # the bundle's operating threshold on its positive class; None: argmax
-    calibrated: bool = False  # probabilities are softmax(logits / T) with the bundle's fitted T
-    timings_ms: dict[str, float] = field(default_factory=dict)  # read, preprocess, inference (batch time / batch size)
-    error: str | None = None
-    warnings: list[str] = field(default_factory=list)  # what is odd about the input (edge.profile); empty when fine
-    input: dict | None = None  # ImageInfo.to_dict(): format, size, bits, photometric, modality, decoder, ...
-    unexpected: bool = False  # the error is a bug in medge (exit status 3), not a problem of the input
-    explanation: Explanation | None = field(default=None, repr=False)  # predict(..., heatmaps=True) only
-
-    @property
-    def ok(self) -> bool:
-        return self.error is None
-
-    def to_record(self, model_sha256: str) -> dict:
-        """The one record format of medge predict, watch and serve (JSON-ready)."""
-        return {"path": self.path, "label": self.label, "probabilities": self.probabilities,
-                "threshold": self.threshold, "calibrated": self.calibrated, "logits": self.logits,
-                "model_sha256": model_sha256, "timings_ms": self.timings_ms, "error": self.error,
-                "warnings": list(self.warnings), "input": self.input}
+from medge.edge.image import load_image, to_gray
+from medge.edge.preprocess import PreprocessConfig, preprocess
+from medge.edge.runtime import forward_batches, forward_outputs_batches, load_net
 
 
 class Model:
@@ -128,8 +85,7 @@ class Model:
         self.self_test_max_abs: float | None = None
         self._explainer: Explainer | None = None  # set by open() from the manifest's "explain" section
         self.budget: ThreadBudget | None = None  # the thread budget of the latest pipelined run (edge.budget)
-        self._stream_nets: list = []  # nets of the pipeline's forward passes, kept between runs
-        self._stream_lock = threading.Lock()
+        self.net_pool = NetPool()  # nets of the pipeline's forward passes, kept between runs (edge.execution)
 
     @property
     def explain_method(self) -> str | None:
@@ -148,9 +104,9 @@ class Model:
 
         Args:
             bundle_dir: folder with model.onnx and model.json.
-            backend: a key of ``edge.runtime.BACKENDS`` (default OpenCV on the CPU).
+            backend: a key of ``edge.engines.BACKENDS`` (default OpenCV on the CPU).
             engine: ``auto`` (the fastest engine that passes the self-test here) or
-                one of ``edge.runtime.ENGINES``; default: the manifest's (``auto``
+                one of ``edge.engines.ENGINES``; default: the manifest's (``auto``
                 unless the export named one).
             self_test: run the manifest's golden self-test (on by default; only
                 benchmarks of raw loading turn it off).
@@ -165,7 +121,8 @@ class Model:
         """
         model = cls.open(bundle_dir, backend, engine)
         model.engine_choice, net = choose_engine(model, model.engine, self_test)
-        model.engine, model._local.net = model.engine_choice.engine, net
+        model.engine = model.engine_choice.engine
+        model.set_thread_net(net)
         trial = model.engine_choice.trials[0]
         model.self_test_max_abs = trial.self_test_max_abs
         if trial.batched is False:
@@ -214,21 +171,23 @@ class Model:
         return load_net(self._onnx_bytes, engine, self.backend, str(self.bundle_dir / MODEL_FILE),
                         self.manifest.get("versions", {}).get("opencv"))
 
-    def _net(self):
+    def thread_net(self):
+        """This thread's net (loaded on first use): a net is never shared between threads."""
         net = getattr(self._local, "net", None)
         if net is None:
             net = self._local.net = self.load_net(self.engine)
         return net
 
+    def set_thread_net(self, net) -> None:
+        """Make ``net`` this thread's net (``Model.load`` keeps the self-tested one). Also the seam for tests
+        that wrap the net to make OpenCV misbehave (any object with ``setInput``, ``forward`` and
+        ``getUnconnectedOutLayersNames``)."""
+        self._local.net = net
+
     def golden_inputs(self) -> np.ndarray:
         """The manifest's self-test inputs, regenerated here (N, C, H, W)."""
         g = self.manifest["golden"]
         return golden_inputs(int(g["seed"]), int(g["count"]), self.preprocess_config)
-
-    def run_self_test(self) -> float:
-        """Compare this machine's logits on the golden inputs with the exported ones (this thread's net)."""
-        self.self_test_max_abs = self.self_test(self._net(), len(self.golden_inputs()) if self.dynamic_batch else 1)
-        return self.self_test_max_abs
 
     def self_test(self, net, batch_size: int, engine: str | None = None) -> float:
         """Max |logit difference| between ``net``'s outputs on the golden inputs (``batch_size`` per pass)
@@ -270,11 +229,11 @@ class Model:
                 f"{g['tolerance']:g} (OpenCV {cv2.__version__}, {engine or self.engine} engine here): "
                 "do not use this model's heatmaps on this machine")
 
-    def _run(self, blob: np.ndarray, names: tuple[str, ...], net=None) -> dict[str, np.ndarray]:
+    def infer_outputs(self, blob: np.ndarray, names: tuple[str, ...], net=None) -> dict[str, np.ndarray]:
         """Named outputs for a non-empty blob, in chunks the model accepts (the heatmaps' forward pass;
         ``net``: default this thread's)."""
         step = max(1, len(blob)) if self.dynamic_batch else 1
-        outs = forward_outputs_batches(net if net is not None else self._net(), blob, self.chw, names, step)
+        outs = forward_outputs_batches(net if net is not None else self.thread_net(), blob, self.chw, names, step)
         if LOGITS_OUTPUT in outs:
             outs[LOGITS_OUTPUT] = outs[LOGITS_OUTPUT].reshape(len(blob), -1)
             if outs[LOGITS_OUTPUT].shape[1] != len(self.classes):
@@ -312,7 +271,7 @@ class Model:
             BundleError: the bundle has no heatmaps. UsageError: a bad class index or method.
             InferenceError: a bad blob or model output, or a CAM head that does not match the model.
         """
-        return self._explainer_for(method).explain(self._run, blob, class_indices, self.preprocess_config)
+        return self._explainer_for(method).explain(self.infer_outputs, blob, class_indices, self.preprocess_config)
 
     def explain(self, path_or_array, class_index: int | None = None, max_pixels: int = DEFAULT_MAX_PIXELS,
                 method: str | None = None) -> Explanation:
@@ -345,7 +304,7 @@ class Model:
             raise UsageError(f"explain takes a path or a numpy array, got {type(path_or_array).__name__}")
         blob = preprocess(image, self.preprocess_config, display_range)[None]
         classes = self.label_indices if class_index is None else [class_index]
-        return explainer.explain(self._run, blob, classes, self.preprocess_config)[1][0]
+        return explainer.explain(self.infer_outputs, blob, classes, self.preprocess_config)[1][0]
 
     def label_indices(self, logits: np.ndarray) -> list[int]:
         """The predicted class of each row of logits: by the bundle's threshold, else argmax (``edge.decision``)."""
@@ -355,76 +314,13 @@ class Model:
         """Logits for a preprocessed (N, C, H, W) float32 blob, in chunks the model accepts (``net``: default
         this thread's)."""
         step = max(1, len(blob)) if self.dynamic_batch else 1
-        return forward_batches(net if net is not None else self._net(), blob, self.chw, len(self.classes), step)
-
-    def _prepare(self, item, max_pixels: int, strict: bool = False):
-        """Read, preprocess and check one input (runs on a worker thread)."""
-        if not isinstance(item, (str, os.PathLike, np.ndarray)):
-            return Prediction(None, error=f"unsupported input {type(item).__name__}: give a path or a numpy array"), None
-        path = None if isinstance(item, np.ndarray) else os.fspath(item)
-        pred = Prediction(path)
-        try:
-            t0 = time.perf_counter()
-            if path is None:
-                image, info = to_gray(item), array_info(item)
-            else:
-                image, info = load_image(path, max_pixels)
-            pred.input = info.to_dict()
-            t1 = time.perf_counter()
-            stages = preprocess_stages(image, self.preprocess_config, info.display_range)
-            stats = image_stats(stages["gray"], stages["resized"])
-            pred.input["stats"] = {k: round(stats[k], 3) for k in STATS}  # what medge monitor compares with the profile
-            pred.warnings = check_input(info, stats, self.data_profile, path)
-            t2 = time.perf_counter()
-            pred.timings_ms = {"read": 1000 * (t1 - t0), "preprocess": 1000 * (t2 - t1)}
-            if strict and pred.warnings:
-                pred.error = f"{path or '<array>'}: refused (strict mode): {'; '.join(pred.warnings)}"
-                return pred, None
-            return pred, stages["tensor"]
-        except MedgeError as e:
-            pred.error = str(e)
-            return pred, None
-        except Exception as e:  # one odd input must not take the batch down; say what happened
-            pred.error = f"{path or '<array>'}: internal error ({type(e).__name__}: {e}); this is a bug in medge"
-            pred.unexpected = True
-            return pred, None
-
-    def _finish(self, batch: list[tuple[Prediction, np.ndarray]], heatmaps: bool = False, net=None) -> None:
-        """Logits, probabilities, label (and heatmap) for each item of a batch, or each item's error
-        (``net``: default this thread's)."""
-        try:
-            t0 = time.perf_counter()
-            blob = np.stack([t for _, t in batch])
-            if heatmaps:
-                logits, explanations = self.require_heatmaps().explain(partial(self._run, net=net), blob,
-                                                                       self.label_indices, self.preprocess_config)
-            else:
-                logits, explanations = self.infer(blob, net), [None] * len(batch)
-            per_image = 1000 * (time.perf_counter() - t0) / len(batch)
-        except MedgeError as e:
-            if len(batch) == 1:
-                batch[0][0].error = str(e)
-                return
-            for one in batch:  # isolate the input that breaks the batch
-                self._finish([one], heatmaps, net)
-            return
-        op = self.operating_point
-        probs = softmax(logits) if op is None else op.probabilities(logits)
-        labels = self.label_indices(logits)
-        for (pred, _), z, p, k, e in zip(batch, logits, probs, labels, explanations, strict=True):
-            pred.logits = [float(v) for v in z]
-            pred.probabilities = {c: float(v) for c, v in zip(self.classes, p, strict=True)}
-            pred.label = self.classes[k]
-            pred.threshold = op.threshold if op is not None else None
-            pred.calibrated = op is not None
-            pred.timings_ms["inference"] = per_image  # with heatmaps: inference and heatmap together
-            pred.explanation = e
+        return forward_batches(net if net is not None else self.thread_net(), blob, self.chw, len(self.classes), step)
 
     def predict_iter(self, inputs, batch_size: int = 8, workers: int | None = None, max_pixels: int = DEFAULT_MAX_PIXELS,
                      strict: bool = False, heatmaps: bool = False, streams: int | None = None):
         """Yield one Prediction per input, in input order, as soon as each batch is done.
 
-        Three ways to run, chosen here (``edge.budget`` explains why):
+        Three ways to run, chosen by ``edge.execution`` (``edge.budget`` explains why):
         - ``workers=0``: everything in this thread, one input after the other, with
           OpenCV's thread setting as it is;
         - a run that fits in one batch: its inputs read side by side, then one forward
@@ -455,83 +351,8 @@ class Model:
             raise UsageError(f"streams must be 1 or more, got {streams}")
         if heatmaps:
             self.require_heatmaps()
-        batch_size = max(1, batch_size if self.dynamic_batch else 1)
-        run = _Run(batch_size, max_pixels, strict, heatmaps)
-        total = len(inputs) if isinstance(inputs, (list, tuple)) else None  # a run of known length (pass_size)
-        inputs = iter(inputs)
-        if workers == 0:
-            yield from self._predict_in_turn(inputs, run)
-            return
-        head = list(itertools.islice(inputs, batch_size + 1))
-        if len(head) <= batch_size:  # one batch: no inference to overlap with reading
-            yield from self._predict_one_batch(head, run)
-            return
-        yield from self._predict_pipelined(itertools.chain(head, inputs), total, run, workers, streams)
-
-    def _predict_one_batch(self, items: list, run: "_Run"):
-        """A run of one batch on the idle cores: the inputs read side by side, then one forward pass with as many
-        intra-op threads as there are idle cores (one input: read and run in this thread)."""
-        threads = lone_threads(budget_cores(), LOAD.busy_cores())
-        if len(items) < 2 or threads < 2:
-            with opencv_threads(threads):
-                done = list(self._predict_in_turn(items, run))
-            yield from done
-            return
-        with opencv_threads(1), ThreadPoolExecutor(min(len(items), threads), thread_name_prefix="medge-read") as pool:
-            prepared = list(pool.map(partial(self._prepare, max_pixels=run.max_pixels, strict=run.strict), items))
-        batch = [(pred, tensor) for pred, tensor in prepared if tensor is not None]
-        if batch:
-            with opencv_threads(threads):
-                self._finish(batch, run.heatmaps)
-        yield from (pred for pred, _ in prepared)
-
-    def _predict_in_turn(self, inputs, run: "_Run"):
-        """Read, preprocess and infer in this thread, ``run.batch_size`` inputs per forward pass."""
-        batch, done = [], []
-        for item in inputs:
-            pred, tensor = self._prepare(item, run.max_pixels, run.strict)
-            done.append(pred)
-            if tensor is not None:
-                batch.append((pred, tensor))
-            if len(batch) == run.batch_size:
-                self._finish(batch, run.heatmaps)
-                batch = []
-                yield from done
-                done = []
-        if batch:
-            self._finish(batch, run.heatmaps)
-        yield from done
-
-    def _predict_pipelined(self, inputs, total: int | None, run: "_Run", workers: int | None, streams: int | None):
-        """The pipeline of ``predict_iter`` (``edge.pipeline``): every thread reads, preprocesses or infers,
-        whichever is next; forward passes single-threaded, each on a net of the model's pool; input order."""
-        cores = budget_cores()
-        budget = self.budget = plan_budget(cores, None, workers, streams, batch_size=run.batch_size, inputs=total)
-        costs = _RunCosts()
-
-        def prepare(item):
-            t0 = time.thread_time()
-            out = self._prepare(item, run.max_pixels, run.strict)
-            costs.add_decode(1000 * (time.thread_time() - t0))
-            return out
-
-        def infer(batch: list) -> None:
-            with self._stream_lock:
-                net = self._stream_nets.pop() if self._stream_nets else None
-            if net is None:
-                net = self.load_net(self.engine)
-            try:
-                t0 = time.thread_time()
-                self._finish(batch, run.heatmaps, net)
-                costs.add_forward(1000 * (time.thread_time() - t0), len(batch))
-            finally:
-                with self._stream_lock:
-                    self._stream_nets.append(net)
-
-        with opencv_threads(1):  # every forward pass and preprocessing single-threaded (see edge.budget)
-            yield from Pipeline(inputs, budget.batch_size, budget.threads, budget.forwards, prepare, infer)
-        self.budget = plan_budget(cores, costs.measured(), workers, streams, batch_size=run.batch_size,
-                                  inputs=total)  # the record: the same plan, with the costs this run measured
+        run = RunOptions(max(1, batch_size if self.dynamic_batch else 1), max_pixels, strict, heatmaps)
+        yield from run_predictions(self, inputs, run, workers, streams)
 
     def predict(self, inputs, batch_size: int = 8, workers: int | None = None, max_pixels: int = DEFAULT_MAX_PIXELS,
                 strict: bool = False, heatmaps: bool = False, streams: int | None = None) -> list[Prediction]:
@@ -540,38 +361,3 @@ class Model:
             inputs = [inputs]
         return list(self.predict_iter(inputs, batch_size, workers, max_pixels, strict, heatmaps, streams))
 
-
-@dataclass(frozen=True)
-class _Run:
-    """What every input of one predict run gets."""
-
-    batch_size: int
-    max_pixels: int
-    strict: bool
-    heatmaps: bool
-
-
-class _RunCosts:
-    """CPU time per image of each stage during one pipelined run (threads add, the pipeline reads)."""
-
-    MIN_IMAGES = 4  # per stage, before the figures are used
-
-    def __init__(self):
-        self._lock = threading.Lock()
-        self._decode_ms, self._decoded, self._forward_ms, self._forwarded = 0.0, 0, 0.0, 0
-
-    def add_decode(self, ms: float) -> None:
-        with self._lock:
-            self._decode_ms += ms
-            self._decoded += 1
-
-    def add_forward(self, ms: float, images: int) -> None:
-        with self._lock:
-            self._forward_ms += ms
-            self._forwarded += images
-
-    def measured(self) -> StageCosts | None:
-        with self._lock:
-            if min(self._decoded, self._forwarded) < self.MIN_IMAGES:
-                return None
-            return StageCosts(self._decode_ms / self._decoded, self._forward_ms / self._forwarded)

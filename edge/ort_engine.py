@@ -1,6 +1,6 @@
 """onnxruntime as an engine of the edge runtime (optional: ``pip install "medge[ort]"``).
 
-One more entry of ``edge.runtime.ENGINES`` (issue 14): the same bundle, the same
+One more entry of ``edge.engines.ENGINES``: the same bundle, the same
 verified bytes (SHA-256), the same golden self-test and the same blob and output
 guards as OpenCV's engines, because ``OrtNet`` speaks the part of the
 ``cv2.dnn.Net`` interface that ``edge.runtime`` uses (``setInput``, ``forward``,
@@ -28,9 +28,10 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+from medge.edge.bundle import LOGITS_OUTPUT
 from medge.edge.errors import BundleError, InferenceError, MissingExtraError
-from medge.edge.runtime import LOGITS_OUTPUT
-from medge.edge.runtime import ORT_EXTRA as EXTRA
+
+EXTRA = "ort"  # pip install "medge[ort]": onnxruntime as an engine of the edge runtime
 
 
 def _onnxruntime():
@@ -113,11 +114,3 @@ class OrtNet:
 def read_ort(src: bytes | str) -> OrtNet:
     """``Engine.read`` of the onnxruntime engine: an OrtNet of the model's bytes (or path)."""
     return OrtNet(src)
-
-
-def ort_version() -> str | None:
-    """onnxruntime's version, or None when it is not installed (imports it)."""
-    try:
-        return _onnxruntime().__version__
-    except MissingExtraError:
-        return None

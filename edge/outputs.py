@@ -1,7 +1,7 @@
 """Output files and folders: nothing lost, nothing replaced by surprise.
 
 Every medge command that writes files goes through this module, so that all of
-them behave alike (issue 13):
+them behave alike:
 
 - ``check_output_file`` / ``check_output_dir`` run before any work starts: an
   existing output (a file, or the files a command will write into a folder, named

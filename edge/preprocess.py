@@ -16,7 +16,7 @@ The 8-bit rule, for an image that is not uint8 (16-bit PNG/TIFF, DICOM), in orde
    linearly onto [0, 255]: the modality's choice of what is black and white wins.
 2. Otherwise ``PreprocessConfig.high_bit_rule`` decides:
 
-   - ``"percentile"`` (the default since medge 0.3): the 0.5th and 99.5th
+   - ``"percentile"`` (the default): the 0.5th and 99.5th
      percentiles of the pixel values map to 0 and 255, values outside clip.
      Outliers cannot wreck it: one dead or saturated detector pixel, or burned-in
      text at the maximum value, leaves the mapping of the anatomy unchanged (with
@@ -25,9 +25,9 @@ The 8-bit rule, for an image that is not uint8 (16-bit PNG/TIFF, DICOM), in orde
      ``PERCENTILE_SAMPLES`` pixels taken on a regular grid, so the cost does not
      grow with the image. When the two percentiles are equal (more than 99% of
      the image one value), the image's own minimum and maximum are used instead.
-   - ``"minmax"`` (bundles made before medge 0.3; their manifest says so): the
+   - ``"minmax"`` (older bundles, whose manifest says so): the
      image's own [min, max] map to [0, 255] with ``cv2.normalize(...,
-     NORM_MINMAX, CV_8U)``; the display range is ignored, as it was then.
+     NORM_MINMAX, CV_8U)``; the display range is ignored.
 
    Values are rounded to nearest; a constant image becomes all zeros.
 

@@ -31,7 +31,7 @@ import cv2
 import numpy as np
 
 from medge.edge.errors import ImageError
-from medge.edge.image import ImageInfo
+from medge.edge.formats import ImageInfo
 
 PROFILE_VERSION = 1
 TINY_PX = 128  # shorter side below this: warned (a radiograph is hundreds of pixels across), without a profile

@@ -1,4 +1,4 @@
-"""The export side of heatmaps (issue 16): what a bundle needs so that the edge can draw them.
+"""The export side of heatmaps: what a bundle needs so that the edge can draw them.
 
 For a CAM architecture (``medge.train.models.CAM_LAYERS``) the exported ONNX model gets a
 second output, ``features``: the last convolutional feature map exactly as the model pools
@@ -13,10 +13,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from medge.edge.bundle import sha256_bytes
+from medge.edge.bundle import LOGITS_OUTPUT, sha256_bytes
 from medge.edge.errors import ExportError, InferenceError
 from medge.edge.explain import CAM_HEAD_FILE, FEATURES_OUTPUT, CamExplainer, default_occlusion, save_head
-from medge.edge.runtime import LOGITS_OUTPUT
 
 
 def cam_layers(arch: str):

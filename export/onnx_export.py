@@ -12,7 +12,7 @@ With --data, the model is also calibrated and given an operating point on the va
 split (``export.calibrate``): a temperature, and for two classes a threshold chosen by
 ``--operating-point``, sealed in the manifest's ``operating_point`` section.
 
-Heatmaps (issue 16, ``export.explain``): a CAM architecture is exported with a second
+Heatmaps (``export.explain``): a CAM architecture is exported with a second
 output, its feature map, which the parity gate and the golden self-test cover too, and
 its head goes into the bundle; other architectures are marked for occlusion.
 """
@@ -26,6 +26,7 @@ import time
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -38,23 +39,18 @@ from medge.edge.bundle import (
     write_bundle,
 )
 from medge.edge.decision import SECTION
+from medge.edge.engines import AUTO, ENGINES, engines_for
 from medge.edge.errors import BundleError, ExportError, MedgeError, ParityError
 from medge.edge.explain import CAM_HEAD_FILE, FEATURES_OUTPUT
 from medge.edge.outputs import check_output_dir
 from medge.edge.preprocess import PreprocessConfig, preprocess, preprocess_file
-from medge.edge.runtime import (
-    AUTO,
-    ENGINES,
-    engines_for,
-    forward_batches,
-    forward_outputs_batches,
-    latency_summary,
-    load_net,
-    time_forwards,
-)
+from medge.edge.runtime import forward_batches, forward_outputs_batches, latency_summary, load_net, time_forwards
 from medge.edge.system import cpu_model
 from medge.export.explain import CamExport, compare_features, explain_section, prepare_cam, torch_outputs
 from medge.export.parity import Tolerance, compare, summary_line
+
+if TYPE_CHECKING:
+    from medge.train.checkpoint import Checkpoint
 
 INPUT_NAME, OUTPUT_NAME = "input", "logits"
 
@@ -397,14 +393,33 @@ def data_profile_section(ck, cfg: ExportConfig) -> dict | None:
     return profile
 
 
-def build_manifest(ck, checkpoint: str, candidate: OnnxCandidate, cfg: ExportConfig, report: dict, golden: dict,
-                   data: str | None, skipped: list, steps: list[dict], timings: dict, cam: CamExport | None = None) -> dict:
+@dataclass(frozen=True)
+class ManifestInputs:
+    """What an export has gathered by the time it writes the manifest (``build_manifest``)."""
+
+    ck: Checkpoint  # the loaded checkpoint
+    checkpoint: str  # its path, as given
+    candidate: OnnxCandidate  # the verified ONNX model
+    cfg: ExportConfig
+    report: dict  # the parity report (with the feature gate's, for CAM bundles)
+    golden: dict  # the golden self-test section
+    data: str | None  # --data, or None: the parity inputs were synthetic
+    skipped: list  # (path, reason) of the parity images that could not be read
+    steps: list[dict]  # the export's steps and their times (StepTimer)
+    timings: dict  # forward times of each verified engine on this machine
+    cam: CamExport | None = None  # the CAM head, or None: heatmaps by occlusion
+
+
+def build_manifest(m: ManifestInputs) -> dict:
     """Everything the edge needs to know about the model, as model.json."""
     import cv2
     import onnx
     import onnxsim
     import torch
 
+    from medge import __version__
+
+    ck, candidate, cfg, cam = m.ck, m.candidate, m.cfg, m.cam
     chw = [ck.preprocess.channels, ck.preprocess.size, ck.preprocess.size]
     return {
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -416,17 +431,17 @@ def build_manifest(ck, checkpoint: str, candidate: OnnxCandidate, cfg: ExportCon
                   "batch_note": candidate.batch_note, "output": "logits (apply softmax for probabilities)"},
         "explain": explain_section(cam, ck.preprocess.size),
         "runtime": {"engine": cfg.engine, "backend": "cpu", "verified_engines": list(candidate.nets),
-                    "export_timings": timings},
-        "golden": golden,
+                    "export_timings": m.timings},
+        "golden": m.golden,
         "data_profile": data_profile_section(ck, cfg),
-        "parity": {**report, "inputs": "val images of " + data if data else "synthetic images",
-                   "skipped": [{"path": p, "reason": r} for p, r in skipped]},
+        "parity": {**m.report, "inputs": "val images of " + m.data if m.data else "synthetic images",
+                   "skipped": [{"path": p, "reason": r} for p, r in m.skipped]},
         "training": {"epoch": ck.epoch, "metrics": ck.metrics, "train_config": ck["train_config"],
-                     "checkpoint": str(Path(checkpoint).absolute()), "weights_sha256": ck.weights_sha256},
+                     "checkpoint": str(Path(m.checkpoint).absolute()), "weights_sha256": ck.weights_sha256},
         "export": {"config": asdict(cfg), "simplified": cfg.simplify, "simplify_stats": candidate.simplify_stats,
-                   "steps": steps},
-        "versions": {**ck.versions, "export_torch": str(torch.__version__), "onnx": onnx.__version__,
-                     "onnxsim": getattr(onnxsim, "__version__", "unknown"), "opencv": cv2.__version__},
+                   "steps": m.steps},
+        "versions": {**ck.versions, "export_medge": __version__, "export_torch": str(torch.__version__),
+                     "onnx": onnx.__version__, "onnxsim": getattr(onnxsim, "__version__", "unknown"), "opencv": cv2.__version__},
     }
 
 
@@ -493,12 +508,13 @@ def export_bundle(checkpoint: str, out: str, data: str | None = None, cfg: Expor
     golden = golden_section(model, candidate, ck, cfg, cam)
     chw = (ck.preprocess.channels, ck.preprocess.size, ck.preprocess.size)
     timings = timer.run("engine_timings", engine_timings, candidate, inputs, chw, len(ck.classes), cfg.timing_rounds)
-    manifest = build_manifest(ck, checkpoint, candidate, cfg, report, golden, data, skipped, timer.steps, timings, cam)
+    manifest = build_manifest(ManifestInputs(ck, checkpoint, candidate, cfg, report, golden, data, skipped, timer.steps,
+                                             timings, cam))
     op = timer.run("operating_point", operating_point, model, ck, data, cfg, log)
     if op is not None:
         manifest[SECTION] = op
     if manifest["data_profile"] is None:
-        log("note: the checkpoint has no data profile (trained before medge 0.3, or outside medge train): the edge "
+        log("note: the checkpoint has no data profile (trained by an older medge, or outside medge train): the edge "
             "will check inputs for intrinsic problems only (tiny, uniform, ...), not against the training data")
     elif not manifest["data_profile"].get("modalities"):
         log("note: the training data had no DICOM files and no --modality was given: the edge cannot warn about DICOM "

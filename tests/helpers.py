@@ -1,24 +1,53 @@
-"""Helpers shared by the test packages: tiny models, checkpoints and bundles made by the tests.
+"""Helpers shared by the test packages: medge as a user without torch runs it, the installed distribution,
+and tiny models, checkpoints and bundles made by the tests.
+
+Importable without torch (the edge tests run where it is not installed): torch and medge.train are
+imported inside the helpers that make models.
 
 Usage (CI exports the bundles that the torch-less edge environments test with):
     python -m tests.helpers OUT_DIR      # OUT_DIR/{bundle,heat,occlusion}/bundle, each with its ck.pt
 """
+from __future__ import annotations
+
+import importlib.metadata
+import subprocess
 import sys
+import sysconfig
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-
-from medge.edge.preprocess import PreprocessConfig
-from medge.train.checkpoint import save_model_checkpoint
-from medge.train.models import build_model
+if TYPE_CHECKING:
+    import torch
 
 CLASSES = ["disease", "normal"]
+
+# ``python -c BLOCK_TORCH ARGS...`` runs ``medge ARGS...`` as if torch, torchvision, onnx and onnxsim were not installed.
+BLOCK_TORCH = (
+    "import sys\n"
+    "for m in ('torch', 'torchvision', 'onnx', 'onnxsim'): sys.modules[m] = None  # as if not installed\n"
+    "from medge.edge.apps.cli import main\n"
+    "sys.exit(main(sys.argv[1:]))\n"
+)
+
+
+def medge_without_torch(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    """``medge ARGS...`` in a fresh interpreter that cannot import torch (BLOCK_TORCH)."""
+    return subprocess.run([sys.executable, "-c", BLOCK_TORCH, *args], capture_output=True, text=True, timeout=timeout)
+
+
+def installed_distribution() -> importlib.metadata.Distribution:
+    """medge's installed distribution (not the medge.egg-info an editable build leaves in the checkout)."""
+    site = sysconfig.get_paths()["purelib"]
+    (dist,) = [d for d in importlib.metadata.distributions(path=[site]) if d.metadata["Name"] == "medge"]
+    return dist
 
 
 def randomize(model: torch.nn.Module, seed: int = 0, chw=(1, 32, 32)) -> torch.nn.Module:
     """Give an untrained model input-dependent outputs: calibrate its batch-norm statistics
     on random images (fresh running stats make deep nets collapse to a constant),
     so that parity checks compare something."""
+    import torch
+
     g = torch.Generator().manual_seed(seed)
     for m in model.modules():
         if isinstance(m, torch.nn.BatchNorm2d):
@@ -35,6 +64,8 @@ def centre_head(model: torch.nn.Module, arch: str, seed: int = 0, chw=(1, 32, 32
     """Make each class's CAM take both signs: remove from the head's weights their component along the
     mean pooled feature (of random images). An untrained head otherwise often gives a class a map that is
     negative everywhere, i.e. an empty heatmap, which would make a heatmap comparison prove little."""
+    import torch
+
     from medge.train.models import CAM_LAYERS
 
     head = model.get_submodule(CAM_LAYERS[arch].head)
@@ -50,6 +81,13 @@ def centre_head(model: torch.nn.Module, arch: str, seed: int = 0, chw=(1, 32, 32
 
 
 def make_checkpoint(path, arch="resnet18", size=32, channels=1, seed=0, centred_head=False):
+    """A checkpoint of an untrained, randomized ``arch`` (``randomize``) at ``path``."""
+    import torch
+
+    from medge.edge.preprocess import PreprocessConfig
+    from medge.train.checkpoint import save_model_checkpoint
+    from medge.train.models import build_model
+
     torch.manual_seed(seed)
     pcfg = PreprocessConfig(size=size, channels=channels)
     model = randomize(build_model(arch, channels, len(CLASSES)), seed, (channels, size, size))

@@ -3,21 +3,15 @@ import importlib.metadata
 import re
 import subprocess
 import sys
-import sysconfig
+import zipfile
 from pathlib import Path
 
 import medge
-
-
-def _installed() -> importlib.metadata.Distribution:
-    """medge's installed distribution (not the medge.egg-info an editable build leaves in the checkout)."""
-    site = sysconfig.get_paths()["purelib"]
-    (dist,) = [d for d in importlib.metadata.distributions(path=[site]) if d.metadata["Name"] == "medge"]
-    return dist
+from tests.helpers import installed_distribution
 
 
 def _installed_top_level_names() -> set[str]:
-    dist = _installed()
+    dist = installed_distribution()
     names = set()
     for f in dist.files or []:
         first = f.parts[0]
@@ -34,7 +28,7 @@ def _installed_top_level_names() -> set[str]:
 
 def test_the_distribution_installs_only_medge():
     assert _installed_top_level_names() == {"medge"}
-    top_level = _installed().read_text("top_level.txt")
+    top_level = installed_distribution().read_text("top_level.txt")
     assert top_level is None or top_level.split() == ["medge"]
     assert importlib.metadata.version("medge") == medge.__version__
 
@@ -57,3 +51,18 @@ def test_opencv_is_the_headless_build_only():
     assert "opencv-python-headless" in installed
     assert not installed & {"opencv-python", "opencv-contrib-python"}, "a non-headless OpenCV is installed"
     assert importlib.metadata.version("grad-cam") == "1.5.7"
+
+
+def test_the_wheel_holds_no_tests(tmp_path):
+    """Test files stay in the repository: the built wheel has no test_*.py and no conftest.py."""
+    res = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path),
+                          str(Path(__file__).resolve().parents[1])], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-2000:]
+    (wheel,) = tmp_path.glob("medge-*.whl")
+    with zipfile.ZipFile(wheel) as z:
+        names = z.namelist()
+    assert "medge/edge/apps/serve/api.py" in names and "medge/benchmarks/bench.py" in names
+    record = [n for n in names if n.endswith(".dist-info/RECORD")]
+    assert record
+    tests = [n for n in names if Path(n).name.startswith("test_") or Path(n).name == "conftest.py"]
+    assert not tests, tests

@@ -164,7 +164,7 @@ def _cache_file(path: str, cfg: PreprocessConfig, cache_dir: str) -> str:
     return os.path.join(cache_dir, cfg.fingerprint(), hashlib.sha256(key.encode()).hexdigest()[:32] + ".npy")
 
 
-def _prepare_one(path: str, cfg: PreprocessConfig, cache_dir: str) -> tuple[str, tuple[dict, dict]]:
+def prepare_one(path: str, cfg: PreprocessConfig, cache_dir: str) -> tuple[str, tuple[dict, dict]]:
     """The cache file of one image (made if missing) and its (info, stats) for the data profile."""
     try:
         target = _cache_file(path, cfg, cache_dir)
@@ -209,7 +209,7 @@ def prepare(split: Split, cfg: PreprocessConfig, cache_dir: str, workers: int = 
     """
     def job(path):
         try:
-            return _prepare_one(path, cfg, cache_dir), None
+            return prepare_one(path, cfg, cache_dir), None
         except MedgeError as e:
             return None, str(e)
 

@@ -13,7 +13,7 @@ from medge.train.config import ARCHS
 
 @dataclass(frozen=True)
 class CamLayers:
-    """Where a class activation map comes from in a torchvision classifier (issue 16)."""
+    """Where a class activation map comes from in a torchvision classifier."""
 
     features: str  # module whose output is the last convolutional feature map
     activation: str | None  # what the model's forward applies to it before pooling ("relu" or None)
@@ -37,7 +37,8 @@ def _replace(model: nn.Module, name: str, new: nn.Module) -> None:
     setattr(model.get_submodule(parent) if parent else model, child, new)
 
 
-def _load_pretrained(arch: str):
+def load_pretrained(arch: str):
+    """The torchvision model `arch` with its default ImageNet weights (downloaded by torchvision on first use)."""
     import torchvision
 
     weights = torchvision.models.get_model_weights(arch).DEFAULT
@@ -75,7 +76,7 @@ def build_model(arch: str, in_channels: int = 1, num_classes: int = 2, pretraine
     if arch not in ARCHS:
         raise MedgeError(f"unknown architecture {arch!r}; choose one of {', '.join(ARCHS)}")
     extra = {"zero_init_residual": True} if zero_init_residual and arch.startswith("resnet") else {}
-    model = _load_pretrained(arch) if pretrained else torchvision.models.get_model(arch, weights=None, **extra)
+    model = load_pretrained(arch) if pretrained else torchvision.models.get_model(arch, weights=None, **extra)
     convs = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]
     name, conv = convs[0]
     if in_channels not in (1, 3):

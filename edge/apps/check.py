@@ -28,19 +28,11 @@ import numpy as np
 
 from medge.edge import system
 from medge.edge.engine_choice import record_engine, record_key, try_engine
+from medge.edge.engines import AUTO, BACKENDS, ENGINES, available_backends, engines_for
 from medge.edge.errors import MedgeError, UsageError
 from medge.edge.image import write_image
 from medge.edge.model import Model
-from medge.edge.runtime import (
-    AUTO,
-    BACKENDS,
-    ENGINES,
-    available_backends,
-    check_opencv,
-    engines_for,
-    latency_summary,
-    time_forwards,
-)
+from medge.edge.runtime import check_opencv, latency_summary, time_forwards
 
 E2E_SIZE = 2048  # side of the synthetic end-to-end image, as a radiograph's
 E2E_RUNS = 3  # timed end-to-end runs after one untimed
@@ -200,68 +192,84 @@ def _ms(v: float) -> str:
 
 def render(r: dict) -> str:
     """The record as a human-readable report."""
-    m, s = r["machine"], r["software"]
-    build = s["opencv_build"]
-    lines = [f"medge check {r['bundle']}", "",
-             f"machine     {m['cpu']}, {m['cores']} cores ({m['usable_cores']} usable), {m['arch']}",
-             f"            SIMD OpenCV uses: {' '.join(m['simd']['available']) or '-'}"
-             + (f"  (built for, not on this CPU: {' '.join(m['simd']['missing'])})" if m['simd']['missing'] else ""),
-             f"            parallel framework {m['parallel_framework']}; OpenCV uses {m['opencv_threads']} threads",
-             f"software    Python {s['python']}, numpy {s['numpy']}, OpenCV {s['opencv']}, medge {s['medge']}",
-             f"            OpenCV from {s['opencv_module']}",
-             *[f"            {k}: {v}" for k, v in build.items() if k != "Parallel framework"],
-             f"engines     {', '.join(r['engines'])} (auto: the fastest correct one)",
-             f"backends    available {', '.join(r['backends']['available'])} (known: {', '.join(r['backends']['known'])})"]
-    n = r["node"]
-    if n["ok"]:
-        ts = n["transfer_syntaxes"]
-        v = n["versions"]
-        lines.append(f"node        extra works: pynetdicom {v['pynetdicom']}, highdicom {v['highdicom']}; "
-                     f"C-ECHO to itself OK; decodes {ts['decodable']} of {ts['known']} transfer syntaxes")
-    else:
-        lines.append(f"node        medge node cannot run here: {n['error']}")
-    v = r["verification"]
-    if v.get("hash_ok"):
-        lines.append(f"bundle      {v['arch']}, classes {v['classes']}, input {'x'.join(map(str, v['input']))}, "
-                     f"SHA-256 {v['sha256'][:16]}... verified (exported with OpenCV {v['exported_with_opencv']})")
-        for engine, t in v["engines"].items():
-            if t["ok"]:
-                batched = {True: "batched", False: "one image per pass (batches > 1 fail here)", None: "fixed batch"}
-                lines.append(f"self-test   {engine:11} max |dlogit| {t['self_test_max_abs']:.2e} <= {v['tolerance']:g}: pass, "
-                             f"{batched[t['batched']]}")
-            else:
-                lines.append(f"self-test   {engine:11} FAIL: {t['error']}")
+    lines = [f"medge check {r['bundle']}", "", *_box_lines(r), *_node_lines(r["node"]), *_verification_lines(r["verification"])]
     if "forward" in r:
-        f = r["forward"]
-        lines.append(f"forward     batch 1, {f['repeats']} passes per engine, interleaved")
-        lines.append(f"            {'engine':11} {'threads':>7} {'p50 ms':>9} {'p90 ms':>9}")
-        for row in f["rows"]:
-            lines.append(f"            {row['engine']:11} {row['threads']:>7} {_ms(row['p50_ms']):>9} {_ms(row['p90_ms']):>9}")
-        lines.append("            fastest correct: " + ", ".join(f"{e} with {t} thread(s)" for t, e in f["fastest"].items()))
-        ex = f.get("exporting_machine")
-        if ex:
-            figures = ", ".join(f"{e} {_ms(t['p50_ms'])}" for e, t in ex["forward_ms"].items())
-            lines.append(f"            exporting machine ({ex['machine']['cpu']}, OpenCV {ex['machine']['opencv']}, "
-                         f"{ex['machine']['threads']} threads): p50 ms {figures}")
-        c = r["choice"]
-        lines.append("choice      " + (f"recorded for Model.load: {', '.join(c['recorded'])}" if c["recorded"] else c["error"]))
-        if v["bundle_engine"] != AUTO:
-            lines.append(f"            the bundle asks for the {v['bundle_engine']} engine: Model.load runs it "
-                         "(--engine auto runs the fastest correct one)")
+        lines += _forward_lines(r["forward"], r["choice"], r["verification"])
     if "end_to_end" in r:
-        e = r["end_to_end"]
-        if e["ok"]:
-            t = e["median_ms"]
-            lines.append(f"end to end  {e['image']}: p50 {_ms(e['total_ms']['p50_ms'])} ms (read {_ms(t['read'])}, "
-                         f"preprocess {_ms(t['preprocess'])}, inference {_ms(t['inference'])}); {e['engine']} engine, "
-                         f"label {e['label']}")
-            if e["batch_note"]:
-                lines.append(f"            note: {e['batch_note']}")
-        else:
-            lines.append(f"end to end  FAIL: {e['error']}")
+        lines += _end_to_end_lines(r["end_to_end"])
     verdict = r["verdict"]
     lines.append(f"verdict     {'OK' if verdict['ok'] else 'FAIL'}: {verdict['reason']}")
     return "\n".join(lines)
+
+
+def _box_lines(r: dict) -> list[str]:
+    """Machine, software, engines and backends."""
+    m, s = r["machine"], r["software"]
+    build = s["opencv_build"]
+    return [f"machine     {m['cpu']}, {m['cores']} cores ({m['usable_cores']} usable), {m['arch']}",
+            f"            SIMD OpenCV uses: {' '.join(m['simd']['available']) or '-'}"
+            + (f"  (built for, not on this CPU: {' '.join(m['simd']['missing'])})" if m['simd']['missing'] else ""),
+            f"            parallel framework {m['parallel_framework']}; OpenCV uses {m['opencv_threads']} threads",
+            f"software    Python {s['python']}, numpy {s['numpy']}, OpenCV {s['opencv']}, medge {s['medge']}",
+            f"            OpenCV from {s['opencv_module']}",
+            *[f"            {k}: {v}" for k, v in build.items() if k != "Parallel framework"],
+            f"engines     {', '.join(r['engines'])} (auto: the fastest correct one)",
+            f"backends    available {', '.join(r['backends']['available'])} (known: {', '.join(r['backends']['known'])})"]
+
+
+def _node_lines(n: dict) -> list[str]:
+    if not n["ok"]:
+        return [f"node        medge node cannot run here: {n['error']}"]
+    ts, v = n["transfer_syntaxes"], n["versions"]
+    return [f"node        extra works: pynetdicom {v['pynetdicom']}, highdicom {v['highdicom']}; "
+            f"C-ECHO to itself OK; decodes {ts['decodable']} of {ts['known']} transfer syntaxes"]
+
+
+def _verification_lines(v: dict) -> list[str]:
+    """The bundle's hash and each engine's self-test."""
+    if not v.get("hash_ok"):
+        return []
+    lines = [f"bundle      {v['arch']}, classes {v['classes']}, input {'x'.join(map(str, v['input']))}, "
+             f"SHA-256 {v['sha256'][:16]}... verified (exported with OpenCV {v['exported_with_opencv']})"]
+    batched = {True: "batched", False: "one image per pass (batches > 1 fail here)", None: "fixed batch"}
+    for engine, t in v["engines"].items():
+        if t["ok"]:
+            lines.append(f"self-test   {engine:11} max |dlogit| {t['self_test_max_abs']:.2e} <= {v['tolerance']:g}: pass, "
+                         f"{batched[t['batched']]}")
+        else:
+            lines.append(f"self-test   {engine:11} FAIL: {t['error']}")
+    return lines
+
+
+def _forward_lines(f: dict, c: dict, v: dict) -> list[str]:
+    """The forward-pass table, the exporting machine's figures and the recorded choice."""
+    lines = [f"forward     batch 1, {f['repeats']} passes per engine, interleaved",
+             f"            {'engine':11} {'threads':>7} {'p50 ms':>9} {'p90 ms':>9}"]
+    for row in f["rows"]:
+        lines.append(f"            {row['engine']:11} {row['threads']:>7} {_ms(row['p50_ms']):>9} {_ms(row['p90_ms']):>9}")
+    lines.append("            fastest correct: " + ", ".join(f"{e} with {t} thread(s)" for t, e in f["fastest"].items()))
+    ex = f.get("exporting_machine")
+    if ex:
+        figures = ", ".join(f"{e} {_ms(t['p50_ms'])}" for e, t in ex["forward_ms"].items())
+        lines.append(f"            exporting machine ({ex['machine']['cpu']}, OpenCV {ex['machine']['opencv']}, "
+                     f"{ex['machine']['threads']} threads): p50 ms {figures}")
+    lines.append("choice      " + (f"recorded for Model.load: {', '.join(c['recorded'])}" if c["recorded"] else c["error"]))
+    if v["bundle_engine"] != AUTO:
+        lines.append(f"            the bundle asks for the {v['bundle_engine']} engine: Model.load runs it "
+                     "(--engine auto runs the fastest correct one)")
+    return lines
+
+
+def _end_to_end_lines(e: dict) -> list[str]:
+    if not e["ok"]:
+        return [f"end to end  FAIL: {e['error']}"]
+    t = e["median_ms"]
+    lines = [f"end to end  {e['image']}: p50 {_ms(e['total_ms']['p50_ms'])} ms (read {_ms(t['read'])}, "
+             f"preprocess {_ms(t['preprocess'])}, inference {_ms(t['inference'])}); {e['engine']} engine, "
+             f"label {e['label']}"]
+    if e["batch_note"]:
+        lines.append(f"            note: {e['batch_note']}")
+    return lines
 
 
 def run(args: argparse.Namespace) -> int:

@@ -10,9 +10,9 @@ import argparse
 
 import cv2
 
+from medge.edge.engines import BACKENDS, ENGINES, engine_choices
 from medge.edge.formats import DEFAULT_MAX_PIXELS
 from medge.edge.model import Model
-from medge.edge.runtime import BACKENDS, ENGINES, engine_choices
 
 
 def add_bundle_arguments(p: argparse.ArgumentParser) -> None:

@@ -4,7 +4,7 @@ import sys
 from pathlib import Path
 
 from medge.edge.apps.cli import main
-from tests.edge.apps.test_cli import BLOCK_TORCH
+from tests.helpers import BLOCK_TORCH
 
 
 def test_quick_demo_end_to_end(tmp_path, capsys):

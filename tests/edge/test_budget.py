@@ -67,11 +67,9 @@ def test_load_meter_counts_other_processes_cpu_time(monkeypatch):
         process_time = staticmethod(lambda: clock["mine"])
 
     monkeypatch.setattr(budget, "time", FakeTime)
-    monkeypatch.setattr(budget, "_proc_stat_busy_s", lambda: clock["busy"])
-    monkeypatch.setattr(budget, "_runnable_now", lambda: 4)
     monkeypatch.setattr(budget, "usable_cores", lambda: 2)
     monkeypatch.setattr(budget.os, "cpu_count", lambda: 2)
-    meter = LoadMeter()
+    meter = LoadMeter(read_busy_s=lambda: clock["busy"], read_runnable=lambda: 4)
     assert meter.busy_cores() == 3.0  # no earlier reading: the threads runnable now, less this one
     clock.update(wall=101.0, busy=51.8, mine=3.5)  # 1.8 s of CPU in 1 s of which 0.5 s ours
     assert meter.busy_cores() == pytest.approx(1.3)
@@ -103,7 +101,7 @@ def test_pipeline_gives_the_sequential_results_in_order_and_plans_its_budget(bun
     b = m.budget
     assert b is not None and b.costs is not None and b.costs.decode_ms > 0 and b.costs.forward_ms > 0
     assert b.threads >= 1 and 1 <= b.forwards <= MAX_STREAMS and "measured" in b.reason
-    assert 1 <= len(m._stream_nets) <= b.forwards  # a net per pass that ran at once, kept for the next run
+    assert 1 <= len(m.net_pool) <= b.forwards  # a net per pass that ran at once, kept for the next run
 
 
 def test_pipeline_workers_and_streams_as_asked(bundle):

@@ -9,9 +9,9 @@ import pytest
 
 from medge.edge.apps.cli import main
 from medge.edge.engine_choice import record_engine, record_key, record_path
+from medge.edge.engines import ENGINES, Engine, engines_for
 from medge.edge.errors import BundleError, SelfTestError
 from medge.edge.model import Model
-from medge.edge.runtime import ENGINES, Engine, engines_for
 
 
 @pytest.fixture(autouse=True)

@@ -6,6 +6,7 @@ import cv2
 import numpy as np
 import pytest
 
+from medge.edge.engines import ENGINES
 from medge.edge.errors import BundleError, ImageError, InferenceError, ModelIntegrityError, SelfTestError, UsageError
 from medge.edge.explain import (
     CamExplainer,
@@ -19,7 +20,6 @@ from medge.edge.explain import (
 from medge.edge.image import write_image
 from medge.edge.model import Model
 from medge.edge.preprocess import PreprocessConfig, preprocess, preprocess_stages
-from medge.edge.runtime import ENGINES
 from tests.conftest import xray_like
 
 

@@ -63,3 +63,61 @@ def test_layers_import_downward_only():
                 if parts[0] == "medge" and len(parts) > 1:
                     assert parts[1] in may, f"{path.relative_to(ROOT)} ({layer}) imports {module}"
                 assert parts[0] not in LAYERS, f"{path.relative_to(ROOT)} imports the bare name {module}"
+
+
+def test_the_library_never_imports_its_commands():
+    """edge/ is a library (image, dicom, preprocess, bundle, runtime, model, ...); edge/apps/ holds the commands on it."""
+    library = [p for p in sorted((ROOT / "edge").rglob("*.py")) if "apps" not in p.relative_to(ROOT / "edge").parts]
+    assert len(library) > 10
+    for path in library:
+        for module, _ in _imports(path):
+            assert not module.startswith("medge.edge.apps"), f"{path.relative_to(ROOT)} imports the command {module}"
+
+
+def test_serve_and_node_are_packages_of_the_commands():
+    """A command of several modules is one package (its command in ``__init__``), not loose files beside the others."""
+    apps = ROOT / "edge" / "apps"
+    for command in ("serve", "node"):
+        assert (apps / command / "__init__.py").is_file() and f"medge.edge.apps.{command}" in EDGE_MODULES
+        assert not sorted(apps.glob(f"{command}_*.py")), f"loose {command}_*.py files beside the {command} package"
+    assert {"medge.edge.apps.serve.api", "medge.edge.apps.serve.page", "medge.edge.apps.serve.guard",
+            "medge.edge.apps.serve.texts"} <= set(EDGE_MODULES)
+
+
+def _runtime_imports(path: Path):
+    """(module, in_a_function) of every medge.edge import that runs (not those under ``if TYPE_CHECKING:``)."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    typing_only = {id(n) for node in tree.body if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test)
+                   for n in ast.walk(node)}
+    top = {id(n) for n in tree.body}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.level == 0 and id(node) not in typing_only \
+                and (node.module or "").startswith("medge.edge"):
+            yield node.module, id(node) not in top
+
+
+def test_the_library_has_no_import_cycles_hidden_in_functions():
+    """Modules of the edge library import each other at module level only, and without a cycle: a
+    function-level import is how a cycle hides (image <-> dicom, runtime <-> ort_engine were two)."""
+    library = {f"medge.edge.{p.stem}": p for p in sorted((ROOT / "edge").glob("*.py")) if p.stem != "__init__"}
+    graph = {}
+    for name, path in library.items():
+        deps = set()
+        for module, in_function in _runtime_imports(path):
+            assert not in_function, f"{path.relative_to(ROOT)} imports {module} inside a function"
+            deps.add(module)
+        graph[name] = deps & set(library)
+    done, stack = set(), []
+
+    def visit(node):
+        assert node not in stack, f"import cycle: {' -> '.join(stack[stack.index(node):] + [node])}"
+        if node in done:
+            return
+        stack.append(node)
+        for dep in sorted(graph[node]):
+            visit(dep)
+        stack.pop()
+        done.add(node)
+
+    for node in sorted(graph):
+        visit(node)

@@ -163,7 +163,7 @@ def test_missing_bundle_folder(tmp_path):
 def test_blob_hazards_are_refused_before_opencv(bundle, blob, match):
     m = Model.load(bundle)
     with pytest.raises(InferenceError, match=match):
-        forward(m._net(), blob, m.chw, 2)
+        forward(m.thread_net(), blob, m.chw, 2)
     if len(blob):
         with pytest.raises(InferenceError, match=match):
             m.infer(blob)
@@ -179,7 +179,7 @@ def test_empty_net_from_opencv_is_an_error(bundle, monkeypatch):
 
 def test_non_finite_output_is_an_error(bundle, monkeypatch):
     m = Model.load(bundle)
-    net = m._net()
+    net = m.thread_net()
 
     class NaNNet:
         def setInput(self, blob):
@@ -191,7 +191,7 @@ def test_non_finite_output_is_an_error(bundle, monkeypatch):
         def forward(self, *names):
             return net.forward(*names) * np.float32("nan")
 
-    m._local.net = NaNNet()
+    m.set_thread_net(NaNNet())  # the documented seam: a net that returns NaN
     with pytest.raises(InferenceError, match="NaN or infinite outputs"):
         m.infer(np.zeros((1, 1, 32, 32), np.float32))
 

@@ -5,7 +5,7 @@ import shutil
 import numpy as np
 import pytest
 
-from medge.edge import runtime
+from medge.edge import engines, runtime
 from medge.edge.errors import InferenceError, MissingExtraError, ModelIntegrityError, SelfTestError
 from medge.edge.model import Model
 from tests.conftest import xray_like
@@ -21,11 +21,11 @@ def copy(bundle, tmp_path):
 
 
 def test_without_the_extra_the_engine_names_what_to_install(monkeypatch):
-    monkeypatch.delitem(runtime.ENGINES, ORT, raising=False)  # as in the base install
-    assert ORT in runtime.engine_choices()  # offered, so that choosing it says what to install
+    monkeypatch.delitem(engines.ENGINES, ORT, raising=False)  # as in the base install
+    assert ORT in engines.engine_choices()  # offered, so that choosing it says what to install
     with pytest.raises(MissingExtraError, match=r"medge\[ort\]"):
-        runtime.check_choices(ORT, "cpu")
-    assert ORT not in runtime.engines_for("cpu")
+        engines.check_choices(ORT, "cpu")
+    assert ORT not in engines.engines_for("cpu")
 
 
 def test_same_logits_as_cv2_dnn_through_the_same_guards(bundle):

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from medge.edge.errors import ImageError
-from medge.edge.image import ImageInfo, array_info
+from medge.edge.formats import ImageInfo, array_info
 from medge.edge.model import Model
 from medge.edge.preprocess import PreprocessConfig, preprocess_stages
 from medge.edge.profile import build_profile, check_input, image_stats

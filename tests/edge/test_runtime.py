@@ -6,12 +6,13 @@ import cv2
 import numpy as np
 import pytest
 
-from medge.edge import runtime
+from medge.edge import engines
 from medge.edge.apps.cli import main
 from medge.edge.bundle import sha256_bytes
+from medge.edge.engines import AUTO, ENGINES, engine_choices
 from medge.edge.errors import BundleError, ConfigError, InferenceError
 from medge.edge.model import Model
-from medge.edge.runtime import AUTO, ENGINES, engine_choices, forward, load_net, opencv_version, time_forwards
+from medge.edge.runtime import forward, load_net, opencv_version, time_forwards
 
 
 @pytest.mark.parametrize("text, expected", [("4.5.5", (4, 5, 5)), ("4.8.0-dev", (4, 8, 0)), ("5.0", (5, 0, 0)),
@@ -24,7 +25,7 @@ def test_engines_are_what_this_opencv_has_and_each_gives_the_golden_logits(bundl
     opencv5 = hasattr(cv2.dnn, "ENGINE_CLASSIC")
     assert set(ENGINES) >= ({"classic", "new"} if opencv5 else {"classic"})
     assert opencv5 or list(ENGINES) == ["classic"]  # 4.x: one engine, readNetFromONNX(src)
-    missing = [name for name in runtime.OPTIONAL_ENGINES if name not in ENGINES]  # offered, naming their extra
+    missing = [name for name in engines.OPTIONAL_ENGINES if name not in ENGINES]  # offered, naming their extra
     assert engine_choices() == [AUTO, *ENGINES, *missing] and "onnxruntime" in engine_choices()
     m = Model.open(bundle)
     expected = np.asarray(m.manifest["golden"]["expected_logits"], np.float32)
@@ -38,11 +39,11 @@ def test_an_engine_this_opencv_lacks_is_named_with_where_it_exists(monkeypatch):
     for name in set(ENGINES) - {"classic"}:  # as on OpenCV 4.x
         monkeypatch.delitem(ENGINES, name)
     with pytest.raises(ConfigError, match=rf"engine 'new' is not available in OpenCV {cv2.__version__} \(it is in OpenCV 5\)"):
-        runtime.check_choices("new", "cpu")
+        engines.check_choices("new", "cpu")
     with pytest.raises(ConfigError, match=r"'warp' is not available.*choose one of \['auto', 'classic'(, 'onnxruntime')?\]"):
-        runtime.check_choices("warp", "cpu")
+        engines.check_choices("warp", "cpu")
     with pytest.raises(ConfigError, match="unknown backend 'tpu'"):
-        runtime.check_choices("classic", "tpu")
+        engines.check_choices("classic", "tpu")
     with pytest.raises(ConfigError, match="'auto' is chosen per bundle"):
         load_net(b"", AUTO)
 
@@ -75,7 +76,7 @@ def test_a_model_this_opencv_cannot_read_names_the_version_and_what_to_install(b
 
 
 def test_a_backend_this_box_cannot_run_is_refused(bundle):
-    unavailable = [b for b in runtime.BACKENDS if b not in runtime.available_backends()]
+    unavailable = [b for b in engines.BACKENDS if b not in engines.available_backends()]
     if not unavailable:
         pytest.skip("every backend is available on this box")
     with pytest.raises(ConfigError, match=f"backend '{unavailable[0]}' is not available on this box"):

@@ -6,10 +6,12 @@ import onnx
 import pytest
 import torch
 
+import medge
 from medge.edge.apps.cli import main
 from medge.edge.bundle import golden_inputs, read_manifest
+from medge.edge.engines import ENGINES
 from medge.edge.errors import BundleError, CheckpointError, ParityError, UsageError
-from medge.edge.runtime import ENGINES, forward, load_net
+from medge.edge.runtime import forward, load_net
 from medge.export import onnx_export
 from medge.export.onnx_export import ExportConfig, export_bundle
 from medge.train.checkpoint import load_checkpoint, model_from_checkpoint
@@ -68,6 +70,7 @@ def test_round_trip_trained_checkpoint(tiny_data, tmp_path, arch):
     stats = m["export"]["simplify_stats"]
     assert m["export"]["simplified"] and stats["nodes_after"] <= stats["nodes_before"]
     assert {"torch", "onnx", "onnxsim", "opencv"} <= set(m["versions"])
+    assert m["versions"]["export_medge"] == medge.__version__  # the medge that exported it
     g = m["golden"]
     assert len(g["expected_logits"]) == g["count"] == 4 and g["export_max_abs_logit"] <= 1e-3
     # the golden inputs regenerate identically

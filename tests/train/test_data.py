@@ -45,11 +45,11 @@ def test_cache_key_follows_file_changes(tiny_data, tmp_path):
     src = next((tiny_data / "train" / "normal").iterdir())
     path = tmp_path / "x.png"
     shutil.copy(src, path)
-    first = D._prepare_one(str(path), cfg, str(tmp_path / "c"))
+    first = D.prepare_one(str(path), cfg, str(tmp_path / "c"))
     shutil.copy(next((tiny_data / "train" / "disease").iterdir()), path)  # new content, new mtime/size
-    second = D._prepare_one(str(path), cfg, str(tmp_path / "c"))
+    second = D.prepare_one(str(path), cfg, str(tmp_path / "c"))
     assert first != second
-    assert D._prepare_one(str(path), PreprocessConfig(size=40), str(tmp_path / "c")) != second
+    assert D.prepare_one(str(path), PreprocessConfig(size=40), str(tmp_path / "c")) != second
 
 
 def test_unreadable_images_are_skipped_and_reported(tiny_data, tmp_path, capsys):

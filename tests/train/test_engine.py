@@ -8,6 +8,7 @@ import sys
 import pytest
 import torch
 
+import medge
 from medge.edge.errors import CheckpointError, MedgeError
 from medge.edge.preprocess import PreprocessConfig
 from medge.train import engine
@@ -80,6 +81,7 @@ def test_checkpoint_contents(tiny_data, tmp_path):
     assert ck["epoch"] == summary["best"]["epoch"]
     assert set(ck["metrics"]) == {"val", "test"} and 0 <= ck["metrics"]["val"]["auc"] <= 1
     assert {"torch", "torchvision", "numpy", "opencv", "medge"} <= set(ck["versions"])
+    assert ck["versions"]["medge"] == medge.__version__
     model = model_from_checkpoint(ck)
     assert model(torch.zeros(1, 1, 32, 32)).shape == (1, 2)
     last = load_checkpoint(out / "last.pt")

@@ -23,7 +23,7 @@ def test_pretrained_rgb_filters_are_summed_for_gray(monkeypatch):
     torch.manual_seed(0)
     rgb = torchvision.models.get_model("resnet18", weights=None)
     reference = rgb.conv1.weight.detach().clone()
-    monkeypatch.setattr(models, "_load_pretrained", lambda arch: rgb)
+    monkeypatch.setattr(models, "load_pretrained", lambda arch: rgb)
     model = models.build_model("resnet18", 1, 2, pretrained=True)
     torch.testing.assert_close(model.conv1.weight, reference.sum(1, keepdim=True))
     # A gray image through the adapted conv = the same image on 3 channels through the original.

@@ -10,9 +10,9 @@ import pytest
 
 from medge.edge.apps import check
 from medge.edge.apps.cli import main
+from medge.edge.engines import ENGINES
 from medge.edge.model import Model
-from medge.edge.runtime import ENGINES
-from tests.edge.apps.test_cli import BLOCK_TORCH
+from tests.helpers import BLOCK_TORCH
 
 
 @pytest.fixture(autouse=True)

@@ -11,6 +11,7 @@ import pytest
 from medge.edge.apps.cli import main
 from medge.edge.image import read_image, write_image
 from tests.conftest import xray_like
+from tests.helpers import medge_without_torch
 
 
 def test_help_lists_subcommands(capsys):
@@ -85,27 +86,15 @@ def test_preview_with_a_model_adds_its_heatmap_panel(heat_bundle, bundle, tmp_pa
     assert read_image(tmp_path / "o2" / "a.preview.png").shape == plain.shape
 
 
-BLOCK_TORCH = (
-    "import sys\n"
-    "for m in ('torch', 'torchvision', 'onnx', 'onnxsim'): sys.modules[m] = None  # as if not installed\n"
-    "from medge.edge.apps.cli import main\n"
-    "sys.exit(main(sys.argv[1:]))\n"
-)
-
-
-def _medge_without_torch(*args):
-    return subprocess.run([sys.executable, "-c", BLOCK_TORCH, *args], capture_output=True, text=True, timeout=60)
-
-
 def test_help_works_without_torch():
-    res = _medge_without_torch("--help")
+    res = medge_without_torch("--help")
     assert res.returncode == 0 and "train" in res.stdout and "preview" in res.stdout
-    res = _medge_without_torch("train", "--help")
+    res = medge_without_torch("train", "--help")
     assert res.returncode == 0 and "--arch" in res.stdout
 
 
 def test_train_without_torch_exits_2_naming_the_extra(tmp_path):
-    res = _medge_without_torch("train", "--data", str(tmp_path), "--out", str(tmp_path / "run"))
+    res = medge_without_torch("train", "--data", str(tmp_path), "--out", str(tmp_path / "run"))
     assert res.returncode == 2, res.stderr
     assert "needs the 'train' extra" in res.stderr and "pip install" in res.stderr
     assert "Traceback" not in res.stderr
@@ -113,7 +102,7 @@ def test_train_without_torch_exits_2_naming_the_extra(tmp_path):
 
 def test_edge_commands_work_without_torch(tmp_path):
     write_image(tmp_path / "a.png", xray_like(50, 60))
-    res = _medge_without_torch("preview", str(tmp_path / "a.png"), "--out", str(tmp_path / "out"))
+    res = medge_without_torch("preview", str(tmp_path / "a.png"), "--out", str(tmp_path / "out"))
     assert res.returncode == 0, res.stderr
     assert (tmp_path / "out" / "a.preview.png").exists()
 

@@ -191,7 +191,7 @@ def test_outbox_keeps_results_while_orthanc_is_down(tmp_path, heat_bundle):
     restarted = NodeProcess(bundle, out, *args)
 
     def in_pacs() -> list[str]:
-        return sop_uids(study_instances(pacs, study_uid)) if pacs._process is not None else []
+        return sop_uids(study_instances(pacs, study_uid)) if pacs.pid is not None else []
 
     def wait_in_pacs(records, running: NodeProcess, what: str) -> None:
         expected = result_uids(records)

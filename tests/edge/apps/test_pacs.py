@@ -129,4 +129,4 @@ def test_start_failure_reports_the_log(tmp_path):
         with pytest.raises(RuntimeError, match="did not start"):
             second.start(timeout_s=10)
         assert time.monotonic() - started < 10  # the exit is seen at once, not after the timeout
-        assert second._process is None
+        assert second.pid is None

@@ -12,7 +12,7 @@ import pytest
 from medge.edge.apps.cli import main
 from medge.edge.image import write_image
 from tests.conftest import xray_like
-from tests.edge.apps.test_cli import BLOCK_TORCH
+from tests.helpers import BLOCK_TORCH
 
 try:
     import pydicom
@@ -171,12 +171,12 @@ def test_empty_folder_and_strict_and_internal_errors(bundle, tmp_path, capsys, m
     assert main(["predict", "--model", str(bundle), str(tmp_path / "small.png"), "--strict"]) == 1
     assert "refused (strict mode): tiny image" in json.loads(capsys.readouterr().out)["error"]
 
-    from medge.edge import model as model_module
+    from medge.edge import execution
 
     def broken(path, max_pixels):
         raise ZeroDivisionError("boom")
 
-    monkeypatch.setattr(model_module, "load_image", broken)
+    monkeypatch.setattr(execution, "load_image", broken)  # where predict reads files
     assert main(["predict", "--model", str(bundle), str(tmp_path / "small.png")]) == 3  # a bug, not a bad input
     out, err = capsys.readouterr()
     assert "internal error (ZeroDivisionError: boom); this is a bug in medge" in json.loads(out)["error"]

@@ -17,13 +17,14 @@ import cv2
 import numpy as np
 import pytest
 
+import medge
 from medge.edge.apps.cli import main
 from medge.edge.apps.preview import render_preview
 from medge.edge.apps.serve import ServeConfig
-from medge.edge.apps.serve_api import InferenceService, Overloaded, clean_name, model_info
-from medge.edge.apps.serve_guard import TOKEN_COOKIE, Guard, host_name
-from medge.edge.apps.serve_page import analyze, result_card
-from medge.edge.apps.serve_text import TEXT, pick_language
+from medge.edge.apps.serve.api import InferenceService, Overloaded, clean_name, model_info
+from medge.edge.apps.serve.guard import TOKEN_COOKIE, Guard, host_name
+from medge.edge.apps.serve.page import analyze, result_card
+from medge.edge.apps.serve.texts import TEXT, pick_language
 from medge.edge.errors import ConfigError, UsageError
 from medge.edge.image import read_image, write_image
 from medge.edge.model import Model
@@ -134,10 +135,11 @@ def test_model_info_has_no_paths_and_no_nan(model):
     assert info["parity"]["skipped"] == 1 and info["parity"]["label_flips"] == 1
     assert info["training"]["metrics"]["val"] == {"auc": None, "accuracy": 0.5}
     assert info["classes"] == model.classes and info["model_sha256"] == model.sha256
+    assert info["runtime"]["medge"] == medge.__version__
 
 
 def test_model_card_shows_the_operating_point_and_validation_figures(model, bundle, tmp_path):
-    from medge.edge.apps.serve_page import _card_html
+    from medge.edge.apps.serve.page import _card_html
     from tests.edge.calibrated import calibrated_copy, synth_split
 
     val, _ = synth_split(tmp_path / "d", n=60)
@@ -248,7 +250,7 @@ def test_page_result_pictures_stages_as_preview_and_heatmap_only_when_supported(
 
 
 def test_page_classifies_deletes_uploads_and_says_what_it_does_not_show(model, tmp_path):
-    from medge.edge.apps.serve_page import DETAIL_MAX_FILES, Page
+    from medge.edge.apps.serve.page import DETAIL_MAX_FILES, Page
 
     service = InferenceService(model, threads=2, queue=2, upload_dir=tmp_path / "api")
     gradio_dir = tmp_path / "gradio"

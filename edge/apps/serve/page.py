@@ -2,7 +2,7 @@
 
 For each file the page shows the record ``medge predict`` writes (label, class
 probabilities, timings), the preprocessing stages as ``medge preview`` draws them, and
-a heatmap when the model has one (issue 16: ``Model.explain``, for bundles whose
+a heatmap when the model has one (``Model.explain``, for bundles whose
 manifest names a method). Results are HTML with the pictures inline (data: URLs) and
 the batch downloads are data: URLs too, so nothing derived from a patient's image is
 ever written to the server's disk; the uploads Gradio stores (in the server's private
@@ -27,8 +27,8 @@ import numpy as np
 
 from medge.edge.apps.preview import render_preview
 from medge.edge.apps.records import RecordWriter
-from medge.edge.apps.serve_api import InferenceService, Overloaded, model_info
-from medge.edge.apps.serve_text import TEXT, pick_language
+from medge.edge.apps.serve.api import InferenceService, Overloaded, model_info
+from medge.edge.apps.serve.texts import TEXT, pick_language
 from medge.edge.errors import MedgeError
 from medge.edge.image import load_image
 

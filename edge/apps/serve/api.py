@@ -263,9 +263,24 @@ async def receive_upload(request, service: InferenceService, max_bytes: int) -> 
         UploadRefused: not multipart (415), malformed or truncated multipart (400), no or
             several ``file`` parts (422), larger than ``max_bytes`` (413), a stalled client (408).
     """
-    from python_multipart.exceptions import MultipartParseError
     from python_multipart.multipart import MultipartParser, parse_options_header
 
+    boundary = _multipart_boundary(request, max_bytes, parse_options_header)
+    part = _FilePart(service, max_bytes, parse_options_header)
+    parser = MultipartParser(boundary, part.callbacks())
+    try:
+        await _feed(request, parser, max_bytes)
+        part.check_complete()
+        return Upload(part.path, part.name, part.size)
+    except BaseException:
+        part.discard()
+        raise
+    finally:
+        part.close()
+
+
+def _multipart_boundary(request, max_bytes: int, parse_options_header) -> bytes:
+    """The request's multipart boundary, after the checks its headers allow (415, 400, 413 by Content-Length)."""
     ctype, params = parse_options_header(request.headers.get("content-type", ""))
     if ctype != b"multipart/form-data":
         raise UploadRefused(415, "send the image as multipart/form-data in a field named 'file'")
@@ -275,81 +290,101 @@ async def receive_upload(request, service: InferenceService, max_bytes: int) -> 
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > max_bytes + BODY_OVERHEAD:
         raise UploadRefused(413, f"upload of {int(declared) / 2**20:.1f} MB is over the limit of {max_bytes / 2**20:g} MB")
+    return boundary
 
-    state = {"headers": [], "field": b"", "value": b"", "name": None, "filename": None, "files": 0, "ended": False}
-    target: dict = {"fh": None, "path": None, "size": 0, "name": None, "complete": False}
 
-    def on_header_field(data, start, end):
-        state["field"] += data[start:end]
+async def _feed(request, parser, max_bytes: int) -> None:
+    """The body into the multipart parser, chunk by chunk, counted against the limit."""
+    from python_multipart.exceptions import MultipartParseError
 
-    def on_header_value(data, start, end):
-        state["value"] += data[start:end]
+    total = 0
+    async for chunk in _chunks(request):
+        total += len(chunk)
+        if total > max_bytes + BODY_OVERHEAD:
+            raise UploadRefused(413, f"upload is over the limit of {max_bytes / 2**20:g} MB")
+        try:
+            parser.write(chunk)
+        except MultipartParseError as e:
+            raise UploadRefused(400, f"malformed multipart request: {e}") from None
 
-    def on_header_end():
-        state["headers"].append((state["field"].lower(), state["value"]))
-        state["field"], state["value"] = b"", b""
 
-    def on_headers_finished():
-        disposition = dict(state["headers"]).get(b"content-disposition", b"")
-        _, opts = parse_options_header(disposition)
-        state["headers"] = []
+class _FilePart:
+    """The multipart parser's callbacks: the first ``file`` part goes to a new file of the upload folder
+    (named by the server), the other parts are counted and dropped."""
+
+    def __init__(self, service: InferenceService, max_bytes: int, parse_options_header):
+        self._service, self._max_bytes, self._parse_options_header = service, max_bytes, parse_options_header
+        self._headers: list = []
+        self._field, self._value = b"", b""
+        self._current_is_file = False
+        self.files, self.ended = 0, False
+        self.fh, self.path, self.name = None, None, None
+        self.size, self.complete = 0, False
+
+    def callbacks(self) -> dict:
+        return {"on_header_field": self.on_header_field, "on_header_value": self.on_header_value,
+                "on_header_end": self.on_header_end, "on_headers_finished": self.on_headers_finished,
+                "on_part_data": self.on_part_data, "on_part_end": self.on_part_end, "on_end": self.on_end}
+
+    def on_header_field(self, data, start, end):
+        self._field += data[start:end]
+
+    def on_header_value(self, data, start, end):
+        self._value += data[start:end]
+
+    def on_header_end(self):
+        self._headers.append((self._field.lower(), self._value))
+        self._field, self._value = b"", b""
+
+    def on_headers_finished(self):
+        disposition = dict(self._headers).get(b"content-disposition", b"")
+        _, opts = self._parse_options_header(disposition)
+        self._headers = []
         is_file = opts.get(b"name") == b"file" and b"filename" in opts
         if is_file:
-            state["files"] += 1
-            if state["files"] == 1:
-                name = clean_name(opts[b"filename"].decode("utf-8", "replace"))
-                target["name"], target["path"] = name, service.new_upload_path(name)
-                target["fh"] = open(target["path"], "xb")  # noqa: SIM115 (closed below, whatever happens)
-        state["current_is_file"] = is_file and state["files"] == 1
+            self.files += 1
+            if self.files == 1:
+                self.name = clean_name(opts[b"filename"].decode("utf-8", "replace"))
+                self.path = self._service.new_upload_path(self.name)
+                self.fh = open(self.path, "xb")  # noqa: SIM115 (closed by close() or discard(), whatever happens)
+        self._current_is_file = is_file and self.files == 1
 
-    def on_part_data(data, start, end):
-        if state.get("current_is_file"):
-            target["size"] += end - start
-            if target["size"] > max_bytes:
-                raise UploadRefused(413, f"upload is over the limit of {max_bytes / 2**20:g} MB")
-            target["fh"].write(data[start:end])
+    def on_part_data(self, data, start, end):
+        if self._current_is_file:
+            self.size += end - start
+            if self.size > self._max_bytes:
+                raise UploadRefused(413, f"upload is over the limit of {self._max_bytes / 2**20:g} MB")
+            self.fh.write(data[start:end])
 
-    def on_part_end():
-        if state.get("current_is_file"):
-            target["complete"] = True
-        state["current_is_file"] = False
+    def on_part_end(self):
+        if self._current_is_file:
+            self.complete = True
+        self._current_is_file = False
 
-    def on_end():
-        state["ended"] = True
+    def on_end(self):
+        self.ended = True
 
-    parser = MultipartParser(boundary, {
-        "on_header_field": on_header_field, "on_header_value": on_header_value, "on_header_end": on_header_end,
-        "on_headers_finished": on_headers_finished, "on_part_data": on_part_data, "on_part_end": on_part_end,
-        "on_end": on_end,
-    })
-    total = 0
-    try:
-        async for chunk in _chunks(request):
-            total += len(chunk)
-            if total > max_bytes + BODY_OVERHEAD:
-                raise UploadRefused(413, f"upload is over the limit of {max_bytes / 2**20:g} MB")
-            try:
-                parser.write(chunk)
-            except MultipartParseError as e:
-                raise UploadRefused(400, f"malformed multipart request: {e}") from None
-        if not state["ended"]:
+    def check_complete(self) -> None:
+        """UploadRefused unless the body held exactly one whole ``file`` part and ended properly."""
+        if not self.ended:
             raise UploadRefused(400, "malformed multipart request: the body ends before the closing boundary")
-        if state["files"] == 0:
+        if self.files == 0:
             raise UploadRefused(422, "no file in the request: send the image in a multipart field named 'file'")
-        if state["files"] > 1:
-            raise UploadRefused(422, f"{state['files']} files in one request: send one file per request")
-        if not target["complete"]:
+        if self.files > 1:
+            raise UploadRefused(422, f"{self.files} files in one request: send one file per request")
+        if not self.complete:
             raise UploadRefused(400, "malformed multipart request: the file part is incomplete")
-        return Upload(target["path"], target["name"], target["size"])
-    except BaseException:
-        if target["fh"] is not None:
-            target["fh"].close()
-            target["fh"] = None
-            target["path"].unlink(missing_ok=True)
-        raise
-    finally:
-        if target["fh"] is not None:
-            target["fh"].close()
+
+    def discard(self) -> None:
+        """Close and delete a file written so far (the upload failed)."""
+        if self.fh is not None:
+            self.fh.close()
+            self.fh = None
+            self.path.unlink(missing_ok=True)
+
+    def close(self) -> None:
+        if self.fh is not None:
+            self.fh.close()
 
 
 PREDICT_OPENAPI = {

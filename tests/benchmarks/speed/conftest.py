@@ -1,4 +1,4 @@
-"""Fixtures of the pytest-benchmark suite (``pytest benchmarks --benchmark-only``).
+"""Fixtures of the pytest-benchmark suite (``pytest tests/benchmarks/speed --benchmark-only``).
 
 Set MEDGE_BENCH_BUNDLE and MEDGE_BENCH_CHECKPOINT to measure your own model;
 otherwise an untrained resnet18 at 224x224 is exported once per session.

@@ -15,6 +15,10 @@ SIGTERM finish the requests in flight and stop within 10 s.
 
 FastAPI + uvicorn serve the API, Gradio the page, mounted in one app: one port, one
 process, one model, one bounded pool of inference threads for both.
+
+The package: this module is the command (options, ``run``, the server's life);
+``api`` the JSON API and the bounded inference service, ``page`` the Gradio page,
+``guard`` the token, host and offline checks around both, ``texts`` their words.
 """
 from __future__ import annotations
 
@@ -31,7 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from medge.edge.apps.options import add_bundle_arguments, load_model
-from medge.edge.apps.serve_guard import check_token
+from medge.edge.apps.serve.guard import check_token
 from medge.edge.config import check_ranges, check_types
 from medge.edge.errors import UsageError
 from medge.edge.formats import DEFAULT_MAX_PIXELS
@@ -144,9 +148,9 @@ def build_app(service, cfg: ServeConfig, gradio_dir: Path):
     """The API with the page mounted at / and the guard around both."""
     import gradio as gr
 
-    from medge.edge.apps.serve_api import create_api
-    from medge.edge.apps.serve_guard import Guard
-    from medge.edge.apps.serve_page import build_page
+    from medge.edge.apps.serve.api import create_api
+    from medge.edge.apps.serve.guard import Guard
+    from medge.edge.apps.serve.page import build_page
 
     app = create_api(service, cfg.max_upload_mb)
     blocks, page_kwargs = build_page(service, gradio_dir, cfg.queue)
@@ -232,7 +236,7 @@ def run(args: argparse.Namespace) -> int:
         import python_multipart  # noqa: F401
         import uvicorn  # noqa: F401
 
-        from medge.edge.apps.serve_api import InferenceService
+        from medge.edge.apps.serve.api import InferenceService
 
         service = InferenceService(model, cfg.inference_threads, cfg.queue, workdir / "uploads", cfg.max_pixels)
         service.warm_up()

@@ -21,7 +21,7 @@ import html
 from http.cookies import CookieError, SimpleCookie
 from urllib.parse import parse_qs
 
-from medge.edge.apps.serve_text import TEXT, pick_language
+from medge.edge.apps.serve.texts import TEXT, pick_language
 
 TOKEN_COOKIE = "medge_token"
 TOKEN_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")

@@ -1,7 +1,8 @@
 """pytest-benchmark suite: preprocessing, forward passes (cv2.dnn, onnxruntime, PyTorch) and cold starts.
 
-Usage: pytest benchmarks --benchmark-only [--benchmark-autosave] [--benchmark-compare] [--benchmark-group-by=group]
-Not part of the default test run (tests/ is); tests/benchmarks runs it once as a smoke test.
+Usage: pytest tests/benchmarks/speed --benchmark-only [--benchmark-autosave] [--benchmark-compare] [--benchmark-group-by=group]
+Not part of the default test run (tests/benchmarks/conftest.py leaves it out unless named);
+tests/benchmarks/test_benchmarks.py runs it once, small, as a smoke test.
 
 Forward passes are warmed up (WARMUP untimed calls: PyTorch's first ~9 calls take ~50x longer
 than the rest) and then timed ROUNDS times; what a fresh runtime costs (load + first call) is
