@@ -3,7 +3,7 @@ against ``medge predict``'s pipeline on the same files.
 
 Usage: python -m medge.benchmarks.node_load --model bundles/xray --files 48 --size 2048 --associations 1,4,8 --out node_load.json
        python -m medge.benchmarks.node_load --model bundles/xray --inputs dicom/ --out node_load.json
-       python -m medge.benchmarks.node_load --from node_load.json [--readme README.md]   (the table of a record)
+       python -m medge.benchmarks.node_load --from node_load.json [--readme benchmarks/results/README.md]
 
 Writes ``--files`` synthetic DX instances (12-bit values, uncompressed, ``--size`` px a
 side: 8 MB at 2048) unless ``--inputs`` names a folder of DICOM files, then starts

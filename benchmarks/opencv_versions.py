@@ -1,7 +1,7 @@
 """OpenCV versions side by side: forward time and parity of the six architectures.
 
 Usage:
-    python -m medge.benchmarks.opencv_versions --out opencv_versions.json --readme README.md
+    python -m medge.benchmarks.opencv_versions --out opencv_versions.json --readme benchmarks/results/README.md
     python -m medge.benchmarks.opencv_versions --smoke      # checks the tool in a few minutes
 
 Each contender is an OpenCV in a virtual environment of its own under ``--work``:

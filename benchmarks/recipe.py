@@ -2,7 +2,7 @@
 
 Usage: python -m medge.benchmarks.recipe --out runs/recipe                      # before and after, seeds 1-4
        python -m medge.benchmarks.recipe --out runs/recipe --recipes after --seeds 5 6 7
-       python -m medge.benchmarks.recipe --out runs/recipe --screened base base-rot0 --readme README.md
+       python -m medge.benchmarks.recipe --out runs/recipe --screened base base-rot0 --readme benchmarks/results/README.md
 
 For each seed S, a synthetic set exactly as ``medge synth D --n 400 --size 256
 --seed S`` writes it (the demo uses seed 0, so the default seeds leave it out),

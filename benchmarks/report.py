@@ -1,7 +1,7 @@
 """Render benchmark records as Markdown, and put them into the README between markers.
 
-Usage: python -m medge.benchmarks.report bench.json [parity.json] [--readme README.md]
-       python -m medge.benchmarks.report pointing_game.json heatmap_cost.json --readme README.md --section heatmaps
+Usage: python -m medge.benchmarks.report bench.json [parity.json] [--readme benchmarks/results/README.md]
+       python -m medge.benchmarks.report pointing_game.json --section heatmaps --readme benchmarks/results/README.md
 
 The README's results section lies between ``<!-- results:start -->`` and
 ``<!-- results:end -->`` (the heatmaps' between ``<!-- heatmaps:start -->`` and
@@ -49,7 +49,7 @@ def replace_section(readme: Path, name: str, text: str, command: str) -> None:
 def update_readme(readme: Path, text: str, sources: list[str], section: str = "results") -> None:
     extra = f" --section {section}" if section != "results" else ""
     replace_section(readme, section, text,
-                    f"python -m medge.benchmarks.report {' '.join(sources)} --readme {readme.name}{extra}")
+                    f"python -m medge.benchmarks.report {' '.join(sources)} --readme {readme}{extra}")
 
 
 def main(argv=None) -> int:

@@ -1,7 +1,7 @@
 """Load on ``medge serve``'s API: requests/s, p50/p99 latency and errors for 1, 4 and 16 concurrent clients.
 
 Usage: python -m medge.benchmarks.serve_load --model bundles/xray --make 16 --seconds 30 --out serve_load.json
-       python -m medge.benchmarks.serve_load --from serve_load.json --readme README.md   (regenerate the README table)
+       python -m medge.benchmarks.serve_load --from serve_load.json --readme benchmarks/results/README.md
 
 Starts ``medge serve`` on a free port (its defaults: one inference thread per core, a
 queue of 16) unless ``--url`` names a running server, then for each concurrency level
