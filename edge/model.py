@@ -61,7 +61,7 @@ from medge.edge.explain import (
     load_explainer,
 )
 from medge.edge.formats import DEFAULT_MAX_PIXELS
-from medge.edge.image import array_info, load_image, to_gray
+from medge.edge.image import EncodedFile, array_info, decode_image, load_image, to_gray
 from medge.edge.pipeline import Pipeline
 from medge.edge.preprocess import PreprocessConfig, preprocess, preprocess_stages
 from medge.edge.profile import check_input, image_stats
@@ -349,14 +349,16 @@ class Model:
 
     def _prepare(self, item, max_pixels: int, strict: bool = False):
         """Read, preprocess and check one input (runs on a worker thread)."""
-        if not isinstance(item, (str, os.PathLike, np.ndarray)):
+        if not isinstance(item, (str, os.PathLike, np.ndarray, EncodedFile)):
             return Prediction(None, error=f"unsupported input {type(item).__name__}: give a path or a numpy array"), None
-        path = None if isinstance(item, np.ndarray) else os.fspath(item)
+        path = None if isinstance(item, np.ndarray) else item.path if isinstance(item, EncodedFile) else os.fspath(item)
         pred = Prediction(path)
         try:
             t0 = time.perf_counter()
             if path is None:
                 image, info = to_gray(item), array_info(item)
+            elif isinstance(item, EncodedFile):
+                image, info = decode_image(item.data, path, max_pixels)
             else:
                 image, info = load_image(path, max_pixels)
             pred.input = info.to_dict()
@@ -421,7 +423,8 @@ class Model:
           (``edge.budget.pass_size``); ``self.budget`` records the plan and the stages' measured costs.
 
         Args:
-            inputs: iterable of paths and/or arrays (gray, BGR or BGRA).
+            inputs: iterable of paths, arrays (gray, BGR or BGRA) and/or ``edge.image.EncodedFile`` (a file's bytes
+                read elsewhere, named by its path: the same record as the path).
             batch_size: images per forward pass, at most (1 for a fixed-batch model; fewer in a short pipelined run).
             workers: threads of the pipeline (0 = no pipeline; default: one per core, ``edge.budget``).
             max_pixels: refuse larger images.
