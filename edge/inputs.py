@@ -29,6 +29,7 @@ import os
 import stat
 from dataclasses import dataclass, field
 
+from medge.edge.errors import UsageError
 from medge.edge.formats import (
     DICOM_SUFFIXES,
     IMAGE_SUFFIXES,
@@ -38,7 +39,6 @@ from medge.edge.formats import (
     non_image_reason,
     sniff_format,
 )
-from medge.edge.errors import UsageError
 from medge.edge.image import os_error_reason, special_file_kind
 
 SUFFIXES = IMAGE_SUFFIXES + DICOM_SUFFIXES

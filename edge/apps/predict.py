@@ -142,7 +142,8 @@ def predictions(model, scan, args, heatmaps: bool = False):
 
 def report_summary(n: int, failed: int, warned: int, scan, verbose: bool, shard=None) -> None:
     """The summary line on stderr, e.g. "5 input(s), 3 classified (1 with warnings), 2 failed; 3 skipped: not images"."""
-    parts = [("" if shard is None else f"shard {shard}: ") + f"{n} input(s), {n - failed} classified" + (f" ({warned} with warnings)" if warned else ""),
+    head = "" if shard is None else f"shard {shard}: "
+    parts = [f"{head}{n} input(s), {n - failed} classified" + (f" ({warned} with warnings)" if warned else ""),
              f"{failed} failed"]
     print(shown(", ".join(parts) + (f"; {scan.skipped_summary()}" if scan.skipped else "")), file=sys.stderr)
     if scan.skipped and verbose:
