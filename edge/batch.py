@@ -52,6 +52,7 @@ def _nested_fields() -> frozenset[str]:
 
 
 NESTED_FIELDS = _nested_fields()  # JSON text in a row
+_LOADED: dict[tuple, Model] = {}  # bundles loaded in this process by unpickled predictors (Dask), by their arguments
 
 
 class BatchPredictor:
@@ -72,9 +73,23 @@ class BatchPredictor:
 
     def __init__(self, bundle: str | os.PathLike, threads: int = 1, backend: str = "cpu", engine: str | None = None,
                  batch_size: int = 8, max_pixels: int = DEFAULT_MAX_PIXELS, strict: bool = False):
+        self._args = {"bundle": os.fspath(bundle), "threads": threads, "backend": backend, "engine": engine,
+                      "batch_size": batch_size, "max_pixels": max_pixels, "strict": strict}
         cv2.setNumThreads(threads)
         self.model = Model.load(bundle, backend=backend, engine=engine)
         self.batch_size, self.max_pixels, self.strict = batch_size, max_pixels, strict
+
+    def __getstate__(self) -> dict:
+        """Pickled as its arguments (a loaded net cannot be pickled): Dask sends the instance with its tasks."""
+        return self._args
+
+    def __setstate__(self, args: dict) -> None:
+        """Unpickled in a worker: the bundle loaded and verified once per process, however many tasks bring it."""
+        key = tuple(sorted((k, v) for k, v in args.items() if k in ("bundle", "backend", "engine")))
+        cv2.setNumThreads(args["threads"])
+        self._args, self.model = args, _LOADED.get(key) or _LOADED.setdefault(key, Model.load(
+            args["bundle"], backend=args["backend"], engine=args["engine"]))
+        self.batch_size, self.max_pixels, self.strict = args["batch_size"], args["max_pixels"], args["strict"]
 
     def predict(self, paths, data=None) -> list[Prediction]:
         """One Prediction per path, in order (``data``: each file's bytes, already read, or None to read the path)."""

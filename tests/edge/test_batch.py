@@ -117,6 +117,16 @@ def test_pandas_frame_in_pandas_frame_out(bundle, archive, threads_kept):
     assert list(out["path"]) == paths and out["label"].notna().all()
 
 
+def test_pickled_as_arguments_and_loaded_once_per_process(bundle, archive, threads_kept):
+    import pickle
+
+    paths = scan_inputs([archive]).paths[:2]
+    first = BatchPredictor(bundle, batch_size=2)
+    copies = [pickle.loads(pickle.dumps(first)) for _ in range(2)]  # as Dask sends it with each task
+    assert copies[0].model is copies[1].model is not first.model and copies[0].batch_size == 2
+    assert list(copies[1]({"path": paths})["probabilities"]) == list(first({"path": paths})["probabilities"])
+
+
 def test_a_bad_bundle_fails_the_worker_at_once(tmp_path):
     with pytest.raises(BundleError, match="no model.json"):
         BatchPredictor(tmp_path)
