@@ -124,7 +124,9 @@ def summarize(n: int, rounds: int, cores: int, workers: dict, ray_init_s: float,
 def markdown(rec: dict) -> str:
     """The README's tables, generated from the record."""
     ips, ratio, split, steady = rec["images_per_s"], rec["ratio_to_predict"], rec["split"], rec["steady_ratio_to_predict"]
-    lines = [f"{rec['images']} inputs, median of {rec['rounds']} interleaved rounds on {rec['env']['cpu']} "
+    size = f" of {rec['size']}x{rec['size']} px" if rec.get("size") else ""
+    lines = [f"{rec['images']} inputs ({rec.get('files', rec['images'])} files{size}, each "
+             f"{rec.get('repeat', 1)} time(s)), median of {rec['rounds']} interleaved rounds on {rec['env']['cpu']} "
              f"({rec['cores']} cores); from files on disk to every record in the driver:", "",
              "| contender | images/s | x predict | start-up (s) | per image (ms) | x predict, per image |",
              "| --- | ---: | ---: | ---: | ---: | ---: |",
@@ -149,8 +151,9 @@ def markdown(rec: dict) -> str:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", required=True, help="bundle folder")
+    p.add_argument("--model", help="bundle folder (required to measure)")
     g = p.add_mutually_exclusive_group(required=True)
+    g.add_argument("--from", dest="record", metavar="JSON", help="print the tables of a saved record; measure nothing")
     g.add_argument("--images", help="folder of images")
     g.add_argument("--make", type=int, help="write this many radiograph-like PNGs to a temporary folder")
     p.add_argument("--size", type=int, default=2048, help="side of the --make files (default: %(default)s)")
@@ -158,6 +161,14 @@ def main(argv=None) -> int:
     p.add_argument("--repeat", type=int, default=1, help="list each file this many times (default: %(default)s)")
     add_out_arguments(p)
     a = p.parse_args(argv)
+    if a.record:
+        import json
+
+        with open(a.record, encoding="utf-8") as f:
+            print(markdown(json.load(f)))
+        return 0
+    if not a.model:
+        p.error("--model is required to measure")
     if a.out:  # before minutes of measuring
         try:
             check_output_file(a.out, a.overwrite, "record")
@@ -175,7 +186,7 @@ def main(argv=None) -> int:
 
             paths = make_images(tmp, a.make, a.size)
         rec = measure(os.path.abspath(a.model), paths * a.repeat, a.rounds, log)
-        rec["files"], rec["repeat"] = len(paths), a.repeat
+        rec["files"], rec["repeat"], rec["size"] = len(paths), a.repeat, None if a.images else a.size
     print(markdown(rec))
     save_record(rec, a.out)
     return 0
