@@ -136,12 +136,15 @@ def markdown(rec: dict) -> str:
         lines.append(f"| medge batch, {w} Ray worker(s) | {ips[n]:.2f} | {ratio[n]:.2f} | {split[n]['start_s']:.1f} | "
                      f"{1000 * split[n]['per_image_s']:.0f} | {steady[n]:.2f} |")
     g, m = rec["goal"], rec["model"]
+    with_init = rec["images"] / (rec["images"] / ips["ray-2"] + rec["ray_init_s"])
     be = g["break_even_images"]
     lines += ["", f"Goal ray-2 >= {g['ray-2 / predict']} x predict: {'met' if g['met'] else 'not met'} here "
               f"({ratio['ray-2']:.2f} on {rec['images']} inputs); "
               + (f"by the split above it is met from about {math.ceil(be)} inputs on. " if be is not None else
                  "ray-2's per-image cost does not get below predict's / 0.85 at any length. ")
-              + f"Starting the local Ray instance took {rec['ray_init_s']:.1f} s more, once per run of medge batch. "
+              + f"Starting the local Ray instance took {rec['ray_init_s']:.1f} s more, once per run of medge batch "
+              f"(none on a cluster already running): counted in, ray-2 gave {with_init:.2f} images/s, "
+              f"{with_init / ips['predict']:.2f} x predict. "
               + f"Records identical to predict's: {'yes' if rec['probabilities_identical_to_predict'] else 'NO'}.", "",
               f"Model for N nodes of {m['cores_per_node']} cores ({m['core_s_per_image']:.3f} core-s per image, "
               "measured with ray-2):", "", "| nodes | images/s | days for 1 million images |", "| ---: | ---: | ---: |"]
