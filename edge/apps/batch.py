@@ -204,7 +204,10 @@ def ray_session(address: str | None, workers: int | None, threads: int):
         ray.init(num_cpus=workers * threads, include_dashboard=False, log_to_driver=False,
                  logging_level=logging.WARNING)
     elif own:
-        ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)
+        try:
+            ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)
+        except ConnectionError as e:  # no cluster there: the user's address, not a bug
+            raise UsageError(f"--ray {address}: cannot join a Ray cluster: {e}") from None
     try:
         ctx = ray.data.DataContext.get_current()
         ctx.enable_progress_bars, ctx.print_on_execution_start = False, False
