@@ -233,8 +233,9 @@ def predict_on_ray(items: list[tuple[int, str]], predictor_kwargs: dict, workers
 
     threads = predictor_kwargs.get("threads", 1)
     rows_per_task = max(1, min(MAX_ROWS_PER_TASK, math.ceil(len(items) / (4 * workers))))
-    ds = ray.data.from_items([{ROW_INDEX: i, "path": os.fsencode(p)} for i, p in items],
-                             override_num_blocks=math.ceil(len(items) / rows_per_task))
+    blocks = math.ceil(len(items) / rows_per_task)
+    workers = min(workers, blocks)  # no idle actor starting for nothing (a rerun with little left to do)
+    ds = ray.data.from_items([{ROW_INDEX: i, "path": os.fsencode(p)} for i, p in items], override_num_blocks=blocks)
     ds.context.max_errored_blocks = -1  # a batch failing every retry drops its rows, not the run: see above
     with warnings.catch_warnings():  # max_restarts and max_task_retries are still passed this way in Ray 2.60
         warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated")

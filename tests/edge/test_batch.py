@@ -137,3 +137,13 @@ def test_importing_batch_loads_no_ray_pyarrow_or_pandas():
             "print(','.join(m for m in ('ray', 'pyarrow', 'pandas', 'torch') if m in sys.modules))\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == ""
+
+
+def test_medge_batch_without_the_ray_extra_exits_2_naming_it(bundle, archive, tmp_path):
+    code = ("import sys\nfor m in ('ray', 'pyarrow'): sys.modules[m] = None  # as if not installed\n"
+            "from medge.edge.apps.cli import main\nsys.exit(main(sys.argv[1:]))\n")
+    for fmt in ("parquet", "jsonl"):
+        res = subprocess.run([sys.executable, "-c", code, "batch", "--model", str(bundle), str(archive),
+                              "--out", str(tmp_path / f"r.{fmt}"), "--format", fmt], capture_output=True, text=True)
+        assert res.returncode == 2 and "needs the 'ray' extra" in res.stderr, res.stderr
+        assert not (tmp_path / f"r.{fmt}").exists()
