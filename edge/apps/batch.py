@@ -122,15 +122,17 @@ def run(args: argparse.Namespace) -> int:
     records, todo, reused = plan(scan, store)
     progress = ProgressLine(len(todo), "images")
     if todo:
-        kwargs = {"bundle": str(args.model), "threads": args.threads, "backend": args.backend, "engine": args.engine,
+        kwargs = {"bundle": os.path.abspath(args.model), "threads": args.threads, "backend": args.backend, "engine": args.engine,
                   "batch_size": args.batch_size, "max_pixels": args.max_pixels, "strict": args.strict}
         with ray_session(args.ray, args.workers, args.threads) as workers:
+            failed = 0
             try:
                 for i, rec in predict_on_ray([(i, scan.entries[i].path) for i in todo], kwargs, workers):
                     rec["path"] = scan.entries[i].path  # exact, also for a name that is not UTF-8
                     records[i] = with_identity(rec, todo[i])
                     store.add(records[i])
-                    progress.update(f"{sum(r['error'] is not None for r in records.values())} failed")
+                    failed += rec["error"] is not None
+                    progress.update(f"{failed} failed")
             finally:
                 store.flush()
                 progress.close()
