@@ -32,7 +32,7 @@ from medge.edge.budget import LOAD, StageCosts, budget_cores, lone_threads, open
 from medge.edge.errors import MedgeError
 from medge.edge.explain import Explanation
 from medge.edge.formats import array_info
-from medge.edge.image import load_image, to_gray
+from medge.edge.image import EncodedFile, decode_image, load_image, to_gray
 from medge.edge.pipeline import Pipeline
 from medge.edge.preprocess import preprocess_stages
 from medge.edge.profile import STATS, check_input, image_stats
@@ -134,14 +134,16 @@ class RunCosts:
 
 def prepare(model: Model, item, max_pixels: int, strict: bool = False):
     """Read, preprocess and check one input (runs on a worker thread): (Prediction, model input or None)."""
-    if not isinstance(item, (str, os.PathLike, np.ndarray)):
+    if not isinstance(item, (str, os.PathLike, np.ndarray, EncodedFile)):
         return Prediction(None, error=f"unsupported input {type(item).__name__}: give a path or a numpy array"), None
-    path = None if isinstance(item, np.ndarray) else os.fspath(item)
+    path = None if isinstance(item, np.ndarray) else item.path if isinstance(item, EncodedFile) else os.fspath(item)
     pred = Prediction(path)
     try:
         t0 = time.perf_counter()
         if path is None:
             image, info = to_gray(item), array_info(item)
+        elif isinstance(item, EncodedFile):
+            image, info = decode_image(item.data, path, max_pixels)
         else:
             image, info = load_image(path, max_pixels)
         pred.input = info.to_dict()

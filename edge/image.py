@@ -30,6 +30,7 @@ import errno
 import os
 import stat
 import struct
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
@@ -144,8 +145,32 @@ def load_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) ->
             undecodable, of an unsupported format, or over the pixel limit.
         MissingExtraError: a DICOM file without the ``dicom`` extra installed.
     """
-    # 8 bytes a pixel covers 16-bit RGBA stored raw; a larger file cannot be a valid image within the limit.
-    data = read_bytes(path, max_bytes=max(64 << 20, 8 * max_pixels))
+    return decode_image(read_bytes(path, max_bytes=max_file_bytes(max_pixels)), path, max_pixels)
+
+
+def max_file_bytes(max_pixels: int) -> int:
+    """The largest file that can hold a valid image within ``max_pixels``: 8 bytes a pixel covers 16-bit RGBA stored raw."""
+    return max(64 << 20, 8 * max_pixels)
+
+
+@dataclass(frozen=True)
+class EncodedFile:
+    """The bytes of an image file read elsewhere (a Ray dataset's ``bytes`` column, a copy in memory), named by its path."""
+
+    path: str
+    data: bytes
+
+
+def decode_image(data: bytes, path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[np.ndarray, ImageInfo]:
+    """``load_image`` on a file's bytes already read: the same pixels, info and errors (which name ``path``).
+
+    Raises:
+        ImageError: as ``load_image``, plus empty ``data`` and ``data`` larger than ``max_file_bytes``.
+    """
+    if not data:
+        raise ImageError(path, "empty file (0 bytes)")
+    if len(data) > max_file_bytes(max_pixels):
+        raise ImageError(path, f"file is {len(data) / 1e6:.0f} MB, larger than any image within the pixel limit")
     fmt = sniff_format(data)
     if fmt == "dicom" or (fmt is None and Path(path).suffix.lower() in DICOM_SUFFIXES):
         return decode_dicom(data, path, max_pixels)

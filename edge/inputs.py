@@ -16,13 +16,20 @@ TIFF or BMP, and accounts for everything else:
 A path given explicitly is always an entry, whatever it holds (so ``medge
 predict notes.txt`` says why notes.txt is not an image); an explicitly given
 folder with no input in it is an entry with an error.
+
+A scan may keep one shard of the inputs (``Shard``, ``medge predict --shard K/N``,
+for job arrays): a stable split by a hash of each file's path relative to the
+folder given (a path given explicitly: as given), so that the same archive mounted
+elsewhere splits the same way and the N shards hold each input exactly once.
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import stat
 from dataclasses import dataclass, field
 
+from medge.edge.errors import UsageError
 from medge.edge.formats import (
     DICOM_SUFFIXES,
     IMAGE_SUFFIXES,
@@ -43,6 +50,39 @@ class Entry:
 
     path: str
     error: str | None = None  # set for folders that cannot be listed, special files, broken links, loops
+
+
+@dataclass(frozen=True)
+class Shard:
+    """Shard ``index`` of ``count`` (1-based, as ``$SLURM_ARRAY_TASK_ID`` runs from 1 to N with ``--array=1-N``)."""
+
+    index: int
+    count: int
+
+    def __post_init__(self):
+        if not 1 <= self.index <= self.count:
+            raise UsageError(f"shard {self.index}/{self.count}: K/N needs 1 <= K <= N")
+
+    @classmethod
+    def parse(cls, text: str) -> "Shard":
+        """``"K/N"`` as a Shard; UsageError for anything else."""
+        k, sep, n = text.partition("/")
+        if not (sep and k.strip().isdigit() and n.strip().isdigit()):
+            raise UsageError(f"shard {text!r}: give K/N, e.g. 3/10 (shard 3 of 10)")
+        return cls(int(k), int(n))
+
+    def holds(self, key: str) -> bool:
+        """Whether the input of this key (``shard_key``) is in this shard: SHA-256 of the key, modulo ``count``."""
+        digest = hashlib.sha256(os.fsencode(key)).digest()
+        return int.from_bytes(digest[:8], "big") % self.count == self.index - 1
+
+    def __str__(self) -> str:
+        return f"{self.index}/{self.count}"
+
+
+def shard_key(path: str, root: str | None) -> str:
+    """What a shard is chosen by: the path relative to the folder given (``root``), else the path as given, normalised."""
+    return os.path.relpath(path, root) if root is not None else os.path.normpath(path)
 
 
 @dataclass
@@ -91,9 +131,14 @@ def classify_file(path: str) -> tuple[str, str | None]:
     return "skip", f"not an image ({describe_bytes(head)})"
 
 
-def scan_inputs(paths) -> Scan:
-    """Expand folders (recursively, by content) and keep other paths as given; see the module docstring."""
+def scan_inputs(paths, shard: Shard | None = None) -> Scan:
+    """Expand folders (recursively, by content) and keep other paths as given; see the module docstring.
+
+    With ``shard``, only the inputs (and skipped files) of that shard are kept; a folder is reported
+    empty or without images only when it is, not when its images are all in other shards.
+    """
     scan = Scan()
+    mine = (lambda path, root: True) if shard is None else (lambda path, root: shard.holds(shard_key(path, root)))
     for p in paths:
         path = os.fspath(p)
         try:
@@ -101,18 +146,21 @@ def scan_inputs(paths) -> Scan:
         except OSError:
             is_dir = False  # missing, broken link, loop: its reader names the problem
         if not is_dir:
-            scan.entries.append(Entry(path))
+            if mine(path, None):
+                scan.entries.append(Entry(path))
             continue
-        before, skipped_before = len(scan.entries), len(scan.skipped)
+        inputs, others = 0, 0
         for kind, found, why in walk(path):
             if kind == "file":
                 kind, why = classify_file(found)
+            inputs, others = inputs + (kind != "skip"), others + (kind == "skip")
+            if not mine(found, path):
+                continue
             if kind == "skip":
                 scan.skipped.append((found, why))
             else:
                 scan.entries.append(Entry(found, why))
-        if len(scan.entries) == before:
-            others = len(scan.skipped) - skipped_before
+        if not inputs and mine(path, None):
             why = f"no image in this folder ({others} other file(s) skipped)" if others else "the folder is empty"
             scan.entries.append(Entry(path, why))
     return scan

@@ -333,7 +333,8 @@ class Model:
           (``edge.budget.pass_size``); ``self.budget`` records the plan and the stages' measured costs.
 
         Args:
-            inputs: iterable of paths and/or arrays (gray, BGR or BGRA).
+            inputs: iterable of paths, arrays (gray, BGR or BGRA) and/or ``edge.image.EncodedFile`` (a file's bytes
+                read elsewhere, named by its path: the same record as the path).
             batch_size: images per forward pass, at most (1 for a fixed-batch model; fewer in a short pipelined run).
             workers: threads of the pipeline (0 = no pipeline; default: one per core, ``edge.budget``).
             max_pixels: refuse larger images.

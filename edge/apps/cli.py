@@ -22,12 +22,13 @@ from medge import __version__
 from medge.edge.errors import MedgeError, MissingExtraError
 
 EDGE_COMMANDS = ("medge.edge.apps.check", "medge.edge.apps.predict", "medge.edge.apps.preview", "medge.edge.apps.watch",
-                 "medge.edge.apps.serve", "medge.edge.apps.node",
+                 "medge.edge.apps.serve", "medge.edge.apps.node", "medge.edge.apps.batch",
                  "medge.edge.apps.validate", "medge.edge.apps.monitor")
 # Optional module -> the extra that installs it.
 EXTRAS = {"torch": "train", "torchvision": "train", "onnx": "train", "onnxsim": "train", "tqdm": "train",
           "pydicom": "dicom", "fastapi": "serve", "fastapi_offline": "serve", "starlette": "serve", "uvicorn": "serve",
-          "gradio": "serve", "python_multipart": "serve", "pynetdicom": "node", "highdicom": "node"}
+          "gradio": "serve", "python_multipart": "serve", "pynetdicom": "node", "highdicom": "node",
+          "ray": "ray", "pyarrow": "ray"}
 
 
 def _command_modules():

@@ -11,7 +11,9 @@ import argparse
 import cv2
 
 from medge.edge.engines import BACKENDS, ENGINES, engine_choices
+from medge.edge.errors import UsageError
 from medge.edge.formats import DEFAULT_MAX_PIXELS
+from medge.edge.inputs import Shard
 from medge.edge.model import Model
 
 
@@ -60,6 +62,24 @@ def add_strict_argument(p: argparse.ArgumentParser) -> None:
     p.add_argument("--strict", action="store_true",
                    help="refuse an input that has warnings (tiny, near-constant, a modality or statistics the model "
                         "never saw) instead of labelling it with its warnings")
+
+
+def add_shard_argument(p: argparse.ArgumentParser) -> None:
+    """--shard K/N: only shard K of N of the inputs (``edge.inputs.Shard``), for job arrays."""
+    p.add_argument("--shard", type=parse_shard, metavar="K/N",
+                   help="only the inputs of shard K of N (1 <= K <= N): a stable split by a hash of each file's path "
+                        "relative to the folder given; shards 1..N together hold each input exactly once (job arrays)")
+
+
+def parse_shard(text: str) -> Shard:
+    """An argparse type: ``K/N`` as a Shard."""
+    try:
+        return Shard.parse(text)
+    except UsageError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+parse_shard.__name__ = "K/N"
 
 
 def load_model(args: argparse.Namespace) -> Model:

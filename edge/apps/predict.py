@@ -12,6 +12,10 @@ extension (PACS exports) are found, files that are not images are counted
 read (a folder without permission, a named pipe, a broken link) get an error
 record. Non-UTF-8 file names are written as \\udcXX escapes (README).
 
+--shard K/N keeps shard K of N of the inputs, for job arrays (SLURM, cron on
+several boxes): a stable split by a hash of each file's path relative to the
+folder given; the N shards' records together hold each input exactly once.
+
 Exit status: 0 every input classified, 1 some input failed (each has its
 record), 2 usage or configuration error (bad option, bad bundle), 3 a bug.
 With --strict an input with warnings fails instead of being labelled.
@@ -29,7 +33,7 @@ import sys
 from contextlib import contextmanager
 from pathlib import Path
 
-from medge.edge.apps.options import add_model_arguments, add_strict_argument, load_model
+from medge.edge.apps.options import add_model_arguments, add_shard_argument, add_strict_argument, load_model
 from medge.edge.apps.records import RecordWriter
 from medge.edge.errors import MedgeError
 from medge.edge.image import write_image
@@ -48,6 +52,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("paths", nargs="+", metavar="PATH", help="image files (PNG, JPEG, TIFF, BMP, DICOM) or folders")
     add_model_arguments(p)
     add_strict_argument(p)
+    add_shard_argument(p)
     p.add_argument("--verbose", action="store_true", help="list the files skipped as not images")
     p.add_argument("--out", help="write records here, parent folders created (default: stdout)")
     p.add_argument("--format", choices=["jsonl", "csv"], default="jsonl", help="record format (default: %(default)s)")
@@ -89,7 +94,7 @@ def _record_stream(out: Path | None):
 
 def run(args: argparse.Namespace) -> int:
     out = check_output_file(args.out, args.overwrite, "records") if args.out else None
-    scan = scan_inputs(args.paths)
+    scan = scan_inputs(args.paths, args.shard)
     n = len(scan.entries)
     heat_dir, targets = None, []
     if args.heatmaps:
@@ -114,7 +119,7 @@ def run(args: argparse.Namespace) -> int:
             bugs += pred.unexpected
             progress.update(f"{failed} failed")
     progress.close()
-    report_summary(n, failed, warned, scan, args.verbose)
+    report_summary(n, failed, warned, scan, args.verbose, args.shard)
     if out is not None:
         wrote(out, "records")
     if heat_dir is not None:
@@ -135,9 +140,10 @@ def predictions(model, scan, args, heatmaps: bool = False):
         yield Prediction(entry.path, error=f"{entry.path}: {entry.error}") if entry.error else next(results)
 
 
-def report_summary(n: int, failed: int, warned: int, scan, verbose: bool) -> None:
+def report_summary(n: int, failed: int, warned: int, scan, verbose: bool, shard=None) -> None:
     """The summary line on stderr, e.g. "5 input(s), 3 classified (1 with warnings), 2 failed; 3 skipped: not images"."""
-    parts = [f"{n} input(s), {n - failed} classified" + (f" ({warned} with warnings)" if warned else ""),
+    head = "" if shard is None else f"shard {shard}: "
+    parts = [f"{head}{n} input(s), {n - failed} classified" + (f" ({warned} with warnings)" if warned else ""),
              f"{failed} failed"]
     print(shown(", ".join(parts) + (f"; {scan.skipped_summary()}" if scan.skipped else "")), file=sys.stderr)
     if scan.skipped and verbose:
