@@ -48,6 +48,23 @@ def _check_creatable(path: Path) -> None:
         raise UsageError(shown(f"{path}: cannot write into {ancestor}: permission denied"))
 
 
+def check_report_files(out: str, beside: dict[str, str], overwrite: bool, what: str) -> dict[str, Path]:
+    """A JSON report and the files written beside it (``{"summary": ".md", ...}``: NAME + suffix), each checked
+    before any work as ``check_output_file`` does; returns ``{"report": path, **{key: path}}``.
+
+    Raises:
+        UsageError: ``out`` is not a .json name, or a file exists (without ``overwrite``) or is a folder.
+    """
+    report = Path(out)
+    if report.suffix.lower() != ".json":
+        raise UsageError(f"--out {out}: give a .json file name (the summary and plots are written beside it)")
+    stem = report.with_suffix("")
+    paths = {"report": report, **{k: Path(f"{stem}{suffix}") for k, suffix in beside.items()}}
+    for key, path in paths.items():
+        check_output_file(path, overwrite, f"{what} {key}")
+    return paths
+
+
 def check_output_file(path: str | os.PathLike, overwrite: bool = False, what: str = "output") -> Path:
     """Check, before any work, that ``path`` can be written as a new file (or replaced, with ``overwrite``).
 

@@ -25,8 +25,7 @@ from pathlib import Path
 
 from medge import __version__
 from medge.edge import drift
-from medge.edge.errors import UsageError
-from medge.edge.outputs import atomic_write_text, check_output_file, wrote
+from medge.edge.outputs import atomic_write_text, check_report_files, wrote
 from medge.edge.paths import to_json
 
 
@@ -44,14 +43,8 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 
 def output_paths(out: str, overwrite: bool) -> dict[str, Path]:
-    report = Path(out)
-    if report.suffix.lower() != ".json":
-        raise UsageError(f"--out {out}: give a .json file name (the summary and plot are written beside it)")
-    stem = report.with_suffix("")
-    paths = {"report": report, "summary": Path(f"{stem}.md"), "scores": Path(f"{stem}.scores.png")}
-    for what, path in paths.items():
-        check_output_file(path, overwrite, f"drift {what}")
-    return paths
+    """--out and the summary and plot beside it, checked before any work."""
+    return check_report_files(out, {"summary": ".md", "scores": ".scores.png"}, overwrite, "drift")
 
 
 def run(args: argparse.Namespace) -> int:

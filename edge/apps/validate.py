@@ -33,7 +33,7 @@ from medge import __version__
 from medge.edge import validation as val
 from medge.edge.apps.options import add_model_arguments, load_model
 from medge.edge.errors import UsageError
-from medge.edge.outputs import atomic_write_text, check_output_file, wrote
+from medge.edge.outputs import atomic_write_text, check_report_files, wrote
 from medge.edge.paths import to_json
 from medge.edge.progress import ProgressLine
 
@@ -60,14 +60,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 def output_paths(out: str, overwrite: bool) -> dict[str, Path]:
     """--out and the files beside it, each checked before any work (nothing is replaced without --overwrite)."""
-    report = Path(out)
-    if report.suffix.lower() != ".json":
-        raise UsageError(f"--out {out}: give a .json file name (the summary and plots are written beside it)")
-    stem = report.with_suffix("")
-    paths = {"report": report, **{k: Path(f"{stem}{s}") for k, s in SUFFIXES.items()}}
-    for what, path in paths.items():
-        check_output_file(path, overwrite, f"validation {what}")
-    return paths
+    return check_report_files(out, SUFFIXES, overwrite, "validation")
 
 
 def collect_cases(args, classes: list[str]) -> tuple[list[val.Case], list[val.Problem]]:
