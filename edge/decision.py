@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from medge.edge.errors import BundleError, ModelIntegrityError
+from medge.edge.evaluate import softmax  # the one export fitted T and chose the threshold with
 
 SECTION = "operating_point"
 
@@ -41,12 +42,15 @@ def seal(section: dict) -> dict:
     return {**section, "sha256": section_sha256(section)}
 
 
-def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
-    """Row-wise softmax of logits / temperature, float64."""
-    z = np.asarray(logits, np.float64) / temperature
-    z = z - z.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
+NORMAL = "normal"  # the default positive class is the one not called this
+
+
+def default_positive(classes) -> tuple[str, str]:
+    """The positive class when none is named, and why: the class that is not "normal", else the second class."""
+    others = [c for c in classes if c.lower() != NORMAL]
+    if len(others) == 1:
+        return others[0], f"the class that is not {NORMAL!r}"
+    return classes[1], f"the second class (no single class is called {NORMAL!r}; name it with --positive)"
 
 
 @dataclass(frozen=True)

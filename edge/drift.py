@@ -53,6 +53,8 @@ KS_P, KS_D = 0.001, 0.15
 SHARE_DELTA = 0.10  # positive / warning shares: how far beyond the reference the whole 95% CI must be
 WARNING_REFERENCE = 0.0  # the validation cases are the training distribution: no warnings expected there
 OUTSIDE_SHARE = 0.10  # inputs outside the training range: the lower 95% bound of their share above this flags drift
+KEPT = ("label", "probabilities", "warnings", "input")  # of each record that counts
+MAX_RECORD_CHARS = 1 << 20  # a prediction record is a few kB: a longer line is not one
 TIME_KEYS = ("classified_at", "processed_at", "received_at")  # node, watch, node
 
 
@@ -98,27 +100,36 @@ def record_files(paths) -> list[Path]:
 
 
 def _records_of(path: Path, stats: RecordSet):
-    """The record dicts of one file: JSON lines, or one JSON document (a watch result)."""
+    """The record dicts of one file, read as it goes: JSON lines, or one JSON document (a watch result). A year of
+    records is never held in memory as text; a line over ``MAX_RECORD_CHARS`` is counted, not parsed."""
     try:
-        text = path.read_text(encoding="utf-8", errors="surrogateescape")
+        f = open(path, encoding="utf-8", errors="surrogateescape")
     except OSError as e:
         stats.leave_out(f"unreadable file ({e.strerror or e})")
         return
     stats.files += 1
-    if path.suffix == ".json":
-        chunks = [text]
-    else:
-        chunks = [ln for ln in text.splitlines() if ln.strip()]
-    for chunk in chunks:
+    with f:
+        read = lambda: f.read(MAX_RECORD_CHARS + 1) if path.suffix == ".json" else f.readline(MAX_RECORD_CHARS + 1)
         try:
-            rec = json.loads(chunk)
-        except json.JSONDecodeError:
-            stats.leave_out("not JSON (a torn or foreign line)")
-            continue
-        if isinstance(rec, dict):
-            yield rec
-        else:
-            stats.leave_out("not a record")
+            for chunk in iter(read, ""):
+                if not chunk.strip():
+                    continue
+                if len(chunk) > MAX_RECORD_CHARS:
+                    stats.leave_out("not a record (a line over 1 MB)")
+                    while chunk and not chunk.endswith("\n"):  # skip the rest of it
+                        chunk = read()
+                    continue
+                try:
+                    rec = json.loads(chunk)
+                except json.JSONDecodeError:
+                    stats.leave_out("not JSON (a torn or foreign line)")
+                    continue
+                if isinstance(rec, dict):
+                    yield rec
+                else:
+                    stats.leave_out("not a record")
+        except OSError as e:
+            stats.leave_out(f"unreadable file ({e.strerror or e})")
 
 
 def _when(rec: dict) -> datetime.datetime | None:
@@ -147,14 +158,14 @@ def read_records(paths, model_sha256: str, since: datetime.datetime | None = Non
                 out.leave_out("another model (model_sha256 differs)")
             elif rec.get("status") not in (None, "classified"):
                 out.leave_out(f"node: {rec['status']}")
-            elif rec.get("error") or not rec.get("probabilities"):
+            elif rec.get("error") or not isinstance(rec.get("probabilities"), dict) or not rec["probabilities"]:
                 out.leave_out("an error record")
             elif since is not None and _when(rec) is None:
                 out.leave_out("undated (predict records carry no time; --since needs watch or node records)")
             elif since is not None and _when(rec) < since:
                 out.leave_out("before --since")
             else:
-                out.records.append(rec)
+                out.records.append({k: rec.get(k) for k in KEPT})  # what the checks read: not paths, timings, logits
     return out
 
 

@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from medge.edge import evaluate as ev
+from medge.edge.decision import default_positive
 from medge.edge.errors import UsageError
 from medge.edge.inputs import scan_inputs
 
@@ -246,8 +247,7 @@ def decision_of(model, positive: str | None = None) -> Decision:
             raise UsageError(f"--positive {positive!r}: the bundle's operating point is on {op.positive!r}")
         return Decision(op.positive, op.positive_index, op.threshold, f"bundle operating point ({op.criterion})", True)
     if positive is None:
-        others = [c for c in classes if c.lower() != "normal"]
-        positive = others[0] if len(others) == 1 else classes[1]
+        positive = default_positive(classes)[0]
     if positive not in classes:
         raise UsageError(f"--positive {positive!r} is not a class of the model ({classes})")
     return Decision(positive, classes.index(positive), 0.5, "argmax (no operating point in the bundle)", op is not None)

@@ -16,12 +16,11 @@ from __future__ import annotations
 import numpy as np
 
 from medge.edge import evaluate as ev
-from medge.edge.decision import SECTION, OperatingPoint, seal
+from medge.edge.decision import SECTION, OperatingPoint, default_positive, seal
 from medge.edge.errors import ExportError, MedgeError
 from medge.edge.preprocess import preprocess_file
 
 DEFAULT_CRITERION = "sensitivity=0.95"
-NORMAL = "normal"  # the default positive class is the one not called this
 
 
 def resolve_positive(classes: list[str], positive: str | None) -> tuple[str, str]:
@@ -30,10 +29,7 @@ def resolve_positive(classes: list[str], positive: str | None) -> tuple[str, str
         if positive not in classes:
             raise ExportError(f"--positive {positive!r} is not a class of the model ({classes})")
         return positive, "given (--positive)"
-    others = [c for c in classes if c.lower() != NORMAL]
-    if len(others) == 1:
-        return others[0], f"the class that is not {NORMAL!r}"
-    return classes[1], "the second class (no class is called 'normal'; name it with --positive)"
+    return default_positive(classes)
 
 
 MIN_CASES, MIN_PER_CLASS = 20, 5  # below these a temperature and a threshold are noise

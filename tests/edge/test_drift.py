@@ -73,13 +73,15 @@ def test_other_models_errors_and_torn_lines_are_left_out_and_counted(setup, tmp_
     other = json.loads(lines[0]) | {"model_sha256": "0" * 64}
     failed = json.loads(lines[1]) | {"error": "x.png: truncated PNG", "label": None, "probabilities": None}
     skipped = json.loads(lines[2]) | {"status": "skipped"}
+    malformed = json.loads(lines[3]) | {"probabilities": [0.2, 0.8]}
     (folder / "mixed.jsonl").write_text("\n".join(
-        [json.dumps(other), json.dumps(failed), json.dumps(skipped), '{"torn', "[1, 2]", json.dumps({"a": 1})]) + "\n")
+        [json.dumps(other), json.dumps(failed), json.dumps(skipped), '{"torn', "[1, 2]", json.dumps({"a": 1}),
+         json.dumps(malformed), "x" * (3 << 20)]) + "\n")
     rc, report = _monitor(b, tmp_path, folder, folder / "mixed.jsonl")  # mixed.jsonl given twice: read once
     assert report["records"] == 80 and report["files"] == 2
-    assert report["left_out"] == {"another model (model_sha256 differs)": 1, "an error record": 1, "node: skipped": 1,
+    assert report["left_out"] == {"another model (model_sha256 differs)": 1, "an error record": 2, "node: skipped": 1,
                                   "not JSON (a torn or foreign line)": 1, "not a record": 1,
-                                  "not a medge prediction record": 1}
+                                  "not a medge prediction record": 1, "not a record (a line over 1 MB)": 1}
 
 
 def test_too_few_records_is_not_called_stable(setup, tmp_path):

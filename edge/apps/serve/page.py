@@ -222,7 +222,7 @@ class Page:
     def card(self, request) -> tuple[str, str]:
         """The header line and the model card, in the request's language."""
         lang = _lang(request)
-        return _header_html(self.info, lang), _card_html(self.info, lang)
+        return _header_html(self.info, lang), card_html(self.info, lang)
 
 
 def _lang(request) -> str:
@@ -353,7 +353,8 @@ def _fmt(v) -> str:
     return "n/a" if v is None else str(v)
 
 
-def _card_html(info: dict, lang: str) -> str:
+def card_html(info: dict, lang: str) -> str:
+    """The model card (HTML, every value escaped): identity, runtime, self-test, operating point, metrics, parity."""
     t = TEXT[lang]
     st = info["self_test"]
     status = t["self_test_passed" if st["passed"] else "self_test_failed"].format(

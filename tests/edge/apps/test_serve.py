@@ -139,7 +139,7 @@ def test_model_info_has_no_paths_and_no_nan(model):
 
 
 def test_model_card_shows_the_operating_point_and_validation_figures(model, bundle, tmp_path):
-    from medge.edge.apps.serve.page import _card_html
+    from medge.edge.apps.serve.page import card_html
     from tests.edge.calibrated import calibrated_copy, synth_split
 
     val, _ = synth_split(tmp_path / "d", n=60)
@@ -151,10 +151,10 @@ def test_model_card_shows_the_operating_point_and_validation_figures(model, bund
         "disease", op["threshold"], "sensitivity=0.95", op["temperature"])
     assert card["validation"]["auc"] == op["validation"]["auc"] and card["validation"]["cases"] == 30
     assert not {"scores", "positives", "roc", "source"} & set(card["validation"])  # figures, not cases or paths
-    html = _card_html(info, "en")
+    html = card_html(info, "en")
     assert f"disease when its calibrated probability &gt;= {op['threshold']:.4g} (sensitivity=0.95)" in html
     assert info["operating_point"] is not None and model_info(model)["operating_point"] is None
-    assert "none in this bundle" in _card_html(model_info(model), "en")
+    assert "none in this bundle" in card_html(model_info(model), "en")
 
 
 async def _inner(scope, receive, send):
