@@ -175,7 +175,7 @@ def main(argv=None) -> int:
     log = lambda msg: print(msg, file=sys.stderr, flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         if a.images:
-            from medge.edge.inputs import scan_inputs
+            from medge.edge.inputs.scanning import scan_inputs
 
             paths = scan_inputs([a.images]).paths
         else:

@@ -122,7 +122,7 @@ def write_dicom_files(folder: str, n: int, size: int) -> list[str]:
 
 def time_preprocessing(files: dict[str, list[str]], cfg, repeats: int) -> dict:
     from medge.benchmarks.common import summarize
-    from medge.edge.image import load_image
+    from medge.edge.inputs.image import load_image
     from medge.edge.preprocess import preprocess
 
     out = {}
@@ -197,7 +197,7 @@ def load_runners(bundle: str, checkpoint: str | None, probe: np.ndarray, record:
     calls one by one, and the RSS after it."""
     from medge.benchmarks.common import rss_mb
     from medge.benchmarks.runners import DnnRunner, TorchRunner, optional_ort
-    from medge.edge.engines import ENGINES
+    from medge.edge.runtime.engines import ENGINES
 
     loaded = []
 
@@ -238,9 +238,9 @@ def _cuda_available() -> bool:
 
 def bench_inputs(data: str | None, pcfg, count: int) -> np.ndarray:
     """The data's val images (up to 16) through the edge preprocessing, else golden-style inputs."""
-    from medge.edge.bundle import golden_inputs
-    from medge.edge.inputs import scan_inputs
+    from medge.edge.inputs.scanning import scan_inputs
     from medge.edge.preprocess import preprocess_file
+    from medge.edge.runtime.bundle import golden_inputs
 
     if not data:
         return golden_inputs(2, count, pcfg)
@@ -286,8 +286,8 @@ def run_bench(bundle: str, checkpoint: str | None = None, data: str | None = Non
               log=print) -> dict:
     """Measure everything described in the module docstring; returns the record."""
     from medge.benchmarks.common import checkpoint_link, environment, link_line, peak_rss_mb, rss_mb
-    from medge.edge.bundle import golden_inputs, read_manifest
     from medge.edge.preprocess import PreprocessConfig
+    from medge.edge.runtime.bundle import golden_inputs, read_manifest
 
     record: dict = {"benchmark": "medge bench", "config": asdict(cfg), "bundle": str(bundle), "checkpoint": checkpoint,
                     "figures": FIGURES, "cold_start_ms": {}, "first_calls_ms": {}, "rss_mb_after_load": {"start": rss_mb()},

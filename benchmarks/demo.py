@@ -105,7 +105,7 @@ def held_out(data_dir: str) -> Path:
 
 def predict_held_out(out_dir: Path, data_dir: str, log) -> dict:
     """Stage 4: the edge runtime alone on the test (else val) images; OUT/predictions.jsonl."""
-    from medge.edge.inputs import scan_inputs
+    from medge.edge.inputs.scanning import scan_inputs
     from medge.edge.model import Model
     from medge.edge.paths import to_json
 

@@ -32,12 +32,12 @@ import numpy as np
 
 from medge.benchmarks.common import add_out_arguments, check_outputs, emit, environment, research_parser
 from medge.benchmarks.runners import load_opencv_model
-from medge.edge.engines import ENGINES
-from medge.edge.image import write_image
-from medge.edge.inputs import scan_inputs
+from medge.edge.inputs.image import write_image
+from medge.edge.inputs.scanning import scan_inputs
 from medge.edge.model import Model
 from medge.edge.preprocess import preprocess_file
-from medge.edge.runtime import forward, load_net
+from medge.edge.runtime.dnn import forward, load_net
+from medge.edge.runtime.engines import ENGINES
 
 ORT_ENGINE = "onnxruntime"  # the edge engine of the ort extra (edge.ort_engine)
 MEDGE_ORT = "medge (onnxruntime)"

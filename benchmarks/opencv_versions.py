@@ -53,11 +53,11 @@ def worker(bundle: str, inputs: str, threads: int | None) -> int:
     import cv2
 
     from medge.edge import system
-    from medge.edge.engine_choice import try_engine
-    from medge.edge.engines import engines_for
     from medge.edge.errors import MedgeError
     from medge.edge.model import Model
-    from medge.edge.runtime import forward_batches, time_forwards
+    from medge.edge.runtime.choice import try_engine
+    from medge.edge.runtime.dnn import forward_batches, time_forwards
+    from medge.edge.runtime.engines import engines_for
 
     if threads is not None:
         cv2.setNumThreads(threads)
@@ -100,7 +100,7 @@ def ensure_env(spec: str, work: Path, log) -> Path:
     base = "/usr/bin/python3" if system else sys.executable
     _run([base, "-m", "venv", *(["--system-site-packages"] if system else []), str(env)])
     if not system:
-        from medge.edge.runtime import opencv_version
+        from medge.edge.runtime.dnn import opencv_version
 
         numpy = "numpy<2" if opencv_version(spec) < (4, 10, 0) else f"numpy=={np.__version__}"
         _run([str(python), "-m", "pip", "install", "-q", f"opencv-python-headless=={spec}", numpy])
@@ -138,8 +138,8 @@ def calibrated_random_checkpoint(arch: str, size: int, path: Path, seed: int = 0
 
 def prepare_models(archs: list[str], size: int, work: Path, log) -> tuple[Path, dict]:
     """Bundles (exported once per architecture and size, then reused), the shared inputs and PyTorch's logits."""
-    from medge.edge.bundle import read_manifest
     from medge.edge.preprocess import PreprocessConfig, preprocess
+    from medge.edge.runtime.bundle import read_manifest
     from medge.export.onnx_export import ExportConfig, export_bundle, torch_logits
     from medge.train.checkpoint import load_checkpoint, model_from_checkpoint
     from medge.train.synth import SynthConfig, make_image
@@ -215,7 +215,7 @@ def measure_arch(arch: str, bundle: str, inputs: Path, pythons: dict, rounds: in
 
 def summarize(models: dict, results: dict, reference: str, tol: float = 1e-3) -> dict:
     """Per architecture and contender/engine: latency, ratio to the fastest, parity vs PyTorch and vs the reference."""
-    from medge.edge.runtime import latency_summary, softmax
+    from medge.edge.runtime.dnn import latency_summary, softmax
 
     rows = {}
     for arch, per in results.items():

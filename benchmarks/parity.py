@@ -29,8 +29,8 @@ import numpy as np
 def check_link(bundle: str, checkpoint: str, log) -> dict:
     """Say whether ``checkpoint`` is the bundle's own; a different one is a UsageError (exit 2), not a parity failure."""
     from medge.benchmarks.common import checkpoint_link, link_line
-    from medge.edge.bundle import read_manifest
     from medge.edge.errors import UsageError
+    from medge.edge.runtime.bundle import read_manifest
 
     link = checkpoint_link(read_manifest(bundle), checkpoint)
     if link["matches"] is False:
@@ -43,10 +43,10 @@ def check_link(bundle: str, checkpoint: str, log) -> dict:
 def run_parity(bundle: str, checkpoint: str, data: str, tol=None, batch_size: int = 16, log=print) -> dict:
     from medge.benchmarks.common import environment
     from medge.benchmarks.runners import DnnRunner, TorchRunner
-    from medge.edge.engines import ENGINES
     from medge.edge.errors import MedgeError
-    from medge.edge.inputs import scan_inputs
+    from medge.edge.inputs.scanning import scan_inputs
     from medge.edge.preprocess import preprocess_file
+    from medge.edge.runtime.engines import ENGINES
     from medge.export.parity import Tolerance, compare, summary_line
     from medge.train.progress import progress
 

@@ -23,8 +23,8 @@ import numpy as np
 
 from medge.benchmarks.common import add_out_arguments, check_outputs, environment, research_parser, save_record, summarize
 from medge.edge.errors import UsageError
-from medge.edge.image import read_image
-from medge.edge.inputs import scan_inputs
+from medge.edge.inputs.image import read_image
+from medge.edge.inputs.scanning import scan_inputs
 from medge.edge.model import Model
 from medge.edge.outputs import atomic_write_bytes, wrote
 from medge.train.synth import Lesion, read_lesions

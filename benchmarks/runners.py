@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from medge.edge.bundle import LOGITS_OUTPUT
-from medge.edge.engines import ENGINES, engines_for
 from medge.edge.model import Model
+from medge.edge.runtime.bundle import LOGITS_OUTPUT
+from medge.edge.runtime.engines import ENGINES, engines_for
 
 
 class DnnRunner:

@@ -47,7 +47,7 @@ def run_child(bundle: str, images: str, cores: int, rounds: int) -> dict:
     cv2.setNumThreads(cores)
     from medge.benchmarks import edge_throughput
     from medge.benchmarks.runners import optional_ort
-    from medge.edge.inputs import scan_inputs
+    from medge.edge.inputs.scanning import scan_inputs
 
     paths = scan_inputs([images]).paths
     with open(os.path.join(bundle, "model.onnx"), "rb") as f:
@@ -73,7 +73,7 @@ def measure_cores(bundle: str, images: str, cores: int, rounds: int, log=lambda 
 
 def pipeline_model(costs: dict, cores: int, efficiency: float = 1.0) -> dict:
     """Images/s of medge's pipeline on ``cores`` cores by the model of ``edge.budget`` (see the module docstring)."""
-    from medge.edge.budget import StageCosts, plan_budget
+    from medge.edge.execution.budget import StageCosts, plan_budget
 
     d, f = costs["decode_ms"], costs["forward_ms"]
     budget = plan_budget(cores, StageCosts(d, f))

@@ -31,7 +31,7 @@ from pathlib import Path
 
 from medge.benchmarks.common import add_out_arguments, check_outputs, emit, environment, research_parser, summarize
 from medge.benchmarks.edge_throughput import make_images
-from medge.edge.inputs import scan_inputs
+from medge.edge.inputs.scanning import scan_inputs
 from medge.edge.model import Model
 
 LEVELS = (1, 4, 16)

@@ -16,8 +16,8 @@ from medge.edge.errors import (
     ModelIntegrityError,
     SelfTestError,
 )
-from medge.edge.formats import DEFAULT_MAX_PIXELS
-from medge.edge.image import read_image
+from medge.edge.inputs.formats import DEFAULT_MAX_PIXELS
+from medge.edge.inputs.image import read_image
 from medge.edge.preprocess import (
     PreprocessConfig,
     normalize,

@@ -37,8 +37,8 @@ import os
 import cv2
 import numpy as np
 
-from medge.edge.formats import DEFAULT_MAX_PIXELS
-from medge.edge.image import EncodedFile
+from medge.edge.inputs.formats import DEFAULT_MAX_PIXELS
+from medge.edge.inputs.image import EncodedFile
 from medge.edge.model import Model, Prediction
 from medge.edge.paths import shown, to_json
 

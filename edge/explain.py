@@ -40,9 +40,9 @@ from typing import Callable
 import cv2
 import numpy as np
 
-from medge.edge.bundle import sha256_bytes
 from medge.edge.errors import BundleError, InferenceError, ModelIntegrityError, UsageError
 from medge.edge.preprocess import PreprocessConfig
+from medge.edge.runtime.bundle import sha256_bytes
 
 METHODS = ("cam", "occlusion")
 CAM_HEAD_FILE = "cam_head.npy"  # (K, C + 1) float32: the head's weight, then its bias as the last column

@@ -35,11 +35,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from medge.edge.budget import ThreadBudget
-from medge.edge.bundle import LOGITS_OUTPUT, MANIFEST_FILE, MODEL_FILE, golden_inputs, read_manifest, sha256_bytes
 from medge.edge.decision import OperatingPoint, label_indices
-from medge.edge.engine_choice import EngineChoice, choose_engine
-from medge.edge.engines import AUTO, check_choices
 from medge.edge.errors import (
     BundleError,
     ConfigError,
@@ -48,7 +44,8 @@ from medge.edge.errors import (
     SelfTestError,
     UsageError,
 )
-from medge.edge.execution import NetPool, Prediction, RunOptions, run_predictions
+from medge.edge.execution.budget import ThreadBudget
+from medge.edge.execution.run import NetPool, Prediction, RunOptions, run_predictions
 from medge.edge.explain import (
     CamExplainer,
     Explainer,
@@ -57,10 +54,13 @@ from medge.edge.explain import (
     default_occlusion,
     load_explainer,
 )
-from medge.edge.formats import DEFAULT_MAX_PIXELS
-from medge.edge.image import load_image, to_gray
+from medge.edge.inputs.formats import DEFAULT_MAX_PIXELS
+from medge.edge.inputs.image import load_image, to_gray
 from medge.edge.preprocess import PreprocessConfig, preprocess
-from medge.edge.runtime import forward_batches, forward_outputs_batches, load_net
+from medge.edge.runtime.bundle import LOGITS_OUTPUT, MANIFEST_FILE, MODEL_FILE, golden_inputs, read_manifest, sha256_bytes
+from medge.edge.runtime.choice import EngineChoice, choose_engine
+from medge.edge.runtime.dnn import forward_batches, forward_outputs_batches, load_net
+from medge.edge.runtime.engines import AUTO, check_choices
 
 
 class Model:

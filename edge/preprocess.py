@@ -49,8 +49,8 @@ import numpy as np
 
 from medge.edge.config import check_ranges, check_types, from_dict
 from medge.edge.errors import ImageError
-from medge.edge.formats import DEFAULT_MAX_PIXELS
-from medge.edge.image import load_image, to_gray
+from medge.edge.inputs.formats import DEFAULT_MAX_PIXELS
+from medge.edge.inputs.image import load_image, to_gray
 
 INTERPOLATIONS = {"area": cv2.INTER_AREA, "linear": cv2.INTER_LINEAR, "cubic": cv2.INTER_CUBIC}
 HIGH_BIT_RULES = ("percentile", "minmax")

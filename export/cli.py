@@ -17,7 +17,7 @@ import json
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    from medge.edge.engines import engine_choices
+    from medge.edge.runtime.engines import engine_choices
     from medge.export.onnx_export import ExportConfig
 
     d = ExportConfig()

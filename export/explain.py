@@ -13,9 +13,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from medge.edge.bundle import LOGITS_OUTPUT, sha256_bytes
 from medge.edge.errors import ExportError, InferenceError
 from medge.edge.explain import CAM_HEAD_FILE, FEATURES_OUTPUT, CamExplainer, default_occlusion, save_head
+from medge.edge.runtime.bundle import LOGITS_OUTPUT, sha256_bytes
 
 
 def cam_layers(arch: str):

@@ -30,7 +30,12 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from medge.edge.bundle import (
+from medge.edge.decision import SECTION
+from medge.edge.errors import BundleError, ExportError, MedgeError, ParityError
+from medge.edge.explain import CAM_HEAD_FILE, FEATURES_OUTPUT
+from medge.edge.outputs import check_output_dir
+from medge.edge.preprocess import PreprocessConfig, preprocess, preprocess_file
+from medge.edge.runtime.bundle import (
     MANIFEST_FILE,
     MODEL_FILE,
     check_writable_parent,
@@ -38,13 +43,8 @@ from medge.edge.bundle import (
     read_manifest,
     write_bundle,
 )
-from medge.edge.decision import SECTION
-from medge.edge.engines import AUTO, ENGINES, engines_for
-from medge.edge.errors import BundleError, ExportError, MedgeError, ParityError
-from medge.edge.explain import CAM_HEAD_FILE, FEATURES_OUTPUT
-from medge.edge.outputs import check_output_dir
-from medge.edge.preprocess import PreprocessConfig, preprocess, preprocess_file
-from medge.edge.runtime import forward_batches, forward_outputs_batches, latency_summary, load_net, time_forwards
+from medge.edge.runtime.dnn import forward_batches, forward_outputs_batches, latency_summary, load_net, time_forwards
+from medge.edge.runtime.engines import AUTO, ENGINES, engines_for
 from medge.edge.system import cpu_model
 from medge.export.explain import CamExport, compare_features, explain_section, prepare_cam, torch_outputs
 from medge.export.parity import Tolerance, compare, summary_line
@@ -204,7 +204,7 @@ def check_operating_point(cfg: ExportConfig, classes: list[str] | None = None) -
     """Refuse a criterion that cannot be parsed, and (once the classes are known) a --positive that is not one of
     them: usage errors, before any expensive step."""
     from medge.edge.errors import UsageError
-    from medge.edge.evaluate import parse_criterion
+    from medge.edge.golive.evaluate import parse_criterion
 
     if cfg.operating_point == "none":
         return
@@ -366,7 +366,7 @@ def golden_section(model, candidate: OnnxCandidate, ck, cfg: ExportConfig, cam: 
     x = golden_inputs(cfg.golden_seed, cfg.golden_count, ck.preprocess)
     expected, features = torch_outputs(cam.module, x) if cam is not None else (torch_logits(model, x), None)
     here = [cv2_outputs(net, x, chw, len(ck.classes), 1, cam) for net in candidate.nets.values()]
-    golden = {"seed": cfg.golden_seed, "count": cfg.golden_count, "generator": "medge.edge.bundle.golden_inputs",
+    golden = {"seed": cfg.golden_seed, "count": cfg.golden_count, "generator": "medge.edge.runtime.bundle.golden_inputs",
               "expected_logits": expected.tolist(), "tolerance": cfg.golden_tolerance,
               "export_max_abs_logit": max(float(np.abs(expected - h).max()) for h, _ in here)}
     if cam is not None:
@@ -380,7 +380,7 @@ def golden_section(model, candidate: OnnxCandidate, ck, cfg: ExportConfig, cam: 
 def data_profile_section(ck, cfg: ExportConfig) -> dict | None:
     """What training saw (the checkpoint's data_profile), with the modalities declared at export; None if unknown.
 
-    The edge warns about inputs far from it (``medge.edge.profile``); without it only the intrinsic checks run.
+    The edge warns about inputs far from it (``medge.edge.inputs.profile``); without it only the intrinsic checks run.
     """
     profile = ck.payload.get("data_profile")
     if not profile and not cfg.modalities:

@@ -31,10 +31,10 @@ from pathlib import Path
 import numpy as np
 
 from medge.edge.errors import DataError, MedgeError
-from medge.edge.image import load_image
-from medge.edge.inputs import classify_file
+from medge.edge.inputs.image import load_image
+from medge.edge.inputs.profile import build_profile, image_stats
+from medge.edge.inputs.scanning import classify_file
 from medge.edge.preprocess import PreprocessConfig, normalize, preprocess_stages
-from medge.edge.profile import build_profile, image_stats
 
 
 @dataclass

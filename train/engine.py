@@ -43,7 +43,7 @@ from torch import nn
 from medge.edge.errors import DataError, UsageError
 from medge.edge.outputs import atomic_write_text, check_output_dir
 from medge.edge.preprocess import PreprocessConfig
-from medge.edge.runtime import softmax
+from medge.edge.runtime.dnn import softmax
 from medge.train import data as D
 from medge.train.checkpoint import library_versions, load_checkpoint, save_checkpoint
 from medge.train.config import TrainConfig

@@ -26,7 +26,7 @@ import cv2
 import numpy as np
 
 from medge.edge.errors import UsageError
-from medge.edge.image import write_image
+from medge.edge.inputs.image import write_image
 from medge.edge.outputs import atomic_dir, check_output_dir, wrote
 
 CLASSES = ("disease", "normal")  # sorted, as ImageFolder orders them

@@ -48,7 +48,7 @@ from pathlib import Path
 from medge.edge.apps.options import add_bundle_arguments, add_strict_argument, at_least
 from medge.edge.batch import NESTED_FIELDS, BatchPredictor, record_to_row, row_to_record
 from medge.edge.errors import UsageError
-from medge.edge.inputs import Scan, scan_inputs
+from medge.edge.inputs.scanning import Scan, scan_inputs
 from medge.edge.model import Model, Prediction
 from medge.edge.outputs import atomic_write_text, check_output_file, open_atomic, wrote
 from medge.edge.paths import shown, to_json

@@ -24,7 +24,7 @@ import sys
 from pathlib import Path
 
 from medge import __version__
-from medge.edge import drift
+from medge.edge.golive import drift
 from medge.edge.outputs import atomic_write_text, check_report_files, wrote
 from medge.edge.paths import to_json
 
@@ -69,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def write_outputs(paths: dict[str, Path], report: dict, records: list[dict], manifest: dict) -> None:
-    from medge.edge.apps import plots
+    from medge.edge.golive import plots
 
     ref, cur, score_of = drift.score_series(records, manifest)
     series = [{"values": ref, "label": f"validation (n = {len(ref)})"}, {"values": cur, "label": f"records (n = {len(cur)})"}]

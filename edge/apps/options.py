@@ -10,11 +10,11 @@ import argparse
 
 import cv2
 
-from medge.edge.engines import BACKENDS, ENGINES, engine_choices
 from medge.edge.errors import UsageError
-from medge.edge.formats import DEFAULT_MAX_PIXELS
-from medge.edge.inputs import Shard
+from medge.edge.inputs.formats import DEFAULT_MAX_PIXELS
+from medge.edge.inputs.scanning import Shard
 from medge.edge.model import Model
+from medge.edge.runtime.engines import BACKENDS, ENGINES, engine_choices
 
 
 def add_bundle_arguments(p: argparse.ArgumentParser) -> None:

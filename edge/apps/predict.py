@@ -36,8 +36,8 @@ from pathlib import Path
 from medge.edge.apps.options import add_model_arguments, add_shard_argument, add_strict_argument, load_model
 from medge.edge.apps.records import RecordWriter
 from medge.edge.errors import MedgeError
-from medge.edge.image import write_image
-from medge.edge.inputs import scan_inputs
+from medge.edge.inputs.image import write_image
+from medge.edge.inputs.scanning import scan_inputs
 from medge.edge.model import Prediction
 from medge.edge.outputs import check_output_dir, check_output_file, make_output_dir, open_atomic, output_names, wrote
 from medge.edge.paths import TEXT_ERRORS, shown

@@ -30,9 +30,9 @@ import sys
 from pathlib import Path
 
 from medge import __version__
-from medge.edge import validation as val
 from medge.edge.apps.options import add_model_arguments, load_model
 from medge.edge.errors import UsageError
+from medge.edge.golive import validation as val
 from medge.edge.outputs import atomic_write_text, check_report_files, wrote
 from medge.edge.paths import to_json
 from medge.edge.progress import ProgressLine
@@ -133,7 +133,7 @@ def build_report(model, decision: val.Decision, args, classified: list[dict], pr
 def write_outputs(paths: dict[str, Path], report: dict, records: list[dict], problems: list[val.Problem]) -> None:
     """The cases file (``records`` of the cases, then a record per ``problems``: inputs that never were cases), the
     plots, the summary and, last, the report."""
-    from medge.edge.apps import plots
+    from medge.edge.golive import plots
 
     lines = [to_json(r) for r in records] + [to_json({"path": p.path, "error": p.reason, "problem": p.kind, "truth": None})
                                              for p in problems]
@@ -149,7 +149,7 @@ def write_outputs(paths: dict[str, Path], report: dict, records: list[dict], pro
 
 
 def roc_chart(report: dict):
-    from medge.edge.apps import plots
+    from medge.edge.golive import plots
 
     f, d = report["figures"], report["decision"]
     auc = f["auc"]

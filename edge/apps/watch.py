@@ -40,8 +40,8 @@ from pathlib import Path
 
 from medge.edge.apps.options import add_model_arguments, add_strict_argument, load_model
 from medge.edge.errors import UsageError
-from medge.edge.formats import DEFAULT_MAX_PIXELS
-from medge.edge.inputs import classify_file, walk
+from medge.edge.inputs.formats import DEFAULT_MAX_PIXELS
+from medge.edge.inputs.scanning import classify_file, walk
 from medge.edge.model import Model, Prediction
 from medge.edge.outputs import atomic_write_text, check_output_dir
 from medge.edge.paths import shown, to_json

@@ -10,7 +10,7 @@ import torch
 
 from medge.benchmarks.common import percentile, summarize
 from medge.edge.apps.cli import main
-from medge.edge.engines import ENGINES
+from medge.edge.runtime.engines import ENGINES
 from medge.train.checkpoint import (
     load_checkpoint,
     model_from_checkpoint,

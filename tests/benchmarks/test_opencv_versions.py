@@ -5,8 +5,8 @@ from pathlib import Path
 import numpy as np
 
 from medge.benchmarks import opencv_versions as ov
-from medge.edge.engines import ENGINES
 from medge.edge.model import Model
+from medge.edge.runtime.engines import ENGINES
 
 
 def test_workers_answer_interleaved_blocks_with_their_logits(bundle, tmp_path):

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import numpy as np
 
-from medge.edge.image import load_image
+from medge.edge.inputs.image import load_image
+from medge.edge.inputs.profile import build_profile, image_stats
 from medge.edge.model import Model
 from medge.edge.preprocess import preprocess_stages
-from medge.edge.profile import build_profile, image_stats
 from medge.export.calibrate import operating_point_section
 from medge.train.synth import SynthConfig, generate
 

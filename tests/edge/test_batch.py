@@ -9,8 +9,8 @@ import pytest
 
 from medge.edge.batch import NESTED_FIELDS, BatchPredictor, record_to_row, row_to_record
 from medge.edge.errors import BundleError
-from medge.edge.image import write_image
-from medge.edge.inputs import scan_inputs
+from medge.edge.inputs.image import write_image
+from medge.edge.inputs.scanning import scan_inputs
 from medge.edge.model import Model
 from tests.conftest import xray_like
 

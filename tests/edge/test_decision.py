@@ -6,7 +6,7 @@ import pytest
 
 from medge.edge.decision import OperatingPoint, label_indices, seal, section_sha256
 from medge.edge.errors import BundleError, ModelIntegrityError
-from medge.edge.evaluate import softmax
+from medge.edge.golive.evaluate import softmax
 from medge.edge.model import Model
 from tests.edge.calibrated import calibrated_copy, labelled, synth_split
 

@@ -6,7 +6,6 @@ import cv2
 import numpy as np
 import pytest
 
-from medge.edge.engines import ENGINES
 from medge.edge.errors import BundleError, ImageError, InferenceError, ModelIntegrityError, SelfTestError, UsageError
 from medge.edge.explain import (
     CamExplainer,
@@ -17,9 +16,10 @@ from medge.edge.explain import (
     display_image,
     scale_map,
 )
-from medge.edge.image import write_image
+from medge.edge.inputs.image import write_image
 from medge.edge.model import Model
 from medge.edge.preprocess import PreprocessConfig, preprocess, preprocess_stages
+from medge.edge.runtime.engines import ENGINES
 from tests.conftest import xray_like
 
 
@@ -239,7 +239,7 @@ def test_golden_self_test_covers_the_heatmaps(heat_copy):
 
 @pytest.mark.parametrize("engine", list(ENGINES))  # this OpenCV's: classic (and new in OpenCV 5)
 def test_named_outputs_of_a_heatmap_bundle_on_every_engine(heat_bundle, engine):
-    from medge.edge.runtime import forward, forward_outputs, load_net
+    from medge.edge.runtime.dnn import forward, forward_outputs, load_net
 
     m = Model.load(heat_bundle[0])
     net = load_net(m.onnx_bytes, engine)

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 
 from medge.edge.errors import BundleError, InferenceError, ModelIntegrityError, SelfTestError
-from medge.edge.image import read_image, write_image
+from medge.edge.inputs.image import read_image, write_image
 from medge.edge.model import Model
 from medge.edge.preprocess import preprocess
-from medge.edge.runtime import NET_TYPE, forward, load_net
+from medge.edge.runtime.dnn import NET_TYPE, forward, load_net
 from tests.conftest import xray_like
 
 
@@ -61,7 +61,7 @@ def test_batched_equals_one_by_one_and_sequential(bundle, tmp_path):
     # and both equal a plain read -> preprocess -> forward
     net = load_net((bundle / "model.onnx").read_bytes())
     for path, p in zip(paths, single, strict=True):
-        from medge.edge.image import read_image
+        from medge.edge.inputs.image import read_image
 
         net.setInput(preprocess(read_image(path), m.preprocess_config)[None])
         np.testing.assert_array_equal(np.float32(p.logits), net.forward("logits")[0])  # heatmap bundles have 2 outputs

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from medge.edge.errors import ConfigError, ImageError
-from medge.edge.image import read_image, write_image
+from medge.edge.inputs.image import read_image, write_image
 from medge.edge.preprocess import (
     PERCENTILES,
     PreprocessConfig,

@@ -8,10 +8,10 @@ import torch
 
 import medge
 from medge.edge.apps.cli import main
-from medge.edge.bundle import golden_inputs, read_manifest
-from medge.edge.engines import ENGINES
 from medge.edge.errors import BundleError, CheckpointError, ParityError, UsageError
-from medge.edge.runtime import forward, load_net
+from medge.edge.runtime.bundle import golden_inputs, read_manifest
+from medge.edge.runtime.dnn import forward, load_net
+from medge.edge.runtime.engines import ENGINES
 from medge.export import onnx_export
 from medge.export.onnx_export import ExportConfig, export_bundle
 from medge.train.checkpoint import load_checkpoint, model_from_checkpoint

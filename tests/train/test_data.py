@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from medge.edge.errors import DataError
-from medge.edge.image import read_image
+from medge.edge.inputs.image import read_image
 from medge.edge.preprocess import PreprocessConfig, preprocess
 from medge.train import data as D
 

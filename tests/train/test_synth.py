@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from medge.edge.errors import UsageError
-from medge.edge.image import read_image
+from medge.edge.inputs.image import read_image
 from medge.train.synth import SynthConfig, generate, make_case, make_image, read_lesions
 
 

@@ -26,7 +26,7 @@ import time
 
 from medge.edge.apps.node.config import NodeConfig
 from medge.edge.apps.node.spool import Spool, uid_hash
-from medge.edge.dicom import DECODERS
+from medge.edge.inputs.dicom import DECODERS
 
 IMAGE_SOP_CLASSES = {
     "1.2.840.10008.5.1.4.1.1.1": "Computed Radiography Image Storage",

@@ -38,7 +38,7 @@ from medge.edge.apps.options import add_bundle_arguments, load_model
 from medge.edge.apps.serve.guard import check_token
 from medge.edge.config import check_ranges, check_types
 from medge.edge.errors import UsageError
-from medge.edge.formats import DEFAULT_MAX_PIXELS
+from medge.edge.inputs.formats import DEFAULT_MAX_PIXELS
 
 GRACEFUL_S = 6  # in-flight requests get this long after SIGTERM; cleanup fits in the 10 s the issue allows
 LOOPBACK_NAMES = ("localhost",)

@@ -37,7 +37,7 @@ import cv2
 import numpy as np
 
 from medge import __version__
-from medge.edge.formats import DEFAULT_MAX_PIXELS, DICOM_SUFFIXES, IMAGE_SUFFIXES
+from medge.edge.inputs.formats import DEFAULT_MAX_PIXELS, DICOM_SUFFIXES, IMAGE_SUFFIXES
 from medge.edge.model import Model
 
 log = logging.getLogger("medge.serve")

@@ -30,7 +30,7 @@ from medge.edge.apps.records import RecordWriter
 from medge.edge.apps.serve.api import InferenceService, Overloaded, model_info
 from medge.edge.apps.serve.texts import TEXT, pick_language
 from medge.edge.errors import MedgeError
-from medge.edge.image import load_image
+from medge.edge.inputs.image import load_image
 
 log = logging.getLogger("medge.serve")
 

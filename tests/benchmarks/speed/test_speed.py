@@ -13,7 +13,7 @@ import os
 import numpy as np
 import pytest
 
-from medge.edge.image import read_image
+from medge.edge.inputs.image import read_image
 from medge.edge.preprocess import PreprocessConfig, preprocess
 
 WARMUP = int(os.environ.get("MEDGE_BENCH_WARMUP", "15"))  # untimed calls before a forward pass is timed
@@ -33,7 +33,7 @@ def _runner(kind: str, model_files):
 
 
 def _chw(model_files):
-    from medge.edge.bundle import read_manifest
+    from medge.edge.runtime.bundle import read_manifest
 
     return tuple(read_manifest(model_files[0])["model"]["input_shape"][1:])
 

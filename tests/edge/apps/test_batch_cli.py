@@ -13,7 +13,7 @@ pq = pytest.importorskip("pyarrow.parquet", reason="medge batch needs the ray ex
 from medge.edge.apps import batch  # noqa: E402
 from medge.edge.apps.cli import main  # noqa: E402
 from medge.edge.batch import BatchPredictor, row_to_record  # noqa: E402
-from medge.edge.inputs import scan_inputs  # noqa: E402
+from medge.edge.inputs.scanning import scan_inputs  # noqa: E402
 from tests.edge.test_batch import assert_same_records, make_archive  # noqa: E402
 
 pytestmark = pytest.mark.slow

@@ -10,8 +10,8 @@ import pytest
 
 from medge.edge.apps import check
 from medge.edge.apps.cli import main
-from medge.edge.engines import ENGINES
 from medge.edge.model import Model
+from medge.edge.runtime.engines import ENGINES
 from tests.helpers import BLOCK_TORCH
 
 

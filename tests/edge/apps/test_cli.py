@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from medge.edge.apps.cli import main
-from medge.edge.image import read_image, write_image
+from medge.edge.inputs.image import read_image, write_image
 from tests.conftest import xray_like
 from tests.helpers import medge_without_torch
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from medge.edge.apps.cli import main
-from medge.edge.image import write_image
+from medge.edge.inputs.image import write_image
 from tests.conftest import xray_like
 from tests.helpers import BLOCK_TORCH
 
@@ -171,7 +171,7 @@ def test_empty_folder_and_strict_and_internal_errors(bundle, tmp_path, capsys, m
     assert main(["predict", "--model", str(bundle), str(tmp_path / "small.png"), "--strict"]) == 1
     assert "refused (strict mode): tiny image" in json.loads(capsys.readouterr().out)["error"]
 
-    from medge.edge import execution
+    from medge.edge.execution import run as execution
 
     def broken(path, max_pixels):
         raise ZeroDivisionError("boom")
@@ -194,7 +194,7 @@ def test_heatmaps_for_a_folder(heat_bundle, folder, tmp_path, capsys):
                                             ["a.heatmap.png", "a.1.heatmap.png", "b.heatmap.png", None, "z.heatmap.png"]]
     assert all(r["heatmap_error"] is None for r in recs) and recs[3]["error"]
     assert sorted(p.name for p in heat.iterdir()) == ["a.1.heatmap.png", "a.heatmap.png", "b.heatmap.png", "z.heatmap.png"]
-    from medge.edge.image import read_image
+    from medge.edge.inputs.image import read_image
     from medge.edge.model import Model
 
     overlay = read_image(heat / "a.heatmap.png")  # gray when read back; the file itself is colour

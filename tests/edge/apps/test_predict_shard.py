@@ -6,7 +6,7 @@ import pytest
 
 from medge.edge.apps.cli import main
 from medge.edge.errors import UsageError
-from medge.edge.inputs import Shard, scan_inputs
+from medge.edge.inputs.scanning import Shard, scan_inputs
 from tests.edge.test_batch import make_archive
 
 

@@ -26,7 +26,7 @@ from medge.edge.apps.serve.guard import TOKEN_COOKIE, Guard, host_name
 from medge.edge.apps.serve.page import analyze, result_card
 from medge.edge.apps.serve.texts import TEXT, pick_language
 from medge.edge.errors import ConfigError, UsageError
-from medge.edge.image import read_image, write_image
+from medge.edge.inputs.image import read_image, write_image
 from medge.edge.model import Model
 from tests.conftest import xray_like
 

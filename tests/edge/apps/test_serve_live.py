@@ -25,7 +25,7 @@ import numpy as np
 import pytest
 
 from medge.edge.apps.cli import main
-from medge.edge.image import write_image
+from medge.edge.inputs.image import write_image
 from tests.conftest import xray_like
 
 httpx = pytest.importorskip("httpx", reason="the dev extra is not installed")

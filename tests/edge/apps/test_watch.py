@@ -9,7 +9,7 @@ import time
 import pytest
 
 from medge.edge.apps.watch import LEDGER, HotFolder
-from medge.edge.image import write_image
+from medge.edge.inputs.image import write_image
 from medge.edge.model import Model
 from tests.conftest import xray_like
 

@@ -1,0 +1,299 @@
+"""Drift after go-live: what a box's records say against the bundle's reference (``medge monitor``).
+
+Usage:
+    from medge.edge.golive.drift import read_records, monitor
+    batch = read_records(["results.jsonl", "watch_out/results/"], model.sha256, since=None)
+    report = monitor(batch.records, model.manifest)
+
+Records are what medge wrote on the box: ``medge predict`` JSON lines, ``medge watch``
+result files (one JSON each, under OUT/results/) and ``medge node``'s results.jsonl.
+Only classified records of this bundle (its model SHA-256) count; the rest are counted
+by reason: an error, another model, skipped by the node, before ``--since``, undated
+when ``--since`` is given (predict records carry no time), unreadable lines.
+
+The reference is the bundle's own: the validation scores stored with its operating
+point (``export.calibrate``) and the training data's profile (``edge.profile``).
+
+Checks, each with its figures and, when it fires, the reason in words:
+  - scores: the positive class's calibrated probability (the predicted class's for
+    more than two classes) against the validation scores: PSI (>= ``PSI_DRIFT``) or a
+    two-sample KS test (p < ``KS_P`` with D >= ``KS_D``: with thousands of records a
+    tiny p alone flags shifts too small to matter). PSI must also exceed its noise
+    floor at the sample sizes (``evaluate.psi_noise_floor``): with a few dozen
+    validation cases, chance alone gives PSI above 0.25;
+  - the share labelled positive against the validation share at the threshold,
+    and the share with warnings: flagged when the 95% Wilson interval of the records'
+    share lies beyond the reference by more than ``SHARE_DELTA``;
+  - inputs: bit depth, modality and photometric interpretation never seen in
+    training, the shorter side outside the training range, and brightness and
+    contrast (before and after CLAHE) outside the training p1..p99: flagged when the
+    lower 95% bound of the share of such records exceeds ``OUTSIDE_SHARE``;
+    manufacturers are listed (training profiles do not record them).
+
+Fewer than ``MIN_RECORDS`` records are reported as too few to judge, never as stable.
+"""
+from __future__ import annotations
+
+import datetime
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from medge.edge.errors import UsageError
+from medge.edge.golive import evaluate as ev
+from medge.edge.inputs.profile import STATS
+
+MIN_RECORDS = 50  # fewer: too few to judge
+PSI_DRIFT = 0.25  # the usual reading: < 0.1 stable, 0.1-0.25 moderate, > 0.25 a major shift
+PSI_WATCH = 0.10
+PSI_NOISE_P = 0.9999  # a PSI counts only above what samples of these sizes from one distribution reach this rarely
+KS_P, KS_D = 0.001, 0.15
+SHARE_DELTA = 0.10  # positive / warning shares: how far beyond the reference the whole 95% CI must be
+WARNING_REFERENCE = 0.0  # the validation cases are the training distribution: no warnings expected there
+OUTSIDE_SHARE = 0.10  # inputs outside the training range: the lower 95% bound of their share above this flags drift
+KEPT = ("label", "probabilities", "warnings", "input")  # of each record that counts
+MAX_RECORD_CHARS = 1 << 20  # a prediction record is a few kB: a longer line is not one
+TIME_KEYS = ("classified_at", "processed_at", "received_at")  # node, watch, node
+
+
+@dataclass
+class RecordSet:
+    """The records of this bundle that count, and how many of the others were left out and why."""
+
+    records: list[dict] = field(default_factory=list)
+    left_out: dict[str, int] = field(default_factory=dict)
+    files: int = 0
+
+    def leave_out(self, why: str) -> None:
+        self.left_out[why] = self.left_out.get(why, 0) + 1
+
+
+def parse_since(text: str | None) -> datetime.datetime | None:
+    """``2026-11-01`` or an ISO date-time (UTC unless it says otherwise); UsageError otherwise."""
+    if not text:
+        return None
+    try:
+        t = datetime.datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise UsageError(f"--since {text!r}: give a date (2026-11-01) or an ISO date-time (2026-11-01T08:00:00Z)") from None
+    return t if t.tzinfo else t.replace(tzinfo=datetime.timezone.utc)
+
+
+def record_files(paths) -> list[Path]:
+    """The record files of the given files and folders (folders: every *.jsonl and *.json below, sorted), each once
+    (a file given and also inside a given folder is read once)."""
+    out, seen = [], set()
+    for p in map(Path, paths):
+        if p.is_dir():
+            found = sorted(q for q in p.rglob("*") if q.suffix in (".jsonl", ".json") and q.is_file())
+        elif p.is_file():
+            found = [p]
+        else:
+            raise UsageError(f"{p}: no such file or folder of records")
+        for q in found:
+            if q.resolve() not in seen:
+                seen.add(q.resolve())
+                out.append(q)
+    return out
+
+
+def _records_of(path: Path, stats: RecordSet):
+    """The record dicts of one file, read as it goes: JSON lines, or one JSON document (a watch result). A year of
+    records is never held in memory as text; a line over ``MAX_RECORD_CHARS`` is counted, not parsed."""
+    try:
+        f = open(path, encoding="utf-8", errors="surrogateescape")
+    except OSError as e:
+        stats.leave_out(f"unreadable file ({e.strerror or e})")
+        return
+    stats.files += 1
+    with f:
+        read = lambda: f.read(MAX_RECORD_CHARS + 1) if path.suffix == ".json" else f.readline(MAX_RECORD_CHARS + 1)
+        try:
+            for chunk in iter(read, ""):
+                if not chunk.strip():
+                    continue
+                if len(chunk) > MAX_RECORD_CHARS:
+                    stats.leave_out("not a record (a line over 1 MB)")
+                    while chunk and not chunk.endswith("\n"):  # skip the rest of it
+                        chunk = read()
+                    continue
+                try:
+                    rec = json.loads(chunk)
+                except json.JSONDecodeError:
+                    stats.leave_out("not JSON (a torn or foreign line)")
+                    continue
+                if isinstance(rec, dict):
+                    yield rec
+                else:
+                    stats.leave_out("not a record")
+        except OSError as e:
+            stats.leave_out(f"unreadable file ({e.strerror or e})")
+
+
+def _when(rec: dict) -> datetime.datetime | None:
+    for key in TIME_KEYS:
+        if rec.get(key):
+            try:
+                t = datetime.datetime.fromisoformat(str(rec[key]).replace("Z", "+00:00"))
+                return t if t.tzinfo else t.replace(tzinfo=datetime.timezone.utc)
+            except ValueError:
+                return None
+    return None
+
+
+def read_records(paths, model_sha256: str, since: datetime.datetime | None = None) -> RecordSet:
+    """The classified records of this bundle in ``paths`` (``record_files``), each counted once.
+
+    Raises:
+        UsageError: a path that does not exist.
+    """
+    out = RecordSet()
+    for path in record_files(paths):
+        for rec in _records_of(path, out):
+            if "probabilities" not in rec or "model_sha256" not in rec:
+                out.leave_out("not a medge prediction record")
+            elif rec["model_sha256"] != model_sha256:
+                out.leave_out("another model (model_sha256 differs)")
+            elif rec.get("status") not in (None, "classified"):
+                out.leave_out(f"node: {rec['status']}")
+            elif rec.get("error") or not isinstance(rec.get("probabilities"), dict) or not rec["probabilities"]:
+                out.leave_out("an error record")
+            elif since is not None and _when(rec) is None:
+                out.leave_out("undated (predict records carry no time; --since needs watch or node records)")
+            elif since is not None and _when(rec) < since:
+                out.leave_out("before --since")
+            else:
+                out.records.append({k: rec.get(k) for k in KEPT})  # what the checks read: not paths, timings, logits
+    return out
+
+
+def record_score(rec: dict, positive: str | None) -> float:
+    p = rec["probabilities"]
+    return float(p[positive]) if positive is not None else float(max(p.values()))
+
+
+def _share_check(name: str, k: int, n: int, reference: float, words: str) -> dict:
+    low, high = ev.wilson_interval(k, n)
+    share = k / n
+    drift = low > reference + SHARE_DELTA or high < reference - SHARE_DELTA
+    check = {"check": name, "share": share, "low": low, "high": high, "reference": reference, "records": n,
+             "drift": bool(drift)}
+    if drift:
+        check["reason"] = (f"{words}: {share:.1%} of {n} records (95% CI {low:.1%} to {high:.1%}) against "
+                           f"{reference:.1%} in the bundle's reference")
+    return check
+
+
+def score_checks(records: list[dict], op: dict) -> list[dict]:
+    """PSI and KS of the records' scores against the validation scores; the positive share against validation's."""
+    v = op.get("validation") or {}
+    if not v.get("scores"):
+        return []
+    positive = op.get("positive")
+    ref = np.asarray(v["scores"], np.float64)
+    cur = np.array([record_score(r, positive) for r in records], np.float64)
+    psi = ev.psi(ref, cur)
+    ks = ev.ks_2samp(ref, cur)
+    floor = ev.psi_noise_floor(len(psi["bins"]), len(ref), len(cur), PSI_NOISE_P)
+    psi_drift, ks_drift = psi["psi"] >= max(PSI_DRIFT, floor), ks["pvalue"] < KS_P and ks["statistic"] >= KS_D
+    check = {"check": "score distribution", "score_of": v.get("score_of"), "psi": psi["psi"], "psi_bins": psi["bins"],
+             "psi_noise_floor": floor, "ks": ks, "reference_cases": int(len(ref)), "records": int(len(cur)),
+             "drift": bool(psi_drift or ks_drift),
+             "watch": bool(max(PSI_WATCH, floor) <= psi["psi"] < max(PSI_DRIFT, floor)),
+             "median": float(np.median(cur)), "reference_median": float(np.median(ref))}
+    if check["drift"]:
+        check["reason"] = (f"the scores of {v.get('score_of')} moved: PSI {psi['psi']:.3f} (a major shift from "
+                           f"{max(PSI_DRIFT, floor):.3f} at these sample sizes), KS D {ks['statistic']:.3f} p "
+                           f"{ks['pvalue']:.2g}; median {check['median']:.3f} against "
+                           f"{check['reference_median']:.3f} on the validation cases")
+    out = [check]
+    if positive is not None and op.get("threshold") is not None:
+        reference = float(np.mean(ref >= float(op["threshold"])))
+        k = sum(r.get("label") == positive for r in records)
+        out.append(_share_check("positive share", k, len(records), reference, f"labelled {positive}"))
+    return out
+
+
+def _outside_check(name: str, values: list, is_outside, words: str, reference: str) -> dict | None:
+    values = [v for v in values if v is not None]
+    if not values:
+        return None
+    k, n = sum(bool(is_outside(v)) for v in values), len(values)
+    low, high = ev.wilson_interval(k, n)
+    check = {"check": name, "outside": k, "records": n, "share": k / n, "low": low, "high": high,
+             "reference": reference, "drift": bool(low > OUTSIDE_SHARE)}
+    if check["drift"]:
+        check["reason"] = f"{words}: {k} of {n} records ({k / n:.0%}; {reference})"
+    return check
+
+
+def input_checks(records: list[dict], profile: dict | None) -> list[dict]:
+    """The records' inputs against the training data profile (``edge.profile``)."""
+    if not profile:
+        return []
+    inputs = [r.get("input") or {} for r in records]
+    checks = []
+    for key, words in (("bits", "bit depth"), ("modalities", "modality"), ("photometric", "photometric interpretation")):
+        seen = set(map(str, (profile.get(key) or {})))
+        field_ = {"modalities": "modality"}.get(key, key)
+        if seen:
+            checks.append(_outside_check(words, [None if i.get(field_) is None else str(i.get(field_)) for i in inputs],
+                                         lambda v, seen=seen: v not in seen, f"{words} never seen in training",
+                                         f"training had {', '.join(sorted(seen))}"))
+    short = profile.get("short_side")
+    if short:
+        sides = [min(i["width"], i["height"]) if i.get("width") and i.get("height") else None for i in inputs]
+        checks.append(_outside_check("image size", sides, lambda s: not short["min"] <= s <= short["max"],
+                                     "shorter side outside the training range",
+                                     f"training {short['min']:g} to {short['max']:g} px"))
+    for key, words in STATS.items():
+        s = (profile.get("stats") or {}).get(key)
+        if s:
+            values = [(i.get("stats") or {}).get(key) for i in inputs]
+            checks.append(_outside_check(key, values, lambda v, s=s: not s["p01"] <= v <= s["p99"],
+                                         f"{words} outside the training images' p1..p99",
+                                         f"training p1..p99 {s['p01']:.1f} to {s['p99']:.1f}"))
+    return [c for c in checks if c is not None]
+
+
+def counts(records: list[dict], key) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for r in records:
+        v = str(key(r))
+        out[v] = out.get(v, 0) + 1
+    return dict(sorted(out.items(), key=lambda kv: -kv[1]))
+
+
+def monitor(records: list[dict], manifest: dict) -> dict:
+    """The drift report's checks and verdict for this bundle's classified records.
+
+    Returns:
+        {"records", "verdict": "drift" | "stable" | "too few records", "reasons", "checks", "manufacturers", ...}.
+    """
+    n = len(records)
+    op = manifest.get("operating_point") or {}
+    report = {"records": n, "manufacturers": counts(records, lambda r: (r.get("input") or {}).get("manufacturer")),
+              "modalities": counts(records, lambda r: (r.get("input") or {}).get("modality")),
+              "labels": counts(records, lambda r: r.get("label")),
+              "reference": {"validation_cases": len((op.get("validation") or {}).get("scores") or []),
+                            "training_images": (manifest.get("data_profile") or {}).get("images")}}
+    if n < MIN_RECORDS:
+        return {**report, "verdict": "too few records", "checks": [], "reasons": [
+            f"{n} records: at least {MIN_RECORDS} are needed to judge drift"]}
+    checks = score_checks(records, op)
+    checks.append(_share_check("warning share", sum(bool(r.get("warnings")) for r in records), n, WARNING_REFERENCE,
+                               "records with warnings (inputs unlike the training data)"))
+    checks += input_checks(records, manifest.get("data_profile"))
+    reasons = [c["reason"] for c in checks if c.get("drift")]
+    if not op.get("validation") and not manifest.get("data_profile"):
+        report["note"] = "the bundle has neither validation scores nor a data profile: only the warning share is checked"
+    return {**report, "verdict": "drift" if reasons else "stable", "reasons": reasons, "checks": checks}
+
+
+def score_series(records: list[dict], manifest: dict) -> tuple[list[float], list[float], str | None]:
+    """(validation scores, the records' scores, which class) for the drift report's histogram."""
+    op = manifest.get("operating_point") or {}
+    v = op.get("validation") or {}
+    return list(v.get("scores") or []), [record_score(r, op.get("positive")) for r in records], v.get("score_of")

@@ -1,0 +1,1 @@
+"""medge.edge.runtime."""
