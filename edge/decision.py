@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from medge.edge.errors import BundleError, ModelIntegrityError
-from medge.edge.golive.evaluate import softmax  # the one export fitted T and chose the threshold with
+from medge.edge.numeric import softmax  # the one export fitted T and chose the threshold with
 
 SECTION = "operating_point"
 

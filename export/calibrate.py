@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from medge.edge import golive as ev
 from medge.edge.decision import SECTION, OperatingPoint, default_positive, seal
 from medge.edge.errors import ExportError, MedgeError
-from medge.edge.golive import evaluate as ev
 from medge.edge.preprocess import preprocess_file
 
 DEFAULT_CRITERION = "sensitivity=0.95"

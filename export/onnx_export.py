@@ -204,7 +204,7 @@ def check_operating_point(cfg: ExportConfig, classes: list[str] | None = None) -
     """Refuse a criterion that cannot be parsed, and (once the classes are known) a --positive that is not one of
     them: usage errors, before any expensive step."""
     from medge.edge.errors import UsageError
-    from medge.edge.golive.evaluate import parse_criterion
+    from medge.edge.golive import parse_criterion
 
     if cfg.operating_point == "none":
         return

@@ -1,1 +1,45 @@
-"""medge.edge.golive."""
+"""medge.edge.golive: the statistics a hospital needs to validate a binary classifier before go-live and to
+watch it drift after, and the two jobs built on them.
+
+Numpy and the standard library only (the edge box has no scipy or scikit-learn); each figure is checked in
+the tests against scikit-learn, statsmodels or scipy.
+
+- ``roc``: the ROC curve, ``auc_ci`` (DeLong), ``auc_difference`` (site vs validation);
+- ``proportions``: ``confusion``, ``binary_figures`` at a threshold with ``wilson_interval``s;
+- ``calibration``: ``brier_score``, ``reliability`` (ECE, MCE), ``calibration_curve``, ``fit_temperature``;
+- ``thresholds``: ``parse_criterion``, ``choose_threshold`` (the operating point);
+- ``shift``: ``psi`` with its ``psi_noise_floor``, ``ks_2samp``;
+- ``distributions``: the normal and chi-square quantiles and the Kolmogorov-Smirnov tail they rest on;
+- ``validation`` (``medge validate``'s report on labelled images) and ``drift`` (``medge monitor``'s checks
+  of prediction records against the bundle's reference); ``plots`` draws their charts (matplotlib, lazily).
+
+``softmax``, ``nll`` and ``roc_auc`` are the numeric core's (``edge.numeric``), re-exported here with the rest.
+
+Every statistic takes plain arrays: ``y``, the truth, boolean or 0/1 (True or 1 = the positive class), and
+``score``, the positive class's probability or any score where higher means more positive. A case is called
+positive when ``score >= threshold``. Bad arguments (mismatched lengths, NaN or infinite scores, labels other
+than 0/1, a criterion that cannot be read) raise ``medge.edge.errors.UsageError``. A figure that is undefined
+on the data given (an AUC when one class is absent, a sensitivity with no positive case) is NaN, not an
+error: a weekly monitoring job on a quiet week must report, not crash.
+
+Usage::
+
+    from medge.edge.golive import auc_ci, binary_figures, choose_threshold
+    ci = auc_ci(y, score)  # {"auc": 0.91, "low": 0.87, "high": 0.95, ...}
+    op = choose_threshold(y, score, "sensitivity=0.95")
+    figures = binary_figures(y_test, score_test, op["threshold"])
+"""
+from medge.edge.golive.calibration import TEMPERATURE_RANGE, brier_score, calibration_curve, fit_temperature, reliability
+from medge.edge.golive.distributions import chi2_quantile, kolmogorov_sf, normal_quantile
+from medge.edge.golive.proportions import binary_figures, confusion, wilson_interval
+from medge.edge.golive.roc import auc_ci, auc_difference, roc_curve
+from medge.edge.golive.shift import PSI_FLOOR, ks_2samp, psi, psi_noise_floor
+from medge.edge.golive.thresholds import CRITERIA_HELP, choose_threshold, parse_criterion
+from medge.edge.numeric import nll, roc_auc, softmax
+
+__all__ = [
+    "CRITERIA_HELP", "PSI_FLOOR", "TEMPERATURE_RANGE", "auc_ci", "auc_difference", "binary_figures", "brier_score",
+    "calibration_curve", "chi2_quantile", "choose_threshold", "confusion", "fit_temperature", "kolmogorov_sf",
+    "ks_2samp", "nll", "normal_quantile", "parse_criterion", "psi", "psi_noise_floor", "reliability", "roc_auc",
+    "roc_curve", "softmax", "wilson_interval",
+]

@@ -42,7 +42,8 @@ from pathlib import Path
 import numpy as np
 
 from medge.edge.errors import UsageError
-from medge.edge.golive import evaluate as ev
+from medge.edge.golive.proportions import wilson_interval
+from medge.edge.golive.shift import ks_2samp, psi, psi_noise_floor
 from medge.edge.inputs.profile import STATS
 
 MIN_RECORDS = 50  # fewer: too few to judge
@@ -175,7 +176,7 @@ def record_score(rec: dict, positive: str | None) -> float:
 
 
 def _share_check(name: str, k: int, n: int, reference: float, words: str) -> dict:
-    low, high = ev.wilson_interval(k, n)
+    low, high = wilson_interval(k, n)
     share = k / n
     drift = low > reference + SHARE_DELTA or high < reference - SHARE_DELTA
     check = {"check": name, "share": share, "low": low, "high": high, "reference": reference, "records": n,
@@ -194,17 +195,17 @@ def score_checks(records: list[dict], op: dict) -> list[dict]:
     positive = op.get("positive")
     ref = np.asarray(v["scores"], np.float64)
     cur = np.array([record_score(r, positive) for r in records], np.float64)
-    psi = ev.psi(ref, cur)
-    ks = ev.ks_2samp(ref, cur)
-    floor = ev.psi_noise_floor(len(psi["bins"]), len(ref), len(cur), PSI_NOISE_P)
-    psi_drift, ks_drift = psi["psi"] >= max(PSI_DRIFT, floor), ks["pvalue"] < KS_P and ks["statistic"] >= KS_D
-    check = {"check": "score distribution", "score_of": v.get("score_of"), "psi": psi["psi"], "psi_bins": psi["bins"],
+    stability = psi(ref, cur)
+    ks = ks_2samp(ref, cur)
+    floor = psi_noise_floor(len(stability["bins"]), len(ref), len(cur), PSI_NOISE_P)
+    psi_drift, ks_drift = stability["psi"] >= max(PSI_DRIFT, floor), ks["pvalue"] < KS_P and ks["statistic"] >= KS_D
+    check = {"check": "score distribution", "score_of": v.get("score_of"), "psi": stability["psi"], "psi_bins": stability["bins"],
              "psi_noise_floor": floor, "ks": ks, "reference_cases": int(len(ref)), "records": int(len(cur)),
              "drift": bool(psi_drift or ks_drift),
-             "watch": bool(max(PSI_WATCH, floor) <= psi["psi"] < max(PSI_DRIFT, floor)),
+             "watch": bool(max(PSI_WATCH, floor) <= stability["psi"] < max(PSI_DRIFT, floor)),
              "median": float(np.median(cur)), "reference_median": float(np.median(ref))}
     if check["drift"]:
-        check["reason"] = (f"the scores of {v.get('score_of')} moved: PSI {psi['psi']:.3f} (a major shift from "
+        check["reason"] = (f"the scores of {v.get('score_of')} moved: PSI {stability['psi']:.3f} (a major shift from "
                            f"{max(PSI_DRIFT, floor):.3f} at these sample sizes), KS D {ks['statistic']:.3f} p "
                            f"{ks['pvalue']:.2g}; median {check['median']:.3f} against "
                            f"{check['reference_median']:.3f} on the validation cases")
@@ -221,7 +222,7 @@ def _outside_check(name: str, values: list, is_outside, words: str, reference: s
     if not values:
         return None
     k, n = sum(bool(is_outside(v)) for v in values), len(values)
-    low, high = ev.wilson_interval(k, n)
+    low, high = wilson_interval(k, n)
     check = {"check": name, "outside": k, "records": n, "share": k / n, "low": low, "high": high,
              "reference": reference, "drift": bool(low > OUTSIDE_SHARE)}
     if check["drift"]:

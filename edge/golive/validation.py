@@ -33,7 +33,9 @@ import numpy as np
 
 from medge.edge.decision import default_positive
 from medge.edge.errors import UsageError
-from medge.edge.golive import evaluate as ev
+from medge.edge.golive.calibration import brier_score, reliability
+from medge.edge.golive.proportions import binary_figures
+from medge.edge.golive.roc import auc_ci, auc_difference, roc_curve
 from medge.edge.inputs.scanning import scan_inputs
 
 MIN_SUBGROUP = 20  # cases: below this a group's figures are not reported (its CIs would span most of [0, 1])
@@ -185,9 +187,9 @@ def cases_from_csv(csv_path: str | os.PathLike, classes: list[str], root: str | 
 def figures(y: np.ndarray, score: np.ndarray, threshold: float) -> dict:
     """The headline figures of one set of cases (``y`` True = positive, ``score`` its calibrated probability)."""
     both = bool(y.any() and (~y).any())
-    out = ev.binary_figures(y, score, threshold)
-    out.update(auc=ev.auc_ci(y, score) if both else None, brier=ev.brier_score(y, score),
-               reliability=ev.reliability(y, score))
+    out = binary_figures(y, score, threshold)
+    out.update(auc=auc_ci(y, score) if both else None, brier=brier_score(y, score),
+               reliability=reliability(y, score))
     out["ece"] = out["reliability"]["ece"]
     return out
 
@@ -217,7 +219,7 @@ def against_bundle(y: np.ndarray, score: np.ndarray, op_section: dict | None) ->
     if "positives" not in v or not (y.any() and (~y).any()):
         return None
     ref_y = np.asarray(v["positives"], bool)
-    return {**ev.auc_difference(y, score, ref_y, np.asarray(v["scores"], np.float64)),
+    return {**auc_difference(y, score, ref_y, np.asarray(v["scores"], np.float64)),
             "bundle_cases": int(len(ref_y)), "bundle_source": v.get("source")}
 
 
@@ -265,7 +267,7 @@ def evaluate_records(records: list[dict], decision: Decision, op_section: dict |
     """The report's figures from classified case records (each with ``truth`` and ``probabilities``)."""
     y, score = score_and_truth(records, decision)
     overall = figures(y, score, decision.threshold)
-    fpr, tpr, thr = ev.roc_curve(y, score) if y.any() and (~y).any() else (np.array([]),) * 3
+    fpr, tpr, thr = roc_curve(y, score) if y.any() and (~y).any() else (np.array([]),) * 3
     verdicts = [r.judge(overall) for r in requirements]
     return {"figures": overall, "roc": {"fpr": fpr.tolist(), "tpr": tpr.tolist(),
                                         "thresholds": [None if not np.isfinite(t) else float(t) for t in thr]},

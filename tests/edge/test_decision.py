@@ -6,8 +6,8 @@ import pytest
 
 from medge.edge.decision import OperatingPoint, label_indices, seal, section_sha256
 from medge.edge.errors import BundleError, ModelIntegrityError
-from medge.edge.golive.evaluate import softmax
 from medge.edge.model import Model
+from medge.edge.numeric import softmax
 from tests.edge.calibrated import calibrated_copy, labelled, synth_split
 
 

@@ -4,10 +4,10 @@ import json
 import numpy as np
 import pytest
 
+from medge.edge import golive as ev
 from medge.edge.apps.cli import main
 from medge.edge.decision import section_sha256
 from medge.edge.errors import ExportError
-from medge.edge.golive import evaluate as ev
 from medge.edge.model import Model
 from medge.edge.runtime.bundle import read_manifest
 from medge.export.calibrate import operating_point_section, resolve_positive

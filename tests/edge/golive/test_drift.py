@@ -5,9 +5,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from medge.edge import golive as ev
 from medge.edge.apps.cli import main
 from medge.edge.golive import drift
-from medge.edge.golive import evaluate as ev
 from medge.edge.model import Model
 from medge.train.synth import SynthConfig, generate
 from tests.edge.calibrated import calibrated_copy, synth_split

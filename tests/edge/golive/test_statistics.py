@@ -1,4 +1,5 @@
-"""medge.edge.golive.evaluate against its oracles (scikit-learn, statsmodels, scipy: each test imports the one it
+"""The go-live statistics (medge.edge.golive: roc, proportions, calibration, thresholds, shift, distributions) and
+the numeric core's softmax, NLL and AUC against their oracles (scikit-learn, statsmodels, scipy: each test imports the one it
 needs with importorskip, as CI environments without them run the numpy-only tests), and against
 brute force, hand-worked values and seeded simulations."""
 from __future__ import annotations
@@ -10,8 +11,8 @@ import sys
 import numpy as np
 import pytest
 
+from medge.edge import golive as ev
 from medge.edge.errors import UsageError
-from medge.edge.golive import evaluate as ev
 
 
 def _datasets():
@@ -574,8 +575,8 @@ def test_bad_arguments_raise_usage_error(call, match):
         call()
 
 
-def test_evaluate_imports_neither_scipy_nor_sklearn():
-    code = ("import sys; import medge.edge.golive.evaluate; "
+def test_golive_imports_neither_scipy_nor_sklearn():
+    code = ("import sys; import medge.edge.golive, medge.edge.golive.validation, medge.edge.golive.drift; "
             "print(','.join(m for m in ('scipy', 'sklearn', 'statsmodels', 'pandas') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == ""
