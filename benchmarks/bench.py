@@ -121,8 +121,8 @@ def write_dicom_files(folder: str, n: int, size: int) -> list[str]:
 
 
 def time_preprocessing(files: dict[str, list[str]], cfg, repeats: int) -> dict:
-    from medge.benchmarks.common import summarize
     from medge.edge.inputs.image import load_image
+    from medge.edge.numeric import latency_summary
     from medge.edge.preprocess import preprocess
 
     out = {}
@@ -139,7 +139,7 @@ def time_preprocessing(files: dict[str, list[str]], cfg, repeats: int) -> dict:
             t2 = time.perf_counter()
             read_ms.append(1000 * (t1 - t0))
             prep_ms.append(1000 * (t2 - t1))
-        out[kind] = {"read": summarize(read_ms), "preprocess": summarize(prep_ms)}
+        out[kind] = {"read": latency_summary(read_ms), "preprocess": latency_summary(prep_ms)}
     return out
 
 
@@ -150,7 +150,7 @@ def measure_latency(runners: list, inputs: np.ndarray, cfg: BenchConfig) -> list
     first call of each block is not timed: thread pools that spin after a call (PyTorch's
     OpenMP, onnxruntime) would otherwise tax whichever runtime runs right after them.
     """
-    from medge.benchmarks.common import summarize
+    from medge.edge.numeric import latency_summary
     from medge.train.progress import progress
 
     rows = []
@@ -176,7 +176,7 @@ def measure_latency(runners: list, inputs: np.ndarray, cfg: BenchConfig) -> list
                         bar.update()
                 turn += 1
             for r in runners:
-                rows.append({"runtime": r.name, "threads": threads, "batch": batch, **summarize(times[r.name], batch),
+                rows.append({"runtime": r.name, "threads": threads, "batch": batch, **latency_summary(times[r.name], batch),
                              "samples_ms": times[r.name]})
     bar.close()
     return rows

@@ -1,9 +1,8 @@
-"""What every benchmark shares: correct percentiles, the environment, and the arguments and output of the
+"""What every benchmark shares: the environment, and the arguments and output of the
 research scripts (``research_parser``, ``add_out_arguments``, ``check_outputs``, ``save_record``/``emit``)."""
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import platform
 import subprocess
@@ -13,26 +12,6 @@ import cv2
 import numpy as np
 
 from medge.edge.system import cpu_model, opencv_build
-
-
-def percentile(values, q: float) -> float:
-    """The q-th percentile (0..100) by linear interpolation between the sorted values
-    (numpy's default 'linear' method): sort first, then interpolate."""
-    xs = sorted(float(v) for v in values)
-    if not xs:
-        return float("nan")
-    pos = (len(xs) - 1) * q / 100.0
-    lo, hi = math.floor(pos), math.ceil(pos)
-    return xs[lo] + (xs[hi] - xs[lo]) * (pos - lo)
-
-
-def summarize(times_ms, images_per_call: int = 1) -> dict:
-    """p50, p90, p99, mean, min, max (ms per call) and throughput (images/s at the mean)."""
-    xs = [float(v) for v in times_ms]
-    mean = sum(xs) / len(xs) if xs else float("nan")
-    return {"n": len(xs), "p50_ms": percentile(xs, 50), "p90_ms": percentile(xs, 90), "p99_ms": percentile(xs, 99),
-            "mean_ms": mean, "min_ms": min(xs) if xs else float("nan"), "max_ms": max(xs) if xs else float("nan"),
-            "images_per_s": 1000.0 * images_per_call / mean if xs and mean > 0 else float("nan")}
 
 
 def rss_mb() -> float:

@@ -19,9 +19,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from medge.benchmarks.common import add_out_arguments, check_outputs, environment, research_parser, save_record, summarize
+from medge.benchmarks.common import add_out_arguments, check_outputs, environment, research_parser, save_record
 from medge.edge.explain import OcclusionExplainer
 from medge.edge.model import Model
+from medge.edge.numeric import latency_summary
 from medge.edge.preprocess import preprocess
 
 
@@ -48,7 +49,7 @@ def measure(bundle: str, repeats: int = 10, block: int = 5, warmup: int = 2) -> 
                 contenders[name]()
                 times[name].append(1000 * (time.perf_counter() - t0))
         order.reverse()  # neither always goes first
-    stats = {name: summarize(ts) for name, ts in times.items()}
+    stats = {name: latency_summary(ts) for name, ts in times.items()}
     explainer = model.require_heatmaps()
     passes = explainer.passes_per_image if isinstance(explainer, OcclusionExplainer) else 1
     return {"bundle": str(bundle), "arch": model.manifest["model"]["arch"], "method": model.explain_method,

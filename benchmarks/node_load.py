@@ -51,9 +51,10 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-from medge.benchmarks.common import add_out_arguments, check_outputs, emit, environment, research_parser, summarize
+from medge.benchmarks.common import add_out_arguments, check_outputs, emit, environment, research_parser
 from medge.benchmarks.pacs import Orthanc
 from medge.edge.model import Model
+from medge.edge.numeric import latency_summary
 from medge.edge.system import machine
 
 DX = "1.2.840.10008.5.1.4.1.1.1.1"  # Digital X-Ray Image Storage - For Presentation
@@ -332,7 +333,7 @@ def node_log_stats(text: str) -> dict:
     return {"classify_calls": len(calls), "instances_per_call": sizes,
             "mean_instances_per_call": sum(n for n, _ in calls) / len(calls) if calls else None,
             "classify_busy_s": sum(s for _, s in calls),
-            "spool_ms": summarize(spooled_ms) if spooled_ms else None}
+            "spool_ms": latency_summary(spooled_ms) if spooled_ms else None}
 
 
 def run_round(ctx: "Session", paths: list[Path], associations: int, folder: Path) -> dict:
@@ -404,9 +405,9 @@ def round_figures(associations: int, sent: list[Sent], records: dict, arrival_by
         outcome[rec["status"]] = outcome.get(rec["status"], 0) + 1
     return {"associations": associations, "sent": len(sent), "c_store_status": statuses, "node_status": outcome,
             "srs_in_pacs": len(latency), "wall_s": wall, "instances_per_s": len(latency) / wall if ends else 0.0,
-            "sending_s": max(s.answered for s in sent) - first, "latency_ms": summarize(latency),
-            "parts_ms": {"c_store_answer": summarize(answer), "spooled_to_classified": summarize(spool_to_classified),
-                         "classified_to_pacs": summarize(classified_to_pacs)},
+            "sending_s": max(s.answered for s in sent) - first, "latency_ms": latency_summary(latency),
+            "parts_ms": {"c_store_answer": latency_summary(answer), "spooled_to_classified": latency_summary(spool_to_classified),
+                         "classified_to_pacs": latency_summary(classified_to_pacs)},
             "node_log": log, "cpu_s": cpu, "box_busy_cores": cpu["box"] / wall if ends else None,
             "cpu_s_per_instance": {k: v / len(latency) for k, v in cpu.items()} if latency else None}
 

@@ -215,7 +215,7 @@ def measure_arch(arch: str, bundle: str, inputs: Path, pythons: dict, rounds: in
 
 def summarize(models: dict, results: dict, reference: str, tol: float = 1e-3) -> dict:
     """Per architecture and contender/engine: latency, ratio to the fastest, parity vs PyTorch and vs the reference."""
-    from medge.edge.runtime.dnn import latency_summary, softmax
+    from medge.edge.numeric import latency_summary, softmax
 
     rows = {}
     for arch, per in results.items():

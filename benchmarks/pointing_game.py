@@ -21,11 +21,12 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from medge.benchmarks.common import add_out_arguments, check_outputs, environment, research_parser, save_record, summarize
+from medge.benchmarks.common import add_out_arguments, check_outputs, environment, research_parser, save_record
 from medge.edge.errors import UsageError
 from medge.edge.inputs.image import read_image
 from medge.edge.inputs.scanning import scan_inputs
 from medge.edge.model import Model
+from medge.edge.numeric import latency_summary
 from medge.edge.outputs import atomic_write_bytes, wrote
 from medge.train.synth import Lesion, read_lesions
 
@@ -146,7 +147,7 @@ def run_pointing_game(bundle: str, data: str, split: str = "test", tolerance_fra
         "random_point_hit_rate": float(np.mean([r["random_hit_rate"] for r in results])),
         "prior_point": prior, "prior_point_hit_rate": float(np.mean([r["prior_hit"] for r in results])),
         "classified_as_disease": sum(r["predicted"] == LESION_CLASS for r in results),
-        "explain_ms": summarize(times), "results": results, "env": environment(),
+        "explain_ms": latency_summary(times), "results": results, "env": environment(),
     }
     if example and best_example is not None:
         draw_example(*best_example[:-1], example)

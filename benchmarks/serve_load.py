@@ -29,10 +29,11 @@ import threading
 import time
 from pathlib import Path
 
-from medge.benchmarks.common import add_out_arguments, check_outputs, emit, environment, research_parser, summarize
+from medge.benchmarks.common import add_out_arguments, check_outputs, emit, environment, research_parser
 from medge.benchmarks.edge_throughput import make_images
 from medge.edge.inputs.scanning import scan_inputs
 from medge.edge.model import Model
+from medge.edge.numeric import latency_summary
 
 LEVELS = (1, 4, 16)
 MARKERS = ("<!-- serve-load:start -->", "<!-- serve-load:end -->")
@@ -101,7 +102,7 @@ def run_level(url, token, bodies, expected, clients: int, seconds: float) -> dic
         if not ok:
             errors[str(status)] = errors.get(str(status), 0) + 1
     return {"clients": clients, "seconds": wall, "requests": len(done), "ok": len(ok_ms), "errors": errors,
-            "requests_per_s": len(ok_ms) / wall, "latency_ms": summarize(ok_ms)}
+            "requests_per_s": len(ok_ms) / wall, "latency_ms": latency_summary(ok_ms)}
 
 
 def measure(bundle: str, paths: list[str], seconds: float, levels=LEVELS, url: str | None = None,

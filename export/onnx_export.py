@@ -33,6 +33,7 @@ import numpy as np
 from medge.edge.decision import SECTION
 from medge.edge.errors import BundleError, ExportError, MedgeError, ParityError
 from medge.edge.explain import CAM_HEAD_FILE, FEATURES_OUTPUT
+from medge.edge.numeric import latency_summary
 from medge.edge.outputs import check_output_dir
 from medge.edge.preprocess import PreprocessConfig, preprocess, preprocess_file
 from medge.edge.runtime.bundle import (
@@ -43,7 +44,7 @@ from medge.edge.runtime.bundle import (
     read_manifest,
     write_bundle,
 )
-from medge.edge.runtime.dnn import forward_batches, forward_outputs_batches, latency_summary, load_net, time_forwards
+from medge.edge.runtime.dnn import forward_batches, forward_outputs_batches, load_net, time_forwards
 from medge.edge.runtime.engines import AUTO, ENGINES, engines_for
 from medge.edge.system import cpu_model
 from medge.export.explain import CamExport, compare_features, explain_section, prepare_cam, torch_outputs

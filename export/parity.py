@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from medge.edge.runtime.dnn import softmax
+from medge.edge.numeric import softmax
 
 
 @dataclass(frozen=True)

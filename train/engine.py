@@ -43,11 +43,10 @@ from torch import nn
 from medge.edge.errors import DataError, UsageError
 from medge.edge.outputs import atomic_write_text, check_output_dir
 from medge.edge.preprocess import PreprocessConfig
-from medge.edge.runtime.dnn import softmax
 from medge.train import data as D
 from medge.train.checkpoint import library_versions, load_checkpoint, save_checkpoint
 from medge.train.config import TrainConfig
-from medge.train.metrics import HIGHER_IS_BETTER, classification_metrics
+from medge.train.metrics import HIGHER_IS_BETTER, logit_metrics
 from medge.train.models import build_model
 
 # ----------------------------------------------------------------------------- devices and DDP
@@ -247,13 +246,6 @@ def train_step(net, x, y, criterion, opt, scaler, amp) -> torch.Tensor:
 
 
 # ----------------------------------------------------------------------------- the run's parts
-
-
-def cross_entropy(logits: np.ndarray, labels: np.ndarray) -> float:
-    """Mean cross-entropy of logits against integer labels, in float64."""
-    z = logits.astype(np.float64) - logits.max(1, keepdims=True)
-    logp = z - np.log(np.exp(z).sum(1, keepdims=True))
-    return float(-logp[np.arange(len(labels)), labels].mean())
 
 
 def jsonable(x):
@@ -472,7 +464,7 @@ def validation_metrics(t: Training, split: D.Split, run: RunState, classes: list
                        world: int) -> dict:
     """classification_metrics of the validation split, plus its cross-entropy loss."""
     logits, labels = evaluate(t.model, split, run.pcfg, device, 2 * run.cfg.batch_size, rank, world, t.amp)
-    return {**classification_metrics(labels, softmax(logits), classes), "loss": cross_entropy(logits, labels)}
+    return logit_metrics(labels, logits, classes)
 
 
 def is_better(value: float, best: dict | None, metric: str) -> bool:
@@ -522,8 +514,7 @@ def finish(t: Training, run: RunState, classes: list[str], splits: dict, device,
         if "test" in splits:
             t.model.load_state_dict(run.best_weights)
             logits, labels = evaluate(t.model, splits["test"], run.pcfg, device, 2 * run.cfg.batch_size, rank, world, t.amp)
-            summary["test"] = jsonable({**classification_metrics(labels, softmax(logits), classes),
-                                        "loss": cross_entropy(logits, labels)})
+            summary["test"] = jsonable(logit_metrics(labels, logits, classes))
             if main:
                 best = load_checkpoint(out / "best.pt").payload
                 best["metrics"] = {**best["metrics"], "test": summary["test"]}

@@ -1,35 +1,15 @@
-"""Validation metrics in numpy: accuracy, balanced accuracy, sensitivity/specificity, ROC AUC."""
+"""Validation metrics in numpy: accuracy, balanced accuracy, sensitivity/specificity, ROC AUC, and the loss.
+
+The AUC, softmax and NLL are the edge's numeric core (``medge.edge.numeric``): the figures of training and
+of go-live are computed by the same code."""
 from __future__ import annotations
 
 import numpy as np
 
+from medge.edge.numeric import nll, roc_auc, softmax
+
 # Metrics where a larger value is better; "loss" is the one where smaller is.
 HIGHER_IS_BETTER = {"auc": True, "accuracy": True, "balanced_accuracy": True, "loss": False}
-
-
-def _rankdata(x: np.ndarray) -> np.ndarray:
-    """Ranks 1..n with ties given their average rank (as scipy.stats.rankdata)."""
-    order = np.argsort(x, kind="mergesort")
-    ranks = np.empty(len(x), np.float64)
-    sx = x[order]
-    i = 0
-    while i < len(x):
-        j = i
-        while j + 1 < len(x) and sx[j + 1] == sx[i]:
-            j += 1
-        ranks[order[i : j + 1]] = (i + j) / 2 + 1
-        i = j + 1
-    return ranks
-
-
-def roc_auc(positive: np.ndarray, score: np.ndarray) -> float:
-    """Area under the ROC curve via the Mann-Whitney U statistic; NaN when one class is absent."""
-    positive = np.asarray(positive, bool)
-    n_pos, n_neg = int(positive.sum()), int((~positive).sum())
-    if n_pos == 0 or n_neg == 0:
-        return float("nan")
-    ranks = _rankdata(np.asarray(score, np.float64))
-    return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
 def classification_metrics(labels: np.ndarray, probs: np.ndarray, classes: list[str]) -> dict:
@@ -59,7 +39,9 @@ def classification_metrics(labels: np.ndarray, probs: np.ndarray, classes: list[
     with np.errstate(invalid="ignore", divide="ignore"):
         sens = tp / (tp + fn)
         spec = tn / (tn + fp)
-    if c == 2:
+    if not np.isfinite(probs).all():  # a diverged model: no AUC, the other figures still say how bad it is
+        auc = float("nan")
+    elif c == 2:
         auc = roc_auc(labels == 1, probs[:, 1])
     else:
         aucs = [roc_auc(labels == k, probs[:, k]) for k in range(c)]
@@ -73,3 +55,12 @@ def classification_metrics(labels: np.ndarray, probs: np.ndarray, classes: list[
         "specificity": {k: float(v) for k, v in zip(classes, spec, strict=True)},
         "confusion": cm.tolist(),
     }
+
+
+def logit_metrics(labels: np.ndarray, logits: np.ndarray, classes: list[str]) -> dict:
+    """``classification_metrics`` of softmax(logits), plus "loss", the mean cross-entropy (NLL) of the labels.
+    Non-finite logits (a diverged model) give NaN probabilities and loss rather than an error."""
+    labels, logits = np.asarray(labels, np.int64), np.asarray(logits, np.float64)
+    if not np.isfinite(logits).all():
+        return {**classification_metrics(labels, np.full(logits.shape, np.nan), classes), "loss": float("nan")}
+    return {**classification_metrics(labels, softmax(logits), classes), "loss": nll(logits, labels)}

@@ -30,8 +30,9 @@ from medge.edge import system
 from medge.edge.errors import MedgeError, UsageError
 from medge.edge.inputs.image import write_image
 from medge.edge.model import Model
+from medge.edge.numeric import latency_summary
 from medge.edge.runtime.choice import record_engine, record_key, try_engine
-from medge.edge.runtime.dnn import check_opencv, latency_summary, time_forwards
+from medge.edge.runtime.dnn import check_opencv, time_forwards
 from medge.edge.runtime.engines import AUTO, BACKENDS, ENGINES, available_backends, engines_for
 
 E2E_SIZE = 2048  # side of the synthetic end-to-end image, as a radiograph's

@@ -27,10 +27,10 @@ from medge.edge.inputs.formats import DEFAULT_MAX_PIXELS
 from medge.edge.inputs.image import load_image, write_image
 from medge.edge.inputs.scanning import scan_inputs
 from medge.edge.model import Model
+from medge.edge.numeric import softmax
 from medge.edge.outputs import check_output_dir, make_output_dir, output_names, wrote
 from medge.edge.paths import shown
 from medge.edge.preprocess import PreprocessConfig, preprocess_stages
-from medge.edge.runtime.dnn import softmax
 
 PANEL_PX = 320  # height of each panel in the preview
 PANEL_MAX_W = 4 * PANEL_PX  # width of each panel at most: the canvas is bounded for any aspect ratio

@@ -35,8 +35,8 @@ from medge.edge.explain import Explanation
 from medge.edge.inputs.formats import array_info
 from medge.edge.inputs.image import EncodedFile, decode_image, load_image, to_gray
 from medge.edge.inputs.profile import STATS, check_input, image_stats
+from medge.edge.numeric import softmax
 from medge.edge.preprocess import preprocess_stages
-from medge.edge.runtime.dnn import softmax
 
 if TYPE_CHECKING:
     from medge.edge.model import Model

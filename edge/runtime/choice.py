@@ -32,8 +32,9 @@ from typing import TYPE_CHECKING
 import cv2
 
 from medge.edge.errors import BundleError, InferenceError, MedgeError, SelfTestError
+from medge.edge.numeric import latency_summary
 from medge.edge.outputs import atomic_write_text
-from medge.edge.runtime.dnn import latency_summary, time_forwards
+from medge.edge.runtime.dnn import time_forwards
 from medge.edge.runtime.engines import AUTO, ENGINES, engines_for
 from medge.edge.system import cpu_model
 

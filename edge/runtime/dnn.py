@@ -222,13 +222,6 @@ def forward_outputs_batches(net, blob: np.ndarray, chw: tuple[int, int, int], na
     return {n: np.concatenate([p[n] for p in parts]) for n in names}
 
 
-def softmax(logits: np.ndarray) -> np.ndarray:
-    """Row-wise softmax in float64 for stable probabilities, returned as float64."""
-    z = logits.astype(np.float64) - logits.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
-
-
 def time_forwards(nets: dict, blob: np.ndarray, chw: tuple[int, int, int], num_outputs: int, rounds: int,
                   warmup: int = 1) -> dict[str, list[float]]:
     """Milliseconds per checked ``forward`` of ``blob`` through each net, interleaved.
@@ -249,9 +242,3 @@ def time_forwards(nets: dict, blob: np.ndarray, chw: tuple[int, int, int], num_o
             if r >= warmup:
                 times[n].append(1000 * (time.perf_counter() - t0))
     return times
-
-
-def latency_summary(times_ms: list[float]) -> dict:
-    """p50 and p90 (linear interpolation on the sorted values, numpy's default) and the count."""
-    xs = np.sort(np.asarray(times_ms, np.float64))
-    return {"p50_ms": float(np.percentile(xs, 50)), "p90_ms": float(np.percentile(xs, 90)), "n": int(len(xs))}

@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 import torch
 
-from medge.benchmarks.common import percentile, summarize
 from medge.edge.apps.cli import main
 from medge.edge.runtime.engines import ENGINES
 from medge.train.checkpoint import (
@@ -18,21 +17,6 @@ from medge.train.checkpoint import (
 )
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-@pytest.mark.parametrize("seed", range(4))
-def test_percentiles_match_numpy(seed):
-    rng = np.random.default_rng(seed)
-    data = rng.exponential(10, size=int(rng.integers(1, 200)))
-    shuffled = rng.permutation(data)  # unsorted input: the function must sort
-    for q in (0, 1, 50, 90, 99, 99.9, 100):
-        assert percentile(shuffled, q) == pytest.approx(np.percentile(data, q), rel=1e-12)
-
-
-def test_summarize_known_data():
-    s = summarize([4.0, 1.0, 3.0, 2.0, 10.0], images_per_call=8)
-    assert (s["p50_ms"], s["min_ms"], s["max_ms"], s["mean_ms"], s["n"]) == (3.0, 1.0, 10.0, 4.0, 5)
-    assert s["p90_ms"] == pytest.approx(7.6) and s["images_per_s"] == pytest.approx(2000.0)
 
 
 def test_bench_smoke_produces_a_complete_record(bundle, tmp_path, capsys):

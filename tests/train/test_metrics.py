@@ -1,29 +1,8 @@
-import itertools
-
 import numpy as np
 import pytest
 
-from medge.train.metrics import classification_metrics, roc_auc
-
-
-def brute_auc(pos, score):
-    p, n = score[pos], score[~pos]
-    pairs = [(a > b) + 0.5 * (a == b) for a, b in itertools.product(p, n)]
-    return np.mean(pairs)
-
-
-@pytest.mark.parametrize("seed", range(5))
-def test_auc_matches_pairwise_definition_with_ties(seed):
-    rng = np.random.default_rng(seed)
-    pos = rng.random(40) < 0.4
-    score = np.round(rng.random(40) + 0.3 * pos, 1)  # rounding makes ties
-    assert roc_auc(pos, score) == pytest.approx(brute_auc(pos, score))
-
-
-def test_auc_extremes_and_undefined():
-    assert roc_auc(np.array([0, 0, 1, 1], bool), np.array([0.1, 0.2, 0.8, 0.9])) == 1.0
-    assert roc_auc(np.array([1, 1, 0, 0], bool), np.array([0.1, 0.2, 0.8, 0.9])) == 0.0
-    assert np.isnan(roc_auc(np.ones(3, bool), np.arange(3.0)))
+from medge.train.metrics import classification_metrics, logit_metrics
+from tests.edge.test_numeric import brute_auc
 
 
 def test_confusion_sensitivity_specificity():
@@ -45,3 +24,21 @@ def test_multiclass_auc_is_macro_one_vs_rest():
     m = classification_metrics(labels, probs, ["a", "b", "c"])
     expected = np.mean([brute_auc(labels == k, probs[:, k]) for k in range(3)])
     assert m["auc"] == pytest.approx(expected)
+
+
+def test_logit_metrics_loss_is_the_log_loss_and_auc_of_the_softmax():
+    sklearn_metrics = pytest.importorskip("sklearn.metrics")
+    rng = np.random.default_rng(3)
+    labels = rng.integers(0, 2, 50)
+    logits = rng.normal(size=(50, 2)) + 1.5 * np.eye(2)[labels]
+    m = logit_metrics(labels, logits, ["disease", "normal"])
+    p = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    assert m["loss"] == pytest.approx(sklearn_metrics.log_loss(labels, p), rel=1e-12)
+    assert m["auc"] == pytest.approx(sklearn_metrics.roc_auc_score(labels, p[:, 1]), rel=1e-12)
+    assert m["accuracy"] == pytest.approx(np.mean(p.argmax(1) == labels))
+
+
+def test_logit_metrics_of_a_diverged_model_are_nan_not_an_error():
+    logits = np.array([[0.0, 1.0], [np.nan, 0.0], [2.0, np.inf]])
+    m = logit_metrics(np.array([1, 0, 1]), logits, ["a", "b"])
+    assert np.isnan(m["loss"]) and np.isnan(m["auc"]) and m["n"] == 3

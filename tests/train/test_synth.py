@@ -52,7 +52,7 @@ def test_classes_not_separable_by_mean_brightness():
     cfg = SynthConfig(size=96)
     means = {label: np.array([make_image(i, label, cfg).mean() for i in range(60)]) for label in (True, False)}
     # AUC of "mean brightness" as a classifier stays near chance.
-    from medge.train.metrics import roc_auc
+    from medge.edge.numeric import roc_auc
 
     scores = np.concatenate([means[True], means[False]])
     auc = roc_auc(np.r_[np.ones(60, bool), np.zeros(60, bool)], scores)
