@@ -4,14 +4,10 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import subprocess
 import sys
 
-import cv2
-import numpy as np
-
-from medge.edge.system import cpu_model, opencv_build
+from medge.edge import system
 
 
 def rss_mb() -> float:
@@ -42,10 +38,9 @@ def _git_revision() -> str | None:
 
 
 def environment() -> dict:
-    """CPU, cores, thread settings, library versions, OpenCV build essentials, git revision."""
-    env = {"cpu": cpu_model(), "cores": os.cpu_count(), "python": platform.python_version(),
-           "platform": platform.platform(), "cv2_threads": cv2.getNumThreads(), "opencv": cv2.__version__,
-           "numpy": np.__version__, "git_revision": _git_revision(), "opencv_build": opencv_build(),
+    """The edge's environment record (``medge.edge.system.environment``: CPU, cores, OpenCV threads and build,
+    versions) with what benchmarks add: the git revision, thread variables, torch and ONNX versions, the GPU."""
+    env = {**system.environment(), "git_revision": _git_revision(),
            "thread_env": {k: os.environ[k] for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
                           if k in os.environ}}
     for mod in ("torch", "torchvision", "onnx", "onnxruntime"):

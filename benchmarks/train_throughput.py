@@ -13,14 +13,12 @@ Prints a JSON record with the environment; ``--out`` also writes it.
 """
 from __future__ import annotations
 
-import os
-import platform
 import tempfile
 import time
 
 import numpy as np
 
-from medge.benchmarks.common import add_out_arguments, check_outputs, emit, research_parser
+from medge.benchmarks.common import add_out_arguments, check_outputs, emit, environment, research_parser
 
 
 def _timeit(fn, warmup: int, repeats: int, sync) -> list[float]:
@@ -65,9 +63,8 @@ def measure(data: str, arch: str = "resnet18", batch_size: int = 64, img_size: i
         "step_images_per_s": step_ips,
         "step_ms_median": 1000 * float(np.median(step_times)),
         "limit": "pipeline" if pipe_ips < step_ips else "step",
-        "env": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
-                "torch_threads": torch.get_num_threads(),
-                "gpu": torch.cuda.get_device_name(dev) if dev.type == "cuda" else None, **library_versions()},
+        "env": {**environment(), "gpu": torch.cuda.get_device_name(dev) if dev.type == "cuda" else None,
+                **library_versions()},
     }
 
 

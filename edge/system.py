@@ -1,7 +1,9 @@
 """What this box and its OpenCV offer: CPU, SIMD, threads, versions, OpenCV's build.
 
-For ``medge check`` (the acceptance test of a new edge box) and for the
-environment of benchmark records. Standard library, numpy and cv2 only.
+The one environment record, with one set of keys, for ``medge check`` (the acceptance test of a new edge
+box), the engine choice's record, the export's engine timings and every benchmark record: ``machine()``
+and ``software()``, or both flat in ``environment()``. The thread count is always ``opencv_threads``.
+Standard library, numpy and cv2 only. Tested by tests/edge/test_system.py.
 """
 from __future__ import annotations
 
@@ -76,3 +78,8 @@ def software() -> dict:
     return {"medge": __version__, "python": platform.python_version(), "numpy": np.__version__,
             "opencv": cv2.__version__, "opencv_module": getattr(cv2, "__file__", None), "opencv_build": opencv_build(),
             "platform": platform.platform()}
+
+
+def environment() -> dict:
+    """``machine()`` and ``software()`` in one flat record (their keys never overlap)."""
+    return {**machine(), **software()}

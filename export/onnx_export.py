@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import datetime
 import json
-import os
 import tempfile
 import time
 import warnings
@@ -46,7 +45,7 @@ from medge.edge.runtime.bundle import (
 )
 from medge.edge.runtime.dnn import forward_batches, forward_outputs_batches, load_net, time_forwards
 from medge.edge.runtime.engines import AUTO, ENGINES, engines_for
-from medge.edge.system import cpu_model
+from medge.edge.system import environment
 from medge.export.explain import CamExport, compare_features, explain_section, prepare_cam, torch_outputs
 from medge.export.parity import Tolerance, compare, summary_line
 
@@ -353,11 +352,9 @@ def feature_gate(cam: CamExport, candidate: OnnxCandidate, rtol: float, log) -> 
 
 def engine_timings(candidate: OnnxCandidate, inputs: np.ndarray, chw: tuple[int, int, int], k: int, rounds: int) -> dict:
     """Batch-1 forward time of each verified engine on this (the exporting) machine, interleaved, for the manifest."""
-    import cv2
-
     times = time_forwards(candidate.nets, inputs[:1], chw, k, rounds, warmup=2)
-    return {"machine": {"cpu": cpu_model(), "cores": os.cpu_count(), "opencv": cv2.__version__,
-                        "threads": cv2.getNumThreads()},
+    env = environment()
+    return {"machine": {key: env[key] for key in ("cpu", "cores", "opencv", "opencv_threads")},
             "batch": 1, "forward_ms": {e: latency_summary(t) for e, t in times.items()}}
 
 

@@ -253,7 +253,7 @@ def _forward_lines(f: dict, c: dict, v: dict) -> list[str]:
     if ex:
         figures = ", ".join(f"{e} {_ms(t['p50_ms'])}" for e, t in ex["forward_ms"].items())
         lines.append(f"            exporting machine ({ex['machine']['cpu']}, OpenCV {ex['machine']['opencv']}, "
-                     f"{ex['machine']['threads']} threads): p50 ms {figures}")
+                     f"{ex['machine'].get('opencv_threads', ex['machine'].get('threads'))} threads): p50 ms {figures}")
     lines.append("choice      " + (f"recorded for Model.load: {', '.join(c['recorded'])}" if c["recorded"] else c["error"]))
     if v["bundle_engine"] != AUTO:
         lines.append(f"            the bundle asks for the {v['bundle_engine']} engine: Model.load runs it "

@@ -157,10 +157,11 @@ def _cache_dir() -> Path:
 
 
 def record_key(model_sha256: str, backend: str, threads: int | None = None) -> dict:
-    """What a recorded engine choice holds for: model, backend, threads, OpenCV version and build, CPU."""
+    """What a recorded engine choice holds for: model, backend, OpenCV threads, version and build, CPU and cores
+    (the keys of ``edge.system``'s environment record)."""
     return {"model_sha256": model_sha256, "backend": backend,
-            "threads": cv2.getNumThreads() if threads is None else int(threads), "opencv": cv2.__version__,
-            "opencv_build": hashlib.sha256(cv2.getBuildInformation().encode()).hexdigest()[:16],
+            "opencv_threads": cv2.getNumThreads() if threads is None else int(threads), "opencv": cv2.__version__,
+            "opencv_build_sha256": hashlib.sha256(cv2.getBuildInformation().encode()).hexdigest()[:16],
             "cpu": cpu_model(), "cores": os.cpu_count()}
 
 
