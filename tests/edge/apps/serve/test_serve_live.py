@@ -31,7 +31,7 @@ from tests.conftest import xray_like
 httpx = pytest.importorskip("httpx", reason="the dev extra is not installed")
 pytest.importorskip("gradio", reason="the serve extra is not installed")
 
-ROOT = Path(__file__).resolve().parents[3]
+ROOT = Path(__file__).resolve().parents[4]
 ARTIFACTS = Path(os.environ.get("MEDGE_TEST_ARTIFACTS", ROOT / "runs" / "test-artifacts"))
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",

@@ -17,7 +17,7 @@ import pytest
 pytest.importorskip("pynetdicom", reason="the node extra is not installed")
 pytest.importorskip("highdicom", reason="the node extra is not installed")
 
-from tests.edge.apps.nodes import (  # noqa: E402
+from tests.edge.apps.node.nodes import (  # noqa: E402
     DCMTK,
     DSRDUMP,
     PYDICOM_GRAY,
