@@ -141,7 +141,7 @@ def test_no_usable_case_exits_1(setup, tmp_path):
 
 def test_dicom_subgroups(setup, tmp_path):
     pydicom = pytest.importorskip("pydicom")
-    from tests.edge.apps.nodes import write_radiograph
+    from tests.edge.apps.node.nodes import write_radiograph
 
     b, _ = setup
     for cls in ("disease", "normal"):

@@ -9,7 +9,7 @@ import pytest
 from medge.edge.apps.cli import main
 from medge.edge.errors import BundleError, ConfigError, InferenceError
 from medge.edge.model import Model
-from medge.edge.runtime import engines
+from medge.edge.runtime import dnn, engines
 from medge.edge.runtime.bundle import sha256_bytes
 from medge.edge.runtime.dnn import forward, load_net, opencv_version, time_forwards
 from medge.edge.runtime.engines import AUTO, ENGINES, engine_choices
@@ -97,12 +97,28 @@ class _Recorder:
         return np.zeros((self.n, 2), np.float32) if self.out is None else self.out
 
 
-def test_time_forwards_interleaves_in_rotating_order():
+def test_time_forwards_interleaves_in_rotating_order(monkeypatch):
     log = []
-    nets = {"a": _Recorder("a", log), "b": _Recorder("b", log)}
+    clock = {"s": 0.0}
+
+    class Clock:  # the n-th forward call takes n ms
+        @staticmethod
+        def perf_counter():
+            return clock["s"]
+
+    class Timed(_Recorder):
+        def forward(self):
+            out = super().forward()
+            clock["s"] += len(log) / 1000
+            return out
+
+    monkeypatch.setattr(dnn, "time", Clock)
+    nets = {"a": Timed("a", log), "b": Timed("b", log)}
     times = time_forwards(nets, np.zeros((1, 1, 4, 4), np.float32), (1, 4, 4), 2, rounds=3, warmup=1)
     assert log == ["a", "b", "b", "a", "a", "b", "b", "a"]  # the warm-up round, then 3 timed rounds
-    assert {k: len(v) for k, v in times.items()} == {"a": 3, "b": 3} and min(times["a"] + times["b"]) >= 0
+    # calls 1 and 2 were the warm-up; each net's timings in ms, in the order of the rounds
+    assert times == {"a": pytest.approx([4.0, 5.0, 8.0]), "b": pytest.approx([3.0, 6.0, 7.0])}
+    assert list(times) == ["a", "b"]
 
 
 def test_an_output_that_does_not_fit_the_batch_is_an_error():

@@ -23,7 +23,7 @@ pydicom = pytest.importorskip("pydicom", reason="the node extra (pydicom) is not
 from pydicom.uid import generate_uid  # noqa: E402
 
 from medge.benchmarks.pacs import ORTHANC, Orthanc  # noqa: E402
-from tests.edge.apps.nodes import STORESCU, NodeProcess, results, storescu, write_radiograph  # noqa: E402
+from tests.edge.apps.node.nodes import STORESCU, NodeProcess, results, storescu, write_radiograph  # noqa: E402
 
 if not os.access(ORTHANC, os.X_OK):
     pytest.skip(f"Orthanc is not installed ({ORTHANC} is not executable; apt-get install orthanc)", allow_module_level=True)

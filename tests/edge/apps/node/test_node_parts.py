@@ -120,7 +120,7 @@ def test_classifier_survives_a_failure_that_is_not_the_instances_and_tries_again
 
     from medge.edge.apps.node import worker
     from medge.edge.model import Model
-    from tests.edge.apps.nodes import write_radiograph
+    from tests.edge.apps.node.nodes import write_radiograph
 
     monkeypatch.setattr(worker, "RETRY_S", 0.1)
     out = tmp_path / "out"
@@ -191,7 +191,7 @@ def test_sr_and_sc_objects(tmp_path):
     import pydicom
 
     from medge.edge.apps.node import report
-    from tests.edge.apps.nodes import write_radiograph
+    from tests.edge.apps.node.nodes import write_radiograph
 
     source = pydicom.dcmread(write_radiograph(tmp_path / "cr.dcm", "CR"), stop_before_pixels=True)
     del source.PatientBirthDate  # Type 2 and absent: the SR has it empty
@@ -236,7 +236,7 @@ def test_forwarder_sends_what_the_pacs_takes_and_sets_aside_what_it_never_will(t
 
     from medge.edge.apps.node import report
     from medge.edge.apps.node.outbox import SR_STORAGE, Forwarder
-    from tests.edge.apps.nodes import write_radiograph
+    from tests.edge.apps.node.nodes import write_radiograph
 
     source = pydicom.dcmread(write_radiograph(tmp_path / "cr.dcm", "CR"), stop_before_pixels=True)
     algorithm = report.Algorithm("m", "1", "ab" * 32)
