@@ -1,6 +1,7 @@
 """Quantiles and tails of the distributions the go-live statistics need, written from the papers (the edge box has
 no scipy): the normal quantile (Acklam, one Halley step), the chi-square quantile (Wilson-Hilferty) and the
-one-sample Kolmogorov-Smirnov tail (Simard & L'Ecuyer's choice of methods). Tested by tests/edge/golive/test_statistics.py
+one-sample Kolmogorov-Smirnov tail (Simard & L'Ecuyer's choice of methods).
+Tested by tests/edge/golive/test_statistics.py
 (against scipy)."""
 from __future__ import annotations
 

@@ -1,5 +1,6 @@
 """Figures at a threshold: the confusion counts, and sensitivity, specificity, PPV, NPV and accuracy each with
-a Wilson interval. Tested by tests/edge/golive/test_statistics.py (against statsmodels and scikit-learn)."""
+a Wilson interval.
+Tested by tests/edge/golive/test_statistics.py (against statsmodels and scikit-learn)."""
 from __future__ import annotations
 
 import math

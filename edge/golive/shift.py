@@ -1,5 +1,6 @@
 """Distribution shift between a reference sample and a current one: the population stability index with its
-noise floor, and the two-sample Kolmogorov-Smirnov test. Tested by tests/edge/golive/test_statistics.py (against scipy)."""
+noise floor, and the two-sample Kolmogorov-Smirnov test.
+Tested by tests/edge/golive/test_statistics.py (against scipy)."""
 from __future__ import annotations
 
 import math

@@ -1,5 +1,6 @@
 """The operating point: a criterion ("sensitivity=0.95", "specificity=0.9", "youden") read and applied to
-choose a threshold among the distinct scores. Tested by tests/edge/golive/test_statistics.py."""
+choose a threshold among the distinct scores.
+Tested by tests/edge/golive/test_statistics.py."""
 from __future__ import annotations
 
 import re

@@ -92,11 +92,12 @@ OPTIONAL_ENGINES = {
 def detect_engines() -> dict[str, Engine]:
     """The engines this OpenCV has, in order of preference when nothing was measured."""
     dnn = cv2.dnn
-    if not hasattr(dnn, "ENGINE_CLASSIC"):  # OpenCV 4.x: one engine, readNetFromONNX(src)
-        return {"classic": Engine("classic", "OpenCV's DNN engine (the only one before OpenCV 5)",
-                                  partial(_read_onnx, None), tuple(BACKENDS))}
-    engines = {"classic": Engine("classic", "OpenCV 5's classic engine (that of 4.x; every backend)",
-                                 partial(_read_onnx, dnn.ENGINE_CLASSIC), tuple(BACKENDS))}
+    if not hasattr(dnn, "ENGINE_CLASSIC"):  # OpenCV 4.x: one engine of its own, readNetFromONNX(src)
+        engines = {"classic": Engine("classic", "OpenCV's DNN engine (the only one before OpenCV 5)",
+                                     partial(_read_onnx, None), tuple(BACKENDS))}
+    else:
+        engines = {"classic": Engine("classic", "OpenCV 5's classic engine (that of 4.x; every backend)",
+                                     partial(_read_onnx, dnn.ENGINE_CLASSIC), tuple(BACKENDS))}
     if hasattr(dnn, "ENGINE_NEW"):
         engines["new"] = Engine("new", "OpenCV 5's new engine (CPU only)", partial(_read_onnx, dnn.ENGINE_NEW), ("cpu",))
     if hasattr(dnn, "ENGINE_ORT") and _build_has("ONNX Runtime"):

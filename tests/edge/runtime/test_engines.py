@@ -42,9 +42,7 @@ def test_opencv_5_has_classic_and_new_and_ort_only_where_built_with_onnx_runtime
 
 
 @pytest.mark.parametrize("flags", [
-    pytest.param({}, id="opencv4", marks=pytest.mark.xfail(strict=True, reason=(
-        "detect_engines returns OpenCV 4.x's classic engine before adding the optional ones: with the ort extra "
-        "on OpenCV 4.x, --engine onnxruntime says the extra is missing (edge/runtime/engines.py, to fix there)"))),
+    pytest.param({}, id="opencv4"),
     pytest.param({"ENGINE_CLASSIC": 1}, id="opencv5"),
 ])
 def test_onnxruntime_is_an_engine_where_its_module_is_found(monkeypatch, flags):
