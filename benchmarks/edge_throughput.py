@@ -7,7 +7,7 @@ so that machine drift hits all:
   medge                ``Model.predict_iter`` on cv2.dnn: one thread per core, each
                        reading + preprocessing the next file or running a
                        single-threaded batched forward pass, whichever is next
-                       (``edge.pipeline``, ``edge.budget``);
+                       (``edge.execution.pipeline``, ``edge.execution.budget``);
   medge (onnxruntime)  the same pipeline on the onnxruntime engine (``ort`` extra);
   sequential           the plain loop: read -> edge.preprocess -> cv2.dnn forward, one
                        image at a time, OpenCV's default threads;
@@ -39,7 +39,7 @@ from medge.edge.preprocess import preprocess_file
 from medge.edge.runtime.dnn import forward, load_net
 from medge.edge.runtime.engines import ENGINES
 
-ORT_ENGINE = "onnxruntime"  # the edge engine of the ort extra (edge.ort_engine)
+ORT_ENGINE = "onnxruntime"  # the edge engine of the ort extra (edge.runtime.ort)
 MEDGE_ORT = "medge (onnxruntime)"
 
 
@@ -148,7 +148,7 @@ def main(argv=None) -> int:
     g.add_argument("--make", type=int, help="write this many 2048x2048 PNGs to a temporary folder")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--workers", type=int, help="threads of medge's pipeline (default: one per core, edge.budget)")
+    p.add_argument("--workers", type=int, help="threads of medge's pipeline (default: one per core, edge.execution.budget)")
     p.add_argument("--busy-cores", type=int, default=0, help="also race under this many busy cores (default: %(default)s)")
     add_out_arguments(p)
     a = p.parse_args(argv)

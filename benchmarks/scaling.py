@@ -7,7 +7,7 @@ For each core count C, a fresh subprocess pinned to C of this process's cores
 ``benchmarks.edge_throughput`` on the same files: medge's pipeline on cv2.dnn and
 on onnxruntime, and the sequential loops (cv2.dnn; onnxruntime with C threads).
 
-The model (``edge.budget``), from the stage costs medge measured on the
+The model (``edge.execution.budget``), from the stage costs medge measured on the
 smallest core count (d = reading + preprocessing, f = one image's share of a
 single-threaded batched forward pass, both CPU-ms per image):
   medge:      images/s = e x min(C / (d + f), forwards / f) x 1000: C threads that each
@@ -72,7 +72,7 @@ def measure_cores(bundle: str, images: str, cores: int, rounds: int, log=lambda 
 
 
 def pipeline_model(costs: dict, cores: int, efficiency: float = 1.0) -> dict:
-    """Images/s of medge's pipeline on ``cores`` cores by the model of ``edge.budget`` (see the module docstring)."""
+    """Images/s of medge's pipeline on ``cores`` cores by the model of ``edge.execution.budget`` (see the module docstring)."""
     from medge.edge.execution.budget import StageCosts, plan_budget
 
     d, f = costs["decode_ms"], costs["forward_ms"]
@@ -131,7 +131,7 @@ def _fmt(v, digits=1):
 def markdown(rec: dict) -> str:
     """Measured and modelled images/s per core count (generated from the record)."""
     lines = [f"Scaling, end to end on {rec['images']} files (images/s; measured on this machine, pinned to C cores; "
-             "model: edge.budget's pipeline model from the stage costs measured here, see benchmarks/scaling.py):", ""]
+             "model: edge.execution.budget's pipeline model from the stage costs measured here, see benchmarks/scaling.py):", ""]
     if not rec["model"]:
         lines.append("No pipelined run to model: give more files than the batch size (8).")
     for medge_name, m in rec["model"].items():

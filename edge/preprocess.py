@@ -205,7 +205,7 @@ def preprocess(image: np.ndarray, cfg: PreprocessConfig = PreprocessConfig(),
         image: 2-D gray (uint8, uint16 or float32), or BGR/BGRA as OpenCV decodes it.
         cfg: the preprocessing configuration stored with the model.
         display_range: the file's own (black, white) values, ``ImageInfo.display_range``
-            from ``edge.image.load_image`` (a DICOM window); None for arrays and plain files.
+            from ``edge.inputs.image.load_image`` (a DICOM window); None for arrays and plain files.
 
     Returns:
         float32 array of shape (cfg.channels, cfg.size, cfg.size).
@@ -220,7 +220,7 @@ def preprocess_file(path, cfg: PreprocessConfig = PreprocessConfig(), max_pixels
         float32 array of shape (cfg.channels, cfg.size, cfg.size).
 
     Raises:
-        ImageError, MissingExtraError: as ``edge.image.load_image``.
+        ImageError, MissingExtraError: as ``edge.inputs.image.load_image``.
     """
     image, info = load_image(path, max_pixels)
     return preprocess(image, cfg, info.display_range)

@@ -11,7 +11,7 @@ The deterministic preprocessing (``edge.preprocess``) runs once per file; its
 (size, size) uint8 result is cached as ``.npy`` under a key made of the file's
 absolute path, size, mtime and the PreprocessConfig fingerprint, so epoch 2
 onwards (and later runs) never redo CLAHE. Beside it a ``.json`` keeps what the
-file is and the statistics of its preprocessing (``edge.profile.image_stats``),
+file is and the statistics of its preprocessing (``edge.inputs.profile.image_stats``),
 from which ``data_profile`` tells what training saw; the bundle carries that
 profile so that the edge can flag inputs unlike it. Normalisation is applied by
 ``edge.normalize`` for evaluation, so evaluation tensors are exactly what the
@@ -235,7 +235,7 @@ def prepare(split: Split, cfg: PreprocessConfig, cache_dir: str, workers: int = 
 
 
 def data_profile(split: Split) -> dict | None:
-    """What a (prepared) split looks like: sizes, bit depths, modalities, statistics (``edge.profile``)."""
+    """What a (prepared) split looks like: sizes, bit depths, modalities, statistics (``edge.inputs.profile``)."""
     return build_profile(split.profiles)
 
 

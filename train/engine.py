@@ -288,7 +288,7 @@ class RunState:
     best_weights: dict | None = None  # its state dict, on the CPU
     resume_from: dict | None = None  # last.pt's payload when resuming
     data: dict | None = None  # the data's fingerprint (train.data.fingerprint); a resumed run's must match
-    data_profile: dict | None = None  # what the training images look like (edge.profile), for the bundle
+    data_profile: dict | None = None  # what the training images look like (edge.inputs.profile), for the bundle
 
     @property
     def finished(self) -> bool:

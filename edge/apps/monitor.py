@@ -7,7 +7,7 @@ results.jsonl; folders are searched for *.jsonl and *.json) and compares this
 bundle's classified records with its reference: the score distribution against the
 validation scores stored with its operating point (PSI and a KS test), the shares
 labelled positive and with warnings, and the inputs (bit depth, modality, size,
-brightness and contrast) against the training data profile (``edge.drift``).
+brightness and contrast) against the training data profile (``edge.golive.drift``).
 
 Writes --out (JSON) and beside it NAME.md and NAME.scores.png (reference and
 current score histograms). Records of other models, errors, skipped instances and

@@ -11,7 +11,7 @@ beats ``C / (d + f)`` images/s. What the pipeline does about it:
    waits at each layer for the thread that was descheduled, and an idle pool spins
    on cores that decoding needs. Inference gets its parallelism from batches run
    side by side instead, on nets of their own, that never wait on each other.
-2. **C threads, each doing whichever job is next** (``edge.pipeline``): infer a batch
+2. **C threads, each doing whichever job is next** (``edge.execution.pipeline``): infer a batch
    whose inputs are ready, else read and preprocess the next input. No thread is
    tied to a stage, so the stages are balanced whatever ``d : f`` is (a big 16-bit
    PNG, a small JPEG, cv2.dnn or onnxruntime, a heatmap bundle), the cores never hold

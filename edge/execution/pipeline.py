@@ -5,7 +5,7 @@ inputs are all read and preprocessed is inferred first (``forwards`` at most at
 once: each forward pass holds a net), else the next input is read and
 preprocessed. So both stages always have all the threads they can use, in
 whatever proportion the model, the files and the load on the box give, with
-never more threads running than the pipeline has (``edge.budget`` says why this
+never more threads running than the pipeline has (``edge.execution.budget`` says why this
 beats a fixed split). Batches are the inputs in input order, ``batch_size`` at a
 time (the last one may be shorter): which images share a forward pass does not
 depend on timing, so the outputs are the same from run to run. Results come back

@@ -12,7 +12,7 @@ by reason: an error, another model, skipped by the node, before ``--since``, und
 when ``--since`` is given (predict records carry no time), unreadable lines.
 
 The reference is the bundle's own: the validation scores stored with its operating
-point (``export.calibrate``) and the training data's profile (``edge.profile``).
+point (``export.calibrate``) and the training data's profile (``edge.inputs.profile``).
 
 Checks, each with its figures and, when it fires, the reason in words:
   - scores: the positive class's calibrated probability (the predicted class's for
@@ -231,7 +231,7 @@ def _outside_check(name: str, values: list, is_outside, words: str, reference: s
 
 
 def input_checks(records: list[dict], profile: dict | None) -> list[dict]:
-    """The records' inputs against the training data profile (``edge.profile``)."""
+    """The records' inputs against the training data profile (``edge.inputs.profile``)."""
     if not profile:
         return []
     inputs = [r.get("input") or {} for r in records]

@@ -10,7 +10,7 @@ predict`` finds inputs) or from a CSV of ``path,label``. Every input becomes a c
 record: classified with its truth, or a problem (unreadable, unlabelled, a label
 that is not a class, refused) that is counted and listed, never dropped.
 
-The figures (``edge.evaluate``), at the bundle's own operating point: AUC with a
+The figures (``edge.golive``), at the bundle's own operating point: AUC with a
 DeLong 95% CI; sensitivity, specificity, PPV and NPV with Wilson 95% CIs; the
 confusion matrix, Brier score, ECE and a 10-bin reliability table; the same per
 subgroup (DICOM manufacturer, modality, view position, photometric

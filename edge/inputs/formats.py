@@ -1,8 +1,8 @@
 """Recognising image files by their bytes (format, pixel size, truncation), and what a file is once read
 (``ImageInfo``).
 
-Shared by ``edge.image`` (PNG, JPEG, TIFF, BMP) and ``edge.dicom``: ``edge.image`` reads DICOM files through
-``edge.dicom``, and ``edge.dicom`` needs nothing from ``edge.image``. Nothing here decodes pixels: the
+Shared by ``edge.inputs.image`` (PNG, JPEG, TIFF, BMP) and ``edge.inputs.dicom``: ``edge.inputs.image`` reads DICOM files through
+``edge.inputs.dicom``, and ``edge.inputs.dicom`` needs nothing from ``edge.inputs.image``. Nothing here decodes pixels: the
 header alone says what a file is and how large it would be once decoded, so an
 image over the pixel limit or a file cut short is refused before any
 allocation.

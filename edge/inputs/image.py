@@ -22,7 +22,7 @@ documented rule, never silently here (``cv2.IMREAD_GRAYSCALE`` would shift a
 ``load_image`` also returns an ``ImageInfo``: what the file is (format, size,
 bit depth, photometric interpretation, DICOM modality, which decoder read it)
 and, for DICOM, the display range its window defines; records carry it and
-the out-of-distribution checks (``edge.profile``) use it.
+the out-of-distribution checks (``edge.inputs.profile``) use it.
 """
 from __future__ import annotations
 

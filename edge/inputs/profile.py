@@ -113,7 +113,7 @@ def check_input(info: ImageInfo, stats: dict, profile: dict | None = None, path=
     """Warnings for one input (module docstring); raises ImageError for what must not be labelled.
 
     Args:
-        info: what the file is (``edge.image.load_image``).
+        info: what the file is (``edge.inputs.image.load_image``).
         stats: ``image_stats`` of its preprocessing stages.
         profile: the bundle's ``data_profile``; None checks the intrinsic rules only.
         path: named in the error.

@@ -1,7 +1,7 @@
 """cv2.dnn, guarded: loading an ONNX model with one of this OpenCV's engines, and a checked forward pass.
 
 Every OpenCV from 4.5.5 up, pip wheel or distribution package: what an OpenCV offers
-(engines, backends) is detected in ``edge.engines``, never assumed from its version;
+(engines, backends) is detected in ``edge.runtime.engines``, never assumed from its version;
 the net's type is ``cv2.dnn.Net`` from 4.6 on, ``cv2.dnn_Net`` in 4.5.5.
 
 OpenCV hazards this module designs for:
@@ -66,7 +66,7 @@ def load_net(model: bytes | str | os.PathLike, engine: str = "classic", backend:
     Args:
         model: the ONNX file's bytes (preferred: the bytes whose hash was checked
             are the bytes loaded), or a path.
-        engine: a key of ENGINES (``auto`` is resolved per bundle by ``edge.engine_choice``).
+        engine: a key of ENGINES (``auto`` is resolved per bundle by ``edge.runtime.choice``).
         backend: a key of BACKENDS that this box can run (``available_backends()``).
         name: how to call the model in errors (its path).
         verified_with: the OpenCV version the bundle was verified with, for the remedy in errors.

@@ -4,9 +4,9 @@
   4.x has one, the classic engine (``readNetFromONNX(src)``); OpenCV 5's ONNX Runtime
   engine only where OpenCV was built with ONNX Runtime (elsewhere it silently falls
   back to another engine). ``ENGINES`` lists this OpenCV's, and onnxruntime where the
-  ``ort`` extra is installed (``edge.ort_engine``); ``auto`` (the fastest
+  ``ort`` extra is installed (``edge.runtime.ort``); ``auto`` (the fastest
   correct one of OpenCV's engines for a bundle on this box, or the one ``medge check``
-  measured fastest of all) is chosen by ``edge.engine_choice``;
+  measured fastest of all) is chosen by ``edge.runtime.choice``;
 - backends and targets: those that ``cv2.dnn.getAvailableTargets`` lists on this box.
 
 ``edge.runtime`` loads and runs nets with them; ``check_choices`` says, before any work,
@@ -27,7 +27,7 @@ from medge.edge.errors import ConfigError, MissingExtraError
 from medge.edge.runtime.ort import EXTRA as ORT_EXTRA  # pip install "medge[ort]": onnxruntime as an engine
 from medge.edge.runtime.ort import read_ort  # imports onnxruntime only when a net is read
 
-AUTO = "auto"  # the engine that is fastest and correct for a bundle on this box, chosen by edge.engine_choice
+AUTO = "auto"  # the engine that is fastest and correct for a bundle on this box, chosen by edge.runtime.choice
 
 
 @dataclass(frozen=True)

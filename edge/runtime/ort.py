@@ -1,6 +1,6 @@
 """onnxruntime as an engine of the edge runtime (optional: ``pip install "medge[ort]"``).
 
-One more entry of ``edge.engines.ENGINES``: the same bundle, the same
+One more entry of ``edge.runtime.engines.ENGINES``: the same bundle, the same
 verified bytes (SHA-256), the same golden self-test and the same blob and output
 guards as OpenCV's engines, because ``OrtNet`` speaks the part of the
 ``cv2.dnn.Net`` interface that ``edge.runtime`` uses (``setInput``, ``forward``,

@@ -3,7 +3,7 @@
 The test bundles are exported without --data (no operating point, no data profile).
 ``calibrated_copy`` gives a copy the sections ``medge export --data`` writes: the
 operating point chosen by ``medge.export.calibrate`` on the bundle's own logits for a
-synthetic validation split, and the profile of those images (``edge.profile``).
+synthetic validation split, and the profile of those images (``edge.inputs.profile``).
 """
 import json
 import shutil

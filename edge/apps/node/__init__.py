@@ -4,7 +4,7 @@ Usage: medge node --model bundles/xray --out node/ [--ae-title MEDGE] [--port 11
 
 A Storage SCP (pynetdicom) that answers C-ECHO and takes C-STORE of single-frame
 grayscale images (CR, DX, mammography, Secondary Capture; and the modalities the
-bundle names), in every transfer syntax ``edge.dicom`` decodes. Each instance is
+bundle names), in every transfer syntax ``edge.inputs.dicom`` decodes. Each instance is
 written to ``DIR/spool/`` (fsync, rename) before the sender hears success, classified
 off the association threads by the same ``Model.predict`` as ``medge predict``, and
 gets exactly one result, even across ``kill -9``:

@@ -4,7 +4,7 @@
   (``IMAGE_SOP_CLASSES``, plus those of the modalities the bundle's data profile names),
   and CT and MR slices (``SLICE_SOP_CLASSES``: taken, then recorded as skipped unless the
   bundle is for that modality),
-  each with every transfer syntax ``edge.dicom`` decodes here; anything else is rejected
+  each with every transfer syntax ``edge.inputs.dicom`` decodes here; anything else is rejected
   at negotiation, and C-ECHO is answered.
 - ``--allow AE[@HOST]``: another caller gets A-ASSOCIATE-RJ, rejected-permanent, "calling
   AE title not recognised" (PS3.8 9.3.4).
@@ -89,7 +89,7 @@ def sop_classes(modalities) -> dict[str, str]:
 
 
 def transfer_syntaxes() -> list[str]:
-    """Every transfer syntax ``edge.dicom`` has a decoder for that is installed here."""
+    """Every transfer syntax ``edge.inputs.dicom`` has a decoder for that is installed here."""
     return [uid for uid, (_, module) in DECODERS.items() if importlib.util.find_spec(module) is not None]
 
 

@@ -1,4 +1,4 @@
-"""edge.pipeline: order, batches, bounds and errors of the work-sharing pipeline (no model: plain functions)."""
+"""edge.execution.pipeline: order, batches, bounds and errors of the work-sharing pipeline (no model: plain functions)."""
 import threading
 import time
 

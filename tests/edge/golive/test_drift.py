@@ -1,4 +1,4 @@
-"""medge monitor and edge.drift: records of a box against the bundle's validation scores and training profile."""
+"""medge monitor and edge.golive.drift: records of a box against the bundle's validation scores and training profile."""
 import json
 from pathlib import Path
 
