@@ -45,7 +45,7 @@ from medge.edge.errors import (
     UsageError,
 )
 from medge.edge.execution.budget import ThreadBudget
-from medge.edge.execution.run import NetPool, Prediction, RunOptions, run_predictions
+from medge.edge.execution.run import NetPool, RunOptions, run_predictions
 from medge.edge.explain import (
     CamExplainer,
     Explainer,
@@ -56,6 +56,7 @@ from medge.edge.explain import (
 )
 from medge.edge.inputs.formats import DEFAULT_MAX_PIXELS
 from medge.edge.inputs.image import load_image, to_gray
+from medge.edge.prediction import Prediction
 from medge.edge.preprocess import PreprocessConfig, preprocess
 from medge.edge.runtime.bundle import LOGITS_OUTPUT, MANIFEST_FILE, MODEL_FILE, golden_inputs, read_manifest, sha256_bytes
 from medge.edge.runtime.choice import EngineChoice, choose_engine

@@ -22,7 +22,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import partial
 from typing import TYPE_CHECKING, Callable
 
@@ -31,44 +31,15 @@ import numpy as np
 from medge.edge.errors import MedgeError
 from medge.edge.execution.budget import LOAD, StageCosts, budget_cores, lone_threads, opencv_threads, plan_budget
 from medge.edge.execution.pipeline import Pipeline
-from medge.edge.explain import Explanation
 from medge.edge.inputs.formats import array_info
 from medge.edge.inputs.image import EncodedFile, decode_image, load_image, to_gray
 from medge.edge.inputs.profile import STATS, check_input, image_stats
+from medge.edge.prediction import Prediction
 from medge.edge.preprocess import preprocess_stages
 from medge.edge.runtime.dnn import softmax
 
 if TYPE_CHECKING:
     from medge.edge.model import Model
-
-
-@dataclass
-class Prediction:
-    """One input's result: a label and probabilities, or an error; never both."""
-
-    path: str | None  # None for arrays; a non-UTF-8 name holds surrogate escapes (edge.paths)
-    label: str | None = None
-    probabilities: dict[str, float] | None = None  # calibrated when the bundle has a temperature (edge.decision)
-    logits: list[float] | None = None  # the model's raw outputs, before calibration
-    threshold: float | None = None  # the bundle's operating threshold on its positive class; None: argmax
-    calibrated: bool = False  # probabilities are softmax(logits / T) with the bundle's fitted T
-    timings_ms: dict[str, float] = field(default_factory=dict)  # read, preprocess, inference (batch time / batch size)
-    error: str | None = None
-    warnings: list[str] = field(default_factory=list)  # what is odd about the input (edge.profile); empty when fine
-    input: dict | None = None  # ImageInfo.to_dict(): format, size, bits, photometric, modality, decoder, ...
-    unexpected: bool = False  # the error is a bug in medge (exit status 3), not a problem of the input
-    explanation: Explanation | None = field(default=None, repr=False)  # predict(..., heatmaps=True) only
-
-    @property
-    def ok(self) -> bool:
-        return self.error is None
-
-    def to_record(self, model_sha256: str) -> dict:
-        """The one record format of medge predict, watch and serve (JSON-ready)."""
-        return {"path": self.path, "label": self.label, "probabilities": self.probabilities,
-                "threshold": self.threshold, "calibrated": self.calibrated, "logits": self.logits,
-                "model_sha256": model_sha256, "timings_ms": self.timings_ms, "error": self.error,
-                "warnings": list(self.warnings), "input": self.input}
 
 
 @dataclass(frozen=True)
