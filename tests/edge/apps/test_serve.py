@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+from dataclasses import replace
 from types import SimpleNamespace
 
 import cv2
@@ -128,7 +129,7 @@ def test_model_info_has_no_paths_and_no_nan(model):
                                       "skipped": [["/data/patients/KIM.png", "unreadable"]],
                                       "label_flips": [{"name": "/data/patients/LEE.png"}]},
          "training": {**model.manifest["training"], "metrics": {"val": {"auc": float("nan"), "accuracy": 0.5}}}}
-    fake = Model(m, model.onnx_bytes, model.bundle_dir, model.engine, model.backend)
+    fake = Model(replace(model.bundle, manifest=m), model.engine_choice)
     info = model_info(fake)
     text = json.dumps(info, allow_nan=False)  # NaN would make this raise
     assert "/data" not in text and "KIM" not in text and "LEE" not in text and "checkpoint" not in text
