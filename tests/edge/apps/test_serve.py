@@ -20,7 +20,6 @@ import pytest
 
 import medge
 from medge.edge.apps.cli import main
-from medge.edge.apps.preview import render_preview
 from medge.edge.apps.serve import ServeConfig
 from medge.edge.apps.serve.api import InferenceService, Overloaded, clean_name, model_info
 from medge.edge.apps.serve.guard import TOKEN_COOKIE, Guard, host_name
@@ -29,6 +28,7 @@ from medge.edge.apps.serve.texts import TEXT, pick_language
 from medge.edge.errors import ConfigError, UsageError
 from medge.edge.inputs.image import read_image, write_image
 from medge.edge.model import Model
+from medge.edge.preview import render_preview
 from tests.conftest import xray_like
 
 TOKEN = "s3cret-token_0123456789"
