@@ -30,6 +30,7 @@ from medge.edge import system
 from medge.edge.errors import MedgeError, UsageError
 from medge.edge.inputs.image import write_image
 from medge.edge.model import Model
+from medge.edge.node_extra import check_node_extra
 from medge.edge.runtime.choice import record_engine, record_key, try_engine
 from medge.edge.runtime.dnn import check_opencv, latency_summary, time_forwards
 from medge.edge.runtime.engines import AUTO, BACKENDS, ENGINES, available_backends, engines_for
@@ -160,10 +161,8 @@ def end_to_end(bundle: str) -> dict:
 
 def node_extra() -> dict:
     """Whether ``medge node`` works here: the node extra imports and answers a C-ECHO to itself (not part of the verdict)."""
-    from medge.edge.apps.node.scp import self_test
-
     try:
-        return self_test()
+        return check_node_extra()
     except Exception as e:  # a broken install of the extra: reported, the bundle's check goes on
         return {"ok": False, "error": f"{type(e).__name__}: {e}"}
 
