@@ -39,8 +39,9 @@ import numpy as np
 
 from medge.edge.inputs.formats import DEFAULT_MAX_PIXELS
 from medge.edge.inputs.image import EncodedFile
-from medge.edge.model import Model, Prediction
+from medge.edge.model import Model
 from medge.edge.paths import shown, to_json
+from medge.edge.prediction import Prediction
 
 PATH, BYTES = "path", "bytes"  # the input columns (read_binary_files(..., include_paths=True) gives both)
 

@@ -1,7 +1,7 @@
 """The edge model: a verified bundle, run with cv2.dnn on numpy + OpenCV only.
 
 Usage:
-    from medge.edge.model import Model
+    from medge.edge import Model
     model = Model.load("bundles/xray")           # checks hash and golden self-test, picks the engine
     for p in model.predict(["a.png", "b.dcm"]):  # files, arrays, or a mix
         print(p.path, p.label, p.probabilities, p.warnings, p.error)
@@ -15,98 +15,90 @@ threads share one); the pipeline's forward passes take nets from a pool of
 the model's, one each. CLAHE objects are per thread too (``edge.preprocess``).
 So one ``Model`` may be used from many threads at once.
 
+Built once: ``Model.load`` verifies the bundle (``edge.runtime.verify``: hashes, then the golden
+self-test on each engine tried), chooses the engine (``edge.runtime.choice``) and builds the
+``Model`` from the bundle and that choice; nothing is patched in afterwards.
+
 Engine: with ``engine="auto"`` (the default) ``Model.load`` runs the fastest engine
-that passes the self-test on this box (``edge.engine_choice``); ``model.engine``
+that passes the self-test on this box (``edge.runtime.choice``); ``model.engine``
 names it and ``model.engine_choice`` says why. Where batches > 1 fail or differ
 (OpenCV 4.5.5/4.6 with squeeze-excitation models) the model runs one image per pass.
 
-Throughput: ``predict`` runs a pipeline (``edge.pipeline``, driven by ``edge.execution``): one thread per core,
-each reading and preprocessing the next file (OpenCV releases the GIL) or running a
+Throughput: ``predict`` runs a pipeline (``edge.execution.pipeline``, driven by ``edge.execution.run``): one
+thread per core, each reading and preprocessing the next file (OpenCV releases the GIL) or running a
 single-threaded batched forward pass on a net of its own, whichever is next; the
-thread budget and why are in ``edge.budget`` (``model.budget``). Results come back
+thread budget and why are in ``edge.execution.budget`` (``model.budget``). Results come back
 in input order.
 """
 from __future__ import annotations
 
 import os
 import threading
-from pathlib import Path
 
 import cv2
 import numpy as np
 
 from medge.edge.decision import OperatingPoint, label_indices
-from medge.edge.errors import (
-    BundleError,
-    ConfigError,
-    InferenceError,
-    ModelIntegrityError,
-    SelfTestError,
-    UsageError,
-)
+from medge.edge.errors import BundleError, InferenceError, UsageError
 from medge.edge.execution.budget import ThreadBudget
-from medge.edge.execution.run import NetPool, Prediction, RunOptions, run_predictions
-from medge.edge.explain import (
-    CamExplainer,
-    Explainer,
-    Explanation,
-    OcclusionExplainer,
-    default_occlusion,
-    load_explainer,
-)
+from medge.edge.execution.run import NetPool, RunOptions, run_predictions
+from medge.edge.explain import Explainer, Explanation, OcclusionExplainer, default_occlusion
 from medge.edge.inputs.formats import DEFAULT_MAX_PIXELS
 from medge.edge.inputs.image import load_image, to_gray
-from medge.edge.preprocess import PreprocessConfig, preprocess
-from medge.edge.runtime.bundle import LOGITS_OUTPUT, MANIFEST_FILE, MODEL_FILE, golden_inputs, read_manifest, sha256_bytes
+from medge.edge.prediction import Prediction
+from medge.edge.preprocess import preprocess
+from medge.edge.runtime.bundle import LOGITS_OUTPUT
 from medge.edge.runtime.choice import EngineChoice, choose_engine
-from medge.edge.runtime.dnn import forward_batches, forward_outputs_batches, load_net
-from medge.edge.runtime.engines import AUTO, check_choices
+from medge.edge.runtime.dnn import forward_batches, forward_outputs_batches
+from medge.edge.runtime.verify import VerifiedBundle, open_bundle
 
 
 class Model:
-    """A loaded, verified bundle. Build with ``Model.load``."""
+    """A loaded, verified bundle running on the engine chosen here. Build with ``Model.load``; complete when built.
 
-    def __init__(self, manifest: dict, onnx_bytes: bytes, bundle_dir: Path, engine: str, backend: str):
-        self.manifest = manifest
-        self.bundle_dir = bundle_dir
-        self.classes: list[str] = list(manifest["classes"])
-        self.preprocess_config = PreprocessConfig.from_dict(manifest["preprocess"])
-        self.chw = tuple(int(v) for v in manifest["model"]["input_shape"][1:])
-        self.dynamic_batch = bool(manifest["model"].get("dynamic_batch", False))
-        self.sha256 = manifest["model"]["sha256"]
-        self.data_profile: dict | None = manifest.get("data_profile")  # what training saw (edge.profile); may be absent
+    Args:
+        bundle: the verified bundle (``Model.open``).
+        engine_choice: the engine that passed the self-test here, and why (``edge.runtime.choice``).
+        net: the net that passed it, kept as the building thread's (None: loaded on first use).
+    """
+
+    def __init__(self, bundle: VerifiedBundle, engine_choice: EngineChoice, net=None):
+        self.bundle = bundle
+        self.manifest, self.bundle_dir, self.backend = bundle.manifest, bundle.bundle_dir, bundle.backend
+        self.onnx_bytes = bundle.onnx_bytes  # the verified bytes of model.onnx (SHA-256 ``self.sha256``), for other runtimes
+        self.sha256 = bundle.sha256
+        self.classes: list[str] = bundle.classes
+        self.preprocess_config = bundle.preprocess_config
+        self.chw = bundle.chw
+        self.data_profile: dict | None = self.manifest.get("data_profile")  # what training saw (edge.inputs.profile); may be absent
         # calibration and threshold (edge.decision); None: argmax of softmax(logits), as bundles exported without them
-        self.operating_point: OperatingPoint | None = OperatingPoint.from_manifest(manifest, str(bundle_dir))
-        self.engine, self.backend = engine, backend  # engine: the one running (Model.load resolves auto)
-        self.engine_choice: EngineChoice | None = None  # which engine, why, and what was tried
+        self.operating_point: OperatingPoint | None = bundle.operating_point
+        self.explain_method: str | None = bundle.explainer.method if bundle.explainer else None  # "cam", "occlusion"
+        self.engine_choice = engine_choice  # which engine, why, and what was tried
+        self.engine = engine_choice.engine  # the one running (auto resolved)
+        trial = engine_choice.trials[0]
+        self.self_test_max_abs: float | None = trial.self_test_max_abs  # None: the self-test was off
+        self.dynamic_batch = bundle.dynamic_batch and trial.batched is not False
         self.batch_note: str | None = None  # why batches > 1 are off here, when the self-test turned them off
-        self._onnx_bytes = onnx_bytes
+        if trial.batched is False:
+            self.batch_note = (f"OpenCV {cv2.__version__} ({self.engine} engine) fails or differs on batches > 1 "
+                               "of this model: one image per forward pass here")
         self._local = threading.local()
-        self.self_test_max_abs: float | None = None
-        self._explainer: Explainer | None = None  # set by open() from the manifest's "explain" section
-        self.budget: ThreadBudget | None = None  # the thread budget of the latest pipelined run (edge.budget)
+        if net is not None:
+            self.set_thread_net(net)
+        self.budget: ThreadBudget | None = None  # the thread budget of the latest pipelined run (edge.execution.budget)
         self.net_pool = NetPool()  # nets of the pipeline's forward passes, kept between runs (edge.execution)
-
-    @property
-    def explain_method(self) -> str | None:
-        """The heatmap method this bundle supports: "cam", "occlusion", or None (exported before heatmaps)."""
-        return self._explainer.method if self._explainer else None
-
-    @property
-    def onnx_bytes(self) -> bytes:
-        """The verified bytes of model.onnx (their SHA-256 is ``self.sha256``), for other runtimes."""
-        return self._onnx_bytes
 
     @classmethod
     def load(cls, bundle_dir: str | os.PathLike, backend: str = "cpu", engine: str | None = None,
-             self_test: bool = True) -> "Model":
+             self_test: bool = True) -> Model:
         """Load a bundle and prove it is the model that was exported.
 
         Args:
             bundle_dir: folder with model.onnx and model.json.
-            backend: a key of ``edge.engines.BACKENDS`` (default OpenCV on the CPU).
+            backend: a key of ``edge.runtime.engines.BACKENDS`` (default OpenCV on the CPU).
             engine: ``auto`` (the fastest engine that passes the self-test here) or
-                one of ``edge.engines.ENGINES``; default: the manifest's (``auto``
+                one of ``edge.runtime.engines.ENGINES``; default: the manifest's (``auto``
                 unless the export named one).
             self_test: run the manifest's golden self-test (on by default; only
                 benchmarks of raw loading turn it off).
@@ -119,63 +111,21 @@ class Model:
                 outputs on the golden inputs differ beyond tolerance.
                 ConfigError: an engine or backend this OpenCV or box does not have.
         """
-        model = cls.open(bundle_dir, backend, engine)
-        model.engine_choice, net = choose_engine(model, model.engine, self_test)
-        model.engine = model.engine_choice.engine
-        model.set_thread_net(net)
-        trial = model.engine_choice.trials[0]
-        model.self_test_max_abs = trial.self_test_max_abs
-        if trial.batched is False:
-            model.dynamic_batch = False
-            model.batch_note = (f"OpenCV {cv2.__version__} ({model.engine} engine) fails or differs on batches > 1 "
-                                "of this model: one image per forward pass here")
-        return model
+        bundle = open_bundle(bundle_dir, backend, engine)
+        engine_choice, net = choose_engine(bundle, bundle.requested_engine, self_test)
+        return cls(bundle, engine_choice, net)
 
-    @classmethod
-    def open(cls, bundle_dir: str | os.PathLike, backend: str = "cpu", engine: str | None = None) -> "Model":
-        """Read a bundle's manifest and verify model.onnx's SHA-256; no net is loaded and ``engine`` may still be
-        ``auto`` (``load`` goes on to choose the engine and run the self-test; ``medge check`` tries each engine).
-
-        Raises:
-            the errors of ``load`` that come before any engine is involved.
-        """
-        d = Path(bundle_dir)
-        manifest = read_manifest(d)
-        path = d / MODEL_FILE  # never a name from the manifest: it could point outside the bundle
-        try:
-            data = path.read_bytes()
-        except FileNotFoundError:
-            raise BundleError(f"{path}: model file missing from the bundle") from None
-        except OSError as e:
-            raise BundleError(f"{path}: cannot read: {e.strerror or e}") from None
-        digest = sha256_bytes(data)
-        if digest != manifest["model"]["sha256"]:
-            raise ModelIntegrityError(
-                f"{path}: SHA-256 {digest[:16]}... does not match the manifest's {manifest['model']['sha256'][:16]}...: "
-                "the model file was modified or only partly copied; refusing to run it")
-        requested = engine or manifest.get("runtime", {}).get("engine", AUTO)
-        try:
-            check_choices(requested, backend)
-        except ConfigError as e:
-            if engine:
-                raise
-            raise BundleError(f"{d / MANIFEST_FILE}: the bundle asks for an engine this OpenCV lacks: {e}; "
-                              "run it with --engine auto (Model.load(..., engine='auto')) or install an OpenCV that has it"
-                              ) from None
-        model = cls(manifest, data, d, requested, backend)
-        model._explainer = load_explainer(manifest, d)  # checks the CAM head's SHA-256
-        return model
-
-    def load_net(self, engine: str):
-        """A new net of the verified model bytes with ``engine`` on this model's backend (for one thread)."""
-        return load_net(self._onnx_bytes, engine, self.backend, str(self.bundle_dir / MODEL_FILE),
-                        self.manifest.get("versions", {}).get("opencv"))
+    @staticmethod
+    def open(bundle_dir: str | os.PathLike, backend: str = "cpu", engine: str | None = None) -> VerifiedBundle:
+        """The bundle's manifest read and model.onnx's SHA-256 verified, without a net or an engine choice
+        (``medge check`` tries each engine on it; ``edge.runtime.verify.open_bundle``)."""
+        return open_bundle(bundle_dir, backend, engine)
 
     def thread_net(self):
         """This thread's net (loaded on first use): a net is never shared between threads."""
         net = getattr(self._local, "net", None)
         if net is None:
-            net = self._local.net = self.load_net(self.engine)
+            net = self._local.net = self.bundle.load_net(self.engine)
         return net
 
     def set_thread_net(self, net) -> None:
@@ -183,51 +133,6 @@ class Model:
         that wrap the net to make OpenCV misbehave (any object with ``setInput``, ``forward`` and
         ``getUnconnectedOutLayersNames``)."""
         self._local.net = net
-
-    def golden_inputs(self) -> np.ndarray:
-        """The manifest's self-test inputs, regenerated here (N, C, H, W)."""
-        g = self.manifest["golden"]
-        return golden_inputs(int(g["seed"]), int(g["count"]), self.preprocess_config)
-
-    def self_test(self, net, batch_size: int, engine: str | None = None) -> float:
-        """Max |logit difference| between ``net``'s outputs on the golden inputs (``batch_size`` per pass)
-        and the exported ones; ``engine`` names the net's engine in errors (default: ``self.engine``).
-
-        Raises:
-            SelfTestError: beyond the manifest's tolerance. InferenceError: a forward pass failed.
-        """
-        g = self.manifest["golden"]
-        expected = np.asarray(g["expected_logits"], np.float32)
-        cam = self._explainer if isinstance(self._explainer, CamExplainer) and "expected_cam" in g else None
-        features = None
-        if cam is None:
-            got = forward_batches(net, self.golden_inputs(), self.chw, len(self.classes), batch_size)
-        else:  # one pass for both outputs: the feature map is tested with the logits (after them, below)
-            outs = forward_outputs_batches(net, self.golden_inputs(), self.chw, (LOGITS_OUTPUT, cam.output), batch_size)
-            got, features = outs[LOGITS_OUTPUT].reshape(len(outs[LOGITS_OUTPUT]), -1), outs[cam.output]
-        if got.shape != expected.shape:
-            raise SelfTestError(f"{self.bundle_dir}: the manifest's golden logits have shape {expected.shape}, "
-                                f"the model gives {got.shape}: a damaged manifest")
-        worst = float(np.abs(got - expected).max())
-        if not worst <= float(g["tolerance"]):
-            raise SelfTestError(
-                f"{self.bundle_dir}: golden self-test failed: max |logit difference| {worst:.3g} > {g['tolerance']:g} "
-                f"(OpenCV {cv2.__version__}, {engine or self.engine} engine here; the bundle was verified with OpenCV "
-                f"{self.manifest.get('versions', {}).get('opencv', '?')}): do not use this model on this machine")
-        if cam is not None:
-            self._self_test_cam(cam, features, g, engine)
-        return worst
-
-    def _self_test_cam(self, cam: CamExplainer, features: np.ndarray, g: dict, engine: str | None) -> None:
-        expected = np.asarray(g["expected_cam"], np.float32)
-        got = np.stack([cam.cams(features, [k] * len(features)) for k in range(len(self.classes))], axis=1)
-        worst = float(np.abs(got - expected).max()) / max(1.0, float(np.abs(expected).max())) \
-            if got.shape == expected.shape else float("inf")
-        if not worst <= float(g["tolerance"]):
-            raise SelfTestError(
-                f"{self.bundle_dir}: golden self-test of the heatmaps failed: max relative |CAM difference| {worst:.3g} > "
-                f"{g['tolerance']:g} (OpenCV {cv2.__version__}, {engine or self.engine} engine here): "
-                "do not use this model's heatmaps on this machine")
 
     def infer_outputs(self, blob: np.ndarray, names: tuple[str, ...], net=None) -> dict[str, np.ndarray]:
         """Named outputs for a non-empty blob, in chunks the model accepts (the heatmaps' forward pass;
@@ -243,10 +148,10 @@ class Model:
 
     def require_heatmaps(self) -> Explainer:
         """The bundle's explainer; BundleError (exit 2) when it has none (exported before heatmaps)."""
-        if self._explainer is None:
+        if self.bundle.explainer is None:
             raise BundleError(f"{self.bundle_dir}: this bundle has no heatmaps (its manifest has no 'explain' section: "
                               "it was exported before medge had them); export it again to get heatmaps")
-        return self._explainer
+        return self.bundle.explainer
 
     def _explainer_for(self, method: str | None) -> Explainer:
         """The bundle's explainer (None), or occlusion asked for by name: it needs only the logits, so any bundle has it."""
@@ -320,25 +225,25 @@ class Model:
                      strict: bool = False, heatmaps: bool = False, streams: int | None = None):
         """Yield one Prediction per input, in input order, as soon as each batch is done.
 
-        Three ways to run, chosen by ``edge.execution`` (``edge.budget`` explains why):
+        Three ways to run, chosen by ``edge.execution`` (``edge.execution.budget`` explains why):
         - ``workers=0``: everything in this thread, one input after the other, with
           OpenCV's thread setting as it is;
         - a run that fits in one batch: its inputs read side by side, then one forward
           pass with OpenCV's threads set to the cores that are idle (no inference to
           overlap with reading: the pass gets them all);
-        - otherwise pipelined (``edge.pipeline``): ``workers`` threads (default: one per
+        - otherwise pipelined (``edge.execution.pipeline``): ``workers`` threads (default: one per
           core) each read and preprocess the next input or run a single-threaded batched
           forward pass on a net of its own, whichever is next, at most ``streams`` passes
           at once; a list or tuple of inputs gets smaller passes when it is short
-          (``edge.budget.pass_size``); ``self.budget`` records the plan and the stages' measured costs.
+          (``edge.execution.budget.pass_size``); ``self.budget`` records the plan and the stages' measured costs.
 
         Args:
-            inputs: iterable of paths, arrays (gray, BGR or BGRA) and/or ``edge.image.EncodedFile`` (a file's bytes
+            inputs: iterable of paths, arrays (gray, BGR or BGRA) and/or ``edge.inputs.image.EncodedFile`` (a file's bytes
                 read elsewhere, named by its path: the same record as the path).
             batch_size: images per forward pass, at most (1 for a fixed-batch model; fewer in a short pipelined run).
-            workers: threads of the pipeline (0 = no pipeline; default: one per core, ``edge.budget``).
+            workers: threads of the pipeline (0 = no pipeline; default: one per core, ``edge.execution.budget``).
             max_pixels: refuse larger images.
-            strict: an input with warnings (``edge.profile``) is refused instead of labelled.
+            strict: an input with warnings (``edge.inputs.profile``) is refused instead of labelled.
             heatmaps: also explain each classified input (``Prediction.explanation``, the predicted
                 class); with CAM from the same forward pass. BundleError if the bundle has none.
             streams: at most this many forward passes at once in the pipeline (default: ``min(workers, 8)``).

@@ -4,7 +4,8 @@ One installed name, four layers (each a folder of the repository, mapped here by
 setuptools' package-dir in pyproject.toml):
 
     medge.edge        the edge runtime, numpy + OpenCV only (base install);
-                      medge.edge.apps holds its commands (check, predict, watch, preview)
+                      medge.edge.apps holds its commands (check, predict, preview, watch, serve,
+                      node, batch, validate, monitor)
     medge.train       data, models, training loop (extra: train)
     medge.export      ONNX export and verification (extra: train)
     medge.benchmarks  PyTorch vs cv2.dnn latency and parity, the demo (extra: train)

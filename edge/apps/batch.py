@@ -49,9 +49,10 @@ from medge.edge.apps.options import add_bundle_arguments, add_strict_argument, a
 from medge.edge.batch import NESTED_FIELDS, BatchPredictor, record_to_row, row_to_record
 from medge.edge.errors import UsageError
 from medge.edge.inputs.scanning import Scan, scan_inputs
-from medge.edge.model import Model, Prediction
+from medge.edge.model import Model
 from medge.edge.outputs import atomic_write_text, check_output_file, open_atomic, wrote
 from medge.edge.paths import shown, to_json
+from medge.edge.prediction import Prediction
 from medge.edge.progress import ProgressLine
 from medge.edge.system import usable_cores
 

@@ -30,10 +30,12 @@ from medge.edge import system
 from medge.edge.errors import MedgeError, UsageError
 from medge.edge.inputs.image import write_image
 from medge.edge.model import Model
+from medge.edge.node_extra import check_node_extra
 from medge.edge.numeric import latency_summary
 from medge.edge.runtime.choice import record_engine, record_key, try_engine
 from medge.edge.runtime.dnn import check_opencv, time_forwards
 from medge.edge.runtime.engines import AUTO, BACKENDS, ENGINES, available_backends, engines_for
+from medge.edge.runtime.verify import VerifiedBundle, open_bundle
 
 E2E_SIZE = 2048  # side of the synthetic end-to-end image, as a radiograph's
 E2E_RUNS = 3  # timed end-to-end runs after one untimed
@@ -56,11 +58,11 @@ def describe_box() -> dict:
             "backends": {"known": list(BACKENDS), "available": available_backends()}}
 
 
-def verify_bundle(bundle: str) -> tuple[dict, Model | None, dict]:
+def verify_bundle(bundle: str) -> tuple[dict, VerifiedBundle | None, dict]:
     """OpenCV's version, the manifest, model.onnx's SHA-256, then each CPU engine's load and golden self-test.
 
     Returns:
-        (section, the opened Model or None, engine -> net of each engine that passed).
+        (section, the verified bundle or None, engine -> net of each engine that passed).
     """
     section: dict = {"opencv_supported": True, "hash_ok": None, "engines": {}, "error": None, "exit_status": 0}
     try:
@@ -68,16 +70,17 @@ def verify_bundle(bundle: str) -> tuple[dict, Model | None, dict]:
     except MedgeError as e:
         return {**section, "opencv_supported": False, "error": str(e), "exit_status": e.exit_status}, None, {}
     try:
-        model = Model.open(bundle)  # the manifest's engine, as predict runs it: one this OpenCV lacks is an error
+        verified = open_bundle(bundle)  # the manifest's engine, as predict runs it: one this OpenCV lacks is an error
     except MedgeError as e:
         return {**section, "error": str(e), "exit_status": e.exit_status}, None, {}
-    g = model.manifest["golden"]
-    section.update(hash_ok=True, sha256=model.sha256, bundle_engine=model.engine, arch=model.manifest["model"].get("arch"),
-                   classes=model.classes, input=list(model.chw), tolerance=float(g["tolerance"]), golden_inputs=int(g["count"]),
-                   exported_with_opencv=model.manifest.get("versions", {}).get("opencv"))
+    g = verified.manifest["golden"]
+    section.update(hash_ok=True, sha256=verified.sha256, bundle_engine=verified.requested_engine,
+                   arch=verified.manifest["model"].get("arch"), classes=verified.classes, input=list(verified.chw),
+                   tolerance=float(g["tolerance"]), golden_inputs=int(g["count"]),
+                   exported_with_opencv=verified.manifest.get("versions", {}).get("opencv"))
     nets, errors = {}, []
     for engine in engines_for("cpu"):
-        trial, net, error = try_engine(model, engine)
+        trial, net, error = try_engine(verified, engine)
         section["engines"][engine] = {"ok": trial.ok, "self_test_max_abs": trial.self_test_max_abs,
                                       "batched": trial.batched, "error": trial.error}
         if trial.ok:
@@ -88,35 +91,35 @@ def verify_bundle(bundle: str) -> tuple[dict, Model | None, dict]:
         section.update(error=f"no engine of OpenCV {cv2.__version__} runs this bundle correctly: "
                              + "; ".join(f"[{e}] {s['error']}" for e, s in section["engines"].items()),
                        exit_status=max(e.exit_status for e in errors))
-    return section, model, nets
+    return section, verified, nets
 
 
-def time_engines(model: Model, nets: dict, repeats: int) -> dict:
+def time_engines(verified: VerifiedBundle, nets: dict, repeats: int) -> dict:
     """Batch-1 forward passes of each correct engine, interleaved, with 1 and all threads; the fastest of each."""
     all_threads = cv2.getNumThreads()
-    blob = model.golden_inputs()[:1]
+    blob = verified.golden_inputs()[:1]
     rows, fastest = [], {}
     try:
         for threads in sorted({1, all_threads}):
             cv2.setNumThreads(threads)
-            times = time_forwards(nets, blob, model.chw, len(model.classes), repeats, warmup=2)
+            times = time_forwards(nets, blob, verified.chw, len(verified.classes), repeats, warmup=2)
             stats = {e: latency_summary(t) for e, t in times.items()}
             rows += [{"engine": e, "threads": threads, **s} for e, s in stats.items()]
             fastest[threads] = min(stats, key=lambda e: stats[e]["p50_ms"])
     finally:
         cv2.setNumThreads(all_threads)
-    exported = model.manifest.get("runtime", {}).get("export_timings")
+    exported = verified.manifest.get("runtime", {}).get("export_timings")
     return {"batch": 1, "repeats": repeats, "all_threads": all_threads, "rows": rows,
             "fastest": {str(t): e for t, e in fastest.items()}, "exporting_machine": exported}
 
 
-def record_choice(model: Model, forward: dict) -> dict:
+def record_choice(verified: VerifiedBundle, forward: dict) -> dict:
     """Record the fastest correct engine per thread count for Model.load on this box."""
     paths, error = [], None
     for threads, engine in forward["fastest"].items():
         timings = {r["engine"]: r for r in forward["rows"] if str(r["threads"]) == threads}
         try:
-            paths.append(str(record_engine(record_key(model.sha256, "cpu", int(threads)), engine, timings)))
+            paths.append(str(record_engine(record_key(verified.sha256, "cpu", int(threads)), engine, timings)))
         except OSError as e:
             error = f"cannot record the choice ({e.strerror or e}): Model.load will measure at each load instead"
     return {"recorded": paths, "error": error}
@@ -159,10 +162,8 @@ def end_to_end(bundle: str) -> dict:
 
 def node_extra() -> dict:
     """Whether ``medge node`` works here: the node extra imports and answers a C-ECHO to itself (not part of the verdict)."""
-    from medge.edge.apps.node.scp import self_test
-
     try:
-        return self_test()
+        return check_node_extra()
     except Exception as e:  # a broken install of the extra: reported, the bundle's check goes on
         return {"ok": False, "error": f"{type(e).__name__}: {e}"}
 
@@ -170,12 +171,12 @@ def node_extra() -> dict:
 def run_check(bundle: str, repeats: int) -> dict:
     """Every step of ``medge check``; the record says what passed and why not."""
     record = {"check": "medge check", "bundle": bundle, **describe_box(), "node": node_extra()}
-    record["verification"], model, nets = verify_bundle(bundle)
+    record["verification"], verified, nets = verify_bundle(bundle)
     verification = record["verification"]
     if verification["error"]:
         return {**record, "verdict": {"ok": False, "exit_status": verification["exit_status"], "reason": verification["error"]}}
-    record["forward"] = time_engines(model, nets, repeats)
-    record["choice"] = record_choice(model, record["forward"])
+    record["forward"] = time_engines(verified, nets, repeats)
+    record["choice"] = record_choice(verified, record["forward"])
     try:
         record["end_to_end"] = end_to_end(bundle)
     except MedgeError as e:

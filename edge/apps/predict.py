@@ -38,9 +38,9 @@ from medge.edge.apps.records import RecordWriter
 from medge.edge.errors import MedgeError
 from medge.edge.inputs.image import write_image
 from medge.edge.inputs.scanning import scan_inputs
-from medge.edge.model import Prediction
 from medge.edge.outputs import check_output_dir, check_output_file, make_output_dir, open_atomic, output_names, wrote
 from medge.edge.paths import TEXT_ERRORS, shown
+from medge.edge.prediction import Prediction
 from medge.edge.progress import ProgressLine
 
 HEATMAP_SUFFIX = ".heatmap.png"  # DIR/<input stem>.heatmap.png

@@ -42,9 +42,10 @@ from medge.edge.apps.options import add_model_arguments, add_strict_argument, lo
 from medge.edge.errors import UsageError
 from medge.edge.inputs.formats import DEFAULT_MAX_PIXELS
 from medge.edge.inputs.scanning import classify_file, walk
-from medge.edge.model import Model, Prediction
+from medge.edge.model import Model
 from medge.edge.outputs import atomic_write_text, check_output_dir
 from medge.edge.paths import shown, to_json
+from medge.edge.prediction import Prediction
 
 LEDGER = ".medge-watch.jsonl"
 TEMP_SUFFIXES = (".part", ".partial", ".tmp", ".filepart", ".crdownload")

@@ -3,12 +3,12 @@
 The steps: ``prepare`` reads, preprocesses and checks one input (a ``Prediction`` and
 its model input, or its error); ``finish`` runs one batch of prepared inputs through
 the model (logits, calibrated probabilities, label, heatmap) and isolates an input
-that breaks the batch. The strategies (``edge.budget`` says why each is chosen):
+that breaks the batch. The strategies (``edge.execution.budget`` says why each is chosen):
 
 - ``predict_in_turn``: everything in the calling thread, one input after the other;
 - ``predict_one_batch``: a run that fits in one batch reads its inputs side by side on
   the idle cores, then runs one forward pass with their threads;
-- ``predict_pipelined``: ``edge.pipeline``'s threads each read or infer, whichever is
+- ``predict_pipelined``: ``edge.execution.pipeline``'s threads each read or infer, whichever is
   next; each forward pass takes a net of the model's ``NetPool`` (a ``cv2.dnn.Net`` is
   never used by two threads at once) and the run's stage costs go into the budget.
 
@@ -22,7 +22,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import partial
 from typing import TYPE_CHECKING, Callable
 
@@ -31,44 +31,15 @@ import numpy as np
 from medge.edge.errors import MedgeError
 from medge.edge.execution.budget import LOAD, StageCosts, budget_cores, lone_threads, opencv_threads, plan_budget
 from medge.edge.execution.pipeline import Pipeline
-from medge.edge.explain import Explanation
 from medge.edge.inputs.formats import array_info
 from medge.edge.inputs.image import EncodedFile, decode_image, load_image, to_gray
 from medge.edge.inputs.profile import STATS, check_input, image_stats
 from medge.edge.numeric import softmax
+from medge.edge.prediction import Prediction
 from medge.edge.preprocess import preprocess_stages
 
 if TYPE_CHECKING:
     from medge.edge.model import Model
-
-
-@dataclass
-class Prediction:
-    """One input's result: a label and probabilities, or an error; never both."""
-
-    path: str | None  # None for arrays; a non-UTF-8 name holds surrogate escapes (edge.paths)
-    label: str | None = None
-    probabilities: dict[str, float] | None = None  # calibrated when the bundle has a temperature (edge.decision)
-    logits: list[float] | None = None  # the model's raw outputs, before calibration
-    threshold: float | None = None  # the bundle's operating threshold on its positive class; None: argmax
-    calibrated: bool = False  # probabilities are softmax(logits / T) with the bundle's fitted T
-    timings_ms: dict[str, float] = field(default_factory=dict)  # read, preprocess, inference (batch time / batch size)
-    error: str | None = None
-    warnings: list[str] = field(default_factory=list)  # what is odd about the input (edge.profile); empty when fine
-    input: dict | None = None  # ImageInfo.to_dict(): format, size, bits, photometric, modality, decoder, ...
-    unexpected: bool = False  # the error is a bug in medge (exit status 3), not a problem of the input
-    explanation: Explanation | None = field(default=None, repr=False)  # predict(..., heatmaps=True) only
-
-    @property
-    def ok(self) -> bool:
-        return self.error is None
-
-    def to_record(self, model_sha256: str) -> dict:
-        """The one record format of medge predict, watch and serve (JSON-ready)."""
-        return {"path": self.path, "label": self.label, "probabilities": self.probabilities,
-                "threshold": self.threshold, "calibrated": self.calibrated, "logits": self.logits,
-                "model_sha256": model_sha256, "timings_ms": self.timings_ms, "error": self.error,
-                "warnings": list(self.warnings), "input": self.input}
 
 
 @dataclass(frozen=True)
@@ -256,7 +227,7 @@ def predict_in_turn(model: Model, inputs, run: RunOptions):
 
 def predict_pipelined(model: Model, inputs, total: int | None, run: RunOptions, workers: int | None,
                       streams: int | None):
-    """The pipeline (``edge.pipeline``): every thread reads, preprocesses or infers, whichever is next; forward
+    """The pipeline (``edge.execution.pipeline``): every thread reads, preprocesses or infers, whichever is next; forward
     passes single-threaded, each on a net of ``model.net_pool``; input order. ``model.budget`` records the plan."""
     cores = budget_cores()
     budget = model.budget = plan_budget(cores, None, workers, streams, batch_size=run.batch_size, inputs=total)
@@ -269,12 +240,12 @@ def predict_pipelined(model: Model, inputs, total: int | None, run: RunOptions, 
         return out
 
     def infer(batch: list) -> None:
-        with model.net_pool.borrow(lambda: model.load_net(model.engine)) as net:
+        with model.net_pool.borrow(lambda: model.bundle.load_net(model.engine)) as net:
             t0 = time.thread_time()
             finish(model, batch, run.heatmaps, net)
             costs.add_forward(1000 * (time.thread_time() - t0), len(batch))
 
-    with opencv_threads(1):  # every forward pass and preprocessing single-threaded (see edge.budget)
+    with opencv_threads(1):  # every forward pass and preprocessing single-threaded (see edge.execution.budget)
         yield from Pipeline(inputs, budget.batch_size, budget.threads, budget.forwards, prepare_timed, infer)
     model.budget = plan_budget(cores, costs.measured(), workers, streams, batch_size=run.batch_size,
                                inputs=total)  # the record: the same plan, with the costs this run measured

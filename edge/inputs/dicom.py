@@ -28,6 +28,7 @@ image needs about 4 x 160 MB at most.
 """
 from __future__ import annotations
 
+import importlib.util
 import io
 import os
 import warnings
@@ -58,6 +59,11 @@ DECODERS = {
 _JPEG_12BIT = ("pylibjpeg", "libjpeg")  # JPEG Extended with Bits Stored > 8 (GPL-3.0: installed by the user only)
 _JPEG_EXTENDED = "1.2.840.10008.1.2.4.51"
 _PACKAGES = {"pydicom": "pydicom", "gdcm": "python-gdcm", "libjpeg": "pylibjpeg-libjpeg"}
+
+
+def transfer_syntaxes() -> list[str]:
+    """Every transfer syntax of ``DECODERS`` whose decoder is installed here (found, not imported)."""
+    return [uid for uid, (_, module) in DECODERS.items() if importlib.util.find_spec(module) is not None]
 
 
 def _pydicom():

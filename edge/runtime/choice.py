@@ -27,7 +27,6 @@ import json
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import cv2
 
@@ -36,10 +35,9 @@ from medge.edge.numeric import latency_summary
 from medge.edge.outputs import atomic_write_text
 from medge.edge.runtime.dnn import time_forwards
 from medge.edge.runtime.engines import AUTO, ENGINES, engines_for
+from medge.edge.runtime.verify import VerifiedBundle
+from medge.edge.runtime.verify import self_test as run_self_test  # try_engine's self_test is a flag
 from medge.edge.system import cpu_model
-
-if TYPE_CHECKING:
-    from medge.edge.model import Model
 
 LOAD_ROUNDS = 3  # timed batch-1 passes per engine when Model.load measures (medge check does more)
 
@@ -73,38 +71,38 @@ class EngineChoice:
                 "trials": [{**asdict(t), "ok": t.ok} for t in self.trials]}
 
 
-def try_engine(model: Model, engine: str, self_test: bool = True):
-    """Load ``model`` with ``engine`` and run its golden self-test, batched when the bundle allows,
+def try_engine(bundle: VerifiedBundle, engine: str, self_test: bool = True):
+    """Load ``bundle`` with ``engine`` and run its golden self-test, batched when the bundle allows,
     else (or when batches > 1 fail or differ here) one image per pass.
 
     Returns:
         (EngineTrial, net or None, the MedgeError or None).
     """
     try:
-        net = model.load_net(engine)
+        net = bundle.load_net(engine)
         if not self_test:
             return EngineTrial(engine), net, None
-        if model.dynamic_batch:
+        if bundle.dynamic_batch:
             try:
-                worst = model.self_test(net, len(model.golden_inputs()), engine)
+                worst = run_self_test(bundle, net, len(bundle.golden_inputs()), engine)
                 return EngineTrial(engine, self_test_max_abs=worst, batched=True), net, None
             except (InferenceError, SelfTestError):
-                net = model.load_net(engine)  # a net that failed a pass may keep a bad state
+                net = bundle.load_net(engine)  # a net that failed a pass may keep a bad state
         try:
-            worst = model.self_test(net, 1, engine)
+            worst = run_self_test(bundle, net, 1, engine)
         except InferenceError as e:
-            raise SelfTestError(f"{model.bundle_dir}: golden self-test could not run with OpenCV {cv2.__version__} "
+            raise SelfTestError(f"{bundle.bundle_dir}: golden self-test could not run with OpenCV {cv2.__version__} "
                                 f"({engine} engine): {e}") from None
-        return EngineTrial(engine, self_test_max_abs=worst, batched=False if model.dynamic_batch else None), net, None
+        return EngineTrial(engine, self_test_max_abs=worst, batched=False if bundle.dynamic_batch else None), net, None
     except MedgeError as e:
         return EngineTrial(engine, error=str(e)), None, e
 
 
-def choose_engine(model: Model, requested: str, self_test: bool = True) -> tuple[EngineChoice, object]:
-    """The engine that runs ``model`` here, and its net (loaded, self-tested).
+def choose_engine(bundle: VerifiedBundle, requested: str, self_test: bool = True) -> tuple[EngineChoice, object]:
+    """The engine that runs ``bundle`` here, and its net (loaded, self-tested).
 
     Args:
-        model: the Model being loaded (its bundle verified by hash).
+        bundle: the bundle being loaded (verified by hash).
         requested: ``auto`` or an engine of this OpenCV.
         self_test: run the golden self-test (off: nothing is measured either).
 
@@ -112,21 +110,21 @@ def choose_engine(model: Model, requested: str, self_test: bool = True) -> tuple
         BundleError: no engine can load the model here. SelfTestError: none passes the self-test.
     """
     if requested != AUTO:
-        return _decide(requested, [try_engine(model, requested, self_test)], "asked for")
-    recorded = read_recorded_engine(record_key(model.sha256, model.backend))
-    if recorded in engines_for(model.backend):  # any engine, onnxruntime included: medge check measured them all
-        trial = try_engine(model, recorded, self_test)
+        return _decide(requested, [try_engine(bundle, requested, self_test)], "asked for")
+    recorded = read_recorded_engine(record_key(bundle.sha256, bundle.backend))
+    if recorded in engines_for(bundle.backend):  # any engine, onnxruntime included: medge check measured them all
+        trial = try_engine(bundle, recorded, self_test)
         if trial[0].ok:
             return _decide(AUTO, [trial], "recorded by medge check on this box")
-    candidates = engines_for(model.backend, extras=False)  # at load time, OpenCV's engines only
+    candidates = engines_for(bundle.backend, extras=False)  # at load time, OpenCV's engines only
     if len(candidates) == 1 or not self_test:
-        reason = (f"the only engine of OpenCV {cv2.__version__} for backend {model.backend}" if len(candidates) == 1
+        reason = (f"the only engine of OpenCV {cv2.__version__} for backend {bundle.backend}" if len(candidates) == 1
                   else "the first engine: with the self-test off nothing is measured")
-        return _decide(AUTO, [try_engine(model, candidates[0], self_test)], reason)
-    trials = [try_engine(model, e) for e in candidates]
+        return _decide(AUTO, [try_engine(bundle, candidates[0], self_test)], reason)
+    trials = [try_engine(bundle, e) for e in candidates]
     nets = {t.engine: net for t, net, _ in trials if t.ok}
     if len(nets) > 1:
-        times = time_forwards(nets, model.golden_inputs()[:1], model.chw, len(model.classes), LOAD_ROUNDS)
+        times = time_forwards(nets, bundle.golden_inputs()[:1], bundle.chw, len(bundle.classes), LOAD_ROUNDS)
         trials = [(EngineTrial(**{**asdict(t), "forward_ms": latency_summary(times[t.engine])}) if t.ok else t, net, err)
                   for t, net, err in trials]
         fastest = min(nets, key=lambda e: latency_summary(times[e])["p50_ms"])

@@ -19,14 +19,14 @@
 """
 from __future__ import annotations
 
-import importlib.util
 import socket
 import ssl
 import time
 
 from medge.edge.apps.node.config import NodeConfig
 from medge.edge.apps.node.spool import Spool, uid_hash
-from medge.edge.inputs.dicom import DECODERS
+from medge.edge.inputs.dicom import transfer_syntaxes
+from medge.edge.node_extra import VERIFICATION
 
 IMAGE_SOP_CLASSES = {
     "1.2.840.10008.5.1.4.1.1.1": "Computed Radiography Image Storage",
@@ -50,7 +50,6 @@ MODALITY_SOP_CLASSES = {
     "NM": {"1.2.840.10008.5.1.4.1.1.20": "Nuclear Medicine Image Storage"},
     "PT": {"1.2.840.10008.5.1.4.1.1.128": "Positron Emission Tomography Image Storage"},
 }
-VERIFICATION = "1.2.840.10008.1.1"
 REJECT_CALLING_AE = (0x01, 0x01, 0x03)  # rejected-permanent, service-user, calling AE title not recognised
 OUT_OF_RESOURCES, CANNOT_UNDERSTAND, SUCCESS = 0xA700, 0xC210, 0x0000
 MAX_PDU = 1 << 20
@@ -86,11 +85,6 @@ def sop_classes(modalities) -> dict[str, str]:
     for m in modalities or ():
         out.update(MODALITY_SOP_CLASSES.get(str(m).upper(), {}))
     return out
-
-
-def transfer_syntaxes() -> list[str]:
-    """Every transfer syntax ``edge.inputs.dicom`` has a decoder for that is installed here."""
-    return [uid for uid, (_, module) in DECODERS.items() if importlib.util.find_spec(module) is not None]
 
 
 def tls_context(cfg: NodeConfig) -> ssl.SSLContext | None:
@@ -225,35 +219,3 @@ def check_header(path, uid: str) -> str | None:
     if str(ds.SOPInstanceUID) != uid:
         return "the dataset's SOP Instance UID is not the one of the C-STORE request"
     return None
-
-
-def self_test() -> dict:
-    """Whether the node extra works here (for ``medge check``): its modules import and a C-ECHO to itself succeeds."""
-    try:
-        import highdicom
-        import pydicom
-        import pynetdicom
-    except ImportError as e:
-        return {"ok": False, "error": f"{e.name} is not installed (pip install 'medge[node]')"}
-    versions = {"pynetdicom": pynetdicom.__version__, "highdicom": highdicom.__version__, "pydicom": pydicom.__version__}
-    syntaxes = {"decodable": len(transfer_syntaxes()), "known": len(DECODERS)}
-    from pynetdicom import AE
-
-    ae = AE(ae_title="MEDGE-CHECK")
-    ae.add_supported_context(VERIFICATION)
-    ae.add_requested_context(VERIFICATION)
-    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 5
-    try:
-        server = ae.start_server(("127.0.0.1", 0), block=False)
-    except OSError as e:
-        return {"ok": False, "versions": versions, "error": f"cannot listen on 127.0.0.1: {e.strerror or e}"}
-    try:
-        assoc = ae.associate("127.0.0.1", server.server_address[1], ae_title="MEDGE-CHECK")
-        status = assoc.send_c_echo() if assoc.is_established else None
-        if assoc.is_established:
-            assoc.release()
-    finally:
-        server.shutdown()
-    ok = status is not None and int(getattr(status, "Status", -1)) == SUCCESS
-    return {"ok": ok, "versions": versions, "transfer_syntaxes": syntaxes,
-            "error": None if ok else "a C-ECHO to a Storage SCP on 127.0.0.1 failed"}

@@ -30,7 +30,8 @@ from medge.edge.apps.node.config import NodeConfig
 from medge.edge.apps.node.scp import SLICE_SOP_CLASSES
 from medge.edge.apps.node.spool import Spool, Spooled, private_dir, uid_hash
 from medge.edge.apps.node.studies import Studies
-from medge.edge.model import Model, Prediction
+from medge.edge.model import Model
+from medge.edge.prediction import Prediction
 from medge.edge.system import usable_cores
 
 SWEEP_EVERY_S = 10.0

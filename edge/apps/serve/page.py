@@ -25,12 +25,12 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from medge.edge.apps.preview import render_preview
 from medge.edge.apps.records import RecordWriter
 from medge.edge.apps.serve.api import InferenceService, Overloaded, model_info
 from medge.edge.apps.serve.texts import TEXT, pick_language
 from medge.edge.errors import MedgeError
 from medge.edge.inputs.image import load_image
+from medge.edge.preview import render_preview
 
 log = logging.getLogger("medge.serve")
 

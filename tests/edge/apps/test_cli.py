@@ -64,8 +64,8 @@ def test_preview_goes_on_past_a_bad_input(tmp_path, capsys):
 def test_preview_with_a_model_adds_its_heatmap_panel(heat_bundle, bundle, tmp_path, capsys):
     import cv2
 
-    from medge.edge.apps.preview import render_preview
     from medge.edge.model import Model
+    from medge.edge.preview import render_preview
 
     write_image(tmp_path / "a.png", xray_like(300, 200))
     out = tmp_path / "out"
@@ -132,9 +132,9 @@ def test_version_and_exit_status_help(capsys):
 
 
 def test_preview_with_a_bundle_uses_its_preprocessing_and_labels_its_size(bundle, tmp_path, capsys):
-    from medge.edge.apps.preview import render_preview
     from medge.edge.model import Model
     from medge.edge.preprocess import PreprocessConfig
+    from medge.edge.preview import render_preview
 
     write_image(tmp_path / "a.png", xray_like(300, 200))
     assert main(["preview", str(tmp_path / "a.png"), "--out", str(tmp_path / "deep" / "er"), "--model", str(bundle)]) == 0

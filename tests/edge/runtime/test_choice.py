@@ -93,7 +93,7 @@ def test_batches_that_fail_here_fall_back_to_one_image_per_pass(bundle, monkeypa
     m = Model.load(bundle, engine="nobatch")
     assert m.dynamic_batch is False and "one image per forward pass" in m.batch_note
     assert m.engine_choice.trials[0].batched is False
-    x = np.stack([m.golden_inputs()[0]] * 3)
+    x = np.stack([m.bundle.golden_inputs()[0]] * 3)
     ref = Model.load(bundle, engine="classic")
     np.testing.assert_array_equal(m.infer(x), ref.infer(x))
     assert ref.dynamic_batch is True and ref.batch_note is None

@@ -61,7 +61,7 @@ def test_sha256_and_golden_self_test_hold_for_onnxruntime(copy):
 def test_two_output_bundle_logits_by_name_and_heatmaps(heat_bundle):
     pytest.importorskip("onnxruntime")
     cv, ort = Model.load(heat_bundle[0], engine="classic"), Model.load(heat_bundle[0], engine=ORT)  # CAM self-test too
-    net = ort.load_net(ORT)
+    net = ort.bundle.load_net(ORT)
     assert set(net.getUnconnectedOutLayersNames()) == {"logits", "features"}
     image = xray_like(100, 90, seed=3)
     a, b = ort.explain(image), cv.explain(image)

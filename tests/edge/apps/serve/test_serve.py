@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+from dataclasses import replace
 from types import SimpleNamespace
 
 import cv2
@@ -19,7 +20,6 @@ import pytest
 
 import medge
 from medge.edge.apps.cli import main
-from medge.edge.apps.preview import render_preview
 from medge.edge.apps.serve import ServeConfig
 from medge.edge.apps.serve.api import InferenceService, Overloaded, clean_name, model_info
 from medge.edge.apps.serve.guard import TOKEN_COOKIE, Guard, host_name
@@ -28,6 +28,7 @@ from medge.edge.apps.serve.texts import TEXT, pick_language
 from medge.edge.errors import ConfigError, UsageError
 from medge.edge.inputs.image import read_image, write_image
 from medge.edge.model import Model
+from medge.edge.preview import render_preview
 from tests.conftest import xray_like
 
 TOKEN = "s3cret-token_0123456789"
@@ -128,7 +129,7 @@ def test_model_info_has_no_paths_and_no_nan(model):
                                       "skipped": [["/data/patients/KIM.png", "unreadable"]],
                                       "label_flips": [{"name": "/data/patients/LEE.png"}]},
          "training": {**model.manifest["training"], "metrics": {"val": {"auc": float("nan"), "accuracy": 0.5}}}}
-    fake = Model(m, model.onnx_bytes, model.bundle_dir, model.engine, model.backend)
+    fake = Model(replace(model.bundle, manifest=m), model.engine_choice)
     info = model_info(fake)
     text = json.dumps(info, allow_nan=False)  # NaN would make this raise
     assert "/data" not in text and "KIM" not in text and "LEE" not in text and "checkpoint" not in text

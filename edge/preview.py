@@ -1,0 +1,77 @@
+"""The preprocessing stages drawn side by side: what a model sees of an image (``medge preview``, ``medge serve``'s page).
+
+Panels: the original (after the 8-bit rule), blurred, CLAHE, and the resized image the network
+receives, each titled with its size and settings; with a model that has heatmaps, a fifth: where
+it looked for the class it predicts. Each panel fits a box of at most PANEL_MAX_W x PANEL_PX
+pixels whatever the image's shape, so a 1 x 100000 image makes a small picture, not a 22 GB one.
+
+Kept out of ``edge.preprocess`` (which training imports): the heatmap panel needs the model's
+forward pass, and the runtime imports ``edge.preprocess``.
+
+Usage:
+    picture = render_preview(image, model.preprocess_config, display_range, model=model)  # uint8, gray or BGR
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import cv2
+import numpy as np
+
+from medge.edge.numeric import softmax
+from medge.edge.preprocess import PreprocessConfig, preprocess_stages
+
+if TYPE_CHECKING:
+    from medge.edge.model import Model
+
+PANEL_PX = 320  # height of each panel in the preview
+PANEL_MAX_W = 4 * PANEL_PX  # width of each panel at most: the canvas is bounded for any aspect ratio
+TITLE_MIN_W = 240  # a panel is padded to at least this width so that its title fits
+
+
+def _panel(image: np.ndarray, title: str) -> np.ndarray:
+    """The image (gray or BGR) scaled to fit PANEL_MAX_W x PANEL_PX (aspect kept, grey padding), under a title bar."""
+    h, w = image.shape[:2]
+    scale = min(PANEL_PX / h, PANEL_MAX_W / w)
+    size = (min(PANEL_MAX_W, max(1, round(w * scale))), min(PANEL_PX, max(1, round(h * scale))))
+    interp = cv2.INTER_AREA if scale < 1 else cv2.INTER_NEAREST
+    scaled = cv2.resize(image, size, interpolation=interp)
+    width = max(size[0], TITLE_MIN_W)
+    panel = np.full((PANEL_PX, width, *image.shape[2:]), 128, np.uint8)
+    top, left = (PANEL_PX - size[1]) // 2, (width - size[0]) // 2
+    panel[top : top + size[1], left : left + size[0]] = scaled
+    bar = np.zeros((28, width, *image.shape[2:]), np.uint8)
+    cv2.putText(bar, title, (6, 20), cv2.FONT_HERSHEY_SIMPLEX, 0.55, (255, 255, 255), 1, cv2.LINE_AA)
+    return np.vstack([bar, panel])
+
+
+def _heatmap_panel(tensor: np.ndarray, model: Model) -> np.ndarray:
+    """The bundle's heatmap for the class it predicts, over the model input (the preview's own tensor)."""
+    logits, (e,) = model.explain_blob(tensor[None])
+    p = softmax(logits)[0, e.class_index]
+    return _panel(e.overlay(), f"{e.method}: {model.classes[e.class_index]} {p:.2f}")
+
+
+def render_preview(image: np.ndarray, cfg: PreprocessConfig = PreprocessConfig(),
+                   display_range: tuple[float, float] | None = None, model: Model | None = None) -> np.ndarray:
+    """Return the side-by-side uint8 picture of the preprocessing stages (at most 5 x PANEL_MAX_W wide).
+
+    Gray; BGR when ``model`` (an ``edge.model.Model``) has heatmaps: a last panel then shows its
+    heatmap for the class it predicts over the model input (``cfg`` should be its PreprocessConfig).
+    """
+    s = preprocess_stages(image, cfg, display_range)
+    h, w = s["gray"].shape
+    channels = "" if cfg.channels == 1 else f", gray x{cfg.channels}"
+    panels = [
+        _panel(s["gray"], f"original {w}x{h}"),
+        _panel(s["blurred"], f"blur {cfg.blur_ksize}x{cfg.blur_ksize}"),
+        _panel(s["clahe"], f"CLAHE {cfg.clahe_clip_limit:g}, {cfg.clahe_tile_grid}x{cfg.clahe_tile_grid}"),
+        _panel(s["resized"], f"model input {cfg.size}x{cfg.size}{channels}"),
+    ]
+    if model is not None and model.explain_method:
+        panels = [cv2.cvtColor(p, cv2.COLOR_GRAY2BGR) for p in panels] + [_heatmap_panel(s["tensor"], model)]
+    gap = np.full((PANEL_PX + 28, 8, *panels[0].shape[2:]), 128, np.uint8)
+    row = [panels[0]]
+    for p in panels[1:]:
+        row += [gap, p]
+    return np.hstack(row)
