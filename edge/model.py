@@ -70,7 +70,8 @@ class Model:
         self.classes: list[str] = bundle.classes
         self.preprocess_config = bundle.preprocess_config
         self.chw = bundle.chw
-        self.data_profile: dict | None = self.manifest.get("data_profile")  # what training saw (edge.inputs.profile); may be absent
+        # what training saw (edge.inputs.profile); may be absent
+        self.data_profile: dict | None = self.manifest.get("data_profile")
         # calibration and threshold (edge.decision); None: argmax of softmax(logits), as bundles exported without them
         self.operating_point: OperatingPoint | None = bundle.operating_point
         self.explain_method: str | None = bundle.explainer.method if bundle.explainer else None  # "cam", "occlusion"
