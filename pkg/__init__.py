@@ -13,4 +13,4 @@ setuptools' package-dir in pyproject.toml):
 Imports point down that list, never up. Usage: ``medge --help`` or ``python -m medge --help``.
 """
 
-__version__ = "0.3.0"
+__version__ = "0.4.0"
