@@ -10,7 +10,8 @@ The library, by concern:
 - ``inputs``: files to grayscale arrays (formats, image, dicom, scanning, profile);
 - ``runtime``: the bundle and the engines that run it (bundle, engines, dnn, ort, verify, choice);
 - ``execution``: how ``Model.predict`` runs its inputs (run, pipeline, budget);
-- ``golive``: the go-live statistics (evaluate, validation, drift, plots).
+- ``golive``: the go-live statistics (roc, proportions, calibration, thresholds, shift, distributions) and
+  ``medge validate``'s and ``medge monitor``'s jobs on them (validation, drift, plots).
 
 and flat modules: ``model`` (``Model``, the façade), ``prediction`` (``Prediction``, one input's result),
 ``preprocess`` (the one deterministic chain), ``preview`` (its stages drawn side by side), ``explain``

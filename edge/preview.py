@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 import cv2
 import numpy as np
 
+from medge.edge.explain import Explanation
 from medge.edge.numeric import softmax
 from medge.edge.preprocess import PreprocessConfig, preprocess_stages
 
@@ -45,10 +46,19 @@ def _panel(image: np.ndarray, title: str) -> np.ndarray:
     return np.vstack([bar, panel])
 
 
+def predicted_heatmap(tensor: np.ndarray, model: Model) -> tuple[Explanation, float]:
+    """The heatmap of one preprocessed input (C, H, W) for the class the model predicts, and that class's
+    probability: as ``medge predict`` labels it (the bundle's operating point: calibrated probabilities and
+    its threshold; argmax of the softmax for bundles without one)."""
+    logits, (e,) = model.explain_blob(tensor[None], model.label_indices)
+    op = model.operating_point
+    probabilities = softmax(logits) if op is None else op.probabilities(logits)
+    return e, float(probabilities[0, e.class_index])
+
+
 def _heatmap_panel(tensor: np.ndarray, model: Model) -> np.ndarray:
     """The bundle's heatmap for the class it predicts, over the model input (the preview's own tensor)."""
-    logits, (e,) = model.explain_blob(tensor[None])
-    p = softmax(logits)[0, e.class_index]
+    e, p = predicted_heatmap(tensor, model)
     return _panel(e.overlay(), f"{e.method}: {model.classes[e.class_index]} {p:.2f}")
 
 

@@ -19,7 +19,7 @@ Checks, each with its figures and, when it fires, the reason in words:
     more than two classes) against the validation scores: PSI (>= ``PSI_DRIFT``) or a
     two-sample KS test (p < ``KS_P`` with D >= ``KS_D``: with thousands of records a
     tiny p alone flags shifts too small to matter). PSI must also exceed its noise
-    floor at the sample sizes (``evaluate.psi_noise_floor``): with a few dozen
+    floor at the sample sizes (``edge.golive.shift.psi_noise_floor``): with a few dozen
     validation cases, chance alone gives PSI above 0.25;
   - the share labelled positive against the validation share at the threshold,
     and the share with warnings: flagged when the 95% Wilson interval of the records'

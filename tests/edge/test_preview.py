@@ -32,3 +32,24 @@ def test_a_model_with_heatmaps_adds_a_colour_panel(heat_bundle):
     assert picture.ndim == 3 and picture.shape[2] == 3 and _panels(picture) == 5
     plain = render_preview(xray_like(128, 128), model.preprocess_config)
     assert picture.shape[1] > plain.shape[1]
+
+
+def test_the_heatmap_is_of_the_class_predict_labels_at_the_operating_point(heat_bundle, tmp_path):
+    """With an operating point, the panel names the label and calibrated probability of medge predict, not the
+    argmax of uncalibrated probabilities."""
+    from medge.edge import Model
+    from medge.edge.inputs.image import load_image
+    from medge.edge.preprocess import preprocess_stages
+    from medge.edge.preview import predicted_heatmap
+    from tests.edge.calibrated import calibrated_copy, labelled, synth_split
+
+    val, test = synth_split(tmp_path / "data", n=60, size=96)
+    model = Model.load(calibrated_copy(heat_bundle[0], tmp_path / "cal", val))
+    assert model.operating_point is not None and model.operating_point.threshold is not None
+    paths, _ = labelled(test, model.classes)
+    for pred, path in zip(model.predict(paths, batch_size=1), paths, strict=True):
+        image, info = load_image(path)
+        tensor = preprocess_stages(image, model.preprocess_config, info.display_range)["tensor"]
+        e, p = predicted_heatmap(tensor, model)
+        assert model.classes[e.class_index] == pred.label
+        assert p == pytest.approx(pred.probabilities[pred.label], abs=1e-6)
