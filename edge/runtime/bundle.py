@@ -53,7 +53,9 @@ def read_manifest(bundle_dir: str | os.PathLike) -> dict:
         raise BundleError(f"{d}: bundle folder not found")
     path = d / MANIFEST_FILE
     if not path.is_file():
-        raise BundleError(f"{d}: no {MANIFEST_FILE} manifest: not a medge bundle, or an incomplete copy")
+        inside = sorted(str(m.parent) for m in d.glob(f"*/{MANIFEST_FILE}"))  # a run folder holds its bundle/
+        hint = f"; the bundle inside it: {', '.join(inside)}" if inside else ""
+        raise BundleError(f"{d}: no {MANIFEST_FILE} manifest: not a medge bundle, or an incomplete copy{hint}")
     try:
         m = json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:

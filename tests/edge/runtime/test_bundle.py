@@ -98,3 +98,13 @@ def test_golden_inputs_are_the_same_for_a_seed_and_preprocessed():
     assert not np.array_equal(a, golden_inputs(8, 3, cfg))
     assert not np.array_equal(a[0], a[1])  # each input its own image
     np.testing.assert_array_equal(a[:, 0], a[:, 2])  # the gray plane repeated, as the preprocessing does
+
+
+def test_a_run_folder_given_as_the_bundle_points_at_the_bundle_inside(tmp_path):
+    (tmp_path / "run" / "bundle").mkdir(parents=True)
+    (tmp_path / "run" / "bundle" / "model.json").write_text("{}")
+    (tmp_path / "run" / "data").mkdir()
+    with pytest.raises(BundleError, match=r"no model\.json manifest: .*; the bundle inside it: .*run/bundle$"):
+        read_manifest(tmp_path / "run")
+    with pytest.raises(BundleError, match=r"no model\.json manifest: not a medge bundle, or an incomplete copy$"):
+        read_manifest(tmp_path / "run" / "data")
