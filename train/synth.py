@@ -15,8 +15,8 @@ by its path relative to OUT, where its lesions were drawn (centre and radius in
 pixels of the image), the ground truth of the heatmap benchmark
 (``medge.benchmarks.pointing_game``; read it with ``read_lesion_index``), and
 ``OUT/synth.json`` the config and counts. (A file beside each image would be a
-non-image in a class folder, which ``medge validate``, predict and train rightly
-report: issue 31.)
+non-image in a class folder, which ``medge validate`` reports as a problem and
+``medge predict`` as skipped.)
 Deterministic: image i depends only on (seed, i). numpy + OpenCV only.
 """
 from __future__ import annotations
