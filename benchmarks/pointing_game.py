@@ -2,8 +2,8 @@
 
 Usage: python -m medge.benchmarks.pointing_game --model runs/demo/bundle --data runs/demo/data --out pointing.json
 
-On a ``medge synth`` data set, whose generator records where it drew each lesion (a JSON
-sidecar per image: centre and radius in pixels), every image of the split that has lesions is
+On a ``medge synth`` data set, whose generator records where it drew each lesion (its lesion
+index, ``lesions.jsonl``: centre and radius in pixels), every image of the split that has lesions is
 explained on the edge (``Model.explain``) for the lesion class, ``disease``. A hit is a hottest
 pixel within ``radius + tolerance`` of a lesion's centre; the tolerance is 15 px at 224 (the
 original game's), i.e. 15/224 of the image side. Two baselines say what the figure is worth:
@@ -14,7 +14,6 @@ first image): the model input, the overlay, the recorded lesions (green) and the
 """
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
@@ -28,7 +27,7 @@ from medge.edge.inputs.scanning import scan_inputs
 from medge.edge.model import Model
 from medge.edge.numeric import latency_summary
 from medge.edge.outputs import atomic_write_bytes, wrote
-from medge.train.synth import Lesion, read_lesions
+from medge.train.synth import DrawnImage, Lesion, index_key, read_lesion_index
 
 TOLERANCE_FRACTION = 15 / 224  # of the image side: the original pointing game's 15 px at 224
 LESION_CLASS = "disease"
@@ -57,38 +56,35 @@ def reach_mask(lesions: list[Lesion], width: int, height: int, tolerance_px: flo
     return mask
 
 
-def lesion_cases(data: Path, split: str) -> list[tuple[str, list[Lesion]]]:
-    """(image path, lesions) for every image of ``split`` with at least one recorded lesion."""
+def lesion_cases(data: Path, split: str, index: dict[str, DrawnImage]) -> list[tuple[str, DrawnImage]]:
+    """(image path, what was drawn) for every image of ``split`` whose entry in the lesion index has a lesion.
+
+    The split's folder is scanned as ``medge predict`` scans it, so that an image removed from it is not scored."""
     root = data / split
     if not root.is_dir():
         raise UsageError(f"{root}: no such split folder (expected a medge synth data set)")
     cases = []
     for path in scan_inputs([root]).paths:
-        lesions = read_lesions(path)
-        if lesions:
-            cases.append((path, lesions))
+        drawn = index.get(index_key(data, path))
+        if drawn is not None and drawn.lesions:
+            cases.append((path, drawn))
     return cases
 
 
-def prior_point(data: Path, size: tuple[int, int], tolerance_frac: float) -> tuple[float, float] | None:
+def prior_point(data: Path, index: dict[str, DrawnImage], size: tuple[int, int],
+                tolerance_frac: float) -> tuple[float, float] | None:
     """The single point (as a fraction of width, height) within reach of the most train-split lesions."""
-    cases = lesion_cases(data, "train") if (data / "train").is_dir() else []
+    cases = lesion_cases(data, "train", index) if (data / "train").is_dir() else []
     if not cases:
         return None
     w, h = size
     votes = np.zeros((h, w))
-    for path, lesions in cases:
-        side = json_size(path)
-        sx, sy = w / side[0], h / side[1]
-        scaled = [Lesion(les.x * sx, les.y * sy, les.radius * sx) for les in lesions]
+    for _, drawn in cases:
+        sx, sy = w / drawn.size[0], h / drawn.size[1]
+        scaled = [Lesion(les.x * sx, les.y * sy, les.radius * sx) for les in drawn.lesions]
         votes += reach_mask(scaled, w, h, tolerance_frac * w)
     y, x = np.unravel_index(int(np.argmax(votes)), votes.shape)
     return (x + 0.5) / w, (y + 0.5) / h
-
-
-def json_size(image_path: str) -> tuple[int, int]:
-    w, h = json.loads(Path(image_path).with_suffix(".json").read_text(encoding="utf-8"))["size"]
-    return int(w), int(h)
 
 
 def draw_example(e, lesions: list[Lesion], width: int, height: int, point, path: str) -> None:
@@ -118,12 +114,14 @@ def run_pointing_game(bundle: str, data: str, split: str = "test", tolerance_fra
     if LESION_CLASS not in model.classes:
         raise UsageError(f"{bundle}: no {LESION_CLASS!r} class among {model.classes}")
     k = model.classes.index(LESION_CLASS)
-    cases = lesion_cases(Path(data), split)
+    index = read_lesion_index(data)
+    cases = lesion_cases(Path(data), split, index)
     if not cases:
-        raise UsageError(f"{data}/{split}: no image with a lesion sidecar (make the data with medge synth)")
-    prior = prior_point(Path(data), json_size(cases[0][0]), tolerance_frac)
+        raise UsageError(f"{data}/{split}: no image with a lesion in {data}'s lesion index")
+    prior = prior_point(Path(data), index, cases[0][1].size, tolerance_frac)
     results, times, best_example = [], [], None
-    for path, lesions in cases:
+    for path, drawn in cases:
+        lesions = list(drawn.lesions)
         image = read_image(path)
         height, width = image.shape[:2]
         tol = tolerance_frac * width
@@ -168,7 +166,7 @@ def markdown(rec: dict) -> str:
 def main(argv=None) -> int:
     p = research_parser(__doc__)
     p.add_argument("--model", required=True, metavar="BUNDLE", help="bundle with heatmaps")
-    p.add_argument("--data", required=True, help="a medge synth data set (with its lesion sidecars)")
+    p.add_argument("--data", required=True, help="a medge synth data set (with its lesion index, lesions.jsonl)")
     p.add_argument("--split", default="test", help="split to score (default: %(default)s)")
     p.add_argument("--tolerance", type=float, default=TOLERANCE_FRACTION,
                    help="hit tolerance beyond the lesion's radius, as a fraction of the image side (default: 15/224)")

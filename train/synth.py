@@ -9,16 +9,21 @@ lesion-like blobs inside the lungs. The blobs' average brightness is taken back
 out of the whole image, so the classes cannot be told apart by mean brightness.
 
 Written as ``OUT/{train,val,test}/{normal,disease}/NNNNN.png``, 8-bit, 16-bit
-(12-bit values in 16-bit PNGs, like a detector's output) or both mixed. Beside
-each image, ``NNNNN.json`` records where its lesions were drawn (centre and
-radius in pixels of the image), the ground truth of the heatmap benchmark
-(``medge.benchmarks.pointing_game``).
+(12-bit values in 16-bit PNGs, like a detector's output) or both mixed; the class
+folders hold images only. ``OUT/lesions.jsonl`` records, one line per image keyed
+by its path relative to OUT, where its lesions were drawn (centre and radius in
+pixels of the image), the ground truth of the heatmap benchmark
+(``medge.benchmarks.pointing_game``; read it with ``read_lesion_index``), and
+``OUT/synth.json`` the config and counts. (A file beside each image would be a
+non-image in a class folder, which ``medge validate`` reports as a problem and
+``medge predict`` as skipped.)
 Deterministic: image i depends only on (seed, i). numpy + OpenCV only.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -27,9 +32,10 @@ import numpy as np
 
 from medge.edge.errors import UsageError
 from medge.edge.inputs.image import write_image
-from medge.edge.outputs import atomic_dir, check_output_dir, wrote
+from medge.edge.outputs import atomic_dir, atomic_write_text, check_output_dir, wrote
 
 CLASSES = ("disease", "normal")  # sorted, as ImageFolder orders them
+LESION_INDEX = "lesions.jsonl"  # in OUT, beside the split folders: what was drawn in each image
 
 
 @dataclass(frozen=True)
@@ -102,12 +108,45 @@ def make_case(index: int, disease: bool, cfg: SynthConfig = SynthConfig()) -> tu
     return np.clip(img, 0, 1), lesions
 
 
-def read_lesions(image_path: str | Path) -> list[Lesion] | None:
-    """The lesions recorded beside a synthetic image (``NNNNN.json``), or None without a sidecar."""
-    sidecar = Path(image_path).with_suffix(".json")
-    if not sidecar.is_file():
-        return None
-    return [Lesion(**d) for d in json.loads(sidecar.read_text(encoding="utf-8"))["lesions"]]
+@dataclass(frozen=True)
+class DrawnImage:
+    """What synth drew in one image: its class, its size (width, height) in pixels and its lesions (none if normal)."""
+
+    label: str
+    size: tuple[int, int]
+    lesions: tuple[Lesion, ...]
+
+    def to_record(self, key: str) -> dict:
+        """One line of the lesion index."""
+        return {"path": key, "label": self.label, "size": list(self.size), "lesions": [asdict(les) for les in self.lesions]}
+
+
+def index_key(data: str | Path, image_path: str | Path) -> str:
+    """The lesion index's key of an image: its path relative to the data set's folder, with ``/`` separators."""
+    return Path(os.path.relpath(image_path, data)).as_posix()
+
+
+def read_lesion_index(data: str | Path) -> dict[str, DrawnImage]:
+    """The lesion index of a synth data set: {path relative to ``data`` (``index_key``): what was drawn there}.
+
+    Raises:
+        UsageError: ``data`` holds no ``lesions.jsonl`` (not a synth data set, or one of medge 0.4.0 or before), or a line
+            of it is not a record of an image.
+    """
+    path = Path(data) / LESION_INDEX
+    if not path.is_file():
+        raise UsageError(f"{data}: no {LESION_INDEX}: not a data set of medge synth (medge 0.4.0 and "
+                         f"before wrote a .json beside each image instead: make the set again)")
+    index = {}
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        try:
+            r = json.loads(line)
+            drawn = DrawnImage(r["label"], (int(r["size"][0]), int(r["size"][1])),
+                               tuple(Lesion(**d) for d in r["lesions"]))
+            index[r["path"]] = drawn
+        except (ValueError, KeyError, TypeError, IndexError) as e:
+            raise UsageError(f"{path}, line {n}: not a record of a synthetic image ({e!r})") from None
+    return index
 
 
 def _quantize(img: np.ndarray, bits: int) -> np.ndarray:
@@ -166,7 +205,8 @@ def check_target(out: Path, overwrite: bool = False) -> None:
 
 
 def generate(out: str | Path, cfg: SynthConfig = SynthConfig(), overwrite: bool = False) -> dict:
-    """Write the data set, a lesion sidecar per image and ``synth.json`` (config and counts); returns the counts.
+    """Write the data set, ``lesions.jsonl`` (what was drawn in each image) and ``synth.json`` (config and counts);
+    returns the counts.
 
     The set is written into a hidden sibling folder and renamed into place when
     complete, so an interrupted run leaves nothing half-written. ``out`` must be
@@ -185,6 +225,7 @@ def generate(out: str | Path, cfg: SynthConfig = SynthConfig(), overwrite: bool 
 
 def _write(out: Path, cfg: SynthConfig) -> dict:
     counts: dict[str, dict[str, int]] = {}
+    drawn: list[dict] = []  # one record per image, for the lesion index
     per_class = cfg.n // 2
     n_val, n_test = round(per_class * cfg.val_fraction), round(per_class * cfg.test_fraction)
     for label in CLASSES:
@@ -194,15 +235,15 @@ def _write(out: Path, cfg: SynthConfig) -> dict:
             # "mix": half of each class in each bit depth. (Alternating by index made every disease image
             # 8-bit and every normal one 16-bit: a model learnt the bit depth, not the lesions.)
             bits = {"8": 8, "16": 16}.get(cfg.bits, 16 if j % 2 == 0 else 8)
-            folder = out / split / label
-            folder.mkdir(parents=True, exist_ok=True)
             img, lesions = make_case(index, label == "disease", cfg)
-            write_image(folder / f"{index:05d}.png", _quantize(img, bits))
-            sidecar = {"label": label, "size": [cfg.size, cfg.size], "lesions": [asdict(les) for les in lesions]}
-            (folder / f"{index:05d}.json").write_text(json.dumps(sidecar) + "\n", encoding="utf-8")
+            key = f"{split}/{label}/{index:05d}.png"
+            write_image(out / key, _quantize(img, bits))
+            drawn.append(DrawnImage(label, (cfg.size, cfg.size), tuple(lesions)).to_record(key))
             counts.setdefault(split, {}).setdefault(label, 0)
             counts[split][label] += 1
-    (out / "synth.json").write_text(json.dumps({"config": asdict(cfg), "counts": counts}, indent=2))
+    drawn.sort(key=lambda r: r["path"])  # the order a folder scan finds them in
+    atomic_write_text(out / LESION_INDEX, "".join(json.dumps(r) + "\n" for r in drawn))
+    atomic_write_text(out / "synth.json", json.dumps({"config": asdict(cfg), "counts": counts}, indent=2) + "\n")
     return counts
 
 

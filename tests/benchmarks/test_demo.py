@@ -34,6 +34,7 @@ def test_quick_demo_end_to_end(tmp_path, capsys):
     validation = json.loads((out / "validation.json").read_text())
     assert validation["decision"]["threshold"] == op["threshold"] and validation["counts"]["cases"] == len(
         list((out / "data" / "test").rglob("*.png")))
+    assert validation["counts"]["problems"] == {} and validation["problems"] == []  # synth's class folders: images only
     assert "## Validation at the operating point" in report and "![ROC with the operating point](validation.roc.png)" in report
     assert "validate: " in text and "AUC" in summary["validate"]["line"]
     assert summary["parity"]["top1_agreement"] == 1.0 and summary["parity"]["max_abs_logit"] < 1e-3

@@ -1,4 +1,5 @@
 import json
+import shutil
 
 import cv2
 import numpy as np
@@ -7,7 +8,7 @@ import pytest
 from medge.benchmarks import heatmap_cost, pointing_game
 from medge.benchmarks.report import main as report_main
 from medge.edge.errors import UsageError
-from medge.train.synth import Lesion
+from medge.train.synth import Lesion, index_key, read_lesion_index
 
 
 def test_hottest_point_maps_model_pixels_to_image_pixels():
@@ -35,6 +36,9 @@ def test_pointing_game_on_synthetic_data(heat_bundle, tiny_data, tmp_path, capsy
     rec = json.loads(out.read_text())
     assert rec["benchmark"] == "medge pointing game" and rec["method"] == "cam" and rec["images"] == 14  # disease only
     assert all(r["lesions"] for r in rec["results"]) and rec["hits"] == sum(r["hit"] for r in rec["results"])
+    index = read_lesion_index(tiny_data)  # the ground truth is synth's lesion index, image by image
+    assert [r["lesions"] for r in rec["results"]] == [[les.__dict__ for les in index[index_key(tiny_data, r["path"])].lesions]
+                                                      for r in rec["results"]]
     assert 0 < rec["random_point_hit_rate"] < 1 and 0 <= rec["prior_point_hit_rate"] <= 1
     pic = cv2.imread(str(example))
     assert pic.shape == (192, 2 * 192 + 6, 3) and rec["example"] == str(example)  # input | overlay, twice the 96 px
@@ -42,6 +46,9 @@ def test_pointing_game_on_synthetic_data(heat_bundle, tiny_data, tmp_path, capsy
     assert report_main([str(out)]) == 0 and f"| {rec['hits']} (" in capsys.readouterr().out
     with pytest.raises(UsageError, match="no such split"):
         pointing_game.run_pointing_game(str(heat_bundle[0]), str(tiny_data), "nothing")
+    shutil.copytree(tiny_data / "train", tmp_path / "no_index" / "train")  # images without synth's lesion index
+    with pytest.raises(UsageError, match="no lesions.jsonl"):
+        pointing_game.run_pointing_game(str(heat_bundle[0]), str(tmp_path / "no_index"), "train")
 
 
 def test_heatmap_cost_record(heat_bundle, occlusion_bundle, tmp_path, capsys):

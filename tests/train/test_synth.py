@@ -5,7 +5,16 @@ import pytest
 
 from medge.edge.errors import UsageError
 from medge.edge.inputs.image import read_image
-from medge.train.synth import SynthConfig, generate, make_case, make_image, read_lesions
+from medge.edge.inputs.scanning import scan_inputs
+from medge.train.synth import (
+    LESION_INDEX,
+    SynthConfig,
+    generate,
+    index_key,
+    make_case,
+    make_image,
+    read_lesion_index,
+)
 
 
 def test_deterministic_by_seed():
@@ -59,22 +68,47 @@ def test_classes_not_separable_by_mean_brightness():
     assert 0.35 < auc < 0.65, auc
 
 
-def test_lesion_sidecars_say_where_the_lesions_are(tmp_path):
+def test_lesion_index_says_where_the_lesions_are(tmp_path):
     cfg = SynthConfig(n=12, size=96, lesion_contrast=1.0, seed=2)  # strong lesions: visible against the anatomy
     generate(tmp_path / "d", cfg)
     pngs = sorted((tmp_path / "d").rglob("*.png"))
-    assert sorted(p.with_suffix(".json") for p in pngs) == sorted((tmp_path / "d").rglob("0*.json"))
+    index = read_lesion_index(tmp_path / "d")
+    assert sorted(index) == sorted(index_key(tmp_path / "d", p) for p in pngs)  # every image, nothing else
     yy, xx = np.mgrid[0:96, 0:96]
     for png in pngs:
-        side = json.loads(png.with_suffix(".json").read_text())
-        assert side["label"] == png.parent.name and side["size"] == [96, 96]
-        lesions = read_lesions(png)
-        assert (len(lesions) > 0) == (png.parent.name == "disease") and len(lesions) <= 3
+        drawn = index[index_key(tmp_path / "d", png)]
+        assert drawn.label == png.parent.name and drawn.size == (96, 96)
+        assert (len(drawn.lesions) > 0) == (png.parent.name == "disease") and len(drawn.lesions) <= 3
+        assert list(drawn.lesions) == make_case(int(png.stem), drawn.label == "disease", cfg)[1]  # what was drawn
         img = read_image(png).astype(float)
-        for les in lesions:
+        for les in drawn.lesions:
             d = np.hypot(xx - les.x, yy - les.y)
             inside, ring = img[d < 0.5 * les.radius].mean(), img[(d > 1.5 * les.radius) & (d < 2.5 * les.radius)].mean()
-            assert inside > ring + 20, (png, les)  # a bright disc where the sidecar says
-    assert read_lesions(tmp_path / "nowhere.png") is None
+            assert inside > ring + 20, (png, les)  # a bright disc where the index says
     image, lesions = make_case(1, True, cfg)
     np.testing.assert_array_equal(image, make_image(1, True, cfg))  # make_image is make_case's image
+
+
+def test_class_folders_hold_images_only(tmp_path):
+    """The lesion index lies beside the splits: a scan of a split, as predict and validate make it, skips nothing
+    (issue 31: a .json beside each image was counted 40 times as "not an image")."""
+    generate(tmp_path / "d", SynthConfig(n=20, size=32))
+    assert sorted(p.name for p in (tmp_path / "d").iterdir()) == [LESION_INDEX, "synth.json", "test", "train", "val"]
+    for split in ("train", "val", "test"):
+        scan = scan_inputs([tmp_path / "d" / split])
+        assert scan.skipped == [] and len(scan.paths) > 0 and all(p.endswith(".png") for p in scan.paths)
+    assert {p.suffix for p in (tmp_path / "d").rglob("*") if p.is_file() and p.parent.parent != tmp_path} == {".png"}
+
+
+def test_lesion_index_is_deterministic_and_readable_only_when_whole(tmp_path):
+    cfg = SynthConfig(n=8, size=32, seed=5)
+    generate(tmp_path / "a", cfg)
+    generate(tmp_path / "b", cfg)
+    assert (tmp_path / "a" / LESION_INDEX).read_bytes() == (tmp_path / "b" / LESION_INDEX).read_bytes()
+    lines = (tmp_path / "a" / LESION_INDEX).read_text().splitlines()
+    assert len(lines) == 8 and [json.loads(ln)["path"] for ln in lines] == sorted(json.loads(ln)["path"] for ln in lines)
+    with pytest.raises(UsageError, match="no lesions.jsonl: not a data set of medge synth"):
+        read_lesion_index(tmp_path)
+    (tmp_path / "a" / LESION_INDEX).write_text(lines[0] + "\n" + lines[1][:20] + "\n")
+    with pytest.raises(UsageError, match="line 2: not a record"):
+        read_lesion_index(tmp_path / "a")

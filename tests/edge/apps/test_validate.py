@@ -31,6 +31,26 @@ def _run(setup, tmp_path, *extra, out="r/report.json"):
     return main(["validate", "--model", str(b), "--data", str(cases), "--out", str(tmp_path / out), *extra])
 
 
+
+def test_a_synthetic_split_has_no_problems_and_a_dropped_file_is_one(setup, tmp_path, capsys):
+    """medge synth's class folders hold images only (its lesion index lies beside the splits): validate on a
+    synthetic split reports no problem, while a file dropped into a class folder still is one (issue 31)."""
+    b, cases = setup
+    split = tmp_path / "split"
+    shutil.copytree(cases.parent / "d" / "test", split)  # the synthetic test split the cases were copied from
+    argv = ["validate", "--model", str(b), "--data", str(split)]
+    assert main([*argv, "--out", str(tmp_path / "clean.json")]) == 0
+    rep = json.loads((tmp_path / "clean.json").read_text())
+    assert rep["counts"]["problems"] == {} and rep["problems"] == [] and rep["counts"]["cases"] == 40
+    assert "problems: none" in capsys.readouterr().err
+    (split / "normal" / "notes.txt").write_text("not an image")
+    (split / "disease" / "00001.json").write_text('{"lesions": []}')  # a .json is no exception
+    assert main([*argv, "--out", str(tmp_path / "dropped.json")]) == 0
+    rep = json.loads((tmp_path / "dropped.json").read_text())
+    assert rep["counts"]["problems"] == {"not an image": 2} and rep["counts"]["cases"] == 40
+    assert sorted(p["path"].rsplit("/", 1)[-1] for p in rep["problems"]) == ["00001.json", "notes.txt"]
+    assert "problems: 2 not an image" in capsys.readouterr().err
+
 def _truth_and_score(tmp_path):
     recs = [json.loads(ln) for ln in (tmp_path / "r/report.cases.jsonl").read_text().splitlines()]
     ok = [r for r in recs if not r["error"]]
@@ -42,8 +62,7 @@ def test_report_files_counts_and_problems(setup, tmp_path, capsys):
     rep = json.loads((tmp_path / "r/report.json").read_text())
     n_good = len(list((setup[1] / "disease").glob("0*.png"))) + len(list((setup[1] / "normal").glob("0*.png")))
     assert rep["counts"]["cases"] == n_good
-    assert rep["counts"]["problems"] == {"not an image": rep["counts"]["problems"]["not an image"], "unreadable": 2,
-                                         "unlabelled": 2}
+    assert rep["counts"]["problems"] == {"not an image": 1, "unreadable": 2, "unlabelled": 2}  # notes.txt
     reasons = {p["path"].rsplit("/", 1)[-1]: p["reason"] for p in rep["problems"]}
     assert "not a class of the model" in reasons["x.png"] and "not in a class folder" in reasons["loose.png"]
     assert "truncated" in reasons["truncated.png"].lower() or "cannot" in reasons["truncated.png"].lower()
