@@ -51,21 +51,29 @@ class Split:
         return len(self.paths)
 
 
-def _list_class_folder(folder: Path, classes: list[str] | None, split: str) -> tuple[list[str], dict[str, list[str]]]:
+def _list_class_folder(folder: Path, classes: list[str] | None, split: str
+                       ) -> tuple[list[str], dict[str, list[str]], list[tuple[str, str]]]:
+    """(classes, the input files of each class, (path, reason) of every other file in the class folders): a file
+    that is not an image is left out of training and said so, never dropped silently."""
     found = sorted(d.name for d in folder.iterdir() if d.is_dir() and not d.name.startswith("."))
     if classes is None:
         classes = found
     extra = sorted(set(found) - set(classes))
     if extra:
         raise DataError(f"{folder}: class folder(s) {extra} are not in the training classes {classes}")
-    files = {}
+    files, left_out = {}, []
     for c in classes:
         d = folder / c
-        files[c] = sorted(str(p) for p in d.rglob("*") if p.is_file() and classify_file(str(p))[0] == "input") \
-            if d.is_dir() else []
+        files[c] = []
+        for path in sorted(str(p) for p in d.rglob("*") if p.is_file()) if d.is_dir() else []:
+            kind, reason = classify_file(path)
+            if kind == "input":
+                files[c].append(path)
+            else:
+                left_out.append((path, f"{path}: {reason}"))
         if not files[c]:
             raise DataError(f"{folder}: class '{c}' has no images in the {split} split ({d})")
-    return classes, files
+    return classes, files, left_out
 
 
 def discover(root: str | os.PathLike, val_fraction: float = 0.2, seed: int = 0) -> tuple[list[str], dict[str, Split]]:
@@ -84,23 +92,24 @@ def discover(root: str | os.PathLike, val_fraction: float = 0.2, seed: int = 0) 
         raise DataError(f"{root}: data folder not found")
     splits: dict[str, Split] = {}
     if (root / "train").is_dir():
-        classes, files = _list_class_folder(root / "train", None, "train")
+        classes, files, left_out = _list_class_folder(root / "train", None, "train")
         if len(classes) < 2:
             raise DataError(f"{root / 'train'}: need at least 2 class folders, found {classes}")
-        per_split = {"train": files}
+        per_split, not_inputs = {"train": files}, {"train": left_out}
         for name in ("val", "test"):
             if (root / name).is_dir():
-                per_split[name] = _list_class_folder(root / name, classes, name)[1]
+                _, per_split[name], not_inputs[name] = _list_class_folder(root / name, classes, name)
         if "val" not in per_split:
             per_split["train"], per_split["val"] = _stratified(files, val_fraction, seed)
     else:
-        classes, files = _list_class_folder(root, None, "whole")
+        classes, files, left_out = _list_class_folder(root, None, "whole")
         if len(classes) < 2:
             raise DataError(f"{root}: need at least 2 class folders (or train/ and val/), found {classes}")
         per_split = dict(zip(("train", "val"), _stratified(files, val_fraction, seed), strict=True))
+        not_inputs = {"train": left_out}  # one folder for both splits: its other files are reported once
     for name, by_class in per_split.items():
         items = [(p, classes.index(c)) for c in classes for p in by_class[c]]
-        splits[name] = Split([p for p, _ in items], [y for _, y in items])
+        splits[name] = Split([p for p, _ in items], [y for _, y in items], failures=list(not_inputs.get(name, [])))
     return classes, splits
 
 
@@ -205,7 +214,8 @@ def prepare(split: Split, cfg: PreprocessConfig, cache_dir: str, workers: int = 
     OpenCV releases the GIL, so threads run the decoding and CLAHE in parallel.
 
     Returns:
-        a new Split holding only the usable files, their cache files and profiles, and the failures.
+        a new Split holding only the usable files, their cache files and profiles, and the failures (the
+        split's own, files that are not images, first).
     """
     def job(path):
         try:
@@ -218,7 +228,7 @@ def prepare(split: Split, cfg: PreprocessConfig, cache_dir: str, workers: int = 
     with ThreadPoolExecutor(max(1, workers)) as pool:
         results = list(progress(pool.map(job, split.paths), total=len(split), desc=f"preprocessing {name}".strip(),
                                 unit="img", enabled=verbose))
-    out = Split([], [])
+    out = Split([], [], failures=list(split.failures))
     for path, label, (done, err) in zip(split.paths, split.labels, results, strict=True):
         if err is None:
             out.paths.append(path)
@@ -229,8 +239,11 @@ def prepare(split: Split, cfg: PreprocessConfig, cache_dir: str, workers: int = 
             out.failures.append((path, err))
             if verbose:
                 print(f"skipping unreadable image: {err}", file=sys.stderr)
-    if out.failures and verbose:
-        print(f"{name or 'split'}: skipped {len(out.failures)} of {len(split)} image(s)", file=sys.stderr)
+    unreadable = len(out.failures) - len(split.failures)
+    if verbose and unreadable:
+        print(f"{name or 'split'}: skipped {unreadable} of {len(split)} image(s)", file=sys.stderr)
+    if verbose and split.failures:
+        print(f"{name or 'split'}: left out {len(split.failures)} file(s) that are not images", file=sys.stderr)
     return out
 
 

@@ -523,7 +523,8 @@ def finish(t: Training, run: RunState, classes: list[str], splits: dict, device,
         atomic_write_text(out / "summary.json", json.dumps(jsonable(summary), indent=2) + "\n")
         n_skipped = sum(summary["skipped"].values())
         if n_skipped:
-            print(f"skipped {n_skipped} unreadable image(s): see {out / 'data_report.json'}", file=sys.stderr)
+            print(f"skipped {n_skipped} file(s), unreadable or not images: see {out / 'data_report.json'}",
+                  file=sys.stderr)
     return summary
 
 

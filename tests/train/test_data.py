@@ -65,6 +65,23 @@ def test_unreadable_images_are_skipped_and_reported(tiny_data, tmp_path, capsys)
     assert "broken.png: truncated PNG" in err and "train: skipped 2 of 30 image(s)" in err
 
 
+def test_files_that_are_not_images_are_left_out_and_reported(tiny_data, tmp_path, capsys):
+    """A notes file or a sidecar in a class folder is neither trained on nor dropped silently: it is a failure
+    of its split, with the reason predict and validate give (edge.inputs.scanning.classify_file)."""
+    root = tmp_path / "d"
+    shutil.copytree(tiny_data, root)
+    (root / "train" / "normal" / "notes.txt").write_text("seen by Dr X\n")
+    (root / "val" / "disease" / "00001.json").write_text('{"lesions": []}')
+    _, splits = D.discover(root)
+    assert [p.rsplit("/", 1)[1] for p, _ in splits["train"].failures] == ["notes.txt"]
+    assert [p.rsplit("/", 1)[1] for p, _ in splits["val"].failures] == ["00001.json"]
+    assert all("not an image" in reason for s in splits.values() for _, reason in s.failures)
+    assert not any(p.endswith((".txt", ".json")) for s in splits.values() for p in s.paths)
+    train = D.prepare(splits["train"], PreprocessConfig(size=32), str(tmp_path / "c"), name="train")
+    assert [p.rsplit("/", 1)[1] for p, _ in train.failures] == ["notes.txt"] and len(train) == len(splits["train"])
+    assert "train: left out 1 file(s) that are not images" in capsys.readouterr().err
+
+
 def test_empty_class_folder_is_an_error(tiny_data, tmp_path):
     root = tmp_path / "d"
     shutil.copytree(tiny_data, root)
