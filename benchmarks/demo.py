@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from medge.edge.errors import UsageError
+from medge.edge.golive.validation import ci_text
 from medge.edge.outputs import atomic_write_text, check_output_dir
 
 
@@ -138,9 +139,9 @@ def validate_held_out(out_dir: Path, data_dir: str, log) -> dict:
 def validate_line(rec: dict) -> str:
     """One line: the held-out figures at the bundle's operating point, with 95% CIs."""
     f, d = rec["figures"], rec["decision"]
-    ci = lambda x: "n/a" if not x else f"{x.get('value', x.get('auc')):.3f} ({x['low']:.3f}-{x['high']:.3f})"
     return (f"{rec['counts']['cases']} held-out cases at threshold {d['threshold']:.3f} on {d['positive']!r} ({d['source']}): "
-            f"AUC {ci(f['auc'])}, sensitivity {ci(f['sensitivity'])}, specificity {ci(f['specificity'])}")
+            f"AUC {ci_text(f['auc'], to='-')}, sensitivity {ci_text(f['sensitivity'], to='-')}, "
+            f"specificity {ci_text(f['specificity'], to='-')}")
 
 
 def bench_model(out_dir: Path, cfg: DemoConfig, log) -> dict:
@@ -288,7 +289,7 @@ def validation_markdown(s: dict, rel) -> list[str]:
                   f"{op['threshold']:.4f} ({op['criterion']}), temperature {op['temperature']:.3f}.")
     else:
         chosen = "The bundle has no operating point (too few validation images to choose one): labels by argmax."
-    ci = lambda x: "-" if not x else f"{x.get('value', x.get('auc')):.3f} ({x['low']:.3f} to {x['high']:.3f})"
+    ci = lambda x: "-" if not x else ci_text(x)
     return ["## Validation at the operating point (medge validate)", "", chosen, "",
             f"On the {v['cases']} held-out images ([report]({rel(s['paths']['validation_report'])})):", "",
             "| figure | value (95% CI) |", "| --- | --- |",

@@ -8,7 +8,8 @@ searched by content like medge predict), or --labels CSV with a header path,labe
 DICOM (with the dicom extra for compressed DICOM).
 
 Figures at the bundle's operating point (its calibrated probabilities and threshold;
-argmax for a bundle exported without one): AUC with a DeLong 95% CI; sensitivity,
+argmax for a bundle exported without one): AUC with a DeLong 95% CI (on the logit
+scale; none where the classes are perfectly separated, said so); sensitivity,
 specificity, PPV and NPV with Wilson 95% CIs; the confusion matrix, Brier score,
 ECE and a 10-bin reliability table; per subgroup (manufacturer, modality, view
 position, photometric interpretation, bit depth, size band) with >= 20 cases; and
@@ -20,7 +21,9 @@ and its truth, or why it is not a case). Unreadable and unlabelled files are
 counted and listed, never dropped.
 
 Exit status: 0 the report written and every --require met (judged on the lower
-95% CI bound), 1 a requirement not met (named) or no usable case, 2 usage error.
+95% CI bound; an AUC requirement also needs 10 cases of each class), 1 a requirement
+not met (named, with the reason) or no usable case, 2 usage error (a requirement that
+cannot be read, or brier/ece, which have no interval to judge).
 """
 from __future__ import annotations
 
@@ -50,8 +53,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="the JSON report; NAME.md, NAME.roc.png, NAME.reliability.png and "
                                                 "NAME.cases.jsonl are written beside it")
     p.add_argument("--require", metavar="CRITERIA",
-                   help='acceptance criteria, e.g. "auc>=0.85,sensitivity>=0.90" (figures with a CI are judged on its '
-                        "lower bound; brier<=X and ece<=X on the value): exit 1 when one is not met")
+                   help='acceptance criteria, e.g. "auc>=0.85,sensitivity>=0.90", judged on the lower 95%% CI bound (auc, '
+                        "sensitivity, specificity, ppv, npv, accuracy; auc needs %d cases of each class): exit 1 "
+                        "when one is not met" % val.MIN_CASES_PER_CLASS)
     p.add_argument("--positive", help="the positive class, for a bundle without an operating point (default: the class "
                                       "that is not 'normal')")
     p.add_argument("--overwrite", action="store_true", help="replace existing report files")
@@ -100,7 +104,7 @@ def run(args: argparse.Namespace) -> int:
         return 1
     for v in report["requirements"]:
         if not v["passed"]:
-            print(f"requirement not met: {v['requirement']} ({v['judged_on']} {_num(v['judged_value'])})", file=sys.stderr)
+            print(f"requirement not met: {v['requirement']} ({v['reason']})", file=sys.stderr)
     return 0 if report["passed"] else 1
 
 
@@ -121,7 +125,7 @@ def build_report(model, decision: val.Decision, args, classified: list[dict], pr
         "counts": {"cases": len(classified), "positives": sum(r["truth"] == decision.positive for r in classified),
                    "problems": kinds},
         "problems": [{"path": p.path, "kind": p.kind, "reason": p.reason} for p in problems],
-        "ci_method": {"auc": "DeLong", "proportions": "Wilson score interval", "level": 0.95},
+        "ci_method": {"auc": "DeLong, logit", "proportions": "Wilson score interval", "level": 0.95},
     }
     if classified:
         report.update(val.evaluate_records(classified, decision, op, requirements))
@@ -154,7 +158,7 @@ def roc_chart(report: dict):
     f, d = report["figures"], report["decision"]
     auc = f["auc"]
     curves = [{"fpr": report["roc"]["fpr"], "tpr": report["roc"]["tpr"],
-               "label": f"site cases, AUC {_num(auc and auc['auc'])} ({_num(auc and auc['low'])}-{_num(auc and auc['high'])})"}]
+               "label": f"site cases, AUC {val.ci_text(auc, to='-')}"}]
     ref = report.get("against_bundle")
     point = {"fpr": 1 - f["specificity"]["value"], "tpr": f["sensitivity"]["value"],
              "label": f"threshold {d['threshold']:.3f}: sens {_num(f['sensitivity']['value'])}, "
@@ -168,21 +172,14 @@ def _num(v, digits: int = 3) -> str:
     return "n/a" if v is None or v != v else f"{v:.{digits}f}"
 
 
-def _ci(f: dict | None) -> str:
-    if not f:
-        return "n/a"
-    value = f.get("value", f.get("auc"))
-    return f"{_num(value)} ({_num(f['low'])} to {_num(f['high'])})"
-
-
 def summary_line(report: dict) -> str:
     c = report["counts"]
     problems = ", ".join(f"{n} {k}" for k, n in sorted(c["problems"].items())) or "none"
     f = report.get("figures")
     if not f:
         return f"{c['cases']} cases; problems: {problems}"
-    return (f"{c['cases']} cases ({c['positives']} {report['decision']['positive']}); AUC {_ci(f['auc'])}, sensitivity "
-            f"{_ci(f['sensitivity'])}, specificity {_ci(f['specificity'])}; problems: {problems}"
+    return (f"{c['cases']} cases ({c['positives']} {report['decision']['positive']}); AUC {val.ci_text(f['auc'])}, sensitivity "
+            f"{val.ci_text(f['sensitivity'])}, specificity {val.ci_text(f['specificity'])}; problems: {problems}"
             + ("" if not report["requirements"] else f"; requirements {'met' if report['passed'] else 'NOT met'}"))
 
 
@@ -195,13 +192,14 @@ def markdown(report: dict, paths: dict[str, Path]) -> str:
            f"{d['threshold']:.4f} ({d['source']})",
            f"- {c['cases']} cases, {c['positives']} {d['positive']}; problems: "
            + (", ".join(f"{n} {k}" for k, n in sorted(c["problems"].items())) or "none"),
-           f"- 95% CIs: AUC by DeLong, proportions by Wilson; created {report['created']} by medge {report['medge']}", ""]
+           f"- 95% CIs: AUC by DeLong on the logit scale, proportions by Wilson; created {report['created']} by medge "
+           f"{report['medge']}", ""]
     if not f:
         return "\n".join(out + ["No usable case: nothing could be judged.", ""])
     out += ["| figure | value (95% CI) | cases |", "| --- | --- | --- |",
-            f"| AUC | {_ci(f['auc'])} | {c['cases']} |"]
+            f"| AUC | {val.ci_text(f['auc'])} | {c['cases']} |"]
     for k in ("sensitivity", "specificity", "ppv", "npv", "accuracy"):
-        out.append(f"| {k} | {_ci(f[k])} | {f[k]['n']} |")
+        out.append(f"| {k} | {val.ci_text(f[k])} | {f[k]['n']} |")
     out += [f"| Brier score | {_num(f['brier'], 4)} | {c['cases']} |", f"| ECE (10 bins) | {_num(f['ece'], 4)} | {c['cases']} |",
             ""]
     m = f["matrix"]
@@ -211,11 +209,11 @@ def markdown(report: dict, paths: dict[str, Path]) -> str:
     ref = report.get("against_bundle")
     if ref:
         out += [f"Against the bundle's own validation ({ref['bundle_cases']} cases, {ref.get('bundle_source')}): AUC "
-                f"{_num(ref['auc_1'])} here vs {_num(ref['auc_2'])}, difference {_num(ref['difference'])} "
-                f"({_num(ref['low'])} to {_num(ref['high'])}).", ""]
+                f"{_num(ref['auc_1'])} here vs {_num(ref['auc_2'])}, difference {val.ci_text(ref)}.", ""]
     if report["requirements"]:
         out += ["Requirements:", ""] + [
-            f"- {'met' if v['passed'] else '**NOT met**'}: {v['requirement']} ({v['judged_on']} {_num(v['judged_value'])})"
+            f"- {'met' if v['passed'] else '**NOT met**'}: {v['requirement']} ({v['judged_on']} {_num(v['judged_value'])}"
+            + ("" if v["passed"] else f": {v['reason']}") + ")"
             for v in report["requirements"]] + [""]
     out += [f"![ROC]({paths['roc'].name})", "", f"![Reliability]({paths['reliability'].name})", "", "## Subgroups", ""]
     for name, groups in report["subgroups"].items():
@@ -224,7 +222,8 @@ def markdown(report: dict, paths: dict[str, Path]) -> str:
             if "note" in g:
                 out.append(f"| {value} | {g['cases']} | {g['note']} | | |")
             else:
-                out.append(f"| {value} | {g['cases']} | {_ci(g['auc'])} | {_ci(g['sensitivity'])} | {_ci(g['specificity'])} |")
+                cells = " | ".join(val.ci_text(g[k]) for k in ("auc", "sensitivity", "specificity"))
+                out.append(f"| {value} | {g['cases']} | {cells} |")
         out.append("")
     if report["problems"]:
         out += ["## Inputs that are not cases", ""] + [f"- {p['kind']}: {p['path']}: {p['reason']}"

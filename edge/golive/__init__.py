@@ -4,7 +4,7 @@ watch it drift after, and the two jobs built on them.
 Numpy and the standard library only (the edge box has no scipy or scikit-learn); each figure is checked in
 the tests against scikit-learn, statsmodels or scipy.
 
-- ``roc``: the ROC curve, ``auc_ci`` (DeLong), ``auc_difference`` (site vs validation);
+- ``roc``: the ROC curve, ``auc_ci`` (DeLong, on the logit scale), ``auc_difference`` (site vs validation);
 - ``proportions``: ``confusion``, ``binary_figures`` at a threshold with ``wilson_interval``s;
 - ``calibration``: ``brier_score``, ``reliability`` (ECE, MCE), ``calibration_curve``, ``fit_temperature``;
 - ``thresholds``: ``parse_criterion``, ``choose_threshold`` (the operating point);

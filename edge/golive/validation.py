@@ -11,14 +11,17 @@ record: classified with its truth, or a problem (unreadable, unlabelled, a label
 that is not a class, refused) that is counted and listed, never dropped.
 
 The figures (``edge.golive``), at the bundle's own operating point: AUC with a
-DeLong 95% CI; sensitivity, specificity, PPV and NPV with Wilson 95% CIs; the
+DeLong 95% CI on the logit scale; sensitivity, specificity, PPV and NPV with Wilson 95% CIs; the
 confusion matrix, Brier score, ECE and a 10-bin reliability table; the same per
 subgroup (DICOM manufacturer, modality, view position, photometric
 interpretation, bit depth, image-size band) where a group has at least
 ``MIN_SUBGROUP`` cases; and the AUC difference with the bundle's own validation
 cases (two independent samples). Requirements (``auc>=0.85``) are judged on the
 lower bound of the 95% CI: a site's small sample must show the model is good
-enough, not merely fail to show that it is not.
+enough, not merely fail to show that it is not. An AUC requirement fails with
+"too few cases" below ``MIN_CASES_PER_CLASS`` of either class, and a bound that
+does not exist (classes perfectly separated) never passes. Brier score and ECE
+are reported, never required: they have no interval here to judge.
 """
 from __future__ import annotations
 
@@ -49,8 +52,14 @@ SUBGROUPS = {  # report name -> how a record's input section gives it
 }
 SIZE_BANDS = ((0, 512), (512, 1024), (1024, 2048), (2048, 10**9))  # shorter side, pixels
 WITH_CI = ("auc", "sensitivity", "specificity", "ppv", "npv", "accuracy")  # judged on the lower CI bound
-WITHOUT_CI = ("brier", "ece")  # judged on the value (smaller is better)
-REQUIREMENT = re.compile(r"^\s*([a-z_]+)\s*(>=|<=)\s*([0-9.]+)\s*$")
+NOT_REQUIRABLE = {  # reported, but refused by --require, and why
+    m: "it has no confidence interval here, and a point value on a site's sample passes or fails by chance; "
+       "read the reliability table in the report instead" for m in ("brier", "ece")}
+# DeLong's variance rests on the placements of each class: with fewer than 10 cases of one, it and the normal
+# approximation on the logit scale are too unsteady to certify a model (2 + 2 separated cases give se 0).
+MIN_CASES_PER_CLASS = 10
+REQUIREMENT = re.compile(r"^\s*([a-z_]+)\s*([<>=!]*)\s*(.*?)\s*$")
+NUMBER = re.compile(r"^(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)$")
 
 
 def size_band(short_side: int) -> str:
@@ -79,44 +88,75 @@ class Problem:
 
 @dataclass(frozen=True)
 class Requirement:
+    """``metric >= target``, judged on the lower 95% CI bound of a figure of ``WITH_CI``."""
+
     metric: str
-    op: str  # ">=" or "<="
+    op: str  # ">=" (the only operator: every requirable figure is larger-is-better)
     target: float
 
     def judge(self, figures: dict) -> dict:
-        """The requirement's verdict on ``figures``: on the lower 95% CI bound for ``>=`` of a figure with a CI."""
-        value = figures.get(self.metric)
-        if isinstance(value, dict):  # a figure with a CI
-            judged, on = (value["low"], "lower 95% CI bound") if self.op == ">=" else (value["high"], "upper 95% CI bound")
-            point = value.get("value", value.get("auc"))
+        """The verdict on ``figures``: passed only when the lower 95% CI bound exists and reaches the target; for the
+        AUC, also only with ``MIN_CASES_PER_CLASS`` cases of each class. ``reason`` says why it failed (else None)."""
+        f = figures.get(self.metric)
+        low = f.get("low") if isinstance(f, dict) else None
+        point = f.get("value", f.get("auc")) if isinstance(f, dict) else None
+        verdict = {"requirement": f"{self.metric}{self.op}{self.target:g}", "judged_on": "lower 95% CI bound",
+                   "judged_value": low, "value": point, "passed": False, "reason": None}
+        if self.metric == "auc" and (f is None or min(f["n_positive"], f["n_negative"]) < MIN_CASES_PER_CLASS):
+            counts = "a class is absent" if f is None else f"{f['n_positive']} positive, {f['n_negative']} negative"
+            verdict["reason"] = f"too few cases ({counts}; at least {MIN_CASES_PER_CLASS} of each)"
+        elif f is None:
+            verdict["reason"] = "no figure (no case to compute it on)"
+        elif low is None or math.isnan(low):
+            verdict["reason"] = f"no lower bound ({f.get('note') or 'undefined on these cases'})"
+        elif low < self.target:
+            verdict["reason"] = f"lower 95% CI bound {low:.3f} < {self.target:g}"
         else:
-            judged, on, point = value, "value", value
-        ok = judged is not None and not (isinstance(judged, float) and math.isnan(judged)) and (
-            judged >= self.target if self.op == ">=" else judged <= self.target)
-        return {"requirement": f"{self.metric}{self.op}{self.target:g}", "judged_on": on, "judged_value": judged,
-                "value": point, "passed": bool(ok)}
+            verdict["passed"] = True
+        return verdict
 
 
 def parse_requirements(text: str | None) -> list[Requirement]:
-    """``"auc>=0.85,sensitivity>=0.90"`` -> Requirements; UsageError naming what is wrong."""
+    """``"auc>=0.85,sensitivity>=0.90"`` -> Requirements.
+
+    Raises:
+        UsageError: naming the part that is wrong: not METRIC>=NUMBER, a number that is not one (``0.9.1``, ``.``),
+            a metric unknown or not requirable (brier, ece: ``NOT_REQUIRABLE`` says why), ``<=``, a target outside [0, 1].
+    """
     if not text:
         return []
     out = []
     for part in text.split(","):
         m = REQUIREMENT.match(part.lower())
-        if not m:
-            raise UsageError(f"--require: cannot read {part.strip()!r}: write METRIC>=VALUE or METRIC<=VALUE, comma-separated "
-                             f"(metrics: {', '.join(WITH_CI + WITHOUT_CI)})")
-        metric, op, target = m.group(1), m.group(2), float(m.group(3))
-        if metric not in WITH_CI + WITHOUT_CI:
-            raise UsageError(f"--require: unknown metric {metric!r} (metrics: {', '.join(WITH_CI + WITHOUT_CI)})")
-        if metric in WITH_CI and op != ">=" or metric in WITHOUT_CI and op != "<=":
-            raise UsageError(f"--require: {metric} takes {'>=' if metric in WITH_CI else '<='} (larger is "
-                             f"{'better' if metric in WITH_CI else 'worse'})")
+        metric, op, number = m.groups() if m else (None, None, None)
+        if not m or not metric or op not in (">=", "<=") or not number:
+            raise UsageError(f"--require: cannot read {part.strip()!r}: write METRIC>=VALUE, comma-separated "
+                             f"(metrics: {', '.join(WITH_CI)})")
+        if metric in NOT_REQUIRABLE:
+            raise UsageError(f"--require: {part.strip()!r}: {metric} cannot be required: {NOT_REQUIRABLE[metric]}")
+        if metric not in WITH_CI:
+            raise UsageError(f"--require: unknown metric {metric!r} in {part.strip()!r} (metrics: {', '.join(WITH_CI)})")
+        if op != ">=":
+            raise UsageError(f"--require: {part.strip()!r}: {metric} takes >= (larger is better)")
+        if not NUMBER.match(number):
+            raise UsageError(f"--require: {part.strip()!r}: {number!r} is not a number (write e.g. {metric}>=0.85)")
+        target = float(number)
         if not 0 <= target <= 1:
             raise UsageError(f"--require: {metric} target {target:g} is not in [0, 1]")
         out.append(Requirement(metric, op, target))
     return out
+
+
+def ci_text(f: dict | None, digits: int = 3, to: str = " to ") -> str:
+    """``0.912 (0.871 to 0.953)`` for a figure with a CI; ``1.000 (classes perfectly separated: no interval)`` where
+    it has no interval (its ``note``); ``n/a`` for no figure. The one way reports write a figure with its CI."""
+    if not f:
+        return "n/a"
+    value = f.get("value", f.get("auc", f.get("difference")))
+    number = (lambda v: "n/a" if v is None or v != v else f"{v:.{digits}f}")
+    if f.get("note"):
+        return f"{number(value)} ({f['note']})"
+    return f"{number(value)} ({number(f['low'])}{to}{number(f['high'])})"
 
 
 def cases_from_folders(root: str | os.PathLike, classes: list[str]) -> tuple[list[Case], list[Problem]]:

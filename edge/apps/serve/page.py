@@ -384,9 +384,12 @@ def card_html(info: dict, lang: str) -> str:
 
 
 def _ci_text(f) -> str:
-    """0.912 (0.871 to 0.953) for a figure with a 95% CI, else the value."""
+    """0.912 (0.871 - 0.953) for a figure with a 95% CI, the value and its note where it has no interval (classes
+    perfectly separated), else the value."""
     if isinstance(f, dict) and "low" in f:
         value = f.get("value", f.get("auc"))
+        if f.get("note"):
+            return f"{_fmt(value)} ({f['note']})"
         return f"{_fmt(value)} ({_fmt(f['low'])} - {_fmt(f['high'])})"
     return _fmt(f)
 

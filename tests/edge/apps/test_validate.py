@@ -113,17 +113,55 @@ def test_requirements_are_judged_on_the_lower_ci_bound(setup, tmp_path, capsys):
     assert f"requirement not met: sensitivity>={between:.4f}" in err and "lower 95% CI bound" in err
     rep = json.loads((tmp_path / "r/report.json").read_text())
     assert rep["passed"] is False and rep["requirements"][0]["value"] > between
-    assert _run(setup, tmp_path, "--require", f"sensitivity>={sens['low'] - 0.01:.4f},ece<=1", "--overwrite") == 0
+    assert _run(setup, tmp_path, "--require", f"sensitivity>={sens['low'] - 0.01:.4f}", "--overwrite") == 0
 
 
-@pytest.mark.parametrize("require, message", [("auc>0.8", "cannot read"), ("kappa>=0.5", "unknown metric"),
-                                              ("auc>=1.5", "not in \\[0, 1\\]"), ("brier>=0.1", "brier takes <=")])
+@pytest.mark.parametrize("require, message", [
+    ("auc>0.8", "cannot read"), ("kappa>=0.5", "unknown metric"), ("auc>=1.5", "not in \\[0, 1\\]"),
+    ("auc>=0.9.1", "'0.9.1' is not a number"), ("auc>=.", "'.' is not a number"), ("auc=>0.9", "cannot read 'auc=>0.9'"),
+    ("brier<=0.1", "brier cannot be required"), ("ece<=0.05", "ece cannot be required: it has no confidence interval")])
 def test_bad_requirements_exit_2(setup, tmp_path, capsys, require, message):
     assert _run(setup, tmp_path, "--require", require) == 2
     import re
 
     assert re.search(message, capsys.readouterr().err)
     assert not (tmp_path / "r").exists()  # nothing written
+
+
+def test_an_auc_requirement_on_two_cases_of_each_class_fails_with_too_few_cases(setup, tmp_path, capsys):
+    _, cases = setup
+    for cls in ("disease", "normal"):
+        (tmp_path / "c" / cls).mkdir(parents=True)
+        for p in sorted((cases / cls).glob("0*.png"))[:2]:
+            shutil.copy(p, tmp_path / "c" / cls / p.name)
+    assert main(["validate", "--model", str(setup[0]), "--data", str(tmp_path / "c"), "--out", str(tmp_path / "r/report.json"),
+                 "--require", "auc>=0.5"]) == 1
+    err = capsys.readouterr().err
+    assert "requirement not met: auc>=0.5 (too few cases (2 positive, 2 negative; at least 10 of each))" in err
+    rep = json.loads((tmp_path / "r/report.json").read_text())
+    assert rep["requirements"][0]["reason"].startswith("too few cases") and rep["ci_method"]["auc"] == "DeLong, logit"
+    assert "too few cases" in (tmp_path / "r/report.md").read_text()
+
+
+def test_a_subgroup_without_an_interval_shows_why(tmp_path):
+    from medge.edge.apps.validate import markdown
+    from medge.edge.golive import validation as val
+
+    rng = np.random.default_rng(0)
+    records = [{"input": {"manufacturer": "Acme"}, "truth": ("disease", "normal")[i % 2],
+                "probabilities": {"disease": (0.9, 0.1)[i % 2]}} for i in range(24)]  # perfectly separated
+    records += [{"input": {"manufacturer": "Other"}, "truth": ("disease", "normal")[i % 2],
+                 "probabilities": {"disease": float(rng.random())}} for i in range(30)]
+    decision = val.Decision("disease", 1, 0.5, "test", True)
+    report = {"model": {"bundle": "b", "sha256": "0" * 64, "classes": ["normal", "disease"]},
+              "decision": {"positive": "disease", "threshold": 0.5, "source": "test", "calibrated": True},
+              "counts": {"cases": 54, "positives": 27, "problems": {}}, "created": "now", "medge": "x", "problems": [],
+              **val.evaluate_records(records, decision, None, [])}
+    acme = report["subgroups"]["manufacturer"]["Acme"]["auc"]
+    assert acme["auc"] == 1.0 and acme["note"] == "classes perfectly separated: no interval"
+    md = markdown(report, {"roc": tmp_path / "r.png", "reliability": tmp_path / "q.png", "cases": tmp_path / "c.jsonl"})
+    assert "| Acme | 24 | 1.000 (classes perfectly separated: no interval) |" in md
+    assert "1.000 to 1.000" not in md and "| Other | 30 | 0." in md
 
 
 def test_existing_report_is_not_replaced(setup, tmp_path, capsys):

@@ -96,27 +96,36 @@ def test_roc_with_a_class_absent_is_nan():
 def test_auc_ci_equals_brute_force_delong(name, y, score):
     ci = ev.auc_ci(y, score, alpha=0.05)
     yb = np.asarray(y, bool)
-    assert (ci["n_positive"], ci["n_negative"], ci["method"]) == (int(yb.sum()), int((~yb).sum()), "DeLong")
+    assert (ci["n_positive"], ci["n_negative"], ci["method"]) == (int(yb.sum()), int((~yb).sum()), "DeLong, logit")
     if yb.sum() < 2 or (~yb).sum() < 2:
-        assert ci["auc"] == ev.roc_auc(y, score) and math.isnan(ci["se"]) and math.isnan(ci["low"])
+        assert ci["auc"] == ev.roc_auc(y, score) and math.isnan(ci["se"]) and math.isnan(ci["low"]) and ci["note"]
         return
     auc, var = _delong_brute_force(y, score)
     assert ci["auc"] == pytest.approx(auc, abs=1e-12)
     assert ci["se"] == pytest.approx(math.sqrt(var), rel=1e-9, abs=1e-15)
-    z = 1.959963984540054
-    assert ci["low"] == pytest.approx(max(auc - z * math.sqrt(var), 0), abs=1e-9)
-    assert ci["high"] == pytest.approx(min(auc + z * math.sqrt(var), 1), abs=1e-9)
+    if var == 0 or auc in (0, 1):  # separated, or all scores equal: no interval, and a note saying why
+        assert math.isnan(ci["low"]) and math.isnan(ci["high"]) and ci["note"].endswith("no interval")
+        return
+    # The interval on the logit scale (Pepe 2003; Qin & Hotilovac 2008), from the brute-force variance
+    z, logit = 1.959963984540054, math.log(auc / (1 - auc))
+    half = z * math.sqrt(var) / (auc * (1 - auc))
+    assert ci["low"] == pytest.approx(1 / (1 + math.exp(half - logit)), abs=1e-9)
+    assert ci["high"] == pytest.approx(1 / (1 + math.exp(-logit - half)), abs=1e-9)
+    assert 0 < ci["low"] <= ci["auc"] <= ci["high"] < 1 and ci["note"] is None
     narrow = ev.auc_ci(y, score, alpha=0.5)
     assert ci["low"] <= narrow["low"] <= narrow["high"] <= ci["high"]
 
 
 def test_auc_ci_degenerate_cases():
+    # No interval of zero width: NaN bounds and the reason (the clipped interval said "1.000 to 1.000" here)
     separated = ev.auc_ci([0, 0, 0, 1, 1], [0.1, 0.2, 0.3, 0.8, 0.9])
-    assert (separated["auc"], separated["se"], separated["low"], separated["high"]) == (1.0, 0.0, 1.0, 1.0)
+    assert (separated["auc"], separated["se"]) == (1.0, 0.0) and math.isnan(separated["low"]) and math.isnan(separated["high"])
+    assert separated["note"] == "classes perfectly separated: no interval"
     equal = ev.auc_ci([0, 1, 0, 1], [0.4] * 4)
-    assert (equal["auc"], equal["se"]) == (0.5, 0.0)
+    assert (equal["auc"], equal["se"]) == (0.5, 0.0) and math.isnan(equal["low"]) and "standard error 0" in equal["note"]
     one_negative = ev.auc_ci([0, 1, 1], [0.6, 0.5, 0.9])
     assert one_negative["auc"] == 0.5 and math.isnan(one_negative["se"])  # a variance needs two of each class
+    assert math.isnan(one_negative["low"]) and one_negative["note"] == "fewer than two cases in a class: no interval"
 
 
 def test_delong_interval_covers_the_true_auc_about_95_percent_of_the_time():
@@ -150,8 +159,13 @@ def test_auc_difference_of_independent_sets():
     assert out["low"] > 0  # d = 1.2 vs 0.6 on these sizes: a clear difference
     same = ev.auc_difference(y1, s1, y1, s1)
     assert same["difference"] == 0 and same["low"] < 0 < same["high"]
+    assert same["note"] is None
     missing = ev.auc_difference(y1, s1, np.ones(5, bool), np.arange(5.0))
     assert math.isnan(missing["difference"]) and math.isnan(missing["se"]) and math.isnan(missing["low"])
+    assert "no interval" in missing["note"]
+    separated = ev.auc_difference([0, 0, 1, 1], [0.1, 0.2, 0.8, 0.9], [0, 0, 1, 1], [0.3, 0.4, 0.6, 0.7])
+    assert separated["difference"] == 0 and separated["se"] == 0 and math.isnan(separated["low"])
+    assert separated["note"] == "standard error 0: no interval"
 
 
 # -- normal quantile and Wilson interval -------------------------------------------------------------------

@@ -10,11 +10,13 @@ import pytest
 
 from medge.edge.errors import UsageError
 from medge.edge.golive.validation import (
+    MIN_CASES_PER_CLASS,
     Case,
     Problem,
     Requirement,
     cases_from_csv,
     cases_from_folders,
+    ci_text,
     parse_requirements,
     size_band,
 )
@@ -24,15 +26,23 @@ CLASSES = ["normal", "disease"]
 
 def test_requirements_are_parsed_in_order():
     assert parse_requirements(None) == parse_requirements("") == []
-    assert parse_requirements(" AUC >= 0.85, sensitivity>=.9,brier<=0.2") == [
-        Requirement("auc", ">=", 0.85), Requirement("sensitivity", ">=", 0.9), Requirement("brier", "<=", 0.2)]
+    assert parse_requirements(" AUC >= 0.85, sensitivity>=.9,ppv>=1") == [
+        Requirement("auc", ">=", 0.85), Requirement("sensitivity", ">=", 0.9), Requirement("ppv", ">=", 1.0)]
 
 
 @pytest.mark.parametrize("text, message", [
     ("auc>0.8", r"cannot read 'auc>0\.8': write METRIC>=VALUE"),
+    ("auc=>0.8", r"cannot read 'auc=>0\.8'"),
+    ("auc>=", r"cannot read 'auc>='"),
+    ("auc>=0.9,", r"cannot read ''"),
+    ("auc>=0.9.1", r"'auc>=0\.9\.1': '0\.9\.1' is not a number"),
+    ("auc>=.", r"'auc>=\.': '\.' is not a number"),
+    ("auc>=1e-1", r"'1e-1' is not a number"),
+    ("auc>=-0.1", r"'-0\.1' is not a number"),
     ("specifity>=0.8", "unknown metric 'specifity'"),
     ("auc<=0.8", r"auc takes >= \(larger is better\)"),
-    ("ece>=0.1", r"ece takes <= \(larger is worse\)"),
+    ("ece<=0.05", r"'ece<=0\.05': ece cannot be required: it has no confidence interval"),
+    ("brier<=0.2", r"brier cannot be required"),
     ("sensitivity>=1.5", r"sensitivity target 1.5 is not in \[0, 1\]"),
 ])
 def test_a_bad_requirement_is_a_usage_error_saying_what_is_wrong(text, message):
@@ -41,15 +51,37 @@ def test_a_bad_requirement_is_a_usage_error_saying_what_is_wrong(text, message):
 
 
 def test_a_figure_with_a_ci_is_judged_on_its_lower_bound():
-    figures = {"sensitivity": {"value": 0.93, "low": 0.88, "high": 0.97}, "brier": 0.12, "auc": {"auc": 0.9, "low": math.nan}}
+    auc = {"auc": 0.9, "low": 0.86, "high": 0.93, "n_positive": 10, "n_negative": 40, "note": None}
+    figures = {"sensitivity": {"value": 0.93, "low": 0.88, "high": 0.97}, "auc": auc}
     verdict = Requirement("sensitivity", ">=", 0.9).judge(figures)
     assert verdict == {"requirement": "sensitivity>=0.9", "judged_on": "lower 95% CI bound", "judged_value": 0.88,
-                       "value": 0.93, "passed": False}
-    assert Requirement("sensitivity", ">=", 0.85).judge(figures)["passed"]
-    assert Requirement("brier", "<=", 0.15).judge(figures) == {"requirement": "brier<=0.15", "judged_on": "value",
-                                                               "judged_value": 0.12, "value": 0.12, "passed": True}
-    assert not Requirement("auc", ">=", 0.5).judge(figures)["passed"]  # no bound (NaN) is not a pass
-    assert not Requirement("ppv", ">=", 0.5).judge(figures)["passed"]  # nor is a figure that is missing
+                       "value": 0.93, "passed": False, "reason": "lower 95% CI bound 0.880 < 0.9"}
+    assert Requirement("sensitivity", ">=", 0.85).judge(figures) == {**verdict, "requirement": "sensitivity>=0.85",
+                                                                     "passed": True, "reason": None}
+    assert Requirement("auc", ">=", 0.85).judge(figures)["passed"]
+    assert not Requirement("ppv", ">=", 0.5).judge(figures)["passed"]  # a figure that is missing is not a pass
+
+
+def test_an_auc_requirement_needs_a_bound_and_ten_cases_of_each_class():
+    auc = {"auc": 0.9, "low": 0.86, "high": 0.93, "n_positive": 10, "n_negative": 40, "note": None}
+    assert MIN_CASES_PER_CLASS == 10 and Requirement("auc", ">=", 0.85).judge({"auc": auc})["passed"]
+    few = Requirement("auc", ">=", 0.85).judge({"auc": {**auc, "n_positive": 9}})
+    assert not few["passed"] and few["reason"] == "too few cases (9 positive, 40 negative; at least 10 of each)"
+    absent = Requirement("auc", ">=", 0.85).judge({"auc": None})
+    assert not absent["passed"] and absent["reason"].startswith("too few cases (a class is absent")
+    note = "classes perfectly separated: no interval"
+    separated = Requirement("auc", ">=", 0.5).judge({"auc": {**auc, "auc": 1.0, "low": math.nan, "note": note}})
+    assert not separated["passed"] and separated["reason"] == f"no lower bound ({note})"  # NaN never passes
+
+
+def test_ci_text_shows_the_note_instead_of_an_interval():
+    assert ci_text({"value": 0.9, "low": 0.85, "high": 0.95}) == "0.900 (0.850 to 0.950)"
+    assert ci_text({"auc": 0.9, "low": 0.85, "high": 0.95, "note": None}, 2, "-") == "0.90 (0.85-0.95)"
+    note = "classes perfectly separated: no interval"
+    assert ci_text({"auc": 1.0, "low": math.nan, "high": math.nan, "note": note}) == f"1.000 ({note})"
+    assert ci_text({"difference": 0.0, "low": math.nan, "high": math.nan, "note": "standard error 0: no interval"}
+                   ) == "0.000 (standard error 0: no interval)"
+    assert ci_text(None) == "n/a"
 
 
 @pytest.mark.parametrize("side, band", [(0, "shorter side 0-511 px"), (511, "shorter side 0-511 px"),
