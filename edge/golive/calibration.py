@@ -12,21 +12,21 @@ import numpy as np
 from medge.edge.errors import UsageError
 from medge.edge.numeric import as_logits_and_labels, as_truth_and_score, log_softmax, nll
 
-# The range fit_temperature searches (issue 31). On validation cases whose classes are separable the NLL falls
-# without end as T -> 0: an unbounded fit ran T to its old floor of 1e-3 in 39 % of 20-case exports at true AUC 0.99
-# (the issue's audit; 36 % in tests/edge/golive/test_calibration.py's simulation), and exp(log_softmax) then rounds
-# most of a site's probabilities to exactly 0 or 1, tying cases the logits rank apart (the site's AUC fell from
-# 0.986 on logits to 0.965). A fixed floor on T cannot prevent it: saturation depends on the logits divided by T,
+# The range fit_temperature searches. On validation cases whose classes are separable the NLL falls without end as T
+# -> 0: a fit bounded only by T >= 1e-3 stops there in 36 % of 20-case splits at true AUC 0.99
+# (tests/edge/golive/test_calibration.py's simulation), and exp(log_softmax) then rounds 98 % of such a site's
+# probabilities to exactly 0 or 1, tying cases the logits rank apart (over 500 sites the AUC falls from 0.990 on
+# logits to 0.979 on average). A fixed floor on T cannot prevent it: saturation depends on the logits divided by T,
 # and float64 gives the larger class exactly 1.0 once two logits differ by more than 36.7 after the division
-# (exp(-36.7) < 2**-53): at T = 0.05 a difference of 1.84, which resnet logits exceed all the time. (The smaller
+# (exp(-36.7) < 2**-53): at T = 0.05 a difference of 1.84, which resnet logits exceed routinely. (The smaller
 # class reaches exactly 0 only beyond 745.) So the lower bound follows the logits: no validation case's spread
 # (largest minus smallest logit) exceeds MAX_CALIBRATED_SPREAD after calibration. At 20 the larger probability is at
-# most 1 - 2e-9 and float64 still tells apart logits that differ by 1.1e-7 * T (measured; 1.5e-5 at 25, 2.3e-3 at
-# 30), finer than the 1e-6 by which the edge's engines differ from PyTorch; a site case saturates only where its
-# spread is 36.7 / 20 = 1.8 times the largest on the validation split, and ties the ranking only if cases of both
-# classes lie that far out on the same side. Above TEMPERATURE_MAX the validation logits tell next to nothing about
-# the labels (a logit difference of 4 moves the probability by 0.05 from 0.5); modern networks fit T of 1 to 3 (Guo
-# et al. 2017).
+# most 1 - 2e-9 and float64 still tells apart logits that differ by 2.2e-16 * e**20 * T = 1.1e-7 * T (1.5e-5 * T at
+# 25, 2.3e-3 * T at 30, measured), finer than the 1e-6 by which the edge's engines differ from PyTorch; a site case
+# saturates only where its spread is 36.7 / 20 = 1.8 times the largest on the validation split, and ties the ranking
+# only if cases of both classes lie that far out on the same side. Above TEMPERATURE_MAX the validation logits tell
+# next to nothing about the labels (a logit difference of 4 moves the probability by 0.05 from 0.5); modern networks
+# fit T of 1 to 3 (Guo et al. 2017).
 MAX_CALIBRATED_SPREAD = 20.0
 TEMPERATURE_MAX = 20.0
 CAPPED_NOTES = {"low": "validation classes separable or nearly: T capped at {temperature:.3g}",

@@ -112,7 +112,7 @@ def test_calibration_keeps_the_ranking_of_every_simulated_site():
     # a site case whose logits spread 1.8 times the validation's widest (36.7 / 20) still rounds to exactly 1
     # (1 case in 1e5 here, a positive tied with positives): it does not change the ranking of the two classes
     assert changed == 0 and saturated < 1e-4
-    assert 0.35 <= capped <= 0.6  # measured 0.46: the separable 20-case splits (0.36) and some nearly so
+    assert 0.35 <= capped <= 0.6  # measured 0.48: the separable 20-case splits (0.36) and some nearly so
 
 
 def test_the_site_check_sees_saturation_with_the_old_floor(monkeypatch):
