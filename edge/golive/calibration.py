@@ -156,7 +156,8 @@ def temperature_note(at_bound: str | None, temperature: float) -> str | None:
 
 
 def temperature_bounds(z: np.ndarray) -> tuple[float, float]:
-    """The range of T searched for checked (N, C) logits z (MAX_CALIBRATED_SPREAD, TEMPERATURE_MAX)."""
+    """(low, high): the range of T searched for checked (N, C) logits z, from the widest row spread over
+    MAX_CALIBRATED_SPREAD to TEMPERATURE_MAX."""
     low = float(np.max(np.ptp(z, axis=1))) / MAX_CALIBRATED_SPREAD
     return low, max(TEMPERATURE_MAX, low)  # logits spread beyond 400: T at the floor, which their size sets
 
