@@ -187,6 +187,7 @@ def summarize(out_dir: Path, seconds: float, device, data_dir: str, synthetic: b
     lat = {(r["runtime"], r["batch"]): r["p50_ms"] for r in bench["latency"]}
     c = parity["comparisons"]["pytorch_vs_cv2.dnn"]
     keys = ("accuracy", "balanced_accuracy", "auc")
+    op = manifest.get("operating_point") or {}
     return {
         "out": str(out_dir), "seconds": round(seconds, 1), "device": str(device),
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -202,8 +203,8 @@ def summarize(out_dir: Path, seconds: float, device, data_dir: str, synthetic: b
         "latency_p50_ms": {f"{rt} batch {b}": v for (rt, b), v in sorted(lat.items())},
         "end_to_end_images_per_s": bench.get("end_to_end", {}).get("images_per_s"),
         "predict": predicted,
-        "operating_point": {k: (manifest.get("operating_point") or {}).get(k)
-                            for k in ("positive", "threshold", "criterion", "temperature")},
+        "operating_point": {**{k: op.get(k) for k in ("positive", "threshold", "criterion", "temperature")},
+                            "temperature_at_bound": (op.get("calibration") or {}).get("at_bound")},
         "validate": {"cases": validated["counts"]["cases"], "decision": validated["decision"],
                      **{k: validated["figures"][k] for k in ("auc", "sensitivity", "specificity", "ppv", "npv", "brier", "ece")},
                      "line": validate_line(validated)},
@@ -281,12 +282,21 @@ def report_markdown(s: dict, bench: dict, parity: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def temperature_note_text(op: dict) -> str:
+    """" (validation classes separable or nearly: T capped at 0.617)" when the fit stopped at a bound, else ""."""
+    from medge.edge.golive import temperature_note
+
+    note = temperature_note(op.get("temperature_at_bound"), op["temperature"])
+    return f" ({note})" if note else ""
+
+
 def validation_markdown(s: dict, rel) -> list[str]:
     """The report's validation section: the bundle's operating point and the held-out figures with CIs, and the ROC."""
     op, v = s["operating_point"], s["validate"]
     if op["threshold"] is not None:
         chosen = (f"Chosen at export on the validation split: {op['positive']!r} when its calibrated probability >= "
-                  f"{op['threshold']:.4f} ({op['criterion']}), temperature {op['temperature']:.3f}.")
+                  f"{op['threshold']:.4f} ({op['criterion']}), temperature {op['temperature']:.3f}"
+                  f"{temperature_note_text(op)}.")
     else:
         chosen = "The bundle has no operating point (too few validation images to choose one): labels by argmax."
     ci = lambda x: "-" if not x else ci_text(x)

@@ -1,7 +1,9 @@
 """Calibration and the operating point, chosen at export on the validation split (``medge.edge.decision``).
 
 Steps: the trained model's logits on every validation image (through ``edge.preprocess``,
-as the edge reads them) -> one temperature T minimising the NLL (temperature scaling)
+as the edge reads them) -> one temperature T minimising the NLL (temperature scaling) within a range that keeps
+the calibrated probabilities from rounding to exactly 0 or 1 (``edge.golive.calibration``;
+a fit that stops at an end of the range is recorded, ``at_bound``, and said)
 -> for two classes, the threshold on the positive class's calibrated probability that
 meets the criterion (``--operating-point sensitivity=0.95`` by default) -> the sealed
 manifest section, with the validation ROC, AUC and scores that ``medge validate`` and
@@ -91,11 +93,13 @@ def operating_point_section(logits: np.ndarray, labels: np.ndarray, classes: lis
     if reason:
         raise ExportError(f"{source}: {reason}")
     counts = np.bincount(labels, minlength=len(classes))
-    temperature = ev.fit_temperature(logits, labels)
+    fit = ev.fit_temperature_bounded(logits, labels)
+    temperature = fit.temperature
     section = {"temperature": temperature, "positive": None, "threshold": None, "criterion": None,
-               "calibration": {"method": "temperature scaling: one T minimising the validation NLL",
-                               "nll_uncalibrated": ev.nll(logits, labels), "nll_calibrated": ev.nll(logits, labels, temperature),
-                               "cases": int(len(labels))}}
+               "calibration": {"method": "temperature scaling: one T minimising the validation NLL within temperature_range",
+                               "nll_uncalibrated": ev.nll(logits, labels), "nll_calibrated": fit.nll,
+                               "cases": int(len(labels)), "temperature_range": [fit.low, fit.high],
+                               "at_bound": fit.at_bound}}
     probs = ev.softmax(logits, temperature)
     validation = {"source": source, "cases": int(len(labels)), "skipped": int(skipped),
                   "per_class": dict(zip(classes, counts.tolist(), strict=True))}
@@ -136,8 +140,9 @@ def between_scores(threshold: float, score: np.ndarray) -> float:
 def summary_line(section: dict) -> str:
     """One line for the export's log."""
     cal = section["calibration"]
-    head = (f"calibration: T = {section['temperature']:.3f} (validation NLL {cal['nll_uncalibrated']:.4f} -> "
-            f"{cal['nll_calibrated']:.4f}, {cal['cases']} cases)")
+    note = ev.temperature_note(cal.get("at_bound"), section["temperature"])
+    head = (f"calibration: T = {section['temperature']:.3f}{f' ({note})' if note else ''} (validation NLL "
+            f"{cal['nll_uncalibrated']:.4f} -> {cal['nll_calibrated']:.4f}, {cal['cases']} cases)")
     if section["threshold"] is None:
         return head + "; more than two classes: label by argmax"
     v = section["validation"]

@@ -67,5 +67,6 @@ def run(args: argparse.Namespace) -> int:
     print(json.dumps({"bundle": args.out, "sha256": m["model"]["sha256"], "input_shape": m["model"]["input_shape"],
                       "parity_max_abs_logit": m["parity"]["logits"]["max_abs"], "top1_agreement": m["parity"]["top1_agreement"],
                       "threshold": (m.get("operating_point") or {}).get("threshold"),
-                      "temperature": (m.get("operating_point") or {}).get("temperature")}))
+                      "temperature": (m.get("operating_point") or {}).get("temperature"),
+                      "temperature_at_bound": ((m.get("operating_point") or {}).get("calibration") or {}).get("at_bound")}))
     return 0

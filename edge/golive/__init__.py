@@ -6,7 +6,8 @@ the tests against scikit-learn, statsmodels or scipy.
 
 - ``roc``: the ROC curve, ``auc_ci`` (DeLong, on the logit scale), ``auc_difference`` (site vs validation);
 - ``proportions``: ``confusion``, ``binary_figures`` at a threshold with ``wilson_interval``s;
-- ``calibration``: ``brier_score``, ``reliability`` (ECE, MCE), ``calibration_curve``, ``fit_temperature``;
+- ``calibration``: ``brier_score``, ``reliability`` (ECE, MCE), ``calibration_curve``, ``fit_temperature_bounded``
+  (a ``TemperatureFit`` that says when T stopped at an end of its range) and ``fit_temperature``;
 - ``thresholds``: ``parse_criterion``, ``choose_threshold`` (the operating point);
 - ``shift``: ``psi`` with its ``psi_noise_floor``, ``ks_2samp``;
 - ``distributions``: the normal and chi-square quantiles and the Kolmogorov-Smirnov tail they rest on;
@@ -29,7 +30,15 @@ Usage::
     op = choose_threshold(y, score, "sensitivity=0.95")
     figures = binary_figures(y_test, score_test, op["threshold"])
 """
-from medge.edge.golive.calibration import TEMPERATURE_RANGE, brier_score, calibration_curve, fit_temperature, reliability
+from medge.edge.golive.calibration import (
+    TemperatureFit,
+    brier_score,
+    calibration_curve,
+    fit_temperature,
+    fit_temperature_bounded,
+    reliability,
+    temperature_note,
+)
 from medge.edge.golive.distributions import chi2_quantile, kolmogorov_sf, normal_quantile
 from medge.edge.golive.proportions import binary_figures, confusion, wilson_interval
 from medge.edge.golive.roc import auc_ci, auc_difference, roc_curve
@@ -38,8 +47,8 @@ from medge.edge.golive.thresholds import CRITERIA_HELP, choose_threshold, parse_
 from medge.edge.numeric import nll, roc_auc, softmax
 
 __all__ = [
-    "CRITERIA_HELP", "PSI_FLOOR", "TEMPERATURE_RANGE", "auc_ci", "auc_difference", "binary_figures", "brier_score",
-    "calibration_curve", "chi2_quantile", "choose_threshold", "confusion", "fit_temperature", "kolmogorov_sf",
-    "ks_2samp", "nll", "normal_quantile", "parse_criterion", "psi", "psi_noise_floor", "reliability", "roc_auc",
-    "roc_curve", "softmax", "wilson_interval",
+    "CRITERIA_HELP", "PSI_FLOOR", "TemperatureFit", "auc_ci", "auc_difference", "binary_figures", "brier_score",
+    "calibration_curve", "chi2_quantile", "choose_threshold", "confusion", "fit_temperature",
+    "fit_temperature_bounded", "kolmogorov_sf", "ks_2samp", "nll", "normal_quantile", "parse_criterion", "psi",
+    "psi_noise_floor", "reliability", "roc_auc", "roc_curve", "softmax", "temperature_note", "wilson_interval",
 ]

@@ -1,16 +1,36 @@
 """Calibration: the Brier score, reliability (ECE, MCE) on uniform bins, the calibration curve, and temperature
-scaling of logits (``fit_temperature``; the softmax and NLL it scales are ``edge.numeric``'s).
-Tested by tests/edge/golive/test_statistics.py (against scikit-learn)."""
+scaling of logits (``fit_temperature_bounded``, ``fit_temperature``; the softmax and NLL it scales are ``edge.numeric``'s).
+Tested by tests/edge/golive/test_statistics.py (against scikit-learn) and tests/edge/golive/test_calibration.py
+(the bounded temperature, by simulation)."""
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 
 from medge.edge.errors import UsageError
-from medge.edge.numeric import as_logits_and_labels, as_truth_and_score, log_softmax
+from medge.edge.numeric import as_logits_and_labels, as_truth_and_score, log_softmax, nll
 
-TEMPERATURE_RANGE = (1e-3, 1e3)  # fit_temperature searches T (as b = 1/T) in this range
+# The range fit_temperature searches. On validation cases whose classes are separable the NLL falls without end as T
+# -> 0: a fit bounded only by T >= 1e-3 stops there in 36 % of 20-case splits at true AUC 0.99
+# (tests/edge/golive/test_calibration.py's simulation), and exp(log_softmax) then rounds 98 % of such a site's
+# probabilities to exactly 0 or 1, tying cases the logits rank apart (over 500 sites the AUC falls from 0.990 on
+# logits to 0.979 on average). A fixed floor on T cannot prevent it: saturation depends on the logits divided by T,
+# and float64 gives the larger class exactly 1.0 once two logits differ by more than 36.7 after the division
+# (exp(-36.7) < 2**-53): at T = 0.05 a difference of 1.84, which resnet logits exceed routinely. (The smaller
+# class reaches exactly 0 only beyond 745.) So the lower bound follows the logits: no validation case's spread
+# (largest minus smallest logit) exceeds MAX_CALIBRATED_SPREAD after calibration. At 20 the larger probability is at
+# most 1 - 2e-9 and float64 still tells apart logits that differ by 2.2e-16 * e**20 * T = 1.1e-7 * T (1.5e-5 * T at
+# 25, 2.3e-3 * T at 30, measured), finer than the 1e-6 by which the edge's engines differ from PyTorch; a site case
+# saturates only where its spread is 36.7 / 20 = 1.8 times the largest on the validation split, and ties the ranking
+# only if cases of both classes lie that far out on the same side. Above TEMPERATURE_MAX the validation logits tell
+# next to nothing about the labels (a logit difference of 4 moves the probability by 0.05 from 0.5); modern networks
+# fit T of 1 to 3 (Guo et al. 2017).
+MAX_CALIBRATED_SPREAD = 20.0
+TEMPERATURE_MAX = 20.0
+CAPPED_NOTES = {"low": "validation classes separable or nearly: T capped at {temperature:.3g}",
+                "high": "validation logits near chance or far overconfident: T capped at {temperature:.3g}"}
 
 
 def _probabilities(score) -> np.ndarray:
@@ -112,37 +132,43 @@ def _nll_slope_curvature(z: np.ndarray, zy: np.ndarray, b: float) -> tuple[float
     return slope, curvature
 
 
-def fit_temperature(logits, labels) -> float:
-    """Temperature scaling (Guo et al. 2017, "On calibration of modern neural networks"): the T minimising nll.
+@dataclass(frozen=True)
+class TemperatureFit:
+    """One temperature fitted on validation logits, and whether the fit stopped at an end of its range."""
 
-    One scalar T > 0 divides every logit; the argmax, and so every decision of a multi-class argmax
-    and the ranking of cases by any one class's logit, is unchanged by any T > 0: only the probabilities
-    are recalibrated. The NLL is convex in b = 1/T (a log-sum-exp of functions linear in b), so a
-    Newton iteration on b safeguarded by bisection (on a log scale) within [1e-3, 1e3] finds its minimum
-    deterministically, to about 1e-12 relative. Where the minimum lies outside that range (e.g. every
-    case already right with a margin, when the NLL falls towards T = 0) the nearer end is returned;
-    where every row of logits is constant, the NLL does not depend on T and 1.0 is returned.
+    temperature: float
+    at_bound: str | None  # "low": NLL still falling at the smallest T allowed (the classes separable on these
+    #                       cases, or all but a few); "high": still falling at the largest (the logits near
+    #                       chance, or overconfident beyond the range); None: a minimum inside the range
+    nll: float  # the mean validation NLL at temperature
+    low: float  # the range searched: max spread / MAX_CALIBRATED_SPREAD ...
+    high: float  # ... to TEMPERATURE_MAX
 
-    Args:
-        logits: (N, C) float logits, N >= 2, finite (fit them on a validation set, not the training set).
-        labels: N integers in [0, C).
+    @property
+    def note(self) -> str | None:
+        """What a person reading the temperature must know, or None: ``temperature_note``."""
+        return temperature_note(self.at_bound, self.temperature)
 
-    Returns:
-        T as a float, in [1e-3, 1e3].
-    """
-    z, y = as_logits_and_labels(logits, labels)
-    if z.shape[0] < 2:
-        raise UsageError(f"fit_temperature needs at least 2 cases, got {z.shape[0]}")
-    if np.all(np.ptp(z, axis=1) == 0):
-        return 1.0
-    zy = z[np.arange(y.size), y]
-    t_low, t_high = TEMPERATURE_RANGE
-    lo, hi = 1 / t_high, 1 / t_low
+
+def temperature_note(at_bound: str | None, temperature: float) -> str | None:
+    """"validation classes separable or nearly: T capped at 0.25" for a fit that stopped at an end of its range, else None."""
+    return None if at_bound is None else CAPPED_NOTES[at_bound].format(temperature=temperature)
+
+
+def temperature_bounds(z: np.ndarray) -> tuple[float, float]:
+    """(low, high): the range of T searched for checked (N, C) logits z, from the widest row spread over
+    MAX_CALIBRATED_SPREAD to TEMPERATURE_MAX."""
+    low = float(np.max(np.ptp(z, axis=1))) / MAX_CALIBRATED_SPREAD
+    return low, max(TEMPERATURE_MAX, low)  # logits spread beyond 400: T at the floor, which their size sets
+
+
+def _minimise_b(z: np.ndarray, zy: np.ndarray, lo: float, hi: float) -> tuple[float, str | None]:
+    """(b, at_bound) minimising the NLL of softmax(b * z) for b in [lo, hi]; at_bound named in T, as the fit's."""
     if _nll_slope_curvature(z, zy, lo)[0] >= 0:
-        return t_high
-    if _nll_slope_curvature(z, zy, hi)[0] <= 0:
-        return t_low
-    b = 1.0
+        return lo, "high"
+    if hi <= lo or _nll_slope_curvature(z, zy, hi)[0] <= 0:
+        return hi, "low"
+    b = min(max(1.0, lo), hi)
     for _ in range(200):
         slope, curvature = _nll_slope_curvature(z, zy, b)
         if slope == 0:
@@ -154,4 +180,41 @@ def fit_temperature(logits, labels) -> float:
             b = nxt
             break
         b = nxt
-    return float(1 / b)
+    return b, None
+
+
+def fit_temperature_bounded(logits, labels) -> TemperatureFit:
+    """Temperature scaling (Guo et al. 2017, "On calibration of modern neural networks"), within a stated range.
+
+    One scalar T > 0 divides every logit; the argmax, and so every decision of a multi-class argmax
+    and the ranking of cases by any one class's logit, is unchanged by any T > 0: only the probabilities
+    are recalibrated. The NLL is convex in b = 1/T (a log-sum-exp of functions linear in b), so a
+    Newton iteration on b safeguarded by bisection (on a log scale) finds its minimum deterministically,
+    to about 1e-12 relative, within T in [largest row spread / MAX_CALIBRATED_SPREAD, TEMPERATURE_MAX]
+    (the comment at MAX_CALIBRATED_SPREAD says why: the floor keeps float64 probabilities from rounding to
+    exactly 0 or 1 and tying cases the logits rank apart). Where the NLL still falls at an end (every
+    case right with a margin: T -> 0; logits near chance: T -> infinity) that end is returned
+    and ``at_bound`` says which; where every row of logits is constant, the NLL does not depend on T and
+    1.0 is returned.
+
+    Args:
+        logits: (N, C) float logits, N >= 2, finite (fit them on a validation set, not the training set).
+        labels: N integers in [0, C).
+
+    Returns:
+        A ``TemperatureFit``: T, at_bound ("low", "high" or None), the NLL at T and the range searched.
+    """
+    z, y = as_logits_and_labels(logits, labels)
+    if z.shape[0] < 2:
+        raise UsageError(f"fit_temperature needs at least 2 cases, got {z.shape[0]}")
+    low, high = temperature_bounds(z)
+    if low == 0:  # every row constant
+        return TemperatureFit(1.0, None, nll(z, y), low, high)
+    b, at_bound = _minimise_b(z, z[np.arange(y.size), y], 1 / high, 1 / low)
+    temperature = {"low": low, "high": high}.get(at_bound, float(1 / b))
+    return TemperatureFit(temperature, at_bound, nll(z, y, temperature), low, high)
+
+
+def fit_temperature(logits, labels) -> float:
+    """``fit_temperature_bounded(logits, labels).temperature``: the T minimising the validation NLL in its range."""
+    return fit_temperature_bounded(logits, labels).temperature

@@ -128,3 +128,52 @@ def test_go_live_of_a_trained_model_validate_and_monitor(trained_run, tmp_path, 
     assert (same, larger) == (0, 1), capsys.readouterr().err
     reasons = json.loads((tmp_path / "m/larger.json").read_text())["reasons"]
     assert any("shorter side outside the training range" in r for r in reasons), reasons
+
+
+def _bundle_with_section(bundle, folder, section):
+    """A copy of the test bundle with this operating_point section in its manifest."""
+    import shutil
+
+    copy = shutil.copytree(bundle, folder)
+    manifest = json.loads((copy / "model.json").read_text())
+    manifest["operating_point"] = section
+    (copy / "model.json").write_text(json.dumps(manifest, indent=2))
+    return copy
+
+
+def test_a_capped_temperature_is_sealed_loaded_and_shown_and_older_sections_still_load(bundle, tmp_path):
+    from medge.edge.apps.serve.api import model_info
+    from medge.edge.apps.serve.page import card_html
+    from medge.edge.decision import seal
+    from medge.edge.errors import ModelIntegrityError
+    from medge.export.calibrate import summary_line
+
+    classes = Model.load(bundle).classes
+    rng = np.random.default_rng(31)
+    d = np.r_[rng.uniform(1, 8, 12), -rng.uniform(1, 8, 12)]  # every validation case on its side: separable
+    labels = np.r_[np.full(12, classes.index("disease")), np.full(12, classes.index("normal"))]
+    logits = np.zeros((24, 2))
+    logits[:, classes.index("disease")] = d
+    section = operating_point_section(logits, labels, classes, "sensitivity=0.95", None, "simulated")
+    fit = ev.fit_temperature_bounded(logits, labels)
+    assert section["calibration"]["at_bound"] == "low" and section["temperature"] == fit.temperature
+    assert section["calibration"]["temperature_range"] == [fit.low, fit.high]
+    note = f"validation classes separable or nearly: T capped at {fit.temperature:.3g}"
+    assert note in summary_line(section)
+
+    capped = Model.load(_bundle_with_section(bundle, tmp_path / "capped", section))
+    info = model_info(capped)
+    assert info["operating_point"]["temperature_at_bound"] == "low"
+    assert note in card_html(info, "en") and "에서 제한" in card_html(info, "ko")
+
+    # the bound is inside the seal: edited, the section is refused
+    edited = {**section, "calibration": {**section["calibration"], "at_bound": None}}
+    with pytest.raises(ModelIntegrityError, match="does not match its SHA-256"):
+        Model.load(_bundle_with_section(bundle, tmp_path / "edited", edited))
+    # a section sealed before the bound was recorded loads, and shows T without a note
+    old = {k: v for k, v in section.items() if k != "sha256"}
+    old["calibration"] = {k: v for k, v in old["calibration"].items() if k not in ("at_bound", "temperature_range")}
+    before = Model.load(_bundle_with_section(bundle, tmp_path / "old", seal(old)))
+    info = model_info(before)
+    assert info["operating_point"]["temperature_at_bound"] is None and "capped" not in card_html(info, "en")
+    assert before.operating_point == capped.operating_point and "capped" not in summary_line(old)

@@ -211,6 +211,7 @@ def operating_point_card(section: dict | None) -> dict | None:
     figures = {k: v[k] for k in ("auc", "sensitivity", "specificity", "ppv", "npv", "brier", "ece") if k in v}
     return {"positive": section.get("positive"), "threshold": section.get("threshold"),
             "criterion": section.get("criterion"), "temperature": section.get("temperature"),
+            "temperature_at_bound": (section.get("calibration") or {}).get("at_bound"),  # None in older bundles too
             "validation": {"cases": v.get("cases"), "per_class": v.get("per_class"), **figures}}
 
 

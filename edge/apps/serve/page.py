@@ -394,6 +394,12 @@ def _ci_text(f) -> str:
     return _fmt(f)
 
 
+def _temperature_text(op: dict, t: dict) -> str:
+    """The temperature, and when its fit stopped at an end of its range, saying so."""
+    capped = t.get(f"temperature_capped_{op.get('temperature_at_bound')}")
+    return _fmt(op["temperature"]) + (f" ({capped.format(temperature=op['temperature'])})" if capped else "")
+
+
 def _operating_point_html(info: dict, t: dict) -> str:
     """The bundle's threshold and calibration with its validation figures (95% CIs), or that it labels by argmax."""
     op = info.get("operating_point")
@@ -403,7 +409,7 @@ def _operating_point_html(info: dict, t: dict) -> str:
     rows = [(t["decision_rule"], _e(t["threshold_rule"].format(positive=op["positive"], threshold=_fmt(op["threshold"]),
                                                                criterion=op["criterion"]))
              if op.get("threshold") is not None else _e(t["argmax"])),
-            (t["temperature"], _e(_fmt(op["temperature"]))),
+            (t["temperature"], _e(_temperature_text(op, t))),
             (t["validation_cases"], _e(f'{v.get("cases")} ({_fmt(v.get("per_class"))})'))]
     rows += [(k, _e(_ci_text(v[k]))) for k in ("auc", "sensitivity", "specificity", "ppv", "npv", "brier", "ece") if k in v]
     return f'<div id="medge-operating-point">{_kv(rows)}</div>'

@@ -7,6 +7,8 @@ which the browser sets from the same language preferences.
 """
 from __future__ import annotations
 
+from medge.edge.golive.calibration import CAPPED_NOTES
+
 LANGUAGES = ("en", "ko")
 
 TEXT = {
@@ -70,6 +72,8 @@ TEXT = {
         "threshold_rule": "{positive} when its calibrated probability >= {threshold} ({criterion})",
         "argmax": "the class with the highest calibrated probability",
         "temperature": "Calibration temperature",
+        "temperature_capped_low": CAPPED_NOTES["low"],
+        "temperature_capped_high": CAPPED_NOTES["high"],
         "validation_cases": "Validation cases",
         "none": "none",
         "login_title": "medge: sign in",
@@ -139,6 +143,8 @@ TEXT = {
         "threshold_rule": "보정 확률이 {threshold} 이상이면 {positive} ({criterion})",
         "argmax": "보정 확률이 가장 높은 클래스",
         "temperature": "보정 온도",
+        "temperature_capped_low": "검증 세트에서 클래스가 (거의) 완전히 분리됨: T를 {temperature:.3g}에서 제한",
+        "temperature_capped_high": "검증 세트의 로짓이 우연 수준: T를 {temperature:.3g}에서 제한",
         "validation_cases": "검증 사례",
         "none": "없음",
         "login_title": "medge: 로그인",

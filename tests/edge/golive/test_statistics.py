@@ -384,8 +384,10 @@ def test_fit_temperature_equals_a_scalar_minimiser():
 
 def test_fit_temperature_edges_and_errors():
     right = np.array([[5.0, 0.0], [0.0, 5.0]])
-    assert ev.fit_temperature(right, [0, 1]) == ev.TEMPERATURE_RANGE[0]  # always right: sharpen to the limit
-    assert ev.fit_temperature(right, [1, 0]) == ev.TEMPERATURE_RANGE[1]  # always wrong: flatten to the limit
+    # always right: sharpen to the floor, the largest spread (5) over MAX_CALIBRATED_SPREAD (20);
+    # always wrong: flatten to TEMPERATURE_MAX (tests/edge/golive/test_calibration.py has the rest)
+    assert ev.fit_temperature(right, [0, 1]) == 5 / 20
+    assert ev.fit_temperature(right, [1, 0]) == 20.0
     assert ev.fit_temperature(np.ones((4, 3)), [0, 1, 2, 0]) == 1.0  # nll does not depend on T
     with pytest.raises(UsageError, match="at least 2 cases"):
         ev.fit_temperature([[1.0, 2.0]], [0])
