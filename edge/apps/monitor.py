@@ -100,7 +100,7 @@ def _detectable(check: dict) -> str:
         shown = f"{d['shift']:.2f} SD"
     else:
         shown = f"{100 * d['shift']:.1f} points"
-    return f"{shown} (**{check['note']}**)" if check.get("too_little_data") else shown
+    return f"{shown} (**too little data**)" if check.get("too_little_data") else shown
 
 
 def markdown(report: dict, paths: dict[str, Path]) -> str:
@@ -123,8 +123,8 @@ def markdown(report: dict, paths: dict[str, Path]) -> str:
                        f"KS D {c['ks']['statistic']:.3f} (p {c['ks']['pvalue']:.2g})")
                 ref = f"{c['reference_cases']} validation cases"
             elif c["check"] == "positive share":
-                fig = (f"{c['share']:.1%}, difference {c['difference']:+.1%} ({c['difference_low']:+.1%} to "
-                       f"{c['difference_high']:+.1%})")
+                fig = (f"{c['share']:.1%}, difference {100 * c['difference']:+.1f} points ({1 - c['false_alarm_rate']:.0%} CI "
+                       f"{100 * c['difference_low']:+.1f} to {100 * c['difference_high']:+.1f})")
                 ref = f"{c['reference']:.1%} of {c['reference_cases']} validation cases"
             elif "outside" in c:
                 fig, ref = f"{c['outside']} outside ({c['share']:.1%})", f"{c['reference']}; {c['tolerance']:.0%} tolerated"

@@ -215,7 +215,8 @@ def _positive_share_check(k: int, n: int, k_ref: int, n_ref: int, words: str) ->
              "drift": bool(drift)}
     if drift:
         check["reason"] = (f"{words}: {share:.1%} of {n} records against {reference:.1%} of {n_ref} validation cases "
-                           f"(difference {difference:+.1%}, {1 - SHARE_ALPHA:.0%} CI {low:+.1%} to {high:+.1%})")
+                           f"(difference {100 * difference:+.1f} points, {1 - SHARE_ALPHA:.0%} CI {100 * low:+.1f} to "
+                           f"{100 * high:+.1f})")
     return _sees(check, detectable_difference(reference, n_ref, n, SHARE_ALPHA, POWER), COARSE_POINTS,
                  ("share", _points))
 
