@@ -5,7 +5,7 @@ Usage: medge monitor --model bundles/xray results.jsonl watch_out/results/ --sin
 Reads the records medge wrote (predict JSON lines, watch result files, the node's
 results.jsonl; folders are searched for *.jsonl and *.json) and compares this
 bundle's classified records with its reference: the score distribution against the
-validation scores stored with its operating point (PSI and a KS test), the shares
+validation scores stored with its operating point (a Laplace-smoothed PSI above its noise floor, and a KS test), the shares
 labelled positive and with warnings, and the inputs (bit depth, modality, size,
 brightness and contrast) against the training data profile (``edge.golive.drift``).
 
@@ -13,8 +13,13 @@ Writes --out (JSON) and beside it NAME.md and NAME.scores.png (reference and
 current score histograms). Records of other models, errors, skipped instances and
 unreadable lines are counted, never mixed in.
 
-Exit status: 0 stable (or too few records to judge, said so), 1 drift (each reason
-printed), 2 usage error.
+Each check states its false-alarm rate and the smallest shift it detects with 80%
+power at the present sizes; where that is coarse (above 0.5 SD of the scores, or
+10 percentage points of a share) and nothing alarmed, the verdict is "too little
+data" with what could not be seen, never "stable".
+
+Exit status: 0 stable (or too few records, or too little data to judge: said so),
+1 drift (each reason printed), 2 usage error.
 """
 from __future__ import annotations
 
@@ -86,6 +91,18 @@ def _fmt(v) -> str:
     return str(v)
 
 
+def _detectable(check: dict) -> str:
+    """The smallest shift the check sees with 80% power, and the note when that is too coarse."""
+    d = check["detectable"]
+    if d["shift"] is None:
+        shown = "none at these sizes"
+    elif d["unit"].startswith("SD"):
+        shown = f"{d['shift']:.2f} SD"
+    else:
+        shown = f"{100 * d['shift']:.1f} points"
+    return f"{shown} (**too little data**)" if check.get("too_little_data") else shown
+
+
 def markdown(report: dict, paths: dict[str, Path]) -> str:
     out = [f"# Drift of {Path(report['model']['bundle']).name}: {report['verdict']}", "",
            f"- model SHA-256 `{report['model']['sha256'][:16]}...`; {report['records']} records in {report['files']} "
@@ -95,18 +112,26 @@ def markdown(report: dict, paths: dict[str, Path]) -> str:
     if report.get("note"):
         out += [f"Note: {report['note']}", ""]
     if report["reasons"]:
-        out += ["Why:", ""] + [f"- {r}" for r in report["reasons"]] + [""]
+        heading = "Why:" if report["verdict"] == "drift" else "What these sizes cannot show:"
+        out += [heading, ""] + [f"- {r}" for r in report["reasons"]] + [""]
     if report["checks"]:
-        out += ["| check | figure | reference | records | drift |", "| --- | --- | --- | --- | --- |"]
+        out += ["| check | figure | reference | records | false-alarm rate | smallest shift seen (80%) | drift |",
+                "| --- | --- | --- | --- | --- | --- | --- |"]
         for c in report["checks"]:
             if c["check"] == "score distribution":
-                fig = f"PSI {c['psi']:.3f}, KS D {c['ks']['statistic']:.3f} (p {c['ks']['pvalue']:.2g})"
+                fig = (f"PSI {c['psi']:.3f} ({c['psi_reading']}; noise floor {c['psi_noise_floor']:.3f}), "
+                       f"KS D {c['ks']['statistic']:.3f} (p {c['ks']['pvalue']:.2g})")
                 ref = f"{c['reference_cases']} validation cases"
+            elif c["check"] == "positive share":
+                fig = (f"{c['share']:.1%}, difference {100 * c['difference']:+.1f} points ({1 - c['false_alarm_rate']:.0%} CI "
+                       f"{100 * c['difference_low']:+.1f} to {100 * c['difference_high']:+.1f})")
+                ref = f"{c['reference']:.1%} of {c['reference_cases']} validation cases"
             elif "outside" in c:
-                fig, ref = f"{c['outside']} outside ({c['share']:.1%})", c["reference"]
+                fig, ref = f"{c['outside']} outside ({c['share']:.1%})", f"{c['reference']}; {c['tolerance']:.0%} tolerated"
             else:
-                fig, ref = f"{c['share']:.1%} ({c['low']:.1%} to {c['high']:.1%})", f"{c['reference']:.1%}"
-            out.append(f"| {c['check']} | {fig} | {ref} | {c['records']} | {'**yes**' if c['drift'] else 'no'} |")
+                fig, ref = f"{c['share']:.1%} ({c['low']:.1%} to {c['high']:.1%})", f"{c['tolerance']:.0%} tolerated"
+            out.append(f"| {c['check']} | {fig} | {ref} | {c['records']} | {c['false_alarm_rate']:.2%} | "
+                       f"{_detectable(c)} | {'**yes**' if c['drift'] else 'no'} |")
         out.append("")
     out += [f"![scores]({paths['scores'].name})", "", "Manufacturers: "
             + (", ".join(f"{k} {n}" for k, n in report["manufacturers"].items()) or "none"), ""]

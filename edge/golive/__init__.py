@@ -5,11 +5,12 @@ Numpy and the standard library only (the edge box has no scipy or scikit-learn);
 the tests against scikit-learn, statsmodels or scipy.
 
 - ``roc``: the ROC curve, ``auc_ci`` (DeLong, on the logit scale), ``auc_difference`` (site vs validation);
-- ``proportions``: ``confusion``, ``binary_figures`` at a threshold with ``wilson_interval``s;
+- ``proportions``: ``confusion``, ``binary_figures`` at a threshold with ``wilson_interval``s, ``newcombe_difference``
+  of two shares, and the changes a share test detects (``detectable_difference``, ``detectable_share``);
 - ``calibration``: ``brier_score``, ``reliability`` (ECE, MCE), ``calibration_curve``, ``fit_temperature_bounded``
   (a ``TemperatureFit`` that says when T stopped at an end of its range) and ``fit_temperature``;
 - ``thresholds``: ``parse_criterion``, ``choose_threshold`` (the operating point);
-- ``shift``: ``psi`` with its ``psi_noise_floor``, ``ks_2samp``;
+- ``shift``: ``psi`` (Laplace-smoothed) with its simulated ``psi_noise_floor``, ``ks_2samp``, ``min_detectable_shift``;
 - ``distributions``: the normal and chi-square quantiles and the Kolmogorov-Smirnov tail they rest on;
 - ``validation`` (``medge validate``'s report on labelled images) and ``drift`` (``medge monitor``'s checks
   of prediction records against the bundle's reference); ``plots`` draws their charts (matplotlib, lazily).
@@ -40,15 +41,23 @@ from medge.edge.golive.calibration import (
     temperature_note,
 )
 from medge.edge.golive.distributions import chi2_quantile, kolmogorov_sf, normal_quantile
-from medge.edge.golive.proportions import binary_figures, confusion, wilson_interval
+from medge.edge.golive.proportions import (
+    binary_figures,
+    confusion,
+    detectable_difference,
+    detectable_share,
+    newcombe_difference,
+    wilson_interval,
+)
 from medge.edge.golive.roc import auc_ci, auc_difference, roc_curve
-from medge.edge.golive.shift import PSI_FLOOR, ks_2samp, psi, psi_noise_floor
+from medge.edge.golive.shift import PSI_PSEUDOCOUNT, ks_2samp, min_detectable_shift, psi, psi_noise_floor
 from medge.edge.golive.thresholds import CRITERIA_HELP, choose_threshold, parse_criterion
 from medge.edge.numeric import nll, roc_auc, softmax
 
 __all__ = [
-    "CRITERIA_HELP", "PSI_FLOOR", "TemperatureFit", "auc_ci", "auc_difference", "binary_figures", "brier_score",
-    "calibration_curve", "chi2_quantile", "choose_threshold", "confusion", "fit_temperature",
-    "fit_temperature_bounded", "kolmogorov_sf", "ks_2samp", "nll", "normal_quantile", "parse_criterion", "psi",
+    "CRITERIA_HELP", "PSI_PSEUDOCOUNT", "TemperatureFit", "auc_ci", "auc_difference", "binary_figures",
+    "brier_score", "calibration_curve", "chi2_quantile", "choose_threshold", "confusion", "detectable_difference",
+    "detectable_share", "fit_temperature", "fit_temperature_bounded", "kolmogorov_sf", "ks_2samp",
+    "min_detectable_shift", "newcombe_difference", "nll", "normal_quantile", "parse_criterion", "psi",
     "psi_noise_floor", "reliability", "roc_auc", "roc_curve", "softmax", "temperature_note", "wilson_interval",
 ]

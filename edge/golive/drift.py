@@ -14,46 +14,59 @@ when ``--since`` is given (predict records carry no time), unreadable lines.
 The reference is the bundle's own: the validation scores stored with its operating
 point (``export.calibrate``) and the training data's profile (``edge.inputs.profile``).
 
-Checks, each with its figures and, when it fires, the reason in words:
+Checks, each with its figures, its false-alarm rate, the smallest shift it detects
+with ``POWER`` at the present sizes and, when it fires, the reason in words:
   - scores: the positive class's calibrated probability (the predicted class's for
-    more than two classes) against the validation scores: PSI (>= ``PSI_DRIFT``) or a
-    two-sample KS test (p < ``KS_P`` with D >= ``KS_D``: with thousands of records a
-    tiny p alone flags shifts too small to matter). PSI must also exceed its noise
-    floor at the sample sizes (``edge.golive.shift.psi_noise_floor``): with a few dozen
-    validation cases, chance alone gives PSI above 0.25;
-  - the share labelled positive against the validation share at the threshold,
-    and the share with warnings: flagged when the 95% Wilson interval of the records'
-    share lies beyond the reference by more than ``SHARE_DELTA``;
-  - inputs: bit depth, modality and photometric interpretation never seen in
-    training, the shorter side outside the training range, and brightness and
-    contrast (before and after CLAHE) outside the training p1..p99: flagged when the
-    lower 95% bound of the share of such records exceeds ``OUTSIDE_SHARE``;
-    manufacturers are listed (training profiles do not record them).
+    more than two classes) against the validation scores: a Laplace-smoothed PSI above
+    the PSI that one distribution exceeds ``PSI_ALPHA`` of the time at these sizes
+    (``edge.golive.shift.psi_noise_floor``, simulated), or a two-sample KS test with
+    p < ``KS_ALPHA``; false alarms at most ``PSI_ALPHA + KS_ALPHA``. The PSI's usual
+    reading (``PSI_WATCH``, ``PSI_DRIFT``) is reported as context, not as the alarm;
+  - the share labelled positive against the validation share at the threshold: a
+    two-sample test (Newcombe's hybrid score interval of the difference at
+    1 - ``SHARE_ALPHA`` excludes 0), which counts the validation share's own
+    uncertainty;
+  - the share with warnings, and the inputs: bit depth, modality and photometric
+    interpretation never seen in training, the shorter side outside the training
+    range, and brightness and contrast (before and after CLAHE) outside the training
+    p1..p99: flagged when the one-sided lower (1 - ``ONE_SAMPLE_ALPHA``) Wilson bound
+    of the share exceeds the tolerated share (``SHARE_DELTA``, ``OUTSIDE_SHARE``):
+    the bundle stores no reference count for these; manufacturers are listed
+    (training profiles do not record them).
 
+Where nothing alarms but a check cannot see a shift of ``COARSE_SD`` (scores) or
+``COARSE_POINTS`` (shares) with ``POWER``, the verdict is "too little data", with
+what could not be seen, never "stable".
 Fewer than ``MIN_RECORDS`` records are reported as too few to judge, never as stable.
 """
 from __future__ import annotations
 
 import datetime
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from medge.edge.errors import UsageError
-from medge.edge.golive.proportions import wilson_interval
-from medge.edge.golive.shift import ks_2samp, psi, psi_noise_floor
+from medge.edge.golive.proportions import detectable_difference, detectable_share, newcombe_difference, wilson_interval
+from medge.edge.golive.shift import ks_2samp, min_detectable_shift, psi, psi_noise_floor
 from medge.edge.inputs.profile import STATS
 
 MIN_RECORDS = 50  # fewer: too few to judge
-PSI_DRIFT = 0.25  # the usual reading: < 0.1 stable, 0.1-0.25 moderate, > 0.25 a major shift
+PSI_DRIFT = 0.25  # the usual reading, shown as context: < 0.1 stable, 0.1-0.25 moderate, > 0.25 a major shift
 PSI_WATCH = 0.10
-PSI_NOISE_P = 0.9999  # a PSI counts only above what samples of these sizes from one distribution reach this rarely
-KS_P, KS_D = 0.001, 0.15
-SHARE_DELTA = 0.10  # positive / warning shares: how far beyond the reference the whole 95% CI must be
+PSI_ALPHA = 0.0025  # false-alarm rate of the PSI: it alarms above the PSI one distribution exceeds this often
+KS_ALPHA = 0.0025  # false-alarm rate of the KS test; the score check's (either) is at most their sum
+SHARE_ALPHA = 0.01  # false-alarm rate of the positive share's two-sample test (Newcombe's interval excludes 0)
+ONE_SAMPLE_ALPHA = 0.01  # warning and input shares: false-alarm rate when the true share sits at the tolerance
+SHARE_DELTA = 0.10  # warning share: tolerated share of records with warnings (the bundle stores no reference count)
 WARNING_REFERENCE = 0.0  # the validation cases are the training distribution: no warnings expected there
-OUTSIDE_SHARE = 0.10  # inputs outside the training range: the lower 95% bound of their share above this flags drift
+OUTSIDE_SHARE = 0.10  # inputs outside the training range: a share above this (at ONE_SAMPLE_ALPHA) flags drift
+POWER = 0.80  # each check reports the smallest shift it detects this often at the present sizes
+COARSE_SD = 0.5  # a score check that cannot see a 0.5 SD shift says "too little data", never "stable"
+COARSE_POINTS = 0.10  # the same for a share that cannot see a change of 10 percentage points
 KEPT = ("label", "probabilities", "warnings", "input")  # of each record that counts
 MAX_RECORD_CHARS = 1 << 20  # a prediction record is a few kB: a longer line is not one
 TIME_KEYS = ("classified_at", "processed_at", "received_at")  # node, watch, node
@@ -175,15 +188,55 @@ def record_score(rec: dict, positive: str | None) -> float:
     return float(p[positive]) if positive is not None else float(max(p.values()))
 
 
-def _share_check(name: str, k: int, n: int, reference: float, words: str) -> dict:
-    low, high = wilson_interval(k, n)
-    share = k / n
-    drift = low > reference + SHARE_DELTA or high < reference - SHARE_DELTA
-    check = {"check": name, "share": share, "low": low, "high": high, "reference": reference, "records": n,
+def _sees(check: dict, smallest: float, coarse: float, unit) -> dict:
+    """The check's power at the present sizes: the smallest shift it detects with ``POWER``, and whether that is
+    too coarse to call the absence of an alarm 'stable'."""
+    check["detectable"] = {"power": POWER, "shift": smallest if math.isfinite(smallest) else None, "unit": unit[0]}
+    check["too_little_data"] = bool(not check["drift"] and not smallest <= coarse)
+    if check["too_little_data"]:
+        check["note"] = ("too little data to see a shift below " + unit[1](smallest) if math.isfinite(smallest)
+                         else "too little data to see any shift")
+    return check
+
+
+def _points(x: float) -> str:
+    return f"{100 * x:.1f} percentage points"
+
+
+def _positive_share_check(k: int, n: int, k_ref: int, n_ref: int, words: str) -> dict:
+    """The records' share against the validation share: Newcombe's hybrid score interval of the difference
+    (both samples' uncertainty) at 1 - SHARE_ALPHA; drift when it excludes 0."""
+    difference, low, high = newcombe_difference(k, n, k_ref, n_ref, SHARE_ALPHA)
+    reference, share = k_ref / n_ref, k / n
+    drift = low > 0 or high < 0
+    check = {"check": "positive share", "share": share, "reference": reference, "reference_cases": n_ref, "records": n,
+             "difference": difference, "difference_low": low, "difference_high": high,
+             "test": "two-sample, Newcombe's hybrid score interval of the difference", "false_alarm_rate": SHARE_ALPHA,
              "drift": bool(drift)}
     if drift:
-        check["reason"] = (f"{words}: {share:.1%} of {n} records (95% CI {low:.1%} to {high:.1%}) against "
-                           f"{reference:.1%} in the bundle's reference")
+        check["reason"] = (f"{words}: {share:.1%} of {n} records against {reference:.1%} of {n_ref} validation cases "
+                           f"(difference {100 * difference:+.1f} points, {1 - SHARE_ALPHA:.0%} CI {100 * low:+.1f} to "
+                           f"{100 * high:+.1f})")
+    return _sees(check, detectable_difference(reference, n_ref, n, SHARE_ALPHA, POWER), COARSE_POINTS,
+                 ("share", _points))
+
+
+def _one_sample_check(check: dict, k: int, n: int, tolerance: float) -> dict:
+    """A share against a tolerated share: drift when the one-sided lower (1 - ONE_SAMPLE_ALPHA) Wilson bound
+    exceeds it. The bundle holds no count of the reference to compare with, so the tolerance stands for it."""
+    low, high = wilson_interval(k, n, 2 * ONE_SAMPLE_ALPHA)
+    check.update(share=k / n, low=low, high=high, records=n, tolerance=tolerance, drift=bool(low > tolerance),
+                 test=f"one-sample, Wilson lower bound above {tolerance:.0%}", false_alarm_rate=ONE_SAMPLE_ALPHA)
+    return _sees(check, detectable_share(tolerance, n, ONE_SAMPLE_ALPHA, POWER) - tolerance, COARSE_POINTS,
+                 ("share above the tolerance", lambda x: f"{_points(x)} above the tolerated {tolerance:.0%}"))
+
+
+def _warning_check(k: int, n: int) -> dict:
+    check = _one_sample_check({"check": "warning share", "reference": WARNING_REFERENCE}, k, n, SHARE_DELTA)
+    if check["drift"]:
+        check["reason"] = (f"records with warnings (inputs unlike the training data): {check['share']:.1%} of {n} "
+                           f"records (lower {1 - ONE_SAMPLE_ALPHA:.0%} bound {check['low']:.1%}) against "
+                           f"{SHARE_DELTA:.0%} tolerated")
     return check
 
 
@@ -197,23 +250,26 @@ def score_checks(records: list[dict], op: dict) -> list[dict]:
     cur = np.array([record_score(r, positive) for r in records], np.float64)
     stability = psi(ref, cur)
     ks = ks_2samp(ref, cur)
-    floor = psi_noise_floor(len(stability["bins"]), len(ref), len(cur), PSI_NOISE_P)
-    psi_drift, ks_drift = stability["psi"] >= max(PSI_DRIFT, floor), ks["pvalue"] < KS_P and ks["statistic"] >= KS_D
-    check = {"check": "score distribution", "score_of": v.get("score_of"), "psi": stability["psi"], "psi_bins": stability["bins"],
-             "psi_noise_floor": floor, "ks": ks, "reference_cases": int(len(ref)), "records": int(len(cur)),
-             "drift": bool(psi_drift or ks_drift),
-             "watch": bool(max(PSI_WATCH, floor) <= stability["psi"] < max(PSI_DRIFT, floor)),
+    floor = psi_noise_floor(10, len(ref), len(cur), 1 - PSI_ALPHA)
+    psi_drift, ks_drift = stability["psi"] > floor, ks["pvalue"] < KS_ALPHA
+    reading = "major" if stability["psi"] > PSI_DRIFT else "moderate" if stability["psi"] >= PSI_WATCH else "small"
+    check = {"check": "score distribution", "score_of": v.get("score_of"), "psi": stability["psi"],
+             "psi_reading": reading, "psi_bins": stability["bins"], "psi_noise_floor": floor, "ks": ks,
+             "reference_cases": int(len(ref)), "records": int(len(cur)),
+             "test": "PSI (Laplace-smoothed) above its simulated noise floor, or two-sample KS",
+             "false_alarm_rate": PSI_ALPHA + KS_ALPHA, "drift": bool(psi_drift or ks_drift),
              "median": float(np.median(cur)), "reference_median": float(np.median(ref))}
     if check["drift"]:
-        check["reason"] = (f"the scores of {v.get('score_of')} moved: PSI {stability['psi']:.3f} (a major shift from "
-                           f"{max(PSI_DRIFT, floor):.3f} at these sample sizes), KS D {ks['statistic']:.3f} p "
-                           f"{ks['pvalue']:.2g}; median {check['median']:.3f} against "
-                           f"{check['reference_median']:.3f} on the validation cases")
-    out = [check]
+        check["reason"] = (f"the scores of {v.get('score_of')} moved: PSI {stability['psi']:.3f} ({reading} by the "
+                           f"usual reading; chance alone exceeds {floor:.3f} at these sizes {PSI_ALPHA:.2%} of the "
+                           f"time), KS D {ks['statistic']:.3f} p {ks['pvalue']:.2g}; median {check['median']:.3f} "
+                           f"against {check['reference_median']:.3f} on the validation cases")
+    out = [_sees(check, min_detectable_shift(len(ref), len(cur), PSI_ALPHA, KS_ALPHA), COARSE_SD,
+                 ("SD (location shift)", lambda x: f"{x:.2f} SD of the scores"))]
     if positive is not None and op.get("threshold") is not None:
-        reference = float(np.mean(ref >= float(op["threshold"])))
+        k_ref = int(np.sum(ref >= float(op["threshold"])))
         k = sum(r.get("label") == positive for r in records)
-        out.append(_share_check("positive share", k, len(records), reference, f"labelled {positive}"))
+        out.append(_positive_share_check(k, len(records), k_ref, len(ref), f"labelled {positive}"))
     return out
 
 
@@ -222,9 +278,7 @@ def _outside_check(name: str, values: list, is_outside, words: str, reference: s
     if not values:
         return None
     k, n = sum(bool(is_outside(v)) for v in values), len(values)
-    low, high = wilson_interval(k, n)
-    check = {"check": name, "outside": k, "records": n, "share": k / n, "low": low, "high": high,
-             "reference": reference, "drift": bool(low > OUTSIDE_SHARE)}
+    check = _one_sample_check({"check": name, "outside": k, "reference": reference}, k, n, OUTSIDE_SHARE)
     if check["drift"]:
         check["reason"] = f"{words}: {k} of {n} records ({k / n:.0%}; {reference})"
     return check
@@ -271,7 +325,10 @@ def monitor(records: list[dict], manifest: dict) -> dict:
     """The drift report's checks and verdict for this bundle's classified records.
 
     Returns:
-        {"records", "verdict": "drift" | "stable" | "too few records", "reasons", "checks", "manufacturers", ...}.
+        {"records", "verdict": "drift" | "stable" | "too little data" | "too few records", "reasons", "checks",
+        "manufacturers", ...}: "too little data" when nothing alarmed but a check cannot see a shift of
+        ``COARSE_SD`` (scores) or ``COARSE_POINTS`` (shares) with ``POWER`` at these sizes; its reasons say
+        what it could not see. Each check carries its "false_alarm_rate" and "detectable" shift.
     """
     n = len(records)
     op = manifest.get("operating_point") or {}
@@ -284,13 +341,18 @@ def monitor(records: list[dict], manifest: dict) -> dict:
         return {**report, "verdict": "too few records", "checks": [], "reasons": [
             f"{n} records: at least {MIN_RECORDS} are needed to judge drift"]}
     checks = score_checks(records, op)
-    checks.append(_share_check("warning share", sum(bool(r.get("warnings")) for r in records), n, WARNING_REFERENCE,
-                               "records with warnings (inputs unlike the training data)"))
+    checks.append(_warning_check(sum(bool(r.get("warnings")) for r in records), n))
     checks += input_checks(records, manifest.get("data_profile"))
     reasons = [c["reason"] for c in checks if c.get("drift")]
     if not op.get("validation") and not manifest.get("data_profile"):
         report["note"] = "the bundle has neither validation scores nor a data profile: only the warning share is checked"
-    return {**report, "verdict": "drift" if reasons else "stable", "reasons": reasons, "checks": checks}
+    by_note: dict[str, list[str]] = {}  # the input checks share one size, so one note: said once
+    for c in checks:
+        if c.get("too_little_data"):
+            by_note.setdefault(c["note"], []).append(c["check"])
+    coarse = [f"{', '.join(names)}: {note}" for note, names in by_note.items()]
+    verdict = "drift" if reasons else "too little data" if coarse else "stable"
+    return {**report, "verdict": verdict, "reasons": reasons or coarse, "checks": checks}
 
 
 def score_series(records: list[dict], manifest: dict) -> tuple[list[float], list[float], str | None]:

@@ -103,7 +103,7 @@ def test_positive_class_default_and_section_errors():
 @pytest.mark.slow
 def test_go_live_of_a_trained_model_validate_and_monitor(trained_run, tmp_path, capsys):
     """The whole loop on a model that learned the task: export's operating point, judged by medge validate on the
-    held-out split; records of the same distribution are stable, records of larger images are flagged."""
+    held-out split; records of the same distribution are not flagged (exit 0), records of larger images are."""
     data, run, _ = trained_run
     bundle = tmp_path / "bundle"
     assert main(["export", str(run / "best.pt"), "--out", str(bundle), "--data", str(data)]) == 0

@@ -504,9 +504,14 @@ def test_psi_by_hand():
     assert [(b["low"], b["high"]) for b in out["bins"]] == list(zip(np.r_[-np.inf, edges], np.r_[edges, np.inf], strict=True))
     assert [b["reference"] for b in out["bins"]] == [0.25] * 4
     assert [b["current"] for b in out["bins"]] == [0.9, 0, 0, 0.1]
-    expected = (0.9 - 0.25) * math.log(0.9 / 0.25) + 2 * (1e-4 - 0.25) * math.log(1e-4 / 0.25)
-    expected += (0.1 - 0.25) * math.log(0.1 / 0.25)
-    assert out["psi"] == pytest.approx(expected, rel=1e-12)
+    r, c = 26 / 104, np.array([91, 1, 1, 11]) / 104  # Laplace: one case added to each bin of each sample
+    assert out["psi"] == pytest.approx(float(np.sum((c - r) * np.log(c / r))), rel=1e-12)
+    assert out["pseudocount"] == 1.0
+    assert ev.psi(reference, current, bins=4, pseudocount=0)["psi"] == math.inf  # unsmoothed: an empty bin
+    # an empty bin's weight shrinks with the sample, unlike the old fixed 1e-4 floor (~0.69 whatever the size)
+    small = ev.psi(np.arange(10.0), np.r_[np.zeros(9), 9.0])["psi"]
+    large = ev.psi(np.arange(1000.0), np.r_[np.zeros(900), np.full(100, 999.0)])["psi"]
+    assert small < large
     tied = ev.psi(np.r_[np.zeros(600), np.arange(400.0)], np.arange(10.0))  # six deciles are 0: edges collapse
     assert len(tied["bins"]) < 10 and sum(b["reference"] for b in tied["bins"]) == pytest.approx(1)
     assert tied["bins"][0] == {"low": -np.inf, "high": 0.0, "reference": 0.0, "current": 0.0}
@@ -514,6 +519,38 @@ def test_psi_by_hand():
         ev.psi([], [1.0])
     with pytest.raises(UsageError, match="NaN"):
         ev.psi([1.0, np.nan], [1.0])
+
+
+NEWCOMBE_CASES = [(5, 48, 200, 500), (0, 48, 3, 500), (48, 48, 10, 20), (0, 10, 0, 10), (7, 7, 0, 30), (1, 1, 1, 2)]
+
+
+@pytest.mark.parametrize("counts", NEWCOMBE_CASES, ids=[str(c) for c in NEWCOMBE_CASES])
+def test_newcombe_difference_agrees_with_statsmodels(counts):
+    smp = pytest.importorskip("statsmodels.stats.proportion")
+    for alpha in (0.05, 0.01):
+        d, low, high = ev.newcombe_difference(*counts, alpha=alpha)
+        expected = smp.confint_proportions_2indep(*counts, method="newcomb", compare="diff", alpha=alpha)
+        assert d == pytest.approx(counts[0] / counts[1] - counts[2] / counts[3], abs=1e-15)
+        assert (low, high) == pytest.approx(tuple(map(float, expected)), abs=1e-12)
+    assert all(math.isnan(v) for v in ev.newcombe_difference(0, 0, 1, 2))
+
+
+def test_detectable_difference_and_share_against_statsmodels_power():
+    """The change a two-sided two-sample test at alpha sees with 80% power: the larger of the rise and the fall (a
+    share of 5% cannot fall by 13 points), each powered as statsmodels' ``power_proportions_2indep`` says."""
+    smp = pytest.importorskip("statsmodels.stats.proportion")
+    for p, m, n in ((0.4, 48, 500), (0.2, 1000, 1000), (0.05, 100, 400)):  # reference share, its n, the records' n
+        d = ev.detectable_difference(p, m, n, 0.01)
+        powers = [smp.power_proportions_2indep(s * d, p, n, ratio=m / n, alpha=0.01).power
+                  for s in (1, -1) if 0 < p + s * d < 1]
+        assert min(powers) == pytest.approx(0.8, abs=1e-6) and max(powers) >= 0.8 - 1e-6
+    assert ev.detectable_difference(0.5, 2, 2, 0.01) == math.inf
+    share = ev.detectable_share(0.1, 500, 0.01)  # one-sided: the Wilson lower bound (98% two-sided) above 10%
+    rng = np.random.default_rng(4)
+    seen = [ev.wilson_interval(int(k), 500, 0.02)[0] > 0.1 for k in rng.binomial(500, share, 4000)]
+    assert 0.74 <= np.mean(seen) <= 0.86
+    at_tolerance = [ev.wilson_interval(int(k), 500, 0.02)[0] > 0.1 for k in rng.binomial(500, 0.1, 4000)]
+    assert np.mean(at_tolerance) <= 0.01 + 0.005
 
 
 KS_SIZES = [(1, 2), (3, 5), (7, 7), (20, 31), (100, 100), (150, 700), (300, 400), (1000, 1500), (5000, 4000)]
@@ -585,6 +622,7 @@ def test_ks_2samp_by_hand_and_errors():
     (lambda: ev.confusion([0, 1], [1]), "differ in length"),
     (lambda: ev.auc_difference([0, 1], [0.1, 0.2], [0, 1], [0.1]), "differ in length"),
     (lambda: ev.psi([1.0, 2.0], [1.0], bins=0), "bins must be a positive integer"),
+    (lambda: ev.psi([1.0, 2.0], [1.0], pseudocount=-1), "pseudocount must be"),
 ])
 def test_bad_arguments_raise_usage_error(call, match):
     with pytest.raises(UsageError, match=match):
