@@ -7,7 +7,8 @@ the tests against scikit-learn, statsmodels or scipy.
 - ``roc``: the ROC curve, ``auc_ci`` (DeLong, on the logit scale), ``auc_difference`` (site vs validation);
 - ``proportions``: ``confusion``, ``binary_figures`` at a threshold with ``wilson_interval``s;
 - ``calibration``: ``brier_score``, ``reliability`` (ECE, MCE), ``calibration_curve``, ``fit_temperature``;
-- ``thresholds``: ``parse_criterion``, ``choose_threshold`` (the operating point);
+- ``thresholds``: ``parse_criterion``, ``choose_threshold`` (the operating point, a target met by a
+  ``clopper_pearson_lower`` bound from the scores' order statistics; ``cases_needed``, ``TooFewCasesError``);
 - ``shift``: ``psi`` with its ``psi_noise_floor``, ``ks_2samp``;
 - ``distributions``: the normal and chi-square quantiles and the Kolmogorov-Smirnov tail they rest on;
 - ``validation`` (``medge validate``'s report on labelled images) and ``drift`` (``medge monitor``'s checks
@@ -34,12 +35,21 @@ from medge.edge.golive.distributions import chi2_quantile, kolmogorov_sf, normal
 from medge.edge.golive.proportions import binary_figures, confusion, wilson_interval
 from medge.edge.golive.roc import auc_ci, auc_difference, roc_curve
 from medge.edge.golive.shift import PSI_FLOOR, ks_2samp, psi, psi_noise_floor
-from medge.edge.golive.thresholds import CRITERIA_HELP, choose_threshold, parse_criterion
+from medge.edge.golive.thresholds import (
+    CRITERIA_HELP,
+    DEFAULT_CONFIDENCE,
+    TooFewCasesError,
+    cases_needed,
+    choose_threshold,
+    clopper_pearson_lower,
+    max_supported_target,
+    parse_criterion,
+)
 from medge.edge.numeric import nll, roc_auc, softmax
 
 __all__ = [
-    "CRITERIA_HELP", "PSI_FLOOR", "TEMPERATURE_RANGE", "auc_ci", "auc_difference", "binary_figures", "brier_score",
-    "calibration_curve", "chi2_quantile", "choose_threshold", "confusion", "fit_temperature", "kolmogorov_sf",
-    "ks_2samp", "nll", "normal_quantile", "parse_criterion", "psi", "psi_noise_floor", "reliability", "roc_auc",
-    "roc_curve", "softmax", "wilson_interval",
+    "CRITERIA_HELP", "DEFAULT_CONFIDENCE", "PSI_FLOOR", "TEMPERATURE_RANGE", "auc_ci", "auc_difference", "binary_figures", "brier_score",
+    "calibration_curve", "cases_needed", "chi2_quantile", "choose_threshold", "clopper_pearson_lower", "confusion", "fit_temperature", "kolmogorov_sf",
+    "ks_2samp", "max_supported_target", "nll", "normal_quantile", "parse_criterion", "psi", "psi_noise_floor", "reliability", "roc_auc",
+    "roc_curve", "softmax", "TooFewCasesError", "wilson_interval",
 ]
