@@ -8,7 +8,8 @@ onnx.checker (full) -> load in cv2.dnn -> parity gate against PyTorch (on
 with --data, calibration (temperature scaling) and the operating point on its
 val split (--operating-point, default sensitivity=0.95 on the class that is not
 "normal", met by a one-sided lower bound at --confidence, 95%: 0.95 needs 59
-validation positives, else exit 2 unless --operating-point-unsupported) -> bundle (model.onnx + model.json) written atomically. Any failure exits
+validation positives, else exit 2 unless --operating-point-unsupported) ->
+bundle (model.onnx + model.json) written atomically. Any failure exits
 non-zero and writes nothing.
 """
 from __future__ import annotations

@@ -48,8 +48,9 @@ from medge.edge.golive.thresholds import (
 from medge.edge.numeric import nll, roc_auc, softmax
 
 __all__ = [
-    "CRITERIA_HELP", "DEFAULT_CONFIDENCE", "PSI_FLOOR", "TEMPERATURE_RANGE", "auc_ci", "auc_difference", "binary_figures", "brier_score",
-    "calibration_curve", "cases_needed", "chi2_quantile", "choose_threshold", "clopper_pearson_lower", "confusion", "fit_temperature", "kolmogorov_sf",
-    "ks_2samp", "max_supported_target", "nll", "normal_quantile", "parse_criterion", "psi", "psi_noise_floor", "reliability", "roc_auc",
-    "roc_curve", "softmax", "TooFewCasesError", "wilson_interval",
+    "CRITERIA_HELP", "DEFAULT_CONFIDENCE", "PSI_FLOOR", "TEMPERATURE_RANGE", "TooFewCasesError", "auc_ci",
+    "auc_difference", "binary_figures", "brier_score", "calibration_curve", "cases_needed", "chi2_quantile",
+    "choose_threshold", "clopper_pearson_lower", "confusion", "fit_temperature", "kolmogorov_sf", "ks_2samp",
+    "max_supported_target", "nll", "normal_quantile", "parse_criterion", "psi", "psi_noise_floor", "reliability",
+    "roc_auc", "roc_curve", "softmax", "wilson_interval",
 ]

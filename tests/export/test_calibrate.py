@@ -68,7 +68,8 @@ def test_other_criteria(resnet_ckpt, data, tmp_path, criterion):
     op = m["operating_point"]
     logits, labels, classes = _val_logits(tmp_path / "b", data)
     y, score = labels == classes.index("disease"), ev.softmax(logits, op["temperature"])[:, classes.index("disease")]
-    chosen = ev.choose_threshold(y, score, criterion, unsupported=True)["threshold"]  # a val score; the bundle's sits below it, in the gap
+    # a val score; the bundle's sits below it, in the gap
+    chosen = ev.choose_threshold(y, score, criterion, unsupported=True)["threshold"]
     assert op["threshold"] < chosen and not ((score >= op["threshold"]) ^ (score >= chosen)).any()
     if criterion == "specificity=0.9":
         assert ((score < op["threshold"])[~y]).mean() >= 0.9
