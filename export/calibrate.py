@@ -10,7 +10,7 @@ manifest section, with the validation ROC, AUC and scores that ``medge validate`
 A sensitivity or specificity target is met by a one-sided lower confidence bound
 (``--confidence``, 95% by default) from the order statistics of the validation scores
 (``edge.golive.thresholds``), not by the validation point estimate, which a site's true
-sensitivity falls short of about 6 times in 10 (issue 31). A split too small for the
+sensitivity falls short of about 6 times in 10 in simulation. A split too small for the
 target at that confidence stops the export (exit 2, naming the cases needed), unless
 ``--operating-point-unsupported`` stores the point-estimate threshold, marked so in
 the section (``guarantee.supported`` false) and everywhere the bundle is shown.

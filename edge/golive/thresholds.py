@@ -2,7 +2,7 @@
 choose a threshold among the distinct scores, with a guarantee where the criterion is a target.
 
 The hazard: the highest threshold whose *validation* sensitivity is >= 0.95 gives a site a true
-sensitivity below 0.95 about 6 times in 10 (issue 31): a sample proportion at its target is below it half
+sensitivity below 0.95 about 6 times in 10 in simulation: a sample proportion at its target is below it half
 the time, and choosing the threshold on the same cases makes it worse. So a target is met by a one-sided
 lower confidence bound instead (``confidence``, default 95%), distribution-free, from the order statistics
 of the positive scores (the negative scores for specificity):
@@ -18,8 +18,8 @@ the distribution of S. k = 1 is the least the rule can ask, so a target needs n 
 1 - confidence: 59 positives for 0.95 at 95% (0.95**59 = 0.0485, 0.95**58 = 0.0510).
 
 The binomial tail and the Clopper-Pearson bound are computed here with numpy and math.lgamma (no scipy on
-the edge); tests/edge/golive/test_oppoint.py checks them against scipy.stats and checks the guarantee by
-simulation. Also tested by tests/edge/golive/test_statistics.py."""
+the edge); the tests check them against scipy.stats and check the guarantee by simulation.
+Tested by tests/edge/golive/test_thresholds.py and tests/edge/golive/test_statistics.py."""
 from __future__ import annotations
 
 import math

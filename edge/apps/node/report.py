@@ -9,10 +9,10 @@ Results profile asks of an AI result:
   "no units"; ``FloatingPointValue`` holds the float64 exactly, ``NumericValue``
   its 16-character decimal), the operating threshold when the bundle has one with
   what it was chosen to guarantee as a text comment ("operating point: sensitivity >=
-  0.95 with 95% confidence (...)", or its "unsupported" mark), the warnings as text,
-  and the algorithm identification (TID 4019: name, medge version, model SHA-256). The algorithm is also in the Contributing Equipment
-  Sequence with purpose of reference (1630, 99IHE, "Processing Algorithm"). The SR
-  references the source instance, is a new series of the same study, stays
+  0.95 with 95% confidence ...", or its "unsupported" mark), the warnings as text,
+  and the algorithm identification (TID 4019: name, medge version, model SHA-256).
+  The algorithm is also in the Contributing Equipment Sequence with purpose of
+  reference (1630, 99IHE, "Processing Algorithm"). The SR references the source instance, is a new series of the same study, stays
   UNVERIFIED and its SeriesDescription says it is not for diagnostic use.
 - ``build_heatmap_sc``: the heatmap overlay (RGB) as a Secondary Capture of the same
   patient and study, new series, BurnedInAnnotation YES.
