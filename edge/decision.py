@@ -5,7 +5,9 @@ over-confident), and argmax is an operating point nobody chose. So ``medge expor
 --data`` fits, on the validation split, one temperature T (temperature scaling:
 calibrated probabilities are softmax(logits / T), argmax unchanged) and, for a
 two-class model, a threshold on the positive class's calibrated probability chosen
-by a stated criterion (sensitivity=0.95 by default). They are stored in the
+by a stated criterion (sensitivity=0.95 by default), met by a one-sided lower
+confidence bound, not by the point estimate (``edge.golive.thresholds``); the section
+records that guarantee (``guarantee_text``), or marks the point unsupported. They are stored in the
 manifest's ``operating_point`` section with the validation ROC and scores, and
 sealed by a SHA-256 of the section, checked when the bundle is opened: a threshold
 edited by hand, or a copy damaged, is refused rather than silently used.
@@ -53,6 +55,36 @@ def default_positive(classes) -> tuple[str, str]:
     return classes[1], f"the second class (no single class is called {NORMAL!r}; name it with --positive)"
 
 
+def guarantee_text(criterion: str | None, guarantee: dict | None, recorded: bool = True) -> str:
+    """What a bundle's operating point promises, in one line for the card, the reports and the SR.
+
+    Args:
+        criterion: the section's ``criterion`` ("sensitivity=0.95", "youden"); None: no threshold.
+        guarantee: the section's ``guarantee`` ({"statistic", "target", "confidence", "estimate", "bound", "n",
+            "needed", "supported"}, from ``choose_threshold``), or None.
+        recorded: False for a bundle exported before the guarantee was recorded (no ``guarantee`` key).
+
+    Returns:
+        e.g. "sensitivity >= 0.95 with 95% confidence (lower bound 0.951 on 72 positives)",
+        "sensitivity=0.95 unsupported: 40 positives (59 needed)", "youden: no guarantee", or
+        "sensitivity=0.95: no guarantee recorded". ASCII only (DICOM SR text).
+    """
+    if criterion is None:
+        return "no threshold (label by argmax)"
+    if criterion == "youden":
+        return "youden: no guarantee (the threshold maximising validation sensitivity + specificity - 1)"
+    if not recorded or not isinstance(guarantee, dict):
+        return f"{criterion}: no guarantee recorded (exported before medge recorded one)"
+    g = guarantee
+    cases = "positives" if g["statistic"] == "sensitivity" else "negatives"
+    if g.get("supported"):
+        return (f"{g['statistic']} >= {g['target']:g} with {g['confidence']:.0%} confidence (lower bound "
+                f"{g['bound']:.3f} on {g['n']} {cases})")
+    needed = f"{g['needed']} needed" if g.get("needed") is not None else "no sample size supports a target of 1"
+    return (f"{g['statistic']}={g['target']:g} unsupported: {g['n']} {cases} ({needed} at {g['confidence']:.0%} "
+            f"confidence); validation {g['statistic']} {g['estimate']:.3f}, lower bound {g['bound']:.3f}")
+
+
 @dataclass(frozen=True)
 class OperatingPoint:
     """How a bundle turns logits into probabilities and a label (module docstring)."""
@@ -62,6 +94,8 @@ class OperatingPoint:
     positive: str | None = None  # two-class bundles: the class the threshold is on
     threshold: float | None = None  # positive when its calibrated probability >= threshold; None: argmax
     criterion: str | None = None  # how the threshold was chosen: "sensitivity=0.95", "specificity=0.9", "youden"
+    guarantee: str = "no threshold (label by argmax)"  # what the threshold promises: guarantee_text
+    supported: bool | None = None  # True: the target holds at its confidence; False: marked unsupported; None: none
 
     @property
     def positive_index(self) -> int | None:
@@ -84,10 +118,13 @@ class OperatingPoint:
             raise ModelIntegrityError(f"{where}: the manifest's {SECTION} section (threshold, calibration) does not match "
                                       "its SHA-256: it was edited or damaged; refusing to use it (re-export to change it)")
         classes = tuple(manifest["classes"])
+        criterion, g = section.get("criterion"), section.get("guarantee")
         try:
+            text = guarantee_text(criterion, g, recorded="guarantee" in section)  # older bundles have no such key
             op = cls(classes, float(section.get("temperature", 1.0)), section.get("positive"),
-                     None if section.get("threshold") is None else float(section["threshold"]), section.get("criterion"))
-        except (TypeError, ValueError) as e:
+                     None if section.get("threshold") is None else float(section["threshold"]), criterion, text,
+                     bool(g["supported"]) if isinstance(g, dict) else None)
+        except (TypeError, ValueError, KeyError) as e:
             raise BundleError(f"{where}: bad {SECTION} section: {e}") from None
         op.check(where)
         return op

@@ -9,17 +9,22 @@ meets the criterion (``--operating-point sensitivity=0.95`` by default) -> the s
 manifest section, with the validation ROC, AUC and scores that ``medge validate`` and
 ``medge monitor`` compare a site's cases with.
 
-The threshold is chosen on the same cases it is reported on, so its validation
-sensitivity is optimistic by construction: a site confirms it on its own cases
-(``medge validate``) before go-live.
+A sensitivity or specificity target is met by a one-sided lower confidence bound
+(``--confidence``, 95% by default) from the order statistics of the validation scores
+(``edge.golive.thresholds``), not by the validation point estimate, which a site's true
+sensitivity falls short of about 6 times in 10 in simulation. A split too small for the
+target at that confidence stops the export (exit 2, naming the cases needed), unless
+``--operating-point-unsupported`` stores the point-estimate threshold, marked so in
+the section (``guarantee.supported`` false) and everywhere the bundle is shown.
+A site still confirms the operating point on its own cases (``medge validate``).
 """
 from __future__ import annotations
 
 import numpy as np
 
 from medge.edge import golive as ev
-from medge.edge.decision import SECTION, OperatingPoint, default_positive, seal
-from medge.edge.errors import ExportError, MedgeError
+from medge.edge.decision import SECTION, OperatingPoint, default_positive, guarantee_text, seal
+from medge.edge.errors import ExportError, MedgeError, UsageError
 from medge.edge.preprocess import preprocess_file
 
 DEFAULT_CRITERION = "sensitivity=0.95"
@@ -77,7 +82,8 @@ def validation_logits(model, data: str, ck, limit: int, log, chunk: int = 32):
 
 
 def operating_point_section(logits: np.ndarray, labels: np.ndarray, classes: list[str], criterion: str,
-                            positive: str | None, source: str, skipped: int = 0) -> dict:
+                            positive: str | None, source: str, skipped: int = 0,
+                            confidence: float = ev.DEFAULT_CONFIDENCE, unsupported: bool = False) -> dict:
     """The sealed ``operating_point`` manifest section (``edge.decision``) from validation logits and labels.
 
     Args:
@@ -85,9 +91,12 @@ def operating_point_section(logits: np.ndarray, labels: np.ndarray, classes: lis
         classes: the model's classes. criterion: ``sensitivity=X``, ``specificity=X`` or ``youden``.
         positive: the positive class (None: ``resolve_positive``'s default). source: where the cases came from.
         skipped: validation images that could not be read.
+        confidence: of the lower bound a sensitivity or specificity target is met by (``ev.choose_threshold``).
+        unsupported: too few cases for the target: the point-estimate threshold, marked unsupported, not an error.
 
     Raises:
         ExportError: too few cases, or a class absent from the validation split.
+        UsageError: too few positives (negatives) for the target at this confidence, without ``unsupported``.
     """
     reason = too_few(labels, classes)
     if reason:
@@ -107,10 +116,11 @@ def operating_point_section(logits: np.ndarray, labels: np.ndarray, classes: lis
         pos_name, why = resolve_positive(classes, positive)
         pos = classes.index(pos_name)
         y, score = labels == pos, probs[:, pos]
-        chosen = ev.choose_threshold(y, score, ev.parse_criterion(criterion))
+        chosen = choose(y, score, criterion, confidence, unsupported, pos_name)
         threshold = between_scores(chosen["threshold"], score)
         fpr, tpr, thr = ev.roc_curve(y, score)
-        section.update(positive=pos_name, positive_source=why, threshold=threshold, criterion=chosen["criterion"])
+        section.update(positive=pos_name, positive_source=why, threshold=threshold, criterion=chosen["criterion"],
+                       guarantee=chosen["guarantee"])
         figures = ev.binary_figures(y, score, threshold)
         validation.update(auc=ev.auc_ci(y, score), sensitivity=figures["sensitivity"], specificity=figures["specificity"],
                           ppv=figures["ppv"], npv=figures["npv"], brier=ev.brier_score(y, score),
@@ -126,6 +136,22 @@ def operating_point_section(logits: np.ndarray, labels: np.ndarray, classes: lis
     return sealed
 
 
+def choose(y: np.ndarray, score: np.ndarray, criterion: str, confidence: float, unsupported: bool, positive: str) -> dict:
+    """``ev.choose_threshold``, its too-few-cases error told in export's options."""
+    try:
+        return ev.choose_threshold(y, score, ev.parse_criterion(criterion), confidence, unsupported)
+    except ev.TooFewCasesError as e:
+        cases = "positives" if e.statistic == "sensitivity" else "negatives"
+        need = (f"{e.needed} {cases}" if e.needed is not None else "more cases than any split has")
+        best = ev.max_supported_target(e.n, confidence)
+        raise UsageError(
+            f"--operating-point {e.statistic}={e.target:g}: the validation split has {e.n} {cases} ({positive!r} "
+            f"is the positive class); a {e.statistic} of {e.target:g} with {confidence:.0%} confidence needs {need}. "
+            f"Alternatives: a lower target (at most {best:.3f} with {e.n} {cases}), a lower --confidence, more "
+            f"validation cases, or --operating-point-unsupported (the point-estimate threshold, marked "
+            f"'unsupported, {e.n} {cases}' in the bundle)") from None
+
+
 def between_scores(threshold: float, score: np.ndarray) -> float:
     """The threshold moved down to midway between the lowest score called positive and the highest below it.
 
@@ -134,7 +160,8 @@ def between_scores(threshold: float, score: np.ndarray) -> float:
     exactly at the threshold could fall either side of it there.
     """
     below = score[score < threshold]
-    return float((threshold + (below.max() if below.size else 0.0)) / 2)
+    mid = float((threshold + (below.max() if below.size else 0.0)) / 2)
+    return mid if below.size == 0 or mid > below.max() else threshold  # adjacent floats: no midway exists
 
 
 def summary_line(section: dict) -> str:
@@ -146,6 +173,7 @@ def summary_line(section: dict) -> str:
     if section["threshold"] is None:
         return head + "; more than two classes: label by argmax"
     v = section["validation"]
+    promise = guarantee_text(section["criterion"], section.get("guarantee"), "guarantee" in section)
     return (f"{head}; operating point {section['criterion']} on {section['positive']!r}: threshold "
-            f"{section['threshold']:.4f} (validation sensitivity {v['sensitivity']['value']:.3f}, specificity "
-            f"{v['specificity']['value']:.3f}, AUC {v['auc']['auc']:.3f})")
+            f"{section['threshold']:.4f}: {promise} (validation sensitivity {v['sensitivity']['value']:.3f}, "
+            f"specificity {v['specificity']['value']:.3f}, AUC {v['auc']['auc']:.3f})")

@@ -7,7 +7,9 @@ onnx.checker (full) -> load in cv2.dnn -> parity gate against PyTorch (on
 --data's val images through edge.preprocess, else on synthetic images) ->
 with --data, calibration (temperature scaling) and the operating point on its
 val split (--operating-point, default sensitivity=0.95 on the class that is not
-"normal") -> bundle (model.onnx + model.json) written atomically. Any failure exits
+"normal", met by a one-sided lower bound at --confidence, 95%: 0.95 needs 59
+validation positives, else exit 2 unless --operating-point-unsupported) ->
+bundle (model.onnx + model.json) written atomically. Any failure exits
 non-zero and writes nothing.
 """
 from __future__ import annotations
@@ -42,6 +44,13 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--operating-point", default=d.operating_point, metavar="CRITERION",
                    help="with --data: calibrate on its val split and label by a threshold on the positive class chosen "
                         "there: sensitivity=X, specificity=X or youden; none: argmax, uncalibrated (default: %(default)s)")
+    p.add_argument("--confidence", type=float, default=d.confidence,
+                   help="a sensitivity or specificity target is met by its one-sided lower confidence bound at this level "
+                        "(distribution-free, from the validation scores' order statistics; 0.95 at 95%% needs 59 "
+                        "positives) (default: %(default)s)")
+    p.add_argument("--operating-point-unsupported", action="store_true",
+                   help="when the validation split has too few cases for the target at --confidence, store the threshold "
+                        "chosen on the point estimate, marked 'unsupported, N positives', instead of exiting 2")
     p.add_argument("--positive", help="two-class models: the positive class of the threshold (default: the class that "
                                       "is not 'normal', else the second class)")
     p.add_argument("--calibration-images", type=int, default=d.calibration_images,
@@ -51,6 +60,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
+    from medge.edge.decision import guarantee_text
     from medge.export.onnx_export import ExportConfig, export_bundle
     from medge.export.parity import Tolerance
 
@@ -58,12 +68,16 @@ def run(args: argparse.Namespace) -> int:
                        tolerance=Tolerance(args.max_abs_logit, args.min_agreement), max_images=args.max_images,
                        modalities=tuple(code.strip().upper() for arg in args.modality for code in arg.split(",") if code.strip()),
                        operating_point=args.operating_point.strip().lower(), positive=args.positive,
+                       confidence=args.confidence, unsupported=args.operating_point_unsupported,
                        calibration_images=args.calibration_images)
     m = export_bundle(args.checkpoint, args.out, args.data, cfg, overwrite=args.overwrite)
     s = m["export"]["simplify_stats"]
     if s:
         print(f"onnxsim: {s['nodes_before']} -> {s['nodes_after']} nodes, "
               f"{s['bytes_before'] / 1e6:.2f} -> {s['bytes_after'] / 1e6:.2f} MB")
+    op = m.get("operating_point") or {}
+    if op.get("threshold") is not None:
+        print(f"operating point: {guarantee_text(op['criterion'], op.get('guarantee'))}")
     print(json.dumps({"bundle": args.out, "sha256": m["model"]["sha256"], "input_shape": m["model"]["input_shape"],
                       "parity_max_abs_logit": m["parity"]["logits"]["max_abs"], "top1_agreement": m["parity"]["top1_agreement"],
                       "threshold": (m.get("operating_point") or {}).get("threshold"),

@@ -75,6 +75,8 @@ class ExportConfig:
     # Calibration and threshold on --data's val split (export.calibrate); "none": argmax, uncalibrated
     operating_point: str = "sensitivity=0.95"  # or "specificity=X", "youden", "none"
     positive: str | None = None  # the class the threshold is on (default: the one not called "normal")
+    confidence: float = 0.95  # a sensitivity/specificity target is met by its one-sided lower bound at this confidence
+    unsupported: bool = False  # too few cases for the target: store the point-estimate threshold, marked, not exit 2
     calibration_images: int = 5000  # validation images used at most (evenly spread)
 
 
@@ -212,6 +214,8 @@ def check_operating_point(cfg: ExportConfig, classes: list[str] | None = None) -
         parse_criterion(cfg.operating_point)
     except UsageError as e:
         raise UsageError(f"--operating-point: {e}") from None
+    if isinstance(cfg.confidence, bool) or not isinstance(cfg.confidence, (int, float)) or not 0 < cfg.confidence < 1:
+        raise UsageError(f"--confidence: a number in (0, 1), e.g. 0.95; got {cfg.confidence!r}")
     if cfg.calibration_images < 10:
         raise UsageError(f"--calibration-images: calibration needs at least 10 validation images, got {cfg.calibration_images}")
     if classes is not None and cfg.positive is not None and cfg.positive not in classes:
@@ -460,7 +464,7 @@ def operating_point(model, ck, data: str | None, cfg: ExportConfig, log) -> dict
         log(f"warning: no calibration and no operating point (the edge labels by argmax, uncalibrated): {reason}")
         return None
     section = calibrate.operating_point_section(logits, labels, ck.classes, cfg.operating_point, cfg.positive,
-                                                f"val split of {data}", skipped)
+                                                f"val split of {data}", skipped, cfg.confidence, cfg.unsupported)
     log(calibrate.summary_line(section))
     return section
 

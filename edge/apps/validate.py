@@ -120,7 +120,7 @@ def build_report(model, decision: val.Decision, args, classified: list[dict], pr
         "model": {"bundle": str(model.bundle_dir), "sha256": model.sha256, "classes": model.classes,
                   "arch": model.manifest["model"].get("arch")},
         "decision": {"positive": decision.positive, "threshold": decision.threshold, "source": decision.source,
-                     "calibrated": decision.calibrated},
+                     "calibrated": decision.calibrated, "guarantee": decision.guarantee},
         "data": {"folder": args.data, "labels": args.labels},
         "counts": {"cases": len(classified), "positives": sum(r["truth"] == decision.positive for r in classified),
                    "problems": kinds},
@@ -180,7 +180,8 @@ def summary_line(report: dict) -> str:
         return f"{c['cases']} cases; problems: {problems}"
     return (f"{c['cases']} cases ({c['positives']} {report['decision']['positive']}); AUC {val.ci_text(f['auc'])}, sensitivity "
             f"{val.ci_text(f['sensitivity'])}, specificity {val.ci_text(f['specificity'])}; problems: {problems}"
-            + ("" if not report["requirements"] else f"; requirements {'met' if report['passed'] else 'NOT met'}"))
+            + ("" if not report["requirements"] else f"; requirements {'met' if report['passed'] else 'NOT met'}")
+            + f"; operating point at export: {report['decision'].get('guarantee', 'no guarantee recorded')}")
 
 
 def markdown(report: dict, paths: dict[str, Path]) -> str:
@@ -190,6 +191,7 @@ def markdown(report: dict, paths: dict[str, Path]) -> str:
            f"- model SHA-256 `{report['model']['sha256'][:16]}...`, classes {', '.join(report['model']['classes'])}",
            f"- decision: {d['positive']!r} when its {'calibrated ' if d['calibrated'] else ''}probability >= "
            f"{d['threshold']:.4f} ({d['source']})",
+           f"- operating point at export: {d.get('guarantee', 'no guarantee recorded')}",
            f"- {c['cases']} cases, {c['positives']} {d['positive']}; problems: "
            + (", ".join(f"{n} {k}" for k, n in sorted(c["problems"].items())) or "none"),
            f"- 95% CIs: AUC by DeLong on the logit scale, proportions by Wilson; created {report['created']} by medge "

@@ -9,7 +9,8 @@ the tests against scikit-learn, statsmodels or scipy.
   of two shares, and the changes a share test detects (``detectable_difference``, ``detectable_share``);
 - ``calibration``: ``brier_score``, ``reliability`` (ECE, MCE), ``calibration_curve``, ``fit_temperature_bounded``
   (a ``TemperatureFit`` that says when T stopped at an end of its range) and ``fit_temperature``;
-- ``thresholds``: ``parse_criterion``, ``choose_threshold`` (the operating point);
+- ``thresholds``: ``parse_criterion``, ``choose_threshold`` (the operating point, a target met by a
+  ``clopper_pearson_lower`` bound from the scores' order statistics; ``cases_needed``, ``TooFewCasesError``);
 - ``shift``: ``psi`` (Laplace-smoothed) with its simulated ``psi_noise_floor``, ``ks_2samp``, ``min_detectable_shift``;
 - ``distributions``: the normal and chi-square quantiles and the Kolmogorov-Smirnov tail they rest on;
 - ``validation`` (``medge validate``'s report on labelled images) and ``drift`` (``medge monitor``'s checks
@@ -51,13 +52,23 @@ from medge.edge.golive.proportions import (
 )
 from medge.edge.golive.roc import auc_ci, auc_difference, roc_curve
 from medge.edge.golive.shift import PSI_PSEUDOCOUNT, ks_2samp, min_detectable_shift, psi, psi_noise_floor
-from medge.edge.golive.thresholds import CRITERIA_HELP, choose_threshold, parse_criterion
+from medge.edge.golive.thresholds import (
+    CRITERIA_HELP,
+    DEFAULT_CONFIDENCE,
+    TooFewCasesError,
+    cases_needed,
+    choose_threshold,
+    clopper_pearson_lower,
+    max_supported_target,
+    parse_criterion,
+)
 from medge.edge.numeric import nll, roc_auc, softmax
 
 __all__ = [
-    "CRITERIA_HELP", "PSI_PSEUDOCOUNT", "TemperatureFit", "auc_ci", "auc_difference", "binary_figures",
-    "brier_score", "calibration_curve", "chi2_quantile", "choose_threshold", "confusion", "detectable_difference",
-    "detectable_share", "fit_temperature", "fit_temperature_bounded", "kolmogorov_sf", "ks_2samp",
+    "CRITERIA_HELP", "DEFAULT_CONFIDENCE", "PSI_PSEUDOCOUNT", "TemperatureFit", "TooFewCasesError", "auc_ci",
+    "auc_difference", "binary_figures", "brier_score", "calibration_curve", "cases_needed", "chi2_quantile",
+    "choose_threshold", "clopper_pearson_lower", "confusion", "detectable_difference", "detectable_share",
+    "fit_temperature", "fit_temperature_bounded", "kolmogorov_sf", "ks_2samp", "max_supported_target",
     "min_detectable_shift", "newcombe_difference", "nll", "normal_quantile", "parse_criterion", "psi",
     "psi_noise_floor", "reliability", "roc_auc", "roc_curve", "softmax", "temperature_note", "wilson_interval",
 ]

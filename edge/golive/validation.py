@@ -272,6 +272,7 @@ class Decision:
     threshold: float
     source: str  # "bundle operating point (sensitivity=0.95)" / "argmax (no operating point in the bundle)"
     calibrated: bool
+    guarantee: str = "no threshold (label by argmax)"  # what the export promised (edge.decision.guarantee_text)
 
 
 def decision_of(model, positive: str | None = None) -> Decision:
@@ -287,7 +288,8 @@ def decision_of(model, positive: str | None = None) -> Decision:
     if op is not None and op.threshold is not None:
         if positive not in (None, op.positive):
             raise UsageError(f"--positive {positive!r}: the bundle's operating point is on {op.positive!r}")
-        return Decision(op.positive, op.positive_index, op.threshold, f"bundle operating point ({op.criterion})", True)
+        return Decision(op.positive, op.positive_index, op.threshold, f"bundle operating point ({op.criterion})", True,
+                        op.guarantee)
     if positive is None:
         positive = default_positive(classes)[0]
     if positive not in classes:

@@ -29,7 +29,11 @@ def test_quick_demo_end_to_end(tmp_path, capsys):
     assert "![latency per forward pass](bench.png)" in report and "| val |" in report and "| test |" in report
     # export --data chose an operating point on the val split; medge validate judged it on the test split
     op = json.loads((out / "bundle" / "model.json").read_text())["operating_point"]
-    assert op["criterion"] == "sensitivity=0.95" and op["positive"] == "disease" and 0 <= op["threshold"] <= 1
+    # the quick demo's 10 validation positives support 0.7 at 95% confidence (0.95 would need 59): it chose 0.7
+    assert op["criterion"] == "sensitivity=0.7" and op["positive"] == "disease" and 0 <= op["threshold"] <= 1
+    assert op["guarantee"]["supported"] and op["guarantee"]["n"] == 10 and op["guarantee"]["bound"] >= 0.7
+    assert "operating point: sensitivity >= 0.7 with 95% confidence (lower bound" in text
+    assert "the demo chose sensitivity=0.7: the highest of" in text and "Why this target: the demo chose" in report
     assert summary["operating_point"]["threshold"] == op["threshold"]
     validation = json.loads((out / "validation.json").read_text())
     assert validation["decision"]["threshold"] == op["threshold"] and validation["counts"]["cases"] == len(

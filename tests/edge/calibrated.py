@@ -37,15 +37,18 @@ def labelled(folder: Path, classes: list[str]) -> tuple[list[str], np.ndarray]:
 
 
 def calibrated_copy(src: Path, dst: Path, val: Path, criterion: str = "sensitivity=0.95", positive: str = "disease",
-                    profile: bool = True) -> Path:
-    """Copy bundle ``src`` to ``dst`` with an operating point fitted on ``val`` (and the data profile of its images)."""
+                    profile: bool = True, unsupported: bool = True) -> Path:
+    """Copy bundle ``src`` to ``dst`` with an operating point fitted on ``val`` (and the data profile of its images).
+
+    The splits here are small (30 positives, where 0.95 at 95% needs 59): by default the point-estimate threshold,
+    marked unsupported (``unsupported=False``: the guarantee, or the too-few-cases error)."""
     shutil.copytree(src, dst)
     model = Model.load(dst)
     paths, labels = labelled(val, model.classes)
     logits = np.array([p.logits for p in model.predict(paths, workers=0)], np.float64)
     manifest = json.loads((dst / "model.json").read_text())
     manifest["operating_point"] = operating_point_section(logits, labels, model.classes, criterion, positive,
-                                                          f"val split of {val.parent}")
+                                                          f"val split of {val.parent}", unsupported=unsupported)
     if profile:
         items = []
         for p in paths:

@@ -29,9 +29,25 @@ def test_section_is_sealed_and_read(calibrated):
     op = _manifest(calibrated)["operating_point"]
     assert op["sha256"] == section_sha256(op)
     m = Model.load(calibrated)
+    g = op["guarantee"]  # 30 validation positives: the point estimate, marked unsupported (calibrated_copy)
+    text = (f"sensitivity=0.95 unsupported: 30 positives (59 needed at 95% confidence); validation sensitivity "
+            f"{g['estimate']:.3f}, lower bound {g['bound']:.3f}")
     assert m.operating_point == OperatingPoint(tuple(m.classes), op["temperature"], "disease", op["threshold"],
-                                               "sensitivity=0.95")
+                                               "sensitivity=0.95", text, False)
     assert m.operating_point.positive_index == 0
+
+
+def test_a_bundle_from_before_the_guarantee_loads_and_says_none_was_recorded(calibrated, tmp_path):
+    import shutil
+
+    copy = shutil.copytree(calibrated, tmp_path / "b")
+    m = _manifest(copy)
+    section = {k: v for k, v in m["operating_point"].items() if k not in ("guarantee", "sha256")}
+    m["operating_point"] = seal(section)  # as medge wrote it before issue 31
+    (copy / "model.json").write_text(json.dumps(m))
+    op = Model.load(copy).operating_point
+    assert op.guarantee == "sensitivity=0.95: no guarantee recorded (exported before medge recorded one)"
+    assert op.supported is None and op.threshold == section["threshold"]
 
 
 @pytest.mark.parametrize("edit", [{"threshold": 0.01}, {"temperature": 9.0}, {"positive": "normal"}])

@@ -34,11 +34,17 @@ def _val_logits(bundle, data):
     return np.array([p.logits for p in model.predict(paths, workers=0)], np.float64), np.array(labels), model.classes
 
 
+UNSUPPORTED = ExportConfig(unsupported=True)  # 12 positives support no 0.95: the point estimate, marked
+
+
 def test_export_with_data_seals_a_temperature_and_a_threshold_that_hold_on_the_val_split(resnet_ckpt, data, tmp_path):
-    m = export_bundle(str(resnet_ckpt), str(tmp_path / "b"), str(data), log=quiet)
+    m = export_bundle(str(resnet_ckpt), str(tmp_path / "b"), str(data), UNSUPPORTED, log=quiet)
     op = m["operating_point"]
     assert op == read_manifest(tmp_path / "b")["operating_point"] and op["sha256"] == section_sha256(op)
     assert (op["positive"], op["criterion"], op["validation"]["cases"]) == ("disease", "sensitivity=0.95", 24)
+    g = op["guarantee"]
+    assert (g["supported"], g["n"], g["needed"], g["target"], g["confidence"]) == (False, 12, 59, 0.95, 0.95)
+    assert g["estimate"] == op["validation"]["sensitivity"]["value"] and g["bound"] < 0.95
     logits, labels, classes = _val_logits(tmp_path / "b", data)
     # temperature scaling lowers the validation NLL (as recorded) and keeps every argmax
     t = op["temperature"]
@@ -57,14 +63,50 @@ def test_export_with_data_seals_a_temperature_and_a_threshold_that_hold_on_the_v
 
 @pytest.mark.parametrize("criterion", ["specificity=0.9", "youden"])
 def test_other_criteria(resnet_ckpt, data, tmp_path, criterion):
-    m = export_bundle(str(resnet_ckpt), str(tmp_path / "b"), str(data), ExportConfig(operating_point=criterion), log=quiet)
+    m = export_bundle(str(resnet_ckpt), str(tmp_path / "b"), str(data),
+                      ExportConfig(operating_point=criterion, unsupported=True), log=quiet)
     op = m["operating_point"]
     logits, labels, classes = _val_logits(tmp_path / "b", data)
     y, score = labels == classes.index("disease"), ev.softmax(logits, op["temperature"])[:, classes.index("disease")]
-    chosen = ev.choose_threshold(y, score, criterion)["threshold"]  # a val score; the bundle's sits below it, in the gap
+    # a val score; the bundle's sits below it, in the gap
+    chosen = ev.choose_threshold(y, score, criterion, unsupported=True)["threshold"]
     assert op["threshold"] < chosen and not ((score >= op["threshold"]) ^ (score >= chosen)).any()
     if criterion == "specificity=0.9":
         assert ((score < op["threshold"])[~y]).mean() >= 0.9
+        assert (op["guarantee"]["supported"], op["guarantee"]["n"], op["guarantee"]["needed"]) == (False, 12, 29)
+    else:
+        assert op["guarantee"] is None
+        assert Model.load(tmp_path / "b").operating_point.guarantee.startswith("youden: no guarantee")
+
+
+def test_too_few_positives_exit_2_naming_59_and_the_flag_stores_the_mark(resnet_ckpt, data, tmp_path, capsys):
+    assert main(["export", str(resnet_ckpt), "--out", str(tmp_path / "a"), "--data", str(data)]) == 2
+    err = capsys.readouterr().err
+    assert "the validation split has 12 positives" in err and "needs 59 positives" in err and not (tmp_path / "a").exists()
+    for alternative in ("a lower target (at most 0.779 with 12 positives)", "--confidence", "more validation cases",
+                        "--operating-point-unsupported"):
+        assert alternative in err
+    assert main(["export", str(resnet_ckpt), "--out", str(tmp_path / "b"), "--data", str(data),
+                 "--operating-point-unsupported"]) == 0
+    assert "operating point: sensitivity=0.95 unsupported: 12 positives (59 needed" in capsys.readouterr().out
+    op = read_manifest(tmp_path / "b")["operating_point"]
+    assert op["guarantee"]["supported"] is False and op["guarantee"]["n"] == 12
+    model_op = Model.load(tmp_path / "b").operating_point
+    assert model_op.supported is False and model_op.guarantee.startswith("sensitivity=0.95 unsupported: 12 positives")
+    assert main(["export", str(resnet_ckpt), "--out", str(tmp_path / "c"), "--data", str(data), "--confidence", "1"]) == 2
+    assert "--confidence" in capsys.readouterr().err
+
+
+def test_enough_positives_give_a_supported_operating_point(resnet_ckpt, tmp_path):
+    """60 validation positives support 0.95 at 95%: the threshold sits at or below the lowest positive score."""
+    big = tmp_path / "big"
+    generate(big, SynthConfig(n=240, size=64, seed=5, val_fraction=0.5))  # 60 val images per class
+    m = export_bundle(str(resnet_ckpt), str(tmp_path / "b"), str(big), log=quiet)
+    g = m["operating_point"]["guarantee"]
+    assert (g["supported"], g["n"], g["needed"]) == (True, 60, 59)
+    assert g["bound"] == pytest.approx(ev.clopper_pearson_lower(round(g["estimate"] * 60), 60)) and g["bound"] >= 0.95
+    text = Model.load(tmp_path / "b").operating_point.guarantee
+    assert text == f"sensitivity >= 0.95 with 95% confidence (lower bound {g['bound']:.3f} on 60 positives)"
 
 
 def test_none_without_data_or_when_asked_and_bad_criteria_refused_before_work(resnet_ckpt, data, tmp_path, capsys):
@@ -106,9 +148,12 @@ def test_go_live_of_a_trained_model_validate_and_monitor(trained_run, tmp_path, 
     held-out split; records of the same distribution are not flagged (exit 0), records of larger images are."""
     data, run, _ = trained_run
     bundle = tmp_path / "bundle"
-    assert main(["export", str(run / "best.pt"), "--out", str(bundle), "--data", str(data)]) == 0
+    # 40 validation positives: 0.95 at 95% would need 59; 0.90 needs 29
+    assert main(["export", str(run / "best.pt"), "--out", str(bundle), "--data", str(data),
+                 "--operating-point", "sensitivity=0.9"]) == 0
     op = read_manifest(bundle)["operating_point"]
-    assert op["validation"]["sensitivity"]["value"] >= 0.95
+    assert op["guarantee"]["supported"] and op["guarantee"]["n"] == 40 and op["guarantee"]["bound"] >= 0.9
+    assert op["validation"]["sensitivity"]["value"] >= op["guarantee"]["bound"]
     assert main(["validate", "--model", str(bundle), "--data", str(data / "test"), "--out", str(tmp_path / "v/r.json"),
                  "--require", "auc>=0.55"]) == 0
     report = json.loads((tmp_path / "v/r.json").read_text())

@@ -7,11 +7,12 @@ Results profile asks of an AI result:
   with one measurement group for the source image: the label as a qualitative
   evaluation (concept "Finding"), each class probability as a measurement (unit
   "no units"; ``FloatingPointValue`` holds the float64 exactly, ``NumericValue``
-  its 16-character decimal), the operating threshold when the bundle has one, the
-  warnings as text, and the algorithm identification (TID 4019: name, medge
-  version, model SHA-256). The algorithm is also in the Contributing Equipment
-  Sequence with purpose of reference (1630, 99IHE, "Processing Algorithm"). The SR
-  references the source instance, is a new series of the same study, stays
+  its 16-character decimal), the operating threshold when the bundle has one with
+  what it was chosen to guarantee as a text comment ("operating point: sensitivity >=
+  0.95 with 95% confidence ...", or its "unsupported" mark), the warnings as text,
+  and the algorithm identification (TID 4019: name, medge version, model SHA-256).
+  The algorithm is also in the Contributing Equipment Sequence with purpose of
+  reference (1630, 99IHE, "Processing Algorithm"). The SR references the source instance, is a new series of the same study, stays
   UNVERIFIED and its SeriesDescription says it is not for diagnostic use.
 - ``build_heatmap_sc``: the heatmap overlay (RGB) as a Secondary Capture of the same
   patient and study, new series, BurnedInAnnotation YES.
@@ -50,6 +51,7 @@ class Finding:
     threshold: float | None = None  # the bundle's operating threshold, when it has one
     positive: str | None = None  # the class the threshold applies to
     warnings: tuple[str, ...] = ()
+    operating_point: str | None = None  # what the threshold guarantees (edge.decision.guarantee_text), when it has one
 
 
 def result_uid(source_uid: str, model_sha256: str, kind: str) -> str:
@@ -133,8 +135,10 @@ def build_sr(source, finding: Finding, algorithm: Algorithm, series_uid: str, in
         measurements=measurements,
         qualitative_evaluations=[hd.sr.QualitativeEvaluation(name=codes.DCM.Finding, value=label)],
     )
-    for text in finding.warnings:
-        group[0].ContentSequence.append(hd.sr.TextContentItem(name=codes.DCM.Comment, value=f"warning: {text}",
+    comments = ([f"operating point: {finding.operating_point}"] if finding.operating_point else []) + [
+        f"warning: {text}" for text in finding.warnings]
+    for text in comments:  # UT: up to 2^32 - 2 characters, ASCII (guarantee_text)
+        group[0].ContentSequence.append(hd.sr.TextContentItem(name=codes.DCM.Comment, value=text,
                                                               relationship_type="CONTAINS"))
     observer = hd.sr.ObserverContext(
         observer_type=codes.DCM.Device,

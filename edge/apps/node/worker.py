@@ -147,7 +147,8 @@ class Classifier:
         op = self.model.operating_point  # the bundle's threshold and positive class, when it has them (else argmax)
         threshold, positive = (op.threshold, op.positive) if op is not None else (None, None)
         finding = report.Finding(classes=tuple(self.model.classes), probabilities=dict(pred.probabilities),
-                                 label=pred.label, threshold=threshold, positive=positive, warnings=tuple(pred.warnings))
+                                 label=pred.label, threshold=threshold, positive=positive, warnings=tuple(pred.warnings),
+                                 operating_point=op.guarantee if threshold is not None else None)
         study = str(source.StudyInstanceUID)
         sr = report.build_sr(source, finding, self.algorithm, series_uid=report.result_uid(study, self.model.sha256, "sr"),
                              instance_uid=report.result_uid(*key, "sr"))

@@ -37,6 +37,7 @@ import cv2
 import numpy as np
 
 from medge import __version__
+from medge.edge.decision import guarantee_text
 from medge.edge.inputs.formats import DEFAULT_MAX_PIXELS, DICOM_SUFFIXES, IMAGE_SUFFIXES
 from medge.edge.model import Model
 
@@ -209,9 +210,12 @@ def operating_point_card(section: dict | None) -> dict | None:
         return None
     v = section.get("validation") or {}
     figures = {k: v[k] for k in ("auc", "sensitivity", "specificity", "ppv", "npv", "brier", "ece") if k in v}
+    guarantee = section.get("guarantee")
     return {"positive": section.get("positive"), "threshold": section.get("threshold"),
             "criterion": section.get("criterion"), "temperature": section.get("temperature"),
             "temperature_at_bound": (section.get("calibration") or {}).get("at_bound"),  # None in older bundles too
+            "guarantee": guarantee_text(section.get("criterion"), guarantee, "guarantee" in section),
+            "supported": guarantee.get("supported") if isinstance(guarantee, dict) else None,
             "validation": {"cases": v.get("cases"), "per_class": v.get("per_class"), **figures}}
 
 

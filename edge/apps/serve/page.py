@@ -409,6 +409,7 @@ def _operating_point_html(info: dict, t: dict) -> str:
     rows = [(t["decision_rule"], _e(t["threshold_rule"].format(positive=op["positive"], threshold=_fmt(op["threshold"]),
                                                                criterion=op["criterion"]))
              if op.get("threshold") is not None else _e(t["argmax"])),
+            (t["guarantee"], _e(op.get("guarantee") or "")),
             (t["temperature"], _e(_temperature_text(op, t))),
             (t["validation_cases"], _e(f'{v.get("cases")} ({_fmt(v.get("per_class"))})'))]
     rows += [(k, _e(_ci_text(v[k]))) for k in ("auc", "sensitivity", "specificity", "ppv", "npv", "brier", "ece") if k in v]

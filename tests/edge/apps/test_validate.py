@@ -68,6 +68,10 @@ def test_report_files_counts_and_problems(setup, tmp_path, capsys):
     assert "truncated" in reasons["truncated.png"].lower() or "cannot" in reasons["truncated.png"].lower()
     recs, _, _ = _truth_and_score(tmp_path)
     assert len(recs) == n_good + sum(rep["counts"]["problems"].values())  # every input a record
+    # the bundle's 40 validation positives do not support 0.95: the report carries the export's mark
+    mark = "sensitivity=0.95 unsupported: 40 positives (59 needed at 95% confidence)"
+    assert rep["decision"]["guarantee"].startswith(mark)
+    assert f"- operating point at export: {mark}" in (tmp_path / "r/report.md").read_text()
     for name in ("report.md", "report.roc.png", "report.reliability.png"):
         assert (tmp_path / "r" / name).stat().st_size > 0
     assert cv2.imread(str(tmp_path / "r/report.roc.png")).shape[2] == 3
@@ -76,7 +80,8 @@ def test_report_files_counts_and_problems(setup, tmp_path, capsys):
     d = rep["decision"]
     assert d["positive"] == "disease" and d["calibrated"] and "sensitivity=0.95" in d["source"]
     assert rep["against_bundle"]["bundle_cases"] == 80
-    assert "AUC" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "AUC" in err and "; operating point at export: sensitivity=0.95 unsupported: 40 positives" in err
 
 
 def test_figures_agree_with_scikit_learn_and_statsmodels(setup, tmp_path):

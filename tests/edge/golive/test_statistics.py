@@ -429,28 +429,38 @@ def test_parse_criterion_rejects_other_text(text):
 @pytest.mark.parametrize("name, y, score", DATASETS, ids=IDS)
 @pytest.mark.parametrize("target", [0.95, 0.8, 0.5, 1.0])
 def test_choose_threshold_by_sensitivity_is_the_highest_that_holds(name, y, score, target):
-    out = ev.choose_threshold(y, score, ("sensitivity", target))
+    """Where the positives support the target: the highest threshold whose Clopper-Pearson lower bound holds;
+    else (unsupported=True) the highest whose sensitivity on these cases holds."""
+    out = ev.choose_threshold(y, score, ("sensitivity", target), unsupported=True)
     distinct = np.unique(score)
     assert out["threshold"] in distinct and out["criterion"] == f"sensitivity={target!r}"
     sensitivity, specificity = _rates(y, score, out["threshold"])
     assert (out["sensitivity"], out["specificity"]) == (sensitivity, specificity)
-    assert sensitivity >= target
+    n = int(np.sum(y))
+    g = out["guarantee"]
+    assert (g["n"], g["target"], g["estimate"]) == (n, target, sensitivity)
+    holds = (lambda s: ev.clopper_pearson_lower(round(s * n), n) >= target) if g["supported"] else (lambda s: s >= target)
+    assert holds(sensitivity)
     higher = distinct[distinct > out["threshold"]]
     if higher.size:
-        assert _rates(y, score, higher.min())[0] < target
+        assert not holds(_rates(y, score, higher.min())[0])
 
 
 @pytest.mark.parametrize("name, y, score", DATASETS, ids=IDS)
 @pytest.mark.parametrize("target", [0.95, 0.7, 1.0])
 def test_choose_threshold_by_specificity_equals_brute_force(name, y, score, target):
-    out = ev.choose_threshold(y, score, ev.parse_criterion(f"specificity={target}"))
-    meeting = [t for t in np.unique(score) if _rates(y, score, t)[1] >= target]
+    out = ev.choose_threshold(y, score, ev.parse_criterion(f"specificity={target}"), unsupported=True)
+    m = int(np.sum(~np.asarray(y, bool)))
+    g = out["guarantee"]
+    holds = (lambda s: ev.clopper_pearson_lower(round(s * m), m) >= target) if g["supported"] else (lambda s: s >= target)
+    meeting = [t for t in np.unique(score) if holds(_rates(y, score, t)[1])]
     if meeting:
         assert out["threshold"] == min(meeting)
     else:  # negatives among the top scores: only "never positive" gets there
-        assert out["threshold"] == np.nextafter(score.max(), np.inf) and out["threshold"] > score.max()
+        assert out["threshold"] > score.max() and holds(1.0)
+        assert out["threshold"] == np.nextafter(np.max(np.asarray(score)[~np.asarray(y, bool)]), np.inf) or not g["supported"]
     assert (out["sensitivity"], out["specificity"]) == _rates(y, score, out["threshold"])
-    assert out["specificity"] >= target
+    assert holds(out["specificity"]) and g["estimate"] == out["specificity"] and g["n"] == m
 
 
 @pytest.mark.parametrize("name, y, score", DATASETS, ids=IDS)
@@ -460,19 +470,25 @@ def test_choose_threshold_by_youden_equals_brute_force(name, y, score):
     best = max(j.values())
     assert out["threshold"] == max(t for t, v in j.items() if v == best)  # ties: the higher threshold
     assert out["sensitivity"] + out["specificity"] - 1 == pytest.approx(best, abs=1e-15)
-    assert out["criterion"] == "youden"
+    assert out["criterion"] == "youden" and out["guarantee"] is None
 
 
 def test_choose_threshold_by_hand_and_errors():
     y = [0, 0, 0, 0, 1, 0, 1, 1, 1, 1]
     score = [0.1, 0.2, 0.3, 0.4, 0.45, 0.5, 0.6, 0.7, 0.8, 0.9]
-    assert ev.choose_threshold(y, score, "sensitivity=0.8")["threshold"] == 0.6
-    assert ev.choose_threshold(y, score, "sensitivity=1")["threshold"] == 0.45
-    assert ev.choose_threshold(y, score, "specificity=1")["threshold"] == 0.6
-    assert ev.choose_threshold(y, score, "specificity=0.8")["threshold"] == 0.45
-    top_negative = ev.choose_threshold([1, 0], [0.2, 0.9], "specificity=1")
+    point = {"unsupported": True}  # 5 cases of each class support no target: the point estimate, marked
+    assert ev.choose_threshold(y, score, "sensitivity=0.8", **point)["threshold"] == 0.6
+    assert ev.choose_threshold(y, score, "sensitivity=1", **point)["threshold"] == 0.45
+    assert ev.choose_threshold(y, score, "specificity=1", **point)["threshold"] == 0.6
+    assert ev.choose_threshold(y, score, "specificity=0.8", **point)["threshold"] == 0.45
+    top_negative = ev.choose_threshold([1, 0], [0.2, 0.9], "specificity=1", **point)
     assert top_negative == {"threshold": np.nextafter(0.9, 1), "criterion": "specificity=1.0", "sensitivity": 0.0,
-                            "specificity": 1.0}
+                            "specificity": 1.0,
+                            "guarantee": {"statistic": "specificity", "target": 1.0, "confidence": 0.95, "estimate": 1.0,
+                                          "bound": pytest.approx(0.05), "n": 1, "needed": None, "supported": False}}
+    with pytest.raises(ev.TooFewCasesError, match="sensitivity=0.8 at 95% confidence needs at least 14 positives; "
+                                                  "the validation split has 5"):
+        ev.choose_threshold(y, score, "sensitivity=0.8")
     with pytest.raises(UsageError, match="both classes"):
         ev.choose_threshold([1, 1, 1], [0.1, 0.2, 0.3], ("youden", None))
     with pytest.raises(UsageError, match="or 'youden'"):

@@ -197,7 +197,8 @@ def test_sr_and_sc_objects(tmp_path):
     del source.PatientBirthDate  # Type 2 and absent: the SR has it empty
     algorithm = report.Algorithm("resnet18 (xray)", "1.0", "ab" * 32)
     finding = report.Finding(("disease", "normal"), {"disease": 0.1 + 0.2, "normal": 1 - (0.1 + 0.2)}, "normal",
-                             threshold=0.35, positive="disease", warnings=("low contrast",))
+                             threshold=0.35, positive="disease", warnings=("low contrast",),
+                             operating_point="sensitivity=0.95 unsupported: 40 positives (59 needed at 95% confidence)")
     uid = report.result_uid(source.SOPInstanceUID, algorithm.model_sha256, "sr")
     assert uid == report.result_uid(source.SOPInstanceUID, algorithm.model_sha256, "sr") and len(uid) <= 64
     sr = report.build_sr(source, finding, algorithm, report.result_uid(source.StudyInstanceUID, "ab", "sr"), uid)
@@ -220,6 +221,7 @@ def test_sr_and_sc_objects(tmp_path):
     finding_item = next(i for i in items["CODE"] if i.ConceptNameCodeSequence[0].CodeMeaning == "Finding")
     assert finding_item.ConceptCodeSequence[0].CodeMeaning == "normal"
     texts = [i.TextValue for i in items["TEXT"]]
+    assert "operating point: sensitivity=0.95 unsupported: 40 positives (59 needed at 95% confidence)" in texts
     assert "warning: low contrast" in texts and "resnet18 (xray)" in texts and f"model sha256 {'ab' * 32}" in texts
     sc = report.build_heatmap_sc(source, np.full((32, 48, 3), 200, np.uint8), algorithm, "1.2.3.4", "1.2.3.5")
     assert sc.BurnedInAnnotation == "YES" and sc.Rows == 32 and sc.Columns == 48

@@ -156,6 +156,10 @@ def test_model_card_shows_the_operating_point_and_validation_figures(model, bund
     assert f"disease when its calibrated probability &gt;= {op['threshold']:.4g} (sensitivity=0.95)" in html
     assert info["operating_point"] is not None and model_info(model)["operating_point"] is None
     assert "none in this bundle" in card_html(model_info(model), "en")
+    # the test split's 15 positives support no 0.95: calibrated_copy marks it unsupported, and the card says so
+    assert card["supported"] is False
+    assert card["guarantee"].startswith("sensitivity=0.95 unsupported: 15 positives (59 needed at 95% confidence)")
+    assert "Guarantee at export" in html and "sensitivity=0.95 unsupported: 15 positives (59 needed" in html
 
 
 async def _inner(scope, receive, send):
