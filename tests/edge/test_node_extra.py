@@ -1,5 +1,6 @@
 """medge.edge.node_extra: medge check's answer to "does the node extra work here?"."""
 import builtins
+import re
 
 import pytest
 
@@ -9,14 +10,15 @@ from medge.edge.node_extra import check_node_extra
 def test_without_the_extra_it_says_what_to_install(monkeypatch):
     real_import = builtins.__import__
 
-    def no_pynetdicom(name, *args, **kwargs):
-        if name.split(".")[0] == "pynetdicom":
-            raise ImportError("No module named 'pynetdicom'", name="pynetdicom")
+    def no_node_extra(name, *args, **kwargs):
+        if name.split(".")[0] in ("pynetdicom", "highdicom", "pydicom"):
+            raise ImportError(f"No module named {name!r}", name=name.split(".")[0])
         return real_import(name, *args, **kwargs)
 
-    monkeypatch.setattr(builtins, "__import__", no_pynetdicom)
+    monkeypatch.setattr(builtins, "__import__", no_node_extra)
     r = check_node_extra()
-    assert r == {"ok": False, "error": "pynetdicom is not installed (pip install 'medge[node]')"}
+    assert set(r) == {"ok", "error"} and r["ok"] is False
+    assert re.fullmatch(r"(pynetdicom|highdicom|pydicom) is not installed \(pip install 'medge\[node\]'\)", r["error"])
 
 
 def test_with_the_extra_a_c_echo_to_itself_succeeds():
