@@ -137,12 +137,10 @@ def clopper_pearson_lower(successes: int, n: int, confidence: float = DEFAULT_CO
         return 0.0
     if successes == n:
         return alpha ** (1.0 / n)  # P(Bin(n, p) >= n) = p**n
-    i = np.arange(n + 1)
-    log_choose = math.lgamma(n + 1) - np.array([math.lgamma(k + 1) + math.lgamma(n - k + 1) for k in range(n + 1)])
     low, high = 0.0, 1.0
     for _ in range(60):
         p = (low + high) / 2
-        upper_tail = np.exp(log_choose + i * math.log(p) + (n - i) * math.log1p(-p))[successes:].sum()
+        upper_tail = _binomial_pmf(n, p)[successes:].sum()
         low, high = (p, high) if upper_tail < alpha else (low, p)
     return (low + high) / 2
 
