@@ -8,8 +8,8 @@ searched by content like medge predict), or --labels CSV with a header path,labe
 DICOM (with the dicom extra for compressed DICOM).
 
 Figures at the bundle's operating point (its calibrated probabilities and threshold;
-argmax for a bundle exported without one): AUC with a DeLong 95% CI (on the logit
-scale; none where the classes are perfectly separated, said so); sensitivity,
+argmax for a bundle exported without one): AUC with a 95% CI by Newcombe's score
+method (a lower bound below 1 also where the classes are perfectly separated); sensitivity,
 specificity, PPV and NPV with Wilson 95% CIs; the confusion matrix, Brier score,
 ECE and a 10-bin reliability table; per subgroup (manufacturer, modality, view
 position, photometric interpretation, bit depth, size band) with >= 20 cases; and
@@ -36,6 +36,7 @@ from medge import __version__
 from medge.edge.apps.options import add_model_arguments, load_model
 from medge.edge.errors import UsageError
 from medge.edge.golive import validation as val
+from medge.edge.golive.roc import AUC_METHOD
 from medge.edge.outputs import atomic_write_text, check_report_files, wrote
 from medge.edge.paths import to_json
 from medge.edge.progress import ProgressLine
@@ -125,7 +126,7 @@ def build_report(model, decision: val.Decision, args, classified: list[dict], pr
         "counts": {"cases": len(classified), "positives": sum(r["truth"] == decision.positive for r in classified),
                    "problems": kinds},
         "problems": [{"path": p.path, "kind": p.kind, "reason": p.reason} for p in problems],
-        "ci_method": {"auc": "DeLong, logit", "proportions": "Wilson score interval", "level": 0.95},
+        "ci_method": {"auc": AUC_METHOD, "proportions": "Wilson score interval", "level": 0.95},
     }
     if classified:
         report.update(val.evaluate_records(classified, decision, op, requirements))
@@ -194,7 +195,7 @@ def markdown(report: dict, paths: dict[str, Path]) -> str:
            f"- operating point at export: {d.get('guarantee', 'no guarantee recorded')}",
            f"- {c['cases']} cases, {c['positives']} {d['positive']}; problems: "
            + (", ".join(f"{n} {k}" for k, n in sorted(c["problems"].items())) or "none"),
-           f"- 95% CIs: AUC by DeLong on the logit scale, proportions by Wilson; created {report['created']} by medge "
+           f"- 95% CIs: AUC by Newcombe's score method, proportions by Wilson; created {report['created']} by medge "
            f"{report['medge']}", ""]
     if not f:
         return "\n".join(out + ["No usable case: nothing could be judged.", ""])

@@ -4,7 +4,7 @@ watch it drift after, and the two jobs built on them.
 Numpy and the standard library only (the edge box has no scipy or scikit-learn); each figure is checked in
 the tests against scikit-learn, statsmodels or scipy.
 
-- ``roc``: the ROC curve, ``auc_ci`` (DeLong, on the logit scale), ``auc_difference`` (site vs validation);
+- ``roc``: the ROC curve, ``auc_ci`` (Newcombe's score interval, DeLong's se), ``auc_difference`` (site vs validation);
 - ``proportions``: ``confusion``, ``binary_figures`` at a threshold with ``wilson_interval``s, ``newcombe_difference``
   of two shares, and the changes a share test detects (``detectable_difference``, ``detectable_share``);
 - ``calibration``: ``brier_score``, ``reliability`` (ECE, MCE), ``calibration_curve``, ``fit_temperature_bounded``

@@ -11,7 +11,8 @@ record: classified with its truth, or a problem (unreadable, unlabelled, a label
 that is not a class, refused) that is counted and listed, never dropped.
 
 The figures (``edge.golive``), at the bundle's own operating point: AUC with a
-DeLong 95% CI on the logit scale; sensitivity, specificity, PPV and NPV with Wilson 95% CIs; the
+95% CI by Newcombe's score method (a lower bound below 1 also for perfectly separated
+classes); sensitivity, specificity, PPV and NPV with Wilson 95% CIs; the
 confusion matrix, Brier score, ECE and a 10-bin reliability table; the same per
 subgroup (DICOM manufacturer, modality, view position, photometric
 interpretation, bit depth, image-size band) where a group has at least
@@ -20,7 +21,7 @@ cases (two independent samples). Requirements (``auc>=0.85``) are judged on the
 lower bound of the 95% CI: a site's small sample must show the model is good
 enough, not merely fail to show that it is not. An AUC requirement fails with
 "too few cases" below ``MIN_CASES_PER_CLASS`` of either class, and a bound that
-does not exist (classes perfectly separated) never passes. Brier score and ECE
+does not exist (NaN) never passes. Brier score and ECE
 are reported, never required: they have no interval here to judge.
 """
 from __future__ import annotations
@@ -55,8 +56,8 @@ WITH_CI = ("auc", "sensitivity", "specificity", "ppv", "npv", "accuracy")  # jud
 NOT_REQUIRABLE = {  # reported, but refused by --require, and why
     m: "it has no confidence interval here, and a point value on a site's sample passes or fails by chance; "
        "read the reliability table in the report instead" for m in ("brier", "ece")}
-# DeLong's variance rests on the placements of each class: with fewer than 10 cases of one, it and the normal
-# approximation on the logit scale are too unsteady to certify a model (2 + 2 separated cases give se 0).
+# An AUC interval rests on the cases of each class: with fewer than 10 of one, its normal approximation is too
+# unsteady to certify a model (2 + 2 separated cases give a lower bound of 0.386, DeLong's se 0).
 MIN_CASES_PER_CLASS = 10
 REQUIREMENT = re.compile(r"^\s*([a-z_]+)\s*([<>=!]*)\s*(.*?)\s*$")
 NUMBER = re.compile(r"^(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)$")
@@ -148,8 +149,8 @@ def parse_requirements(text: str | None) -> list[Requirement]:
 
 
 def ci_text(f: dict | None, digits: int = 3, to: str = " to ") -> str:
-    """``0.912 (0.871 to 0.953)`` for a figure with a CI; ``1.000 (classes perfectly separated: no interval)`` where
-    it has no interval (its ``note``); ``n/a`` for no figure. The one way reports write a figure with its CI."""
+    """``0.912 (0.871 to 0.953)`` for a figure with a CI; ``n/a (a class is absent: no AUC)`` where it has no
+    interval (its ``note``); ``n/a`` for no figure. The one way reports write a figure with its CI."""
     if not f:
         return "n/a"
     value = f.get("value", f.get("auc", f.get("difference")))

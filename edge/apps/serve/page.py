@@ -384,8 +384,8 @@ def card_html(info: dict, lang: str) -> str:
 
 
 def _ci_text(f) -> str:
-    """0.912 (0.871 - 0.953) for a figure with a 95% CI, the value and its note where it has no interval (classes
-    perfectly separated), else the value."""
+    """0.912 (0.871 - 0.953) for a figure with a 95% CI, the value and its note where it has no interval (a class
+    absent), else the value."""
     if isinstance(f, dict) and "low" in f:
         value = f.get("value", f.get("auc"))
         if f.get("note"):

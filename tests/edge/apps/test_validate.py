@@ -144,11 +144,12 @@ def test_an_auc_requirement_on_two_cases_of_each_class_fails_with_too_few_cases(
     err = capsys.readouterr().err
     assert "requirement not met: auc>=0.5 (too few cases (2 positive, 2 negative; at least 10 of each))" in err
     rep = json.loads((tmp_path / "r/report.json").read_text())
-    assert rep["requirements"][0]["reason"].startswith("too few cases") and rep["ci_method"]["auc"] == "DeLong, logit"
+    assert rep["requirements"][0]["reason"].startswith("too few cases")
+    assert rep["ci_method"]["auc"] == "Newcombe score (2006, method 5)"
     assert "too few cases" in (tmp_path / "r/report.md").read_text()
 
 
-def test_a_subgroup_without_an_interval_shows_why(tmp_path):
+def test_a_perfectly_separated_subgroup_shows_an_interval_below_1(tmp_path):
     from medge.edge.apps.validate import markdown
     from medge.edge.golive import validation as val
 
@@ -163,10 +164,10 @@ def test_a_subgroup_without_an_interval_shows_why(tmp_path):
               "counts": {"cases": 54, "positives": 27, "problems": {}}, "created": "now", "medge": "x", "problems": [],
               **val.evaluate_records(records, decision, None, [])}
     acme = report["subgroups"]["manufacturer"]["Acme"]["auc"]
-    assert acme["auc"] == 1.0 and acme["note"] == "classes perfectly separated: no interval"
+    assert acme["auc"] == 1.0 and acme["note"] is None and acme["high"] == 1.0  # Newcombe's interval, 12 + 12
     md = markdown(report, {"roc": tmp_path / "r.png", "reliability": tmp_path / "q.png", "cases": tmp_path / "c.jsonl"})
-    assert "| Acme | 24 | 1.000 (classes perfectly separated: no interval) |" in md
-    assert "1.000 to 1.000" not in md and "| Other | 30 | 0." in md
+    assert "| Acme | 24 | 1.000 (0.832 to 1.000) |" in md
+    assert "1.000 to 1.000" not in md and "no interval" not in md and "| Other | 30 | 0." in md
 
 
 def test_existing_report_is_not_replaced(setup, tmp_path, capsys):

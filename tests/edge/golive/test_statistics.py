@@ -92,43 +92,64 @@ def test_roc_with_a_class_absent_is_nan():
     assert all(math.isnan(ci[k]) for k in ("auc", "se", "low", "high")) and (ci["n_positive"], ci["n_negative"]) == (3, 0)
 
 
+def _newcombe_oracle(auc, m, n, z):
+    """Newcombe's (2006) method 5 by scipy's brentq, the variance written as Hanley & McNeil's (1982) with m - 1 and
+    n - 1 replaced by N* - 1, N* = (m + n) / 2."""
+    brentq = pytest.importorskip("scipy.optimize").brentq
+    n_star = (m + n) / 2
+
+    def variance(t):
+        q1, q2 = t / (2 - t), 2 * t * t / (1 + t)
+        return (t * (1 - t) + (n_star - 1) * (q1 - t * t) + (n_star - 1) * (q2 - t * t)) / (m * n)
+
+    def gap(t):
+        return (auc - t) ** 2 - z * z * variance(t)
+
+    # the bracket stops short of auc: at auc = 1 (0) both sides of the equation are 0 there too
+    low = 0.0 if auc == 0 else brentq(gap, 0.0, auc - 1e-12, xtol=1e-14)
+    high = 1.0 if auc == 1 else brentq(gap, auc + 1e-12, 1.0, xtol=1e-14)
+    return low, high
+
+
 @pytest.mark.parametrize("name, y, score", DATASETS, ids=IDS)
-def test_auc_ci_equals_brute_force_delong(name, y, score):
+def test_auc_ci_equals_brute_force_delong_and_newcombe(name, y, score):
     ci = ev.auc_ci(y, score, alpha=0.05)
     yb = np.asarray(y, bool)
-    assert (ci["n_positive"], ci["n_negative"], ci["method"]) == (int(yb.sum()), int((~yb).sum()), "DeLong, logit")
-    if yb.sum() < 2 or (~yb).sum() < 2:
-        assert ci["auc"] == ev.roc_auc(y, score) and math.isnan(ci["se"]) and math.isnan(ci["low"]) and ci["note"]
+    m, n = int(yb.sum()), int((~yb).sum())
+    assert (ci["n_positive"], ci["n_negative"], ci["method"]) == (m, n, "Newcombe score (2006, method 5)")
+    assert ci["auc"] == pytest.approx(ev.roc_auc(y, score), abs=1e-12) and ci["note"] is None
+    # The interval (Newcombe 2006, method 5), every set with both classes has one, separated ones included
+    low, high = _newcombe_oracle(ci["auc"], m, n, 1.959963984540054)
+    assert (ci["low"], ci["high"]) == pytest.approx((low, high), abs=1e-9)
+    assert 0 <= ci["low"] <= ci["auc"] <= ci["high"] <= 1 and ci["low"] < ci["high"]
+    narrow = ev.auc_ci(y, score, alpha=0.5)
+    assert ci["low"] <= narrow["low"] <= narrow["high"] <= ci["high"]
+    if m < 2 or n < 2:  # DeLong's variance needs two cases of each class
+        assert math.isnan(ci["se"])
         return
     auc, var = _delong_brute_force(y, score)
     assert ci["auc"] == pytest.approx(auc, abs=1e-12)
     assert ci["se"] == pytest.approx(math.sqrt(var), rel=1e-9, abs=1e-15)
-    if var == 0 or auc in (0, 1):  # separated, or all scores equal: no interval, and a note saying why
-        assert math.isnan(ci["low"]) and math.isnan(ci["high"]) and ci["note"].endswith("no interval")
-        return
-    # The interval on the logit scale (Pepe 2003; Qin & Hotilovac 2008), from the brute-force variance
-    z, logit = 1.959963984540054, math.log(auc / (1 - auc))
-    half = z * math.sqrt(var) / (auc * (1 - auc))
-    assert ci["low"] == pytest.approx(1 / (1 + math.exp(half - logit)), abs=1e-9)
-    assert ci["high"] == pytest.approx(1 / (1 + math.exp(-logit - half)), abs=1e-9)
-    assert 0 < ci["low"] <= ci["auc"] <= ci["high"] < 1 and ci["note"] is None
-    narrow = ev.auc_ci(y, score, alpha=0.5)
-    assert ci["low"] <= narrow["low"] <= narrow["high"] <= ci["high"]
 
 
 def test_auc_ci_degenerate_cases():
-    # No interval of zero width: NaN bounds and the reason (the clipped interval said "1.000 to 1.000" here)
+    # Separated classes: a real interval with a lower bound below 1 (the logit interval had none, the clipped one
+    # said "1.000 to 1.000"); DeLong's se is 0 there, and NaN with a single case of a class, neither used.
     separated = ev.auc_ci([0, 0, 0, 1, 1], [0.1, 0.2, 0.3, 0.8, 0.9])
-    assert (separated["auc"], separated["se"]) == (1.0, 0.0) and math.isnan(separated["low"]) and math.isnan(separated["high"])
-    assert separated["note"] == "classes perfectly separated: no interval"
+    assert (separated["auc"], separated["se"], separated["high"], separated["note"]) == (1.0, 0.0, 1.0, None)
+    assert 0.3 < separated["low"] < 0.6
+    reversed_ = ev.auc_ci([1, 1, 0, 0], [0.1, 0.2, 0.8, 0.9])
+    assert (reversed_["auc"], reversed_["low"]) == (0.0, 0.0) and 0.4 < reversed_["high"] < 1
     equal = ev.auc_ci([0, 1, 0, 1], [0.4] * 4)
-    assert (equal["auc"], equal["se"]) == (0.5, 0.0) and math.isnan(equal["low"]) and "standard error 0" in equal["note"]
+    assert (equal["auc"], equal["se"]) == (0.5, 0.0) and equal["low"] == pytest.approx(1 - equal["high"])
     one_negative = ev.auc_ci([0, 1, 1], [0.6, 0.5, 0.9])
     assert one_negative["auc"] == 0.5 and math.isnan(one_negative["se"])  # a variance needs two of each class
-    assert math.isnan(one_negative["low"]) and one_negative["note"] == "fewer than two cases in a class: no interval"
+    assert 0 < one_negative["low"] < 0.5 < one_negative["high"] < 1 and one_negative["note"] is None
+    absent = ev.auc_ci([1, 1], [0.2, 0.8])
+    assert math.isnan(absent["low"]) and math.isnan(absent["high"]) and absent["note"] == "a class is absent: no AUC"
 
 
-def test_delong_interval_covers_the_true_auc_about_95_percent_of_the_time():
+def test_auc_interval_covers_the_true_auc_about_95_percent_of_the_time():
     # Binormal scores: positives N(d, 1), negatives N(0, 1); the true AUC is Phi(d / sqrt(2)).
     rng = np.random.default_rng(7)
     d, draws, n_pos, n_neg = 1.2, 400, 60, 90

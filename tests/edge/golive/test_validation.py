@@ -69,16 +69,18 @@ def test_an_auc_requirement_needs_a_bound_and_ten_cases_of_each_class():
     assert not few["passed"] and few["reason"] == "too few cases (9 positive, 40 negative; at least 10 of each)"
     absent = Requirement("auc", ">=", 0.85).judge({"auc": None})
     assert not absent["passed"] and absent["reason"].startswith("too few cases (a class is absent")
-    note = "classes perfectly separated: no interval"
-    separated = Requirement("auc", ">=", 0.5).judge({"auc": {**auc, "auc": 1.0, "low": math.nan, "note": note}})
-    assert not separated["passed"] and separated["reason"] == f"no lower bound ({note})"  # NaN never passes
+    separated = Requirement("auc", ">=", 0.8).judge({"auc": {**auc, "auc": 1.0, "low": 0.83, "high": 1.0}})
+    assert separated["passed"]  # perfectly separated classes have a lower bound below 1 (Newcombe's interval)
+    undefined = Requirement("auc", ">=", 0.5).judge({"auc": {**auc, "low": math.nan, "note": None}})
+    assert not undefined["passed"] and undefined["reason"] == "no lower bound (undefined on these cases)"  # NaN never
 
 
 def test_ci_text_shows_the_note_instead_of_an_interval():
     assert ci_text({"value": 0.9, "low": 0.85, "high": 0.95}) == "0.900 (0.850 to 0.950)"
     assert ci_text({"auc": 0.9, "low": 0.85, "high": 0.95, "note": None}, 2, "-") == "0.90 (0.85-0.95)"
-    note = "classes perfectly separated: no interval"
-    assert ci_text({"auc": 1.0, "low": math.nan, "high": math.nan, "note": note}) == f"1.000 ({note})"
+    note = "a class is absent: no AUC"
+    assert ci_text({"auc": math.nan, "low": math.nan, "high": math.nan, "note": note}) == f"n/a ({note})"
+    assert ci_text({"auc": 1.0, "low": 0.8318, "high": 1.0, "note": None}) == "1.000 (0.832 to 1.000)"  # separated
     assert ci_text({"difference": 0.0, "low": math.nan, "high": math.nan, "note": "standard error 0: no interval"}
                    ) == "0.000 (standard error 0: no interval)"
     assert ci_text(None) == "n/a"
