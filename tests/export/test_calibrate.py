@@ -199,7 +199,7 @@ def test_a_capped_temperature_is_sealed_loaded_and_shown_and_older_sections_stil
     labels = np.r_[np.full(12, classes.index("disease")), np.full(12, classes.index("normal"))]
     logits = np.zeros((24, 2))
     logits[:, classes.index("disease")] = d
-    section = operating_point_section(logits, labels, classes, "sensitivity=0.95", None, "simulated")
+    section = operating_point_section(logits, labels, classes, "sensitivity=0.95", None, "simulated", unsupported=True)
     fit = ev.fit_temperature_bounded(logits, labels)
     assert section["calibration"]["at_bound"] == "low" and section["temperature"] == fit.temperature
     assert section["calibration"]["temperature_range"] == [fit.low, fit.high]
