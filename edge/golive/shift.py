@@ -15,6 +15,9 @@ from medge.edge.numeric import as_values
 
 PSI_PSEUDOCOUNT = 1.0  # Laplace's: one case added to every bin of each sample, so that an empty bin gives no log(0)
 NULL_DRAWS = 20_000  # simulated PSIs of one distribution behind each noise floor (seeded: the same floor every run)
+# min_detectable_shift simulates at most this many scores per sample: its arrays are draws x size, and a year of
+# records would otherwise take gigabytes. Fewer cases see less, so above it the answer is an upper bound.
+MAX_SIMULATED_SIZE = 5_000
 
 
 def psi(reference, current, bins: int = 10, pseudocount: float = PSI_PSEUDOCOUNT) -> dict:
@@ -185,8 +188,11 @@ def min_detectable_shift(n_reference: int, n_current: int, psi_alpha: float, ks_
     By seeded simulation (``draws`` pairs, common random numbers across shifts, bisection to 0.01 SD):
     normal reference scores and current scores shifted by d SD. Both tests depend on ranks only, so d is in
     SDs of whatever monotone transform of the scores makes the reference normal (the logit of a
-    logit-normal probability, say). Cached: a monitor calls it once per pair of sizes.
+    logit-normal probability, say). Cached: a monitor calls it once per pair of sizes. A sample larger than
+    ``MAX_SIMULATED_SIZE`` is simulated at that size (memory and time stay bounded), so the shift returned is
+    then an upper bound: the check at the real sizes sees at least that.
     """
+    n_reference, n_current = min(n_reference, MAX_SIMULATED_SIZE), min(n_current, MAX_SIMULATED_SIZE)
     rng = np.random.default_rng(31)
     ref = np.sort(np.clip(rng.standard_normal((draws, n_reference)), -8, 8), axis=1)
     cur0 = np.sort(np.clip(rng.standard_normal((draws, n_current)), -8, 8), axis=1)

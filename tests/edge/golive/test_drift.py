@@ -197,6 +197,14 @@ def test_the_stated_detectable_shift_is_seen_with_80_percent_power(sizes):
     assert 0.72 <= np.mean(seen) <= 0.88
 
 
+def test_a_year_of_records_is_simulated_at_the_cap_and_the_answer_is_an_upper_bound():
+    """Past MAX_SIMULATED_SIZE the simulation runs at the cap (bounded memory), and fewer cases never see more."""
+    cap = shift.MAX_SIMULATED_SIZE
+    at_cap = ev.min_detectable_shift(48, cap, drift.PSI_ALPHA, drift.KS_ALPHA)
+    assert ev.min_detectable_shift(48, 200_000, drift.PSI_ALPHA, drift.KS_ALPHA) == at_cap
+    assert at_cap <= ev.min_detectable_shift(48, cap // 4, drift.PSI_ALPHA, drift.KS_ALPHA)
+
+
 def test_psi_noise_floor_is_the_stated_quantile_of_the_psi():
     """Against psi() on samples actually drawn (a different distribution: PSI depends on ranks only)."""
     rng = np.random.default_rng(3)
