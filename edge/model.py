@@ -77,6 +77,7 @@ class Model:
         self.explain_method: str | None = bundle.explainer.method if bundle.explainer else None  # "cam", "occlusion"
         self.engine_choice = engine_choice  # which engine, why, and what was tried
         self.engine = engine_choice.engine  # the one running (auto resolved)
+        self.variant = engine_choice.variant  # fp32 (the exported model), or a fast variant whose gate passed
         trial = engine_choice.trials[0]
         self.self_test_max_abs: float | None = trial.self_test_max_abs  # None: the self-test was off
         self.dynamic_batch = bundle.dynamic_batch and trial.batched is not False
@@ -90,9 +91,14 @@ class Model:
         self.budget: ThreadBudget | None = None  # the thread budget of the latest pipelined run (edge.execution.budget)
         self.net_pool = NetPool()  # nets of the pipeline's forward passes, kept between runs (edge.execution)
 
+    @property
+    def runtime(self) -> dict:
+        """What computes this model's outputs, for every record: the engine and the variant."""
+        return {"engine": self.engine, "variant": self.variant}
+
     @classmethod
     def load(cls, bundle_dir: str | os.PathLike, backend: str = "cpu", engine: str | None = None,
-             self_test: bool = True) -> Model:
+             self_test: bool = True, variant: str | None = None) -> Model:
         """Load a bundle and prove it is the model that was exported.
 
         Args:
@@ -103,6 +109,9 @@ class Model:
                 unless the export named one).
             self_test: run the manifest's golden self-test (on by default; only
                 benchmarks of raw loading turn it off).
+            variant: ``auto`` (default: the fastest pair of engine and variant whose gate passed and that
+                passes its self-test here), ``fp32`` (the exported model only), or a variant of the bundle
+                (``edge.runtime.variants``).
 
         Raises:
             BundleError: missing folder/manifest/model, unknown format version, an
@@ -112,21 +121,26 @@ class Model:
                 outputs on the golden inputs differ beyond tolerance.
                 ConfigError: an engine or backend this OpenCV or box does not have.
         """
-        bundle = open_bundle(bundle_dir, backend, engine)
+        bundle = open_bundle(bundle_dir, backend, engine, variant)
         engine_choice, net = choose_engine(bundle, bundle.requested_engine, self_test)
         return cls(bundle, engine_choice, net)
 
     @staticmethod
-    def open(bundle_dir: str | os.PathLike, backend: str = "cpu", engine: str | None = None) -> VerifiedBundle:
+    def open(bundle_dir: str | os.PathLike, backend: str = "cpu", engine: str | None = None,
+             variant: str | None = None) -> VerifiedBundle:
         """The bundle's manifest read and model.onnx's SHA-256 verified, without a net or an engine choice
         (``medge check`` tries each engine on it; ``edge.runtime.verify.open_bundle``)."""
-        return open_bundle(bundle_dir, backend, engine)
+        return open_bundle(bundle_dir, backend, engine, variant)
+
+    def new_net(self):
+        """A new net of the chosen engine and variant (for one thread)."""
+        return self.bundle.load_net(self.engine, self.variant)
 
     def thread_net(self):
         """This thread's net (loaded on first use): a net is never shared between threads."""
         net = getattr(self._local, "net", None)
         if net is None:
-            net = self._local.net = self.bundle.load_net(self.engine)
+            net = self._local.net = self.new_net()
         return net
 
     def set_thread_net(self, net) -> None:

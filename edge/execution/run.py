@@ -240,7 +240,7 @@ def predict_pipelined(model: Model, inputs, total: int | None, run: RunOptions, 
         return out
 
     def infer(batch: list) -> None:
-        with model.net_pool.borrow(lambda: model.bundle.load_net(model.engine)) as net:
+        with model.net_pool.borrow(model.new_net) as net:
             t0 = time.thread_time()
             finish(model, batch, run.heatmaps, net)
             costs.add_forward(1000 * (time.thread_time() - t0), len(batch))

@@ -1,4 +1,4 @@
-"""medge.edge.runtime: the model bundle and the engines that run it (cv2.dnn, and onnxruntime with the ``ort`` extra).
+"""medge.edge.runtime: the model bundle and the engines that run it (cv2.dnn; onnxruntime and OpenVINO with extras).
 
 The modules divide the work:
 
@@ -6,6 +6,8 @@ The modules divide the work:
 - ``engines``: the engines and backends this OpenCV (and onnxruntime) offers, detected, chosen by name;
 - ``dnn``: cv2.dnn guarded: loading a model with an engine, checked forward passes, in batches;
 - ``ort``: onnxruntime as one more engine, behind the same guards (imported only when a net is read);
+- ``openvino``: OpenVINO as one more engine, its compute precision always pinned (imported only when a net is read);
+- ``variants``: the bundle's fast variants (int8, bf16), each offered only on the engines where its export gate passed;
 - ``verify``: a bundle verified by its hashes (``VerifiedBundle``) and the golden self-test of a net;
 - ``choice``: which engine runs a bundle on this box, by self-test and measurement, and medge check's record.
 

@@ -60,7 +60,7 @@ def _cv_message(e: cv2.error) -> str:
 
 
 def load_net(model: bytes | str | os.PathLike, engine: str = "classic", backend: str = "cpu", name: str = "",
-             verified_with: str | None = None):
+             verified_with: str | None = None, precision: str = "f32"):
     """Load an ONNX model with one of the ENGINES (OpenCV's, or onnxruntime with the ort extra).
 
     Args:
@@ -70,12 +70,13 @@ def load_net(model: bytes | str | os.PathLike, engine: str = "classic", backend:
         backend: a key of BACKENDS that this box can run (``available_backends()``).
         name: how to call the model in errors (its path).
         verified_with: the OpenCV version the bundle was verified with, for the remedy in errors.
+        precision: the compute precision the engine is pinned to (``f32``; ``bf16`` on engines that have it).
 
     Returns:
         the engine's net (a ``cv2.dnn.Net`` for OpenCV's engines).
 
     Raises:
-        ConfigError: an engine or backend this OpenCV or box does not have.
+        ConfigError: an engine or backend this OpenCV or box does not have, or a precision the engine lacks.
         MissingExtraError: an optional engine whose extra is not installed.
         BundleError: OpenCV is too old, or the engine cannot load the model; the message names
             the OpenCV version, OpenCV's reason (the failing node or layer when OpenCV
@@ -96,7 +97,8 @@ def load_net(model: bytes | str | os.PathLike, engine: str = "classic", backend:
                   f"(pip install 'opencv-python-headless=={verified_with}.*', or pip install -c constraints.txt .), "
                   f"or try another --engine")
     try:
-        net = ENGINES[engine].read(model if isinstance(model, bytes) else os.fspath(model))
+        src = model if isinstance(model, bytes) else os.fspath(model)
+        net = ENGINES[engine].read(src) if precision == "f32" else ENGINES[engine].read(src, precision)
     except cv2.error as e:
         raise BundleError(f"{name}: OpenCV {cv2.__version__} ({engine} engine) cannot read this model: "
                           f"{_cv_message(e)}; {remedy}") from None

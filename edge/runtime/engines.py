@@ -3,8 +3,9 @@
 - engines: OpenCV 5 has a classic and a new engine (``readNetFromONNX(src, engine)``);
   4.x has one, the classic engine (``readNetFromONNX(src)``); OpenCV 5's ONNX Runtime
   engine only where OpenCV was built with ONNX Runtime (elsewhere it silently falls
-  back to another engine). ``ENGINES`` lists this OpenCV's, and onnxruntime where the
-  ``ort`` extra is installed (``edge.runtime.ort``); ``auto`` (the fastest
+  back to another engine). ``ENGINES`` lists this OpenCV's, onnxruntime where the
+  ``ort`` extra is installed (``edge.runtime.ort``) and OpenVINO where the ``openvino`` extra is
+  (``edge.runtime.openvino``); ``auto`` (the fastest
   correct one of OpenCV's engines for a bundle on this box, or the one ``medge check``
   measured fastest of all) is chosen by ``edge.runtime.choice``;
 - backends and targets: those that ``cv2.dnn.getAvailableTargets`` lists on this box.
@@ -24,6 +25,8 @@ import cv2
 import numpy as np
 
 from medge.edge.errors import ConfigError, MissingExtraError
+from medge.edge.runtime.openvino import EXTRA as OV_EXTRA  # pip install "medge[openvino]": OpenVINO as an engine
+from medge.edge.runtime.openvino import read_openvino  # imports openvino only when a net is read
 from medge.edge.runtime.ort import EXTRA as ORT_EXTRA  # pip install "medge[ort]": onnxruntime as an engine
 from medge.edge.runtime.ort import read_ort  # imports onnxruntime only when a net is read
 
@@ -34,22 +37,26 @@ AUTO = "auto"  # the engine that is fastest and correct for a bundle on this box
 class Engine:
     """One way to run an ONNX model on this box.
 
-    ``read`` takes the model's bytes (or a path) and returns a net with ``setInput``,
-    ``forward`` and ``empty`` (a ``cv2.dnn.Net`` for OpenCV's engines); ``backends``
-    are the keys of BACKENDS it can use; ``extra`` is the medge extra that brings an
-    engine from outside OpenCV (None for OpenCV's own): ``auto`` measures only
-    OpenCV's engines at load time, ``medge check`` measures all.
+    ``read`` takes the model's bytes (or a path) and a compute precision (``f32``; ``bf16`` where
+    ``precisions`` has it) and returns a net with ``setInput``, ``forward`` and ``empty`` (a
+    ``cv2.dnn.Net`` for OpenCV's engines); ``backends`` are the keys of BACKENDS it can use;
+    ``extra`` is the medge extra that brings an engine from outside OpenCV (None for OpenCV's
+    own); ``quantized``: it runs int8 QDQ models with integer kernels (``edge.runtime.variants``).
     """
 
     name: str
     about: str
-    read: Callable[[bytes | str], object]
+    read: Callable[..., object]
     backends: tuple[str, ...]
     extra: str | None = None
+    precisions: tuple[str, ...] = ("f32",)
+    quantized: bool = False
 
 
-def _read_onnx(flag: int | None, src: bytes | str):
+def _read_onnx(flag: int | None, src: bytes | str, precision: str = "f32"):
     """cv2.dnn.readNetFromONNX of bytes or a path; ``flag`` is OpenCV 5's engine (None before 5.0)."""
+    if precision != "f32":
+        raise ConfigError(f"OpenCV's engines compute in f32 only, not {precision}")
     buf = np.frombuffer(src, np.uint8) if isinstance(src, bytes) else os.fspath(src)
     return cv2.dnn.readNetFromONNX(buf) if flag is None else cv2.dnn.readNetFromONNX(buf, flag)
 
@@ -78,14 +85,18 @@ BACKENDS = {
 }
 # Engines that some install has, for messages on one that lacks them.
 KNOWN_ENGINES = {"classic": "every OpenCV", "new": "OpenCV 5", "ort": "an OpenCV 5 built with ONNX Runtime",
-                 "onnxruntime": f"medge's onnxruntime engine: pip install 'medge[{ORT_EXTRA}]'"}
+                 "onnxruntime": f"medge's onnxruntime engine: pip install 'medge[{ORT_EXTRA}]'",
+                 "openvino": f"medge's OpenVINO engine: pip install 'medge[{OV_EXTRA}]'"}
 
 
 # Engines from outside OpenCV: name -> (extra, module that must be importable, Engine).
 OPTIONAL_ENGINES = {
     "onnxruntime": (ORT_EXTRA, "onnxruntime",
                     Engine("onnxruntime", "onnxruntime's CPU engine (optional: the ort extra; CPU only)",
-                           read_ort, ("cpu",), extra=ORT_EXTRA)),
+                           read_ort, ("cpu",), extra=ORT_EXTRA, quantized=True)),
+    "openvino": (OV_EXTRA, "openvino",
+                 Engine("openvino", "OpenVINO's CPU engine, precision pinned (optional: the openvino extra; CPU only)",
+                        read_openvino, ("cpu",), extra=OV_EXTRA, precisions=("f32", "bf16"), quantized=True)),
 }
 
 

@@ -28,7 +28,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from medge.edge.errors import BundleError, InferenceError, MissingExtraError
+from medge.edge.errors import BundleError, ConfigError, InferenceError, MissingExtraError
 from medge.edge.runtime.bundle import LOGITS_OUTPUT
 
 EXTRA = "ort"  # pip install "medge[ort]": onnxruntime as an engine of the edge runtime
@@ -111,6 +111,9 @@ class OrtNet:
         return tuple(outs) if names is not None and not isinstance(names, str) else outs[0]
 
 
-def read_ort(src: bytes | str) -> OrtNet:
-    """``Engine.read`` of the onnxruntime engine: an OrtNet of the model's bytes (or path)."""
+def read_ort(src: bytes | str, precision: str = "f32") -> OrtNet:
+    """``Engine.read`` of the onnxruntime engine: an OrtNet of the model's bytes (or path); f32 only
+    (an int8 QDQ model runs with onnxruntime's integer kernels at f32 "precision")."""
+    if precision != "f32":
+        raise ConfigError(f"the onnxruntime engine computes in f32 only, not {precision}")
     return OrtNet(src)

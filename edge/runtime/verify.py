@@ -29,6 +29,7 @@ from medge.edge.preprocess import PreprocessConfig
 from medge.edge.runtime.bundle import LOGITS_OUTPUT, MANIFEST_FILE, MODEL_FILE, golden_inputs, read_manifest, sha256_bytes
 from medge.edge.runtime.dnn import forward_batches, forward_outputs_batches, load_net
 from medge.edge.runtime.engines import AUTO, check_choices
+from medge.edge.runtime.variants import FP32, read_variants
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,8 @@ class VerifiedBundle:
     explainer: Explainer | None  # from the manifest's "explain" section; None for bundles exported before heatmaps
     requested_engine: str  # auto, or the engine asked for by the caller or the manifest
     backend: str  # a key of edge.runtime.engines.BACKENDS
+    variants: dict = field(default_factory=dict)  # name -> edge.runtime.variants.Variant, besides fp32 ({}: none)
+    requested_variant: str = AUTO  # auto, or the variant asked for (fp32 forbids the fast ones)
 
     @property
     def sha256(self) -> str:
@@ -64,10 +67,24 @@ class VerifiedBundle:
         """The exported model takes batches > 1 (the self-test may still turn them off on this box)."""
         return bool(self.manifest["model"].get("dynamic_batch", False))
 
-    def load_net(self, engine: str):
-        """A new net of the verified model bytes with ``engine`` on this bundle's backend (for one thread)."""
-        return load_net(self.onnx_bytes, engine, self.backend, str(self.bundle_dir / MODEL_FILE),
-                        self.manifest.get("versions", {}).get("opencv"))
+    def load_net(self, engine: str, variant: str = FP32):
+        """A new net of the verified bytes of ``variant`` (default the exported model) with ``engine`` on this
+        bundle's backend, at the variant's pinned precision (for one thread)."""
+        if variant == FP32:
+            return load_net(self.onnx_bytes, engine, self.backend, str(self.bundle_dir / MODEL_FILE),
+                            self.manifest.get("versions", {}).get("opencv"))
+        v = self.variants.get(variant)
+        why = f"the bundle has no {variant} variant" if v is None else v.why_not(engine)
+        if why:
+            raise BundleError(f"{self.bundle_dir}: {why}")
+        return load_net(v.data, engine, self.backend, str(self.bundle_dir / v.file), precision=v.precision)
+
+    def golden(self, engine: str, variant: str = FP32) -> dict:
+        """The golden self-test section a net of (engine, variant) must reproduce: the manifest's for fp32,
+        the pair's own (its outputs on the gating box, with its tolerance) for a variant."""
+        if variant == FP32:
+            return self.manifest["golden"]
+        return {**self.manifest["golden"], **self.variants[variant].golden(engine)}
 
     def golden_inputs(self) -> np.ndarray:
         """The manifest's self-test inputs, regenerated here (N, C, H, W)."""
@@ -75,7 +92,8 @@ class VerifiedBundle:
         return golden_inputs(int(g["seed"]), int(g["count"]), self.preprocess_config)
 
 
-def open_bundle(bundle_dir: str | os.PathLike, backend: str = "cpu", engine: str | None = None) -> VerifiedBundle:
+def open_bundle(bundle_dir: str | os.PathLike, backend: str = "cpu", engine: str | None = None,
+                variant: str | None = None) -> VerifiedBundle:
     """Read a bundle's manifest and verify model.onnx's SHA-256 (and the CAM head's); no net is loaded.
 
     Args:
@@ -83,6 +101,8 @@ def open_bundle(bundle_dir: str | os.PathLike, backend: str = "cpu", engine: str
         backend: a key of ``edge.runtime.engines.BACKENDS``.
         engine: ``auto`` or one of ``edge.runtime.engines.ENGINES``; default: the manifest's (``auto``
             unless the export named one).
+        variant: ``auto`` (default: the fastest pair whose gate passed, by ``edge.runtime.choice``), ``fp32``
+            (the exported model only) or one of the bundle's variants (``edge.runtime.variants``).
 
     Raises:
         BundleError: missing folder/manifest/model, unknown format version, an engine the manifest asks for
@@ -115,12 +135,17 @@ def open_bundle(bundle_dir: str | os.PathLike, backend: str = "cpu", engine: str
                           ) from None
     operating_point = OperatingPoint.from_manifest(manifest, str(d))  # checks the section's SHA-256
     explainer = load_explainer(manifest, d)  # checks the CAM head's SHA-256
-    return VerifiedBundle(manifest, data, d, operating_point, explainer, requested, backend)
+    variants = read_variants(manifest, d, data)  # checks the section's seal and each variant file's SHA-256
+    wanted = variant or AUTO
+    if wanted not in (AUTO, FP32, *variants):
+        raise ConfigError(f"{d}: variant {wanted!r}: this bundle has {[FP32, *variants]} (add variants with medge quantize)")
+    return VerifiedBundle(manifest, data, d, operating_point, explainer, requested, backend, variants, wanted)
 
 
-def self_test(bundle: VerifiedBundle, net, batch_size: int, engine: str) -> float:
+def self_test(bundle: VerifiedBundle, net, batch_size: int, engine: str, variant: str = FP32) -> float:
     """Max |logit difference| between ``net``'s outputs on the golden inputs (``batch_size`` per pass)
-    and the exported ones; with a CAM bundle, its maps are tested from the same passes.
+    and the exported ones (a variant's: its own, ``VerifiedBundle.golden``); with a CAM bundle, its maps
+    are tested from the same passes.
 
     Args:
         bundle: the bundle ``net`` was loaded from.
@@ -128,11 +153,12 @@ def self_test(bundle: VerifiedBundle, net, batch_size: int, engine: str) -> floa
             ``getUnconnectedOutLayersNames``).
         batch_size: golden inputs per forward pass.
         engine: the net's engine, named in errors.
+        variant: the variant the net runs (``edge.runtime.variants``).
 
     Raises:
         SelfTestError: beyond the manifest's tolerance. InferenceError: a forward pass failed.
     """
-    g = bundle.manifest["golden"]
+    g = bundle.golden(engine, variant)
     expected = np.asarray(g["expected_logits"], np.float32)
     explainer, chw, classes = bundle.explainer, bundle.chw, len(bundle.manifest["classes"])
     cam = explainer if isinstance(explainer, CamExplainer) and "expected_cam" in g else None
@@ -147,24 +173,25 @@ def self_test(bundle: VerifiedBundle, net, batch_size: int, engine: str) -> floa
                             f"the model gives {got.shape}: a damaged manifest")
     worst = float(np.abs(got - expected).max())
     if not worst <= float(g["tolerance"]):
+        what = "" if variant == FP32 else f" of the {variant} variant (against its outputs on the box that gated it)"
         raise SelfTestError(
-            f"{bundle.bundle_dir}: golden self-test failed: max |logit difference| {worst:.3g} > {g['tolerance']:g} "
+            f"{bundle.bundle_dir}: golden self-test{what} failed: max |logit difference| {worst:.3g} > {g['tolerance']:g} "
             f"(OpenCV {cv2.__version__}, {engine} engine here; the bundle was verified with OpenCV "
             f"{bundle.manifest.get('versions', {}).get('opencv', '?')}): do not use this model on this machine")
     if cam is not None:
-        _self_test_cam(bundle, cam, features, engine)
+        _self_test_cam(bundle, cam, features, engine, g)
     return worst
 
 
-def _self_test_cam(bundle: VerifiedBundle, cam: CamExplainer, features: np.ndarray, engine: str) -> None:
-    """The CAM maps of the golden inputs against the manifest's, relative to their largest value."""
-    g = bundle.manifest["golden"]
+def _self_test_cam(bundle: VerifiedBundle, cam: CamExplainer, features: np.ndarray, engine: str, g: dict) -> None:
+    """The CAM maps of the golden inputs against the expected ones (``g``), relative to their largest value."""
     expected = np.asarray(g["expected_cam"], np.float32)
     got = np.stack([cam.cams(features, [k] * len(features)) for k in range(len(bundle.manifest["classes"]))], axis=1)
     worst = float(np.abs(got - expected).max()) / max(1.0, float(np.abs(expected).max())) \
         if got.shape == expected.shape else float("inf")
-    if not worst <= float(g["tolerance"]):
+    tolerance = float(g.get("cam_tolerance", g["tolerance"]))
+    if not worst <= tolerance:
         raise SelfTestError(
             f"{bundle.bundle_dir}: golden self-test of the heatmaps failed: max relative |CAM difference| {worst:.3g} > "
-            f"{g['tolerance']:g} (OpenCV {cv2.__version__}, {engine} engine here): "
+            f"{tolerance:g} (OpenCV {cv2.__version__}, {engine} engine here): "
             "do not use this model's heatmaps on this machine")

@@ -21,7 +21,8 @@ ROOT = Path(__file__).resolve().parents[2]
 EDGE_MODULES = sorted(m.name for m in pkgutil.walk_packages(edge.__path__, "medge.edge."))
 # Optional extras the edge may import inside the functions that need them (never at module level).
 LAZY_EXTRAS = {"pydicom", "pylibjpeg", "openjpeg", "libjpeg", "gdcm", "onnxruntime", "fastapi", "uvicorn", "gradio",
-               "starlette", "multipart", "python_multipart", "fastapi_offline", "pynetdicom", "highdicom", "ray", "pyarrow"}
+               "starlette", "multipart", "python_multipart", "fastapi_offline", "pynetdicom", "highdicom", "ray", "pyarrow",
+               "openvino"}
 # The installed name of each folder, and what each layer may import from medge (its own layer and those below).
 FOLDERS = {"pkg": "medge", "edge": "medge.edge", "train": "medge.train", "export": "medge.export",
            "benchmarks": "medge.benchmarks"}
@@ -195,7 +196,8 @@ def test_importing_every_edge_module_loads_no_heavy_library():
     code = (
         "import importlib, sys\n"
         f"for m in {EDGE_MODULES!r}: importlib.import_module(m)\n"
-        "heavy = sorted(m for m in ('torch', 'torchvision', 'onnx', 'onnxsim', 'onnxruntime', 'ray', 'pyarrow', 'pandas')\n"
+        "heavy = sorted(m for m in ('torch', 'torchvision', 'onnx', 'onnxsim', 'onnxruntime', 'openvino', 'ray', 'pyarrow',\n"
+        "                           'pandas')\n"
         "               if m in sys.modules)\n"
         "print(','.join(heavy))\n"
     )

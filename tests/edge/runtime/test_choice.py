@@ -118,7 +118,7 @@ def test_a_bundle_asking_for_an_engine_this_opencv_lacks(bundle, tmp_path, capsy
 def test_a_recorded_choice_is_used_and_a_bad_record_ignored(bundle, cache):
     sha = Model.open(bundle).sha256
     engine = list(ENGINES)[-1]
-    path = record_engine(record_key(sha, "cpu"), engine, {})
+    path = record_engine(record_key(sha, "cpu"), engine)
     assert path.parent == cache / "medge" / "engines"
     m = Model.load(bundle)
     assert (m.engine, m.engine_choice.reason) == (engine, "recorded by medge check on this box")

@@ -40,7 +40,8 @@ def test_an_engine_this_opencv_lacks_is_named_with_where_it_exists(monkeypatch):
         monkeypatch.delitem(ENGINES, name)
     with pytest.raises(ConfigError, match=rf"engine 'new' is not available in OpenCV {cv2.__version__} \(it is in OpenCV 5\)"):
         engines.check_choices("new", "cpu")
-    with pytest.raises(ConfigError, match=r"'warp' is not available.*choose one of \['auto', 'classic'(, 'onnxruntime')?\]"):
+    optional = r"(, 'onnxruntime')?(, 'openvino')?"
+    with pytest.raises(ConfigError, match=rf"'warp' is not available.*choose one of \['auto', 'classic'{optional}\]"):
         engines.check_choices("warp", "cpu")
     with pytest.raises(ConfigError, match="unknown backend 'tpu'"):
         engines.check_choices("classic", "tpu")
