@@ -48,7 +48,7 @@ PATH, BYTES = "path", "bytes"  # the input columns (read_binary_files(..., inclu
 
 def _nested_fields() -> frozenset[str]:
     """The record's fields that hold a dict or a list, from a classified input's record."""
-    rec = Prediction("", label="", probabilities={}, logits=[], input={}).to_record("")
+    rec = Prediction("", label="", probabilities={}, logits=[], input={}).to_record("", {})
     return frozenset(k for k, v in rec.items() if isinstance(v, (dict, list)))
 
 
@@ -106,7 +106,7 @@ class BatchPredictor:
         ``bytes``, each file's content; its other columns come back unchanged. Returns the same type as given.
         """
         data = batch[BYTES] if BYTES in batch else None
-        records = [p.to_record(self.model.sha256) for p in self.predict(list(batch[PATH]), data)]
+        records = [p.to_record(self.model.sha256, self.model.runtime) for p in self.predict(list(batch[PATH]), data)]
         columns = records_to_columns(records)
         for name in batch:  # e.g. an id column the caller joins on
             if name not in columns and name != BYTES:

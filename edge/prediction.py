@@ -5,7 +5,7 @@ Usage:
     model = Model.load("bundles/xray")
     for p in model.predict(["a.png", "b.dcm"]):              # one Prediction per input, in order
         print(p.path, p.label, p.probabilities, p.warnings, p.error)
-        record = p.to_record(model.sha256)                   # the line medge predict, watch and serve write
+        record = p.to_record(model.sha256, model.runtime)    # the line medge predict, watch and serve write
 """
 from __future__ import annotations
 
@@ -35,9 +35,10 @@ class Prediction:
     def ok(self) -> bool:
         return self.error is None
 
-    def to_record(self, model_sha256: str) -> dict:
-        """The one record format of medge predict, watch and serve (JSON-ready)."""
+    def to_record(self, model_sha256: str, runtime: dict | None = None) -> dict:
+        """The one record format of medge predict, watch and serve (JSON-ready); ``runtime``: what computed it
+        (``Model.runtime``: engine and variant)."""
         return {"path": self.path, "label": self.label, "probabilities": self.probabilities,
                 "threshold": self.threshold, "calibrated": self.calibrated, "logits": self.logits,
-                "model_sha256": model_sha256, "timings_ms": self.timings_ms, "error": self.error,
+                "model_sha256": model_sha256, "runtime": runtime, "timings_ms": self.timings_ms, "error": self.error,
                 "warnings": list(self.warnings), "input": self.input}

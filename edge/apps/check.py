@@ -5,11 +5,13 @@ Usage: medge check --model bundles/xray [--json] [--repeats 20]
 Reports the machine (CPU, cores, the SIMD features OpenCV sees, its parallel
 framework and threads), the Python, numpy and OpenCV versions and OpenCV's
 build, the engines and backends available here; verifies the bundle (SHA-256,
-golden self-test with each engine: max error against the tolerance); says whether
-the node extra works (``medge node``: imports, a C-ECHO to itself); times the
-batch-1 forward pass of every correct engine, interleaved, with 1 and all
-threads (p50/p90) and names the fastest correct one, which it records for
-``Model.load`` on this box; then times one image end to end, from a synthetic
+golden self-test with each engine: max error against the tolerance, and of each
+fast variant whose gate passed on each engine that runs it); says whether the node
+extra works (``medge node``: imports, a C-ECHO to itself); times the batch-1 forward
+pass of every correct (engine, variant) pair, interleaved, with 1 and all threads
+(p50/p90), names the fastest correct one (a variant only 1.1x faster than the
+fastest fp32 engine) and why not the others, and records it for ``Model.load`` on
+this box; then times one image end to end, from a synthetic
 2048x2048 16-bit PNG file to probabilities. Exit status 0 when the bundle is
 verified and runs, 2 when it cannot be verified here (reason printed), 1 when it
 is verified but the end-to-end run fails.
@@ -32,9 +34,10 @@ from medge.edge.inputs.image import write_image
 from medge.edge.model import Model
 from medge.edge.node_extra import check_node_extra
 from medge.edge.numeric import latency_summary
-from medge.edge.runtime.choice import record_engine, record_key, try_engine
+from medge.edge.runtime.choice import candidate_pairs, pick_fastest, record_engine, record_key, try_engine
 from medge.edge.runtime.dnn import check_opencv, time_forwards
 from medge.edge.runtime.engines import AUTO, BACKENDS, ENGINES, available_backends, engines_for
+from medge.edge.runtime.variants import FP32
 from medge.edge.runtime.verify import VerifiedBundle, open_bundle
 
 E2E_SIZE = 2048  # side of the synthetic end-to-end image, as a radiograph's
@@ -59,12 +62,14 @@ def describe_box() -> dict:
 
 
 def verify_bundle(bundle: str) -> tuple[dict, VerifiedBundle | None, dict]:
-    """OpenCV's version, the manifest, model.onnx's SHA-256, then each CPU engine's load and golden self-test.
+    """OpenCV's version, the manifest, model.onnx's SHA-256, then each CPU engine's load and golden self-test
+    (fp32 in ``engines``; the fast variants' pairs in ``variants``, those not offered with why).
 
     Returns:
-        (section, the verified bundle or None, engine -> net of each engine that passed).
+        (section, the verified bundle or None, (engine, variant) -> net of each pair that passed).
     """
-    section: dict = {"opencv_supported": True, "hash_ok": None, "engines": {}, "error": None, "exit_status": 0}
+    section: dict = {"opencv_supported": True, "hash_ok": None, "engines": {}, "variants": {}, "error": None,
+                     "exit_status": 0}
     try:
         check_opencv()
     except MedgeError as e:
@@ -79,15 +84,20 @@ def verify_bundle(bundle: str) -> tuple[dict, VerifiedBundle | None, dict]:
                    tolerance=float(g["tolerance"]), golden_inputs=int(g["count"]),
                    exported_with_opencv=verified.manifest.get("versions", {}).get("opencv"))
     nets, errors = {}, []
-    for engine in engines_for("cpu"):
-        trial, net, error = try_engine(verified, engine)
-        section["engines"][engine] = {"ok": trial.ok, "self_test_max_abs": trial.self_test_max_abs,
-                                      "batched": trial.batched, "error": trial.error}
+    pairs, refused = candidate_pairs(verified, engines_for("cpu"), AUTO)
+    for engine, variant in pairs:
+        trial, net, error = try_engine(verified, engine, True, variant)
+        where = section["engines"] if variant == FP32 else section["variants"]
+        where[engine if variant == FP32 else f"{engine}/{variant}"] = {
+            "ok": trial.ok, "self_test_max_abs": trial.self_test_max_abs, "batched": trial.batched, "error": trial.error}
         if trial.ok:
-            nets[engine] = net
-        else:
+            nets[(engine, variant)] = net
+        elif variant == FP32:
             errors.append(error)
-    if not nets:
+    for t in refused:
+        section["variants"][f"{t.engine}/{t.variant}"] = {"ok": False, "self_test_max_abs": None, "batched": None,
+                                                          "error": t.error}
+    if not any(v == FP32 for _, v in nets):
         section.update(error=f"no engine of OpenCV {cv2.__version__} runs this bundle correctly: "
                              + "; ".join(f"[{e}] {s['error']}" for e, s in section["engines"].items()),
                        exit_status=max(e.exit_status for e in errors))
@@ -95,7 +105,8 @@ def verify_bundle(bundle: str) -> tuple[dict, VerifiedBundle | None, dict]:
 
 
 def time_engines(verified: VerifiedBundle, nets: dict, repeats: int) -> dict:
-    """Batch-1 forward passes of each correct engine, interleaved, with 1 and all threads; the fastest of each."""
+    """Batch-1 forward passes of each correct (engine, variant), interleaved, with 1 and all threads; the one
+    to run at each (``edge.runtime.choice.pick_fastest``)."""
     all_threads = cv2.getNumThreads()
     blob = verified.golden_inputs()[:1]
     rows, fastest = [], {}
@@ -103,23 +114,25 @@ def time_engines(verified: VerifiedBundle, nets: dict, repeats: int) -> dict:
         for threads in sorted({1, all_threads}):
             cv2.setNumThreads(threads)
             times = time_forwards(nets, blob, verified.chw, len(verified.classes), repeats, warmup=2)
-            stats = {e: latency_summary(t) for e, t in times.items()}
-            rows += [{"engine": e, "threads": threads, **s} for e, s in stats.items()]
-            fastest[threads] = min(stats, key=lambda e: stats[e]["p50_ms"])
+            stats = {pair: latency_summary(t) for pair, t in times.items()}
+            rows += [{"engine": e, "variant": v, "threads": threads, **s} for (e, v), s in stats.items()]
+            pair, why = pick_fastest({pair: s["p50_ms"] for pair, s in stats.items()})
+            fastest[threads] = {"engine": pair[0], "variant": pair[1], "why": why}
     finally:
         cv2.setNumThreads(all_threads)
     exported = verified.manifest.get("runtime", {}).get("export_timings")
     return {"batch": 1, "repeats": repeats, "all_threads": all_threads, "rows": rows,
-            "fastest": {str(t): e for t, e in fastest.items()}, "exporting_machine": exported}
+            "fastest": {str(t): f for t, f in fastest.items()}, "exporting_machine": exported}
 
 
 def record_choice(verified: VerifiedBundle, forward: dict) -> dict:
-    """Record the fastest correct engine per thread count for Model.load on this box."""
+    """Record the (engine, variant) to run per thread count for Model.load on this box."""
     paths, error = [], None
-    for threads, engine in forward["fastest"].items():
-        timings = {r["engine"]: r for r in forward["rows"] if str(r["threads"]) == threads}
+    for threads, f in forward["fastest"].items():
+        timings = {f"{r['engine']}/{r['variant']}": r for r in forward["rows"] if str(r["threads"]) == threads}
         try:
-            paths.append(str(record_engine(record_key(verified.sha256, "cpu", int(threads)), engine, timings)))
+            paths.append(str(record_engine(record_key(verified.sha256, "cpu", int(threads)), f["engine"], f["variant"],
+                                           timings)))
         except OSError as e:
             error = f"cannot record the choice ({e.strerror or e}): Model.load will measure at each load instead"
     return {"recorded": paths, "error": error}
@@ -152,11 +165,12 @@ def end_to_end(bundle: str) -> dict:
     total = [ms for ms, _ in runs[1:]]
     pred = runs[-1][1]
     if not pred.ok:
-        return {"ok": False, "error": pred.error, "engine": model.engine}
+        return {"ok": False, "error": pred.error, "engine": model.engine, "variant": model.variant}
     parts = {k: float(np.median([p.timings_ms[k] for _, p in runs[1:]])) for k in ("read", "preprocess", "inference")}
     return {"ok": True, "image": f"{E2E_SIZE}x{E2E_SIZE} 16-bit PNG (12-bit values), synthetic", "runs": E2E_RUNS,
             "total_ms": latency_summary(total), "median_ms": parts, "label": pred.label,
-            "probabilities": pred.probabilities, "engine": model.engine, "engine_choice": model.engine_choice.to_dict(),
+            "probabilities": pred.probabilities, "engine": model.engine, "variant": model.variant,
+            "engine_choice": model.engine_choice.to_dict(),
             "batch_note": model.batch_note, "error": None}
 
 
@@ -185,7 +199,8 @@ def run_check(bundle: str, repeats: int) -> dict:
     if not e2e["ok"]:
         return {**record, "verdict": {"ok": False, "exit_status": 1, "reason": f"end-to-end run failed: {e2e['error']}"}}
     return {**record, "verdict": {"ok": True, "exit_status": 0,
-                                  "reason": f"verified and runs on this box; Model.load picks the {e2e['engine']} engine"}}
+                                  "reason": f"verified and runs on this box; Model.load picks the {e2e['engine']} engine, "
+                                            f"{e2e['variant']} variant"}}
 
 
 def _ms(v: float) -> str:
@@ -240,16 +255,27 @@ def _verification_lines(v: dict) -> list[str]:
                          f"{batched[t['batched']]}")
         else:
             lines.append(f"self-test   {engine:11} FAIL: {t['error']}")
+    for pair, t in v.get("variants", {}).items():
+        if t["ok"]:
+            lines.append(f"variant     {pair:16} self-test against its gated outputs, max |dlogit| "
+                         f"{t['self_test_max_abs']:.2e}: pass")
+        else:
+            lines.append(f"variant     {pair:16} not offered here: {t['error']}")
     return lines
 
 
 def _forward_lines(f: dict, c: dict, v: dict) -> list[str]:
     """The forward-pass table, the exporting machine's figures and the recorded choice."""
-    lines = [f"forward     batch 1, {f['repeats']} passes per engine, interleaved",
-             f"            {'engine':11} {'threads':>7} {'p50 ms':>9} {'p90 ms':>9}"]
+    lines = [f"forward     batch 1, {f['repeats']} passes per engine and variant, interleaved",
+             f"            {'engine':11} {'variant':7} {'threads':>7} {'p50 ms':>9} {'p90 ms':>9}"]
     for row in f["rows"]:
-        lines.append(f"            {row['engine']:11} {row['threads']:>7} {_ms(row['p50_ms']):>9} {_ms(row['p90_ms']):>9}")
-    lines.append("            fastest correct: " + ", ".join(f"{e} with {t} thread(s)" for t, e in f["fastest"].items()))
+        chosen = f["fastest"][str(row["threads"])]
+        mark = "  <- runs" if (chosen["engine"], chosen["variant"]) == (row["engine"], row["variant"]) else ""
+        lines.append(f"            {row['engine']:11} {row['variant']:7} {row['threads']:>7} {_ms(row['p50_ms']):>9} "
+                     f"{_ms(row['p90_ms']):>9}{mark}")
+    for t, chosen in f["fastest"].items():
+        lines.append(f"            with {t} thread(s): {chosen['engine']}/{chosen['variant']}"
+                     + (f" ({chosen['why']})" if chosen["why"] else " (the fastest correct)"))
     ex = f.get("exporting_machine")
     if ex:
         figures = ", ".join(f"{e} {_ms(t['p50_ms'])}" for e, t in ex["forward_ms"].items())
@@ -268,6 +294,7 @@ def _end_to_end_lines(e: dict) -> list[str]:
     t = e["median_ms"]
     lines = [f"end to end  {e['image']}: p50 {_ms(e['total_ms']['p50_ms'])} ms (read {_ms(t['read'])}, "
              f"preprocess {_ms(t['preprocess'])}, inference {_ms(t['inference'])}); {e['engine']} engine, "
+             f"{e['variant']} variant, "
              f"label {e['label']}"]
     if e["batch_note"]:
         lines.append(f"            note: {e['batch_note']}")

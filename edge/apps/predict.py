@@ -110,7 +110,7 @@ def run(args: argparse.Namespace) -> int:
     with _record_stream(out) as stream:
         writer = RecordWriter(stream, args.format, model.classes, heatmaps=heat_dir is not None)
         for i, pred in enumerate(predictions(model, scan, args, heatmaps=heat_dir is not None)):
-            rec = pred.to_record(model.sha256)
+            rec = pred.to_record(model.sha256, model.runtime)
             if heat_dir is not None:
                 no_heatmap += not write_heatmap(pred, targets[i], rec)
             writer.write(rec)

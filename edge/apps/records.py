@@ -19,7 +19,8 @@ class RecordWriter:
         if fmt == "csv":
             self.csv = csv.writer(stream, lineterminator="\n")
             self.csv.writerow(["path", "label", *[f"p_{c}" for c in classes], "threshold", "calibrated", "read_ms",
-                               "preprocess_ms", "inference_ms", "model_sha256", "error", "warnings", "decoder",
+                               "preprocess_ms", "inference_ms", "model_sha256", "engine", "variant",
+                               "error", "warnings", "decoder",
                                *(["heatmap"] if heatmaps else [])])
 
     def write(self, rec: dict) -> None:
@@ -30,7 +31,8 @@ class RecordWriter:
             self.csv.writerow([rec["path"], rec["label"] or "", *[p.get(c, "") for c in self.classes],
                                "" if rec.get("threshold") is None else rec["threshold"], bool(rec.get("calibrated")),
                                *[round(t[k], 3) if k in t else "" for k in ("read", "preprocess", "inference")],
-                               rec["model_sha256"], rec["error"] or "", "; ".join(rec.get("warnings") or []),
+                               rec["model_sha256"], *[(rec.get("runtime") or {}).get(k) or "" for k in ("engine", "variant")],
+                               rec["error"] or "", "; ".join(rec.get("warnings") or []),
                                (rec.get("input") or {}).get("decoder") or "",
                                *([rec.get("heatmap") or ""] if self.heatmaps else [])])
         self.stream.flush()

@@ -82,7 +82,7 @@ def case_records(model, cases: list[val.Case], args) -> list[dict]:
     out = []
     for case, pred in zip(cases, model.predict_iter([c.path for c in cases], args.batch_size, args.workers,
                                                     args.max_pixels, streams=args.streams), strict=True):
-        out.append({**pred.to_record(model.sha256), "path": case.path, "truth": case.truth})
+        out.append({**pred.to_record(model.sha256, model.runtime), "path": case.path, "truth": case.truth})
         progress.update()
     progress.close()
     return out

@@ -200,7 +200,7 @@ class HotFolder:
     def _write_result(self, v: FileVersion, pred: Prediction) -> None:
         stamp = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
         target = _free_name(self.out_dir / "results" / v.rel, ".json")
-        rec = {**pred.to_record(self.model.sha256), "path": v.rel,
+        rec = {**pred.to_record(self.model.sha256, self.model.runtime), "path": v.rel,
                "source": {"key": v.key, "size": v.size, "mtime_ns": v.mtime_ns}, "processed_at": stamp}
         atomic_write_text(target, to_json(rec, indent=2) + "\n")
         self._record({"key": v.key, "path": v.rel, "status": "classified", "result": str(target)})

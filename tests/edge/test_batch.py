@@ -44,7 +44,7 @@ def threads_kept():
 def predict_records(bundle, paths) -> dict:
     """medge predict's records (its default pipeline), by path."""
     m = Model.load(bundle)
-    return {p.path: p.to_record(m.sha256) for p in m.predict(paths)}
+    return {p.path: p.to_record(m.sha256, m.runtime) for p in m.predict(paths)}
 
 
 def assert_same_records(got: list[dict], expected: dict) -> None:
@@ -93,7 +93,8 @@ def test_bytes_column_gives_the_same_rows_as_paths(bundle, archive, threads_kept
 
 def test_nested_fields_are_those_of_a_real_record(bundle, archive, threads_kept):
     """The JSON fields come from the record's types: a field added to the record later is covered too."""
-    rec = Model.load(bundle).predict([str(archive / "img0.png")])[0].to_record("x")
+    m = Model.load(bundle)
+    rec = m.predict([str(archive / "img0.png")])[0].to_record("x", m.runtime)
     assert NESTED_FIELDS == {k for k, v in rec.items() if isinstance(v, (dict, list))}
     row = record_to_row(rec)
     assert all(isinstance(row[k], str) for k in NESTED_FIELDS)

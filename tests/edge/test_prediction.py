@@ -4,7 +4,7 @@ import json
 from medge.edge import Prediction
 from medge.edge.model import Prediction as FromModel
 
-RECORD_KEYS = ["path", "label", "probabilities", "threshold", "calibrated", "logits", "model_sha256", "timings_ms",
+RECORD_KEYS = ["path", "label", "probabilities", "threshold", "calibrated", "logits", "model_sha256", "runtime", "timings_ms",
                "error", "warnings", "input"]
 
 

@@ -39,6 +39,7 @@ class Algorithm:
     name: str  # e.g. "resnet18 (xray)"
     version: str  # medge's version
     model_sha256: str
+    runtime: str = ""  # what computed it: "openvino engine, int8 variant" (edge.runtime.variants)
 
 
 @dataclass(frozen=True)
@@ -101,7 +102,8 @@ def _contributing_equipment(algorithm: Algorithm):
         manufacturer="medge",
         purpose_of_reference=codes.DCM.ProcessingEquipment,
         manufacturer_model_name=algorithm.name[:64],
-        software_versions=[f"medge {algorithm.version}"[:64], algorithm.model_sha256[:64]],
+        software_versions=[f"medge {algorithm.version}"[:64], algorithm.model_sha256[:64],
+                           *([algorithm.runtime[:64]] if algorithm.runtime else [])],
         contribution_description=f"classification by {algorithm.name}; {NOT_FOR_DIAGNOSIS}"[:1024],
     )
     item.PurposeOfReferenceCodeSequence = [CodedConcept(value="1630", scheme_designator="99IHE",
@@ -117,7 +119,8 @@ def build_sr(source, finding: Finding, algorithm: Algorithm, series_uid: str, in
 
     source = _with_type2(source)
     algorithm_id = hd.sr.AlgorithmIdentification(name=algorithm.name[:64], version=algorithm.version[:64],
-                                                 parameters=[f"model sha256 {algorithm.model_sha256}"])
+                                                 parameters=[f"model sha256 {algorithm.model_sha256}",
+                                                             *([algorithm.runtime] if algorithm.runtime else [])])
     unit = CodedConcept(value="1", scheme_designator="UCUM", meaning="no units")
     measurements = [hd.sr.Measurement(name=_code(f"C{i}", f"Probability of {name}"),
                                       value=float(finding.probabilities[name]), unit=unit)

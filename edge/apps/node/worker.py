@@ -103,7 +103,8 @@ class Classifier:
         except Exception as e:  # checked when received; a damaged spool file is recorded, never retried forever
             source, pred = None, Prediction(pred.path, error=f"the spooled file cannot be read again ({type(e).__name__})")
         status, reason = self.status(pred, source)
-        record = {**pred.to_record(self.model.sha256), "path": item.path.name, "status": status, "reason": reason,
+        record = {**pred.to_record(self.model.sha256, self.model.runtime),
+                  "path": item.path.name, "status": status, "reason": reason,
                   **_identity(source, item), "calling_ae": item.calling_ae, "received_at": _iso(item.received_at),
                   "sr": None, "sc": None}
         if status == "classified":
@@ -141,7 +142,8 @@ class Classifier:
         if self.algorithm is None:
             self.algorithm = report.Algorithm(name=f"{self.model.manifest['model'].get('arch', 'model')} "
                                                    f"({self.model.bundle_dir.name})"[:64],
-                                              version=__version__, model_sha256=self.model.sha256)
+                                              version=__version__, model_sha256=self.model.sha256,
+                                              runtime=f"{self.model.engine} engine, {self.model.variant} variant")
         sop = str(source.SOPInstanceUID)
         key = (sop, self.model.sha256)
         op = self.model.operating_point  # the bundle's threshold and positive class, when it has them (else argmax)

@@ -137,7 +137,7 @@ class InferenceService:
     def predict_file(self, path: Path, name: str) -> dict:
         """The record ``medge predict`` writes for this file, naming it ``name`` instead of its server path."""
         pred = self.model.predict([path], batch_size=1, workers=0, max_pixels=self.max_pixels)[0]
-        rec = pred.to_record(self.model.sha256)
+        rec = pred.to_record(self.model.sha256, self.model.runtime)
         rec["path"] = name
         if rec.get("error"):  # messages start with the path they were given: name the upload instead
             rec["error"] = rec["error"].replace(os.fspath(path), name)
@@ -171,6 +171,16 @@ def clean_name(name: str | None) -> str:
     return name[:NAME_MAX_CHARS] or "upload"
 
 
+def variant_gate(model) -> dict | None:
+    """The export gate of the running (engine, variant) pair (None for fp32): what a user must know about it."""
+    v = model.bundle.variants.get(model.variant)
+    gate = v.gates.get(model.engine) if v is not None else None
+    if not gate:
+        return None
+    return {k: gate.get(k) for k in ("images", "flips", "max_flips", "logit_drift", "top1_agreement", "max_abs_probability",
+                                     "validation")}
+
+
 def model_info(model: Model) -> dict:
     """What a client may know about the model: the manifest without paths or data-set file names."""
     m = model.manifest
@@ -180,7 +190,7 @@ def model_info(model: Model) -> dict:
             parity[key] = len(parity[key])
     if isinstance(parity.get("inputs"), str):
         parity["inputs"] = parity["inputs"].split(" of ")[0]  # "val images of /data/..." -> "val images"
-    golden = m["golden"]
+    golden = model.bundle.golden(model.engine, model.variant)  # a variant's self-test is against its own gated outputs
     training = m.get("training") or {}
     info = {
         "classes": model.classes,
@@ -191,7 +201,8 @@ def model_info(model: Model) -> dict:
         "input": {"name": m["model"]["input_name"], "shape": m["model"]["input_shape"], "size": list(model.chw),
                   "dynamic_batch": model.dynamic_batch},
         "opset": m["model"]["opset"],
-        "runtime": {"engine": model.engine, "backend": model.backend, "opencv": cv2.__version__, "medge": __version__},
+        "runtime": {"engine": model.engine, "variant": model.variant, "backend": model.backend, "opencv": cv2.__version__,
+                    "medge": __version__, "variant_gate": variant_gate(model)},
         "versions": m.get("versions", {}),
         "training": {"epoch": training.get("epoch"), "metrics": training.get("metrics", {})},
         "parity": parity,

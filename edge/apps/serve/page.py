@@ -339,6 +339,13 @@ def _header_html(info: dict, lang: str) -> str:
             f'<p class="medge-timings">{_e(t["privacy"])}</p></div>')
 
 
+def _gate_text(gate: dict | None, t: dict) -> str:
+    """The running variant's gate in a few words ("" for fp32, the exported model)."""
+    if not gate:
+        return ""
+    return t["variant_gate"].format(flips=gate["flips"], images=gate["images"], drift=gate["logit_drift"]["max"])
+
+
 def _kv(rows) -> str:
     return '<table class="medge-kv">' + "".join(f"<tr><td><b>{_e(k)}</b></td><td>{v}</td></tr>" for k, v in rows) + "</table>"
 
@@ -367,7 +374,8 @@ def card_html(info: dict, lang: str) -> str:
         (t["input"], _e(f'{info["input"]["name"]} {info["input"]["shape"]}')),
         (t["created"], _e(info["created"] or "n/a")),
         (t["opencv"], _e(f'{rt["opencv"]} (medge {rt["medge"]})')),
-        (t["engine"], _e(f'{rt["engine"]} / {rt["backend"]}')),
+        (t["engine"], _e(f'{rt["engine"]} / {rt.get("variant", "fp32")} / {rt["backend"]}'
+                         + _gate_text(rt.get("variant_gate"), t))),
         (t["self_test"], f'<span id="medge-self-test">{_e(status)}</span>'),
         (t["heatmap_method"], _e(info["explain_method"] or t["none"])),
         (t["preprocessing"], _e(_fmt(info["preprocess"]))),

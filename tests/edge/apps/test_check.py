@@ -42,20 +42,21 @@ def test_check_verifies_times_records_and_runs_end_to_end(bundle, capsys):
     assert all(t["ok"] and t["self_test_max_abs"] <= v["tolerance"] for t in v["engines"].values())
     f = r["forward"]
     threads = sorted({1, cv2.getNumThreads()})
-    assert {(row["engine"], row["threads"]) for row in f["rows"]} == {(e, t) for e in ENGINES for t in threads}
+    assert {(row["engine"], row["variant"], row["threads"]) for row in f["rows"]} == \
+        {(e, "fp32", t) for e in ENGINES for t in threads}  # a bundle without fast variants: fp32 on every engine
     assert all(row["n"] == 3 and row["p50_ms"] <= row["p90_ms"] for row in f["rows"])
-    for t, engine in f["fastest"].items():
+    for t, chosen in f["fastest"].items():
         rows = {row["engine"]: row["p50_ms"] for row in f["rows"] if row["threads"] == int(t)}
-        assert engine == min(rows, key=rows.get)
+        assert chosen == {"engine": min(rows, key=rows.get), "variant": "fp32", "why": None}
     verified = Model.open(bundle).manifest["runtime"]["verified_engines"]
     assert f["exporting_machine"]["forward_ms"].keys() == set(verified)  # the export recorded its timings
     assert len(r["choice"]["recorded"]) == len(threads) and all(os.path.isfile(p) for p in r["choice"]["recorded"])
     e2e = r["end_to_end"]
     assert e2e["ok"] and abs(sum(e2e["probabilities"].values()) - 1) < 1e-9
-    assert e2e["engine"] == f["fastest"][str(cv2.getNumThreads())]
+    assert e2e["engine"] == f["fastest"][str(cv2.getNumThreads())]["engine"] and e2e["variant"] == "fp32"
     assert e2e["engine_choice"]["reason"] == "recorded by medge check on this box"
-    assert r["verdict"] == {"ok": True, "exit_status": 0,
-                            "reason": f"verified and runs on this box; Model.load picks the {e2e['engine']} engine"}
+    assert r["verdict"] == {"ok": True, "exit_status": 0, "reason": f"verified and runs on this box; Model.load picks "
+                                                                    f"the {e2e['engine']} engine, fp32 variant"}
     m = Model.load(bundle)  # what predict and watch will run
     assert (m.engine, m.engine_choice.reason) == (e2e["engine"], "recorded by medge check on this box")
 
@@ -64,7 +65,7 @@ def test_check_table(bundle, capsys):
     assert main(["check", "--model", str(bundle), "--repeats", "2"]) == 0
     out = capsys.readouterr().out
     for needle in ("machine ", "SIMD OpenCV uses:", f"OpenCV {cv2.__version__}", "self-test   classic", "p50 ms",
-                   "fastest correct:", "end to end  2048x2048 16-bit PNG", "verdict     OK"):
+                   "(the fastest correct)", "end to end  2048x2048 16-bit PNG", "verdict     OK"):
         assert needle in out, needle
 
 

@@ -42,8 +42,9 @@ def test_jsonl_records_complete_in_order_exit_1_on_failure(bundle, folder, tmp_p
                                          str(folder / "z.jpg"), str(extra)]
     sha = json.loads((bundle / "model.json").read_text())["model"]["sha256"]
     for r in recs:
-        assert set(r) == {"path", "label", "probabilities", "threshold", "calibrated", "logits", "model_sha256", "timings_ms",
-                          "error", "warnings", "input"}
+        assert set(r) == {"path", "label", "probabilities", "threshold", "calibrated", "logits", "model_sha256", "runtime",
+                          "timings_ms", "error", "warnings", "input"}
+        assert r["runtime"]["variant"] == "fp32" and r["runtime"]["engine"]  # what computed it, in every record
         assert r["model_sha256"] == sha
         assert (r["error"] is None) == (r["label"] is not None)
     assert "truncated PNG" in recs[2]["error"] and "file not found" in recs[4]["error"]

@@ -15,7 +15,7 @@ def test_a_prediction_is_ok_without_an_error_and_its_record_has_the_one_format()
     record = p.to_record("abc123")
     assert p.ok and record == {"path": "a.png", "label": "normal", "probabilities": {"normal": 0.9, "disease": 0.1},
                                "threshold": 0.3, "calibrated": True, "logits": [2.0, -0.2], "model_sha256": "abc123",
-                               "timings_ms": {"read": 1.0}, "error": None, "warnings": ["dark"],
+                               "runtime": None, "timings_ms": {"read": 1.0}, "error": None, "warnings": ["dark"],
                                "input": {"format": "png"}}
     record["warnings"].append("changed")
     assert p.warnings == ["dark"]  # the record holds a copy
