@@ -9,18 +9,24 @@ with --data, calibration (temperature scaling) and the operating point on its
 val split (--operating-point, default sensitivity=0.95 on the class that is not
 "normal", met by a one-sided lower bound at --confidence, 95%: 0.95 needs 59
 validation positives, else exit 2 unless --operating-point-unsupported) ->
-bundle (model.onnx + model.json) written atomically. Any failure exits
-non-zero and writes nothing.
+with --data, fast variants (--variants: bf16 and int8, where this box has the
+engines that run them, onnxruntime and OpenVINO), each gated at the operating
+point on the val split (medge quantize) -> bundle (model.onnx + model.json, and
+model.int8.onnx) written atomically. Any failure exits non-zero and writes nothing.
 """
 from __future__ import annotations
 
 import argparse
 import json
 
+from medge.edge.errors import MedgeError
+
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     from medge.edge.runtime.engines import engine_choices
     from medge.export.onnx_export import ExportConfig
+    from medge.export.quantize import add_variant_arguments
+    from medge.export.variants import VariantConfig
 
     d = ExportConfig()
     p = sub.add_parser("export", help="export a checkpoint to a verified ONNX bundle (extra: train)", description=__doc__,
@@ -56,7 +62,30 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--calibration-images", type=int, default=d.calibration_images,
                    help="validation images used for calibration at most (default: %(default)s)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing bundle at --out (atomically)")
+    add_variant_arguments(p, VariantConfig(), default="auto")
     return p
+
+
+def export_variants(args: argparse.Namespace, log=print):
+    """The VariantConfig of --variants: auto = with --data, the variants whose engines this box has; none = fp32 only."""
+    from medge.export.quantize import variant_config
+    from medge.export.variants import GATE_ENGINES, pairs_here
+
+    text = args.variants.strip().lower()
+    if text == "none" or (text == "auto" and args.data is None):
+        return None
+    if text == "auto":
+        here = []
+        for v in GATE_ENGINES:
+            try:
+                pairs_here((v,))
+                here.append(v)
+            except MedgeError as e:
+                log(f"note: no {v} variant: {e}")
+        if not here:
+            return None
+        args = argparse.Namespace(**{**vars(args), "variants": ",".join(here)})
+    return variant_config(args)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -70,7 +99,7 @@ def run(args: argparse.Namespace) -> int:
                        operating_point=args.operating_point.strip().lower(), positive=args.positive,
                        confidence=args.confidence, unsupported=args.operating_point_unsupported,
                        calibration_images=args.calibration_images)
-    m = export_bundle(args.checkpoint, args.out, args.data, cfg, overwrite=args.overwrite)
+    m = export_bundle(args.checkpoint, args.out, args.data, cfg, overwrite=args.overwrite, variants=export_variants(args))
     s = m["export"]["simplify_stats"]
     if s:
         print(f"onnxsim: {s['nodes_before']} -> {s['nodes_after']} nodes, "

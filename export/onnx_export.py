@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import os
 import tempfile
 import time
 import warnings
@@ -33,7 +34,7 @@ from medge.edge.decision import SECTION
 from medge.edge.errors import BundleError, ExportError, MedgeError, ParityError
 from medge.edge.explain import CAM_HEAD_FILE, FEATURES_OUTPUT
 from medge.edge.numeric import latency_summary
-from medge.edge.outputs import check_output_dir
+from medge.edge.outputs import atomic_dir, check_output_dir
 from medge.edge.preprocess import PreprocessConfig, preprocess, preprocess_file
 from medge.edge.runtime.bundle import (
     MANIFEST_FILE,
@@ -48,6 +49,7 @@ from medge.edge.runtime.engines import AUTO, ENGINES, engines_for
 from medge.edge.system import environment
 from medge.export.explain import CamExport, compare_features, explain_section, prepare_cam, torch_outputs
 from medge.export.parity import Tolerance, compare, summary_line
+from medge.export.variants import VariantConfig, add_variants, pairs_here
 
 if TYPE_CHECKING:
     from medge.train.checkpoint import Checkpoint
@@ -469,8 +471,33 @@ def operating_point(model, ck, data: str | None, cfg: ExportConfig, log) -> dict
     return section
 
 
+def check_variants(variants: VariantConfig | None, data: str | None) -> None:
+    """Before the expensive steps: fast variants need --data and the engines that run them installed here."""
+    if variants is None:
+        return
+    if data is None:
+        raise ExportError("fast variants need --data: int8 is calibrated on its train split, every variant gated on "
+                          "its val split")
+    pairs_here(variants.variants)
+
+
+def write_verified(out: Path, onnx_bytes: bytes, manifest: dict, overwrite: bool, extra: dict, fast: tuple) -> Path:
+    """The bundle written atomically; with fast variants (``fast``: data, VariantConfig or None, log) it is staged,
+    given its gated variants, then renamed into place: a failure leaves no bundle and the old one untouched."""
+    data, variants, log = fast
+    if variants is None:
+        return write_bundle(out, onnx_bytes, manifest, overwrite=overwrite, extra_files=extra)
+    with atomic_dir(out, replace=overwrite) as tmp:
+        staged = write_bundle(tmp / "staged", onnx_bytes, manifest, extra_files=extra)
+        add_variants(staged, data, variants, log)
+        for f in staged.iterdir():
+            os.replace(f, tmp / f.name)
+        staged.rmdir()
+    return out
+
+
 def export_bundle(checkpoint: str, out: str, data: str | None = None, cfg: ExportConfig = ExportConfig(),
-                  overwrite: bool = False, log=print) -> dict:
+                  overwrite: bool = False, log=print, variants: VariantConfig | None = None) -> dict:
     """Export a training checkpoint to a verified bundle.
 
     Args:
@@ -480,6 +507,7 @@ def export_bundle(checkpoint: str, out: str, data: str | None = None, cfg: Expor
         cfg: export settings and tolerances.
         overwrite: replace an existing bundle at ``out``.
         log: where progress lines go.
+        variants: fast variants to make and gate with ``data`` (``export.variants``); None: fp32 only.
 
     Returns:
         the manifest written.
@@ -492,6 +520,7 @@ def export_bundle(checkpoint: str, out: str, data: str | None = None, cfg: Expor
     out_path = Path(out)
     check_target(out_path, overwrite)
     check_operating_point(cfg)
+    check_variants(variants, data)
     timer = StepTimer(log)
     ck = timer.run("load_checkpoint", load_checkpoint, checkpoint)
     check_operating_point(cfg, ck.classes)
@@ -522,7 +551,7 @@ def export_bundle(checkpoint: str, out: str, data: str | None = None, cfg: Expor
         log("note: the training data had no DICOM files and no --modality was given: the edge cannot warn about DICOM "
             "inputs of a modality the model is not for (CT or MR given to a chest X-ray model); consider --modality CR,DX")
     extra = {CAM_HEAD_FILE: cam.head_bytes} if cam is not None else {}
-    written = write_bundle(out_path, candidate.onnx_bytes, manifest, overwrite=overwrite, extra_files=extra)
+    written = write_verified(out_path, candidate.onnx_bytes, manifest, overwrite, extra, (data, variants, log))
     manifest = read_manifest(written)
     log(f"bundle written: {written} (model.onnx {len(candidate.onnx_bytes) / 1e6:.1f} MB, "
         f"sha256 {manifest['model']['sha256'][:16]}...)")

@@ -88,6 +88,17 @@ def occlusion_bundle(tmp_path_factory):
     return _test_bundle("occlusion", tmp_path_factory)
 
 
+@pytest.fixture(scope="session")
+def variant_bundle(tmp_path_factory):
+    """(bundle, checkpoint) of a small resnet18 with an operating point and bf16 and int8 variants (every pair
+    offered: --max-flips at the validation split's size), exported where onnxruntime and OpenVINO are."""
+    given = os.environ.get(BUNDLES_ENV)
+    if not given:
+        pytest.importorskip("onnxruntime", reason="making the int8 variant needs onnxruntime")
+        pytest.importorskip("openvino", reason="gating the bf16 variant needs OpenVINO")
+    return _test_bundle("variants", tmp_path_factory)
+
+
 SHADOWS = {  # what a user's project folder commonly holds; importing any of them fails loudly
     "train.py": "raise SystemExit('the user train.py ran')\n",
     "export.py": "raise SystemExit('the user export.py ran')\n",

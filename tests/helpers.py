@@ -100,6 +100,7 @@ TEST_BUNDLES = {  # fixture name: (architecture, input side, centred head)
     "bundle": ("resnet18", 32, False),  # the edge tests' bundle
     "heat": ("resnet18", 96, True),  # CAM heatmaps from a 3x3 feature map
     "occlusion": ("mobilenet_v3_small", 64, False),  # heatmaps by occlusion
+    "variants": ("resnet18", 32, False),  # with data: an operating point and the fast variants (bf16, int8), gated
 }
 
 
@@ -112,7 +113,16 @@ def export_test_bundle(name: str, folder) -> tuple[Path, Path]:
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     ckpt = make_checkpoint(folder / "ck.pt", arch=arch, size=size, centred_head=centred)
-    export_bundle(str(ckpt), str(folder / "bundle"), cfg=ExportConfig(max_images=8), log=lambda *a: None)
+    if name != "variants":
+        export_bundle(str(ckpt), str(folder / "bundle"), cfg=ExportConfig(max_images=8), log=lambda *a: None)
+        return folder / "bundle", ckpt
+    from medge.export.variants import VariantConfig
+    from medge.train.synth import SynthConfig, generate
+
+    generate(folder / "data", SynthConfig(n=120, size=48, seed=7))  # 24 val images, 12 per class
+    export_bundle(str(ckpt), str(folder / "bundle"), str(folder / "data"),
+                  ExportConfig(max_images=8, operating_point="youden"), log=lambda *a: None,
+                  variants=VariantConfig(max_flips=24, calibration_images=16, timing_rounds=3))  # every pair offered
     return folder / "bundle", ckpt
 
 

@@ -1,0 +1,62 @@
+"""``medge quantize``: add fast variants (int8, bf16) to an exported bundle, each gated at its operating point.
+
+Usage: medge quantize bundles/xray --data data/xray                    # bf16 and int8
+       medge quantize bundles/xray --data data/xray --variants int8 --max-flips 1
+
+int8 is calibrated on --data's train split (onnxruntime's static quantizer, a QDQ file); every pair of
+an engine of this box and a variant (onnxruntime and OpenVINO for int8, OpenVINO for bf16) is gated on
+its val split against fp32 on cv2.dnn: logit drift, top-1 agreement, decisions flipped at the bundle's
+operating point (at most --max-flips), its own validation figures. Pairs that fail are recorded with
+their reason and never offered. The bundle is rewritten atomically with the int8 file and the sealed
+``variants`` section; model.onnx is unchanged. Needs the train extra and the ort and openvino extras.
+
+Tested by tests/export/test_variants.py (the command and the library it drives, ``export.variants``).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    from medge.export.variants import VariantConfig
+
+    d = VariantConfig()
+    p = sub.add_parser("quantize", help="add gated fast variants (int8, bf16) to a bundle (extras: train, ort, openvino)",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("bundle", help="bundle folder (model.onnx + model.json), rewritten in place, atomically")
+    p.add_argument("--data", required=True, help="the data folder: train split calibrates int8, val split gates every pair")
+    add_variant_arguments(p, d, default=",".join(d.variants))
+    return p
+
+
+def add_variant_arguments(p: argparse.ArgumentParser, d, default: str | None) -> None:
+    """--variants, --max-flips, --quantize-images: shared by medge export and medge quantize."""
+    p.add_argument("--variants", default=default, metavar="LIST",
+                   help="fast variants to make and gate, comma-separated among bf16,int8 (fp32, the exported model, "
+                        "is always there); auto: with --data, those whose engines (onnxruntime, OpenVINO) are installed; "
+                        "none: fp32 only (default: %(default)s)")
+    p.add_argument("--max-flips", type=int, default=d.max_flips,
+                   help="decisions at the operating point a variant may change on the validation split; more and it "
+                        "is not offered (default: %(default)s)")
+    p.add_argument("--quantize-images", type=int, default=d.calibration_images,
+                   help="training-split images that calibrate int8, at most (default: %(default)s)")
+
+
+def variant_config(args: argparse.Namespace):
+    from medge.edge.errors import UsageError
+    from medge.export.variants import VariantConfig, parse_variants
+
+    if args.max_flips < 0 or args.quantize_images < 1:
+        raise UsageError("--max-flips must be 0 or more and --quantize-images 1 or more")
+    return VariantConfig(variants=parse_variants(args.variants), max_flips=args.max_flips,
+                         calibration_images=args.quantize_images)
+
+
+def run(args: argparse.Namespace) -> int:
+    from medge.export.variants import add_variants
+
+    manifest = add_variants(args.bundle, args.data, variant_config(args))
+    print(json.dumps({"bundle": args.bundle, "variants": {v: [e for e, g in entry["gates"].items() if g["passed"]]
+                                                          for v, entry in manifest["variants"].items() if v != "sha256"}}))
+    return 0

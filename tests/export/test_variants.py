@@ -1,0 +1,143 @@
+"""The fast variants made and gated at export: int8 (QDQ, opset 13) on onnxruntime and OpenVINO, bf16 on OpenVINO."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+pytest.importorskip("torch", reason="export needs the train extra")
+pytest.importorskip("onnxruntime", reason="the int8 variant needs onnxruntime")
+openvino = pytest.importorskip("openvino", reason="the bf16 variant needs OpenVINO")
+
+import onnx  # noqa: E402
+
+from medge.edge import Model  # noqa: E402
+from medge.edge.apps.cli import main  # noqa: E402
+from medge.edge.errors import BundleError, ExportError  # noqa: E402
+from medge.edge.runtime.verify import open_bundle  # noqa: E402
+from medge.export import variants as V  # noqa: E402
+
+
+@pytest.fixture
+def made(variant_bundle, tmp_path):
+    """A copy of the variant bundle, and the data folder it was exported with."""
+    bundle, ck = variant_bundle
+    return shutil.copytree(bundle, tmp_path / "b"), ck.parent / "data"
+
+
+def test_int8_is_a_per_channel_qdq_file_at_opset_13_gated_on_both_engines(variant_bundle):
+    b = open_bundle(variant_bundle[0])
+    entry = b.manifest["variants"]["int8"]
+    model = onnx.load_from_string(b.variants["int8"].data)
+    ops = {n.op_type for n in model.graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops and entry["opset"] == 13
+    assert max(o.version for o in model.opset_import if o.domain in ("", "ai.onnx")) == 13
+    assert entry["quantization"]["per_channel"] and "train split" in entry["quantization"]["calibration"]["split"]
+    assert set(entry["gates"]) == {"onnxruntime", "openvino"}
+    for gate in entry["gates"].values():
+        assert gate["passed"] and gate["images"] == 24 and 0.0 <= gate["top1_agreement"] <= 1.0
+        assert gate["logit_drift"]["p99"] <= gate["logit_drift"]["max"]
+        v = gate["validation"]
+        assert v["auc"]["low"] <= v["auc"]["auc"] <= v["auc"]["high"] and v["sensitivity"]["n"] == 12
+        assert len(gate["golden"]["expected_logits"]) == b.manifest["golden"]["count"]
+    bf16 = b.manifest["variants"]["bf16"]["gates"]["openvino"]
+    if "BF16" in openvino.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
+        assert bf16["passed"]
+    else:  # a CPU without bf16 computes f32: what would be gated is not bf16, so it is not offered
+        assert not bf16["passed"] and "computes f32 here" in bf16["reason"]
+
+
+def test_the_fp32_model_and_its_outputs_are_untouched(made, tmp_path, bundle):
+    folder, data = made
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    m = V.add_variants(folder, str(data), V.VariantConfig(variants=("int8",), max_flips=24, calibration_images=8,
+                                                          timing_rounds=2), log=lambda *a: None)
+    assert (folder / "model.onnx").read_bytes() == before["model.onnx"]
+    assert (folder / "cam_head.npy").read_bytes() == before["cam_head.npy"]  # the bundle's other files are kept
+    old = json.loads(before["model.json"])
+    assert {k: v for k, v in m.items() if k != "variants"} == {k: v for k, v in old.items() if k != "variants"}
+    assert set(m["variants"]) == {"bf16", "int8", "sha256"}  # bf16 kept, int8 replaced
+    image = (np.arange(48 * 48).reshape(48, 48) % 241).astype(np.uint8)
+    for engine in ("classic", "onnxruntime", "openvino"):  # fp32 probabilities bit-identical to the bundle before
+        a = Model.load(variant_bundle_copy(before, tmp_path / engine), engine=engine).predict(image)[0]
+        b = Model.load(folder, engine=engine, variant="fp32").predict(image)[0]
+        assert a.probabilities == b.probabilities and a.logits == b.logits
+
+
+def variant_bundle_copy(files: dict, folder):
+    """The bundle as it was, without its variants section and files: what medge ran before variants."""
+    folder.mkdir()
+    m = json.loads(files["model.json"])
+    m.pop("variants")
+    for name, data in files.items():
+        if name not in ("model.json", "model.int8.onnx"):
+            (folder / name).write_bytes(data)
+    (folder / "model.json").write_text(json.dumps(m))
+    return folder
+
+
+def _damaged(real):
+    """quantize_int8 with the scale of the first convolution's weights negated: a wrong scale, the features wrong."""
+    def quantize(onnx_bytes, calibration, work):
+        data, info = real(onnx_bytes, calibration, work)
+        model = onnx.load_from_string(data)
+        inits = {i.name: i for i in model.graph.initializer}
+        first = [n for n in model.graph.node if n.op_type == "DequantizeLinear" and n.input[0] in inits
+                 and inits[n.input[0]].data_type == onnx.TensorProto.INT8][0]  # weights (int8), not a bias (int32)
+        scale = onnx.numpy_helper.to_array(inits[first.input[1]])
+        inits[first.input[1]].CopyFrom(onnx.numpy_helper.from_array(-scale, first.input[1]))
+        return model.SerializeToString(), info
+    return quantize
+
+
+def test_a_damaged_variant_is_refused_with_its_reason_and_never_runs(made, monkeypatch, tmp_path):
+    folder, data = made
+    monkeypatch.setattr(V, "quantize_int8", _damaged(V.quantize_int8))
+    m = V.add_variants(folder, str(data), V.VariantConfig(variants=("int8",), calibration_images=8, timing_rounds=2),
+                       log=lambda *a: None)
+    for gate in m["variants"]["int8"]["gates"].values():
+        assert not gate["passed"] and gate["flips"] > 0 and "decisions flipped at the operating point" in gate["reason"]
+        assert "golden" not in gate and gate["flipped"][0]["fp32"] != gate["flipped"][0]["variant"]
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    auto = Model.load(folder)
+    assert auto.variant != "int8"
+    assert any(t.variant == "int8" and "failed its gate" in t.error for t in auto.engine_choice.trials)
+    with pytest.raises(BundleError, match="failed its gate on the onnxruntime engine at export"):
+        Model.load(folder, engine="onnxruntime", variant="int8")
+
+
+def test_the_gate_counts_flips_at_the_operating_point(variant_bundle):
+    b = open_bundle(variant_bundle[0])
+    op = b.operating_point
+    rng = np.random.default_rng(0)
+    reference = rng.normal(size=(40, 2))
+    labels = rng.integers(0, 2, 40)
+    same = V.gate(reference, reference.copy(), labels, b, [f"{i}.png" for i in range(40)], max_flips=0)
+    assert same["passed"] and same["flips"] == 0 and same["logit_drift"]["max"] == 0 and same["top1_agreement"] == 1
+    moved = reference.copy()
+    decided = np.array(op.label_indices(reference))
+    moved[:3] = reference[:3][:, ::-1] * 5 + np.where(decided[:3, None] == np.arange(2), -50, 50)  # three decisions swapped
+    assert (np.array(op.label_indices(moved))[:3] != decided[:3]).all()
+    for max_flips, passed in ((3, True), (2, False)):
+        g = V.gate(reference, moved, labels, b, [f"{i}.png" for i in range(40)], max_flips)
+        assert g["flips"] == 3 and g["passed"] is passed and [f["path"] for f in g["flipped"]] == ["0.png", "1.png", "2.png"]
+
+
+def test_bad_requests_are_refused_before_any_work(variant_bundle, tmp_path, monkeypatch):
+    with pytest.raises(ExportError, match="choose among"):
+        V.parse_variants("int4")
+    assert V.parse_variants("fp32, int8,int8") == ("int8",)
+    monkeypatch.delitem(V.ENGINES, "openvino")
+    with pytest.raises(ExportError, match=r"variants \['bf16'\] need one of the engines"):
+        V.pairs_here(("bf16", "int8"))
+
+
+def test_quantize_command(made, capsys):
+    folder, data = made
+    assert main(["quantize", str(folder), "--data", str(data), "--variants", "int8", "--max-flips", "24",
+                 "--quantize-images", "8"]) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert out["variants"]["int8"] == ["onnxruntime", "openvino"]
+    assert main(["quantize", str(folder), "--data", str(data), "--max-flips", "-1"]) == 2
