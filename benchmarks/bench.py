@@ -65,12 +65,15 @@ FIGURES = {
     "end_to_end": "file on disk to logits: read + preprocess + forward for every file; medge = Model.predict_iter "
                   "with its thread budget; the loops go one image at a time with the runtime's default threads",
     "under_load": "end to end again while background processes each keep one core busy",
+    "decisions": "each runtime's logits on the latency inputs against cv2.dnn fp32's: max |logit difference| and the "
+                 "decisions that differ at the bundle's operating point (temperature + threshold; argmax without one)",
 }
 # The goals, as ratios of end-to-end images/s: (name, numerator, denominator, target).
 GOALS = (
     ("medge (cv2.dnn) vs sequential cv2.dnn loop", "medge", "sequential", 1.3),
     ("medge (cv2.dnn) vs sequential onnxruntime loop", "medge", "onnxruntime", 1.1),
     ("medge (onnxruntime) vs sequential onnxruntime loop", "medge (onnxruntime)", "onnxruntime", 1.25),
+    ("medge (auto: the fastest gated engine and variant) vs medge (cv2.dnn fp32)", "medge (auto)", "medge", 2.5),
 )
 LOAD_GOAL = ("with {n} core(s) busy: medge (cv2.dnn) vs sequential cv2.dnn loop", 1.0)
 
@@ -196,8 +199,7 @@ def load_runners(bundle: str, checkpoint: str | None, probe: np.ndarray, record:
     """Load every available runtime, timing its cold start (load + first inference), its next ``first_calls``
     calls one by one, and the RSS after it."""
     from medge.benchmarks.common import rss_mb
-    from medge.benchmarks.runners import DnnRunner, TorchRunner, optional_ort
-    from medge.edge.runtime.engines import ENGINES
+    from medge.benchmarks.runners import DnnRunner, TorchRunner, offered_pairs, optional_ort, runner_name
 
     loaded = []
 
@@ -223,9 +225,24 @@ def load_runners(bundle: str, checkpoint: str | None, probe: np.ndarray, record:
     else:
         record["notes"].append("no --checkpoint: PyTorch not measured")
     ort = add(lambda: optional_ort(dnn.model.onnx_bytes), "onnxruntime")
-    if "onnxruntime" in ENGINES:  # medge's own engine: the same session settings as in medge predict
-        add(lambda: DnnRunner(bundle, engine="onnxruntime"), "edge-onnxruntime")
+    for engine, variant in offered_pairs(dnn.model):  # medge's other engines and the gated fast variants
+        add(lambda e=engine, v=variant: DnnRunner(bundle, engine=e, variant=v), runner_name(engine, variant))
     return Contenders(dnn, torch_cpu, ort, loaded)
+
+
+def decision_agreement(runners: Contenders, inputs: np.ndarray) -> dict:
+    """Each runtime against cv2.dnn fp32 on the same inputs: logit drift and decisions flipped at the operating point."""
+    from medge.edge.decision import label_indices
+
+    op = runners.dnn.model.operating_point
+    reference = runners.dnn.infer(inputs).astype(np.float64)
+    decided = label_indices(op, reference)
+    out = {}
+    for r in runners.all:
+        logits = np.asarray(r.infer(inputs), np.float64).reshape(len(inputs), -1)
+        out[r.name] = {"inputs": int(len(inputs)), "max_abs_logit": float(np.abs(logits - reference).max()),
+                       "flips": int(sum(a != b for a, b in zip(label_indices(op, logits), decided, strict=True)))}
+    return out
 
 
 def _cuda_available() -> bool:
@@ -306,6 +323,7 @@ def run_bench(bundle: str, checkpoint: str | None = None, data: str | None = Non
     log(f"latency: {', '.join(r.name for r in runners.all)}; threads {list(cfg.threads)}; "
         f"batches {list(cfg.batch_sizes)}; {cfg.warmup} warm-up + {cfg.repeats} timed calls per case")
     record["latency"] = measure_latency(runners.all, inputs, cfg)
+    record["decisions"] = decision_agreement(runners, inputs)
     log("compute floor: the model's FLOPs and the FP32 peak (large matrix products, benchmarks.peak)")
     record["compute"] = measure_compute(record["latency"], manifest["model"].get("arch", "resnet18"),
                                         tuple(manifest["model"]["input_shape"][1:]), cfg, log)
@@ -396,6 +414,32 @@ def markdown(record: dict) -> str:
         for kind, v in record["preprocessing"].items():
             lines.append(f"| {kind} | {_fmt(v['read']['p50_ms'])} | {_fmt(v['preprocess']['p50_ms'])} |")
         lines.append("")
+    lines += _decision_lines(record, fig) + _e2e_lines(record, fig)
+    if record.get("goals"):
+        lines += ["", "Goals (ratios of end-to-end images/s in this run):", "",
+                  "| goal | ratio | target | met |", "| --- | ---: | ---: | --- |"]
+        for g in record["goals"]:
+            met = "-" if g["met"] is None else "yes" if g["met"] else "**no**"
+            lines.append(f"| {g['goal']} | {_fmt(g['ratio'])}x | {_fmt(g['target'])}x | {met} |")
+    if record.get("notes"):
+        lines += ["", "Notes: " + "; ".join(record["notes"]) + "."]
+    return "\n".join(lines)
+
+
+def _decision_lines(record: dict, fig: dict) -> list[str]:
+    """Each runtime's drift and decision flips against cv2.dnn fp32 (records before variants have none)."""
+    d = record.get("decisions")
+    if not d:
+        return []
+    lines = [f"Agreement with cv2.dnn fp32 ({fig.get('decisions', '')}):", "",
+             "| runtime | inputs | max abs logit difference | decisions flipped |", "| --- | ---: | ---: | ---: |"]
+    lines += [f"| {name} | {v['inputs']} | {v['max_abs_logit']:.2e} | {v['flips']} |" for name, v in d.items()]
+    return lines + [""]
+
+
+def _e2e_lines(record: dict, fig: dict) -> list[str]:
+    """The end-to-end table, the figures under load and the thread budget."""
+    lines: list[str] = []
     e2e = record.get("end_to_end")
     if e2e:
         lines += [f"End to end, {e2e['images']} files, median of {e2e['rounds']} interleaved rounds ({fig['end_to_end']}):",
@@ -412,15 +456,10 @@ def markdown(record: dict) -> str:
         budget = e2e.get("thread_budget")
         if budget:
             lines += ["", f"medge's thread budget: {budget['reason']}."]
-    if record.get("goals"):
-        lines += ["", "Goals (ratios of end-to-end images/s in this run):", "",
-                  "| goal | ratio | target | met |", "| --- | ---: | ---: | --- |"]
-        for g in record["goals"]:
-            met = "-" if g["met"] is None else "yes" if g["met"] else "**no**"
-            lines.append(f"| {g['goal']} | {_fmt(g['ratio'])}x | {_fmt(g['target'])}x | {met} |")
-    if record.get("notes"):
-        lines += ["", "Notes: " + "; ".join(record["notes"]) + "."]
-    return "\n".join(lines)
+        auto = e2e.get("auto")
+        if auto:
+            lines += ["", f"medge (auto) ran the {auto['engine']} engine, {auto['variant']} variant: {auto['reason']}."]
+    return lines
 
 
 def plot(record: dict, path: str) -> str | None:
@@ -435,10 +474,16 @@ def plot(record: dict, path: str) -> str | None:
     from medge.edge.outputs import open_atomic
 
     rows = [r for r in record["latency"] if r["threads"] == max(x["threads"] for x in record["latency"])]
-    fig, ax = plt.subplots(figsize=(8, 4))
-    ax.boxplot([r["samples_ms"] for r in rows], tick_labels=[f"{r['runtime']}\nbatch {r['batch']}" for r in rows])
-    ax.set_ylabel("ms per forward pass")
+    rows = sorted(rows, key=lambda r: (r["batch"], -r["p50_ms"]))  # per batch size, the slowest at the top
+    fig, ax = plt.subplots(figsize=(9, 1.2 + 0.32 * len(rows)))  # one row per runtime and batch: labels never overlap
+    ax.boxplot([r["samples_ms"] for r in rows], orientation="horizontal", widths=0.6, showfliers=False,
+               tick_labels=[f"{r['runtime']}, batch {r['batch']}" for r in rows])
+    for y, r in enumerate(rows, start=1):
+        ax.annotate(f"{r['p50_ms']:.1f}", (max(r["samples_ms"]), y), xytext=(4, -3), textcoords="offset points", fontsize=8)
+    ax.set_xscale("log")  # 2 ms variants and 40 ms fp32 on one readable axis
+    ax.set_xlabel("ms per forward pass (log scale; the number: median)")
     ax.set_title(f"latency, {rows[0]['threads']} threads")
+    ax.grid(axis="x", which="both", alpha=0.3)
     fig.tight_layout()
     with open_atomic(path, "wb") as f:
         fig.savefig(f, format="png", dpi=100)

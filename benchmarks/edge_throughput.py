@@ -9,6 +9,9 @@ so that machine drift hits all:
                        single-threaded batched forward pass, whichever is next
                        (``edge.execution.pipeline``, ``edge.execution.budget``);
   medge (onnxruntime)  the same pipeline on the onnxruntime engine (``ort`` extra);
+  medge (auto)         the same pipeline on what ``medge predict`` runs here: the fastest
+                       (engine, variant) whose gate passed, a fast variant included
+                       (``edge.runtime.choice``), when that is not cv2.dnn fp32;
   sequential           the plain loop: read -> edge.preprocess -> cv2.dnn forward, one
                        image at a time, OpenCV's default threads;
   others               the same loop into another runtime (``others``: onnxruntime's
@@ -39,6 +42,7 @@ from medge.edge.preprocess import preprocess_file
 from medge.edge.runtime.dnn import forward, load_net
 from medge.edge.runtime.engines import ENGINES
 
+MEDGE_AUTO = "medge (auto)"  # the pipeline on the engine and variant Model.load picks here
 ORT_ENGINE = "onnxruntime"  # the edge engine of the ort extra (edge.runtime.ort)
 MEDGE_ORT = "medge (onnxruntime)"
 
@@ -109,6 +113,9 @@ def measure(bundle: str, paths: list[str], rounds: int = 3, batch_size: int = 8,
     if ORT_ENGINE in ENGINES:
         ort_model = Model.load(bundle, engine=ORT_ENGINE)  # the same SHA-256 and golden self-test
         contenders[MEDGE_ORT] = lambda: run_medge(ort_model, paths, batch_size, workers)
+    auto = Model.load(bundle)  # what medge predict runs here: the fastest gated (engine, variant)
+    if (auto.engine, auto.variant) != (model.engine, model.variant):
+        contenders[MEDGE_AUTO] = lambda: run_medge(auto, paths, batch_size, workers)
     for name, runner in (others or {}).items():
         contenders[name] = lambda r=runner: np.concatenate([r.infer(preprocess_file(p, cfg)[None]) for p in paths])
     log(f"end to end: warm-up round of {', '.join(contenders)} on {len(paths)} files")
@@ -124,6 +131,7 @@ def measure(bundle: str, paths: list[str], rounds: int = 3, batch_size: int = 8,
         "speedup_of_medge": {n: ips["medge"] / v for n, v in ips.items() if n != "medge"},
         "outputs_identical": bool(np.array_equal(outputs["medge"], ref)),
         "max_abs_logit_vs_sequential": {n: float(np.abs(o - ref).max()) for n, o in outputs.items()},
+        "auto": {**auto.runtime, "reason": auto.engine_choice.reason},
         "thread_budget": model.budget.to_dict() if model.budget else None,
         "thread_budget_onnxruntime": ort_model.budget.to_dict() if ort_model and ort_model.budget else None,
         "env": environment(),

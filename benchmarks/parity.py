@@ -1,16 +1,18 @@
-"""``medge parity``: PyTorch vs the edge engines (cv2.dnn, and onnxruntime) on every image of a data set.
+"""``medge parity``: PyTorch vs the edge engines (cv2.dnn, onnxruntime, OpenVINO) and the fast variants on every image.
 
 Usage: medge parity --model bundles/xray --checkpoint runs/xray/best.pt --data data/xray --out parity.json
 
 Every image under --data (all splits, recursively) goes through edge.preprocess
 once; the same blob is given to each runtime. Reported per comparison: max and
 mean |delta| of logits and probabilities, cosine similarity, top-1 agreement,
-label flips, cases within 0.05 of the decision boundary, per class. Where the
-``ort`` extra is installed, medge's onnxruntime engine (the bundle through the
-same guards as in ``medge predict --engine onnxruntime``) is compared with
-PyTorch and with cv2.dnn (edge-engine parity: either engine may run the bundle
-on a box). The exit status is 1 when any comparison exceeds the tolerance, so it
-can gate a release.
+label flips, decisions flipped at the bundle's operating point, cases within 0.05
+of the decision boundary, per class. Where the ``ort`` and ``openvino`` extras are
+installed, medge's onnxruntime and OpenVINO engines (through the same guards as in
+``medge predict --engine``) are compared with PyTorch and with cv2.dnn at the logit
+tolerance (either engine may run the bundle on a box); each gated fast variant
+(bf16, int8) is compared with cv2.dnn fp32 by its decisions at the operating point,
+at most its gate's --max-flips. The exit status is 1 when any comparison fails,
+so it can gate a release.
 
 First it says whether --checkpoint holds the weights the bundle was exported
 from (the bundle records their SHA-256). When it does not, nothing is compared
@@ -40,25 +42,23 @@ def check_link(bundle: str, checkpoint: str, log) -> dict:
     return link
 
 
-def run_parity(bundle: str, checkpoint: str, data: str, tol=None, batch_size: int = 16, log=print) -> dict:
-    from medge.benchmarks.common import environment
-    from medge.benchmarks.runners import DnnRunner, TorchRunner
+def parity_runners(bundle: str, checkpoint: str) -> tuple[list, list]:
+    """PyTorch, cv2.dnn fp32, medge's other engines in fp32 (extras installed), and each gated fast variant here."""
+    from medge.benchmarks.runners import DnnRunner, TorchRunner, offered_pairs
+
+    dnn = DnnRunner(bundle)
+    fp32, fast = [TorchRunner(checkpoint), dnn], []
+    for engine, variant in offered_pairs(dnn.model):
+        (fp32 if variant == "fp32" else fast).append(DnnRunner(bundle, engine=engine, variant=variant))
+    return fp32, fast
+
+
+def collect_logits(runners: list, paths: list[str], cfg, batch_size: int) -> tuple[dict, list, list]:
+    """Every runner's logits on every readable image (one preprocessing, the same blob for all)."""
     from medge.edge.errors import MedgeError
-    from medge.edge.inputs.scanning import scan_inputs
     from medge.edge.preprocess import preprocess_file
-    from medge.edge.runtime.engines import ENGINES
-    from medge.export.parity import Tolerance, compare, summary_line
     from medge.train.progress import progress
 
-    tol = tol or Tolerance()
-    link = check_link(bundle, checkpoint, log)
-    dnn = DnnRunner(bundle)
-    runners = [TorchRunner(checkpoint), dnn]
-    ort = DnnRunner(bundle, engine="onnxruntime") if "onnxruntime" in ENGINES else None  # medge's engine, ort extra
-    if ort:
-        runners.append(ort)
-    cfg, classes = dnn.model.preprocess_config, dnn.model.classes
-    paths = scan_inputs([data]).paths
     names, skipped = [], []
     logits = {r.name: [] for r in runners}
     bar = progress(total=len(paths), desc="parity", unit="img")
@@ -76,30 +76,65 @@ def run_parity(bundle: str, checkpoint: str, data: str, tol=None, batch_size: in
                 logits[r.name].append(r.infer(blob))
         bar.update(len(paths[i : i + batch_size]))
     bar.close()
+    return {k: np.concatenate(v) for k, v in logits.items() if v}, names, skipped
+
+
+def decision_flips(model, a: np.ndarray, b: np.ndarray, names: list[str]) -> list[str]:
+    """The images whose decision at the bundle's operating point differs between two sets of logits."""
+    from medge.edge.decision import label_indices
+
+    la, lb = label_indices(model.operating_point, a), label_indices(model.operating_point, b)
+    return [n for n, x, y in zip(names, la, lb, strict=True) if x != y]
+
+
+def run_parity(bundle: str, checkpoint: str, data: str, tol=None, batch_size: int = 16, log=print) -> dict:
+    """fp32 runtimes against PyTorch and cv2.dnn at the logit tolerance; fast variants against cv2.dnn fp32 by the
+    decisions at the operating point (at most their gate's max_flips), their drift reported beside."""
+    from medge.benchmarks.common import environment
+    from medge.edge.errors import MedgeError
+    from medge.edge.inputs.scanning import scan_inputs
+    from medge.export.parity import Tolerance, compare, summary_line
+
+    tol = tol or Tolerance()
+    link = check_link(bundle, checkpoint, log)
+    fp32, fast = parity_runners(bundle, checkpoint)
+    dnn = fp32[1]
+    logits, names, skipped = collect_logits(fp32 + fast, scan_inputs([data]).paths, dnn.model.preprocess_config, batch_size)
     if not names:
         raise MedgeError(f"{data}: no readable image to compare")
-    comparisons = {}
-    pairs = [("pytorch", r.name) for r in runners[1:]] + ([(dnn.name, ort.name)] if ort else [])
-    for a, b in pairs:  # the last: edge-engine parity, cv2.dnn vs onnxruntime
-        rep = compare(np.concatenate(logits[a]), np.concatenate(logits[b]), names, classes, tol, a, b)
+    comparisons, classes = {}, dnn.model.classes
+    pairs = [("pytorch", r.name) for r in fp32[1:]] + [(dnn.name, r.name) for r in fp32[2:] + fast]
+    for a, b in pairs:  # edge-engine parity last: either engine may run the bundle on a box
+        rep = compare(logits[a], logits[b], names, classes, tol, a, b)
+        rep["operating_point_flips"] = decision_flips(dnn.model, logits[a], logits[b], names)
+        runner = next((r for r in fast if r.name == b), None)
+        if runner is not None:  # a fast variant: judged by its gate's rule, not by the fp32 logit tolerance
+            gate = runner.model.bundle.variants[runner.model.variant].gates[runner.model.engine]
+            rep["gate"] = f"decisions at the operating point: at most {gate['max_flips']} flipped (the variant's gate)"
+            rep["passed"] = len(rep["operating_point_flips"]) <= gate["max_flips"]
         comparisons[f"{a}_vs_{b}"] = rep
-        log(summary_line(rep))
+        log(summary_line(rep) + f"; {len(rep['operating_point_flips'])} decisions flipped at the operating point")
+    notes = [f"{e} not installed: its engine not compared" for e in ("onnxruntime", "openvino")
+             if not any(r.model.engine == e for r in fp32[1:])]
     return {"benchmark": "medge parity", "bundle": str(bundle), "checkpoint": str(checkpoint), "checkpoint_link": link,
             "data": str(data), "images": len(names), "skipped": skipped, "comparisons": comparisons,
-            "passed": all(c["passed"] for c in comparisons.values()),
-            "notes": [] if ort else ["onnxruntime not installed (pip install 'medge[ort]'): its edge engine not compared"],
-            "env": environment()}
+            "passed": all(c["passed"] for c in comparisons.values()), "notes": notes, "env": environment()}
 
 
 def markdown(record: dict) -> str:
     lines = [f"Parity on {record['images']} images ({len(record['skipped'])} unreadable, skipped):", "",
              "| comparison | max abs logit | mean abs logit | max abs prob | min cosine | top-1 agreement | flips "
-             "| near threshold | verdict |",
-             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
+             "| flips at operating point | near threshold | verdict |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
     for name, c in record["comparisons"].items():
+        op = c.get("operating_point_flips")
         lines.append(f"| {name} | {c['logits']['max_abs']:.2e} | {c['logits']['mean_abs']:.2e} | "
                      f"{c['probabilities']['max_abs']:.2e} | {c['cosine']['min']:.6f} | {c['top1_agreement']:.2%} | "
-                     f"{len(c['label_flips'])} | {len(c['near_threshold'])} | {'pass' if c['passed'] else 'FAIL'} |")
+                     f"{len(c['label_flips'])} | {'-' if op is None else len(op)} | {len(c['near_threshold'])} | "
+                     f"{'pass' if c['passed'] else 'FAIL'} |")
+    gates = [f"{name}: {c['gate']}" for name, c in record["comparisons"].items() if c.get("gate")]
+    if gates:
+        lines += ["", "Fast variants are judged by their gate, not by the fp32 logit tolerance: " + "; ".join(gates) + "."]
     return "\n".join(lines)
 
 

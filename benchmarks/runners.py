@@ -13,13 +13,15 @@ from medge.edge.runtime.engines import ENGINES, engines_for
 
 
 class DnnRunner:
-    """An edge engine through the edge runtime (the bundle's engine and backend, all guards on): cv2.dnn by
-    default, medge's onnxruntime engine with ``engine="onnxruntime"``."""
+    """An edge engine through the edge runtime (the bundle's engine and backend, all guards on): cv2.dnn fp32 by
+    default, another engine (``engine="onnxruntime"``, ``"openvino"``) and a fast variant by name."""
 
-    def __init__(self, bundle: str, backend: str = "cpu", engine: str | None = None):
-        self.model = Model.load(bundle, backend=backend, engine=engine) if engine else load_opencv_model(bundle, backend)
-        base = "edge-onnxruntime" if self.model.engine == "onnxruntime" else "cv2.dnn"
-        self.name = base if backend == "cpu" else f"{base}-{backend}"
+    def __init__(self, bundle: str, backend: str = "cpu", engine: str | None = None, variant: str = "fp32"):
+        self.model = (Model.load(bundle, backend=backend, engine=engine, variant=variant) if engine
+                      else load_opencv_model(bundle, backend))
+        self.name = runner_name(self.model.engine, self.model.variant)
+        if backend != "cpu":
+            self.name += f"-{backend}"
 
     def set_threads(self, n: int) -> None:
         import cv2
@@ -30,13 +32,29 @@ class DnnRunner:
         return self.model.infer(blob)
 
 
+def runner_name(engine: str, variant: str) -> str:
+    """cv2.dnn for OpenCV's engines in fp32 (the reference), else edge-ENGINE[-VARIANT]: edge-openvino-int8."""
+    if ENGINES[engine].extra is None and variant == "fp32":
+        return "cv2.dnn"
+    return f"edge-{engine}" + ("" if variant == "fp32" else f"-{variant}")
+
+
 def load_opencv_model(bundle: str, backend: str = "cpu") -> Model:
-    """The bundle on the engine ``auto`` picks among OpenCV's own (never an extra's, even where ``medge check``
-    recorded onnxruntime as the fastest here): the "cv2.dnn" of every comparison."""
-    model = Model.load(bundle, backend=backend)
+    """The bundle in fp32 on the engine ``auto`` picks among OpenCV's own (never an extra's, even where ``medge
+    check`` recorded onnxruntime as the fastest here, nor a fast variant): the "cv2.dnn" of every comparison."""
+    model = Model.load(bundle, backend=backend, variant="fp32")
     if ENGINES[model.engine].extra is not None:
-        model = Model.load(bundle, backend=backend, engine=engines_for(backend, extras=False)[0])
+        model = Model.load(bundle, backend=backend, engine=engines_for(backend, extras=False)[0], variant="fp32")
     return model
+
+
+def offered_pairs(model: Model) -> list[tuple[str, str]]:
+    """(engine, variant) pairs beyond OpenCV's fp32 that this box can run for the bundle: the extras' engines in
+    fp32, and every variant on the installed engines whose gate passed (``edge.runtime.variants``)."""
+    pairs = [(e, "fp32") for e in engines_for(model.backend) if ENGINES[e].extra is not None]
+    for name, v in model.bundle.variants.items():
+        pairs += [(e, name) for e in v.offered if e in ENGINES]
+    return pairs
 
 
 class TorchRunner:
