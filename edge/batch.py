@@ -62,7 +62,7 @@ class BatchPredictor:
     Args:
         bundle: the bundle folder (it must be readable at the same path on every worker).
         threads: OpenCV threads of this worker (``cv2.setNumThreads``): 1 when the engine runs one worker per core.
-        backend, engine: as ``Model.load``.
+        backend, engine, variant: as ``Model.load``.
         batch_size: images per forward pass.
         max_pixels: refuse larger images.
         strict: an input with warnings gets an error instead of a label (``medge predict --strict``).
@@ -73,11 +73,11 @@ class BatchPredictor:
     """
 
     def __init__(self, bundle: str | os.PathLike, threads: int = 1, backend: str = "cpu", engine: str | None = None,
-                 batch_size: int = 8, max_pixels: int = DEFAULT_MAX_PIXELS, strict: bool = False):
+                 batch_size: int = 8, max_pixels: int = DEFAULT_MAX_PIXELS, strict: bool = False, variant: str | None = None):
         self._args = {"bundle": os.fspath(bundle), "threads": threads, "backend": backend, "engine": engine,
-                      "batch_size": batch_size, "max_pixels": max_pixels, "strict": strict}
+                      "batch_size": batch_size, "max_pixels": max_pixels, "strict": strict, "variant": variant}
         cv2.setNumThreads(threads)
-        self.model = Model.load(bundle, backend=backend, engine=engine)
+        self.model = Model.load(bundle, backend=backend, engine=engine, variant=variant)
         self.batch_size, self.max_pixels, self.strict = batch_size, max_pixels, strict
 
     def __getstate__(self) -> dict:
@@ -86,10 +86,10 @@ class BatchPredictor:
 
     def __setstate__(self, args: dict) -> None:
         """Unpickled in a worker: the bundle loaded and verified once per process, however many tasks bring it."""
-        key = tuple(sorted((k, v) for k, v in args.items() if k in ("bundle", "backend", "engine")))
+        key = tuple(sorted((k, v) for k, v in args.items() if k in ("bundle", "backend", "engine", "variant")))
         cv2.setNumThreads(args["threads"])
         self._args, self.model = args, _LOADED.get(key) or _LOADED.setdefault(key, Model.load(
-            args["bundle"], backend=args["backend"], engine=args["engine"]))
+            args["bundle"], backend=args["backend"], engine=args["engine"], variant=args.get("variant")))
         self.batch_size, self.max_pixels, self.strict = args["batch_size"], args["max_pixels"], args["strict"]
 
     def predict(self, paths, data=None) -> list[Prediction]:

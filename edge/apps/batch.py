@@ -117,14 +117,14 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     out = check_output_file(args.out, overwrite=True, what="results")  # existing: resumed (below) or replaced
-    model = Model.open(args.model, args.backend, args.engine)  # the bundle's files and SHA-256, before Ray starts
+    model = Model.open(args.model, args.backend, args.engine, args.variant)  # files and SHA-256s, before Ray starts
     scan = scan_inputs(input_paths(args.paths, args.manifest))
     store = ResultStore(out, args.format, model.sha256, fresh=args.overwrite)
     records, todo, reused = plan(scan, store)
     progress = ProgressLine(len(todo), "images")
     if todo:
         kwargs = {"bundle": os.path.abspath(args.model), "threads": args.threads, "backend": args.backend, "engine": args.engine,
-                  "batch_size": args.batch_size, "max_pixels": args.max_pixels, "strict": args.strict}
+                  "batch_size": args.batch_size, "max_pixels": args.max_pixels, "strict": args.strict, "variant": args.variant}
         with ray_session(args.ray, args.workers, args.threads) as workers:
             failed = 0
             try:

@@ -14,16 +14,21 @@ from medge.edge.errors import UsageError
 from medge.edge.inputs.formats import DEFAULT_MAX_PIXELS
 from medge.edge.inputs.scanning import Shard
 from medge.edge.model import Model
-from medge.edge.runtime.engines import BACKENDS, ENGINES, engine_choices
+from medge.edge.runtime.engines import AUTO, BACKENDS, ENGINES, engine_choices
+from medge.edge.runtime.variants import KNOWN
 
 
 def add_bundle_arguments(p: argparse.ArgumentParser) -> None:
-    """--model, --backend, --engine, --threads, --max-pixels."""
+    """--model, --backend, --engine, --variant, --threads, --max-pixels."""
     p.add_argument("--model", required=True, metavar="BUNDLE", help="bundle folder (model.onnx + model.json)")
     p.add_argument("--backend", choices=list(BACKENDS), default="cpu", help="cv2.dnn backend/target (default: %(default)s)")
     p.add_argument("--engine", choices=engine_choices(),
                    help=f"inference engine: auto = the fastest that passes the self-test on this box; this OpenCV has "
                         f"{', '.join(ENGINES)} (default: the bundle's, normally auto)")
+    p.add_argument("--variant", choices=[AUTO, *KNOWN],
+                   help="the model's variant: auto = the fastest whose export gate passed and that passes its self-test "
+                        "here (a fast variant only 1.1x faster than fp32); fp32 = the exported model, forbidding the fast "
+                        "ones; bf16 or int8 to force one (docs/variants.md) (default: auto)")
     p.add_argument("--threads", type=at_least(1),
                    help="cores medge may use: cv2.setNumThreads, and the cores the pipeline's thread budget plans for "
                         "(default: OpenCV's choice, the cores this process may use)")
@@ -86,4 +91,4 @@ def load_model(args: argparse.Namespace) -> Model:
     """Apply --threads, then load and verify the bundle named by --model."""
     if args.threads is not None:
         cv2.setNumThreads(args.threads)
-    return Model.load(args.model, backend=args.backend, engine=args.engine)
+    return Model.load(args.model, backend=args.backend, engine=args.engine, variant=args.variant)

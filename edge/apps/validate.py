@@ -55,8 +55,8 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                                                 "NAME.cases.jsonl are written beside it")
     p.add_argument("--require", metavar="CRITERIA",
                    help='acceptance criteria, e.g. "auc>=0.85,sensitivity>=0.90", judged on the lower 95%% CI bound (auc, '
-                        "sensitivity, specificity, ppv, npv, accuracy; auc needs %d cases of each class): exit 1 "
-                        "when one is not met" % val.MIN_CASES_PER_CLASS)
+                        f"sensitivity, specificity, ppv, npv, accuracy; auc needs {val.MIN_CASES_PER_CLASS} cases of each "
+                        "class): exit 1 when one is not met")
     p.add_argument("--positive", help="the positive class, for a bundle without an operating point (default: the class "
                                       "that is not 'normal')")
     p.add_argument("--overwrite", action="store_true", help="replace existing report files")
@@ -119,7 +119,7 @@ def build_report(model, decision: val.Decision, args, classified: list[dict], pr
         "report": "medge validation", "version": 1, "medge": __version__,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "model": {"bundle": str(model.bundle_dir), "sha256": model.sha256, "classes": model.classes,
-                  "arch": model.manifest["model"].get("arch")},
+                  "arch": model.manifest["model"].get("arch"), "runtime": model.runtime},
         "decision": {"positive": decision.positive, "threshold": decision.threshold, "source": decision.source,
                      "calibrated": decision.calibrated, "guarantee": decision.guarantee},
         "data": {"folder": args.data, "labels": args.labels},
@@ -185,11 +185,20 @@ def summary_line(report: dict) -> str:
             + f"; operating point at export: {report['decision'].get('guarantee', 'no guarantee recorded')}")
 
 
+def _runtime_line(runtime: dict | None) -> str:
+    """What computed the figures: they hold for this engine and variant (another variant is validated anew)."""
+    if not runtime:
+        return "- runtime not recorded"
+    note = "" if runtime["variant"] == "fp32" else " (a fast variant: validate again before running another)"
+    return f"- computed by the {runtime['engine']} engine, {runtime['variant']} variant{note}"
+
+
 def markdown(report: dict, paths: dict[str, Path]) -> str:
     """The summary a clinical lead reads: headline figures, requirements, subgroups, problems."""
     d, c, f = report["decision"], report["counts"], report.get("figures")
     out = [f"# Validation of {Path(report['model']['bundle']).name} on site cases", "",
            f"- model SHA-256 `{report['model']['sha256'][:16]}...`, classes {', '.join(report['model']['classes'])}",
+           _runtime_line(report["model"].get("runtime")),
            f"- decision: {d['positive']!r} when its {'calibrated ' if d['calibrated'] else ''}probability >= "
            f"{d['threshold']:.4f} ({d['source']})",
            f"- operating point at export: {d.get('guarantee', 'no guarantee recorded')}",

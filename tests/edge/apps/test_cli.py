@@ -22,6 +22,19 @@ def test_help_lists_subcommands(capsys):
     assert "preview" in out
 
 
+def test_every_command_has_a_help_page(capsys):
+    """Each subcommand's --help renders (a '%' in a help text once broke medge validate --help)."""
+    from medge.edge.apps.cli import build_parser
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, __import__("argparse")._SubParsersAction))
+    assert {"predict", "validate", "check"} <= set(sub.choices)
+    for name in sub.choices:
+        with pytest.raises(SystemExit) as info:
+            main([name, "--help"])
+        assert info.value.code == 0, name
+        assert f"usage: medge {name}" in capsys.readouterr().out, name
+
+
 def test_console_script_help():
     medge = Path(sys.executable).with_name("medge")  # the venv's script, active or not
     out = subprocess.run([str(medge), "--help"], capture_output=True, text=True, check=True).stdout
