@@ -79,8 +79,13 @@ def _pydicom():
     return pydicom
 
 
-def decode_dicom(data: bytes, path: str | os.PathLike | None, max_pixels: int) -> tuple[np.ndarray, ImageInfo]:
+def decode_dicom(data: bytes, path: str | os.PathLike | None, max_pixels: int,
+                 pixel_view: bool = True) -> tuple[np.ndarray, ImageInfo]:
     """Decode DICOM bytes to a 2-D float32 image and its ImageInfo (see the module docstring).
+
+    Args:
+        pixel_view: False decodes uncompressed pixels with pydicom's ``pixel_array`` too, as medge did
+            before the view (the same pixels: for tests and ``medge.benchmarks.decode_cost``).
 
     Raises:
         MissingExtraError: pydicom, or the decoder this transfer syntax needs, is not installed.
@@ -94,7 +99,7 @@ def decode_dicom(data: bytes, path: str | os.PathLike | None, max_pixels: int) -
     header = _header(ds, path)
     check_size(header["columns"], header["rows"], max_pixels, path)
     plugin, module, decoder = _decoder(ds, header, path)
-    pixels = _decode_pixels(ds, plugin, decoder, header, path)
+    pixels = _decode_pixels(ds, plugin, decoder, header, path, pixel_view)
     image, voi, display_range = _display_pipeline(pixels, ds, header, path)
     info = ImageInfo("dicom", header["columns"], header["rows"], header["bits_stored"], header["photometric"],
                      decoder, header["modality"], header["transfer_syntax"], voi, display_range,
@@ -238,7 +243,7 @@ def _decoder(ds, header: dict, path) -> tuple[str, str, str]:
     return plugin, module, f"{_PACKAGES[module]} {version or ''}".strip()
 
 
-def _decode_pixels(ds, plugin: str, decoder: str, header: dict, path) -> np.ndarray:
+def _decode_pixels(ds, plugin: str, decoder: str, header: dict, path, pixel_view: bool = True) -> np.ndarray:
     from pydicom.pixels import pixel_array
 
     if header["ts_uid"] in ("1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2"):
@@ -248,7 +253,7 @@ def _decode_pixels(ds, plugin: str, decoder: str, header: dict, path) -> np.ndar
         got = len(ds.PixelData)
         if got < expected:
             raise ImageError(path, f"the DICOM pixel data is cut short: {got} of {expected} bytes (truncated file)")
-        pixels = _native_pixels(ds, header)
+        pixels = _native_pixels(ds, header) if pixel_view else None
         if pixels is not None:
             return pixels
     with warnings.catch_warnings():
