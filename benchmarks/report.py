@@ -17,10 +17,11 @@ SECTIONS = ("results", "heatmaps")
 
 
 def render(records: list[dict]) -> str:
-    from medge.benchmarks import bench, heatmap_cost, parity, pointing_game, recipe, scaling
+    from medge.benchmarks import bench, decode_cost, heatmap_cost, parity, pointing_game, recipe, scaling
 
     renderers = {"medge bench": bench, "medge parity": parity, "medge recipe": recipe,
-                 "medge pointing game": pointing_game, "medge scaling": scaling, "medge heatmap cost": heatmap_cost}
+                 "medge pointing game": pointing_game, "medge scaling": scaling, "medge heatmap cost": heatmap_cost,
+                 "medge decode cost": decode_cost}
     parts = []
     for rec in records:
         module = renderers.get(rec.get("benchmark"))

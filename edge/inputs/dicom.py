@@ -24,7 +24,11 @@ fewer with no rescale keeps its stored range (display range 0 to 2^bits - 1),
 as an 8-bit PNG does.
 
 Everything is computed in float32 on one copy of the pixels, so a 40-megapixel
-image needs about 4 x 160 MB at most.
+image needs about 4 x 160 MB at most. Uncompressed little-endian pixels are a view
+on the pixel data's bytes (``_native_pixels``), not a copy made by pydicom's native
+decoder, with that decoder's values (unused high bits cleared or sign-extended as its
+``correct_unused_bits`` does); wherever that decoder would refuse the file or read it
+as several frames, it runs instead, so the pixels and the errors stay its own.
 """
 from __future__ import annotations
 
@@ -58,6 +62,7 @@ DECODERS = {
 }
 _JPEG_12BIT = ("pylibjpeg", "libjpeg")  # JPEG Extended with Bits Stored > 8 (GPL-3.0: installed by the user only)
 _JPEG_EXTENDED = "1.2.840.10008.1.2.4.51"
+_LITTLE_ENDIAN_NATIVE = ("1.2.840.10008.1.2", "1.2.840.10008.1.2.1")  # Implicit and Explicit VR Little Endian
 _PACKAGES = {"pydicom": "pydicom", "gdcm": "python-gdcm", "libjpeg": "pylibjpeg-libjpeg"}
 
 
@@ -74,8 +79,13 @@ def _pydicom():
     return pydicom
 
 
-def decode_dicom(data: bytes, path: str | os.PathLike | None, max_pixels: int) -> tuple[np.ndarray, ImageInfo]:
+def decode_dicom(data: bytes, path: str | os.PathLike | None, max_pixels: int,
+                 pixel_view: bool = True) -> tuple[np.ndarray, ImageInfo]:
     """Decode DICOM bytes to a 2-D float32 image and its ImageInfo (see the module docstring).
+
+    Args:
+        pixel_view: False decodes uncompressed pixels with pydicom's ``pixel_array`` too, as medge did
+            before the view (the same pixels: for tests and ``medge.benchmarks.decode_cost``).
 
     Raises:
         MissingExtraError: pydicom, or the decoder this transfer syntax needs, is not installed.
@@ -89,7 +99,7 @@ def decode_dicom(data: bytes, path: str | os.PathLike | None, max_pixels: int) -
     header = _header(ds, path)
     check_size(header["columns"], header["rows"], max_pixels, path)
     plugin, module, decoder = _decoder(ds, header, path)
-    pixels = _decode_pixels(ds, plugin, decoder, header, path)
+    pixels = _decode_pixels(ds, plugin, decoder, header, path, pixel_view)
     image, voi, display_range = _display_pipeline(pixels, ds, header, path)
     info = ImageInfo("dicom", header["columns"], header["rows"], header["bits_stored"], header["photometric"],
                      decoder, header["modality"], header["transfer_syntax"], voi, display_range,
@@ -233,7 +243,7 @@ def _decoder(ds, header: dict, path) -> tuple[str, str, str]:
     return plugin, module, f"{_PACKAGES[module]} {version or ''}".strip()
 
 
-def _decode_pixels(ds, plugin: str, decoder: str, header: dict, path) -> np.ndarray:
+def _decode_pixels(ds, plugin: str, decoder: str, header: dict, path, pixel_view: bool = True) -> np.ndarray:
     from pydicom.pixels import pixel_array
 
     if header["ts_uid"] in ("1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2"):
@@ -243,6 +253,9 @@ def _decode_pixels(ds, plugin: str, decoder: str, header: dict, path) -> np.ndar
         got = len(ds.PixelData)
         if got < expected:
             raise ImageError(path, f"the DICOM pixel data is cut short: {got} of {expected} bytes (truncated file)")
+        pixels = _native_pixels(ds, header) if pixel_view else None
+        if pixels is not None:
+            return pixels
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
@@ -253,6 +266,38 @@ def _decode_pixels(ds, plugin: str, decoder: str, header: dict, path) -> np.ndar
     if pixels.ndim != 2 or pixels.shape != (header["rows"], header["columns"]):
         raise ImageError(path, f"the decoded DICOM image is {pixels.shape}, not the {header['rows']}x{header['columns']} "
                                "its header announces")
+    return pixels
+
+
+def _native_pixels(ds, header: dict) -> np.ndarray | None:
+    """Uncompressed little-endian pixels as a view on the pixel data's bytes (a copy only to clear unused bits),
+    or None where pydicom's native decoder must run: a file it refuses or reads as several frames.
+
+    The values are that decoder's: the bytes as (un)signed integers of Bits Allocated, then, when Bits Stored is
+    smaller, shifted left and back right as its ``correct_unused_bits`` does (clears the unused high bits, or
+    extends the sign).
+    """
+    meta = getattr(ds, "file_meta", None)
+    if meta is None or str(meta.get("TransferSyntaxUID", "")) not in _LITTLE_ENDIAN_NATIVE:
+        return None  # no transfer syntax: pixel_array refuses the file, and says so
+    rows, columns, allocated, stored = header["rows"], header["columns"], header["bits_allocated"], header["bits_stored"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            representation, data = ds.get("PixelRepresentation"), ds.PixelData
+        except Exception:  # a bad value: pixel_array's error
+            return None
+    expected = rows * columns * allocated // 8
+    if (allocated not in (8, 16) or not 1 <= stored <= allocated or representation not in (0, 1)
+            or not (0 < rows < 1 << 16 and 0 < columns < 1 << 16) or header["frames"] != 1
+            or not isinstance(data, bytes) or not expected <= len(data) < 2 * expected):
+        return None  # two frames' worth of bytes: pydicom reads two frames, and the size check refuses them
+    dtype = np.dtype(f"<{'ui'[representation]}{allocated // 8}")
+    pixels = np.frombuffer(data, dtype, rows * columns).reshape(rows, columns)
+    shift = allocated - stored
+    if shift:
+        pixels = np.left_shift(pixels, shift)
+        np.right_shift(pixels, shift, out=pixels)
     return pixels
 
 
@@ -297,7 +342,8 @@ def _display_pipeline(pixels: np.ndarray, ds, header: dict, path) -> tuple[np.nd
     if header["photometric"] == "MONOCHROME1":
         lo, hi = display_range if display_range else (float(image.min()), float(image.max()))
         image = np.subtract(np.float32(lo + hi), image, out=image)
-    if not np.isfinite(image).all():
+    integers = voi is None and not rescaled and np.issubdtype(pixels.dtype, np.integer)  # finite: no check needed
+    if not integers and not np.isfinite(image).all():
         raise ImageError(path, "the DICOM pixel values are not finite after rescaling (invalid Rescale Slope?)")
     return image, voi, display_range
 

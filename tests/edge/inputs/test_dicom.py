@@ -211,3 +211,98 @@ def test_dcm_without_pydicom_in_a_batch_is_reported(bundle, tmp_path, monkeypatc
     assert m.predict([path])[0].ok
     monkeypatch.setitem(sys.modules, "pydicom", None)
     assert "'dicom' extra" in m.predict([path])[0].error
+
+
+# The view on uncompressed pixel data (dicom._native_pixels) against pydicom's native decoder, which it replaces.
+
+def _load_both(path):
+    """decode_dicom's (pixels, info) or error, with the view and then with pydicom's pixel_array instead."""
+    from medge.edge.inputs.dicom import decode_dicom
+
+    def attempt(view):
+        try:
+            return decode_dicom(Path(path).read_bytes(), path, 40_000_000, pixel_view=view)
+        except MedgeError as e:
+            return str(e)
+
+    return attempt(True), attempt(False)
+
+
+def _assert_same(fast, slow, name):
+    assert type(fast) is type(slow), f"{name}: {fast!r} against {slow!r}"
+    if isinstance(fast, str):
+        assert fast == slow, name
+        return
+    assert fast[0].dtype == slow[0].dtype and fast[0].shape == slow[0].shape, name
+    np.testing.assert_array_equal(fast[0], slow[0], err_msg=name)
+    assert fast[1] == slow[1], name
+
+
+def test_every_shipped_file_reads_as_pydicom_decodes_it(monkeypatch):
+    from medge.edge.inputs import dicom
+
+    taken = []
+    real = dicom._native_pixels
+    monkeypatch.setattr(dicom, "_native_pixels", lambda ds, header: taken.append(real(ds, header)) or taken[-1])
+    for path in sorted(SHIPPED.glob("*.dcm")):
+        _assert_same(*_load_both(path), path.name)
+    assert sum(t is not None for t in taken) >= 4  # the view was used, not only pydicom
+
+
+def _edited(path, **changes):
+    """Rewrite a DICOM file with header values (and raw PixelData bytes) changed; the transfer syntax by ``ts``."""
+    ds = pydicom.dcmread(path)
+    ts = changes.pop("ts", None)
+    for keyword, value in changes.items():
+        setattr(ds, keyword, value)
+    if ts is not None:
+        ds.file_meta.TransferSyntaxUID = ts
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+@pytest.mark.parametrize("case", ["12 bits, high bits set", "signed 12 bits", "signed 16 bits", "8 bits odd size",
+                                  "6 of 8 bits", "implicit VR", "monochrome1", "monochrome1 window", "window",
+                                  "rescale", "one frame and a half", "two frames of bytes", "hot pixels 16 bits",
+                                  "no transfer syntax", "pixel representation 2", "bits stored 0", "rows 0"])
+def test_the_view_reads_varied_files_as_pydicom_does(case, tmp_path):
+    rng = np.random.default_rng(sum(map(ord, case)))
+    shape = (37, 53) if "odd" in case else (64, 48)
+    raw = rng.integers(0, 1 << 16, shape).astype(np.uint16)  # every high bit set somewhere
+    hot = np.where(rng.random(shape) < 0.01, 65535, raw & 0x0FFF).astype(np.uint16)  # 12-bit values, 1% at 65535
+    path = write_dicom(tmp_path / "a.dcm", raw & 0x0FFF,
+                       photometric="MONOCHROME1" if "monochrome1" in case else "MONOCHROME2",
+                       window=(2000, 1500) if "window" in case else None,
+                       slope=0.5 if case == "rescale" else None, intercept=-100.0 if case == "rescale" else None,
+                       bits=8 if "8 bits" in case else 6 if case == "6 of 8 bits" else 12)
+    edits = {
+        "12 bits, high bits set": {"PixelData": raw.tobytes()},
+        "signed 12 bits": {"PixelRepresentation": 1, "PixelData": raw.tobytes()},
+        "signed 16 bits": {"PixelRepresentation": 1, "BitsStored": 16, "HighBit": 15, "PixelData": raw.tobytes()},
+        "8 bits odd size": {"PixelData": raw.astype(np.uint8).tobytes()},
+        "6 of 8 bits": {"PixelData": raw.astype(np.uint8).tobytes()},
+        "implicit VR": {"ts": pydicom.uid.ImplicitVRLittleEndian, "PixelData": raw.tobytes()},
+        "hot pixels 16 bits": {"BitsStored": 16, "HighBit": 15, "PixelData": hot.tobytes()},
+        "one frame and a half": {"PixelData": raw.tobytes() + raw.tobytes()[: raw.nbytes // 2]},
+        "two frames of bytes": {"PixelData": raw.tobytes() * 2},
+        "pixel representation 2": {"PixelRepresentation": 2},
+        "bits stored 0": {"BitsStored": 0},
+        "rows 0": {"Rows": 0},
+    }.get(case, {})
+    path = _edited(path, **edits)
+    if case == "no transfer syntax":
+        ds = pydicom.dcmread(path)
+        del ds.file_meta.TransferSyntaxUID
+        ds.save_as(path, enforce_file_format=False)
+    fast, slow = _load_both(path)
+    _assert_same(fast, slow, case)
+    if not isinstance(fast, str):
+        cfg = PreprocessConfig()
+        np.testing.assert_array_equal(preprocess(fast[0], cfg, fast[1].display_range),
+                                      preprocess(slow[0], cfg, slow[1].display_range))
+
+
+def test_values_made_infinite_by_the_rescale_are_refused(tmp_path):
+    """The finiteness check is left out only for integer pixels without rescale or VOI, which cannot overflow."""
+    with pytest.raises(ImageError, match="not finite after rescaling"):
+        read_image(write_dicom(tmp_path / "a.dcm", _ramp(), slope=1e38, intercept=0.0))
