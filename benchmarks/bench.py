@@ -296,7 +296,32 @@ def measure_files(bundle: str, pcfg, runners: Contenders, cfg: BenchConfig, reco
             e2e = edge_throughput.measure(bundle, pngs[: cfg.e2e_images] + files["dicom"], cfg.e2e_rounds, others=others,
                                           busy_cores=cfg.busy_cores, log=log)
             e2e.pop("env")
+            kinds = {"png8": len(pngs[: cfg.e2e_images][0::2]), "png16": len(pngs[: cfg.e2e_images][1::2]),
+                     "dicom": len(files["dicom"])}
+            e2e["decode_bound"] = decode_bound(record["preprocessing"], kinds, e2e["images_per_s"])
             record["end_to_end"] = e2e
+
+
+def decode_bound(prep: dict, kinds: dict[str, int], ips: dict) -> dict:
+    """The decode-bound ideal of the end-to-end mix: files/s if reading and preprocessing (one file at a time per
+    core, every core busy with it) were the only work and inference free; each pipeline's fraction of it."""
+    n = sum(c for k, c in kinds.items() if k in prep)
+    ms = sum(c * (prep[k]["read"]["p50_ms"] + prep[k]["preprocess"]["p50_ms"]) for k, c in kinds.items() if k in prep) / n
+    cores = os.cpu_count() or 1
+    ideal = cores * 1000.0 / ms
+    return {"files": {k: c for k, c in kinds.items() if k in prep}, "read_preprocess_ms_per_file": ms, "cores": cores,
+            "ideal_images_per_s": ideal, "fraction": {name: v / ideal for name, v in ips.items()}}
+
+
+def variant_gates(manifest: dict) -> dict:
+    """The bundle's fast variants as gated at export: variant -> engine -> passed, flips, max |delta logit|, reason."""
+    out = {}
+    for variant, entry in (manifest.get("variants") or {}).items():
+        if variant == "sha256":
+            continue
+        out[variant] = {e: {"passed": g["passed"], "flips": g["flips"], "images": g["images"],
+                            "max_abs_logit": g["logit_drift"]["max"], "reason": g["reason"]} for e, g in entry["gates"].items()}
+    return out
 
 
 def run_bench(bundle: str, checkpoint: str | None = None, data: str | None = None, cfg: BenchConfig = BenchConfig(),
@@ -335,6 +360,8 @@ def run_bench(bundle: str, checkpoint: str | None = None, data: str | None = Non
     record["peak_rss_mb"] = peak_rss_mb()
     record["env"] = environment()
     record["cv2_engine"] = runners.dnn.model.engine_choice.to_dict()  # which engine "cv2.dnn" is, and why
+    record["variants"] = variant_gates(manifest)
+    record["arch"], record["input"] = manifest["model"].get("arch"), manifest["model"]["input_shape"][1:]
     for line in goal_lines(record["goals"]):
         log(line)
     return record
@@ -459,7 +486,61 @@ def _e2e_lines(record: dict, fig: dict) -> list[str]:
         auto = e2e.get("auto")
         if auto:
             lines += ["", f"medge (auto) ran the {auto['engine']} engine, {auto['variant']} variant: {auto['reason']}."]
+        bound = e2e.get("decode_bound")
+        if bound:
+            lines += ["", f"Decode-bound ideal of this mix ({bound['files']}): {_fmt(bound['ideal_images_per_s'], 1)} "
+                      f"images/s ({_fmt(bound['read_preprocess_ms_per_file'], 1)} ms of reading and preprocessing per file "
+                      f"on each of {bound['cores']} cores, inference free); reached: "
+                      + ", ".join(f"{n} {_fmt(100 * f, 0)}%" for n, f in bound["fraction"].items()) + "."]
     return lines
+
+
+def variant_summary(records: list[dict]) -> str:
+    """The fast-variant table of several bench records (one per architecture): forward passes at 1 and all threads
+    against cv2.dnn fp32, each one's decisions flipped, its export gate, and end to end with the decode-bound ideal."""
+    out = []
+    for rec in records:
+        env, lat, gates = rec["env"], rec["latency"], rec.get("variants") or {}
+        threads = sorted({r["threads"] for r in lat})
+        p50 = {(r["runtime"], r["threads"]): r["p50_ms"] for r in lat if r["batch"] == 1}
+        out += [f"**{rec.get('arch')}** ({'x'.join(map(str, rec.get('input', [])))}), {env['cpu']}, {env['cores']} cores, "
+                f"OpenCV {env['opencv']}, batch 1, interleaved, medians:", "",
+                "| runtime | " + " | ".join(f"{t} thread(s) ms | x cv2.dnn" for t in threads)
+                + " | max abs logit vs cv2.dnn | decisions flipped | export gate |",
+                "| --- |" + " ---: | ---: |" * len(threads) + " ---: | ---: | --- |"]
+        for name in dict.fromkeys(r["runtime"] for r in lat if r["batch"] == 1):
+            cells = [f"{_fmt(p50[(name, t)])} | {_fmt(p50[('cv2.dnn', t)] / p50[(name, t)], 1)}x" for t in threads]
+            d = rec.get("decisions", {}).get(name, {})
+            out.append(f"| {name} | " + " | ".join(cells) + f" | {d.get('max_abs_logit', float('nan')):.2e} | "
+                       f"{d.get('flips', '-')}/{d.get('inputs', '-')} | {_gate_cell(name, gates)} |")
+        out += [""] + _variant_e2e_lines(rec.get("end_to_end")) + [""]
+    return "\n".join(out).rstrip()
+
+
+def _gate_cell(runtime: str, gates: dict) -> str:
+    """edge-ENGINE-VARIANT's export gate in a few words ("-" for fp32 runtimes)."""
+    for variant, engines in gates.items():
+        for engine, g in engines.items():
+            if runtime == f"edge-{engine}-{variant}":
+                return (f"offered ({g['flips']}/{g['images']} flips)" if g["passed"]
+                        else f"refused: {g['flips']}/{g['images']} flips")
+    return "-"
+
+
+def _variant_e2e_lines(e2e: dict | None) -> list[str]:
+    if not e2e:
+        return []
+    ips, bound = e2e["images_per_s"], e2e.get("decode_bound") or {}
+    auto = e2e.get("auto") or {}
+    line = (f"End to end on {e2e['images']} 2048x2048 files ({bound.get('files', '')}): medge on cv2.dnn fp32 "
+            f"{_fmt(ips.get('medge'), 1)} images/s")
+    if "medge (auto)" in ips:
+        line += (f", medge (auto: {auto.get('engine')}/{auto.get('variant')}) {_fmt(ips['medge (auto)'], 1)} images/s "
+                 f"({_fmt(ips['medge (auto)'] / ips['medge'])}x)")
+    if bound:
+        line += (f"; decode-bound ideal {_fmt(bound['ideal_images_per_s'], 1)} images/s, reached "
+                 f"{_fmt(100 * bound['fraction'].get('medge (auto)', bound['fraction']['medge']), 0)}%")
+    return [line + "."]
 
 
 def plot(record: dict, path: str) -> str | None:

@@ -13,7 +13,7 @@ import argparse
 import json
 from pathlib import Path
 
-SECTIONS = ("results", "heatmaps")
+SECTIONS = ("results", "heatmaps", "variants")
 
 
 def render(records: list[dict]) -> str:
@@ -59,7 +59,13 @@ def main(argv=None) -> int:
     p.add_argument("--readme", help="replace the results section of this README")
     p.add_argument("--section", choices=SECTIONS, default="results", help="which marked section (default: %(default)s)")
     a = p.parse_args(argv)
-    text = render([json.loads(Path(r).read_text()) for r in a.records])
+    records = [json.loads(Path(r).read_text()) for r in a.records]
+    if a.section == "variants":  # one compact table per architecture (medge bench records)
+        from medge.benchmarks.bench import variant_summary
+
+        text = variant_summary(records)
+    else:
+        text = render(records)
     if a.readme:
         update_readme(Path(a.readme), text, a.records, a.section)
     print(text)

@@ -5,9 +5,17 @@ engine this OpenCV has for the backend: it loads the model, runs the golden
 self-test (is it correct here? do batches > 1 work?) and times batch-1 forward
 passes of all engines that passed, interleaved; the fastest wins. OpenCV 4.x has
 one engine, so there is nothing to time. Never a guess from a version number.
-Engines from outside OpenCV (onnxruntime, with the ``ort`` extra) are not measured
-at load time: cv2.dnn stays the default unless the user asks for one, or ``medge
-check`` measured it as the fastest correct engine on this box.
+Engines from outside OpenCV (onnxruntime, OpenVINO, with their extras) are not
+measured at load time for a bundle without fast variants: cv2.dnn stays the default
+unless the user asks for one, or ``medge check`` measured it as the fastest correct
+engine on this box.
+
+A bundle with fast variants (``edge.runtime.variants``) has (engine, variant) pairs:
+fp32 on every engine, and each variant on the engines where its export gate passed.
+The first load self-tests every pair (a variant against its own gated outputs) and
+times them all, interleaved; a variant wins only ``VARIANT_MARGIN`` (1.1x) faster than
+the fastest fp32 pair, and the choice is recorded like ``medge check``'s, so later
+loads reuse it. ``--variant fp32`` forbids the variants; naming one forces it.
 
 ``medge check`` measures every engine, longer (1 and all threads), and records its choice in a
 small JSON file under ``$XDG_CACHE_HOME/medge/engines`` (``~/.cache`` by default),
@@ -17,8 +25,8 @@ once the self-test passes on it, so the two agree; any change of OpenCV, CPU or
 threads makes a new key, and a missing or unreadable record means "measure".
 
 Usage:
-    model = Model.load("bundles/xray")                 # engine="auto" by default
-    print(model.engine, model.engine_choice.to_dict())
+    model = Model.load("bundles/xray")                 # engine="auto", variant="auto" by default
+    print(model.engine, model.variant, model.engine_choice.to_dict())
 """
 from __future__ import annotations
 

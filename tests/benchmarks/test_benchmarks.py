@@ -151,3 +151,31 @@ def test_pytest_benchmark_suite_runs(tmp_path):
                          env=env, timeout=300, cwd=tmp_path)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-2000:]
     assert "13 passed" in res.stdout  # read 2, preprocess 2, forward 3 runtimes x 2 batches, cold start 3
+
+
+def test_bench_and_parity_cover_every_engine_and_gated_variant(variant_bundle, tmp_path, capsys, monkeypatch):
+    pytest.importorskip("openvino", reason="the openvino extra is not installed")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    bundle, ck = variant_bundle
+    out = tmp_path / "bench.json"
+    assert main(["bench", "--model", str(bundle), "--checkpoint", str(ck), "--smoke", "--busy-cores", "0",
+                 "--out", str(out)]) == 0
+    rec = json.loads(out.read_text())
+    runtimes = {r["runtime"] for r in rec["latency"]}
+    assert {"cv2.dnn", "edge-openvino", "edge-onnxruntime-int8", "edge-openvino-int8"} <= runtimes
+    assert set(rec["decisions"]) == runtimes and rec["decisions"]["cv2.dnn"] == {
+        "inputs": rec["decisions"]["cv2.dnn"]["inputs"], "max_abs_logit": 0.0, "flips": 0}
+    assert rec["variants"]["int8"]["onnxruntime"]["passed"] and rec["arch"] == "resnet18"
+    e2e = rec["end_to_end"]
+    bound = e2e["decode_bound"]
+    assert bound["ideal_images_per_s"] > 0 and set(bound["fraction"]) == set(e2e["images_per_s"])
+    if "medge (auto)" in e2e["images_per_s"]:  # the fastest gated pair here, when it is not cv2.dnn fp32
+        assert (e2e["auto"]["engine"], e2e["auto"]["variant"]) != ("classic", "fp32")
+    from medge.benchmarks.bench import variant_summary
+
+    table = variant_summary([rec])
+    assert "| edge-onnxruntime-int8 |" in table and "offered (" in table and "decode-bound ideal" in table
+    capsys.readouterr()
+    assert main(["parity", "--model", str(bundle), "--checkpoint", str(ck), "--data", str(ck.parent / "data" / "val")]) == 0
+    text = capsys.readouterr().out
+    assert "| cv2.dnn_vs_edge-openvino-int8 |" in text and "judged by their gate" in text
