@@ -36,7 +36,7 @@ from medge.edge.node_extra import check_node_extra
 from medge.edge.numeric import latency_summary
 from medge.edge.runtime.choice import candidate_pairs, pick_fastest, record_engine, record_key, try_engine
 from medge.edge.runtime.dnn import check_opencv, time_forwards
-from medge.edge.runtime.engines import AUTO, BACKENDS, ENGINES, available_backends, engines_for
+from medge.edge.runtime.engines import AUTO, BACKENDS, ENGINES, KNOWN_ENGINES, available_backends, engines_for
 from medge.edge.runtime.variants import FP32
 from medge.edge.runtime.verify import VerifiedBundle, open_bundle
 
@@ -97,6 +97,11 @@ def verify_bundle(bundle: str) -> tuple[dict, VerifiedBundle | None, dict]:
     for t in refused:
         section["variants"][f"{t.engine}/{t.variant}"] = {"ok": False, "self_test_max_abs": None, "batched": None,
                                                           "error": t.error}
+    for name, v in verified.variants.items():  # gated on an engine this box lacks: say what to install
+        for engine in (e for e in v.offered if e not in ENGINES):
+            section["variants"][f"{engine}/{name}"] = {
+                "ok": False, "self_test_max_abs": None, "batched": None,
+                "error": f"the {engine} engine is not installed here ({KNOWN_ENGINES.get(engine, engine)})"}
     if not any(v == FP32 for _, v in nets):
         section.update(error=f"no engine of OpenCV {cv2.__version__} runs this bundle correctly: "
                              + "; ".join(f"[{e}] {s['error']}" for e, s in section["engines"].items()),

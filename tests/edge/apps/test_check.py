@@ -124,3 +124,21 @@ def test_a_bundle_asking_for_a_missing_engine_fails_as_predict_would(copy, capsy
     (copy / "model.json").write_text(json.dumps(m))
     assert main(["check", "--model", str(copy)]) == 2
     assert "the bundle asks for an engine this OpenCV lacks" in capsys.readouterr().err
+
+
+def test_check_shows_each_variant_pair_and_why_not_the_others(variant_bundle, capsys, monkeypatch, tmp_path):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    for name in ("onnxruntime", "openvino"):  # the base install: the variants' engines are missing
+        monkeypatch.delitem(ENGINES, name, raising=False)
+    assert main(["check", "--model", str(variant_bundle[0]), "--json", "--repeats", "2"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    pairs = r["verification"]["variants"]
+    assert pairs["onnxruntime/int8"]["error"].startswith("the onnxruntime engine is not installed here")
+    assert pairs["openvino/bf16"]["error"].startswith("the openvino engine is not installed here")
+    assert {row["variant"] for row in r["forward"]["rows"]} == {"fp32"} and r["end_to_end"]["variant"] == "fp32"
+    monkeypatch.undo()
+    pytest.importorskip("onnxruntime", reason="the onnxruntime extra is not installed")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    assert main(["check", "--model", str(variant_bundle[0]), "--repeats", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "variant     onnxruntime/int8 self-test against its gated outputs" in out and "<- runs" in out
