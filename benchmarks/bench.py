@@ -488,7 +488,8 @@ def _e2e_lines(record: dict, fig: dict) -> list[str]:
             lines += ["", f"medge (auto) ran the {auto['engine']} engine, {auto['variant']} variant: {auto['reason']}."]
         bound = e2e.get("decode_bound")
         if bound:
-            lines += ["", f"Decode-bound ideal of this mix ({bound['files']}): {_fmt(bound['ideal_images_per_s'], 1)} "
+            lines += ["", f"Decode-bound ideal of this mix ({', '.join(f'{n} {k}' for k, n in bound['files'].items())}): "
+                      f"{_fmt(bound['ideal_images_per_s'], 1)} "
                       f"images/s ({_fmt(bound['read_preprocess_ms_per_file'], 1)} ms of reading and preprocessing per file "
                       f"on each of {bound['cores']} cores, inference free); reached: "
                       + ", ".join(f"{n} {_fmt(100 * f, 0)}%" for n, f in bound["fraction"].items()) + "."]
@@ -513,6 +514,10 @@ def variant_summary(records: list[dict]) -> str:
             d = rec.get("decisions", {}).get(name, {})
             out.append(f"| {name} | " + " | ".join(cells) + f" | {d.get('max_abs_logit', float('nan')):.2e} | "
                        f"{d.get('flips', '-')}/{d.get('inputs', '-')} | {_gate_cell(name, gates)} |")
+        refused = [f"{v} on {e} ({g['flips']}/{g['images']} decisions flipped, max abs logit difference "
+                   f"{g['max_abs_logit']:.3g})" for v, engines in gates.items() for e, g in engines.items() if not g["passed"]]
+        if refused:
+            out += ["", "Refused by the export gate, so never run: " + "; ".join(refused) + "."]
         out += [""] + _variant_e2e_lines(rec.get("end_to_end")) + [""]
     return "\n".join(out).rstrip()
 
@@ -532,7 +537,8 @@ def _variant_e2e_lines(e2e: dict | None) -> list[str]:
         return []
     ips, bound = e2e["images_per_s"], e2e.get("decode_bound") or {}
     auto = e2e.get("auto") or {}
-    line = (f"End to end on {e2e['images']} 2048x2048 files ({bound.get('files', '')}): medge on cv2.dnn fp32 "
+    files = ", ".join(f"{n} {k}" for k, n in bound.get("files", {}).items())
+    line = (f"End to end on {e2e['images']} 2048x2048 files ({files}): medge on cv2.dnn fp32 "
             f"{_fmt(ips.get('medge'), 1)} images/s")
     if "medge (auto)" in ips:
         line += (f", medge (auto: {auto.get('engine')}/{auto.get('variant')}) {_fmt(ips['medge (auto)'], 1)} images/s "
@@ -550,18 +556,23 @@ def plot(record: dict, path: str) -> str | None:
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        import matplotlib.ticker
     except ImportError:
         return None
     from medge.edge.outputs import open_atomic
 
     rows = [r for r in record["latency"] if r["threads"] == max(x["threads"] for x in record["latency"])]
-    rows = sorted(rows, key=lambda r: (r["batch"], -r["p50_ms"]))  # per batch size, the slowest at the top
+    rows = sorted(rows, key=lambda r: (-r["batch"], -r["p50_ms"]))  # from the bottom up: the slowest first, per batch
     fig, ax = plt.subplots(figsize=(9, 1.2 + 0.32 * len(rows)))  # one row per runtime and batch: labels never overlap
-    ax.boxplot([r["samples_ms"] for r in rows], orientation="horizontal", widths=0.6, showfliers=False,
-               tick_labels=[f"{r['runtime']}, batch {r['batch']}" for r in rows])
-    for y, r in enumerate(rows, start=1):
-        ax.annotate(f"{r['p50_ms']:.1f}", (max(r["samples_ms"]), y), xytext=(4, -3), textcoords="offset points", fontsize=8)
+    box = ax.boxplot([r["samples_ms"] for r in rows], orientation="horizontal", widths=0.6, showfliers=False,
+                     tick_labels=[f"{r['runtime']}, batch {r['batch']}" for r in rows])
+    for y, r in enumerate(rows, start=1):  # the median, right of the upper whisker
+        end = float(box["whiskers"][2 * y - 1].get_xdata()[1])
+        ax.annotate(f"{r['p50_ms']:.1f}", (end, y), xytext=(4, -3), textcoords="offset points", fontsize=8)
     ax.set_xscale("log")  # 2 ms variants and 40 ms fp32 on one readable axis
+    ax.xaxis.set_major_locator(matplotlib.ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
+    ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     ax.set_xlabel("ms per forward pass (log scale; the number: median)")
     ax.set_title(f"latency, {rows[0]['threads']} threads")
     ax.grid(axis="x", which="both", alpha=0.3)

@@ -72,12 +72,14 @@ class Model:
         self.chw = bundle.chw
         # what training saw (edge.inputs.profile); may be absent
         self.data_profile: dict | None = self.manifest.get("data_profile")
-        # calibration and threshold (edge.decision); None: argmax of softmax(logits), as bundles exported without them
-        self.operating_point: OperatingPoint | None = bundle.operating_point
-        self.explain_method: str | None = bundle.explainer.method if bundle.explainer else None  # "cam", "occlusion"
-        self.engine_choice = engine_choice  # which engine, why, and what was tried
         self.engine = engine_choice.engine  # the one running (auto resolved)
         self.variant = engine_choice.variant  # fp32 (the exported model), or a fast variant whose gate passed
+        # calibration and threshold (edge.decision); None: argmax of softmax(logits), as bundles exported without them.
+        # A fast variant may decide by its own, chosen at export by the same rule (edge.runtime.variants).
+        self.operating_point: OperatingPoint | None = bundle.operating_point_for(self.engine, self.variant)
+        self.own_operating_point = self.operating_point is not bundle.operating_point
+        self.explain_method: str | None = bundle.explainer.method if bundle.explainer else None  # "cam", "occlusion"
+        self.engine_choice = engine_choice  # which engine, why, and what was tried
         trial = engine_choice.trials[0]
         self.self_test_max_abs: float | None = trial.self_test_max_abs  # None: the self-test was off
         self.dynamic_batch = bundle.dynamic_batch and trial.batched is not False
@@ -93,8 +95,10 @@ class Model:
 
     @property
     def runtime(self) -> dict:
-        """What computes this model's outputs, for every record: the engine and the variant."""
-        return {"engine": self.engine, "variant": self.variant}
+        """What computes this model's outputs, for every record: the engine and the variant (and, where the variant
+        decides by its own temperature and threshold, says so)."""
+        own = {"operating_point": "own"} if self.own_operating_point else {}
+        return {"engine": self.engine, "variant": self.variant, **own}
 
     @classmethod
     def load(cls, bundle_dir: str | os.PathLike, backend: str = "cpu", engine: str | None = None,

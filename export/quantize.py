@@ -41,6 +41,9 @@ def add_variant_arguments(p: argparse.ArgumentParser, d, default: str | None) ->
                         "is not offered (default: %(default)s)")
     p.add_argument("--quantize-images", type=int, default=d.calibration_images,
                    help="training-split images that calibrate int8, at most (default: %(default)s)")
+    p.add_argument("--keep-operating-point", action="store_true",
+                   help="refuse a variant whose decisions move at the bundle's operating point, instead of gating it "
+                        "again with its own temperature and threshold chosen by the same rule on the same split")
 
 
 def variant_config(args: argparse.Namespace):
@@ -50,7 +53,7 @@ def variant_config(args: argparse.Namespace):
     if args.max_flips < 0 or args.quantize_images < 1:
         raise UsageError("--max-flips must be 0 or more and --quantize-images 1 or more")
     return VariantConfig(variants=parse_variants(args.variants), max_flips=args.max_flips,
-                         calibration_images=args.quantize_images)
+                         calibration_images=args.quantize_images, own_operating_point=not args.keep_operating_point)
 
 
 def run(args: argparse.Namespace) -> int:

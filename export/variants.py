@@ -54,6 +54,7 @@ class VariantConfig:
     max_flips: int = 0  # decisions at the operating point a variant may change on the validation split
     calibration_images: int = 128  # training-split images the int8 scales are calibrated on (evenly spread)
     gate_images: int = 5000  # validation images the gate compares on, at most (evenly spread)
+    own_operating_point: bool = True  # a pair that flips decisions may keep them with its own temperature + threshold
     golden_share: float = 0.25  # an offered pair's golden tolerance: this share of its gated max logit drift
     min_golden_tolerance: float = 1e-3  # ... and at least this (the fp32 self-test's)
     timing_rounds: int = 20  # batch-1 forward passes per pair timed on this machine, interleaved
@@ -143,11 +144,14 @@ def quantize_int8(onnx_bytes: bytes, calibration: np.ndarray, work: Path) -> tup
 
 
 def gate(reference: np.ndarray, logits: np.ndarray, labels: np.ndarray, bundle: VerifiedBundle, paths: list[str],
-         max_flips: int) -> dict:
-    """A pair's gate against fp32 on the same images: drift, agreement, flips at the operating point, figures."""
-    op = bundle.operating_point
+         max_flips: int, own_op=None) -> dict:
+    """A pair's gate against fp32 on the same images: drift, agreement, flips at the operating point, figures.
+    fp32 decides at the bundle's operating point; the variant at ``own_op`` when given (its own temperature and
+    threshold, ``own_operating_point``), else at the bundle's."""
+    ref_op = bundle.operating_point
+    op = own_op or ref_op
     drift = np.abs(logits.astype(np.float64) - reference).max(axis=1)
-    ref_labels, labels_here = np.array(label_indices(op, reference)), np.array(label_indices(op, logits))
+    ref_labels, labels_here = np.array(label_indices(ref_op, reference)), np.array(label_indices(op, logits))
     flipped = np.flatnonzero(ref_labels != labels_here)
     record = {"images": int(len(labels)),
               "logit_drift": {"max": float(drift.max()), "p99": float(np.percentile(drift, 99))},
@@ -156,7 +160,7 @@ def gate(reference: np.ndarray, logits: np.ndarray, labels: np.ndarray, bundle: 
               "flipped": [{"path": paths[i], "fp32": bundle.classes[ref_labels[i]], "variant": bundle.classes[labels_here[i]]}
                           for i in flipped[:10]]}
     if op is not None:
-        p_ref, p = op.probabilities(reference), op.probabilities(logits)
+        p_ref, p = ref_op.probabilities(reference), op.probabilities(logits)
         record["max_abs_probability"] = float(np.abs(p - p_ref).max())
         if op.threshold is not None:
             pos = op.positive_index
@@ -170,6 +174,26 @@ def gate(reference: np.ndarray, logits: np.ndarray, labels: np.ndarray, bundle: 
     record["reason"] = None if passed else (f"{record['flips']} decisions flipped at the operating point on "
                                             f"{record['images']} validation images (at most {max_flips} allowed)")
     return record
+
+
+def own_operating_point(bundle: VerifiedBundle, logits: np.ndarray, labels: np.ndarray, source: str):
+    """The variant's own temperature and threshold, chosen by the bundle's rule (criterion, positive class,
+    confidence) on the same validation images: (sealed section, OperatingPoint), or None when the bundle has no
+    threshold or the split cannot support the rule for the variant."""
+    from medge.edge.decision import OperatingPoint
+    from medge.export.calibrate import operating_point_section
+
+    section = bundle.manifest.get("operating_point") or {}
+    if section.get("threshold") is None or not section.get("criterion"):
+        return None
+    g = section.get("guarantee") or {}
+    try:
+        own = operating_point_section(logits.astype(np.float64), labels, bundle.classes, section["criterion"],
+                                      section.get("positive"), source, 0, float(g.get("confidence", 0.95)),
+                                      unsupported=g.get("supported") is False)
+    except MedgeError:
+        return None
+    return own, OperatingPoint.from_manifest({"classes": bundle.classes, "operating_point": own})
 
 
 def golden_record(bundle: VerifiedBundle, net, drift_max: float, cfg: VariantConfig) -> dict:
@@ -233,6 +257,8 @@ def gate_pairs(bundle: VerifiedBundle, nets: dict, val: tuple, cfg: VariantConfi
         if pair == (REFERENCE_ENGINE, FP32):
             continue
         record = gate(reference, logits[pair], labels, bundle, paths, cfg.max_flips)
+        if not record["passed"] and cfg.own_operating_point:
+            record = regate_with_own_operating_point(record, reference, logits[pair], val, bundle, cfg)
         record["forward_ms"] = latency_summary(times[pair])
         record["speedup_vs_cv2_fp32"] = ref_ms / record["forward_ms"]["p50_ms"]
         computed = getattr(net, "precision", PRECISION[pair[1]])
@@ -249,12 +275,31 @@ def gate_pairs(bundle: VerifiedBundle, nets: dict, val: tuple, cfg: VariantConfi
     return results
 
 
+def regate_with_own_operating_point(record: dict, reference: np.ndarray, logits: np.ndarray, val: tuple,
+                                     bundle: VerifiedBundle, cfg: VariantConfig) -> dict:
+    """A pair that flipped decisions at the bundle's operating point, gated again at its own (same rule, same split):
+    offered with that operating point, recorded, when its decisions then keep fp32's; else the first record."""
+    _, labels, paths = val
+    own = own_operating_point(bundle, logits, labels, "the validation split, for this variant")
+    if own is None:
+        return record
+    again = gate(reference, logits, labels, bundle, paths, cfg.max_flips, own[1])
+    if not again["passed"]:
+        return {**record, "reason": record["reason"] + f"; {again['flips']} with its own temperature and threshold"}
+    return {**again, "operating_point": own[0],
+            "at_bundle_operating_point": {"flips": record["flips"], "flipped": record["flipped"]}}
+
+
 def summary(record: dict) -> str:
     """One line of a pair's gate."""
     d = record["logit_drift"]
     text = (f"{record['forward_ms']['p50_ms']:.2f} ms ({record['speedup_vs_cv2_fp32']:.1f}x cv2.dnn fp32), "
             f"max |delta logit| {d['max']:.3g} (p99 {d['p99']:.3g}), top-1 agreement {record['top1_agreement']:.3f}, "
             f"{record['flips']} of {record['images']} decisions flipped")
+    own = record.get("operating_point")
+    if own is not None:
+        text += (f" with its own temperature {own['temperature']:.3g} and threshold {own['threshold']:.4g} "
+                 f"({record['at_bundle_operating_point']['flips']} at the bundle's)")
     return text + (" -> OFFERED" if record["passed"] else f" -> REFUSED: {record['reason']}")
 
 

@@ -89,7 +89,8 @@ def verify_bundle(bundle: str) -> tuple[dict, VerifiedBundle | None, dict]:
         trial, net, error = try_engine(verified, engine, True, variant)
         where = section["engines"] if variant == FP32 else section["variants"]
         where[engine if variant == FP32 else f"{engine}/{variant}"] = {
-            "ok": trial.ok, "self_test_max_abs": trial.self_test_max_abs, "batched": trial.batched, "error": trial.error}
+            "ok": trial.ok, "self_test_max_abs": trial.self_test_max_abs, "batched": trial.batched, "error": trial.error,
+            "own_operating_point": verified.operating_point_for(engine, variant) is not verified.operating_point}
         if trial.ok:
             nets[(engine, variant)] = net
         elif variant == FP32:
@@ -263,7 +264,8 @@ def _verification_lines(v: dict) -> list[str]:
     for pair, t in v.get("variants", {}).items():
         if t["ok"]:
             lines.append(f"variant     {pair:16} self-test against its gated outputs, max |dlogit| "
-                         f"{t['self_test_max_abs']:.2e}: pass")
+                         f"{t['self_test_max_abs']:.2e}: pass"
+                         + ("; decides by its own temperature and threshold" if t.get("own_operating_point") else ""))
         else:
             lines.append(f"variant     {pair:16} not offered here: {t['error']}")
     return lines

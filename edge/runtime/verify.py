@@ -79,6 +79,15 @@ class VerifiedBundle:
             raise BundleError(f"{self.bundle_dir}: {why}")
         return load_net(v.data, engine, self.backend, str(self.bundle_dir / v.file), precision=v.precision)
 
+    def operating_point_for(self, engine: str, variant: str = FP32) -> OperatingPoint | None:
+        """The operating point the pair decides by: the bundle's, or the pair's own where its export gate chose one
+        by the same rule on the same split (its decisions at the bundle's moved; at its own they keep fp32's)."""
+        gate = self.variants[variant].gates.get(engine) if variant != FP32 else None
+        if not gate or gate.get("operating_point") is None:
+            return self.operating_point
+        return OperatingPoint.from_manifest({"classes": self.classes, "operating_point": gate["operating_point"]},
+                                            f"{self.bundle_dir} ({engine} engine, {variant} variant)")
+
     def golden(self, engine: str, variant: str = FP32) -> dict:
         """The golden self-test section a net of (engine, variant) must reproduce: the manifest's for fp32,
         the pair's own (its outputs on the gating box, with its tolerance) for a variant."""

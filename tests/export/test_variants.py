@@ -1,6 +1,7 @@
 """The fast variants made and gated at export: int8 (QDQ, opset 13) on onnxruntime and OpenVINO, bf16 on OpenVINO."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 
@@ -141,3 +142,28 @@ def test_quantize_command(made, capsys):
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert out["variants"]["int8"] == ["onnxruntime", "openvino"]
     assert main(["quantize", str(folder), "--data", str(data), "--max-flips", "-1"]) == 2
+
+
+def test_a_variant_that_moves_probabilities_keeps_its_decisions_with_its_own_operating_point(variant_bundle):
+    rng = np.random.default_rng(3)
+    labels = np.repeat([0, 1], 60)
+    reference = np.stack([np.zeros(120), rng.normal(size=120) + 1.5 * labels], axis=1)
+    stretched = 3.0 * reference  # the same ranking, other probabilities: what a variant's scale error does
+    paths = [f"{i}.png" for i in range(120)]
+    b = open_bundle(variant_bundle[0])  # its operating point, as export chose it on these validation logits:
+    section, op = V.own_operating_point(b, reference, labels, "these validation cases")
+    b = dataclasses.replace(b, manifest={**b.manifest, "operating_point": section}, operating_point=op)
+    at_bundle = V.gate(reference, stretched, labels, b, paths, max_flips=0)
+    assert at_bundle["flips"] > 0 and not at_bundle["passed"]  # the precondition: the bundle's threshold moves it
+    cfg = V.VariantConfig()
+    again = V.regate_with_own_operating_point(at_bundle, reference, stretched, (None, labels, paths), b, cfg)
+    assert again["passed"] and again["flips"] == 0 and again["at_bundle_operating_point"]["flips"] == at_bundle["flips"]
+    own = again["operating_point"]
+    assert own["criterion"] == b.manifest["operating_point"]["criterion"] and own["sha256"]
+    assert own["temperature"] == pytest.approx(3 * b.manifest["operating_point"]["temperature"], rel=0.05) or \
+        own["calibration"]["at_bound"]
+    assert "with its own temperature" in V.summary({**again, "forward_ms": {"p50_ms": 1.0}, "speedup_vs_cv2_fp32": 2.0})
+    shuffled = rng.permutation(stretched)  # a variant that lost the ranking gets no second chance
+    refused = V.regate_with_own_operating_point(V.gate(reference, shuffled, labels, b, paths, 0), reference, shuffled,
+                                                (None, labels, paths), b, cfg)
+    assert not refused["passed"] and "with its own temperature and threshold" in refused["reason"]

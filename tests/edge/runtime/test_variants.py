@@ -152,3 +152,20 @@ def test_choice_names_variant_and_records_it(variant_bundle, monkeypatch, tmp_pa
     assert forced.runtime == {"engine": "onnxruntime", "variant": "int8"} and forced.engine_choice.reason == "asked for"
     assert Model.load(variant_bundle[0], variant="fp32").variant == "fp32"  # fp32 forbids the fast variants
     assert engines.ENGINES is ENGINES
+
+
+def test_a_pair_with_its_own_operating_point_decides_by_it_and_says_so(copy):
+    pytest.importorskip("onnxruntime", reason="the onnxruntime extra is not installed")
+    m = _manifest(copy)
+    own = {k: v for k, v in m["operating_point"].items() if k != "sha256"}
+    own["threshold"] = 0.123456
+    body = {k: v for k, v in m["variants"].items() if k != "sha256"}
+    body["int8"]["gates"]["onnxruntime"]["operating_point"] = seal(own)
+    m["variants"] = seal(body)
+    _write(copy, m)
+    pair = Model.load(copy, engine="onnxruntime", variant="int8")
+    assert pair.operating_point.threshold == 0.123456 and pair.runtime["operating_point"] == "own"
+    fp32 = Model.load(copy, engine="onnxruntime", variant="fp32")
+    assert fp32.operating_point.threshold == m["operating_point"]["threshold"] and "operating_point" not in fp32.runtime
+    (p,) = pair.predict((np.arange(48 * 48).reshape(48, 48) % 241).astype(np.uint8))
+    assert p.threshold == 0.123456
