@@ -320,7 +320,8 @@ def variant_gates(manifest: dict) -> dict:
         if variant == "sha256":
             continue
         out[variant] = {e: {"passed": g["passed"], "flips": g["flips"], "images": g["images"],
-                            "max_abs_logit": g["logit_drift"]["max"], "reason": g["reason"]} for e, g in entry["gates"].items()}
+                            "max_abs_logit": g["logit_drift"]["max"], "reason": g["reason"],
+                            "own_operating_point": g.get("operating_point") is not None} for e, g in entry["gates"].items()}
     return out
 
 
@@ -527,7 +528,8 @@ def _gate_cell(runtime: str, gates: dict) -> str:
     for variant, engines in gates.items():
         for engine, g in engines.items():
             if runtime == f"edge-{engine}-{variant}":
-                return (f"offered ({g['flips']}/{g['images']} flips)" if g["passed"]
+                own = ", its own threshold" if g.get("own_operating_point") else ""
+                return (f"offered ({g['flips']}/{g['images']} flips{own})" if g["passed"]
                         else f"refused: {g['flips']}/{g['images']} flips")
     return "-"
 

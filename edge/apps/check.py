@@ -34,7 +34,7 @@ from medge.edge.inputs.image import write_image
 from medge.edge.model import Model
 from medge.edge.node_extra import check_node_extra
 from medge.edge.numeric import latency_summary
-from medge.edge.runtime.choice import candidate_pairs, pick_fastest, record_engine, record_key, try_engine
+from medge.edge.runtime.choice import bundle_key, candidate_pairs, pick_fastest, record_engine, try_engine
 from medge.edge.runtime.dnn import check_opencv, time_forwards
 from medge.edge.runtime.engines import AUTO, BACKENDS, ENGINES, KNOWN_ENGINES, available_backends, engines_for
 from medge.edge.runtime.variants import FP32
@@ -137,7 +137,7 @@ def record_choice(verified: VerifiedBundle, forward: dict) -> dict:
     for threads, f in forward["fastest"].items():
         timings = {f"{r['engine']}/{r['variant']}": r for r in forward["rows"] if str(r["threads"]) == threads}
         try:
-            paths.append(str(record_engine(record_key(verified.sha256, "cpu", int(threads)), f["engine"], f["variant"],
+            paths.append(str(record_engine(bundle_key(verified, int(threads)), f["engine"], f["variant"],
                                            timings)))
         except OSError as e:
             error = f"cannot record the choice ({e.strerror or e}): Model.load will measure at each load instead"

@@ -170,7 +170,7 @@ def choose_engine(bundle: VerifiedBundle, requested: str, self_test: bool = True
     if len(pairs) == 1 or not self_test:
         why = "asked for" if len(pairs) == 1 else "the first pair: with the self-test off nothing is measured"
         return _decide(requested, [try_engine(bundle, pairs[0][0], self_test, pairs[0][1])], why, variant)
-    key = record_key(bundle.sha256, bundle.backend)
+    key = bundle_key(bundle)
     recorded = read_recorded_pair(key) if requested == AUTO and variant == AUTO else None
     if recorded in pairs:
         trial = try_engine(bundle, recorded[0], self_test, recorded[1])
@@ -221,7 +221,7 @@ def _choose_fp32(bundle: VerifiedBundle, requested: str, self_test: bool) -> tup
     variant = bundle.requested_variant
     if requested != AUTO:
         return _decide(requested, [try_engine(bundle, requested, self_test)], "asked for", variant)
-    recorded = read_recorded_pair(record_key(bundle.sha256, bundle.backend))
+    recorded = read_recorded_pair(bundle_key(bundle))
     if recorded is not None and recorded[1] == FP32 and recorded[0] in engines_for(bundle.backend):
         trial = try_engine(bundle, recorded[0], self_test)  # any engine, onnxruntime included: medge check measured all
         if trial[0].ok:
@@ -257,13 +257,19 @@ def _cache_dir() -> Path:
     return Path(base) / "medge" / "engines"
 
 
-def record_key(model_sha256: str, backend: str, threads: int | None = None) -> dict:
+def record_key(model_sha256: str, backend: str, threads: int | None = None, variants: str | None = None) -> dict:
     """What a recorded engine choice holds for: model, backend, OpenCV threads, version and build, CPU and cores
-    (the keys of ``edge.system``'s environment record)."""
+    (the keys of ``edge.system``'s environment record), and the seal of the bundle's fast variants (``variants``:
+    a new ``medge quantize`` offers other pairs, so an earlier choice no longer holds)."""
     return {"model_sha256": model_sha256, "backend": backend,
             "opencv_threads": cv2.getNumThreads() if threads is None else int(threads), "opencv": cv2.__version__,
             "opencv_build_sha256": hashlib.sha256(cv2.getBuildInformation().encode()).hexdigest()[:16],
-            "cpu": cpu_model(), "cores": os.cpu_count()}
+            "cpu": cpu_model(), "cores": os.cpu_count(), **({"variants_sha256": variants} if variants else {})}
+
+
+def bundle_key(bundle: VerifiedBundle, threads: int | None = None) -> dict:
+    """``record_key`` of a verified bundle on its backend."""
+    return record_key(bundle.sha256, bundle.backend, threads, (bundle.manifest.get("variants") or {}).get("sha256"))
 
 
 def record_path(key: dict) -> Path:

@@ -169,3 +169,11 @@ def test_a_pair_with_its_own_operating_point_decides_by_it_and_says_so(copy):
     assert fp32.operating_point.threshold == m["operating_point"]["threshold"] and "operating_point" not in fp32.runtime
     (p,) = pair.predict((np.arange(48 * 48).reshape(48, 48) % 241).astype(np.uint8))
     assert p.threshold == 0.123456
+
+
+def test_a_new_set_of_variants_is_measured_anew(bundle, variant_bundle):
+    from medge.edge.runtime.choice import bundle_key
+
+    plain, fast = open_bundle(bundle), open_bundle(variant_bundle[0])
+    assert "variants_sha256" not in bundle_key(plain)  # bundles without variants keep their recorded choices
+    assert bundle_key(fast)["variants_sha256"] == fast.manifest["variants"]["sha256"]  # medge quantize again: new key
