@@ -240,8 +240,9 @@ def decision_agreement(runners: Contenders, inputs: np.ndarray) -> dict:
     out = {}
     for r in runners.all:
         logits = np.asarray(r.infer(inputs), np.float64).reshape(len(inputs), -1)
+        own = getattr(getattr(r, "model", None), "operating_point", op)  # a variant may decide by its own
         out[r.name] = {"inputs": int(len(inputs)), "max_abs_logit": float(np.abs(logits - reference).max()),
-                       "flips": int(sum(a != b for a, b in zip(label_indices(op, logits), decided, strict=True)))}
+                       "flips": int(sum(a != b for a, b in zip(label_indices(own, logits), decided, strict=True)))}
     return out
 
 

@@ -79,11 +79,12 @@ def collect_logits(runners: list, paths: list[str], cfg, batch_size: int) -> tup
     return {k: np.concatenate(v) for k, v in logits.items() if v}, names, skipped
 
 
-def decision_flips(model, a: np.ndarray, b: np.ndarray, names: list[str]) -> list[str]:
-    """The images whose decision at the bundle's operating point differs between two sets of logits."""
+def decision_flips(op_a, op_b, a: np.ndarray, b: np.ndarray, names: list[str]) -> list[str]:
+    """The images whose decision differs between two sets of logits, each at its operating point (the bundle's; a
+    variant's own where its gate chose one)."""
     from medge.edge.decision import label_indices
 
-    la, lb = label_indices(model.operating_point, a), label_indices(model.operating_point, b)
+    la, lb = label_indices(op_a, a), label_indices(op_b, b)
     return [n for n, x, y in zip(names, la, lb, strict=True) if x != y]
 
 
@@ -106,8 +107,9 @@ def run_parity(bundle: str, checkpoint: str, data: str, tol=None, batch_size: in
     pairs = [("pytorch", r.name) for r in fp32[1:]] + [(dnn.name, r.name) for r in fp32[2:] + fast]
     for a, b in pairs:  # edge-engine parity last: either engine may run the bundle on a box
         rep = compare(logits[a], logits[b], names, classes, tol, a, b)
-        rep["operating_point_flips"] = decision_flips(dnn.model, logits[a], logits[b], names)
         runner = next((r for r in fast if r.name == b), None)
+        op_b = runner.model.operating_point if runner is not None else dnn.model.operating_point
+        rep["operating_point_flips"] = decision_flips(dnn.model.operating_point, op_b, logits[a], logits[b], names)
         if runner is not None:  # a fast variant: judged by its gate's rule, not by the fp32 logit tolerance
             gate = runner.model.bundle.variants[runner.model.variant].gates[runner.model.engine]
             rep["gate"] = f"decisions at the operating point: at most {gate['max_flips']} flipped (the variant's gate)"
