@@ -22,7 +22,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from medge.edge.errors import BundleError
+from medge.edge.errors import BundleError, InferenceError
 from medge.edge.outputs import atomic_dir
 from medge.edge.preprocess import PreprocessConfig, preprocess
 
@@ -33,6 +33,54 @@ MANIFEST_FILE = "model.json"
 LOGITS_OUTPUT = "logits"  # the name every medge bundle gives its class scores
 REQUIRED = ("format", "format_version", "classes", "preprocess", "model", "golden")
 REQUIRED_MODEL = ("file", "sha256", "input_name", "input_shape", "opset")
+
+
+def wanted_outputs(names, outputs: tuple[str, ...], engine: str) -> list[str]:
+    """The outputs a ``forward(names)`` of the cv2.dnn kind asks an engine from outside OpenCV for: ``names`` None,
+    the class scores (the output named ``logits``, or the only one: never "the first one"); a str, that one; a
+    list, those.
+
+    Raises:
+        InferenceError: no output holds the logits, or a name the model lacks.
+    """
+    if names is None:
+        if LOGITS_OUTPUT in outputs:
+            return [LOGITS_OUTPUT]
+        if len(outputs) == 1:
+            return list(outputs)
+        raise InferenceError(f"the model has outputs {list(outputs)} and none named {LOGITS_OUTPUT!r}: "
+                             "which one holds the class scores is unknown")
+    wanted = [names] if isinstance(names, str) else list(names)
+    unknown = [n for n in wanted if n not in outputs]
+    if unknown:
+        raise InferenceError(f"{engine} forward of outputs {wanted} failed: the model has no output "
+                             f"{unknown[0]!r} (it has {list(outputs)})")
+    return wanted
+
+
+class ForeignNet:
+    """The part of ``cv2.dnn.Net`` that ``edge.runtime`` calls, for the nets of engines from outside OpenCV
+    (``OrtNet``, ``OvNet``): they set ``_outputs`` (the graph's output names) and ``_engine``, and implement
+    ``forward`` with ``self.wanted(names)``."""
+
+    _outputs: tuple[str, ...] = ()
+    _engine = "engine"
+    _blob: np.ndarray | None = None
+
+    def empty(self) -> bool:
+        return False
+
+    def getUnconnectedOutLayersNames(self) -> tuple[str, ...]:
+        return self._outputs
+
+    def setInput(self, blob: np.ndarray) -> None:
+        self._blob = blob
+
+    def wanted(self, names) -> list[str]:
+        """``wanted_outputs`` of this net, after checking that an input was set."""
+        if self._blob is None:
+            raise InferenceError(f"{self._engine} forward without an input")
+        return wanted_outputs(names, self._outputs, self._engine)
 
 
 def sha256_bytes(data: bytes) -> str:

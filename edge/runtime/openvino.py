@@ -29,7 +29,7 @@ import cv2
 import numpy as np
 
 from medge.edge.errors import BundleError, ConfigError, InferenceError, MissingExtraError
-from medge.edge.runtime.bundle import LOGITS_OUTPUT
+from medge.edge.runtime.bundle import ForeignNet
 
 EXTRA = "openvino"  # pip install "medge[openvino]": OpenVINO as an engine of the edge runtime
 PRECISIONS = {"f32": "f32", "bf16": "bf16"}  # medge's name -> OpenVINO's INFERENCE_PRECISION_HINT
@@ -64,7 +64,7 @@ def _reason(e: Exception) -> str:
     return f"{type(e).__name__}: {text}" if text else type(e).__name__
 
 
-class OvNet:
+class OvNet(ForeignNet):
     """An OpenVINO CPU model, compiled at a pinned precision, behind the methods of ``cv2.dnn.Net``."""
 
     def __init__(self, model: bytes | str, precision: str = "f32"):
@@ -77,9 +77,8 @@ class OvNet:
             raise BundleError(f"OpenVINO {self._version} cannot read this model: {_reason(e)}") from None
         if len(self._model.inputs) != 1:
             raise BundleError(f"OpenVINO {self._version}: the model has {len(self._model.inputs)} inputs, medge feeds one")
-        self._outputs = tuple(o.get_any_name() for o in self._model.outputs)
+        self._outputs, self._engine = tuple(o.get_any_name() for o in self._model.outputs), "OpenVINO"
         self._compiled: dict[int, tuple] = {}
-        self._blob: np.ndarray | None = None
         compiled, _ = self._request(max(1, cv2.getNumThreads()))  # compile now: a bad model fails at load
         self.precision = str(compiled.get_property("INFERENCE_PRECISION_HINT")).replace("<Type: '", "").rstrip("'>")
         self.precision = {"float32": "f32", "bfloat16": "bf16", "float16": "f16"}.get(self.precision, self.precision)
@@ -96,33 +95,9 @@ class OvNet:
             entry = self._compiled[threads] = (compiled, compiled.create_infer_request())
         return entry
 
-    def empty(self) -> bool:
-        return False
-
-    def getUnconnectedOutLayersNames(self) -> tuple[str, ...]:
-        return self._outputs
-
-    def setInput(self, blob: np.ndarray) -> None:
-        self._blob = blob
-
     def forward(self, names: str | list[str] | tuple[str, ...] | None = None):
         """The logits (``names`` None), one named output (a str), or a tuple of named outputs (a list)."""
-        if self._blob is None:
-            raise InferenceError("OpenVINO forward without an input")
-        if names is None:
-            if LOGITS_OUTPUT in self._outputs:
-                wanted = [LOGITS_OUTPUT]
-            elif len(self._outputs) == 1:
-                wanted = list(self._outputs)
-            else:
-                raise InferenceError(f"the model has outputs {list(self._outputs)} and none named {LOGITS_OUTPUT!r}: "
-                                     "which one holds the class scores is unknown")
-        else:
-            wanted = [names] if isinstance(names, str) else list(names)
-        unknown = [n for n in wanted if n not in self._outputs]
-        if unknown:
-            raise InferenceError(f"OpenVINO forward of outputs {wanted} failed: the model has no output "
-                                 f"{unknown[0]!r} (it has {list(self._outputs)})")
+        wanted = self.wanted(names)
         compiled, request = self._request(max(1, cv2.getNumThreads()))
         try:
             request.infer({0: self._blob})

@@ -26,10 +26,9 @@ Hazards this module designs for:
 from __future__ import annotations
 
 import cv2
-import numpy as np
 
 from medge.edge.errors import BundleError, ConfigError, InferenceError, MissingExtraError
-from medge.edge.runtime.bundle import LOGITS_OUTPUT
+from medge.edge.runtime.bundle import ForeignNet
 
 EXTRA = "ort"  # pip install "medge[ort]": onnxruntime as an engine of the edge runtime
 
@@ -47,7 +46,7 @@ def _reason(e: Exception) -> str:
     return f"{type(e).__name__}: {text}" if text else type(e).__name__
 
 
-class OrtNet:
+class OrtNet(ForeignNet):
     """An onnxruntime CPU session behind the methods of ``cv2.dnn.Net`` that ``edge.runtime`` calls."""
 
     def __init__(self, model: bytes | str):
@@ -57,9 +56,8 @@ class OrtNet:
         inputs = session.get_inputs()
         if len(inputs) != 1:
             raise BundleError(f"onnxruntime {ort.__version__}: the model has {len(inputs)} inputs, medge feeds one")
-        self._input = inputs[0].name
+        self._input, self._engine = inputs[0].name, "onnxruntime"
         self._outputs = tuple(o.name for o in session.get_outputs())
-        self._blob: np.ndarray | None = None
 
     def _session(self, threads: int):
         session = self._sessions.get(threads)
@@ -76,33 +74,9 @@ class OrtNet:
             self._sessions[threads] = session
         return session
 
-    def empty(self) -> bool:
-        return False
-
-    def getUnconnectedOutLayersNames(self) -> tuple[str, ...]:
-        return self._outputs
-
-    def setInput(self, blob: np.ndarray) -> None:
-        self._blob = blob
-
     def forward(self, names: str | list[str] | tuple[str, ...] | None = None):
         """The logits (``names`` None), one named output (a str), or a tuple of named outputs (a list)."""
-        if self._blob is None:
-            raise InferenceError("onnxruntime forward without an input")
-        if names is None:
-            if LOGITS_OUTPUT in self._outputs:
-                wanted = [LOGITS_OUTPUT]
-            elif len(self._outputs) == 1:
-                wanted = list(self._outputs)
-            else:
-                raise InferenceError(f"the model has outputs {list(self._outputs)} and none named {LOGITS_OUTPUT!r}: "
-                                     "which one holds the class scores is unknown")
-        else:
-            wanted = [names] if isinstance(names, str) else list(names)
-        unknown = [n for n in wanted if n not in self._outputs]
-        if unknown:
-            raise InferenceError(f"onnxruntime forward of outputs {wanted} failed: the model has no output "
-                                 f"{unknown[0]!r} (it has {list(self._outputs)})")
+        wanted = self.wanted(names)
         session = self._session(max(1, cv2.getNumThreads()))
         try:
             outs = session.run(wanted, {self._input: self._blob})
