@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from medge.edge.decision import SECTION
-from medge.edge.errors import BundleError, ExportError, MedgeError, ParityError
+from medge.edge.errors import BundleError, ExportError, MedgeError, ParityError, UsageError
 from medge.edge.explain import CAM_HEAD_FILE, FEATURES_OUTPUT
 from medge.edge.numeric import latency_summary
 from medge.edge.outputs import atomic_dir, check_output_dir
@@ -476,8 +476,8 @@ def check_variants(variants: VariantConfig | None, data: str | None) -> None:
     if variants is None:
         return
     if data is None:
-        raise ExportError("fast variants need --data: int8 is calibrated on its train split, every variant gated on "
-                          "its val split")
+        raise UsageError("fast variants need --data: int8 is calibrated on its train split, every variant gated on "
+                         "its val split (or --variants none)")
     pairs_here(variants.variants)
 
 

@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from medge.edge.decision import label_indices, seal
-from medge.edge.errors import ExportError, MedgeError, SelfTestError
+from medge.edge.errors import ExportError, MedgeError, SelfTestError, UsageError
 from medge.edge.golive import auc_ci, binary_figures
 from medge.edge.numeric import latency_summary
 from medge.edge.preprocess import preprocess_file
@@ -43,6 +43,7 @@ from medge.edge.system import environment
 
 QUANTIZED_OPSET = 13  # per-channel QuantizeLinear/DequantizeLinear need opset 13
 GATE_ENGINES = {"int8": ("onnxruntime", "openvino"), "bf16": ("openvino",)}  # engines that run each variant
+FEW_GATE_IMAGES = 50  # below this, the gate is said to be weak
 REFERENCE_ENGINE = "classic"  # fp32 on cv2.dnn: what medge runs by default, and what the gate compares with
 
 
@@ -65,7 +66,7 @@ def parse_variants(text: str) -> tuple[str, ...]:
     names = [n.strip().lower() for n in text.split(",") if n.strip()]
     unknown = [n for n in names if n not in PRECISION]
     if unknown or not names:
-        raise ExportError(f"--variants {text!r}: choose among {list(PRECISION)}, comma-separated (fp32 is always kept)")
+        raise UsageError(f"--variants {text!r}: choose among {list(PRECISION)}, comma-separated (fp32 is always kept)")
     return tuple(n for n in dict.fromkeys(names) if n != FP32)
 
 
@@ -331,6 +332,9 @@ def add_variants(bundle_dir: str | os.PathLike, data: str, cfg: VariantConfig = 
             int8 = quantize_int8(bundle.onnx_bytes, calib, Path(work))
         log(f"variants: int8 quantized ({int8[1]['tool']}, {len(calib)} training images, {len(int8[0]) / 1e6:.1f} MB)")
     val = read_blob(split_images(data, "val", cfg.gate_images), bundle, log)
+    if len(val[1]) < FEW_GATE_IMAGES:
+        log(f"warning: the gate sees only {len(val[1])} validation images: 0 decisions flipped on so few says little; "
+            f"a variant is better gated on a validation split of {FEW_GATE_IMAGES} or more")
     try:
         nets = pair_nets(bundle, found, int8[0] if int8 else None)
     except SelfTestError as e:

@@ -16,7 +16,7 @@ import onnx  # noqa: E402
 
 from medge.edge import Model  # noqa: E402
 from medge.edge.apps.cli import main  # noqa: E402
-from medge.edge.errors import BundleError, ExportError  # noqa: E402
+from medge.edge.errors import BundleError, ExportError, UsageError  # noqa: E402
 from medge.edge.runtime.verify import open_bundle  # noqa: E402
 from medge.export import variants as V  # noqa: E402
 
@@ -127,7 +127,7 @@ def test_the_gate_counts_flips_at_the_operating_point(variant_bundle):
 
 
 def test_bad_requests_are_refused_before_any_work(variant_bundle, tmp_path, monkeypatch):
-    with pytest.raises(ExportError, match="choose among"):
+    with pytest.raises(UsageError, match="choose among"):
         V.parse_variants("int4")
     assert V.parse_variants("fp32, int8,int8") == ("int8",)
     monkeypatch.delitem(V.ENGINES, "openvino")
