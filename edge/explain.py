@@ -163,10 +163,17 @@ class CamExplainer(Explainer):
 
     method = "cam"
 
-    def __init__(self, head: np.ndarray, output: str = FEATURES_OUTPUT, logits_output: str = "logits"):
+    def __init__(self, head: np.ndarray, output: str = FEATURES_OUTPUT, logits_output: str = "logits",
+                 logit_rtol: float = CAM_LOGIT_RTOL):
         self.weight = np.ascontiguousarray(head[:, :-1], np.float32)  # (K, C)
         self.bias = np.asarray(head[:, -1], np.float64)  # (K,)
         self.output, self.logits_output = output, logits_output
+        self.logit_rtol = logit_rtol  # looser for a fast variant: its last layer is quantized, the head is not
+
+    def with_tolerance(self, logit_rtol: float) -> CamExplainer:
+        """The same head, checked against the logits at ``logit_rtol``."""
+        head = np.concatenate([self.weight, self.bias.astype(np.float32)[:, None]], axis=1)
+        return CamExplainer(head, self.output, self.logits_output, logit_rtol)
 
     def cams(self, features: np.ndarray, class_indices) -> np.ndarray:
         """Raw maps (N, h, w): ``W[k] @ F`` at every position, without the bias."""
@@ -181,9 +188,9 @@ class CamExplainer(Explainer):
         pooled = features.reshape(*features.shape[:2], -1).astype(np.float64).mean(axis=2)  # (N, C)
         implied = pooled @ self.weight.T.astype(np.float64) + self.bias
         worst = np.abs(implied - logits) / np.maximum(1.0, np.abs(logits))
-        if not float(worst.max(initial=0.0)) <= CAM_LOGIT_RTOL:
+        if not float(worst.max(initial=0.0)) <= self.logit_rtol:
             raise InferenceError(f"the bundle's CAM head does not reproduce the model's logits (relative difference "
-                                 f"{float(worst.max()):.3g} > {CAM_LOGIT_RTOL:g}): refusing to draw a heatmap that is "
+                                 f"{float(worst.max()):.3g} > {self.logit_rtol:g}): refusing to draw a heatmap that is "
                                  "not the model's; re-export the bundle")
 
     def raw_maps(self, run, blob, class_indices):

@@ -78,7 +78,8 @@ class Model:
         # A fast variant may decide by its own, chosen at export by the same rule (edge.runtime.variants).
         self.operating_point: OperatingPoint | None = bundle.operating_point_for(self.engine, self.variant)
         self.own_operating_point = self.operating_point is not bundle.operating_point
-        self.explain_method: str | None = bundle.explainer.method if bundle.explainer else None  # "cam", "occlusion"
+        self.explainer: Explainer | None = bundle.explainer_for(self.engine, self.variant)  # None: no heatmaps
+        self.explain_method: str | None = self.explainer.method if self.explainer else None  # "cam", "occlusion"
         self.engine_choice = engine_choice  # which engine, why, and what was tried
         trial = engine_choice.trials[0]
         self.self_test_max_abs: float | None = trial.self_test_max_abs  # None: the self-test was off
@@ -167,10 +168,10 @@ class Model:
 
     def require_heatmaps(self) -> Explainer:
         """The bundle's explainer; BundleError (exit 2) when it has none (exported before heatmaps)."""
-        if self.bundle.explainer is None:
+        if self.explainer is None:
             raise BundleError(f"{self.bundle_dir}: this bundle has no heatmaps (its manifest has no 'explain' section: "
                               "it was exported before medge had them); export it again to get heatmaps")
-        return self.bundle.explainer
+        return self.explainer
 
     def _explainer_for(self, method: str | None) -> Explainer:
         """The bundle's explainer (None), or occlusion asked for by name: it needs only the logits, so any bundle has it."""

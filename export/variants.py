@@ -81,11 +81,15 @@ def pairs_here(variants: tuple[str, ...]) -> dict[str, list[str]]:
     return found
 
 
-def split_images(data: str, split: str, limit: int) -> list[tuple[str, int]]:
-    """(path, label) of at most ``limit`` images of a split of ``data``, evenly spread."""
+def split_images(data: str, split: str, limit: int, classes: list[str]) -> list[tuple[str, int]]:
+    """(path, label) of at most ``limit`` images of a split of ``data``, evenly spread; UsageError when its class
+    folders are not the bundle's ``classes`` (labels would mean other things, and the gate nothing)."""
     from medge.train.data import discover
 
-    _, splits = discover(data)
+    found, splits = discover(data)
+    if list(found) != list(classes):
+        raise UsageError(f"{data}: its classes {list(found)} are not the bundle's {list(classes)}: give the data the "
+                         "model was trained on (the same class folders)")
     s = splits[split]
     if not len(s):
         raise ExportError(f"{data}: the {split} split has no images")
@@ -172,8 +176,8 @@ def gate(reference: np.ndarray, logits: np.ndarray, labels: np.ndarray, bundle: 
                                         "specificity": figures["specificity"], "threshold": op.threshold}
     passed = record["flips"] <= max_flips
     record["passed"] = passed
-    record["reason"] = None if passed else (f"{record['flips']} decisions flipped at the operating point on "
-                                            f"{record['images']} validation images (at most {max_flips} allowed)")
+    record["reason"] = None if passed else (f"{record['flips']} of {record['images']} validation decisions flipped at "
+                                            f"the operating point (at most {max_flips} allowed)")
     return record
 
 
@@ -194,6 +198,9 @@ def own_operating_point(bundle: VerifiedBundle, logits: np.ndarray, labels: np.n
                                       unsupported=g.get("supported") is False)
     except MedgeError:
         return None
+    body = {k: v for k, v in own.items() if k != "sha256"}
+    body["positive_source"] = f"the bundle's ({section.get('positive_source', 'as exported')})"
+    own = seal(body)
     return own, OperatingPoint.from_manifest({"classes": bundle.classes, "operating_point": own})
 
 
@@ -284,11 +291,26 @@ def regate_with_own_operating_point(record: dict, reference: np.ndarray, logits:
     own = own_operating_point(bundle, logits, labels, "the validation split, for this variant")
     if own is None:
         return record
+    why = own_unfit(own[0], bundle)
+    if why:
+        return {**record, "reason": f"{record['reason']}; no operating point of its own: {why}"}
     again = gate(reference, logits, labels, bundle, paths, cfg.max_flips, own[1])
     if not again["passed"]:
         return {**record, "reason": record["reason"] + f"; {again['flips']} with its own temperature and threshold"}
     return {**again, "operating_point": own[0],
             "at_bundle_operating_point": {"flips": record["flips"], "flipped": record["flipped"]}}
+
+
+def own_unfit(own: dict, bundle: VerifiedBundle) -> str | None:
+    """Why a variant's own operating point cannot stand in for the bundle's: its temperature stopped at an end of
+    its range (its scores do not calibrate), or the bundle's guarantee held and its own does not."""
+    if own["calibration"].get("at_bound"):
+        return f"its temperature stopped at the {own['calibration']['at_bound']} end of its range ({own['temperature']:.3g})"
+    ours = (bundle.manifest.get("operating_point") or {}).get("guarantee") or {}
+    theirs = own.get("guarantee") or {}
+    if ours.get("supported") and not theirs.get("supported"):
+        return "the bundle's guarantee is not met on the variant's scores"
+    return None
 
 
 def summary(record: dict) -> str:
@@ -327,11 +349,11 @@ def add_variants(bundle_dir: str | os.PathLike, data: str, cfg: VariantConfig = 
     found = pairs_here(cfg.variants)
     int8 = None
     if "int8" in found:
-        calib, _, _ = read_blob(split_images(data, "train", cfg.calibration_images), bundle, log)
+        calib, _, _ = read_blob(split_images(data, "train", cfg.calibration_images, bundle.classes), bundle, log)
         with tempfile.TemporaryDirectory() as work:
             int8 = quantize_int8(bundle.onnx_bytes, calib, Path(work))
         log(f"variants: int8 quantized ({int8[1]['tool']}, {len(calib)} training images, {len(int8[0]) / 1e6:.1f} MB)")
-    val = read_blob(split_images(data, "val", cfg.gate_images), bundle, log)
+    val = read_blob(split_images(data, "val", cfg.gate_images, bundle.classes), bundle, log)
     if len(val[1]) < FEW_GATE_IMAGES:
         log(f"warning: the gate sees only {len(val[1])} validation images: 0 decisions flipped on so few says little; "
             f"a variant is better gated on a validation split of {FEW_GATE_IMAGES} or more")

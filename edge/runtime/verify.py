@@ -88,6 +88,15 @@ class VerifiedBundle:
         return OperatingPoint.from_manifest({"classes": self.classes, "operating_point": gate["operating_point"]},
                                             f"{self.bundle_dir} ({engine} engine, {variant} variant)")
 
+    def explainer_for(self, engine: str, variant: str = FP32) -> Explainer | None:
+        """The bundle's explainer as the pair runs it: a fast variant's CAM head is checked against its logits at
+        twice its gated logit drift (its last layer is quantized, the head is not), never tighter than fp32's."""
+        gate = self.variants[variant].gates.get(engine) if variant != FP32 else None
+        if not isinstance(self.explainer, CamExplainer) or not gate:
+            return self.explainer
+        rtol = max(self.explainer.logit_rtol, 2 * float(gate["logit_drift"]["max"]))
+        return self.explainer.with_tolerance(rtol)
+
     def golden(self, engine: str, variant: str = FP32) -> dict:
         """The golden self-test section a net of (engine, variant) must reproduce: the manifest's for fp32,
         the pair's own (its outputs on the gating box, with its tolerance) for a variant."""

@@ -99,7 +99,8 @@ def test_a_damaged_variant_is_refused_with_its_reason_and_never_runs(made, monke
     m = V.add_variants(folder, str(data), V.VariantConfig(variants=("int8",), calibration_images=8, timing_rounds=2),
                        log=lambda *a: None)
     for gate in m["variants"]["int8"]["gates"].values():
-        assert not gate["passed"] and gate["flips"] > 0 and "decisions flipped at the operating point" in gate["reason"]
+        assert not gate["passed"] and gate["flips"] > 0
+        assert "validation decisions flipped at the operating point" in gate["reason"]
         assert "golden" not in gate and gate["flipped"][0]["fp32"] != gate["flipped"][0]["variant"]
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     auto = Model.load(folder)
@@ -135,6 +136,28 @@ def test_bad_requests_are_refused_before_any_work(variant_bundle, tmp_path, monk
         V.pairs_here(("bf16", "int8"))
 
 
+def test_data_of_other_classes_is_refused_and_the_bundle_untouched(made, tmp_path):
+    folder, data = made
+    other = tmp_path / "other"
+    for split in ("train", "val"):
+        for old, new in (("disease", "cats"), ("normal", "dogs")):
+            (other / split).mkdir(parents=True, exist_ok=True)
+            (other / split / new).symlink_to(data / split / old)
+    before = (folder / "model.json").read_bytes()
+    with pytest.raises(UsageError, match=r"its classes \['cats', 'dogs'\] are not the bundle's"):
+        V.add_variants(folder, str(other), V.VariantConfig(variants=("int8",)), log=lambda *a: None)
+    assert (folder / "model.json").read_bytes() == before
+
+
+def test_an_own_operating_point_that_does_not_calibrate_is_no_second_chance(variant_bundle):
+    b = open_bundle(variant_bundle[0])
+    own = dict(b.manifest["operating_point"])
+    own["calibration"] = {**own["calibration"], "at_bound": None}
+    assert V.own_unfit(own, b) is None
+    own["calibration"] = {**own["calibration"], "at_bound": "high"}
+    assert "stopped at the high end of its range" in V.own_unfit(own, b)
+
+
 def test_quantize_command(made, capsys):
     folder, data = made
     assert main(["quantize", str(folder), "--data", str(data), "--variants", "int8", "--max-flips", "24",
@@ -166,4 +189,5 @@ def test_a_variant_that_moves_probabilities_keeps_its_decisions_with_its_own_ope
     shuffled = rng.permutation(stretched)  # a variant that lost the ranking gets no second chance
     refused = V.regate_with_own_operating_point(V.gate(reference, shuffled, labels, b, paths, 0), reference, shuffled,
                                                 (None, labels, paths), b, cfg)
-    assert not refused["passed"] and "with its own temperature and threshold" in refused["reason"]
+    assert not refused["passed"] and ("with its own temperature and threshold" in refused["reason"]
+                                      or "no operating point of its own" in refused["reason"])

@@ -177,3 +177,16 @@ def test_a_new_set_of_variants_is_measured_anew(bundle, variant_bundle):
     plain, fast = open_bundle(bundle), open_bundle(variant_bundle[0])
     assert "variants_sha256" not in bundle_key(plain)  # bundles without variants keep their recorded choices
     assert bundle_key(fast)["variants_sha256"] == fast.manifest["variants"]["sha256"]  # medge quantize again: new key
+
+
+def test_heatmaps_run_on_the_chosen_variant(variant_bundle):
+    pytest.importorskip("onnxruntime", reason="the onnxruntime extra is not installed")
+    image = (np.arange(64 * 64).reshape(64, 64) % 239).astype(np.uint8)
+    for variant in ("int8", "fp32"):
+        m = Model.load(variant_bundle[0], engine="onnxruntime", variant=variant)
+        (p,) = m.predict(image, heatmaps=True)
+        assert p.ok and p.explanation is not None and p.explanation.method == "cam", variant
+    gate = open_bundle(variant_bundle[0]).variants["int8"].gates["onnxruntime"]
+    assert m.explainer.logit_rtol == 1e-3  # fp32: the exported model's own tolerance
+    int8 = Model.load(variant_bundle[0], engine="onnxruntime", variant="int8")
+    assert int8.explainer.logit_rtol == pytest.approx(max(1e-3, 2 * gate["logit_drift"]["max"]))
