@@ -99,7 +99,9 @@ class Model:
         """What computes this model's outputs, for every record: the engine and the variant (and, where the variant
         decides by its own temperature and threshold, says so)."""
         own = {"operating_point": "own"} if self.own_operating_point else {}
-        return {"engine": self.engine, "variant": self.variant, **own}
+        entry = (self.manifest.get("variants") or {}).get(self.variant) or {}
+        file = {"variant_sha256": entry["sha256"]} if "sha256" in entry else {}  # the int8 file that computed it
+        return {"engine": self.engine, "variant": self.variant, **file, **own}
 
     @classmethod
     def load(cls, bundle_dir: str | os.PathLike, backend: str = "cpu", engine: str | None = None,

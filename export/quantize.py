@@ -23,19 +23,20 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
     d = VariantConfig()
     p = sub.add_parser("quantize", help="add gated fast variants (int8, bf16) to a bundle (extras: train, ort, openvino)",
-                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+                       description=__doc__.split("\nTested by")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("bundle", help="bundle folder (model.onnx + model.json), rewritten in place, atomically")
     p.add_argument("--data", required=True, help="the data folder: train split calibrates int8, val split gates every pair")
-    add_variant_arguments(p, d, default=",".join(d.variants))
+    add_variant_arguments(p, d, default=",".join(d.variants), export=False)
     return p
 
 
-def add_variant_arguments(p: argparse.ArgumentParser, d, default: str | None) -> None:
-    """--variants, --max-flips, --quantize-images: shared by medge export and medge quantize."""
+def add_variant_arguments(p: argparse.ArgumentParser, d, default: str, export: bool = True) -> None:
+    """--variants, --max-flips, --quantize-images, --keep-operating-point: shared by medge export and medge quantize."""
+    choices = ("; auto: with --data, those whose engines (onnxruntime, OpenVINO) are installed; none: fp32 only"
+               if export else "")
     p.add_argument("--variants", default=default, metavar="LIST",
                    help="fast variants to make and gate, comma-separated among bf16,int8 (fp32, the exported model, "
-                        "is always there); auto: with --data, those whose engines (onnxruntime, OpenVINO) are installed; "
-                        "none: fp32 only (default: %(default)s)")
+                        f"is always there){choices} (default: %(default)s)")
     p.add_argument("--max-flips", type=int, default=d.max_flips,
                    help="decisions at the operating point a variant may change on the validation split; more and it "
                         "is not offered (default: %(default)s)")
@@ -50,8 +51,10 @@ def variant_config(args: argparse.Namespace):
     from medge.edge.errors import UsageError
     from medge.export.variants import VariantConfig, parse_variants
 
-    if args.max_flips < 0 or args.quantize_images < 1:
-        raise UsageError("--max-flips must be 0 or more and --quantize-images 1 or more")
+    if args.max_flips < 0:
+        raise UsageError(f"--max-flips {args.max_flips}: must be 0 or more")
+    if args.quantize_images < 1:
+        raise UsageError(f"--quantize-images {args.quantize_images}: must be 1 or more")
     return VariantConfig(variants=parse_variants(args.variants), max_flips=args.max_flips,
                          calibration_images=args.quantize_images, own_operating_point=not args.keep_operating_point)
 

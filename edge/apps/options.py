@@ -7,6 +7,7 @@ One place for them, so that the commands do not import each other (Polygraphy's
 from __future__ import annotations
 
 import argparse
+import sys
 
 import cv2
 
@@ -91,4 +92,9 @@ def load_model(args: argparse.Namespace) -> Model:
     """Apply --threads, then load and verify the bundle named by --model."""
     if args.threads is not None:
         cv2.setNumThreads(args.threads)
-    return Model.load(args.model, backend=args.backend, engine=args.engine, variant=args.variant)
+    model = Model.load(args.model, backend=args.backend, engine=args.engine, variant=args.variant)
+    for name, v in model.bundle.variants.items():  # a damaged variant file: the bundle runs, said once
+        if v.error:
+            print(f"warning: {v.error}: the {name} variant is not used (running {model.engine}/{model.variant})",
+                  file=sys.stderr)
+    return model

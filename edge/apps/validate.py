@@ -112,6 +112,8 @@ def run(args: argparse.Namespace) -> int:
 def build_report(model, decision: val.Decision, args, classified: list[dict], problems: list[val.Problem],
                  requirements: list[val.Requirement]) -> dict:
     op = model.manifest.get("operating_point")
+    if model.own_operating_point:  # the variant's own section: its threshold, and its validation scores to compare
+        op = model.bundle.variants[model.variant].gates[model.engine]["operating_point"]
     kinds: dict[str, int] = {}
     for p in problems:
         kinds[p.kind] = kinds.get(p.kind, 0) + 1

@@ -289,8 +289,9 @@ def decision_of(model, positive: str | None = None) -> Decision:
     if op is not None and op.threshold is not None:
         if positive not in (None, op.positive):
             raise UsageError(f"--positive {positive!r}: the bundle's operating point is on {op.positive!r}")
-        return Decision(op.positive, op.positive_index, op.threshold, f"bundle operating point ({op.criterion})", True,
-                        op.guarantee)
+        source = (f"the {model.variant} variant's own operating point ({op.criterion}), chosen at export by the "
+                  "bundle's rule" if getattr(model, "own_operating_point", False) else f"bundle operating point ({op.criterion})")
+        return Decision(op.positive, op.positive_index, op.threshold, source, True, op.guarantee)
     if positive is None:
         positive = default_positive(classes)[0]
     if positive not in classes:

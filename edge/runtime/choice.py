@@ -42,7 +42,7 @@ from medge.edge.errors import BundleError, InferenceError, MedgeError, SelfTestE
 from medge.edge.numeric import latency_summary
 from medge.edge.outputs import atomic_write_text
 from medge.edge.runtime.dnn import time_forwards
-from medge.edge.runtime.engines import AUTO, ENGINES, engines_for
+from medge.edge.runtime.engines import AUTO, ENGINES, KNOWN_ENGINES, engines_for
 from medge.edge.runtime.variants import FP32
 from medge.edge.runtime.verify import VerifiedBundle
 from medge.edge.runtime.verify import self_test as run_self_test  # try_engine's self_test is a flag
@@ -134,7 +134,7 @@ def candidate_pairs(bundle: VerifiedBundle, engines: list[str], variant: str) ->
             why = v.why_not(e)
             if why is None:
                 pairs.append((e, name))
-            elif e in v.gates or v.error:
+            elif e in v.gates:
                 refused.append(EngineTrial(e, error=why, variant=name))
     return pairs, refused
 
@@ -160,11 +160,8 @@ def choose_engine(bundle: VerifiedBundle, requested: str, self_test: bool = True
     engines = [requested] if requested != AUTO else engines_for(bundle.backend)
     pairs, refused = candidate_pairs(bundle, engines, variant)
     if not pairs:
-        v = bundle.variants.get(variant)
-        gated = sorted(e for e in (v.gates if v else {}) if e not in engines)
-        hint = f"; it was gated on {gated}: install their extras (medge[ort], medge[openvino])" if gated else ""
-        raise BundleError(f"{bundle.bundle_dir}: no engine here may run the {variant} variant (engines here: {engines})"
-                          + "".join(f"; [{t.engine}] {t.error}" for t in refused) + hint)
+        raise BundleError(f"{bundle.bundle_dir}: the {variant} variant does not run on {engines}"
+                          + "".join(f"; [{t.engine}] {t.error}" for t in refused) + _offered_hint(bundle, variant, engines))
     if all(v == FP32 for _, v in pairs):
         return _choose_fp32(bundle, requested, self_test)
     if len(pairs) == 1 or not self_test:
@@ -185,6 +182,21 @@ def choose_engine(bundle: VerifiedBundle, requested: str, self_test: bool = True
         except OSError:
             pass  # a read-only cache: measure again next time
     return choice
+
+
+def _offered_hint(bundle: VerifiedBundle, variant: str, engines: list[str]) -> str:
+    """Where the variant could run instead: another installed engine (--engine), or one to install."""
+    v = bundle.variants.get(variant)
+    if v is not None and v.error:
+        return f"; {v.error}"
+    offered = list(v.offered) if v else []
+    here = [e for e in offered if e in ENGINES and e not in engines]
+    absent = [e for e in offered if e not in ENGINES]
+    if here:
+        return f"; it is offered on {here}: --engine auto or one of those"
+    if absent:
+        return f"; it is offered on {absent}, not installed here ({'; '.join(KNOWN_ENGINES[e] for e in absent)})"
+    return "; no engine passed its gate at export: run fp32 (--variant fp32)" if v and not offered else ""
 
 
 def _measure(bundle: VerifiedBundle, pairs: list) -> tuple[list, tuple[str, str], str]:
@@ -257,19 +269,24 @@ def _cache_dir() -> Path:
     return Path(base) / "medge" / "engines"
 
 
-def record_key(model_sha256: str, backend: str, threads: int | None = None, variants: str | None = None) -> dict:
+def record_key(model_sha256: str, backend: str, threads: int | None = None, variants: dict | None = None) -> dict:
     """What a recorded engine choice holds for: model, backend, OpenCV threads, version and build, CPU and cores
-    (the keys of ``edge.system``'s environment record), and the seal of the bundle's fast variants (``variants``:
-    a new ``medge quantize`` offers other pairs, so an earlier choice no longer holds)."""
+    (the keys of ``edge.system``'s environment record), and the bundle's fast variants (``variants``: the seal of
+    their section and those whose files verified: a new ``medge quantize``, or a damaged copy, offers other pairs,
+    so an earlier choice no longer holds)."""
     return {"model_sha256": model_sha256, "backend": backend,
             "opencv_threads": cv2.getNumThreads() if threads is None else int(threads), "opencv": cv2.__version__,
             "opencv_build_sha256": hashlib.sha256(cv2.getBuildInformation().encode()).hexdigest()[:16],
-            "cpu": cpu_model(), "cores": os.cpu_count(), **({"variants_sha256": variants} if variants else {})}
+            "cpu": cpu_model(), "cores": os.cpu_count(), **({"variants": variants} if variants else {})}
 
 
 def bundle_key(bundle: VerifiedBundle, threads: int | None = None) -> dict:
     """``record_key`` of a verified bundle on its backend."""
-    return record_key(bundle.sha256, bundle.backend, threads, (bundle.manifest.get("variants") or {}).get("sha256"))
+    if not bundle.variants:
+        return record_key(bundle.sha256, bundle.backend, threads)
+    usable = sorted(name for name, v in bundle.variants.items() if v.error is None)
+    return record_key(bundle.sha256, bundle.backend, threads, {"sha256": bundle.manifest["variants"]["sha256"],
+                                                              "usable": usable})
 
 
 def record_path(key: dict) -> Path:

@@ -65,9 +65,10 @@ class Variant:
             return self.error
         gate = self.gates.get(engine)
         if gate is None:
-            return f"the {self.name} variant was not gated on the {engine} engine at export"
+            return f"the {self.name} variant was not gated on the {engine} engine (medge export or medge quantize)"
         if gate.get("passed") is not True:
-            return f"the {self.name} variant failed its gate on the {engine} engine at export: {gate.get('reason')}"
+            return (f"the {self.name} variant failed its gate on the {engine} engine (medge export or medge quantize): "
+                    f"{gate.get('reason')}")
         return None
 
     def golden(self, engine: str) -> dict | None:

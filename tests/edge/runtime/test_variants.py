@@ -56,7 +56,8 @@ def test_with_the_base_install_a_bundle_with_variants_runs_fp32_on_opencv(varian
     image = (np.arange(64 * 64).reshape(64, 64) % 251).astype(np.uint8)
     (p,) = m.predict(image)
     assert p.ok and p.to_record(m.sha256, m.runtime)["runtime"] == {"engine": m.engine, "variant": "fp32"}
-    with pytest.raises(BundleError, match="no engine here may run the int8 variant"):
+    with pytest.raises(BundleError, match=r"the int8 variant does not run on \['classic'(, 'new')?\]; it is offered on "
+                                          r"\['onnxruntime', 'openvino'\], not installed here"):
         Model.load(variant_bundle[0], variant="int8")
 
 
@@ -90,6 +91,9 @@ def test_a_modified_variant_file_disables_the_variant_not_the_bundle(copy):
     assert ("onnxruntime", "int8") not in candidate_pairs(b, list(ENGINES), "auto")[0]
     with pytest.raises(BundleError, match="SHA-256 does not match"):
         Model.load(copy, engine="classic", variant="int8")
+    from medge.edge.runtime.choice import bundle_key
+
+    assert bundle_key(b)["variants"]["usable"] == ["bf16"]  # a damaged copy never shares a recorded choice
     assert Model.load(copy, engine="classic").variant == "fp32"
 
 
@@ -149,7 +153,9 @@ def test_choice_names_variant_and_records_it(variant_bundle, monkeypatch, tmp_pa
     assert (again.engine, again.variant) == (m.engine, m.variant)
     assert again.engine_choice.reason.startswith("recorded on this box")
     forced = Model.load(variant_bundle[0], engine="onnxruntime", variant="int8")
-    assert forced.runtime == {"engine": "onnxruntime", "variant": "int8"} and forced.engine_choice.reason == "asked for"
+    sha = forced.manifest["variants"]["int8"]["sha256"]  # the int8 file that computed it
+    assert forced.runtime == {"engine": "onnxruntime", "variant": "int8", "variant_sha256": sha}
+    assert forced.engine_choice.reason == "asked for"
     assert Model.load(variant_bundle[0], variant="fp32").variant == "fp32"  # fp32 forbids the fast variants
     assert engines.ENGINES is ENGINES
 
@@ -175,8 +181,8 @@ def test_a_new_set_of_variants_is_measured_anew(bundle, variant_bundle):
     from medge.edge.runtime.choice import bundle_key
 
     plain, fast = open_bundle(bundle), open_bundle(variant_bundle[0])
-    assert "variants_sha256" not in bundle_key(plain)  # bundles without variants keep their recorded choices
-    assert bundle_key(fast)["variants_sha256"] == fast.manifest["variants"]["sha256"]  # medge quantize again: new key
+    assert "variants" not in bundle_key(plain)  # bundles without variants keep their recorded choices
+    assert bundle_key(fast)["variants"] == {"sha256": fast.manifest["variants"]["sha256"], "usable": ["bf16", "int8"]}
 
 
 def test_heatmaps_run_on_the_chosen_variant(variant_bundle):
