@@ -66,8 +66,10 @@ def write_heatmap(pred, target: Path, rec: dict) -> bool:
     """Write the overlay of a classified input; the record gets ``heatmap`` (its path, or None) and
     ``heatmap_error``. Returns False when a classified input's heatmap could not be written."""
     rec["heatmap"] = rec["heatmap_error"] = None
-    if pred.explanation is None:  # the input failed: its error says why
-        return True
+    if pred.explanation is None:  # the input failed (its error says why), or only its heatmap did (its warning)
+        if pred.ok:
+            rec["heatmap_error"] = next((w for w in pred.warnings if w.startswith("no heatmap: ")), "no heatmap")
+        return not pred.ok
     try:
         write_image(target, pred.explanation.overlay())
         rec["heatmap"] = str(target)

@@ -151,6 +151,11 @@ def finish(model: Model, batch: list[tuple[Prediction, np.ndarray]], heatmaps: b
             logits, explanations = model.infer(blob, net), [None] * len(batch)
         per_image = 1000 * (time.perf_counter() - t0) / len(batch)
     except MedgeError as e:
+        if len(batch) == 1 and heatmaps:  # the label does not need the heatmap: classify, and say why there is none
+            finish(model, batch, False, net)
+            if batch[0][0].error is None:
+                batch[0][0].warnings.append(f"no heatmap: {e}")
+            return
         if len(batch) == 1:
             batch[0][0].error = str(e)
             return

@@ -195,6 +195,18 @@ def _manifest(d, edit):
     (d / "model.json").write_text(json.dumps(m))
 
 
+def test_a_heatmap_that_cannot_be_drawn_still_leaves_the_classification(heat_bundle, tmp_path, monkeypatch):
+    bundle, _ = heat_bundle
+    m = Model.load(bundle)
+    path = str(tmp_path / "a.png")
+    write_image(path, xray_like(90, 100, seed=3))
+    (plain,) = m.predict([path])
+    monkeypatch.setattr(m.explainer, "logit_rtol", -1.0)  # every head check fails: no heatmap can be drawn
+    for p in (m.predict([path, path], batch_size=2, heatmaps=True)[0], m.predict([path], workers=0, heatmaps=True)[0]):
+        assert p.ok and p.label == plain.label and p.probabilities == plain.probabilities and p.explanation is None
+        assert any(w.startswith("no heatmap: the bundle's CAM head does not reproduce") for w in p.warnings)
+
+
 def test_bundle_without_heatmaps_still_classifies(heat_copy, tmp_path):
     _manifest(heat_copy, lambda m: m.pop("explain"))  # as bundles exported before heatmaps
     (heat_copy / "cam_head.npy").unlink()
