@@ -31,6 +31,7 @@ to the model's input size, then scaled to [0, 1] by its min and max (pytorch-gra
 """
 from __future__ import annotations
 
+import copy
 import io
 import math
 from dataclasses import dataclass
@@ -172,8 +173,9 @@ class CamExplainer(Explainer):
 
     def with_tolerance(self, logit_rtol: float) -> CamExplainer:
         """The same head, checked against the logits at ``logit_rtol``."""
-        head = np.concatenate([self.weight, self.bias.astype(np.float32)[:, None]], axis=1)
-        return CamExplainer(head, self.output, self.logits_output, logit_rtol)
+        other = copy.copy(self)
+        other.logit_rtol = logit_rtol
+        return other
 
     def cams(self, features: np.ndarray, class_indices) -> np.ndarray:
         """Raw maps (N, h, w): ``W[k] @ F`` at every position, without the bias."""

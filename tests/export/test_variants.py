@@ -61,7 +61,8 @@ def test_the_fp32_model_and_its_outputs_are_untouched(made, tmp_path, bundle):
     assert {k: v for k, v in m.items() if k != "variants"} == {k: v for k, v in old.items() if k != "variants"}
     assert set(m["variants"]) == {"bf16", "int8", "sha256"}  # bf16 kept, int8 replaced
     image = (np.arange(48 * 48).reshape(48, 48) % 241).astype(np.uint8)
-    for engine in ("classic", "onnxruntime", "openvino"):  # fp32 probabilities bit-identical to the bundle before
+    engines = [e for e in ("classic", "new", "onnxruntime", "openvino") if e in V.ENGINES]
+    for engine in engines:  # fp32 probabilities bit-identical to the bundle before, on every engine here
         a = Model.load(variant_bundle_copy(before, tmp_path / engine), engine=engine).predict(image)[0]
         b = Model.load(folder, engine=engine, variant="fp32").predict(image)[0]
         assert a.probabilities == b.probabilities and a.logits == b.logits

@@ -14,7 +14,6 @@ import pytest
 from medge.edge import Model
 from medge.edge.decision import seal
 from medge.edge.errors import BundleError, ConfigError, ModelIntegrityError, SelfTestError
-from medge.edge.runtime import engines
 from medge.edge.runtime.choice import VARIANT_MARGIN, candidate_pairs, pick_fastest
 from medge.edge.runtime.engines import ENGINES, Engine
 from medge.edge.runtime.variants import read_variants
@@ -157,7 +156,6 @@ def test_choice_names_variant_and_records_it(variant_bundle, monkeypatch, tmp_pa
     assert forced.runtime == {"engine": "onnxruntime", "variant": "int8", "variant_sha256": sha}
     assert forced.engine_choice.reason == "asked for"
     assert Model.load(variant_bundle[0], variant="fp32").variant == "fp32"  # fp32 forbids the fast variants
-    assert engines.ENGINES is ENGINES
 
 
 def test_a_pair_with_its_own_operating_point_decides_by_it_and_says_so(copy):
