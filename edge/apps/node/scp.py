@@ -6,16 +6,25 @@
   bundle is for that modality),
   each with every transfer syntax ``edge.inputs.dicom`` decodes here; anything else is rejected
   at negotiation, and C-ECHO is answered.
-- ``--allow AE[@HOST]``: another caller gets A-ASSOCIATE-RJ, rejected-permanent, "calling
-  AE title not recognised" (PS3.8 9.3.4).
+- The called AE title must be ``--ae-title``, else A-ASSOCIATE-RJ, rejected-permanent,
+  "called AE title not recognised"; with ``--allow AE[@HOST]`` another caller gets
+  rejected-permanent, "calling AE title not recognised" (PS3.8 9.3.4).
+- TLS handshakes run on the connection's own thread with a time limit, so a caller that
+  connects and says nothing holds up no one else.
+- Every association rejected, aborted or lost, and every failed TLS handshake, is a log
+  line: the caller (AE title, address) and why; never patient data.
 - A received dataset is written to a temporary file by pynetdicom, not held in memory
   (``STORE_RECV_CHUNKED_DATASET``), so a 60 MB instance costs disk, not RAM; it is
   refused above ``--max-instance-mb``.
-- C-STORE answers, in this order: 0x0000 for a SOP Instance UID already received (no
-  second result); 0xA700 (out of resources) when the queue is full, the instance is too
+- C-STORE answers, in this order: 0x0000 for a SOP Instance UID already spooled or done
+  (no second result); 0xA700 (out of resources) when the queue is full, the instance is too
   large or it cannot be written; 0xC210 (cannot understand) when its header cannot be
-  read or lacks the UIDs a result needs; else the instance is spooled durably
-  (``spool.Spool.put``) and only then 0x0000.
+  read (an element whose length runs past the end is named), or lacks the UIDs a result
+  needs; else the instance is spooled durably (``spool.Spool.put``) and only then 0x0000.
+- A copy of a UID that another association is writing at that moment waits for that
+  copy's outcome (``Spool.reserve``): spooled, it is a duplicate (0x0000); failed, this
+  copy is spooled instead. Success is never answered before some complete copy is safe;
+  still undecided after ``OTHER_COPY_WAIT_S``, 0xA700 (the sender retries).
 """
 from __future__ import annotations
 
@@ -51,6 +60,10 @@ MODALITY_SOP_CLASSES = {
     "PT": {"1.2.840.10008.5.1.4.1.1.128": "Positron Emission Tomography Image Storage"},
 }
 REJECT_CALLING_AE = (0x01, 0x01, 0x03)  # rejected-permanent, service-user, calling AE title not recognised
+REJECT_CALLED_AE = (0x01, 0x01, 0x07)  # rejected-permanent, service-user, called AE title not recognised
+REJECT_STOPPING = (0x02, 0x03, 0x02)  # rejected-transient, service-provider (presentation), local limit exceeded
+OTHER_COPY_WAIT_S = 30.0  # how long a copy waits for the outcome of one another association is writing
+TLS_HANDSHAKE_S = 30.0  # a TLS caller must finish its handshake within this (the ACSE timeout)
 OUT_OF_RESOURCES, CANNOT_UNDERSTAND, SUCCESS = 0xA700, 0xC210, 0x0000
 MAX_PDU = 1 << 20
 
@@ -100,6 +113,47 @@ def tls_context(cfg: NodeConfig) -> ssl.SSLContext | None:
     return ctx
 
 
+def server_class():
+    """pynetdicom's threaded server, with the TLS handshake moved off the accepting thread.
+
+    pynetdicom wraps each accepted socket and completes the handshake in ``get_request``, on the one thread that
+    accepts connections: a caller that opens TCP and sends nothing stops everyone else, and a failed handshake
+    is swallowed without a word. Here ``get_request`` only wraps the socket; the connection's own thread does
+    the handshake, within ``TLS_HANDSHAKE_S``, and a failure is passed to ``on_tls_failure(host, reason)``.
+    """
+    from pynetdicom.transport import ThreadedAssociationServer
+
+    class Server(ThreadedAssociationServer):
+        on_tls_failure = staticmethod(lambda host, reason: None)
+
+        def get_request(self):
+            client, address = self.socket.accept()
+            if self.ssl_context:
+                client = self.ssl_context.wrap_socket(client, server_side=True, do_handshake_on_connect=False)
+            return client, address
+
+        def process_request_thread(self, request, client_address):
+            if isinstance(request, ssl.SSLSocket):
+                previous = request.gettimeout()
+                try:
+                    request.settimeout(TLS_HANDSHAKE_S)
+                    request.do_handshake()
+                    request.settimeout(previous)
+                except (OSError, ValueError) as e:  # ssl.SSLError, a timeout, a reset
+                    self.on_tls_failure(client_address[0], _tls_reason(e))
+                    self.shutdown_request(request)
+                    return
+            super().process_request_thread(request, client_address)
+
+    return Server
+
+
+def _tls_reason(e: Exception) -> str:
+    if isinstance(e, TimeoutError | socket.timeout):
+        return f"no handshake within {TLS_HANDSHAKE_S:g} s"
+    return getattr(e, "reason", None) or type(e).__name__
+
+
 class StorageSCP:
     """The association side: accepts, checks and spools; ``Node`` owns the rest."""
 
@@ -108,9 +162,11 @@ class StorageSCP:
         self.sop_classes = sop_classes(modalities)
         self.syntaxes = transfer_syntaxes()
         self.counts = {"stored": 0, "duplicates": 0, "refused_full": 0, "refused_size": 0, "unreadable": 0,
-                       "write_failed": 0, "rejected_associations": 0, "echo": 0}
+                       "write_failed": 0, "refused_busy": 0, "rejected_associations": 0, "aborted_associations": 0,
+                       "tls_failures": 0, "echo": 0}
         self.accepting = True
         self.server = None
+        self._stored_on: dict[int, int] = {}  # id(association) -> instances it stored (for the log)
 
     def build_ae(self):
         from pynetdicom import AE, _config
@@ -119,6 +175,7 @@ class StorageSCP:
         _receive_into(self.spool.incoming)
         _config.LOG_HANDLER_LEVEL = "none"  # pynetdicom's own log would print patient attributes
         ae = AE(ae_title=self.cfg.ae_title)
+        ae.require_called_aet = True  # checked in _on_requested first, with a log line; this is the backstop
         ae.maximum_associations = self.cfg.max_associations
         ae.add_supported_context(VERIFICATION)
         for uid in self.sop_classes:
@@ -131,12 +188,19 @@ class StorageSCP:
 
     def start(self):
         """Listen (non-blocking); returns the server, whose ``server_address`` has the port."""
+        import threading
+
         from pynetdicom import evt
 
-        handlers = [(evt.EVT_REQUESTED, self._on_requested), (evt.EVT_C_ECHO, self._on_echo),
+        handlers = [(evt.EVT_REQUESTED, self._on_requested), (evt.EVT_REJECTED, self._on_rejected),
+                    (evt.EVT_CONN_CLOSE, self._on_closed), (evt.EVT_C_ECHO, self._on_echo),
                     (evt.EVT_C_STORE, self._on_store)]
-        self.server = self.build_ae().start_server((self.cfg.host, self.cfg.port), block=False,
-                                                   ssl_context=tls_context(self.cfg), evt_handlers=handlers)
+        ae = self.build_ae()
+        self.server = ae.make_server((self.cfg.host, self.cfg.port), ssl_context=tls_context(self.cfg),
+                                     evt_handlers=handlers, server_class=server_class())
+        ae._servers.append(self.server)  # as AE.start_server does: the server's shutdown() takes itself off the list
+        self.server.on_tls_failure = self._on_tls_failure
+        threading.Thread(target=self.server.serve_forever, name="medge-node-accept", daemon=True).start()
         return self.server
 
     # --- handlers (association threads) -----------------------------------------------------------------------
@@ -148,16 +212,46 @@ class StorageSCP:
     def _on_requested(self, event) -> None:
         no_delay(event.assoc)
         rq = event.assoc.requestor
-        calling = str(rq.primitive.calling_ae_title).strip()
-        if not self.accepting or not self._allowed(calling, rq.address):
-            self.counts["rejected_associations"] += 1
-            self.log(f"association from {calling}@{rq.address} rejected: "
-                     f"{'stopping' if not self.accepting else 'not in --allow'}")
-            if self.accepting:
-                event.assoc.acse.send_reject(*REJECT_CALLING_AE)
-            else:  # shutting down: transient, local limit exceeded
-                event.assoc.acse.send_reject(0x02, 0x03, 0x02)
-            event.assoc.kill()
+        calling, called = str(rq.primitive.calling_ae_title).strip(), str(rq.primitive.called_ae_title).strip()
+        if not self.accepting:
+            why, reason = "the node is stopping", REJECT_STOPPING
+        elif called != self.cfg.ae_title:
+            why, reason = f"called AE title {called!r} is not this node's ({self.cfg.ae_title!r})", REJECT_CALLED_AE
+        elif not self._allowed(calling, rq.address):
+            why, reason = "not in --allow", REJECT_CALLING_AE
+        else:
+            return
+        self.counts["rejected_associations"] += 1
+        self.log(f"association from {calling}@{rq.address} rejected: {why}")
+        event.assoc.acse.send_reject(*reason)
+        event.assoc.kill()
+
+    def _on_rejected(self, event) -> None:
+        """pynetdicom's own rejections (ours are logged in ``_on_requested``): too many associations at once."""
+        rq = event.assoc.requestor
+        self.counts["rejected_associations"] += 1
+        busy = sum(a.is_acceptor for a in event.assoc.ae.active_associations) > self.cfg.max_associations
+        self.log(f"association from {str(rq.ae_title).strip()}@{rq.address} rejected: "
+                 + (f"--max-associations {self.cfg.max_associations} reached" if busy
+                    else "refused by the association layer"))
+
+    def _on_closed(self, event) -> None:
+        """One line for an association that ended other than by release: aborted, or its connection lost."""
+        assoc = event.assoc
+        stored = self._stored_on.pop(id(assoc), 0)
+        if assoc.is_released or assoc.is_rejected or not getattr(assoc.requestor, "primitive", None):
+            return
+        self.counts["aborted_associations"] += 1
+        if assoc.is_aborted or assoc.acse.is_aborted("a-abort"):  # the A-ABORT may still wait in the queue
+            how = "aborted"
+        else:
+            how = "lost (its connection closed or failed without release or abort)"
+        self.log(f"association from {str(assoc.requestor.ae_title).strip()}@{assoc.requestor.address} {how}"
+                 f"{'' if self.accepting else ' while stopping'}; {stored} instance(s) stored on it")
+
+    def _on_tls_failure(self, host: str, reason: str) -> None:
+        self.counts["tls_failures"] += 1
+        self.log(f"TLS handshake from {host} failed: {reason}")
 
     def _on_echo(self, event) -> int:
         self.counts["echo"] += 1
@@ -168,19 +262,24 @@ class StorageSCP:
         uid = str(event.request.AffectedSOPInstanceUID or "")
         calling = str(event.assoc.requestor.ae_title).strip()
         tag = uid_hash(uid)[:12]
-        verdict = self.spool.reserve(uid)
+        verdict = self.spool.reserve(uid, OTHER_COPY_WAIT_S)
         if verdict == "duplicate":
             self.counts["duplicates"] += 1
             self.log(f"{tag}: already received from {calling}: acknowledged, no second result")
             return SUCCESS
-        if verdict == "full":
-            self.counts["refused_full"] += 1
-            self.log(f"{tag}: queue full ({self.spool.pending()} waiting): out of resources (0xA700)")
+        if verdict in ("full", "busy"):
+            self.counts[f"refused_{verdict}"] += 1
+            self.log(f"{tag}: " + (f"queue full ({self.spool.pending()} waiting)" if verdict == "full" else
+                                   f"another association's copy still undecided after {OTHER_COPY_WAIT_S:g} s")
+                     + ": out of resources (0xA700)")
             return OUT_OF_RESOURCES
         try:
-            return self._spool(event, uid, calling, tag, t0)
+            status = self._spool(event, uid, calling, tag, t0)
         finally:
             self.spool.unreserve(uid)
+        if status == SUCCESS:
+            self._stored_on[id(event.assoc)] = self._stored_on.get(id(event.assoc), 0) + 1
+        return status
 
     def _spool(self, event, uid: str, calling: str, tag: str, t0: float) -> int:
         path = event.dataset_path
@@ -206,16 +305,50 @@ class StorageSCP:
 
 
 def check_header(path, uid: str) -> str | None:
-    """Why the received file cannot become a result (unreadable header, missing or mismatched UIDs), or None."""
+    """Why the received file cannot become a result (unreadable or damaged header, missing or mismatched UIDs),
+    or None."""
     import pydicom
 
     try:
         ds = pydicom.dcmread(path, stop_before_pixels=True)
+        damaged = past_the_end(path, ds)
     except Exception as e:  # pydicom raises many kinds on damaged data
         return f"the dataset cannot be read ({type(e).__name__})"
+    if damaged:
+        return damaged
     missing = [k for k in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID") if not ds.get(k)]
     if missing:
         return f"the dataset lacks {', '.join(missing)}"
     if str(ds.SOPInstanceUID) != uid:
         return "the dataset's SOP Instance UID is not the one of the C-STORE request"
+    return None
+
+
+DEFLATED = "1.2.840.10008.1.2.1.99"
+
+
+def past_the_end(path, ds) -> str | None:
+    """The first top-level element whose stated length runs past the end of the file, said so; else None.
+
+    pydicom reads such a value to the end of the file without complaint, and what should follow it (the UIDs)
+    is then missing: without this the damage would be reported as a missing UID. Lengths are walked over the
+    file's bytes after the file meta (values over 4 KiB are skipped, not read); a deflated dataset is not.
+    """
+    import os
+
+    from pydicom.filereader import data_element_generator
+
+    meta = getattr(ds, "file_meta", None)
+    if (meta is None or "FileMetaInformationGroupLength" not in meta or ds.original_encoding[0] is None
+            or str(meta.get("TransferSyntaxUID", "")) == DEFLATED):
+        return None  # where the dataset starts, or how it is encoded, is not known for sure
+    start = (132 if ds.preamble is not None else 0) + 12 + int(meta.FileMetaInformationGroupLength)
+    size = os.path.getsize(path)
+    with open(path, "rb") as fp:
+        fp.seek(start)
+        for raw in data_element_generator(fp, *ds.original_encoding, defer_size=4096):
+            length = getattr(raw, "length", 0xFFFFFFFF)  # a sequence of undefined length comes parsed, checked
+            if length != 0xFFFFFFFF and raw.value_tell + length > size:
+                return (f"the dataset is damaged: element {raw.tag} states a length of {length} bytes, "
+                        f"past the end of the file ({size} bytes)")
     return None

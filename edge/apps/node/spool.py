@@ -76,6 +76,7 @@ class Spool:
         self._queue: deque[Spooled] = deque()
         self._pending: set[str] = set()  # SOP Instance UIDs in the spool (queued or being classified)
         self._reserved: set[str] = set()  # being written by an association right now
+        self.waiting = 0  # associations waiting in ``reserve`` for another copy's outcome
         self.done: dict[str, dict] = {}  # SOP Instance UID -> its record
         self.recovered = self._recover()
 
@@ -142,10 +143,26 @@ class Spool:
         return removed
 
     # --- receiving (association threads) ----------------------------------------------------------------------
-    def reserve(self, sop_uid: str) -> str:
-        """Claim ``sop_uid`` for writing: "ok", "duplicate" (done, queued or being written), or "full"."""
+    def reserve(self, sop_uid: str, wait_s: float = 0.0) -> str:
+        """Claim ``sop_uid`` for writing: "ok", "duplicate" (done or queued), "full", or "busy".
+
+        A copy that another association is writing right now has no outcome yet: it may still fail (unreadable,
+        too large, a write error), and then this copy is the one to keep. So this waits up to ``wait_s`` for
+        that outcome: spooled -> "duplicate"; failed -> this copy claims the UID. Still undecided -> "busy",
+        which the caller must not answer with success.
+        """
+        deadline = time.monotonic() + wait_s
         with self._lock:
-            if sop_uid in self.done or sop_uid in self._pending or sop_uid in self._reserved:
+            while sop_uid in self._reserved:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return "busy"
+                self.waiting += 1
+                try:
+                    self._lock.wait(left)
+                finally:
+                    self.waiting -= 1
+            if sop_uid in self.done or sop_uid in self._pending:
                 return "duplicate"
             if len(self._pending) + len(self._reserved) >= self.capacity:
                 return "full"
@@ -153,8 +170,10 @@ class Spool:
             return "ok"
 
     def unreserve(self, sop_uid: str) -> None:
+        """Give up the claim (the copy was not spooled): a copy waiting in ``reserve`` may now take it."""
         with self._lock:
             self._reserved.discard(sop_uid)
+            self._lock.notify_all()
 
     def put(self, sop_uid: str, received: Path, calling_ae: str) -> Spooled:
         """Move or copy the received file into the spool durably, then queue it. Raises OSError when it cannot."""

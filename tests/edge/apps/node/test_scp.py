@@ -1,0 +1,191 @@
+"""The node's Storage SCP in this process, where a test can hold an association at a chosen point: two copies of
+one instance racing, the called AE title, and the log lines of associations that end badly."""
+import socket
+import ssl
+import threading
+import time
+
+import pytest
+
+pytest.importorskip("pynetdicom", reason="the node extra is not installed")
+
+from medge.edge.apps.node import scp as scp_module  # noqa: E402
+from medge.edge.apps.node.config import NodeConfig  # noqa: E402
+from medge.edge.apps.node.scp import CANNOT_UNDERSTAND, OUT_OF_RESOURCES, SUCCESS, StorageSCP, check_header  # noqa: E402
+from medge.edge.apps.node.spool import Spool  # noqa: E402
+from tests.edge.apps.node.nodes import write_radiograph  # noqa: E402
+
+
+@pytest.fixture
+def make_scp(tmp_path, monkeypatch):
+    """A StorageSCP on a free port with its spool and log; pynetdicom's process-wide settings restored after."""
+    from pynetdicom import _config, dimse_messages
+
+    for name in ("STORE_RECV_CHUNKED_DATASET", "LOG_HANDLER_LEVEL"):
+        monkeypatch.setattr(_config, name, getattr(_config, name))
+    monkeypatch.setattr(dimse_messages, "NamedTemporaryFile", dimse_messages.NamedTemporaryFile)
+    started = []
+
+    def make(**settings):
+        log = []
+        scp = StorageSCP(NodeConfig(port=0, **settings), Spool(tmp_path / "out", 8), log=log.append)
+        scp.start()
+        started.append(scp)
+        return scp, scp.server.server_address[1], log
+
+    yield make
+    for scp in started:
+        scp.server.shutdown()
+        scp.server.server_close()
+
+
+def associate(port: int, calling: str = "SCU", called: str = "MEDGE", contexts=("1.2.840.10008.5.1.4.1.1.1.1",)):
+    from pynetdicom import AE
+
+    ae = AE(ae_title=calling)
+    for uid in contexts:
+        ae.add_requested_context(uid)
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 30
+    return ae.associate("127.0.0.1", port, ae_title=called)
+
+
+def store(port: int, path, out: dict, key: str) -> None:
+    assoc = associate(port)
+    try:
+        out[key] = int(assoc.send_c_store(path).Status)
+    finally:
+        assoc.release()
+
+
+def wait_until(condition, timeout_s: float = 30.0) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
+# --- two copies of one instance --------------------------------------------------------------------------------------
+@pytest.mark.parametrize("failure", ["unreadable", "too large", "write error", "none"])
+def test_a_copy_is_acknowledged_only_once_some_complete_copy_is_spooled(tmp_path, make_scp, monkeypatch, failure):
+    """Association A is writing its copy of X when association B sends a valid copy of X. If A's copy then
+    fails (cannot be understood, over the size limit, a write error), B's copy is the one spooled, and only
+    then does B hear success; if A's copy is spooled, B's is a duplicate. Never: B told 'stored', nothing kept."""
+    import pydicom
+
+    good = write_radiograph(tmp_path / "good.dcm", size=64)
+    uid = str(pydicom.dcmread(good).SOPInstanceUID)
+    first = tmp_path / "first.dcm"
+    ds = pydicom.dcmread(good)
+    if failure == "unreadable":
+        del ds.StudyInstanceUID
+    elif failure == "too large":
+        ds.add_new(0x00091010, "OB", b"\0" * 300_000)  # a private element: the copy is over the limit below
+    ds.save_as(first, enforce_file_format=True)
+    scp, port, log = make_scp(max_instance_mb=0.2)
+    real_spool, real_put, calls = scp._spool, scp.spool.put, []
+
+    def first_waits_for_the_second(event, *args):
+        if not calls:  # A: hold its copy undecided until B has asked for the same UID
+            calls.append("A")
+            assert wait_until(lambda: scp.spool.waiting > 0 or "B" in statuses, 20)
+        return real_spool(event, *args)
+
+    def put(sop_uid, received, calling_ae):
+        if failure == "write error" and "A-put" not in calls:
+            calls.append("A-put")
+            raise OSError(28, "No space left on device")
+        return real_put(sop_uid, received, calling_ae)
+
+    monkeypatch.setattr(scp, "_spool", first_waits_for_the_second)
+    monkeypatch.setattr(scp.spool, "put", put)
+    statuses: dict[str, int] = {}
+    a = threading.Thread(target=store, args=(port, first, statuses, "A"))
+    a.start()
+    assert wait_until(lambda: calls)
+    store(port, good, statuses, "B")
+    a.join(30)
+    expected_a = {"unreadable": CANNOT_UNDERSTAND, "too large": OUT_OF_RESOURCES, "write error": OUT_OF_RESOURCES,
+                  "none": SUCCESS}[failure]
+    assert statuses == {"A": expected_a, "B": SUCCESS}
+    (item,) = scp.spool.take(8, 1.0)  # exactly one copy spooled, and it is a complete one
+    assert item.sop_uid == uid and pydicom.dcmread(item.path).SOPInstanceUID == uid
+    kept = pydicom.dcmread(item.path)
+    assert "StudyInstanceUID" in kept and 0x00091010 not in kept
+    assert scp.counts["stored"] == 1 and scp.counts["duplicates"] == (failure == "none")
+
+
+def test_a_copy_still_undecided_after_the_wait_is_refused_not_acknowledged(tmp_path, monkeypatch):
+    spool = Spool(tmp_path / "out", 8)
+    assert spool.reserve("1.2.3") == "ok"  # another association is writing it and does not finish
+    assert spool.reserve("1.2.3", wait_s=0.05) == "busy"
+    spool.unreserve("1.2.3")  # that copy failed: the next one may take the UID
+    assert spool.reserve("1.2.3", wait_s=0.05) == "ok"
+
+
+# --- who may associate ----------------------------------------------------------------------------------------------
+def test_the_called_ae_title_must_be_the_nodes(make_scp):
+    scp, port, log = make_scp(ae_title="MEDGE")
+    wrong = associate(port, called="WRONGCALLED")
+    assert wrong.is_rejected
+    rj = wrong.acceptor.primitive
+    assert (rj.result, rj.result_source, rj.diagnostic) == (0x01, 0x01, 0x07)  # permanent, called AE not recognised
+    assert any("rejected: called AE title 'WRONGCALLED' is not this node's ('MEDGE')" in m for m in log)
+    right = associate(port, called="MEDGE")
+    assert right.is_established
+    right.release()
+    assert scp.counts["rejected_associations"] == 1
+
+
+# --- what ends badly is said -----------------------------------------------------------------------------------------
+def test_an_aborted_association_is_a_log_line_naming_the_caller(tmp_path, make_scp):
+    scp, port, log = make_scp()
+    assoc = associate(port, calling="MODALITY7")
+    assert assoc.is_established
+    assoc.abort()
+    assert wait_until(lambda: any("aborted" in m for m in log))
+    (line,) = [m for m in log if "aborted" in m]
+    assert line.startswith("association from MODALITY7@127.0.0.1 aborted") and "0 instance(s) stored" in line
+    released = associate(port, calling="MODALITY8")
+    released.release()
+    time.sleep(0.5)  # a released association must add no such line
+    assert not any("MODALITY8" in m for m in log) and scp.counts["aborted_associations"] == 1
+
+
+def test_a_damaged_element_length_is_named_as_damage(tmp_path):
+    good = write_radiograph(tmp_path / "good.dcm", size=8)
+    data = good.read_bytes()
+    at = data.index(b"\x10\x00\x10\x00PN")  # Patient's Name, before the UIDs in the file
+    damaged = tmp_path / "damaged.dcm"
+    damaged.write_bytes(data[:at + 6] + b"\xf0\xff" + data[at + 8:])  # its length now runs past the end
+    why = check_header(damaged, "1.2.3")
+    assert why.startswith("the dataset is damaged: element (0010,0010) states a length of 65520 bytes")
+    assert check_header(good, "1.2.3") == "the dataset's SOP Instance UID is not the one of the C-STORE request"
+
+
+@pytest.mark.skipif(__import__("shutil").which("openssl") is None, reason="the openssl command is not installed")
+def test_a_silent_or_failed_tls_caller_is_logged_and_holds_up_no_one(tmp_path, make_scp, monkeypatch):
+    from tests.edge.apps.node.test_node import _certificates
+
+    c = _certificates(tmp_path / "pki")
+    monkeypatch.setattr(scp_module, "TLS_HANDSHAKE_S", 1.0)
+    scp, port, log = make_scp(tls_cert=str(c["server.pem"]), tls_key=str(c["server.key"]))
+    silent = socket.create_connection(("127.0.0.1", port))  # connects, never says a word
+    plain = socket.create_connection(("127.0.0.1", port))
+    plain.sendall(b"\x01\x00" + b"\0" * 64)  # an A-ASSOCIATE-RQ's first bytes, without TLS
+    ctx = ssl.create_default_context(cafile=str(c["ca.pem"]))
+    ctx.check_hostname = False
+    from pynetdicom import AE
+
+    ae = AE(ae_title="SCU")
+    ae.add_requested_context("1.2.840.10008.1.1")
+    ok = ae.associate("127.0.0.1", port, ae_title="MEDGE", tls_args=(ctx, None))
+    assert ok.is_established  # while the silent caller still holds its connection open
+    assert int(ok.send_c_echo().Status) == SUCCESS
+    ok.release()
+    assert wait_until(lambda: sum("TLS handshake from 127.0.0.1 failed" in m for m in log) == 2, 10), log
+    assert any("no handshake within 1 s" in m for m in log)
+    silent.close()
+    plain.close()
+    assert scp.counts["tls_failures"] == 2
