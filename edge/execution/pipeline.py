@@ -21,6 +21,7 @@ from collections import deque
 from typing import Callable, Iterable, Iterator
 
 FILLING, CLAIMED, DONE = "filling", "claimed", "done"
+_END = object()  # the inputs ran out
 
 
 class _Batch:
@@ -44,7 +45,8 @@ class Pipeline:
     predictions in input order.
 
     Args:
-        inputs: any iterable (taken lazily, under the pipeline's lock).
+        inputs: any iterable, taken lazily by one thread at a time, outside the pipeline's lock: an iterator that
+            blocks until the next input arrives (a stream) holds up no inference meanwhile.
         batch_size: inputs per batch (>= 1).
         threads: threads of the pipeline (>= 1); each reads or infers, whichever is next.
         forwards: at most this many batches inferred at once (>= 1).
@@ -69,6 +71,7 @@ class Pipeline:
         self._ahead = 0  # inputs taken and not yet given back
         self._forwards = 0  # batches being inferred
         self._exhausted = False
+        self._taking = False  # a thread is asking the inputs for the next one
         self._stop = False
         self._error: BaseException | None = None
 
@@ -138,7 +141,7 @@ class Pipeline:
                             return batch
                         batch.state = DONE  # nothing in it to infer
                         self._cond.notify_all()
-                if not self._exhausted and self._ahead < self._window:
+                if not self._exhausted and not self._taking and self._ahead < self._window:
                     job = self._take_input()
                     if job is not None:
                         return job
@@ -149,10 +152,19 @@ class Pipeline:
             return None
 
     def _take_input(self):
-        """(batch, index, item) for the next input, or None when the inputs ran out (called under the lock)."""
+        """(batch, index, item) for the next input, or None when the inputs ran out or the pipeline stopped meanwhile.
+        Called under the lock, which is let go while the inputs are asked: other threads infer and read meanwhile."""
+        self._taking = True
+        self._cond.release()
         try:
-            item = next(self._inputs)
-        except StopIteration:
+            item = next(self._inputs, _END)
+        finally:
+            self._cond.acquire()
+            self._taking = False
+            self._cond.notify_all()
+        if self._stop:
+            return None
+        if item is _END:
             self._exhausted = True
             if self._batches:
                 self._batches[-1].closed = True

@@ -87,3 +87,24 @@ def test_a_bug_in_a_stage_or_the_inputs_reaches_the_consumer_and_stops_the_threa
     with pytest.raises(ValueError, match="the scan broke"):
         list(Pipeline(inputs(), 2, 2, 2, rec.prepare, rec.infer))
     assert not [t for t in threading.enumerate() if t.name.startswith("medge-pipeline")]
+
+
+@pytest.mark.parametrize("threads", [2, 3])
+def test_a_stream_that_waits_for_its_next_input_holds_up_no_inference(threads):
+    """Inputs that arrive one at a time (a DICOM node's spool): the next is only produced once the result of the
+    one before is out. A thread waiting for the stream must leave the others free to infer what is there."""
+    rec = Recorder()
+    given_back = threading.Event()
+
+    def stream():
+        for i in range(4):
+            yield i
+            if not given_back.wait(10):
+                raise AssertionError(f"input {i}'s result never came back while the stream waited")
+            given_back.clear()
+
+    got = []
+    for pred in Pipeline(stream(), 1, threads, 1, rec.prepare, rec.infer):
+        got.append(pred["out"])
+        given_back.set()
+    assert got == [1, 11, 21, 31]
