@@ -11,16 +11,19 @@ Orthanc (a temporary folder, loopback ports, no plugins) and ``medge node --port
 --forward ORTHANC@127.0.0.1:PORT`` in a subprocess with its defaults (batch size 1),
 on the engine this process's ``Model.load`` chose. For each association count ``c``
 the files are sent, each with new Study/Series/SOP Instance UIDs (the node takes a
-UID once), split over ``c`` threads that each open their own pynetdicom association
-(TCP_NODELAY, as dcmtk's storescu sets it) and C-STORE their share in turn. An instance's latency runs from the start of its
+UID once), split over ``c`` senders that each open their own association and C-STORE
+their share in turn: dcmtk's ``storescu`` processes by default (C, as modalities and
+PACS send; its verbose lines, timed as they arrive, give each C-STORE's start and
+answer), or pynetdicom threads in this process (``--sender pynetdicom``, any transfer
+syntax; Python costs ~30 ms of CPU per 8 MB sent, on the box the node runs on). An instance's latency runs from the start of its
 C-STORE to its SR being in Orthanc; SR arrivals are seen by polling Orthanc's
 ``/changes`` every ``poll_s`` (so a latency is at most ``poll_s`` late) and matched
 to their source through the node's results.jsonl (``sr_sop_instance_uid``).
 instances/s = SRs stored / (last SR in Orthanc - first C-STORE start). Each round
 also records where the time went: the C-STORE answer, the node's spool-to-classified
 time (results.jsonl ``received_at`` -> ``classified_at``), classified-to-PACS, the
-node's classify calls (instances per ``Model.predict`` call, from its log) and the
-CPU seconds of the node, Orthanc, this process (the senders and the polling) and the
+node's pipeline runs (instances per ``Model.predict_iter`` run, from its log) and the
+CPU seconds of the node, Orthanc, the senders (with the polling) and the
 whole box (/proc/stat) over the round. The senders share the box with the node: on
 a 2-core box their CPU is part of what the node does not get.
 
@@ -76,6 +79,7 @@ class LoadConfig:
     poll_s: float = 0.02  # how often Orthanc's /changes is read: the resolution of an SR's arrival
     round_timeout_s: float = 600.0
     node_args: tuple[str, ...] = ()  # more medge node options, e.g. ("--batch-size", "4")
+    sender: str = "storescu"  # dcmtk's storescu (C, as modalities and PACS send) or "pynetdicom" (Python, in this process)
 
 
 # --- inputs ---------------------------------------------------------------------------------------------------------
@@ -243,6 +247,15 @@ def stop_process(proc: subprocess.Popen, timeout_s: float = 30) -> int:
     return proc.returncode
 
 
+def senders_cpu_s() -> float:
+    """CPU seconds of this process (the polling, and pynetdicom senders) and of its finished child processes (the
+    storescu senders: the node and Orthanc are children too, but are reaped only at the end)."""
+    import resource
+
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return time.process_time() + children.ru_utime + children.ru_stime
+
+
 def box_busy_s() -> float:
     """CPU seconds the whole machine has used since boot (all but idle and iowait, /proc/stat), NaN off Linux."""
     try:
@@ -308,6 +321,36 @@ def send_share(port: int, files: list[tuple[Path, str]], contexts, index: int, b
             assoc.release()
 
 
+STORESCU = shutil.which("storescu") or "/usr/bin/storescu"
+UNCOMPRESSED = {"1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2"}
+STORESCU_LINE = re.compile(r"^I: (Sending file: (?P<path>.+)|Received Store Response \((?P<status>[^,)]+))")
+
+
+def send_share_storescu(port: int, files: list[tuple[Path, str]], contexts, index: int, barrier: threading.Barrier,
+                        out: list[Sent]) -> None:
+    """One association by dcmtk's storescu (one process; TCP_NODELAY is its default): its verbose lines timed as they
+    come, "Sending file" the start of a C-STORE and "Received Store Response" its answer. Uncompressed files only."""
+    uid_of = {str(path): uid for path, uid in files}
+    try:
+        barrier.wait(60)
+    except threading.BrokenBarrierError:
+        pass
+    command = [STORESCU, "-v", "-nh", "-x=", "-aet", SCU_AE, "-aec", NODE_AE, "127.0.0.1", str(port),
+               *(str(p) for p, _ in files)]
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
+    current = None
+    for line in proc.stdout:
+        m = STORESCU_LINE.match(line.strip())
+        if m and m.group("path"):
+            current = (uid_of.get(m.group("path"), m.group("path")), time.time())
+        elif m and current is not None:
+            out.append(Sent(current[0], index, current[1], time.time(), 0 if m.group("status") == "Success" else -1))
+            current = None
+    proc.wait()
+    answered = {s.sop_uid for s in out}
+    out += [Sent(uid, index, time.time(), time.time(), None) for _, uid in files if uid not in answered]
+
+
 def read_new_results(path: Path, offset: int) -> tuple[list[dict], int]:
     """The complete lines of results.jsonl after byte ``offset``, and the new offset."""
     if not path.exists():
@@ -342,11 +385,12 @@ def run_round(ctx: "Session", paths: list[Path], associations: int, folder: Path
     shares = [files[i::associations] for i in range(associations)]
     shares = [s for s in shares if s]
     mark, offset, log_offset = ctx.watcher.mark(), ctx.results_offset, ctx.node_log.stat().st_size
-    cpu0 = {"node": cpu_s(ctx.node.pid), "orthanc": cpu_s(ctx.pacs.pid), "senders": time.process_time(),
+    cpu0 = {"node": cpu_s(ctx.node.pid), "orthanc": cpu_s(ctx.pacs.pid), "senders": senders_cpu_s(),
             "box": box_busy_s()}
     sent: list[Sent] = []
     barrier = threading.Barrier(len(shares))
-    threads = [threading.Thread(target=send_share, args=(ctx.port, share, ctx.contexts, i, barrier, sent))
+    sender = send_share_storescu if ctx.cfg.sender == "storescu" else send_share
+    threads = [threading.Thread(target=sender, args=(ctx.port, share, ctx.contexts, i, barrier, sent))
                for i, share in enumerate(shares)]
     for t in threads:
         t.start()
@@ -364,7 +408,7 @@ def run_round(ctx: "Session", paths: list[Path], associations: int, folder: Path
         if (len(records) == len(stored) and len(arrived) >= len(with_sr)) or timed_out:
             break
         time.sleep(0.05)
-    cpu_now = {"node": cpu_s(ctx.node.pid), "orthanc": cpu_s(ctx.pacs.pid), "senders": time.process_time(),
+    cpu_now = {"node": cpu_s(ctx.node.pid), "orthanc": cpu_s(ctx.pacs.pid), "senders": senders_cpu_s(),
                "box": box_busy_s()}
     cpu = {k: cpu_now[k] - v for k, v in cpu0.items()}
     ctx.results_offset = offset
@@ -398,7 +442,7 @@ def round_figures(associations: int, sent: list[Sent], records: dict, arrival_by
     wall = (max(ends) - first) if ends else float("nan")
     statuses: dict[str, int] = {}
     for s in sent:
-        key = "no answer" if s.status is None else f"0x{s.status:04X}"
+        key = "no answer" if s.status is None else "not success (storescu)" if s.status < 0 else f"0x{s.status:04X}"
         statuses[key] = statuses.get(key, 0) + 1
     outcome: dict[str, int] = {}
     for rec in records.values():
@@ -560,6 +604,10 @@ def main(argv=None) -> int:
     p.add_argument("--warmup-files", type=int, default=d.warmup_files, help="(default: %(default)s)")
     p.add_argument("--poll-s", type=float, default=d.poll_s, help="Orthanc /changes polling (default: %(default)s)")
     p.add_argument("--node-args", default="", help="extra medge node options, e.g. '--batch-size 4'")
+    p.add_argument("--sender", choices=("storescu", "pynetdicom"), default=d.sender,
+                   help="what sends: dcmtk's storescu processes (uncompressed files; as modalities send, in C) or "
+                        "pynetdicom in this process (any transfer syntax; ~30 ms of Python CPU per 8 MB on the "
+                        "same box) (default: %(default)s)")
     p.add_argument("--orthanc", default=shutil.which("Orthanc") or "/usr/sbin/Orthanc", help="Orthanc binary")
     add_out_arguments(p)
     p.add_argument("--from", dest="from_record", help="print the table of a record instead of measuring")
@@ -577,10 +625,17 @@ def main(argv=None) -> int:
     if status:
         return status
     cfg = LoadConfig(files=a.files, size=a.size, associations=a.associations, predict_batch_sizes=a.predict_batch_sizes,
-                     warmup_files=a.warmup_files, poll_s=a.poll_s, node_args=tuple(a.node_args.split()))
+                     warmup_files=a.warmup_files, poll_s=a.poll_s, node_args=tuple(a.node_args.split()),
+                     sender=a.sender)
+    if cfg.sender == "storescu" and not os.access(STORESCU, os.X_OK):
+        p.error(f"--sender storescu: {STORESCU} not found (apt-get install dcmtk), or give --sender pynetdicom")
     with tempfile.TemporaryDirectory(prefix="medge-node-load-") as tmp:
         work = Path(tmp)
         paths = scan_dicom_folder(a.inputs) if a.inputs else make_dicom_files(work / "inputs", cfg.files, cfg.size)
+        compressed = sorted({ts for _, ts in presentation_contexts(paths)} - UNCOMPRESSED)
+        if cfg.sender == "storescu" and compressed:
+            p.error(f"--sender storescu sends uncompressed files only; {a.inputs} has {', '.join(compressed)}: "
+                    "give --sender pynetdicom")
         record = measure(a.model, paths, cfg, work, a.orthanc, synthetic=not a.inputs)
     record["command"] = ["python", "-m", "medge.benchmarks.node_load", *(sys.argv[1:] if argv is None else argv)]
     emit(record, a.out)

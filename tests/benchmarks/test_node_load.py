@@ -8,20 +8,24 @@ import pytest
 pytest.importorskip("pynetdicom", reason="the node extra (pynetdicom) is not installed")
 pytest.importorskip("highdicom", reason="the node extra (highdicom) is not installed")
 
-from medge.benchmarks.node_load import main, table  # noqa: E402
+from medge.benchmarks.node_load import STORESCU, main, table  # noqa: E402
 
 ORTHANC = shutil.which("Orthanc") or "/usr/sbin/Orthanc"
 
 
 @pytest.mark.skipif(not os.access(ORTHANC, os.X_OK), reason=f"Orthanc is not installed ({ORTHANC}; apt-get install orthanc)")
-def test_node_load_smoke_produces_a_complete_record(bundle, tmp_path, capsys):
+@pytest.mark.parametrize("sender", [
+    pytest.param("storescu", marks=pytest.mark.skipif(not os.access(STORESCU, os.X_OK), reason="dcmtk is not installed")),
+    "pynetdicom"])
+def test_node_load_smoke_produces_a_complete_record(bundle, tmp_path, capsys, sender):
     out = tmp_path / "new" / "node_load.json"
     assert main(["--model", str(bundle), "--files", "4", "--size", "64", "--associations", "1,2",
-                 "--warmup-files", "2", "--out", str(out)]) == 0
+                 "--warmup-files", "2", "--sender", sender, "--out", str(out)]) == 0
     rec = json.loads(out.read_text())
     assert rec["benchmark"] == "node_load" and rec["files"] == 4 and rec["image_size"] == 64 and rec["node_exit"] == 0
     assert rec["machine"]["usable_cores"] >= 1 and rec["versions"]["pynetdicom"] and rec["engine"]
     assert rec["config"]["associations"] == [1, 2] and rec["config"]["synthetic_inputs"] is True
+    assert rec["config"]["sender"] == sender
     assert rec["warmup"]["sent"] == 2 and rec["warmup"]["srs_in_pacs"] == 2
     assert [r["associations"] for r in rec["rounds"]] == [1, 2]
     for r in rec["rounds"]:  # every instance acknowledged, classified and its SR in Orthanc, whatever the timings

@@ -1,8 +1,9 @@
 """Classifying what the node received: off the association threads, through the spool, into ``Model.predict``.
 
-One thread takes what waits in the spool (arrival order, a few at a time so the
-pipeline keeps every core busy) and, per instance:
-  1. classifies it with the same ``Model.predict`` as ``medge predict`` (each
+One thread runs one ``Model.predict_iter`` pipeline for as long as instances keep
+arriving: the pipeline's threads take each instance from the spool (arrival order) as
+soon as one is free, read and infer it, while this thread, per instance that comes out:
+  1. has it classified by the same ``Model.predict_iter`` as ``medge predict`` (each
      instance alone in its forward pass by default, so its probabilities do not
      depend on what arrived with it: they equal ``medge predict FILE``'s);
   2. decides its status: ``classified``; ``skipped`` with the reason when the model
@@ -12,6 +13,9 @@ pipeline keeps every core busy) and, per instance:
      --forward, to the outbox;
   4. appends the record to results.jsonl (the commit point, ``spool.Spool.commit``),
      then deletes the spooled image (or keeps it, --keep-images).
+The pipeline ends when the spool has been empty for ``IDLE_S``, and the next arrival
+starts another: under load, reading, inference and step 3 of different instances
+overlap, with no pause between groups of arrivals.
 A crash anywhere before step 4 redoes the instance at the next start, writing the
 same result objects (their UIDs are derived from the source's).
 """
@@ -21,6 +25,7 @@ import datetime
 import io
 import threading
 import time
+from collections import deque
 from pathlib import Path
 
 import cv2
@@ -32,9 +37,9 @@ from medge.edge.apps.node.spool import Spool, Spooled, private_dir, uid_hash
 from medge.edge.apps.node.studies import Studies
 from medge.edge.model import Model
 from medge.edge.prediction import Prediction
-from medge.edge.system import usable_cores
 
 SWEEP_EVERY_S = 10.0
+IDLE_S = 0.25  # a pipeline ends after this long without a new instance (and a lone instance waits this long more)
 RETRY_S = 5.0  # after a failure that is not the instance's (a full disk): wait, then try again
 ABANDONED_AFTER_S = 120.0  # untouched this long: the association is gone (its DIMSE timeout is 60 s)
 
@@ -58,40 +63,54 @@ class Classifier:
         self.modalities = bundle_modalities(model)
         self.algorithm = None  # report.Algorithm, built on first use (highdicom loads lazily)
         self.counts = {"classified": 0, "skipped": 0, "error": 0}
-        self.take_most = max(1, 4 * usable_cores())
         self._swept = time.monotonic()
 
     def run(self, stop: threading.Event, drain: threading.Event) -> None:
         """Classify until ``stop``; after ``drain`` is set, until the queue is empty."""
         while not stop.is_set():
-            items = self.spool.take(self.take_most, 0.2)
-            if items:
-                try:
-                    self.handle(items)
-                except Exception as e:  # e.g. the disk is full: the thread lives on, what is not done is tried again
-                    undone = [i for i in items if self.spool.is_pending(i.sop_uid)]  # not committed
-                    self.spool.requeue(undone)
-                    self.log(f"classifying failed ({type(e).__name__}: {e}); {len(undone)} instance(s) back in the "
-                             f"queue, next try in {RETRY_S:g} s")
-                    stop.wait(RETRY_S)
+            first = self.spool.take(1, 0.2)
+            if first:
+                self.stream(first[0], stop)
             elif drain.is_set():
                 return
-            self.studies.flush()
-            if time.monotonic() - self._swept > SWEEP_EVERY_S:
-                self._swept = time.monotonic()
-                if removed := self.spool.sweep_incoming(ABANDONED_AFTER_S):
-                    self.log(f"removed {removed} instance(s) left half received by aborted associations")
+            self.housekeeping()
 
-    def handle(self, items: list[Spooled]) -> None:
-        t0 = time.monotonic()
-        preds = self.model.predict([str(i.path) for i in items], self.cfg.batch_size, self.cfg.workers,
-                                   self.cfg.max_pixels, self.cfg.strict, heatmaps=self.cfg.heatmap_sc,
-                                   streams=self.cfg.streams)
-        for item, pred in zip(items, preds, strict=True):
-            record = self.finish(item, pred)
-            self.studies.add(record)
-        self.log(f"classified {len(items)} instance(s) in {time.monotonic() - t0:.2f} s "
-                 f"({self.spool.queued()} waiting)")
+    def housekeeping(self) -> None:
+        """Study records that are due; what aborted associations left half received."""
+        self.studies.flush()
+        if time.monotonic() - self._swept > SWEEP_EVERY_S:
+            self._swept = time.monotonic()
+            if removed := self.spool.sweep_incoming(ABANDONED_AFTER_S):
+                self.log(f"removed {removed} instance(s) left half received by aborted associations")
+
+    def stream(self, first: Spooled, stop: threading.Event) -> None:
+        """``first`` and every instance that arrives while the pipeline runs, through one ``Model.predict_iter``;
+        each finished (result objects, commit) as it comes out. A failure that is not an instance's (a full disk)
+        puts back every instance taken and not committed, and the next try is ``RETRY_S`` later."""
+        taken = deque([first])
+
+        def arrivals():
+            yield str(first.path)
+            while not stop.is_set() and (more := self.spool.take(1, IDLE_S)):
+                taken.append(more[0])
+                yield str(more[0].path)
+
+        t0, done = time.monotonic(), 0
+        try:
+            for pred in self.model.predict_iter(arrivals(), self.cfg.batch_size, self.cfg.workers, self.cfg.max_pixels,
+                                                self.cfg.strict, heatmaps=self.cfg.heatmap_sc, streams=self.cfg.streams):
+                self.studies.add(self.finish(taken[0], pred))
+                taken.popleft()
+                done += 1
+                self.housekeeping()
+        except Exception as e:  # e.g. the disk is full: the thread lives on, what is not done is tried again
+            undone = [i for i in taken if self.spool.is_pending(i.sop_uid)]  # not committed
+            self.spool.requeue(undone)
+            self.log(f"classifying failed ({type(e).__name__}: {e}); {len(undone)} instance(s) back in the "
+                     f"queue, next try in {RETRY_S:g} s")
+            stop.wait(RETRY_S)
+        if done:
+            self.log(f"classified {done} instance(s) in {time.monotonic() - t0:.2f} s ({self.spool.queued()} waiting)")
 
     def finish(self, item: Spooled, pred: Prediction) -> dict:
         """Status, result objects and the record of one instance; committed to results.jsonl."""

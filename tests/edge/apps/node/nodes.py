@@ -133,11 +133,12 @@ def results(out: Path) -> list[dict]:
 SLOW_PREDICT = """import sys, time
 from medge.edge.model import Model
 from medge.edge.apps.cli import main
-fast = Model.predict
+fast = Model.predict_iter
 def slow(*args, **kwargs):
-    time.sleep({0})
-    return fast(*args, **kwargs)
-Model.predict = slow
+    for pred in fast(*args, **kwargs):
+        time.sleep({0})
+        yield pred
+Model.predict_iter = slow
 sys.argv[0] = "medge"
 sys.exit(main())
 """
@@ -147,7 +148,7 @@ class NodeProcess:
     """``medge node`` as a subprocess on a free loopback port (--port 0; the port is read from its log)."""
 
     def __init__(self, bundle, out, *args: str, env: dict | None = None, slow_predict_s: float = 0.0):
-        """``slow_predict_s``: each Model.predict call of the node sleeps this long first (a slow box, to catch the
+        """``slow_predict_s``: the node's Model.predict_iter sleeps this long before each result (a slow box, to catch the
         node with instances acknowledged and not yet classified); the product code is unchanged."""
         self.bundle, self.out, self.args, self.env = Path(bundle), Path(out), list(args), env
         self.slow_predict_s = slow_predict_s

@@ -52,7 +52,7 @@ def test_spool_put_take_commit_and_duplicates(tmp_path):
     spool = Spool(tmp_path / "out", capacity=2)
     assert (tmp_path / "out" / "spool").stat().st_mode & 0o777 == 0o700
     assert spool.reserve("1.2.3") == "ok"
-    assert spool.reserve("1.2.3") == "duplicate"  # being written
+    assert spool.reserve("1.2.3") == "busy"  # being written by another association: no outcome yet
     item = spool.put("1.2.3", _received(tmp_path), "SCU")
     assert item.path.name == f"{uid_hash('1.2.3')}.dcm" and item.path.read_bytes() == b"DICM" * 10
     assert spool.reserve("1.2.3") == "duplicate"  # queued

@@ -43,8 +43,8 @@ def associate(port: int, calling: str = "SCU", called: str = "MEDGE", contexts=(
     from pynetdicom import AE
 
     ae = AE(ae_title=calling)
-    for uid in contexts:
-        ae.add_requested_context(uid)
+    for uid in contexts:  # the files' own transfer syntax only: the SCP cannot pick another for them
+        ae.add_requested_context(uid, "1.2.840.10008.1.2.1")
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 30
     return ae.associate("127.0.0.1", port, ae_title=called)
 
