@@ -9,6 +9,7 @@ import json
 import shutil
 import ssl
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -145,7 +146,7 @@ U = "1.2.3.4"
 VERDICTS = [  # (HTTP status, body, verdict, words of the log line)
     (200, dataset(stored=[U]), STORED, "HTTP 200"),
     (202, dataset(stored=[U], warning=0xB000), STORED, "warning 0xB000"),
-    ([200], [dataset(stored=[U])], STORED, "HTTP 200"),  # a dataset wrapped in a list
+    (200, [dataset(stored=[U])], STORED, "HTTP 200"),  # a dataset wrapped in a list
     (400, dataset(stored=[U]), STORED, "HTTP 400"),  # Orthanc: 400 for a bad part, the good ones still listed stored
     (200, dataset(stored=["1.2.3.5"]), RETRY, "does not list it"),
     (200, b"", RETRY, "does not list it"),
@@ -167,7 +168,6 @@ VERDICTS = [  # (HTTP status, body, verdict, words of the log line)
 
 @pytest.mark.parametrize("status,body,verdict,words", VERDICTS, ids=[f"{v[0]}-{v[2]}-{i}" for i, v in enumerate(VERDICTS)])
 def test_stow_verdict(status, body, verdict, words):
-    status = status[0] if isinstance(status, list) else status
     raw = body if isinstance(body, bytes) else json.dumps(body).encode()
     got, why = stow_verdict(status, raw, U)
     assert (got, words in why) == (verdict, True), why
@@ -284,17 +284,12 @@ def test_stow_forwarder_thread_sends_what_is_put_while_it_runs(tmp_path):
 
 def _wait(predicate, timeout_s: float = 20) -> bool:
     """True as soon as ``predicate()`` is (a ceiling for slow machines, not a timing requirement)."""
-    done = threading.Event()
-    deadline = threading.Timer(timeout_s, done.set)
-    deadline.start()
-    try:
-        while not done.is_set():
-            if predicate():
-                return True
-            done.wait(0.05)
-        return bool(predicate())
-    finally:
-        deadline.cancel()
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
 
 
 @pytest.mark.skipif(shutil.which("openssl") is None, reason="the openssl command is not installed")
