@@ -1,6 +1,7 @@
 """``medge node``: a DICOM node that PACS and modalities send to, with results back into PACS as DICOM (extra ``node``).
 
 Usage: medge node --model bundles/xray --out node/ [--ae-title MEDGE] [--port 11112] [--forward PACS@10.0.0.5:4242]
+                  [--forward-stow https://pacs/dicom-web --stow-user medge --stow-password-file /etc/medge/stow.pw]
 
 A Storage SCP (pynetdicom) that answers C-ECHO and takes C-STORE of single-frame
 grayscale images (CR, DX, mammography, Secondary Capture; and the modalities the
@@ -14,11 +15,15 @@ gets exactly one result, even across ``kill -9``:
   DIR/reports/<h>.sc.dcm   with --heatmap-sc, the heatmap overlay as a Secondary Capture
   DIR/studies/<h>.json     per study, once quiet for --study-timeout s: instances and study label
   DIR/outbox/              with --forward, the SR/SC waiting for the PACS (C-STORE, retried)
+  DIR/outbox-stow/         with --forward-stow, the SR/SC waiting for the DICOMweb server (STOW-RS, retried)
 
 Binds 127.0.0.1 unless --host says otherwise; --allow limits callers; --tls-cert/--tls-key
-(and --tls-ca for mutual TLS) speak DICOM over TLS. Logs hold counts, timings, status codes
-and hashed UIDs, never patient data. SIGINT/SIGTERM: no new associations, in-flight ones and
-the queue finished, exit within 10 s (what is left stays spooled for the next start).
+(and --tls-ca for mutual TLS) speak DICOM over TLS. --forward and --forward-stow may be given
+together: each result then reaches both, each once, through an outbox of its own. The STOW-RS
+password or token comes from a file or $MEDGE_STOW_PASSWORD, never the command line. Logs hold
+counts, timings, status codes and hashed UIDs, never patient data or secrets. SIGINT/SIGTERM: no
+new associations, in-flight ones and the queue finished, exit within 10 s (what is left stays
+spooled for the next start).
 """
 from __future__ import annotations
 
@@ -29,7 +34,15 @@ import signal
 import sys
 import threading
 
-from medge.edge.apps.node.config import NodeConfig, check_ae_title, parse_allow, parse_forward
+from medge.edge.apps.node.config import (
+    STOW_PASSWORD_ENV,
+    STOW_TIMEOUT_S,
+    NodeConfig,
+    Stow,
+    check_ae_title,
+    parse_allow,
+    parse_forward,
+)
 from medge.edge.apps.options import add_bundle_arguments, add_strict_argument, at_least, load_model
 from medge.edge.errors import MissingExtraError, UsageError
 from medge.edge.outputs import check_output_dir
@@ -50,6 +63,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--allow", action="append", default=[], metavar="AE[@HOST]",
                    help="accept associations only from this calling AE title (and host); repeat for several")
     p.add_argument("--forward", metavar="AE@HOST:PORT", help="send SR (and SC) objects to this PACS by C-STORE")
+    add_stow_arguments(p)
     p.add_argument("--heatmap-sc", action="store_true",
                    help="also a Secondary Capture of the heatmap overlay per classified instance (bundles with heatmaps)")
     p.add_argument("--study-timeout", type=float, default=d.study_timeout_s,
@@ -73,10 +87,40 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     return p
 
 
+def add_stow_arguments(p: argparse.ArgumentParser) -> None:
+    """--forward-stow and how to log in to that server (docs/node.md, "Results by DICOMweb")."""
+    p.add_argument("--forward-stow", metavar="URL",
+                   help="send SR (and SC) objects by DICOMweb STOW-RS to this base URL (POST URL/studies), "
+                        "e.g. https://pacs:8042/dicom-web; with --forward too, each goes to both")
+    p.add_argument("--stow-user", metavar="USER",
+                   help=f"HTTP basic authentication as USER; the password from --stow-password-file or ${STOW_PASSWORD_ENV}")
+    p.add_argument("--stow-password-file", metavar="FILE", help="the --stow-user password (one line; re-read at each try)")
+    p.add_argument("--stow-token-file", metavar="FILE",
+                   help="a bearer token (one line; re-read at each try), instead of --stow-user")
+    p.add_argument("--stow-ca", metavar="PEM", help="trust only this CA for the https server's certificate "
+                                                     "(default: the system's CAs)")
+    p.add_argument("--stow-timeout", type=float, default=STOW_TIMEOUT_S, metavar="S",
+                   help="seconds to connect, and for each read or write, before a try counts as failed "
+                        "(default: %(default)s)")
+
+
+def stow_from_args(args: argparse.Namespace) -> Stow | None:
+    """The --forward-stow settings; a --stow-* option without --forward-stow is a UsageError (it would do nothing)."""
+    if not args.forward_stow:
+        given = [f"--{k.replace('_', '-')}" for k in ("stow_user", "stow_password_file", "stow_token_file", "stow_ca")
+                 if getattr(args, k)]
+        if given:
+            raise UsageError(f"{', '.join(given)} without --forward-stow: give the DICOMweb URL to send to")
+        return None
+    return Stow(args.forward_stow.strip(), user=args.stow_user, password_file=args.stow_password_file,
+                token_file=args.stow_token_file, ca=args.stow_ca, timeout_s=args.stow_timeout)
+
+
 def config_from_args(args: argparse.Namespace) -> NodeConfig:
     return NodeConfig(ae_title=check_ae_title(args.ae_title, "--ae-title"), host=args.host, port=args.port,
                       allow=tuple(parse_allow(a) for a in args.allow),
-                      forward=parse_forward(args.forward) if args.forward else None, heatmap_sc=args.heatmap_sc,
+                      forward=parse_forward(args.forward) if args.forward else None, stow=stow_from_args(args),
+                      heatmap_sc=args.heatmap_sc,
                       study_timeout_s=args.study_timeout, queue=args.queue, max_instance_mb=args.max_instance_mb,
                       max_associations=args.max_associations, keep_images=args.keep_images, strict=args.strict,
                       batch_size=args.batch_size, workers=args.workers, max_pixels=args.max_pixels,
@@ -99,9 +143,15 @@ def _log(msg: str) -> None:
 
 def run(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
-    for what, path in (("--tls-cert", cfg.tls_cert), ("--tls-key", cfg.tls_key), ("--tls-ca", cfg.tls_ca)):
+    files = [("--tls-cert", cfg.tls_cert), ("--tls-key", cfg.tls_key), ("--tls-ca", cfg.tls_ca)]
+    if cfg.stow:
+        files += [("--stow-ca", cfg.stow.ca), ("--stow-password-file", cfg.stow.password_file),
+                  ("--stow-token-file", cfg.stow.token_file)]
+    for what, path in files:
         if path and not os.path.isfile(path):
             raise UsageError(f"{what} {path}: file not found")
+    if cfg.stow:
+        cfg.stow.authorization()  # the password or token is there and not empty, before the model loads
     require_extra()
     check_output_dir(args.out, "node output")
     model = load_model(args)
@@ -122,7 +172,10 @@ def run(args: argparse.Namespace) -> int:
     host, port = node.address
     _log(f"medge node {cfg.ae_title} listening on {host}:{port}{' (TLS)' if cfg.tls_cert else ''}, model "
          f"{model.sha256[:12]}, {node.spool.recovered} instance(s) from the spool to classify, "
-         f"{len(node.spool.done)} done before" + (f", forwarding to {cfg.forward}" if cfg.forward else ""))
+         f"{len(node.spool.done)} done before" + (f", forwarding to {cfg.forward}" if cfg.forward else "")
+         + (f", STOW-RS to {cfg.stow}" if cfg.stow else ""))
+    if cfg.stow and cfg.stow.cleartext_secret:
+        _log(f"warning: --forward-stow {cfg.stow} is http://: the password or token crosses the network unencrypted")
     try:
         stop.wait()
     finally:

@@ -1,8 +1,15 @@
-"""``medge node``'s settings: one frozen dataclass, checked once, and the parsing of --allow and --forward."""
+"""``medge node``'s settings: one frozen dataclass, checked once, and the parsing of --allow, --forward and
+--forward-stow. Secrets (the STOW-RS password or token) are never settings: ``Stow`` names the file or environment
+variable that holds them and reads it at each try, so they stay off the command line, out of ``ps`` and out of logs.
+"""
 from __future__ import annotations
 
+import base64
+import ipaddress
+import os
 import re
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 from medge.edge.config import check_ranges
 from medge.edge.errors import UsageError
@@ -51,6 +58,87 @@ def parse_forward(text: str) -> Peer:
     return Peer(check_ae_title(m.group(1), "--forward"), m.group(2).strip("[]"), port)
 
 
+STOW_PASSWORD_ENV = "MEDGE_STOW_PASSWORD"  # the STOW-RS password when --stow-user is given without --stow-password-file
+STOW_TIMEOUT_S = 30.0  # to connect to the DICOMweb server, and for each read or write
+
+
+@dataclass(frozen=True)
+class Stow:
+    """A DICOMweb server that results go to by STOW-RS (``POST {url}/studies``), and how to log in to it."""
+
+    url: str  # the DICOMweb base, e.g. https://pacs:8042/dicom-web (no credentials, query or fragment)
+    user: str | None = None  # HTTP basic authentication as this user ...
+    password_file: str | None = None  # ... with the password in this file (else in $MEDGE_STOW_PASSWORD)
+    token_file: str | None = None  # or a bearer token in this file
+    ca: str | None = None  # PEM: trust only this CA for the server's certificate (https), not the system's
+    timeout_s: float = STOW_TIMEOUT_S
+
+    def __post_init__(self):
+        parts = urlsplit(self.url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise UsageError(f"--forward-stow {self.url!r}: give the DICOMweb base as http(s)://HOST[:PORT]/PATH, "
+                             "e.g. http://pacs:8042/dicom-web")
+        if parts.username is not None or parts.password is not None:
+            raise UsageError("--forward-stow: no user or password in the URL (the command line shows in ps); "
+                             f"use --stow-user with --stow-password-file or ${STOW_PASSWORD_ENV}")
+        if parts.query or parts.fragment:
+            raise UsageError(f"--forward-stow {self.url!r}: no query or fragment; results go to URL/studies")
+        try:
+            port_ok = parts.port is None or parts.port > 0
+        except ValueError:  # not a number, or above 65535
+            port_ok = False
+        if not port_ok:
+            raise UsageError(f"--forward-stow {self.url!r}: the port is not a number in 1..65535")
+        if self.user is not None and self.token_file:
+            raise UsageError("--stow-user and --stow-token-file: give one (basic or bearer authentication)")
+        if self.password_file and self.user is None:
+            raise UsageError("--stow-password-file needs --stow-user")
+        if self.ca and parts.scheme != "https":
+            raise UsageError("--stow-ca is for an https:// --forward-stow URL")
+        if not self.timeout_s > 0:
+            raise UsageError(f"--stow-timeout must be > 0 seconds, got {self.timeout_s}")
+
+    def __str__(self) -> str:
+        return self.url
+
+    @property
+    def cleartext_secret(self) -> bool:
+        """A password or token would cross the network unencrypted: http:// to a host that is not this machine."""
+        host = urlsplit(self.url).hostname or ""
+        try:
+            loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            loopback = False
+        return bool(self.user is not None or self.token_file) and self.url.startswith("http://") and not loopback
+
+    def authorization(self) -> str | None:
+        """The Authorization header's value, read now (a rotated password or token is used at the next try);
+        None without authentication. UsageError naming the option when the secret is missing or empty."""
+        if self.token_file:
+            return f"Bearer {_read_secret(self.token_file, '--stow-token-file')}"
+        if self.user is None:
+            return None
+        if self.password_file:
+            password = _read_secret(self.password_file, "--stow-password-file")
+        elif os.environ.get(STOW_PASSWORD_ENV):
+            password = os.environ[STOW_PASSWORD_ENV]
+        else:
+            raise UsageError(f"--stow-user needs a password: --stow-password-file FILE or ${STOW_PASSWORD_ENV}")
+        return "Basic " + base64.b64encode(f"{self.user}:{password}".encode()).decode("ascii")
+
+
+def _read_secret(path: str, option: str) -> str:
+    """The file's text without its final line break; UsageError (naming the option, never the content) otherwise."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            secret = f.read().rstrip("\r\n")
+    except (OSError, UnicodeDecodeError) as e:
+        raise UsageError(f"{option} {path}: cannot read it ({getattr(e, 'strerror', None) or type(e).__name__})") from None
+    if not secret:
+        raise UsageError(f"{option} {path}: the file is empty")
+    return secret
+
+
 @dataclass(frozen=True)
 class NodeConfig:
     """How ``medge node`` listens, what it keeps, and where it forwards."""
@@ -59,7 +147,8 @@ class NodeConfig:
     host: str = "127.0.0.1"  # loopback unless told otherwise
     port: int = 11112  # 0: any free port (printed at start)
     allow: tuple[Peer, ...] = ()  # callers allowed; empty: any
-    forward: Peer | None = None  # the PACS that SR and SC objects go to
+    forward: Peer | None = None  # the PACS that SR and SC objects go to by C-STORE
+    stow: Stow | None = None  # the DICOMweb server they go to by STOW-RS (either, both or neither)
     heatmap_sc: bool = False  # also a Secondary Capture of the heatmap overlay per classified instance
     study_timeout_s: float = 5.0  # a study is complete after this long without a new instance (MONAI Deploy's default)
     queue: int = 64  # instances received but not yet classified; beyond this the node answers out of resources

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 from medge.edge.apps.node.config import NodeConfig
-from medge.edge.apps.node.outbox import Forwarder
+from medge.edge.apps.node.outbox import Outboxes
 from medge.edge.apps.node.scp import StorageSCP
 from medge.edge.apps.node.spool import Spool
 from medge.edge.apps.node.studies import Studies
@@ -31,8 +31,8 @@ class Node:
         self.spool = Spool(self.out_dir, cfg.queue, cfg.keep_images)
         self.studies = Studies(self.out_dir, model.classes, cfg.study_timeout_s, log)
         self.studies.load(self.spool.done.values())
-        self.forwarder = Forwarder(self.out_dir, cfg.forward, cfg.ae_title, cfg.retry_max_s, log) if cfg.forward else None
-        self.classifier = Classifier(model, self.spool, cfg, self.studies, self.forwarder, log)
+        self.outboxes = Outboxes(self.out_dir, cfg, log)  # a forwarder per channel: --forward, --forward-stow
+        self.classifier = Classifier(model, self.spool, cfg, self.studies, self.outboxes, log)
         self.scp = StorageSCP(cfg, self.spool, bundle_modalities(model), log)
         self._stop, self._drain, self._stop_forward = threading.Event(), threading.Event(), threading.Event()
         self._threads: list[threading.Thread] = []
@@ -48,8 +48,8 @@ class Node:
         if self.cfg.heatmap_sc:
             self.model.require_heatmaps()
         self._spawn("medge-node-classify", self.classifier.run, self._stop, self._drain)
-        if self.forwarder is not None:
-            self._spawn("medge-node-forward", self.forwarder.run, self._stop_forward)
+        for forwarder in self.outboxes.channels:
+            self._spawn(f"medge-node-{forwarder.sender.option}", forwarder.run, self._stop_forward)
         server = self.scp.start()
         self.address = server.server_address[:2]
         return self
@@ -84,7 +84,4 @@ class Node:
 
     def summary(self) -> dict:
         return {**self.scp.counts, **self.classifier.counts, "still_spooled": self.spool.pending(),
-                "studies_written": self.studies.written,
-                "forwarded": self.forwarder.sent if self.forwarder else None,
-                "forward_refused": self.forwarder.refused if self.forwarder else None,
-                "outbox": len(self.forwarder.waiting()) if self.forwarder else None}
+                "studies_written": self.studies.written, **self.outboxes.counts()}

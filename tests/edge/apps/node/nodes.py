@@ -130,6 +130,23 @@ def results(out: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
 
+def certificates(folder: Path) -> dict[str, Path]:
+    """A CA, a server certificate for 127.0.0.1 and a client certificate, made with the openssl CLI."""
+    folder.mkdir()
+    p = {k: folder / k for k in ("ca.key", "ca.pem", "server.key", "server.pem", "client.key", "client.pem")}
+    run = lambda *args: subprocess.run(["openssl", *map(str, args)], check=True, capture_output=True, cwd=folder)
+    run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=medge test CA",
+        "-keyout", p["ca.key"], "-out", p["ca.pem"])
+    ext = folder / "san.cnf"
+    ext.write_text("subjectAltName=IP:127.0.0.1\n")
+    for who in ("server", "client"):
+        run("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN=medge test {who}", "-keyout", p[f"{who}.key"],
+            "-out", folder / f"{who}.csr")
+        run("x509", "-req", "-in", folder / f"{who}.csr", "-CA", p["ca.pem"], "-CAkey", p["ca.key"],
+            "-CAcreateserial", "-days", "2", "-extfile", ext, "-out", p[f"{who}.pem"])
+    return p
+
+
 SLOW_PREDICT = """import sys, time
 from medge.edge.model import Model
 from medge.edge.apps.cli import main

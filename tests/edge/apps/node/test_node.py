@@ -23,6 +23,7 @@ from tests.edge.apps.node.nodes import (  # noqa: E402
     PYDICOM_GRAY,
     PYDICOM_RGB,
     NodeProcess,
+    certificates,
     echoscu,
     pydicom_file,
     results,
@@ -186,27 +187,10 @@ def test_allow_rejects_other_callers(tmp_path, bundle):
     assert "not in --allow" in node.log()
 
 
-def _certificates(folder: Path) -> dict[str, Path]:
-    """A CA, a server certificate for 127.0.0.1 and a client certificate, made with the openssl CLI."""
-    folder.mkdir()
-    p = {k: folder / k for k in ("ca.key", "ca.pem", "server.key", "server.pem", "client.key", "client.pem")}
-    run = lambda *args: subprocess.run(["openssl", *map(str, args)], check=True, capture_output=True, cwd=folder)
-    run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=medge test CA",
-        "-keyout", p["ca.key"], "-out", p["ca.pem"])
-    ext = folder / "san.cnf"
-    ext.write_text("subjectAltName=IP:127.0.0.1\n")
-    for who in ("server", "client"):
-        run("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN=medge test {who}", "-keyout", p[f"{who}.key"],
-            "-out", folder / f"{who}.csr")
-        run("x509", "-req", "-in", folder / f"{who}.csr", "-CA", p["ca.pem"], "-CAkey", p["ca.key"],
-            "-CAcreateserial", "-days", "2", "-extfile", ext, "-out", p[f"{who}.pem"])
-    return p
-
-
 @needs_dcmtk
 @pytest.mark.skipif(shutil.which("openssl") is None, reason="the openssl command is not installed")
 def test_dicom_over_mutual_tls(tmp_path, bundle):
-    c = _certificates(tmp_path / "pki")
+    c = certificates(tmp_path / "pki")
     image = write_radiograph(tmp_path / "dx.dcm")
     args = ("--tls-cert", str(c["server.pem"]), "--tls-key", str(c["server.key"]), "--tls-ca", str(c["ca.pem"]))
     with NodeProcess(bundle, tmp_path / "out", *args) as node:

@@ -1,5 +1,6 @@
 """``medge node`` with Orthanc as the PACS: a study sent from PACS comes back as SR and SC objects of the same study,
-and results wait in the on-disk outbox while the PACS is down (across a restart of the node too).
+and results wait in the on-disk outbox while the PACS is down (across a restart of the node too); the same by
+DICOMweb STOW-RS into an Orthanc with its DICOMweb plugin (Debian's orthanc-dicomweb), beside C-STORE.
 
 Orthanc's ports are chosen when the ``Orthanc`` object is made, so the node can be started first with
 ``--forward ORTHANC@127.0.0.1:<dicom port>`` and Orthanc then with the node's port as its modality ``medge``.
@@ -15,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-pytest.importorskip("httpx", reason="the dev extra is not installed")
+httpx = pytest.importorskip("httpx", reason="the dev extra is not installed")
 pytest.importorskip("pynetdicom", reason="the node extra (pynetdicom) is not installed")
 pytest.importorskip("highdicom", reason="the node extra (highdicom) is not installed")
 pydicom = pytest.importorskip("pydicom", reason="the node extra (pydicom) is not installed")
@@ -29,6 +30,9 @@ if not os.access(ORTHANC, os.X_OK):
     pytest.skip(f"Orthanc is not installed ({ORTHANC} is not executable; apt-get install orthanc)", allow_module_level=True)
 
 needs_storescu = pytest.mark.skipif(not os.access(STORESCU, os.X_OK), reason=f"dcmtk's {STORESCU} is not installed")
+DICOMWEB_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
+needs_dicomweb = pytest.mark.skipif(not DICOMWEB_PLUGIN.is_file(), reason=f"Orthanc's DICOMweb plugin is not installed "
+                                                                         f"({DICOMWEB_PLUGIN}; apt-get install orthanc-dicomweb)")
 
 SR_CLASS = "1.2.840.10008.5.1.4.1.1.88.34"  # Comprehensive 3D SR Storage
 SC_CLASS = "1.2.840.10008.5.1.4.1.1.7"  # Secondary Capture Image Storage
@@ -71,8 +75,41 @@ def sop_uids(instances: list[dict]) -> list[str]:
     return sorted(i["MainDicomTags"]["SOPInstanceUID"] for i in instances)
 
 
-def outbox(out: Path) -> list[str]:
-    return sorted(p.name for p in (out / "outbox").glob("*.dcm"))
+def outbox(out: Path, folder: str = "outbox") -> list[str]:
+    """What waits in a channel's outbox: ``outbox`` (C-STORE) or ``outbox-stow`` (STOW-RS)."""
+    return sorted(p.name for p in (out / folder).glob("*.dcm"))
+
+
+class DicomWebOrthanc(Orthanc):
+    """Orthanc with its DICOMweb plugin at /dicom-web/ (``stow_url``, what --forward-stow is given); with ``login``
+    (user, password) its REST API and DICOMweb ask for it (HTTP basic)."""
+
+    def __init__(self, folder: Path, login: tuple[str, str] | None = None, aet: str = "WEB"):
+        super().__init__(folder, aet=aet)
+        self.login = login
+        self.stow_url = f"{self.url}/dicom-web"
+
+    def _config(self) -> dict:
+        config = {**super()._config(), "Plugins": [str(DICOMWEB_PLUGIN)],
+                  "DicomWeb": {"Enable": True, "Root": "/dicom-web/"}}
+        if self.login:
+            config.update(AuthenticationEnabled=True, RegisteredUsers=dict([self.login]))
+        return config
+
+    def _answers(self) -> bool:
+        try:
+            answer = httpx.get(f"{self.url}/system", timeout=1, auth=self.login)
+            return answer.status_code == 200 and answer.json().get("Name") == self.name
+        except (httpx.TransportError, ValueError):
+            return False
+
+    def _request(self, method: str, path: str, timeout_s: float = 30, **kwargs) -> httpx.Response:
+        return super()._request(method, path, timeout_s, auth=self.login, **kwargs)
+
+    def start(self, timeout_s: float = 30) -> "DicomWebOrthanc":
+        super().start(timeout_s)
+        assert "dicom-web" in self.get_json("/plugins"), f"the DICOMweb plugin did not load:\n{self.log_tail()}"
+        return self
 
 
 def result_names(records: list[dict]) -> list[str]:
@@ -252,3 +289,126 @@ def test_outbox_keeps_results_while_orthanc_is_down(tmp_path, heat_bundle):
             finally:
                 process.kill()
         pacs.stop()
+
+
+def forwarded_once(log: str, names: list[str], destination: str) -> dict[str, int]:
+    """The names not logged exactly once as forwarded to ``destination`` (an AE@HOST:PORT or a URL), with their count."""
+    counts = {name: log.count(f"forwarded {name} to {destination} ") for name in names}
+    return {name: n for name, n in counts.items() if n != 1}
+
+
+@needs_storescu
+@needs_dicomweb
+def test_results_reach_orthanc_by_stow_rs_with_basic_authentication(tmp_path, heat_bundle):
+    study_uid = generate_uid()
+    files = [write_radiograph(tmp_path / f"{i}.dcm", modality="DX", study_uid=study_uid, seed=20 + i) for i in range(2)]
+    password = tmp_path / "stow.pw"
+    password.write_text("s3cret-pw\n")
+    out = tmp_path / "out"
+    web = DicomWebOrthanc(tmp_path / "web", login=("medge", "s3cret-pw"))
+    node = NodeProcess(heat_bundle[0], out, "--forward-stow", web.stow_url, "--stow-user", "medge",
+                       "--stow-password-file", str(password), "--heatmap-sc")
+    try:
+        web.start()
+        node.start()
+        storescu(node.port, *files)
+        records = node.wait_results(2, timeout_s=WAIT_S)
+        assert [r["status"] for r in records] == ["classified"] * 2, records
+        expected = result_uids(records)
+        try:
+            web.wait_for(lambda: sop_uids(study_instances(web, study_uid)) == expected, timeout_s=WAIT_S)
+        except TimeoutError:
+            raise AssertionError(f"Orthanc holds {sop_uids(study_instances(web, study_uid))}, not {expected}:\n"
+                                 f"{node.log()[-3000:]}") from None
+        wait_until(lambda: not outbox(out, "outbox-stow"), node, "the STOW-RS outbox empty")
+        assert not (out / "outbox").exists()  # no --forward: no C-STORE outbox
+
+        # Orthanc holds each SR and SC as the node wrote it, byte for byte, of the source's study and patient.
+        by_uid = {i["MainDicomTags"]["SOPInstanceUID"]: i["ID"] for i in study_instances(web, study_uid)}
+        for rec in records:
+            for kind, sop_class in (("sr", SR_CLASS), ("sc", SC_CLASS)):
+                instance = by_uid[rec[f"{kind}_sop_instance_uid"]]
+                assert web.file(instance) == (out / rec[kind]).read_bytes()
+                assert web.tags(instance)["SOPClassUID"] == sop_class
+        log = node.log()
+        assert forwarded_once(log, result_names(records), web.stow_url) == {}, log[-3000:]
+        assert "s3cret-pw" not in log and "Doe" not in log and "PAT-1" not in log
+        assert node.stop() == 0, node.log()
+        assert "stowed 4, stow_refused 0, outbox_stow 0" in node.log()
+    finally:
+        try:
+            node.stop()
+        finally:
+            node.kill()
+            web.stop()
+
+
+@needs_storescu
+@needs_dicomweb
+def test_stow_outbox_keeps_results_while_orthanc_is_down_and_c_store_goes_on(tmp_path, heat_bundle):
+    """Both channels: the DICOMweb Orthanc down (then the node restarted too) holds back nothing of the C-STORE one,
+    and every result reaches each Orthanc once."""
+    study_uid = generate_uid()
+    files = [write_radiograph(tmp_path / f"{i}.dcm", modality="DX", study_uid=study_uid, seed=30 + i) for i in range(4)]
+    out = tmp_path / "out"
+    dimse, web = Orthanc(tmp_path / "dimse"), DicomWebOrthanc(tmp_path / "web")
+    args = ("--forward", f"{dimse.aet}@127.0.0.1:{dimse.dicom_port}", "--forward-stow", web.stow_url, "--heatmap-sc")
+    node = NodeProcess(heat_bundle[0], out, *args)
+    restarted = NodeProcess(heat_bundle[0], out, *args)
+
+    def holds(pacs: Orthanc) -> list[str]:
+        return sop_uids(study_instances(pacs, study_uid)) if pacs.pid is not None else []
+
+    def wait_held(pacs: Orthanc, records, running: NodeProcess, what: str) -> None:
+        expected, folder = result_uids(records), "outbox-stow" if pacs is web else "outbox"
+        try:
+            pacs.wait_for(lambda: set(expected) <= set(holds(pacs)), timeout_s=WAIT_S)
+        except TimeoutError:
+            raise AssertionError(f"{what}: {pacs.aet} holds {holds(pacs)}, not {expected}:\n{running.log()[-3000:]}") from None
+        wait_until(lambda: not outbox(out, folder), running, f"{what}: {folder} empty")
+
+    try:
+        dimse.start()
+        web.start()
+        node.start()
+        storescu(node.port, files[0])
+        records = node.wait_results(1, timeout_s=WAIT_S)
+        wait_held(dimse, records, node, "both up")
+        wait_held(web, records, node, "both up")
+
+        # The DICOMweb Orthanc down: C-STORE delivers meanwhile; the STOW-RS outbox keeps the results.
+        web.stop()
+        storescu(node.port, *files[1:3])
+        records = node.wait_results(3, timeout_s=WAIT_S)
+        wait_held(dimse, records, node, "DICOMweb down")
+        wait_until(lambda: f"forward-stow: {web.stow_url} did not answer" in node.log(), node, "a failed STOW-RS try")
+        assert outbox(out, "outbox-stow") == result_names(records[1:])
+        web.start()
+        wait_held(web, records, node, "after the DICOMweb Orthanc's restart")
+
+        # Down again, and the node stopped with results in the STOW-RS outbox: the next node sends them.
+        web.stop()
+        storescu(node.port, files[3])
+        records = node.wait_results(4, timeout_s=WAIT_S)
+        wait_held(dimse, records, node, "DICOMweb down, before the node stops")
+        assert node.stop() == 0, node.log()
+        assert outbox(out, "outbox-stow") == result_names(records[3:]) and not outbox(out)
+        web.start()
+        restarted.start()
+        wait_held(web, records, restarted, "after the node's restart")
+        assert restarted.stop() == 0, restarted.log()
+
+        final = results(out)
+        assert len(final) == 4 and holds(web) == holds(dimse) == result_uids(final)
+        log = restarted.log()  # both runs append to the same log
+        names = result_names(final)
+        assert forwarded_once(log, names, web.stow_url) == {}, log[-3000:]
+        assert forwarded_once(log, names, f"{dimse.aet}@127.0.0.1:{dimse.dicom_port}") == {}, log[-3000:]
+    finally:
+        for process in (node, restarted):
+            try:
+                process.stop()
+            finally:
+                process.kill()
+        dimse.stop()
+        web.stop()

@@ -237,7 +237,7 @@ def test_forwarder_sends_what_the_pacs_takes_and_sets_aside_what_it_never_will(t
     from pynetdicom import AE, evt
 
     from medge.edge.apps.node import report
-    from medge.edge.apps.node.outbox import SR_STORAGE, Forwarder
+    from medge.edge.apps.node.outbox import SR_STORAGE, CStoreSender, Forwarder
     from tests.edge.apps.node.nodes import write_radiograph
 
     source = pydicom.dcmread(write_radiograph(tmp_path / "cr.dcm", "CR"), stop_before_pixels=True)
@@ -252,8 +252,8 @@ def test_forwarder_sends_what_the_pacs_takes_and_sets_aside_what_it_never_will(t
         (evt.EVT_C_STORE, lambda event: received.append(event.request.AffectedSOPInstanceUID) or 0x0000)])
     try:
         log = []
-        forwarder = Forwarder(tmp_path / "out", Peer("PACS", "127.0.0.1", server.server_address[1]), "MEDGE",
-                              log=log.append)
+        sender = CStoreSender(Peer("PACS", "127.0.0.1", server.server_address[1]), "MEDGE")
+        forwarder = Forwarder(tmp_path / "out" / "outbox", sender, log=log.append)
         for name, ds in (("a.sc.dcm", sc), ("b.sr.dcm", sr)):  # the SC first: it must not hold the SR back
             buf = io.BytesIO()
             ds.save_as(buf, enforce_file_format=True)
