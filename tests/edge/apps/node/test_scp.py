@@ -166,9 +166,9 @@ def test_a_damaged_element_length_is_named_as_damage(tmp_path):
 
 @pytest.mark.skipif(__import__("shutil").which("openssl") is None, reason="the openssl command is not installed")
 def test_a_silent_or_failed_tls_caller_is_logged_and_holds_up_no_one(tmp_path, make_scp, monkeypatch):
-    from tests.edge.apps.node.test_node import _certificates
+    from tests.edge.apps.node.nodes import certificates
 
-    c = _certificates(tmp_path / "pki")
+    c = certificates(tmp_path / "pki")
     monkeypatch.setattr(scp_module, "TLS_HANDSHAKE_S", 1.0)
     scp, port, log = make_scp(tls_cert=str(c["server.pem"]), tls_key=str(c["server.key"]))
     silent = socket.create_connection(("127.0.0.1", port))  # connects, never says a word
