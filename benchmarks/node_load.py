@@ -321,7 +321,7 @@ def send_share(port: int, files: list[tuple[Path, str]], contexts, index: int, b
             assoc.release()
 
 
-STORESCU = shutil.which("storescu") or "/usr/bin/storescu"
+STORESCU = "/usr/bin/storescu"  # dcmtk's (Debian's dcmtk); not the `storescu` pynetdicom puts on PATH
 UNCOMPRESSED = {"1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2"}
 STORESCU_LINE = re.compile(r"^I: (Sending file: (?P<path>.+)|Received Store Response \((?P<status>[^,)]+))")
 
