@@ -406,3 +406,46 @@ def test_node_help_shows_the_stow_options(capsys):
     for option in ("--forward-stow URL", "--stow-user USER", "--stow-password-file FILE", "--stow-token-file FILE",
                    "--stow-ca PEM", "--stow-timeout S", "DIR/outbox-stow/"):
         assert option in text, option
+
+
+def test_c_store_keeps_its_association_while_results_come_and_lets_go_when_idle(tmp_path):
+    """One association for a run of results (not one per result), released when the outbox goes idle, and a new
+    one for the next result; a PACS that dropped the kept association meanwhile costs no failed round."""
+    pytest.importorskip("pynetdicom", reason="the node extra is not installed")
+    from pynetdicom import AE, evt
+
+    from medge.edge.apps.node.outbox import CStoreSender
+
+    events = {"requested": 0, "released": 0, "stored": 0}
+
+    def count(key, status=None):
+        def handler(event):
+            events[key] += 1
+            return status
+        return handler
+
+    ae = AE(ae_title="PACS")
+    ae.add_supported_context(SR_CLASS, "1.2.840.10008.1.2.1")
+    server = ae.start_server(("127.0.0.1", 0), block=False, evt_handlers=[
+        (evt.EVT_REQUESTED, count("requested")), (evt.EVT_RELEASED, count("released")),
+        (evt.EVT_C_STORE, count("stored", 0x0000))])
+    try:
+        sender = CStoreSender(Peer("PACS", "127.0.0.1", server.server_address[1]), "MEDGE")
+        forwarder = Forwarder(tmp_path / "outbox", sender, log=lambda m: None)
+        for i in range(3):  # three results, one round each, as the classifier writes them
+            forwarder.put(*part10(tmp_path, f"1.2.3.{i}"))
+            assert forwarder.send_round() is True
+        assert events == {"requested": 1, "released": 0, "stored": 3}
+        sender.idle()
+        assert _wait(lambda: events["released"] == 1)
+        forwarder.put(*part10(tmp_path, "1.2.3.9"))
+        assert forwarder.send_round() is True
+        for assoc in list(server.active_associations):  # the PACS drops it (its idle timeout)
+            assoc.abort()
+        assert _wait(lambda: not server.active_associations)
+        forwarder.put(*part10(tmp_path, "1.2.3.10"))
+        assert forwarder.send_round() is True and forwarder.failures == 0
+        assert events["requested"] == 3 and events["stored"] == 5 and forwarder.sent == 5
+    finally:
+        sender.idle()
+        server.shutdown()
