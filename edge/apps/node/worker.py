@@ -136,7 +136,8 @@ class Classifier:
     def write_results(self, source, pred: Prediction) -> dict:
         """The SR (and SC) of one classified instance: in DIR/reports/, and in the outbox with --forward.
 
-        The SC is in a series per source series, at the source's proportions (``report.heatmap_rgb``)."""
+        The SR is filled from the model's template (``report.SRTemplate``: ``build_sr``'s dataset at a fraction of
+        its cost); the SC is in a series per source series, at the source's proportions (``report.heatmap_rgb``)."""
         from medge.edge.apps.node import report
 
         if self.algorithm is None:
@@ -152,8 +153,9 @@ class Classifier:
                                  label=pred.label, threshold=threshold, positive=positive, warnings=tuple(pred.warnings),
                                  operating_point=op.guarantee if threshold is not None else None)
         study = str(source.StudyInstanceUID)
-        sr = report.build_sr(source, finding, self.algorithm, series_uid=report.result_uid(study, self.model.sha256, "sr"),
-                             instance_uid=report.result_uid(*key, "sr"))
+        sr = report.sr_template(self.algorithm, finding).fill(
+            source, finding, series_uid=report.result_uid(study, self.model.sha256, "sr"),
+            instance_uid=report.result_uid(*key, "sr"))
         out = {"sr": self._save(sr, f"{uid_hash(sop)}.sr.dcm"), "sr_sop_instance_uid": str(sr.SOPInstanceUID)}
         if self.cfg.heatmap_sc and pred.explanation is not None:
             series = str(source.get("SeriesInstanceUID") or study)  # Type 1, yet a source without one still gets its SC

@@ -1,10 +1,12 @@
-"""The node's result objects (``edge.apps.node.report``): the SR as highdicom's TID 1500 parser reads it back, the
-heatmap SC's geometry and references, and both checked by an independent validator, dicom3tools' ``dciodvfy``, on
-several sources."""
+"""The node's result objects (``edge.apps.node.report``): the SR as highdicom's TID 1500 parser reads it back, the SR
+template against the full build, the heatmap SC's geometry and references, and both checked by an independent
+validator, dicom3tools' ``dciodvfy``, on several sources."""
+import dataclasses
 import io
 import os
 import re
 import subprocess
+import time
 
 import numpy as np
 import pytest
@@ -20,8 +22,10 @@ P = 0.1 + 0.2  # 0.30000000000000004: its 16-character decimal is not the float,
 FINDING = report.Finding(("disease", "normal"), {"disease": P, "normal": 1 - P}, "normal", threshold=0.35,
                          positive="disease", warnings=("low contrast",),
                          operating_point="sensitivity=0.95 unsupported: 40 positives (59 needed at 95% confidence)")
-# Each SR path.
-BUILDS = {"build_sr": report.build_sr}
+# Each SR path: the full highdicom build, and the template the node fills.
+BUILDS = {"build_sr": report.build_sr,
+          "template": lambda source, finding, algorithm, series, uid: report.sr_template(algorithm, finding).fill(
+              source, finding, series, uid)}
 
 
 def _reread(ds):
@@ -105,6 +109,71 @@ def test_the_sr_reads_back_through_highdicoms_tid_1500_parser(tmp_path, build, t
     assert texts("111001", "Algorithm Name") == ["resnet18 (xray)"]
     assert texts("111003", "Algorithm Version") == ["1.0"]
     assert texts("111002", "Algorithm Parameters") == [f"model sha256 {'ab' * 32}", "opencv engine, fp32 variant"]
+
+
+# --- the template ------------------------------------------------------------------------------------------------
+TIMES = ("InstanceCreationDate", "InstanceCreationTime", "ContentDate", "ContentTime")
+
+
+def _template_sources(tmp_path):
+    bare = _header(write_radiograph(tmp_path / "cr.dcm", "CR"))
+    del bare.PatientSex, bare.StudyDate  # Type 2 the source lacks: present and empty in both
+    full = _header(write_radiograph(tmp_path / "dx.dcm", "DX"))
+    full.update({"Manufacturer": "ACME", "ManufacturerModelName": "DR-1", "StationName": "ROOM 2",
+                 "SpecificCharacterSet": "ISO_IR 100", "PatientName": "Müller^Jörg", "StudyDescription": "KNEE",
+                 "PatientAge": "051Y", "PatientWeight": 80, "AcquisitionDateTime": "20260101120000"})
+    ct = _header(with_study(pydicom_file("CT_small.dcm"), tmp_path / "ct.dcm"))
+    mr = _header(with_study(pydicom_file("MR_small.dcm"), tmp_path / "mr.dcm"))
+    return [bare, full, ct, mr]
+
+
+def test_the_template_gives_the_full_build_element_for_element(tmp_path):
+    findings = [FINDING, dataclasses.replace(FINDING, warnings=(), label="disease", probabilities={"disease": 1.0,
+                                                                                             "normal": 0.0}),
+                report.Finding(("a", "b", "c"), {"a": 0.2, "b": 0.3, "c": 0.5}, "c", warnings=("x", "y"))]
+    for finding in findings:
+        template = report.sr_template(ALGORITHM, finding)
+        before = _reread(template.sr)
+        for source in _template_sources(tmp_path):
+            expected = report.build_sr(source, finding, ALGORITHM, "1.2.3.4", "1.2.3.5")
+            started = time.time()
+            filled = template.fill(source, finding, "1.2.3.4", "1.2.3.5")
+            for created in ("Instance", "Content"):  # made now, within this call
+                assert started - 1 <= _seconds(filled, created) <= time.time() + 1
+            for keyword in TIMES:  # then set to the reference's, to compare the rest
+                filled[keyword].value = expected[keyword].value
+            stamp = filled.ContributingEquipmentSequence[-1]["ContributionDateTime"]
+            stamp.value = expected.ContributingEquipmentSequence[-1].ContributionDateTime
+            assert _encoded(filled) == _encoded(expected), _difference(filled, expected)
+        assert _encoded(template.sr) == _encoded(before)  # filling never changes the template
+
+
+def _seconds(ds, which: str) -> float:
+    """``ds``'s Instance Creation or Content date and time (``which``), local, as seconds since the epoch."""
+    import datetime
+
+    date, clock = (ds.InstanceCreationDate, ds.InstanceCreationTime) if which == "Instance" else (ds.ContentDate,
+                                                                                                 ds.ContentTime)
+    return datetime.datetime.strptime(f"{date}{clock}", "%Y%m%d%H%M%S.%f").timestamp()
+
+
+def _encoded(ds) -> bytes:
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    return buf.getvalue()
+
+
+def _difference(a, b) -> str:
+    import difflib
+
+    return "\n".join(difflib.unified_diff(str(_reread(b)).splitlines(), str(_reread(a)).splitlines(), "build_sr",
+                                          "template", lineterm="", n=1))
+
+
+def test_a_template_refuses_another_models_finding():
+    template = report.sr_template(ALGORITHM, FINDING)
+    with pytest.raises(ValueError, match="another model's classes"):
+        template.fill(None, dataclasses.replace(FINDING, threshold=0.5), "1.2.3.4", "1.2.3.5")
 
 
 # --- the heatmap SC ----------------------------------------------------------------------------------------------
@@ -238,7 +307,7 @@ COMPLETE = ["cr complete", "dx complete", "chest"]
 def test_dciodvfy_finds_nothing_of_medges_making(tmp_path, name):
     source = _dciodvfy_source(name, tmp_path)
     rgb = np.full((*report.display_size(source, (224, 224)), 3), 90, np.uint8)
-    objects = {"SR": report.build_sr(source, FINDING, ALGORITHM, "1.2.3.4", "1.2.3.5"),
+    objects = {"SR": report.sr_template(ALGORITHM, FINDING).fill(source, FINDING, "1.2.3.4", "1.2.3.5"),
                "SC": report.build_heatmap_sc(source, rgb, ALGORITHM, "1.2.3.6", "1.2.3.7")}
     for kind, ds in objects.items():
         path = tmp_path / f"{kind}.dcm"
