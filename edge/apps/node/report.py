@@ -4,32 +4,66 @@ Built with highdicom (extra ``node``; imported inside the functions), as the IHE
 Results profile asks of an AI result:
 
 - ``build_sr``: a Comprehensive 3D SR holding a TID 1500 Imaging Measurement Report
-  with one measurement group for the source image: the label as a qualitative
-  evaluation (concept "Finding"), each class probability as a measurement (unit
-  "no units"; ``FloatingPointValue`` holds the float64 exactly, ``NumericValue``
-  its 16-character decimal), the operating threshold when the bundle has one with
-  what it was chosen to guarantee as a text comment ("operating point: sensitivity >=
-  0.95 with 95% confidence ...", or its "unsupported" mark), the warnings as text,
-  and the algorithm identification (TID 4019: name, medge version, model SHA-256).
-  The algorithm is also in the Contributing Equipment Sequence with purpose of
-  reference (1630, 99IHE, "Processing Algorithm"). The SR references the source instance, is a new series of the same study, stays
-  UNVERIFIED and its SeriesDescription says it is not for diagnostic use.
+  with one measurement group for the source image: the label as its "Finding" (TID 1501,
+  what highdicom's parser reads back as ``finding_type``), each class probability as a
+  measurement (unit "no units"; ``FloatingPointValue`` holds the float64 exactly,
+  ``NumericValue`` its 16-character decimal), the operating threshold when the bundle has
+  one with what it was chosen to guarantee as a text comment ("operating point:
+  sensitivity >= 0.95 with 95% confidence ...", or its "unsupported" mark), the warnings
+  as text, and the algorithm identification (TID 4019: name, medge version, model
+  SHA-256). The algorithm is also in the Contributing Equipment Sequence with purpose of
+  reference (1630, 99IHE, "Processing Algorithm"). The SR references the source instance,
+  is a new series of the same study, stays UNVERIFIED and its SeriesDescription says it
+  is not for diagnostic use.
+- ``SRTemplate``: ``build_sr`` costs ~15 ms an instance (highdicom checks the content
+  and deep-copies it on every build), three times the SR's encoding. The node builds the
+  SR of its model once with ``build_sr`` and fills a copy per instance: patient and study
+  (copied as highdicom copies them), UIDs, times, evidence, equipment, and the tracking
+  UID, label, probabilities, source reference and warnings; ~2 ms. The result equals
+  ``build_sr``'s element for element (tested); what does not change is shared with the
+  template, not copied.
 - ``build_heatmap_sc``: the heatmap overlay (RGB) as a Secondary Capture of the same
-  patient and study, new series, BurnedInAnnotation YES.
+  patient and study (patient and study attributes copied as in the SR, Study Description
+  included), in a new series per source series (so that the source's Laterality and Body
+  Part Examined, series attributes, can be copied as they are; a Laterality that nothing
+  states is present and empty, unknown, as Type 2C allows), BurnedInAnnotation YES, a
+  Source Image Sequence that references the source with purpose (121322, DCM, "Source
+  image for image processing operation").
+- ``heatmap_rgb``: the SC's pixels. The heatmap is the model's input size (224 x 224 for
+  most bundles), drawn over the image the model saw (blurred, CLAHE, squeezed to a
+  square). The SC gives it back the source's proportions (its pixel spacing when its
+  pixels are not square) and the source's size, its long side capped at
+  ``SC_LONG_SIDE_PX`` (1024): an overlay of a 224-pixel view holds no more detail at
+  2048 px, and a 2048 x 2048 RGB SC would be 12 MB per instance into PACS (3 MB at 1024).
+  The image under the colours stays the model's view, resampled, not the source's own
+  pixels: the SC shows where the model looked, not diagnostic detail, and needs no second
+  decoding of the source. So it carries no Pixel Spacing: distances are measured on the
+  source.
 
 UIDs come from ``result_uid``: derived from the source's UID and the model's hash,
 so the same instance classified again (after a crash) yields the same objects.
 Class names and labels are coded in a private scheme, ``99MEDGE``, whose code
 values are the class index (C0, C1, ...): PACS viewers show the meaning, the name.
+The SR declares it (and IHE's ``99IHE``) in its Coding Scheme Identification Sequence;
+dicom3tools' ``dciodvfy`` warns of it all the same, for it knows a fixed list of private
+schemes (its only remark on a result of a source that states what the result copies).
 """
 from __future__ import annotations
 
+import datetime
+import functools
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+
+import cv2
+import numpy as np
 
 NOT_FOR_DIAGNOSIS = "medge AI result - not for diagnostic use"
 SCHEME = "99MEDGE"
 SR_SERIES_NUMBER, SC_SERIES_NUMBER = 9901, 9902
+SC_LONG_SIDE_PX = 1024  # the SC's long side at most (module docstring: why)
+SC_DERIVATION = ("heatmap of where the model looked, drawn over the image the model saw (its input), resampled to "
+                 "the source's proportions; " + NOT_FOR_DIAGNOSIS)
 
 
 @dataclass(frozen=True)
@@ -54,6 +88,10 @@ class Finding:
     warnings: tuple[str, ...] = ()
     operating_point: str | None = None  # what the threshold guarantees (edge.decision.guarantee_text), when it has one
 
+    def per_model(self) -> tuple:
+        """What is the same for every instance the model classifies (an SR template is made for it)."""
+        return self.classes, self.threshold, self.positive, self.operating_point
+
 
 def result_uid(source_uid: str, model_sha256: str, kind: str) -> str:
     """A UID for a result object of ``kind`` ("sr", "sc") made from ``source_uid`` by this model (2.25 + 128-bit hash)."""
@@ -67,14 +105,18 @@ TYPE2 = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "Accessio
 
 
 def _with_type2(source):
-    """A copy of ``source``'s header with the Type 2 patient and study attributes it lacks present and empty."""
-    import copy
+    """A copy of ``source``'s header with the Type 2 patient and study attributes it lacks present and empty.
 
-    ds = copy.copy(source)
+    A new dataset over the same elements: ``source`` itself is left as it was."""
+    from pydicom.dataset import Dataset
+
+    ds = Dataset(dict(source.items()))
     for keyword in TYPE2:
         if keyword not in ds:
             setattr(ds, keyword, None)
     if not ds.get("Modality"):  # Type 1, yet some Secondary Captures lack it: "OT", other, is what it is
+        if "Modality" in ds:  # empty: a new element, not a new value in the source's
+            del ds.Modality
         ds.Modality = "OT"
     return ds
 
@@ -89,6 +131,19 @@ def _code(value: str, meaning: str):
     from highdicom.sr import CodedConcept
 
     return CodedConcept(value=value, scheme_designator=SCHEME, meaning=meaning[:64])
+
+
+# The private coding schemes the results use, as PS3.3 C.12.1.1.1 declares one that is not registered: no registry,
+# no UID; a name (Type 3, given where we can state it) and the organization that answers for it.
+CODING_SCHEMES = {SCHEME: {"name": "medge classes and results", "responsible_organization": "medge"},
+                  "99IHE": {"responsible_organization": "IHE International"}}
+
+
+def _coding_schemes(*designators: str) -> list:
+    """Coding Scheme Identification Sequence items for ``designators`` (keys of CODING_SCHEMES)."""
+    from highdicom.coding_schemes import CodingSchemeIdentificationItem
+
+    return [CodingSchemeIdentificationItem(d, **CODING_SCHEMES[d]) for d in designators]
 
 
 def _contributing_equipment(algorithm: Algorithm):
@@ -111,6 +166,62 @@ def _contributing_equipment(algorithm: Algorithm):
     return item
 
 
+def _patient_and_study(source) -> dict:
+    """The Patient and Study attributes highdicom copies from ``source`` into a result object, by tag: its own
+    ``copy_patient_and_study_information`` (the modules of the source's IOD) on a bare object, without the rest
+    of a build."""
+    import highdicom as hd
+    from pydicom.dataset import Dataset
+
+    bare = hd.SOPClass.__new__(hd.SOPClass)
+    Dataset.__init__(bare)
+    bare.copy_patient_and_study_information(source)
+    return dict(bare.items())
+
+
+# --- the structured report ---------------------------------------------------------------------------------------
+def _unit():
+    from highdicom.sr import CodedConcept
+
+    return CodedConcept(value="1", scheme_designator="UCUM", meaning="no units")
+
+
+def _probabilities(finding: Finding) -> list:
+    """One measurement per class, its probability as given (float64, exactly)."""
+    import highdicom as hd
+
+    return [hd.sr.Measurement(name=_code(f"C{i}", f"Probability of {name}"), value=float(finding.probabilities[name]),
+                              unit=_unit()) for i, name in enumerate(finding.classes)]
+
+
+def _finding_item(finding: Finding):
+    """The label as TID 1501's "Finding" item, as ``MeasurementsAndQualitativeEvaluations(finding_type=...)`` makes it."""
+    import highdicom as hd
+    from highdicom.sr import CodedConcept
+
+    return hd.sr.CodeContentItem(name=CodedConcept(value="121071", meaning="Finding", scheme_designator="DCM"),
+                                 value=_label(finding), relationship_type="CONTAINS")
+
+
+def _label(finding: Finding):
+    return _code(f"C{finding.classes.index(finding.label)}", finding.label)
+
+
+def _tracking(instance_uid: str, algorithm: Algorithm):
+    import highdicom as hd
+
+    return hd.sr.TrackingIdentifier(uid=result_uid(instance_uid, algorithm.model_sha256, "track"),
+                                    identifier="medge classification")
+
+
+def _comment(text: str):
+    """A text comment of the measurement group (UT: up to 2^32 - 2 characters; ASCII, as guarantee_text writes)."""
+    import highdicom as hd
+    from pydicom.sr.codedict import codes
+
+    return hd.sr.TextContentItem(name=codes.DCM.Comment, value=text, relationship_type="CONTAINS")
+
+
 def build_sr(source, finding: Finding, algorithm: Algorithm, series_uid: str, instance_uid: str):
     """The Comprehensive 3D SR (TID 1500) of ``finding`` on ``source`` (a pydicom Dataset; pixels not needed)."""
     import highdicom as hd
@@ -121,28 +232,19 @@ def build_sr(source, finding: Finding, algorithm: Algorithm, series_uid: str, in
     algorithm_id = hd.sr.AlgorithmIdentification(name=algorithm.name[:64], version=algorithm.version[:64],
                                                  parameters=[f"model sha256 {algorithm.model_sha256}",
                                                              *([algorithm.runtime] if algorithm.runtime else [])])
-    unit = CodedConcept(value="1", scheme_designator="UCUM", meaning="no units")
-    measurements = [hd.sr.Measurement(name=_code(f"C{i}", f"Probability of {name}"),
-                                      value=float(finding.probabilities[name]), unit=unit)
-                    for i, name in enumerate(finding.classes)]
+    measurements = _probabilities(finding)
     if finding.threshold is not None:
         about = f" for {finding.positive}" if finding.positive else ""
         measurements.append(hd.sr.Measurement(name=_code("THRESHOLD", f"Operating threshold{about}"),
-                                              value=float(finding.threshold), unit=unit, algorithm_id=algorithm_id))
-    label = _code(f"C{finding.classes.index(finding.label)}", finding.label)
+                                              value=float(finding.threshold), unit=_unit(), algorithm_id=algorithm_id))
     group = hd.sr.MeasurementsAndQualitativeEvaluations(
-        tracking_identifier=hd.sr.TrackingIdentifier(uid=result_uid(instance_uid, algorithm.model_sha256, "track"),
-                                                     identifier="medge classification"),
-        algorithm_id=algorithm_id,
-        source_images=[hd.sr.SourceImageForMeasurementGroup.from_source_image(source)],
+        tracking_identifier=_tracking(instance_uid, algorithm), finding_type=_label(finding),
+        algorithm_id=algorithm_id, source_images=[hd.sr.SourceImageForMeasurementGroup.from_source_image(source)],
         measurements=measurements,
-        qualitative_evaluations=[hd.sr.QualitativeEvaluation(name=codes.DCM.Finding, value=label)],
     )
     comments = ([f"operating point: {finding.operating_point}"] if finding.operating_point else []) + [
         f"warning: {text}" for text in finding.warnings]
-    for text in comments:  # UT: up to 2^32 - 2 characters, ASCII (guarantee_text)
-        group[0].ContentSequence.append(hd.sr.TextContentItem(name=codes.DCM.Comment, value=text,
-                                                              relationship_type="CONTAINS"))
+    group[0].ContentSequence.extend(_comment(text) for text in comments)
     observer = hd.sr.ObserverContext(
         observer_type=codes.DCM.Device,
         observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
@@ -159,27 +261,255 @@ def build_sr(source, finding: Finding, algorithm: Algorithm, series_uid: str, in
         is_complete=True, is_final=False,
         is_verified=False, contributing_equipment=[_contributing_equipment(algorithm)],
         series_description=NOT_FOR_DIAGNOSIS, manufacturer_model_name=algorithm.name[:64],
-        software_versions=f"medge {algorithm.version}"[:64],
+        software_versions=f"medge {algorithm.version}"[:64], coding_schemes=_coding_schemes(SCHEME, "99IHE"),
     )
 
 
+# The root attributes of an SR that differ per instance (besides the patient and study's): put in by SRTemplate.fill.
+PER_INSTANCE = ("SOPInstanceUID", "SeriesInstanceUID", "InstanceNumber", "InstanceCreationDate", "InstanceCreationTime",
+                "ContentDate", "ContentTime", "SpecificCharacterSet", "ContributingEquipmentSequence",
+                "CurrentRequestedProcedureEvidenceSequence", "ContentSequence")
+
+
+def _concept(item) -> tuple[str, str, str]:
+    """A content item's value type and concept name (code value, scheme): what it is, whatever its value."""
+    name = item.ConceptNameCodeSequence[0]
+    return str(item.ValueType), str(name.CodeValue), str(name.CodingSchemeDesignator)
+
+
+def _shallow(item, **elements):
+    """A new dataset over ``item``'s elements (shared, not copied), with ``elements`` new in it alone."""
+    from pydicom.dataset import Dataset
+
+    ds = Dataset(dict(item.items()))
+    for keyword, value in elements.items():
+        if keyword in ds:  # setting a present element sets its value: that of the shared one
+            del ds[keyword]
+        setattr(ds, keyword, value)
+    return ds
+
+
+class SRTemplate:
+    """``build_sr`` for one model, built once; ``fill`` gives the SR of an instance, equal element for element to
+    ``build_sr``'s (tested) at a fraction of the cost.
+
+    The template is ``build_sr`` of a placeholder source with a finding of the model's classes, threshold and
+    operating point. ``fill`` shares every element that is the same for all instances (the observer, the algorithm,
+    the threshold, the coding schemes ...) and puts in what is not: patient and study, UIDs, times, character set,
+    evidence, contributing equipment (the source's, then the algorithm's, then highdicom's, stamped now), and in the
+    measurement group the tracking UID, label, probabilities, source reference and warnings. A filled dataset shares
+    elements with the template: encode it, do not modify it.
+    """
+
+    def __init__(self, algorithm: Algorithm, finding: Finding):
+        from pydicom.dataset import Dataset
+
+        placeholder = Dataset()
+        placeholder.SOPClassUID = "1.2.840.10008.5.1.4.1.1.1"  # CR; what it names is replaced in every fill
+        placeholder.SOPInstanceUID = placeholder.StudyInstanceUID = placeholder.SeriesInstanceUID = "2.25.0"
+        placeholder.Rows = placeholder.Columns = 1  # an image, as highdicom checks of a source
+        placeholder = _with_type2(placeholder)
+        model = replace(finding, probabilities=dict.fromkeys(finding.classes, 0.0), label=finding.classes[0],
+                        warnings=())
+        self.algorithm, self.per_model = algorithm, finding.per_model()
+        self.sr = build_sr(placeholder, model, algorithm, "2.25.0", "2.25.0")
+        self._placeholder_tags = set(_patient_and_study(placeholder))
+        self._ours = self.sr.ContributingEquipmentSequence[0]  # the placeholder names no acquisition equipment
+
+    def fill(self, source, finding: Finding, series_uid: str, instance_uid: str):
+        """The SR of ``finding`` on ``source``, as ``build_sr(source, finding, self.algorithm, ...)`` makes it."""
+        import copy
+
+        import highdicom as hd
+        from pydicom.dataset import Dataset
+        from pydicom.valuerep import DA, TM
+
+        if finding.per_model() != self.per_model:
+            raise ValueError("this SR template was made for another model's classes, threshold or operating point")
+        source = _with_type2(source)
+        shared = {tag: elem for tag, elem in self.sr.items()
+                  if tag not in self._placeholder_tags and elem.keyword not in PER_INSTANCE}
+        ds = Dataset({**shared, **_patient_and_study(source)})
+        ds.file_meta = copy.deepcopy(self.sr.file_meta)
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID = instance_uid
+        ds.SeriesInstanceUID, ds.InstanceNumber = series_uid, instance_number(instance_uid)
+        now = datetime.datetime.now()
+        ds.InstanceCreationDate = ds.ContentDate = DA(now.date())
+        ds.InstanceCreationTime = ds.ContentTime = TM(now.time())
+        if "SpecificCharacterSet" in source:
+            ds.SpecificCharacterSet = source.SpecificCharacterSet
+        ds.ContributingEquipmentSequence = [*_acquisition_equipment(source), self._ours,
+                                            hd.ContributingEquipment.for_highdicom()]
+        ds.CurrentRequestedProcedureEvidenceSequence = [_evidence(source)]
+        ds.ContentSequence = self._content(source, finding, instance_uid)
+        return ds
+
+    def _content(self, source, finding: Finding, instance_uid: str) -> list:
+        """The template's content tree with the instance's measurement group in it."""
+        import highdicom as hd
+
+        fresh = [*_tracking(instance_uid, self.algorithm), _finding_item(finding),
+                 *(m[0] for m in _probabilities(finding)), hd.sr.SourceImageForMeasurementGroup.from_source_image(source)]
+        by_concept = {_concept(item): item for item in fresh}
+        root = list(self.sr.ContentSequence)
+        at = next(i for i, item in enumerate(root) if _concept(item) == ("CONTAINER", "126010", "DCM"))
+        group = root[at].ContentSequence[0]  # "Imaging Measurements" holds the one "Measurement Group"
+        items = [by_concept.get(_concept(item), item) for item in group.ContentSequence]
+        items += [_comment(f"warning: {text}") for text in finding.warnings]
+        root[at] = _shallow(root[at], ContentSequence=[_shallow(group, ContentSequence=items)])
+        return root
+
+
+@functools.lru_cache(maxsize=64)
+def _is_image(sop_class_uid: str) -> bool:
+    """Whether highdicom takes an instance of ``sop_class_uid`` for an image (its IOD has pixel data), asked once per
+    SOP class: its check reads the IOD tables, ~2 ms, more than the rest of a fill."""
+    import highdicom as hd
+    from pydicom.dataset import Dataset
+
+    probe = Dataset()
+    probe.SOPClassUID, probe.Manufacturer = sop_class_uid, "probe"
+    try:
+        hd.ContributingEquipment.for_image_acquisition(probe)
+    except (ValueError, KeyError):
+        return False
+    return True
+
+
+def _acquisition_equipment(source) -> list:
+    """The source's acquisition equipment, as highdicom puts it first in a result's Contributing Equipment Sequence
+    (``ContributingEquipment.for_image_acquisition``, whose image check ``_is_image`` remembers): none for a source
+    without a Manufacturer, or whose equipment highdicom cannot describe."""
+    import highdicom as hd
+    from pydicom.sr.codedict import codes
+
+    if not source.get("Manufacturer") or not _is_image(str(source.SOPClassUID)):
+        return []
+    when = source.get("AcquisitionDateTime")
+    date, clock = source.get("AcquisitionDate"), source.get("AcquisitionTime")
+    if when is None and isinstance(date, datetime.date) and isinstance(clock, datetime.time):
+        when = datetime.datetime.combine(date, clock)
+    try:
+        return [hd.ContributingEquipment(
+            manufacturer=source.Manufacturer, purpose_of_reference=codes.DCM.AcquisitionEquipment,
+            manufacturer_model_name=source.get("ManufacturerModelName"), software_versions=source.get("SoftwareVersions"),
+            device_serial_number=source.get("DeviceSerialNumber"), institution_name=source.get("InstitutionName"),
+            institutional_department_name=source.get("InstitutionalDepartmentName"),
+            institution_address=source.get("InstitutionAddress"), station_name=source.get("StationName"),
+            contribution_datetime=when, contribution_description="Acquisition equipment of the source image(s)")]
+    except Exception:  # highdicom leaves it out when it cannot make it (a value it rejects), so does the template
+        return []
+
+
+def _evidence(source):
+    """The Current Requested Procedure Evidence item of an SR on ``source``, as highdicom makes it."""
+    from pydicom.dataset import Dataset
+
+    instance, series, study = Dataset(), Dataset(), Dataset()
+    instance.ReferencedSOPClassUID, instance.ReferencedSOPInstanceUID = source.SOPClassUID, source.SOPInstanceUID
+    series.SeriesInstanceUID, series.ReferencedSOPSequence = source.SeriesInstanceUID, [instance]
+    study.StudyInstanceUID, study.ReferencedSeriesSequence = source.StudyInstanceUID, [series]
+    return study
+
+
+@functools.lru_cache(maxsize=4)
+def _template(algorithm: Algorithm, classes: tuple, threshold, positive, operating_point) -> SRTemplate:
+    finding = Finding(classes, dict.fromkeys(classes, 0.0), classes[0], threshold, positive, (), operating_point)
+    return SRTemplate(algorithm, finding)
+
+
+def sr_template(algorithm: Algorithm, finding: Finding) -> SRTemplate:
+    """The SR template of ``algorithm`` for ``finding``'s model (its classes, threshold, operating point), made on
+    first use and kept."""
+    return _template(algorithm, *finding.per_model())
+
+
+# --- the heatmap Secondary Capture -------------------------------------------------------------------------------
+def _pixel_shape(source) -> tuple[float, float]:
+    """Height and width of one source pixel, in any unit: its Pixel Spacing, Imager Pixel Spacing or Pixel Aspect
+    Ratio (row, column); (1, 1), square, when it states none or nothing usable."""
+    for keyword in ("PixelSpacing", "ImagerPixelSpacing", "PixelAspectRatio"):
+        try:
+            dy, dx = (float(v) for v in source.get(keyword) or ())
+        except (TypeError, ValueError):  # absent, empty, not two numbers
+            continue
+        if dy > 0 and dx > 0:
+            return dy, dx
+    return 1.0, 1.0
+
+
+def display_size(source, fallback: tuple[int, int]) -> tuple[int, int]:
+    """Rows and columns of the heatmap SC of ``source``: its proportions on the patient (square pixels), its size,
+    the long side at most ``SC_LONG_SIDE_PX``; ``fallback`` (rows, columns) where it has no Rows and Columns."""
+    rows, cols = int(source.get("Rows") or fallback[0]), int(source.get("Columns") or fallback[1])
+    dy, dx = _pixel_shape(source)
+    height, width = rows * dy, cols * dx
+    scale = min(SC_LONG_SIDE_PX, max(rows, cols)) / max(height, width)
+    return max(1, round(height * scale)), max(1, round(width * scale))
+
+
+def heatmap_rgb(explanation, source) -> np.ndarray:
+    """The SC's pixels: ``explanation``'s overlay (an ``edge.explain.Explanation``) at ``display_size``, RGB uint8.
+
+    The image the model saw is resampled to that size first and the heatmap drawn over it there (``overlay``
+    resizes the heatmap itself), so the colours are smooth at any size.
+    """
+    seen = explanation.image
+    rows, cols = display_size(source, seen.shape[:2])
+    shrink = rows * cols < seen.shape[0] * seen.shape[1]
+    base = cv2.resize(seen, (cols, rows), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+    return cv2.cvtColor(explanation.overlay(base), cv2.COLOR_BGR2RGB)
+
+
+def _source_image(source):
+    """An item of the Source Image Sequence: the image the SC explains, and why it is referenced (CID 7202)."""
+    from highdicom.sr import CodedConcept
+    from pydicom.dataset import Dataset
+
+    item = Dataset()
+    item.ReferencedSOPClassUID, item.ReferencedSOPInstanceUID = source.SOPClassUID, source.SOPInstanceUID
+    item.PurposeOfReferenceCodeSequence = [CodedConcept(value="121322", scheme_designator="DCM",
+                                                        meaning="Source image for image processing operation")]
+    return item
+
+
+def _copy_anatomy(sc, source) -> None:
+    """Body part and laterality as the source states them (the SC's series is the source series' counterpart).
+
+    Laterality is Type 2C, required for a paired body part unless Image Laterality is given: copied as it is, or
+    present and empty (unknown) when the source states neither a body part nor a side, for nothing then says the part
+    is unpaired. A source that names its body part and no side was judged unpaired by its modality: left absent."""
+    for keyword in ("BodyPartExamined", "Laterality", "ImageLaterality"):
+        if keyword in source:
+            sc.add(source[keyword])
+    if not any(source.get(k) for k in ("BodyPartExamined", "ImageLaterality")) and "Laterality" not in source:
+        sc.Laterality = None
+
+
 def build_heatmap_sc(source, rgb, algorithm: Algorithm, series_uid: str, instance_uid: str):
-    """The heatmap overlay ``rgb`` (H x W x 3 uint8) as a Secondary Capture of ``source``'s patient and study."""
+    """The heatmap overlay ``rgb`` (H x W x 3 uint8, ``heatmap_rgb``) as a Secondary Capture of ``source``'s patient
+    and study, referencing ``source`` as the image it was derived from."""
     import highdicom as hd
 
     source = _with_type2(source)
     orientation = [str(v) for v in (source.get("PatientOrientation") or [])]
-    known = len(orientation) == 2 and all(orientation)
+    known = len(orientation) == 2 and all(orientation)  # still true of the SC: same proportions, neither turned nor flipped
     sc = hd.sc.SCImage.from_ref_dataset(
         ref_dataset=source, pixel_array=rgb, photometric_interpretation="RGB", bits_allocated=8,
         coordinate_system="PATIENT", series_instance_uid=series_uid, series_number=SC_SERIES_NUMBER,
         sop_instance_uid=instance_uid, instance_number=instance_number(instance_uid), manufacturer="medge",
         patient_orientation=tuple(orientation) if known else ("L", "F"),
         transfer_syntax_uid="1.2.840.10008.1.2.1", contributing_equipment=[_contributing_equipment(algorithm)],
-        series_description=NOT_FOR_DIAGNOSIS,
+        series_description=NOT_FOR_DIAGNOSIS, coding_schemes=_coding_schemes("99IHE"),  # the algorithm's purpose
     )
     if not known:  # Type 2: empty when the source does not say; never made up
         sc.PatientOrientation = None
+    sc.copy_patient_and_study_information(source)  # Study Description and the rest, as the SR has them
+    _copy_anatomy(sc, source)
+    sc.SourceImageSequence = [_source_image(source)]
+    sc.DerivationDescription = SC_DERIVATION
+    if source.get("LossyImageCompression") == "01":  # once lossy, every image derived from it says so (C.7.6.1.1.5)
+        sc.LossyImageCompression = "01"
     sc.BurnedInAnnotation = "YES"
     sc.ImageComments = NOT_FOR_DIAGNOSIS
     return sc

@@ -28,8 +28,6 @@ import time
 from collections import deque
 from pathlib import Path
 
-import cv2
-
 from medge import __version__
 from medge.edge.apps.node.config import NodeConfig
 from medge.edge.apps.node.scp import SLICE_SOP_CLASSES
@@ -155,7 +153,10 @@ class Classifier:
         return "classified", None
 
     def write_results(self, source, pred: Prediction) -> dict:
-        """The SR (and SC) of one classified instance: in DIR/reports/, and in the outbox with --forward."""
+        """The SR (and SC) of one classified instance: in DIR/reports/, and in the outbox with --forward.
+
+        The SR is filled from the model's template (``report.SRTemplate``: ``build_sr``'s dataset at a fraction of
+        its cost); the SC is in a series per source series, at the source's proportions (``report.heatmap_rgb``)."""
         from medge.edge.apps.node import report
 
         if self.algorithm is None:
@@ -171,13 +172,14 @@ class Classifier:
                                  label=pred.label, threshold=threshold, positive=positive, warnings=tuple(pred.warnings),
                                  operating_point=op.guarantee if threshold is not None else None)
         study = str(source.StudyInstanceUID)
-        sr = report.build_sr(source, finding, self.algorithm, series_uid=report.result_uid(study, self.model.sha256, "sr"),
-                             instance_uid=report.result_uid(*key, "sr"))
+        sr = report.sr_template(self.algorithm, finding).fill(
+            source, finding, series_uid=report.result_uid(study, self.model.sha256, "sr"),
+            instance_uid=report.result_uid(*key, "sr"))
         out = {"sr": self._save(sr, f"{uid_hash(sop)}.sr.dcm"), "sr_sop_instance_uid": str(sr.SOPInstanceUID)}
         if self.cfg.heatmap_sc and pred.explanation is not None:
-            rgb = cv2.cvtColor(pred.explanation.overlay(), cv2.COLOR_BGR2RGB)
-            sc = report.build_heatmap_sc(source, rgb, self.algorithm,
-                                         series_uid=report.result_uid(study, self.model.sha256, "sc"),
+            series = str(source.get("SeriesInstanceUID") or study)  # Type 1, yet a source without one still gets its SC
+            sc = report.build_heatmap_sc(source, report.heatmap_rgb(pred.explanation, source), self.algorithm,
+                                         series_uid=report.result_uid(series, self.model.sha256, "sc"),
                                          instance_uid=report.result_uid(*key, "sc"))
             out.update(sc=self._save(sc, f"{uid_hash(sop)}.sc.dcm"), sc_sop_instance_uid=str(sc.SOPInstanceUID))
         return out

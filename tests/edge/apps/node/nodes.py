@@ -63,9 +63,9 @@ def with_study(src: Path, dst: Path, study_uid: str | None = None) -> Path:
 
 
 def write_radiograph(path, modality: str = "DX", study_uid: str | None = None, size: int = 256, seed: int = 0,
-                     transfer: str | None = None, patient_id: str = "PAT-1") -> Path:
+                     transfer: str | None = None, patient_id: str = "PAT-1", columns: int | None = None) -> Path:
     """A CR, DX or CT instance as a modality writes it (patient, study, series), 12-bit values, uncompressed or
-    JPEG baseline (``transfer`` 1.2.840.10008.1.2.4.50: 8-bit)."""
+    JPEG baseline (``transfer`` 1.2.840.10008.1.2.4.50: 8-bit); ``size`` rows and ``columns`` (default: ``size``)."""
     import cv2
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.encaps import encapsulate
@@ -86,16 +86,16 @@ def write_radiograph(path, modality: str = "DX", study_uid: str | None = None, s
     ds.Modality, ds.SeriesNumber, ds.InstanceNumber = modality, 1, 1
     if modality == "DX":
         ds.PresentationIntentType, ds.ImageType = "FOR PRESENTATION", ["ORIGINAL", "PRIMARY"]
-    ds.Rows = ds.Columns = size
+    ds.Rows, ds.Columns = size, columns or size
     ds.SamplesPerPixel, ds.PhotometricInterpretation, ds.PixelRepresentation = 1, "MONOCHROME2", 0
     if transfer == JPEGBaseline8Bit:
-        pixels = xray_like(size, size, seed=seed, bits=8)
+        pixels = xray_like(size, columns or size, seed=seed, bits=8)
         ds.BitsAllocated, ds.BitsStored, ds.HighBit = 8, 8, 7
         ds.PixelData = encapsulate([cv2.imencode(".jpg", pixels, [cv2.IMWRITE_JPEG_QUALITY, 95])[1].tobytes()])
         ds["PixelData"].VR = "OB"
         ds.LossyImageCompression = "01"
     else:
-        pixels = xray_like(size, size, seed=seed, bits=12)
+        pixels = xray_like(size, columns or size, seed=seed, bits=12)
         ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, 12, 11
         ds.PixelData = pixels.astype(np.uint16).tobytes()
     ds.save_as(path, enforce_file_format=True)

@@ -325,7 +325,10 @@ def test_a_60_mb_instance_is_refused_over_the_limit_and_taken_within_bounded_mem
 def test_heatmap_secondary_capture(tmp_path, heat_bundle):
     import pydicom
 
-    image = write_radiograph(tmp_path / "dx.dcm", size=192)
+    from medge.edge.apps.node import report
+    from medge.edge.model import Model
+
+    image = write_radiograph(tmp_path / "dx.dcm", size=192, columns=144)
     with NodeProcess(heat_bundle[0], tmp_path / "out", "--heatmap-sc") as node:
         assert send(node.port, image) == [0x0000]
         (record,) = node.wait_results(1)
@@ -335,8 +338,12 @@ def test_heatmap_secondary_capture(tmp_path, heat_bundle):
     assert sc.SOPClassUID == "1.2.840.10008.5.1.4.1.1.7" and sc.BurnedInAnnotation == "YES"
     assert (sc.PatientID, sc.StudyInstanceUID) == (source.PatientID, source.StudyInstanceUID)
     assert sc.SeriesInstanceUID not in (source.SeriesInstanceUID, sr.SeriesInstanceUID)
-    # the overlay `medge predict --heatmaps` writes: over the image the model saw (96 px for this bundle)
-    assert sc.SamplesPerPixel == 3 and sc.pixel_array.shape == (96, 96, 3) and np.ptp(sc.pixel_array) > 0
+    # the overlay `medge predict --heatmaps` writes (over the image the model saw, 96 px for this bundle), given back
+    # the source's proportions and size
+    explanation = Model.load(heat_bundle[0]).predict([str(image)], heatmaps=True)[0].explanation
+    assert sc.SamplesPerPixel == 3 and sc.pixel_array.shape == (192, 144, 3) and np.ptp(sc.pixel_array) > 0
+    assert np.array_equal(sc.pixel_array, report.heatmap_rgb(explanation, source))
+    assert sc.SourceImageSequence[0].ReferencedSOPInstanceUID == source.SOPInstanceUID
     assert sr.VerificationFlag == "UNVERIFIED" and "not for diagnostic use" in sr.SeriesDescription
     assert sr.StudyInstanceUID == source.StudyInstanceUID and sr.SeriesInstanceUID != source.SeriesInstanceUID
     equipment = sr.ContributingEquipmentSequence[0]

@@ -176,7 +176,7 @@ def test_study_from_orthanc_comes_back_as_sr_and_sc(tmp_path, heat_bundle, study
         by_uid = {i["MainDicomTags"]["SOPInstanceUID"]: i["ID"] for i in instances}
         source_series = {str(ds.SeriesInstanceUID) for _, ds in sources.values()}
         predicted = medge_predict(bundle, files)
-        sr_series, sc_series = set(), set()
+        sr_series, sc_series = set(), {}
         for rec in records:
             source_file, source = sources[rec["sop_instance_uid"]]
 
@@ -193,7 +193,7 @@ def test_study_from_orthanc_comes_back_as_sr_and_sc(tmp_path, heat_bundle, study
             assert sc_tags["StudyInstanceUID"] == study_uid and sc_tags["PatientID"] == source.PatientID
             assert sc_tags["BurnedInAnnotation"] == "YES"
             assert sc_tags["SeriesInstanceUID"] not in source_series
-            sc_series.add(sc_tags["SeriesInstanceUID"])
+            sc_series.setdefault(sc_tags["SeriesInstanceUID"], set()).add(str(source.SeriesInstanceUID))
 
             # The SR as Orthanc stores it: it references its source, and its probabilities are exactly medge predict's.
             sr = pydicom.dcmread(io.BytesIO(pacs.file(by_uid[rec["sr_sop_instance_uid"]])))
@@ -207,7 +207,10 @@ def test_study_from_orthanc_comes_back_as_sr_and_sc(tmp_path, heat_bundle, study
                 assert probabilities[cls] == p, (source_file.name, cls, probabilities[cls], p)
             assert rec["probabilities"] == expected_probabilities
             assert rec["label"] == predicted[source_file.name]["label"]
-        assert len(sr_series) == len(sc_series) == 1 and sr_series != sc_series  # one result series of each kind
+        # one SR series for the study; an SC series per source series (it copies the source series' Laterality)
+        assert len(sr_series) == 1 and not sr_series & set(sc_series)
+        assert sorted(len(s) for s in sc_series.values()) == [1] * len(source_series) and set().union(
+            *sc_series.values()) == source_series
     finally:
         try:
             node.stop()

@@ -1,5 +1,5 @@
-"""The parts of ``medge node`` without a network: settings, the spool and its ledger, study records, the SR and SC
-builders, and the command line's refusals."""
+"""The parts of ``medge node`` without a network: settings, the spool and its ledger, study records, sending the SR
+and SC (what they hold: test_report.py), and the command line's refusals."""
 import json
 import os
 
@@ -185,49 +185,7 @@ def test_study_label_is_the_highest_disease_probability_and_late_instances_updat
     assert again.flush(now=1e12) == 0  # after a restart: nothing to rewrite, the file lists them all
 
 
-# --- result objects ----------------------------------------------------------------------------------------------
-def test_sr_and_sc_objects(tmp_path):
-    pytest.importorskip("highdicom", reason="the node extra is not installed")
-    import pydicom
-
-    from medge.edge.apps.node import report
-    from tests.edge.apps.node.nodes import write_radiograph
-
-    source = pydicom.dcmread(write_radiograph(tmp_path / "cr.dcm", "CR"), stop_before_pixels=True)
-    del source.PatientBirthDate  # Type 2 and absent: the SR has it empty
-    algorithm = report.Algorithm("resnet18 (xray)", "1.0", "ab" * 32)
-    finding = report.Finding(("disease", "normal"), {"disease": 0.1 + 0.2, "normal": 1 - (0.1 + 0.2)}, "normal",
-                             threshold=0.35, positive="disease", warnings=("low contrast",),
-                             operating_point="sensitivity=0.95 unsupported: 40 positives (59 needed at 95% confidence)")
-    uid = report.result_uid(source.SOPInstanceUID, algorithm.model_sha256, "sr")
-    assert uid == report.result_uid(source.SOPInstanceUID, algorithm.model_sha256, "sr") and len(uid) <= 64
-    sr = report.build_sr(source, finding, algorithm, report.result_uid(source.StudyInstanceUID, "ab", "sr"), uid)
-    sr.save_as(tmp_path / "sr.dcm", enforce_file_format=True)
-    sr = pydicom.dcmread(tmp_path / "sr.dcm")
-    assert sr.SOPClassUID == "1.2.840.10008.5.1.4.1.1.88.34" and sr.SOPInstanceUID == uid
-    assert sr.PatientBirthDate == "" and sr.PatientID == source.PatientID
-    assert sr.VerificationFlag == "UNVERIFIED" and "not for diagnostic use" in sr.SeriesDescription
-    items = {}
-
-    def walk(seq):
-        for item in seq:
-            items.setdefault(item.ValueType, []).append(item)
-            walk(item.get("ContentSequence", []))
-
-    walk(sr.ContentSequence)
-    nums = {i.ConceptNameCodeSequence[0].CodeMeaning: i.MeasuredValueSequence[0].FloatingPointValue for i in items["NUM"]}
-    assert nums == {"Probability of disease": 0.1 + 0.2, "Probability of normal": 1 - (0.1 + 0.2),
-                    "Operating threshold for disease": 0.35}
-    finding_item = next(i for i in items["CODE"] if i.ConceptNameCodeSequence[0].CodeMeaning == "Finding")
-    assert finding_item.ConceptCodeSequence[0].CodeMeaning == "normal"
-    texts = [i.TextValue for i in items["TEXT"]]
-    assert "operating point: sensitivity=0.95 unsupported: 40 positives (59 needed at 95% confidence)" in texts
-    assert "warning: low contrast" in texts and "resnet18 (xray)" in texts and f"model sha256 {'ab' * 32}" in texts
-    sc = report.build_heatmap_sc(source, np.full((32, 48, 3), 200, np.uint8), algorithm, "1.2.3.4", "1.2.3.5")
-    assert sc.BurnedInAnnotation == "YES" and sc.Rows == 32 and sc.Columns == 48
-    assert sc.PatientOrientation in (None, "", [])  # the source did not say; not made up
-
-
+# --- result objects (their content: test_report.py) -------------------------------------------------------------
 def test_forwarder_sends_what_the_pacs_takes_and_sets_aside_what_it_never_will(tmp_path):
     """A PACS that stores SR but no Secondary Capture: the SC goes to outbox/failed/, the SR after it is delivered."""
     pytest.importorskip("pynetdicom", reason="the node extra is not installed")

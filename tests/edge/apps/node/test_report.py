@@ -1,0 +1,333 @@
+"""The node's result objects (``edge.apps.node.report``): the SR as highdicom's TID 1500 parser reads it back, the SR
+template against the full build, the heatmap SC's geometry and references, and both checked by an independent
+validator, dicom3tools' ``dciodvfy``, on several sources."""
+import dataclasses
+import io
+import os
+import re
+import subprocess
+import time
+
+import numpy as np
+import pytest
+
+pytest.importorskip("highdicom", reason="the node extra is not installed")
+
+from medge.edge.apps.node import report  # noqa: E402
+from tests.edge.apps.node.nodes import PYDICOM_GRAY, pydicom_file, with_study, write_radiograph  # noqa: E402
+
+DCIODVFY = "/usr/bin/dciodvfy"
+ALGORITHM = report.Algorithm("resnet18 (xray)", "1.0", "ab" * 32, "opencv engine, fp32 variant")
+P = 0.1 + 0.2  # 0.30000000000000004: its 16-character decimal is not the float, FloatingPointValue must be
+FINDING = report.Finding(("disease", "normal"), {"disease": P, "normal": 1 - P}, "normal", threshold=0.35,
+                         positive="disease", warnings=("low contrast",),
+                         operating_point="sensitivity=0.95 unsupported: 40 positives (59 needed at 95% confidence)")
+# Each SR path: the full highdicom build, and the template the node fills.
+BUILDS = {"build_sr": report.build_sr,
+          "template": lambda source, finding, algorithm, series, uid: report.sr_template(algorithm, finding).fill(
+              source, finding, series, uid)}
+
+
+def _reread(ds):
+    import pydicom
+
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    return pydicom.dcmread(io.BytesIO(buf.getvalue()))
+
+
+def _header(path):
+    import pydicom
+
+    return pydicom.dcmread(path, stop_before_pixels=True)
+
+
+# --- the SR and SC as built ----------------------------------------------------------------------------------------
+def test_sr_and_sc_objects(tmp_path):
+    source = _header(write_radiograph(tmp_path / "cr.dcm", "CR"))
+    del source.PatientBirthDate  # Type 2 and absent: the SR has it empty
+    source.StudyDescription = "CHEST PA"
+    uid = report.result_uid(source.SOPInstanceUID, ALGORITHM.model_sha256, "sr")
+    assert uid == report.result_uid(source.SOPInstanceUID, ALGORITHM.model_sha256, "sr") and len(uid) <= 64
+    sr = _reread(report.build_sr(source, FINDING, ALGORITHM, report.result_uid(source.StudyInstanceUID, "ab", "sr"), uid))
+    assert "PatientBirthDate" not in source  # the caller's dataset is left as it was
+    assert sr.SOPClassUID == "1.2.840.10008.5.1.4.1.1.88.34" and sr.SOPInstanceUID == uid
+    assert sr.PatientBirthDate == "" and sr.PatientID == source.PatientID and sr.StudyDescription == "CHEST PA"
+    assert sr.VerificationFlag == "UNVERIFIED" and "not for diagnostic use" in sr.SeriesDescription
+    schemes = {s.CodingSchemeDesignator: s for s in sr.CodingSchemeIdentificationSequence}
+    assert schemes["99MEDGE"].CodingSchemeResponsibleOrganization == "medge" and schemes["99MEDGE"].CodingSchemeName
+    assert "CodingSchemeUID" not in schemes["99MEDGE"] and "CodingSchemeRegistry" not in schemes["99MEDGE"]
+    assert schemes["99IHE"].CodingSchemeResponsibleOrganization == "IHE International"
+    items = {}
+
+    def walk(seq):
+        for item in seq:
+            items.setdefault(item.ValueType, []).append(item)
+            walk(item.get("ContentSequence", []))
+
+    walk(sr.ContentSequence)
+    texts = [i.TextValue for i in items["TEXT"]]
+    assert "operating point: sensitivity=0.95 unsupported: 40 positives (59 needed at 95% confidence)" in texts
+    assert "warning: low contrast" in texts and "resnet18 (xray)" in texts and f"model sha256 {'ab' * 32}" in texts
+    sc = _reread(report.build_heatmap_sc(source, np.full((32, 48, 3), 200, np.uint8), ALGORITHM, "1.2.3.4", "1.2.3.5"))
+    assert sc.BurnedInAnnotation == "YES" and sc.Rows == 32 and sc.Columns == 48
+    assert sc.PatientOrientation in (None, "", [])  # the source did not say; not made up
+    assert sc.StudyDescription == "CHEST PA" and "PixelSpacing" not in sc
+    (reference,) = sc.SourceImageSequence
+    assert (reference.ReferencedSOPClassUID, reference.ReferencedSOPInstanceUID) == (source.SOPClassUID,
+                                                                                     source.SOPInstanceUID)
+    purpose = reference.PurposeOfReferenceCodeSequence[0]
+    assert (purpose.CodeValue, purpose.CodingSchemeDesignator) == ("121322", "DCM")
+
+
+@pytest.mark.parametrize("build", BUILDS)
+@pytest.mark.parametrize("threshold", [0.35, None])
+def test_the_sr_reads_back_through_highdicoms_tid_1500_parser(tmp_path, build, threshold):
+    """Label, every probability (the exact float), the threshold and the algorithm, found by highdicom's parser."""
+    import highdicom as hd
+    from highdicom.sr.utils import find_content_items
+    from pydicom.sr.coding import Code
+
+    source = _header(write_radiograph(tmp_path / "dx.dcm"))
+    finding = report.Finding(("disease", "normal", "other"), {"disease": P, "normal": 0.6, "other": 1 - P - 0.6},
+                             "disease", threshold=threshold, positive="disease" if threshold else None)
+    ds = _reread(BUILDS[build](source, finding, ALGORITHM, "1.2.3.4", "1.2.3.5"))
+    sr = hd.sr.Comprehensive3DSR.from_dataset(ds)
+    (group,) = sr.content.get_image_measurement_groups()
+    assert (group.finding_type.value, group.finding_type.scheme_designator, group.finding_type.meaning) == (
+        "C0", "99MEDGE", "disease")
+    measured = {m.name.meaning: m.value for m in group.get_measurements()}
+    expected = {"Probability of disease": P, "Probability of normal": 0.6, "Probability of other": 1 - P - 0.6}
+    if threshold is not None:
+        expected["Operating threshold for disease"] = threshold
+    assert measured == expected  # == on floats: bit for bit
+    assert [i.referenced_sop_instance_uid for i in group.source_images] == [source.SOPInstanceUID]
+
+    def texts(value, meaning):
+        return [i.value for i in find_content_items(group[0], name=Code(value, "DCM", meaning))]
+
+    assert texts("111001", "Algorithm Name") == ["resnet18 (xray)"]
+    assert texts("111003", "Algorithm Version") == ["1.0"]
+    assert texts("111002", "Algorithm Parameters") == [f"model sha256 {'ab' * 32}", "opencv engine, fp32 variant"]
+
+
+# --- the template ------------------------------------------------------------------------------------------------
+TIMES = ("InstanceCreationDate", "InstanceCreationTime", "ContentDate", "ContentTime")
+
+
+def _template_sources(tmp_path):
+    bare = _header(write_radiograph(tmp_path / "cr.dcm", "CR"))
+    del bare.PatientSex, bare.StudyDate  # Type 2 the source lacks: present and empty in both
+    full = _header(write_radiograph(tmp_path / "dx.dcm", "DX"))
+    full.update({"Manufacturer": "ACME", "ManufacturerModelName": "DR-1", "StationName": "ROOM 2",
+                 "SpecificCharacterSet": "ISO_IR 100", "PatientName": "Müller^Jörg", "StudyDescription": "KNEE",
+                 "PatientAge": "051Y", "PatientWeight": 80, "AcquisitionDateTime": "20260101120000"})
+    ct = _header(with_study(pydicom_file("CT_small.dcm"), tmp_path / "ct.dcm"))
+    mr = _header(with_study(pydicom_file("MR_small.dcm"), tmp_path / "mr.dcm"))
+    return [bare, full, ct, mr]
+
+
+def test_the_template_gives_the_full_build_element_for_element(tmp_path):
+    findings = [FINDING, dataclasses.replace(FINDING, warnings=(), label="disease", probabilities={"disease": 1.0,
+                                                                                             "normal": 0.0}),
+                report.Finding(("a", "b", "c"), {"a": 0.2, "b": 0.3, "c": 0.5}, "c", warnings=("x", "y"))]
+    for finding in findings:
+        template = report.sr_template(ALGORITHM, finding)
+        before = _reread(template.sr)
+        for source in _template_sources(tmp_path):
+            expected = report.build_sr(source, finding, ALGORITHM, "1.2.3.4", "1.2.3.5")
+            started = time.time()
+            filled = template.fill(source, finding, "1.2.3.4", "1.2.3.5")
+            for created in ("Instance", "Content"):  # made now, within this call
+                assert started - 1 <= _seconds(filled, created) <= time.time() + 1
+            for keyword in TIMES:  # then set to the reference's, to compare the rest
+                filled[keyword].value = expected[keyword].value
+            stamp = filled.ContributingEquipmentSequence[-1]["ContributionDateTime"]
+            stamp.value = expected.ContributingEquipmentSequence[-1].ContributionDateTime
+            assert _encoded(filled) == _encoded(expected), _difference(filled, expected)
+        assert _encoded(template.sr) == _encoded(before)  # filling never changes the template
+
+
+def _seconds(ds, which: str) -> float:
+    """``ds``'s Instance Creation or Content date and time (``which``), local, as seconds since the epoch."""
+    import datetime
+
+    date, clock = (ds.InstanceCreationDate, ds.InstanceCreationTime) if which == "Instance" else (ds.ContentDate,
+                                                                                                 ds.ContentTime)
+    return datetime.datetime.strptime(f"{date}{clock}", "%Y%m%d%H%M%S.%f").timestamp()
+
+
+def _encoded(ds) -> bytes:
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    return buf.getvalue()
+
+
+def _difference(a, b) -> str:
+    import difflib
+
+    return "\n".join(difflib.unified_diff(str(_reread(b)).splitlines(), str(_reread(a)).splitlines(), "build_sr",
+                                          "template", lineterm="", n=1))
+
+
+def test_a_template_refuses_another_models_finding():
+    template = report.sr_template(ALGORITHM, FINDING)
+    with pytest.raises(ValueError, match="another model's classes"):
+        template.fill(None, dataclasses.replace(FINDING, threshold=0.5), "1.2.3.4", "1.2.3.5")
+
+
+# --- the heatmap SC ----------------------------------------------------------------------------------------------
+def _geometry_source(rows, columns, **attributes):
+    from pydicom.dataset import Dataset
+
+    ds = Dataset()
+    ds.Rows, ds.Columns = rows, columns
+    for keyword, value in attributes.items():
+        setattr(ds, keyword, value)
+    return ds
+
+
+@pytest.mark.parametrize("attributes, expected", [
+    ({"Rows": 2048, "Columns": 1536}, (1024, 768)),  # capped, proportions kept
+    ({"Rows": 1536, "Columns": 2048}, (768, 1024)),
+    ({"Rows": 256, "Columns": 200}, (256, 200)),  # the source's own size
+    ({"Rows": 100, "Columns": 100, "PixelSpacing": [0.2, 0.1]}, (100, 50)),  # rows 0.2 mm apart: twice as tall
+    ({"Rows": 100, "Columns": 100, "ImagerPixelSpacing": [0.1, 0.2]}, (50, 100)),
+    ({"Rows": 100, "Columns": 100, "PixelAspectRatio": [2, 1]}, (100, 50)),
+    ({"Rows": 100, "Columns": 80, "PixelSpacing": ""}, (100, 80)),  # nothing usable: square pixels
+    ({"Rows": 4000, "Columns": 10}, (1024, 3)),
+])
+def test_sc_geometry(attributes, expected):
+    rows, columns = attributes.pop("Rows"), attributes.pop("Columns")
+    assert report.display_size(_geometry_source(rows, columns, **attributes), (224, 224)) == expected
+    assert report.display_size(_geometry_source(None, None), (96, 96)) == (96, 96)  # no size stated: the heatmap's
+
+
+def test_the_sc_is_the_overlay_at_the_sources_proportions():
+    from medge.edge.explain import Explanation
+
+    heat = np.zeros((96, 96), np.float32)
+    heat[:, 48:] = 1.0  # the right half: the most evidence (red in JET)
+    seen = np.full((96, 96), 128, np.uint8)
+    explanation = Explanation(heatmap=heat, class_index=0, method="cam", logits=np.zeros(2, np.float32), image=seen)
+    rgb = report.heatmap_rgb(explanation, _geometry_source(3000, 1500))
+    assert rgb.shape == (1024, 512, 3) and rgb.dtype == np.uint8
+    right, left = rgb[512, 500].astype(int), rgb[512, 10].astype(int)
+    assert right[0] > right[2] and left[2] > left[0]  # RGB: red where the heatmap is high, blue where it is not
+
+
+@pytest.mark.parametrize("given, expected", [
+    ({"Laterality": "L", "BodyPartExamined": "HAND"}, {"Laterality": "L", "BodyPartExamined": "HAND"}),
+    ({"ImageLaterality": "R", "BodyPartExamined": "KNEE"}, {"ImageLaterality": "R", "BodyPartExamined": "KNEE"}),
+    ({"BodyPartExamined": "CHEST"}, {"BodyPartExamined": "CHEST"}),  # judged unpaired by its modality: no Laterality
+    ({}, {"Laterality": ""}),  # nothing says whether the part is paired: present and empty, unknown
+    ({"Laterality": ""}, {"Laterality": ""}),
+])
+def test_the_sc_copies_laterality_and_body_part_as_the_source_states_them(tmp_path, given, expected):
+    source = _header(write_radiograph(tmp_path / "cr.dcm", "CR"))
+    source.update(given)
+    sc = _reread(report.build_heatmap_sc(source, np.zeros((8, 8, 3), np.uint8), ALGORITHM, "1.2.3.4", "1.2.3.5"))
+    keywords = ("Laterality", "ImageLaterality", "BodyPartExamined")
+    assert {k: str(sc[k].value or "") for k in keywords if k in sc} == expected
+
+
+def test_the_sc_keeps_what_stays_true_and_drops_what_would_not(tmp_path):
+    source = _header(write_radiograph(tmp_path / "dx.dcm", transfer="1.2.840.10008.1.2.4.50"))  # JPEG: lossy
+    source.update({"PatientOrientation": ["P", "F"], "PixelSpacing": [0.1, 0.1], "ImagerPixelSpacing": [0.1, 0.1]})
+    sc = _reread(report.build_heatmap_sc(source, np.zeros((8, 8, 3), np.uint8), ALGORITHM, "1.2.3.4", "1.2.3.5"))
+    assert list(sc.PatientOrientation) == ["P", "F"]  # same proportions, neither turned nor flipped
+    assert sc.LossyImageCompression == "01"  # derived from a lossy image
+    assert not {"PixelSpacing", "ImagerPixelSpacing", "NominalScannedPixelSpacing"} & set(sc.dir())
+
+
+# --- dciodvfy ----------------------------------------------------------------------------------------------------
+# What dciodvfy says of a result object that is not of medge's making: (message pattern, why, whether the source
+# shows the cause). An allowance holds only for a source that shows its cause, so it cannot hide a fault of ours.
+INHERITED = [
+    (r"Warning - Value is zero for value 1 of attribute <Patient's (Size|Weight)>$",
+     "the source's Patient's Size or Weight is 0, copied as it is (Patient Study module, as highdicom copies it)",
+     lambda source, m: source.get(f"Patient{m[1]}") == 0),
+    (r"Warning - Value dubious for this VR - \(0x0008,0x1060\) PN Name of Physician\(s\) Reading Study .*"
+     r"Retired Person Name form$",
+     "the source's value, copied (General Study)", lambda source, m: "NameOfPhysiciansReadingStudy" in source),
+    (r"Warning - Missing attribute or value that would be needed to build DICOMDIR - Study (Date|Time|ID)$",
+     "the source has none: Type 2, present and empty, never made up",
+     lambda source, m: not source.get(f"Study{m[1]}")),
+    (r"Warning - Unrecognized defined term <([^>]*)> for value 1 of attribute <Body Part Examined>$",
+     "the source's Body Part Examined, not a DICOM defined term, copied as it is",
+     lambda source, m: source.get("BodyPartExamined") == m[1]),
+    (r"Error - Missing attribute Type 2C Conditional Element=<Laterality> Module=<GeneralSeries>$",
+     "the source names a body part dciodvfy does not know as unpaired, and no side: copied as it states it",
+     lambda source, m: bool(source.get("BodyPartExamined")) and not _side(source)),
+    (r"Warning - is only permitted to be empty when actually unknown; .* attribute <Laterality>$",
+     "the source states no side, and no body part or an empty Laterality: unknown, which Type 2C allows empty "
+     "(dciodvfy warns on every empty Laterality)",
+     lambda source, m: not _side(source) and ("Laterality" in source or not source.get("BodyPartExamined"))),
+]
+# dciodvfy checks Coding Scheme Designators against its own list (99IHE, 99PMP ... are on it) and warns on any other,
+# declared in the Coding Scheme Identification Sequence or not (dicom3tools' attrvrfy.cc). PS3.16 section 8 gives
+# private schemes a "99" prefix and PS3.3 section 6.2 lets Defined Terms be extended: this warning is of the
+# validator's list, once per use of 99MEDGE (the declaration included), and counted exactly.
+PRIVATE_SCHEME = "Warning - Unrecognized defined term <99MEDGE> for value 1 of attribute <Coding Scheme Designator>"
+
+
+def _side(source) -> bool:
+    return any(source.get(k) for k in ("Laterality", "ImageLaterality"))
+
+
+def _complete(source, **more):
+    """``source`` with everything a result copies stated (a modality that fills in its header)."""
+    source.update({"Manufacturer": "ACME", "StudyDescription": "XR KNEE RIGHT", "PatientOrientation": ["L", "F"],
+                   "SpecificCharacterSet": "ISO_IR 100", **more})
+    return source
+
+
+def _dciodvfy_source(name, tmp_path):
+    if name == "cr":
+        return _header(write_radiograph(tmp_path / "cr.dcm", "CR"))
+    if name == "dx":
+        return _header(write_radiograph(tmp_path / "dx.dcm", "DX", size=300, columns=200))
+    if name == "cr complete":
+        return _complete(_header(write_radiograph(tmp_path / "cr.dcm", "CR")), BodyPartExamined="HAND",
+                         Laterality="L")
+    if name == "dx complete":
+        return _complete(_header(write_radiograph(tmp_path / "dx.dcm", transfer="1.2.840.10008.1.2.4.50")),
+                         BodyPartExamined="KNEE", ImageLaterality="R", ImagerPixelSpacing=[0.15, 0.15])
+    if name == "chest":
+        return _complete(_header(write_radiograph(tmp_path / "cr.dcm", "CR")), BodyPartExamined="CHEST")
+    return _header(with_study(pydicom_file(name), tmp_path / name))
+
+
+COMPLETE = ["cr complete", "dx complete", "chest"]
+
+
+@pytest.mark.skipif(not os.access(DCIODVFY, os.X_OK),
+                    reason=f"{DCIODVFY} is not installed (dicom3tools: apt-get install dicom3tools)")
+@pytest.mark.parametrize("name", ["cr", "dx", *COMPLETE, *PYDICOM_GRAY, "CT_small.dcm", "MR_small.dcm"])
+def test_dciodvfy_finds_nothing_of_medges_making(tmp_path, name):
+    source = _dciodvfy_source(name, tmp_path)
+    rgb = np.full((*report.display_size(source, (224, 224)), 3), 90, np.uint8)
+    objects = {"SR": report.sr_template(ALGORITHM, FINDING).fill(source, FINDING, "1.2.3.4", "1.2.3.5"),
+               "SC": report.build_heatmap_sc(source, rgb, ALGORITHM, "1.2.3.6", "1.2.3.7")}
+    for kind, ds in objects.items():
+        path = tmp_path / f"{kind}.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        out = subprocess.run([DCIODVFY, str(path)], capture_output=True, text=True, timeout=60)
+        lines = (out.stdout + out.stderr).splitlines()
+        found = [line for line in lines if line.startswith(("Error", "Warning"))]
+        iod = {"SR": "Comprehensive3DSR", "SC": "SCImage"}[kind]
+        assert [line for line in lines if line not in found] == [iod], lines  # it read the file, checked that IOD
+        private = [line for line in found if line == PRIVATE_SCHEME]
+        assert len(private) == _uses_of_99medge(ds), found
+        unexplained = [line for line in found if line != PRIVATE_SCHEME and not _inherited(line, source)]
+        assert unexplained == [], f"{kind} of {name}: {unexplained}"
+        if name in COMPLETE:  # a source that states it all: nothing to inherit
+            assert [line for line in found if line != PRIVATE_SCHEME] == [], f"{kind} of {name}: {found}"
+
+
+def _inherited(line, source) -> bool:
+    return any((m := re.match(pattern, line)) and shows(source, m) for pattern, _why, shows in INHERITED)
+
+
+def _uses_of_99medge(ds) -> int:
+    return sum(1 for elem in ds.iterall() if elem.keyword == "CodingSchemeDesignator" and elem.value == "99MEDGE")
