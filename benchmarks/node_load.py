@@ -366,6 +366,19 @@ def _epoch(iso: str | None) -> float | None:
     return datetime.datetime.fromisoformat(iso).timestamp() if iso else None
 
 
+def read_round_log(path: Path, offset: int, instances: int, timeout_s: float = 10.0) -> str:
+    """The node's log since ``offset``, once its pipeline runs account for ``instances`` (a run logs its line when
+    the spool has been idle a moment, after its last SR may already be in the PACS), or after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        with open(path, "rb") as f:
+            f.seek(offset)
+            text = f.read().decode(errors="replace")
+        if sum(int(n) for n, _ in CLASSIFIED_LINE.findall(text)) >= instances or time.monotonic() > deadline:
+            return text
+        time.sleep(0.05)
+
+
 def node_log_stats(text: str) -> dict:
     """What the node's log says of a round: its Model.predict calls (instances each, seconds) and its spooling."""
     calls = [(int(n), float(s)) for n, s in CLASSIFIED_LINE.findall(text)]
@@ -412,9 +425,7 @@ def run_round(ctx: "Session", paths: list[Path], associations: int, folder: Path
                "box": box_busy_s()}
     cpu = {k: cpu_now[k] - v for k, v in cpu0.items()}
     ctx.results_offset = offset
-    with open(ctx.node_log, "rb") as f:
-        f.seek(log_offset)
-        log_text = f.read().decode(errors="replace")
+    log_text = read_round_log(ctx.node_log, log_offset, len(records))
     arrival_by_sr = {}
     for _, orthanc_id, seen in arrived:
         uid = ctx.pacs.get_json(f"/instances/{orthanc_id}")["MainDicomTags"].get("SOPInstanceUID")
@@ -561,7 +572,7 @@ def table(record: dict) -> str:
             + "\n".join(f"medge predict, batch size {k}: {v['first']:.2f} instances/s before the rounds, "
                         f"{v['last']:.2f} after (mean {v['mean']:.2f})" for k, v in pred.items()))
     lines = [head, "", f"| associations | instances/s | p50 ms | p99 ms | node / predict b{b} | SRs | C-STORE p50 ms | "
-             "per predict call | node CPU s/inst | box busy cores |",
+             "per pipeline run | node CPU s/inst | box busy cores |",
              "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for r in record["rounds"]:
         lat, cpu = r["latency_ms"], r["cpu_s_per_instance"] or {}

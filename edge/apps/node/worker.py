@@ -10,7 +10,7 @@ soon as one is free, read and infer it, while this thread, per instance that com
      does not fit it (a modality the bundle was not made for, colour or multi-frame
      data, a mask or a uniform image, and with --strict any warning); ``error`` for a bug;
   3. writes the SR (and with --heatmap-sc the SC) to ``DIR/reports/`` and, with
-     --forward, to the outbox;
+     --forward or --forward-stow, to each outbox;
   4. appends the record to results.jsonl (the commit point, ``spool.Spool.commit``),
      then deletes the spooled image (or keeps it, --keep-images).
 The pipeline ends when the spool has been empty for ``IDLE_S``, and the next arrival
@@ -153,7 +153,7 @@ class Classifier:
         return "classified", None
 
     def write_results(self, source, pred: Prediction) -> dict:
-        """The SR (and SC) of one classified instance: in DIR/reports/, and in the outbox with --forward.
+        """The SR (and SC) of one classified instance: in DIR/reports/, and in each outbox (--forward, --forward-stow).
 
         The SR is filled from the model's template (``report.SRTemplate``: ``build_sr``'s dataset at a fraction of
         its cost); the SC is in a series per source series, at the source's proportions (``report.heatmap_rgb``)."""
@@ -185,7 +185,7 @@ class Classifier:
         return out
 
     def _save(self, ds, name: str) -> str:
-        """Encode once; write to reports/ and (with --forward) the outbox, each atomically."""
+        """Encode once; write to reports/ and each outbox (--forward, --forward-stow), each atomically."""
         from medge.edge.outputs import atomic_write_bytes
 
         buf = io.BytesIO()
