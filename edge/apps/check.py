@@ -4,7 +4,9 @@ Usage: medge check --model bundles/xray [--json] [--repeats 20]
 
 Reports the machine (CPU, cores, the SIMD features OpenCV sees, its parallel
 framework and threads), the Python, numpy and OpenCV versions and OpenCV's
-build, the engines and backends available here; verifies the bundle (SHA-256,
+build, the engines and backends available here, the input formats this install
+reads (each image format decoded once by this OpenCV; DICOM and which transfer
+syntaxes, by the decoders installed, naming the package that adds the others); verifies the bundle (SHA-256,
 golden self-test with each engine: max error against the tolerance, and of each
 fast variant whose gate passed on each engine that runs it); says whether the node
 extra works (``medge node``: imports, a C-ECHO to itself); times the batch-1 forward
@@ -22,6 +24,7 @@ import argparse
 import json
 import sys
 import tempfile
+import textwrap
 import time
 from pathlib import Path
 
@@ -30,6 +33,7 @@ import numpy as np
 
 from medge.edge import system
 from medge.edge.errors import MedgeError, UsageError
+from medge.edge.inputs.dicom import decoder_support
 from medge.edge.inputs.image import write_image
 from medge.edge.model import Model
 from medge.edge.node_extra import check_node_extra
@@ -188,9 +192,24 @@ def node_extra() -> dict:
         return {"ok": False, "error": f"{type(e).__name__}: {e}"}
 
 
+def input_support() -> dict:
+    """The image formats this OpenCV encodes and decodes again (a 4 x 4 gray image each) and the DICOM this install
+    reads (``edge.inputs.dicom.decoder_support``)."""
+    image = np.full((4, 4), 128, np.uint8)
+    readable = []
+    for name, ext in (("PNG", ".png"), ("JPEG", ".jpg"), ("TIFF", ".tif"), ("BMP", ".bmp")):
+        try:
+            ok, data = cv2.imencode(ext, image)
+            readable += [name] if ok and cv2.imdecode(data, cv2.IMREAD_UNCHANGED) is not None else []
+        except cv2.error:  # an OpenCV built without that codec
+            continue
+    return {"images": readable, "dicom": decoder_support()}
+
+
 def run_check(bundle: str, repeats: int) -> dict:
     """Every step of ``medge check``; the record says what passed and why not."""
-    record = {"check": "medge check", "bundle": bundle, **describe_box(), "node": node_extra()}
+    record = {"check": "medge check", "bundle": bundle, **describe_box(), "inputs": input_support(),
+              "node": node_extra()}
     record["verification"], verified, nets = verify_bundle(bundle)
     verification = record["verification"]
     if verification["error"]:
@@ -215,7 +234,8 @@ def _ms(v: float) -> str:
 
 def render(r: dict) -> str:
     """The record as a human-readable report."""
-    lines = [f"medge check {r['bundle']}", "", *_box_lines(r), *_node_lines(r["node"]), *_verification_lines(r["verification"])]
+    lines = [f"medge check {r['bundle']}", "", *_box_lines(r), *_input_lines(r["inputs"]), *_node_lines(r["node"]),
+             *_verification_lines(r["verification"])]
     if "forward" in r:
         lines += _forward_lines(r["forward"], r["choice"], r["verification"])
     if "end_to_end" in r:
@@ -238,6 +258,27 @@ def _box_lines(r: dict) -> list[str]:
             *[f"            {k}: {v}" for k, v in build.items() if k != "Parallel framework"],
             f"engines     {', '.join(r['engines'])} (auto: the fastest correct one)",
             f"backends    available {', '.join(r['backends']['available'])} (known: {', '.join(r['backends']['known'])})"]
+
+
+def _input_lines(inputs: dict) -> list[str]:
+    """Which files this install reads, and what to install for the rest."""
+    images = f"inputs      {', '.join(inputs['images']) or 'no image format'} (OpenCV)"
+    d = inputs["dicom"]
+    if d["pydicom"] is None:
+        return [images, '            DICOM: not on this install (pip install "medge[dicom]": pydicom and python-gdcm)']
+    have = [t["name"] for t in d["transfer_syntaxes"] if t["installed"]]
+    missing: dict[str, list[str]] = {}
+    for t in d["transfer_syntaxes"]:
+        if not t["installed"]:
+            missing.setdefault(t["package"], []).append(t["name"])
+    indent = " " * 12
+    lines = [images, *textwrap.wrap(f"DICOM (pydicom {d['pydicom']}): {len(have)} of {len(d['transfer_syntaxes'])} "
+                                    f"transfer syntaxes: {', '.join(have)}", 110, initial_indent=indent,
+                                    subsequent_indent=indent + "  ")]
+    lines += [f"{indent}not readable without {package}: {', '.join(names)}" for package, names in missing.items()]
+    if not d["jpeg_12bit"]:
+        lines.append("            12-bit JPEG extended also needs pylibjpeg-libjpeg (GPL-3.0: not installed by medge)")
+    return lines
 
 
 def _node_lines(n: dict) -> list[str]:

@@ -92,8 +92,10 @@ def main(argv: list[str] | None = None) -> int:
     except MedgeError as e:
         print(f"{prog}: error: {e}", file=sys.stderr)
         return e.exit_status
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
         print(f"{prog}: interrupted", file=sys.stderr)
+        for note in getattr(e, "__notes__", ()):  # where the work done so far is (edge.outputs.open_atomic)
+            print(f"{prog}: {note}", file=sys.stderr)
         return 130
     except BrokenPipeError:  # e.g. `medge predict ... | head`: the reader left
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

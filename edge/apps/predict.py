@@ -108,18 +108,24 @@ def run(args: argparse.Namespace) -> int:
         model.require_heatmaps()  # exit 2 before any work for a bundle exported without them
         make_output_dir(heat_dir)
     progress = ProgressLine(n, "images")
-    failed, warned, bugs, no_heatmap = 0, 0, 0, 0
-    with _record_stream(out) as stream:
-        writer = RecordWriter(stream, args.format, model.classes, heatmaps=heat_dir is not None)
-        for i, pred in enumerate(predictions(model, scan, args, heatmaps=heat_dir is not None)):
-            rec = pred.to_record(model.sha256, model.runtime)
-            if heat_dir is not None:
-                no_heatmap += not write_heatmap(pred, targets[i], rec)
-            writer.write(rec)
-            failed += not pred.ok
-            warned += bool(pred.ok and pred.warnings)
-            bugs += pred.unexpected
-            progress.update(f"{failed} failed")
+    failed, warned, bugs, no_heatmap, written = 0, 0, 0, 0, 0
+    try:
+        with _record_stream(out) as stream:
+            writer = RecordWriter(stream, args.format, model.classes, heatmaps=heat_dir is not None)
+            for i, pred in enumerate(predictions(model, scan, args, heatmaps=heat_dir is not None)):
+                rec = pred.to_record(model.sha256, model.runtime)
+                if heat_dir is not None:
+                    no_heatmap += not write_heatmap(pred, targets[i], rec)
+                writer.write(rec)
+                written += 1
+                failed += not pred.ok
+                warned += bool(pred.ok and pred.warnings)
+                bugs += pred.unexpected
+                progress.update(f"{failed} failed")
+    except KeyboardInterrupt as e:
+        progress.close()
+        e.add_note(interrupted_note(written, n, out))
+        raise
     progress.close()
     report_summary(n, failed, warned, scan, args.verbose, args.shard)
     if out is not None:
@@ -132,6 +138,15 @@ def run(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 3
     return 1 if failed or no_heatmap else 0
+
+
+def interrupted_note(written: int, total: int, out: Path | None) -> str:
+    """What an interrupted run leaves, and how to finish the job."""
+    if out is None:
+        return f"{written} of {total} record(s) were written before the interrupt"
+    return (f"{written} of {total} record(s) were written before the interrupt, to the .partial file named above "
+            f"({shown(str(out))} itself is not written); run the command again to start over, or use "
+            f"`medge batch --out FILE`, which resumes a run cut short")
 
 
 def predictions(model, scan, args, heatmaps: bool = False):

@@ -71,6 +71,39 @@ def transfer_syntaxes() -> list[str]:
     return [uid for uid, (_, module) in DECODERS.items() if importlib.util.find_spec(module) is not None]
 
 
+# Short names of the transfer syntaxes in DECODERS, for people (medge check).
+SYNTAX_NAMES = {
+    "1.2.840.10008.1.2": "implicit VR", "1.2.840.10008.1.2.1": "explicit VR", "1.2.840.10008.1.2.2": "big endian",
+    "1.2.840.10008.1.2.1.99": "deflate", "1.2.840.10008.1.2.5": "RLE", "1.2.840.10008.1.2.4.50": "JPEG baseline",
+    "1.2.840.10008.1.2.4.51": "JPEG extended", "1.2.840.10008.1.2.4.57": "JPEG lossless",
+    "1.2.840.10008.1.2.4.70": "JPEG lossless SV1", "1.2.840.10008.1.2.4.80": "JPEG-LS lossless",
+    "1.2.840.10008.1.2.4.81": "JPEG-LS near-lossless", "1.2.840.10008.1.2.4.90": "JPEG 2000 lossless",
+    "1.2.840.10008.1.2.4.91": "JPEG 2000",
+}
+
+
+def decoder_support() -> dict:
+    """What DICOM this install reads: pydicom's version (None: no DICOM at all), and per transfer syntax whether its
+    decoder is installed, the package it needs and its short name. Found, not imported (cheap, no side effects)."""
+    def version(module: str) -> str | None:
+        if importlib.util.find_spec(module) is None:
+            return None
+        from importlib.metadata import PackageNotFoundError
+        from importlib.metadata import version as dist_version
+
+        try:
+            return dist_version(_PACKAGES[module])
+        except PackageNotFoundError:
+            return "installed"
+
+    packages = {module: version(module) for module in _PACKAGES}
+    syntaxes = [{"uid": uid, "name": SYNTAX_NAMES.get(uid, uid), "package": _PACKAGES[module],
+                 "installed": packages["pydicom"] is not None and packages[module] is not None}
+                for uid, (_, module) in DECODERS.items()]
+    return {"pydicom": packages["pydicom"], "packages": {_PACKAGES[m]: v for m, v in packages.items()},
+            "transfer_syntaxes": syntaxes, "jpeg_12bit": packages[_JPEG_12BIT[1]] is not None}
+
+
 def _pydicom():
     try:
         import pydicom

@@ -142,3 +142,27 @@ def test_check_shows_each_variant_pair_and_why_not_the_others(variant_bundle, ca
     assert main(["check", "--model", str(variant_bundle[0]), "--repeats", "2"]) == 0
     out = capsys.readouterr().out
     assert "variant     onnxruntime/int8 self-test against its gated outputs" in out and "<- runs" in out
+
+
+def test_check_lists_the_input_formats_this_install_reads(monkeypatch):
+    """Images OpenCV decodes here, DICOM and its transfer syntaxes by the decoders installed, and what to install."""
+    import importlib.util
+
+    from medge.edge.inputs import dicom
+
+    support = check.input_support()
+    assert support["images"] == ["PNG", "JPEG", "TIFF", "BMP"]
+    real_find = importlib.util.find_spec
+    for hidden, expected in (({"pydicom", "gdcm", "libjpeg"}, 'DICOM: not on this install (pip install "medge[dicom]"'),
+                             ({"gdcm"}, "not readable without python-gdcm: JPEG baseline, JPEG extended, JPEG lossless")):
+        monkeypatch.setattr(dicom.importlib.util, "find_spec",
+                            lambda name, *a, hidden=hidden: None if name in hidden else real_find(name, *a))
+        text = "\n".join(check._input_lines(check.input_support()))
+        assert text.startswith("inputs      PNG, JPEG, TIFF, BMP (OpenCV)") and expected in text, text
+    monkeypatch.setattr(dicom.importlib.util, "find_spec", real_find)
+    d = dicom.decoder_support()
+    if d["pydicom"] is None:  # the base install: no DICOM, and the report says how to add it
+        assert not any(t["installed"] for t in d["transfer_syntaxes"])
+    else:
+        uncompressed = {t["uid"]: t["installed"] for t in d["transfer_syntaxes"]}
+        assert uncompressed["1.2.840.10008.1.2.1"] and len(d["transfer_syntaxes"]) == len(dicom.DECODERS)

@@ -256,3 +256,24 @@ def test_a_heatmap_that_cannot_be_written_is_reported(heat_bundle, folder, tmp_p
     assert rc == 1 and [r["heatmap"] is None for r in recs] == [False, True, False]
     assert recs[1]["label"] and "No space left" in recs[1]["heatmap_error"]  # the classification is kept
     assert "3 classified (3 with warnings), 0 failed" in err and "2 heatmap(s) in" in err and "(1 could not be written)" in err
+
+
+def test_ctrl_c_says_how_many_records_were_kept_where_and_how_to_finish(bundle, folder, tmp_path, capsys, monkeypatch):
+    from medge.edge.apps import predict as predict_app
+
+    real = predict_app.predictions
+
+    def cut_short(*args, **kwargs):  # Ctrl-C after the second record
+        for i, pred in enumerate(real(*args, **kwargs)):
+            if i == 2:
+                raise KeyboardInterrupt
+            yield pred
+
+    monkeypatch.setattr(predict_app, "predictions", cut_short)
+    out = tmp_path / "r.jsonl"
+    assert main(["predict", "--model", str(bundle), str(folder), "--out", str(out)]) == 130
+    err = capsys.readouterr().err
+    partial = tmp_path / ".r.jsonl.partial"
+    assert not out.exists() and len(partial.read_text().splitlines()) == 2  # nothing lost, nothing passed as complete
+    assert "medge predict: interrupted" in err and f"what was written so far is in {partial}" in err
+    assert "2 of 4 record(s) were written before the interrupt" in err and "medge batch --out FILE" in err
