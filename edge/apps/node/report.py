@@ -41,7 +41,8 @@ Results profile asks of an AI result:
   source.
 
 UIDs come from ``result_uid``: derived from the source's UID and the model's hash,
-so the same instance classified again (after a crash) yields the same objects.
+and the times in them from the instance's receipt (``stamp``), so the same instance
+classified again (after a crash) yields the same objects, byte for byte.
 Class names and labels are coded in a private scheme, ``99MEDGE``, whose code
 values are the class index (C0, C1, ...): PACS viewers show the meaning, the name.
 The SR declares it (and IHE's ``99IHE``) in its Coding Scheme Identification Sequence;
@@ -91,6 +92,31 @@ class Finding:
     def per_model(self) -> tuple:
         """What is the same for every instance the model classifies (an SR template is made for it)."""
         return self.classes, self.threshold, self.positive, self.operating_point
+
+
+ACQUISITION_EQUIPMENT = "109101"  # DCM code of the source's own equipment in a Contributing Equipment Sequence
+
+
+def stamp(ds, when: datetime.datetime) -> None:
+    """Put ``when`` in every date and time highdicom sets to "now" (instance creation, content, secondary capture,
+    our and highdicom's contribution), so that a result object made again for the same instance (after a crash,
+    from its receipt time) is the same bytes, not only the same UIDs. The source's own equipment keeps its time."""
+    from pydicom.dataset import Dataset
+    from pydicom.valuerep import DA, DT, TM
+
+    ds.InstanceCreationDate = ds.ContentDate = DA(when.date())
+    ds.InstanceCreationTime = ds.ContentTime = TM(when.time())
+    if "DateOfSecondaryCapture" in ds:
+        ds.DateOfSecondaryCapture, ds.TimeOfSecondaryCapture = DA(when.date()), TM(when.time())
+    items = []
+    for item in ds.get("ContributingEquipmentSequence", []):
+        purpose = item.get("PurposeOfReferenceCodeSequence") or [None]
+        if "ContributionDateTime" in item and getattr(purpose[0], "CodeValue", None) != ACQUISITION_EQUIPMENT:
+            item = Dataset(item)  # a new item: an SR filled from a template shares the template's items
+            item.ContributionDateTime = DT(when)
+        items.append(item)
+    if items:
+        ds.ContributingEquipmentSequence = items
 
 
 def result_uid(source_uid: str, model_sha256: str, kind: str) -> str:

@@ -37,6 +37,9 @@ from medge.edge.model import Model
 from medge.edge.prediction import Prediction
 
 SWEEP_EVERY_S = 10.0
+# What a bundle whose data profile names no modality takes (others are skipped, said so): radiographs (CR, DX, RG:
+# film), and OT ("other", what most Secondary Captures of a radiograph say). A DICOM without Modality is classified.
+RADIOGRAPH_MODALITIES = ("CR", "DX", "RG", "OT")
 IDLE_S = 0.25  # a pipeline ends after this long without a new instance (and a lone instance waits this long more)
 RETRY_S = 5.0  # after a failure that is not the instance's (a full disk): wait, then try again
 ABANDONED_AFTER_S = 120.0  # untouched this long: the association is gone (its DIMSE timeout is 60 s)
@@ -124,9 +127,11 @@ class Classifier:
                   "path": item.path.name, "status": status, "reason": reason,
                   **_identity(source, item), "calling_ae": item.calling_ae, "received_at": _iso(item.received_at),
                   "sr": None, "sc": None}
+        if status == "skipped":  # the model may have run, but its output is no result: none in the record either
+            record.update(label=None, probabilities=None, logits=None, threshold=None)
         if status == "classified":
             try:
-                record.update(self.write_results(source, pred))
+                record.update(self.write_results(source, pred, datetime.datetime.fromtimestamp(item.received_at)))
             except Exception as e:  # a result object that cannot be built is an error of this instance, said so
                 record.update(status="error", reason=f"the SR could not be written: {type(e).__name__}: {e}")
         record["classified_at"] = _iso(time.time())
@@ -150,10 +155,15 @@ class Classifier:
         if self.modalities and modality and modality not in self.modalities:
             return "skipped", (f"modality {modality}: the model is for {', '.join(self.modalities)} "
                                "(its training data and export say so)")
+        if not self.modalities and modality and modality not in RADIOGRAPH_MODALITIES:
+            return "skipped", (f"modality {modality}: a bundle that names no modality is for radiographs "
+                               f"({', '.join(RADIOGRAPH_MODALITIES)}); a bundle exported with --modality "
+                               f"{modality} takes them")
         return "classified", None
 
-    def write_results(self, source, pred: Prediction) -> dict:
-        """The SR (and SC) of one classified instance: in DIR/reports/, and in each outbox (--forward, --forward-stow).
+    def write_results(self, source, pred: Prediction, received: datetime.datetime) -> dict:
+        """The SR (and SC) of one classified instance: in DIR/reports/, and in each outbox (--forward, --forward-stow);
+        their times are ``received`` (the instance's receipt), so that a redo after a crash makes the same bytes.
 
         The SR is filled from the model's template (``report.SRTemplate``: ``build_sr``'s dataset at a fraction of
         its cost); the SC is in a series per source series, at the source's proportions (``report.heatmap_rgb``)."""
@@ -175,12 +185,14 @@ class Classifier:
         sr = report.sr_template(self.algorithm, finding).fill(
             source, finding, series_uid=report.result_uid(study, self.model.sha256, "sr"),
             instance_uid=report.result_uid(*key, "sr"))
+        report.stamp(sr, received)
         out = {"sr": self._save(sr, f"{uid_hash(sop)}.sr.dcm"), "sr_sop_instance_uid": str(sr.SOPInstanceUID)}
         if self.cfg.heatmap_sc and pred.explanation is not None:
             series = str(source.get("SeriesInstanceUID") or study)  # Type 1, yet a source without one still gets its SC
             sc = report.build_heatmap_sc(source, report.heatmap_rgb(pred.explanation, source), self.algorithm,
                                          series_uid=report.result_uid(series, self.model.sha256, "sc"),
                                          instance_uid=report.result_uid(*key, "sc"))
+            report.stamp(sc, received)
             out.update(sc=self._save(sc, f"{uid_hash(sop)}.sc.dcm"), sc_sop_instance_uid=str(sc.SOPInstanceUID))
         return out
 

@@ -48,8 +48,11 @@ def pydicom_file(name: str) -> Path:
     return Path(pydicom.__file__).parent / "data" / "test_files" / name
 
 
-def with_study(src: Path, dst: Path, study_uid: str | None = None) -> Path:
-    """``src`` with the Study and Series UIDs (and patient) a PACS object has, pixel data left as encoded."""
+def with_study(src: Path, dst: Path, study_uid: str | None = None, modality: str | None = None,
+               new_instance: bool = False) -> Path:
+    """``src`` with the Study and Series UIDs (and patient) a PACS object has, pixel data left as encoded; with
+    ``modality``, that Modality instead of its own (pydicom's Secondary Captures say NM or nothing); with
+    ``new_instance``, a SOP Instance UID of its own (a second instance made from the same file)."""
     import pydicom
     from pydicom.uid import generate_uid
 
@@ -58,6 +61,10 @@ def with_study(src: Path, dst: Path, study_uid: str | None = None) -> Path:
     ds.SeriesInstanceUID = ds.get("SeriesInstanceUID") or generate_uid()
     ds.PatientID = ds.get("PatientID") or "TEST-1"
     ds.PatientName = ds.get("PatientName") or "Test^Patient"
+    if modality is not None:
+        ds.Modality = modality
+    if new_instance:
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
     ds.save_as(dst, enforce_file_format=True)
     return dst
 

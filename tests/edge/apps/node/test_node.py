@@ -108,16 +108,21 @@ def predict_records(bundle, files) -> dict[str, dict]:
     return {Path(r["path"]).name: r for r in map(json.loads, run.stdout.splitlines())}
 
 
+NM_CAPTURE = "nm_capture.dcm"
+
+
 @pytest.fixture
 def sources(tmp_path):
     """What a hospital sends: generated CR and DX (uncompressed, JPEG baseline), pydicom's compressed grayscale
-    Secondary Captures (JPEG 2000, JPEG-LS, 12-bit JPEG, deflate) and colour ones (RLE, JPEG), and a CT slice."""
+    Secondary Captures (JPEG 2000, JPEG-LS, 12-bit JPEG, deflate) as captures of a radiograph say (Modality OT),
+    colour ones (RLE, JPEG), a CT slice, and a nuclear medicine capture as pydicom ships it (Modality NM)."""
     folder = tmp_path / "in"
     folder.mkdir()
     files = [write_radiograph(folder / "cr.dcm", "CR", seed=1), write_radiograph(folder / "dx.dcm", "DX", seed=2),
              write_radiograph(folder / "dx_jpeg.dcm", "DX", seed=3, transfer=JPEG_BASELINE),
              write_radiograph(folder / "ct.dcm", "CT", seed=4)]
-    files += [with_study(pydicom_file(name), folder / name) for name in PYDICOM_GRAY + PYDICOM_RGB]
+    files += [with_study(pydicom_file(name), folder / name, modality="OT") for name in PYDICOM_GRAY + PYDICOM_RGB]
+    files.append(with_study(pydicom_file("JPEG2000.dcm"), folder / NM_CAPTURE, new_instance=True))
     return files
 
 
@@ -144,6 +149,9 @@ def test_dcmtk_sends_every_transfer_syntax_and_each_instance_gets_one_record(tmp
             assert r["status"] == "skipped" and "colour" in r["reason"], r
         elif path.name == "ct.dcm":
             assert r["status"] == "skipped" and "CT slice" in r["reason"], r
+        elif path.name == NM_CAPTURE:  # a bundle that names no modality is for radiographs: no result, said so
+            assert r["status"] == "skipped" and r["reason"].startswith("modality NM: a bundle that names no"), r
+            assert r["label"] is None and r["probabilities"] is None and r["input"]["modality"] == "NM", r
         else:
             assert r["status"] == "classified", r
             assert r["label"] in r["probabilities"] and r["sr"], r
@@ -160,7 +168,7 @@ def test_dcmtk_sends_every_transfer_syntax_and_each_instance_gets_one_record(tmp
 
 
 def test_sr_probabilities_equal_medge_predict(tmp_path, bundle, sources):
-    classified = [p for p in sources if p.name not in PYDICOM_RGB and p.name != "ct.dcm"]
+    classified = [p for p in sources if p.name not in PYDICOM_RGB and p.name not in ("ct.dcm", NM_CAPTURE)]
     with NodeProcess(bundle, tmp_path / "out") as node:
         assert send(node.port, *classified) == [0] * len(classified)
         records = node.wait_results(len(classified))

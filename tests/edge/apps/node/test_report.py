@@ -331,3 +331,35 @@ def _inherited(line, source) -> bool:
 
 def _uses_of_99medge(ds) -> int:
     return sum(1 for elem in ds.iterall() if elem.keyword == "CodingSchemeDesignator" and elem.value == "99MEDGE")
+
+
+def test_a_result_made_again_for_the_same_instance_is_the_same_bytes(tmp_path):
+    """After a crash the node classifies an instance again and sends its objects again: with the times of the
+    instance's receipt (``report.stamp``) they are byte for byte what the PACS may already hold."""
+    import datetime
+
+    source = _header(write_radiograph(tmp_path / "cr.dcm", "CR"))
+    source.Manufacturer, source.AcquisitionDateTime = "ACME", "20260101120000"  # its equipment keeps its own time
+    received = datetime.datetime(2026, 12, 6, 1, 2, 3, 456789)
+    rgb = np.zeros((48, 32, 3), np.uint8)
+    template = report.sr_template(ALGORITHM, FINDING)
+    before = _encoded(template.sr)
+
+    def made():
+        sr = template.fill(source, FINDING, "1.2.3.4", "1.2.3.5")
+        sc = report.build_heatmap_sc(source, rgb, ALGORITHM, "1.2.3.6", "1.2.3.7")
+        for ds in (sr, sc):
+            report.stamp(ds, received)
+        return sr, sc
+
+    sr, sc = made()
+    time.sleep(0.01)  # "now" has moved on
+    again = made()
+    assert (_encoded(sr), _encoded(sc)) == tuple(_encoded(ds) for ds in again)
+    assert [str(v) for v in (sr.ContentDate, sr.ContentTime, sc.InstanceCreationTime, sc.TimeOfSecondaryCapture)] \
+        == ["20261206", "010203.456789", "010203.456789", "010203.456789"]
+    times = {i.PurposeOfReferenceCodeSequence[0].CodeValue: str(i.get("ContributionDateTime", ""))
+             for i in sc.ContributingEquipmentSequence}
+    assert times[report.ACQUISITION_EQUIPMENT].startswith("20260101")  # the source's, as it was
+    assert sum(t.startswith("20261206010203") for t in times.values()) >= 1  # ours: the receipt
+    assert _encoded(template.sr) == before  # stamping a filled SR leaves the template as it was
