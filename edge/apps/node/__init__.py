@@ -150,8 +150,7 @@ def run(args: argparse.Namespace) -> int:
     for what, path in files:
         if path and not os.path.isfile(path):
             raise UsageError(f"{what} {path}: file not found")
-    if cfg.stow:
-        cfg.stow.authorization()  # the password or token is there and not empty, before the model loads
+    stow_warnings = cfg.stow.check_files() if cfg.stow else []  # before the model loads
     require_extra()
     check_output_dir(args.out, "node output")
     model = load_model(args)
@@ -176,6 +175,10 @@ def run(args: argparse.Namespace) -> int:
          + (f", STOW-RS to {cfg.stow}" if cfg.stow else ""))
     if cfg.stow and cfg.stow.cleartext_secret:
         _log(f"warning: --forward-stow {cfg.stow} is http://: the password or token crosses the network unencrypted")
+    for warning in stow_warnings:
+        _log(f"warning: {warning}")
+    for note in node.outbox_notes():
+        _log(note)
     try:
         stop.wait()
     finally:

@@ -83,6 +83,9 @@ class Stow:
                              f"use --stow-user with --stow-password-file or ${STOW_PASSWORD_ENV}")
         if parts.query or parts.fragment:
             raise UsageError(f"--forward-stow {self.url!r}: no query or fragment; results go to URL/studies")
+        if parts.path.rstrip("/").endswith("/studies"):
+            raise UsageError(f"--forward-stow {self.url!r}: give the DICOMweb base, without /studies "
+                             "(results go to URL/studies)")
         try:
             port_ok = parts.port is None or parts.port > 0
         except ValueError:  # not a number, or above 65535
@@ -101,6 +104,25 @@ class Stow:
     def __str__(self) -> str:
         return self.url
 
+    def check_files(self) -> list[str]:
+        """At start: UsageError for a --stow-ca that is no PEM certificate or a secret that is missing or empty;
+        warnings (returned) for a secret file that others may read."""
+        import ssl
+
+        if self.ca:
+            try:
+                ssl.create_default_context(cafile=self.ca)
+            except (ssl.SSLError, OSError) as e:
+                raise UsageError(f"--stow-ca {self.ca}: not a PEM CA certificate ({getattr(e, 'reason', None) or e})"
+                                 ) from None
+        self.authorization()
+        warnings = []
+        for option, path in (("--stow-password-file", self.password_file), ("--stow-token-file", self.token_file)):
+            if path and os.stat(path).st_mode & 0o077:
+                warnings.append(f"{option} {path} may be read by other users (mode {os.stat(path).st_mode & 0o777:o}):"
+                                f" chmod 600 it")
+        return warnings
+
     @property
     def cleartext_secret(self) -> bool:
         """A password or token would cross the network unencrypted: http:// to a host that is not this machine."""
@@ -118,7 +140,7 @@ class Stow:
             return f"Bearer {_read_secret(self.token_file, '--stow-token-file')}"
         if self.user is None:
             return None
-        if self.password_file:
+        if self.password_file:  # the file wins over $MEDGE_STOW_PASSWORD when both are there
             password = _read_secret(self.password_file, "--stow-password-file")
         elif os.environ.get(STOW_PASSWORD_ENV):
             password = os.environ[STOW_PASSWORD_ENV]

@@ -362,6 +362,19 @@ class Outboxes:
         for channel in self.channels:
             channel.put(name, data)
 
+    def notes(self) -> list[str]:
+        """At start, per channel: results left waiting by an earlier run, and any refused ones kept in failed/
+        (easy to miss: they are never sent again unless moved back)."""
+        notes = []
+        for f in self.channels:
+            failed = sorted((f.dir / "failed").glob("*.dcm")) if (f.dir / "failed").is_dir() else []
+            if waiting := len(f.waiting()):
+                notes.append(f"{waiting} result(s) from an earlier run wait in {f.dir.name}/ for --{f.sender.option}")
+            if failed:
+                notes.append(f"{len(failed)} result(s) refused earlier by the --{f.sender.option} server are kept in "
+                             f"{f.dir.name}/failed/ (move them back to {f.dir.name}/ to send them again)")
+        return notes
+
     def counts(self) -> dict:
         """Per channel: sent, refused (in failed/) and waiting, under the channel's keys of the node's summary."""
         return {key: value for f in self.channels

@@ -151,10 +151,22 @@ def server_class():
     return Server
 
 
+def _sop_name(uid: str) -> str:
+    """A SOP class's name (pydicom's dictionary), else its UID."""
+    from pydicom.uid import UID
+
+    name = UID(uid).name
+    return name if name and name != uid else uid
+
+
 def _tls_reason(e: Exception) -> str:
     if isinstance(e, TimeoutError | socket.timeout):
         return f"no handshake within {TLS_HANDSHAKE_S:g} s"
-    return getattr(e, "reason", None) or type(e).__name__
+    reason = getattr(e, "reason", None) or type(e).__name__
+    hints = {"WRONG_VERSION_NUMBER": " (a caller speaking DICOM without TLS?)",
+             "HTTP_REQUEST": " (an HTTP client?)",
+             "PEER_DID_NOT_RETURN_A_CERTIFICATE": " (--tls-ca: the caller must present a certificate)"}
+    return reason + hints.get(reason, "")
 
 
 class StorageSCP:
@@ -196,6 +208,7 @@ class StorageSCP:
         from pynetdicom import evt
 
         handlers = [(evt.EVT_REQUESTED, self._on_requested), (evt.EVT_REJECTED, self._on_rejected),
+                    (evt.EVT_ESTABLISHED, self._on_established),
                     (evt.EVT_CONN_CLOSE, self._on_closed), (evt.EVT_C_ECHO, self._on_echo),
                     (evt.EVT_C_STORE, self._on_store)]
         ae = self.build_ae()
@@ -223,13 +236,29 @@ class StorageSCP:
         elif called != self.cfg.ae_title:
             why, reason = f"called AE title {called!r} is not this node's ({self.cfg.ae_title!r})", REJECT_CALLED_AE
         elif not self._allowed(calling, rq.address):
-            why, reason = "not in --allow", REJECT_CALLING_AE
+            hosts = [p.host for p in self.cfg.allow if p.ae_title == calling]
+            why = (f"not in --allow (the AE title is, from {', '.join(hosts)} only)" if hosts and None not in hosts
+                   else "not in --allow")
+            reason = REJECT_CALLING_AE
         else:
             return
         self.counts["rejected_associations"] += 1
         self.log(f"association from {calling}@{rq.address} rejected: {why}")
         event.assoc.acse.send_reject(*reason)
         event.assoc.kill()
+
+    def _on_established(self, event) -> None:
+        """A line naming what the caller proposed and this node does not take (none of its contexts: it can send
+        nothing, and usually aborts next); taken contexts are not logged."""
+        assoc = event.assoc
+        refused = sorted({str(c.abstract_syntax) for c in assoc.rejected_contexts} - {
+            str(c.abstract_syntax) for c in assoc.accepted_contexts})
+        if refused:
+            names = ", ".join(_sop_name(uid) for uid in refused[:6]) + (f" and {len(refused) - 6} more"
+                                                                      if len(refused) > 6 else "")
+            self.log(f"association from {str(assoc.requestor.ae_title).strip()}@{assoc.requestor.address}: not "
+                     f"taken: {names} (this node takes radiographs and the SOP classes of the bundle's modalities, "
+                     "in the transfer syntaxes it decodes)")
 
     def _on_rejected(self, event) -> None:
         """pynetdicom's own rejections (ours are logged in ``_on_requested``): too many associations at once."""

@@ -12,7 +12,8 @@
 An instance is done when its SOP Instance UID has a line in results.jsonl; after a
 crash (even ``kill -9``) the spool files without one are classified again, those
 with one are only cleaned up, and a line cut short by the crash is dropped, so each
-instance gets exactly one result. The spool and the outbox are mode 0700.
+instance gets exactly one result. The spool, the outboxes, reports and studies are mode 0700,
+results.jsonl 0600 (its UIDs lead to patients).
 """
 from __future__ import annotations
 
@@ -71,6 +72,8 @@ class Spool:
         self.dir = private_dir(self.out_dir / "spool")
         self.incoming = private_dir(self.out_dir / "incoming")  # instances being received (``scp``)
         self.results_path = self.out_dir / RESULTS
+        os.close(os.open(self.results_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600))  # UIDs: private
+        os.chmod(self.results_path, 0o600)
         self.capacity, self.keep_images = capacity, keep_images
         self._lock = threading.Condition()
         self._queue: deque[Spooled] = deque()

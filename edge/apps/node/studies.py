@@ -16,7 +16,7 @@ import threading
 import time
 from pathlib import Path
 
-from medge.edge.apps.node.spool import uid_hash
+from medge.edge.apps.node.spool import private_dir, uid_hash
 from medge.edge.outputs import atomic_write_text
 from medge.edge.paths import to_json
 
@@ -101,10 +101,11 @@ class Studies:
             "updated": self._versions[study],
             "written_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         }
+        private_dir(self.dir)
         atomic_write_text(self.dir / f"{uid_hash(study)}.json", to_json(record, indent=2) + "\n")
         self.written += 1
         self.log(f"study {uid_hash(study)[:12]}: {len(rows)} instance(s), label {record['label']}"
-                 + (f" ({record['disease_probability']:.3f})" if top else ""))
+                 + (f" (probability of {', '.join(self.diseases)}: {record['disease_probability']:.3f})" if top else ""))
 
 
 def _instances_in(path: Path) -> int:

@@ -352,6 +352,7 @@ def test_c_store_down_holds_back_nothing_of_stow_and_each_channel_sends_each_res
     (dict(url="https://pacs/dicom-web", password_file="p"), "--stow-password-file needs --stow-user"),
     (dict(url="http://pacs/dicom-web", ca="ca.pem"), "--stow-ca is for an https://"),
     (dict(url="https://pacs/dicom-web", timeout_s=0), "--stow-timeout"),
+    (dict(url="http://pacs:8042/dicom-web/studies/"), "without /studies"),
 ])
 def test_stow_settings_refuse_what_cannot_work(kwargs, words):
     with pytest.raises(UsageError, match=words.replace("(", r"\(").replace(")", r"\)").replace("?", r"\?")):
@@ -449,3 +450,37 @@ def test_c_store_keeps_its_association_while_results_come_and_lets_go_when_idle(
     finally:
         sender.idle()
         server.shutdown()
+
+
+def test_stow_files_are_checked_at_start(tmp_path, monkeypatch):
+    """A --stow-ca that is no certificate is refused before anything runs; a secret others may read is warned of."""
+    monkeypatch.delenv(STOW_PASSWORD_ENV, raising=False)
+    not_pem = tmp_path / "ca.pem"
+    not_pem.write_text("this is not a certificate\n")
+    with pytest.raises(UsageError, match=r"--stow-ca .*ca\.pem: not a PEM CA certificate"):
+        Stow("https://pacs/dicom-web", ca=str(not_pem)).check_files()
+    password = tmp_path / "pw"
+    password.write_text("s3cret\n")
+    password.chmod(0o644)
+    stow = Stow("https://pacs/dicom-web", user="medge", password_file=str(password))
+    (warning,) = stow.check_files()
+    assert "--stow-password-file" in warning and "mode 644" in warning and "chmod 600" in warning
+    password.chmod(0o600)
+    assert stow.check_files() == []
+    monkeypatch.setenv(STOW_PASSWORD_ENV, "other")  # the file wins over the variable
+    assert base64.b64decode(stow.authorization().split()[1]) == b"medge:s3cret"
+
+
+def test_the_outboxes_say_at_start_what_an_earlier_run_left(tmp_path):
+    outboxes = Outboxes(tmp_path, NodeConfig(forward=Peer("PACS", "127.0.0.1", 104),
+                                              stow=Stow("http://127.0.0.1:8042/dicom-web")))
+    assert outboxes.notes() == []
+    cstore, stow = outboxes.channels
+    cstore.put(*part10(tmp_path, "1.2.3.1"))
+    (stow.dir / "failed").mkdir()
+    name, data = part10(tmp_path, "1.2.3.2")
+    (stow.dir / "failed" / name).write_bytes(data)
+    assert outboxes.notes() == [
+        "1 result(s) from an earlier run wait in outbox/ for --forward",
+        "1 result(s) refused earlier by the --forward-stow server are kept in outbox-stow/failed/ "
+        "(move them back to outbox-stow/ to send them again)"]

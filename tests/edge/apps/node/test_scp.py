@@ -188,6 +188,27 @@ def test_a_silent_or_failed_tls_caller_is_logged_and_holds_up_no_one(tmp_path, m
     ok.release()
     assert wait_until(lambda: sum("TLS handshake from 127.0.0.1 failed" in m for m in log) == 2, 10), log
     assert any("no handshake within 1 s" in m for m in log)
+    assert any("(a caller speaking DICOM without TLS?)" in m for m in log), log
     silent.close()
     plain.close()
     assert scp.counts["tls_failures"] == 2
+
+
+def test_what_a_caller_proposes_and_the_node_does_not_take_is_named(make_scp):
+    scp, port, log = make_scp()
+    us = "1.2.840.10008.5.1.4.1.1.6.1"  # Ultrasound Image Storage: not a radiograph
+    assoc = associate(port, calling="ULTRASOUND", contexts=(us, "1.2.840.10008.5.1.4.1.1.1"))
+    assert assoc.is_established
+    assoc.release()
+    assert wait_until(lambda: any("not taken" in m for m in log))
+    (line,) = [m for m in log if "not taken" in m]
+    assert line.startswith("association from ULTRASOUND@127.0.0.1: not taken: Ultrasound Image Storage (")
+    assert "Computed Radiography" not in line  # what it takes is not listed
+
+
+def test_a_known_caller_from_another_host_is_told_apart(make_scp):
+    from medge.edge.apps.node.config import Peer
+
+    scp, port, log = make_scp(allow=(Peer("PACSA", "10.0.0.5"),))
+    assert associate(port, calling="PACSA").is_rejected
+    assert any("rejected: not in --allow (the AE title is, from 10.0.0.5 only)" in m for m in log), log
