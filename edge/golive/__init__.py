@@ -14,7 +14,9 @@ the tests against scikit-learn, statsmodels or scipy.
 - ``shift``: ``psi`` (Laplace-smoothed) with its simulated ``psi_noise_floor``, ``ks_2samp``, ``min_detectable_shift``;
 - ``distributions``: the normal and chi-square quantiles and the Kolmogorov-Smirnov tail they rest on;
 - ``validation`` (``medge validate``'s report on labelled images) and ``drift`` (``medge monitor``'s checks
-  of prediction records against the bundle's reference); ``plots`` draws their charts (matplotlib, lazily).
+  of prediction records against the bundle's reference); ``plots`` draws their charts (matplotlib, lazily);
+- ``wording``: figures for people (names, three decimals, intervals "0.400 (0.264 to 0.554)", the decision rule of
+  each figure and why argmax's and the operating point's differ), for the demo's report and the serve model card.
 
 ``softmax``, ``nll`` and ``roc_auc`` are the numeric core's (``edge.numeric``), re-exported here with the rest.
 

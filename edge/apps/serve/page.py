@@ -27,8 +27,10 @@ import numpy as np
 
 from medge.edge.apps.records import RecordWriter
 from medge.edge.apps.serve.api import InferenceService, Overloaded, model_info
+from medge.edge.apps.serve.figures import operating_point_figure_rows, parity_rows, rules_differ_html, training_html
 from medge.edge.apps.serve.texts import TEXT, pick_language
 from medge.edge.errors import MedgeError
+from medge.edge.golive.wording import number_text
 from medge.edge.inputs.image import load_image
 from medge.edge.preview import render_preview
 
@@ -380,32 +382,19 @@ def card_html(info: dict, lang: str) -> str:
         (t["heatmap_method"], _e(info["explain_method"] or t["none"])),
         (t["preprocessing"], _e(_fmt(info["preprocess"]))),
     ])
-    metrics = info["training"]["metrics"] or {}
-    metric_rows = [(f'{split} ({t["epoch"]} {info["training"]["epoch"]})', _e(_fmt(values))) for split, values in metrics.items()]
     parity = info["parity"] or {}
     verdict = t["parity_passed"] if parity.get("passed") else t["parity_failed"]
-    parity_rows = [(t["verdict"], _e(verdict))] + [(k, _e(_fmt(v))) for k, v in parity.items() if k != "passed"]
     versions = _kv([(k, _e(v)) for k, v in (info["versions"] or {}).items()])
     return (f'<div id="medge-model-card">{main}<h3>{_e(t["operating_point"])}</h3>{_operating_point_html(info, t)}'
-            f'<h3>{_e(t["training_metrics"])}</h3>{_kv(metric_rows)}'
-            f'<h3>{_e(t["parity"])}</h3>{_kv(parity_rows)}<h3>{_e(t["versions"])}</h3>{versions}</div>')
-
-
-def _ci_text(f) -> str:
-    """0.912 (0.871 - 0.953) for a figure with a 95% CI, the value and its note where it has no interval (a class
-    absent), else the value."""
-    if isinstance(f, dict) and "low" in f:
-        value = f.get("value", f.get("auc"))
-        if f.get("note"):
-            return f"{_fmt(value)} ({f['note']})"
-        return f"{_fmt(value)} ({_fmt(f['low'])} - {_fmt(f['high'])})"
-    return _fmt(f)
+            f'<h3>{_e(t["training_metrics"])}</h3>{training_html(info["training"], info["classes"], t)}'
+            f'<h3>{_e(t["parity"])}</h3>{_kv([(t["verdict"], _e(verdict)), *parity_rows(parity, t)])}'
+            f'<h3>{_e(t["versions"])}</h3>{versions}</div>')
 
 
 def _temperature_text(op: dict, t: dict) -> str:
     """The temperature, and when its fit stopped at an end of its range, saying so."""
     capped = t.get(f"temperature_capped_{op.get('temperature_at_bound')}")
-    return _fmt(op["temperature"]) + (f" ({capped.format(temperature=op['temperature'])})" if capped else "")
+    return number_text(op["temperature"]) + (f" ({capped.format(temperature=op['temperature'])})" if capped else "")
 
 
 def _operating_point_html(info: dict, t: dict) -> str:
@@ -414,13 +403,17 @@ def _operating_point_html(info: dict, t: dict) -> str:
     if not op:
         return f'<p id="medge-operating-point">{_e(t["argmax_uncalibrated"])}</p>'
     v = op["validation"]
-    rows = [(t["decision_rule"], _e(t["threshold_rule"].format(positive=op["positive"], threshold=_fmt(op["threshold"]),
+    threshold = op.get("threshold") is not None
+    rows = [(t["decision_rule"], _e(t["threshold_rule"].format(positive=op["positive"],
+                                                               threshold=number_text(op["threshold"]),
                                                                criterion=op["criterion"]))
-             if op.get("threshold") is not None else _e(t["argmax"])),
+             if threshold else _e(t["argmax"])),
             (t["guarantee"], _e(op.get("guarantee") or "")),
             (t["temperature"], _e(_temperature_text(op, t))),
-            (t["validation_cases"], _e(f'{v.get("cases")} ({_fmt(v.get("per_class"))})'))]
-    rows += [(k, _e(_ci_text(v[k]))) for k in ("auc", "sensitivity", "specificity", "ppv", "npv", "brier", "ece") if k in v]
+            (t["validation_cases"], _e(t["validation_cases_value"].format(cases=v.get("cases"),
+                                                                          per_class=_fmt(v.get("per_class")))))]
+    rows += operating_point_figure_rows(v, t)
+    rows += [(t["rules_differ"], rules_differ_html(op, t))] if threshold else []
     return f'<div id="medge-operating-point">{_kv(rows)}</div>'
 
 

@@ -153,7 +153,7 @@ def test_model_card_shows_the_operating_point_and_validation_figures(model, bund
     assert card["validation"]["auc"] == op["validation"]["auc"] and card["validation"]["cases"] == 30
     assert not {"scores", "positives", "roc", "source"} & set(card["validation"])  # figures, not cases or paths
     html = card_html(info, "en")
-    assert f"disease when its calibrated probability &gt;= {op['threshold']:.4g} (sensitivity=0.95)" in html
+    assert f"disease when its calibrated probability &gt;= {op['threshold']:.3f} (sensitivity=0.95)" in html
     assert info["operating_point"] is not None and model_info(model)["operating_point"] is None
     assert "none in this bundle" in card_html(model_info(model), "en")
     # the test split's 15 positives support no 0.95: calibrated_copy marks it unsupported, and the card says so
