@@ -33,6 +33,7 @@ import numpy as np
 from medge.edge.decision import SECTION
 from medge.edge.errors import BundleError, ExportError, MedgeError, ParityError, UsageError
 from medge.edge.explain import CAM_HEAD_FILE, FEATURES_OUTPUT
+from medge.edge.inputs.profile import SYNTHETIC_WARNING
 from medge.edge.numeric import latency_summary
 from medge.edge.outputs import atomic_dir, check_output_dir
 from medge.edge.preprocess import PreprocessConfig, preprocess, preprocess_file
@@ -397,6 +398,22 @@ def data_profile_section(ck, cfg: ExportConfig) -> dict | None:
     return profile
 
 
+def data_profile_notes(profile: dict | None) -> list[str]:
+    """What the edge will and will not check against the bundle's data profile, for export's log."""
+    if profile is None:
+        return ["the checkpoint has no data profile (trained by an older medge, or outside medge train): the edge "
+                "will check inputs for intrinsic problems only (tiny, uniform, ...), not against the training data"]
+    notes = []
+    if profile.get("synthetic"):
+        notes.append(f"trained on a data set medge synth made: every record of this bundle will say "
+                     f"'{SYNTHETIC_WARNING}'")
+    if not profile.get("modalities"):
+        notes.append("the training data had no DICOM files and no --modality was given: the edge will warn on every "
+                     "DICOM input that its modality was never seen in training; declare the modalities the model is "
+                     "for with --modality CR,DX")
+    return notes
+
+
 @dataclass(frozen=True)
 class ManifestInputs:
     """What an export has gathered by the time it writes the manifest (``build_manifest``)."""
@@ -544,12 +561,8 @@ def export_bundle(checkpoint: str, out: str, data: str | None = None, cfg: Expor
     op = timer.run("operating_point", operating_point, model, ck, data, cfg, log)
     if op is not None:
         manifest[SECTION] = op
-    if manifest["data_profile"] is None:
-        log("note: the checkpoint has no data profile (trained by an older medge, or outside medge train): the edge "
-            "will check inputs for intrinsic problems only (tiny, uniform, ...), not against the training data")
-    elif not manifest["data_profile"].get("modalities"):
-        log("note: the training data had no DICOM files and no --modality was given: the edge cannot warn about DICOM "
-            "inputs of a modality the model is not for (CT or MR given to a chest X-ray model); consider --modality CR,DX")
+    for note in data_profile_notes(manifest["data_profile"]):
+        log(f"note: {note}")
     extra = {CAM_HEAD_FILE: cam.head_bytes} if cam is not None else {}
     written = write_verified(out_path, candidate.onnx_bytes, manifest, overwrite, extra, (data, variants, log))
     manifest = read_manifest(written)

@@ -12,7 +12,8 @@ The deterministic preprocessing (``edge.preprocess``) runs once per file; its
 absolute path, size, mtime and the PreprocessConfig fingerprint, so epoch 2
 onwards (and later runs) never redo CLAHE. Beside it a ``.json`` keeps what the
 file is and the statistics of its preprocessing (``edge.inputs.profile.image_stats``),
-from which ``data_profile`` tells what training saw; the bundle carries that
+from which ``data_profile`` tells what training saw (and, from the data set's
+marker file, whether ``medge synth`` made it); the bundle carries that
 profile so that the edge can flag inputs unlike it. Normalisation is applied by
 ``edge.normalize`` for evaluation, so evaluation tensors are exactly what the
 edge computes.
@@ -35,6 +36,7 @@ from medge.edge.inputs.image import load_image
 from medge.edge.inputs.profile import build_profile, image_stats
 from medge.edge.inputs.scanning import classify_file
 from medge.edge.preprocess import PreprocessConfig, normalize, preprocess_stages
+from medge.train.synth import is_synthetic
 
 
 @dataclass
@@ -247,9 +249,10 @@ def prepare(split: Split, cfg: PreprocessConfig, cache_dir: str, workers: int = 
     return out
 
 
-def data_profile(split: Split) -> dict | None:
-    """What a (prepared) split looks like: sizes, bit depths, modalities, statistics (``edge.inputs.profile``)."""
-    return build_profile(split.profiles)
+def data_profile(split: Split, root: str | os.PathLike) -> dict | None:
+    """What a (prepared) split of the data set ``root`` looks like: sizes, bit depths, modalities, statistics, and
+    whether ``medge synth`` made it (``edge.inputs.profile``)."""
+    return build_profile(split.profiles, synthetic=is_synthetic(root))
 
 
 def check_usable(split: Split, classes: list[str], name: str) -> None:

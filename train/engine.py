@@ -608,7 +608,7 @@ def _announce(run: RunState, device, world: int, classes: list[str], splits: dic
 def _run(run: RunState, device: torch.device, rank: int, world: int) -> dict:
     main = rank == 0
     classes, splits = prepare_splits(run, rank, world)
-    run.data_profile = D.data_profile(splits["train"])
+    run.data_profile = D.data_profile(splits["train"], run.cfg.data)
     if run.resume_from is not None and classes != run.resume_from["classes"]:
         raise DataError(f"the data's classes {classes} differ from the run's {run.resume_from['classes']}")
     t = build_training(run, classes, splits["train"], device, world)

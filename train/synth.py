@@ -14,7 +14,9 @@ folders hold images only. ``OUT/lesions.jsonl`` records, one line per image keye
 by its path relative to OUT, where its lesions were drawn (centre and radius in
 pixels of the image), the ground truth of the heatmap benchmark
 (``medge.benchmarks.pointing_game``; read it with ``read_lesion_index``), and
-``OUT/synth.json`` the config and counts. (A file beside each image would be a
+``OUT/synth.json`` the config and counts. synth.json is also the set's marker:
+``medge train`` records in its data profile that the images were synthetic
+(``is_synthetic``), and every record of a bundle exported from it says so. (A file beside each image would be a
 non-image in a class folder, which ``medge validate`` reports as a problem and
 ``medge predict`` as skipped.)
 Deterministic: image i depends only on (seed, i). numpy + OpenCV only.
@@ -36,6 +38,8 @@ from medge.edge.outputs import atomic_dir, atomic_write_text, check_output_dir, 
 
 CLASSES = ("disease", "normal")  # sorted, as ImageFolder orders them
 LESION_INDEX = "lesions.jsonl"  # in OUT, beside the split folders: what was drawn in each image
+MARKER = "synth.json"  # in OUT: the config and counts; its presence marks the data set as synthetic
+SPLITS = ("train", "val", "test")
 
 
 @dataclass(frozen=True)
@@ -149,6 +153,13 @@ def read_lesion_index(data: str | Path) -> dict[str, DrawnImage]:
     return index
 
 
+def is_synthetic(data: str | Path) -> bool:
+    """Whether ``data`` is a data set synth wrote (its ``synth.json``), or one of its split folders (``OUT/train``
+    given as a ROOT/<class>/* folder). Decided by the marker file only, never from the pixels."""
+    data = Path(data)
+    return (data / MARKER).is_file() or (data.name in SPLITS and (data.parent / MARKER).is_file())
+
+
 def _quantize(img: np.ndarray, bits: int) -> np.ndarray:
     top = 4095 if bits == 16 else 255  # 16-bit files hold 12-bit values, as detectors write them
     return np.round(img * top).astype(np.uint16 if bits == 16 else np.uint8)
@@ -200,7 +211,7 @@ def check_target(out: Path, overwrite: bool = False) -> None:
     if out.is_dir() and any(out.iterdir()):
         if not overwrite:
             raise UsageError(f"{out}: exists and is not empty (use --overwrite to replace a synthetic data set)")
-        if not (out / "synth.json").is_file():
+        if not (out / MARKER).is_file():
             raise UsageError(f"{out}: exists and holds no synth.json: not a synthetic data set; refusing to replace it")
 
 
@@ -243,7 +254,7 @@ def _write(out: Path, cfg: SynthConfig) -> dict:
             counts[split][label] += 1
     drawn.sort(key=lambda r: r["path"])  # the order a folder scan finds them in
     atomic_write_text(out / LESION_INDEX, "".join(json.dumps(r) + "\n" for r in drawn))
-    atomic_write_text(out / "synth.json", json.dumps({"config": asdict(cfg), "counts": counts}, indent=2) + "\n")
+    atomic_write_text(out / MARKER, json.dumps({"config": asdict(cfg), "counts": counts}, indent=2) + "\n")
     return counts
 
 

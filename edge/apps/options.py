@@ -13,6 +13,7 @@ import cv2
 
 from medge.edge.errors import UsageError
 from medge.edge.inputs.formats import DEFAULT_MAX_PIXELS
+from medge.edge.inputs.profile import profile_notes
 from medge.edge.inputs.scanning import Shard
 from medge.edge.model import Model
 from medge.edge.runtime.engines import AUTO, BACKENDS, ENGINES, engine_choices
@@ -66,8 +67,9 @@ def at_least(low: int):
 def add_strict_argument(p: argparse.ArgumentParser) -> None:
     """--strict: an input with warnings fails instead of being labelled."""
     p.add_argument("--strict", action="store_true",
-                   help="refuse an input that has warnings (tiny, near-constant, a modality or statistics the model "
-                        "never saw) instead of labelling it with its warnings")
+                   help="refuse an input that has warnings (tiny, near-constant, a modality, size or statistics the "
+                        "model never saw; every input of a model trained on synthetic images) instead of labelling it "
+                        "with its warnings")
 
 
 def add_shard_argument(p: argparse.ArgumentParser) -> None:
@@ -97,4 +99,6 @@ def load_model(args: argparse.Namespace) -> Model:
         if v.error:
             print(f"warning: {v.error}: the {name} variant is not used (running {model.engine}/{model.variant})",
                   file=sys.stderr)
+    for note in profile_notes(model.data_profile):  # what the input checks cannot do with this bundle, said once
+        print(f"note: {note}", file=sys.stderr)
     return model

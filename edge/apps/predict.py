@@ -4,7 +4,8 @@ Usage: medge predict --model bundles/xray scans/ extra.png --out results.jsonl
 
 One record per input, in input order, each exactly once: path, label, class
 probabilities, the model's SHA-256, timings, warnings (what is odd about the
-input: tiny, near-constant, a modality or statistics the model never saw) and
+input: tiny, near-constant, a modality, bit depth, size or statistics the model
+never saw; and, on every record of a model trained on synthetic images, that) and
 what the file is (format, size, bit depth, modality, decoder), or the error and
 its reason. Folders are searched recursively by content: files without an
 extension (PACS exports) are found, files that are not images are counted

@@ -26,7 +26,8 @@ with ``POWER`` at the present sizes and, when it fires, the reason in words:
     two-sample test (Newcombe's hybrid score interval of the difference at
     1 - ``SHARE_ALPHA`` excludes 0), which counts the validation share's own
     uncertainty;
-  - the share with warnings, and the inputs: bit depth, modality and photometric
+  - the share with warnings about the input (not the one every record of a model
+    trained on synthetic images carries), and the inputs: bit depth, modality and photometric
     interpretation never seen in training, the shorter side outside the training
     range, and brightness and contrast (before and after CLAHE) outside the training
     p1..p99: flagged when the one-sided lower (1 - ``ONE_SAMPLE_ALPHA``) Wilson bound
@@ -52,7 +53,7 @@ import numpy as np
 from medge.edge.errors import UsageError
 from medge.edge.golive.proportions import detectable_difference, detectable_share, newcombe_difference, wilson_interval
 from medge.edge.golive.shift import ks_2samp, min_detectable_shift, psi, psi_noise_floor
-from medge.edge.inputs.profile import STATS
+from medge.edge.inputs.profile import STATS, input_warnings
 
 MIN_RECORDS = 50  # fewer: too few to judge
 PSI_DRIFT = 0.25  # the usual reading, shown as context: < 0.1 stable, 0.1-0.25 moderate, > 0.25 a major shift
@@ -341,7 +342,7 @@ def monitor(records: list[dict], manifest: dict) -> dict:
         return {**report, "verdict": "too few records", "checks": [], "reasons": [
             f"{n} records: at least {MIN_RECORDS} are needed to judge drift"]}
     checks = score_checks(records, op)
-    checks.append(_warning_check(sum(bool(r.get("warnings")) for r in records), n))
+    checks.append(_warning_check(sum(bool(input_warnings(r.get("warnings") or [])) for r in records), n))
     checks += input_checks(records, manifest.get("data_profile"))
     reasons = [c["reason"] for c in checks if c.get("drift")]
     if not op.get("validation") and not manifest.get("data_profile"):

@@ -55,7 +55,8 @@ def test_round_trip_trained_checkpoint(tiny_data, tmp_path, arch):
     train(TrainConfig(data=str(tiny_data), out=str(run), arch=arch, epochs=1, batch_size=8, device="cpu",
                       cache_dir=str(tmp_path / "c")), PreprocessConfig(size=32))
     bundle = tmp_path / "bundle"
-    m = export_bundle(str(run / "best.pt"), str(bundle), data=str(tiny_data), log=quiet)
+    lines = []
+    m = export_bundle(str(run / "best.pt"), str(bundle), data=str(tiny_data), log=lines.append)
     heatmap_files = ["cam_head.npy"] if arch == "resnet18" else []  # mobilenet_v3 gets occlusion: nothing to store
     assert sorted(p.name for p in bundle.iterdir()) == [*heatmap_files, "model.json", "model.onnx"]
     assert m["explain"]["method"] == ("cam" if arch == "resnet18" else "occlusion")
@@ -67,6 +68,8 @@ def test_round_trip_trained_checkpoint(tiny_data, tmp_path, arch):
     assert m["parity"]["logits"]["max_abs"] <= 1e-3
     assert m["training"]["metrics"]["val"]["n"] == 8
     assert m["data_profile"] == load_checkpoint(run / "best.pt")["data_profile"]  # the edge checks inputs against it
+    assert m["data_profile"]["synthetic"] is True  # tiny_data is a medge synth set: export says what that means
+    assert any(line.startswith("note: trained on a data set medge synth made: every record") for line in lines)
     stats = m["export"]["simplify_stats"]
     assert m["export"]["simplified"] and stats["nodes_after"] <= stats["nodes_before"]
     assert {"torch", "onnx", "onnxsim", "opencv"} <= set(m["versions"])

@@ -28,6 +28,19 @@ def test_one_folder_of_classes_is_split_stratified_and_seeded(tmp_path, tiny_dat
     assert D.discover(flat, 0.25, 4)[1]["val"].paths != splits["val"].paths
 
 
+def test_the_profile_records_whether_medge_synth_made_the_data(tiny_data, tmp_path):
+    """From the set's synth.json marker, never from the pixels: the same images copied without it are not marked."""
+    flat = tmp_path / "flat"
+    for c in ("disease", "normal"):
+        shutil.copytree(tiny_data / "train" / c, flat / c)
+    _, splits = D.discover(tiny_data)
+    train = D.prepare(splits["train"], PreprocessConfig(size=32), str(tmp_path / "c"), verbose=False)
+    assert D.data_profile(train, tiny_data)["synthetic"] is True
+    assert D.data_profile(train, tiny_data / "train")["synthetic"] is True  # a split folder given as the data
+    assert D.data_profile(train, flat)["synthetic"] is False
+    assert D.data_profile(train, flat / "disease")["synthetic"] is False
+
+
 def test_evaluation_tensors_equal_edge_preprocess_bit_for_bit(tiny_data, tmp_path):
     cfg = PreprocessConfig(size=48)
     _, splits = D.discover(tiny_data)

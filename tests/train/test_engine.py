@@ -90,6 +90,7 @@ def test_checkpoint_contents(tiny_data, tmp_path):
     profile = ck["data_profile"]  # what training saw, for the edge's input checks
     assert profile["images"] == 28 and profile["bits"] == {"16": 14, "8": 14} and profile["formats"] == {"png": 28}
     assert profile["width"]["min"] == 64 and set(profile["stats"]) >= {"gray_mean", "input_std"}
+    assert profile["synthetic"] is True  # medge synth made the data: every record of its bundles says so
     assert json.loads((out / "data_profile.json").read_text()) == profile
     assert len((out / "metrics.jsonl").read_text().splitlines()) == 2
     assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]

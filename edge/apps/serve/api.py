@@ -197,6 +197,7 @@ def model_info(model: Model) -> dict:
         "model_sha256": model.sha256,
         "arch": m["model"].get("arch"),
         "created": m.get("created"),
+        "synthetic": (m.get("data_profile") or {}).get("synthetic"),  # trained on medge synth data; None: not recorded
         "preprocess": model.preprocess_config.to_dict(),
         "input": {"name": m["model"]["input_name"], "shape": m["model"]["input_shape"], "size": list(model.chw),
                   "dynamic_batch": model.dynamic_batch},

@@ -375,6 +375,7 @@ def card_html(info: dict, lang: str) -> str:
         (t["architecture"], _e(info["arch"] or "n/a")),
         (t["input"], _e(f'{info["input"]["name"]} {info["input"]["shape"]}')),
         (t["created"], _e(info["created"] or "n/a")),
+        (t["training_data"], _e(t["training_data_" + {True: "synthetic", False: "real"}.get(info.get("synthetic"), "unknown")])),
         (t["opencv"], _e(f'{rt["opencv"]} (medge {rt["medge"]})')),
         (t["engine"], _e(f'{rt["engine"]} / {rt.get("variant", "fp32")} / {rt["backend"]}'
                          + _gate_text(rt.get("variant_gate"), t))),

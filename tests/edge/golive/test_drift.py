@@ -270,3 +270,19 @@ def test_a_large_sample_of_one_distribution_is_stable():
     assert {c["check"] for c in report["checks"]} == {"score distribution", "positive share", "warning share"}
     shifted = [r | {"probabilities": {"d": float(s)}} for r, s in zip(records, _sigmoid(rng.normal(0.5, 1, 1000)), strict=True)]
     assert drift.monitor(shifted, manifest)["verdict"] == "drift"
+
+
+def test_the_warning_of_a_model_trained_on_synthetic_images_is_not_counted_as_an_input_warning():
+    """Every record of such a bundle carries it alike: the warning share counts the warnings about the input."""
+    from medge.edge.inputs.profile import SYNTHETIC_WARNING
+
+    scores = _sigmoid(np.random.default_rng(9).normal(0, 1, 200))
+    manifest = {"operating_point": {"positive": "d", "threshold": 0.5,
+                                    "validation": {"scores": scores.tolist(), "score_of": "d"}}}
+    records = [{"probabilities": {"d": float(s)}, "label": "d" if s >= 0.5 else "n", "warnings": [SYNTHETIC_WARNING]}
+               for s in scores]
+    share = next(c for c in drift.monitor(records, manifest)["checks"] if c["check"] == "warning share")
+    assert share["share"] == 0 and not share["drift"]
+    odd = [r | {"warnings": [SYNTHETIC_WARNING, "modality CT never seen in training"]} for r in records]
+    share = next(c for c in drift.monitor(odd, manifest)["checks"] if c["check"] == "warning share")
+    assert share["share"] == 1 and share["drift"]

@@ -139,6 +139,21 @@ def test_model_info_has_no_paths_and_no_nan(model):
     assert info["runtime"]["medge"] == medge.__version__
 
 
+def test_model_card_says_whether_the_model_was_trained_on_synthetic_images(model):
+    from medge.edge.apps.serve.page import card_html
+
+    def card(profile, lang="en"):
+        fake = Model(replace(model.bundle, manifest={**model.manifest, "data_profile": profile}), model.engine_choice)
+        return model_info(fake)["synthetic"], card_html(model_info(fake), lang)
+
+    synthetic, html = card({"images": 40, "synthetic": True})
+    assert synthetic is True and "synthetic images (medge synth): not for real patients" in html
+    assert TEXT["ko"]["training_data_synthetic"] in card({"images": 40, "synthetic": True}, "ko")[1]
+    assert card({"images": 40, "synthetic": False}) == (False, card({"synthetic": False})[1])
+    assert "not marked synthetic" in card({"synthetic": False})[1] and "not for real patients" not in card({})[1]
+    assert card(None)[0] is None and "not recorded (an older bundle)" in card(None)[1]
+
+
 def test_model_card_shows_the_operating_point_and_validation_figures(model, bundle, tmp_path):
     from medge.edge.apps.serve.page import card_html
     from tests.edge.calibrated import calibrated_copy, synth_split
