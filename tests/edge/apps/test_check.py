@@ -153,10 +153,16 @@ def test_check_lists_the_input_formats_this_install_reads(monkeypatch):
     support = check.input_support()
     assert support["images"] == ["PNG", "JPEG", "TIFF", "BMP"]
     real_find = importlib.util.find_spec
+
+    def find(name, *args, hidden=frozenset()):  # pydicom "installed" (the base install has none), gdcm as told
+        if name in hidden:
+            return None
+        return real_find(name, *args) or (object() if name == "pydicom" else None)
+
     for hidden, expected in (({"pydicom", "gdcm", "libjpeg"}, 'DICOM: not on this install (pip install "medge[dicom]"'),
                              ({"gdcm"}, "not readable without python-gdcm: JPEG baseline, JPEG extended, JPEG lossless")):
-        monkeypatch.setattr(dicom.importlib.util, "find_spec",
-                            lambda name, *a, hidden=hidden: None if name in hidden else real_find(name, *a))
+        monkeypatch.setattr(dicom.importlib.util, "find_spec", lambda name, *a, hidden=hidden: find(name, *a,
+                                                                                                    hidden=hidden))
         text = "\n".join(check._input_lines(check.input_support()))
         assert text.startswith("inputs      PNG, JPEG, TIFF, BMP (OpenCV)") and expected in text, text
     monkeypatch.setattr(dicom.importlib.util, "find_spec", real_find)
