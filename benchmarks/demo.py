@@ -167,8 +167,12 @@ def predict_held_out(out_dir: Path, data_dir: str, log) -> dict:
     op = model.operating_point  # the rule Model.predict labelled by (a fast variant may carry its own)
     rule = rule_text(op.positive, op.threshold) if op is not None else rule_text(None, None)
     log(f"  {len(preds)} held-out images from {held_out_dir} at {rule}: {correct} correct, {failed} failed")
+    counts: dict[str, int] = {}
+    for p in preds:
+        for w in p.warnings:
+            counts[w] = counts.get(w, 0) + 1
     return {"images": len(preds), "correct": correct, "failed": failed, "accuracy": correct / max(len(preds), 1),
-            "rule": rule}
+            "rule": rule, "warnings": dict(sorted(counts.items(), key=lambda kv: -kv[1]))}
 
 
 def validate_held_out(out_dir: Path, data_dir: str, log) -> dict:
@@ -384,6 +388,9 @@ def edge_markdown(s: dict) -> list[str]:
              f"Each held-out image labelled as the bundle labels it, at {pr['rule']}.", "",
              "| held-out images | correct | failed | accuracy |", "| ---: | ---: | ---: | ---: |",
              f"| {pr['images']} | {pr['correct']} | {pr['failed']} | {number_text(pr['accuracy'])} |", ""]
+    if pr.get("warnings"):
+        lines += ["Warnings in the records (predictions.jsonl), each with the images that carry it:", "",
+                  *[f"- {text}: {n} of {pr['images']}" for text, n in pr["warnings"].items()], ""]
     trained, v = s.get(s["held_out"]), s["validate"]
     if rules["why_they_differ"] is None or not trained:
         return lines
@@ -454,6 +461,7 @@ def summary_text(s: dict) -> str:
         lines.append(f"  {op['rule']}, chosen for {op['guarantee_text']}; {op['why']}")
     lines += [f"  edge predictions on {pr['images']} held-out images at {pr['rule']}: {pr['correct']} correct, "
               f"{pr['failed']} failed (accuracy {number_text(pr['accuracy'])})",
+              *[f"    warning on {n} of {pr['images']}: {text}" for text, n in (pr.get("warnings") or {}).items()],
               f"  validate: {s['validate']['line']}"]
     if rules["why_they_differ"]:
         lines.append(f"  why training and the edge differ: {rules['why_they_differ']}")

@@ -169,3 +169,16 @@ def test_the_users_report_shows_their_speeds_not_medges_goals(demo):
     assert f"latency p50, batch 1, on {cpu} ({bench['env']['cores']} cores): cv2.dnn " in text
     speed = report.split("## Speed of your model on this machine")[1].split("## Files")[0]
     assert f"measured in this run on {cpu}" in speed and "| cv2.dnn |" in speed and "images/s" in speed
+
+
+def test_the_report_says_the_model_was_trained_on_synthetic_images(demo):
+    """The demo trains on `medge synth` data: every edge record warns so, and the report and the summary say how
+    many images carry it."""
+    out, text = demo
+    records = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+    warning = "trained on synthetic images: not for real patients"
+    assert records and all(warning in r["warnings"] for r in records)
+    n = len(records)
+    assert f"- {warning}: {n} of {n}" in (out / "summary.md").read_text()
+    assert f"warning on {n} of {n}: {warning}" in text
+    assert json.loads((out / "summary.json").read_text())["predict"]["warnings"][warning] == n
