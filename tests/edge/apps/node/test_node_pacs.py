@@ -286,11 +286,7 @@ def test_outbox_keeps_results_while_orthanc_is_down(tmp_path, heat_bundle):
             assert log.count(f"forwarded {name} ") == 1, (name, log[-3000:])
         assert not outbox(out)
     finally:
-        for process in (node, restarted):
-            try:
-                process.stop()
-            finally:
-                process.kill()
+        stop_nodes(node, restarted)
         pacs.stop()
 
 
@@ -408,10 +404,15 @@ def test_stow_outbox_keeps_results_while_orthanc_is_down_and_c_store_goes_on(tmp
         assert forwarded_once(log, names, web.stow_url) == {}, log[-3000:]
         assert forwarded_once(log, names, f"{dimse.aet}@127.0.0.1:{dimse.dicom_port}") == {}, log[-3000:]
     finally:
-        for process in (node, restarted):
-            try:
-                process.stop()
-            finally:
-                process.kill()
+        stop_nodes(node, restarted)
         dimse.stop()
         web.stop()
+
+
+def stop_nodes(*nodes) -> None:
+    """Stop each node (SIGTERM, then SIGKILL if it lingers), whatever the others do."""
+    for process in nodes:
+        try:
+            process.stop()
+        finally:
+            process.kill()
