@@ -10,14 +10,15 @@ no runtime pays for another's spinning threads, for each thread count (default
 (``benchmarks.peak``) and the fraction of it each runtime reaches; read and
 preprocessing times; end-to-end images/s on generated 2048x2048 files (medge's
 pipeline on cv2.dnn and on onnxruntime, the sequential loops), also with
-``--busy-cores`` cores kept busy by background processes; and the goals
-as ratios of those figures (never as pass/fail timings).
+``--busy-cores`` cores kept busy by background processes.
 
 What each figure includes is in ``FIGURES``, copied into the record ("figures")
 and printed under each Markdown table. The JSON record holds every figure and
 the environment; the Markdown goes to stdout; a PNG plot is written next to
 --out when matplotlib is installed. Both outputs are checked before measuring
-starts (an existing one needs --overwrite), and written atomically.
+starts (an existing one needs --overwrite), and written atomically. They hold the user's figures only: the
+project's speed goals are ratios of these figures that ``benchmarks.goals`` renders on the project's results
+page.
 
 With --checkpoint it first says whether that checkpoint holds the weights the
 bundle was exported from; latency does not depend on the weights, so a
@@ -68,15 +69,6 @@ FIGURES = {
     "decisions": "each runtime's logits on the latency inputs against cv2.dnn fp32's: max |logit difference| and the "
                  "decisions that differ at the bundle's operating point (temperature + threshold; argmax without one)",
 }
-# The goals, as ratios of end-to-end images/s: (name, numerator, denominator, target).
-GOALS = (
-    ("medge (cv2.dnn) vs sequential cv2.dnn loop", "medge", "sequential", 1.3),
-    ("medge (cv2.dnn) vs sequential onnxruntime loop", "medge", "onnxruntime", 1.1),
-    ("medge (onnxruntime) vs sequential onnxruntime loop", "medge (onnxruntime)", "onnxruntime", 1.25),
-    ("medge (auto: the fastest gated engine and variant) vs medge (cv2.dnn fp32)", "medge (auto)", "medge", 2.5),
-)
-LOAD_GOAL = ("with {n} core(s) busy: medge (cv2.dnn) vs sequential cv2.dnn loop", 1.0)
-
 
 def model_flops(arch: str, chw) -> float | None:
     """FLOPs of one forward pass (2 x multiply-adds of Conv2d and Linear layers), via torch hooks."""
@@ -358,38 +350,12 @@ def run_bench(bundle: str, checkpoint: str | None = None, data: str | None = Non
         r.set_threads(os.cpu_count() or 1)
     log(f"preprocessing and end to end on {cfg.image_size}x{cfg.image_size} files")
     measure_files(bundle, pcfg, runners, cfg, record, log)
-    record["goals"] = goal_ratios(record.get("end_to_end"))
     record["peak_rss_mb"] = peak_rss_mb()
     record["env"] = environment()
     record["cv2_engine"] = runners.dnn.model.engine_choice.to_dict()  # which engine "cv2.dnn" is, and why
     record["variants"] = variant_gates(manifest)
     record["arch"], record["input"] = manifest["model"].get("arch"), manifest["model"]["input_shape"][1:]
-    for line in goal_lines(record["goals"]):
-        log(line)
     return record
-
-
-def goal_ratios(e2e: dict | None) -> list[dict]:
-    """The goals as ratios of end-to-end images/s (a contender that was not measured: ratio None)."""
-    if not e2e:
-        return []
-    ips = e2e["images_per_s"]
-    goals = []
-    for name, num, den, target in GOALS:
-        ratio = ips[num] / ips[den] if num in ips and den in ips else None
-        goals.append({"goal": name, "ratio": ratio, "target": target, "met": None if ratio is None else ratio >= target})
-    load = e2e.get("under_load")
-    if load:
-        ratio = load["images_per_s"]["medge"] / load["images_per_s"]["sequential"]
-        goals.append({"goal": LOAD_GOAL[0].format(n=load["busy_cores"]), "ratio": ratio, "target": LOAD_GOAL[1],
-                      "met": ratio >= LOAD_GOAL[1]})
-    return goals
-
-
-def goal_lines(goals: list[dict]) -> list[str]:
-    return [f"goal: {g['goal']}: " + ("not measured" if g["ratio"] is None else
-                                       f"{g['ratio']:.2f}x (target >= {g['target']:.2f}x: {'met' if g['met'] else 'NOT met'})")
-            for g in goals]
 
 
 def _fmt(v, digits=2):
@@ -414,7 +380,7 @@ def _peak_lines(record: dict) -> list[str]:
 
 
 def markdown(record: dict) -> str:
-    """Render the record as Markdown tables (generated, never typed by hand)."""
+    """Render the record as Markdown tables (generated, never typed by hand): the user's figures, no goals."""
     env = record["env"]
     fig = record.get("figures", FIGURES)
     lines = [f"Machine: {env['cpu']}, {env['cores']} cores; OpenCV {env['opencv']} "
@@ -444,12 +410,6 @@ def markdown(record: dict) -> str:
             lines.append(f"| {kind} | {_fmt(v['read']['p50_ms'])} | {_fmt(v['preprocess']['p50_ms'])} |")
         lines.append("")
     lines += _decision_lines(record, fig) + _e2e_lines(record, fig)
-    if record.get("goals"):
-        lines += ["", "Goals (ratios of end-to-end images/s in this run):", "",
-                  "| goal | ratio | target | met |", "| --- | ---: | ---: | --- |"]
-        for g in record["goals"]:
-            met = "-" if g["met"] is None else "yes" if g["met"] else "**no**"
-            lines.append(f"| {g['goal']} | {_fmt(g['ratio'])}x | {_fmt(g['target'])}x | {met} |")
     if record.get("notes"):
         lines += ["", "Notes: " + "; ".join(record["notes"]) + "."]
     return "\n".join(lines)
