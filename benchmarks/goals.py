@@ -44,12 +44,17 @@ def markdown(record: dict) -> str:
     goals = goal_ratios(record.get("end_to_end"))
     if not goals:
         return ""
+    from medge.benchmarks.trust import flagged, record_cores
+
     fmt = lambda v: "-" if v is None else f"{v:.2f}x"
     lines = ["Goals (ratios of end-to-end images/s in this run):", "",
              "| goal | ratio | target | met |", "| --- | ---: | ---: | --- |"]
     for g in goals:
         met = "-" if g["met"] is None else "yes" if g["met"] else "**no**"
         lines.append(f"| {g['goal']} | {fmt(g['ratio'])} | {fmt(g['target'])} | {met} |")
+    if flagged(record.get("latency") or [], record_cores(record)):
+        lines += ["", "The box was busy during this run (latency rows flagged by benchmarks.trust's rule): these "
+                      "end-to-end ratios come from the same run; judge a goal on a quiet run."]
     return "\n".join(lines)
 
 
