@@ -605,37 +605,47 @@ def _variant_e2e_lines(e2e: dict | None) -> list[str]:
 
 
 def plot(record: dict, path: str) -> str | None:
-    """Latency distributions per runtime and batch size (all-cores rows); None without matplotlib."""
+    """Latency distributions per runtime and batch size (all-cores rows) as a PNG; None without matplotlib."""
     try:
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
-        import matplotlib.ticker
     except ImportError:
         return None
     from medge.edge.outputs import open_atomic
 
-    rows = [r for r in record["latency"] if r["threads"] == max(x["threads"] for x in record["latency"])]
-    rows = sorted(rows, key=lambda r: (-r["batch"], -r["p50_ms"]))  # from the bottom up: the slowest first, per batch
-    fig, ax = plt.subplots(figsize=(9, 1.2 + 0.32 * len(rows)))  # one row per runtime and batch: labels never overlap
-    box = ax.boxplot([r["samples_ms"] for r in rows], orientation="horizontal", widths=0.6, showfliers=False,
-                     tick_labels=[f"{r['runtime']}, batch {r['batch']}" for r in rows])
-    for y, r in enumerate(rows, start=1):  # the median, right of the upper whisker
-        end = float(box["whiskers"][2 * y - 1].get_xdata()[1])
-        ax.annotate(f"{r['p50_ms']:.1f}", (end, y), xytext=(4, -3), textcoords="offset points", fontsize=8)
-    ax.set_xscale("log")  # 2 ms variants and 40 ms fp32 on one readable axis
-    ax.xaxis.set_major_locator(matplotlib.ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
-    ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
-    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
-    ax.set_xlabel("ms per forward pass (log scale; the number: median)")
-    ax.set_title(f"latency, {rows[0]['threads']} threads")
-    ax.grid(axis="x", which="both", alpha=0.3)
-    fig.tight_layout()
+    fig = latency_figure(record)
     with open_atomic(path, "wb") as f:
         fig.savefig(f, format="png", dpi=100)
     plt.close(fig)
     return path
+
+
+def latency_figure(record: dict):
+    """The plot's figure: one horizontal box per runtime and batch size, on a log axis; each label names the
+    row, its median and, where flagged, "busy", so no number is drawn among the boxes."""
+    import matplotlib.pyplot as plt
+    import matplotlib.ticker
+
+    cores = trust.record_cores(record)
+    rows = [r for r in record["latency"] if r["threads"] == max(x["threads"] for x in record["latency"])]
+    rows = sorted(rows, key=lambda r: (-r["batch"], -r["p50_ms"]))  # from the bottom up: the slowest first, per batch
+    labels = [f"{r['runtime']}, batch {r['batch']}: {r['p50_ms']:.1f} ms" + (" (busy)" if trust.reasons_of(r, cores) else "")
+              for r in rows]
+    fig, ax = plt.subplots(figsize=(9, 1.2 + 0.32 * len(rows)))  # one row per runtime and batch: labels never overlap
+    ax.boxplot([r["samples_ms"] for r in rows], orientation="horizontal", widths=0.6, showfliers=False,
+               tick_labels=labels)
+    ax.set_xscale("log")  # 2 ms variants and 40 ms fp32 on one readable axis
+    ax.xaxis.set_major_locator(matplotlib.ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
+    ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    ax.set_xlabel("ms per forward pass (log scale; box: middle half of the calls, line: median)")
+    busy = ": the box was busy (rows marked busy)" if trust.flagged(rows, cores) else ""
+    ax.set_title(f"latency, {rows[0]['threads']} threads{busy}")
+    ax.grid(axis="x", which="both", alpha=0.3)
+    fig.tight_layout()
+    return fig
 
 
 def plot_path(out: str) -> str | None:

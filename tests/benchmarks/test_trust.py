@@ -1,5 +1,5 @@
 """benchmarks.trust: the busy rule on synthetic timings, the bounded repeat with an injected measurement source,
-and what a run with flagged rows says in its headline and its report. No real load, no timing limit."""
+and what a run with flagged rows says in its headline, its report and its plot. No real load, no timing limit."""
 import copy
 import json
 from pathlib import Path
@@ -129,3 +129,24 @@ def _record(rows: list[dict]) -> dict:
     rec["latency"] = copy.deepcopy(rows)
     rec["config"]["max_repeats"] = MAX_REPEATS
     return rec
+
+
+def test_plot_labels_never_overlap_with_eight_runtimes():
+    pytest.importorskip("matplotlib")
+    import matplotlib.pyplot as plt
+
+    names = ["cv2.dnn", "pytorch", "onnxruntime", "edge-onnxruntime", "edge-openvino", "edge-onnxruntime-int8",
+             "edge-openvino-int8", "edge-openvino-bf16"]
+    rows = [row([ms * b * (1 + 0.01 * i) for i in range(20)] if name != "pytorch" else BUSY, name, 2, b, 0.0)
+            for b in (1, 8) for name, ms in zip(names, [30, 27, 20, 20, 18, 4, 2.1, 2.0], strict=True)]
+    fig = bench.latency_figure(_record(judge(rows, 2, 0.0)))
+    fig.canvas.draw()
+    renderer, ax = fig.canvas.get_renderer(), fig.axes[0]
+    labels = sorted((t for t in ax.get_yticklabels() if t.get_text()), key=lambda t: t.get_window_extent(renderer).y0)
+    boxes = [t.get_window_extent(renderer) for t in labels]
+    assert len(boxes) == 16
+    assert all(a.y1 <= b.y0 for a, b in zip(boxes[:-1], boxes[1:], strict=True)), "tick labels overlap"
+    outer = fig.bbox
+    assert all(b.x0 >= outer.x0 and b.x1 <= outer.x1 for b in boxes + [ax.title.get_window_extent(renderer)])
+    assert sum("(busy)" in t.get_text() for t in labels) == 2 and "busy" in ax.get_title()
+    plt.close(fig)
