@@ -2,22 +2,30 @@
 
 Usage: medge bench --model bundles/xray --checkpoint runs/xray/best.pt --busy-cores 1 --out bench.json
 
-In one run, with progress on stderr: cold start; forward-pass latency, the
-runtimes interleaved in short blocks (5 timed calls each, the order rotating,
-the first call of each block untimed) so that machine drift hits all alike and
-no runtime pays for another's spinning threads, for each thread count (default
-1 and all cores) and batch size (default 1 and 8); the box's FP32 peak
-(``benchmarks.peak``) and the fraction of it each runtime reaches; read and
-preprocessing times; end-to-end images/s on generated 2048x2048 files (medge's
-pipeline on cv2.dnn and on onnxruntime, the sequential loops), also with
-``--busy-cores`` cores kept busy by background processes; and the goals
-as ratios of those figures (never as pass/fail timings).
+In one run, with progress on stderr: the box's load (/proc/loadavg, other processes' busy cores) before and
+after; cold start; forward-pass latency, the runtimes interleaved in short blocks (5 timed calls each, the
+order rotating, the first call of each block untimed) so that machine drift hits all alike and no runtime
+pays for another's spinning threads, for each thread count (default 1 and all cores) and batch size
+(default 1 and 8), each row with its spread (p50 / min, p90 / p50) and the cores other processes kept busy
+while it was measured; the box's FP32 peak (``benchmarks.peak``) and the fraction of it each runtime
+reaches; read and preprocessing times; end-to-end images/s on generated 2048x2048 files (medge's pipeline on
+cv2.dnn and on onnxruntime, the sequential loops), also with ``--busy-cores`` cores kept busy by background
+processes.
+
+A row whose spread or load says another process distorted it is flagged busy by the rule of
+``benchmarks.trust`` (p50 > 1.5x min, p90 > 1.5x p50, or other processes' load beyond the cores its threads
+leave idle); its case is measured again, all runtimes interleaved, after the others, at most twice. The
+report's first line, the headline (``headline``), gives cv2.dnn's p50 against each other runtime's at
+batch 1 and all threads; a run that still has a flagged row gives the warning instead and no ratio. The
+record keeps every attempt's figures and flags.
 
 What each figure includes is in ``FIGURES``, copied into the record ("figures")
 and printed under each Markdown table. The JSON record holds every figure and
 the environment; the Markdown goes to stdout; a PNG plot is written next to
 --out when matplotlib is installed. Both outputs are checked before measuring
-starts (an existing one needs --overwrite), and written atomically.
+starts (an existing one needs --overwrite), and written atomically. They hold the user's figures only: the
+project's speed goals are ratios of these figures that ``benchmarks.goals`` renders on the project's results
+page.
 
 With --checkpoint it first says whether that checkpoint holds the weights the
 bundle was exported from; latency does not depend on the weights, so a
@@ -36,6 +44,8 @@ from pathlib import Path
 
 import numpy as np
 
+from medge.benchmarks import trust
+
 
 @dataclass(frozen=True)
 class BenchConfig:
@@ -51,6 +61,7 @@ class BenchConfig:
     busy_cores: int = 1  # end to end again with this many cores busy with background work (0 = skip)
     first_calls: int = 12  # calls timed one by one right after load (the warm-up curve)
     peak_size: int = 4096  # side of the square FP32 matrices of the peak measurement (benchmarks.peak)
+    max_repeats: int = trust.MAX_REPEATS  # measurements again of a latency case with a row flagged busy (benchmarks.trust)
 
 
 FIGURES = {
@@ -68,15 +79,6 @@ FIGURES = {
     "decisions": "each runtime's logits on the latency inputs against cv2.dnn fp32's: max |logit difference| and the "
                  "decisions that differ at the bundle's operating point (temperature + threshold; argmax without one)",
 }
-# The goals, as ratios of end-to-end images/s: (name, numerator, denominator, target).
-GOALS = (
-    ("medge (cv2.dnn) vs sequential cv2.dnn loop", "medge", "sequential", 1.3),
-    ("medge (cv2.dnn) vs sequential onnxruntime loop", "medge", "onnxruntime", 1.1),
-    ("medge (onnxruntime) vs sequential onnxruntime loop", "medge (onnxruntime)", "onnxruntime", 1.25),
-    ("medge (auto: the fastest gated engine and variant) vs medge (cv2.dnn fp32)", "medge (auto)", "medge", 2.5),
-)
-LOAD_GOAL = ("with {n} core(s) busy: medge (cv2.dnn) vs sequential cv2.dnn loop", 1.0)
-
 
 def model_flops(arch: str, chw) -> float | None:
     """FLOPs of one forward pass (2 x multiply-adds of Conv2d and Linear layers), via torch hooks."""
@@ -146,43 +148,68 @@ def time_preprocessing(files: dict[str, list[str]], cfg, repeats: int) -> dict:
     return out
 
 
-def measure_latency(runners: list, inputs: np.ndarray, cfg: BenchConfig) -> list[dict]:
-    """Forward-pass latencies for every thread count and batch size, interleaved in blocks.
-
-    The runtimes take turns in blocks of ``cfg.block`` calls (the order rotates), and the
-    first call of each block is not timed: thread pools that spin after a call (PyTorch's
-    OpenMP, onnxruntime) would otherwise tax whichever runtime runs right after them.
-    """
-    from medge.edge.numeric import latency_summary
+def measure_latency(runners: list, inputs: np.ndarray, cfg: BenchConfig, log=print) -> list[dict]:
+    """Forward-pass latencies for every thread count and batch size, each case's runtimes interleaved in blocks;
+    the cases with a row flagged busy (``benchmarks.trust``) measured again after the others, at most
+    ``cfg.max_repeats`` times."""
+    from medge.benchmarks.trust import measure_until_quiet
+    from medge.edge.system import usable_cores
     from medge.train.progress import progress
 
-    rows = []
-    bar = progress(total=len(cfg.threads) * len(cfg.batch_sizes) * len(runners) * cfg.repeats, desc="latency",
-                   unit="call")
-    for threads in cfg.threads:
-        for r in runners:
-            r.set_threads(threads)
-        for batch in cfg.batch_sizes:
-            blob = np.ascontiguousarray(inputs[np.arange(batch) % len(inputs)])
-            for r in runners:
-                for _ in range(cfg.warmup):
-                    r.infer(blob)
-            times = {r.name: [] for r in runners}
-            turn = 0
-            while min(len(t) for t in times.values()) < cfg.repeats:
-                for r in runners[turn % len(runners):] + runners[: turn % len(runners)]:
-                    r.infer(blob)  # untimed: settles this runtime's threads
-                    for _ in range(min(cfg.block, cfg.repeats - len(times[r.name]))):
-                        t0 = time.perf_counter()
-                        r.infer(blob)
-                        times[r.name].append(1000 * (time.perf_counter() - t0))
-                        bar.update()
-                turn += 1
-            for r in runners:
-                rows.append({"runtime": r.name, "threads": threads, "batch": batch, **latency_summary(times[r.name], batch),
-                             "samples_ms": times[r.name]})
+    cases = [(threads, batch) for threads in cfg.threads for batch in cfg.batch_sizes]
+    bar = progress(total=len(cases) * len(runners) * cfg.repeats, desc="latency", unit="call")
+    done = []
+
+    def measure(case):
+        done.append(case)
+        if len(done) > len(cases):  # a repeat: the bar grows by one case
+            bar.total += len(runners) * cfg.repeats
+        return measure_case(runners, inputs, case, cfg, bar.update)
+
+    rows = measure_until_quiet(cases, measure, usable_cores(), cfg.max_repeats, log)
     bar.close()
     return rows
+
+
+def measure_case(runners: list, inputs: np.ndarray, case: tuple[int, int], cfg: BenchConfig, tick=lambda: None) -> list[dict]:
+    """One case, (threads, batch): each runtime warmed up, then all interleaved (``interleave``) while the
+    box's load is read; the rows judged by ``benchmarks.trust``'s rule."""
+    from medge.benchmarks.trust import CpuReading, judge, others_cores
+    from medge.edge.numeric import latency_summary
+    from medge.edge.system import usable_cores
+
+    threads, batch = case
+    blob = np.ascontiguousarray(inputs[np.arange(batch) % len(inputs)])
+    for r in runners:
+        r.set_threads(threads)
+        for _ in range(cfg.warmup):
+            r.infer(blob)
+    start = CpuReading.now()
+    times = interleave(runners, blob, cfg, tick)
+    others = others_cores(start, CpuReading.now())
+    rows = [{"runtime": r.name, "threads": threads, "batch": batch, **latency_summary(times[r.name], batch),
+             "samples_ms": times[r.name]} for r in runners]
+    return judge(rows, usable_cores(), others)
+
+
+def interleave(runners: list, blob: np.ndarray, cfg: BenchConfig, tick=lambda: None) -> dict[str, list[float]]:
+    """``cfg.repeats`` timed calls per runtime, ms, in turns of ``cfg.block`` calls (the order rotates).
+
+    The first call of each turn is not timed: thread pools that spin after a call (PyTorch's OpenMP,
+    onnxruntime) would otherwise tax whichever runtime runs right after them.
+    """
+    times = {r.name: [] for r in runners}
+    turn = 0
+    while min(len(t) for t in times.values()) < cfg.repeats:
+        for r in runners[turn % len(runners):] + runners[: turn % len(runners)]:
+            r.infer(blob)  # untimed: settles this runtime's threads
+            for _ in range(min(cfg.block, cfg.repeats - len(times[r.name]))):
+                t0 = time.perf_counter()
+                r.infer(blob)
+                times[r.name].append(1000 * (time.perf_counter() - t0))
+                tick()
+        turn += 1
+    return times
 
 
 @dataclass
@@ -330,12 +357,13 @@ def run_bench(bundle: str, checkpoint: str | None = None, data: str | None = Non
               log=print) -> dict:
     """Measure everything described in the module docstring; returns the record."""
     from medge.benchmarks.common import checkpoint_link, environment, link_line, peak_rss_mb, rss_mb
+    from medge.benchmarks.trust import box_load
     from medge.edge.preprocess import PreprocessConfig
     from medge.edge.runtime.bundle import golden_inputs, read_manifest
 
     record: dict = {"benchmark": "medge bench", "config": asdict(cfg), "bundle": str(bundle), "checkpoint": checkpoint,
-                    "figures": FIGURES, "cold_start_ms": {}, "first_calls_ms": {}, "rss_mb_after_load": {"start": rss_mb()},
-                    "notes": []}
+                    "figures": FIGURES, "load": {"before": box_load()}, "cold_start_ms": {}, "first_calls_ms": {},
+                    "rss_mb_after_load": {"start": rss_mb()}, "notes": []}
     manifest = read_manifest(bundle)
     if checkpoint:
         record["checkpoint_link"] = link = checkpoint_link(manifest, checkpoint)
@@ -349,7 +377,7 @@ def run_bench(bundle: str, checkpoint: str | None = None, data: str | None = Non
     inputs = bench_inputs(data, pcfg, max(cfg.batch_sizes))
     log(f"latency: {', '.join(r.name for r in runners.all)}; threads {list(cfg.threads)}; "
         f"batches {list(cfg.batch_sizes)}; {cfg.warmup} warm-up + {cfg.repeats} timed calls per case")
-    record["latency"] = measure_latency(runners.all, inputs, cfg)
+    record["latency"] = measure_latency(runners.all, inputs, cfg, log)
     record["decisions"] = decision_agreement(runners, inputs)
     log("compute floor: the model's FLOPs and the FP32 peak (large matrix products, benchmarks.peak)")
     record["compute"] = measure_compute(record["latency"], manifest["model"].get("arch", "resnet18"),
@@ -358,42 +386,41 @@ def run_bench(bundle: str, checkpoint: str | None = None, data: str | None = Non
         r.set_threads(os.cpu_count() or 1)
     log(f"preprocessing and end to end on {cfg.image_size}x{cfg.image_size} files")
     measure_files(bundle, pcfg, runners, cfg, record, log)
-    record["goals"] = goal_ratios(record.get("end_to_end"))
     record["peak_rss_mb"] = peak_rss_mb()
     record["env"] = environment()
     record["cv2_engine"] = runners.dnn.model.engine_choice.to_dict()  # which engine "cv2.dnn" is, and why
     record["variants"] = variant_gates(manifest)
     record["arch"], record["input"] = manifest["model"].get("arch"), manifest["model"]["input_shape"][1:]
-    for line in goal_lines(record["goals"]):
-        log(line)
+    record["load"]["after"] = box_load()
+    record["headline"] = headline(record)
+    log(record["headline"])
     return record
-
-
-def goal_ratios(e2e: dict | None) -> list[dict]:
-    """The goals as ratios of end-to-end images/s (a contender that was not measured: ratio None)."""
-    if not e2e:
-        return []
-    ips = e2e["images_per_s"]
-    goals = []
-    for name, num, den, target in GOALS:
-        ratio = ips[num] / ips[den] if num in ips and den in ips else None
-        goals.append({"goal": name, "ratio": ratio, "target": target, "met": None if ratio is None else ratio >= target})
-    load = e2e.get("under_load")
-    if load:
-        ratio = load["images_per_s"]["medge"] / load["images_per_s"]["sequential"]
-        goals.append({"goal": LOAD_GOAL[0].format(n=load["busy_cores"]), "ratio": ratio, "target": LOAD_GOAL[1],
-                      "met": ratio >= LOAD_GOAL[1]})
-    return goals
-
-
-def goal_lines(goals: list[dict]) -> list[str]:
-    return [f"goal: {g['goal']}: " + ("not measured" if g["ratio"] is None else
-                                       f"{g['ratio']:.2f}x (target >= {g['target']:.2f}x: {'met' if g['met'] else 'NOT met'})")
-            for g in goals]
 
 
 def _fmt(v, digits=2):
     return "-" if v is None or (isinstance(v, float) and not np.isfinite(v)) else f"{v:.{digits}f}"
+
+
+def headline(record: dict) -> str:
+    """The report's first line: cv2.dnn's p50 against each other runtime's at the smallest batch and the most
+    threads, as ratios. Where any latency row is still flagged busy (``benchmarks.trust``): the warning
+    instead, and no ratio at all."""
+    rows = record["latency"]
+    busy = trust.flagged(rows, trust.record_cores(record))
+    if busy:
+        worst = max(busy, key=lambda r: trust.spread(r)["p50_over_min"])
+        return (f"The box was busy during this run: ratios not reported; rerun on a quiet box. {len(busy)} of "
+                f"{len(rows)} latency rows flagged busy (e.g. {worst['runtime']}, batch {worst['batch']}, "
+                f"{worst['threads']} thread(s), measured {worst.get('attempts', 1)} time(s): "
+                f"{trust.reasons_of(worst, trust.record_cores(record))[0]}).")
+    threads, batch = max(r["threads"] for r in rows), min(r["batch"] for r in rows)
+    p50 = {r["runtime"]: r["p50_ms"] for r in rows if (r["threads"], r["batch"]) == (threads, batch)}
+    text = f"Forward pass p50, batch {batch}, {threads} thread(s): "
+    ref = p50.pop("cv2.dnn", None)
+    if ref is None:
+        return text + ", ".join(f"{k} {_fmt(v, 1)} ms" for k, v in p50.items()) + "."
+    others = "".join(f"; {k} {_fmt(v, 1)} ms (cv2.dnn / {k} = {_fmt(ref / v)})" for k, v in p50.items())
+    return text + f"cv2.dnn {_fmt(ref, 1)} ms{others}" + (" (below 1: cv2.dnn is faster)." if p50 else ".")
 
 
 def _peak_lines(record: dict) -> list[str]:
@@ -414,20 +441,27 @@ def _peak_lines(record: dict) -> list[str]:
 
 
 def markdown(record: dict) -> str:
-    """Render the record as Markdown tables (generated, never typed by hand)."""
+    """Render the record as Markdown tables (generated, never typed by hand): the user's figures, no goals."""
     env = record["env"]
     fig = record.get("figures", FIGURES)
-    lines = [f"Machine: {env['cpu']}, {env['cores']} cores; OpenCV {env['opencv']} "
+    lines = [record.get("headline") or headline(record), "",
+             f"Machine: {env['cpu']}, {env['cores']} cores; OpenCV {env['opencv']} "
              f"({env['opencv_build'].get('Parallel framework', '?')}), torch {env.get('torch')}, "
              f"onnxruntime {env.get('onnxruntime')}; git {env.get('git_revision')}.", "",
              f"Forward pass, interleaved ({fig['latency']}):", "",
-             "| runtime | threads | batch | p50 ms | p90 ms | p99 ms | mean ms | min ms | images/s | GFLOP/s | % of peak |",
-             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+             "| runtime | threads | batch | p50 ms | p90 ms | p99 ms | mean ms | min ms | images/s | GFLOP/s | % of peak "
+             "| p50/min | p90/p50 | busy (tries) |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
+    cores = trust.record_cores(record)
     for r in record["latency"]:
-        frac = r.get("fraction_of_peak")
+        frac, s = r.get("fraction_of_peak"), trust.spread(r)
+        busy = trust.reasons_of(r, cores)
         lines.append(f"| {r['runtime']} | {r['threads']} | {r['batch']} | {_fmt(r['p50_ms'])} | {_fmt(r['p90_ms'])} | "
                      f"{_fmt(r['p99_ms'])} | {_fmt(r['mean_ms'])} | {_fmt(r['min_ms'])} | {_fmt(r['images_per_s'], 1)} | "
-                     f"{_fmt(r.get('achieved_gflops'), 0)} | {_fmt(100 * frac, 0) if frac else '-'} |")
+                     f"{_fmt(r.get('achieved_gflops'), 0)} | {_fmt(100 * frac, 0) if frac else '-'} | "
+                     f"{_fmt(s['p50_over_min'])} | {_fmt(s['p90_over_p50'])} | "
+                     f"{'**yes**' if busy else 'no'} ({r.get('attempts', 1)}) |")
+    lines += _trust_lines(record)
     lines += _peak_lines(record)
     lines += ["", f"Cold start, ms ({fig['cold_start_ms']}): "
               + ", ".join(f"{k} {_fmt(v, 0)}" for k, v in record["cold_start_ms"].items())
@@ -444,15 +478,33 @@ def markdown(record: dict) -> str:
             lines.append(f"| {kind} | {_fmt(v['read']['p50_ms'])} | {_fmt(v['preprocess']['p50_ms'])} |")
         lines.append("")
     lines += _decision_lines(record, fig) + _e2e_lines(record, fig)
-    if record.get("goals"):
-        lines += ["", "Goals (ratios of end-to-end images/s in this run):", "",
-                  "| goal | ratio | target | met |", "| --- | ---: | ---: | --- |"]
-        for g in record["goals"]:
-            met = "-" if g["met"] is None else "yes" if g["met"] else "**no**"
-            lines.append(f"| {g['goal']} | {_fmt(g['ratio'])}x | {_fmt(g['target'])}x | {met} |")
     if record.get("notes"):
         lines += ["", "Notes: " + "; ".join(record["notes"]) + "."]
     return "\n".join(lines)
+
+
+def _load_text(load: dict | None) -> str:
+    if not load:
+        return "not recorded"
+    avg, others = load.get("loadavg"), load.get("others_cores")
+    return (f"load average {'/'.join(f'{v:.2f}' for v in avg) if avg else '-'} (1/5/15 min), other processes "
+            f"{'-' if others is None else f'{others:.2f}'} core(s) busy over {load.get('window_s')} s")
+
+
+def _trust_lines(record: dict) -> list[str]:
+    """Under the latency table: the busy rule, the cases measured again, and the box's load before and after."""
+    rows, load = record["latency"], record.get("load") or {}
+    again = sum(r.get("attempts", 1) > 1 for r in rows)
+    done = (f"{again} of {len(rows)} rows measured more than once." if all("busy" in r for r in rows) else
+            "This record predates the rule: its rows are judged by their spreads alone, and none was measured again.")
+    lines = ["", f"Busy rule (benchmarks.trust): a row is flagged busy when p50 > {trust.P50_OVER_MIN:g}x min, "
+             f"p90 > {trust.P90_OVER_P50:g}x p50, or other processes kept more than {trust.OTHERS_SLACK:g} core busy "
+             f"beyond the cores the row's threads leave idle; a case with a flagged row is measured again, all "
+             f"runtimes interleaved, at most {record.get('config', {}).get('max_repeats', trust.MAX_REPEATS)} times, "
+             f"and a run that ends with one states no ratio. {done}"]
+    if load:
+        lines += ["", f"Box load before the run: {_load_text(load.get('before'))}; after: {_load_text(load.get('after'))}."]
+    return lines
 
 
 def _decision_lines(record: dict, fig: dict) -> list[str]:
@@ -553,37 +605,47 @@ def _variant_e2e_lines(e2e: dict | None) -> list[str]:
 
 
 def plot(record: dict, path: str) -> str | None:
-    """Latency distributions per runtime and batch size (all-cores rows); None without matplotlib."""
+    """Latency distributions per runtime and batch size (all-cores rows) as a PNG; None without matplotlib."""
     try:
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
-        import matplotlib.ticker
     except ImportError:
         return None
     from medge.edge.outputs import open_atomic
 
-    rows = [r for r in record["latency"] if r["threads"] == max(x["threads"] for x in record["latency"])]
-    rows = sorted(rows, key=lambda r: (-r["batch"], -r["p50_ms"]))  # from the bottom up: the slowest first, per batch
-    fig, ax = plt.subplots(figsize=(9, 1.2 + 0.32 * len(rows)))  # one row per runtime and batch: labels never overlap
-    box = ax.boxplot([r["samples_ms"] for r in rows], orientation="horizontal", widths=0.6, showfliers=False,
-                     tick_labels=[f"{r['runtime']}, batch {r['batch']}" for r in rows])
-    for y, r in enumerate(rows, start=1):  # the median, right of the upper whisker
-        end = float(box["whiskers"][2 * y - 1].get_xdata()[1])
-        ax.annotate(f"{r['p50_ms']:.1f}", (end, y), xytext=(4, -3), textcoords="offset points", fontsize=8)
-    ax.set_xscale("log")  # 2 ms variants and 40 ms fp32 on one readable axis
-    ax.xaxis.set_major_locator(matplotlib.ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
-    ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
-    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
-    ax.set_xlabel("ms per forward pass (log scale; the number: median)")
-    ax.set_title(f"latency, {rows[0]['threads']} threads")
-    ax.grid(axis="x", which="both", alpha=0.3)
-    fig.tight_layout()
+    fig = latency_figure(record)
     with open_atomic(path, "wb") as f:
         fig.savefig(f, format="png", dpi=100)
     plt.close(fig)
     return path
+
+
+def latency_figure(record: dict):
+    """The plot's figure: one horizontal box per runtime and batch size, on a log axis; each label names the
+    row, its median and, where flagged, "busy", so no number is drawn among the boxes."""
+    import matplotlib.pyplot as plt
+    import matplotlib.ticker
+
+    cores = trust.record_cores(record)
+    rows = [r for r in record["latency"] if r["threads"] == max(x["threads"] for x in record["latency"])]
+    rows = sorted(rows, key=lambda r: (-r["batch"], -r["p50_ms"]))  # from the bottom up: the slowest first, per batch
+    labels = [f"{r['runtime']}, batch {r['batch']}: {r['p50_ms']:.1f} ms" + (" (busy)" if trust.reasons_of(r, cores) else "")
+              for r in rows]
+    fig, ax = plt.subplots(figsize=(9, 1.2 + 0.32 * len(rows)))  # one row per runtime and batch: labels never overlap
+    ax.boxplot([r["samples_ms"] for r in rows], orientation="horizontal", widths=0.6, showfliers=False,
+               tick_labels=labels)
+    ax.set_xscale("log")  # 2 ms variants and 40 ms fp32 on one readable axis
+    ax.xaxis.set_major_locator(matplotlib.ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
+    ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    ax.set_xlabel("ms per forward pass (log scale; box: middle half of the calls, line: median)")
+    busy = ": the box was busy (rows marked busy)" if trust.flagged(rows, cores) else ""
+    ax.set_title(f"latency, {rows[0]['threads']} threads{busy}")
+    ax.grid(axis="x", which="both", alpha=0.3)
+    fig.tight_layout()
+    return fig
 
 
 def plot_path(out: str) -> str | None:

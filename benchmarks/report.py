@@ -1,4 +1,5 @@
-"""Render benchmark records as Markdown, and put them into the README between markers.
+"""Render benchmark records as Markdown, and put them into the README between markers: the project's results
+page, where a ``medge bench`` record also shows the project's speed goals (``benchmarks.goals``).
 
 Usage: python -m medge.benchmarks.report bench.json [parity.json] [--readme benchmarks/results/README.md]
        python -m medge.benchmarks.report pointing_game.json --section heatmaps --readme benchmarks/results/README.md
@@ -17,16 +18,19 @@ SECTIONS = ("results", "heatmaps", "variants")
 
 
 def render(records: list[dict]) -> str:
-    from medge.benchmarks import bench, decode_cost, heatmap_cost, parity, pointing_game, recipe, scaling
+    """The records as the results page shows them: each benchmark's own Markdown, and under a ``medge bench``
+    record the project's goals (``benchmarks.goals``), which a user's report never shows."""
+    from medge.benchmarks import bench, decode_cost, goals, heatmap_cost, parity, pointing_game, recipe, scaling
 
-    renderers = {"medge bench": bench, "medge parity": parity, "medge recipe": recipe,
-                 "medge pointing game": pointing_game, "medge scaling": scaling, "medge heatmap cost": heatmap_cost,
-                 "medge decode cost": decode_cost}
+    renderers = {"medge bench": lambda rec: "\n\n".join(filter(None, [bench.markdown(rec), goals.markdown(rec)])),
+                 "medge parity": parity.markdown, "medge recipe": recipe.markdown,
+                 "medge pointing game": pointing_game.markdown, "medge scaling": scaling.markdown,
+                 "medge heatmap cost": heatmap_cost.markdown, "medge decode cost": decode_cost.markdown}
     parts = []
     for rec in records:
-        module = renderers.get(rec.get("benchmark"))
-        if module is not None:
-            parts.append(module.markdown(rec))
+        renderer = renderers.get(rec.get("benchmark"))
+        if renderer is not None:
+            parts.append(renderer(rec))
         else:
             parts.append("```json\n" + json.dumps({k: v for k, v in rec.items() if k != "env"}, indent=2) + "\n```")
     return "\n\n".join(parts)

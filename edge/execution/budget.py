@@ -179,8 +179,9 @@ def opencv_threads(n: int):
                 cv2.setNumThreads(_cv_saved)
 
 
-def _proc_stat_busy_s() -> float | None:
-    """Seconds of CPU time all processes have used since boot (everything but idle and iowait), from /proc/stat."""
+def busy_cpu_s() -> float | None:
+    """Seconds of CPU time all processes on the machine have used since boot (everything but idle and iowait),
+    from /proc/stat; None off Linux. ``LoadMeter`` and ``medge bench``'s load readings use it."""
     try:
         with open("/proc/stat", encoding="ascii") as f:
             fields = f.readline().split()
@@ -211,7 +212,7 @@ class LoadMeter:
 
     MIN_S, MAX_S = 0.2, 5.0
 
-    def __init__(self, read_busy_s: Callable[[], float | None] = _proc_stat_busy_s,
+    def __init__(self, read_busy_s: Callable[[], float | None] = busy_cpu_s,
                  read_runnable: Callable[[], int | None] = _runnable_now):
         """``read_busy_s``: the machine's busy CPU seconds so far (/proc/stat); ``read_runnable``: threads runnable
         now (/proc/loadavg). Tests give their own readings."""

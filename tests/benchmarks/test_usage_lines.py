@@ -11,7 +11,7 @@ import pytest
 
 # The research scripts: run as python -m medge.benchmarks.NAME (bench, parity and demo are medge subcommands).
 RESEARCH = ["scaling", "opencv_versions", "recipe", "pointing_game", "heatmap_cost", "serve_load", "train_throughput",
-            "edge_throughput", "peak", "node_load", "report", "decode_cost"]
+            "edge_throughput", "peak", "node_load", "report", "decode_cost", "trust", "goals"]
 USAGE = re.compile(r"^\s*(?:Usage:)?\s*(python -m medge\.benchmarks\.\w+[^\n]*)$", re.M)
 
 
