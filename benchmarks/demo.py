@@ -276,6 +276,7 @@ def summarize(out_dir: Path, seconds: float, device, data_dir: str, synthetic: b
                    "max_abs_prob": c["probabilities"]["max_abs"], "top1_agreement": c["top1_agreement"]},
         "machine": {"cpu": bench["env"]["cpu"], "cores": bench["env"]["cores"]},
         "latency_p50_ms": {f"{rt} batch {b}": v for (rt, b), v in sorted(lat.items())},
+        "bench_headline": bench.get("headline"),  # bench's verdict: ratios, or that the box was busy
         "end_to_end_images_per_s": bench.get("end_to_end", {}).get("images_per_s"),
         "predict": predicted,
         "operating_point": operating_point_summary(manifest),
@@ -474,11 +475,15 @@ def speed_lines(s: dict) -> list[str]:
     """Parity and the user's own speeds, named with the machine they were measured on."""
     p, m = s["parity"], s["machine"]
     b1 = {k.split(" batch")[0]: ms for k, ms in s["latency_p50_ms"].items() if k.endswith(" batch 1")}
-    ratio = f" (cv2.dnn / PyTorch = {b1['cv2.dnn'] / b1['pytorch']:.2f})" if "cv2.dnn" in b1 and "pytorch" in b1 else ""
+    busy = (s.get("bench_headline") or "").startswith("The box was busy")  # then no ratio (benchmarks.trust)
+    ratio = f" (cv2.dnn / PyTorch = {b1['cv2.dnn'] / b1['pytorch']:.2f})" if (
+        "cv2.dnn" in b1 and "pytorch" in b1 and not busy) else ""
     lines = [f"  parity PyTorch vs cv2.dnn on {p['images']} images: max |dlogit| {p['max_abs_logit']:.2e}, "
              f"max |dprob| {p['max_abs_prob']:.2e}, top-1 agreement {p['top1_agreement']:.2%}",
              f"  latency p50, batch 1, on {m['cpu']} ({m['cores']} cores): "
              + ", ".join(f"{k} {ms:.1f} ms" for k, ms in b1.items()) + ratio]
+    if busy:
+        lines.append(f"  {s['bench_headline']}")
     if s.get("end_to_end_images_per_s"):
         lines.append("  end to end (files -> logits), images/s: "
                      + ", ".join(f"{k} {v:.1f}" for k, v in s["end_to_end_images_per_s"].items()))

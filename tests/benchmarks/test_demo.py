@@ -182,3 +182,17 @@ def test_the_report_says_the_model_was_trained_on_synthetic_images(demo):
     assert f"- {warning}: {n} of {n}" in (out / "summary.md").read_text()
     assert f"warning on {n} of {n}: {warning}" in text
     assert json.loads((out / "summary.json").read_text())["predict"]["warnings"][warning] == n
+
+
+@pytest.mark.parametrize("busy", [False, True])
+def test_the_printed_speeds_state_no_ratio_when_bench_found_the_box_busy(busy):
+    from medge.benchmarks.demo import speed_lines
+
+    headline = ("The box was busy during this run: ratios not reported; rerun on a quiet box. 1 of 4 latency rows"
+                if busy else "Forward pass p50, batch 1, 2 thread(s): cv2.dnn 10.0 ms; pytorch 12.5 ms")
+    s = {"parity": {"images": 4, "max_abs_logit": 1e-6, "max_abs_prob": 1e-7, "top1_agreement": 1.0},
+         "machine": {"cpu": "Xeon", "cores": 2}, "bench_headline": headline,
+         "latency_p50_ms": {"cv2.dnn batch 1": 10.0, "pytorch batch 1": 12.5}}
+    text = "\n".join(speed_lines(s))
+    assert ("cv2.dnn / PyTorch = 0.80" in text) is not busy
+    assert (headline in text) is busy
