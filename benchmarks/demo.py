@@ -202,25 +202,11 @@ def bench_model(out_dir: Path, cfg: DemoConfig, log) -> dict:
 
     bcfg = BenchConfig(threads=(os.cpu_count() or 1,), warmup=3, repeats=cfg.bench_repeats,
                        e2e_images=cfg.bench_e2e_images, e2e_rounds=2, image_size=cfg.bench_image_px)
-    rec = run_bench(str(out_dir / "bundle"), str(out_dir / "run" / "best.pt"), None, bcfg, log=without_goal_lines(log))
+    rec = run_bench(str(out_dir / "bundle"), str(out_dir / "run" / "best.pt"), None, bcfg, log=lambda msg: log("  " + msg))
     atomic_write_text(out_dir / "bench.json", json.dumps(rec, indent=2) + "\n")
-    atomic_write_text(out_dir / "bench.md", markdown(without_goals(rec)) + "\n")
+    atomic_write_text(out_dir / "bench.md", markdown(rec) + "\n")
     plot(rec, str(out_dir / "bench.png"))
     return rec
-
-
-def without_goals(bench: dict) -> dict:
-    """The bench record as the user's report shows it: their model's speeds on their box, not medge's goals.
-
-    The goals are the project's targets for its own pipeline (ratios such as medge vs a plain loop); a new user's
-    report marking them "no" says nothing about the user's model. They stay in bench.json and benchmarks/results.
-    """
-    return {k: v for k, v in bench.items() if k != "goals"}
-
-
-def without_goal_lines(log):
-    """medge bench's progress for the demo's console, indented, less its closing "goal: ..." lines."""
-    return lambda msg: None if msg.startswith("goal: ") else log("  " + msg)
 
 
 def check_parity(out_dir: Path, data_dir: str, log) -> dict:
@@ -437,13 +423,13 @@ def validate_rule(d: dict) -> str:
 
 
 def speed_markdown(s: dict, bench: dict, rel) -> list[str]:
-    """The report's speed section: the user's model on the user's machine (medge bench's tables, less medge's goals)."""
+    """The report's speed section: the user's model on the user's machine (medge bench's tables: no project goals)."""
     from medge.benchmarks import bench as bench_mod
 
     m = s["machine"]
     return ["## Speed of your model on this machine", "",
             f"Your model's speeds, measured in this run on {m['cpu']} ({m['cores']} cores):", "",
-            bench_mod.markdown(without_goals(bench)), "",
+            bench_mod.markdown(bench), "",
             f"![latency per forward pass]({rel(s['paths']['bench_plot'])})", ""]
 
 
