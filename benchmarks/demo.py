@@ -29,6 +29,7 @@ import json
 import os
 import sys
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -167,12 +168,9 @@ def predict_held_out(out_dir: Path, data_dir: str, log) -> dict:
     op = model.operating_point  # the rule Model.predict labelled by (a fast variant may carry its own)
     rule = rule_text(op.positive, op.threshold) if op is not None else rule_text(None, None)
     log(f"  {len(preds)} held-out images from {held_out_dir} at {rule}: {correct} correct, {failed} failed")
-    counts: dict[str, int] = {}
-    for p in preds:
-        for w in p.warnings:
-            counts[w] = counts.get(w, 0) + 1
+    counts = Counter(w for p in preds for w in p.warnings)
     return {"images": len(preds), "correct": correct, "failed": failed, "accuracy": correct / max(len(preds), 1),
-            "rule": rule, "warnings": dict(sorted(counts.items(), key=lambda kv: -kv[1]))}
+            "rule": rule, "warnings": dict(counts.most_common())}
 
 
 def validate_held_out(out_dir: Path, data_dir: str, log) -> dict:

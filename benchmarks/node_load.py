@@ -56,6 +56,7 @@ import numpy as np
 
 from medge.benchmarks.common import add_out_arguments, check_outputs, emit, environment, research_parser
 from medge.benchmarks.pacs import Orthanc
+from medge.edge.execution.budget import busy_cpu_s
 from medge.edge.model import Model
 from medge.edge.numeric import latency_summary
 from medge.edge.system import machine
@@ -257,12 +258,9 @@ def senders_cpu_s() -> float:
 
 
 def box_busy_s() -> float:
-    """CPU seconds the whole machine has used since boot (all but idle and iowait, /proc/stat), NaN off Linux."""
-    try:
-        ticks = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
-    except (OSError, ValueError):
-        return float("nan")
-    return (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")
+    """CPU seconds the whole machine has used since boot (``edge.execution.budget.busy_cpu_s``), NaN off Linux."""
+    busy = busy_cpu_s()
+    return float("nan") if busy is None else busy
 
 
 def cpu_s(pid: int) -> float:

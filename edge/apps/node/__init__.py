@@ -177,7 +177,7 @@ def run(args: argparse.Namespace) -> int:
         _log(f"warning: --forward-stow {cfg.stow} is http://: the password or token crosses the network unencrypted")
     for warning in stow_warnings:
         _log(f"warning: {warning}")
-    for note in node.outbox_notes():
+    for note in node.outboxes.notes():
         _log(note)
     try:
         stop.wait()

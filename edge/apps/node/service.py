@@ -82,10 +82,6 @@ class Node:
         self.studies.flush(everything=True)
         return self.summary()
 
-    def outbox_notes(self) -> list[str]:
-        """What waits, or was refused, in the outboxes since an earlier run (``Outboxes.notes``)."""
-        return self.outboxes.notes()
-
     def summary(self) -> dict:
         return {**self.scp.counts, **self.classifier.counts, "still_spooled": self.spool.pending(),
                 "studies_written": self.studies.written, **self.outboxes.counts()}

@@ -247,3 +247,12 @@ class NodeProcess:
         finally:
             self.kill()
 
+
+def wait_until(condition, timeout_s: float = 30.0) -> bool:
+    """True as soon as ``condition()`` is (a ceiling for slow machines, not a timing requirement)."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True

@@ -9,7 +9,6 @@ import json
 import shutil
 import ssl
 import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -28,7 +27,7 @@ from medge.edge.apps.node.outbox import (  # noqa: E402
     stow_verdict,
 )
 from medge.edge.errors import UsageError  # noqa: E402
-from tests.edge.apps.node.nodes import certificates  # noqa: E402
+from tests.edge.apps.node.nodes import certificates, wait_until  # noqa: E402
 
 SR_CLASS = "1.2.840.10008.5.1.4.1.1.88.34"
 PASSWORD, TOKEN = "pa55-w0rd:with colon", "t0ken.abc"  # never to appear in a log
@@ -275,21 +274,11 @@ def test_stow_forwarder_thread_sends_what_is_put_while_it_runs(tmp_path):
         thread.start()
         try:
             queue(forwarder, tmp_path, ["1.2.3.1"])
-            assert _wait(lambda: server.stored_uids() == ["1.2.3.1"] and not forwarder.waiting())  # woken by put
+            assert wait_until(lambda: server.stored_uids() == ["1.2.3.1"] and not forwarder.waiting())  # woken by put
         finally:
             stop.set()
             thread.join(10)
     assert not thread.is_alive()
-
-
-def _wait(predicate, timeout_s: float = 20) -> bool:
-    """True as soon as ``predicate()`` is (a ceiling for slow machines, not a timing requirement)."""
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.05)
-    return True
 
 
 @pytest.mark.skipif(shutil.which("openssl") is None, reason="the openssl command is not installed")
@@ -438,12 +427,12 @@ def test_c_store_keeps_its_association_while_results_come_and_lets_go_when_idle(
             assert forwarder.send_round() is True
         assert events == {"requested": 1, "released": 0, "stored": 3}
         sender.idle()
-        assert _wait(lambda: events["released"] == 1)
+        assert wait_until(lambda: events["released"] == 1)
         forwarder.put(*part10(tmp_path, "1.2.3.9"))
         assert forwarder.send_round() is True
         for assoc in list(server.active_associations):  # the PACS drops it (its idle timeout)
             assoc.abort()
-        assert _wait(lambda: not server.active_associations)
+        assert wait_until(lambda: not server.active_associations)
         forwarder.put(*part10(tmp_path, "1.2.3.10"))
         assert forwarder.send_round() is True and forwarder.failures == 0
         assert events["requested"] == 3 and events["stored"] == 5 and forwarder.sent == 5

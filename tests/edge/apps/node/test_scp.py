@@ -13,7 +13,7 @@ from medge.edge.apps.node import scp as scp_module  # noqa: E402
 from medge.edge.apps.node.config import NodeConfig  # noqa: E402
 from medge.edge.apps.node.scp import CANNOT_UNDERSTAND, OUT_OF_RESOURCES, SUCCESS, StorageSCP, check_header  # noqa: E402
 from medge.edge.apps.node.spool import Spool  # noqa: E402
-from tests.edge.apps.node.nodes import write_radiograph  # noqa: E402
+from tests.edge.apps.node.nodes import wait_until, write_radiograph  # noqa: E402
 
 
 @pytest.fixture
@@ -55,15 +55,6 @@ def store(port: int, path, out: dict, key: str) -> None:
         out[key] = int(assoc.send_c_store(path).Status)
     finally:
         assoc.release()
-
-
-def wait_until(condition, timeout_s: float = 30.0) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.01)
-    return True
 
 
 # --- two copies of one instance --------------------------------------------------------------------------------------
