@@ -43,6 +43,7 @@ from medge.edge.errors import BundleError, InferenceError, UsageError
 from medge.edge.execution.budget import ThreadBudget
 from medge.edge.execution.run import NetPool, RunOptions, run_predictions
 from medge.edge.explain import Explainer, Explanation, OcclusionExplainer, default_occlusion
+from medge.edge.findings import FindingsPoint
 from medge.edge.inputs.formats import DEFAULT_MAX_PIXELS
 from medge.edge.inputs.image import load_image, to_gray
 from medge.edge.prediction import Prediction
@@ -78,6 +79,8 @@ class Model:
         # A fast variant may decide by its own, chosen at export by the same rule (edge.runtime.variants).
         self.operating_point: OperatingPoint | None = bundle.operating_point_for(self.engine, self.variant)
         self.own_operating_point = self.operating_point is not bundle.operating_point
+        # a multi-label bundle's per-finding probabilities and decisions (edge.findings); None: single-label
+        self.findings: FindingsPoint | None = bundle.findings
         self.explainer: Explainer | None = bundle.explainer_for(self.engine, self.variant)  # None: no heatmaps
         self.explain_method: str | None = self.explainer.method if self.explainer else None  # "cam", "occlusion"
         self.engine_choice = engine_choice  # which engine, why, and what was tried
@@ -234,7 +237,10 @@ class Model:
         return explainer.explain(self.infer_outputs, blob, classes, self.preprocess_config)[1][0]
 
     def label_indices(self, logits: np.ndarray) -> list[int]:
-        """The predicted class of each row of logits: by the bundle's threshold, else argmax (``edge.decision``)."""
+        """The predicted class of each row of logits: by the bundle's threshold, else argmax (``edge.decision``); for a
+        multi-label bundle, the most probable finding (what a heatmap explains by default, ``edge.findings``)."""
+        if self.findings is not None:
+            return self.findings.label_indices(logits)
         return label_indices(self.operating_point, logits)
 
     def infer(self, blob: np.ndarray, net=None) -> np.ndarray:

@@ -119,6 +119,13 @@ def softmax(logits, temperature: float = 1.0) -> np.ndarray:
     return np.exp(log_softmax(z))
 
 
+def sigmoid(z) -> np.ndarray:
+    """Element-wise logistic function in float64, stable for large |z| (no overflow warning)."""
+    z = np.asarray(z, np.float64)
+    e = np.exp(-np.abs(z))
+    return np.where(z >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
+
+
 def nll(logits, labels, temperature: float = 1.0) -> float:
     """Mean negative log-likelihood (cross-entropy) of integer labels under softmax(logits / temperature).
 

@@ -114,3 +114,13 @@ def user_folder(tmp_path):
         (folder / name).parent.mkdir(parents=True, exist_ok=True)
         (folder / name).write_text(text)
     return folder
+
+
+@pytest.fixture(scope="session")
+def multilabel_bundle(bundle, tmp_path_factory):
+    """The small resnet18 as a multi-label bundle of two findings (tests/edge/multilabel.py): Effusion calibrated
+    (T 1.5, threshold 0.4), Nodule unsupported (no threshold)."""
+    from tests.edge.multilabel import finding_entry, multilabel_copy
+
+    entries = [finding_entry("Effusion", 1.5, 0.4), finding_entry("Nodule", threshold=None)]
+    return multilabel_copy(bundle, tmp_path_factory.mktemp("multilabel") / "bundle", entries)

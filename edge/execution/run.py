@@ -31,6 +31,7 @@ import numpy as np
 from medge.edge.errors import MedgeError
 from medge.edge.execution.budget import LOAD, StageCosts, budget_cores, lone_threads, opencv_threads, plan_budget
 from medge.edge.execution.pipeline import Pipeline
+from medge.edge.findings import label_of
 from medge.edge.inputs.formats import array_info
 from medge.edge.inputs.image import EncodedFile, decode_image, load_image, to_gray
 from medge.edge.inputs.profile import STATS, check_input, image_stats
@@ -105,10 +106,12 @@ class RunCosts:
 
 def prepare(model: Model, item, max_pixels: int, strict: bool = False):
     """Read, preprocess and check one input (runs on a worker thread): (Prediction, model input or None)."""
+    thresholds = model.findings.thresholds if model.findings is not None else None  # a multi-label record's, error or not
     if not isinstance(item, (str, os.PathLike, np.ndarray, EncodedFile)):
-        return Prediction(None, error=f"unsupported input {type(item).__name__}: give a path or a numpy array"), None
+        return Prediction(None, error=f"unsupported input {type(item).__name__}: give a path or a numpy array",
+                          thresholds=thresholds), None
     path = None if isinstance(item, np.ndarray) else item.path if isinstance(item, EncodedFile) else os.fspath(item)
-    pred = Prediction(path)
+    pred = Prediction(path, thresholds=thresholds)
     try:
         t0 = time.perf_counter()
         if path is None:
@@ -167,6 +170,9 @@ def finish(model: Model, batch: list[tuple[Prediction, np.ndarray]], heatmaps: b
 
 def _label(model: Model, batch: list, logits: np.ndarray, explanations: list, per_image_ms: float) -> None:
     """Each prediction of a batch from its logits: calibrated probabilities, label, threshold, heatmap."""
+    if model.findings is not None:
+        _findings(model, batch, logits, explanations, per_image_ms)
+        return
     op = model.operating_point
     probs = softmax(logits) if op is None else op.probabilities(logits)
     labels = model.label_indices(logits)
@@ -177,6 +183,20 @@ def _label(model: Model, batch: list, logits: np.ndarray, explanations: list, pe
         pred.threshold = op.threshold if op is not None else None
         pred.calibrated = op is not None
         pred.timings_ms["inference"] = per_image_ms  # with heatmaps: inference and heatmap together
+        pred.explanation = e
+
+
+def _findings(model: Model, batch: list, logits: np.ndarray, explanations: list, per_image_ms: float) -> None:
+    """A multi-label batch (``edge.findings``): per-finding probabilities and decisions, the positive ones as label."""
+    rules = model.findings
+    probs = rules.probabilities(logits)
+    for (pred, _), z, p, d, e in zip(batch, logits, probs, rules.decisions(probs), explanations, strict=True):
+        pred.logits = [float(v) for v in z]
+        pred.probabilities = {c: float(v) for c, v in zip(model.classes, p, strict=True)}
+        pred.decisions, pred.thresholds = d, rules.thresholds
+        pred.label = label_of(pred.positive_findings)
+        pred.calibrated = rules.calibrated
+        pred.timings_ms["inference"] = per_image_ms
         pred.explanation = e
 
 

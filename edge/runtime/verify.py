@@ -25,6 +25,7 @@ import numpy as np
 from medge.edge.decision import OperatingPoint
 from medge.edge.errors import BundleError, ConfigError, ModelIntegrityError, SelfTestError
 from medge.edge.explain import CamExplainer, Explainer, load_explainer
+from medge.edge.findings import FindingsPoint
 from medge.edge.preprocess import PreprocessConfig
 from medge.edge.runtime.bundle import LOGITS_OUTPUT, MANIFEST_FILE, MODEL_FILE, golden_inputs, read_manifest, sha256_bytes
 from medge.edge.runtime.dnn import forward_batches, forward_outputs_batches, load_net
@@ -45,6 +46,7 @@ class VerifiedBundle:
     backend: str  # a key of edge.runtime.engines.BACKENDS
     variants: dict = field(default_factory=dict)  # name -> edge.runtime.variants.Variant, besides fp32 ({}: none)
     requested_variant: str = AUTO  # auto, or the variant asked for (fp32 forbids the fast ones)
+    findings: FindingsPoint | None = None  # a multi-label bundle's per-finding rules (edge.findings); None: single-label
 
     @property
     def sha256(self) -> str:
@@ -157,7 +159,8 @@ def open_bundle(bundle_dir: str | os.PathLike, backend: str = "cpu", engine: str
     wanted = variant or AUTO
     if wanted not in (AUTO, FP32, *variants):
         raise ConfigError(f"{d}: variant {wanted!r}: this bundle has {[FP32, *variants]} (add variants with medge quantize)")
-    return VerifiedBundle(manifest, data, d, operating_point, explainer, requested, backend, variants, wanted)
+    findings = FindingsPoint.from_manifest(manifest, str(d))  # a multi-label bundle's; checks the section's SHA-256
+    return VerifiedBundle(manifest, data, d, operating_point, explainer, requested, backend, variants, wanted, findings)
 
 
 def self_test(bundle: VerifiedBundle, net, batch_size: int, engine: str, variant: str = FP32) -> float:
