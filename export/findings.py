@@ -1,0 +1,186 @@
+"""Per-finding calibration and thresholds of a multi-label model, chosen at export on the validation split.
+
+A multi-label model gives one logit z_k per finding (``edge.findings``). For each finding, on the validation
+cases whose label is known (an uncertain label masked by ``--uncertain ignore`` is left out of that finding only):
+
+- a temperature T_k by the same bounded NLL fit as single-label (``edge.golive.fit_temperature_bounded``): a
+  sigmoid of z is the softmax of the two logits [0, z], so the fit runs on those stacked logits;
+- a threshold on sigmoid(z / T_k) by the same criterion and confidence as the single-label operating point
+  (``edge.golive.choose_threshold``), moved midway between validation scores (``calibrate.between_scores``);
+- a finding with fewer than ``MIN_PER_CLASS`` validation positives or negatives gets no threshold (null) and the
+  reason (``unsupported``), as torchxrayvision marks such a finding NaN: the edge decides nothing for it;
+- a finding with enough cases for a threshold but too few for the target at that confidence gets the
+  point-estimate threshold, marked ``guarantee.supported`` false. This is automatic per finding (single-label
+  exits 2 without ``--operating-point-unsupported``): with 14 findings one rare finding must not stop the export.
+
+The section also holds the validation figures a site is compared with (``medge validate``, ``medge monitor``):
+per finding the AUC with its interval, sensitivity and specificity at the threshold, Brier score, ECE, the ROC and
+the scores with their truth; for the whole model the macro AUC (mean over findings with an AUC) and the micro AUC
+(every known (case, finding) pair pooled, on the calibrated probabilities).
+Tested by tests/export/test_findings.py.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from medge.edge import golive as ev
+from medge.edge.decision import SECTION, seal
+from medge.edge.errors import ExportError, UsageError
+from medge.edge.findings import MULTILABEL, FindingsPoint
+from medge.edge.numeric import sigmoid
+from medge.export.calibrate import MIN_PER_CLASS, between_scores
+
+CALIBRATION_METHOD = ("temperature scaling per finding: one T_k minimising the validation binary NLL of "
+                      "sigmoid(z_k / T_k) within temperature_range")
+
+
+def _json_number(x) -> float | None:
+    """A float for the manifest, None for NaN or infinity (JSON has neither)."""
+    return float(x) if x is not None and math.isfinite(x) else None
+
+
+def _clean(figures: dict) -> dict:
+    """A figures dict with its NaNs as None."""
+    return {k: _json_number(v) if isinstance(v, float) else v for k, v in figures.items()}
+
+
+def unsupported_reason(positives: int, negatives: int) -> str | None:
+    """Why a finding's validation cases cannot give it a threshold, or None."""
+    if positives >= MIN_PER_CLASS and negatives >= MIN_PER_CLASS:
+        return None
+    return (f"{positives} positives and {negatives} negatives in the validation split: a threshold needs at least "
+            f"{MIN_PER_CLASS} of each")
+
+
+def binary_temperature(z: np.ndarray, y: np.ndarray) -> ev.TemperatureFit:
+    """The bounded temperature fit of sigmoid(z / T) to truth ``y``: the softmax fit on the logits [0, z]."""
+    return ev.fit_temperature_bounded(np.stack([np.zeros_like(z), z], axis=1), y.astype(np.int64))
+
+
+def finding_figures(y: np.ndarray, score: np.ndarray, threshold: float | None) -> dict:
+    """One finding's validation figures on its known cases (``score``: calibrated probabilities)."""
+    both = bool(y.any() and not y.all())
+    figures = {"cases": int(y.size), "n_positive": int(y.sum()), "n_negative": int((~y).sum()),
+               "auc": _clean(ev.auc_ci(y, score)) if both else None,
+               "brier": _json_number(ev.brier_score(y, score)) if y.size else None,
+               "ece": _json_number(ev.reliability(y, score)["ece"]) if y.size else None,
+               "score_of": "calibrated probability", "scores": score.tolist(), "positives": y.astype(int).tolist()}
+    if threshold is not None:
+        binary = ev.binary_figures(y, score, threshold)
+        figures.update({k: _clean(binary[k]) for k in ("sensitivity", "specificity", "ppv", "npv")})
+    if both:
+        fpr, tpr, thr = ev.roc_curve(y, score)
+        figures["roc"] = {"fpr": fpr.tolist(), "tpr": tpr.tolist(), "thresholds": [_json_number(t) for t in thr]}
+    return figures
+
+
+def finding_entry(name: str, z: np.ndarray, y: np.ndarray, criterion: str, confidence: float) -> dict:
+    """One finding of the section from its known validation cases.
+
+    Args:
+        name: the finding. z: (n,) its logits. y: (n,) bool truth (masked cases already left out).
+        criterion: ``sensitivity=X``, ``specificity=X`` or ``youden``. confidence: of the lower bound.
+
+    Returns:
+        {"name", "temperature", "threshold" (None: unsupported), "criterion", "guarantee" or "unsupported",
+        "calibration", "validation"} (``edge.findings``'s contract).
+    """
+    positives, negatives = int(y.sum()), int((~y).sum())
+    reason = unsupported_reason(positives, negatives)
+    entry = {"name": name, "temperature": 1.0, "threshold": None, "criterion": None}
+    if reason is not None:
+        entry.update(unsupported=reason, calibration={"method": "none: too few cases (temperature 1)", "cases": int(y.size),
+                                                      "nll_uncalibrated": None, "nll_calibrated": None, "at_bound": None})
+        entry["validation"] = finding_figures(y, sigmoid(z), None)
+        return entry
+    fit = binary_temperature(z, y)
+    stacked = np.stack([np.zeros_like(z), z], axis=1)
+    score = sigmoid(z / fit.temperature)  # what the edge computes (edge.findings.FindingsPoint.probabilities)
+    chosen = ev.choose_threshold(y, score, ev.parse_criterion(criterion), confidence, unsupported=True)
+    threshold = between_scores(chosen["threshold"], score)
+    entry.update(temperature=fit.temperature, threshold=threshold, criterion=chosen["criterion"],
+                 guarantee=chosen["guarantee"],
+                 calibration={"method": CALIBRATION_METHOD, "cases": int(y.size),
+                              "nll_uncalibrated": ev.nll(stacked, y.astype(np.int64)), "nll_calibrated": fit.nll,
+                              "temperature_range": [fit.low, fit.high], "at_bound": fit.at_bound})
+    entry["validation"] = finding_figures(y, score, threshold)
+    return entry
+
+
+def _check_arrays(logits, targets, findings: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    z, t = np.asarray(logits, np.float64), np.asarray(targets, np.float64)
+    if z.ndim != 2 or z.shape != t.shape or z.shape[1] != len(findings):
+        raise UsageError(f"findings_section: logits {z.shape} and targets {t.shape} must both be (N, {len(findings)})")
+    if not np.isfinite(z).all():
+        raise ExportError("validation logits hold NaN or infinite values: the model is broken")
+    known = t[~np.isnan(t)]
+    if not np.isin(known, (0.0, 1.0)).all():
+        raise UsageError("findings_section: targets must be 1, 0 or NaN (masked)")
+    return z, t
+
+
+def pooled_auc(entries: list[dict], z_scores: list[tuple[np.ndarray, np.ndarray]]) -> dict:
+    """Macro AUC (mean over findings with an AUC) and micro AUC (every known (case, finding) pair pooled)."""
+    aucs = [e["validation"]["auc"]["auc"] for e in entries if e["validation"]["auc"] is not None]
+    y = np.concatenate([yk for yk, _ in z_scores]) if z_scores else np.zeros(0, bool)
+    s = np.concatenate([sk for _, sk in z_scores]) if z_scores else np.zeros(0)
+    micro = ev.auc_ci(y, s) if y.any() and not y.all() else None
+    return {"macro_auc": {"auc": float(np.mean(aucs)) if aucs else None, "findings": len(aucs),
+                          "of": "mean of the per-finding AUCs (findings with both classes in the split)"},
+            "micro_auc": None if micro is None else {**_clean(micro), "pairs": int(y.size),
+                                                     "of": "all known (case, finding) pairs pooled, calibrated probabilities"}}
+
+
+def findings_section(logits, targets, findings: list[str], criterion: str, source: str,
+                     confidence: float = ev.DEFAULT_CONFIDENCE, skipped: int = 0) -> dict:
+    """The sealed multi-label ``operating_point`` manifest section (``edge.findings``) from validation logits.
+
+    Args:
+        logits: (N, K) validation logits, one column per finding. targets: (N, K) 1, 0 or NaN (masked: left out).
+        findings: the K finding names, in the order of the logits. criterion: as single-label's ``--operating-point``.
+        source: where the cases came from. confidence: of the lower bound a target is met by.
+        skipped: validation images that could not be read.
+
+    Returns:
+        the sealed section, accepted by ``FindingsPoint.from_manifest``.
+
+    Raises:
+        UsageError: arrays of the wrong shape or targets other than 1/0/NaN. ExportError: non-finite logits.
+    """
+    z, t = _check_arrays(logits, targets, findings)
+    entries, pooled = [], []
+    for k, name in enumerate(findings):
+        known = ~np.isnan(t[:, k])
+        y = t[known, k] == 1.0
+        entry = finding_entry(name, z[known, k], y, criterion, confidence)
+        entry["validation"]["masked"] = int((~known).sum())
+        entries.append(entry)
+        pooled.append((y, np.asarray(entry["validation"]["scores"], np.float64)))
+    validation = {"source": source, "cases": int(z.shape[0]), "skipped": int(skipped),
+                  "per_finding": {e["name"]: e["validation"]["n_positive"] for e in entries}, **pooled_auc(entries, pooled)}
+    sealed = seal({"task": MULTILABEL, "findings": entries, "validation": validation})
+    FindingsPoint.from_manifest({"task": MULTILABEL, "classes": list(findings), SECTION: sealed})  # the edge accepts it
+    return sealed
+
+
+def summary_lines(section: dict) -> list[str]:
+    """The export log's lines: one per finding (temperature, threshold, guarantee, AUC), then macro and micro AUC."""
+    point = FindingsPoint.from_manifest({"task": MULTILABEL, "classes": [e["name"] for e in section["findings"]],
+                                         SECTION: section})
+    lines = []
+    for rule, e in zip(point.findings, section["findings"], strict=True):
+        v, auc = e["validation"], (e["validation"]["auc"] or {}).get("auc")
+        note = ev.temperature_note(e["calibration"].get("at_bound"), rule.temperature)
+        masked = f" ({v['masked']} masked)" if v.get("masked") else ""
+        head = (f"finding {rule.name!r}: {v['n_positive']} positives / {v['cases']} cases{masked}, "
+                f"T = {rule.temperature:.3f}" + (f" ({note})" if note else ""))
+        decided = ("no threshold (" + rule.guarantee + ")" if rule.threshold is None
+                   else f"threshold {rule.threshold:.4f}: {rule.guarantee}")
+        lines.append(f"{head}; {decided}; AUC {'n/a' if auc is None else f'{auc:.3f}'}")
+    val = section["validation"]
+    macro, micro = val["macro_auc"]["auc"], (val["micro_auc"] or {}).get("auc")
+    lines.append(f"findings: macro AUC {'n/a' if macro is None else f'{macro:.3f}'} over {val['macro_auc']['findings']} "
+                 f"findings, micro AUC {'n/a' if micro is None else f'{micro:.3f}'} ({val['cases']} validation images)")
+    return lines

@@ -1,0 +1,161 @@
+"""Per-finding calibration and thresholds of a multi-label model (export.findings), on hand-made validation arrays."""
+import json
+
+import numpy as np
+import pytest
+
+from medge.edge.decision import SECTION
+from medge.edge.errors import ModelIntegrityError, UsageError
+from medge.edge.findings import FindingsPoint
+from medge.edge.golive.thresholds import guaranteed_rank
+from medge.export.findings import findings_section, summary_lines
+
+FINDINGS = ["Effusion", "Nodule"]
+
+
+def _cases(rng, positives=(100, 80), negatives=(100, 80), masked=(0, 40), separation=(2.0, 1.5), scale=(1.0, 3.0)):
+    """Logits and targets of two findings: finding k has exactly positives[k] positives, negatives[k] negatives and
+    masked[k] masked cases (in a random order), its logit scale[k] * N(separation[k] * truth, 1)."""
+    n = positives[0] + negatives[0] + masked[0]
+    assert all(p + q + m == n for p, q, m in zip(positives, negatives, masked, strict=True))
+    z, t = np.empty((n, len(positives))), np.empty((n, len(positives)))
+    for k in range(len(positives)):
+        t[:, k] = rng.permutation(np.r_[np.ones(positives[k]), np.zeros(negatives[k]), np.full(masked[k], np.nan)])
+        truth = np.nan_to_num(t[:, k], nan=rng.random() < 0.5)
+        z[:, k] = scale[k] * rng.normal(separation[k] * truth, 1.0)
+    return z, t
+
+
+def _point(section, findings=FINDINGS):
+    return FindingsPoint.from_manifest({"task": "multilabel", "classes": list(findings), SECTION: section})
+
+
+def test_each_finding_meets_its_sensitivity_target_by_simulation():
+    """400 validation splits of two findings (100 and 80 positives, the second with 40 masked cases), sensitivity=0.9
+    at 95% confidence: each finding's true sensitivity at its threshold is short of 0.9 in at most about 5% of the
+    exports, as the binomial tail of its rank says (the threshold moved between scores only raises it)."""
+    stats = pytest.importorskip("scipy.stats")
+    rng, runs = np.random.default_rng(3500), 400
+    short = np.zeros(2)
+    for _ in range(runs):
+        z, t = _cases(rng)
+        section = findings_section(z, t, FINDINGS, "sensitivity=0.9", "simulation")
+        for k, e in enumerate(section["findings"]):
+            assert e["guarantee"]["supported"]
+            z_threshold = e["temperature"] * np.log(e["threshold"] / (1 - e["threshold"]))  # the logit it sits on
+            true_sensitivity = stats.norm.sf(z_threshold / (1.0, 3.0)[k] - (2.0, 1.5)[k])
+            short[k] += true_sensitivity < 0.9
+    exact = np.array([stats.binom.cdf(guaranteed_rank(n, 0.9) - 1, n, 0.1) for n in (100, 80)])
+    se = np.sqrt(exact * (1 - exact) / runs)
+    assert np.all(short / runs <= exact + 4 * se) and np.all(exact <= 0.05)
+    assert np.all(short / runs >= exact - 6 * se)  # the bound is used, not a threshold far below it
+
+
+def test_temperature_per_finding_matches_scipy_minimising_the_binary_nll():
+    optimize = pytest.importorskip("scipy.optimize")
+    z, t = _cases(np.random.default_rng(7), scale=(0.5, 3.0))
+    section = findings_section(z, t, FINDINGS, "youden", "test")
+    for k, e in enumerate(section["findings"]):
+        known = ~np.isnan(t[:, k])
+        zk, yk = z[known, k], t[known, k]
+
+        def nll(temperature, zk=zk, yk=yk):
+            p = 1 / (1 + np.exp(-zk / temperature))
+            return -np.mean(yk * np.log(p) + (1 - yk) * np.log1p(-p))
+
+        oracle = optimize.minimize_scalar(nll, bounds=(0.05, 50), method="bounded", options={"xatol": 1e-10}).x
+        assert e["calibration"]["at_bound"] is None
+        assert e["temperature"] == pytest.approx(oracle, rel=1e-5)
+        assert e["calibration"]["nll_calibrated"] == pytest.approx(nll(oracle), rel=1e-9)
+        assert e["calibration"]["nll_uncalibrated"] == pytest.approx(nll(1.0), rel=1e-9)
+    assert section["findings"][1]["temperature"] > 2  # the logits scaled by 3 are over-confident
+
+
+def test_masked_cases_are_left_out_of_their_finding_only():
+    rng = np.random.default_rng(11)
+    z, t = _cases(rng)
+    masked = np.isnan(t[:, 1])
+    other = z.copy()
+    other[masked, 1] = rng.normal(0, 50, masked.sum())  # what a masked case's logit is must not matter
+    a, b = (findings_section(x, t, FINDINGS, "sensitivity=0.9", "test") for x in (z, other))
+    assert a["findings"][1] == b["findings"][1]
+    v = a["findings"][1]["validation"]
+    assert (v["cases"], v["n_positive"], v["n_negative"], v["masked"]) == (160, 80, 80, 40)
+    assert len(v["scores"]) == len(v["positives"]) == 160 and sum(v["positives"]) == 80
+    alone = findings_section(z[~masked][:, [1]], t[~masked][:, [1]], ["Nodule"], "sensitivity=0.9", "test")
+    drop = lambda e: {k: v for k, v in e.items() if k != "validation"}  # noqa: E731
+    assert drop(alone["findings"][0]) == drop(a["findings"][1])
+
+
+def test_a_finding_with_three_positives_has_no_threshold_and_no_decision():
+    z, t = _cases(np.random.default_rng(5), positives=(100, 3), negatives=(100, 197), masked=(0, 0))
+    section = findings_section(z, t, FINDINGS, "sensitivity=0.9", "test")
+    nodule = section["findings"][1]
+    assert nodule["threshold"] is None and nodule["criterion"] is None and "guarantee" not in nodule
+    assert nodule["unsupported"].startswith("3 positives and 197 negatives") and "at least 5" in nodule["unsupported"]
+    point = _point(section)
+    assert point.thresholds["Nodule"] is None and point.thresholds["Effusion"] is not None
+    decisions = point.decisions(point.probabilities(np.array([[9.0, 9.0], [-9.0, -9.0]])))
+    assert decisions == [{"Effusion": True, "Nodule": None}, {"Effusion": False, "Nodule": None}]
+    assert "no threshold (unsupported: 3 positives" in summary_lines(section)[1]
+
+
+def test_a_finding_short_of_the_guarantee_gets_the_point_estimate_marked_unsupported():
+    """20 positives cannot support sensitivity=0.95 at 95% (59 needed): the threshold is the point estimate, marked,
+    and the export goes on (single-label would exit 2 without --operating-point-unsupported)."""
+    z, t = _cases(np.random.default_rng(9), positives=(100, 20), negatives=(100, 180), masked=(0, 0))
+    nodule = findings_section(z, t, FINDINGS, "sensitivity=0.95", "test")["findings"][1]
+    g = nodule["guarantee"]
+    assert nodule["threshold"] is not None and not g["supported"] and (g["n"], g["needed"]) == (20, 59)
+    assert g["estimate"] >= 0.95 and nodule["validation"]["sensitivity"]["value"] >= 0.95
+
+
+def test_macro_and_micro_auc_match_scikit_learn():
+    metrics = pytest.importorskip("sklearn.metrics")
+    z, t = _cases(np.random.default_rng(13))
+    section = findings_section(z, t, FINDINGS, "youden", "test")
+    point = _point(section)
+    p = point.probabilities(z)
+    known = ~np.isnan(t)
+    per = [metrics.roc_auc_score(t[known[:, k], k], p[known[:, k], k]) for k in range(2)]
+    for k, e in enumerate(section["findings"]):
+        assert e["validation"]["auc"]["auc"] == pytest.approx(per[k], abs=1e-12)
+    v = section["validation"]
+    assert v["macro_auc"]["auc"] == pytest.approx(np.mean(per), abs=1e-12) and v["macro_auc"]["findings"] == 2
+    assert v["micro_auc"]["auc"] == pytest.approx(metrics.roc_auc_score(t[known], p[known]), abs=1e-12)
+    assert v["micro_auc"]["pairs"] == int(known.sum()) == 360
+
+
+def test_validation_figures_at_each_threshold_match_scikit_learn():
+    metrics = pytest.importorskip("sklearn.metrics")
+    z, t = _cases(np.random.default_rng(17))
+    section = findings_section(z, t, FINDINGS, "sensitivity=0.9", "test")
+    p = _point(section).probabilities(z)
+    for k, e in enumerate(section["findings"]):
+        known = ~np.isnan(t[:, k])
+        y, s = t[known, k], p[known, k]
+        tn, fp, fn, tp = metrics.confusion_matrix(y, s >= e["threshold"]).ravel()
+        v = e["validation"]
+        assert (v["sensitivity"]["value"], v["specificity"]["value"]) == (tp / (tp + fn), tn / (tn + fp))
+        assert v["brier"] == pytest.approx(metrics.brier_score_loss(y, s), abs=1e-12)
+        assert np.allclose(v["scores"], s, rtol=0, atol=1e-15) and v["positives"] == y.astype(int).tolist()
+        assert not np.any(np.isclose(s, e["threshold"], rtol=0, atol=1e-12))  # no score sits on a threshold
+
+
+def test_an_edited_section_is_refused():
+    z, t = _cases(np.random.default_rng(19))
+    section = json.loads(json.dumps(findings_section(z, t, FINDINGS, "youden", "test")))  # as read from model.json
+    _point(section)
+    section["findings"][0]["threshold"] = 0.01
+    with pytest.raises(ModelIntegrityError, match="does not match its SHA-256"):
+        _point(section)
+
+
+def test_bad_arrays_are_usage_errors():
+    z, t = _cases(np.random.default_rng(23))
+    with pytest.raises(UsageError, match=r"must both be \(N, 3\)"):
+        findings_section(z, t, [*FINDINGS, "Mass"], "youden", "test")
+    t2 = t.copy()
+    t2[0, 0] = -1.0  # an uncertain label that no policy mapped
+    with pytest.raises(UsageError, match="1, 0 or NaN"):
+        findings_section(z, t2, FINDINGS, "youden", "test")
