@@ -59,12 +59,19 @@ from dataclasses import dataclass, replace
 import cv2
 import numpy as np
 
+from medge.edge.findings import MULTILABEL
+
 NOT_FOR_DIAGNOSIS = "medge AI result - not for diagnostic use"
 SCHEME = "99MEDGE"
+# Standard codes of the multi-label SR: DICOM CID 240 "Present-Absent" (SNOMED CT), the TID 1500 row 12 container.
+PRESENT, ABSENT = ("52101004", "SCT", "Present"), ("272519000", "SCT", "Absent")
+QUALITATIVE_EVALUATIONS = ("C0034375", "UMLS", "Qualitative Evaluations")
+ANY_FINDING = ("ANY", SCHEME, "Any finding")  # the exam-level flag, coded in medge's scheme
 SR_SERIES_NUMBER, SC_SERIES_NUMBER = 9901, 9902
 SC_LONG_SIDE_PX = 1024  # the SC's long side at most (module docstring: why)
-SC_DERIVATION = ("heatmap of where the model looked, drawn over the image the model saw (its input), resampled to "
-                 "the source's proportions; " + NOT_FOR_DIAGNOSIS)
+SC_DRAWN = (", drawn over the image the model saw (its input), resampled to the source's proportions; "
+            + NOT_FOR_DIAGNOSIS)
+SC_DERIVATION = "heatmap of where the model looked" + SC_DRAWN
 
 
 @dataclass(frozen=True)
@@ -92,6 +99,43 @@ class Finding:
     def per_model(self) -> tuple:
         """What is the same for every instance the model classifies (an SR template is made for it)."""
         return self.classes, self.threshold, self.positive, self.operating_point
+
+
+@dataclass(frozen=True)
+class Findings:
+    """One instance's multi-label result (``edge.findings``), as the SR states it: each finding's calibrated
+    probability and decision (present True, absent False, undecided None: the finding has no threshold), with what
+    is the same for every instance, the findings' thresholds and what each threshold guarantees."""
+
+    names: tuple[str, ...]
+    probabilities: dict[str, float]
+    decisions: dict[str, bool | None]
+    thresholds: tuple[float | None, ...]  # per finding, in the order of ``names``; None: unsupported
+    operating_points: tuple[str, ...]  # per finding: what its threshold guarantees, or why it has none
+    warnings: tuple[str, ...] = ()
+
+    def __post_init__(self):
+        if not (len(self.names) == len(self.thresholds) == len(self.operating_points)):
+            raise ValueError(f"{len(self.names)} findings, {len(self.thresholds)} thresholds and "
+                             f"{len(self.operating_points)} operating points: one each")
+        for name, threshold in zip(self.names, self.thresholds, strict=True):
+            if (self.decisions.get(name) is None) != (threshold is None):
+                raise ValueError(f"finding {name!r}: decision {self.decisions.get(name)!r} with threshold "
+                                 f"{threshold!r} (a finding is decided exactly when it has a threshold)")
+
+    def per_model(self) -> tuple:
+        """What is the same for every instance the model classifies (an SR template is made for it)."""
+        return MULTILABEL, self.names, self.thresholds, self.operating_points
+
+    @property
+    def positive(self) -> list[str]:
+        """The findings decided present, in the model's order."""
+        return [n for n in self.names if self.decisions.get(n)]
+
+    @property
+    def undecided(self) -> list[str]:
+        """The findings without a threshold (unsupported): neither present nor absent."""
+        return [n for n, t in zip(self.names, self.thresholds, strict=True) if t is None]
 
 
 ACQUISITION_EQUIPMENT = "109101"  # DCM code of the source's own equipment in a Contributing Equipment Sequence
@@ -248,16 +292,91 @@ def _comment(text: str):
     return hd.sr.TextContentItem(name=codes.DCM.Comment, value=text, relationship_type="CONTAINS")
 
 
-def build_sr(source, finding: Finding, algorithm: Algorithm, series_uid: str, instance_uid: str):
-    """The Comprehensive 3D SR (TID 1500) of ``finding`` on ``source`` (a pydicom Dataset; pixels not needed)."""
-    import highdicom as hd
+# --- multi-label: one measurement group per finding ---------------------------------------------------------------
+def _coded(code: tuple[str, str, str]):
     from highdicom.sr import CodedConcept
-    from pydicom.sr.codedict import codes
 
-    source = _with_type2(source)
-    algorithm_id = hd.sr.AlgorithmIdentification(name=algorithm.name[:64], version=algorithm.version[:64],
-                                                 parameters=[f"model sha256 {algorithm.model_sha256}",
-                                                             *([algorithm.runtime] if algorithm.runtime else [])])
+    return CodedConcept(value=code[0], scheme_designator=code[1], meaning=code[2])
+
+
+def _finding_tracking(instance_uid: str, algorithm: Algorithm, k: int, name: str):
+    """The tracking identifier of finding ``k``'s measurement group (a UID per instance and finding)."""
+    import highdicom as hd
+
+    return hd.sr.TrackingIdentifier(uid=result_uid(instance_uid, algorithm.model_sha256, f"track:C{k}"),
+                                    identifier=f"medge finding {name}"[:64])
+
+
+def _finding_probability(k: int, name: str, value: float):
+    import highdicom as hd
+
+    return hd.sr.Measurement(name=_code(f"C{k}", f"Probability of {name}"), value=float(value), unit=_unit())
+
+
+def _presence(k: int, name: str, present: bool):
+    """Finding ``k`` present or absent (TID 1501's qualitative evaluation: the finding's code, CID 240's value)."""
+    import highdicom as hd
+
+    return hd.sr.QualitativeEvaluation(name=_code(f"C{k}", name), value=_coded(PRESENT if present else ABSENT))
+
+
+def _finding_groups(source, findings: Findings, algorithm: Algorithm, instance_uid: str) -> list:
+    """A multi-label SR's measurement groups, one per finding: the finding (``finding_type``), its probability, its
+    threshold and presence when it has a threshold (else a comment that it is not decided), what the threshold
+    guarantees, the warnings."""
+    import highdicom as hd
+
+    algorithm_id = _algorithm_id(algorithm)
+    groups = []
+    for k, (name, threshold, guarantee) in enumerate(zip(findings.names, findings.thresholds,
+                                                         findings.operating_points, strict=True)):
+        measurements = [_finding_probability(k, name, findings.probabilities[name])]
+        decision = findings.decisions[name]
+        if threshold is not None:
+            measurements.append(hd.sr.Measurement(name=_code("THRESHOLD", f"Operating threshold for {name}"),
+                                                  value=float(threshold), unit=_unit(), algorithm_id=algorithm_id))
+        group = hd.sr.MeasurementsAndQualitativeEvaluations(
+            tracking_identifier=_finding_tracking(instance_uid, algorithm, k, name), finding_type=_code(f"C{k}", name),
+            algorithm_id=algorithm_id, source_images=[hd.sr.SourceImageForMeasurementGroup.from_source_image(source)],
+            measurements=measurements, qualitative_evaluations=None if decision is None else [_presence(k, name,
+                                                                                                         decision)],
+        )
+        comments = [f"operating point: {guarantee}"]
+        if decision is None:
+            comments.append(f"not decided: {name} has no threshold, so it is stated neither present nor absent")
+        group[0].ContentSequence.extend(_comment(text) for text in [*comments, *(f"warning: {text}" for text
+                                                                                 in findings.warnings)])
+        groups.append(group)
+    return groups
+
+
+def _exam_flag(findings: Findings):
+    """The report's qualitative evaluation (TID 1500 row 12): any finding present, the exam-level flag."""
+    import highdicom as hd
+
+    container = hd.sr.ContainerContentItem(name=_coded(QUALITATIVE_EVALUATIONS), relationship_type="CONTAINS")
+    decided = [n for n in findings.names if n not in findings.undecided]
+    about = (f"exam-level flag: Present when any decided finding ({', '.join(decided) or 'none'}) is present"
+             + (f"; not decided: {', '.join(findings.undecided)}" if findings.undecided else ""))
+    container.ContentSequence = hd.sr.ContentSequence([
+        hd.sr.CodeContentItem(name=_coded(ANY_FINDING), value=_coded(PRESENT if findings.positive else ABSENT),
+                              relationship_type="CONTAINS"), _comment(about)])
+    return container
+
+
+def _algorithm_id(algorithm: Algorithm):
+    import highdicom as hd
+
+    return hd.sr.AlgorithmIdentification(name=algorithm.name[:64], version=algorithm.version[:64],
+                                         parameters=[f"model sha256 {algorithm.model_sha256}",
+                                                     *([algorithm.runtime] if algorithm.runtime else [])])
+
+
+def _label_group(source, finding: Finding, algorithm: Algorithm, instance_uid: str) -> list:
+    """A single-label SR's one measurement group: the label as its finding, the probabilities, the threshold."""
+    import highdicom as hd
+
+    algorithm_id = _algorithm_id(algorithm)
     measurements = _probabilities(finding)
     if finding.threshold is not None:
         about = f" for {finding.positive}" if finding.positive else ""
@@ -271,6 +390,21 @@ def build_sr(source, finding: Finding, algorithm: Algorithm, series_uid: str, in
     comments = ([f"operating point: {finding.operating_point}"] if finding.operating_point else []) + [
         f"warning: {text}" for text in finding.warnings]
     group[0].ContentSequence.extend(_comment(text) for text in comments)
+    return [group]
+
+
+def build_sr(source, finding: Finding | Findings, algorithm: Algorithm, series_uid: str, instance_uid: str):
+    """The Comprehensive 3D SR (TID 1500) of ``finding`` on ``source`` (a pydicom Dataset; pixels not needed):
+    a single-label ``Finding`` or a multi-label ``Findings`` (one measurement group per finding)."""
+    import highdicom as hd
+    from highdicom.sr import CodedConcept
+    from pydicom.sr.codedict import codes
+
+    source = _with_type2(source)
+    if isinstance(finding, Findings):
+        groups, more = _finding_groups(source, finding, algorithm, instance_uid), [_exam_flag(finding)]
+    else:
+        groups, more = _label_group(source, finding, algorithm, instance_uid), []
     observer = hd.sr.ObserverContext(
         observer_type=codes.DCM.Device,
         observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
@@ -279,8 +413,9 @@ def build_sr(source, finding: Finding, algorithm: Algorithm, series_uid: str, in
     content = hd.sr.MeasurementReport(
         observation_context=hd.sr.ObservationContext(observer_device_context=observer),
         procedure_reported=CodedConcept(value="363679005", scheme_designator="SCT", meaning="Imaging procedure"),
-        imaging_measurements=[group],
+        imaging_measurements=groups,
     )
+    content[0].ContentSequence.extend(more)  # TID 1500 row 12: the report's own qualitative evaluations
     return hd.sr.Comprehensive3DSR(
         evidence=[source], content=content[0], series_instance_uid=series_uid, series_number=SR_SERIES_NUMBER,
         sop_instance_uid=instance_uid, instance_number=instance_number(instance_uid), manufacturer="medge",
@@ -335,14 +470,13 @@ class SRTemplate:
         placeholder.SOPInstanceUID = placeholder.StudyInstanceUID = placeholder.SeriesInstanceUID = "2.25.0"
         placeholder.Rows = placeholder.Columns = 1  # an image, as highdicom checks of a source
         placeholder = _with_type2(placeholder)
-        model = replace(finding, probabilities=dict.fromkeys(finding.classes, 0.0), label=finding.classes[0],
-                        warnings=())
+        model = _blank(finding)
         self.algorithm, self.per_model = algorithm, finding.per_model()
         self.sr = build_sr(placeholder, model, algorithm, "2.25.0", "2.25.0")
         self._placeholder_tags = set(_patient_and_study(placeholder))
         self._ours = self.sr.ContributingEquipmentSequence[0]  # the placeholder names no acquisition equipment
 
-    def fill(self, source, finding: Finding, series_uid: str, instance_uid: str):
+    def fill(self, source, finding: Finding | Findings, series_uid: str, instance_uid: str):
         """The SR of ``finding`` on ``source``, as ``build_sr(source, finding, self.algorithm, ...)`` makes it."""
         import copy
 
@@ -370,20 +504,47 @@ class SRTemplate:
         ds.ContentSequence = self._content(source, finding, instance_uid)
         return ds
 
-    def _content(self, source, finding: Finding, instance_uid: str) -> list:
-        """The template's content tree with the instance's measurement group in it."""
-        import highdicom as hd
-
-        fresh = [*_tracking(instance_uid, self.algorithm), _finding_item(finding),
-                 *(m[0] for m in _probabilities(finding)), hd.sr.SourceImageForMeasurementGroup.from_source_image(source)]
-        by_concept = {_concept(item): item for item in fresh}
+    def _content(self, source, finding: Finding | Findings, instance_uid: str) -> list:
+        """The template's content tree with the instance's measurement groups (and exam-level flag) in it."""
         root = list(self.sr.ContentSequence)
         at = next(i for i, item in enumerate(root) if _concept(item) == ("CONTAINER", "126010", "DCM"))
-        group = root[at].ContentSequence[0]  # "Imaging Measurements" holds the one "Measurement Group"
-        items = [by_concept.get(_concept(item), item) for item in group.ContentSequence]
-        items += [_comment(f"warning: {text}") for text in finding.warnings]
-        root[at] = _shallow(root[at], ContentSequence=[_shallow(group, ContentSequence=items)])
+        groups = root[at].ContentSequence  # "Imaging Measurements" holds the "Measurement Group"s, one per finding
+        filled = []
+        for group, fresh in zip(groups, self._fresh(source, finding, instance_uid), strict=True):
+            by_concept = {_concept(item): item for item in fresh}
+            items = [by_concept.get(_concept(item), item) for item in group.ContentSequence]
+            items += [_comment(f"warning: {text}") for text in finding.warnings]  # each group its own items
+            filled.append(_shallow(group, ContentSequence=items))
+        root[at] = _shallow(root[at], ContentSequence=filled)
+        if isinstance(finding, Findings):
+            flag = ("CONTAINER", *QUALITATIVE_EVALUATIONS[:2])
+            root = [_exam_flag(finding) if _concept(item) == flag else item for item in root]
         return root
+
+    def _fresh(self, source, finding: Finding | Findings, instance_uid: str) -> list[list]:
+        """Per measurement group, the items that differ per instance (what is the same is the template's)."""
+        import highdicom as hd
+
+        if not isinstance(finding, Findings):
+            return [[*_tracking(instance_uid, self.algorithm), _finding_item(finding),
+                     *(m[0] for m in _probabilities(finding)),
+                     hd.sr.SourceImageForMeasurementGroup.from_source_image(source)]]
+        fresh = []
+        for k, name in enumerate(finding.names):
+            decision = finding.decisions[name]
+            fresh.append([*_finding_tracking(instance_uid, self.algorithm, k, name),
+                          _finding_probability(k, name, finding.probabilities[name])[0],
+                          *([] if decision is None else _presence(k, name, decision)),
+                          hd.sr.SourceImageForMeasurementGroup.from_source_image(source)])
+        return fresh
+
+
+def _blank(finding: Finding | Findings) -> Finding | Findings:
+    """``finding`` with what differs per instance set to placeholders: the model's part, for a template."""
+    if isinstance(finding, Findings):
+        return replace(finding, probabilities=dict.fromkeys(finding.names, 0.0),
+                       decisions=_undecided_or_absent(finding.names, finding.thresholds), warnings=())
+    return replace(finding, probabilities=dict.fromkeys(finding.classes, 0.0), label=finding.classes[0], warnings=())
 
 
 @functools.lru_cache(maxsize=64)
@@ -444,9 +605,29 @@ def _template(algorithm: Algorithm, classes: tuple, threshold, positive, operati
     return SRTemplate(algorithm, finding)
 
 
-def sr_template(algorithm: Algorithm, finding: Finding) -> SRTemplate:
-    """The SR template of ``algorithm`` for ``finding``'s model (its classes, threshold, operating point), made on
-    first use and kept."""
+@functools.lru_cache(maxsize=4)
+def _findings_template(algorithm: Algorithm, names: tuple, thresholds: tuple, operating_points: tuple) -> SRTemplate:
+    decisions = _undecided_or_absent(names, thresholds)
+    return SRTemplate(algorithm, Findings(names, dict.fromkeys(names, 0.0), decisions, thresholds, operating_points))
+
+
+def _undecided_or_absent(names, thresholds) -> dict[str, bool | None]:
+    return {n: None if t is None else False for n, t in zip(names, thresholds, strict=True)}
+
+
+def sr_template(algorithm: Algorithm, finding: Finding | Findings) -> SRTemplate:
+    """The SR template of ``algorithm`` for ``finding``'s model, made on first use and kept.
+
+    Args:
+        algorithm: what makes the results.
+        finding: an instance's result: a ``Finding`` (its classes, threshold and operating point make the model's
+            part) or a multi-label ``Findings`` (its findings, thresholds and operating points).
+
+    Returns:
+        The model's ``SRTemplate``.
+    """
+    if isinstance(finding, Findings):
+        return _findings_template(algorithm, *finding.per_model()[1:])
     return _template(algorithm, *finding.per_model())
 
 
@@ -474,17 +655,54 @@ def display_size(source, fallback: tuple[int, int]) -> tuple[int, int]:
     return max(1, round(height * scale)), max(1, round(width * scale))
 
 
-def heatmap_rgb(explanation, source) -> np.ndarray:
+def heatmap_rgb(explanation, source, legend=()) -> np.ndarray:
     """The SC's pixels: ``explanation``'s overlay (an ``edge.explain.Explanation``) at ``display_size``, RGB uint8.
 
     The image the model saw is resampled to that size first and the heatmap drawn over it there (``overlay``
     resizes the heatmap itself), so the colours are smooth at any size.
+
+    Args:
+        explanation: the heatmap and the image the model saw.
+        source: the source instance's header (its size and pixel spacing).
+        legend: lines of text burned in at the top left (a multi-label SC's, ``findings_legend``); none by default.
+
+    Returns:
+        uint8 (rows, columns, 3), RGB.
     """
     seen = explanation.image
     rows, cols = display_size(source, seen.shape[:2])
     shrink = rows * cols < seen.shape[0] * seen.shape[1]
     base = cv2.resize(seen, (cols, rows), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
-    return cv2.cvtColor(explanation.overlay(base), cv2.COLOR_BGR2RGB)
+    bgr = explanation.overlay(base)
+    if legend:
+        _draw_legend(bgr, legend)
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
+def findings_legend(findings: Findings, explained: str) -> list[str]:
+    """The legend of a multi-label SC: the finding the heatmap explains (the most probable one) and its probability,
+    the positive findings, and the undecided ones (no threshold)."""
+    lines = [f"heatmap: {explained} (p {findings.probabilities[explained]:.2f})",
+             f"positive: {', '.join(findings.positive) or 'none'}"]
+    if findings.undecided:
+        lines.append(f"not decided: {', '.join(findings.undecided)}")
+    return lines
+
+
+def _draw_legend(bgr: np.ndarray, lines) -> None:
+    """``lines`` in white on black boxes at the top left of ``bgr``, in place; the text scaled to the image's width
+    (what does not fit is cut off at the edge). ASCII only: OpenCV's fonts have no other characters."""
+    scale = max(0.35, bgr.shape[1] / 1400)
+    thickness = max(1, round(scale * 1.5))
+    y = 0
+    for line in lines:
+        text = line.encode("ascii", "replace").decode()
+        (width, height), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, thickness)
+        pad = max(2, height // 4)
+        cv2.rectangle(bgr, (0, y), (width + 2 * pad, y + height + base + 2 * pad), (0, 0, 0), cv2.FILLED)
+        cv2.putText(bgr, text, (pad, y + pad + height), cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), thickness,
+                    cv2.LINE_AA)
+        y += height + base + 2 * pad
 
 
 def _source_image(source):
@@ -512,9 +730,11 @@ def _copy_anatomy(sc, source) -> None:
         sc.Laterality = None
 
 
-def build_heatmap_sc(source, rgb, algorithm: Algorithm, series_uid: str, instance_uid: str):
+def build_heatmap_sc(source, rgb, algorithm: Algorithm, series_uid: str, instance_uid: str,
+                     explained: str | None = None):
     """The heatmap overlay ``rgb`` (H x W x 3 uint8, ``heatmap_rgb``) as a Secondary Capture of ``source``'s patient
-    and study, referencing ``source`` as the image it was derived from."""
+    and study, referencing ``source`` as the image it was derived from; ``explained``: the finding a multi-label
+    SC's heatmap is of (its Derivation Description names it and the legend)."""
     import highdicom as hd
 
     source = _with_type2(source)
@@ -533,7 +753,9 @@ def build_heatmap_sc(source, rgb, algorithm: Algorithm, series_uid: str, instanc
     sc.copy_patient_and_study_information(source)  # Study Description and the rest, as the SR has them
     _copy_anatomy(sc, source)
     sc.SourceImageSequence = [_source_image(source)]
-    sc.DerivationDescription = SC_DERIVATION
+    sc.DerivationDescription = SC_DERIVATION if explained is None else (
+        f"heatmap of where the model looked for {explained}, the most probable finding; legend burned in: the "
+        f"positive findings{SC_DRAWN}")[:1024]
     if source.get("LossyImageCompression") == "01":  # once lossy, every image derived from it says so (C.7.6.1.1.5)
         sc.LossyImageCompression = "01"
     sc.BurnedInAnnotation = "YES"

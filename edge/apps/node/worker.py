@@ -121,7 +121,8 @@ class Classifier:
         try:
             source = pydicom.dcmread(item.path, stop_before_pixels=True)
         except Exception as e:  # checked when received; a damaged spool file is recorded, never retried forever
-            source, pred = None, Prediction(pred.path, error=f"the spooled file cannot be read again ({type(e).__name__})")
+            source, pred = None, Prediction(pred.path, error=f"the spooled file cannot be read again ({type(e).__name__})",
+                                            thresholds=pred.thresholds)  # a multi-label record stays one
         status, reason = self.status(pred, source)
         record = {**pred.to_record(self.model.sha256, self.model.runtime),
                   "path": item.path.name, "status": status, "reason": reason,
@@ -129,6 +130,8 @@ class Classifier:
                   "sr": None, "sc": None}
         if status == "skipped":  # the model may have run, but its output is no result: none in the record either
             record.update(label=None, probabilities=None, logits=None, threshold=None)
+            if "decisions" in record:  # a multi-label bundle's: no decisions either, as in its error records
+                record.update(decisions=None, positive_findings=None, any_positive=None)
         if status == "classified":
             try:
                 record.update(self.write_results(source, pred, datetime.datetime.fromtimestamp(item.received_at)))
@@ -176,11 +179,7 @@ class Classifier:
                                               runtime=f"{self.model.engine} engine, {self.model.variant} variant")
         sop = str(source.SOPInstanceUID)
         key = (sop, self.model.sha256)
-        op = self.model.operating_point  # the bundle's threshold and positive class, when it has them (else argmax)
-        threshold, positive = (op.threshold, op.positive) if op is not None else (None, None)
-        finding = report.Finding(classes=tuple(self.model.classes), probabilities=dict(pred.probabilities),
-                                 label=pred.label, threshold=threshold, positive=positive, warnings=tuple(pred.warnings),
-                                 operating_point=op.guarantee if threshold is not None else None)
+        finding = self.finding(pred)
         study = str(source.StudyInstanceUID)
         sr = report.sr_template(self.algorithm, finding).fill(
             source, finding, series_uid=report.result_uid(study, self.model.sha256, "sr"),
@@ -189,12 +188,33 @@ class Classifier:
         out = {"sr": self._save(sr, f"{uid_hash(sop)}.sr.dcm"), "sr_sop_instance_uid": str(sr.SOPInstanceUID)}
         if self.cfg.heatmap_sc and pred.explanation is not None:
             series = str(source.get("SeriesInstanceUID") or study)  # Type 1, yet a source without one still gets its SC
-            sc = report.build_heatmap_sc(source, report.heatmap_rgb(pred.explanation, source), self.algorithm,
+            explained = self.model.classes[pred.explanation.class_index]
+            legend = report.findings_legend(finding, explained) if isinstance(finding, report.Findings) else ()
+            sc = report.build_heatmap_sc(source, report.heatmap_rgb(pred.explanation, source, legend), self.algorithm,
                                          series_uid=report.result_uid(series, self.model.sha256, "sc"),
-                                         instance_uid=report.result_uid(*key, "sc"))
+                                         instance_uid=report.result_uid(*key, "sc"),
+                                         explained=explained if legend else None)
             report.stamp(sc, received)
             out.update(sc=self._save(sc, f"{uid_hash(sop)}.sc.dcm"), sc_sop_instance_uid=str(sc.SOPInstanceUID))
         return out
+
+    def finding(self, pred: Prediction):
+        """What the SR states of ``pred``: a ``report.Finding`` (label, probabilities, the bundle's operating threshold
+        when it has one), or for a multi-label bundle a ``report.Findings`` (each finding's probability, decision,
+        threshold and what the threshold guarantees)."""
+        from medge.edge.apps.node import report
+
+        rules = self.model.findings
+        if rules is not None:
+            return report.Findings(names=tuple(rules.names), probabilities=dict(pred.probabilities),
+                                   decisions=dict(pred.decisions), thresholds=tuple(r.threshold for r in rules.findings),
+                                   operating_points=tuple(r.guarantee for r in rules.findings),
+                                   warnings=tuple(pred.warnings))
+        op = self.model.operating_point  # the bundle's threshold and positive class, when it has them (else argmax)
+        threshold, positive = (op.threshold, op.positive) if op is not None else (None, None)
+        return report.Finding(classes=tuple(self.model.classes), probabilities=dict(pred.probabilities),
+                              label=pred.label, threshold=threshold, positive=positive, warnings=tuple(pred.warnings),
+                              operating_point=op.guarantee if threshold is not None else None)
 
     def _save(self, ds, name: str) -> str:
         """Encode once; write to reports/ and each outbox (--forward, --forward-stow), each atomically."""
