@@ -53,6 +53,8 @@ from medge.edge.runtime.choice import EngineChoice, choose_engine
 from medge.edge.runtime.dnn import forward_batches, forward_outputs_batches
 from medge.edge.runtime.verify import VerifiedBundle, open_bundle
 
+ALL_CLASSES = "all"  # predict_iter(heatmaps=["all"]): one heatmap per class (a multi-label bundle's findings)
+
 
 class Model:
     """A loaded, verified bundle running on the engine chosen here. Build with ``Model.load``; complete when built.
@@ -243,6 +245,33 @@ class Model:
             return self.findings.label_indices(logits)
         return label_indices(self.operating_point, logits)
 
+    def heatmap_classes(self, names) -> tuple[int, ...]:
+        """The class indices of the names a heatmap per name is asked for (``predict_iter(heatmaps=[...])``).
+
+        Args:
+            names: class names (a multi-label bundle's findings), or ``["all"]`` for every class, in the bundle's order.
+
+        Returns:
+            Their indices, in the order given, each once.
+
+        Raises:
+            UsageError: no name, or a name the bundle does not have (the message lists those it has).
+        """
+        names = list(names)
+        if names == [ALL_CLASSES] and ALL_CLASSES not in self.classes:
+            return tuple(range(len(self.classes)))
+        unknown = [n for n in names if n not in self.classes]
+        if unknown or not names:
+            raise UsageError(f"{self.bundle_dir}: no heatmap for {unknown or 'no class'}: this bundle's "
+                             f"{'findings' if self.findings is not None else 'classes'} are {self.classes} "
+                             f"(or '{ALL_CLASSES}')")
+        return tuple(dict.fromkeys(self.classes.index(n) for n in names))
+
+    def error_prediction(self, path: str | None, error: str) -> Prediction:
+        """The Prediction of an input that failed before the model ran (unreadable, lost): its error, and, for a
+        multi-label bundle, the findings' thresholds, so that its record has the same keys as the others."""
+        return Prediction(path, error=error, thresholds=self.findings.thresholds if self.findings is not None else None)
+
     def infer(self, blob: np.ndarray, net=None) -> np.ndarray:
         """Logits for a preprocessed (N, C, H, W) float32 blob, in chunks the model accepts (``net``: default
         this thread's)."""
@@ -250,7 +279,7 @@ class Model:
         return forward_batches(net if net is not None else self.thread_net(), blob, self.chw, len(self.classes), step)
 
     def predict_iter(self, inputs, batch_size: int = 8, workers: int | None = None, max_pixels: int = DEFAULT_MAX_PIXELS,
-                     strict: bool = False, heatmaps: bool = False, streams: int | None = None):
+                     strict: bool = False, heatmaps: bool | list[str] = False, streams: int | None = None):
         """Yield one Prediction per input, in input order, as soon as each batch is done.
 
         Three ways to run, chosen by ``edge.execution`` (``edge.execution.budget`` explains why):
@@ -273,11 +302,14 @@ class Model:
             max_pixels: refuse larger images.
             strict: an input with warnings (``edge.inputs.profile``) is refused instead of labelled.
             heatmaps: also explain each classified input (``Prediction.explanation``, the predicted
-                class); with CAM from the same forward pass. BundleError if the bundle has none.
+                class; a multi-label bundle's most probable finding); with CAM from the same forward pass.
+                A list of class (finding) names, or ``["all"]``: one heatmap per name instead
+                (``Prediction.explanations``, in that order; ``heatmap_classes``). BundleError if the bundle has none.
             streams: at most this many forward passes at once in the pipeline (default: ``min(workers, 8)``).
 
         Raises:
-            UsageError: workers < 0 or streams < 1. BundleError: heatmaps asked of a bundle without them.
+            UsageError: workers < 0 or streams < 1, or a heatmap class the bundle does not have.
+            BundleError: heatmaps asked of a bundle without them.
         """
         if workers is not None and workers < 0:
             raise UsageError(f"workers must be 0 or more, got {workers}")
@@ -285,11 +317,12 @@ class Model:
             raise UsageError(f"streams must be 1 or more, got {streams}")
         if heatmaps:
             self.require_heatmaps()
+            heatmaps = heatmaps if heatmaps is True else self.heatmap_classes(heatmaps)
         run = RunOptions(max(1, batch_size if self.dynamic_batch else 1), max_pixels, strict, heatmaps)
         yield from run_predictions(self, inputs, run, workers, streams)
 
     def predict(self, inputs, batch_size: int = 8, workers: int | None = None, max_pixels: int = DEFAULT_MAX_PIXELS,
-                strict: bool = False, heatmaps: bool = False, streams: int | None = None) -> list[Prediction]:
+                strict: bool = False, heatmaps: bool | list[str] = False, streams: int | None = None) -> list[Prediction]:
         """Predict one path or array, or a list of them; returns a list of Predictions in order."""
         if isinstance(inputs, (str, os.PathLike, np.ndarray)):
             inputs = [inputs]

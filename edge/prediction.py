@@ -34,6 +34,8 @@ class Prediction:
     # multi-label bundles only (edge.findings): per finding present / absent / undecided (None), and its threshold
     decisions: dict[str, bool | None] | None = None
     thresholds: dict[str, float | None] | None = None
+    # predict(..., heatmaps=[names]) only: one Explanation per class (finding) asked for, in that order
+    explanations: list[Explanation] | None = field(default=None, repr=False)
 
     @property
     def positive_findings(self) -> list[str] | None:

@@ -25,23 +25,31 @@ With --strict an input with warnings fails instead of being labelled.
 model looked for the class it predicted, over the image it saw (see ``edge.explain``),
 and the record says which file (``heatmap``). Existing files are never replaced
 without --overwrite (checked before any work).
+
+A multi-label bundle (``edge.findings``) writes, per input, each finding's probability,
+decision (present, absent, or null when the finding has no threshold) and threshold, the
+positive findings and the exam-level flag ``any_positive``; its CSV has the per-finding
+columns of ``edge.apps.records``, and the summary counts each finding. Its heatmap explains
+the most probable finding (the record's ``heatmap_finding``); ``--heatmap-finding NAME``
+(repeatable, or ``all``) writes one per finding named instead, DIR/<name>.<finding>.heatmap.png,
+listed in the record's ``heatmaps``.
 """
 from __future__ import annotations
 
 import argparse
 import io
+import re
 import sys
 from contextlib import contextmanager
 from pathlib import Path
 
 from medge.edge.apps.options import add_model_arguments, add_shard_argument, add_strict_argument, load_model
-from medge.edge.apps.records import RecordWriter
-from medge.edge.errors import MedgeError
+from medge.edge.apps.records import FindingCounts, RecordWriter
+from medge.edge.errors import MedgeError, UsageError
 from medge.edge.inputs.image import write_image
 from medge.edge.inputs.scanning import scan_inputs
 from medge.edge.outputs import check_output_dir, check_output_file, make_output_dir, open_atomic, output_names, wrote
 from medge.edge.paths import TEXT_ERRORS, shown
-from medge.edge.prediction import Prediction
 from medge.edge.progress import ProgressLine
 
 HEATMAP_SUFFIX = ".heatmap.png"  # DIR/<input stem>.heatmap.png
@@ -59,21 +67,61 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--format", choices=["jsonl", "csv"], default="jsonl", help="record format (default: %(default)s)")
     p.add_argument("--heatmaps", metavar="DIR",
                    help=f"also write a heatmap overlay per classified input: DIR/<name>{HEATMAP_SUFFIX} (created if missing)")
+    p.add_argument("--heatmap-finding", action="append", metavar="NAME",
+                   help="with --heatmaps: explain this finding (or class) instead of the predicted one, one file per "
+                        f"name: DIR/<name>.<finding>{HEATMAP_SUFFIX}; repeatable; 'all': every finding")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out file and --heatmaps files")
     return p
 
 
-def write_heatmap(pred, target: Path, rec: dict) -> bool:
+def finding_part(name: str) -> str:
+    """A finding's name as part of a file name: letters, digits, ``-`` and ``_`` kept, anything else ``_``."""
+    return re.sub(r"[^A-Za-z0-9_-]+", "_", name).strip("_") or "finding"
+
+
+def heatmap_targets(paths: list[str], heat_dir: Path, findings: list[str] | None) -> list[dict[str | None, Path]]:
+    """Per input, the heatmap file of each finding asked for (None: the predicted class's, ``<name>.heatmap.png``);
+    distinct files whatever the names (a finding whose file name part repeats another's gets its index)."""
+    if not findings:
+        return [{None: heat_dir / n} for n in output_names(paths, HEATMAP_SUFFIX)]
+    parts, targets = [], [{} for _ in paths]
+    for i, name in enumerate(findings):
+        part = finding_part(name)
+        parts.append(part if part not in parts else f"{part}_{i}")
+        for target, n in zip(targets, output_names(paths, f".{parts[-1]}{HEATMAP_SUFFIX}"), strict=True):
+            target[name] = heat_dir / n
+    return targets
+
+
+def write_heatmap(pred, target: Path | dict, rec: dict, classes: list[str] | None = None) -> bool:
     """Write the overlay of a classified input; the record gets ``heatmap`` (its path, or None) and
-    ``heatmap_error``. Returns False when a classified input's heatmap could not be written."""
+    ``heatmap_error``. Returns False when a classified input's heatmap could not be written.
+
+    ``classes``: a multi-label bundle's findings: the record also gets ``heatmap_finding``, the finding explained.
+    ``target`` a dict (``heatmap_targets`` with findings named): one file per finding, the record's ``heatmaps``
+    {finding: path or None}; ``heatmap`` and ``heatmap_finding`` are the first one's."""
+    named = isinstance(target, dict) and None not in target
+    if isinstance(target, dict) and not named:
+        target = target[None]
     rec["heatmap"] = rec["heatmap_error"] = None
+    if classes is not None or named:
+        rec["heatmap_finding"] = None
+    if named:
+        rec["heatmaps"] = dict.fromkeys(target)
     if pred.explanation is None:  # the input failed (its error says why), or only its heatmap did (its warning)
         if pred.ok:
             rec["heatmap_error"] = next((w for w in pred.warnings if w.startswith("no heatmap: ")), "no heatmap")
         return not pred.ok
+    explanations = pred.explanations if named else [pred.explanation]
+    files = list(target.values()) if named else [target]
     try:
-        write_image(target, pred.explanation.overlay())
-        rec["heatmap"] = str(target)
+        for e, file in zip(explanations, files, strict=True):
+            write_image(file, e.overlay())
+            if named:
+                rec["heatmaps"][list(target)[files.index(file)]] = str(file)
+        rec["heatmap"] = str(files[0])
+        if classes is not None or named:
+            rec["heatmap_finding"] = list(target)[0] if named else classes[pred.explanation.class_index]
         return True
     except MedgeError as e:
         rec["heatmap_error"] = str(e)
@@ -99,29 +147,39 @@ def run(args: argparse.Namespace) -> int:
     out = check_output_file(args.out, args.overwrite, "records") if args.out else None
     scan = scan_inputs(args.paths, args.shard)
     n = len(scan.entries)
-    heat_dir, targets = None, []
-    if args.heatmaps:
-        names = output_names([e.path for e in scan.entries], HEATMAP_SUFFIX)
-        heat_dir = check_output_dir(args.heatmaps, "heatmaps", names, args.overwrite)
-        targets = [heat_dir / name for name in names]
+    if args.heatmap_finding and not args.heatmaps:
+        raise UsageError("--heatmap-finding needs --heatmaps DIR (where the heatmaps go)")
+    heat_dir, targets, findings = None, [], None
+    if args.heatmaps and not args.heatmap_finding:
+        targets = heatmap_targets([e.path for e in scan.entries], Path(args.heatmaps), None)
+        heat_dir = check_output_dir(args.heatmaps, "heatmaps", [t[None].name for t in targets], args.overwrite)
     model = load_model(args)
+    if args.heatmap_finding:  # the findings' names are the bundle's: checked once it is loaded, still before any work
+        findings = [model.classes[k] for k in model.heatmap_classes(args.heatmap_finding)]
+        targets = heatmap_targets([e.path for e in scan.entries], Path(args.heatmaps), findings)
+        heat_dir = check_output_dir(args.heatmaps, "heatmaps", [f.name for t in targets for f in t.values()],
+                                    args.overwrite)
     if heat_dir is not None:
         model.require_heatmaps()  # exit 2 before any work for a bundle exported without them
         make_output_dir(heat_dir)
     progress = ProgressLine(n, "images")
     failed, warned, bugs, no_heatmap, written = 0, 0, 0, 0, 0
+    counts = FindingCounts(model.classes) if model.findings is not None else None
     try:
         with _record_stream(out) as stream:
-            writer = RecordWriter(stream, args.format, model.classes, heatmaps=heat_dir is not None)
-            for i, pred in enumerate(predictions(model, scan, args, heatmaps=heat_dir is not None)):
+            writer = RecordWriter(stream, args.format, model.classes, heatmaps=heat_dir is not None,
+                                  multilabel=counts is not None, heatmap_findings=findings)
+            for i, pred in enumerate(predictions(model, scan, args, heatmaps=findings or heat_dir is not None)):
                 rec = pred.to_record(model.sha256, model.runtime)
                 if heat_dir is not None:
-                    no_heatmap += not write_heatmap(pred, targets[i], rec)
+                    no_heatmap += not write_heatmap(pred, targets[i], rec, model.classes if counts else None)
                 writer.write(rec)
                 written += 1
                 failed += not pred.ok
                 warned += bool(pred.ok and pred.warnings)
                 bugs += pred.unexpected
+                if counts is not None:
+                    counts.add(rec)
                 progress.update(f"{failed} failed")
     except KeyboardInterrupt as e:
         progress.close()
@@ -129,6 +187,8 @@ def run(args: argparse.Namespace) -> int:
         raise
     progress.close()
     report_summary(n, failed, warned, scan, args.verbose, args.shard)
+    if counts is not None:
+        print(counts.summary(), file=sys.stderr)
     if out is not None:
         wrote(out, "records")
     if heat_dir is not None:
@@ -155,7 +215,7 @@ def predictions(model, scan, args, heatmaps: bool = False):
     results = model.predict_iter(scan.paths, args.batch_size, args.workers, args.max_pixels, args.strict,
                                  heatmaps=heatmaps, streams=args.streams)
     for entry in scan.entries:
-        yield Prediction(entry.path, error=f"{entry.path}: {entry.error}") if entry.error else next(results)
+        yield model.error_prediction(entry.path, f"{entry.path}: {entry.error}") if entry.error else next(results)
 
 
 def report_summary(n: int, failed: int, warned: int, scan, verbose: bool, shard=None) -> None:

@@ -50,7 +50,7 @@ class RunOptions:
     batch_size: int
     max_pixels: int
     strict: bool
-    heatmaps: bool
+    heatmaps: bool | tuple[int, ...]  # True: the predicted class's heatmap; a tuple: one per class index given
 
 
 class NetPool:
@@ -148,8 +148,7 @@ def finish(model: Model, batch: list[tuple[Prediction, np.ndarray]], heatmaps: b
         t0 = time.perf_counter()
         blob = np.stack([t for _, t in batch])
         if heatmaps:
-            logits, explanations = model.require_heatmaps().explain(partial(model.infer_outputs, net=net), blob,
-                                                                    model.label_indices, model.preprocess_config)
+            logits, explanations = _explain(model, blob, heatmaps, net)
         else:
             logits, explanations = model.infer(blob, net), [None] * len(batch)
         per_image = 1000 * (time.perf_counter() - t0) / len(batch)
@@ -168,6 +167,26 @@ def finish(model: Model, batch: list[tuple[Prediction, np.ndarray]], heatmaps: b
     _label(model, batch, logits, explanations, per_image)
 
 
+def _explain(model: Model, blob: np.ndarray, heatmaps, net) -> tuple[np.ndarray, list]:
+    """Logits and, per image, its Explanation (``heatmaps`` True: of the predicted class) or its list of Explanations
+    (``heatmaps`` a tuple of class indices: one per class, in that order)."""
+    explain = partial(model.require_heatmaps().explain, partial(model.infer_outputs, net=net), blob,
+                      cfg=model.preprocess_config)
+    if heatmaps is True:
+        return explain(model.label_indices)
+    per_class = [explain([k] * len(blob)) for k in heatmaps]
+    return per_class[0][0], [list(one) for one in zip(*(e for _, e in per_class), strict=True)]
+
+
+def _attach(pred: Prediction, explanation) -> None:
+    """A prediction's heatmap: one Explanation, or a list of them (one per class asked for; the first is also
+    ``explanation``)."""
+    if isinstance(explanation, list):
+        pred.explanation, pred.explanations = explanation[0], explanation
+    else:
+        pred.explanation = explanation
+
+
 def _label(model: Model, batch: list, logits: np.ndarray, explanations: list, per_image_ms: float) -> None:
     """Each prediction of a batch from its logits: calibrated probabilities, label, threshold, heatmap."""
     if model.findings is not None:
@@ -183,7 +202,7 @@ def _label(model: Model, batch: list, logits: np.ndarray, explanations: list, pe
         pred.threshold = op.threshold if op is not None else None
         pred.calibrated = op is not None
         pred.timings_ms["inference"] = per_image_ms  # with heatmaps: inference and heatmap together
-        pred.explanation = e
+        _attach(pred, e)
 
 
 def _findings(model: Model, batch: list, logits: np.ndarray, explanations: list, per_image_ms: float) -> None:
@@ -197,7 +216,7 @@ def _findings(model: Model, batch: list, logits: np.ndarray, explanations: list,
         pred.label = label_of(pred.positive_findings)
         pred.calibrated = rules.calibrated
         pred.timings_ms["inference"] = per_image_ms
-        pred.explanation = e
+        _attach(pred, e)
 
 
 def run_predictions(model: Model, inputs, run: RunOptions, workers: int | None, streams: int | None):
