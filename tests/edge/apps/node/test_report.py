@@ -1,5 +1,5 @@
-"""The node's result objects (``edge.apps.node.report``): the SR as highdicom's TID 1500 parser reads it back, the SR
-template against the full build, the heatmap SC's geometry and references, and both checked by an independent
+"""The node's result objects (``edge.apps.node.report``): the SR as highdicom's TID 1500 parser reads it back (one
+measurement group, or one per finding of a multi-label bundle), the SR template against the full build, the heatmap SC's geometry and references, and both checked by an independent
 validator, dicom3tools' ``dciodvfy``, on several sources."""
 import dataclasses
 import io
@@ -26,6 +26,21 @@ FINDING = report.Finding(("disease", "normal"), {"disease": P, "normal": 1 - P},
 BUILDS = {"build_sr": report.build_sr,
           "template": lambda source, finding, algorithm, series, uid: report.sr_template(algorithm, finding).fill(
               source, finding, series, uid)}
+
+
+def _findings(effusion: float, warnings=()) -> "report.Findings":
+    """The ``multilabel_bundle`` fixture's findings: Effusion (threshold 0.4), Nodule unsupported (no threshold)."""
+    return report.Findings(("Effusion", "Nodule"), {"Effusion": effusion, "Nodule": 1 - P},
+                           {"Effusion": effusion >= 0.4, "Nodule": None}, (0.4, None),
+                           ("youden: sensitivity 0.90, specificity 0.85 on 40 validation images",
+                            "unsupported: 3 positives in the validation split (5 needed for a threshold)"), warnings)
+
+
+PRESENT, ABSENT = ("52101004", "SCT", "Present"), ("272519000", "SCT", "Absent")
+
+
+def _code(concept) -> tuple[str, str, str]:
+    return concept.value, concept.scheme_designator, concept.meaning
 
 
 def _reread(ds):
@@ -130,7 +145,8 @@ def _template_sources(tmp_path):
 def test_the_template_gives_the_full_build_element_for_element(tmp_path):
     findings = [FINDING, dataclasses.replace(FINDING, warnings=(), label="disease", probabilities={"disease": 1.0,
                                                                                              "normal": 0.0}),
-                report.Finding(("a", "b", "c"), {"a": 0.2, "b": 0.3, "c": 0.5}, "c", warnings=("x", "y"))]
+                report.Finding(("a", "b", "c"), {"a": 0.2, "b": 0.3, "c": 0.5}, "c", warnings=("x", "y")),
+                _findings(P, warnings=("x", "y")), _findings(0.5)]
     for finding in findings:
         template = report.sr_template(ALGORITHM, finding)
         before = _reread(template.sr)
@@ -304,11 +320,13 @@ COMPLETE = ["cr complete", "dx complete", "chest"]
 @pytest.mark.skipif(not os.access(DCIODVFY, os.X_OK),
                     reason=f"{DCIODVFY} is not installed (dicom3tools: apt-get install dicom3tools)")
 @pytest.mark.parametrize("name", ["cr", "dx", *COMPLETE, *PYDICOM_GRAY, "CT_small.dcm", "MR_small.dcm"])
-def test_dciodvfy_finds_nothing_of_medges_making(tmp_path, name):
+@pytest.mark.parametrize("bundle_task", ["single-label", "multi-label"])
+def test_dciodvfy_finds_nothing_of_medges_making(tmp_path, name, bundle_task):
     source = _dciodvfy_source(name, tmp_path)
     rgb = np.full((*report.display_size(source, (224, 224)), 3), 90, np.uint8)
-    objects = {"SR": report.sr_template(ALGORITHM, FINDING).fill(source, FINDING, "1.2.3.4", "1.2.3.5"),
-               "SC": report.build_heatmap_sc(source, rgb, ALGORITHM, "1.2.3.6", "1.2.3.7")}
+    finding, explained = (FINDING, None) if bundle_task == "single-label" else (_findings(0.5, ("x",)), "Effusion")
+    objects = {"SR": report.sr_template(ALGORITHM, finding).fill(source, finding, "1.2.3.4", "1.2.3.5"),
+               "SC": report.build_heatmap_sc(source, rgb, ALGORITHM, "1.2.3.6", "1.2.3.7", explained=explained)}
     for kind, ds in objects.items():
         path = tmp_path / f"{kind}.dcm"
         ds.save_as(path, enforce_file_format=True)
@@ -333,7 +351,8 @@ def _uses_of_99medge(ds) -> int:
     return sum(1 for elem in ds.iterall() if elem.keyword == "CodingSchemeDesignator" and elem.value == "99MEDGE")
 
 
-def test_a_result_made_again_for_the_same_instance_is_the_same_bytes(tmp_path):
+@pytest.mark.parametrize("finding", [FINDING, _findings(0.5, ("x",))], ids=["single-label", "multi-label"])
+def test_a_result_made_again_for_the_same_instance_is_the_same_bytes(tmp_path, finding):
     """After a crash the node classifies an instance again and sends its objects again: with the times of the
     instance's receipt (``report.stamp``) they are byte for byte what the PACS may already hold."""
     import datetime
@@ -342,11 +361,11 @@ def test_a_result_made_again_for_the_same_instance_is_the_same_bytes(tmp_path):
     source.Manufacturer, source.AcquisitionDateTime = "ACME", "20260101120000"  # its equipment keeps its own time
     received = datetime.datetime(2026, 12, 6, 1, 2, 3, 456789)
     rgb = np.zeros((48, 32, 3), np.uint8)
-    template = report.sr_template(ALGORITHM, FINDING)
+    template = report.sr_template(ALGORITHM, finding)
     before = _encoded(template.sr)
 
     def made():
-        sr = template.fill(source, FINDING, "1.2.3.4", "1.2.3.5")
+        sr = template.fill(source, finding, "1.2.3.4", "1.2.3.5")
         sc = report.build_heatmap_sc(source, rgb, ALGORITHM, "1.2.3.6", "1.2.3.7")
         for ds in (sr, sc):
             report.stamp(ds, received)
@@ -363,3 +382,87 @@ def test_a_result_made_again_for_the_same_instance_is_the_same_bytes(tmp_path):
     assert times[report.ACQUISITION_EQUIPMENT].startswith("20260101")  # the source's, as it was
     assert sum(t.startswith("20261206010203") for t in times.values()) >= 1  # ours: the receipt
     assert _encoded(template.sr) == before  # stamping a filled SR leaves the template as it was
+
+
+# --- multi-label bundles: one measurement group per finding -------------------------------------------------------
+@pytest.mark.parametrize("build", BUILDS)
+@pytest.mark.parametrize("effusion", [P, 0.5])
+def test_the_multilabel_sr_reads_back_through_highdicoms_tid_1500_parser(tmp_path, build, effusion):
+    """One group per finding: the finding, its probability (the exact float), threshold and presence (none for a
+    finding without a threshold, said in a comment), what the threshold guarantees; and the exam-level flag."""
+    import highdicom as hd
+    from highdicom.sr.utils import find_content_items
+    from pydicom.sr.codedict import codes
+
+    source = _header(write_radiograph(tmp_path / "dx.dcm"))
+    findings = _findings(effusion, warnings=("low contrast",))
+    ds = _reread(BUILDS[build](source, findings, ALGORITHM, "1.2.3.4", "1.2.3.5"))
+    sr = hd.sr.Comprehensive3DSR.from_dataset(ds)
+    effusion_group, nodule_group = sr.content.get_image_measurement_groups()
+    for k, (group, name) in enumerate([(effusion_group, "Effusion"), (nodule_group, "Nodule")]):
+        assert _code(group.finding_type) == (f"C{k}", "99MEDGE", name)
+        assert [i.referenced_sop_instance_uid for i in group.source_images] == [source.SOPInstanceUID]
+        assert group.tracking_identifier == f"medge finding {name}"
+    assert {m.name.meaning: m.value for m in effusion_group.get_measurements()} == {
+        "Probability of Effusion": effusion, "Operating threshold for Effusion": 0.4}  # == on floats: bit for bit
+    assert {m.name.meaning: m.value for m in nodule_group.get_measurements()} == {"Probability of Nodule": 1 - P}
+    (presence,) = effusion_group.get_qualitative_evaluations()
+    assert _code(presence.name) == ("C0", "99MEDGE", "Effusion")
+    assert _code(presence.value) == (PRESENT if effusion >= 0.4 else ABSENT)
+    assert nodule_group.get_qualitative_evaluations() == []  # not decided: neither present nor absent
+
+    def comments(group):
+        return [i.value for i in find_content_items(group[0], name=codes.DCM.Comment)]
+
+    assert comments(effusion_group) == ["operating point: youden: sensitivity 0.90, specificity 0.85 on 40 validation "
+                                        "images", "warning: low contrast"]
+    assert comments(nodule_group) == [
+        "operating point: unsupported: 3 positives in the validation split (5 needed for a threshold)",
+        "not decided: Nodule has no threshold, so it is stated neither present nor absent", "warning: low contrast"]
+    (flag,) = [i for i in ds.ContentSequence if i.ConceptNameCodeSequence[0].CodeValue == "C0034375"]  # TID 1500 row 12
+    any_finding, about = flag.ContentSequence
+    assert (any_finding.ConceptNameCodeSequence[0].CodeValue, any_finding.ConceptNameCodeSequence[0].CodeMeaning) == (
+        "ANY", "Any finding")
+    assert any_finding.ConceptCodeSequence[0].CodeValue == (PRESENT if effusion >= 0.4 else ABSENT)[0]
+    assert about.TextValue == "exam-level flag: Present when any decided finding (Effusion) is present; not decided: " \
+                              "Nodule"
+
+
+def test_findings_refuse_a_decision_without_a_threshold_and_templates_another_models():
+    with pytest.raises(ValueError, match="'Nodule': decision False with threshold None"):
+        dataclasses.replace(_findings(0.5), decisions={"Effusion": True, "Nodule": False})
+    with pytest.raises(ValueError, match="'Effusion': decision None with threshold 0.4"):
+        dataclasses.replace(_findings(0.5), decisions={"Nodule": None})
+    with pytest.raises(ValueError, match="one each"):
+        dataclasses.replace(_findings(0.5), thresholds=(0.4,))
+    template = report.sr_template(ALGORITHM, _findings(0.5))
+    assert report.sr_template(ALGORITHM, _findings(0.1, warnings=("x",))) is template  # per model, not per instance
+    with pytest.raises(ValueError, match="another model's classes"):
+        template.fill(None, dataclasses.replace(_findings(0.5), thresholds=(0.5, None)), "1.2.3.4", "1.2.3.5")
+    with pytest.raises(ValueError, match="another model's classes"):
+        template.fill(None, FINDING, "1.2.3.4", "1.2.3.5")
+
+
+def test_the_multilabel_sc_legend(tmp_path):
+    """The heatmap of the most probable finding, with the finding, the positive ones and the undecided ones burned
+    in at the top left; the rest of the image is the single-label SC's."""
+    from medge.edge.explain import Explanation
+
+    heat = np.zeros((96, 96), np.float32)
+    heat[48:, :] = 1.0
+    explanation = Explanation(heatmap=heat, class_index=1, method="cam", logits=np.zeros(2, np.float32),
+                              image=np.full((96, 96), 128, np.uint8))
+    findings = _findings(0.5)
+    legend = report.findings_legend(findings, "Nodule")
+    assert legend == [f"heatmap: Nodule (p {1 - P:.2f})", "positive: Effusion", "not decided: Nodule"]
+    assert report.findings_legend(_findings(P), "Effusion")[1] == "positive: none"
+    source = _geometry_source(512, 384)
+    plain, marked = report.heatmap_rgb(explanation, source), report.heatmap_rgb(explanation, source, legend)
+    changed = np.argwhere(np.any(plain != marked, axis=2))
+    assert len(changed) and changed[:, 0].max() < 512 // 4 and changed[:, 1].max() < 384  # the legend's box only
+    assert (marked[changed[:, 0], changed[:, 1]] == 255).all(axis=1).any()  # white text
+    assert np.array_equal(plain[512 // 4:], marked[512 // 4:])
+    source = _header(write_radiograph(tmp_path / "cr.dcm", "CR"))
+    sc = _reread(report.build_heatmap_sc(source, marked, ALGORITHM, "1.2.3.4", "1.2.3.5", explained="Nodule"))
+    assert sc.DerivationDescription.startswith("heatmap of where the model looked for Nodule, the most probable finding")
+    assert sc.DerivationDescription.endswith(report.NOT_FOR_DIAGNOSIS) and sc.BurnedInAnnotation == "YES"
