@@ -1,0 +1,261 @@
+"""Label indexes: the real NIH and CheXpert CSVs (from the torchxrayvision wheel, or excerpts of their exact columns),
+generic indexes of both styles, file resolution and the errors."""
+import gzip
+import importlib.util
+import os
+
+import numpy as np
+import pytest
+
+from medge.edge.errors import DataError
+from medge.edge.inputs.image import write_image
+from medge.edge.inputs.index import dicom_patient, read_index
+
+
+def xrv_data(name: str) -> str | None:
+    """A CSV shipped in torchxrayvision's data/ folder (found without importing torchxrayvision), or None."""
+    spec = importlib.util.find_spec("torchxrayvision")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = os.path.join(spec.submodule_search_locations[0], "data", name)
+    return path if os.path.isfile(path) else None
+
+
+NIH_HEADER = ("Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,Patient Gender,View Position,"
+              "OriginalImage[Width,Height],OriginalImagePixelSpacing[x,y]\n")
+NIH_EXCERPT = NIH_HEADER + """\
+00000001_000.png,Cardiomegaly,0,1,57,M,PA,2682,2749,0.14300000000000002,0.14300000000000002
+00000001_001.png,Cardiomegaly|Emphysema,1,1,58,M,PA,2894,2729,0.14300000000000002,0.14300000000000002
+00000001_002.png,Cardiomegaly|Effusion,2,1,58,M,PA,2500,2048,0.168,0.168
+00000002_000.png,No Finding,0,2,80,M,PA,2500,2048,0.171,0.171
+00000003_001.png,Hernia,0,3,74,F,PA,2500,2048,0.168,0.168
+00000003_002.png,Hernia|Infiltration,1,3,75,F,AP,2048,2500,0.168,0.168
+"""
+# The figures the issue states for Data_Entry_2017_v2020.csv, and those of the excerpt above.
+NIH_FIGURES = {
+    "wheel": {"rows": 112120, "patients": 30805, "views": {"PA": 67310, "AP": 44810},
+              "positives": {"Infiltration": 19894, "Hernia": 227}, "findings": 14},
+    "excerpt": {"rows": 6, "patients": 3, "views": {"PA": 5, "AP": 1},
+                "positives": {"Infiltration": 1, "Hernia": 2}, "findings": 5},
+}
+
+
+@pytest.fixture(params=["wheel", "excerpt"])
+def nih_csv(request, tmp_path):
+    if request.param == "wheel":
+        path = xrv_data("Data_Entry_2017_v2020.csv.gz")
+        if path is None:
+            pytest.skip("torchxrayvision (dev extra) is not installed: the excerpt case covers the columns")
+        return request.param, path
+    path = tmp_path / "Data_Entry_2017_v2020.csv"
+    path.write_text(NIH_EXCERPT, encoding="utf-8")
+    return request.param, str(path)
+
+
+def test_the_nih_index_parses_with_its_findings_patients_and_views(nih_csv):
+    case, path = nih_csv
+    want = NIH_FIGURES[case]
+    index = read_index(path, fmt="nih")
+    targets = index.targets()
+    assert len(index) == targets.shape[0] == want["rows"]
+    assert len(index.findings) == want["findings"] and "No Finding" not in index.findings
+    assert list(index.findings) == sorted(index.findings)
+    assert len(set(index.patients())) == want["patients"]
+    views = {v: sum(e.view == v for e in index.entries) for v in want["views"]}
+    assert views == want["views"]
+    for finding, n in want["positives"].items():
+        assert targets[:, index.findings.index(finding)].sum() == n
+    assert not np.isnan(targets).any() and index.missing == ()
+    first = index.entries[0]
+    assert (first.path, first.patient, first.sex, first.age, first.line) == ("00000001_000.png", "1", "M", 57.0, 2)
+
+
+def test_nih_images_are_found_in_subfolders_and_the_rest_is_listed_missing(tmp_path):
+    csv = tmp_path / "index.csv"
+    csv.write_text(NIH_EXCERPT, encoding="utf-8")
+    images = tmp_path / "nih"
+    for i, name in enumerate(["00000001_000.png", "00000002_000.png"]):
+        write_image(images / f"images_00{i + 1}" / "images" / name, np.full((8, 8), 100, np.uint8))
+    index = read_index(csv, images, fmt="nih")
+    assert [os.path.relpath(e.file, images) for e in index.entries] == [
+        "images_001/images/00000001_000.png", "images_002/images/00000002_000.png"]
+    assert [p for p, _ in index.missing] == ["00000001_001.png", "00000001_002.png", "00000003_001.png",
+                                             "00000003_002.png"]
+    assert "not found under" in dict(index.missing)["00000001_001.png"]
+    assert index.missing_summary(limit=2).endswith("and 2 more)")
+
+
+def test_the_real_nih_index_against_a_folder_of_a_few_images_lists_the_rest_briefly(tmp_path):
+    path = xrv_data("Data_Entry_2017_v2020.csv.gz")
+    if path is None:
+        pytest.skip("torchxrayvision (dev extra) is not installed")
+    write_image(tmp_path / "images_001" / "images" / "00000001_000.png", np.zeros((8, 8), np.uint8))
+    index = read_index(path, tmp_path, fmt="nih")
+    assert len(index) == 1 and len(index.missing) == 112119
+    summary = index.missing_summary()
+    assert "\n" not in summary and summary.count("not found") == 3 and summary.endswith(" and 112116 more)")
+
+
+def test_two_images_of_the_same_base_name_in_subfolders_are_an_error_naming_both(tmp_path):
+    csv = tmp_path / "index.csv"
+    csv.write_text(NIH_EXCERPT, encoding="utf-8")
+    for folder in ("a", "b"):
+        write_image(tmp_path / "img" / folder / "00000001_000.png", np.zeros((8, 8), np.uint8))
+    with pytest.raises(DataError, match=r"two files of that name .*a/00000001_000.png and .*b/00000001_000.png"):
+        read_index(csv, tmp_path / "img", fmt="nih")
+
+
+CHEXPERT_EXCERPT = """\
+Path,Sex,Age,Frontal/Lateral,AP/PA,No Finding,Enlarged Cardiomediastinum,Cardiomegaly,Lung Opacity,Lung Lesion,\
+Edema,Consolidation,Pneumonia,Atelectasis,Pneumothorax,Pleural Effusion,Pleural Other,Fracture,Support Devices
+CheXpert-v1.0-small/train/patient00001/study1/view1_frontal.jpg,Female,68,Frontal,AP,1.0,,,,,,,,,0.0,,,,1.0
+CheXpert-v1.0-small/train/patient00002/study2/view1_frontal.jpg,Female,87,Frontal,AP,,,-1.0,1.0,,-1.0,-1.0,,-1.0,,-1.0,,1.0,
+CheXpert-v1.0-small/train/patient00002/study1/view1_frontal.jpg,Female,83,Frontal,AP,,,,1.0,,,-1.0,,,,,,1.0,
+CheXpert-v1.0-small/train/patient00002/study1/view2_lateral.jpg,Female,83,Lateral,,,,,1.0,,,-1.0,,,,,,1.0,
+"""
+
+
+@pytest.fixture(scope="module", params=["wheel", "excerpt"])
+def chexpert_csv(request, tmp_path_factory):
+    """(path, the pandas frame of it): read once for the three policies."""
+    pd = pytest.importorskip("pandas")
+    if request.param == "wheel":
+        path = xrv_data("chexpert_train.csv.gz")
+        if path is None:
+            pytest.skip("torchxrayvision (dev extra) is not installed: the excerpt case covers the columns")
+    else:
+        path = tmp_path_factory.mktemp("chexpert") / "train.csv"
+        path.write_text(CHEXPERT_EXCERPT, encoding="utf-8")
+    return str(path), pd.read_csv(path)
+
+
+@pytest.mark.parametrize("policy", ["ignore", "zeros", "ones"])
+def test_chexpert_uncertain_labels_and_blanks_follow_the_policy(chexpert_csv, policy):
+    """Oracle: pandas reads the same CSV; blank = 0, -1 = nan / 0 / 1 per the policy."""
+    chexpert_csv, frame = chexpert_csv
+    observations = [c for c in frame.columns[5:] if c != "No Finding"]
+    raw = frame[observations].to_numpy(dtype=float)
+    expected = np.where(np.isnan(raw), 0.0, raw)
+    expected[raw == -1] = {"ignore": np.nan, "zeros": 0.0, "ones": 1.0}[policy]
+    index = read_index(chexpert_csv, fmt="chexpert", uncertain=policy)
+    assert index.findings == tuple(observations) and len(index.findings) == 13
+    np.testing.assert_array_equal(index.targets(), expected)
+    assert (np.isnan(index.targets()).sum() > 0) == (policy == "ignore")
+    patients = frame["Path"].str.extract(r"/(patient\d+)/")[0]
+    assert index.patients() == patients.tolist()
+    assert [e.view for e in index.entries] == frame["AP/PA"].fillna(frame["Frontal/Lateral"]).tolist()
+
+
+def test_chexpert_files_are_found_without_the_leading_folders(tmp_path):
+    csv = tmp_path / "train.csv"
+    csv.write_text(CHEXPERT_EXCERPT, encoding="utf-8")
+    image = tmp_path / "small" / "train" / "patient00002" / "study1" / "view1_frontal.jpg"
+    image.parent.mkdir(parents=True)
+    import cv2
+    cv2.imwrite(str(image), np.zeros((8, 8), np.uint8))
+    index = read_index(csv, tmp_path / "small", fmt="chexpert")
+    assert [e.file for e in index.entries] == [str(image)] and len(index.missing) == 3
+    assert index.entries[0].patient == "patient00002"
+
+
+def write(tmp_path, text: str, name: str = "index.csv"):
+    path = tmp_path / name
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_generic_index_with_one_column_per_finding(tmp_path):
+    path = write(tmp_path, "Filename,Patient_ID,Split,Sex,Age,View,Effusion,Nodule\n"
+                           "a.png,p1,train,f,40,PA,1,0\nb.png,p1,Train,M,,AP,-1,\nc.png,,test,,3,,0.0,1.0\n")
+    index = read_index(path)
+    assert index.findings == ("Effusion", "Nodule")
+    np.testing.assert_array_equal(index.targets(), [[1, 0], [np.nan, 0], [0, 1]])
+    assert [(e.patient, e.split, e.sex, e.age, e.view) for e in index.entries] == [
+        ("p1", "train", "F", 40.0, "PA"), ("p1", "train", "M", None, "AP"), (None, "test", None, 3.0, None)]
+    assert read_index(path, findings=["Nodule"]).targets()[:, 0].tolist() == [0, 0, 1]
+    assert read_index(path, uncertain="ones").targets()[1, 0] == 1.0
+
+
+def test_generic_index_with_a_column_of_finding_names(tmp_path):
+    path = write(tmp_path, "image,labels,patient\nx/a.png,Nodule|Effusion,7\nx/b.png,No Finding,7\nx/c.png,,8\n")
+    index = read_index(path)
+    assert index.findings == ("Effusion", "Nodule")
+    assert index.targets().tolist() == [[1, 1], [0, 0], [0, 0]]
+    assert read_index(path, findings=["Nodule", "Mass"]).targets().tolist() == [[1, 0], [0, 0], [0, 0]]
+
+
+@pytest.mark.parametrize(("text", "match"), [
+    ("path,A\na.png,1\nb.png,0\na.png,1\n", r"index.csv: the same file twice, line 2 \(a.png\) and line 4 \(a.png\)"),
+    ("path,A\na.png,1\n./a.png,0\n", r"the same file twice, line 2"),
+    ("name,A\na.png,1\n", r"index.csv: no path column .*columns found: name, A"),
+    ("path,A\na.png,1\nb.png,yes\n", r"index.csv, line 3: A = 'yes': a label is 1, 0, -1"),
+    ("path,A\na.png,2\n", r"line 2: A = '2'"),
+    ("path,A,split\na.png,1,holdout\n", r"line 2: split 'holdout' is not one of train, val, test"),
+    ("path,A,age\na.png,1,old\n", r"line 2: age 'old' is not a number"),
+    ("path,findings\na.png,No Finding|A\n", r"line 2: findings = 'No Finding\|A'"),
+    ("path,findings\na.png,No Finding\n", r"no findings"),
+    ("path,A\n", r"a header but no rows"),
+])
+def test_generic_index_errors_name_the_csv_and_the_line(tmp_path, text, match):
+    with pytest.raises(DataError, match=match):
+        read_index(write(tmp_path, text))
+
+
+def test_missing_nih_and_chexpert_columns_are_listed(tmp_path):
+    with pytest.raises(DataError, match=r"no findings column \('Finding Labels'\); columns found: Image Index, x"):
+        read_index(write(tmp_path, "Image Index,x\na.png,1\n"), fmt="nih")
+    with pytest.raises(DataError, match=r"no path column \('Path'\)"):
+        read_index(write(tmp_path, "file,Sex\na.png,F\n"), fmt="chexpert")
+    with pytest.raises(DataError, match=r"no column for finding\(s\) \['Mass'\]"):
+        read_index(write(tmp_path, "path,A\na.png,1\n"), findings=["Mass"])
+    with pytest.raises(DataError, match="unknown index format 'kaggle'"):
+        read_index(write(tmp_path, "path,A\na.png,1\n"), fmt="kaggle")
+    with pytest.raises(DataError, match="unknown uncertain-label policy 'half'"):
+        read_index(write(tmp_path, "path,A\na.png,1\n"), uncertain="half")
+
+
+def test_a_csv_that_is_not_utf8_is_an_error_naming_the_line_and_gzip_is_read(tmp_path):
+    path = tmp_path / "latin1.csv"
+    path.write_bytes("path,A\na.png,1\nb\xe9.png,0\n".encode("latin-1"))
+    with pytest.raises(DataError, match=r"latin1.csv, line 3: not UTF-8 \(byte 0xe9\)"):
+        read_index(path)
+    bom = tmp_path / "bom.csv.gz"
+    with gzip.open(bom, "wb") as f:
+        f.write("\ufeffpath,A\nb\u00e9.png,1\n".encode())
+    assert read_index(bom).entries[0].path == "b\u00e9.png"
+
+
+def test_files_are_resolved_under_the_images_folder_as_given_then_by_base_name(tmp_path):
+    write_image(tmp_path / "img" / "sub" / "a.png", np.zeros((8, 8), np.uint8))
+    write_image(tmp_path / "img" / "deep" / "b.png", np.zeros((8, 8), np.uint8))
+    (tmp_path / "img" / "notes.txt").write_text("a report, not an image")
+    path = write(tmp_path, "path,A\nsub/a.png,1\nother/b.png,0\nc.png,1\nnotes.txt,0\n")
+    index = read_index(path, tmp_path / "img")
+    assert [os.path.relpath(e.file, tmp_path / "img") for e in index.entries] == ["sub/a.png", "deep/b.png"]
+    assert index.missing[0] == ("c.png", f"not found under {tmp_path / 'img'}")
+    assert index.missing[1][0] == "notes.txt" and "not an image" in index.missing[1][1]
+    assert read_index(path).entries[1].file == "other/b.png"  # no images folder: nothing resolved
+    with pytest.raises(DataError, match="images folder not found"):
+        read_index(path, tmp_path / "nowhere")
+
+
+def test_two_index_rows_resolving_to_one_file_are_an_error(tmp_path):
+    write_image(tmp_path / "img" / "deep" / "a.png", np.zeros((8, 8), np.uint8))
+    path = write(tmp_path, "path,A\ndeep/a.png,1\nelsewhere/a.png,0\n")
+    with pytest.raises(DataError, match=r"the same file twice, line 2 \(deep/a.png\) and line 3 \(elsewhere/a.png\)"):
+        read_index(path, tmp_path / "img")
+
+
+def test_dicom_patient_reads_the_header_only(tmp_path):
+    pytest.importorskip("pydicom")
+    from medge.train.synth import write_dicom
+
+    path = write_dicom(tmp_path / "a.dcm", np.zeros((8, 8), np.uint16))
+    assert dicom_patient(path) is None  # written without a PatientID
+    import pydicom
+    ds = pydicom.dcmread(path)
+    ds.PatientID = " PAT-9 "
+    ds.save_as(path)
+    assert dicom_patient(path) == "PAT-9"
+    (tmp_path / "b.dcm").write_bytes(b"not dicom")
+    assert dicom_patient(tmp_path / "b.dcm") is None
