@@ -394,3 +394,40 @@ def test_study_record_after_the_timeout_and_a_late_instance_updates_it(tmp_path,
     assert v2["label"] == top["label"] and v2["disease_probability"] == top["probabilities"]["disease"]
     assert v2["deciding_instance"] == top["sop_instance_uid"]
     assert pydicom.dcmread(late, stop_before_pixels=True).SOPInstanceUID in [i["sop_instance_uid"] for i in v2["instances"]]
+
+
+@needs_dcmtk
+def test_a_multilabel_bundle_gets_a_group_per_finding_and_its_records(tmp_path, multilabel_bundle):
+    """storescu sends one radiograph to a node with a multi-label bundle (Effusion threshold 0.4, Nodule unsupported):
+    its record carries the decisions, thresholds, positive findings and exam-level flag as ``medge predict``'s; the
+    SR a group per finding with those probabilities and decisions; the SC the most probable finding's heatmap."""
+    import highdicom as hd
+    import pydicom
+
+    from medge.edge.findings import label_of
+
+    image = write_radiograph(tmp_path / "dx.dcm", size=96)
+    with NodeProcess(multilabel_bundle, tmp_path / "out", "--heatmap-sc") as node:
+        storescu(node.port, image)
+        (record,) = node.wait_results(1)
+    expected = predict_records(multilabel_bundle, [image])[image.name]
+    assert record["status"] == "classified" and record["task"] == "multilabel"
+    for key in ("probabilities", "label", "decisions", "thresholds", "positive_findings", "any_positive"):
+        assert record[key] == expected[key], key
+    assert record["thresholds"] == {"Effusion": 0.4, "Nodule": None} and record["decisions"]["Nodule"] is None
+    assert record["positive_findings"] == ["Effusion"] * record["decisions"]["Effusion"]
+    assert record["label"] == label_of(record["positive_findings"]) and record["any_positive"] is record["decisions"][
+        "Effusion"]
+    sr = hd.sr.Comprehensive3DSR.from_dataset(pydicom.dcmread(tmp_path / "out" / record["sr"]))
+    groups = {g.finding_type.meaning: g for g in sr.content.get_image_measurement_groups()}
+    assert list(groups) == ["Effusion", "Nodule"]
+    for name, group in groups.items():
+        measured = {m.name.meaning: m.value for m in group.get_measurements()}
+        assert measured.pop(f"Probability of {name}") == record["probabilities"][name]  # bit for bit
+        assert measured == ({"Operating threshold for Effusion": 0.4} if name == "Effusion" else {})
+        presence = [q.value.meaning for q in group.get_qualitative_evaluations()]
+        decision = record["decisions"][name]
+        assert presence == ([] if decision is None else ["Present" if decision else "Absent"])
+    sc = pydicom.dcmread(tmp_path / "out" / record["sc"])
+    top = max(record["probabilities"], key=record["probabilities"].get)
+    assert sc.DerivationDescription.startswith(f"heatmap of where the model looked for {top}, the most probable")

@@ -1,6 +1,7 @@
 """The node's result objects (``edge.apps.node.report``): the SR as highdicom's TID 1500 parser reads it back (one
-measurement group, or one per finding of a multi-label bundle), the SR template against the full build, the heatmap SC's geometry and references, and both checked by an independent
-validator, dicom3tools' ``dciodvfy``, on several sources."""
+measurement group, or one per finding of a multi-label bundle), the SR template against the full build, the heatmap
+SC's geometry, references and legend, and both checked by an independent validator, dicom3tools' ``dciodvfy``, on
+several sources."""
 import dataclasses
 import io
 import os
