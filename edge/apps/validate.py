@@ -35,8 +35,11 @@ from pathlib import Path
 from medge import __version__
 from medge.edge.apps.options import add_model_arguments, load_model
 from medge.edge.errors import UsageError
+from medge.edge.findings import MULTILABEL, label_of
+from medge.edge.golive import multilabel as ml
 from medge.edge.golive import validation as val
 from medge.edge.golive.roc import AUC_METHOD
+from medge.edge.inputs.index import FORMATS, UNCERTAIN
 from medge.edge.outputs import atomic_write_text, check_report_files, wrote
 from medge.edge.paths import to_json
 from medge.edge.progress import ProgressLine
@@ -50,7 +53,14 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     add_model_arguments(p)
     p.add_argument("--data", help="folder of class folders (DIR/<class>/...); with --labels, the root of its relative paths")
-    p.add_argument("--labels", metavar="CSV", help="CSV with a header path,label instead of class folders")
+    p.add_argument("--labels", metavar="CSV", help="CSV with a header path,label instead of class folders; for a "
+                                                   "multi-label bundle, a label index (--labels-format)")
+    p.add_argument("--images", metavar="DIR", help="the folder the index's paths are under (default: --data, else the "
+                                                   "index's folder)")
+    p.add_argument("--labels-format", choices=FORMATS, help="the index's format, for a multi-label bundle (default "
+                                                            "generic; docs/datasets.md)")
+    p.add_argument("--uncertain", choices=UNCERTAIN, help="an uncertain label (-1): ignore (masked out of that "
+                                                          "finding's figures; the default), zeros or ones")
     p.add_argument("--out", required=True, help="the JSON report; NAME.md, NAME.roc.png, NAME.reliability.png and "
                                                 "NAME.cases.jsonl are written beside it")
     p.add_argument("--require", metavar="CRITERIA",
@@ -92,6 +102,15 @@ def run(args: argparse.Namespace) -> int:
     requirements = val.parse_requirements(args.require)
     paths = output_paths(args.out, args.overwrite)
     model = load_model(args)
+    if model.findings is not None:
+        return run_findings(args, model, requirements, paths)
+    if args.labels_format or args.uncertain:
+        raise UsageError(f"{args.model}: a single-label bundle ({', '.join(model.classes)}): --labels-format and "
+                         "--uncertain read a findings index for a multi-label bundle; give --data DIR/<class>/ or "
+                         "--labels CSV with a header path,label")
+    if args.images and args.data:
+        raise UsageError("give --data or --images, not both")
+    args.data = args.data or args.images
     decision = val.decision_of(model, args.positive)
     cases, problems = collect_cases(args, model.classes)
     records = case_records(model, cases, args)
@@ -239,6 +258,208 @@ def markdown(report: dict, paths: dict[str, Path]) -> str:
                 cells = " | ".join(val.ci_text(g[k]) for k in ("auc", "sensitivity", "specificity"))
                 out.append(f"| {value} | {g['cases']} | {cells} |")
         out.append("")
+    if report["problems"]:
+        out += ["## Inputs that are not cases", ""] + [f"- {p['kind']}: {p['path']}: {p['reason']}"
+                                                        for p in report["problems"][:50]]
+        if len(report["problems"]) > 50:
+            out.append(f"- ... {len(report['problems']) - 50} more in {paths['cases'].name}")
+        out.append("")
+    return "\n".join(out)
+
+
+# A multi-label bundle (edge.findings): cases from a label index, figures per finding (edge.golive.multilabel).
+
+def index_cases(args, names: list[str]) -> tuple[list, list[val.Problem]]:
+    """The index's entries (each a case, with its targets of the bundle's findings) and its missing files.
+
+    Raises:
+        UsageError: no --labels. DataError: an index that cannot be read (edge.inputs.index names the line).
+    """
+    from medge.edge.inputs.index import read_index
+
+    if not args.labels:
+        raise UsageError(f"{args.model}: a multi-label bundle ({', '.join(names)}) is validated on a label index: give "
+                         "--labels INDEX.csv --images DIR --labels-format nih|chexpert|generic (class folders hold one "
+                         "label per image)")
+    if args.images and args.data:
+        raise UsageError("give --images (or --data), not both")
+    images = args.images or args.data or str(Path(args.labels).parent)
+    index = read_index(args.labels, images, fmt=args.labels_format or "generic", uncertain=args.uncertain or "ignore",
+                       findings=names)
+    args.index = {"format": index.format, "uncertain": index.uncertain, "findings": list(index.findings),
+                  "images": images, "entries": len(index.entries)}
+    return list(index.entries), [val.Problem(p, "missing", why) for p, why in index.missing]
+
+
+def _targets(entry, names: list[str], index_findings: list[str]) -> dict:
+    out = {}
+    for n in names:
+        v = entry.targets[index_findings.index(n)] if n in index_findings else None
+        out[n] = None if v is None or v != v else float(v)
+    return out
+
+
+def finding_records(model, entries: list, args) -> list[dict]:
+    """One prediction record per index entry, with ``targets`` and the index's patient, sex, age and view."""
+    names, found = model.findings.names, args.index["findings"]
+    progress = ProgressLine(len(entries), "cases")
+    out = []
+    for e, pred in zip(entries, model.predict_iter([e.file for e in entries], args.batch_size, args.workers,
+                                                   args.max_pixels, streams=args.streams), strict=True):
+        targets = _targets(e, names, found)
+        out.append({**pred.to_record(model.sha256, model.runtime), "path": e.file, "targets": targets,
+                    "truth": label_of([n for n in names if targets[n] == 1.0]), "patient": e.patient, "sex": e.sex,
+                    "age": e.age, "view": e.view})
+        progress.update()
+    progress.close()
+    return out
+
+
+def run_findings(args, model, requirements: list[val.Requirement], paths: dict[str, Path]) -> int:
+    """``medge validate`` of a multi-label bundle: exit 1 when a supported finding's guarantee is refuted at the site,
+    a requirement is not met, or no case is usable; else 0."""
+    entries, problems = index_cases(args, model.findings.names)
+    records = finding_records(model, entries, args)
+    failed = [val.Problem(r["path"], "unreadable", r["error"]) for r in records if r["error"]]
+    classified = [r for r in records if not r["error"]]
+    report = findings_report(model, args, classified, problems + failed, requirements)
+    write_findings_outputs(paths, report, records, problems)
+    print(findings_summary_line(report), file=sys.stderr)
+    if not classified:
+        print("no usable case: nothing could be judged", file=sys.stderr)
+        return 1
+    for name in report["guarantees"]["refuted"]:
+        print(f"guarantee refuted at this site: {name}", file=sys.stderr)
+    for v in report["requirements"]:
+        if not v["passed"]:
+            print(f"requirement not met: {v['requirement']} ({v['reason']})", file=sys.stderr)
+    return 0 if report["passed"] else 1
+
+
+def findings_report(model, args, classified: list[dict], problems: list[val.Problem],
+                    requirements: list[val.Requirement]) -> dict:
+    kinds: dict[str, int] = {}
+    for p in problems:
+        kinds[p.kind] = kinds.get(p.kind, 0) + 1
+    report = {
+        "report": "medge validation", "version": 1, "medge": __version__, "task": MULTILABEL,
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "model": {"bundle": str(model.bundle_dir), "sha256": model.sha256, "findings": model.findings.names,
+                  "calibrated": model.findings.calibrated, "arch": model.manifest["model"].get("arch"),
+                  "runtime": model.runtime},
+        "data": {"labels": args.labels, **args.index},
+        "counts": {"cases": len(classified), "patients": len({r["patient"] for r in classified if r["patient"]}),
+                   "problems": kinds},
+        "problems": [{"path": p.path, "kind": p.kind, "reason": p.reason} for p in problems],
+        "ci_method": {"auc": AUC_METHOD, "proportions": "Wilson score interval", "level": 0.95,
+                      "guarantee": "one-sided Clopper-Pearson bounds (edge.golive.multilabel)",
+                      "age_bands": [b[2] for b in ml.AGE_BANDS], "min_subgroup": val.MIN_SUBGROUP},
+    }
+    if classified:
+        report.update(ml.evaluate_findings(classified, model.findings, model.manifest.get("operating_point"),
+                                           requirements))
+    else:
+        report.update(findings=None, summary=None, roc={}, subgroups={},
+                      guarantees={k: [] for k in ml.GUARANTEE_LISTS},
+                      requirements=[r.judge({}) for r in requirements], passed=False)
+    return report
+
+
+def write_findings_outputs(paths: dict[str, Path], report: dict, records: list[dict],
+                           problems: list[val.Problem]) -> None:
+    """The cases file, the ROC grid (one chart per finding), the summary and, last, the report."""
+    from medge.edge.golive import plots
+
+    lines = [to_json(r) for r in records] + [to_json({"path": p.path, "error": p.reason, "problem": p.kind,
+                                                      "targets": None}) for p in problems]
+    atomic_write_text(paths["cases"], "\n".join(lines) + ("\n" if lines else ""))
+    if report.get("findings"):
+        charts = [roc_of_finding(f, report["roc"][f["name"]]) for f in report["findings"]]
+        plots.write_png(paths["roc"], plots.grid(charts))
+    atomic_write_text(paths["summary"], findings_markdown(report, paths))
+    atomic_write_text(paths["report"], to_json(report, indent=2) + "\n")
+    wrote(paths["report"], "validation report")
+
+
+def roc_of_finding(f: dict, roc: dict):
+    from medge.edge.golive import plots
+
+    point = None
+    if f["supported"] and f["sensitivity"]["n"] and f["specificity"]["n"]:
+        point = {"fpr": 1 - f["specificity"]["value"], "tpr": f["sensitivity"]["value"],
+                 "label": f"threshold {f['threshold']:.3f}"}
+    curve = {"fpr": roc["fpr"], "tpr": roc["tpr"], "label": f"AUC {val.ci_text(f['auc'], to='-')}"}
+    return plots.roc_plot([curve], f"{f['name']} ({f['positives']} of {f['cases']} cases)", point)
+
+
+def findings_summary_line(report: dict) -> str:
+    c, s = report["counts"], report.get("summary")
+    problems = ", ".join(f"{n} {k}" for k, n in sorted(c["problems"].items())) or "none"
+    if not s:
+        return f"{c['cases']} cases; problems: {problems}"
+    g = report["guarantees"]
+    return (f"{c['cases']} cases, {len(report['findings'])} findings; macro AUC {_num(s['macro_auc'])}, micro AUC "
+            f"{_num(s['micro_auc'])}; guarantees confirmed {len(g['confirmed'])}, refuted {len(g['refuted'])}, not "
+            f"shown {len(g['not shown'])}; problems: {problems}"
+            + ("" if not report["requirements"] else f"; requirements {'met' if report['passed'] else 'NOT met'}"))
+
+
+def _finding_rows(report: dict) -> list[str]:
+    out = ["| finding | cases (+/-, masked) | AUC (95% CI) | threshold | sensitivity | specificity | guarantee at this site |",
+           "| --- | --- | --- | --- | --- | --- | --- |"]
+    for f in report["findings"]:
+        counts = f"{f['cases']} ({f['positives']}/{f['negatives']}, {f['masked']})"
+        if not f["supported"]:
+            out.append(f"| {f['name']} | {counts} | {val.ci_text(f['auc'])} | unsupported | | | {f['unsupported']} |")
+            continue
+        g = f["guarantee_at_site"]
+        said = g["verdict"] if g["verdict"] == "no target" else (
+            f"{'**refuted**' if g['verdict'] == 'refuted' else g['verdict']}: {g['statistic']} >= {g['target']:g} "
+            f"(bounds {_num(g['lower_bound'])} to {_num(g['upper_bound'])})")
+        out.append(f"| {f['name']} | {counts} | {val.ci_text(f['auc'])} | {f['threshold']:.4f} ({f['criterion']}) | "
+                   f"{val.ci_text(f['sensitivity'])} | {val.ci_text(f['specificity'])} | {said} |")
+    return out + [""]
+
+
+def _subgroup_rows(report: dict) -> list[str]:
+    names = [f["name"] for f in report["findings"]]
+    out = ["## Subgroups", "", f"Age bands: {', '.join(report['ci_method']['age_bands'])}. A group of fewer than "
+           f"{report['ci_method']['min_subgroup']} cases is flagged small and gives counts only.", ""]
+    for attr, groups in report["subgroups"].items():
+        out += [f"### {attr}", "", "| group | cases | " + " | ".join(f"{n}: AUC (n, +)" for n in names) + " |",
+                "| --- | --- |" + " --- |" * len(names)]
+        for value, g in groups.items():
+            cells = [f"{'small' if g['small'] else val.ci_text(g['findings'][n].get('auc'))} "
+                     f"({g['findings'][n]['cases']}, {g['findings'][n]['positives']})" for n in names]
+            out.append(f"| {value} | {g['cases']} | " + " | ".join(cells) + " |")
+        out.append("")
+    return out
+
+
+def findings_markdown(report: dict, paths: dict[str, Path]) -> str:
+    """The summary of a multi-label validation: per finding, macro and micro, guarantees, requirements, subgroups."""
+    c, s, d = report["counts"], report.get("summary"), report["data"]
+    out = [f"# Validation of {Path(report['model']['bundle']).name} on site cases (findings)", "",
+           f"- model SHA-256 `{report['model']['sha256'][:16]}...`, findings {', '.join(report['model']['findings'])}",
+           _runtime_line(report["model"].get("runtime")),
+           f"- index {d['labels']} ({d['format']}; uncertain labels: {d['uncertain']}); images under {d['images']}",
+           f"- {c['cases']} cases of {c['patients']} patients; problems: "
+           + (", ".join(f"{n} {k}" for k, n in sorted(c["problems"].items())) or "none"),
+           "- each finding present when its calibrated probability >= its threshold; masked labels left out of that "
+           "finding's figures",
+           f"- 95% CIs: AUC by Newcombe's score method, proportions by Wilson; a guarantee is confirmed by the one-sided "
+           f"Clopper-Pearson lower bound, refuted by the upper bound at 1 - {ml.REFUTE_ALPHA:g}/M (M findings with a "
+           f"target); created {report['created']} by medge {report['medge']}", ""]
+    if not s:
+        return "\n".join(out + ["No usable case: nothing could be judged.", ""])
+    out += _finding_rows(report)
+    out += [f"Macro AUC {_num(s['macro_auc'])} (mean of {s['macro_findings']} findings), micro AUC "
+            f"{_num(s['micro_auc'])} ({s['micro_pairs']} pooled pairs); {s['note']}.", ""]
+    if report["requirements"]:
+        out += ["Requirements:", ""] + [
+            f"- {'met' if v['passed'] else '**NOT met**'}: {v['requirement']} ({v['judged_on']} {_num(v['judged_value'])}"
+            + ("" if v["passed"] else f": {v['reason']}") + ")" for v in report["requirements"]] + [""]
+    out += [f"![ROC per finding]({paths['roc'].name})", ""] + _subgroup_rows(report)
     if report["problems"]:
         out += ["## Inputs that are not cases", ""] + [f"- {p['kind']}: {p['path']}: {p['reason']}"
                                                         for p in report["problems"][:50]]

@@ -13,6 +13,8 @@ the tests against scikit-learn, statsmodels or scipy.
   ``clopper_pearson_lower`` bound from the scores' order statistics; ``cases_needed``, ``TooFewCasesError``);
 - ``shift``: ``psi`` (Laplace-smoothed) with its simulated ``psi_noise_floor``, ``ks_2samp``, ``min_detectable_shift``;
 - ``distributions``: the normal and chi-square quantiles and the Kolmogorov-Smirnov tail they rest on;
+- ``multilabel``: a multi-label bundle's validation per finding (AUC, figures at each finding's threshold, its
+  guarantee confirmed or refuted at the site), macro and micro AUC, subgroups (sex, age band, view, manufacturer);
 - ``validation`` (``medge validate``'s report on labelled images) and ``drift`` (``medge monitor``'s checks
   of prediction records against the bundle's reference); ``plots`` draws their charts (matplotlib, lazily);
 - ``wording``: figures for people (names, three decimals, intervals "0.400 (0.264 to 0.554)", the decision rule of

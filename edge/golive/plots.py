@@ -502,3 +502,21 @@ def write_png(path: str | os.PathLike, image: np.ndarray) -> Path:
         return atomic_write_bytes(path, data.tobytes())
     except OSError as e:
         raise UsageError(f"{shown(path)}: cannot write the image: {e.strerror or e}") from None
+
+
+def grid(images: list[np.ndarray], columns: int = 2) -> np.ndarray:
+    """Charts of one size side by side, ``columns`` to a row (a blank tile fills the last row).
+
+    Args:
+        images: BGR uint8 images of one shape (``roc_plot``'s).
+        columns: charts per row.
+
+    Returns:
+        One BGR uint8 image.
+    """
+    if not images:
+        raise ValueError("grid: no chart to place")
+    columns = max(1, min(columns, len(images)))
+    blank = np.full_like(images[0], 255)
+    tiles = list(images) + [blank] * (-len(images) % columns)
+    return np.vstack([np.hstack(tiles[i:i + columns]) for i in range(0, len(tiles), columns)])
