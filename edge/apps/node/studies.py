@@ -3,7 +3,11 @@
 ``DIR/studies/<h>.json`` (``<h>`` = ``uid_hash`` of the Study Instance UID) lists the
 study's instances with their status and label, and the study-level label: that of
 the instance with the highest disease probability (the probability of the bundle's
-positive class; for several disease classes, the highest of them). A late instance
+positive class; for several disease classes, the highest of them). Of a multi-label
+bundle (``edge.findings``) the record also lists the study's positive findings (those
+of any of its instances, in the bundle's order) and its exam-level flag
+``any_positive``, and its label is those findings joined by ``|`` (``No Finding``),
+as an instance's is. A late instance
 rewrites the record (atomically), with ``updated`` counting the versions. At start
 the node rebuilds its view from results.jsonl, so a study cut short by a restart is
 written too.
@@ -17,6 +21,7 @@ import time
 from pathlib import Path
 
 from medge.edge.apps.node.spool import private_dir, uid_hash
+from medge.edge.findings import MULTILABEL, label_of
 from medge.edge.outputs import atomic_write_text
 from medge.edge.paths import to_json
 
@@ -38,7 +43,7 @@ class Studies:
 
     def __init__(self, out_dir: Path, classes: list[str], timeout_s: float, log=print):
         self.dir = Path(out_dir) / "studies"
-        self.diseases = disease_classes(classes)
+        self.classes, self.diseases = list(classes), disease_classes(classes)
         self.timeout_s, self.log = timeout_s, log
         self._lock = threading.Lock()
         self._records: dict[str, dict[str, dict]] = {}  # study UID -> SOP UID -> record
@@ -101,11 +106,24 @@ class Studies:
             "updated": self._versions[study],
             "written_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         }
+        if any(r.get("task") == MULTILABEL for r in rows):
+            record.update(self._findings(rows))
+            for row, r in zip(record["instances"], rows, strict=True):
+                row["positive_findings"] = r.get("positive_findings")
         private_dir(self.dir)
         atomic_write_text(self.dir / f"{uid_hash(study)}.json", to_json(record, indent=2) + "\n")
         self.written += 1
         self.log(f"study {uid_hash(study)[:12]}: {len(rows)} instance(s), label {record['label']}"
                  + (f" (probability of {', '.join(self.diseases)}: {record['disease_probability']:.3f})" if top else ""))
+
+    def _findings(self, rows: list[dict]) -> dict:
+        """A multi-label study's positive findings (any instance's, in the bundle's order), its label and flag; the
+        flag is None while no instance is classified."""
+        classified = [r for r in rows if r.get("status") == "classified"]
+        found = {f for r in classified for f in r.get("positive_findings") or ()}
+        positive = [c for c in self.classes if c in found]
+        return {"label": label_of(positive) if classified else None, "positive_findings": positive,
+                "any_positive": bool(positive) if classified else None}
 
 
 def _instances_in(path: Path) -> int:

@@ -398,18 +398,23 @@ def test_study_record_after_the_timeout_and_a_late_instance_updates_it(tmp_path,
 
 @needs_dcmtk
 def test_a_multilabel_bundle_gets_a_group_per_finding_and_its_records(tmp_path, multilabel_bundle):
-    """storescu sends one radiograph to a node with a multi-label bundle (Effusion threshold 0.4, Nodule unsupported):
-    its record carries the decisions, thresholds, positive findings and exam-level flag as ``medge predict``'s; the
-    SR a group per finding with those probabilities and decisions; the SC the most probable finding's heatmap."""
+    """storescu sends a radiograph and a CT slice to a node with a multi-label bundle (Effusion threshold 0.4, Nodule
+    unsupported): the radiograph's record carries the decisions, thresholds, positive findings and exam-level flag as
+    ``medge predict``'s; its SR a group per finding with those probabilities and decisions; its SC the most probable
+    finding's heatmap. The slice, skipped, has a multi-label record without decisions."""
     import highdicom as hd
     import pydicom
 
     from medge.edge.findings import label_of
 
-    image = write_radiograph(tmp_path / "dx.dcm", size=96)
+    image, ct = write_radiograph(tmp_path / "dx.dcm", size=96), write_radiograph(tmp_path / "ct.dcm", "CT", size=64)
     with NodeProcess(multilabel_bundle, tmp_path / "out", "--heatmap-sc") as node:
-        storescu(node.port, image)
-        (record,) = node.wait_results(1)
+        storescu(node.port, image, ct)
+        records = {r["modality"]: r for r in node.wait_results(2)}
+    record, skipped = records["DX"], records["CT"]
+    assert skipped["status"] == "skipped" and (skipped["task"], skipped["thresholds"]) == (
+        "multilabel", {"Effusion": 0.4, "Nodule": None})
+    assert [skipped[k] for k in ("label", "decisions", "positive_findings", "any_positive", "sr")] == [None] * 5
     expected = predict_records(multilabel_bundle, [image])[image.name]
     assert record["status"] == "classified" and record["task"] == "multilabel"
     for key in ("probabilities", "label", "decisions", "thresholds", "positive_findings", "any_positive"):

@@ -185,6 +185,39 @@ def test_study_label_is_the_highest_disease_probability_and_late_instances_updat
     assert again.flush(now=1e12) == 0  # after a restart: nothing to rewrite, the file lists them all
 
 
+
+def _findings_record(sop, effusion, nodule, status="classified"):
+    """A node record of the multi-label test bundle (Effusion decided at 0.4, Nodule unsupported)."""
+    from medge.edge.findings import label_of
+
+    positive = ["Effusion"] * (effusion >= 0.4) if status == "classified" else None
+    return {"study_instance_uid": "S", "sop_instance_uid": sop, "series_instance_uid": "s", "status": status,
+            "received_at": sop, "task": "multilabel", "thresholds": {"Effusion": 0.4, "Nodule": None},
+            "label": label_of(positive) if positive is not None else None, "positive_findings": positive,
+            "any_positive": bool(positive) if positive is not None else None,
+            "probabilities": {"Effusion": effusion, "Nodule": nodule} if status == "classified" else None}
+
+
+def test_a_multilabel_study_lists_the_positive_findings_of_its_instances(tmp_path):
+    studies = Studies(tmp_path, ["Effusion", "Nodule"], timeout_s=5, log=lambda m: None)
+    studies.add(_findings_record("1", 0.2, 0.9))  # the most probable finding, but undecided: not positive
+    studies.add(_findings_record("2", 0.0, 0.0, status="skipped"))
+    assert studies.flush(now=1e12) == 1
+    path = tmp_path / "studies" / f"{uid_hash('S')}.json"
+    first = json.loads(path.read_text())
+    assert (first["label"], first["positive_findings"], first["any_positive"]) == ("No Finding", [], False)
+    assert (first["disease_probability"], first["deciding_instance"]) == (0.9, "1")
+    assert [i["positive_findings"] for i in first["instances"]] == [[], None]
+    studies.add(_findings_record("3", 0.6, 0.1))
+    studies.flush(now=1e12)
+    second = json.loads(path.read_text())
+    assert (second["label"], second["positive_findings"], second["any_positive"]) == ("Effusion", ["Effusion"], True)
+    only_skipped = Studies(tmp_path / "b", ["Effusion", "Nodule"], timeout_s=5, log=lambda m: None)
+    only_skipped.add(_findings_record("4", 0.0, 0.0, status="skipped"))
+    only_skipped.flush(now=1e12)
+    record = json.loads((tmp_path / "b" / "studies" / f"{uid_hash('S')}.json").read_text())
+    assert (record["label"], record["positive_findings"], record["any_positive"]) == (None, [], None)
+
 # --- result objects (their content: test_report.py) -------------------------------------------------------------
 def test_forwarder_sends_what_the_pacs_takes_and_sets_aside_what_it_never_will(tmp_path):
     """A PACS that stores SR but no Secondary Capture: the SC goes to outbox/failed/, the SR after it is delivered."""
