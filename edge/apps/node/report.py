@@ -15,6 +15,13 @@ Results profile asks of an AI result:
   reference (1630, 99IHE, "Processing Algorithm"). The SR references the source instance,
   is a new series of the same study, stays UNVERIFIED and its SeriesDescription says it
   is not for diagnostic use.
+- ``build_sr`` of a multi-label bundle (``Findings``, ``edge.findings``): one TID 1501
+  measurement group per finding, in the bundle's order: the finding as its "Finding", its
+  calibrated probability and threshold as measurements, present or absent as a
+  qualitative evaluation (the finding's code = CID 240's SNOMED CT Present / Absent), what
+  the threshold guarantees as a comment; a finding without a threshold (unsupported) has
+  no presence and a comment that it is not decided. The exam-level flag (any finding
+  present) is the report's own qualitative evaluation (TID 1500 row 12).
 - ``SRTemplate``: ``build_sr`` costs ~15 ms an instance (highdicom checks the content
   and deep-copies it on every build), three times the SR's encoding. The node builds the
   SR of its model once with ``build_sr`` and fills a copy per instance: patient and study
@@ -28,7 +35,9 @@ Results profile asks of an AI result:
   Part Examined, series attributes, can be copied as they are; a Laterality that nothing
   states is present and empty, unknown, as Type 2C allows), BurnedInAnnotation YES, a
   Source Image Sequence that references the source with purpose (121322, DCM, "Source
-  image for image processing operation").
+  image for image processing operation"). A multi-label bundle's SC is the heatmap of the
+  most probable finding with a legend burned in (``findings_legend``: that finding, the
+  positive ones, the undecided ones).
 - ``heatmap_rgb``: the SC's pixels. The heatmap is the model's input size (224 x 224 for
   most bundles), drawn over the image the model saw (blurred, CLAHE, squeezed to a
   square). The SC gives it back the source's proportions (its pixel spacing when its
