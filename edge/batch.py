@@ -23,11 +23,16 @@ The hazards guarded against, each of which turns a cluster run into a slower or 
 
 A row is ``medge predict``'s record (``Prediction.to_record``), whatever keys it has:
 fields that hold a dict or a list (probabilities, timings, warnings, what the input
-is) are JSON text, so that every row has the same flat column types in Arrow and
-Parquet and the floats come back exactly (JSON writes the shortest text that reads
-back as the same double); ``row_to_record`` turns a row back into the record. Text
+is; a multi-label bundle's decisions, thresholds and positive findings) are JSON
+text, so that every row has the same flat column types in Arrow and Parquet and the
+floats come back exactly (JSON writes the shortest text that reads back as the same
+double); ``row_to_record`` turns a row back into the record. Text
 that is not valid UTF-8 (a file name from an old share) is written as ``\\udcXX``,
 as medge writes it in CSV (``edge.paths``). Other input columns are passed through.
+A multi-label bundle's rows (``edge.findings``) also have ``task`` (text), ``decisions``,
+``thresholds`` and ``positive_findings`` (JSON text; null in an error row's decisions and
+positive findings) and ``any_positive`` (bool, null in an error row): an error row has
+the same columns as the others.
 """
 from __future__ import annotations
 
@@ -46,13 +51,16 @@ from medge.edge.prediction import Prediction
 PATH, BYTES = "path", "bytes"  # the input columns (read_binary_files(..., include_paths=True) gives both)
 
 
-def _nested_fields() -> frozenset[str]:
-    """The record's fields that hold a dict or a list, from a classified input's record."""
-    rec = Prediction("", label="", probabilities={}, logits=[], input={}).to_record("", {})
+def _nested_fields(**findings) -> frozenset[str]:
+    """The record's fields that hold a dict or a list, from a classified input's record (``findings``: a multi-label
+    one's decisions and thresholds)."""
+    rec = Prediction("", label="", probabilities={}, logits=[], input={}, **findings).to_record("", {})
     return frozenset(k for k, v in rec.items() if isinstance(v, (dict, list)))
 
 
 NESTED_FIELDS = _nested_fields()  # JSON text in a row
+FINDINGS_FIELDS = _nested_fields(decisions={}, thresholds={}) - NESTED_FIELDS  # and in a multi-label bundle's row
+JSON_FIELDS = NESTED_FIELDS | FINDINGS_FIELDS
 _LOADED: dict[tuple, Model] = {}  # bundles loaded in this process by unpickled predictors (Dask), by their arguments
 
 
@@ -107,7 +115,7 @@ class BatchPredictor:
         """
         data = batch[BYTES] if BYTES in batch else None
         records = [p.to_record(self.model.sha256, self.model.runtime) for p in self.predict(list(batch[PATH]), data)]
-        columns = records_to_columns(records)
+        columns = records_to_columns(records, self.model.error_prediction(None, "").to_record(""))
         for name in batch:  # e.g. an id column the caller joins on
             if name not in columns and name != BYTES:
                 columns[name] = np.asarray(batch[name])
@@ -124,12 +132,21 @@ def record_to_row(rec: dict) -> dict:
 
 def row_to_record(row: dict) -> dict:
     """The record a row holds: JSON fields decoded (the inverse of ``record_to_row`` for valid UTF-8 text)."""
-    return {k: json.loads(v) if k in NESTED_FIELDS and isinstance(v, str) else v for k, v in row.items()}
+    return {k: json.loads(v) if k in JSON_FIELDS and isinstance(v, str) else v for k, v in row.items()}
 
 
-def records_to_columns(records: list[dict]) -> dict[str, np.ndarray]:
-    """Rows of ``record_to_row`` as columns (object arrays: text and None side by side)."""
-    keys = list(Prediction(None).to_record("")) if not records else list(records[0])
+def records_to_columns(records: list[dict], template: dict | None = None) -> dict[str, np.ndarray]:
+    """Rows of ``record_to_row`` as columns (object arrays: text and None side by side).
+
+    Args:
+        records: the records of one batch.
+        template: a record of the bundle (``Model.error_prediction(...).to_record``): its keys are the columns of an
+            empty batch (a multi-label bundle's have the findings' keys); default a single-label record's.
+
+    Returns:
+        {column: object array}, the columns in the records' order.
+    """
+    keys = list(records[0] if records else template if template is not None else Prediction(None).to_record(""))
     rows = [record_to_row(r) for r in records]
     columns = {}
     for k in keys:

@@ -12,7 +12,8 @@ cluster, whose workers must see the inputs and the bundle at the same paths.
 The output holds exactly one row per input, in input order: ``medge predict``'s record
 plus ``file_size`` and ``file_mtime_ns``, the input's identity when it was read.
 Parquet (the default) stores the record's dict and list fields (probabilities,
-timings_ms, warnings, input) as JSON text: the floats read back exactly
+timings_ms, warnings, input; a multi-label bundle's decisions, thresholds and
+positive_findings, beside its task and any_positive columns) as JSON text: the floats read back exactly
 (``medge.edge.batch.row_to_record`` gives the record back); ``--format jsonl`` writes
 the records as ``medge predict`` does.
 
@@ -46,7 +47,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from medge.edge.apps.options import add_bundle_arguments, add_strict_argument, at_least
-from medge.edge.batch import NESTED_FIELDS, BatchPredictor, record_to_row, row_to_record
+from medge.edge.apps.records import FindingCounts
+from medge.edge.batch import JSON_FIELDS, BatchPredictor, record_to_row, row_to_record
 from medge.edge.errors import UsageError
 from medge.edge.inputs.scanning import Scan, scan_inputs
 from medge.edge.model import Model
@@ -120,7 +122,7 @@ def run(args: argparse.Namespace) -> int:
     model = Model.open(args.model, args.backend, args.engine, args.variant)  # files and SHA-256s, before Ray starts
     scan = scan_inputs(input_paths(args.paths, args.manifest))
     store = ResultStore(out, args.format, model.sha256, fresh=args.overwrite)
-    records, todo, reused = plan(scan, store)
+    records, todo, reused = plan(scan, store, model)
     progress = ProgressLine(len(todo), "images")
     if todo:
         kwargs = {"bundle": os.path.abspath(args.model), "threads": args.threads, "backend": args.backend, "engine": args.engine,
@@ -139,10 +141,10 @@ def run(args: argparse.Namespace) -> int:
                 progress.close()
     for i in todo:
         if i not in records:  # its batch failed on every try (Ray said so above): say it, redo it next time
-            records[i] = lost_record(scan.entries[i].path, model.sha256)
+            records[i] = lost_record(scan.entries[i].path, model)
     ordered = [records[i] for i in range(len(scan.entries))]
     store.write(ordered)
-    report_summary(ordered, reused, scan, args.verbose)
+    report_summary(ordered, reused, scan, args.verbose, model.classes if model.findings is not None else None)
     wrote(out, "results")
     return 1 if any(r["error"] is not None for r in ordered) else 0
 
@@ -164,14 +166,14 @@ def input_paths(paths: list[str], manifests: list[str]) -> list[str]:
     return found
 
 
-def plan(scan: Scan, store: "ResultStore") -> tuple[dict[int, dict], dict[int, InputKey | None], int]:
+def plan(scan: Scan, store: "ResultStore", model) -> tuple[dict[int, dict], dict[int, InputKey | None], int]:
     """What is known before any work, by input index: the records of entries that cannot be read and of inputs
-    done before and unchanged; the inputs still to do, with their identity now; how many were done before."""
+    done before and unchanged; the inputs still to do, with their identity now; how many were done before.
+    ``model``: the bundle opened (``Model.open``), whose error records are made here."""
     records, todo, reused = {}, {}, 0
     for i, entry in enumerate(scan.entries):
         if entry.error is not None:
-            records[i] = with_identity(Prediction(entry.path, error=f"{entry.path}: {entry.error}").to_record(store.sha256),
-                                       None)
+            records[i] = with_identity(error_record(model, entry.path, f"{entry.path}: {entry.error}"), None)
             continue
         key = InputKey.of(entry.path)
         done = store.done.get(key) if key is not None else None
@@ -187,11 +189,19 @@ def with_identity(rec: dict, key: InputKey | None) -> dict:
     return {**rec, IDENTITY[0]: key and key.size, IDENTITY[1]: key and key.mtime_ns}
 
 
-def lost_record(path: str, sha256: str) -> dict:
+def error_record(model, path: str, error: str) -> dict:
+    """The record of an input that was not classified: a multi-label bundle's (``model.findings``) with the findings'
+    keys, as the worker's error records have them (``Model.error_prediction``); ``model``: a Model or an opened
+    bundle (``Model.open``)."""
+    thresholds = model.findings.thresholds if model.findings is not None else None
+    return Prediction(path, error=error, thresholds=thresholds).to_record(model.sha256)
+
+
+def lost_record(path: str, model) -> dict:
     """The row of an input whose batch failed on every try (no identity: the next run redoes it)."""
     why = (f"{path}: not classified: the Ray worker running its batch failed {RETRIES + 1} times (killed, out of "
            "memory, or a crash); run medge batch again to retry it")
-    return with_identity(Prediction(path, error=why).to_record(sha256), None)
+    return with_identity(error_record(model, path, why), None)
 
 
 @contextmanager
@@ -318,7 +328,7 @@ class ResultStore:
             import pyarrow.parquet as pq
 
             table = pa.Table.from_pylist([record_to_row(r) for r in records])
-            meta = {"medge": to_json({"json_fields": sorted(NESTED_FIELDS & set(table.column_names)),
+            meta = {"medge": to_json({"json_fields": sorted(JSON_FIELDS & set(table.column_names)),
                                       "identity": list(IDENTITY), "model_sha256": self.sha256})}
             table = table.replace_schema_metadata(meta)
             with open_atomic(self.out, "wb") as f:
@@ -329,14 +339,20 @@ class ResultStore:
         shutil.rmtree(self.parts, ignore_errors=True)
 
 
-def report_summary(records: list[dict], reused: int, scan: Scan, verbose: bool) -> None:
-    """The summary on stderr, e.g. "5 input(s) (2 done before), 3 classified now ..., 1 failed; 1 skipped: 1 not images"."""
+def report_summary(records: list[dict], reused: int, scan: Scan, verbose: bool, findings: list[str] | None = None) -> None:
+    """The summary on stderr, e.g. "5 input(s) (2 done before), 3 classified now ..., 1 failed; 1 skipped: 1 not images";
+    ``findings``: a multi-label bundle's, counted on a second line (``edge.apps.records.FindingCounts``)."""
     failed = sum(r["error"] is not None for r in records)
     warned = sum(bool(r["error"] is None and r["warnings"]) for r in records)
     line = (f"{len(records)} input(s)" + (f" ({reused} done before, not redone)" if reused else "")
             + f", {len(records) - failed} classified" + (f" ({warned} with warnings)" if warned else "")
             + f", {failed} failed" + (f"; {scan.skipped_summary()}" if scan.skipped else ""))
     print(shown(line), file=sys.stderr)
+    if findings is not None:
+        counts = FindingCounts(findings)
+        for r in records:
+            counts.add(r)
+        print(counts.summary(), file=sys.stderr)
     if scan.skipped and verbose:
         for path, why in scan.skipped:
             print(f"  skipped {shown(path)}: {why}", file=sys.stderr)

@@ -105,3 +105,10 @@ class FindingCounts:
         parts = [f"{n} not decided (no threshold) on {self.undecided[n]}" if self.undecided[n] else
                  f"{n} {self.positive[n]} positive" for n in self.findings]
         return f"findings: {', '.join(parts)}; {self.flagged} exam(s) with a positive finding"
+
+
+def findings_text(probabilities: dict[str, float], decisions: dict[str, bool | None]) -> str:
+    """A multi-label result in a log line: each finding's probability and decision, e.g.
+    "Effusion 0.623 present, Nodule 0.312 not decided"."""
+    said = {True: "present", False: "absent", None: "not decided"}
+    return ", ".join(f"{name} {probabilities[name]:.3f} {said[decisions.get(name)]}" for name in probabilities)

@@ -39,6 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from medge.edge.apps.options import add_model_arguments, add_strict_argument, load_model
+from medge.edge.apps.records import findings_text
 from medge.edge.errors import UsageError
 from medge.edge.inputs.formats import DEFAULT_MAX_PIXELS
 from medge.edge.inputs.scanning import classify_file, walk
@@ -206,7 +207,9 @@ class HotFolder:
         self._record({"key": v.key, "path": v.rel, "status": "classified", "result": str(target)})
         self.counts["classified"] += 1
         note = f" [warnings: {'; '.join(pred.warnings)}]" if pred.warnings else ""
-        self.log(f"{v.rel}: {pred.label} ({max(pred.probabilities.values()):.3f}){note}")
+        said = (f"{max(pred.probabilities.values()):.3f}" if pred.decisions is None else
+                findings_text(pred.probabilities, pred.decisions))  # a multi-label bundle: each finding
+        self.log(f"{v.rel}: {pred.label} ({said}){note}")
 
     def _fail(self, path: Path, v: FileVersion, pred: Prediction) -> None:
         """Move a failed input to quarantine/ with its reason; a folder is only recorded (never moved)."""

@@ -7,7 +7,7 @@ import cv2
 import numpy as np
 import pytest
 
-from medge.edge.batch import NESTED_FIELDS, BatchPredictor, record_to_row, row_to_record
+from medge.edge.batch import FINDINGS_FIELDS, NESTED_FIELDS, BatchPredictor, record_to_row, row_to_record
 from medge.edge.errors import BundleError
 from medge.edge.inputs.image import write_image
 from medge.edge.inputs.scanning import scan_inputs
@@ -151,3 +151,32 @@ def test_medge_batch_without_the_ray_extra_exits_2_naming_it(bundle, archive, tm
                               "--out", str(tmp_path / f"r.{fmt}"), "--format", fmt], capture_output=True, text=True)
         assert res.returncode == 2 and "needs the 'ray' extra" in res.stderr, res.stderr
         assert not (tmp_path / f"r.{fmt}").exists()
+
+
+def test_a_multilabel_bundle_rows_hold_each_finding_and_round_trip_through_arrow(multilabel_bundle, archive, threads_kept):
+    """Every row of a multi-label bundle, error rows included, has the findings' columns; Arrow holds them (bool with
+    nulls, JSON text) and gives the records back."""
+    pa = pytest.importorskip("pyarrow")
+    pq = pytest.importorskip("pyarrow.parquet")
+    paths = scan_inputs([archive]).paths
+    expected = predict_records(multilabel_bundle, paths)
+    out = BatchPredictor(multilabel_bundle, batch_size=4)({"path": paths})
+    assert FINDINGS_FIELDS == {"decisions", "thresholds", "positive_findings"}
+    table = pa.table({k: pa.array(list(v)) for k, v in out.items()})
+    assert table.schema.field("any_positive").type == pa.bool_() and table.schema.field("task").type == pa.string()
+    buf = pa.BufferOutputStream()
+    pq.write_table(table, buf)
+    rows = [row_to_record(r) for r in pq.read_table(pa.BufferReader(buf.getvalue())).to_pylist()]
+    assert_same_records(rows, expected)
+    bad = [r for r in rows if r["error"]]
+    assert len(bad) == 3 and all(r["decisions"] is None and r["any_positive"] is None and r["task"] == "multilabel"
+                                 and r["thresholds"] == {"Effusion": 0.4, "Nodule": None} for r in bad)
+    good = [r for r in rows if not r["error"]]
+    assert all(r["decisions"]["Nodule"] is None and isinstance(r["any_positive"], bool) for r in good)
+
+
+def test_an_empty_batch_has_the_columns_of_its_bundle(multilabel_bundle, bundle, threads_kept):
+    ml = BatchPredictor(multilabel_bundle)({"path": np.array([], dtype=object)})
+    single = BatchPredictor(bundle)({"path": np.array([], dtype=object)})
+    assert set(ml) - set(single) == {"task", "decisions", "thresholds", "positive_findings", "any_positive"}
+    assert all(len(v) == 0 for v in ml.values())

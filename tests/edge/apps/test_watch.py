@@ -183,3 +183,17 @@ def test_strict_hot_folder_quarantines_inputs_with_warnings(model, tmp_path):
     hf = HotFolder(model, inp, out, settle_s=0.0, log=lambda m: None, strict=True)
     assert hf.run(threading.Event(), poll_s=0.01, once=True) == _counts(quarantined=1)
     assert "refused (strict mode): tiny image" in (out / "quarantine" / "small.png.reason.txt").read_text()
+
+
+def test_a_multilabel_bundle_results_hold_each_finding(multilabel_bundle, tmp_path):
+    inp, out, said = tmp_path / "in", tmp_path / "out", []
+    _png(inp / "a.png", 1)
+    (inp / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\ncut")
+    hf = HotFolder(Model.load(multilabel_bundle), inp, out, settle_s=0.0, log=said.append)
+    assert hf.run(threading.Event(), poll_s=0.01, once=True) == _counts(1, 1, 0)
+    rec = json.loads((out / "results" / "a.png.json").read_text())
+    assert rec["task"] == "multilabel" and rec["thresholds"] == {"Effusion": 0.4, "Nodule": None}
+    assert rec["decisions"]["Nodule"] is None and rec["any_positive"] is bool(rec["positive_findings"])
+    effusion = "present" if rec["decisions"]["Effusion"] else "absent"
+    assert any(f"Effusion {rec['probabilities']['Effusion']:.3f} {effusion}" in m and "Nodule" in m
+               and "not decided" in m for m in said)
