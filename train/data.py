@@ -1,8 +1,16 @@
-"""Image-folder data sets, preprocessed once with ``edge`` and cached on disk.
+"""Image-folder and indexed data sets, preprocessed once with ``edge`` and cached on disk.
 
 Layouts:
   ROOT/train/<class>/*, ROOT/val/<class>/* (ROOT/test/<class>/* optional), or
-  ROOT/<class>/*, split into train and val by a seeded, stratified ratio.
+  ROOT/<class>/*, split into train and val by a seeded, stratified ratio;
+  a label index (``edge.inputs.index``: NIH, CheXpert or generic CSV), split by
+  patient (``train.splits``) with one target per finding per image
+  (``discover_index``).
+
+Splits never put a patient in two splits where patients are known: an index's
+patient column (or CheXpert's path), and for class folders of DICOM files their
+PatientID (read from the header). Class folders of files without a PatientID
+(PNG, JPEG) are split by image exactly as before.
 
 Images are found as ``medge predict`` finds them, by suffix or content
 (``edge.inputs.classify_file``: a DICOM named ``IM000001`` is an image).
@@ -32,25 +40,39 @@ from pathlib import Path
 import numpy as np
 
 from medge.edge.errors import DataError, MedgeError
+from medge.edge.inputs.formats import SNIFF_BYTES, sniff_format
 from medge.edge.inputs.image import load_image
+from medge.edge.inputs.index import LabelIndex, dicom_patient
 from medge.edge.inputs.profile import build_profile, image_stats
 from medge.edge.inputs.scanning import classify_file
 from medge.edge.preprocess import PreprocessConfig, normalize, preprocess_stages
+from medge.train.splits import fractions_of, split_by_patient
 from medge.train.synth import is_synthetic
 
 
 @dataclass
 class Split:
-    """One split: file paths with their class indices, and what could not be read."""
+    """One split: file paths with their labels, and what could not be read.
+
+    A label is a class index (single-label), or a tuple of one float per finding (multi-label: 1.0, 0.0, nan =
+    masked). ``patients`` holds each image's patient id where the data says (None for an image without one),
+    and is empty where the data knows no patients."""
 
     paths: list[str]
-    labels: list[int]
+    labels: list
     cache_files: list[str] = field(default_factory=list)
     failures: list[tuple[str, str]] = field(default_factory=list)
     profiles: list[tuple[dict, dict]] = field(default_factory=list)  # (ImageInfo.to_dict(), image_stats) per file
+    patients: list = field(default_factory=list)
+    findings: tuple[str, ...] = ()  # the names of a multi-label split's targets
 
     def __len__(self) -> int:
         return len(self.paths)
+
+    @property
+    def multilabel(self) -> bool:
+        """Whether the labels are per-finding tuples (decided by the labels; an empty split by ``findings``)."""
+        return isinstance(self.labels[0], tuple) if self.labels else bool(self.findings)
 
 
 def _list_class_folder(folder: Path, classes: list[str] | None, split: str
@@ -102,17 +124,67 @@ def discover(root: str | os.PathLike, val_fraction: float = 0.2, seed: int = 0) 
             if (root / name).is_dir():
                 _, per_split[name], not_inputs[name] = _list_class_folder(root / name, classes, name)
         if "val" not in per_split:
-            per_split["train"], per_split["val"] = _stratified(files, val_fraction, seed)
+            per_split["train"], per_split["val"] = _split_files(files, val_fraction, seed)
     else:
         classes, files, left_out = _list_class_folder(root, None, "whole")
         if len(classes) < 2:
             raise DataError(f"{root}: need at least 2 class folders (or train/ and val/), found {classes}")
-        per_split = dict(zip(("train", "val"), _stratified(files, val_fraction, seed), strict=True))
+        per_split = dict(zip(("train", "val"), _split_files(files, val_fraction, seed), strict=True))
         not_inputs = {"train": left_out}  # one folder for both splits: its other files are reported once
     for name, by_class in per_split.items():
         items = [(p, classes.index(c)) for c in classes for p in by_class[c]]
         splits[name] = Split([p for p, _ in items], [y for _, y in items], failures=list(not_inputs.get(name, [])))
     return classes, splits
+
+
+def discover_index(index: LabelIndex, val_fraction: float = 0.2, test_fraction: float = 0.1, seed: int = 0
+                   ) -> tuple[list[str], dict[str, Split]]:
+    """Split a label index by patient (``train.splits.split_by_patient``), keeping its own split column where it
+    has one (those images keep their split; the rest of their patient follows them; the others are assigned).
+
+    Returns:
+        (findings, {"train": Split, "val": Split[, "test": Split]}): multi-label Splits (one tuple of floats per
+        image, nan = masked) with their patients. The index's missing files are the train split's failures
+        (reported once).
+
+    Raises:
+        DataError: an empty index, too few patients for the splits, a patient the index puts in two splits.
+    """
+    if not len(index):
+        raise DataError(f"{index.source}: no usable image ({len(index.missing)} named but missing or not images)")
+    fractions = fractions_of(val_fraction, test_fraction)
+    fixed = [e.split for e in index.entries]
+    names = list(fractions) + [s for s in ("val", "test") if s in fixed and s not in fractions]
+    targets = index.targets()
+    shares = {s: fractions.get(s, 0.0) for s in names}
+    assigned = split_by_patient(targets, index.patients(), shares, seed, fixed)
+    splits = {}
+    for name in names:
+        rows = np.flatnonzero(assigned == name)
+        splits[name] = Split([index.entries[i].file for i in rows], [tuple(targets[i].tolist()) for i in rows],
+                             patients=[index.entries[i].patient for i in rows], findings=tuple(index.findings))
+    splits["train"].failures = [(p, f"{p}: {why}") for p, why in index.missing]
+    return list(index.findings), splits
+
+
+def split_summary(splits: dict[str, Split]) -> dict:
+    """Per split: images, patients (distinct ids, an image without one counting as one; null where the data has
+    no patients) and, for multi-label splits, the positives and masked labels of each finding."""
+    out = {}
+    for name, split in splits.items():
+        known = [p for p in split.patients if p is not None]
+        record = {"images": len(split),
+                  "patients": len(set(known)) + len(split.patients) - len(known) if split.patients else None}
+        if split.multilabel:
+            k = len(split.findings) or (len(split.labels[0]) if split.labels else 0)
+            y = np.asarray(split.labels, np.float64).reshape(len(split), k)
+            names = split.findings or tuple(str(i) for i in range(k))
+            record["positives"] = dict(zip(names, (y == 1).sum(0).tolist(), strict=True))
+            record["masked"] = dict(zip(names, np.isnan(y).sum(0).tolist(), strict=True))
+        else:
+            record["per_class"] = np.bincount(np.asarray(split.labels, np.int64)).tolist() if split.labels else []
+        out[name] = record
+    return out
 
 
 def fingerprint(root: str | os.PathLike, classes: list[str], splits: dict[str, Split]) -> dict:
@@ -122,6 +194,8 @@ def fingerprint(root: str | os.PathLike, classes: list[str], splits: dict[str, S
     Moving or copying the folder keeps it (nothing absolute, no modification time);
     adding, removing, renaming or resizing a file changes it. Files are not read.
     """
+    if any(split.multilabel for split in splits.values()):
+        return _multilabel_fingerprint(root, classes, splits)
     root = Path(root).absolute()
     digest = hashlib.sha256()
     images = {}
@@ -132,6 +206,23 @@ def fingerprint(root: str | os.PathLike, classes: list[str], splits: dict[str, S
             rel = Path(path).absolute().relative_to(root).as_posix()
             digest.update(json.dumps([name, classes[label], rel, os.stat(path).st_size]).encode() + b"\n")
     return {"sha256": digest.hexdigest(), "classes": list(classes), "images": images}
+
+
+def _multilabel_fingerprint(root, findings: list[str], splits: dict[str, Split]) -> dict:
+    """``fingerprint`` of multi-label splits: positives per finding per split; each file's split, targets (masked
+    as null), path relative to ``root`` and size (-1 when it is gone: a missing file changes it, never crashes)."""
+    digest = hashlib.sha256()
+    images = {}
+    for name in sorted(splits):
+        split = splits[name]
+        y = np.asarray(split.labels, np.float64).reshape(len(split), len(findings))
+        images[name] = dict(zip(findings, (y == 1).sum(0).tolist(), strict=True))
+        for path, label in sorted(zip(split.paths, split.labels, strict=True), key=lambda r: r[0]):
+            size = os.stat(path).st_size if os.path.exists(path) else -1
+            targets = [None if v != v else v for v in label]  # nan is not JSON
+            rel = Path(os.path.relpath(path, root)).as_posix()
+            digest.update(json.dumps([name, targets, rel, size]).encode() + b"\n")
+    return {"sha256": digest.hexdigest(), "classes": list(findings), "images": images}
 
 
 def fingerprint_difference(run: dict, found: dict) -> str | None:
@@ -147,6 +238,41 @@ def fingerprint_difference(run: dict, found: dict) -> str | None:
     if diffs:
         return "; ".join(diffs)
     return "the same number of images, but file names or sizes differ"
+
+
+def _split_files(files: dict[str, list[str]], val_fraction: float, seed: int):
+    """(train, val) files per class: by patient when the files are DICOM with a PatientID, else ``_stratified``."""
+    patients = _dicom_patients([p for paths in files.values() for p in paths])
+    if patients is None:
+        return _stratified(files, val_fraction, seed)
+    classes = list(files)
+    paths = [p for c in classes for p in files[c]]
+    labels = [i for i, c in enumerate(classes) for _ in files[c]]
+    assigned = split_by_patient(labels, [patients.get(p) for p in paths], fractions_of(val_fraction), seed)
+    out = ({c: [] for c in classes}, {c: [] for c in classes})
+    for path, label, split in zip(paths, labels, assigned, strict=True):
+        out[int(split == "val")][classes[label]].append(path)
+    for c in classes:
+        if not out[0][c] or not out[1][c]:
+            raise DataError(f"class '{c}': its {len(files[c])} image(s) are of too few patients to split "
+                            f"{val_fraction:.0%} off for validation without a patient in both splits")
+    return tuple({c: sorted(v) for c, v in part.items()} for part in out)
+
+
+def _dicom_patients(paths: list[str]) -> dict[str, str] | None:
+    """{path: PatientID} of the DICOM files that have one; None when no file has one (nothing to group by)."""
+    found = {}
+    for path in paths:
+        try:
+            with open(path, "rb") as f:
+                head = f.read(SNIFF_BYTES)
+        except OSError:
+            continue  # prepare reports it
+        if sniff_format(head) == "dicom":
+            patient = dicom_patient(path)
+            if patient is not None:
+                found[path] = patient
+    return found or None
 
 
 def _stratified(files: dict[str, list[str]], val_fraction: float, seed: int):
@@ -230,11 +356,14 @@ def prepare(split: Split, cfg: PreprocessConfig, cache_dir: str, workers: int = 
     with ThreadPoolExecutor(max(1, workers)) as pool:
         results = list(progress(pool.map(job, split.paths), total=len(split), desc=f"preprocessing {name}".strip(),
                                 unit="img", enabled=verbose))
-    out = Split([], [], failures=list(split.failures))
-    for path, label, (done, err) in zip(split.paths, split.labels, results, strict=True):
+    out = Split([], [], failures=list(split.failures), findings=split.findings)
+    patients = split.patients or [None] * len(split)
+    for path, label, patient, (done, err) in zip(split.paths, split.labels, patients, results, strict=True):
         if err is None:
             out.paths.append(path)
             out.labels.append(label)
+            if split.patients:
+                out.patients.append(patient)
             out.cache_files.append(done[0])
             out.profiles.append(done[1])
         else:
@@ -256,9 +385,16 @@ def data_profile(split: Split, root: str | os.PathLike) -> dict | None:
 
 
 def check_usable(split: Split, classes: list[str], name: str) -> None:
-    """Fail when a split has no usable image, or a class has none left after skipping."""
+    """Fail when a split has no usable image, or a class has none left after skipping; a multi-label split fails
+    only when empty, or when it is the train split and a finding has no positive left (nothing to learn it from)."""
     if not len(split):
         raise DataError(f"the {name} split has no usable image")
+    if split.multilabel:
+        y = np.asarray(split.labels, np.float64).reshape(len(split), len(classes))
+        none = [c for c, n in zip(classes, (y == 1).sum(0), strict=True) if n == 0]
+        if none and name == "train":
+            raise DataError(f"the {name} split has no usable positive image of finding(s) {none}")
+        return
     counts = np.bincount(split.labels, minlength=len(classes))
     empty = [c for c, n in zip(classes, counts, strict=True) if n == 0]
     if empty:

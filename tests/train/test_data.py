@@ -122,3 +122,112 @@ def test_missing_folder_and_single_class(tmp_path):
     (tmp_path / "one" / "a" / "x.png").write_bytes(b"x")
     with pytest.raises(DataError, match="need at least 2 class folders"):
         D.discover(tmp_path / "one")
+
+
+def png(path, value: int = 100):
+    from medge.edge.inputs.image import write_image
+
+    write_image(path, np.full((16, 16), value, np.uint8))
+    return path
+
+
+def indexed_set(tmp_path, n_patients: int = 30, split_column: bool = False):
+    """A generic index of 2 findings over n_patients patients of 3 images each, the images in a folder."""
+    rows = ["path,patient,Effusion,Nodule" + (",split" if split_column else "")]
+    for p in range(n_patients):
+        for j in range(3):
+            name = f"p{p}_{j}.png"
+            png(tmp_path / "img" / name, 50 + p)
+            split = ("," + ("test" if p < 3 else "")) if split_column else ""
+            rows.append(f"{name},P{p},{int(p % 3 == 0)},{'-1' if (p + j) % 5 == 0 else int(p % 4 == 1)}{split}")
+    (tmp_path / "index.csv").write_text("\n".join(rows) + "\n")
+    return tmp_path / "index.csv", tmp_path / "img"
+
+
+def test_an_index_is_split_by_patient_with_multilabel_targets_and_a_summary(tmp_path):
+    from medge.edge.inputs.index import read_index
+
+    csv, images = indexed_set(tmp_path)
+    (images / "p0_0.png").unlink()  # named but missing: listed, never a crash
+    findings, splits = D.discover_index(read_index(csv, images), val_fraction=0.2, test_fraction=0.1, seed=0)
+    assert findings == ["Effusion", "Nodule"] and set(splits) == {"train", "val", "test"}
+    patients = [set(s.patients) for s in splits.values()]
+    assert not (patients[0] & patients[1] or patients[0] & patients[2] or patients[1] & patients[2])
+    assert splits["train"].failures == [("p0_0.png", f"p0_0.png: not found under {images}")]
+    assert all(isinstance(y, tuple) and len(y) == 2 for s in splits.values() for y in s.labels)
+    summary = D.split_summary(splits)
+    assert sum(r["images"] for r in summary.values()) == 89 and sum(r["patients"] for r in summary.values()) == 30
+    assert sum(r["positives"]["Effusion"] for r in summary.values()) == 29
+    assert summary["val"]["patients"] == 6 and summary["test"]["patients"] == 3
+    assert sum(r["masked"]["Nodule"] for r in summary.values()) == 17  # -1 under "ignore" (18, less p0_0.png)
+    fp = D.fingerprint(images, findings, splits)
+    assert fp["classes"] == findings and sum(fp["images"]["train"].values()) > 0
+    again = D.discover_index(read_index(csv, images), 0.2, 0.1, 0)[1]
+    assert D.fingerprint(images, findings, again) == fp
+    assert D.discover_index(read_index(csv, images), 0.2, 0.1, 1)[1]["val"].patients != splits["val"].patients
+
+
+def test_indexed_splits_are_prepared_with_their_patients_and_unreadable_files_counted(tmp_path):
+    from medge.edge.inputs.index import read_index
+
+    csv, images = indexed_set(tmp_path)
+    (images / "p1_0.png").write_bytes(b"\x89PNG\r\n\x1a\n")  # truncated: counted at preprocessing
+    _, splits = D.discover_index(read_index(csv, images), 0.2, 0.0, 0)
+    assert set(splits) == {"train", "val"}
+    name = next(n for n, s in splits.items() if str(images / "p1_0.png") in s.paths)
+    ready = D.prepare(splits[name], PreprocessConfig(size=32), str(tmp_path / "c"), verbose=False)
+    assert len(ready) == len(splits[name]) - 1 and len(ready.patients) == len(ready)
+    assert ready.failures[-1][0] == str(images / "p1_0.png") and ready.findings == ("Effusion", "Nodule")
+    D.check_usable(ready, ["Effusion", "Nodule"], name)
+    empty = D.Split([], [], findings=("Effusion",))
+    with pytest.raises(DataError, match="the val split has no usable image"):
+        D.check_usable(empty, ["Effusion"], "val")
+    with pytest.raises(DataError, match=r"no usable positive image of finding\(s\) \['Nodule'\]"):
+        D.check_usable(D.Split(["a"], [(1.0, 0.0)]), ["Effusion", "Nodule"], "train")
+    D.check_usable(D.Split(["a"], [(1.0, 0.0)]), ["Effusion", "Nodule"], "val")  # validation may lack one
+
+
+def test_an_index_split_column_is_kept_and_the_rest_split_by_patient(tmp_path):
+    from medge.edge.inputs.index import read_index
+
+    csv, images = indexed_set(tmp_path, split_column=True)
+    _, splits = D.discover_index(read_index(csv, images), val_fraction=0.2, test_fraction=0.0, seed=0)
+    assert set(splits) == {"train", "val", "test"}
+    assert sorted(set(splits["test"].patients)) == ["P0", "P1", "P2"]
+    assert not set(splits["train"].patients) & set(splits["val"].patients)
+
+
+def dicom_classes(tmp_path, patient_ids: bool):
+    """ROOT/<class>/*.dcm: 12 patients of 3 images per class (PatientID set or not)."""
+    pytest.importorskip("pydicom")
+    import pydicom
+
+    from medge.train.synth import write_dicom
+
+    root = tmp_path / ("with" if patient_ids else "without")
+    for cls in ("disease", "normal"):
+        (root / cls).mkdir(parents=True)
+        for p in range(12):
+            for j in range(3):
+                path = write_dicom(root / cls / f"{p}_{j}.dcm", np.full((16, 16), 100 * (p + 1), np.uint16))
+                if patient_ids:
+                    ds = pydicom.dcmread(path)
+                    ds.PatientID = f"{cls}-{p}" if p < 10 else f"both-{p}"  # 2 patients in both classes
+                    ds.save_as(path)
+    return root
+
+
+def test_dicom_class_folders_are_split_by_patient_id(tmp_path):
+    from medge.edge.inputs.index import dicom_patient
+
+    root = dicom_classes(tmp_path, patient_ids=True)
+    classes, splits = D.discover(root, val_fraction=0.25, seed=0)
+    patient = {s: {dicom_patient(p) for p in splits[s].paths} for s in ("train", "val")}
+    assert not patient["train"] & patient["val"]
+    assert len(splits["val"]) % 3 == 0 and sorted(set(splits["val"].labels)) == [0, 1]
+    assert 12 <= len(splits["val"]) <= 24  # about a quarter of 72 images, whole patients
+    plain = dicom_classes(tmp_path, patient_ids=False)  # no PatientID: today's per-image split
+    _, by_image = D.discover(plain, val_fraction=0.25, seed=0)
+    files = {c: sorted(str(p) for p in (plain / c).iterdir()) for c in classes}
+    expected = D._stratified(files, 0.25, 0)[1]
+    assert by_image["val"].paths == [p for c in classes for p in expected[c]]
