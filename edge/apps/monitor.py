@@ -29,6 +29,7 @@ import sys
 from pathlib import Path
 
 from medge import __version__
+from medge.edge.findings import is_multilabel
 from medge.edge.golive import drift
 from medge.edge.outputs import atomic_write_text, check_report_files, wrote
 from medge.edge.paths import to_json
@@ -76,13 +77,21 @@ def run(args: argparse.Namespace) -> int:
 def write_outputs(paths: dict[str, Path], report: dict, records: list[dict], manifest: dict) -> None:
     from medge.edge.golive import plots
 
-    ref, cur, score_of = drift.score_series(records, manifest)
-    series = [{"values": ref, "label": f"validation (n = {len(ref)})"}, {"values": cur, "label": f"records (n = {len(cur)})"}]
-    plots.write_png(paths["scores"], plots.histogram_plot(series, f"Scores of {score_of or 'the predicted class'}",
-                                                          "calibrated probability"))
+    if is_multilabel(manifest):  # one histogram per finding
+        charts = [plots.histogram_plot(_series(ref, cur), f"Scores of {name}", "calibrated probability")
+                  for name, ref, cur in drift.finding_series(records, manifest)]
+        plots.write_png(paths["scores"], plots.grid(charts))
+    else:
+        ref, cur, score_of = drift.score_series(records, manifest)
+        plots.write_png(paths["scores"], plots.histogram_plot(_series(ref, cur), f"Scores of {score_of or 'the predicted class'}",
+                                                              "calibrated probability"))
     atomic_write_text(paths["summary"], markdown(report, paths))
     atomic_write_text(paths["report"], to_json(report, indent=2) + "\n")
     wrote(paths["report"], "drift report")
+
+
+def _series(ref: list[float], cur: list[float]) -> list[dict]:
+    return [{"values": ref, "label": f"validation (n = {len(ref)})"}, {"values": cur, "label": f"records (n = {len(cur)})"}]
 
 
 def _fmt(v) -> str:
@@ -111,6 +120,11 @@ def markdown(report: dict, paths: dict[str, Path]) -> str:
            f"- created {report['created']} by medge {report['medge']}", ""]
     if report.get("note"):
         out += [f"Note: {report['note']}", ""]
+    if report.get("multiplicity"):
+        m = report["multiplicity"]
+        out += [f"Findings: each finding's tests run at the single-label rates divided by {m['findings']} findings "
+                f"(Bonferroni): any score check alarms on no shift at most {m['score_checks_false_alarm']:.2%} of the "
+                f"time, any positive-share check at most {m['share_checks_false_alarm']:.2%}.", ""]
     if report["reasons"]:
         heading = "Why:" if report["verdict"] == "drift" else "What these sizes cannot show:"
         out += [heading, ""] + [f"- {r}" for r in report["reasons"]] + [""]
@@ -130,7 +144,8 @@ def markdown(report: dict, paths: dict[str, Path]) -> str:
                 fig, ref = f"{c['outside']} outside ({c['share']:.1%})", f"{c['reference']}; {c['tolerance']:.0%} tolerated"
             else:
                 fig, ref = f"{c['share']:.1%} ({c['low']:.1%} to {c['high']:.1%})", f"{c['tolerance']:.0%} tolerated"
-            out.append(f"| {c['check']} | {fig} | {ref} | {c['records']} | {c['false_alarm_rate']:.2%} | "
+            name = f"{c['check']} of {c['finding']}" if c.get("finding") else c["check"]
+            out.append(f"| {name} | {fig} | {ref} | {c['records']} | {c['false_alarm_rate']:.2%} | "
                        f"{_detectable(c)} | {'**yes**' if c['drift'] else 'no'} |")
         out.append("")
     out += [f"![scores]({paths['scores'].name})", "", "Manufacturers: "

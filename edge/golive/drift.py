@@ -51,6 +51,7 @@ from pathlib import Path
 import numpy as np
 
 from medge.edge.errors import UsageError
+from medge.edge.findings import is_multilabel
 from medge.edge.golive.proportions import detectable_difference, detectable_share, newcombe_difference, wilson_interval
 from medge.edge.golive.shift import ks_2samp, min_detectable_shift, psi, psi_noise_floor
 from medge.edge.inputs.profile import STATS, input_warnings
@@ -204,21 +205,21 @@ def _points(x: float) -> str:
     return f"{100 * x:.1f} percentage points"
 
 
-def _positive_share_check(k: int, n: int, k_ref: int, n_ref: int, words: str) -> dict:
+def _positive_share_check(k: int, n: int, k_ref: int, n_ref: int, words: str, alpha: float = SHARE_ALPHA) -> dict:
     """The records' share against the validation share: Newcombe's hybrid score interval of the difference
-    (both samples' uncertainty) at 1 - SHARE_ALPHA; drift when it excludes 0."""
-    difference, low, high = newcombe_difference(k, n, k_ref, n_ref, SHARE_ALPHA)
+    (both samples' uncertainty) at 1 - ``alpha``; drift when it excludes 0."""
+    difference, low, high = newcombe_difference(k, n, k_ref, n_ref, alpha)
     reference, share = k_ref / n_ref, k / n
     drift = low > 0 or high < 0
     check = {"check": "positive share", "share": share, "reference": reference, "reference_cases": n_ref, "records": n,
              "difference": difference, "difference_low": low, "difference_high": high,
-             "test": "two-sample, Newcombe's hybrid score interval of the difference", "false_alarm_rate": SHARE_ALPHA,
+             "test": "two-sample, Newcombe's hybrid score interval of the difference", "false_alarm_rate": alpha,
              "drift": bool(drift)}
     if drift:
         check["reason"] = (f"{words}: {share:.1%} of {n} records against {reference:.1%} of {n_ref} validation cases "
-                           f"(difference {100 * difference:+.1f} points, {1 - SHARE_ALPHA:.0%} CI {100 * low:+.1f} to "
+                           f"(difference {100 * difference:+.1f} points, {1 - alpha:.0%} CI {100 * low:+.1f} to "
                            f"{100 * high:+.1f})")
-    return _sees(check, detectable_difference(reference, n_ref, n, SHARE_ALPHA, POWER), COARSE_POINTS,
+    return _sees(check, detectable_difference(reference, n_ref, n, alpha, POWER), COARSE_POINTS,
                  ("share", _points))
 
 
@@ -241,6 +242,28 @@ def _warning_check(k: int, n: int) -> dict:
     return check
 
 
+def _distribution_check(ref: np.ndarray, cur: np.ndarray, score_of, psi_alpha: float, ks_alpha: float) -> dict:
+    """PSI above its noise floor at 1 - ``psi_alpha``, or KS with p < ``ks_alpha``: the scores against the reference."""
+    stability = psi(ref, cur)
+    ks = ks_2samp(ref, cur)
+    floor = psi_noise_floor(10, len(ref), len(cur), 1 - psi_alpha)
+    psi_drift, ks_drift = stability["psi"] > floor, ks["pvalue"] < ks_alpha
+    reading = "major" if stability["psi"] > PSI_DRIFT else "moderate" if stability["psi"] >= PSI_WATCH else "small"
+    check = {"check": "score distribution", "score_of": score_of, "psi": stability["psi"],
+             "psi_reading": reading, "psi_bins": stability["bins"], "psi_noise_floor": floor, "ks": ks,
+             "reference_cases": int(len(ref)), "records": int(len(cur)),
+             "test": "PSI (Laplace-smoothed) above its simulated noise floor, or two-sample KS",
+             "false_alarm_rate": psi_alpha + ks_alpha, "drift": bool(psi_drift or ks_drift),
+             "median": float(np.median(cur)), "reference_median": float(np.median(ref))}
+    if check["drift"]:
+        check["reason"] = (f"the scores of {score_of} moved: PSI {stability['psi']:.3f} ({reading} by the "
+                           f"usual reading; chance alone exceeds {floor:.3f} at these sizes {psi_alpha:.2%} of the "
+                           f"time), KS D {ks['statistic']:.3f} p {ks['pvalue']:.2g}; median {check['median']:.3f} "
+                           f"against {check['reference_median']:.3f} on the validation cases")
+    return _sees(check, min_detectable_shift(len(ref), len(cur), psi_alpha, ks_alpha), COARSE_SD,
+                 ("SD (location shift)", lambda x: f"{x:.2f} SD of the scores"))
+
+
 def score_checks(records: list[dict], op: dict) -> list[dict]:
     """PSI and KS of the records' scores against the validation scores; the positive share against validation's."""
     v = op.get("validation") or {}
@@ -249,28 +272,43 @@ def score_checks(records: list[dict], op: dict) -> list[dict]:
     positive = op.get("positive")
     ref = np.asarray(v["scores"], np.float64)
     cur = np.array([record_score(r, positive) for r in records], np.float64)
-    stability = psi(ref, cur)
-    ks = ks_2samp(ref, cur)
-    floor = psi_noise_floor(10, len(ref), len(cur), 1 - PSI_ALPHA)
-    psi_drift, ks_drift = stability["psi"] > floor, ks["pvalue"] < KS_ALPHA
-    reading = "major" if stability["psi"] > PSI_DRIFT else "moderate" if stability["psi"] >= PSI_WATCH else "small"
-    check = {"check": "score distribution", "score_of": v.get("score_of"), "psi": stability["psi"],
-             "psi_reading": reading, "psi_bins": stability["bins"], "psi_noise_floor": floor, "ks": ks,
-             "reference_cases": int(len(ref)), "records": int(len(cur)),
-             "test": "PSI (Laplace-smoothed) above its simulated noise floor, or two-sample KS",
-             "false_alarm_rate": PSI_ALPHA + KS_ALPHA, "drift": bool(psi_drift or ks_drift),
-             "median": float(np.median(cur)), "reference_median": float(np.median(ref))}
-    if check["drift"]:
-        check["reason"] = (f"the scores of {v.get('score_of')} moved: PSI {stability['psi']:.3f} ({reading} by the "
-                           f"usual reading; chance alone exceeds {floor:.3f} at these sizes {PSI_ALPHA:.2%} of the "
-                           f"time), KS D {ks['statistic']:.3f} p {ks['pvalue']:.2g}; median {check['median']:.3f} "
-                           f"against {check['reference_median']:.3f} on the validation cases")
-    out = [_sees(check, min_detectable_shift(len(ref), len(cur), PSI_ALPHA, KS_ALPHA), COARSE_SD,
-                 ("SD (location shift)", lambda x: f"{x:.2f} SD of the scores"))]
+    out = [_distribution_check(ref, cur, v.get("score_of"), PSI_ALPHA, KS_ALPHA)]
     if positive is not None and op.get("threshold") is not None:
         k_ref = int(np.sum(ref >= float(op["threshold"])))
         k = sum(r.get("label") == positive for r in records)
         out.append(_positive_share_check(k, len(records), k_ref, len(ref), f"labelled {positive}"))
+    return out
+
+
+def finding_checks(records: list[dict], op: dict) -> list[dict]:
+    """A multi-label bundle's checks, per finding with validation scores: its calibrated probability against its
+    validation scores (PSI and KS) and, where it has a threshold, its positive share against validation's.
+
+    Multiplicity: with K such findings each test runs at its single-label rate divided by K (Bonferroni): PSI_ALPHA
+    / K, KS_ALPHA / K, SHARE_ALPHA / K. The chance that any finding's score check alarms on no shift stays at most
+    PSI_ALPHA + KS_ALPHA, and any share check's at most SHARE_ALPHA, whatever the findings' correlation: the
+    single-label bundle's rates for its one score and one share check.
+
+    Args:
+        records: classified records of the bundle (``probabilities`` per finding).
+        op: the manifest's multi-label ``operating_point`` section (``edge.findings``).
+
+    Returns:
+        The checks, each with ``finding`` and ``score_of`` its name and its ``false_alarm_rate`` (per finding).
+    """
+    entries = [e for e in op.get("findings") or [] if isinstance(e, dict) and (e.get("validation") or {}).get("scores")]
+    k = max(len(entries), 1)
+    out = []
+    for e in entries:
+        name = e["name"]
+        ref = np.asarray(e["validation"]["scores"], np.float64)
+        cur = np.array([float(r["probabilities"][name]) for r in records], np.float64)
+        out.append({**_distribution_check(ref, cur, name, PSI_ALPHA / k, KS_ALPHA / k), "finding": name})
+        if e.get("threshold") is not None:
+            t = float(e["threshold"])
+            share = _positive_share_check(int(np.sum(cur >= t)), len(cur), int(np.sum(ref >= t)), len(ref),
+                                          f"{name} present (probability >= {t:.3f})", SHARE_ALPHA / k)
+            out.append({**share, "finding": name})
     return out
 
 
@@ -341,7 +379,16 @@ def monitor(records: list[dict], manifest: dict) -> dict:
     if n < MIN_RECORDS:
         return {**report, "verdict": "too few records", "checks": [], "reasons": [
             f"{n} records: at least {MIN_RECORDS} are needed to judge drift"]}
-    checks = score_checks(records, op)
+    if is_multilabel(manifest):
+        checks = finding_checks(records, op)
+        k = len({c["finding"] for c in checks if c["check"] == "score distribution"})
+        report["reference"]["validation_cases"] = (op.get("validation") or {}).get("cases", 0)
+        report["multiplicity"] = {
+            "method": "Bonferroni over the findings with validation scores", "findings": k,
+            "score_checks_false_alarm": PSI_ALPHA + KS_ALPHA, "share_checks_false_alarm": SHARE_ALPHA,
+            "note": "each finding's test runs at the rate divided by the findings: these are the rates of any alarm"}
+    else:
+        checks = score_checks(records, op)
     checks.append(_warning_check(sum(bool(input_warnings(r.get("warnings") or [])) for r in records), n))
     checks += input_checks(records, manifest.get("data_profile"))
     reasons = [c["reason"] for c in checks if c.get("drift")]
@@ -361,3 +408,16 @@ def score_series(records: list[dict], manifest: dict) -> tuple[list[float], list
     op = manifest.get("operating_point") or {}
     v = op.get("validation") or {}
     return list(v.get("scores") or []), [record_score(r, op.get("positive")) for r in records], v.get("score_of")
+
+
+def finding_series(records: list[dict], manifest: dict) -> list[tuple[str, list[float], list[float]]]:
+    """Per finding of a multi-label bundle: (name, its validation scores, the records' probabilities), for the
+    drift report's histograms."""
+    out = []
+    for e in (manifest.get("operating_point") or {}).get("findings") or []:
+        ref = list((e.get("validation") or {}).get("scores") or [])
+        out.append((e["name"], ref, [float(r["probabilities"][e["name"]]) for r in records]))
+    if not out:  # exported without an operating point: the records only
+        names = [str(c) for c in manifest.get("classes") or []]
+        out = [(n, [], [float(r["probabilities"][n]) for r in records]) for n in names]
+    return out

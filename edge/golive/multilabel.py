@@ -41,7 +41,7 @@ import numpy as np
 from medge.edge.golive.proportions import binary_figures
 from medge.edge.golive.roc import auc_ci, roc_curve
 from medge.edge.golive.thresholds import DEFAULT_CONFIDENCE, clopper_pearson_lower
-from medge.edge.golive.validation import MIN_SUBGROUP, Requirement
+from medge.edge.golive.validation import MIN_SUBGROUP, Requirement, against_bundle
 from medge.edge.numeric import roc_auc
 
 REFUTE_ALPHA = 0.05  # family-wise: the chance that any true guarantee is called refuted at the site
@@ -136,19 +136,23 @@ def finding_figures(name: str, y: np.ndarray, score: np.ndarray, entry: dict, fa
 
     Args:
         name: the finding. y, score: its truth (1, 0, NaN) and calibrated probabilities over all cases.
-        entry: {"threshold", "criterion", "guarantee" (dict), "guarantee_text", "unsupported"} of the bundle.
+        entry: {"threshold", "criterion", "guarantee" (dict), "guarantee_text", "unsupported", "validation" (the
+            finding's validation scores and positives, or None)} of the bundle (``bundle_entries``).
         family: the findings with a target (``guarantee_at_site``).
 
     Returns:
         {"name", "cases", "positives", "negatives", "masked", "threshold", "criterion", "auc" (None without both
-        classes), "supported", and the figures at the threshold, or "unsupported" (why) without one}.
+        classes), "supported", "against_bundle" (this site's AUC minus the bundle's validation AUC of the finding,
+        ``validation.against_bundle``; None without both), and the figures at the threshold, or "unsupported" (why)
+        without one}.
     """
     keep = ~np.isnan(y)
     t, s = y[keep] == 1.0, score[keep]
     out = {"name": name, "cases": int(keep.sum()), "positives": int(t.sum()), "negatives": int((~t).sum()),
            "masked": int((~keep).sum()), "threshold": entry.get("threshold"), "criterion": entry.get("criterion"),
            "guarantee_text": entry.get("guarantee_text"),
-           "auc": auc_ci(t, s) if t.any() and (~t).any() else None, "supported": entry.get("threshold") is not None}
+           "auc": auc_ci(t, s) if t.any() and (~t).any() else None, "supported": entry.get("threshold") is not None,
+           "against_bundle": against_bundle(t, s, {"validation": entry.get("validation")})}
     if not out["supported"]:
         out["unsupported"] = entry.get("unsupported") or "no threshold in the bundle: AUC only"
         return out
@@ -201,7 +205,8 @@ def bundle_entries(findings_point, section: dict | None) -> list[dict]:
     for rule in findings_point.findings:
         e = sealed.get(rule.name, {})
         out.append({"threshold": rule.threshold, "criterion": rule.criterion, "guarantee": e.get("guarantee"),
-                    "guarantee_text": rule.guarantee, "unsupported": e.get("unsupported")})
+                    "guarantee_text": rule.guarantee, "unsupported": e.get("unsupported"),
+                    "validation": e.get("validation")})
     return out
 
 
