@@ -689,8 +689,16 @@ def heatmap_rgb(explanation, source, legend=()) -> np.ndarray:
 
 
 def findings_legend(findings: Findings, explained: str) -> list[str]:
-    """The legend of a multi-label SC: the finding the heatmap explains (the most probable one) and its probability,
-    the positive findings, and the undecided ones (no threshold)."""
+    """The legend of a multi-label SC.
+
+    Args:
+        findings: the instance's findings.
+        explained: the finding the heatmap explains (the most probable one).
+
+    Returns:
+        Lines of text: that finding and its probability, the positive findings, and the undecided ones (no
+        threshold) when there are any.
+    """
     lines = [f"heatmap: {explained} (p {findings.probabilities[explained]:.2f})",
              f"positive: {', '.join(findings.positive) or 'none'}"]
     if findings.undecided:
