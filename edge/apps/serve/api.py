@@ -1,7 +1,10 @@
 """The JSON API of ``medge serve`` and the bounded inference service it shares with the page.
 
 Routes (OpenAPI at /docs): ``GET /healthz``, ``GET /api/v1/model``, ``POST /api/v1/predict``
-(multipart field ``file``) -> the record ``medge predict`` writes for that file.
+(multipart field ``file``) -> the record ``medge predict`` writes for that file. For a
+multi-label bundle (``edge.findings``) the record has its ``decisions``, ``thresholds``,
+``positive_findings`` and ``any_positive``, and the model's description its ``task`` and
+``findings`` (each finding's threshold, criterion, guarantee and validation figures).
 
 Hazards this module guards against:
 - **Unbounded uploads.** The body is streamed, counted and written to the server's
@@ -38,6 +41,7 @@ import numpy as np
 
 from medge import __version__
 from medge.edge.decision import guarantee_text
+from medge.edge.findings import MULTILABEL
 from medge.edge.inputs.formats import DEFAULT_MAX_PIXELS, DICOM_SUFFIXES, IMAGE_SUFFIXES
 from medge.edge.model import Model
 
@@ -135,7 +139,8 @@ class InferenceService:
         return fut
 
     def predict_file(self, path: Path, name: str) -> dict:
-        """The record ``medge predict`` writes for this file, naming it ``name`` instead of its server path."""
+        """The record ``medge predict`` writes for this file, naming it ``name`` instead of its server path (a
+        multi-label bundle's with each finding's probability, decision and threshold, ``edge.findings``)."""
         pred = self.model.predict([path], batch_size=1, workers=0, max_pixels=self.max_pixels)[0]
         rec = pred.to_record(self.model.sha256, self.model.runtime)
         rec["path"] = name
@@ -213,7 +218,41 @@ def model_info(model: Model) -> dict:
         "explain_method": getattr(model, "explain_method", None),
         "operating_point": operating_point_card(m.get("operating_point")),
     }
+    point = getattr(model, "findings", None)
+    if point is not None:  # a multi-label bundle (edge.findings): its findings instead of one operating point
+        info.update(task=MULTILABEL, operating_point=None, findings=findings_card(m.get("operating_point"), point))
     return _finite(info)
+
+
+FINDING_FIGURES = ("auc", "sensitivity", "specificity", "ppv", "npv", "brier", "ece")  # no scores, truth or ROC
+
+
+def findings_card(section: dict | None, point) -> dict:
+    """A multi-label bundle's findings for the card: per finding its threshold (None: unsupported, with the reason),
+    criterion, guarantee, temperature and validation figures; the macro and micro AUC (no per-case scores, no paths).
+
+    Args:
+        section: the manifest's sealed multi-label ``operating_point`` section, or None (each finding at 0.5).
+        point: the bundle's ``edge.findings.FindingsPoint`` (checked against the section when it was loaded).
+
+    Returns:
+        {"calibrated", "findings": [{"name", "threshold", "criterion", "temperature", "temperature_at_bound",
+        "guarantee", "supported", "unsupported", "validation"}], "validation": {"cases", "skipped", "macro_auc",
+        "micro_auc"}}.
+    """
+    entries = {e.get("name"): e for e in (section or {}).get("findings") or [] if isinstance(e, dict)}
+    findings = []
+    for rule in point.findings:
+        e = entries.get(rule.name, {})
+        v = e.get("validation") or {}
+        findings.append({"name": rule.name, "threshold": rule.threshold, "criterion": rule.criterion,
+                         "temperature": rule.temperature, "temperature_at_bound": (e.get("calibration") or {}).get("at_bound"),
+                         "guarantee": rule.guarantee, "supported": rule.supported, "unsupported": e.get("unsupported"),
+                         "validation": {**{k: v.get(k) for k in ("cases", "n_positive", "n_negative", "masked")},
+                                        **{k: v[k] for k in FINDING_FIGURES if v.get(k) is not None}}})
+    val = (section or {}).get("validation") or {}
+    return {"calibrated": point.calibrated, "findings": findings,
+            "validation": {k: val.get(k) for k in ("cases", "skipped", "macro_auc", "micro_auc")}}
 
 
 def operating_point_card(section: dict | None) -> dict | None:

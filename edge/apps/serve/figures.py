@@ -136,3 +136,35 @@ def _parity_detail_rows(parity: dict, t: dict) -> list[tuple[str, str]]:
     if parity.get("failures"):
         rows.append((t["parity_failures"], "; ".join(map(str, parity["failures"]))))
     return rows
+
+
+def findings_html(card: dict, t: dict) -> str:
+    """A multi-label bundle's findings (``api.findings_card``): a row per finding with its decision rule (or that it
+    is not decided: unsupported, and why), guarantee, temperature, validation cases and figures with their 95% CIs;
+    then the macro and micro AUC."""
+    figures = [k for k in OPERATING_POINT_FIGURES if any(k in f["validation"] for f in card["findings"])]
+    head = "".join(f"<th>{_e(h)}</th>" for h in (t["finding"], t["decision_rule"], t["guarantee"], t["temperature"],
+                                                 t["finding_cases"], *(name(k, t) for k in figures)))
+    rows = []
+    for f in card["findings"]:
+        v = f["validation"]
+        if f["threshold"] is None:
+            rule = t["finding_unsupported"].format(reason=f.get("unsupported") or f["guarantee"])
+        else:
+            rule = t["finding_rule"].format(threshold=number_text(f["threshold"], 4), criterion=f["criterion"] or "0.5")
+        cases = ("n/a" if v.get("cases") is None else
+                 t["finding_cases_value"].format(cases=v["cases"], positives=v.get("n_positive"),
+                                                 negatives=v.get("n_negative")))
+        cells = [f["name"], rule, f["guarantee"], number_text(f["temperature"]), cases,
+                 *(figure_text(v[k], to=t["interval_to"]) if k in v else "n/a" for k in figures)]
+        state = "undecided" if f["threshold"] is None else "decided"
+        rows.append(f'<tr class="medge-finding" data-finding="{_e(f["name"])}" data-state="{state}">'
+                    + "".join(f"<td>{_e(c)}</td>" for c in cells) + "</tr>")
+    intro = t["findings_rule"] if card["calibrated"] else t["findings_uncalibrated"]
+    val = card.get("validation") or {}
+    pooled = [(t[k], _e(figure_text(val[k], to=t["interval_to"]) if k == "micro_auc" else number_text(val[k].get("auc"))))
+              for k in ("macro_auc", "micro_auc") if isinstance(val.get(k), dict)]
+    kv = ('<table class="medge-kv">' + "".join(f"<tr><td><b>{_e(k)}</b></td><td>{v}</td></tr>" for k, v in pooled)
+          + "</table>") if pooled else ""
+    return (f'<div id="medge-findings"><p>{_e(intro)}</p><table class="medge-table" id="medge-findings-table"><thead>'
+            f'<tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>{kv}</div>')

@@ -27,9 +27,16 @@ import numpy as np
 
 from medge.edge.apps.records import RecordWriter
 from medge.edge.apps.serve.api import InferenceService, Overloaded, model_info
-from medge.edge.apps.serve.figures import operating_point_figure_rows, parity_rows, rules_differ_html, training_html
+from medge.edge.apps.serve.figures import (
+    findings_html,
+    operating_point_figure_rows,
+    parity_rows,
+    rules_differ_html,
+    training_html,
+)
 from medge.edge.apps.serve.texts import TEXT, pick_language
 from medge.edge.errors import MedgeError
+from medge.edge.findings import MULTILABEL
 from medge.edge.golive.wording import number_text
 from medge.edge.inputs.image import load_image
 from medge.edge.preview import render_preview
@@ -219,7 +226,8 @@ class Page:
             _log_page("batch", results, t0)
         finally:
             self._delete(uploads)
-        return _batch_html(results, self.service.model.classes, lang)
+        model = self.service.model
+        return _batch_html(results, model.classes, lang, getattr(model, "findings", None) is not None)
 
     def card(self, request) -> tuple[str, str]:
         """The header line and the model card, in the request's language."""
@@ -233,9 +241,15 @@ def _lang(request) -> str:
 
 
 def _refused_record(name: str, service: InferenceService, reason: str) -> dict:
-    """A record for a file the page could not classify (the keys of ``Prediction.to_record``)."""
-    return {"path": name, "label": None, "probabilities": None, "model_sha256": service.model.sha256,
-            "timings_ms": {}, "error": reason}
+    """A record for a file the page could not classify (the keys of ``Prediction.to_record``; a multi-label
+    bundle's with its findings' thresholds and no decisions)."""
+    rec = {"path": name, "label": None, "probabilities": None, "model_sha256": service.model.sha256,
+           "timings_ms": {}, "error": reason}
+    point = getattr(service.model, "findings", None)
+    if point is not None:
+        rec.update(task=MULTILABEL, decisions=None, thresholds=point.thresholds, positive_findings=None,
+                   any_positive=None)
+    return rec
 
 
 def _busy_result(name: str, service: InferenceService, retry_after_s: int) -> PageResult:
@@ -265,14 +279,63 @@ def result_card(r: PageResult, lang: str) -> str:
         reason = t["busy"].format(seconds=r.busy_s) if r.busy_s else rec["error"]
         return (f'<div class="medge-card medge-result" data-file="{_e(name)}" data-error="1"><h3>{_e(name)}</h3>'
                 f'<p class="medge-refused"><b>{_e(t["refused"])}:</b> <span class="medge-error">{_e(reason)}</span></p></div>')
+    if rec.get("task") == MULTILABEL:
+        return _findings_card(r, t)
     probs = rec["probabilities"]
     top = probs[rec["label"]]
     rows = "".join(
         f'<tr><td>{_e(c)}</td><td style="width:60%"><div class="medge-bar" style="width:{100 * p:.1f}%"></div></td>'
         f'<td class="medge-p" data-class="{_e(c)}">{p:.4f}</td></tr>' for c, p in probs.items())
+    pictures, timing_text = _pictures_and_timings(r, t)
+    return (f'<div class="medge-card medge-result" data-file="{_e(name)}" data-label="{_e(rec["label"])}">'
+            f'<h3>{_e(name)}</h3><p class="medge-label">{_e(t["label"])}: <b class="medge-label-value">{_e(rec["label"])}</b>'
+            f' ({top:.4f})</p>{_warnings_html(rec, t)}<table class="medge-probs"><caption style="text-align:left">'
+            f'{_e(t["probabilities"])}</caption>{rows}</table><div class="medge-pictures">{pictures}</div>'
+            f'<p class="medge-timings">{_e(t["timings"])}: {_e(timing_text)}</p></div>')
+
+
+def _warnings_html(rec: dict, t: dict) -> str:
     warn = rec.get("warnings") or []
-    warn_html = (f'<p class="medge-refused"><b>{_e(t["warnings"])}:</b> {_e("; ".join(map(str, warn)))}</p>'
-                 if warn else "")
+    return (f'<p class="medge-refused"><b>{_e(t["warnings"])}:</b> {_e("; ".join(map(str, warn)))}</p>'
+            if warn else "")
+
+
+def _decision_text(decided: bool | None, t: dict) -> str:
+    return t["not_decided"] if decided is None else t["present" if decided else "absent"]
+
+
+def _findings_card(r: PageResult, t: dict) -> str:
+    """The card of a multi-label bundle's result (``edge.findings``): per finding its calibrated probability,
+    threshold and decision (an undecided one marked so), the positive findings and the exam-level flag."""
+    rec = r.record
+    name, probs, thresholds, decisions = rec["path"], rec["probabilities"], rec["thresholds"], rec["decisions"]
+    rows = "".join(
+        f'<tr class="medge-finding" data-finding="{_e(c)}" data-decision="{_e(_decision_attr(decisions[c]))}"><td>{_e(c)}</td>'
+        f'<td style="width:45%"><div class="medge-bar" style="width:{100 * p:.1f}%"></div></td>'
+        f'<td class="medge-p" data-class="{_e(c)}">{p:.4f}</td>'
+        f'<td class="medge-threshold">{_e("n/a" if thresholds[c] is None else f"{thresholds[c]:.4g}")}</td>'
+        f'<td class="medge-decision">{_e(_decision_text(decisions[c], t))}</td></tr>' for c, p in probs.items())
+    head = "".join(f"<th>{_e(h)}</th>" for h in (t["finding"], "", t["probability"], t["threshold"], t["decision"]))
+    positive = ", ".join(rec["positive_findings"]) or t["no_finding"]
+    pictures, timing_text = _pictures_and_timings(r, t)
+    flag = "1" if rec["any_positive"] else "0"
+    return (f'<div class="medge-card medge-result" data-file="{_e(name)}" data-label="{_e(rec["label"])}" '
+            f'data-any-positive="{flag}"><h3>{_e(name)}</h3>'
+            f'<p class="medge-label">{_e(t["positive_findings"])}: <b class="medge-label-value">{_e(positive)}</b></p>'
+            f'<p class="medge-any-positive">{_e(t["any_positive"])}: <b>{_e(t["yes" if rec["any_positive"] else "no"])}'
+            f'</b></p>{_warnings_html(rec, t)}<table class="medge-probs medge-findings"><caption style="text-align:left">'
+            f'{_e(t["finding_probabilities"])}</caption><thead><tr>{head}</tr></thead>{rows}</table>'
+            f'<p class="medge-timings">{_e(t["findings_rule"])}</p><div class="medge-pictures">{pictures}</div>'
+            f'<p class="medge-timings">{_e(t["timings"])}: {_e(timing_text)}</p></div>')
+
+
+def _decision_attr(decided: bool | None) -> str:
+    return "undecided" if decided is None else "present" if decided else "absent"
+
+
+def _pictures_and_timings(r: PageResult, t: dict) -> tuple[str, str]:
+    """A result's pictures (stages, heatmap, or why not) as HTML, and its timings as text."""
+    rec = r.record
     pictures = ""
     if r.stages_png:
         pictures += f'<figure>{_img(r.stages_png, t["stages"])}<figcaption>{_e(t["stages"])}</figcaption></figure>'
@@ -287,43 +350,45 @@ def result_card(r: PageResult, lang: str) -> str:
     timings = {**rec["timings_ms"], **r.extra_ms}
     keys = [("read", "read"), ("preprocess", "preprocess"), ("inference", "inference"), ("heatmap", "heatmap_ms"),
             ("total", "total")]
-    timing_text = " · ".join(f"{t[label]} {timings[k]:.1f} ms" for k, label in keys if k in timings)
-    return (f'<div class="medge-card medge-result" data-file="{_e(name)}" data-label="{_e(rec["label"])}">'
-            f'<h3>{_e(name)}</h3><p class="medge-label">{_e(t["label"])}: <b class="medge-label-value">{_e(rec["label"])}</b>'
-            f' ({top:.4f})</p>{warn_html}<table class="medge-probs"><caption style="text-align:left">{_e(t["probabilities"])}'
-            f'</caption>{rows}</table><div class="medge-pictures">{pictures}</div>'
-            f'<p class="medge-timings">{_e(t["timings"])}: {_e(timing_text)}</p></div>')
+    return pictures, " · ".join(f"{t[label]} {timings[k]:.1f} ms" for k, label in keys if k in timings)
 
 
 def _data_url(text: str, mime: str) -> str:
     return f"data:{mime};charset=utf-8;base64,{base64.b64encode(text.encode()).decode()}"
 
 
-def records_as(records: list[dict], fmt: str, classes: list[str]) -> str:
-    """The records as ``medge predict`` writes them (jsonl or csv)."""
+def records_as(records: list[dict], fmt: str, classes: list[str], multilabel: bool = False) -> str:
+    """The records as ``medge predict`` writes them (jsonl or csv; ``multilabel``: a multi-label bundle's columns)."""
     buf = io.StringIO(newline="")
-    writer = RecordWriter(buf, fmt, classes)
+    writer = RecordWriter(buf, fmt, classes, multilabel=multilabel)
     for rec in records:
         writer.write(rec)
     return buf.getvalue()
 
 
-def _batch_html(results: list[PageResult], classes: list[str], lang: str) -> str:
+def _batch_html(results: list[PageResult], classes: list[str], lang: str, multilabel: bool = False) -> str:
     t = TEXT[lang]
     records = [r.record for r in results]
     failed = sum(r["error"] is not None for r in records)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     links = (f'<p class="medge-downloads"><a class="medge-csv" download="medge-{stamp}.csv" '
-             f'href="{_data_url(records_as(records, "csv", classes), "text/csv")}">{_e(t["download_csv"])}</a>'
+             f'href="{_data_url(records_as(records, "csv", classes, multilabel), "text/csv")}">{_e(t["download_csv"])}</a>'
              f'<a class="medge-jsonl" download="medge-{stamp}.jsonl" '
              f'href="{_data_url(records_as(records, "jsonl", classes), "application/x-ndjson")}">'
              f'{_e(t["download_jsonl"])}</a></p>')
-    head = "".join(f"<th>{_e(c)}</th>" for c in [t["file"], t["label"], *classes, t["error"]])
+    flag = [t["any_positive"]] if multilabel else []
+    head = "".join(f"<th>{_e(c)}</th>" for c in [t["file"], t["label"], *classes, *flag, t["error"]])
     rows = []
     for res in results:
         r, p = res.record, res.record["probabilities"] or {}
         error = t["busy"].format(seconds=res.busy_s) if res.busy_s else r["error"] or ""
-        cells = [r["path"], r["label"] or "", *[f"{p[c]:.4f}" if c in p else "" for c in classes], error]
+        if multilabel:  # each finding's probability and decision, then the exam-level flag
+            d = r.get("decisions") or {}
+            probs = [f"{p[c]:.4f} {_decision_text(d.get(c), t)}" if c in p else "" for c in classes]
+            flag = [] if r.get("any_positive") is None else [t["yes" if r["any_positive"] else "no"]]
+            cells = [r["path"], r["label"] or "", *probs, *(flag or [""]), error]
+        else:
+            cells = [r["path"], r["label"] or "", *[f"{p[c]:.4f}" if c in p else "" for c in classes], error]
         rows.append("<tr>" + "".join(f"<td>{_e(c)}</td>" for c in cells) + "</tr>")
     summary = t["summary"].format(total=len(records), ok=len(records) - failed, failed=failed)
     return (f'<p class="medge-summary" data-total="{len(records)}" data-failed="{failed}">{_e(summary)}</p>{links}'
@@ -336,7 +401,7 @@ def _header_html(info: dict, lang: str) -> str:
     status = t["self_test_passed" if st["passed"] else "self_test_failed"].format(
         worst=st["max_abs_logit"] if st["max_abs_logit"] is not None else float("nan"), tol=st["tolerance"], n=st["inputs"])
     return (f'<div id="medge-header"><h2 style="margin:0">{_e(t["title"])}</h2><p>{_e(t["model"])} {_e(info["arch"] or "")} · '
-            f'{_e(t["classes"])}: {_e(", ".join(info["classes"]))} · {_e(t["sha256"])} '
+            f'{_e(t["findings" if info.get("findings") else "classes"])}: {_e(", ".join(info["classes"]))} · {_e(t["sha256"])} '
             f'<code>{_e(info["model_sha256"][:16])}…</code> · {_e(t["self_test"])}: {_e(status)}</p>'
             f'<p class="medge-timings">{_e(t["privacy"])}</p></div>')
 
@@ -370,7 +435,7 @@ def card_html(info: dict, lang: str) -> str:
         worst=st["max_abs_logit"] if st["max_abs_logit"] is not None else float("nan"), tol=st["tolerance"], n=st["inputs"])
     rt = info["runtime"]
     main = _kv([
-        (t["classes"], _e(", ".join(info["classes"]))),
+        (t["findings" if info.get("findings") else "classes"], _e(", ".join(info["classes"]))),
         (t["sha256"], f'<code id="medge-sha256">{_e(info["model_sha256"])}</code>'),
         (t["architecture"], _e(info["arch"] or "n/a")),
         (t["input"], _e(f'{info["input"]["name"]} {info["input"]["shape"]}')),
@@ -386,7 +451,9 @@ def card_html(info: dict, lang: str) -> str:
     parity = info["parity"] or {}
     verdict = t["parity_passed"] if parity.get("passed") else t["parity_failed"]
     versions = _kv([(k, _e(v)) for k, v in (info["versions"] or {}).items()])
-    return (f'<div id="medge-model-card">{main}<h3>{_e(t["operating_point"])}</h3>{_operating_point_html(info, t)}'
+    point = (f'<h3>{_e(t["findings_card"])}</h3>{findings_html(info["findings"], t)}' if info.get("findings") else
+             f'<h3>{_e(t["operating_point"])}</h3>{_operating_point_html(info, t)}')
+    return (f'<div id="medge-model-card">{main}{point}'
             f'<h3>{_e(t["training_metrics"])}</h3>{training_html(info["training"], info["classes"], t)}'
             f'<h3>{_e(t["parity"])}</h3>{_kv([(t["verdict"], _e(verdict)), *parity_rows(parity, t)])}'
             f'<h3>{_e(t["versions"])}</h3>{versions}</div>')
