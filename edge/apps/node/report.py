@@ -484,6 +484,11 @@ class SRTemplate:
         self.sr = build_sr(placeholder, model, algorithm, "2.25.0", "2.25.0")
         self._placeholder_tags = set(_patient_and_study(placeholder))
         self._ours = self.sr.ContributingEquipmentSequence[0]  # the placeholder names no acquisition equipment
+        root = self.sr.ContentSequence  # what each item of the content tree is, found once (not per fill)
+        self._root_concepts = [_concept(item) for item in root]
+        at = self._root_concepts.index(("CONTAINER", "126010", "DCM"))
+        self._group_concepts = [[_concept(item) for item in group.ContentSequence]
+                                for group in root[at].ContentSequence]
 
     def fill(self, source, finding: Finding | Findings, series_uid: str, instance_uid: str):
         """The SR of ``finding`` on ``source``, as ``build_sr(source, finding, self.algorithm, ...)`` makes it."""
@@ -516,18 +521,19 @@ class SRTemplate:
     def _content(self, source, finding: Finding | Findings, instance_uid: str) -> list:
         """The template's content tree with the instance's measurement groups (and exam-level flag) in it."""
         root = list(self.sr.ContentSequence)
-        at = next(i for i, item in enumerate(root) if _concept(item) == ("CONTAINER", "126010", "DCM"))
+        at = self._root_concepts.index(("CONTAINER", "126010", "DCM"))
         groups = root[at].ContentSequence  # "Imaging Measurements" holds the "Measurement Group"s, one per finding
         filled = []
-        for group, fresh in zip(groups, self._fresh(source, finding, instance_uid), strict=True):
+        for group, concepts, fresh in zip(groups, self._group_concepts, self._fresh(source, finding, instance_uid),
+                                          strict=True):
             by_concept = {_concept(item): item for item in fresh}
-            items = [by_concept.get(_concept(item), item) for item in group.ContentSequence]
+            items = [by_concept.get(concept, item) for concept, item in zip(concepts, group.ContentSequence,
+                                                                             strict=True)]
             items += [_comment(f"warning: {text}") for text in finding.warnings]  # each group its own items
             filled.append(_shallow(group, ContentSequence=items))
         root[at] = _shallow(root[at], ContentSequence=filled)
         if isinstance(finding, Findings):
-            flag = ("CONTAINER", *QUALITATIVE_EVALUATIONS[:2])
-            root = [_exam_flag(finding) if _concept(item) == flag else item for item in root]
+            root[self._root_concepts.index(("CONTAINER", *QUALITATIVE_EVALUATIONS[:2]))] = _exam_flag(finding)
         return root
 
     def _fresh(self, source, finding: Finding | Findings, instance_uid: str) -> list[list]:
