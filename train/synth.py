@@ -335,8 +335,7 @@ def make_findings_case(patient: Patient, follow_up: int, cfg: FindingsConfig
     The patient's anatomy (body, lungs, ribs, texture) is the same in all of the patient's images (the
     patient-level effect a split by image leaks); pose, exposure, view and noise vary per image.
     Depends only on (cfg.seed, patient.id, follow_up)."""
-    rng = np.random.default_rng([cfg.seed, 8, patient.id, follow_up])
-    shown = tuple(bool(rng.random() < (SHOWN_IF_HAS if h else SHOWN_IF_NOT)) for h in patient.has)
+    rng, shown = _shown(patient, follow_up, cfg)
     s = cfg.size
     img, frame = _anatomy(np.random.default_rng([cfg.seed, 9, patient.id]), s)
     lesions = []
@@ -352,6 +351,17 @@ def make_findings_case(patient: Patient, follow_up: int, cfg: FindingsConfig
     img = gain * img + offset + 0.01 * rng.standard_normal(img.shape).astype(np.float32)
     view = "PA" if rng.random() < 0.6 else "AP"
     return np.clip(img, 0, 1).astype(np.float32), shown, lesions, view
+
+
+def _shown(patient: Patient, follow_up: int, cfg: FindingsConfig) -> tuple[np.random.Generator, tuple[bool, ...]]:
+    """(the image's random generator, the findings it shows): the generator's first draws decide the findings."""
+    rng = np.random.default_rng([cfg.seed, 8, patient.id, follow_up])
+    return rng, tuple(bool(rng.random() < (SHOWN_IF_HAS if h else SHOWN_IF_NOT)) for h in patient.has)
+
+
+def findings_shown(patient: Patient, follow_up: int, cfg: FindingsConfig) -> tuple[bool, ...]:
+    """The findings image ``follow_up`` of ``patient`` shows (as ``make_findings_case`` draws them), without drawing."""
+    return _shown(patient, follow_up, cfg)[1]
 
 
 def _finding_pattern(k: int, rng: np.random.Generator, frame, s: int) -> tuple[np.ndarray, Lesion]:
