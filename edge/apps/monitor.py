@@ -9,6 +9,12 @@ validation scores stored with its operating point (a Laplace-smoothed PSI above 
 labelled positive and with warnings, and the inputs (bit depth, modality, size,
 brightness and contrast) against the training data profile (``edge.golive.drift``).
 
+A multi-label bundle's records are checked per finding: each finding's calibrated
+probability against its validation scores, and its share present (at its threshold)
+against validation's, each test at the single-label rate divided by the findings
+(Bonferroni: any false alarm across the findings stays at the single-label rate);
+NAME.scores.png holds one histogram per finding.
+
 Writes --out (JSON) and beside it NAME.md and NAME.scores.png (reference and
 current score histograms). Records of other models, errors, skipped instances and
 unreadable lines are counted, never mixed in.

@@ -20,9 +20,26 @@ NAME.reliability.png and NAME.cases.jsonl (one record per input: the prediction
 and its truth, or why it is not a case). Unreadable and unlabelled files are
 counted and listed, never dropped.
 
+A multi-label bundle (findings, each with its own threshold) is validated on a
+label index: --labels INDEX.csv --images DIR --labels-format nih|chexpert|generic
+[--uncertain ignore|zeros|ones] (docs/datasets.md), e.g.
+  medge validate --model bundles/cxr --labels Data_Entry.csv --images images/ --labels-format nih --out v/report.json
+Per finding: AUC with the same interval on its unmasked cases (an uncertain label
+under "ignore" is masked for that finding only), sensitivity, specificity, PPV and
+NPV at its threshold (Wilson), the export's guarantee confirmed or refuted on these
+cases (one-sided Clopper-Pearson bounds, edge.golive.multilabel), and the AUC
+against the bundle's validation AUC; a finding without a threshold (unsupported at
+export) gets its AUC only. Macro and micro AUC; subgroups by sex, age band (<40,
+40-59, 60-79, >=80), view position (PA, AP, lateral) and manufacturer; NAME.roc.png
+holds one ROC per finding. --require is judged per finding (figures at a threshold
+on the findings that have one). Files the index names that are missing or
+unreadable are counted and listed. A multi-label bundle needs --labels (class
+folders hold one label per image); a single-label bundle refuses --labels-format.
+
 Exit status: 0 the report written and every --require met (judged on the lower
 95% CI bound; an AUC requirement also needs 10 cases of each class), 1 a requirement
-not met (named, with the reason) or no usable case, 2 usage error (a requirement that
+not met (named, with the reason), a multi-label bundle's promised guarantee refuted
+at this site (named), or no usable case, 2 usage error (a requirement that
 cannot be read, or brier/ece, which have no interval to judge).
 """
 from __future__ import annotations

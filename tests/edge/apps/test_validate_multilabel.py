@@ -146,3 +146,47 @@ def test_usage_errors(multilabel_bundle, bundle, site, tmp_path, capsys):
     assert main(["validate", "--model", str(bundle), "--labels", str(root / "index.csv"), "--labels-format", "nih",
                  "--out", str(tmp_path / "b/r.json")]) == 2
     assert "single-label bundle" in capsys.readouterr().err
+
+
+def test_an_nih_index_gives_the_same_figures(multilabel_bundle, site, tmp_path):
+    """The same labels written as NIH ChestX-ray14's columns ("A|B" or "No Finding", Patient Gender, View Position):
+    no masked label in that format, so Effusion's masked cases there are read as written (here: absent)."""
+    root, y, _ = site
+    rows = [["Image Index", "Finding Labels", "Follow-up #", "Patient ID", "Patient Age", "Patient Gender",
+             "View Position"]]
+    for i in range(N):
+        names = [f for k, f in enumerate(FINDINGS) if y[i, k] and not (k == 0 and i % 7 == 0)]
+        rows.append([f"im{i:03d}.png", "|".join(names) or "No Finding", 0, i // 2, 25 + (i * 7) % 70, "MF"[i % 2],
+                     ("PA", "AP", "LL")[i % 3]])
+    with open(root / "nih.csv", "w", newline="") as f:
+        csv.writer(f).writerows(rows)
+    assert main(["validate", "--model", str(multilabel_bundle), "--labels", str(root / "nih.csv"), "--images",
+                 str(root / "images"), "--labels-format", "nih", "--out", str(tmp_path / "n/report.json")]) == 0
+    rep = json.loads((tmp_path / "n/report.json").read_text())
+    _, generic = _validate(multilabel_bundle, site, tmp_path)
+    assert rep["counts"] == {"cases": N, "patients": N // 2, "problems": {}} and rep["data"]["format"] == "nih"
+    assert rep["findings"][1]["auc"] == generic["findings"][1]["auc"]  # Nodule: the same labels, the same figures
+    assert rep["findings"][0]["masked"] == 0 and rep["findings"][0]["cases"] == N
+    assert {k: g["cases"] for k, g in rep["subgroups"]["view_position"].items()} == {"AP": 32, "PA": 32, "lateral": 32}
+
+
+def test_dicom_manufacturer_subgroups(multilabel_bundle, tmp_path):
+    pydicom = pytest.importorskip("pydicom")
+    from tests.edge.apps.node.nodes import write_radiograph
+
+    rows = [["path", *FINDINGS, "sex"]]
+    (tmp_path / "c").mkdir()
+    for i in range(44):
+        path = write_radiograph(tmp_path / "c" / f"IM{i:04d}", size=64, seed=i)
+        ds = pydicom.dcmread(path)
+        ds.Manufacturer, ds.ViewPosition = ("Acme", "PA") if i < 24 else ("Other", "AP")
+        ds.save_as(path)
+        rows.append([path.name, i % 2, (i // 2) % 2, "F"])
+    with open(tmp_path / "c" / "index.csv", "w", newline="") as f:
+        csv.writer(f).writerows(rows)
+    assert main(["validate", "--model", str(multilabel_bundle), "--labels", str(tmp_path / "c" / "index.csv"),
+                 "--out", str(tmp_path / "r/report.json")]) == 0  # images: the index's folder
+    sub = json.loads((tmp_path / "r/report.json").read_text())["subgroups"]
+    assert {k: g["cases"] for k, g in sub["manufacturer"].items()} == {"Acme": 24, "Other": 20}
+    assert sub["manufacturer"]["Acme"]["findings"]["Effusion"]["auc"]["n_positive"] == 12
+    assert set(sub["view_position"]) == {"PA", "AP"}  # from DICOM ViewPosition: the index has no view column

@@ -125,3 +125,17 @@ def test_an_unpromised_target_never_fails():
     assert rep["guarantees"]["not promised"] == ["A"] and rep["guarantees"]["refuted"] == [] and rep["passed"]
     section["findings"][0]["guarantee"]["supported"] = True
     assert ml.evaluate_findings(_records(y, p, ["A"]), point, section)["guarantees"]["refuted"] == ["A"]
+
+
+def test_each_finding_is_compared_with_its_validation_auc():
+    from sklearn.metrics import roc_auc_score
+
+    y, p = _data(n=200, k=1, masked=0.0)
+    ry, rp = _data(n=150, k=1, seed=5, masked=0.0)
+    point = FindingsPoint((FindingRule("A", threshold=0.5),), calibrated=True)
+    section = {"findings": [{"name": "A", "validation": {"scores": rp[:, 0].tolist(),
+                                                         "positives": ry[:, 0].astype(int).tolist()}}]}
+    d = ml.evaluate_findings(_records(y, p, ["A"]), point, section)["findings"][0]["against_bundle"]
+    assert d["auc_1"] == pytest.approx(roc_auc_score(y[:, 0], p[:, 0]), abs=1e-12)
+    assert d["auc_2"] == pytest.approx(roc_auc_score(ry[:, 0], rp[:, 0]), abs=1e-12) and d["bundle_cases"] == 150
+    assert ml.evaluate_findings(_records(y, p, ["A"]), point, None)["findings"][0]["against_bundle"] is None
