@@ -467,11 +467,12 @@ class SRTemplate:
     operating point. ``fill`` shares every element that is the same for all instances (the observer, the algorithm,
     the threshold, the coding schemes ...) and puts in what is not: patient and study, UIDs, times, character set,
     evidence, contributing equipment (the source's, then the algorithm's, then highdicom's, stamped now), and in the
-    measurement group the tracking UID, label, probabilities, source reference and warnings. A filled dataset shares
-    elements with the template: encode it, do not modify it.
+    measurement group the tracking UID, label, probabilities, source reference and warnings (of a multi-label
+    model's: in each finding's group the tracking UID, probability, presence, source reference and warnings, and the
+    exam-level flag). A filled dataset shares elements with the template: encode it, do not modify it.
     """
 
-    def __init__(self, algorithm: Algorithm, finding: Finding):
+    def __init__(self, algorithm: Algorithm, finding: Finding | Findings):
         from pydicom.dataset import Dataset
 
         placeholder = Dataset()

@@ -140,8 +140,10 @@ class Classifier:
         record["classified_at"] = _iso(time.time())
         self.spool.commit(item, record)
         self.counts[record["status"]] += 1
-        what = f"{pred.label} ({max(pred.probabilities.values()):.3f})" if record["status"] == "classified" else \
-            f"{record['status']}: {record['reason']}"
+        what = f"{record['status']}: {record['reason']}"
+        if record["status"] == "classified":  # a multi-label label's findings, and each finding's probability
+            what = f"{pred.label} ({max(pred.probabilities.values()):.3f})" if pred.decisions is None else \
+                f"{pred.label} ({', '.join(f'{k} {v:.3f}' for k, v in pred.probabilities.items())})"
         self.log(f"{tag}: {what}" + (f" [{len(pred.warnings)} warning(s)]" if pred.warnings else ""))
         return record
 

@@ -412,6 +412,8 @@ def test_a_multilabel_bundle_gets_a_group_per_finding_and_its_records(tmp_path, 
         storescu(node.port, image, ct)
         records = {r["modality"]: r for r in node.wait_results(2)}
     record, skipped = records["DX"], records["CT"]
+    probabilities = ", ".join(f"{k} {v:.3f}" for k, v in record["probabilities"].items())
+    assert f": {record['label']} ({probabilities})" in node.log()  # each finding's probability, not only the top one
     assert skipped["status"] == "skipped" and (skipped["task"], skipped["thresholds"]) == (
         "multilabel", {"Effusion": 0.4, "Nodule": None})
     assert [skipped[k] for k in ("label", "decisions", "positive_findings", "any_positive", "sr")] == [None] * 5
