@@ -28,6 +28,13 @@ to the model's input size, then scaled to [0, 1] by its min and max (pytorch-gra
   class's logit when a patch is hidden is credited to the pixels it covered, averaged over the
   patches covering each pixel. Cost: one forward pass per patch position (e.g. 13 x 13 = 169 at
   224 px), batched through cv2.dnn.
+
+Both work per output: a multi-label bundle's (``edge.findings``) class k is finding k, its CAM
+uses the head's row k and its occlusion map the drop of logit k alone. That is the right score
+for a finding: its calibrated probability sigmoid(z_k / T_k) is monotone in z_k and depends on
+no other finding (a softmax would mix the others in), and the [0, 1] scaling removes the 1/T_k.
+By default a multi-label heatmap explains the most probable finding (``Model.label_indices``);
+``Model.predict(..., heatmaps=[names])`` gives one per finding named.
 """
 from __future__ import annotations
 

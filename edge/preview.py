@@ -52,14 +52,23 @@ def predicted_heatmap(tensor: np.ndarray, model: Model) -> tuple[Explanation, fl
     its threshold; argmax of the softmax for bundles without one)."""
     logits, (e,) = model.explain_blob(tensor[None], model.label_indices)
     op = model.operating_point
-    probabilities = softmax(logits) if op is None else op.probabilities(logits)
+    if model.findings is not None:  # a multi-label bundle: the most probable finding, its own calibrated sigmoid
+        probabilities = model.findings.probabilities(logits)
+    else:
+        probabilities = softmax(logits) if op is None else op.probabilities(logits)
     return e, float(probabilities[0, e.class_index])
 
 
 def _heatmap_panel(tensor: np.ndarray, model: Model) -> np.ndarray:
-    """The bundle's heatmap for the class it predicts, over the model input (the preview's own tensor)."""
+    """The bundle's heatmap for the class it predicts, over the model input (the preview's own tensor); for a
+    multi-label bundle, its most probable finding and that finding's decision."""
     e, p = predicted_heatmap(tensor, model)
-    return _panel(e.overlay(), f"{e.method}: {model.classes[e.class_index]} {p:.2f}")
+    name = model.classes[e.class_index]
+    if model.findings is not None:
+        threshold = model.findings.thresholds[name]
+        said = "not decided" if threshold is None else "present" if p >= threshold else "absent"
+        return _panel(e.overlay(), f"{e.method}: {name} {p:.2f} {said}")
+    return _panel(e.overlay(), f"{e.method}: {name} {p:.2f}")
 
 
 def render_preview(image: np.ndarray, cfg: PreprocessConfig = PreprocessConfig(),

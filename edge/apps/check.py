@@ -32,7 +32,9 @@ import cv2
 import numpy as np
 
 from medge.edge import system
+from medge.edge.apps.records import findings_text
 from medge.edge.errors import MedgeError, UsageError
+from medge.edge.findings import MULTILABEL
 from medge.edge.inputs.dicom import decoder_support
 from medge.edge.inputs.image import write_image
 from medge.edge.model import Model
@@ -87,6 +89,8 @@ def verify_bundle(bundle: str) -> tuple[dict, VerifiedBundle | None, dict]:
                    arch=verified.manifest["model"].get("arch"), classes=verified.classes, input=list(verified.chw),
                    tolerance=float(g["tolerance"]), golden_inputs=int(g["count"]),
                    exported_with_opencv=verified.manifest.get("versions", {}).get("opencv"))
+    if verified.findings is not None:  # a multi-label bundle (edge.findings): its findings and their thresholds
+        section.update(task=MULTILABEL, thresholds=verified.findings.thresholds, calibrated=verified.findings.calibrated)
     nets, errors = {}, []
     pairs, refused = candidate_pairs(verified, engines_for("cpu"), AUTO)
     for engine, variant in pairs:
@@ -181,7 +185,8 @@ def end_to_end(bundle: str) -> dict:
             "total_ms": latency_summary(total), "median_ms": parts, "label": pred.label,
             "probabilities": pred.probabilities, "engine": model.engine, "variant": model.variant,
             "engine_choice": model.engine_choice.to_dict(),
-            "batch_note": model.batch_note, "error": None}
+            "batch_note": model.batch_note, "error": None,
+            **({} if pred.decisions is None else {"decisions": pred.decisions})}  # a multi-label bundle's findings
 
 
 def node_extra() -> dict:
@@ -295,6 +300,10 @@ def _verification_lines(v: dict) -> list[str]:
         return []
     lines = [f"bundle      {v['arch']}, classes {v['classes']}, input {'x'.join(map(str, v['input']))}, "
              f"SHA-256 {v['sha256'][:16]}... verified (exported with OpenCV {v['exported_with_opencv']})"]
+    if "thresholds" in v:  # a multi-label bundle: each finding decided by its own threshold
+        lines.append(f"findings    multi-label, {'calibrated' if v['calibrated'] else 'uncalibrated, at 0.5'}: "
+                     + ", ".join(f"{n} " + ("not decided: unsupported" if t is None else f"threshold {t:.4g}")
+                                 for n, t in v["thresholds"].items()))
     batched = {True: "batched", False: "one image per pass (batches > 1 fail here)", None: "fixed batch"}
     for engine, t in v["engines"].items():
         if t["ok"]:
@@ -344,6 +353,8 @@ def _end_to_end_lines(e: dict) -> list[str]:
              f"preprocess {_ms(t['preprocess'])}, inference {_ms(t['inference'])}); {e['engine']} engine, "
              f"{e['variant']} variant, "
              f"label {e['label']}"]
+    if "decisions" in e:
+        lines.append(f"            findings: {findings_text(e['probabilities'], e['decisions'])}")
     if e["batch_note"]:
         lines.append(f"            note: {e['batch_note']}")
     return lines

@@ -12,7 +12,9 @@ makes a small picture, not a 22 GB one. Folders are searched by content, as for
 
 With --model, the bundle's own preprocessing is shown (its input size, CLAHE, ...)
 and, when the bundle has heatmaps, a fifth panel: where the model looked for the
-class it predicts. Without, the default preprocessing.
+class it predicts (a multi-label bundle: its most probable finding, titled with that
+finding's probability and decision; the findings and thresholds are listed on stderr).
+Without, the default preprocessing.
 """
 from __future__ import annotations
 
@@ -52,6 +54,11 @@ def run(args: argparse.Namespace) -> int:
         model = Model.load(args.model)
         if not model.explain_method:
             print(f"note: {args.model} has no heatmaps (exported before medge had them): no heatmap panel", file=sys.stderr)
+        elif model.findings is not None:
+            print(f"findings of {args.model}: " + ", ".join(
+                f"{n} " + ("not decided: unsupported" if t is None else f"threshold {t:.4g}")
+                for n, t in model.findings.thresholds.items()) + "; the heatmap panel explains the most probable finding",
+                file=sys.stderr)
     cfg = model.preprocess_config if model else PreprocessConfig()
     print(f"preprocessing of {args.model or 'the default configuration'}: input {cfg.size}x{cfg.size}"
           + ("" if args.model else " (give --model BUNDLE to see what a model's own preprocessing does)"), file=sys.stderr)

@@ -264,3 +264,53 @@ def test_named_outputs_of_a_heatmap_bundle_on_every_engine(heat_bundle, engine):
     np.testing.assert_allclose(forward(net, x, m.chw, 2), both["logits"], rtol=0, atol=1e-5)
     with pytest.raises(InferenceError, match="forward of outputs"):
         forward_outputs(net, x, m.chw, ("nothing",))
+
+
+def _two_findings_model(a, b):
+    """A stand-in for a multi-label net: finding 0's logit is the mean of region ``a``, finding 1's of region ``b``
+    (independent findings, each read through its own sigmoid)."""
+    def run(blob, names):
+        za = blob[:, 0, a[0]:a[1], a[2]:a[3]].mean(axis=(1, 2))
+        zb = blob[:, 0, b[0]:b[1], b[2]:b[3]].mean(axis=(1, 2))
+        return {"logits": np.stack([za, zb], axis=1).astype(np.float32)}
+    return run
+
+
+def test_occlusion_of_a_finding_is_the_drop_of_its_own_logit():
+    """Multi-label: the map of finding k is the drop of logit k alone (its sigmoid is monotone in it), not of a softmax
+    over the findings, so finding 1's region never shows in finding 0's map."""
+    a, b = (4, 20, 4, 20), (40, 60, 36, 60)
+    run = _two_findings_model(a, b)
+    blob = np.full((1, 1, 64, 64), 0.8, np.float32)
+    ex = OcclusionExplainer(64, patch=8, stride=4)
+    _, [e0] = ex.explain(run, blob, [0])
+    _, [e1] = ex.explain(run, blob, [1])
+    assert e0.heatmap[12, 12] == 1.0 and e0.heatmap[50, 48] == 0.0
+    assert e1.heatmap[50, 48] == 1.0 and e1.heatmap[12, 12] == 0.0
+    z = run(blob, ("logits",))["logits"][0]  # by hand: the drop of logit 0 per patch, spread over its pixels
+    total, count = np.zeros((64, 64)), np.zeros((64, 64))
+    for y, x in ex.grid.positions:
+        hidden = blob.copy()
+        hidden[0, :, y : y + 8, x : x + 8] = 0.0
+        total[y : y + 8, x : x + 8] += z[0] - run(hidden, ("logits",))["logits"][0, 0]
+        count[y : y + 8, x : x + 8] += 1
+    np.testing.assert_allclose(e0.heatmap, scale_map(total / count, (64, 64)), atol=1e-6)
+
+
+def test_heatmaps_per_finding_of_a_multilabel_bundle(heat_bundle, tmp_path):
+    """CAM of finding k is W[k] over the feature map: one heatmap per finding asked for, each Model.explain's."""
+    from tests.edge.multilabel import finding_entry, multilabel_copy
+
+    m = Model.load(multilabel_copy(heat_bundle[0], tmp_path / "ml", [finding_entry("Effusion", 1.5, 0.4),
+                                                                       finding_entry("Nodule", threshold=None)]))
+    img = xray_like(90, 100, seed=4)
+    [p] = m.predict([img], workers=0, heatmaps=["Nodule", "Effusion"])
+    assert [e.class_index for e in p.explanations] == [1, 0] and p.explanation is p.explanations[0]
+    for e in p.explanations:
+        np.testing.assert_allclose(e.heatmap, m.explain(img, class_index=e.class_index).heatmap, atol=1e-5)
+    assert not np.allclose(p.explanations[0].heatmap, p.explanations[1].heatmap)
+    [q] = m.predict([img], workers=0, heatmaps=True)  # by default: the most probable finding
+    assert q.explanation.class_index == int(np.argmax(list(q.probabilities.values()))) and q.explanations is None
+    assert [e.class_index for e in m.predict([img], workers=0, heatmaps=["all"])[0].explanations] == [0, 1]
+    with pytest.raises(UsageError, match="'Effusion', 'Nodule'"):
+        m.predict([img], heatmaps=["Hernia"])

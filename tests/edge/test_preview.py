@@ -53,3 +53,21 @@ def test_the_heatmap_is_of_the_class_predict_labels_at_the_operating_point(heat_
         e, p = predicted_heatmap(tensor, model)
         assert model.classes[e.class_index] == pred.label
         assert p == pytest.approx(pred.probabilities[pred.label], abs=1e-6)
+
+
+def test_a_multilabel_bundle_panel_explains_the_most_probable_finding(heat_bundle, tmp_path):
+    """Multi-label: the panel's probability is the finding's calibrated sigmoid, not a softmax over the findings."""
+    from medge.edge import Model
+    from medge.edge.preprocess import preprocess_stages
+    from medge.edge.preview import predicted_heatmap
+    from tests.edge.multilabel import finding_entry, multilabel_copy
+
+    model = Model.load(multilabel_copy(heat_bundle[0], tmp_path / "ml", [finding_entry("Effusion", 1.5, 0.4),
+                                                                          finding_entry("Nodule", threshold=None)]))
+    for seed in range(3):
+        image = xray_like(96, 96, seed=seed)
+        (pred,) = model.predict([image], workers=0)
+        e, p = predicted_heatmap(preprocess_stages(image, model.preprocess_config)["tensor"], model)
+        best = max(pred.probabilities, key=pred.probabilities.get)
+        assert model.classes[e.class_index] == best and p == pytest.approx(pred.probabilities[best], abs=1e-6)
+    assert _panels(render_preview(xray_like(96, 96), model.preprocess_config, model=model)) == 5

@@ -172,3 +172,15 @@ def test_check_lists_the_input_formats_this_install_reads(monkeypatch):
     else:
         uncompressed = {t["uid"]: t["installed"] for t in d["transfer_syntaxes"]}
         assert uncompressed["1.2.840.10008.1.2.1"] and len(d["transfer_syntaxes"]) == len(dicom.DECODERS)
+
+
+def test_check_lists_a_multilabel_bundles_findings(multilabel_bundle, capsys):
+    assert main(["check", "--model", str(multilabel_bundle), "--json", "--repeats", "2"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert r["verification"]["task"] == "multilabel" and r["verification"]["calibrated"] is True
+    assert r["verification"]["thresholds"] == {"Effusion": 0.4, "Nodule": None}
+    assert r["end_to_end"]["decisions"]["Nodule"] is None
+    assert main(["check", "--model", str(multilabel_bundle), "--repeats", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "findings    multi-label, calibrated: Effusion threshold 0.4, Nodule not decided: unsupported" in out
+    assert "            findings: Effusion " in out and "Nodule" in out
