@@ -145,7 +145,21 @@ def study(tmp_path) -> tuple[str, list[Path]]:
 
 
 def test_study_from_orthanc_comes_back_as_sr_and_sc(tmp_path, heat_bundle, study):
-    bundle = heat_bundle[0]
+    _round_trip(tmp_path, heat_bundle[0], study)
+
+
+def test_a_multilabel_bundles_results_come_back_too(tmp_path, heat_bundle, study):
+    """The same round trip with the bundle relabelled as a multi-label one (tests/edge/multilabel.py): its SR (a
+    group per finding) and SC stored by Orthanc as sent, the probabilities in the stored SR exactly medge predict's."""
+    from tests.edge.multilabel import finding_entry, multilabel_copy
+
+    entries = [finding_entry("Effusion", 1.5, 0.4), finding_entry("Nodule", threshold=None)]
+    _round_trip(tmp_path, multilabel_copy(heat_bundle[0], tmp_path / "multilabel", entries), study)
+
+
+def _round_trip(tmp_path, bundle, study):
+    """Orthanc sends ``study`` to a node of ``bundle`` that forwards its results to Orthanc: each instance's SR and
+    SC are in the study, as the node's records and ``medge predict`` say."""
     study_uid, files = study
     sources = {str(ds.SOPInstanceUID): (f, ds) for f in files for ds in [pydicom.dcmread(f)]}
     out = tmp_path / "out"
