@@ -153,18 +153,36 @@ def discover_index(index: LabelIndex, val_fraction: float = 0.2, test_fraction: 
     if not len(index):
         raise DataError(f"{index.source}: no usable image ({len(index.missing)} named but missing or not images)")
     fractions = fractions_of(val_fraction, test_fraction)
-    fixed = [e.split for e in index.entries]
+    rows = index.rows or index.entries  # every row, so that a file missing today moves no patient to another split
+    fixed = [e.split for e in rows]
+    _check_patients_in_one_split(rows, index.source)
     names = list(fractions) + [s for s in ("val", "test") if s in fixed and s not in fractions]
-    targets = index.targets()
     shares = {s: fractions.get(s, 0.0) for s in names}
-    assigned = split_by_patient(targets, index.patients(), shares, seed, fixed)
+    k = len(index.findings)
+    targets = np.array([e.targets for e in rows], dtype=np.float64).reshape(len(rows), k)
+    drawn = split_by_patient(targets, [e.patient for e in rows], shares, seed, fixed)
+    if index.rows:  # the usable entries' splits, found by their CSV line
+        by_line = dict(zip((e.line for e in rows), drawn, strict=True))
+        drawn = [by_line[e.line] for e in index.entries]
     splits = {}
     for name in names:
-        rows = np.flatnonzero(assigned == name)
-        splits[name] = Split([index.entries[i].file for i in rows], [tuple(targets[i].tolist()) for i in rows],
-                             patients=[index.entries[i].patient for i in rows], findings=tuple(index.findings))
+        mine = [e for e, s in zip(index.entries, drawn, strict=True) if s == name]
+        splits[name] = Split([e.file for e in mine], [tuple(e.targets) for e in mine],
+                             patients=[e.patient for e in mine], findings=tuple(index.findings))
     splits["train"].failures = [(p, f"{p}: {why}") for p, why in index.missing]
     return list(index.findings), splits
+
+
+def _check_patients_in_one_split(rows, source: str) -> None:
+    """DataError naming both lines when the index's own split column puts a patient in two splits."""
+    first: dict[str, object] = {}
+    for e in rows:
+        if e.patient is None or e.split is None:
+            continue
+        seen = first.setdefault(e.patient, e)
+        if seen.split != e.split:
+            raise DataError(f"{source}: patient {e.patient} is in the {seen.split} split (line {seen.line}) and "
+                            f"the {e.split} split (line {e.line}): a patient must be in one split only")
 
 
 def split_summary(splits: dict[str, Split]) -> dict:

@@ -99,6 +99,8 @@ class LabelIndex:
     entries: tuple[IndexEntry, ...]
     missing: tuple[tuple[str, str], ...] = ()  # (path as in the index, reason)
     uncertain: str = "ignore"
+    rows: tuple[IndexEntry, ...] = ()  # every row, usable or not: splits are drawn over all of them (stable
+    #                                    when files come and go); empty means the same as ``entries``
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -153,7 +155,7 @@ def read_index(csv_path: str | os.PathLike, images_dir: str | os.PathLike | None
     if images_dir is not None:
         kept, missing = _resolve(source, entries, os.fspath(images_dir), fmt)
         _check_unique(source, kept, lambda e: os.path.realpath(e.file))
-    return LabelIndex(source, fmt, reader.findings, tuple(kept), tuple(missing), uncertain)
+    return LabelIndex(source, fmt, reader.findings, tuple(kept), tuple(missing), uncertain, tuple(entries))
 
 
 def _read_rows(source: str) -> tuple[list[str], list[tuple[int, list[str]]]]:

@@ -165,6 +165,10 @@ def test_an_index_is_split_by_patient_with_multilabel_targets_and_a_summary(tmp_
     again = D.discover_index(read_index(csv, images), 0.2, 0.1, 0)[1]
     assert D.fingerprint(images, findings, again) == fp
     assert D.discover_index(read_index(csv, images), 0.2, 0.1, 1)[1]["val"].patients != splits["val"].patients
+    (images / "p5_1.png").unlink()  # a file gone: no other patient moves
+    later = D.discover_index(read_index(csv, images), 0.2, 0.1, 0)[1]
+    assert {n: set(s.patients) for n, s in later.items()} == {n: set(s.patients) for n, s in splits.items()}
+    assert sum(map(len, later.values())) == 88
 
 
 def test_indexed_splits_are_prepared_with_their_patients_and_unreadable_files_counted(tmp_path):
@@ -195,6 +199,12 @@ def test_an_index_split_column_is_kept_and_the_rest_split_by_patient(tmp_path):
     assert set(splits) == {"train", "val", "test"}
     assert sorted(set(splits["test"].patients)) == ["P0", "P1", "P2"]
     assert not set(splits["train"].patients) & set(splits["val"].patients)
+    lines = csv.read_text().splitlines()
+    lines[2] = lines[2][: -len("test")] + "val"  # patient P0's second image
+    csv.write_text("\n".join(lines) + "\n")
+    with pytest.raises(DataError, match=r"index.csv: patient P0 is in the test split \(line 2\) and the val split "
+                                        r"\(line 3\)"):
+        D.discover_index(read_index(csv, images))
 
 
 def dicom_classes(tmp_path, patient_ids: bool):

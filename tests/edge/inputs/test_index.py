@@ -117,7 +117,7 @@ CheXpert-v1.0-small/train/patient00002/study1/view2_lateral.jpg,Female,83,Latera
 
 @pytest.fixture(scope="module", params=["wheel", "excerpt"])
 def chexpert_csv(request, tmp_path_factory):
-    """(path, the pandas frame of it): read once for the three policies."""
+    """(path, what pandas reads there: observation names, raw values, patients, views), read once for the policies."""
     pd = pytest.importorskip("pandas")
     if request.param == "wheel":
         path = xrv_data("chexpert_train.csv.gz")
@@ -126,24 +126,25 @@ def chexpert_csv(request, tmp_path_factory):
     else:
         path = tmp_path_factory.mktemp("chexpert") / "train.csv"
         path.write_text(CHEXPERT_EXCERPT, encoding="utf-8")
-    return str(path), pd.read_csv(path)
+    frame = pd.read_csv(path)
+    observations = [c for c in frame.columns[5:] if c != "No Finding"]
+    patients = frame["Path"].str.extract(r"/(patient\d+)/")[0].tolist()
+    views = frame["AP/PA"].fillna(frame["Frontal/Lateral"]).tolist()
+    return str(path), (observations, frame[observations].to_numpy(dtype=float), patients, views)
 
 
 @pytest.mark.parametrize("policy", ["ignore", "zeros", "ones"])
 def test_chexpert_uncertain_labels_and_blanks_follow_the_policy(chexpert_csv, policy):
     """Oracle: pandas reads the same CSV; blank = 0, -1 = nan / 0 / 1 per the policy."""
-    chexpert_csv, frame = chexpert_csv
-    observations = [c for c in frame.columns[5:] if c != "No Finding"]
-    raw = frame[observations].to_numpy(dtype=float)
+    path, (observations, raw, patients, views) = chexpert_csv
     expected = np.where(np.isnan(raw), 0.0, raw)
     expected[raw == -1] = {"ignore": np.nan, "zeros": 0.0, "ones": 1.0}[policy]
-    index = read_index(chexpert_csv, fmt="chexpert", uncertain=policy)
+    index = read_index(path, fmt="chexpert", uncertain=policy)
     assert index.findings == tuple(observations) and len(index.findings) == 13
     np.testing.assert_array_equal(index.targets(), expected)
     assert (np.isnan(index.targets()).sum() > 0) == (policy == "ignore")
-    patients = frame["Path"].str.extract(r"/(patient\d+)/")[0]
-    assert index.patients() == patients.tolist()
-    assert [e.view for e in index.entries] == frame["AP/PA"].fillna(frame["Frontal/Lateral"]).tolist()
+    assert index.patients() == patients
+    assert [e.view for e in index.entries] == views
 
 
 def test_chexpert_files_are_found_without_the_leading_folders(tmp_path):
