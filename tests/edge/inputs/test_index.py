@@ -34,9 +34,9 @@ NIH_EXCERPT = NIH_HEADER + """\
 # The figures the issue states for Data_Entry_2017_v2020.csv, and those of the excerpt above.
 NIH_FIGURES = {
     "wheel": {"rows": 112120, "patients": 30805, "views": {"PA": 67310, "AP": 44810},
-              "positives": {"Infiltration": 19894, "Hernia": 227}, "findings": 14},
+              "positives": {"Infiltration": 19894, "Hernia": 227}, "findings": 14, "no_finding": 60361},
     "excerpt": {"rows": 6, "patients": 3, "views": {"PA": 5, "AP": 1},
-                "positives": {"Infiltration": 1, "Hernia": 2}, "findings": 5},
+                "positives": {"Infiltration": 1, "Hernia": 2}, "findings": 5, "no_finding": 1},
 }
 
 
@@ -66,6 +66,7 @@ def test_the_nih_index_parses_with_its_findings_patients_and_views(nih_csv):
     for finding, n in want["positives"].items():
         assert targets[:, index.findings.index(finding)].sum() == n
     assert not np.isnan(targets).any() and index.missing == ()
+    assert (targets.sum(1) == 0).sum() == want["no_finding"]  # "No Finding": a row of zeros
     first = index.entries[0]
     assert (first.path, first.patient, first.sex, first.age, first.line) == ("00000001_000.png", "1", "M", 57.0, 2)
 
