@@ -147,6 +147,46 @@ class Findings:
         return [n for n, t in zip(self.names, self.thresholds, strict=True) if t is None]
 
 
+def algorithm_of(model) -> Algorithm:
+    """The ``Algorithm`` of a loaded ``edge.model.Model``: its architecture and bundle folder, medge's version, the
+    model's SHA-256, the engine and variant that run it.
+
+    Args:
+        model: a loaded ``Model``.
+
+    Returns:
+        The model's ``Algorithm``.
+    """
+    from medge import __version__
+
+    return Algorithm(name=f"{model.manifest['model'].get('arch', 'model')} ({model.bundle_dir.name})"[:64],
+                     version=__version__, model_sha256=model.sha256,
+                     runtime=f"{model.engine} engine, {model.variant} variant")
+
+
+def finding_of(model, pred) -> Finding | Findings:
+    """What an SR states of ``pred``, a classified ``Prediction`` of ``model``.
+
+    Args:
+        model: the loaded ``Model`` that made ``pred``.
+        pred: a ``Prediction`` without error.
+
+    Returns:
+        A ``Finding`` (label, probabilities, the bundle's operating threshold when it has one) or, of a multi-label
+        bundle, a ``Findings`` (each finding's probability, decision, threshold and what the threshold guarantees).
+    """
+    rules = model.findings
+    if rules is not None:
+        return Findings(names=tuple(rules.names), probabilities=dict(pred.probabilities), decisions=dict(pred.decisions),
+                        thresholds=tuple(r.threshold for r in rules.findings),
+                        operating_points=tuple(r.guarantee for r in rules.findings), warnings=tuple(pred.warnings))
+    op = model.operating_point  # the bundle's threshold and positive class, when it has them (else argmax)
+    threshold, positive = (op.threshold, op.positive) if op is not None else (None, None)
+    return Finding(classes=tuple(model.classes), probabilities=dict(pred.probabilities), label=pred.label,
+                   threshold=threshold, positive=positive, warnings=tuple(pred.warnings),
+                   operating_point=op.guarantee if threshold is not None else None)
+
+
 ACQUISITION_EQUIPMENT = "109101"  # DCM code of the source's own equipment in a Contributing Equipment Sequence
 
 

@@ -28,7 +28,6 @@ import time
 from collections import deque
 from pathlib import Path
 
-from medge import __version__
 from medge.edge.apps.node.config import NodeConfig
 from medge.edge.apps.node.scp import SLICE_SOP_CLASSES
 from medge.edge.apps.node.spool import Spool, Spooled, private_dir, uid_hash
@@ -175,13 +174,10 @@ class Classifier:
         from medge.edge.apps.node import report
 
         if self.algorithm is None:
-            self.algorithm = report.Algorithm(name=f"{self.model.manifest['model'].get('arch', 'model')} "
-                                                   f"({self.model.bundle_dir.name})"[:64],
-                                              version=__version__, model_sha256=self.model.sha256,
-                                              runtime=f"{self.model.engine} engine, {self.model.variant} variant")
+            self.algorithm = report.algorithm_of(self.model)
         sop = str(source.SOPInstanceUID)
         key = (sop, self.model.sha256)
-        finding = self.finding(pred)
+        finding = report.finding_of(self.model, pred)  # a Finding, or a multi-label bundle's Findings
         study = str(source.StudyInstanceUID)
         sr = report.sr_template(self.algorithm, finding).fill(
             source, finding, series_uid=report.result_uid(study, self.model.sha256, "sr"),
@@ -199,24 +195,6 @@ class Classifier:
             report.stamp(sc, received)
             out.update(sc=self._save(sc, f"{uid_hash(sop)}.sc.dcm"), sc_sop_instance_uid=str(sc.SOPInstanceUID))
         return out
-
-    def finding(self, pred: Prediction):
-        """What the SR states of ``pred``: a ``report.Finding`` (label, probabilities, the bundle's operating threshold
-        when it has one), or for a multi-label bundle a ``report.Findings`` (each finding's probability, decision,
-        threshold and what the threshold guarantees)."""
-        from medge.edge.apps.node import report
-
-        rules = self.model.findings
-        if rules is not None:
-            return report.Findings(names=tuple(rules.names), probabilities=dict(pred.probabilities),
-                                   decisions=dict(pred.decisions), thresholds=tuple(r.threshold for r in rules.findings),
-                                   operating_points=tuple(r.guarantee for r in rules.findings),
-                                   warnings=tuple(pred.warnings))
-        op = self.model.operating_point  # the bundle's threshold and positive class, when it has them (else argmax)
-        threshold, positive = (op.threshold, op.positive) if op is not None else (None, None)
-        return report.Finding(classes=tuple(self.model.classes), probabilities=dict(pred.probabilities),
-                              label=pred.label, threshold=threshold, positive=positive, warnings=tuple(pred.warnings),
-                              operating_point=op.guarantee if threshold is not None else None)
 
     def _save(self, ds, name: str) -> str:
         """Encode once; write to reports/ and each outbox (--forward, --forward-stow), each atomically."""

@@ -467,3 +467,25 @@ def test_the_multilabel_sc_legend(tmp_path):
     sc = _reread(report.build_heatmap_sc(source, marked, ALGORITHM, "1.2.3.4", "1.2.3.5", explained="Nodule"))
     assert sc.DerivationDescription.startswith("heatmap of where the model looked for Nodule, the most probable finding")
     assert sc.DerivationDescription.endswith(report.NOT_FOR_DIAGNOSIS) and sc.BurnedInAnnotation == "YES"
+
+
+def test_what_the_sr_states_of_a_models_prediction(tmp_path, bundle, multilabel_bundle):
+    """``finding_of``: a single-label bundle's label and probabilities; a multi-label bundle's decisions, and per
+    finding its threshold and what it guarantees (the unsupported finding: none, and why)."""
+    from medge.edge.model import Model
+
+    image = write_radiograph(tmp_path / "dx.dcm", size=64)
+    single, multi = Model.load(bundle), Model.load(multilabel_bundle)
+    (pred,) = single.predict([str(image)])
+    finding = report.finding_of(single, pred)
+    assert isinstance(finding, report.Finding) and (finding.label, finding.probabilities) == (pred.label,
+                                                                                             pred.probabilities)
+    (pred,) = multi.predict([str(image)])
+    findings = report.finding_of(multi, pred)
+    assert (findings.names, findings.thresholds) == (("Effusion", "Nodule"), (0.4, None))
+    assert (findings.probabilities, findings.decisions) == (pred.probabilities, pred.decisions)
+    assert findings.positive == pred.positive_findings
+    assert findings.operating_points[1] == "unsupported: 3 positives in the validation split (5 needed for a threshold)"
+    assert findings.operating_points[0] == multi.findings.findings[0].guarantee
+    algorithm = report.algorithm_of(multi)
+    assert algorithm.model_sha256 == multi.sha256 and algorithm.name.endswith(f"({multilabel_bundle.name})")
