@@ -58,18 +58,31 @@ def validation_logits(model, data: str, ck, limit: int, log, chunk: int = 32):
     Returns:
         (logits float64 (N, C), labels int (N,), the number of unreadable images skipped).
     """
-    from medge.export.onnx_export import torch_logits
     from medge.train.data import discover
 
     _, splits = discover(data)
-    split = splits["val"]
+    logits, labels, skipped = split_logits(model, splits["val"], ck.preprocess, limit, log, data, chunk)
+    return logits, np.asarray(labels, np.int64), skipped
+
+
+def split_logits(model, split, pcfg, limit: int, log, where: str, chunk: int = 32):
+    """The model's logits on a split's images (at most ``limit``, evenly spread) and the labels of those read.
+
+    Returns:
+        (logits float64 (N, C), the N labels as the split holds them, the number of unreadable images skipped).
+
+    Raises:
+        ExportError: no image of the split could be read (``where`` names the data).
+    """
+    from medge.export.onnx_export import torch_logits
+
     pick = np.unique(np.linspace(0, len(split) - 1, min(limit, len(split))).round().astype(int))
     logits, labels, skipped = [], [], 0
     for start in range(0, len(pick), chunk):
         tensors = []
         for i in pick[start : start + chunk]:
             try:
-                tensors.append(preprocess_file(split.paths[i], ck.preprocess))
+                tensors.append(preprocess_file(split.paths[i], pcfg))
                 labels.append(split.labels[i])
             except MedgeError as e:
                 skipped += 1
@@ -77,8 +90,8 @@ def validation_logits(model, data: str, ck, limit: int, log, chunk: int = 32):
         if tensors:
             logits.append(torch_logits(model, np.stack(tensors)).astype(np.float64))
     if not logits:
-        raise ExportError(f"{data}: no readable validation image to calibrate on")
-    return np.concatenate(logits), np.asarray(labels, np.int64), skipped
+        raise ExportError(f"{where}: no readable validation image to calibrate on")
+    return np.concatenate(logits), labels, skipped
 
 
 def operating_point_section(logits: np.ndarray, labels: np.ndarray, classes: list[str], criterion: str,

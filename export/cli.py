@@ -13,6 +13,13 @@ with --data, fast variants (--variants: bf16 and int8, where this box has the
 engines that run them, onnxruntime and OpenVINO), each gated at the operating
 point on the val split (medge quantize) -> bundle (model.onnx + model.json, and
 model.int8.onnx) written atomically. Any failure exits non-zero and writes nothing.
+
+A multi-label checkpoint (medge train --labels INDEX.csv) is calibrated per finding, each finding given
+its own threshold by --operating-point at --confidence, on the validation split of the run's own index,
+split by patient again as in training (or of --labels INDEX.csv --images DIR --labels-format F, or
+--data INDEX.csv). A finding with too few validation cases for the target keeps the point-estimate
+threshold marked unsupported; one with fewer than 5 positives or negatives gets none (no decision).
+Fast variants are gated for single-label bundles only for now.
 """
 from __future__ import annotations
 
@@ -61,6 +68,14 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                                       "is not 'normal', else the second class)")
     p.add_argument("--calibration-images", type=int, default=d.calibration_images,
                    help="validation images used for calibration at most (default: %(default)s)")
+    p.add_argument("--labels", metavar="INDEX.csv",
+                   help="multi-label checkpoints: validate on this index's val split instead of the run's own index")
+    p.add_argument("--images", metavar="DIR", help="with --labels: the folder its paths are under (default: its folder)")
+    p.add_argument("--labels-format", choices=("nih", "chexpert", "generic"),
+                   help="with --labels: the index's layout (default: generic)")
+    p.add_argument("--uncertain", choices=("ignore", "zeros", "ones"),
+                   help="multi-label: uncertain labels (-1) in the validation index: ignore (masked), zeros or ones "
+                        "(default: the policy the model was trained with)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing bundle at --out (atomically)")
     add_variant_arguments(p, VariantConfig(), default="auto")
     return p
@@ -90,6 +105,8 @@ def export_variants(args: argparse.Namespace, log=print):
 
 def run(args: argparse.Namespace) -> int:
     from medge.edge.decision import guarantee_text
+    from medge.edge.errors import UsageError
+    from medge.export.findings import IndexArgs
     from medge.export.onnx_export import ExportConfig, export_bundle
     from medge.export.parity import Tolerance
 
@@ -99,7 +116,14 @@ def run(args: argparse.Namespace) -> int:
                        operating_point=args.operating_point.strip().lower(), positive=args.positive,
                        confidence=args.confidence, unsupported=args.operating_point_unsupported,
                        calibration_images=args.calibration_images)
-    m = export_bundle(args.checkpoint, args.out, args.data, cfg, overwrite=args.overwrite, variants=export_variants(args))
+    if args.labels and args.data:
+        raise UsageError("--labels and --data: give one (--data is a class folder, or a multi-label model's index)")
+    if (args.images or args.labels_format or args.uncertain) and not args.labels:
+        raise UsageError("--images, --labels-format and --uncertain go with --labels INDEX.csv (the run's own index "
+                         "is read as in training, so that its validation split is the run's)")
+    index = IndexArgs(args.labels, args.images, args.labels_format, args.uncertain)
+    m = export_bundle(args.checkpoint, args.out, args.data, cfg, overwrite=args.overwrite, variants=export_variants(args),
+                      index=index, optional_variants=args.variants.strip().lower() == "auto")
     s = m["export"]["simplify_stats"]
     if s:
         print(f"onnxsim: {s['nodes_before']} -> {s['nodes_after']} nodes, "
@@ -107,6 +131,8 @@ def run(args: argparse.Namespace) -> int:
     op = m.get("operating_point") or {}
     if op.get("threshold") is not None:
         print(f"operating point: {guarantee_text(op['criterion'], op.get('guarantee'))}")
+    if "task" in m:  # a multi-label bundle: its findings' thresholds (null: unsupported)
+        print(json.dumps({"task": m["task"], "thresholds": {e["name"]: e["threshold"] for e in op.get("findings", [])}}))
     print(json.dumps({"bundle": args.out, "sha256": m["model"]["sha256"], "input_shape": m["model"]["input_shape"],
                       "parity_max_abs_logit": m["parity"]["logits"]["max_abs"], "top1_agreement": m["parity"]["top1_agreement"],
                       "threshold": (m.get("operating_point") or {}).get("threshold"),

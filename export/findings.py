@@ -22,6 +22,8 @@ Tested by tests/export/test_findings.py.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -184,3 +186,125 @@ def summary_lines(section: dict) -> list[str]:
     lines.append(f"findings: macro AUC {'n/a' if macro is None else f'{macro:.3f}'} over {val['macro_auc']['findings']} "
                  f"findings, micro AUC {'n/a' if micro is None else f'{micro:.3f}'} ({val['cases']} validation images)")
     return lines
+
+
+@dataclass(frozen=True)
+class IndexArgs:
+    """The index export was given for a multi-label model's validation cases (``--labels``, ``--images``,
+    ``--labels-format``, ``--uncertain``); unset fields: the checkpoint's own."""
+
+    labels: str | None = None  # an index CSV (edge.inputs.index)
+    images: str | None = None  # the folder its paths are under (default: the index's folder)
+    labels_format: str | None = None  # nih, chexpert or generic
+    uncertain: str | None = None  # ignore, zeros or ones
+
+
+@dataclass(frozen=True)
+class IndexSource:
+    """Where a multi-label model's validation cases come from: an index and how it is split by patient
+    (``train.data.discover_index``), as the run split it unless export was given another index."""
+
+    labels: str
+    images: str | None
+    labels_format: str
+    uncertain: str
+    val_fraction: float
+    test_fraction: float
+    seed: int
+    given: bool  # True: given to export; False: the run's own index and split
+
+    def describe(self) -> str:
+        whose = "the index given" if self.given else "the run's own index, split again as in training"
+        return (f"val split of {self.labels} ({self.labels_format}, uncertain {self.uncertain}; {whose}: seed "
+                f"{self.seed}, val {self.val_fraction:g}, test {self.test_fraction:g}, by patient)")
+
+
+def index_of_data(data: str) -> IndexArgs:
+    """``--data`` for a multi-label model: an index CSV, or a folder holding exactly one (its images under it).
+
+    Raises:
+        UsageError: a folder with no CSV or several.
+    """
+    path = Path(data)
+    if path.is_file():
+        return IndexArgs(labels=str(path))
+    found = sorted(path.glob("*.csv")) if path.is_dir() else []
+    if len(found) != 1:
+        raise UsageError(f"--data {data}: a multi-label model is validated on an index: give --labels INDEX.csv "
+                         f"(--images DIR, --labels-format) or a folder holding one index CSV (found {len(found)})")
+    return IndexArgs(labels=str(found[0]), images=str(path))
+
+
+def index_source(train_config: dict, given: IndexArgs | None) -> IndexSource | None:
+    """The index to validate on: the one given to export, else the run's own (``train_config``'s labels); None if
+    neither (a multi-label checkpoint made outside ``medge train --labels``)."""
+    own = train_config.get("labels") or None
+    if (given is None or given.labels is None) and own is None:
+        return None
+    g = given or IndexArgs()
+    fmt = g.labels_format or (train_config.get("labels_format") if g.labels is None else None) or "generic"
+    labels = g.labels or own
+    # the images are under the index's own folder unless --images (the run's: its images) says; the split does not
+    # depend on it (discover_index splits every row, found or not)
+    images = (g.images if g.labels else train_config.get("images")) or str(Path(labels).parent)
+    return IndexSource(labels, images, fmt,
+                       (g.uncertain if g.labels else None) or train_config.get("uncertain") or "ignore",
+                       float(train_config.get("val_fraction", 0.2)), float(train_config.get("test_fraction", 0.1)),
+                       int(train_config.get("seed", 0)), given=g.labels is not None)
+
+
+def validation_split(src: IndexSource, findings: list[str], log):
+    """The validation split of ``src`` (``train.data.discover_index``), its findings checked against the model's.
+
+    Returns:
+        the ``train.data.Split`` (paths, one tuple of K targets per image, patients).
+
+    Raises:
+        DataError: the index cannot be read; ExportError: its findings are not the model's.
+    """
+    from medge.edge.inputs.index import read_index
+    from medge.train.data import discover_index
+
+    # the run's own index is read exactly as training read it, so that the split is the run's; another index is
+    # read for the model's findings, in its order
+    index = read_index(src.labels, src.images, src.labels_format, src.uncertain, findings if src.given else None)
+    note = index.missing_summary()
+    if note:
+        log(f"note: {note}")
+    found, splits = discover_index(index, src.val_fraction, src.test_fraction, src.seed)
+    if list(found) != list(findings):
+        raise ExportError(f"{src.labels}: findings {list(found)} differ from the checkpoint's {list(findings)}")
+    split = splits["val"]
+    patients = len({p for p in getattr(split, "patients", None) or [] if p is not None})
+    log(f"validation: {len(split)} images of {patients or 'unknown'} patients, {src.describe()}")
+    return split
+
+
+def operating_point(model, ck, split, src: IndexSource | None, cfg, log) -> dict | None:
+    """The sealed multi-label section on the validation split (``findings_section``); None without one.
+
+    Args:
+        model: the trained module. ck: its checkpoint. split: ``validation_split``'s, or None.
+        src: where the split came from. cfg: the ``ExportConfig`` (operating_point, confidence, calibration_images).
+        log: where the lines go (one per finding).
+    """
+    from medge.export.calibrate import split_logits
+
+    if cfg.operating_point == "none":
+        log("operating point: none (--operating-point none): each finding decided at 0.5 on the uncalibrated sigmoid")
+        return None
+    if split is None:
+        log("note: no validation index (the checkpoint names none; give --labels INDEX.csv): no calibration and no "
+            "thresholds: each finding decided at 0.5 on the uncalibrated sigmoid")
+        return None
+    logits, targets, skipped = split_logits(model, split, ck.preprocess, cfg.calibration_images, log, src.labels)
+    section = findings_section(logits, np.asarray(targets, np.float64), ck.classes, cfg.operating_point,
+                               src.describe(), cfg.confidence, skipped)
+    for line in summary_lines(section):
+        log(line)
+    short = [e["name"] for e in section["findings"] if (e.get("guarantee") or {}).get("supported") is False]
+    if short:
+        log(f"note: {', '.join(short)}: too few validation cases for {cfg.operating_point} at {cfg.confidence:.0%} "
+            "confidence: the point-estimate threshold, marked unsupported (decided per finding: a rare finding does "
+            "not stop a multi-label export)")
+    return section

@@ -33,6 +33,7 @@ import numpy as np
 from medge.edge.decision import SECTION
 from medge.edge.errors import BundleError, ExportError, MedgeError, ParityError, UsageError
 from medge.edge.explain import CAM_HEAD_FILE, FEATURES_OUTPUT
+from medge.edge.findings import MULTILABEL, is_multilabel
 from medge.edge.inputs.profile import SYNTHETIC_WARNING
 from medge.edge.numeric import latency_summary
 from medge.edge.outputs import atomic_dir, check_output_dir
@@ -48,7 +49,9 @@ from medge.edge.runtime.bundle import (
 from medge.edge.runtime.dnn import forward_batches, forward_outputs_batches, load_net, time_forwards
 from medge.edge.runtime.engines import AUTO, ENGINES, engines_for
 from medge.edge.system import environment
+from medge.export import findings
 from medge.export.explain import CamExport, compare_features, explain_section, prepare_cam, torch_outputs
+from medge.export.findings import IndexArgs
 from medge.export.parity import Tolerance, compare, summary_line
 from medge.export.variants import VariantConfig, add_variants, pairs_here
 
@@ -156,12 +159,15 @@ def torch_logits(model, inputs: np.ndarray, batch: int = 32) -> np.ndarray:
                                for i in range(0, len(inputs), batch)])
 
 
-def parity_inputs(data: str | None, pcfg: PreprocessConfig, classes: list[str], count: int):
-    """Inputs for the parity gate: --data's val images through edge.preprocess, else synthetic ones.
+def parity_inputs(data: str | None, pcfg: PreprocessConfig, classes: list[str], count: int, split=None):
+    """Inputs for the parity gate: --data's val images through edge.preprocess (or those of ``split``, a
+    multi-label model's validation split), else synthetic ones.
 
     Returns:
         (float32 (N, C, H, W), names, skipped [(path, reason)]).
     """
+    if split is not None:
+        return split_inputs(split, pcfg, count, "the validation index")
     if data is None:
         from medge.train.synth import SynthConfig, make_image
 
@@ -173,7 +179,11 @@ def parity_inputs(data: str | None, pcfg: PreprocessConfig, classes: list[str], 
     data_classes, splits = discover(data)
     if data_classes != classes:
         raise ExportError(f"{data}: classes {data_classes} differ from the checkpoint's {classes}")
-    split = splits["val"]
+    return split_inputs(splits["val"], pcfg, count, data)
+
+
+def split_inputs(split, pcfg: PreprocessConfig, count: int, where: str):
+    """At most ``count`` images of a split (evenly spread) through edge.preprocess: (inputs, names, skipped)."""
     pick = np.unique(np.linspace(0, len(split) - 1, min(count, len(split))).round().astype(int))
     tensors, names, skipped = [], [], []
     for i in pick:
@@ -183,7 +193,7 @@ def parity_inputs(data: str | None, pcfg: PreprocessConfig, classes: list[str], 
         except MedgeError as e:
             skipped.append((split.paths[i], str(e)))
     if not tensors:
-        raise ExportError(f"{data}: no readable validation image for the parity check")
+        raise ExportError(f"{where}: no readable validation image for the parity check")
     return np.stack(tensors), names, skipped
 
 
@@ -466,9 +476,13 @@ def build_manifest(m: ManifestInputs) -> dict:
     }
 
 
-def operating_point(model, ck, data: str | None, cfg: ExportConfig, log) -> dict | None:
-    """The sealed calibration and operating point on --data's val split (``export.calibrate``); None without data."""
+def operating_point(model, ck, data: str | None, cfg: ExportConfig, log, multi: tuple | None = None) -> dict | None:
+    """The sealed calibration and operating point on --data's val split (``export.calibrate``), or a multi-label
+    model's per finding on its validation index (``multi``: (split, source), ``export.findings``); None without data."""
     from medge.export import calibrate
+
+    if multi is not None:
+        return findings.operating_point(model, ck, *multi, cfg, log)
 
     if cfg.operating_point == "none":
         log("operating point: none (--operating-point none): the edge labels by argmax, uncalibrated")
@@ -486,6 +500,37 @@ def operating_point(model, ck, data: str | None, cfg: ExportConfig, log) -> dict
                                                 f"val split of {data}", skipped, cfg.confidence, cfg.unsupported)
     log(calibrate.summary_line(section))
     return section
+
+
+def multilabel_validation(ck, data: str | None, index: IndexArgs | None, variants: VariantConfig | None,
+                          optional_variants: bool, log) -> tuple:
+    """(multi, data, variants): for a multi-label checkpoint multi is (its validation split, where it came from),
+    both None when no index is known, and its index replaces ``data`` (the parity inputs and the thresholds come
+    from its val split), without variants; for a single-label one (None, data, variants). Refuses what a
+    multi-label export cannot do, before the expensive steps.
+
+    Raises:
+        UsageError: an index given for a single-label checkpoint; fast variants asked for a multi-label one.
+    """
+    if not is_multilabel(ck.payload):
+        if index is not None and index.labels is not None:
+            raise UsageError("--labels/--images/--labels-format validate a multi-label checkpoint; this one is "
+                             f"single-label ({', '.join(ck.classes)}): give its class folders with --data")
+        return None, data, variants
+    if variants is not None and not optional_variants:
+        raise UsageError("--variants: fast variants are gated for single-label bundles only for now; export this "
+                         "multi-label model with --variants none")
+    if variants is not None:
+        log("note: no fast variants: they are gated for single-label bundles only for now")
+    src = findings.index_source(ck["train_config"], findings.index_of_data(data) if data else index)
+    split = None if src is None else findings.validation_split(src, ck.classes, log)
+    return (split, src), (None if src is None else src.labels), None
+
+
+def multilabel_manifest(manifest: dict) -> dict:
+    """A manifest of a multi-label model (``edge.findings``): its task, and its output read by sigmoids."""
+    model = {**manifest["model"], "output": "logits, one per finding (apply a sigmoid to each for its probability)"}
+    return {"task": MULTILABEL, **manifest, "model": model}
 
 
 def check_variants(variants: VariantConfig | None, data: str | None) -> None:
@@ -514,17 +559,18 @@ def write_verified(out: Path, onnx_bytes: bytes, manifest: dict, overwrite: bool
 
 
 def export_bundle(checkpoint: str, out: str, data: str | None = None, cfg: ExportConfig = ExportConfig(),
-                  overwrite: bool = False, log=print, variants: VariantConfig | None = None) -> dict:
+                  overwrite: bool = False, log=print, variants: VariantConfig | None = None,
+                  index: IndexArgs | None = None, optional_variants: bool = False) -> dict:
     """Export a training checkpoint to a verified bundle.
 
     Args:
         checkpoint: a ``best.pt``/``last.pt`` or a run folder (its best.pt).
-        out: the bundle folder to write.
+        out: the bundle folder to write; ``overwrite``: replace an existing bundle there.
         data: optional data folder; its val images are the parity inputs.
-        cfg: export settings and tolerances.
-        overwrite: replace an existing bundle at ``out``.
-        log: where progress lines go.
+        cfg: export settings and tolerances. log: where progress lines go.
         variants: fast variants to make and gate with ``data`` (``export.variants``); None: fp32 only.
+        index: a multi-label checkpoint's validation index when not the run's own (``export.findings``; or ``data``).
+        optional_variants: a multi-label checkpoint (no variants yet) is exported without them, not refused.
 
     Returns:
         the manifest written.
@@ -541,10 +587,12 @@ def export_bundle(checkpoint: str, out: str, data: str | None = None, cfg: Expor
     timer = StepTimer(log)
     ck = timer.run("load_checkpoint", load_checkpoint, checkpoint)
     check_operating_point(cfg, ck.classes)
+    multi, data, variants = multilabel_validation(ck, data, index, variants, optional_variants, log)
     log(f"exporting {ck.arch} ({len(ck.classes)} classes, input {ck.preprocess.channels}x{ck.preprocess.size}x"
         f"{ck.preprocess.size}, epoch {ck.epoch}) from {checkpoint}")
     model = model_from_checkpoint(ck)
-    inputs, names, skipped = timer.run("parity_inputs", parity_inputs, data, ck.preprocess, ck.classes, cfg.max_images)
+    inputs, names, skipped = timer.run("parity_inputs", parity_inputs, None if multi else data, ck.preprocess,
+                                       ck.classes, cfg.max_images, multi and multi[0])
     for _, reason in skipped:
         log(f"parity: skipping unreadable image: {reason}")
     reference, cam = timer.run("pytorch_reference", pytorch_reference, model, ck.arch, inputs)  # cam None: occlusion
@@ -558,7 +606,8 @@ def export_bundle(checkpoint: str, out: str, data: str | None = None, cfg: Expor
     timings = timer.run("engine_timings", engine_timings, candidate, inputs, chw, len(ck.classes), cfg.timing_rounds)
     manifest = build_manifest(ManifestInputs(ck, checkpoint, candidate, cfg, report, golden, data, skipped, timer.steps,
                                              timings, cam))
-    op = timer.run("operating_point", operating_point, model, ck, data, cfg, log)
+    manifest = manifest if multi is None else multilabel_manifest(manifest)
+    op = timer.run("operating_point", operating_point, model, ck, data, cfg, log, multi)
     if op is not None:
         manifest[SECTION] = op
     for note in data_profile_notes(manifest["data_profile"]):

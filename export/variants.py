@@ -341,11 +341,15 @@ def add_variants(bundle_dir: str | os.PathLike, data: str, cfg: VariantConfig = 
 
     Raises:
         ExportError: no engine here runs a variant asked for, no readable image, the quantizer failed.
+        UsageError: a multi-label bundle (variants are single-label only for now).
         BundleError, ModelIntegrityError: the bundle itself is bad. Nothing is written then.
     """
     import tempfile
 
     bundle = open_bundle(bundle_dir, engine=REFERENCE_ENGINE, variant=FP32)
+    if bundle.findings is not None:
+        raise UsageError(f"{bundle_dir}: a multi-label bundle: fast variants are gated for single-label bundles only "
+                         "for now (each finding's threshold would need its own gate)")
     found = pairs_here(cfg.variants)
     int8 = None
     if "int8" in found:

@@ -99,6 +99,14 @@ def variant_bundle(tmp_path_factory):
     return _test_bundle("variants", tmp_path_factory)
 
 
+@pytest.fixture(scope="session")
+def multilabel_export_bundle(tmp_path_factory):
+    """(bundle, checkpoint) of a small resnet18 with three findings (tests.helpers.FINDINGS), exported by medge export
+    with its sealed per-finding section from a synthetic validation index: Effusion with a threshold and its
+    guarantee, Nodule with the point-estimate threshold marked unsupported, Hernia without a threshold."""
+    return _test_bundle("multilabel", tmp_path_factory)
+
+
 SHADOWS = {  # what a user's project folder commonly holds; importing any of them fails loudly
     "train.py": "raise SystemExit('the user train.py ran')\n",
     "export.py": "raise SystemExit('the user export.py ran')\n",

@@ -5,7 +5,7 @@ Importable without torch (the edge tests run where it is not installed): torch a
 imported inside the helpers that make models.
 
 Usage (CI exports the bundles that the torch-less edge environments test with):
-    python -m tests.helpers OUT_DIR      # OUT_DIR/{bundle,heat,occlusion}/bundle, each with its ck.pt
+    python -m tests.helpers OUT_DIR      # OUT_DIR/{bundle,heat,occlusion,variants,multilabel}/bundle, each with its ck.pt
 """
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     import torch
 
 CLASSES = ["disease", "normal"]
+FINDINGS = ["Effusion", "Nodule", "Hernia"]  # the multi-label test bundle's: see write_multilabel_index
 
 # ``python -c BLOCK_TORCH ARGS...`` runs ``medge ARGS...`` as if torch, torchvision, onnx and onnxsim were not installed.
 BLOCK_TORCH = (
@@ -80,20 +81,60 @@ def centre_head(model: torch.nn.Module, arch: str, seed: int = 0, chw=(1, 32, 32
     return model
 
 
-def make_checkpoint(path, arch="resnet18", size=32, channels=1, seed=0, centred_head=False):
-    """A checkpoint of an untrained, randomized ``arch`` (``randomize``) at ``path``."""
+def make_checkpoint(path, arch="resnet18", size=32, channels=1, seed=0, centred_head=False, findings=None):
+    """A checkpoint of an untrained, randomized ``arch`` (``randomize``) at ``path``; with ``findings``, a
+    multi-label one (one logit per finding, meta ``task: "multilabel"``, as ``medge train --labels`` writes)."""
     import torch
 
     from medge.edge.preprocess import PreprocessConfig
-    from medge.train.checkpoint import save_model_checkpoint
+    from medge.train.checkpoint import save_checkpoint, save_model_checkpoint
     from medge.train.models import build_model
 
     torch.manual_seed(seed)
     pcfg = PreprocessConfig(size=size, channels=channels)
-    model = randomize(build_model(arch, channels, len(CLASSES)), seed, (channels, size, size))
+    classes = CLASSES if findings is None else list(findings)
+    model = randomize(build_model(arch, channels, len(classes)), seed, (channels, size, size))
     if centred_head:
         centre_head(model, arch, seed, (channels, size, size))
-    return save_model_checkpoint(path, model, arch, CLASSES, pcfg, {"val": {"accuracy": 0.5}}, epoch=1)
+    path = save_model_checkpoint(path, model, arch, classes, pcfg, {"val": {"accuracy": 0.5}}, epoch=1)
+    if findings is not None:
+        payload = {k: v for k, v in torch.load(path, weights_only=True).items() if k not in ("format", "version")}
+        save_checkpoint(path, {**payload, "task": "multilabel"})
+    return path
+
+
+def write_multilabel_index(folder, ckpt, train: int = 16, val: int = 48) -> Path:
+    """A generic-format index (``folder/index.csv``, images beside it) of ``train + val`` synthetic images, one
+    patient each, with a split column, whose targets follow the checkpoint's own logits (an untrained model has
+    no other skill) so that the validation figures mean something: on the val split Effusion has 24 positives
+    (2 of its cells uncertain, -1), Nodule 10 (too few for sensitivity=0.8 at 95%: 14), Hernia 3 (too few for
+    any threshold). Returns the index."""
+    import cv2
+    import numpy as np
+
+    from medge.edge.preprocess import preprocess_file
+    from medge.export.onnx_export import torch_logits
+    from medge.train.checkpoint import load_checkpoint, model_from_checkpoint
+    from medge.train.synth import SynthConfig, make_image
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    ck = load_checkpoint(ckpt)
+    scfg = SynthConfig(size=48, seed=35)
+    names = [f"img{i:03d}.png" for i in range(train + val)]
+    for i, name in enumerate(names):
+        cv2.imwrite(str(folder / name), np.round(make_image(i, i % 2 == 1, scfg) * 255).astype(np.uint8))
+    z = torch_logits(model_from_checkpoint(ck), np.stack([preprocess_file(str(folder / n), ck.preprocess) for n in names]))
+    rng = np.random.default_rng(35)
+    targets = (rng.random((train + val, len(FINDINGS))) < 0.3).astype(int)
+    for k, positives in enumerate((24, 10, 3)):  # the val split's: its highest logits (noised a little) positive
+        rank = np.argsort(-(z[train:, k] + rng.normal(0, 0.3 * z[train:, k].std(), val)))
+        targets[train:, k] = 0
+        targets[train + rank[:positives], k] = 1
+    targets[train + rng.choice(val, 2, replace=False), 0] = -1
+    rows = [f"{n},P{i:03d},{'train' if i < train else 'val'}," + ",".join(map(str, targets[i])) for i, n in enumerate(names)]
+    (folder / "index.csv").write_text("\n".join(["path,patient,split," + ",".join(FINDINGS), *rows]) + "\n")
+    return folder / "index.csv"
 
 
 TEST_BUNDLES = {  # fixture name: (architecture, input side, centred head)
@@ -101,6 +142,7 @@ TEST_BUNDLES = {  # fixture name: (architecture, input side, centred head)
     "heat": ("resnet18", 96, True),  # CAM heatmaps from a 3x3 feature map
     "occlusion": ("mobilenet_v3_small", 64, False),  # heatmaps by occlusion
     "variants": ("resnet18", 32, False),  # with data: an operating point and the fast variants (bf16, int8), gated
+    "multilabel": ("resnet18", 32, False),  # FINDINGS, exported with its sealed per-finding section (an index)
 }
 
 
@@ -112,7 +154,15 @@ def export_test_bundle(name: str, folder) -> tuple[Path, Path]:
     arch, size, centred = TEST_BUNDLES[name]
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    ckpt = make_checkpoint(folder / "ck.pt", arch=arch, size=size, centred_head=centred)
+    ckpt = make_checkpoint(folder / "ck.pt", arch=arch, size=size, centred_head=centred,
+                           findings=FINDINGS if name == "multilabel" else None)
+    if name == "multilabel":
+        from medge.export.findings import IndexArgs
+
+        index = write_multilabel_index(folder / "data", ckpt)
+        export_bundle(str(ckpt), str(folder / "bundle"), cfg=ExportConfig(max_images=8, operating_point="sensitivity=0.8"),
+                      log=lambda *a: None, index=IndexArgs(str(index), labels_format="generic"))
+        return folder / "bundle", ckpt
     if name != "variants":
         export_bundle(str(ckpt), str(folder / "bundle"), cfg=ExportConfig(max_images=8), log=lambda *a: None)
         return folder / "bundle", ckpt

@@ -1,0 +1,116 @@
+"""medge export of a multi-label checkpoint, end to end: the bundle, its per-finding section, the edge's decisions."""
+import json
+
+import numpy as np
+import pytest
+
+from medge.edge.errors import UsageError
+from medge.edge.findings import is_multilabel
+from medge.edge.inputs.index import read_index
+from medge.edge.model import Model
+from medge.export.findings import IndexArgs, findings_section
+from medge.export.onnx_export import ExportConfig, export_bundle
+from tests.helpers import FINDINGS, make_checkpoint
+
+quiet = lambda *a: None  # noqa: E731
+
+
+def _val(bundle):
+    """The val images of the test bundle's index and their targets (nan: uncertain, masked)."""
+    index = read_index(bundle.parent / "data" / "index.csv", bundle.parent / "data", "generic")
+    val = [e for e in index.entries if e.split == "val"]
+    return [e.file for e in val], np.array([e.targets for e in val])
+
+
+def test_the_bundle_decides_each_finding_by_its_own_threshold(multilabel_export_bundle):
+    bundle, _ = multilabel_export_bundle
+    model = Model.load(bundle)  # the golden self-test runs on the logits, as for any bundle
+    manifest = json.loads((bundle / "model.json").read_text())
+    assert is_multilabel(manifest) and manifest["classes"] == FINDINGS and model.operating_point is None
+    assert "sigmoid" in manifest["model"]["output"] and manifest["parity"]["passed"]
+    assert manifest["parity"]["inputs"].startswith("val images of ") and manifest["parity"]["inputs"].endswith("index.csv")
+    rules = {r.name: r for r in model.findings.findings}
+    assert rules["Effusion"].supported is True and rules["Effusion"].threshold is not None
+    assert rules["Nodule"].supported is False and rules["Nodule"].threshold is not None  # 10 positives < 14 needed
+    assert rules["Hernia"].threshold is None and rules["Hernia"].guarantee.startswith("unsupported: 3 positives")
+    paths, targets = _val(bundle)
+    predictions = model.predict(paths)
+    assert all(p.ok and set(p.decisions) == set(FINDINGS) and p.decisions["Hernia"] is None for p in predictions)
+    # the edge's calibrated probabilities are the section's validation scores, and decide as the section says
+    section = {e["name"]: e for e in manifest["operating_point"]["findings"]}
+    for k, name in enumerate(FINDINGS):
+        known = ~np.isnan(targets[:, k])
+        edge = np.array([p.probabilities[name] for p in predictions])[known]
+        np.testing.assert_allclose(edge, section[name]["validation"]["scores"], rtol=0, atol=1e-5)
+        if section[name]["threshold"] is not None:
+            assert [p.decisions[name] for p, kn in zip(predictions, known, strict=True) if kn] == \
+                   (edge >= section[name]["threshold"]).tolist()
+    assert sum(len(s["validation"]["scores"]) for s in section.values()) + 2 == 3 * len(paths)  # 2 cells masked
+
+
+def test_the_section_is_what_findings_section_makes_of_the_validation_logits(multilabel_export_bundle):
+    bundle, _ = multilabel_export_bundle
+    model, manifest = Model.load(bundle), json.loads((bundle / "model.json").read_text())
+    paths, targets = _val(bundle)
+    logits = np.array([p.logits for p in model.predict(paths)])
+    op = manifest["operating_point"]
+    again = findings_section(logits, targets, FINDINGS, "sensitivity=0.8", "again")
+    for mine, theirs in zip(again["findings"], op["findings"], strict=True):
+        assert mine["temperature"] == pytest.approx(theirs["temperature"], rel=1e-4)
+        assert mine.get("unsupported") == theirs.get("unsupported")
+    assert op["validation"]["cases"] == len(paths) == 48 and op["validation"]["macro_auc"]["findings"] == 3
+    assert op["validation"]["source"].startswith("val split of ") and "the index given" in op["validation"]["source"]
+
+
+def test_heatmaps_explain_each_finding(multilabel_export_bundle):
+    bundle, _ = multilabel_export_bundle
+    model = Model.load(bundle)
+    paths, _ = _val(bundle)
+    assert model.explain_method == "cam"
+    for k in range(len(FINDINGS)):
+        explanation = model.explain(paths[0], class_index=k)
+        assert explanation.class_index == k and explanation.heatmap.shape == (32, 32)
+
+
+def test_the_run_s_own_index_is_split_again_and_its_log_has_a_line_per_finding(multilabel_export_bundle, tmp_path):
+    torch = pytest.importorskip("torch")
+    from medge.train.checkpoint import save_checkpoint
+    from medge.train.config import TrainConfig
+
+    bundle, ckpt = multilabel_export_bundle
+    payload = {k: v for k, v in torch.load(ckpt, weights_only=True).items() if k not in ("format", "version")}
+    index = bundle.parent / "data" / "index.csv"
+    payload["train_config"] = TrainConfig(arch="resnet18", labels=str(index), labels_format="generic").to_dict()
+    save_checkpoint(tmp_path / "run.pt", payload)
+    lines = []
+    manifest = export_bundle(str(tmp_path / "run.pt"), str(tmp_path / "b"), cfg=ExportConfig(max_images=4,
+                             operating_point="sensitivity=0.8"), log=lines.append)
+    assert "the run's own index, split again as in training" in manifest["operating_point"]["validation"]["source"]
+    assert [ln.split(":")[0] for ln in lines if ln.startswith("finding ")] == [f"finding {n!r}" for n in FINDINGS]
+    assert any(ln.startswith("note: Nodule: too few validation cases") for ln in lines)
+    assert any("validation: 48 images of 48 patients" in ln for ln in lines)
+
+
+def test_variants_are_refused_for_a_multi_label_model(multilabel_export_bundle, tmp_path):
+    from medge.export.variants import VariantConfig, add_variants
+
+    bundle, ckpt = multilabel_export_bundle
+    with pytest.raises(UsageError, match="single-label bundles only for now"):
+        add_variants(bundle, str(bundle.parent / "data"), VariantConfig(variants=("int8",)))
+    with pytest.raises(UsageError, match="single-label bundles only for now; export this multi-label model with"):
+        export_bundle(str(ckpt), str(tmp_path / "b"), str(bundle.parent / "data"), log=quiet,
+                      variants=VariantConfig(variants=("int8",)))
+
+
+def test_an_index_is_refused_for_a_single_label_checkpoint(resnet_ckpt, tmp_path):
+    with pytest.raises(UsageError, match="validate a multi-label checkpoint; this one is single-label"):
+        export_bundle(str(resnet_ckpt), str(tmp_path / "b"), log=quiet, index=IndexArgs(labels="index.csv"))
+
+
+def test_a_multi_label_checkpoint_without_an_index_is_exported_undecided_at_half(tmp_path):
+    lines = []
+    ckpt = make_checkpoint(tmp_path / "ck.pt", findings=FINDINGS)
+    manifest = export_bundle(str(ckpt), str(tmp_path / "b"), cfg=ExportConfig(max_images=4), log=lines.append)
+    assert manifest["task"] == "multilabel" and "operating_point" not in manifest
+    assert any("each finding decided at 0.5 on the uncalibrated sigmoid" in ln for ln in lines)
+    assert Model.load(tmp_path / "b").findings.thresholds == dict.fromkeys(FINDINGS, 0.5)
