@@ -268,8 +268,15 @@ class Model:
         return tuple(dict.fromkeys(self.classes.index(n) for n in names))
 
     def error_prediction(self, path: str | None, error: str) -> Prediction:
-        """The Prediction of an input that failed before the model ran (unreadable, lost): its error, and, for a
-        multi-label bundle, the findings' thresholds, so that its record has the same keys as the others."""
+        """The Prediction of an input that failed before the model ran (unreadable, lost).
+
+        Args:
+            path: the input's path (None for an array). error: why it failed, naming the input.
+
+        Returns:
+            a Prediction with that error and, for a multi-label bundle, the findings' thresholds, so that its record
+            has the same keys as the others (``Prediction.to_record``).
+        """
         return Prediction(path, error=error, thresholds=self.findings.thresholds if self.findings is not None else None)
 
     def infer(self, blob: np.ndarray, net=None) -> np.ndarray:

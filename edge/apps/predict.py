@@ -80,8 +80,16 @@ def finding_part(name: str) -> str:
 
 
 def heatmap_targets(paths: list[str], heat_dir: Path, findings: list[str] | None) -> list[dict[str | None, Path]]:
-    """Per input, the heatmap file of each finding asked for (None: the predicted class's, ``<name>.heatmap.png``);
-    distinct files whatever the names (a finding whose file name part repeats another's gets its index)."""
+    """The heatmap files of a run, distinct whatever the names (a finding whose file name part repeats another's
+    gets its index).
+
+    Args:
+        paths: the inputs, in order. heat_dir: the --heatmaps folder.
+        findings: the findings (classes) asked for by --heatmap-finding, or None for the predicted class's map.
+
+    Returns:
+        Per input, {finding: file} (``DIR/<name>.<finding>.heatmap.png``), or {None: ``DIR/<name>.heatmap.png``}.
+    """
     if not findings:
         return [{None: heat_dir / n} for n in output_names(paths, HEATMAP_SUFFIX)]
     parts, targets = [], [{} for _ in paths]

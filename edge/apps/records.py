@@ -108,7 +108,14 @@ class FindingCounts:
 
 
 def findings_text(probabilities: dict[str, float], decisions: dict[str, bool | None]) -> str:
-    """A multi-label result in a log line: each finding's probability and decision, e.g.
-    "Effusion 0.623 present, Nodule 0.312 not decided"."""
+    """A multi-label result in a log line: each finding's probability and decision.
+
+    Args:
+        probabilities: a record's ``probabilities`` ({finding: calibrated probability}).
+        decisions: its ``decisions`` ({finding: True, False or None}).
+
+    Returns:
+        e.g. "Effusion 0.623 present, Nodule 0.312 not decided".
+    """
     said = {True: "present", False: "absent", None: "not decided"}
     return ", ".join(f"{name} {probabilities[name]:.3f} {said[decisions.get(name)]}" for name in probabilities)
