@@ -417,7 +417,7 @@ def findings_summary_line(report: dict) -> str:
     g = report["guarantees"]
     return (f"{c['cases']} cases, {len(report['findings'])} findings; macro AUC {_num(s['macro_auc'])}, micro AUC "
             f"{_num(s['micro_auc'])}; guarantees confirmed {len(g['confirmed'])}, refuted {len(g['refuted'])}, not "
-            f"shown {len(g['not shown'])}; problems: {problems}"
+            f"shown {len(g['not shown'])}, not promised at export {len(g['not promised'])}; problems: {problems}"
             + ("" if not report["requirements"] else f"; requirements {'met' if report['passed'] else 'NOT met'}"))
 
 
@@ -432,7 +432,8 @@ def _finding_rows(report: dict) -> list[str]:
         g = f["guarantee_at_site"]
         said = g["verdict"] if g["verdict"] == "no target" else (
             f"{'**refuted**' if g['verdict'] == 'refuted' else g['verdict']}: {g['statistic']} >= {g['target']:g} "
-            f"(bounds {_num(g['lower_bound'])} to {_num(g['upper_bound'])})")
+            f"(bounds {_num(g['lower_bound'])} to {_num(g['upper_bound'])})"
+            + ("" if g.get("promised", True) else "; not promised: the target was unsupported at export"))
         out.append(f"| {f['name']} | {counts} | {val.ci_text(f['auc'])} | {f['threshold']:.4f} ({f['criterion']}) | "
                    f"{val.ci_text(f['sensitivity'])} | {val.ci_text(f['specificity'])} | {said} |")
     return out + [""]

@@ -122,7 +122,8 @@ def guarantee_at_site(guarantee: dict | None, figures: dict, family: int) -> dic
     f = figures[stat]
     out = {"statistic": stat, "target": target, "promised": promised, "estimate": f["value"], "n": f["n"],
            "rule": (f"confirmed when the one-sided {confidence:.0%} Clopper-Pearson lower bound reaches the target (the "
-                    f"export's rule); refuted when the one-sided upper bound at 1 - {REFUTE_ALPHA:g}/{family} is below it")}
+                    f"export's rule); refuted when the one-sided upper bound at 1 - {REFUTE_ALPHA:g}/{max(family, 1)} "
+                    "is below it")}
     if not f["n"]:
         return {**out, "verdict": "not shown", "lower_bound": None, "upper_bound": None}
     low, high = _site_bounds(f["successes"], f["n"], confidence, 1.0 - REFUTE_ALPHA / max(family, 1))
