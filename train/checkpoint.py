@@ -78,6 +78,18 @@ class Checkpoint:
         return list(self.payload["classes"])
 
     @property
+    def task(self) -> str:
+        """"multilabel" (one sigmoid per finding; ``classes`` are the findings) or "single" (softmax over classes;
+        every checkpoint written before multi-label training existed)."""
+        return self.payload.get("task", "single")
+
+    @property
+    def data_source(self) -> dict | None:
+        """Where an index run's data came from, to rebuild its splits: {"index", "images", "format", "uncertain",
+        "seed", "val_fraction", "test_fraction"}; None for a run on class folders."""
+        return self.payload.get("data_source")
+
+    @property
     def epoch(self) -> int:
         return int(self.payload["epoch"])
 

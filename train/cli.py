@@ -1,6 +1,7 @@
 """``medge train``: train a grayscale classifier on an image folder.
 
 Usage: medge train --data data/xray --arch resnet18 --epochs 10 --out runs/xray
+       medge train --labels data/nih/Data_Entry.csv --images data/nih/images --labels-format nih --out runs/nih
        medge train --resume runs/xray                # finish an interrupted run
        medge train --resume runs/xray --epochs 15    # extend a run to 15 epochs
        torchrun --standalone --nproc_per_node 2 -m medge.train --data data/xray --out runs/xray-ddp
@@ -10,12 +11,17 @@ training images look like, for the bundle's input checks), metrics.jsonl (one li
 per epoch), best.pt (the best epoch by --best-metric), last.pt (resumable) and
 summary.json.
 
+--labels INDEX.csv trains on an index instead of class folders (NIH, CheXpert or
+a generic CSV: see docs/datasets.md), split by patient; with more than one
+finding the task is multi-label (one sigmoid per finding, --task to choose), and
+the run files record the patients and images of each split.
+
 --resume continues the run as it was configured: without --epochs an
 interrupted run trains to its own epoch count, and a finished one is reported
 and left untouched; --epochs N (more than the run has) extends it. It works from
-any folder; --data gives the run's data in a new place (checked against the
-run's data fingerprint); --device, --workers and --cache-dir may change; any
-other option that differs from the run's is refused.
+any folder; --data (or --labels and --images) gives the run's data in a new
+place (checked against the run's data fingerprint); --device, --workers and
+--cache-dir may change; any other option that differs from the run's is refused.
 """
 from __future__ import annotations
 
@@ -25,7 +31,9 @@ import os
 from medge.edge.preprocess import HIGH_BIT_RULES, INTERPOLATIONS, PreprocessConfig
 
 # Options a resumed run may change; every other training option is the run's.
-RESUMABLE = ("epochs", "data", "device", "workers", "cache_dir")
+RESUMABLE = ("epochs", "data", "labels", "images", "device", "workers", "cache_dir")
+# Options that describe an index: meaningless with --data.
+INDEX_OPTIONS = ("images", "labels_format", "uncertain", "test_fraction")
 # --option -> TrainConfig field, where the names differ.
 FIELD = {"rotate": "rotate_deg"}
 PREPROCESS = {"img_size": "size", "channels": "channels", "interpolation": "interpolation",
@@ -34,6 +42,29 @@ PREPROCESS = {"img_size": "size", "channels": "channels", "interpolation": "inte
 
 def _default_help(text: str, value) -> str:
     return f"{text} (default: {value})"
+
+
+def _add_index_arguments(p: argparse.ArgumentParser) -> None:
+    """The options of a run on an index CSV (instead of --data)."""
+    from medge.train.config import LABEL_FORMATS, MAX_POS_WEIGHT, TASKS, UNCERTAIN, TrainConfig
+
+    t, h = TrainConfig, _default_help
+    g = p.add_argument_group("data from an index (instead of --data)")
+    g.add_argument("--labels", metavar="INDEX.csv", help="an index CSV naming the images and their findings; "
+                   "split by patient")
+    g.add_argument("--images", metavar="DIR", help=h("the folder the index's paths are relative to",
+                                                     "the index's folder"))
+    g.add_argument("--labels-format", choices=LABEL_FORMATS, help=h("the index's layout", t.labels_format))
+    g.add_argument("--uncertain", choices=UNCERTAIN,
+                   help=h("uncertain labels (-1): ignore = masked out of loss and metrics, or read as 0 or 1",
+                          t.uncertain))
+    g.add_argument("--task", choices=TASKS, help=h("auto = multilabel for an index of more than one finding",
+                                                   t.task))
+    g.add_argument("--pos-weight", action=argparse.BooleanOptionalAction,
+                   help=h("multilabel: weigh each finding's positives by its negatives/positives in train "
+                          f"(at most {MAX_POS_WEIGHT:g})", t.pos_weight))
+    g.add_argument("--test-fraction", type=float,
+                   help=h("share of patients held out for test, 0 = none", t.test_fraction))
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -50,6 +81,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--val-fraction", type=float, help=h("val share when the data has no val/", t.val_fraction))
     g.add_argument("--cache-dir", help=h("preprocessed-image cache", "~/.cache/medge/preprocess"))
     g.add_argument("--workers", type=int, help=h("threads that decode and preprocess", t.workers))
+    _add_index_arguments(p)
     g = p.add_argument_group("model and optimisation")
     g.add_argument("--arch", choices=ARCHS, help=h("torchvision architecture", t.arch))
     g.add_argument("--pretrained", action="store_true", default=None,
@@ -67,7 +99,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help=h("resnets from scratch: every residual branch starts at zero", t.zero_init_residual))
     g.add_argument("--class-weights", action="store_true", default=None,
                    help="weight the loss by inverse class frequency (imbalanced data)")
-    g.add_argument("--best-metric", choices=list(HIGHER_IS_BETTER), help=h("keep best.pt by this", t.best_metric))
+    g.add_argument("--best-metric", choices=list(HIGHER_IS_BETTER),
+                   help=h("keep best.pt by this (multilabel: auc = mean_auc, the mean per-finding AUC, or loss)",
+                          t.best_metric))
     g.add_argument("--seed", type=int, help=h("random seed; same seed on CPU = same metrics", t.seed))
     g.add_argument("--device", choices=["auto", "cpu", "cuda"], help=h("auto = cuda when available", t.device))
     g.add_argument("--amp", choices=["auto", "bf16", "fp16", "off"], help=h("mixed precision on CUDA", t.amp))
@@ -125,18 +159,32 @@ def _refuse_changes(args: argparse.Namespace, train: dict, pre: dict) -> None:
                          "for other settings start a new run")
 
 
-def run(args: argparse.Namespace) -> int:
+def _check_data_options(train: dict) -> None:
+    """A new run reads class folders (--data) or an index (--labels): one of them, and no index option without
+    --labels."""
     from medge.edge.errors import UsageError
+
+    if train.get("data") and train.get("labels"):
+        raise UsageError("give --data DIR (class folders) or --labels INDEX.csv (an index), not both")
+    if not train.get("data") and not train.get("labels"):
+        raise UsageError("give --data DIR (class folders) or --labels INDEX.csv --images DIR (an index), "
+                         "or --resume RUN_DIR")
+    stray = [f"--{k.replace('_', '-')}" for k in INDEX_OPTIONS if k in train and not train.get("labels")]
+    if stray:
+        raise UsageError(f"{', '.join(stray)}: options of an index; give it with --labels INDEX.csv "
+                         "(--data reads class folders)")
+
+
+def run(args: argparse.Namespace) -> int:
     from medge.train.config import TrainConfig
-    from medge.train.engine import ResumeOptions, resume, train  # imports torch
+    from medge.train.engine import ResumeOptions, metrics_line, resume, split_line, train  # imports torch
 
     train_fields, pre_fields = _given(args)
     if args.resume:
         _refuse_changes(args, train_fields, pre_fields)
         summary = resume(ResumeOptions(args.resume, **{k: train_fields.get(k) for k in RESUMABLE}))
     else:
-        if not args.data:
-            raise UsageError("give --data DIR (or --resume RUN_DIR)")
+        _check_data_options(train_fields)
         summary = train(TrainConfig(**train_fields), PreprocessConfig(**pre_fields))
     if int(os.environ.get("RANK", 0)) != 0:  # under torchrun only rank 0 reports
         return 0
@@ -149,8 +197,13 @@ def run(args: argparse.Namespace) -> int:
     if summary["best"]:
         b = summary["best"]
         print(f"best epoch {b['epoch']}: {b['metric']} {b['value']}; checkpoint {os.path.join(summary['out'], 'best.pt')}")
+    if summary.get("splits"):
+        print(f"split by patient: {split_line(summary['splits'])}")
     if "test" in summary:
         t = summary["test"]
-        auc = t["auc"] if t["auc"] is None else round(t["auc"], 3)
-        print(f"test: acc {t['accuracy']:.3f}  bal_acc {t['balanced_accuracy']:.3f}  auc {auc}")
+        if "per_finding" in t:
+            print(f"test: {metrics_line(t)}")
+        else:
+            auc = t["auc"] if t["auc"] is None else round(t["auc"], 3)
+            print(f"test: acc {t['accuracy']:.3f}  bal_acc {t['balanced_accuracy']:.3f}  auc {auc}")
     return 0

@@ -6,9 +6,15 @@ Usage: medge train --data data/xray --arch resnet18 --epochs 10 --out runs/xray
        torchrun --standalone --nproc_per_node 2 -m medge.train --data data/xray --out runs/xray-ddp
 
 ``train`` (a new run) and ``resume`` read as their steps: open the run (new, or
-reopened from ``last.pt``), prepare the data, build the model and optimiser,
+reopened from ``last.pt``), prepare the data (class folders, or an index CSV split
+by patient), build the model and optimiser,
 then per epoch ``train_one_epoch``, ``recalibrate_bn``, ``validation_metrics``
 and ``save_epoch``, and finally ``finish`` (test split, summary).
+
+Two tasks: "single" (one class per image, softmax and cross-entropy, as class
+folders give) and "multilabel" (an index whose images hold any number of
+findings: one logit per finding, binary cross-entropy masked where the label is
+uncertain and left out, per-finding AUC, best epoch by their mean).
 
 Reproducibility: every random draw of epoch e (data order, augmentation,
 dropout) is seeded from (seed, e), and the learning rate is a function of the
@@ -45,8 +51,8 @@ from medge.edge.outputs import atomic_write_text, check_output_dir
 from medge.edge.preprocess import PreprocessConfig
 from medge.train import data as D
 from medge.train.checkpoint import library_versions, load_checkpoint, save_checkpoint
-from medge.train.config import TrainConfig
-from medge.train.metrics import HIGHER_IS_BETTER, logit_metrics
+from medge.train.config import MAX_POS_WEIGHT, TrainConfig
+from medge.train.metrics import HIGHER_IS_BETTER, TASK_METRICS, logit_metrics, multilabel_metrics
 from medge.train.models import build_model
 
 # ----------------------------------------------------------------------------- devices and DDP
@@ -234,6 +240,44 @@ def evaluate(model: nn.Module, split: D.Split, pcfg: PreprocessConfig, device, b
     return full, np.asarray(split.labels)
 
 
+def masked_bce(logits: torch.Tensor, targets: torch.Tensor, pos_weight: torch.Tensor | None = None) -> torch.Tensor:
+    """Binary cross-entropy with logits, averaged over the entries whose target is not NaN.
+
+    A NaN target (an uncertain label under ``--uncertain ignore``) contributes nothing: neither to the sum nor
+    to the count. ``pos_weight`` (K,) multiplies the positive term of each finding, as in
+    ``torch.nn.BCEWithLogitsLoss``. A batch with every entry masked gives 0 (and no gradient).
+    """
+    known = ~torch.isnan(targets)
+    t = torch.where(known, targets, torch.zeros_like(targets)).to(torch.float32)
+    loss = F.binary_cross_entropy_with_logits(logits.float(), t, pos_weight=pos_weight, reduction="none")
+    return (loss * known).sum() / known.sum().clamp(min=1)
+
+
+class MaskedBCE(nn.Module):
+    """``masked_bce`` as the criterion of a multi-label run (its pos_weight a buffer on the model's device)."""
+
+    def __init__(self, pos_weight: torch.Tensor | None = None):
+        super().__init__()
+        self.register_buffer("pos_weight", pos_weight)
+
+    def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return masked_bce(logits, targets, self.pos_weight)
+
+
+def positive_weights(targets, max_weight: float = MAX_POS_WEIGHT) -> np.ndarray:
+    """Per finding: negatives / positives among the known (non-NaN) targets, clipped to [1 / max, max];
+    a finding without positives gets ``max_weight``.
+
+    Args:
+        targets: (N, K) 1.0, 0.0 or NaN.
+    """
+    y = np.asarray(targets, np.float64)
+    pos, neg = (y == 1).sum(0), (y == 0).sum(0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        w = np.where(pos > 0, neg / np.maximum(pos, 1), max_weight)
+    return np.clip(w, 1 / max_weight, max_weight)
+
+
 def train_step(net, x, y, criterion, opt, scaler, amp) -> torch.Tensor:
     """One optimisation step (autocast when ``amp`` is a dtype; the scaler is a no-op unless fp16)."""
     with torch.autocast(x.device.type, dtype=amp, enabled=amp is not None):
@@ -289,6 +333,18 @@ class RunState:
     resume_from: dict | None = None  # last.pt's payload when resuming
     data: dict | None = None  # the data's fingerprint (train.data.fingerprint); a resumed run's must match
     data_profile: dict | None = None  # what the training images look like (edge.inputs.profile), for the bundle
+    task: str = "single"  # "single" or "multilabel", resolved from cfg.task and the data (resolve_task)
+    split_summary: dict | None = None  # index data: patients and images per split (train.data.split_summary)
+    pos_weight: dict | None = None  # multilabel with cfg.pos_weight: {finding: weight of its positives}
+
+    @property
+    def best_metric(self) -> str:
+        """cfg.best_metric as this task names it ("auc" of a multi-label run is its "mean_auc")."""
+        name = TASK_METRICS[self.task].get(self.cfg.best_metric)
+        if name is None:
+            raise UsageError(f"--best-metric {self.cfg.best_metric}: a multi-label run keeps best.pt by "
+                             f"{' or '.join(TASK_METRICS['multilabel'])} (auc = the mean of the per-finding AUCs)")
+        return name
 
     @property
     def finished(self) -> bool:
@@ -302,6 +358,8 @@ class ResumeOptions:
     run_dir: str
     epochs: int | None = None  # more than the run's extends it; None: the run's own count
     data: str | None = None  # the run's data in another place (it must have the same fingerprint)
+    labels: str | None = None  # an index run's index in another place (same fingerprint)
+    images: str | None = None  # an index run's images in another place
     device: str | None = None
     workers: int | None = None
     cache_dir: str | None = None
@@ -330,7 +388,8 @@ def open_run(cfg: TrainConfig, pcfg: PreprocessConfig) -> RunState:
     if (out / "last.pt").exists():
         raise UsageError(f"{out} holds a run already: continue it with --resume {out}, or choose another --out")
     return RunState(dataclasses.replace(cfg, data=_absolute(cfg.data), out=_absolute(cfg.out),
-                                        cache_dir=_absolute(cfg.cache_dir)), pcfg)
+                                        cache_dir=_absolute(cfg.cache_dir), labels=_absolute(cfg.labels),
+                                        images=_absolute(cfg.images)), pcfg)
 
 
 def reopen_run(opts: ResumeOptions) -> RunState:
@@ -353,9 +412,16 @@ def reopen_run(opts: ResumeOptions) -> RunState:
     if epochs < done:
         raise UsageError(f"{run_dir} has trained {done} epochs already; --epochs {epochs} cannot undo them "
                          f"(give more than {done} to extend the run)")
+    if old.labels and opts.data:
+        raise UsageError(f"{run_dir} was trained on an index ({old.labels}): give its new place with --labels "
+                         "(and --images), not --data")
+    if old.data and (opts.labels or opts.images):
+        raise UsageError(f"{run_dir} was trained on class folders ({old.data}): give their new place with --data")
     cfg = dataclasses.replace(
         old, epochs=epochs, out=_absolute(str(run_dir)), device=opts.device or old.device, workers=opts.workers or old.workers,
         data=_absolute(opts.data) if opts.data else old.data,
+        labels=_absolute(opts.labels) if opts.labels else old.labels,
+        images=_absolute(opts.images) if opts.images else old.images,
         cache_dir=_absolute(opts.cache_dir) if opts.cache_dir is not None else old.cache_dir)
     run = RunState(cfg, state.preprocess, start_epoch=done + 1, history=list(state["history"]), best=state["best"],
                    data=state.payload.get("data"))
@@ -365,19 +431,76 @@ def reopen_run(opts: ResumeOptions) -> RunState:
     return run
 
 
+def resolve_task(task: str, findings: list[str], labels) -> str:
+    """"single" or "multilabel": as given, or for "auto" multilabel when the index has more than one finding or
+    an image has more than one positive. ``labels``: an index's (N, K) targets, or None for class folders."""
+    if labels is None:
+        if task == "multilabel":
+            raise UsageError("--task multilabel needs an index (--labels INDEX.csv): class folders give one class "
+                             "per image")
+        return "single"
+    if task != "auto":
+        return task
+    many = len(findings) > 1 or bool(len(labels) and (np.asarray(labels, np.float64) == 1).sum(1).max() > 1)
+    return "multilabel" if many else "single"
+
+
+def single_label_splits(findings: list[str], splits: dict) -> tuple[list[str], dict]:
+    """An index's splits for a softmax model: classes "No Finding" (when an image has no finding) and the
+    findings, each image labelled with its one positive finding.
+
+    Raises:
+        DataError: an image with more than one finding or an uncertain (masked) label, or fewer than 2 classes.
+    """
+    rows = [(p, np.asarray(t, np.float64)) for s in splits.values() for p, t in zip(s.paths, s.labels, strict=True)]
+    bad = [(p, "more than one finding" if (t == 1).sum() > 1 else "an uncertain label")
+           for p, t in rows if (t == 1).sum() > 1 or np.isnan(t).any()]
+    if bad:
+        raise DataError(f"--task single: {len(bad)} image(s) cannot take one class, e.g. {bad[0][0]}: {bad[0][1]}; "
+                        "train them with --task multilabel (or --uncertain zeros|ones for uncertain labels)")
+    classes = (["No Finding"] if any((t == 1).sum() == 0 for _, t in rows) else []) + list(findings)
+    if len(classes) < 2:
+        raise DataError(f"--task single: the index gives one class only ({classes}); a classifier needs two")
+    out = {}
+    for name, s in splits.items():
+        labels = [classes.index(findings[int(np.argmax(t))]) if (np.asarray(t) == 1).any() else 0 for t in s.labels]
+        out[name] = dataclasses.replace(s, labels=labels)
+    return classes, out
+
+
+def find_data(run: RunState) -> tuple[list[str], dict, dict]:
+    """(classes, splits not yet preprocessed, fingerprint) of the run's class folders or index; sets ``run.task``."""
+    cfg, resuming = run.cfg, run.resume_from is not None
+    if not cfg.labels:
+        if resuming and not Path(cfg.data).is_dir():
+            raise UsageError(f"{cfg.data}: the run's data folder is not there (moved?); give its place with --data")
+        run.task = resolve_task(cfg.task, [], None)
+        classes, splits = D.discover(cfg.data, cfg.val_fraction, cfg.seed)
+        return classes, splits, D.fingerprint(cfg.data, classes, splits)
+    from medge.edge.inputs.index import read_index
+
+    if resuming and not Path(cfg.labels).is_file():
+        raise UsageError(f"{cfg.labels}: the run's index is not there (moved?); give its place with --labels "
+                         "(and the images' with --images)")
+    index = read_index(cfg.labels, cfg.images or os.path.dirname(cfg.labels), cfg.labels_format, cfg.uncertain)
+    findings, splits = D.discover_index(index, cfg.val_fraction, cfg.test_fraction, cfg.seed)
+    run.task = resolve_task(cfg.task, findings, [t for s in splits.values() for t in s.labels])
+    classes, splits = (list(findings), splits) if run.task == "multilabel" else single_label_splits(findings, splits)
+    return classes, splits, D.fingerprint(cfg.images or os.path.dirname(cfg.labels), classes, splits)
+
+
 def prepare_splits(run: RunState, rank: int, world: int) -> tuple[list[str], dict]:
     """Discover the data, check it is the run's (when resuming), and fill the preprocessing cache
     (rank 0 first under DDP, then the others read it). Sets ``run.data`` to the data's fingerprint."""
     cfg, pcfg = run.cfg, run.pcfg
-    if run.resume_from is not None and not Path(cfg.data).is_dir():
-        raise UsageError(f"{cfg.data}: the run's data folder is not there (moved?); give its place with --data")
-    classes, splits = D.discover(cfg.data, cfg.val_fraction, cfg.seed)
-    found = D.fingerprint(cfg.data, classes, splits)
+    classes, splits, found = find_data(run)
+    run.best_metric  # noqa: B018 (a best metric this task cannot use is refused before any preprocessing)
     if run.resume_from is not None and run.data is not None:
         why = D.fingerprint_difference(run.data, found)
         if why:
-            raise UsageError(f"{cfg.data}: not the data this run was trained on: {why}; "
-                             "give the run's own data with --data, or start a new run")
+            given = f"--labels {cfg.labels}" if cfg.labels else f"--data {cfg.data}"
+            raise UsageError(f"{given}: not the data this run was trained on: {why}; give the run's own data "
+                             f"with {given.split()[0]}, or start a new run")
     run.data = found
     cache_dir = cfg.cache_dir or D.default_cache_dir()
     prepared = {}
@@ -388,6 +511,8 @@ def prepare_splits(run: RunState, rank: int, world: int) -> tuple[list[str], dic
             torch.distributed.barrier()
     for name, split in prepared.items():
         D.check_usable(split, classes, name)
+    if cfg.labels:  # what the run records of each split: the images it can use, and their patients
+        run.split_summary = D.split_summary(prepared)
     return classes, prepared
 
 
@@ -411,23 +536,64 @@ def build_training(run: RunState, classes: list[str], train_split: D.Split, devi
     net = model
     if world > 1:
         net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    return Training(model, net, opt, scaler, build_criterion(run, classes, train_split, device), amp, channels_last)
+
+
+def build_criterion(run: RunState, classes: list[str], train_split: D.Split, device) -> nn.Module:
+    """Cross-entropy (class weights optional) for one class per image; masked BCE (pos_weight optional, recorded
+    in ``run.pos_weight``) for multi-label."""
+    cfg = run.cfg
+    if run.task == "multilabel":
+        if cfg.class_weights:
+            raise UsageError("--class-weights weighs the classes of a single-label run; a multi-label run weighs "
+                             "each finding's positives with --pos-weight")
+        if not cfg.pos_weight:
+            return MaskedBCE().to(device)
+        w = positive_weights(np.asarray(train_split.labels, np.float64).reshape(-1, len(classes)))
+        run.pos_weight = dict(zip(classes, (round(float(v), 6) for v in w), strict=True))
+        return MaskedBCE(torch.tensor(w, dtype=torch.float32)).to(device)
+    if cfg.pos_weight:
+        raise UsageError("--pos-weight weighs the findings of a multi-label run; a single-label run weighs its "
+                         "classes with --class-weights")
     weight = None
     if cfg.class_weights:
         counts = np.bincount(train_split.labels, minlength=len(classes))
         weight = torch.tensor(len(train_split) / (len(classes) * counts), dtype=torch.float32, device=device)
-    return Training(model, net, opt, scaler, nn.CrossEntropyLoss(weight=weight), amp, channels_last)
+    return nn.CrossEntropyLoss(weight=weight)
+
+
+def _split_report(run: RunState, classes: list[str], split: D.Split) -> dict:
+    """data_report.json's entry of one split: images, per class (or per finding: positives, negatives, masked)."""
+    if run.task == "multilabel":
+        y = np.asarray(split.labels, np.float64).reshape(-1, len(classes))
+        per = {"per_finding": {f: {"positives": int((y[:, k] == 1).sum()), "negatives": int((y[:, k] == 0).sum()),
+                                   "masked": int(np.isnan(y[:, k]).sum())} for k, f in enumerate(classes)}}
+    else:
+        per = {"per_class": dict(zip(classes, np.bincount(split.labels, minlength=len(classes)).tolist(), strict=True))}
+    return {"images": len(split), **per, "skipped": [{"path": p, "reason": r} for p, r in split.failures]}
+
+
+def index_record(run: RunState) -> dict:
+    """What an index run adds to config.json, summary.json and its checkpoints: the task, where the data came from
+    (everything export needs to rebuild the validation split), patients and images per split, pos_weight."""
+    cfg = run.cfg
+    if not cfg.labels:
+        return {}
+    source = {"index": cfg.labels, "images": cfg.images, "format": cfg.labels_format, "uncertain": cfg.uncertain,
+              "seed": cfg.seed, "val_fraction": cfg.val_fraction, "test_fraction": cfg.test_fraction}
+    return {"task": run.task, "data_source": source, "splits": run.split_summary, "pos_weight": run.pos_weight}
 
 
 def write_run_files(run: RunState, classes: list[str], splits: dict, versions: dict) -> None:
     """config.json, data_report.json and data_profile.json in the run folder (rank 0 only)."""
     out = Path(run.cfg.out)
-    report = {n: {"images": len(s),
-                  "per_class": dict(zip(classes, np.bincount(s.labels, minlength=len(classes)).tolist(), strict=True)),
-                  "skipped": [{"path": p, "reason": r} for p, r in s.failures]} for n, s in splits.items()}
-    atomic_write_text(out / "data_report.json", json.dumps(report, indent=2) + "\n")
-    atomic_write_text(out / "config.json", json.dumps({"train": run.cfg.to_dict(), "preprocess": run.pcfg.to_dict(),
-                                                       "classes": classes, "data": run.data, "versions": versions},
-                                                      indent=2) + "\n")
+    report = {n: _split_report(run, classes, s) for n, s in splits.items()}
+    if run.split_summary is not None:
+        report = {"splits": run.split_summary, **report}
+    atomic_write_text(out / "data_report.json", json.dumps(jsonable(report), indent=2) + "\n")
+    atomic_write_text(out / "config.json", json.dumps(jsonable({
+        "train": run.cfg.to_dict(), "preprocess": run.pcfg.to_dict(), "classes": classes, "data": run.data,
+        **index_record(run), "versions": versions}), indent=2) + "\n")
     atomic_write_text(out / "data_profile.json", json.dumps(run.data_profile, indent=2) + "\n")
 
 
@@ -462,8 +628,16 @@ def train_one_epoch(t: Training, split: D.Split, run: RunState, epoch: int, devi
 
 def validation_metrics(t: Training, split: D.Split, run: RunState, classes: list[str], device, rank: int,
                        world: int) -> dict:
-    """classification_metrics of the validation split, plus its cross-entropy loss."""
+    """classification_metrics of the validation split, plus its cross-entropy loss; multi-label: per-finding
+    AUC, their mean and the masked BCE (``train.metrics.multilabel_metrics``)."""
     logits, labels = evaluate(t.model, split, run.pcfg, device, 2 * run.cfg.batch_size, rank, world, t.amp)
+    return split_metrics(run, labels, logits, classes)
+
+
+def split_metrics(run: RunState, labels: np.ndarray, logits: np.ndarray, classes: list[str]) -> dict:
+    """The metrics of the run's task for one split's labels and logits."""
+    if run.task == "multilabel":
+        return multilabel_metrics(labels, logits, classes)
     return logit_metrics(labels, logits, classes)
 
 
@@ -480,9 +654,14 @@ def is_better(value: float, best: dict | None, metric: str) -> bool:
 
 def checkpoint_payload(run: RunState, classes: list[str], epoch: int, metrics: dict, versions: dict) -> dict:
     """What best.pt and last.pt share: everything export and the edge need, and the run's history."""
-    return {"arch": run.cfg.arch, "classes": classes, "train_config": run.cfg.to_dict(), "preprocess": run.pcfg.to_dict(),
-            "epoch": epoch, "metrics": jsonable(metrics), "versions": versions, "history": run.history, "best": run.best,
-            "data": run.data, "data_profile": run.data_profile}
+    payload = {"arch": run.cfg.arch, "classes": classes, "train_config": run.cfg.to_dict(),
+               "preprocess": run.pcfg.to_dict(), "epoch": epoch, "metrics": jsonable(metrics), "versions": versions,
+               "history": run.history, "best": run.best, "data": run.data, "data_profile": run.data_profile}
+    if run.task == "multilabel":  # a single-label checkpoint stays as it was: no task key means single
+        payload["task"] = "multilabel"
+    if run.cfg.labels:
+        payload["data_source"] = index_record(run)["data_source"]
+    return payload
 
 
 def save_epoch(t: Training, run: RunState, classes: list[str], epoch: int, record: dict, improved: bool,
@@ -498,9 +677,20 @@ def save_epoch(t: Training, run: RunState, classes: list[str], epoch: int, recor
         **common, "model": t.model.state_dict(), "optimizer": t.opt.state_dict(), "scaler": t.scaler.state_dict()})
     m = record["val"]
     print(f"epoch {epoch}/{run.cfg.epochs}  train_loss {record['train_loss']:.4f}  val_loss {m['loss']:.4f}  "
-          f"acc {m['accuracy']:.3f}  bal_acc {m['balanced_accuracy']:.3f}  auc {m['auc']:.3f}"
-          f"{'  *best' if improved else ''}  {record['time_s']:.1f} s ({record['train_images_per_s']:.0f} img/s)",
-          flush=True)
+          f"{metrics_line(m)}{'  *best' if improved else ''}  {record['time_s']:.1f} s "
+          f"({record['train_images_per_s']:.0f} img/s)", flush=True)
+
+
+def _figure(v) -> str:
+    return "null" if v is None or not math.isfinite(v) else f"{v:.3f}"
+
+
+def metrics_line(m: dict) -> str:
+    """The headline figures of one split's metrics (either task), for the console."""
+    if "per_finding" in m:
+        return f"mean_auc {_figure(m['mean_auc'])} (" + ", ".join(
+            f"{f} {_figure(p['auc'])}" for f, p in m["per_finding"].items()) + ")"
+    return f"acc {m['accuracy']:.3f}  bal_acc {m['balanced_accuracy']:.3f}  auc {m['auc']:.3f}"
 
 
 def finish(t: Training, run: RunState, classes: list[str], splits: dict, device, rank: int, world: int) -> dict:
@@ -508,13 +698,13 @@ def finish(t: Training, run: RunState, classes: list[str], splits: dict, device,
     out, main = Path(run.cfg.out), rank == 0
     summary = {"out": str(out), "epochs": run.cfg.epochs, "best": run.best, "classes": classes,
                "val": run.history[-1]["val"] if run.history else None,
-               "skipped": {n: len(s.failures) for n, s in splits.items()}}
+               "skipped": {n: len(s.failures) for n, s in splits.items()}, **index_record(run)}
     if run.best_weights is not None and run.best is not None:
         summary["val"] = next(h["val"] for h in run.history if h["epoch"] == run.best["epoch"])
         if "test" in splits:
             t.model.load_state_dict(run.best_weights)
             logits, labels = evaluate(t.model, splits["test"], run.pcfg, device, 2 * run.cfg.batch_size, rank, world, t.amp)
-            summary["test"] = jsonable(logit_metrics(labels, logits, classes))
+            summary["test"] = jsonable(split_metrics(run, labels, logits, classes))
             if main:
                 best = load_checkpoint(out / "best.pt").payload
                 best["metrics"] = {**best["metrics"], "test": summary["test"]}
@@ -590,10 +780,22 @@ def _launch(run: RunState) -> dict:
             torch.distributed.destroy_process_group()
 
 
+def split_line(summary: dict) -> str:
+    """``train.data.split_summary``'s patients and images per split, in one line."""
+    return "; ".join(f"{name} {v.get('patients')} patients, {v.get('images')} images"
+                     for name, v in summary.items() if isinstance(v, dict))
+
+
 def _announce(run: RunState, device, world: int, classes: list[str], splits: dict) -> None:
     cfg = run.cfg
+    what = f"findings {classes} (multi-label)" if run.task == "multilabel" else f"classes {classes}"
     print(f"{cfg.arch} on {device}{f' x{world}' if world > 1 else ''}: {len(splits['train'])} train, "
-          f"{len(splits['val'])} val images, classes {classes}", flush=True)
+          f"{len(splits['val'])} val images, {what}", flush=True)
+    if run.split_summary is not None:
+        print("split by patient: " + split_line(run.split_summary), flush=True)
+    if run.pos_weight is not None:
+        print("pos_weight (negatives/positives in train, at most "
+              f"{MAX_POS_WEIGHT:g}): " + ", ".join(f"{f} {w:.3g}" for f, w in run.pos_weight.items()), flush=True)
     if run.resume_from is not None:
         planned = TrainConfig.from_dict(run.resume_from["train_config"]).epochs
         if cfg.epochs > planned:
@@ -608,7 +810,9 @@ def _announce(run: RunState, device, world: int, classes: list[str], splits: dic
 def _run(run: RunState, device: torch.device, rank: int, world: int) -> dict:
     main = rank == 0
     classes, splits = prepare_splits(run, rank, world)
-    run.data_profile = D.data_profile(splits["train"], run.cfg.data)
+    # An index's data set is the index's folder: medge synth writes its marker there.
+    run.data_profile = D.data_profile(splits["train"], os.path.dirname(run.cfg.labels) or "." if run.cfg.labels
+                                      else run.cfg.data)
     if run.resume_from is not None and classes != run.resume_from["classes"]:
         raise DataError(f"the data's classes {classes} differ from the run's {run.resume_from['classes']}")
     t = build_training(run, classes, splits["train"], device, world)
@@ -626,9 +830,10 @@ def _run(run: RunState, device: torch.device, rank: int, world: int) -> dict:
             if run.cfg.bn_recalibration:
                 recalibrate_bn(t.model, splits["train"], run, device, t.amp, t.channels_last)
             m = validation_metrics(t, splits["val"], run, classes, device, rank, world)
-            improved = is_better(m[run.cfg.best_metric], run.best, run.cfg.best_metric)
+            metric = run.best_metric
+            improved = is_better(m[metric], run.best, metric)
             if improved:
-                run.best = {"epoch": epoch, "metric": run.cfg.best_metric, "value": jsonable(m[run.cfg.best_metric])}
+                run.best = {"epoch": epoch, "metric": metric, "value": jsonable(m[metric])}
                 run.best_weights = {k: v.detach().cpu().clone() for k, v in t.model.state_dict().items()}
             record = {"epoch": epoch, "train_loss": loss_all / max(seen_all, 1), "lr": lrs[0], "lr_last_step": lrs[1],
                       "train_images_per_s": seen_all / train_s, "time_s": time.perf_counter() - t0, "val": m}

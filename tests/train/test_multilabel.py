@@ -1,0 +1,252 @@
+"""Multi-label training: the masked loss, pos_weight, per-finding AUC, the task and best epoch by mean AUC,
+index runs end to end (``medge train --labels``), and the learning test at the demo's scale."""
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from medge.edge.errors import ConfigError, UsageError
+from medge.train import engine
+from medge.train.config import MAX_POS_WEIGHT, TrainConfig
+from medge.train.metrics import bce_with_logits, multilabel_metrics
+
+NAN = float("nan")
+
+
+def _targets(rng, n, k, masked=0.2):
+    y = (rng.random((n, k)) < 0.4).astype(np.float64)
+    y[rng.random((n, k)) < masked] = np.nan
+    return y
+
+
+def test_masked_bce_is_torchs_bce_on_the_unmasked_entries_and_ignores_the_masked():
+    rng = np.random.default_rng(0)
+    y = torch.tensor(_targets(rng, 12, 4))
+    z = torch.tensor(rng.normal(size=(12, 4)), requires_grad=True)
+    known = ~torch.isnan(y)
+    loss = engine.masked_bce(z, y)
+    oracle = F.binary_cross_entropy_with_logits(z.detach()[known].float(), y[known].float())
+    assert loss.item() == pytest.approx(oracle.item(), rel=1e-6)
+    loss.backward()
+    assert torch.all(z.grad[~known] == 0) and torch.all(z.grad[known] != 0)  # masked entries teach nothing
+    z2 = z.detach().clone()
+    z2[~known] = 1e6  # whatever the model says where the label is uncertain
+    assert engine.masked_bce(z2, y).item() == pytest.approx(loss.item(), rel=1e-6)
+    w = torch.tensor([1.0, 3.0, 0.5, 10.0])
+    weighted = engine.masked_bce(z.detach(), y, w)
+    oracle_w = F.binary_cross_entropy_with_logits(z.detach()[known].float(), y[known].float(),
+                                                  pos_weight=w.expand(12, 4)[known])
+    assert weighted.item() == pytest.approx(oracle_w.item(), rel=1e-6)
+    assert engine.masked_bce(z.detach(), torch.full((12, 4), NAN)).item() == 0.0  # all masked: no loss
+
+
+def test_numpy_bce_is_the_masked_loss():
+    rng = np.random.default_rng(1)
+    y, z = _targets(rng, 20, 3), rng.normal(size=(20, 3)) * 3
+    assert bce_with_logits(z, y) == pytest.approx(engine.masked_bce(torch.tensor(z), torch.tensor(y)).item(), rel=1e-6)
+    assert math.isnan(bce_with_logits(z, np.full((20, 3), NAN)))
+
+
+def test_pos_weight_is_negatives_over_positives_clipped():
+    y = np.array([[1, 0, 0, NAN], [0, 0, 1, NAN], [0, 0, 1, 1], [0, 0, 1, NAN], [NAN, 0, 1, NAN]], np.float64)
+    w = engine.positive_weights(y)
+    # finding 0: 1 positive, 3 negatives (one masked); 1: no positive -> the maximum; 2: 4 positives, 1 negative;
+    # 3: 1 positive, no negative -> the minimum, 1 / max.
+    assert w == pytest.approx([3.0, MAX_POS_WEIGHT, 0.25, 1 / MAX_POS_WEIGHT])
+    assert engine.positive_weights(np.array([[1.0], [0.0]] + [[0.0]] * 200)) == pytest.approx([MAX_POS_WEIGHT])
+
+
+def test_per_finding_auc_is_sklearns_on_the_unmasked_cases():
+    sk = pytest.importorskip("sklearn.metrics")
+    rng = np.random.default_rng(2)
+    y = _targets(rng, 60, 3)
+    y[:, 2] = np.where(np.isnan(y[:, 2]), np.nan, 0.0)  # finding 2: no positive in this split
+    z = rng.normal(size=(60, 3)) + 1.5 * np.nan_to_num(y)
+    m = multilabel_metrics(y, z, ["A", "B", "C"])
+    for k, name in enumerate("AB"):
+        keep = ~np.isnan(y[:, k])
+        assert m["per_finding"][name]["auc"] == pytest.approx(sk.roc_auc_score(y[keep, k], z[keep, k]), rel=1e-12)
+        assert m["per_finding"][name]["masked"] == int((~keep).sum())
+        assert m["per_finding"][name]["positives"] + m["per_finding"][name]["negatives"] == int(keep.sum())
+    c = m["per_finding"]["C"]
+    assert math.isnan(c["auc"]) and c["positives"] == 0 and "no positive case" in c["note"]
+    assert m["mean_auc"] == pytest.approx((m["per_finding"]["A"]["auc"] + m["per_finding"]["B"]["auc"]) / 2)
+    keep = ~np.isnan(y)
+    assert m["loss"] == pytest.approx(sk.log_loss(y[keep], 1 / (1 + np.exp(-z[keep]))), rel=1e-9)
+    diverged = multilabel_metrics(y, np.full((60, 3), np.inf), ["A", "B", "C"])
+    assert math.isnan(diverged["mean_auc"]) and math.isnan(diverged["loss"])
+
+
+def test_task_auto_detection_and_single_label_from_an_index():
+    assert engine.resolve_task("auto", ["A", "B"], [(1.0, 0.0)]) == "multilabel"
+    assert engine.resolve_task("auto", ["A"], [(1.0,), (0.0,)]) == "single"
+    assert engine.resolve_task("single", ["A", "B"], [(1.0, 0.0)]) == "single"
+    assert engine.resolve_task("auto", [], None) == "single"
+    with pytest.raises(UsageError, match="--task multilabel needs an index"):
+        engine.resolve_task("multilabel", [], None)
+
+    from medge.train.data import Split
+
+    splits = {"train": Split(["a", "b", "c"], [(1.0, 0.0), (0.0, 0.0), (0.0, 1.0)]), "val": Split(["d"], [(0.0, 1.0)])}
+    classes, single = engine.single_label_splits(["A", "B"], splits)
+    assert classes == ["No Finding", "A", "B"] and single["train"].labels == [1, 0, 2] and single["val"].labels == [2]
+    splits["train"].labels[1] = (1.0, 1.0)
+    with pytest.raises(Exception, match="1 image.* cannot take one class, e.g. b: more than one finding"):
+        engine.single_label_splits(["A", "B"], splits)
+    splits["train"].labels[1] = (NAN, 0.0)
+    with pytest.raises(Exception, match="b: an uncertain label"):
+        engine.single_label_splits(["A", "B"], splits)
+
+
+def test_best_metric_of_each_task():
+    run = engine.RunState(TrainConfig(), None, task="multilabel")
+    assert run.best_metric == "mean_auc"
+    assert engine.RunState(TrainConfig(best_metric="loss"), None, task="multilabel").best_metric == "loss"
+    assert engine.RunState(TrainConfig(best_metric="mean_auc"), None).best_metric == "auc"
+    with pytest.raises(UsageError, match="a multi-label run keeps best.pt by auc or mean_auc or loss"):
+        engine.RunState(TrainConfig(best_metric="accuracy"), None, task="multilabel").best_metric  # noqa: B018
+    assert engine.is_better(0.8, {"value": 0.7}, "mean_auc") and not engine.is_better(0.6, {"value": 0.7}, "mean_auc")
+
+
+def test_config_index_fields_and_old_checkpoints():
+    old = {k: v for k, v in TrainConfig().to_dict().items()
+           if k not in ("labels", "images", "labels_format", "uncertain", "task", "pos_weight", "test_fraction")}
+    cfg = TrainConfig.from_dict(old)  # a checkpoint written before index data: today's defaults
+    assert (cfg.labels, cfg.task, cfg.pos_weight, cfg.uncertain) == ("", "auto", False, "ignore")
+    with pytest.raises(ConfigError, match="give data .* or labels .*, not both"):
+        TrainConfig(data="d", labels="i.csv")
+    with pytest.raises(ConfigError, match="uncertain must be one of"):
+        TrainConfig(labels="i.csv", uncertain="maybe")
+    with pytest.raises(ConfigError, match="val_fraction \\+ test_fraction < 1"):
+        TrainConfig(labels="i.csv", val_fraction=0.5, test_fraction=0.5)
+    index = pytest.importorskip("medge.edge.inputs.index")
+    from medge.train import config
+
+    assert config.LABEL_FORMATS == index.FORMATS and config.UNCERTAIN == index.UNCERTAIN
+
+
+@pytest.mark.parametrize("argv, match", [
+    (["--data", "d", "--labels", "i.csv"], "not both"),
+    ([], "give --data DIR .* or --labels INDEX.csv"),
+    (["--data", "d", "--uncertain", "zeros"], "--uncertain: options of an index"),
+    (["--data", "d", "--task", "multilabel"], "--task multilabel needs an index"),
+])
+def test_cli_data_or_labels(tmp_path, capsys, argv, match):
+    from medge.edge.apps.cli import main
+
+    (tmp_path / "d").mkdir()
+    assert main(["train", *argv, "--out", str(tmp_path / "run"), "--device", "cpu"]) == 2
+    assert pytest.importorskip("re").search(match, capsys.readouterr().err)
+
+
+# ----------------------------------------------------------------------------- index runs end to end
+
+FINDINGS = ["Effusion", "Mass", "Nodule"]
+SMALL = dict(size=32)
+
+
+def nih_set(root, n=30, per_patient=3, seed=0):
+    """A tiny NIH-format set: n 40-px PNGs, ``per_patient`` images per patient, findings drawn independently and
+    painted in (a bright lower band, a dark square, a bright disk); one image names a file that is not there."""
+    import csv
+
+    import cv2
+
+    rng = np.random.default_rng(seed)
+    (root / "images").mkdir(parents=True)
+    rows = []
+    for i in range(n):
+        present = [f for f in FINDINGS if rng.random() < 0.4]
+        img = (rng.random((40, 40)) * 100 + 70).astype(np.uint8)
+        if "Effusion" in present:
+            img[28:] = 230
+        if "Mass" in present:
+            img[4:16, 24:36] = 15
+        if "Nodule" in present:
+            cv2.circle(img, (10, 10), 5, 250, -1)
+        name = f"{i:08d}_000.png"
+        cv2.imwrite(str(root / "images" / name), img)
+        rows.append([name, "|".join(present) or "No Finding", 0, f"{i // per_patient:05d}", 50, "F", "PA"])
+    rows.append(["99999999_000.png", "Mass", 0, "99999", 60, "M", "AP"])  # named, not there
+    with open(root / "Data_Entry.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["Image Index", "Finding Labels", "Follow-up #", "Patient ID", "Patient Age", "Patient Gender",
+                    "View Position"])
+        w.writerows(rows)
+    return root / "Data_Entry.csv", root / "images"
+
+
+def index_argv(index, images, out, *extra):
+    return ["train", "--labels", str(index), "--images", str(images), "--labels-format", "nih", "--out", str(out),
+            "--device", "cpu", "--img-size", "32", "--batch-size", "8", "--workers", "1",
+            "--cache-dir", str(out) + "-cache", *extra]
+
+
+def test_index_run_records_splits_and_keeps_best_by_mean_auc(tmp_path, monkeypatch, capsys):
+    from medge.edge.apps.cli import main
+    from medge.train.checkpoint import load_checkpoint, model_from_checkpoint
+
+    index, images = nih_set(tmp_path / "nih")
+    real, scripted = engine.validation_metrics, iter([0.6, 0.9, 0.7])
+
+    def validation(*a, **k):  # mean AUC rises at epoch 2 and falls at 3, whatever the loss does
+        return {**real(*a, **k), "mean_auc": next(scripted)}
+
+    monkeypatch.setattr(engine, "validation_metrics", validation)
+    out = tmp_path / "run"
+    assert main(index_argv(index, images, out, "--epochs", "3", "--pos-weight")) == 0
+    text = capsys.readouterr().out
+    assert "findings ['Effusion', 'Mass', 'Nodule'] (multi-label)" in text and "split by patient: train " in text
+    best, last = load_checkpoint(out / "best.pt"), load_checkpoint(out / "last.pt")
+    assert best.epoch == 2 and best["best"] == {"epoch": 2, "metric": "mean_auc", "value": 0.9}
+    assert best.task == "multilabel" and best.classes == FINDINGS and last.epoch == 3
+    assert best.data_source == {"index": str(index), "images": str(images), "format": "nih", "uncertain": "ignore",
+                                "seed": 0, "val_fraction": 0.2, "test_fraction": 0.1}
+    assert model_from_checkpoint(best)(torch.zeros(2, 1, 32, 32)).shape == (2, 3)  # one logit per finding
+
+    history = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [h["val"]["mean_auc"] for h in history] == [0.6, 0.9, 0.7]
+    assert set(history[0]["val"]["per_finding"]) == set(FINDINGS)
+    config, summary = (json.loads((out / f).read_text()) for f in ("config.json", "summary.json"))
+    splits = config["splits"]
+    assert summary["splits"] == splits and config["task"] == summary["task"] == "multilabel"
+    assert sum(s["images"] for s in splits.values()) == 30 and sum(s["patients"] for s in splits.values()) == 10
+    assert set(splits) == {"train", "val", "test"} and all(s["patients"] >= 1 for s in splits.values())
+    pos = splits["train"]["positives"]
+    neg = {f: splits["train"]["images"] - pos[f] - splits["train"]["masked"][f] for f in FINDINGS}
+    assert config["pos_weight"] == pytest.approx({f: neg[f] / pos[f] for f in FINDINGS}, rel=1e-5)
+    report = json.loads((out / "data_report.json").read_text())
+    assert [r["path"] for r in report["train"]["skipped"]] == ["99999999_000.png"]  # counted, listed, no crash
+    assert summary["test"]["per_finding"].keys() == set(FINDINGS)
+
+
+def test_index_run_resumes_from_its_moved_index_and_refuses_other_data(tmp_path, capsys):
+    import shutil
+
+    from medge.edge.apps.cli import main
+    from medge.train.checkpoint import load_checkpoint
+
+    index, images = nih_set(tmp_path / "nih")
+    out = tmp_path / "run"
+    assert main(index_argv(index, images, out, "--epochs", "1")) == 0
+    shutil.move(tmp_path / "nih", tmp_path / "moved")
+    capsys.readouterr()
+    assert main(["train", "--resume", str(out), "--epochs", "2"]) == 2
+    assert "the run's index is not there (moved?); give its place with --labels" in capsys.readouterr().err
+    assert main(["train", "--resume", str(out), "--epochs", "2", "--data", str(tmp_path / "moved")]) == 2
+    assert "was trained on an index" in capsys.readouterr().err
+    shutil.copytree(tmp_path / "moved", tmp_path / "changed")
+    lines = (tmp_path / "changed" / "Data_Entry.csv").read_text().splitlines(keepends=True)
+    (tmp_path / "changed" / "Data_Entry.csv").write_text("".join(lines[:3] + lines[4:]))  # one image fewer
+    changed = ["--labels", str(tmp_path / "changed" / "Data_Entry.csv"), "--images", str(tmp_path / "changed" / "images")]
+    assert main(["train", "--resume", str(out), "--epochs", "2", *changed]) == 2
+    assert "not the data this run was trained on" in capsys.readouterr().err
+    moved = ["--labels", str(tmp_path / "moved" / "Data_Entry.csv"), "--images", str(tmp_path / "moved" / "images")]
+    assert main(["train", "--resume", str(out), "--epochs", "2", "--uncertain", "ones", *moved]) == 2
+    assert "cannot change uncertain='ones'" in capsys.readouterr().err
+    assert main(["train", "--resume", str(out), "--epochs", "2", *moved]) == 0
+    last = load_checkpoint(out / "last.pt")
+    assert last.epoch == 2 and last.train_config.labels == moved[1] and last.data_source["index"] == moved[1]
