@@ -5,7 +5,8 @@ multi-label model gives one logit per finding, each read through a sigmoid, not 
 classes. The manifest says so with ``"task": "multilabel"``; its ``classes`` are the findings, in
 the order of the logits.
 
-``medge export --data`` fits, per finding on the validation split, a temperature T_k (calibrated
+``medge export`` fits (``export.findings``), per finding on the validation split of the run's own index
+split again by patient (or of ``--labels INDEX.csv``), a temperature T_k (calibrated
 probability sigmoid(z_k / T_k)) and a threshold chosen by the same criterion and guarantee as the
 single-label operating point (``edge.decision``, ``edge.golive.thresholds``). A finding with too few
 validation positives or negatives for any threshold is marked unsupported: it has no threshold and
