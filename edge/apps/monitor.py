@@ -143,7 +143,8 @@ def markdown(report: dict, paths: dict[str, Path]) -> str:
                        f"KS D {c['ks']['statistic']:.3f} (p {c['ks']['pvalue']:.2g})")
                 ref = f"{c['reference_cases']} validation cases"
             elif c["check"] == "positive share":
-                fig = (f"{c['share']:.1%}, difference {100 * c['difference']:+.1f} points ({1 - c['false_alarm_rate']:.0%} CI "
+                level = drift.level_text(c["false_alarm_rate"])
+                fig = (f"{c['share']:.1%}, difference {100 * c['difference']:+.1f} points ({level} CI "
                        f"{100 * c['difference_low']:+.1f} to {100 * c['difference_high']:+.1f})")
                 ref = f"{c['reference']:.1%} of {c['reference_cases']} validation cases"
             elif "outside" in c:

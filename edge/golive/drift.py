@@ -205,6 +205,12 @@ def _points(x: float) -> str:
     return f"{100 * x:.1f} percentage points"
 
 
+def level_text(alpha: float) -> str:
+    """The confidence level 1 - alpha in words: ``99%``, or ``99.7%`` where a whole percent would round it."""
+    level = 100 * (1 - alpha)
+    return f"{level:.0f}%" if abs(level - round(level)) < 1e-9 else f"{level:.1f}%"
+
+
 def _positive_share_check(k: int, n: int, k_ref: int, n_ref: int, words: str, alpha: float = SHARE_ALPHA) -> dict:
     """The records' share against the validation share: Newcombe's hybrid score interval of the difference
     (both samples' uncertainty) at 1 - ``alpha``; drift when it excludes 0."""
@@ -217,7 +223,7 @@ def _positive_share_check(k: int, n: int, k_ref: int, n_ref: int, words: str, al
              "drift": bool(drift)}
     if drift:
         check["reason"] = (f"{words}: {share:.1%} of {n} records against {reference:.1%} of {n_ref} validation cases "
-                           f"(difference {100 * difference:+.1f} points, {1 - alpha:.0%} CI {100 * low:+.1f} to "
+                           f"(difference {100 * difference:+.1f} points, {level_text(alpha)} CI {100 * low:+.1f} to "
                            f"{100 * high:+.1f})")
     return _sees(check, detectable_difference(reference, n_ref, n, alpha, POWER), COARSE_POINTS,
                  ("share", _points))
@@ -397,7 +403,7 @@ def monitor(records: list[dict], manifest: dict) -> dict:
     by_note: dict[str, list[str]] = {}  # the input checks share one size, so one note: said once
     for c in checks:
         if c.get("too_little_data"):
-            by_note.setdefault(c["note"], []).append(c["check"])
+            by_note.setdefault(c["note"], []).append(f"{c['check']} of {c['finding']}" if c.get("finding") else c["check"])
     coarse = [f"{', '.join(names)}: {note}" for note, names in by_note.items()]
     verdict = "drift" if reasons else "too little data" if coarse else "stable"
     return {**report, "verdict": verdict, "reasons": reasons or coarse, "checks": checks}

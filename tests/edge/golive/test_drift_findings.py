@@ -78,3 +78,12 @@ def test_no_shift_is_quiet(seed):
     ref, cur = _draw(rng, 400), _draw(rng, 400)
     report = drift.monitor(_records(cur), {"task": "multilabel", "classes": list(NAMES), "operating_point": _op(ref)})
     assert report["verdict"] != "drift" and not any(c["drift"] for c in report["checks"])
+
+
+def test_what_cannot_be_seen_is_said_per_finding_and_the_levels_are_not_rounded_up():
+    rng = np.random.default_rng(4)
+    ref, cur = _draw(rng, 40), _draw(rng, 60)
+    report = drift.monitor(_records(cur), {"task": "multilabel", "classes": list(NAMES), "operating_point": _op(ref)})
+    assert report["verdict"] == "too little data"
+    assert any(r.startswith("score distribution of A, score distribution of B") for r in report["reasons"])
+    assert (drift.level_text(0.01), drift.level_text(0.01 / 3), drift.level_text(0.05 / 5)) == ("99%", "99.7%", "99%")
