@@ -143,3 +143,18 @@ def test_usage_errors_exit_2_before_any_work(bundle, archive, tmp_path, capsys):
     other.write_text(json.dumps({"path": "x", "model_sha256": "0" * 64, "file_size": 1, "file_mtime_ns": 1}) + "\n")
     assert main(["batch", "--model", str(bundle), str(archive), "--out", str(other), "--format", "jsonl"]) == 2
     assert "holds results of another model" in capsys.readouterr().err
+
+
+def test_a_multilabel_bundle_through_ray_gives_predicts_records_with_each_finding(multilabel_bundle, archive, tmp_path,
+                                                                                  capsys):
+    expected = predict_jsonl(multilabel_bundle, [archive], tmp_path / "predict.jsonl")
+    out = tmp_path / "ml.parquet"
+    assert main(["batch", "--model", str(multilabel_bundle), str(archive), "--out", str(out), "--workers", "2"]) == 1
+    table = pq.read_table(out)
+    assert str(table.schema.field("any_positive").type) == "bool"
+    assert {"decisions", "thresholds", "positive_findings"} <= set(json.loads(
+        table.schema.metadata[b"medge"])["json_fields"])
+    rows = [row_to_record(r) for r in table.to_pylist()]
+    assert_same_records(rows, expected)
+    assert all(r["task"] == "multilabel" and r["thresholds"] == {"Effusion": 0.4, "Nodule": None} for r in rows)
+    assert "findings: Effusion" in capsys.readouterr().err
