@@ -373,27 +373,27 @@ def _finding_pattern(k: int, rng: np.random.Generator, frame, s: int) -> tuple[n
         p = 1 / (1 + np.exp(np.clip((np.hypot(xx - x, yy - y) - r) / (0.15 * r), -50, 50)))
     elif k == 1:  # Nodule: three small bright dots, lower right lung
         x, y, r = cx + 0.19 + jx, cy + 0.12 + jy, 0.06
-        p = sum(np.exp(-((xx - x - ox) ** 2 + (yy - y - oy) ** 2) / (2 * 0.012 ** 2))
-                for ox, oy in ((-0.03, 0.0), (0.02, -0.025), (0.015, 0.03)))
+        p = 1.3 * sum(np.exp(-((xx - x - ox) ** 2 + (yy - y - oy) ** 2) / (2 * 0.022 ** 2))
+                for ox, oy in ((-0.04, 0.0), (0.03, -0.035), (0.02, 0.04)))
     elif k == 2:  # Atelectasis: an oblique band, lower left lung
         x, y, r = cx - 0.18 + jx, cy + 0.15 + jy, 0.08
-        p = np.exp(-(((yy - y) - 0.5 * (xx - x)) / 0.015) ** 2) * (np.abs(xx - x) < r)
+        p = 1.2 * np.exp(-(((yy - y) - 0.5 * (xx - x)) / 0.025) ** 2) * (np.abs(xx - x) < r)
     elif k == 3:  # Effusion: the right lung base filled up to a level
         x, y, r = cx + 0.19 + jx, cy + 0.1 + jy, 0.1
         p = 1.5 * lungs * (xx > cx) / (1 + np.exp(np.clip(-(yy - y) / 0.01, -50, 50)))
     elif k == 4:  # Infiltration: a patchy haze over the right upper lung
         x, y, r = cx + 0.18 + jx, cy - 0.1 + jy, 0.1
-        p = np.exp(-((xx - x) ** 2 + (yy - y) ** 2) / (2 * r ** 2)) * (0.6 + 0.4 * np.clip(_texture(rng, s, s / 30), -1, 1))
+        p = 1.4 * np.exp(-((xx - x) ** 2 + (yy - y) ** 2) / (2 * r ** 2)) * (0.6 + 0.4 * np.clip(_texture(rng, s, s / 30), -1, 1))
     elif k == 5:  # Cardiomegaly: a wide heart shadow, centre left
         x, y, r = cx - 0.08 + jx, cy + 0.1 + jy, 0.14
         p = 1.5 * np.exp(-(((xx - x) / r) ** 2 + ((yy - y) / (0.7 * r)) ** 2) ** 2)
     elif k == 6:  # Pneumothorax: a bright ring, left apex
         x, y, r = cx - 0.17 + jx, cy - 0.22 + jy, 0.05
-        p = np.exp(-((np.hypot(xx - x, yy - y) - r) / 0.01) ** 2)
+        p = np.exp(-((np.hypot(xx - x, yy - y) - r) / 0.015) ** 2)
     else:  # Fibrosis: a fine grid texture, right mid lung
         x, y, r = cx + 0.2 + jx, cy + jy, 0.08
-        grid = (np.cos(2 * np.pi * xx * s / 6) * np.cos(2 * np.pi * yy * s / 6)) ** 2
-        p = grid * np.exp(-((xx - x) ** 2 + (yy - y) ** 2) / (2 * r ** 2))
+        grid = (np.cos(2 * np.pi * xx / 0.08) * np.cos(2 * np.pi * yy / 0.08)) ** 2  # in units of the side
+        p = 1.5 * grid * np.exp(-((xx - x) ** 2 + (yy - y) ** 2) / (2 * r ** 2))
     return p.astype(np.float32), Lesion(float(x * s), float(y * s), float(r * s))
 
 
