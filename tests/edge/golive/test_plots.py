@@ -164,3 +164,17 @@ def test_write_png_names_a_path_that_cannot_be_written(tmp_path):
     with pytest.raises(ValueError, match="uint8"):
         plots.write_png(tmp_path / "float.png", np.zeros((4, 4, 3), np.float32))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["report.txt"]
+
+
+def test_grid_places_charts_two_to_a_row_and_fills_the_last_with_white():
+    import numpy as np
+
+    from medge.edge.golive import plots as p
+
+    charts = [np.full((10, 20, 3), v, np.uint8) for v in (0, 50, 100)]
+    g = p.grid(charts)
+    assert g.shape == (20, 40, 3)
+    assert (g[:10, :20] == 0).all() and (g[:10, 20:] == 50).all() and (g[10:, :20] == 100).all() and (g[10:, 20:] == 255).all()
+    assert p.grid(charts[:1]).shape == (10, 20, 3)
+    with pytest.raises(ValueError, match="no chart"):
+        p.grid([])
