@@ -167,10 +167,7 @@ def test_write_png_names_a_path_that_cannot_be_written(tmp_path):
 
 
 def test_grid_places_charts_two_to_a_row_and_fills_the_last_with_white():
-    import numpy as np
-
-    from medge.edge.golive import plots as p
-
+    p = plots
     charts = [np.full((10, 20, 3), v, np.uint8) for v in (0, 50, 100)]
     g = p.grid(charts)
     assert g.shape == (20, 40, 3)
