@@ -19,7 +19,8 @@ Formats (``FORMATS``; docs/datasets.md lists the exact columns):
 - ``generic``: a path column (``path``, else the first of file/image/filename)
   and EITHER one column per finding (1, 0, -1 or blank) OR one column of ``A|B``
   names (``findings``, ``labels`` or ``finding labels``); optional ``patient`` (or
-  ``patient_id``), ``split`` (train/val/test), ``sex``, ``age``, ``view``.
+  ``patient_id``), ``split`` (train/val/test), ``sex``, ``age``, ``view``; a
+  ``No Finding`` column is not a finding.
 
 Label rules: a blank cell is "not mentioned" and counts as 0.0 (absent), as
 CheXpert's labellers intend; -1 is uncertain and follows ``uncertain``
@@ -370,7 +371,8 @@ class _GenericReader(_NamesReader, _ColumnsReader):
             self.setup_names(names_col, None if findings is not None else _names_found(rows, names_col), findings)
         else:
             used = {self.path_col, *(c for c in self.meta.values() if c is not None)}
-            self.setup_columns([c for c in range(len(header)) if c not in used and header[c]], findings)
+            self.setup_columns([c for c in range(len(header)) if c not in used and header[c] not in ("", NO_FINDING)],
+                               findings)
 
     def targets(self, row: list[str], line: int) -> tuple[float, ...]:
         if self.names_style:

@@ -167,8 +167,8 @@ def write(tmp_path, text: str, name: str = "index.csv"):
 
 
 def test_generic_index_with_one_column_per_finding(tmp_path):
-    path = write(tmp_path, "Filename,Patient_ID,Split,Sex,Age,View,Effusion,Nodule\n"
-                           "a.png,p1,train,f,40,PA,1,0\nb.png,p1,Train,M,,AP,-1,\nc.png,,test,,3,,0.0,1.0\n")
+    path = write(tmp_path, "Filename,Patient_ID,Split,Sex,Age,View,Effusion,No Finding,Nodule\n"
+                           "a.png,p1,train,f,40,PA,1,0,0\nb.png,p1,Train,M,,AP,-1,,\nc.png,,test,,3,,0.0,0,1.0\n")
     index = read_index(path)
     assert index.findings == ("Effusion", "Nodule")
     np.testing.assert_array_equal(index.targets(), [[1, 0], [np.nan, 0], [0, 1]])
