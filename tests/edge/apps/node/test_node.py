@@ -435,6 +435,9 @@ def test_a_multilabel_bundle_gets_a_group_per_finding_and_its_records(tmp_path, 
         presence = [q.value.meaning for q in group.get_qualitative_evaluations()]
         decision = record["decisions"][name]
         assert presence == ([] if decision is None else ["Present" if decision else "Absent"])
+    dump = subprocess.run([DSRDUMP, str(tmp_path / "out" / record["sr"])], capture_output=True, text=True)
+    flag = "(52101004,SCT,\"Present\")" if record["any_positive"] else "(272519000,SCT,\"Absent\")"
+    assert dump.returncode == 0 and f'<contains CODE:(,,"Any finding")={flag}>' in dump.stdout, dump.stdout
     sc = pydicom.dcmread(tmp_path / "out" / record["sc"])
     top = max(record["probabilities"], key=record["probabilities"].get)
     assert sc.DerivationDescription.startswith(f"heatmap of where the model looked for {top}, the most probable")
