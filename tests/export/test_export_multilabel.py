@@ -114,3 +114,20 @@ def test_a_multi_label_checkpoint_without_an_index_is_exported_undecided_at_half
     assert manifest["task"] == "multilabel" and "operating_point" not in manifest
     assert any("each finding decided at 0.5 on the uncalibrated sigmoid" in ln for ln in lines)
     assert Model.load(tmp_path / "b").findings.thresholds == dict.fromkeys(FINDINGS, 0.5)
+
+
+def test_medge_export_takes_a_validation_index(multilabel_export_bundle, tmp_path, capsys):
+    from medge.edge.apps.cli import main
+
+    bundle, ckpt = multilabel_export_bundle
+    index, out = bundle.parent / "data" / "index.csv", str(tmp_path / "b")
+    assert main(["export", str(ckpt), "--out", out, "--images", str(index.parent)]) == 2
+    assert "--images, --labels-format and --uncertain go with --labels INDEX.csv" in capsys.readouterr().err
+    assert main(["export", str(ckpt), "--out", out, "--labels", str(index), "--data", str(index.parent)]) == 2
+    assert "--labels and --data: give one" in capsys.readouterr().err
+    assert main(["export", str(ckpt), "--out", out, "--labels", str(index), "--labels-format", "generic",
+                 "--operating-point", "youden", "--max-images", "4"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    thresholds = json.loads(next(ln for ln in lines if ln.startswith('{"task"')))["thresholds"]
+    assert list(thresholds) == FINDINGS and thresholds["Hernia"] is None and thresholds["Effusion"] is not None
+    assert json.loads(lines[-1])["bundle"] == out
