@@ -8,8 +8,8 @@ Layouts:
   (``discover_index``).
 
 Splits never put a patient in two splits where patients are known: an index's
-patient column (or CheXpert's path), and for class folders of DICOM files their
-PatientID (read from the header). Class folders of files without a PatientID
+patient column (or CheXpert's path), else the PatientID of DICOM files (read
+from the header), in an index or in class folders. Class folders of files without a PatientID
 (PNG, JPEG) are split by image exactly as before.
 
 Images are found as ``medge predict`` finds them, by suffix or content
@@ -160,7 +160,9 @@ def discover_index(index: LabelIndex, val_fraction: float = 0.2, test_fraction: 
     shares = {s: fractions.get(s, 0.0) for s in names}
     k = len(index.findings)
     targets = np.array([e.targets for e in rows], dtype=np.float64).reshape(len(rows), k)
-    drawn = split_by_patient(targets, [e.patient for e in rows], shares, seed, fixed)
+    patients = _index_patients(index, rows)
+    drawn = split_by_patient(targets, patients, shares, seed, fixed)
+    patient = dict(zip((e.line for e in rows), patients, strict=True))
     if index.rows:  # the usable entries' splits, found by their CSV line
         by_line = dict(zip((e.line for e in rows), drawn, strict=True))
         drawn = [by_line[e.line] for e in index.entries]
@@ -168,9 +170,18 @@ def discover_index(index: LabelIndex, val_fraction: float = 0.2, test_fraction: 
     for name in names:
         mine = [e for e, s in zip(index.entries, drawn, strict=True) if s == name]
         splits[name] = Split([e.file for e in mine], [tuple(e.targets) for e in mine],
-                             patients=[e.patient for e in mine], findings=tuple(index.findings))
+                             patients=[patient[e.line] for e in mine] if index.rows else [e.patient for e in mine],
+                             findings=tuple(index.findings))
     splits["train"].failures = [(p, f"{p}: {why}") for p, why in index.missing]
     return list(index.findings), splits
+
+
+def _index_patients(index: LabelIndex, rows) -> list[str | None]:
+    """The patient of each row: the index's, else the DICOM PatientID of its file (when it is DICOM and has one)."""
+    files = {e.line: e.file for e in index.entries} if index.rows else {}
+    unknown = [files[e.line] for e in rows if e.patient is None and e.line in files]
+    from_dicom = (_dicom_patients(unknown) or {}) if unknown else {}
+    return [e.patient if e.patient is not None else from_dicom.get(files.get(e.line)) for e in rows]
 
 
 def _check_patients_in_one_split(rows, source: str) -> None:

@@ -241,3 +241,17 @@ def test_dicom_class_folders_are_split_by_patient_id(tmp_path):
     files = {c: sorted(str(p) for p in (plain / c).iterdir()) for c in classes}
     expected = D._stratified(files, 0.25, 0)[1]
     assert by_image["val"].paths == [p for c in classes for p in expected[c]]
+
+
+def test_an_index_without_patients_groups_dicom_files_by_their_patient_id(tmp_path):
+    from medge.edge.inputs.index import dicom_patient, read_index
+
+    root = dicom_classes(tmp_path, patient_ids=True)
+    files = sorted((root / "disease").iterdir()) + sorted((root / "normal").iterdir())
+    rows = ["path,Effusion"] + [f"{p.parent.name}/{p.name},{int(p.parent.name == 'disease')}" for p in files]
+    (tmp_path / "index.csv").write_text("\n".join(rows) + "\n")
+    _, splits = D.discover_index(read_index(tmp_path / "index.csv", root), 0.25, 0.0, seed=0)
+    ids = {name: {dicom_patient(p) for p in s.paths} for name, s in splits.items()}
+    assert not ids["train"] & ids["val"]
+    assert splits["val"].patients == [dicom_patient(p) for p in splits["val"].paths]
+    assert D.split_summary(splits)["val"]["patients"] == len(ids["val"])
