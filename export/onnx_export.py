@@ -503,20 +503,24 @@ def operating_point(model, ck, data: str | None, cfg: ExportConfig, log, multi: 
 
 
 def multilabel_validation(ck, data: str | None, index: IndexArgs | None, variants: VariantConfig | None,
-                          optional_variants: bool, log) -> tuple:
+                          optional_variants: bool, log, positive: str | None = None) -> tuple:
     """(multi, data, variants): for a multi-label checkpoint multi is (its validation split, where it came from),
     both None when no index is known, and its index replaces ``data`` (the parity inputs and the thresholds come
     from its val split), without variants; for a single-label one (None, data, variants). Refuses what a
     multi-label export cannot do, before the expensive steps.
 
     Raises:
-        UsageError: an index given for a single-label checkpoint; fast variants asked for a multi-label one.
+        UsageError: an index given for a single-label checkpoint; fast variants or --positive asked for a
+        multi-label one.
     """
     if not is_multilabel(ck.payload):
         if index is not None and index.labels is not None:
             raise UsageError("--labels/--images/--labels-format validate a multi-label checkpoint; this one is "
                              f"single-label ({', '.join(ck.classes)}): give its class folders with --data")
         return None, data, variants
+    if positive is not None:
+        raise UsageError(f"--positive {positive!r}: a multi-label model has no positive class: each finding gets "
+                         "its own threshold")
     if variants is not None and not optional_variants:
         raise UsageError("--variants: fast variants are gated for single-label bundles only for now; export this "
                          "multi-label model with --variants none")
@@ -587,7 +591,7 @@ def export_bundle(checkpoint: str, out: str, data: str | None = None, cfg: Expor
     timer = StepTimer(log)
     ck = timer.run("load_checkpoint", load_checkpoint, checkpoint)
     check_operating_point(cfg, ck.classes)
-    multi, data, variants = multilabel_validation(ck, data, index, variants, optional_variants, log)
+    multi, data, variants = multilabel_validation(ck, data, index, variants, optional_variants, log, cfg.positive)
     log(f"exporting {ck.arch} ({len(ck.classes)} classes, input {ck.preprocess.channels}x{ck.preprocess.size}x"
         f"{ck.preprocess.size}, epoch {ck.epoch}) from {checkpoint}")
     model = model_from_checkpoint(ck)

@@ -91,7 +91,7 @@ def test_the_run_s_own_index_is_split_again_and_its_log_has_a_line_per_finding(m
     assert any("validation: 48 images of 48 patients" in ln for ln in lines)
 
 
-def test_variants_are_refused_for_a_multi_label_model(multilabel_export_bundle, tmp_path):
+def test_variants_and_a_positive_class_are_refused_for_a_multi_label_model(multilabel_export_bundle, tmp_path):
     from medge.export.variants import VariantConfig, add_variants
 
     bundle, ckpt = multilabel_export_bundle
@@ -100,6 +100,8 @@ def test_variants_are_refused_for_a_multi_label_model(multilabel_export_bundle, 
     with pytest.raises(UsageError, match="single-label bundles only for now; export this multi-label model with"):
         export_bundle(str(ckpt), str(tmp_path / "b"), str(bundle.parent / "data"), log=quiet,
                       variants=VariantConfig(variants=("int8",)))
+    with pytest.raises(UsageError, match="a multi-label model has no positive class"):
+        export_bundle(str(ckpt), str(tmp_path / "b"), cfg=ExportConfig(positive="Effusion"), log=quiet)
 
 
 def test_an_index_is_refused_for_a_single_label_checkpoint(resnet_ckpt, tmp_path):

@@ -159,3 +159,24 @@ def test_bad_arrays_are_usage_errors():
     t2[0, 0] = -1.0  # an uncertain label that no policy mapped
     with pytest.raises(UsageError, match="1, 0 or NaN"):
         findings_section(z, t2, FINDINGS, "youden", "test")
+
+
+def test_the_validation_index_is_the_run_s_own_unless_one_is_given(tmp_path):
+    from medge.export.findings import IndexArgs, index_of_data, index_source
+
+    run = {"labels": "/d/Data_Entry.csv", "images": "/d/images", "labels_format": "nih", "uncertain": "zeros",
+           "val_fraction": 0.25, "test_fraction": 0.0, "seed": 4}
+    own = index_source(run, None)
+    assert (own.labels, own.images, own.labels_format, own.uncertain, own.given) == (
+        "/d/Data_Entry.csv", "/d/images", "nih", "zeros", False)
+    assert (own.val_fraction, own.test_fraction, own.seed) == (0.25, 0.0, 4)  # the run's split, drawn again
+    given = index_source(run, IndexArgs("/e/val.csv", labels_format="chexpert"))
+    assert (given.labels, given.images, given.labels_format, given.uncertain, given.given) == (
+        "/e/val.csv", "/e", "chexpert", "zeros", True)  # its images under its folder; the model's policy
+    assert index_source({"labels": ""}, None) is None
+    (tmp_path / "index.csv").write_text("path,A\n")
+    assert index_of_data(str(tmp_path)) == IndexArgs(str(tmp_path / "index.csv"), str(tmp_path))
+    assert index_of_data(str(tmp_path / "index.csv")) == IndexArgs(str(tmp_path / "index.csv"))
+    (tmp_path / "other.csv").write_text("path,A\n")
+    with pytest.raises(UsageError, match=r"a folder holding one index CSV \(found 2\)"):
+        index_of_data(str(tmp_path))
