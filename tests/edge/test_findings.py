@@ -83,3 +83,20 @@ def test_findings_out_of_order_are_refused(bundle, tmp_path):
     dst = multilabel_copy(bundle, tmp_path / "b", [finding_entry("Nodule"), finding_entry("Effusion")])
     with pytest.raises(BundleError, match="do not match the model"):
         Model.load(dst)
+
+
+def test_an_exported_multilabel_bundle_decides_per_finding(multilabel_export_bundle):
+    """The bundle medge export wrote for three findings (tests.helpers; CI's torch-less environments get it
+    exported): each finding by its own calibrated sigmoid, the one without a threshold undecided."""
+    bundle, _ = multilabel_export_bundle
+    model = Model.load(bundle)
+    section = {e["name"]: e for e in json.loads((bundle / "model.json").read_text())["operating_point"]["findings"]}
+    (p,) = model.predict(xray_like(64, 64, seed=3))
+    assert list(p.decisions) == ["Effusion", "Nodule", "Hernia"] and p.decisions["Hernia"] is None
+    for name, e in section.items():
+        expected = sigmoid(np.array(p.logits[list(section).index(name)]) / e["temperature"])
+        assert p.probabilities[name] == pytest.approx(float(expected), abs=1e-12)
+        if e["threshold"] is not None:
+            assert p.decisions[name] == (p.probabilities[name] >= e["threshold"])
+    record = p.to_record(model.sha256)
+    assert record["thresholds"]["Hernia"] is None and record["positive_findings"] == p.positive_findings
