@@ -481,6 +481,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--data", help="your data folder instead of synthetic data (ImageFolder layout)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="training device (default: %(default)s)")
     p.add_argument("--quick", action="store_true", help="a tiny run that checks every stage in about a minute (tests)")
+    p.add_argument("--multilabel", action="store_true",
+                   help="the multi-label loop instead: 5 findings indexed like NIH ChestX-ray14, split by patient, a "
+                        "threshold per finding, validated per finding, a DICOM SR per image (benchmarks.demo_multilabel)")
     return p
 
 
@@ -488,7 +491,14 @@ def run(args: argparse.Namespace) -> int:
     out = args.out or f"runs/demo-{datetime.datetime.now().strftime('%Y%m%d-%H%M%S')}"
     log = lambda msg: print(msg, flush=True)
     try:
-        run_demo(out, args.data, args.device, QUICK if args.quick else None, log)
+        if args.multilabel:
+            if args.data:
+                raise UsageError("--multilabel makes its own indexed data set: train on yours with medge train --labels")
+            from medge.benchmarks import demo_multilabel
+
+            demo_multilabel.run_demo(out, args.device, demo_multilabel.QUICK if args.quick else None, log)
+        else:
+            run_demo(out, args.data, args.device, QUICK if args.quick else None, log)
     except StageError as e:
         print(f"medge demo: {e}", file=sys.stderr)
         return 1
