@@ -173,12 +173,26 @@ def _read_rows(source: str) -> tuple[list[str], list[tuple[int, list[str]]]]:
     try:
         for row in reader:
             if row and (len(row) > 1 or row[0].strip()):  # csv gives [] for an empty line
+                _check_width(source, header, row, reader.line_num)
                 rows.append((reader.line_num, row))
     except csv.Error as e:
         raise DataError(f"{source}, line {reader.line_num}: not CSV ({e})") from None
     if not rows:
         raise DataError(f"{source}: the index has a header but no rows")
     return header, rows
+
+
+def _check_width(source: str, header: list[str], row: list[str], line: int) -> None:
+    """A row of more cells than the header (empty ones at its end aside) or of fewer is an error naming its line: an
+    unquoted comma in a file name or in ``A,B`` findings shifts every later column (the patient read from a finding),
+    and a cut row would read its last findings as blank (absent), both in silence."""
+    width = len(row)
+    while width > len(header) and not row[width - 1].strip():
+        width -= 1
+    if width != len(header):
+        hint = "a comma in a value that is not quoted? (quote it; join findings with '|')" if width > len(header) \
+            else "a row cut short?"
+        raise DataError(f"{source}, line {line}: {width} cells, the header has {len(header)}: {hint}")
 
 
 def _read_text(source: str) -> str:

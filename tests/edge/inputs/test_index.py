@@ -197,10 +197,18 @@ def test_generic_index_with_a_column_of_finding_names(tmp_path):
     ("path,findings\na.png,No Finding|A\n", r"line 2: findings = 'No Finding\|A'"),
     ("path,findings\na.png,No Finding\n", r"no findings"),
     ("path,A\n", r"a header but no rows"),
+    ("path,findings,patient\na.png,A,B,7\n", r"line 2: 4 cells, the header has 3: a comma in a value that is not quot"),
+    ("path,A,B\na.png,1,0\nb.png,1\n", r"line 3: 2 cells, the header has 3: a row cut short"),
 ])
 def test_generic_index_errors_name_the_csv_and_the_line(tmp_path, text, match):
     with pytest.raises(DataError, match=match):
         read_index(write(tmp_path, text))
+
+
+def test_empty_cells_past_the_header_are_no_error(tmp_path):
+    # A spreadsheet may end rows with empty cells beyond the last named column.
+    index = read_index(write(tmp_path, "path,A,B\na.png,1,0,,\nb.png,0,1,\n"))
+    assert index.targets().tolist() == [[1, 0], [0, 1]]
 
 
 def test_missing_nih_and_chexpert_columns_are_listed(tmp_path):
