@@ -403,7 +403,9 @@ def prepare(split: Split, cfg: PreprocessConfig, cache_dir: str, workers: int = 
     if verbose and unreadable:
         print(f"{name or 'split'}: skipped {unreadable} of {len(split)} image(s)", file=sys.stderr)
     if verbose and split.failures:
-        print(f"{name or 'split'}: left out {len(split.failures)} file(s) that are not images", file=sys.stderr)
+        index = split.multilabel or bool(split.patients)  # class folders know no patients (a Split of theirs has none)
+        what = "named in the index but missing or not images" if index else "that are not images"
+        print(f"{name or 'split'}: left out {len(split.failures)} file(s) {what}", file=sys.stderr)
     return out
 
 

@@ -171,6 +171,16 @@ def test_an_index_is_split_by_patient_with_multilabel_targets_and_a_summary(tmp_
     assert sum(map(len, later.values())) == 88
 
 
+def test_files_an_index_names_but_lacks_are_reported_as_missing_not_as_non_images(tmp_path, capsys):
+    from medge.edge.inputs.index import read_index
+
+    csv, images = indexed_set(tmp_path)
+    (images / "p0_0.png").unlink()
+    _, splits = D.discover_index(read_index(csv, images), val_fraction=0.2, test_fraction=0.1, seed=0)
+    D.prepare(splits["train"], PreprocessConfig(size=32), str(tmp_path / "c"), name="train")
+    assert "train: left out 1 file(s) named in the index but missing or not images" in capsys.readouterr().err
+
+
 def test_indexed_splits_are_prepared_with_their_patients_and_unreadable_files_counted(tmp_path):
     from medge.edge.inputs.index import read_index
 
