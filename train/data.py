@@ -424,7 +424,10 @@ def check_usable(split: Split, classes: list[str], name: str) -> None:
         y = np.asarray(split.labels, np.float64).reshape(len(split), len(classes))
         none = [c for c, n in zip(classes, (y == 1).sum(0), strict=True) if n == 0]
         if none and name == "train":
-            raise DataError(f"the {name} split has no usable positive image of finding(s) {none}")
+            raise DataError(f"the {name} split has no usable positive image of finding(s) {none}: nothing to learn "
+                            "them from; leave their columns out of the index (or their names out of its 'A|B' "
+                            "column), or add images where they are present (a -1 counts as present only with "
+                            "--uncertain ones)")
         return
     counts = np.bincount(split.labels, minlength=len(classes))
     empty = [c for c, n in zip(classes, counts, strict=True) if n == 0]

@@ -196,7 +196,8 @@ def test_indexed_splits_are_prepared_with_their_patients_and_unreadable_files_co
     empty = D.Split([], [], findings=("Effusion",))
     with pytest.raises(DataError, match="the val split has no usable image"):
         D.check_usable(empty, ["Effusion"], "val")
-    with pytest.raises(DataError, match=r"no usable positive image of finding\(s\) \['Nodule'\]"):
+    with pytest.raises(DataError, match=r"no usable positive image of finding\(s\) \['Nodule'\]: nothing to learn them "
+                       r"from; leave their columns out of the index"):
         D.check_usable(D.Split(["a"], [(1.0, 0.0)]), ["Effusion", "Nodule"], "train")
     D.check_usable(D.Split(["a"], [(1.0, 0.0)]), ["Effusion", "Nodule"], "val")  # validation may lack one
 
