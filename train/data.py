@@ -42,7 +42,7 @@ import numpy as np
 from medge.edge.errors import DataError, MedgeError
 from medge.edge.inputs.formats import SNIFF_BYTES, sniff_format
 from medge.edge.inputs.image import load_image
-from medge.edge.inputs.index import LabelIndex, dicom_patient
+from medge.edge.inputs.index import LabelIndex, dicom_patient, read_index
 from medge.edge.inputs.profile import build_profile, image_stats
 from medge.edge.inputs.scanning import classify_file
 from medge.edge.preprocess import PreprocessConfig, normalize, preprocess_stages
@@ -158,8 +158,7 @@ def discover_index(index: LabelIndex, val_fraction: float = 0.2, test_fraction: 
     _check_patients_in_one_split(rows, index.source)
     names = list(fractions) + [s for s in ("val", "test") if s in fixed and s not in fractions]
     shares = {s: fractions.get(s, 0.0) for s in names}
-    k = len(index.findings)
-    targets = np.array([e.targets for e in rows], dtype=np.float64).reshape(len(rows), k)
+    targets = _split_targets(index, rows)
     patients = _index_patients(index, rows)
     drawn = split_by_patient(targets, patients, shares, seed, fixed)
     patient = dict(zip((e.line for e in rows), patients, strict=True))
@@ -174,6 +173,19 @@ def discover_index(index: LabelIndex, val_fraction: float = 0.2, test_fraction: 
                              findings=tuple(index.findings))
     splits["train"].failures = [(p, f"{p}: {why}") for p, why in index.missing]
     return list(index.findings), splits
+
+
+def _split_targets(index: LabelIndex, rows) -> np.ndarray:
+    """(rows, K) targets the split is drawn from: an uncertain label masked (as ``uncertain="ignore"`` reads it)
+    whatever the run's policy, so that runs of one index under ignore, zeros and ones hold the same patients in each
+    split and their validation figures compare."""
+    if index.uncertain != "ignore" and os.path.isfile(index.source):
+        again = read_index(index.source, fmt=index.format, uncertain="ignore", findings=list(index.findings))
+        by_line = {e.line: e.targets for e in (again.rows or again.entries)}
+        if all(e.line in by_line for e in rows):
+            masked = [by_line[e.line] for e in rows]
+            return np.array(masked, dtype=np.float64).reshape(len(rows), len(index.findings))
+    return np.array([e.targets for e in rows], dtype=np.float64).reshape(len(rows), len(index.findings))
 
 
 def _index_patients(index: LabelIndex, rows) -> list[str | None]:

@@ -171,6 +171,22 @@ def test_an_index_is_split_by_patient_with_multilabel_targets_and_a_summary(tmp_
     assert sum(map(len, later.values())) == 88
 
 
+def test_the_uncertain_policy_moves_no_patient_between_splits(tmp_path):
+    """Runs of one index under ignore, zeros and ones are split alike (a -1 counted as masked when drawing), so that
+    their validation figures are on the same patients."""
+    from medge.edge.inputs.index import read_index
+
+    csv, images = indexed_set(tmp_path)
+    drawn = {}
+    for policy in ("ignore", "zeros", "ones"):
+        _, splits = D.discover_index(read_index(csv, images, uncertain=policy), 0.2, 0.1, 0)
+        drawn[policy] = {name: sorted(s.patients) for name, s in splits.items()}
+    assert drawn["zeros"] == drawn["ignore"] and drawn["ones"] == drawn["ignore"]
+    _, ones = D.discover_index(read_index(csv, images, uncertain="ones"), 0.2, 0.1, 0)
+    assert sum(y[1] == 1.0 for s in ones.values() for y in s.labels) > sum(
+        y[1] == 1.0 for s in D.discover_index(read_index(csv, images), 0.2, 0.1, 0)[1].values() for y in s.labels)
+
+
 def test_files_an_index_names_but_lacks_are_reported_as_missing_not_as_non_images(tmp_path, capsys):
     from medge.edge.inputs.index import read_index
 
