@@ -113,8 +113,7 @@ class Studies:
         private_dir(self.dir)
         atomic_write_text(self.dir / f"{uid_hash(study)}.json", to_json(record, indent=2) + "\n")
         self.written += 1
-        self.log(f"study {uid_hash(study)[:12]}: {len(rows)} instance(s), label {record['label']}"
-                 + (f" (probability of {', '.join(self.diseases)}: {record['disease_probability']:.3f})" if top else ""))
+        self.log(f"study {uid_hash(study)[:12]}: {len(rows)} instance(s), label {record['label']}" + _log_tail(record))
 
     def _findings(self, rows: list[dict]) -> dict:
         """A multi-label study's positive findings (any instance's, in the bundle's order), its label and flag; the
@@ -131,3 +130,14 @@ def _instances_in(path: Path) -> int:
         return len(json.loads(path.read_text(encoding="utf-8")).get("instances", []))
     except (OSError, ValueError, AttributeError):
         return -1
+
+
+def _log_tail(record: dict) -> str:
+    """What the study's log line says after its label: the highest disease probability (single-label), or the count of
+    positive findings (multi-label: the highest probability of any finding is no probability of the label, each
+    finding having its own threshold)."""
+    if "positive_findings" in record:
+        return f" ({len(record['positive_findings'])} positive finding(s))" if record["label"] is not None else ""
+    if record["disease_probability"] is None:
+        return ""
+    return f" (probability of {', '.join(record['disease_classes'])}: {record['disease_probability']:.3f})"

@@ -218,6 +218,25 @@ def test_a_multilabel_study_lists_the_positive_findings_of_its_instances(tmp_pat
     record = json.loads((tmp_path / "b" / "studies" / f"{uid_hash('S')}.json").read_text())
     assert (record["label"], record["positive_findings"], record["any_positive"]) == (None, [], None)
 
+def test_a_multilabel_study_log_line_counts_its_positive_findings_not_a_probability_of_them_all(tmp_path):
+    """The highest probability of any finding is no probability of the study's label (each finding has its own
+    threshold): the log says how many findings are positive. A single-label study's line is as it was."""
+    lines = []
+    studies = Studies(tmp_path, ["Effusion", "Nodule"], timeout_s=5, log=lines.append)
+    studies.add(_findings_record("1", 0.2, 0.9))
+    studies.flush(now=1e12)
+    studies.add(_findings_record("2", 0.6, 0.1))
+    studies.flush(now=1e12)
+    assert lines[0].endswith("label No Finding (0 positive finding(s))"), lines
+    assert lines[1].endswith("label Effusion (1 positive finding(s))"), lines
+    single = []
+    plain = Studies(tmp_path / "s", ["disease", "normal"], timeout_s=5, log=single.append)
+    plain.add({"study_instance_uid": "S", "sop_instance_uid": "1", "status": "classified", "received_at": "1",
+               "label": "disease", "probabilities": {"disease": 0.7, "normal": 0.3}})
+    plain.flush(now=1e12)
+    assert single[0].endswith("label disease (probability of disease: 0.700)"), single
+
+
 # --- result objects (their content: test_report.py) -------------------------------------------------------------
 def test_forwarder_sends_what_the_pacs_takes_and_sets_aside_what_it_never_will(tmp_path):
     """A PACS that stores SR but no Secondary Capture: the SC goes to outbox/failed/, the SR after it is delivered."""
