@@ -169,6 +169,10 @@ def _read_rows(source: str) -> tuple[list[str], list[tuple[int, list[str]]]]:
         raise DataError(f"{source}: empty index (no header line)") from None
     except csv.Error as e:
         raise DataError(f"{source}, line 1: not a CSV header ({e})") from None
+    separator = next((sep for sep in (";", "\t") if len(header) == 1 and sep in header[0]), None)
+    if separator:  # a spreadsheet's "CSV" in a locale whose decimal mark is a comma, or its tab-separated text
+        raise DataError(f"{source}, line 1: columns separated by {'tab' if separator == chr(9) else repr(separator)}, "
+                        "not by commas: save the index as CSV with commas")
     rows = []
     try:
         for row in reader:

@@ -197,6 +197,8 @@ def test_generic_index_with_a_column_of_finding_names(tmp_path):
     ("path,findings\na.png,No Finding|A\n", r"line 2: findings = 'No Finding\|A'"),
     ("path,findings\na.png,No Finding\n", r"no findings"),
     ("path,A\n", r"a header but no rows"),
+    ("path;A\na.png;1\n", r"index.csv, line 1: columns separated by ';', not by commas: save the index as CSV"),
+    ("path\tA\na.png\t1\n", r"line 1: columns separated by tab, not by commas"),
     ("path,findings,patient\na.png,A,B,7\n", r"line 2: 4 cells, the header has 3: a comma in a value that is not quot"),
     ("path,A,B\na.png,1,0\nb.png,1\n", r"line 3: 2 cells, the header has 3: a row cut short"),
 ])
