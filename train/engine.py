@@ -477,16 +477,28 @@ def find_data(run: RunState) -> tuple[list[str], dict, dict]:
         run.task = resolve_task(cfg.task, [], None)
         classes, splits = D.discover(cfg.data, cfg.val_fraction, cfg.seed)
         return classes, splits, D.fingerprint(cfg.data, classes, splits)
-    from medge.edge.inputs.index import read_index
-
     if resuming and not Path(cfg.labels).is_file():
         raise UsageError(f"{cfg.labels}: the run's index is not there (moved?); give its place with --labels "
                          "(and the images' with --images)")
+    run.task, classes, splits = index_splits(cfg)
+    return classes, splits, D.fingerprint(cfg.images or os.path.dirname(cfg.labels), classes, splits)
+
+
+def index_splits(cfg: TrainConfig) -> tuple[str, list[str], dict]:
+    """The splits of an index run, as the run made them: read ``cfg.labels`` (``edge.inputs.index.read_index``),
+    split by patient with the run's fractions and seed (``train.data.discover_index``), the task resolved.
+    Export rebuilds a checkpoint's validation split with it (from the checkpoint's TrainConfig).
+
+    Returns:
+        (task, classes or findings, {"train", "val"[, "test"]: Split}), the splits not yet preprocessed.
+    """
+    from medge.edge.inputs.index import read_index
+
     index = read_index(cfg.labels, cfg.images or os.path.dirname(cfg.labels), cfg.labels_format, cfg.uncertain)
     findings, splits = D.discover_index(index, cfg.val_fraction, cfg.test_fraction, cfg.seed)
-    run.task = resolve_task(cfg.task, findings, [t for s in splits.values() for t in s.labels])
-    classes, splits = (list(findings), splits) if run.task == "multilabel" else single_label_splits(findings, splits)
-    return classes, splits, D.fingerprint(cfg.images or os.path.dirname(cfg.labels), classes, splits)
+    task = resolve_task(cfg.task, findings, [t for s in splits.values() for t in s.labels])
+    classes, splits = (list(findings), splits) if task == "multilabel" else single_label_splits(findings, splits)
+    return task, classes, splits
 
 
 def prepare_splits(run: RunState, rank: int, world: int) -> tuple[list[str], dict]:

@@ -144,39 +144,17 @@ def test_cli_data_or_labels(tmp_path, capsys, argv, match):
 
 # ----------------------------------------------------------------------------- index runs end to end
 
-FINDINGS = ["Effusion", "Mass", "Nodule"]
-SMALL = dict(size=32)
+def synth_set(root, n=36):
+    """``medge synth --findings 3`` at 32 px (about 12 patients of 2 to 4 images), plus an index row naming a file
+    that is not there; returns (index, images, the findings as the index reads them, synth's counts)."""
+    from medge.edge.inputs.index import read_index
+    from medge.train.synth import FindingsConfig, generate_findings
 
-
-def nih_set(root, n=30, per_patient=3, seed=0):
-    """A tiny NIH-format set: n 40-px PNGs, ``per_patient`` images per patient, findings drawn independently and
-    painted in (a bright lower band, a dark square, a bright disk); one image names a file that is not there."""
-    import csv
-
-    import cv2
-
-    rng = np.random.default_rng(seed)
-    (root / "images").mkdir(parents=True)
-    rows = []
-    for i in range(n):
-        present = [f for f in FINDINGS if rng.random() < 0.4]
-        img = (rng.random((40, 40)) * 100 + 70).astype(np.uint8)
-        if "Effusion" in present:
-            img[28:] = 230
-        if "Mass" in present:
-            img[4:16, 24:36] = 15
-        if "Nodule" in present:
-            cv2.circle(img, (10, 10), 5, 250, -1)
-        name = f"{i:08d}_000.png"
-        cv2.imwrite(str(root / "images" / name), img)
-        rows.append([name, "|".join(present) or "No Finding", 0, f"{i // per_patient:05d}", 50, "F", "PA"])
-    rows.append(["99999999_000.png", "Mass", 0, "99999", 60, "M", "AP"])  # named, not there
-    with open(root / "Data_Entry.csv", "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["Image Index", "Finding Labels", "Follow-up #", "Patient ID", "Patient Age", "Patient Gender",
-                    "View Position"])
-        w.writerows(rows)
-    return root / "Data_Entry.csv", root / "images"
+    counts = generate_findings(root, FindingsConfig(n=n, findings=3, size=32, seed=0))
+    index, images = root / "Data_Entry.csv", root / "images"
+    with open(index, "a") as f:
+        f.write("99999999_000.png,Mass,0,99999,60,M,PA,32,32,0.143,0.143\n")
+    return index, images, list(read_index(index, images, "nih").findings), counts
 
 
 def index_argv(index, images, out, *extra):
@@ -189,7 +167,7 @@ def test_index_run_records_splits_and_keeps_best_by_mean_auc(tmp_path, monkeypat
     from medge.edge.apps.cli import main
     from medge.train.checkpoint import load_checkpoint, model_from_checkpoint
 
-    index, images = nih_set(tmp_path / "nih")
+    index, images, findings, counts = synth_set(tmp_path / "nih")
     real, scripted = engine.validation_metrics, iter([0.6, 0.9, 0.7])
 
     def validation(*a, **k):  # mean AUC rises at epoch 2 and falls at 3, whatever the loss does
@@ -199,28 +177,33 @@ def test_index_run_records_splits_and_keeps_best_by_mean_auc(tmp_path, monkeypat
     out = tmp_path / "run"
     assert main(index_argv(index, images, out, "--epochs", "3", "--pos-weight")) == 0
     text = capsys.readouterr().out
-    assert "findings ['Effusion', 'Mass', 'Nodule'] (multi-label)" in text and "split by patient: train " in text
+    assert f"findings {findings} (multi-label)" in text and "split by patient: train " in text
     best, last = load_checkpoint(out / "best.pt"), load_checkpoint(out / "last.pt")
     assert best.epoch == 2 and best["best"] == {"epoch": 2, "metric": "mean_auc", "value": 0.9}
-    assert best.task == "multilabel" and best.classes == FINDINGS and last.epoch == 3
+    assert best.task == "multilabel" and best.classes == findings and last.epoch == 3
+    assert best["data_profile"]["synthetic"] is True  # synth's marker sits beside the index
     assert best.data_source == {"index": str(index), "images": str(images), "format": "nih", "uncertain": "ignore",
                                 "seed": 0, "val_fraction": 0.2, "test_fraction": 0.1}
     assert model_from_checkpoint(best)(torch.zeros(2, 1, 32, 32)).shape == (2, 3)  # one logit per finding
 
     history = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [h["val"]["mean_auc"] for h in history] == [0.6, 0.9, 0.7]
-    assert set(history[0]["val"]["per_finding"]) == set(FINDINGS)
+    assert list(history[0]["val"]["per_finding"]) == findings
     config, summary = (json.loads((out / f).read_text()) for f in ("config.json", "summary.json"))
     splits = config["splits"]
     assert summary["splits"] == splits and config["task"] == summary["task"] == "multilabel"
-    assert sum(s["images"] for s in splits.values()) == 30 and sum(s["patients"] for s in splits.values()) == 10
+    assert sum(s["images"] for s in splits.values()) == counts["images"]
+    assert sum(s["patients"] for s in splits.values()) == counts["patients"]
     assert set(splits) == {"train", "val", "test"} and all(s["patients"] >= 1 for s in splits.values())
     pos = splits["train"]["positives"]
-    neg = {f: splits["train"]["images"] - pos[f] - splits["train"]["masked"][f] for f in FINDINGS}
-    assert config["pos_weight"] == pytest.approx({f: neg[f] / pos[f] for f in FINDINGS}, rel=1e-5)
+    neg = {f: splits["train"]["images"] - pos[f] - splits["train"]["masked"][f] for f in findings}
+    assert config["pos_weight"] == pytest.approx({f: neg[f] / pos[f] for f in findings}, rel=1e-5)
     report = json.loads((out / "data_report.json").read_text())
     assert [r["path"] for r in report["train"]["skipped"]] == ["99999999_000.png"]  # counted, listed, no crash
-    assert summary["test"]["per_finding"].keys() == set(FINDINGS)
+    assert list(summary["test"]["per_finding"]) == findings
+    task, classes, rebuilt = engine.index_splits(best.train_config)  # what export does to calibrate on val
+    assert (task, classes) == ("multilabel", findings)
+    assert {n: len(s) for n, s in rebuilt.items()} == {n: s["images"] for n, s in splits.items()}
 
 
 def test_index_run_resumes_from_its_moved_index_and_refuses_other_data(tmp_path, capsys):
@@ -229,7 +212,7 @@ def test_index_run_resumes_from_its_moved_index_and_refuses_other_data(tmp_path,
     from medge.edge.apps.cli import main
     from medge.train.checkpoint import load_checkpoint
 
-    index, images = nih_set(tmp_path / "nih")
+    index, images, _, _ = synth_set(tmp_path / "nih")
     out = tmp_path / "run"
     assert main(index_argv(index, images, out, "--epochs", "1")) == 0
     shutil.move(tmp_path / "nih", tmp_path / "moved")
@@ -240,7 +223,7 @@ def test_index_run_resumes_from_its_moved_index_and_refuses_other_data(tmp_path,
     assert "was trained on an index" in capsys.readouterr().err
     shutil.copytree(tmp_path / "moved", tmp_path / "changed")
     lines = (tmp_path / "changed" / "Data_Entry.csv").read_text().splitlines(keepends=True)
-    (tmp_path / "changed" / "Data_Entry.csv").write_text("".join(lines[:3] + lines[4:]))  # one image fewer
+    (tmp_path / "changed" / "Data_Entry.csv").write_text("".join(lines[:3] + lines[4:]))  # an image fewer
     changed = ["--labels", str(tmp_path / "changed" / "Data_Entry.csv"), "--images", str(tmp_path / "changed" / "images")]
     assert main(["train", "--resume", str(out), "--epochs", "2", *changed]) == 2
     assert "not the data this run was trained on" in capsys.readouterr().err
@@ -250,3 +233,39 @@ def test_index_run_resumes_from_its_moved_index_and_refuses_other_data(tmp_path,
     assert main(["train", "--resume", str(out), "--epochs", "2", *moved]) == 0
     last = load_checkpoint(out / "last.pt")
     assert last.epoch == 2 and last.train_config.labels == moved[1] and last.data_source["index"] == moved[1]
+
+
+# ----------------------------------------------------------------------------- does it learn?
+
+# The demo's multi-label recipe (medge demo --multilabel): medge synth --findings 5 --n 1000 --size 128, then
+# medge train --labels ... --img-size 96 --hflip 0 --epochs 6 (resnet18, the default recipe otherwise). Chosen on
+# measurements (val AUC of the weakest finding, Infiltration's broad haze): 600 images at 64 px with flips, 0.76 at
+# epoch 8 (Nodule 0.74); 600 at 96 px without flips, 0.76 after 10 epochs; 600 at 128 px, 0.76 at best;
+# 1000 at 96 px without flips, 0.92 from epoch 4 on (every other finding >= 0.98). Findings sit on one side
+# of the chest: a flip puts them where they never are.
+DEMO_SYNTH = dict(n=1000, findings=5, size=128, seed=0)
+DEMO_EPOCHS, DEMO_SIZE, DEMO_HFLIP = 6, 96, 0.0
+
+
+@pytest.fixture(scope="module")
+def learnt_findings(tmp_path_factory):
+    from medge.edge.preprocess import PreprocessConfig
+    from medge.train.synth import FindingsConfig, generate_findings
+
+    root = tmp_path_factory.mktemp("findings")
+    generate_findings(root / "data", FindingsConfig(**DEMO_SYNTH))
+    cfg = TrainConfig(labels=str(root / "data" / "Data_Entry.csv"), images=str(root / "data" / "images"),
+                      labels_format="nih", out=str(root / "run"), epochs=DEMO_EPOCHS, hflip=DEMO_HFLIP, device="cpu",
+                      cache_dir=str(root / "cache"))
+    return engine.train(cfg, PreprocessConfig(size=DEMO_SIZE))
+
+
+@pytest.mark.slow
+def test_every_finding_is_learnt_at_the_demos_scale(learnt_findings):
+    """Each of the 5 synthetic findings is learnt: validation AUC >= 0.8 for every one (chance is 0.5), split by
+    patient (no patient's images in two splits, so the figure is not inflated by the patient-level effect).
+    Measured: Atelectasis 1.000, Effusion 0.995, Infiltration 0.954, Mass 0.994, Nodule 1.000 (201 val images of
+    76 patients); synth and training together took about 2 minutes on 2 shared CPU cores."""
+    val = learnt_findings["val"]
+    assert learnt_findings["task"] == "multilabel" and len(val["per_finding"]) == 5
+    assert all(p["auc"] is not None and p["auc"] >= 0.8 for p in val["per_finding"].values()), val["per_finding"]
