@@ -5,12 +5,12 @@ import dataclasses
 from dataclasses import dataclass
 
 from medge.edge.config import check_ranges, check_types, from_dict
+from medge.edge.inputs.index import FORMATS, UNCERTAIN
 from medge.train.metrics import HIGHER_IS_BETTER
 
 SCHEDULES = ("cosine", "none")
 TASKS = ("auto", "single", "multilabel")
-LABEL_FORMATS = ("nih", "chexpert", "generic")  # edge.inputs.index.FORMATS (tested equal)
-UNCERTAIN = ("ignore", "zeros", "ones")  # edge.inputs.index.UNCERTAIN (tested equal)
+LABEL_FORMATS = FORMATS  # the index layouts edge.inputs.index reads: nih, chexpert, generic
 MAX_POS_WEIGHT = 50.0  # pos_weight's per-finding negatives/positives is clipped to this (a finding with 3 positives
 #                        in 10,000 images would otherwise weigh each of them 3,000 times)
 ARCHS = ("resnet18", "resnet50", "mobilenet_v3_small", "mobilenet_v3_large", "efficientnet_b0", "densenet121")

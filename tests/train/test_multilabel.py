@@ -122,10 +122,6 @@ def test_config_index_fields_and_old_checkpoints():
         TrainConfig(labels="i.csv", uncertain="maybe")
     with pytest.raises(ConfigError, match="val_fraction \\+ test_fraction < 1"):
         TrainConfig(labels="i.csv", val_fraction=0.5, test_fraction=0.5)
-    index = pytest.importorskip("medge.edge.inputs.index")
-    from medge.train import config
-
-    assert config.LABEL_FORMATS == index.FORMATS and config.UNCERTAIN == index.UNCERTAIN
 
 
 @pytest.mark.parametrize("argv, match", [
@@ -233,6 +229,28 @@ def test_index_run_resumes_from_its_moved_index_and_refuses_other_data(tmp_path,
     assert main(["train", "--resume", str(out), "--epochs", "2", *moved]) == 0
     last = load_checkpoint(out / "last.pt")
     assert last.epoch == 2 and last.train_config.labels == moved[1] and last.data_source["index"] == moved[1]
+
+
+def test_ddp_two_cpu_processes_gather_every_findings_logits(tmp_path):
+    """torchrun with 2 ranks on an index: each rank validates a shard, the (N, K) logits are gathered, and the
+    metrics are those of the whole validation split; only rank 0 writes and prints."""
+    import os
+    import subprocess
+    import sys
+
+    from medge.train.checkpoint import load_checkpoint
+
+    index, images, findings, _ = synth_set(tmp_path / "nih")
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "medge.train",
+           *index_argv(index, images, out, "--epochs", "1", "--batch-size", "4")[1:]]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert res.stdout.count("epoch 1/1") == 1 and res.stdout.count("split by patient") == 2  # start and end, rank 0
+    val = load_checkpoint(out / "last.pt").metrics["val"]
+    config = json.loads((out / "config.json").read_text())
+    assert val["n"] == config["splits"]["val"]["images"] and list(val["per_finding"]) == findings
+    assert all(p["positives"] == config["splits"]["val"]["positives"][f] for f, p in val["per_finding"].items())
 
 
 # ----------------------------------------------------------------------------- does it learn?
