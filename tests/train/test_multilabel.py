@@ -111,6 +111,22 @@ def test_best_metric_of_each_task():
     assert engine.is_better(0.8, {"value": 0.7}, "mean_auc") and not engine.is_better(0.6, {"value": 0.7}, "mean_auc")
 
 
+def test_each_task_refuses_the_others_weights():
+    from medge.train.data import Split
+
+    split = Split(["a", "b"], [(1.0, 0.0), (0.0, NAN)])
+    run = engine.RunState(TrainConfig(labels="i.csv", pos_weight=True), None, task="multilabel")
+    crit = engine.build_criterion(run, ["A", "B"], split, torch.device("cpu"))
+    # A: one positive, one negative; B: no positive (its other label masked): the maximum
+    assert run.pos_weight == {"A": 1.0, "B": MAX_POS_WEIGHT} and crit.pos_weight.tolist() == [1.0, MAX_POS_WEIGHT]
+    with pytest.raises(UsageError, match="--class-weights weighs the classes of a single-label run"):
+        engine.build_criterion(engine.RunState(TrainConfig(class_weights=True), None, task="multilabel"),
+                               ["A", "B"], split, torch.device("cpu"))
+    with pytest.raises(UsageError, match="--pos-weight weighs the findings of a multi-label run"):
+        engine.build_criterion(engine.RunState(TrainConfig(pos_weight=True), None), ["a", "b"],
+                               Split(["a", "b"], [0, 1]), torch.device("cpu"))
+
+
 def test_config_index_fields_and_old_checkpoints():
     old = {k: v for k, v in TrainConfig().to_dict().items()
            if k not in ("labels", "images", "labels_format", "uncertain", "task", "pos_weight", "test_fraction")}
