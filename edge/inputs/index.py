@@ -301,6 +301,12 @@ class _NamesReader(_Reader):
     def setup_names(self, names_col: int, rows_findings, findings) -> None:
         self.names_col = names_col
         self.findings = tuple(findings) if findings is not None else rows_findings
+        seen: dict[str, str] = {}
+        for name in (*self.findings, *rows_findings):
+            other = seen.setdefault(name.casefold(), name)
+            if other != name:  # 'effusion' would be a finding of its own, or none at all: Effusion absent in silence
+                raise DataError(f"{self.source}: {self.header[names_col]} names {name!r}, and {other!r} elsewhere or "
+                                "as a finding asked for: finding names are matched exactly, case included")
 
     def names(self, row: list[str], line: int) -> list[str]:
         names = [n.strip() for n in _cell(row, self.names_col).split("|") if n.strip()]
@@ -325,7 +331,7 @@ class _NihReader(_NamesReader):
         super().__init__(source, header, uncertain)
         self.path_col = _column(source, header, ["Image Index"], "image")
         col = _column(source, header, ["Finding Labels"], "findings")
-        self.setup_names(col, None if findings is not None else _names_found(rows, col), findings)
+        self.setup_names(col, _names_found(rows, col), findings)
         self.meta = {"patient": _column(source, header, ["Patient ID"], "patient"),
                      "sex": _column(source, header, ["Patient Gender"], "sex"),
                      "age": _column(source, header, ["Patient Age"], "age"),
@@ -386,7 +392,7 @@ class _GenericReader(_NamesReader, _ColumnsReader):
         names_col = _column(source, header, _NAMES_COLUMNS, "findings", required=False)
         self.names_style = names_col is not None
         if self.names_style:
-            self.setup_names(names_col, None if findings is not None else _names_found(rows, names_col), findings)
+            self.setup_names(names_col, _names_found(rows, names_col), findings)
         else:
             used = {self.path_col, *(c for c in self.meta.values() if c is not None)}
             self.setup_columns([c for c in range(len(header)) if c not in used and header[c] not in ("", NO_FINDING)],

@@ -199,12 +199,21 @@ def test_generic_index_with_a_column_of_finding_names(tmp_path):
     ("path,A\n", r"a header but no rows"),
     ("path;A\na.png;1\n", r"index.csv, line 1: columns separated by ';', not by commas: save the index as CSV"),
     ("path\tA\na.png\t1\n", r"line 1: columns separated by tab, not by commas"),
+    ("path,findings\na.png,Effusion\nb.png,effusion|Mass\n", r"findings names 'effusion', and 'Effusion' elsewhere"),
     ("path,findings,patient\na.png,A,B,7\n", r"line 2: 4 cells, the header has 3: a comma in a value that is not quot"),
     ("path,A,B\na.png,1,0\nb.png,1\n", r"line 3: 2 cells, the header has 3: a row cut short"),
 ])
 def test_generic_index_errors_name_the_csv_and_the_line(tmp_path, text, match):
     with pytest.raises(DataError, match=match):
         read_index(write(tmp_path, text))
+
+
+def test_a_finding_asked_for_in_another_case_is_an_error_not_a_finding_absent_everywhere(tmp_path):
+    # medge validate asks for the bundle's findings: a site's 'effusion' must not read as Effusion absent.
+    path = write(tmp_path, "path,labels\na.png,effusion\nb.png,No Finding\n")
+    with pytest.raises(DataError, match=r"labels names 'effusion', and 'Effusion' elsewhere or as a finding asked"):
+        read_index(path, findings=["Effusion"])
+    assert read_index(path, findings=["Mass"]).targets().tolist() == [[0], [0]]  # other findings: as before
 
 
 def test_empty_cells_past_the_header_are_no_error(tmp_path):
