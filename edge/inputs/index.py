@@ -70,8 +70,9 @@ _SPLIT_NAMES = {"train": "train", "training": "train", "val": "val", "valid": "v
                 "test": "test"}
 _PATH_COLUMNS = ("path", "file", "image", "filename")
 _NAMES_COLUMNS = ("findings", "labels", "finding labels")
-_META_COLUMNS = {"patient": ("patient", "patient_id"), "split": ("split",), "sex": ("sex",), "age": ("age",),
-                 "view": ("view",)}
+_META_COLUMNS = {"patient": ("patient", "patient_id", "patient id", "patientid"), "split": ("split",),
+                 "sex": ("sex", "patient sex", "patient gender", "patientsex"), "age": ("age", "patient age", "patientage"),
+                 "view": ("view", "view position", "viewposition")}  # also NIH's and DICOM's names: else read as findings
 _PATIENT_IN_PATH = re.compile(r"^patient\d+$")
 
 
@@ -288,7 +289,11 @@ class _Reader:
             return v
         if v == -1.0:
             return {"ignore": math.nan, "zeros": 0.0, "ones": 1.0}[self.uncertain]
-        raise DataError(f"{self.source}, line {line}: {finding} = {cell!r}: a label is 1, 0, -1 (uncertain) or blank")
+        hint = "" if not isinstance(self, _GenericReader) else (
+            f" ({finding!r} is read as a finding: every column but the path, patient, split, sex, age and view "
+            "columns is one)")
+        raise DataError(f"{self.source}, line {line}: {finding} = {cell!r}: a label is 1, 0, -1 (uncertain) or blank"
+                        + hint)
 
 
 def _sex(value: str) -> str | None:

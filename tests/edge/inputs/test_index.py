@@ -192,6 +192,7 @@ def test_generic_index_with_a_column_of_finding_names(tmp_path):
     ("name,A\na.png,1\n", r"index.csv: no path column .*columns found: name, A"),
     ("path,A\na.png,1\nb.png,yes\n", r"index.csv, line 3: A = 'yes': a label is 1, 0, -1"),
     ("path,A\na.png,2\n", r"line 2: A = '2'"),
+    ("path,A,Height\na.png,1,170\n", r"Height = '170': .* \('Height' is read as a finding: every column but the path"),
     ("path,A,split\na.png,1,holdout\n", r"line 2: split 'holdout' is not one of train, val, test"),
     ("path,A,age\na.png,1,old\n", r"line 2: age 'old' is not a number"),
     ("path,findings\na.png,No Finding|A\n", r"line 2: findings = 'No Finding\|A'"),
@@ -214,6 +215,14 @@ def test_a_finding_asked_for_in_another_case_is_an_error_not_a_finding_absent_ev
     with pytest.raises(DataError, match=r"labels names 'effusion', and 'Effusion' elsewhere or as a finding asked"):
         read_index(path, findings=["Effusion"])
     assert read_index(path, findings=["Mass"]).targets().tolist() == [[0], [0]]  # other findings: as before
+
+
+def test_nih_and_dicom_names_of_the_patient_sex_age_and_view_columns_are_no_findings(tmp_path):
+    # A generic index with NIH's 'Patient ID' once read it as a finding (ids 0/1) and split by image in silence.
+    index = read_index(write(tmp_path, "path,Patient ID,Patient Gender,Patient Age,View Position,Effusion\n"
+                                       "a.png,0,F,61,PA,1\nb.png,1,M,40,AP,0\nc.png,1,M,41,AP,1\n"))
+    assert index.findings == ("Effusion",) and [e.patient for e in index.entries] == ["0", "1", "1"]
+    assert [(e.sex, e.age, e.view) for e in index.entries][0] == ("F", 61.0, "PA")
 
 
 def test_empty_cells_past_the_header_are_no_error(tmp_path):
