@@ -20,6 +20,7 @@ Valid UTF-8 names (Korean, accented, ...) are written as they are.
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 
@@ -35,11 +36,44 @@ def shown(path: str | os.PathLike | None) -> str:
     return text.encode("utf-8", TEXT_ERRORS).decode("utf-8")
 
 
-def to_json(obj, indent: int | None = None) -> str:
-    """``json.dumps`` that never fails on a file name: lone surrogates become ``\\udcXX`` JSON escapes.
+def finite_json(obj):
+    """``obj`` with every NaN or infinite float replaced by None, in nested dicts, lists and tuples.
 
-    Other non-ASCII characters stay as they are (readable UTF-8), unlike ``ensure_ascii=True``.
+    Strict JSON has no NaN or Infinity (``json.dumps`` writes them by default; most readers outside Python refuse
+    them), so a figure that is undefined on the cases at hand (a sensitivity without positives) is written ``null``.
+
+    Args:
+        obj: a JSON-able value.
+
+    Returns:
+        the same structure (tuples as lists), equal to ``obj`` where it held only finite numbers.
     """
-    text = json.dumps(obj, ensure_ascii=False, indent=indent)
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: finite_json(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [finite_json(v) for v in obj]
+    return obj
+
+
+def to_json(obj, indent: int | None = None) -> str:
+    """``json.dumps`` that never fails on a file name and writes strict JSON.
+
+    Lone surrogates become ``\\udcXX`` JSON escapes; other non-ASCII characters stay as they are (readable UTF-8),
+    unlike ``ensure_ascii=True``. NaN and infinite floats are written ``null`` (``finite_json``); text without them
+    is exactly ``json.dumps``'s.
+
+    Args:
+        obj: a JSON-able value.
+        indent: as ``json.dumps``'s.
+
+    Returns:
+        the JSON text.
+    """
+    try:
+        text = json.dumps(obj, ensure_ascii=False, indent=indent, allow_nan=False)
+    except ValueError:  # a NaN or infinity somewhere (a circular structure fails again below, as before)
+        text = json.dumps(finite_json(obj), ensure_ascii=False, indent=indent, allow_nan=False)
     # A surrogate can only come from a string value or key, so escaping it keeps the JSON valid and exact.
     return _SURROGATE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)

@@ -3,6 +3,8 @@ import json
 import os
 from pathlib import Path
 
+import numpy as np
+
 from medge.edge.paths import TEXT_ERRORS, shown, to_json
 
 RAW = b"scan\xff\xfe.png"  # not UTF-8: Python gives it as lone surrogates (PEP 383)
@@ -33,3 +35,16 @@ def test_to_json_escapes_surrogates_and_reads_back_the_original_bytes():
 def test_to_json_keeps_other_characters_readable_and_indents():
     assert to_json({"name": "흉부"}) == '{"name": "흉부"}'  # not \\ud749 escapes, unlike ensure_ascii
     assert to_json([1], indent=2) == "[\n  1\n]"
+
+
+def test_to_json_writes_nan_and_infinity_as_null_and_leaves_finite_values_byte_identical():
+    def refuse(name):
+        raise ValueError(name)
+
+    value = {"a": float("nan"), "b": [1.5, float("inf"), (float("-inf"), 2)], "c": {"d": np.float64("nan")}, "e": None}
+    text = to_json(value, indent=2)
+    assert json.loads(text, parse_constant=refuse) == {"a": None, "b": [1.5, None, [None, 2]], "c": {"d": None},
+                                                        "e": None}
+    finite = {"p": 0.1 + 0.2, "q": [1e-300, -0.0, 3], "r": {"s": "흉부", "t": True}}
+    assert to_json(finite) == json.dumps(finite, ensure_ascii=False)
+    assert to_json(finite, indent=2) == json.dumps(finite, ensure_ascii=False, indent=2)

@@ -220,3 +220,17 @@ def test_dicom_subgroups(setup, tmp_path):
     assert sub["manufacturer"]["Other"]["cases"] == 20 and "auc" in sub["manufacturer"]["Other"]
     assert set(sub["view_position"]) == {"PA", "AP"} and set(sub["modality"]) == {"DX"}
     assert sub["bit_depth"] == {"12-bit": sub["bit_depth"]["12-bit"]} and sub["bit_depth"]["12-bit"]["cases"] == 44
+
+
+def test_a_report_with_one_class_absent_is_strict_json(setup, tmp_path):
+    """Cases of one class only: sensitivity (no positive) and its interval are undefined, written null, not NaN."""
+    b, cases = setup
+    shutil.copytree(cases / "normal", tmp_path / "cases" / "normal")
+    (tmp_path / "cases" / "disease").mkdir()
+    main(["validate", "--model", str(b), "--data", str(tmp_path / "cases"), "--out", str(tmp_path / "r/report.json")])
+
+    def refuse(name):
+        raise ValueError(f"{name} in strict JSON")
+    text = (tmp_path / "r/report.json").read_text()
+    rep = json.loads(text, parse_constant=refuse)
+    assert rep["counts"]["cases"] > 0 and "null" in text

@@ -190,3 +190,29 @@ def test_dicom_manufacturer_subgroups(multilabel_bundle, tmp_path):
     assert {k: g["cases"] for k, g in sub["manufacturer"].items()} == {"Acme": 24, "Other": 20}
     assert sub["manufacturer"]["Acme"]["findings"]["Effusion"]["auc"]["n_positive"] == 12
     assert set(sub["view_position"]) == {"PA", "AP"}  # from DICOM ViewPosition: the index has no view column
+
+
+def _strict(text):
+    """JSON as strict readers take it: NaN and Infinity refused."""
+    def refuse(name):
+        raise ValueError(f"{name} in strict JSON")
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_the_report_is_strict_json_when_a_figure_is_undefined(multilabel_bundle, site, tmp_path):
+    """A threshold calling every case positive leaves no predicted negative (NPV undefined), and a finding without a
+    positive has no sensitivity: those figures are written null, never NaN (which strict JSON readers refuse)."""
+    root = site[0]
+    rows = list(csv.reader(open(root / "index.csv")))
+    rows = [rows[0]] + [[r[0], 0, *r[2:]] for r in rows[1:]]  # no Effusion positive
+    with open(root / "none.csv", "w", newline="") as f:
+        csv.writer(f).writerows(rows)
+    low = _with_target(multilabel_bundle, tmp_path / "low", 0.0)  # every case called positive
+    main(["validate", "--model", str(low), "--labels", str(root / "none.csv"), "--images", str(root / "images"),
+          "--out", str(tmp_path / "r/report.json")])
+    rep = _strict((tmp_path / "r/report.json").read_text())
+    eff = rep["findings"][0]
+    assert eff["positives"] == 0 and eff["sensitivity"]["value"] is None and eff["npv"]["value"] is None
+    assert eff["guarantee_at_site"]["estimate"] is None
+    for line in (tmp_path / "r/report.cases.jsonl").read_text().splitlines():
+        _strict(line)
