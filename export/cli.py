@@ -16,9 +16,10 @@ model.int8.onnx) written atomically. Any failure exits non-zero and writes nothi
 
 A multi-label checkpoint (medge train --labels INDEX.csv) is calibrated per finding, each finding given
 its own threshold by --operating-point at --confidence, on the validation split of the run's own index,
-split by patient again as in training (or of --labels INDEX.csv --images DIR --labels-format F, or
---data INDEX.csv). A finding with too few validation cases for the target keeps the point-estimate
-threshold marked unsupported; one with fewer than 5 positives or negatives gets none (no decision).
+split by patient again as in training (or --labels INDEX.csv --images DIR --labels-format F, or
+--data INDEX.csv: every row of that index, or its val rows when it has a split column). A finding with
+too few validation cases for the target keeps the point-estimate threshold marked unsupported; one with
+fewer than 5 positives or negatives gets none (no decision).
 Fast variants are gated for single-label bundles only for now.
 """
 from __future__ import annotations
@@ -69,7 +70,8 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--calibration-images", type=int, default=d.calibration_images,
                    help="validation images used for calibration at most (default: %(default)s)")
     p.add_argument("--labels", metavar="INDEX.csv",
-                   help="multi-label checkpoints: validate on this index's val split instead of the run's own index")
+                   help="multi-label checkpoints: calibrate on this index instead of the run's own: every row, or its "
+                        "val rows when it has a split column")
     p.add_argument("--images", metavar="DIR", help="with --labels: the folder its paths are under (default: its folder)")
     p.add_argument("--labels-format", choices=("nih", "chexpert", "generic"),
                    help="with --labels: the index's layout (default: generic)")

@@ -213,10 +213,18 @@ class IndexSource:
     seed: int
     given: bool  # True: given to export; False: the run's own index and split
 
-    def describe(self) -> str:
-        whose = "the index given" if self.given else "the run's own index, split again as in training"
-        return (f"val split of {self.labels} ({self.labels_format}, uncertain {self.uncertain}; {whose}: seed "
-                f"{self.seed}, val {self.val_fraction:g}, test {self.test_fraction:g}, by patient)")
+    def describe(self, whole: bool = False) -> str:
+        """Where the validation cases come from, for the log and the manifest (``whole``: a given index without a
+        split column, used whole)."""
+        if whole:
+            return (f"every row of {self.labels} ({self.labels_format}, uncertain {self.uncertain}; the index given, "
+                    f"without a split column: all validation cases)")
+        if self.given:
+            return (f"val split of {self.labels} ({self.labels_format}, uncertain {self.uncertain}; the index given: "
+                    f"its split column's val rows)")
+        return (f"val split of {self.labels} ({self.labels_format}, uncertain {self.uncertain}; the run's own index, "
+                f"split again as in training: seed {self.seed}, val {self.val_fraction:g}, test "
+                f"{self.test_fraction:g}, by patient)")
 
 
 def index_of_data(data: str) -> IndexArgs:
@@ -254,16 +262,23 @@ def index_source(train_config: dict, given: IndexArgs | None) -> IndexSource | N
 
 
 def validation_split(src: IndexSource, findings: list[str], log):
-    """The validation split of ``src`` (``train.data.discover_index``), its findings checked against the model's.
+    """The validation cases of ``src``, its findings checked against the model's.
+
+    The run's own index is split again exactly as in training (``train.data.discover_index``: its val split). An
+    index given to export is all validation cases, unless it has a split column: then its ``val`` rows.
+
+    Args:
+        src: ``index_source``'s. findings: the model's finding names, in its order. log: where the lines go.
 
     Returns:
         the ``train.data.Split`` (paths, one tuple of K targets per image, patients).
 
     Raises:
-        DataError: the index cannot be read; ExportError: its findings are not the model's.
+        DataError: the index cannot be read; ExportError: its findings are not the model's, or its split column
+            names no val row.
     """
     from medge.edge.inputs.index import read_index
-    from medge.train.data import discover_index
+    from medge.train.data import Split, discover_index
 
     # the run's own index is read exactly as training read it, so that the split is the run's; another index is
     # read for the model's findings, in its order
@@ -271,12 +286,23 @@ def validation_split(src: IndexSource, findings: list[str], log):
     note = index.missing_summary()
     if note:
         log(f"note: {note}")
-    found, splits = discover_index(index, src.val_fraction, src.test_fraction, src.seed)
+    whole = src.given and not any(e.split for e in (index.rows or index.entries))
+    if not src.given:
+        found, splits = discover_index(index, src.val_fraction, src.test_fraction, src.seed)
+        split = splits["val"]
+    else:
+        found = index.findings
+        mine = [e for e in index.entries if whole or e.split == "val"]
+        if not mine and not whole:
+            raise ExportError(f"{src.labels}: its split column names no usable val row (an index given to export is "
+                              f"all validation cases only without a split column)")
+        split = Split([e.file for e in mine], [tuple(e.targets) for e in mine], patients=[e.patient for e in mine],
+                      findings=tuple(index.findings))
     if list(found) != list(findings):
         raise ExportError(f"{src.labels}: findings {list(found)} differ from the checkpoint's {list(findings)}")
-    split = splits["val"]
     patients = len({p for p in getattr(split, "patients", None) or [] if p is not None})
-    log(f"validation: {len(split)} images of {patients or 'unknown'} patients, {src.describe()}")
+    log(f"validation: {len(split)} images of {patients or 'unknown'} patients, {src.describe(whole)}")
+    split.source = src.describe(whole)  # the manifest's validation source (operating_point)
     return split
 
 
@@ -299,7 +325,7 @@ def operating_point(model, ck, split, src: IndexSource | None, cfg, log) -> dict
         return None
     logits, targets, skipped = split_logits(model, split, ck.preprocess, cfg.calibration_images, log, src.labels)
     section = findings_section(logits, np.asarray(targets, np.float64), ck.classes, cfg.operating_point,
-                               src.describe(), cfg.confidence, skipped)
+                               getattr(split, "source", None) or src.describe(), cfg.confidence, skipped)
     for line in summary_lines(section):
         log(line)
     short = [e["name"] for e in section["findings"] if (e.get("guarantee") or {}).get("supported") is False]

@@ -180,3 +180,36 @@ def test_the_validation_index_is_the_run_s_own_unless_one_is_given(tmp_path):
     (tmp_path / "other.csv").write_text("path,A\n")
     with pytest.raises(UsageError, match=r"a folder holding one index CSV \(found 2\)"):
         index_of_data(str(tmp_path))
+
+
+def _site_index(tmp_path, split_column):
+    """20 images of 20 patients, findings Effusion and Nodule; with a split column: 5 val rows, the rest train."""
+    import cv2
+
+    rows = ["path,Effusion,Nodule,patient" + (",split" if split_column else "")]
+    for i in range(20):
+        cv2.imwrite(str(tmp_path / f"im{i:02d}.png"), np.full((16, 16), 10 * i, np.uint8))
+        rows.append(f"im{i:02d}.png,{i % 2},{(i // 2) % 2},P{i}" + (f",{'val' if i < 5 else 'train'}" if split_column
+                                                                     else ""))
+    (tmp_path / "index.csv").write_text("\n".join(rows) + "\n")
+    return str(tmp_path / "index.csv")
+
+
+def test_an_index_given_to_export_is_used_whole_unless_it_has_a_split_column(tmp_path):
+    """A site's dedicated calibration index (no split column) is all validation cases, not its 20% val share; one
+    with a split column gives its val rows; the run's own index is split again as in training (its val share)."""
+    from medge.export.findings import IndexArgs, index_source, validation_split
+
+    run = {"labels": _site_index(tmp_path, False), "val_fraction": 0.2, "test_fraction": 0.1, "seed": 0}
+    lines = []
+    given = validation_split(index_source(run, IndexArgs(run["labels"])), FINDINGS, lines.append)
+    assert len(given) == 20 and given.patients == [f"P{i}" for i in range(20)]
+    assert "the index given, without a split column: all validation cases" in lines[-1]
+    assert given.source.startswith("every row of ")
+    own = validation_split(index_source(run, None), FINDINGS, lines.append)
+    assert 0 < len(own) < 10 and "split again as in training" in own.source
+    (tmp_path / "s").mkdir()
+    with_split = _site_index(tmp_path / "s", True)
+    split = validation_split(index_source(run, IndexArgs(with_split)), FINDINGS, lines.append)
+    assert sorted(split.paths) == [str(tmp_path / "s" / f"im{i:02d}.png") for i in range(5)]
+    assert "its split column's val rows" in split.source
