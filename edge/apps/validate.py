@@ -305,6 +305,9 @@ def index_cases(args, names: list[str]) -> tuple[list, list[val.Problem]]:
                        findings=names)
     args.index = {"format": index.format, "uncertain": index.uncertain, "findings": list(index.findings),
                   "images": images, "entries": len(index.entries)}
+    not_matched = ml.findings_not_matched(index.named, names)
+    args.index_warnings = (not_matched, ml.index_warnings(not_matched, len(index.rows or index.entries),
+                                                          len(index.missing)))
     return list(index.entries), [val.Problem(p, "missing", why) for p, why in index.missing]
 
 
@@ -341,6 +344,8 @@ def run_findings(args, model, requirements: list[val.Requirement], paths: dict[s
     classified = [r for r in records if not r["error"]]
     report = findings_report(model, args, classified, problems + failed, requirements)
     write_findings_outputs(paths, report, records, problems)
+    for line in report["warnings"]:
+        print(f"warning: {line}", file=sys.stderr)
     print(findings_summary_line(report), file=sys.stderr)
     if not classified:
         print("no usable case: nothing could be judged", file=sys.stderr)
@@ -358,6 +363,7 @@ def findings_report(model, args, classified: list[dict], problems: list[val.Prob
     kinds: dict[str, int] = {}
     for p in problems:
         kinds[p.kind] = kinds.get(p.kind, 0) + 1
+    not_matched, warnings = getattr(args, "index_warnings", ({"index_only": [], "bundle_only": []}, []))
     report = {
         "report": "medge validation", "version": 1, "medge": __version__, "task": MULTILABEL,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -368,6 +374,7 @@ def findings_report(model, args, classified: list[dict], problems: list[val.Prob
         "counts": {"cases": len(classified), "patients": len({r["patient"] for r in classified if r["patient"]}),
                    "problems": kinds},
         "problems": [{"path": p.path, "kind": p.kind, "reason": p.reason} for p in problems],
+        "findings_not_matched": not_matched, "warnings": warnings,
         "ci_method": {"auc": AUC_METHOD, "proportions": "Wilson score interval", "level": 0.95,
                       "guarantee": "one-sided Clopper-Pearson bounds (edge.golive.multilabel)",
                       "age_bands": [b[2] for b in ml.AGE_BANDS], "min_subgroup": val.MIN_SUBGROUP},
@@ -412,10 +419,11 @@ def roc_of_finding(f: dict, roc: dict):
 def findings_summary_line(report: dict) -> str:
     c, s = report["counts"], report.get("summary")
     problems = ", ".join(f"{n} {k}" for k, n in sorted(c["problems"].items())) or "none"
+    warned = "".join(f"WARNING: {w}. " for w in report.get("warnings", ()))
     if not s:
-        return f"{c['cases']} cases; problems: {problems}"
+        return f"{warned}{c['cases']} cases; problems: {problems}"
     g = report["guarantees"]
-    return (f"{c['cases']} cases, {len(report['findings'])} findings; macro AUC {_num(s['macro_auc'])}, micro AUC "
+    return (f"{warned}{c['cases']} cases, {len(report['findings'])} findings; macro AUC {_num(s['macro_auc'])}, micro AUC "
             f"{_num(s['micro_auc'])}; guarantees confirmed {len(g['confirmed'])}, refuted {len(g['refuted'])}, not "
             f"shown {len(g['not shown'])}, not promised at export {len(g['not promised'])}; problems: {problems}"
             + ("" if not report["requirements"] else f"; requirements {'met' if report['passed'] else 'NOT met'}"))
@@ -468,6 +476,7 @@ def findings_markdown(report: dict, paths: dict[str, Path]) -> str:
            f"- 95% CIs: AUC by Newcombe's score method, proportions by Wilson; a guarantee is confirmed by the one-sided "
            f"Clopper-Pearson lower bound, refuted by the upper bound at 1 - {ml.REFUTE_ALPHA:g}/M (M findings with a "
            f"target); created {report['created']} by medge {report['medge']}", ""]
+    out += [f"> **Warning:** {w}." for w in report.get("warnings", ())] + ([""] if report.get("warnings") else [])
     if not s:
         return "\n".join(out + ["No usable case: nothing could be judged.", ""])
     out += _finding_rows(report)

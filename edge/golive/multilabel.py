@@ -51,6 +51,49 @@ GUARANTEE_LISTS = ("confirmed", "refuted", "not shown", "no target", "not promis
 AT_THRESHOLD = ("sensitivity", "specificity", "ppv", "npv", "accuracy")
 
 
+MOSTLY_MISSING = 0.5  # an index whose named files are more than this share missing or not images is warned about
+
+
+def findings_not_matched(index_names, bundle_names) -> dict:
+    """The finding names of the index and of the bundle that do not match (names are matched exactly).
+
+    Args:
+        index_names: every finding the index names (``LabelIndex.named``). bundle_names: the bundle's findings.
+
+    Returns:
+        {"index_only": the index's names the bundle lacks, "bundle_only": the bundle's findings the index never
+        names (each read as absent in every case)}, in their own orders.
+    """
+    return {"index_only": [n for n in index_names if n not in bundle_names],
+            "bundle_only": [n for n in bundle_names if n not in index_names]}
+
+
+def index_warnings(not_matched: dict, named_files: int, missing: int) -> list[str]:
+    """What the summary, the report and stderr say first: finding names that do not match, an index whose files
+    are mostly missing.
+
+    Args:
+        not_matched: ``findings_not_matched``'s. named_files: the files the index names. missing: how many of
+            them are missing or not images.
+
+    Returns:
+        one line per warning (empty when all is well).
+    """
+    out = []
+    if not_matched["bundle_only"]:
+        out.append(f"the bundle's finding(s) {', '.join(not_matched['bundle_only'])} are named nowhere in the index "
+                   "(read as absent in every case)"
+                   + (f"; the index names {', '.join(not_matched['index_only'])}, which the bundle lacks: finding "
+                      "names are matched exactly, rename them in the index" if not_matched["index_only"] else ""))
+    elif not_matched["index_only"]:
+        out.append(f"the index names finding(s) {', '.join(not_matched['index_only'])}, which the bundle lacks "
+                   "(not validated)")
+    if named_files and missing > MOSTLY_MISSING * named_files:
+        out.append(f"{missing} of the {named_files} files the index names are missing or not images: is --images "
+                   "the folder its paths are under?")
+    return out
+
+
 def age_band(age) -> str:
     """``<40``, ``40-59``, ``60-79``, ``>=80`` (``AGE_BANDS``), or ``unknown``."""
     try:

@@ -103,6 +103,8 @@ class LabelIndex:
     uncertain: str = "ignore"
     rows: tuple[IndexEntry, ...] = ()  # every row, usable or not: splits are drawn over all of them (stable
     #                                    when files come and go); empty means the same as ``entries``
+    named: tuple[str, ...] = ()  # every finding the index itself names (its finding columns, or the names its rows
+    #                              use), whatever ``findings=`` asked for: what a bundle's names are matched against
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -157,7 +159,8 @@ def read_index(csv_path: str | os.PathLike, images_dir: str | os.PathLike | None
     if images_dir is not None:
         kept, missing = _resolve(source, entries, os.fspath(images_dir), fmt)
         _check_unique(source, kept, lambda e: os.path.realpath(e.file))
-    return LabelIndex(source, fmt, reader.findings, tuple(kept), tuple(missing), uncertain, tuple(entries))
+    return LabelIndex(source, fmt, reader.findings, tuple(kept), tuple(missing), uncertain, tuple(entries),
+                      reader.named)
 
 
 def _read_rows(source: str) -> tuple[list[str], list[tuple[int, list[str]]]]:
@@ -240,6 +243,7 @@ class _Reader:
     def __init__(self, source: str, header: list[str], uncertain: str):
         self.source, self.header, self.uncertain = source, header, uncertain
         self.findings: tuple[str, ...] = ()
+        self.named: tuple[str, ...] = ()  # the findings the index names, asked for or not
         self.path_col = 0
         self.meta: dict[str, int | None] = {}
 
@@ -305,6 +309,7 @@ class _NamesReader(_Reader):
 
     def setup_names(self, names_col: int, rows_findings, findings) -> None:
         self.names_col = names_col
+        self.named = tuple(rows_findings)
         self.findings = tuple(findings) if findings is not None else rows_findings
         seen: dict[str, str] = {}
         for name in (*self.findings, *rows_findings):
@@ -348,6 +353,7 @@ class _ColumnsReader(_Reader):
 
     def setup_columns(self, candidates: list[int], findings) -> None:
         names = [self.header[c] for c in candidates]
+        self.named = tuple(names)
         if findings is None:
             self.cols = candidates
         else:

@@ -216,3 +216,42 @@ def test_the_report_is_strict_json_when_a_figure_is_undefined(multilabel_bundle,
     assert eff["guarantee_at_site"]["estimate"] is None
     for line in (tmp_path / "r/report.cases.jsonl").read_text().splitlines():
         _strict(line)
+
+
+def test_finding_names_that_do_not_match_the_bundle_s_are_listed_and_warned(multilabel_bundle, site, tmp_path,
+                                                                            capsys):
+    """The site writes "Pleural Effusion" where the bundle says "Effusion": not a silent "0 positives, AUC n/a"."""
+    root, y, _ = site
+    rows = [["Image Index", "Finding Labels", "Patient ID", "Patient Age", "Patient Gender", "View Position"]]
+    for i in range(N):
+        names = [f for k, f in enumerate(("Pleural Effusion", "Nodule")) if y[i, k]]
+        rows.append([f"im{i:03d}.png", "|".join(names) or "No Finding", i // 2, 50, "M", "PA"])
+    with open(root / "renamed.csv", "w", newline="") as f:
+        csv.writer(f).writerows(rows)
+    main(["validate", "--model", str(multilabel_bundle), "--labels", str(root / "renamed.csv"), "--images",
+          str(root / "images"), "--labels-format", "nih", "--out", str(tmp_path / "r/report.json")])
+    rep = json.loads((tmp_path / "r/report.json").read_text())
+    assert rep["findings_not_matched"] == {"index_only": ["Pleural Effusion"], "bundle_only": ["Effusion"]}
+    assert len(rep["warnings"]) == 1 and "Pleural Effusion" in rep["warnings"][0]
+    err = capsys.readouterr().err
+    assert "warning: the bundle's finding(s) Effusion are named nowhere in the index" in err
+    assert "WARNING: the bundle's finding(s) Effusion" in err.splitlines()[-1]  # the summary line
+    assert "> **Warning:** the bundle's finding(s) Effusion" in (tmp_path / "r/report.md").read_text()
+    _, matched = _validate(multilabel_bundle, site, tmp_path / "m")
+    assert matched["findings_not_matched"] == {"index_only": [], "bundle_only": []} and matched["warnings"] == []
+
+
+def test_an_index_whose_files_are_mostly_missing_says_so_first(multilabel_bundle, site, tmp_path, capsys):
+    root = site[0]
+    rows = list(csv.reader(open(root / "index.csv")))
+    rows = rows[:11] + [[f"gone{i}.png", *r[1:]] for i, r in enumerate(rows[11:41])]  # 10 found, 30 missing
+    with open(root / "gone.csv", "w", newline="") as f:
+        csv.writer(f).writerows(rows)
+    main(["validate", "--model", str(multilabel_bundle), "--labels", str(root / "gone.csv"), "--images",
+          str(root / "images"), "--out", str(tmp_path / "r/report.json")])
+    rep = json.loads((tmp_path / "r/report.json").read_text())
+    assert rep["counts"]["problems"] == {"missing": 30}
+    assert rep["warnings"] == ["30 of the 40 files the index names are missing or not images: is --images the folder "
+                               "its paths are under?"]
+    err = capsys.readouterr().err
+    assert "warning: 30 of the 40 files" in err and err.splitlines()[-1].startswith("WARNING: 30 of the 40 files")

@@ -184,6 +184,13 @@ def test_generic_index_with_a_column_of_finding_names(tmp_path):
     assert index.findings == ("Effusion", "Nodule")
     assert index.targets().tolist() == [[1, 1], [0, 0], [0, 0]]
     assert read_index(path, findings=["Nodule", "Mass"]).targets().tolist() == [[1, 0], [0, 0], [0, 0]]
+    assert read_index(path, findings=["Nodule", "Mass"]).named == ("Effusion", "Nodule")  # what the index names
+
+
+def test_named_is_every_finding_the_index_names_whatever_was_asked_for(tmp_path):
+    path = write(tmp_path, "path,Pleural Effusion,No Finding,Nodule,patient\na.png,1,0,0,p\n")
+    index = read_index(path, findings=["Nodule"])
+    assert index.findings == ("Nodule",) and index.named == ("Pleural Effusion", "Nodule")
 
 
 @pytest.mark.parametrize(("text", "match"), [
