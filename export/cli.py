@@ -72,7 +72,8 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--labels", metavar="INDEX.csv",
                    help="multi-label checkpoints: calibrate on this index instead of the run's own: every row, or its "
                         "val rows when it has a split column")
-    p.add_argument("--images", metavar="DIR", help="with --labels: the folder its paths are under (default: its folder)")
+    p.add_argument("--images", metavar="DIR", help="the folder the index's paths are under (default: with --labels its "
+                   "folder, else the run's images: give it when they have moved)")
     p.add_argument("--labels-format", choices=("nih", "chexpert", "generic"),
                    help="with --labels: the index's layout (default: generic)")
     p.add_argument("--uncertain", choices=("ignore", "zeros", "ones"),
@@ -120,9 +121,9 @@ def run(args: argparse.Namespace) -> int:
                        calibration_images=args.calibration_images)
     if args.labels and args.data:
         raise UsageError("--labels and --data: give one (--data is a class folder, or a multi-label model's index)")
-    if (args.images or args.labels_format or args.uncertain) and not args.labels:
-        raise UsageError("--images, --labels-format and --uncertain go with --labels INDEX.csv (the run's own index "
-                         "is read as in training, so that its validation split is the run's)")
+    if (args.labels_format or args.uncertain) and not args.labels:
+        raise UsageError("--labels-format and --uncertain go with --labels INDEX.csv (the run's own index is read as "
+                         "in training, so that its validation split is the run's)")
     index = IndexArgs(args.labels, args.images, args.labels_format, args.uncertain)
     m = export_bundle(args.checkpoint, args.out, args.data, cfg, overwrite=args.overwrite, variants=export_variants(args),
                       index=index, optional_variants=args.variants.strip().lower() == "auto")

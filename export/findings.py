@@ -29,7 +29,7 @@ import numpy as np
 
 from medge.edge import golive as ev
 from medge.edge.decision import SECTION, seal
-from medge.edge.errors import ExportError, UsageError
+from medge.edge.errors import DataError, ExportError, UsageError
 from medge.edge.findings import MULTILABEL, FindingsPoint
 from medge.edge.numeric import sigmoid
 from medge.export.calibrate import MIN_PER_CLASS, between_scores
@@ -252,13 +252,27 @@ def index_source(train_config: dict, given: IndexArgs | None) -> IndexSource | N
     g = given or IndexArgs()
     fmt = g.labels_format or (train_config.get("labels_format") if g.labels is None else None) or "generic"
     labels = g.labels or own
-    # the images are under the index's own folder unless --images (the run's: its images) says; the split does not
-    # depend on it (discover_index splits every row, found or not)
-    images = (g.images if g.labels else train_config.get("images")) or str(Path(labels).parent)
+    # the images are under --images, else the run's images (its own index) or the given index's folder; the split
+    # does not depend on it (discover_index splits every row, found or not): --images alone finds moved images
+    images = g.images or (None if g.labels else train_config.get("images")) or str(Path(labels).parent)
     return IndexSource(labels, images, fmt,
                        (g.uncertain if g.labels else None) or train_config.get("uncertain") or "ignore",
                        float(train_config.get("val_fraction", 0.2)), float(train_config.get("test_fraction", 0.1)),
                        int(train_config.get("seed", 0)), given=g.labels is not None)
+
+
+def _check_own_index(src: IndexSource) -> None:
+    """DataError saying what to give when the run's own index or its images are no longer where training read them."""
+    if src.given:
+        return
+    if not Path(src.labels).is_file():
+        raise DataError(f"{src.labels}: the run's index not found (the data has moved?): put it back there, or give "
+                        "--labels INDEX.csv --images DIR (an index given to export is all validation cases unless it "
+                        "has a split column: the run's own index given so would mix its training patients in)")
+    if not Path(src.images).is_dir():
+        raise DataError(f"{src.images}: images folder not found (for the run's index {src.labels}; the data has "
+                        "moved?): give --images DIR, where its images are now (the run's index is split again as in "
+                        "training), or --labels INDEX.csv --images DIR to calibrate on another index")
 
 
 def validation_split(src: IndexSource, findings: list[str], log):
@@ -280,6 +294,7 @@ def validation_split(src: IndexSource, findings: list[str], log):
     from medge.edge.inputs.index import read_index
     from medge.train.data import Split, discover_index
 
+    _check_own_index(src)
     # the run's own index is read exactly as training read it, so that the split is the run's; another index is
     # read for the model's findings, in its order
     index = read_index(src.labels, src.images, src.labels_format, src.uncertain, findings if src.given else None)

@@ -433,7 +433,8 @@ def _check_unique(source: str, entries: list[IndexEntry], key) -> None:
 def _resolve(source: str, entries: list[IndexEntry], images_dir: str, fmt: str):
     """(entries with their files, [(path, reason)] of those missing or not images)."""
     if not os.path.isdir(images_dir):
-        raise DataError(f"{images_dir}: images folder not found (for the index {source})")
+        raise DataError(f"{images_dir}: images folder not found (for the index {source}): the data has moved? give "
+                        "--labels INDEX.csv --images DIR, DIR the folder the index's paths are under")
     finder = _Finder(images_dir, fmt)
     kept, missing = [], []
     for e in entries:

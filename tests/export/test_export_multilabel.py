@@ -123,8 +123,8 @@ def test_medge_export_takes_a_validation_index(multilabel_export_bundle, tmp_pat
 
     bundle, ckpt = multilabel_export_bundle
     index, out = bundle.parent / "data" / "index.csv", str(tmp_path / "b")
-    assert main(["export", str(ckpt), "--out", out, "--images", str(index.parent)]) == 2
-    assert "--images, --labels-format and --uncertain go with --labels INDEX.csv" in capsys.readouterr().err
+    assert main(["export", str(ckpt), "--out", out, "--uncertain", "ones"]) == 2
+    assert "--labels-format and --uncertain go with --labels INDEX.csv" in capsys.readouterr().err
     assert main(["export", str(ckpt), "--out", out, "--labels", str(index), "--data", str(index.parent)]) == 2
     assert "--labels and --data: give one" in capsys.readouterr().err
     assert main(["export", str(ckpt), "--out", out, "--labels", str(index), "--labels-format", "generic",
@@ -133,3 +133,29 @@ def test_medge_export_takes_a_validation_index(multilabel_export_bundle, tmp_pat
     thresholds = json.loads(next(ln for ln in lines if ln.startswith('{"task"')))["thresholds"]
     assert list(thresholds) == FINDINGS and thresholds["Hernia"] is None and thresholds["Effusion"] is not None
     assert json.loads(lines[-1])["bundle"] == out
+
+
+def test_after_the_data_has_moved_export_says_what_to_give_and_images_alone_find_them(multilabel_export_bundle,
+                                                                                      tmp_path):
+    """The run's index and images moved: the errors name --images DIR (images) and --labels INDEX.csv --images DIR;
+    --images alone reads the run's own index from its images' new folder, split again as in training."""
+    import shutil
+
+    from medge.edge.errors import DataError
+    from medge.export.findings import IndexArgs, index_source, validation_split
+
+    bundle, _ = multilabel_export_bundle
+    data = tmp_path / "data"
+    shutil.copytree(bundle.parent / "data", data)
+    run = {"labels": str(data / "index.csv"), "images": str(tmp_path / "gone"), "labels_format": "generic"}
+    with pytest.raises(DataError, match=r"images folder not found \(for the run's index .*give --images DIR, where its "
+                                        r"images are now .* or --labels INDEX.csv --images DIR"):
+        validation_split(index_source(run, None), FINDINGS, quiet)
+    lines = []
+    moved = validation_split(index_source(run, IndexArgs(images=str(data))), FINDINGS, lines.append)
+    assert len(moved) == 48 and "split again as in training" in moved.source  # the run's val split, as before
+    with pytest.raises(DataError, match=r"the run's index not found .*give --labels INDEX.csv --images DIR"):
+        validation_split(index_source({**run, "labels": str(tmp_path / "old.csv")}, None), FINDINGS, quiet)
+    with pytest.raises(DataError, match=r"images folder not found .*give --labels INDEX.csv --images DIR"):
+        validation_split(index_source(run, IndexArgs(str(data / "index.csv"), str(tmp_path / "gone"))), FINDINGS,
+                         quiet)

@@ -272,7 +272,7 @@ def test_files_are_resolved_under_the_images_folder_as_given_then_by_base_name(t
     assert index.missing[0] == ("c.png", f"not found under {tmp_path / 'img'}")
     assert index.missing[1][0] == "notes.txt" and "not an image" in index.missing[1][1]
     assert read_index(path).entries[1].file == "other/b.png"  # no images folder: nothing resolved
-    with pytest.raises(DataError, match="images folder not found"):
+    with pytest.raises(DataError, match=r"images folder not found .*the data has moved\? give --labels INDEX.csv --images DIR"):
         read_index(path, tmp_path / "nowhere")
 
 
