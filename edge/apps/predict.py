@@ -171,7 +171,7 @@ def run(args: argparse.Namespace) -> int:
         model.require_heatmaps()  # exit 2 before any work for a bundle exported without them
         make_output_dir(heat_dir)
     progress = ProgressLine(n, "images")
-    failed, warned, bugs, no_heatmap, written = 0, 0, 0, 0, 0
+    failed, warned, bugs, no_heatmap, written, heat_files, heat_images = 0, 0, 0, 0, 0, 0, 0
     counts = FindingCounts(model.classes) if model.findings is not None else None
     try:
         with _record_stream(out) as stream:
@@ -181,6 +181,8 @@ def run(args: argparse.Namespace) -> int:
                 rec = pred.to_record(model.sha256, model.runtime)
                 if heat_dir is not None:
                     no_heatmap += not write_heatmap(pred, targets[i], rec, model.classes if counts else None)
+                    files = sum(1 for f in (rec.get("heatmaps") or {"": rec["heatmap"]}).values() if f)
+                    heat_files, heat_images = heat_files + files, heat_images + bool(files)
                 writer.write(rec)
                 written += 1
                 failed += not pred.ok
@@ -200,7 +202,8 @@ def run(args: argparse.Namespace) -> int:
     if out is not None:
         wrote(out, "records")
     if heat_dir is not None:
-        print(f"{n - failed - no_heatmap} heatmap(s) in {shown(str(heat_dir))}"
+        per_finding = f" for {heat_images} image(s)" if findings and heat_files != heat_images else ""
+        print(f"{heat_files} heatmap(s){per_finding} in {shown(str(heat_dir))}"
               + (f" ({no_heatmap} could not be written)" if no_heatmap else ""), file=sys.stderr)
     if bugs:
         print(f"{bugs} input(s) hit an internal error (a bug in medge: please report it with their records)",

@@ -103,6 +103,7 @@ def test_heatmap_per_finding_files_differ_and_are_never_overwritten(ml_heat, fol
     args = ["predict", "--model", str(ml_heat), str(folder), "--heatmaps", str(heat), "--heatmap-finding", "all",
             "--out", str(out), "--format", "csv"]
     assert main(args) == 1
+    assert "10 heatmap(s) for 5 image(s) in" in capsys.readouterr().err  # files counted, not images
     rows = list(csv.DictReader(out.open(newline="")))
     assert {"heatmap_Effusion", "heatmap_Nodule"} <= set(rows[0]) and "heatmap" not in rows[0]
     good = [r for r in rows if not r["error"]]
