@@ -8,10 +8,11 @@ reads indexes too), with one target per finding per image: 1.0 present,
 
 Formats (``FORMATS``; docs/datasets.md lists the exact columns):
 
-- ``nih`` (ChestX-ray14's ``Data_Entry_2017_v2020.csv``): ``Image Index``,
-  ``Finding Labels`` (``A|B`` or ``No Finding``), ``Patient ID``, ``Patient Age``,
-  ``Patient Gender`` (M/F), ``View Position``. Findings: the sorted names seen,
-  without "No Finding".
+- ``nih`` (ChestX-ray14's ``Data_Entry_2017_v2020.csv``): ``Image Index`` and
+  ``Finding Labels`` (``A|B`` or ``No Finding``) required; ``Patient ID`` (without
+  it a note on stderr: each image is its own patient, a split is by image),
+  ``Patient Age``, ``Patient Gender`` (M/F), ``View Position`` optional. Findings:
+  the sorted names seen, without "No Finding".
 - ``chexpert`` (``train.csv``): ``Path`` (the patient is its ``patientNNNNN``
   component), ``Sex``, ``Age``, ``Frontal/Lateral``, ``AP/PA`` and one column per
   observation holding 1.0, 0.0, -1.0 (uncertain) or blank. Findings: the
@@ -54,6 +55,7 @@ import io
 import math
 import os
 import re
+import sys
 from dataclasses import dataclass
 
 import numpy as np
@@ -342,10 +344,13 @@ class _NihReader(_NamesReader):
         self.path_col = _column(source, header, ["Image Index"], "image")
         col = _column(source, header, ["Finding Labels"], "findings")
         self.setup_names(col, _names_found(rows, col), findings)
-        self.meta = {"patient": _column(source, header, ["Patient ID"], "patient"),
-                     "sex": _column(source, header, ["Patient Gender"], "sex"),
-                     "age": _column(source, header, ["Patient Age"], "age"),
-                     "view": _column(source, header, ["View Position"], "view")}
+        self.meta = {"patient": _column(source, header, ["Patient ID"], "patient", required=False),
+                     "sex": _column(source, header, ["Patient Gender"], "sex", required=False),
+                     "age": _column(source, header, ["Patient Age"], "age", required=False),
+                     "view": _column(source, header, ["View Position"], "view", required=False)}
+        if self.meta["patient"] is None:
+            print(f"note: {source}: no 'Patient ID' column: each image is its own patient, so a split drawn from "
+                  "this index is by image (a patient's images may be in training and validation)", file=sys.stderr)
 
 
 class _ColumnsReader(_Reader):
