@@ -121,6 +121,9 @@ def run(args: argparse.Namespace) -> int:
                        calibration_images=args.calibration_images)
     if args.labels and args.data:
         raise UsageError("--labels and --data: give one (--data is a class folder, or a multi-label model's index)")
+    if args.images and args.data:
+        raise UsageError("--images and --data: give one (--images goes with --labels INDEX.csv, or alone for the "
+                         "run's own index when its images have moved)")
     if (args.labels_format or args.uncertain) and not args.labels:
         raise UsageError("--labels-format and --uncertain go with --labels INDEX.csv (the run's own index is read as "
                          "in training, so that its validation split is the run's)")

@@ -514,7 +514,7 @@ def multilabel_validation(ck, data: str | None, index: IndexArgs | None, variant
         multi-label one.
     """
     if not is_multilabel(ck.payload):
-        if index is not None and index.labels is not None:
+        if index is not None and (index.labels is not None or index.images is not None):
             raise UsageError("--labels/--images/--labels-format validate a multi-label checkpoint; this one is "
                              f"single-label ({', '.join(ck.classes)}): give its class folders with --data")
         return None, data, variants

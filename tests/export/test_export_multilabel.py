@@ -107,6 +107,8 @@ def test_variants_and_a_positive_class_are_refused_for_a_multi_label_model(multi
 def test_an_index_is_refused_for_a_single_label_checkpoint(resnet_ckpt, tmp_path):
     with pytest.raises(UsageError, match="validate a multi-label checkpoint; this one is single-label"):
         export_bundle(str(resnet_ckpt), str(tmp_path / "b"), log=quiet, index=IndexArgs(labels="index.csv"))
+    with pytest.raises(UsageError, match="validate a multi-label checkpoint; this one is single-label"):
+        export_bundle(str(resnet_ckpt), str(tmp_path / "b"), log=quiet, index=IndexArgs(images=str(tmp_path)))
 
 
 def test_a_multi_label_checkpoint_without_an_index_is_exported_undecided_at_half(tmp_path):
@@ -125,6 +127,8 @@ def test_medge_export_takes_a_validation_index(multilabel_export_bundle, tmp_pat
     index, out = bundle.parent / "data" / "index.csv", str(tmp_path / "b")
     assert main(["export", str(ckpt), "--out", out, "--uncertain", "ones"]) == 2
     assert "--labels-format and --uncertain go with --labels INDEX.csv" in capsys.readouterr().err
+    assert main(["export", str(ckpt), "--out", out, "--images", str(index.parent), "--data", str(index.parent)]) == 2
+    assert "--images and --data: give one" in capsys.readouterr().err
     assert main(["export", str(ckpt), "--out", out, "--labels", str(index), "--data", str(index.parent)]) == 2
     assert "--labels and --data: give one" in capsys.readouterr().err
     assert main(["export", str(ckpt), "--out", out, "--labels", str(index), "--labels-format", "generic",
