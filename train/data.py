@@ -134,7 +134,24 @@ def discover(root: str | os.PathLike, val_fraction: float = 0.2, seed: int = 0) 
     for name, by_class in per_split.items():
         items = [(p, classes.index(c)) for c in classes for p in by_class[c]]
         splits[name] = Split([p for p, _ in items], [y for _, y in items], failures=list(not_inputs.get(name, [])))
+    _add_dicom_patients(splits)
     return classes, splits
+
+
+def _add_dicom_patients(splits: dict[str, Split]) -> None:
+    """Each image's DICOM PatientID, where the files have one (the run records patients per split); a patient found
+    in two splits of folders the user made is said on stderr (the split drawn here never does that)."""
+    patients = _dicom_patients([p for s in splits.values() for p in s.paths])
+    if patients is None:
+        return
+    seen: dict[str, str] = {}
+    for name, split in splits.items():
+        split.patients = [patients.get(p) for p in split.paths]
+        for patient in filter(None, split.patients):
+            if seen.setdefault(patient, name) != name:
+                print(f"warning: patient {patient} has images in the {seen[patient]} and the {name} split: the "
+                      f"{name} figures may be inflated by that patient's other images", file=sys.stderr)
+                seen[patient] = name  # said once per pair of splits
 
 
 def discover_index(index: LabelIndex, val_fraction: float = 0.2, test_fraction: float = 0.1, seed: int = 0

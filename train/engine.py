@@ -523,7 +523,8 @@ def prepare_splits(run: RunState, rank: int, world: int) -> tuple[list[str], dic
             torch.distributed.barrier()
     for name, split in prepared.items():
         D.check_usable(split, classes, name)
-    if cfg.labels:  # what the run records of each split: the images it can use, and their patients
+    if cfg.labels or any(s.patients for s in prepared.values()):  # index data, or DICOMs with a PatientID:
+        # what the run records of each split, the images it can use and their patients
         run.split_summary = D.split_summary(prepared)
     return classes, prepared
 
@@ -589,8 +590,8 @@ def index_record(run: RunState) -> dict:
     """What an index run adds to config.json, summary.json and its checkpoints: the task, where the data came from
     (everything export needs to rebuild the validation split), patients and images per split, pos_weight."""
     cfg = run.cfg
-    if not cfg.labels:
-        return {}
+    if not cfg.labels:  # class folders: their patients per split where the files are DICOM with a PatientID
+        return {} if run.split_summary is None else {"splits": run.split_summary}
     source = {"index": cfg.labels, "images": cfg.images, "format": cfg.labels_format, "uncertain": cfg.uncertain,
               "seed": cfg.seed, "val_fraction": cfg.val_fraction, "test_fraction": cfg.test_fraction}
     return {"task": run.task, "data_source": source, "splits": run.split_summary, "pos_weight": run.pos_weight}

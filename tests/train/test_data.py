@@ -263,11 +263,32 @@ def test_dicom_class_folders_are_split_by_patient_id(tmp_path):
     assert not patient["train"] & patient["val"]
     assert len(splits["val"]) % 3 == 0 and sorted(set(splits["val"].labels)) == [0, 1]
     assert 12 <= len(splits["val"]) <= 24  # about a quarter of 72 images, whole patients
+    # each image's patient is kept, so that the run records patients per split
+    assert [splits["val"].patients[i] == dicom_patient(p) for i, p in enumerate(splits["val"].paths)] == [True] * len(
+        splits["val"])
+    summary = D.split_summary(splits)
+    assert summary["val"]["patients"] == len(patient["val"]) and summary["train"]["patients"] == len(patient["train"])
     plain = dicom_classes(tmp_path, patient_ids=False)  # no PatientID: today's per-image split
     _, by_image = D.discover(plain, val_fraction=0.25, seed=0)
     files = {c: sorted(str(p) for p in (plain / c).iterdir()) for c in classes}
     expected = D._stratified(files, 0.25, 0)[1]
     assert by_image["val"].paths == [p for c in classes for p in expected[c]]
+    assert by_image["val"].patients == [] and D.split_summary(by_image)["val"]["patients"] is None
+
+
+def test_user_made_folders_that_share_a_dicom_patient_are_said(tmp_path, capsys):
+    root = dicom_classes(tmp_path, patient_ids=True)
+    for cls in ("disease", "normal"):  # the user's own train/ and val/ folders: patient 0's third image in val
+        (root / "train" / cls).mkdir(parents=True)
+        (root / "val" / cls).mkdir(parents=True)
+        for f in sorted((root / cls).iterdir()):
+            f.rename(root / ("val" if f.name.startswith(("1_", "0_2")) else "train") / cls / f.name)
+        (root / cls).rmdir()
+    _, splits = D.discover(root)
+    err = capsys.readouterr().err
+    assert "patient disease-0 has images in the train and the val split" in err
+    assert "patient normal-1" not in err  # all of patient 1's images are in val
+    assert D.split_summary(splits)["val"]["patients"] == 4  # disease-0, disease-1, normal-0, normal-1
 
 
 def test_an_index_without_patients_groups_dicom_files_by_their_patient_id(tmp_path):

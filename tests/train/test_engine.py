@@ -231,3 +231,16 @@ def test_resume_accepts_moved_data_and_refuses_other_data(tiny_data, tmp_path, c
     assert _files(tmp_path / "run") == before
     assert main(["train", "--resume", str(tmp_path / "run"), "--epochs", "2", "--data", str(tmp_path / "moved")]) == 0
     assert load_checkpoint(tmp_path / "run" / "last.pt").train_config.data == str(tmp_path / "moved")
+
+
+def test_a_run_on_dicom_class_folders_records_patients_per_split(tmp_path, capsys):
+    """Class folders of DICOM files with a PatientID are split by patient, and the run says and records how many
+    patients and images each split holds (as an index run does)."""
+    from tests.train.test_data import dicom_classes
+
+    root = dicom_classes(tmp_path, patient_ids=True)
+    engine.train(tiny_cfg(root, tmp_path / "run", epochs=1, val_fraction=0.25), SMALL)
+    splits = json.loads((tmp_path / "run" / "summary.json").read_text())["splits"]
+    assert splits["train"]["patients"] + splits["val"]["patients"] == 22  # 10 per class, and 2 with images in both
+    assert splits["train"]["images"] + splits["val"]["images"] == 72
+    assert "split by patient: train" in capsys.readouterr().out
