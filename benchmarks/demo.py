@@ -72,8 +72,9 @@ class StageError(Exception):
     pass
 
 
-def _stage(k: int, name: str, fn, log):
-    log(f"\n[{k}/{STAGES}] {name}")
+def run_stage(k: int, name: str, fn, log, stages: int = STAGES):
+    """Stage ``k`` of ``stages``: its name, ``fn()``, and the time it took; any failure becomes one StageError line."""
+    log(f"\n[{k}/{stages}] {name}")
     t0 = time.perf_counter()
     try:
         result = fn()
@@ -81,7 +82,7 @@ def _stage(k: int, name: str, fn, log):
         raise
     except Exception as e:  # every stage failure becomes one clear line
         raise StageError(f"demo failed at stage {k} ({name}): {e}") from e
-    log(f"[{k}/{STAGES}] {name}: done in {time.perf_counter() - t0:.1f} s")
+    log(f"[{k}/{stages}] {name}: done in {time.perf_counter() - t0:.1f} s")
     return result
 
 
@@ -304,13 +305,13 @@ def run_demo(out: str, data: str | None = None, device: str = "auto", cfg: DemoC
     out_dir.mkdir(parents=True, exist_ok=True)
     log(f"medge demo -> {out_dir} (device {dev}, {cfg.arch} at {cfg.img_size}px, {cfg.epochs} epochs)")
     t0 = time.perf_counter()
-    data_dir = _stage(1, "data", lambda: data or make_data(out_dir, cfg, log), log)
-    trained = _stage(2, "train", lambda: train_model(data_dir, out_dir, device, cfg), log)
-    manifest = _stage(3, "export", lambda: export_model(out_dir, data_dir, log), log)
-    predicted = _stage(4, "predict (edge: numpy + OpenCV only)", lambda: predict_held_out(out_dir, data_dir, log), log)
-    validated = _stage(5, "validate (edge: numpy + OpenCV only)", lambda: validate_held_out(out_dir, data_dir, log), log)
-    bench = _stage(6, "bench", lambda: bench_model(out_dir, cfg, log), log)
-    parity = _stage(7, "parity", lambda: check_parity(out_dir, data_dir, log), log)
+    data_dir = run_stage(1, "data", lambda: data or make_data(out_dir, cfg, log), log)
+    trained = run_stage(2, "train", lambda: train_model(data_dir, out_dir, device, cfg), log)
+    manifest = run_stage(3, "export", lambda: export_model(out_dir, data_dir, log), log)
+    predicted = run_stage(4, "predict (edge: numpy + OpenCV only)", lambda: predict_held_out(out_dir, data_dir, log), log)
+    validated = run_stage(5, "validate (edge: numpy + OpenCV only)", lambda: validate_held_out(out_dir, data_dir, log), log)
+    bench = run_stage(6, "bench", lambda: bench_model(out_dir, cfg, log), log)
+    parity = run_stage(7, "parity", lambda: check_parity(out_dir, data_dir, log), log)
     summary = summarize(out_dir, time.perf_counter() - t0, dev, data_dir, data is None, cfg, trained, manifest,
                         predicted, validated, bench, parity)
     atomic_write_text(out_dir / "summary.json", json.dumps(summary, indent=2) + "\n")

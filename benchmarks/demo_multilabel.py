@@ -28,7 +28,7 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from medge.benchmarks.demo import TARGETS, StageError
+from medge.benchmarks.demo import TARGETS, run_stage
 from medge.edge.errors import UsageError
 from medge.edge.outputs import atomic_write_text, check_output_dir
 
@@ -53,19 +53,6 @@ QUICK = MultiDemoConfig(n_images=120, image_px=96, img_size=32, epochs=2, batch_
 STAGES = 6
 SPLIT = {"val_fraction": 0.2, "test_fraction": 0.2, "seed": 0}  # by patient; the test patients are the held-out set
 FORMAT = "nih"
-
-
-def _stage(k: int, name: str, fn, log):
-    log(f"\n[{k}/{STAGES}] {name}")
-    t0 = time.perf_counter()
-    try:
-        result = fn()
-    except KeyboardInterrupt:
-        raise
-    except Exception as e:  # every stage failure becomes one clear line
-        raise StageError(f"demo failed at stage {k} ({name}): {e}") from e
-    log(f"[{k}/{STAGES}] {name}: done in {time.perf_counter() - t0:.1f} s")
-    return result
 
 
 @dataclass(frozen=True)
@@ -340,12 +327,12 @@ def run_demo(out: str, device: str = "auto", cfg: MultiDemoConfig | None = None,
     log(f"medge demo --multilabel -> {out_dir} (device {dev}, {cfg.findings} findings, {cfg.arch} at {cfg.img_size}px, "
         f"{cfg.epochs} epochs)")
     t0 = time.perf_counter()
-    data = _stage(1, "data", lambda: make_data(out_dir, cfg, log), log)
-    trained = _stage(2, "train (split by patient)", lambda: train_model(data, out_dir, device, cfg, log), log)
-    manifest = _stage(3, "export", lambda: export_model(out_dir, data, log), log)
-    predicted = _stage(4, "predict (edge: numpy + OpenCV only)", lambda: predict_test(out_dir, data, log), log)
-    validated = _stage(5, "validate (edge: numpy + OpenCV only)", lambda: validate_test(out_dir, data, log), log)
-    reported = _stage(6, "report (DICOM SR)", lambda: report_sr(out_dir, data, cfg, log), log)
+    data = run_stage(1, "data", lambda: make_data(out_dir, cfg, log), log, STAGES)
+    trained = run_stage(2, "train (split by patient)", lambda: train_model(data, out_dir, device, cfg, log), log, STAGES)
+    manifest = run_stage(3, "export", lambda: export_model(out_dir, data, log), log, STAGES)
+    predicted = run_stage(4, "predict (edge: numpy + OpenCV only)", lambda: predict_test(out_dir, data, log), log, STAGES)
+    validated = run_stage(5, "validate (edge: numpy + OpenCV only)", lambda: validate_test(out_dir, data, log), log, STAGES)
+    reported = run_stage(6, "report (DICOM SR)", lambda: report_sr(out_dir, data, cfg, log), log, STAGES)
     summary = summarize(out_dir, time.perf_counter() - t0, dev, cfg, trained, manifest, predicted, validated, reported)
     atomic_write_text(out_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
     atomic_write_text(out_dir / "summary.md", report_markdown(summary))

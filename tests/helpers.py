@@ -10,6 +10,8 @@ Usage (CI exports the bundles that the torch-less edge environments test with):
 from __future__ import annotations
 
 import importlib.metadata
+import importlib.util
+import os
 import subprocess
 import sys
 import sysconfig
@@ -34,6 +36,16 @@ BLOCK_TORCH = (
 def medge_without_torch(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
     """``medge ARGS...`` in a fresh interpreter that cannot import torch (BLOCK_TORCH)."""
     return subprocess.run([sys.executable, "-c", BLOCK_TORCH, *args], capture_output=True, text=True, timeout=timeout)
+
+
+def xrv_data(name: str) -> str | None:
+    """A CSV shipped in torchxrayvision's data/ folder (real NIH, CheXpert... indexes), found without importing
+    torchxrayvision (which imports torch); None where it is not installed (the base-install environments)."""
+    spec = importlib.util.find_spec("torchxrayvision")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = os.path.join(spec.submodule_search_locations[0], "data", name)
+    return path if os.path.isfile(path) else None
 
 
 def installed_distribution() -> importlib.metadata.Distribution:

@@ -275,13 +275,19 @@ def markdown(report: dict, paths: dict[str, Path]) -> str:
                 cells = " | ".join(val.ci_text(g[k]) for k in ("auc", "sensitivity", "specificity"))
                 out.append(f"| {value} | {g['cases']} | {cells} |")
         out.append("")
-    if report["problems"]:
-        out += ["## Inputs that are not cases", ""] + [f"- {p['kind']}: {p['path']}: {p['reason']}"
-                                                        for p in report["problems"][:50]]
-        if len(report["problems"]) > 50:
-            out.append(f"- ... {len(report['problems']) - 50} more in {paths['cases'].name}")
-        out.append("")
+    out += problem_lines(report, paths)
     return "\n".join(out)
+
+
+def problem_lines(report: dict, paths: dict[str, Path]) -> list[str]:
+    """The summary's list of inputs that are not cases (the first 50; the rest are in the cases file)."""
+    if not report["problems"]:
+        return []
+    out = ["## Inputs that are not cases", ""] + [f"- {p['kind']}: {p['path']}: {p['reason']}"
+                                                   for p in report["problems"][:50]]
+    if len(report["problems"]) > 50:
+        out.append(f"- ... {len(report['problems']) - 50} more in {paths['cases'].name}")
+    return out + [""]
 
 
 # A multi-label bundle (edge.findings): cases from a label index, figures per finding (edge.golive.multilabel).
@@ -487,10 +493,5 @@ def findings_markdown(report: dict, paths: dict[str, Path]) -> str:
             f"- {'met' if v['passed'] else '**NOT met**'}: {v['requirement']} ({v['judged_on']} {_num(v['judged_value'])}"
             + ("" if v["passed"] else f": {v['reason']}") + ")" for v in report["requirements"]] + [""]
     out += [f"![ROC per finding]({paths['roc'].name})", ""] + _subgroup_rows(report)
-    if report["problems"]:
-        out += ["## Inputs that are not cases", ""] + [f"- {p['kind']}: {p['path']}: {p['reason']}"
-                                                        for p in report["problems"][:50]]
-        if len(report["problems"]) > 50:
-            out.append(f"- ... {len(report['problems']) - 50} more in {paths['cases'].name}")
-        out.append("")
+    out += problem_lines(report, paths)
     return "\n".join(out)

@@ -1,6 +1,4 @@
 """Splits by patient: no patient in two splits (NIH, CheXpert, generic, simulated), stratification against oracles."""
-import importlib.util
-import os
 from collections import defaultdict
 
 import numpy as np
@@ -9,16 +7,11 @@ import pytest
 from medge.edge.errors import DataError
 from medge.edge.inputs.index import read_index
 from medge.train.splits import fractions_of, group_ids, split_by_patient
+from tests.helpers import xrv_data
 
 FRACTIONS = {"train": 0.7, "val": 0.2, "test": 0.1}
 
 
-def xrv_data(name: str) -> str | None:
-    spec = importlib.util.find_spec("torchxrayvision")
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    path = os.path.join(spec.submodule_search_locations[0], "data", name)
-    return path if os.path.isfile(path) else None
 
 
 def splits_per_patient(patients, assigned) -> dict:

@@ -1,7 +1,6 @@
 """Label indexes: the real NIH and CheXpert CSVs (from the torchxrayvision wheel, or excerpts of their exact columns),
 generic indexes of both styles, file resolution and the errors."""
 import gzip
-import importlib.util
 import os
 
 import numpy as np
@@ -10,16 +9,7 @@ import pytest
 from medge.edge.errors import DataError
 from medge.edge.inputs.image import write_image
 from medge.edge.inputs.index import dicom_patient, read_index
-
-
-def xrv_data(name: str) -> str | None:
-    """A CSV shipped in torchxrayvision's data/ folder (found without importing torchxrayvision), or None."""
-    spec = importlib.util.find_spec("torchxrayvision")
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    path = os.path.join(spec.submodule_search_locations[0], "data", name)
-    return path if os.path.isfile(path) else None
-
+from tests.helpers import xrv_data
 
 NIH_HEADER = ("Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,Patient Gender,View Position,"
               "OriginalImage[Width,Height],OriginalImagePixelSpacing[x,y]\n")
