@@ -18,8 +18,10 @@ decides each finding at 0.5 on the uncalibrated sigmoid, and says so.
 The rule everywhere (predict, watch, serve, node, validate): finding k is present when its calibrated
 probability >= its threshold, absent when below, undecided (null) without a threshold. A record's
 ``positive_findings`` lists the present ones in the bundle's order, ``any_positive`` is the exam-level
-flag, and its ``label`` is the positive findings joined by ``|`` (NIH ChestX-ray14's own notation), or
-``No Finding``. Parity gates stay on logits.
+flag (whether any decided finding is present), and its ``label`` is the positive findings joined by ``|``
+(NIH ChestX-ray14's own notation), or ``No Finding`` when every finding was decided absent, or
+``No Finding (not decided: A)`` when some had no threshold: the model then states nothing of them.
+Parity gates stay on logits.
 """
 from __future__ import annotations
 
@@ -43,9 +45,12 @@ def is_multilabel(manifest: dict) -> bool:
     return manifest.get("task") == MULTILABEL
 
 
-def label_of(positive: list[str]) -> str:
-    """A record's label: the positive findings joined by ``|``, or ``No Finding``."""
-    return SEPARATOR.join(positive) if positive else NO_FINDING
+def label_of(positive: list[str], undecided=()) -> str:
+    """A record's label: the positive findings joined by ``|``; without one, ``No Finding``, or, where findings were
+    not decided (no threshold), ``No Finding (not decided: A, B)``: the model states nothing of those."""
+    if positive:
+        return SEPARATOR.join(positive)
+    return f"{NO_FINDING} (not decided: {', '.join(undecided)})" if undecided else NO_FINDING
 
 
 @dataclass(frozen=True)

@@ -213,7 +213,7 @@ def _findings(model: Model, batch: list, logits: np.ndarray, explanations: list,
         pred.logits = [float(v) for v in z]
         pred.probabilities = {c: float(v) for c, v in zip(model.classes, p, strict=True)}
         pred.decisions, pred.thresholds = d, rules.thresholds
-        pred.label = label_of(pred.positive_findings)
+        pred.label = label_of(pred.positive_findings, [k for k, v in d.items() if v is None])
         pred.calibrated = rules.calibrated
         pred.timings_ms["inference"] = per_image_ms
         _attach(pred, e)

@@ -58,7 +58,9 @@ def test_each_finding_has_its_threshold_record_and_figures(demo):
         assert set(r["probabilities"]) == set(manifest["classes"]) == set(r["decisions"])
         assert r["positive_findings"] == [k for k in manifest["classes"] if r["decisions"][k]]
         assert r["any_positive"] == bool(r["positive_findings"])
-        assert r["label"] == ("|".join(r["positive_findings"]) or "No Finding")
+        undecided = [k for k in manifest["classes"] if r["decisions"][k] is None]
+        assert r["label"] == ("|".join(r["positive_findings"]) or "No Finding" + (
+            f" (not decided: {', '.join(undecided)})" if undecided else ""))
     validation = json.loads((out / "validation.json").read_text())
     assert [f["name"] for f in validation["findings"]] == manifest["classes"]
     assert "macro_auc" in validation["summary"] and "micro_auc" in validation["summary"]

@@ -28,6 +28,7 @@ def test_rules_give_per_finding_probabilities_and_decisions():
     d = rules.decisions(p)
     assert d == [{"A": True, "B": None, "C": True}, {"A": False, "B": None, "C": False}]
     assert label_of([k for k, v in d[0].items() if v]) == "A|C" and label_of([]) == "No Finding"
+    assert label_of([], ["B"]) == "No Finding (not decided: B)" and label_of(["A"], ["B"]) == "A"
     assert rules.label_indices(logits) == [1, 0]
 
 
@@ -45,7 +46,7 @@ def test_a_multilabel_bundle_records_each_finding(multilabel_bundle):
         assert rec["task"] == "multilabel" and rec["thresholds"] == {"Effusion": 0.4, "Nodule": None}
         assert rec["positive_findings"] == (["Effusion"] if expected[0] >= 0.4 else [])
         assert rec["any_positive"] is bool(rec["positive_findings"]) and rec["calibrated"] is True
-        assert rec["label"] == ("Effusion" if expected[0] >= 0.4 else "No Finding")
+        assert rec["label"] == ("Effusion" if expected[0] >= 0.4 else "No Finding (not decided: Nodule)")
         assert json.loads(json.dumps(rec)) == rec
 
 

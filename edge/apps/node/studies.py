@@ -121,8 +121,11 @@ class Studies:
         classified = [r for r in rows if r.get("status") == "classified"]
         found = {f for r in classified for f in r.get("positive_findings") or ()}
         positive = [c for c in self.classes if c in found]
-        return {"label": label_of(positive) if classified else None, "positive_findings": positive,
-                "any_positive": bool(positive) if classified else None}
+        undecided = [c for c in self.classes if any((r.get("thresholds") or {}).get(c, 0) is None for r in classified)]
+        # the single-label study's disease fields say nothing of findings with their own thresholds
+        return {"label": label_of(positive, undecided) if classified else None, "positive_findings": positive,
+                "any_positive": bool(positive) if classified else None, "disease_probability": None,
+                "disease_classes": None, "deciding_instance": None}
 
 
 def _instances_in(path: Path) -> int:

@@ -205,8 +205,9 @@ def test_a_multilabel_study_lists_the_positive_findings_of_its_instances(tmp_pat
     assert studies.flush(now=1e12) == 1
     path = tmp_path / "studies" / f"{uid_hash('S')}.json"
     first = json.loads(path.read_text())
-    assert (first["label"], first["positive_findings"], first["any_positive"]) == ("No Finding", [], False)
-    assert (first["disease_probability"], first["deciding_instance"]) == (0.9, "1")
+    assert (first["label"], first["positive_findings"], first["any_positive"]) == (
+        "No Finding (not decided: Nodule)", [], False)
+    assert (first["disease_probability"], first["disease_classes"], first["deciding_instance"]) == (None, None, None)
     assert [i["positive_findings"] for i in first["instances"]] == [[], None]
     studies.add(_findings_record("3", 0.6, 0.1))
     studies.flush(now=1e12)
@@ -227,7 +228,7 @@ def test_a_multilabel_study_log_line_counts_its_positive_findings_not_a_probabil
     studies.flush(now=1e12)
     studies.add(_findings_record("2", 0.6, 0.1))
     studies.flush(now=1e12)
-    assert lines[0].endswith("label No Finding (0 positive finding(s))"), lines
+    assert lines[0].endswith("label No Finding (not decided: Nodule) (0 positive finding(s))"), lines
     assert lines[1].endswith("label Effusion (1 positive finding(s))"), lines
     single = []
     plain = Studies(tmp_path / "s", ["disease", "normal"], timeout_s=5, log=single.append)
