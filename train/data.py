@@ -169,27 +169,54 @@ def discover_index(index: LabelIndex, val_fraction: float = 0.2, test_fraction: 
     """
     if not len(index):
         raise DataError(f"{index.source}: no usable image ({len(index.missing)} named but missing or not images)")
-    fractions = fractions_of(val_fraction, test_fraction)
     rows = index.rows or index.entries  # every row, so that a file missing today moves no patient to another split
     fixed = [e.split for e in rows]
     _check_patients_in_one_split(rows, index.source)
-    names = list(fractions) + [s for s in ("val", "test") if s in fixed and s not in fractions]
-    shares = {s: fractions.get(s, 0.0) for s in names}
+    shares, optional = _split_shares(index.source, fixed, fractions_of(val_fraction, test_fraction))
     targets = _split_targets(index, rows)
     patients = _index_patients(index, rows)
-    drawn = split_by_patient(targets, patients, shares, seed, fixed)
+    try:
+        drawn = split_by_patient(targets, patients, shares, seed, fixed, optional, _EMPTY_HINT)
+    except DataError as e:
+        raise DataError(f"{index.source}: {e}") from None
     patient = dict(zip((e.line for e in rows), patients, strict=True))
     if index.rows:  # the usable entries' splits, found by their CSV line
         by_line = dict(zip((e.line for e in rows), drawn, strict=True))
         drawn = [by_line[e.line] for e in index.entries]
     splits = {}
-    for name in names:
+    for name in shares:
         mine = [e for e, s in zip(index.entries, drawn, strict=True) if s == name]
+        if not mine and name in optional:  # a test split the index never names, left empty by the draw: left out
+            continue
+        if not mine and name not in fixed:
+            raise DataError(f"{index.source}: the {name} split has no usable image (of {sum(d == name for d in drawn)}"
+                            f" image(s) drawn into it): {_EMPTY_HINT}")
         splits[name] = Split([e.file for e in mine], [tuple(e.targets) for e in mine],
                              patients=[patient[e.line] for e in mine] if index.rows else [e.patient for e in mine],
                              findings=tuple(index.findings))
     splits["train"].failures = [(p, f"{p}: {why}") for p, why in index.missing]
     return list(index.findings), splits
+
+
+_EMPTY_HINT = ("give --test-fraction 0 (no test split), another --val-fraction or --test-fraction, or name the splits "
+               "in the index's split column")
+
+
+def _split_shares(source: str, fixed: list, fractions: dict[str, float]) -> tuple[dict[str, float], tuple]:
+    """({split: share} to draw, the splits that may end empty and are then left out). An index whose split column
+    fixes every row gives exactly its own splits (train and val required); otherwise the fractions' splits plus
+    those the index names, a test split it never names being optional."""
+    named = [s for s in ("train", "val", "test") if s in fixed]
+    if all(fixed):
+        absent = [s for s in ("train", "val") if s not in named]
+        if absent:
+            raise DataError(f"{source}: every row's split is given by its split column and none is "
+                            f"{' or '.join(repr(s) for s in absent)}: name some rows {absent[0]}, or leave their "
+                            "split blank to have them drawn")
+        total = sum(fractions.get(s, 0.0) for s in named)  # the shares matter not: nothing is left to draw
+        return {s: fractions.get(s, 0.0) / total for s in named}, ()
+    names = list(fractions) + [s for s in ("val", "test") if s in named and s not in fractions]
+    return {s: fractions.get(s, 0.0) for s in names}, tuple(s for s in names if s == "test" and s not in named)
 
 
 def _split_targets(index: LabelIndex, rows) -> np.ndarray:

@@ -55,7 +55,8 @@ def group_ids(groups, n: int) -> np.ndarray:
     return np.array([index.setdefault(k, len(index)) for k in keys], dtype=np.int64)
 
 
-def split_by_patient(targets, groups=None, fractions=None, seed: int = 0, fixed=None) -> np.ndarray:
+def split_by_patient(targets, groups=None, fractions=None, seed: int = 0, fixed=None, optional=(), hint: str = ""
+                     ) -> np.ndarray:
     """The split of each image, whole patients at a time (see the module docstring for the rule).
 
     Args:
@@ -64,6 +65,9 @@ def split_by_patient(targets, groups=None, fractions=None, seed: int = 0, fixed=
         fractions: {split name: share}, shares summing to 1 (default: train 0.8, val 0.2).
         seed: the tie-breaking order.
         fixed: (N,) split names already given (None where not).
+        optional: the splits that may end without any patient (the caller leaves them out); any other split with
+            a share that ends empty is an error.
+        hint: said after that error (what the user can change).
 
     Returns:
         (N,) array of split names.
@@ -93,7 +97,7 @@ def split_by_patient(targets, groups=None, fractions=None, seed: int = 0, fixed=
         want_pos[s] -= pos[g]
         want_img[s] -= size[g]
     if len(order):  # an index that gives every image its split is used as it is
-        _check_no_empty(assigned, names, share, n_groups)
+        _check_no_empty(assigned, [s if s not in optional else "" for s in names], share, n_groups, hint)
     return np.array(names, dtype=object)[assigned[gid]].astype(str) if n else np.array([], dtype=str)
 
 
@@ -146,8 +150,11 @@ def _choose(k: int, want_pos: np.ndarray, want_img: np.ndarray, share: np.ndarra
     return int(best[np.argmax(img[best])])
 
 
-def _check_no_empty(assigned: np.ndarray, names: list[str], share: np.ndarray, n_groups: int) -> None:
+def _check_no_empty(assigned: np.ndarray, names: list[str], share: np.ndarray, n_groups: int, hint: str = ""
+                    ) -> None:
+    """DataError when a named split (an optional one's name is "") with a share ends without a patient."""
     used = np.bincount(assigned[assigned >= 0], minlength=len(names)) if n_groups else np.zeros(len(names), int)
-    empty = [s for s, u, f in zip(names, used, share, strict=True) if f > 0 and u == 0]
+    empty = [s for s, u, f in zip(names, used, share, strict=True) if s and f > 0 and u == 0]
     if empty:
-        raise DataError(f"{n_groups} patient(s): too few to give the {', '.join(empty)} split(s) any patient")
+        raise DataError(f"{n_groups} patient(s): too few to give the {', '.join(empty)} split(s) any patient"
+                        + (f": {hint}" if hint else ""))

@@ -303,3 +303,35 @@ def test_an_index_without_patients_groups_dicom_files_by_their_patient_id(tmp_pa
     assert not ids["train"] & ids["val"]
     assert splits["val"].patients == [dicom_patient(p) for p in splits["val"].paths]
     assert D.split_summary(splits)["val"]["patients"] == len(ids["val"])
+
+
+def fixed_index(tmp_path, splits_of):
+    """A generic index of 40 one-image patients whose split column holds ``splits_of(p)`` (blank: to be drawn)."""
+    rows = ["path,patient,Effusion,split"]
+    for p in range(40):
+        png(tmp_path / "img" / f"p{p}.png", 50 + p)
+        rows.append(f"p{p}.png,P{p},{int(p % 3 == 0)},{splits_of(p)}")
+    (tmp_path / "index.csv").write_text("\n".join(rows) + "\n")
+    return tmp_path / "index.csv", tmp_path / "img"
+
+
+def test_an_index_that_fixes_every_row_gives_exactly_its_own_splits(tmp_path):
+    from medge.edge.inputs.index import read_index
+
+    csv, images = fixed_index(tmp_path, lambda p: "val" if p % 4 == 0 else "train")
+    _, splits = D.discover_index(read_index(csv, images), val_fraction=0.2, test_fraction=0.1, seed=0)
+    assert {n: len(s) for n, s in splits.items()} == {"train": 30, "val": 10}  # no empty test split
+    with pytest.raises(DataError, match=r"index.csv: every row's split is given by its split column and none is "
+                                        r"'val'"):
+        D.discover_index(read_index(fixed_index(tmp_path, lambda p: "train")[0], images))
+
+
+def test_a_test_split_the_index_never_names_is_left_out_when_empty_and_an_empty_split_names_the_options(tmp_path):
+    from medge.edge.inputs.index import read_index
+
+    csv, images = fixed_index(tmp_path, lambda p: "" if p < 2 else "train")  # 2 free patients: both to val
+    _, splits = D.discover_index(read_index(csv, images), val_fraction=0.2, test_fraction=0.1, seed=0)
+    assert set(splits) == {"train", "val"} and sum(map(len, splits.values())) == 40
+    csv, images = fixed_index(tmp_path, lambda p: "" if p < 1 else "train")  # 1 free patient: to test, val empty
+    with pytest.raises(DataError, match=r"index.csv: .*the val split.*--test-fraction 0.*--val-fraction"):
+        D.discover_index(read_index(csv, images), val_fraction=0.1, test_fraction=0.3, seed=0)
