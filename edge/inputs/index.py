@@ -37,7 +37,8 @@ with the reason, never an error. Without ``images_dir`` nothing is resolved:
 ``IndexEntry.file`` is the path as given and ``missing`` is empty.
 
 Errors (``DataError``, naming the CSV and its line): a required column missing
-(the columns found are listed), the same file twice (both lines), a label value
+(the columns found are listed), the same file twice (both lines), a finding column
+or a finding asked for twice (case-folded: ``A`` and ``a`` are one name), a label value
 other than 1/0/-1/blank, an unknown split, an age that is not a number, a CSV
 that is not UTF-8 (the line of the first bad byte: save it as UTF-8), a CSV over
 ``MAX_INDEX_BYTES``. A ``.csv.gz`` is read as is.
@@ -310,6 +311,7 @@ class _NamesReader(_Reader):
     """One column of ``A|B`` finding names (NIH's Finding Labels, generic's findings/labels)."""
 
     def setup_names(self, names_col: int, rows_findings, findings) -> None:
+        _check_no_repeat(self.source, findings or (), "the finding {!r} asked for twice")
         self.names_col = names_col
         self.named = tuple(rows_findings)
         self.findings = tuple(findings) if findings is not None else rows_findings
@@ -358,6 +360,9 @@ class _ColumnsReader(_Reader):
 
     def setup_columns(self, candidates: list[int], findings) -> None:
         names = [self.header[c] for c in candidates]
+        _check_no_repeat(self.source, names, "the finding column {!r} twice (columns {} and {})",
+                         [c + 1 for c in candidates])
+        _check_no_repeat(self.source, findings or (), "the finding {!r} asked for twice")
         self.named = tuple(names)
         if findings is None:
             self.cols = candidates
@@ -421,6 +426,17 @@ class _GenericReader(_NamesReader, _ColumnsReader):
 
 
 _READERS = {"nih": _NihReader, "chexpert": _ChexpertReader, "generic": _GenericReader}
+
+
+def _check_no_repeat(source: str, names, message: str, places=None) -> None:
+    """DataError when a finding name comes twice (case-folded, as names are matched): a record holds one value per
+    name, so the second would overwrite the first in silence. ``message`` takes the name and the two places."""
+    seen: dict[str, int] = {}
+    for i, name in enumerate(names):
+        first = seen.setdefault(name.casefold(), i)
+        if first != i:
+            at = (places[first], places[i]) if places else (first + 1, i + 1)
+            raise DataError(f"{source}: " + message.format(name, *at) + ": a finding is named once")
 
 
 def _check_unique(source: str, entries: list[IndexEntry], key) -> None:

@@ -300,3 +300,17 @@ def test_nih_needs_only_image_index_and_finding_labels_and_notes_a_missing_patie
     assert index.entries[0].patient is None
     assert "no 'Patient ID' column: each image is its own patient, so a split drawn from this index is by image" in \
         capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("text", "findings", "match"), [
+    ("path,A,B,A\na.png,1,0,1\n", None, r"index.csv: the finding column 'A' twice \(columns 2 and 4\)"),
+    ("path,Effusion,effusion\na.png,1,0\n", None, r"the finding column 'effusion' twice \(columns 2 and 3\)"),
+    ("path,A,B\na.png,1,0\n", ["A", "B", "a"], r"index.csv: the finding 'a' asked for twice"),
+    ("path,findings\na.png,A|B\n", ["B", "A", "B"], r"index.csv: the finding 'B' asked for twice"),
+    ("Path,Sex,Age,Frontal/Lateral,AP/PA,A,A\na.png,M,5,Frontal,PA,1,0\n", None, r"finding column 'A' twice"),
+])
+def test_a_finding_named_twice_is_an_error_naming_it(tmp_path, text, findings, match):
+    """Records hold one entry per finding name: a repeated one would collapse in silence."""
+    fmt = "chexpert" if text.startswith("Path,") else "generic"
+    with pytest.raises(DataError, match=match):
+        read_index(write(tmp_path, text), fmt=fmt, findings=findings)
