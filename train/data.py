@@ -175,6 +175,7 @@ def discover_index(index: LabelIndex, val_fraction: float = 0.2, test_fraction: 
     shares, optional = _split_shares(index.source, fixed, fractions_of(val_fraction, test_fraction))
     targets = _split_targets(index, rows)
     patients = _index_patients(index, rows)
+    _note_without_patient(index.source, patients)
     try:
         drawn = split_by_patient(targets, patients, shares, seed, fixed, optional, _EMPTY_HINT)
     except DataError as e:
@@ -238,6 +239,19 @@ def _index_patients(index: LabelIndex, rows) -> list[str | None]:
     unknown = [files[e.line] for e in rows if e.patient is None and e.line in files]
     from_dicom = (_dicom_patients(unknown) or {}) if unknown else {}
     return [e.patient if e.patient is not None else from_dicom.get(files.get(e.line)) for e in rows]
+
+
+def _note_without_patient(source: str, patients: list[str | None]) -> None:
+    """Say on stderr, once, that images without a patient (no patient column or value, no ``patientNNNNN`` in a
+    CheXpert path, no DICOM PatientID) are split by image: each is a patient of its own."""
+    lacking = sum(p is None for p in patients)
+    if lacking and lacking == len(patients):
+        print(f"note: {source}: no image has a patient (no patient column, no patientNNNNN in the paths, no DICOM "
+              "PatientID): each image is its own patient, so the split is by image; if patients have several "
+              "images, validation figures may be inflated (add a patient column to the index)", file=sys.stderr)
+    elif lacking:
+        print(f"note: {source}: {lacking} of {len(patients)} image(s) have no patient: each of those is its own "
+              "patient, split by image", file=sys.stderr)
 
 
 def _check_patients_in_one_split(rows, source: str) -> None:

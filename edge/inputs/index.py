@@ -10,7 +10,7 @@ Formats (``FORMATS``; docs/datasets.md lists the exact columns):
 
 - ``nih`` (ChestX-ray14's ``Data_Entry_2017_v2020.csv``): ``Image Index`` and
   ``Finding Labels`` (``A|B`` or ``No Finding``) required; ``Patient ID`` (without
-  it a note on stderr: each image is its own patient, a split is by image),
+  it each image is its own patient: ``train.data.discover_index`` says the split is by image),
   ``Patient Age``, ``Patient Gender`` (M/F), ``View Position`` optional. Findings:
   the sorted names seen, without "No Finding".
 - ``chexpert`` (``train.csv``): ``Path`` (the patient is its ``patientNNNNN``
@@ -56,7 +56,6 @@ import io
 import math
 import os
 import re
-import sys
 from dataclasses import dataclass
 
 import numpy as np
@@ -350,9 +349,6 @@ class _NihReader(_NamesReader):
                      "sex": _column(source, header, ["Patient Gender"], "sex", required=False),
                      "age": _column(source, header, ["Patient Age"], "age", required=False),
                      "view": _column(source, header, ["View Position"], "view", required=False)}
-        if self.meta["patient"] is None:
-            print(f"note: {source}: no 'Patient ID' column: each image is its own patient, so a split drawn from "
-                  "this index is by image (a patient's images may be in training and validation)", file=sys.stderr)
 
 
 class _ColumnsReader(_Reader):

@@ -335,3 +335,27 @@ def test_a_test_split_the_index_never_names_is_left_out_when_empty_and_an_empty_
     csv, images = fixed_index(tmp_path, lambda p: "" if p < 1 else "train")  # 1 free patient: to test, val empty
     with pytest.raises(DataError, match=r"index.csv: .*the val split.*--test-fraction 0.*--val-fraction"):
         D.discover_index(read_index(csv, images), val_fraction=0.1, test_fraction=0.3, seed=0)
+
+
+def test_a_split_by_image_is_said_for_every_format_and_images_without_a_patient_are_counted(tmp_path, capsys):
+    from medge.edge.inputs.index import read_index
+
+    rows = ["path,Effusion"] + [f"p{p}.png,{p % 2}" for p in range(20)]  # generic, no patient column
+    (tmp_path / "g.csv").write_text("\n".join(rows) + "\n")
+    D.discover_index(read_index(tmp_path / "g.csv"), 0.2, 0.0)
+    err = capsys.readouterr().err
+    assert "g.csv: no image has a patient" in err and "each image is its own patient, so the split is by image" in err
+    assert "validation figures may be inflated" in err and err.count("no image has a patient") == 1
+    chexpert = ["Path,Sex,Age,Frontal/Lateral,AP/PA,Effusion"] + [f"train/study{p}/view1.jpg,M,50,Frontal,PA,{p % 2}"
+                                                                    for p in range(20)]
+    (tmp_path / "c.csv").write_text("\n".join(chexpert) + "\n")
+    D.discover_index(read_index(tmp_path / "c.csv", fmt="chexpert"), 0.2, 0.0)
+    assert "c.csv: no image has a patient" in capsys.readouterr().err
+    rows = ["path,patient,Effusion"] + [f"p{p}.png,{'' if p < 3 else f'P{p}'},{p % 2}" for p in range(20)]
+    (tmp_path / "s.csv").write_text("\n".join(rows) + "\n")
+    D.discover_index(read_index(tmp_path / "s.csv"), 0.2, 0.0)
+    err = capsys.readouterr().err
+    assert "s.csv: 3 of 20 image(s) have no patient: each of those is its own patient" in err
+    assert "no image has a patient" not in err
+    D.discover_index(read_index(indexed_set(tmp_path)[0]), 0.2, 0.0)  # every image has a patient: nothing said
+    assert "patient" not in capsys.readouterr().err
