@@ -42,7 +42,7 @@ import numpy as np
 from medge.edge.errors import DataError, MedgeError
 from medge.edge.inputs.formats import SNIFF_BYTES, sniff_format
 from medge.edge.inputs.image import load_image
-from medge.edge.inputs.index import LabelIndex, dicom_patient, read_index
+from medge.edge.inputs.index import LabelIndex, dicom_patient
 from medge.edge.inputs.profile import build_profile, image_stats
 from medge.edge.inputs.scanning import classify_file
 from medge.edge.preprocess import PreprocessConfig, normalize, preprocess_stages
@@ -223,14 +223,13 @@ def _split_shares(source: str, fixed: list, fractions: dict[str, float]) -> tupl
 def _split_targets(index: LabelIndex, rows) -> np.ndarray:
     """(rows, K) targets the split is drawn from: an uncertain label masked (as ``uncertain="ignore"`` reads it)
     whatever the run's policy, so that runs of one index under ignore, zeros and ones hold the same patients in each
-    split and their validation figures compare."""
-    if index.uncertain != "ignore" and os.path.isfile(index.source):
-        again = read_index(index.source, fmt=index.format, uncertain="ignore", findings=list(index.findings))
-        by_line = {e.line: e.targets for e in (again.rows or again.entries)}
-        if all(e.line in by_line for e in rows):
-            masked = [by_line[e.line] for e in rows]
-            return np.array(masked, dtype=np.float64).reshape(len(rows), len(index.findings))
-    return np.array([e.targets for e in rows], dtype=np.float64).reshape(len(rows), len(index.findings))
+    split and their validation figures compare. Each entry keeps which of its labels were -1 (``IndexEntry.uncertain``):
+    the index is not read again."""
+    y = np.array([e.targets for e in rows], dtype=np.float64).reshape(len(rows), len(index.findings))
+    for i, e in enumerate(rows):
+        if e.uncertain:
+            y[i, list(e.uncertain)] = np.nan
+    return y
 
 
 def _index_patients(index: LabelIndex, rows) -> list[str | None]:

@@ -41,7 +41,8 @@ Errors (``DataError``, naming the CSV and its line): a required column missing
 or a finding asked for twice (case-folded: ``A`` and ``a`` are one name), a label value
 other than 1/0/-1/blank, an unknown split, an age that is not a number, a CSV
 that is not UTF-8 (the line of the first bad byte: save it as UTF-8), a CSV over
-``MAX_INDEX_BYTES``. A ``.csv.gz`` is read as is.
+``MAX_INDEX_BYTES`` (256 MiB: about 2.3 million rows of CheXpert's width; the error names the file,
+its size and the limit). A ``.csv.gz`` is read as is (the limit is on its decompressed text).
 
 Usage:
     from medge.edge.inputs.index import read_index
@@ -56,7 +57,7 @@ import io
 import math
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -67,7 +68,8 @@ FORMATS = ("nih", "chexpert", "generic")
 UNCERTAIN = ("ignore", "zeros", "ones")
 NO_FINDING = "No Finding"
 SPLITS = ("train", "val", "test")
-MAX_INDEX_BYTES = 1 << 30  # 1 GiB of CSV text: CheXpert's 223,414 rows are 26 MB
+MAX_INDEX_BYTES = 256 << 20  # of CSV text: CheXpert's 223,414 rows are 26 MB, so about 2.3 million rows of its width
+#                               (the text, its rows and its entries are in memory at once while it is read)
 _SPLIT_NAMES = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val",
                 "test": "test"}
 _PATH_COLUMNS = ("path", "file", "image", "filename")
@@ -91,6 +93,8 @@ class IndexEntry:
     age: float | None = None
     view: str | None = None  # PA, AP, Lateral, ... as the index writes it
     line: int = 0  # the CSV line the entry was read from (1 = the header)
+    uncertain: tuple[int, ...] = ()  # the findings (positions in ``targets``) whose label was -1, whatever the
+    #                                  policy made of it: a split is drawn with them masked, without a second read
 
 
 @dataclass(frozen=True)
@@ -207,13 +211,19 @@ def _check_width(source: str, header: list[str], row: list[str], line: int) -> N
 
 def _read_text(source: str) -> str:
     """The CSV's text, gunzipped when it ends in .gz; DataError when unreadable, too large or not UTF-8."""
+    gz = source.endswith(".gz")
     try:
-        with (gzip.open(source, "rb") if source.endswith(".gz") else open(source, "rb")) as f:
+        size = None if gz else os.path.getsize(source)
+        if size is not None and size > MAX_INDEX_BYTES:
+            raise DataError(f"{source}: {size} bytes of CSV text, over the limit of {_limit()} (MAX_INDEX_BYTES, "
+                            "about 2.3 million rows of CheXpert's width): not a label index, or split it in parts")
+        with (gzip.open(source, "rb") if gz else open(source, "rb")) as f:
             data = f.read(MAX_INDEX_BYTES + 1)
     except (OSError, EOFError) as e:
         raise DataError(f"{source}: cannot read the index ({getattr(e, 'strerror', None) or e})") from None
     if len(data) > MAX_INDEX_BYTES:
-        raise DataError(f"{source}: over {MAX_INDEX_BYTES >> 20} MiB of text: not a label index")
+        raise DataError(f"{source}: over {_limit()} of CSV text once decompressed (the limit, MAX_INDEX_BYTES, "
+                        "about 2.3 million rows of CheXpert's width): not a label index, or split it in parts")
     try:
         return data.decode("utf-8-sig")  # a BOM, as spreadsheet programs write, is not part of the first column name
     except UnicodeDecodeError as e:
@@ -221,6 +231,10 @@ def _read_text(source: str) -> str:
         line = data.count(b"\n", 0, start) + 1
         raise DataError(f"{source}, line {line}: not UTF-8 (byte 0x{data[start]:02x}): save the index as UTF-8") \
             from None
+
+
+def _limit() -> str:
+    return f"{MAX_INDEX_BYTES >> 20} MiB" if MAX_INDEX_BYTES >= 1 << 20 else f"{MAX_INDEX_BYTES} bytes"
 
 
 def _column(source: str, header: list[str], names, what: str, required: bool = True) -> int | None:
@@ -255,10 +269,15 @@ class _Reader:
             raise DataError(f"{self.source}, line {line}: no file name in column {self.header[self.path_col]!r}")
         return IndexEntry(path, path, self.targets(row, line), self.patient(row, path) or None,
                           self.split(row, line), _sex(_cell(row, self.meta.get("sex"))),
-                          self.age(row, line), _cell(row, self.meta.get("view")) or None, line)
+                          self.age(row, line), _cell(row, self.meta.get("view")) or None, line,
+                          self.uncertain_of(row))
 
     def targets(self, row: list[str], line: int) -> tuple[float, ...]:
         raise NotImplementedError
+
+    def uncertain_of(self, row: list[str]) -> tuple[int, ...]:
+        """The positions of the row's -1 labels (after ``targets`` checked them): none in a column of names."""
+        return ()
 
     def patient(self, row: list[str], path: str) -> str:
         return _cell(row, self.meta.get("patient"))
@@ -300,6 +319,19 @@ class _Reader:
             "columns is one)")
         raise DataError(f"{self.source}, line {line}: {finding} = {cell!r}: a label is 1, 0, -1 (uncertain) or blank"
                         + hint)
+
+
+def _is_minus_one(cell: str) -> bool:
+    """Whether a (checked) label cell is -1: uncertain."""
+    if cell in _CERTAIN:
+        return False
+    try:
+        return float(cell) == -1.0
+    except ValueError:
+        return False
+
+
+_CERTAIN = frozenset(("", "0", "1", "0.0", "1.0"))
 
 
 def _sex(value: str) -> str | None:
@@ -379,6 +411,9 @@ class _ColumnsReader(_Reader):
         except (KeyError, IndexError):
             return tuple(self.value(_cell(row, c), self.header[c], line) for c in self.cols)
 
+    def uncertain_of(self, row: list[str]) -> tuple[int, ...]:
+        return tuple(i for i, c in enumerate(self.cols) if _is_minus_one(_cell(row, c)))
+
 
 class _ChexpertReader(_ColumnsReader):
     def __init__(self, source, header, rows, findings, uncertain):
@@ -396,8 +431,7 @@ class _ChexpertReader(_ColumnsReader):
     def entry(self, row: list[str], line: int) -> IndexEntry:
         e = super().entry(row, line)
         if e.view is None and _cell(row, self.meta["frontal"]):  # a lateral has no AP/PA
-            return IndexEntry(e.path, e.file, e.targets, e.patient, e.split, e.sex, e.age,
-                              _cell(row, self.meta["frontal"]), line)
+            return replace(e, view=_cell(row, self.meta["frontal"]))
         return e
 
 
@@ -419,6 +453,9 @@ class _GenericReader(_NamesReader, _ColumnsReader):
         if self.names_style:
             return _NamesReader.targets(self, row, line)
         return _ColumnsReader.targets(self, row, line)
+
+    def uncertain_of(self, row: list[str]) -> tuple[int, ...]:
+        return () if self.names_style else _ColumnsReader.uncertain_of(self, row)
 
 
 _READERS = {"nih": _NihReader, "chexpert": _ChexpertReader, "generic": _GenericReader}
@@ -463,7 +500,7 @@ def _resolve(source: str, entries: list[IndexEntry], images_dir: str, fmt: str):
         if kind != "input":
             missing.append((e.path, f"{file}: {reason}"))
             continue
-        kept.append(IndexEntry(e.path, file, e.targets, e.patient, e.split, e.sex, e.age, e.view, e.line))
+        kept.append(replace(e, file=file))
     return kept, missing
 
 

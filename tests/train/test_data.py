@@ -359,3 +359,18 @@ def test_a_split_by_image_is_said_for_every_format_and_images_without_a_patient_
     assert "no image has a patient" not in err
     D.discover_index(read_index(indexed_set(tmp_path)[0]), 0.2, 0.0)  # every image has a patient: nothing said
     assert "patient" not in capsys.readouterr().err
+
+
+def test_the_split_under_zeros_and_ones_is_drawn_without_reading_the_index_again(tmp_path, monkeypatch):
+    """The labels that were uncertain are kept from the one read: the index moved or gone after reading changes no
+    split, and the split is the one ignore draws."""
+    from medge.edge.inputs.index import read_index
+
+    csv, images = indexed_set(tmp_path)
+    expected = {name: sorted(s.patients) for name, s in D.discover_index(read_index(csv, images), 0.2, 0.1)[1].items()}
+    read = {policy: read_index(csv, images, uncertain=policy) for policy in ("zeros", "ones")}
+    csv.unlink()
+    monkeypatch.setattr(D, "read_index", lambda *a, **k: pytest.fail("the index read again"), raising=False)
+    for policy, index in read.items():
+        drawn = {name: sorted(s.patients) for name, s in D.discover_index(index, 0.2, 0.1)[1].items()}
+        assert drawn == expected, policy

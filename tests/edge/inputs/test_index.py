@@ -313,3 +313,28 @@ def test_a_finding_named_twice_is_an_error_naming_it(tmp_path, text, findings, m
     fmt = "chexpert" if text.startswith("Path,") else "generic"
     with pytest.raises(DataError, match=match):
         read_index(write(tmp_path, text), fmt=fmt, findings=findings)
+
+
+def test_an_index_over_the_cap_is_an_error_naming_the_file_its_size_and_the_limit(tmp_path, monkeypatch):
+    from medge.edge.inputs import index as index_module
+
+    assert index_module.MAX_INDEX_BYTES == 256 << 20  # about 2.3 million rows of CheXpert's width
+    path = write(tmp_path, "path,A\n" + "".join(f"a{i}.png,1\n" for i in range(100)))
+    monkeypatch.setattr(index_module, "MAX_INDEX_BYTES", 512)
+    size = os.path.getsize(path)
+    with pytest.raises(DataError, match=rf"index.csv: {size} bytes of CSV text, over the limit of 512 bytes"):
+        read_index(path)
+    gz = tmp_path / "index.csv.gz"
+    gz.write_bytes(gzip.compress(path.read_bytes()))
+    with pytest.raises(DataError, match=r"index.csv.gz: over 512 bytes of CSV text once decompressed \(the limit, "):
+        read_index(gz)
+
+
+@pytest.mark.parametrize("policy", ["ignore", "zeros", "ones"])
+def test_each_entry_keeps_which_labels_were_uncertain_whatever_the_policy(tmp_path, policy):
+    path = write(tmp_path, "path,A,B,C\na.png,-1,1,-1.0\nb.png,0,,1\nc.png,1,-1,0\n")
+    index = read_index(path, uncertain=policy)
+    assert [e.uncertain for e in index.entries] == [(0, 2), (), (1,)]
+    assert [e.uncertain for e in read_index(path, uncertain=policy, findings=["C", "B"]).entries] == [(0,), (), (1,)]
+    names = write(tmp_path, "path,findings\na.png,A|B\n", "names.csv")
+    assert read_index(names, uncertain=policy).entries[0].uncertain == ()
