@@ -22,7 +22,7 @@ Tested by tests/export/test_findings.py.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -136,14 +136,15 @@ def pooled_auc(entries: list[dict], z_scores: list[tuple[np.ndarray, np.ndarray]
 
 
 def findings_section(logits, targets, findings: list[str], criterion: str, source: str,
-                     confidence: float = ev.DEFAULT_CONFIDENCE, skipped: int = 0) -> dict:
+                     confidence: float = ev.DEFAULT_CONFIDENCE, skipped: int = 0, notes=()) -> dict:
     """The sealed multi-label ``operating_point`` manifest section (``edge.findings``) from validation logits.
 
     Args:
         logits: (N, K) validation logits, one column per finding. targets: (N, K) 1, 0 or NaN (masked: left out).
         findings: the K finding names, in the order of the logits. criterion: as single-label's ``--operating-point``.
         source: where the cases came from. confidence: of the lower bound a target is met by.
-        skipped: validation images that could not be read.
+        skipped: validation images that could not be read. notes: warnings about the cases, kept in the section's
+            validation (``notes``; absent without any).
 
     Returns:
         the sealed section, accepted by ``FindingsPoint.from_manifest``.
@@ -162,6 +163,8 @@ def findings_section(logits, targets, findings: list[str], criterion: str, sourc
         pooled.append((y, np.asarray(entry["validation"]["scores"], np.float64)))
     validation = {"source": source, "cases": int(z.shape[0]), "skipped": int(skipped),
                   "per_finding": {e["name"]: e["validation"]["n_positive"] for e in entries}, **pooled_auc(entries, pooled)}
+    if notes:
+        validation["notes"] = list(notes)
     sealed = seal({"task": MULTILABEL, "findings": entries, "validation": validation})
     FindingsPoint.from_manifest({"task": MULTILABEL, "classes": list(findings), SECTION: sealed})  # the edge accepts it
     return sealed
@@ -212,6 +215,8 @@ class IndexSource:
     test_fraction: float
     seed: int
     given: bool  # True: given to export; False: the run's own index and split
+    recorded: dict = field(default_factory=dict)  # the checkpoint's data_source (index_sha256, split_sha256)
+    named: bool = False  # the run's own index, named by --labels (split as in training all the same)
 
     def describe(self, whole: bool = False) -> str:
         """Where the validation cases come from, for the log and the manifest (``whole``: a given index without a
@@ -222,8 +227,9 @@ class IndexSource:
         if self.given:
             return (f"val split of {self.labels} ({self.labels_format}, uncertain {self.uncertain}; the index given: "
                     f"its split column's val rows)")
-        return (f"val split of {self.labels} ({self.labels_format}, uncertain {self.uncertain}; the run's own index, "
-                f"split again as in training: seed {self.seed}, val {self.val_fraction:g}, test "
+        named = ", given with --labels" if self.named else ""
+        return (f"val split of {self.labels} ({self.labels_format}, uncertain {self.uncertain}; the run's own index"
+                f"{named}, split again as in training: seed {self.seed}, val {self.val_fraction:g}, test "
                 f"{self.test_fraction:g}, by patient)")
 
 
@@ -243,22 +249,44 @@ def index_of_data(data: str) -> IndexArgs:
     return IndexArgs(labels=str(found[0]), images=str(path))
 
 
-def index_source(train_config: dict, given: IndexArgs | None) -> IndexSource | None:
+def is_run_index(labels: str, own: str | None, index_sha256: str | None) -> bool:
+    """Whether the index ``labels`` is the run's own: the same file as ``own``, or the same bytes as the index the
+    checkpoint recorded (``index_sha256``: a copy or a moved index)."""
+    from medge.train.checkpoint import file_sha256
+
+    if own is not None and Path(labels).resolve() == Path(own).resolve():
+        return True
+    return bool(index_sha256) and Path(labels).is_file() and file_sha256(labels) == index_sha256
+
+
+def index_source(train_config: dict, given: IndexArgs | None, data_source: dict | None = None) -> IndexSource | None:
     """The index to validate on: the one given to export, else the run's own (``train_config``'s labels); None if
-    neither (a multi-label checkpoint made outside ``medge train --labels``)."""
+    neither (a multi-label checkpoint made outside ``medge train --labels``).
+
+    Args:
+        train_config: the checkpoint's. given: what export was given (None: nothing).
+        data_source: the checkpoint's ``data_source`` (its recorded hashes), None for an older or index-less one.
+
+    Returns:
+        the IndexSource. The run's own index given with ``--labels`` (same file, or same bytes as recorded) is
+        split exactly as in training, never used whole: its rows are mostly training patients.
+    """
     own = train_config.get("labels") or None
-    if (given is None or given.labels is None) and own is None:
-        return None
     g = given or IndexArgs()
-    fmt = g.labels_format or (train_config.get("labels_format") if g.labels is None else None) or "generic"
+    if g.labels is None and own is None:
+        return None
+    recorded = dict(data_source or {})
+    run_s = g.labels is None or is_run_index(g.labels, own, recorded.get("index_sha256"))
     labels = g.labels or own
-    # the images are under --images, else the run's images (its own index) or the given index's folder; the split
-    # does not depend on it (discover_index splits every row, found or not): --images alone finds moved images
-    images = g.images or (None if g.labels else train_config.get("images")) or str(Path(labels).parent)
-    return IndexSource(labels, images, fmt,
-                       (g.uncertain if g.labels else None) or train_config.get("uncertain") or "ignore",
-                       float(train_config.get("val_fraction", 0.2)), float(train_config.get("test_fraction", 0.1)),
-                       int(train_config.get("seed", 0)), given=g.labels is not None)
+    if run_s:  # read exactly as training read it; the images under --images, else the run's, else the index's folder
+        fmt, uncertain = train_config.get("labels_format") or "generic", train_config.get("uncertain") or "ignore"
+        images = g.images or train_config.get("images") or str(Path(labels).parent)
+    else:  # the split does not depend on the images folder (discover_index splits every row, found or not)
+        fmt, uncertain = g.labels_format or "generic", g.uncertain or train_config.get("uncertain") or "ignore"
+        images = g.images or str(Path(labels).parent)
+    return IndexSource(labels, images, fmt, uncertain, float(train_config.get("val_fraction", 0.2)),
+                       float(train_config.get("test_fraction", 0.1)), int(train_config.get("seed", 0)),
+                       given=not run_s, recorded=recorded, named=run_s and g.labels is not None)
 
 
 def _check_own_index(src: IndexSource) -> None:
@@ -275,21 +303,91 @@ def _check_own_index(src: IndexSource) -> None:
                         "training), or --labels INDEX.csv --images DIR to calibrate on another index")
 
 
-def validation_split(src: IndexSource, findings: list[str], log):
+@dataclass(frozen=True)
+class ValidationCases:
+    """A multi-label model's validation cases: the split, where it came from (the manifest's validation source) and
+    the notes the manifest keeps about it (a calibration index sharing patients with training)."""
+
+    split: object  # a train.data.Split
+    source: str
+    notes: tuple[str, ...] = ()
+
+
+def check_membership(src: IndexSource, split, missing: int, log) -> None:
+    """ExportError when the run's own index, split again, does not give the validation images training held out
+    (its recorded ``split_sha256``); a note for an older checkpoint that recorded none.
+
+    Raises:
+        ExportError: what changed (the index's bytes, or the images found today), and the way out.
+    """
+    from medge.train.checkpoint import file_sha256, membership_sha256
+
+    expected = (src.recorded.get("split_sha256") or {}).get("val")
+    if expected is None:
+        log("note: this checkpoint records no hash of its validation split (written before they were recorded): the "
+            "split rebuilt from its index is not checked against training's")
+        return
+    if membership_sha256(split.paths, src.images) == expected:
+        return
+    if src.recorded.get("index_sha256") and file_sha256(src.labels) != src.recorded["index_sha256"]:
+        why = "the index file has changed since training (its SHA-256 differs from the one the checkpoint records)"
+    else:
+        why = (f"the index is unchanged, but {missing} of its images are missing or unreadable now, and an image "
+               "whose patient is read from its DICOM header becomes its own patient without it: patients move "
+               "between splits")
+    raise ExportError(f"{src.labels}: the validation split rebuilt from the run's index is not the one training held "
+                      f"out ({why}); calibrating on it would use training images. Restore the index and images as "
+                      "they were in training, or give a separate validation index of patients the run did not train "
+                      "on with --labels INDEX.csv --images DIR")
+
+
+def training_overlap(src: IndexSource, split, train_patients, log) -> tuple[str, ...]:
+    """A warning (logged, and kept for the manifest) when an index given to export shares patients with the run's
+    training split (``train_patients``, from the run folder; None: unknown)."""
+    if not src.given or not train_patients:
+        return ()
+    mine = {p for p in getattr(split, "patients", None) or [] if p is not None}
+    shared = sorted(mine & set(train_patients))
+    if not shared:
+        return ()
+    note = (f"{len(shared)} of the {len(mine)} patients of {src.labels} are training patients of this run (e.g. "
+            f"{', '.join(shared[:3])}): their images were seen in training, so the thresholds and validation "
+            "figures are optimistic; calibrate on patients the run did not train on")
+    log(f"warning: {note}")
+    return (note,)
+
+
+def run_train_patients(checkpoint_path) -> list | None:
+    """The run's training patients, from ``data_report.json`` next to the checkpoint (``medge train`` writes them
+    for an index run); None where there is none or it names none."""
+    import json
+
+    report = Path(checkpoint_path).parent / "data_report.json"
+    try:
+        return json.loads(report.read_text()).get("train_patients")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def validation_split(src: IndexSource, findings: list[str], log, train_patients=None) -> ValidationCases:
     """The validation cases of ``src``, its findings checked against the model's.
 
-    The run's own index is split again exactly as in training (``train.data.discover_index``: its val split). An
-    index given to export is all validation cases, unless it has a split column: then its ``val`` rows.
+    The run's own index is split again exactly as in training (``train.data.discover_index``: its val split), and
+    that split must be the one training recorded (``check_membership``). An index given to export is all
+    validation cases, unless it has a split column: then its ``val`` rows; a warning when it shares patients with
+    the run's training split.
 
     Args:
         src: ``index_source``'s. findings: the model's finding names, in its order. log: where the lines go.
+        train_patients: the run's training patients (``run_train_patients``), None where unknown.
 
     Returns:
-        the ``train.data.Split`` (paths, one tuple of K targets per image, patients).
+        the ValidationCases (the ``train.data.Split``: paths, one tuple of K targets per image, patients; its
+        source; notes).
 
     Raises:
-        DataError: the index cannot be read; ExportError: its findings are not the model's, or its split column
-            names no val row.
+        DataError: the index cannot be read; ExportError: its findings are not the model's, its split column
+            names no val row, or the run's index no longer gives training's validation split.
     """
     from medge.edge.inputs.index import read_index
     from medge.train.data import Split, discover_index
@@ -315,17 +413,18 @@ def validation_split(src: IndexSource, findings: list[str], log):
                       findings=tuple(index.findings))
     if list(found) != list(findings):
         raise ExportError(f"{src.labels}: findings {list(found)} differ from the checkpoint's {list(findings)}")
+    if not src.given:
+        check_membership(src, split, len(index.missing), log)
     patients = len({p for p in getattr(split, "patients", None) or [] if p is not None})
     log(f"validation: {len(split)} images of {patients or 'unknown'} patients, {src.describe(whole)}")
-    split.source = src.describe(whole)  # the manifest's validation source (operating_point)
-    return split
+    return ValidationCases(split, src.describe(whole), training_overlap(src, split, train_patients, log))
 
 
-def operating_point(model, ck, split, src: IndexSource | None, cfg, log) -> dict | None:
+def operating_point(model, ck, cases: ValidationCases | None, src: IndexSource | None, cfg, log) -> dict | None:
     """The sealed multi-label section on the validation split (``findings_section``); None without one.
 
     Args:
-        model: the trained module. ck: its checkpoint. split: ``validation_split``'s, or None.
+        model: the trained module. ck: its checkpoint. cases: ``validation_split``'s, or None.
         src: where the split came from. cfg: the ``ExportConfig`` (operating_point, confidence, calibration_images).
         log: where the lines go (one per finding).
     """
@@ -334,13 +433,13 @@ def operating_point(model, ck, split, src: IndexSource | None, cfg, log) -> dict
     if cfg.operating_point == "none":
         log("operating point: none (--operating-point none): each finding decided at 0.5 on the uncalibrated sigmoid")
         return None
-    if split is None:
+    if cases is None:
         log("note: no validation index (the checkpoint names none; give --labels INDEX.csv): no calibration and no "
             "thresholds: each finding decided at 0.5 on the uncalibrated sigmoid")
         return None
-    logits, targets, skipped = split_logits(model, split, ck.preprocess, cfg.calibration_images, log, src.labels)
+    logits, targets, skipped = split_logits(model, cases.split, ck.preprocess, cfg.calibration_images, log, src.labels)
     section = findings_section(logits, np.asarray(targets, np.float64), ck.classes, cfg.operating_point,
-                               getattr(split, "source", None) or src.describe(), cfg.confidence, skipped)
+                               cases.source, cfg.confidence, skipped, notes=cases.notes)
     for line in summary_lines(section):
         log(line)
     short = [e["name"] for e in section["findings"] if (e.get("guarantee") or {}).get("supported") is False]

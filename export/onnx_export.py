@@ -478,7 +478,8 @@ def build_manifest(m: ManifestInputs) -> dict:
 
 def operating_point(model, ck, data: str | None, cfg: ExportConfig, log, multi: tuple | None = None) -> dict | None:
     """The sealed calibration and operating point on --data's val split (``export.calibrate``), or a multi-label
-    model's per finding on its validation index (``multi``: (split, source), ``export.findings``); None without data."""
+    model's per finding on its validation index (``multi``: (ValidationCases, IndexSource), ``export.findings``);
+    None without data."""
     from medge.export import calibrate
 
     if multi is not None:
@@ -504,7 +505,7 @@ def operating_point(model, ck, data: str | None, cfg: ExportConfig, log, multi: 
 
 def multilabel_validation(ck, data: str | None, index: IndexArgs | None, variants: VariantConfig | None,
                           optional_variants: bool, log, positive: str | None = None) -> tuple:
-    """(multi, data, variants): for a multi-label checkpoint multi is (its validation split, where it came from),
+    """(multi, data, variants): for a multi-label checkpoint multi is (its validation cases, where they came from),
     both None when no index is known, and its index replaces ``data`` (the parity inputs and the thresholds come
     from its val split), without variants; for a single-label one (None, data, variants). Refuses what a
     multi-label export cannot do, before the expensive steps.
@@ -526,9 +527,10 @@ def multilabel_validation(ck, data: str | None, index: IndexArgs | None, variant
                          "multi-label model with --variants none")
     if variants is not None:
         log("note: no fast variants: they are gated for single-label bundles only for now")
-    src = findings.index_source(ck["train_config"], findings.index_of_data(data) if data else index)
-    split = None if src is None else findings.validation_split(src, ck.classes, log)
-    return (split, src), (None if src is None else src.labels), None
+    src = findings.index_source(ck["train_config"], findings.index_of_data(data) if data else index, ck.data_source)
+    cases = None if src is None else findings.validation_split(src, ck.classes, log,
+                                                               findings.run_train_patients(ck.path))
+    return (cases, src), (None if src is None else src.labels), None
 
 
 def multilabel_manifest(manifest: dict) -> dict:
@@ -596,7 +598,7 @@ def export_bundle(checkpoint: str, out: str, data: str | None = None, cfg: Expor
         f"{ck.preprocess.size}, epoch {ck.epoch}) from {checkpoint}")
     model = model_from_checkpoint(ck)
     inputs, names, skipped = timer.run("parity_inputs", parity_inputs, None if multi else data, ck.preprocess,
-                                       ck.classes, cfg.max_images, multi and multi[0])
+                                       ck.classes, cfg.max_images, multi[0].split if multi and multi[0] else None)
     for _, reason in skipped:
         log(f"parity: skipping unreadable image: {reason}")
     reference, cam = timer.run("pytorch_reference", pytorch_reference, model, ck.arch, inputs)  # cam None: occlusion

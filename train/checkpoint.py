@@ -86,7 +86,9 @@ class Checkpoint:
     @property
     def data_source(self) -> dict | None:
         """Where an index run's data came from, to rebuild its splits: {"index", "images", "format", "uncertain",
-        "seed", "val_fraction", "test_fraction"}; None for a run on class folders."""
+        "seed", "val_fraction", "test_fraction", "index_sha256" (``file_sha256`` of the index), "split_sha256"
+        ({split: ``membership_sha256``}; both absent in checkpoints written before they were recorded)}; None for a
+        run on class folders."""
         return self.payload.get("data_source")
 
     @property
@@ -125,6 +127,23 @@ def weights_sha256(state_dict: dict) -> str:
 
 _LOOKS_LIKE = ((b"\x89PNG", "a PNG image"), (b"\xff\xd8\xff", "a JPEG image"), (b"II*\x00", "a TIFF image"),
                (b"MM\x00*", "a TIFF image"), (b"BM", "a BMP image"), (b"{", "a JSON or text file"))
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """SHA-256 of a file's bytes (an index run's index, recorded in ``data_source["index_sha256"]``)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def membership_sha256(files, root: str | os.PathLike) -> str:
+    """SHA-256 of a split's membership: its images' paths relative to the images folder ``root`` (as the index
+    names them), sorted, one a line. Moving the images folder keeps it; an image moved to another split changes it."""
+    base = os.path.abspath(root)
+    names = sorted(os.path.relpath(os.path.abspath(f), base).replace(os.sep, "/") for f in files)
+    return hashlib.sha256("\n".join(names).encode("utf-8")).hexdigest()
 
 
 def _not_torch_file(path: Path) -> str | None:

@@ -50,7 +50,7 @@ from medge.edge.errors import DataError, UsageError
 from medge.edge.outputs import atomic_write_text, check_output_dir
 from medge.edge.preprocess import PreprocessConfig
 from medge.train import data as D
-from medge.train.checkpoint import library_versions, load_checkpoint, save_checkpoint
+from medge.train.checkpoint import file_sha256, library_versions, load_checkpoint, membership_sha256, save_checkpoint
 from medge.train.config import MAX_POS_WEIGHT, TrainConfig
 from medge.train.metrics import HIGHER_IS_BETTER, TASK_METRICS, logit_metrics, multilabel_metrics
 from medge.train.models import build_model
@@ -336,6 +336,8 @@ class RunState:
     task: str = "single"  # "single" or "multilabel", resolved from cfg.task and the data (resolve_task)
     split_summary: dict | None = None  # index data: patients and images per split (train.data.split_summary)
     pos_weight: dict | None = None  # multilabel with cfg.pos_weight: {finding: weight of its positives}
+    index_hashes: dict | None = None  # index data: index_sha256 and split_sha256 (index_hashes), for export's check
+    train_patients: list | None = None  # index data: the train split's patient ids, sorted (data_report.json)
 
     @property
     def best_metric(self) -> str:
@@ -481,6 +483,8 @@ def find_data(run: RunState) -> tuple[list[str], dict, dict]:
         raise UsageError(f"{cfg.labels}: the run's index is not there (moved?); give its place with --labels "
                          "(and the images' with --images)")
     run.task, classes, splits = index_splits(cfg)
+    run.index_hashes = index_hashes(cfg, splits)
+    run.train_patients = sorted({p for p in splits["train"].patients if p is not None})
     return classes, splits, D.fingerprint(cfg.images or os.path.dirname(cfg.labels), classes, splits)
 
 
@@ -499,6 +503,14 @@ def index_splits(cfg: TrainConfig) -> tuple[str, list[str], dict]:
     task = resolve_task(cfg.task, findings, [t for s in splits.values() for t in s.labels])
     classes, splits = (list(findings), splits) if task == "multilabel" else single_label_splits(findings, splits)
     return task, classes, splits
+
+
+def index_hashes(cfg: TrainConfig, splits: dict) -> dict:
+    """What export checks its rebuilt split against: the SHA-256 of the index file's bytes and of each split's
+    membership (``train.checkpoint.membership_sha256``: paths relative to the images folder, as the index names them)."""
+    root = cfg.images or os.path.dirname(cfg.labels)
+    return {"index_sha256": file_sha256(cfg.labels),
+            "split_sha256": {name: membership_sha256(s.paths, root) for name, s in splits.items()}}
 
 
 def prepare_splits(run: RunState, rank: int, world: int) -> tuple[list[str], dict]:
@@ -593,7 +605,8 @@ def index_record(run: RunState) -> dict:
     if not cfg.labels:  # class folders: their patients per split where the files are DICOM with a PatientID
         return {} if run.split_summary is None else {"splits": run.split_summary}
     source = {"index": cfg.labels, "images": cfg.images, "format": cfg.labels_format, "uncertain": cfg.uncertain,
-              "seed": cfg.seed, "val_fraction": cfg.val_fraction, "test_fraction": cfg.test_fraction}
+              "seed": cfg.seed, "val_fraction": cfg.val_fraction, "test_fraction": cfg.test_fraction,
+              **(run.index_hashes or {})}
     return {"task": run.task, "data_source": source, "splits": run.split_summary, "pos_weight": run.pos_weight}
 
 
@@ -603,6 +616,8 @@ def write_run_files(run: RunState, classes: list[str], splits: dict, versions: d
     report = {n: _split_report(run, classes, s) for n, s in splits.items()}
     if run.split_summary is not None:
         report = {"splits": run.split_summary, **report}
+    if run.train_patients is not None:  # export warns when a calibration index shares patients with training
+        report["train_patients"] = run.train_patients
     atomic_write_text(out / "data_report.json", json.dumps(jsonable(report), indent=2) + "\n")
     atomic_write_text(out / "config.json", json.dumps(jsonable({
         "train": run.cfg.to_dict(), "preprocess": run.pcfg.to_dict(), "classes": classes, "data": run.data,

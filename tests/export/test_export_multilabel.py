@@ -157,9 +157,10 @@ def test_after_the_data_has_moved_export_says_what_to_give_and_images_alone_find
         validation_split(index_source(run, None), FINDINGS, quiet)
     lines = []
     moved = validation_split(index_source(run, IndexArgs(images=str(data))), FINDINGS, lines.append)
-    assert len(moved) == 48 and "split again as in training" in moved.source  # the run's val split, as before
+    assert len(moved.split) == 48 and "split again as in training" in moved.source  # the run's val split, as before
     with pytest.raises(DataError, match=r"the run's index not found .*give --labels INDEX.csv --images DIR"):
         validation_split(index_source({**run, "labels": str(tmp_path / "old.csv")}, None), FINDINGS, quiet)
     with pytest.raises(DataError, match=r"images folder not found .*give --labels INDEX.csv --images DIR"):
-        validation_split(index_source(run, IndexArgs(str(data / "index.csv"), str(tmp_path / "gone"))), FINDINGS,
+        validation_split(index_source({**run, "labels": str(tmp_path / "old.csv")},  # another index than the run's
+                                      IndexArgs(str(data / "index.csv"), str(tmp_path / "gone"))), FINDINGS,
                          quiet)

@@ -1,5 +1,6 @@
 """Per-finding calibration and thresholds of a multi-label model (export.findings), on hand-made validation arrays."""
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,6 +12,10 @@ from medge.edge.golive.thresholds import guaranteed_rank
 from medge.export.findings import findings_section, summary_lines
 
 FINDINGS = ["Effusion", "Nodule"]
+
+
+def quiet(line):
+    pass
 
 
 def _cases(rng, positives=(100, 80), negatives=(100, 80), masked=(0, 40), separation=(2.0, 1.5), scale=(1.0, 3.0)):
@@ -202,14 +207,92 @@ def test_an_index_given_to_export_is_used_whole_unless_it_has_a_split_column(tmp
 
     run = {"labels": _site_index(tmp_path, False), "val_fraction": 0.2, "test_fraction": 0.1, "seed": 0}
     lines = []
-    given = validation_split(index_source(run, IndexArgs(run["labels"])), FINDINGS, lines.append)
+    site = validation_split(index_source({**run, "labels": "/elsewhere/run.csv"}, IndexArgs(run["labels"])),
+                            FINDINGS, lines.append)
+    given = site.split
     assert len(given) == 20 and given.patients == [f"P{i}" for i in range(20)]
     assert "the index given, without a split column: all validation cases" in lines[-1]
-    assert given.source.startswith("every row of ")
+    assert site.source.startswith("every row of ") and site.notes == ()
     own = validation_split(index_source(run, None), FINDINGS, lines.append)
-    assert 0 < len(own) < 10 and "split again as in training" in own.source
+    assert 0 < len(own.split) < 10 and "split again as in training" in own.source
     (tmp_path / "s").mkdir()
     with_split = _site_index(tmp_path / "s", True)
-    split = validation_split(index_source(run, IndexArgs(with_split)), FINDINGS, lines.append)
-    assert sorted(split.paths) == [str(tmp_path / "s" / f"im{i:02d}.png") for i in range(5)]
-    assert "its split column's val rows" in split.source
+    cases = validation_split(index_source(run, IndexArgs(with_split)), FINDINGS, lines.append)
+    assert sorted(cases.split.paths) == [str(tmp_path / "s" / f"im{i:02d}.png") for i in range(5)]
+    assert "its split column's val rows" in cases.source
+
+
+def _recorded(labels, **change):
+    """The checkpoint's data_source hashes of a run on ``labels`` (as ``medge train`` records them)."""
+    from medge.edge.inputs.index import read_index
+    from medge.train.checkpoint import file_sha256, membership_sha256
+    from medge.train.data import discover_index
+
+    root = str(Path(labels).parent)  # training reads the index with its images folder (--images, or the index's)
+    _, splits = discover_index(read_index(labels, root, "generic", "ignore"), 0.2, 0.1, 0)
+    return {"index_sha256": file_sha256(labels),
+            "split_sha256": {n: membership_sha256(s.paths, root) for n, s in splits.items()}, **change}
+
+
+def test_the_run_s_index_given_with_labels_is_split_as_in_training_never_used_whole(tmp_path):
+    """Named by its path or a copy of its bytes, the run's own index gives training's val split, not every row."""
+    import shutil
+
+    from medge.export.findings import IndexArgs, index_source, validation_split
+
+    labels = _site_index(tmp_path, False)
+    run = {"labels": labels, "val_fraction": 0.2, "test_fraction": 0.1, "seed": 0}
+    own = validation_split(index_source(run, None, _recorded(labels)), FINDINGS, quiet)
+    (tmp_path / "copy").mkdir()
+    copy = shutil.copy(labels, tmp_path / "copy" / "renamed.csv")
+    for given in (IndexArgs(labels), IndexArgs(copy, str(tmp_path))):
+        src = index_source({**run, "labels": "/moved/away.csv"} if given.labels == copy else run, given,
+                           _recorded(labels))
+        assert not src.given and src.named
+        cases = validation_split(src, FINDINGS, quiet)
+        assert sorted(cases.split.paths) == sorted(own.split.paths) and len(cases.split) < 20
+        assert "the run's own index, given with --labels, split again as in training" in cases.source
+
+
+def test_a_rebuilt_split_that_is_not_training_s_is_refused_and_an_old_checkpoint_noted(tmp_path):
+    """The recorded val membership must match: an edited index or images lost since training (patients from DICOM
+    headers then move) refuse with what changed and the way out; a checkpoint without hashes is accepted, noted."""
+    from medge.edge.errors import ExportError
+    from medge.export.findings import index_source, validation_split
+
+    labels = _site_index(tmp_path, False)
+    run = {"labels": labels, "val_fraction": 0.2, "test_fraction": 0.1, "seed": 0}
+    recorded, lines = _recorded(labels), []
+    held_out = validation_split(index_source(run, None, recorded), FINDINGS, lines.append).split
+    assert not any("records no hash" in line for line in lines)
+    validation_split(index_source(run, None, {}), FINDINGS, lines.append)
+    assert "note: this checkpoint records no hash of its validation split" in lines[-2]
+    moved = _recorded(labels, split_sha256={"val": "0" * 64})  # same index bytes, other images held out
+    with pytest.raises(ExportError, match=r"not the one training held out \(the index is unchanged, but 0 of its images "
+                                          r"are missing.*DICOM header.*Restore the index and images.*--labels INDEX.csv"):
+        validation_split(index_source(run, None, moved), FINDINGS, quiet)
+    gone = Path(held_out.paths[0]).name  # an edited index: a validation image's row taken out
+    Path(labels).write_text("".join(r for r in Path(labels).read_text().splitlines(True) if not r.startswith(gone)))
+    with pytest.raises(ExportError, match=r"the index file has changed since training"):
+        validation_split(index_source(run, None, recorded), FINDINGS, quiet)
+
+
+def test_an_index_sharing_patients_with_training_is_warned_in_the_log_and_the_manifest(tmp_path):
+    from medge.export.findings import IndexArgs, findings_section, index_source, run_train_patients, validation_split
+
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "data_report.json").write_text(json.dumps({"train_patients": ["P1", "P7", "X9"]}))
+    train = run_train_patients(tmp_path / "run" / "best.pt")
+    assert train == ["P1", "P7", "X9"] and run_train_patients(tmp_path / "none" / "best.pt") is None
+    labels, lines = _site_index(tmp_path, False), []
+    run = {"labels": "/run/index.csv", "val_fraction": 0.2, "test_fraction": 0.1, "seed": 0}
+    cases = validation_split(index_source(run, IndexArgs(labels)), FINDINGS, lines.append, train)
+    assert lines[-1].startswith("warning: 2 of the 20 patients of ") and "(e.g. P1, P7)" in lines[-1]
+    assert cases.notes == (lines[-1].removeprefix("warning: "),)
+    assert validation_split(index_source(run, IndexArgs(labels)), FINDINGS, quiet, ["Q1"]).notes == ()
+    rng = np.random.default_rng(0)
+    z, t = _cases(rng)
+    section = findings_section(z, t, FINDINGS, "youden", cases.source, notes=cases.notes)
+    assert section["validation"]["notes"] == list(cases.notes)
+    _point(section)  # the edge accepts it
+    assert "notes" not in findings_section(z, t, FINDINGS, "youden", cases.source)["validation"]

@@ -177,7 +177,7 @@ def index_argv(index, images, out, *extra):
 
 def test_index_run_records_splits_and_keeps_best_by_mean_auc(tmp_path, monkeypatch, capsys):
     from medge.edge.apps.cli import main
-    from medge.train.checkpoint import load_checkpoint, model_from_checkpoint
+    from medge.train.checkpoint import file_sha256, load_checkpoint, membership_sha256, model_from_checkpoint
 
     index, images, findings, counts = synth_set(tmp_path / "nih")
     real, scripted = engine.validation_metrics, iter([0.6, 0.9, 0.7])
@@ -194,6 +194,7 @@ def test_index_run_records_splits_and_keeps_best_by_mean_auc(tmp_path, monkeypat
     assert best.epoch == 2 and best["best"] == {"epoch": 2, "metric": "mean_auc", "value": 0.9}
     assert best.task == "multilabel" and best.classes == findings and last.epoch == 3
     assert best["data_profile"]["synthetic"] is True  # synth's marker sits beside the index
+    hashes = {k: best.data_source.pop(k) for k in ("index_sha256", "split_sha256")}
     assert best.data_source == {"index": str(index), "images": str(images), "format": "nih", "uncertain": "ignore",
                                 "seed": 0, "val_fraction": 0.2, "test_fraction": 0.1}
     assert model_from_checkpoint(best)(torch.zeros(2, 1, 32, 32)).shape == (2, 3)  # one logit per finding
@@ -216,6 +217,21 @@ def test_index_run_records_splits_and_keeps_best_by_mean_auc(tmp_path, monkeypat
     task, classes, rebuilt = engine.index_splits(best.train_config)  # what export does to calibrate on val
     assert (task, classes) == ("multilabel", findings)
     assert {n: len(s) for n, s in rebuilt.items()} == {n: s["images"] for n, s in splits.items()}
+    # what export checks its rebuilt split against: the index's bytes and each split's membership
+    assert hashes["index_sha256"] == file_sha256(index)
+    assert hashes["split_sha256"] == {n: membership_sha256(s.paths, images) for n, s in rebuilt.items()}
+    assert report["train_patients"] == sorted({p for p in rebuilt["train"].patients if p is not None})
+    assert set(report["train_patients"]).isdisjoint(rebuilt["val"].patients)
+
+
+def test_split_membership_hash_keeps_a_moved_folder_and_sees_a_moved_image(tmp_path):
+    from medge.train.checkpoint import membership_sha256
+
+    files = ["a/1.png", "b/2.png", "3.png"]
+    here = membership_sha256([str(tmp_path / "x" / f) for f in files], tmp_path / "x")
+    assert here == membership_sha256([str(tmp_path / "y" / f) for f in reversed(files)], str(tmp_path / "y"))
+    assert here != membership_sha256([str(tmp_path / "x" / f) for f in files[:2]], tmp_path / "x")
+    assert here != membership_sha256([str(tmp_path / "x" / f) for f in files[:2] + ["4.png"]], tmp_path / "x")
 
 
 def test_index_run_resumes_from_its_moved_index_and_refuses_other_data(tmp_path, capsys):
