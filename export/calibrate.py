@@ -52,15 +52,23 @@ def too_few(labels: np.ndarray, classes: list[str]) -> str | None:
     return None
 
 
+def run_split(ck) -> tuple[float, int]:
+    """(val_fraction, seed) of the run that wrote checkpoint ``ck`` (its train_config), so that class folders without
+    a val/ folder are split as in training; ``discover``'s defaults (0.2, 0) where it records none."""
+    train_config = ck["train_config"] if "train_config" in ck else {}
+    return float(train_config.get("val_fraction", 0.2)), int(train_config.get("seed", 0))
+
+
 def validation_logits(model, data: str, ck, limit: int, log, chunk: int = 32):
-    """The model's logits on the validation split of ``data`` (at most ``limit`` images, evenly spread).
+    """The model's logits on the validation split of ``data`` (at most ``limit`` images, evenly spread), split as the
+    run split it (``run_split``: its val fraction and seed).
 
     Returns:
         (logits float64 (N, C), labels int (N,), the number of unreadable images skipped).
     """
     from medge.train.data import discover
 
-    _, splits = discover(data)
+    _, splits = discover(data, *run_split(ck))
     logits, labels, skipped = split_logits(model, splits["val"], ck.preprocess, limit, log, data, chunk)
     return logits, np.asarray(labels, np.int64), skipped
 

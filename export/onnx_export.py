@@ -49,7 +49,7 @@ from medge.edge.runtime.bundle import (
 from medge.edge.runtime.dnn import forward_batches, forward_outputs_batches, load_net, time_forwards
 from medge.edge.runtime.engines import AUTO, ENGINES, engines_for
 from medge.edge.system import environment
-from medge.export import findings
+from medge.export import calibrate, findings
 from medge.export.explain import CamExport, compare_features, explain_section, prepare_cam, torch_outputs
 from medge.export.findings import IndexArgs
 from medge.export.parity import Tolerance, compare, summary_line
@@ -159,9 +159,11 @@ def torch_logits(model, inputs: np.ndarray, batch: int = 32) -> np.ndarray:
                                for i in range(0, len(inputs), batch)])
 
 
-def parity_inputs(data: str | None, pcfg: PreprocessConfig, classes: list[str], count: int, split=None):
-    """Inputs for the parity gate: --data's val images through edge.preprocess (or those of ``split``, a
-    multi-label model's validation split), else synthetic ones.
+def parity_inputs(data: str | None, pcfg: PreprocessConfig, classes: list[str], count: int, split=None,
+                  val_split: tuple[float, int] = (0.2, 0)):
+    """Inputs for the parity gate: --data's val images through edge.preprocess, split with ``val_split`` (the run's
+    val fraction and seed, ``calibrate.run_split``), or those of ``split`` (a multi-label model's validation
+    split), else synthetic ones.
 
     Returns:
         (float32 (N, C, H, W), names, skipped [(path, reason)]).
@@ -176,7 +178,7 @@ def parity_inputs(data: str | None, pcfg: PreprocessConfig, classes: list[str], 
         return np.stack([preprocess(im, pcfg) for im in imgs]), [f"synthetic:{i}" for i in range(count)], []
     from medge.train.data import discover
 
-    data_classes, splits = discover(data)
+    data_classes, splits = discover(data, *val_split)  # split as the run split it (calibrate.run_split)
     if data_classes != classes:
         raise ExportError(f"{data}: classes {data_classes} differ from the checkpoint's {classes}")
     return split_inputs(splits["val"], pcfg, count, data)
@@ -480,8 +482,6 @@ def operating_point(model, ck, data: str | None, cfg: ExportConfig, log, multi: 
     """The sealed calibration and operating point on --data's val split (``export.calibrate``), or a multi-label
     model's per finding on its validation index (``multi``: (ValidationCases, IndexSource), ``export.findings``);
     None without data."""
-    from medge.export import calibrate
-
     if multi is not None:
         return findings.operating_point(model, ck, *multi, cfg, log)
 
@@ -598,7 +598,8 @@ def export_bundle(checkpoint: str, out: str, data: str | None = None, cfg: Expor
         f"{ck.preprocess.size}, epoch {ck.epoch}) from {checkpoint}")
     model = model_from_checkpoint(ck)
     inputs, names, skipped = timer.run("parity_inputs", parity_inputs, None if multi else data, ck.preprocess,
-                                       ck.classes, cfg.max_images, multi[0].split if multi and multi[0] else None)
+                                       ck.classes, cfg.max_images, multi[0].split if multi and multi[0] else None,
+                                       calibrate.run_split(ck))
     for _, reason in skipped:
         log(f"parity: skipping unreadable image: {reason}")
     reference, cam = timer.run("pytorch_reference", pytorch_reference, model, ck.arch, inputs)  # cam None: occlusion

@@ -222,3 +222,36 @@ def test_a_capped_temperature_is_sealed_loaded_and_shown_and_older_sections_stil
     info = model_info(before)
     assert info["operating_point"]["temperature_at_bound"] is None and "capped" not in card_html(info, "en")
     assert before.operating_point == capped.operating_point and "capped" not in summary_line(old)
+
+
+def test_class_folders_without_val_are_split_with_the_run_s_val_fraction_and_seed(tmp_path, monkeypatch):
+    """Export calibrates on the val split training held out (the checkpoint's val_fraction and seed), not on
+    discover's defaults; a run with the defaults (or a checkpoint recording none) gets exactly today's split."""
+    import cv2
+
+    from medge.export import calibrate
+    from medge.train.data import discover
+
+    for c in ("normal", "pneumonia"):
+        (tmp_path / c).mkdir()
+        for i in range(20):
+            cv2.imwrite(str(tmp_path / c / f"{i:02d}.png"), np.full((8, 8), 10 * i, np.uint8))
+    seen = []
+
+    def split_logits(model, split, *args, **kwargs):
+        seen.append(sorted(split.paths))
+        return np.zeros((len(split), 2)), split.labels, 0
+
+    class Ck(dict):
+        preprocess = None
+
+    monkeypatch.setattr(calibrate, "split_logits", split_logits)
+    for train_config in ({"val_fraction": 0.4, "seed": 7}, {"val_fraction": 0.2, "seed": 0}):
+        calibrate.validation_logits(None, str(tmp_path), Ck(train_config=train_config), 64, print)
+    calibrate.validation_logits(None, str(tmp_path), Ck(), 64, print)
+
+    def val(*settings):
+        return sorted(discover(tmp_path, *settings)[1]["val"].paths)
+
+    assert seen[0] == val(0.4, 7) != val() and len(seen[0]) == 16
+    assert seen[1] == seen[2] == val()
