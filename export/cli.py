@@ -31,6 +31,7 @@ from medge.edge.errors import MedgeError
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    from medge.edge.inputs.index import FORMATS, UNCERTAIN
     from medge.edge.runtime.engines import engine_choices
     from medge.export.onnx_export import ExportConfig
     from medge.export.quantize import add_variant_arguments
@@ -71,12 +72,12 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                    help="validation images used for calibration at most (default: %(default)s)")
     p.add_argument("--labels", metavar="INDEX.csv",
                    help="multi-label checkpoints: calibrate on this index instead of the run's own: every row, or its "
-                        "val rows when it has a split column")
+                        "val rows when it has a split column (the run's own index given so is split as in training)")
     p.add_argument("--images", metavar="DIR", help="the folder the index's paths are under (default: with --labels its "
                    "folder, else the run's images: give it when they have moved)")
-    p.add_argument("--labels-format", choices=("nih", "chexpert", "generic"),
+    p.add_argument("--labels-format", choices=FORMATS,
                    help="with --labels: the index's layout (default: generic)")
-    p.add_argument("--uncertain", choices=("ignore", "zeros", "ones"),
+    p.add_argument("--uncertain", choices=UNCERTAIN,
                    help="multi-label: uncertain labels (-1) in the validation index: ignore (masked), zeros or ones "
                         "(default: the policy the model was trained with)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing bundle at --out (atomically)")

@@ -86,7 +86,8 @@ def bce_with_logits(logits, targets) -> float:
     if not keep.any():
         return float("nan")
     z, y = z[keep], y[keep]
-    return float(np.mean(np.maximum(z, 0) - z * y + np.log1p(np.exp(-np.abs(z)))))
+    # sigmoid(z) is the softmax of the two logits [0, z]: the binary log-loss is the two-class NLL
+    return nll(np.stack([np.zeros_like(z), z], axis=1), y.astype(np.int64))
 
 
 def multilabel_metrics(targets: np.ndarray, logits: np.ndarray, findings: list[str]) -> dict:

@@ -164,3 +164,15 @@ def test_after_the_data_has_moved_export_says_what_to_give_and_images_alone_find
         validation_split(index_source({**run, "labels": str(tmp_path / "old.csv")},  # another index than the run's
                                       IndexArgs(str(data / "index.csv"), str(tmp_path / "gone"))), FINDINGS,
                          quiet)
+
+
+def test_export_s_index_options_are_the_index_reader_s():
+    """--labels-format and --uncertain offer exactly what edge.inputs.index reads (one list, not a copy)."""
+    import argparse
+
+    from medge.edge.inputs.index import FORMATS, UNCERTAIN
+    from medge.export.cli import add_parser
+
+    parser = add_parser(argparse.ArgumentParser().add_subparsers())
+    choices = {a.dest: a.choices for a in parser._actions}
+    assert choices["labels_format"] is FORMATS and choices["uncertain"] is UNCERTAIN

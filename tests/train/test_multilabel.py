@@ -50,6 +50,24 @@ def test_numpy_bce_is_the_masked_loss():
     assert math.isnan(bce_with_logits(z, np.full((20, 3), NAN)))
 
 
+def test_numpy_bce_is_edge_nll_on_the_stacked_logits_and_torch_s_to_the_last_digits(monkeypatch):
+    """One log-loss: edge.numeric.nll on [0, z] per unmasked entry, equal to torch's BCE (float64), extremes too."""
+    from medge.train import metrics
+
+    rng = np.random.default_rng(2)
+    y, z = _targets(rng, 40, 3), rng.normal(size=(40, 3)) * 4
+    z[0], y[0] = [800.0, -800.0, 30.0], [0.0, 1.0, 1.0]  # far beyond exp's range: finite, exact
+    keep = ~np.isnan(y)
+    oracle = F.binary_cross_entropy_with_logits(torch.tensor(z[keep]), torch.tensor(y[keep])).item()
+    assert bce_with_logits(z, y) == pytest.approx(oracle, rel=1e-12, abs=0)
+    calls = []
+    monkeypatch.setattr(metrics, "nll", lambda s, labels: calls.append((s, labels)) or 0.5)
+    assert metrics.bce_with_logits(z, y) == 0.5
+    (stacked, labels), = calls
+    assert np.array_equal(stacked, np.stack([np.zeros(keep.sum()), z[keep]], axis=1))
+    assert np.array_equal(labels, y[keep].astype(np.int64))
+
+
 def test_pos_weight_is_negatives_over_positives_clipped():
     y = np.array([[1, 0, 0, NAN], [0, 0, 1, NAN], [0, 0, 1, 1], [0, 0, 1, NAN], [NAN, 0, 1, NAN]], np.float64)
     w = engine.positive_weights(y)
