@@ -597,9 +597,8 @@ def export_bundle(checkpoint: str, out: str, data: str | None = None, cfg: Expor
     log(f"exporting {ck.arch} ({len(ck.classes)} classes, input {ck.preprocess.channels}x{ck.preprocess.size}x"
         f"{ck.preprocess.size}, epoch {ck.epoch}) from {checkpoint}")
     model = model_from_checkpoint(ck)
-    inputs, names, skipped = timer.run("parity_inputs", parity_inputs, None if multi else data, ck.preprocess,
-                                       ck.classes, cfg.max_images, multi[0].split if multi and multi[0] else None,
-                                       calibrate.run_split(ck))
+    inputs, names, skipped = timer.run("parity_inputs", parity_inputs, None if multi else data, ck.preprocess, ck.classes,
+                                       cfg.max_images, multi and multi[0] and multi[0].split, calibrate.run_split(ck))
     for _, reason in skipped:
         log(f"parity: skipping unreadable image: {reason}")
     reference, cam = timer.run("pytorch_reference", pytorch_reference, model, ck.arch, inputs)  # cam None: occlusion
