@@ -15,7 +15,9 @@ cases whose label is known (an uncertain label masked by ``--uncertain ignore`` 
 
 The section also holds the validation figures a site is compared with (``medge validate``, ``medge monitor``):
 per finding the AUC with its interval, sensitivity and specificity at the threshold, Brier score, ECE, the ROC and
-the scores with their truth; for the whole model the macro AUC (mean over findings with an AUC) and the micro AUC
+the scores with their truth (``scores``, ``positives``: the known cases), and ``all_scores``, the calibrated
+probability of every validation image, masked ones included (the reference a site's images drift from); for the
+whole model the macro AUC (mean over findings with an AUC) and the micro AUC
 (every known (case, finding) pair pooled, on the calibrated probabilities).
 Tested by tests/export/test_findings.py.
 """
@@ -159,6 +161,8 @@ def findings_section(logits, targets, findings: list[str], criterion: str, sourc
         y = t[known, k] == 1.0
         entry = finding_entry(name, z[known, k], y, criterion, confidence)
         entry["validation"]["masked"] = int((~known).sum())
+        # every validation image's calibrated probability, masked ones too: the drift reference of a site's images
+        entry["validation"]["all_scores"] = sigmoid(z[:, k] / entry["temperature"]).tolist()
         entries.append(entry)
         pooled.append((y, np.asarray(entry["validation"]["scores"], np.float64)))
     validation = {"source": source, "cases": int(z.shape[0]), "skipped": int(skipped),

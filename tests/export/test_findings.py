@@ -83,13 +83,28 @@ def test_masked_cases_are_left_out_of_their_finding_only():
     other = z.copy()
     other[masked, 1] = rng.normal(0, 50, masked.sum())  # what a masked case's logit is must not matter
     a, b = (findings_section(x, t, FINDINGS, "sensitivity=0.9", "test") for x in (z, other))
-    assert a["findings"][1] == b["findings"][1]
+    known = lambda e: {**e, "validation": {k: v for k, v in e["validation"].items() if k != "all_scores"}}  # noqa: E731
+    assert known(a["findings"][1]) == known(b["findings"][1])
     v = a["findings"][1]["validation"]
     assert (v["cases"], v["n_positive"], v["n_negative"], v["masked"]) == (160, 80, 80, 40)
     assert len(v["scores"]) == len(v["positives"]) == 160 and sum(v["positives"]) == 80
     alone = findings_section(z[~masked][:, [1]], t[~masked][:, [1]], ["Nodule"], "sensitivity=0.9", "test")
     drop = lambda e: {k: v for k, v in e.items() if k != "validation"}  # noqa: E731
     assert drop(alone["findings"][0]) == drop(a["findings"][1])
+
+
+def test_every_validation_image_s_calibrated_probability_is_the_drift_reference():
+    """all_scores: per finding, each validation image's sigmoid(z / T) as the edge computes it, masked ones
+    included (a site's records hold every image); scores: the known cases only, in the same order."""
+    rng = np.random.default_rng(12)
+    z, t = _cases(rng, positives=(100, 3), negatives=(100, 137), masked=(0, 60))  # Nodule: unsupported, T 1
+    section = findings_section(z, t, FINDINGS, "youden", "test")
+    edge = _point(section).probabilities(z)
+    for k, e in enumerate(section["findings"]):
+        v = e["validation"]
+        assert len(v["all_scores"]) == 200 and np.allclose(v["all_scores"], edge[:, k], rtol=0, atol=1e-15)
+        assert v["scores"] == [s for s, m in zip(v["all_scores"], np.isnan(t[:, k]), strict=True) if not m]
+    assert section["findings"][1]["threshold"] is None and section["findings"][1]["validation"]["masked"] == 60
 
 
 def test_a_finding_with_three_positives_has_no_threshold_and_no_decision():
