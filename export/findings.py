@@ -336,7 +336,7 @@ def check_membership(src: IndexSource, split, missing: int, log) -> None:
     if src.recorded.get("index_sha256") and file_sha256(src.labels) != src.recorded["index_sha256"]:
         why = "the index file has changed since training (its SHA-256 differs from the one the checkpoint records)"
     else:
-        why = (f"the index is unchanged, but {missing} of its images are missing or unreadable now, and an image "
+        why = (f"the index is unchanged, but {missing} of its images are missing or not images now, and an image "
                "whose patient is read from its DICOM header becomes its own patient without it: patients move "
                "between splits")
     raise ExportError(f"{src.labels}: the validation split rebuilt from the run's index is not the one training held "

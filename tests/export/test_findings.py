@@ -311,3 +311,40 @@ def test_an_index_sharing_patients_with_training_is_warned_in_the_log_and_the_ma
     assert section["validation"]["notes"] == list(cases.notes)
     _point(section)  # the edge accepts it
     assert "notes" not in findings_section(z, t, FINDINGS, "youden", cases.source)["validation"]
+
+
+def test_a_training_image_lost_since_training_that_moves_dicom_patients_is_refused(tmp_path):
+    """The reviewer's case: an index without patients whose DICOM files carry a PatientID. A train image missing at
+    export becomes its own patient and the split reshuffles; export stops instead of calibrating on training images."""
+    pytest.importorskip("pydicom")
+    import pydicom
+
+    from medge.edge.errors import ExportError
+    from medge.edge.inputs.index import read_index
+    from medge.export.findings import index_source, validation_split
+    from medge.train.checkpoint import file_sha256, membership_sha256
+    from medge.train.data import discover_index
+    from medge.train.synth import write_dicom
+
+    rows = ["path,Effusion,Nodule"]
+    for p in range(24):
+        for j in range(3):
+            path = write_dicom(tmp_path / f"p{p}_{j}.dcm", np.full((8, 8), 50 * (p + 1), np.uint16))
+            ds = pydicom.dcmread(path)
+            ds.PatientID = f"P{p}"
+            ds.save_as(path)
+            rows.append(f"p{p}_{j}.dcm,{p % 2},{(p // 2) % 2}")
+    labels = tmp_path / "index.csv"
+    labels.write_text("\n".join(rows) + "\n")
+    run = {"labels": str(labels), "val_fraction": 0.25, "test_fraction": 0.0, "seed": 0}
+    _, splits = discover_index(read_index(str(labels), str(tmp_path), "generic", "ignore"), 0.25, 0.0, 0)
+    recorded = {"index_sha256": file_sha256(labels),  # as medge train records them
+                "split_sha256": {n: membership_sha256(s.paths, tmp_path) for n, s in splits.items()}}
+    held_out = validation_split(index_source(run, None, recorded), FINDINGS, quiet).split
+    assert sorted(held_out.paths) == sorted(splits["val"].paths)
+    for p in splits["train"].paths[:1] + splits["train"].paths[3::6]:  # a few training images lost
+        Path(p).unlink()
+    _, now = discover_index(read_index(str(labels), str(tmp_path), "generic", "ignore"), 0.25, 0.0, 0)
+    assert set(now["val"].paths) & set(splits["train"].paths)  # the reshuffle: training images now in val
+    with pytest.raises(ExportError, match=r"the index is unchanged, but \d+ of its images are missing"):
+        validation_split(index_source(run, None, recorded), FINDINGS, quiet)
