@@ -288,7 +288,9 @@ def score_checks(records: list[dict], op: dict) -> list[dict]:
 
 def finding_checks(records: list[dict], op: dict) -> list[dict]:
     """A multi-label bundle's checks, per finding with validation scores: its calibrated probability against its
-    validation scores (PSI and KS) and, where it has a threshold, its positive share against validation's.
+    validation scores (PSI and KS) and, where it has a threshold, its positive share against validation's. The
+    reference is every validation image (``all_scores``), not only those with a known label: under ``--uncertain
+    ignore`` the masked images are left out of the figures but are images a site sends too.
 
     Multiplicity: with K such findings each test runs at its single-label rate divided by K (Bonferroni): PSI_ALPHA
     / K, KS_ALPHA / K, SHARE_ALPHA / K. The chance that any finding's score check alarms on no shift stays at most
@@ -307,7 +309,9 @@ def finding_checks(records: list[dict], op: dict) -> list[dict]:
     out = []
     for e in entries:
         name = e["name"]
-        ref = np.asarray(e["validation"]["scores"], np.float64)
+        # every validation image's probability where the bundle keeps it (a site's records are of all its images,
+        # uncertain ones included), else the labelled cases' (bundles exported before all_scores)
+        ref = np.asarray(e["validation"].get("all_scores") or e["validation"]["scores"], np.float64)
         cur = np.array([float(r["probabilities"][name]) for r in records], np.float64)
         out.append({**_distribution_check(ref, cur, name, PSI_ALPHA / k, KS_ALPHA / k), "finding": name})
         if e.get("threshold") is not None:

@@ -87,3 +87,20 @@ def test_what_cannot_be_seen_is_said_per_finding_and_the_levels_are_not_rounded_
     assert report["verdict"] == "too little data"
     assert any(r.startswith("score distribution of A, score distribution of B") for r in report["reasons"])
     assert (drift.level_text(0.01), drift.level_text(0.01 / 3), drift.level_text(0.05 / 5)) == ("99%", "99.7%", "99%")
+
+
+def test_the_reference_is_every_validation_image_not_only_those_with_a_known_label():
+    """Under --uncertain ignore the images with an uncertain label (here the middle probabilities) are out of a
+    finding's figures, but a site sends such images too: compared with the labelled cases only, a site without
+    any shift alarms; compared with every validation image (all_scores), it stays quiet."""
+    rng = np.random.default_rng(5)
+    ref, cur = _draw(rng, 600), _draw(rng, 600)
+    known = (ref[:, 0] < 0.25) | (ref[:, 0] > 0.5)  # finding A's uncertain labels were its middle scores
+    op = _op(ref)
+    op["findings"][0]["validation"] = {"scores": ref[known, 0].tolist(), "all_scores": ref[:, 0].tolist()}
+    manifest = {"task": "multilabel", "classes": list(NAMES), "operating_point": op}
+    quiet = drift.monitor(_records(cur), manifest)
+    assert not any(c["drift"] for c in quiet["checks"] if c.get("finding") == "A")
+    del op["findings"][0]["validation"]["all_scores"]  # a bundle exported before all_scores: the labelled cases
+    alarmed = drift.monitor(_records(cur), manifest)
+    assert any(c["drift"] for c in alarmed["checks"] if c.get("finding") == "A")
