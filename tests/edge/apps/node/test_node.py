@@ -423,8 +423,8 @@ def test_a_multilabel_bundle_gets_a_group_per_finding_and_its_records(tmp_path, 
         assert record[key] == expected[key], key
     assert record["thresholds"] == {"Effusion": 0.4, "Nodule": None} and record["decisions"]["Nodule"] is None
     assert record["positive_findings"] == ["Effusion"] * record["decisions"]["Effusion"]
-    assert record["label"] == label_of(record["positive_findings"]) and record["any_positive"] is record["decisions"][
-        "Effusion"]
+    assert record["label"] == label_of(record["positive_findings"], ["Nodule"])  # "No Finding (not decided: ...)"
+    assert record["any_positive"] is record["decisions"]["Effusion"]
     sr = hd.sr.Comprehensive3DSR.from_dataset(pydicom.dcmread(tmp_path / "out" / record["sr"]))
     groups = {g.finding_type.meaning: g for g in sr.content.get_image_measurement_groups()}
     assert list(groups) == ["Effusion", "Nodule"]
