@@ -292,17 +292,23 @@ def operating_point_summary(manifest: dict) -> dict:
             "why": manifest.get("demo_operating_point")}
 
 
-def run_demo(out: str, data: str | None = None, device: str = "auto", cfg: DemoConfig | None = None,
-             log=print) -> dict:
-    """Run the stages; returns the summary (also written to OUT/summary.json and summary.md)."""
+def open_run_folder(out: str, device: str, cfg, cpu, gpu):
+    """(the demo's new or empty run folder, created; the training device; ``cfg``, else ``gpu`` on CUDA and ``cpu``
+    elsewhere). UsageError for a folder that holds anything: nothing is overwritten."""
     from medge.train.engine import select_device
 
     out_dir = check_output_dir(out, "demo")
     if out_dir.is_dir() and any(out_dir.iterdir()):
         raise UsageError(f"{out_dir} is not empty; choose a new --out (nothing is overwritten)")
     dev = select_device(device)
-    cfg = cfg or (GPU if dev.type == "cuda" else CPU)
     out_dir.mkdir(parents=True, exist_ok=True)
+    return out_dir, dev, cfg or (gpu if dev.type == "cuda" else cpu)
+
+
+def run_demo(out: str, data: str | None = None, device: str = "auto", cfg: DemoConfig | None = None,
+             log=print) -> dict:
+    """Run the stages; returns the summary (also written to OUT/summary.json and summary.md)."""
+    out_dir, dev, cfg = open_run_folder(out, device, cfg, CPU, GPU)
     log(f"medge demo -> {out_dir} (device {dev}, {cfg.arch} at {cfg.img_size}px, {cfg.epochs} epochs)")
     t0 = time.perf_counter()
     data_dir = run_stage(1, "data", lambda: data or make_data(out_dir, cfg, log), log)

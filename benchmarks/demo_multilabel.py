@@ -28,9 +28,8 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from medge.benchmarks.demo import TARGETS, run_stage
-from medge.edge.errors import UsageError
-from medge.edge.outputs import atomic_write_text, check_output_dir
+from medge.benchmarks.demo import TARGETS, open_run_folder, run_stage
+from medge.edge.outputs import atomic_write_text
 
 
 @dataclass(frozen=True)
@@ -316,14 +315,7 @@ def report_markdown(s: dict) -> str:
 
 def run_demo(out: str, device: str = "auto", cfg: MultiDemoConfig | None = None, log=print) -> dict:
     """Run the stages; returns the summary (also written to OUT/summary.json and summary.md)."""
-    from medge.train.engine import select_device
-
-    out_dir = check_output_dir(out, "demo")
-    if out_dir.is_dir() and any(out_dir.iterdir()):
-        raise UsageError(f"{out_dir} is not empty; choose a new --out (nothing is overwritten)")
-    dev = select_device(device)
-    cfg = cfg or (GPU if dev.type == "cuda" else CPU)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir, dev, cfg = open_run_folder(out, device, cfg, CPU, GPU)
     log(f"medge demo --multilabel -> {out_dir} (device {dev}, {cfg.findings} findings, {cfg.arch} at {cfg.img_size}px, "
         f"{cfg.epochs} epochs)")
     t0 = time.perf_counter()
