@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import csv
 import datetime
+import functools
 import json
 import time
 from collections import Counter
@@ -29,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from medge.benchmarks.demo import TARGETS, open_run_folder, run_stage
+from medge.edge.golive.wording import figure_text
 from medge.edge.outputs import atomic_write_text
 
 
@@ -73,6 +75,7 @@ def make_data(out_dir: Path, cfg: MultiDemoConfig, log) -> Data:
     return Data(out_dir / "data" / INDEX_FILE, out_dir / "data" / IMAGES_DIR)
 
 
+@functools.lru_cache(maxsize=4)
 def splits_of(data: Data) -> dict:
     """The run's splits by patient, rebuilt exactly as training draws them (``train.data.discover_index``)."""
     from medge.edge.inputs.index import read_index
@@ -278,14 +281,6 @@ def summarize(out_dir: Path, seconds: float, device, cfg: MultiDemoConfig, train
     }
 
 
-def _auc(a: dict | None) -> str:
-    return "n/a" if not a or a.get("auc") is None else f"{a['auc']:.3f} ({a['low']:.3f}-{a['high']:.3f})"
-
-
-def _value(f: dict | None) -> str:
-    return "" if not f or f.get("value") is None else f"{f['value']:.3f}"
-
-
 def report_markdown(s: dict) -> str:
     """summary.md: the multi-label demo as a Markdown report, generated from summary.json's figures."""
     v = s["validate"]
@@ -301,8 +296,8 @@ def report_markdown(s: dict) -> str:
               "| --- | --- | --- | --- | --- | --- | --- |"]
     for f in v["findings"]:
         threshold = "unsupported" if not f["supported"] else f"{f['threshold']:.4f}"
-        lines.append(f"| {f['name']} | {f['cases']} | {f['positives']} | {_auc(f['auc'])} | {threshold} | "
-                     f"{_value(f.get('sensitivity'))} | {_value(f.get('specificity'))} |")
+        lines.append(f"| {f['name']} | {f['cases']} | {f['positives']} | {figure_text(f['auc'], to='-')} | {threshold} | "
+                     f"{figure_text(f.get('sensitivity'), to='-')} | {figure_text(f.get('specificity'), to='-')} |")
     summ = v.get("summary") or {}
     macro, micro = summ.get("macro_auc"), summ.get("micro_auc")
     lines += ["", f"Macro AUC {'n/a' if macro is None else f'{macro:.3f}'}, micro AUC "
@@ -340,7 +335,7 @@ def summary_text(s: dict) -> str:
              + ", ".join(f"{k} {x.get('patients')} patients / {x.get('images')} images"
                          for k, x in (s.get("splits") or {}).items()),
              f"held-out test patients: macro AUC {'n/a' if macro is None else f'{macro:.3f}'}; per finding: "
-             + ", ".join(f"{f['name']} {_auc(f['auc'])}" for f in v["findings"]), "files:"]
+             + ", ".join(f"{f['name']} {figure_text(f['auc'], to='-')}" for f in v["findings"]), "files:"]
     width = max(map(len, s["paths"]))
     lines += [f"  {k:<{width}}  {p}" for k, p in s["paths"].items()]
     return "\n".join(lines)

@@ -165,6 +165,28 @@ class Explainer:
         return logits, [Explanation(scale_map(raw, size), k, self.method, logits[i].copy(), display_image(blob[i], cfg))
                         for i, (k, raw) in enumerate(zip(ks, raws, strict=True))]
 
+    def class_maps(self, run: Runner, blob: np.ndarray, classes: tuple[int, ...]) -> tuple[np.ndarray, list[list]]:
+        """Logits (N, K) and the raw maps of every class in ``classes`` (checked by ``resolve_classes``) for each
+        image ([image][class])."""
+        raise NotImplementedError
+
+    def explain_classes(self, run: Runner, blob: np.ndarray, classes: tuple[int, ...],
+                        cfg: PreprocessConfig = PreprocessConfig()) -> tuple[np.ndarray, list[list[Explanation]]]:
+        """One Explanation per class of ``classes`` for each image of a blob, from the forward passes one class
+        needs (a multi-label bundle's heatmap per finding: CAM maps from one pass, occlusion drops of every class
+        from the same occluded copies); each map equals ``explain`` with that class.
+
+        Returns:
+            (logits (N, K), per image its Explanations in the order of ``classes``).
+
+        Raises:
+            UsageError: a class out of range. InferenceError: as ``explain``.
+        """
+        logits, maps = self.class_maps(run, blob, classes)
+        size = tuple(blob.shape[2:])
+        return logits, [[Explanation(scale_map(raw, size), k, self.method, logits[i].copy(), display_image(blob[i], cfg))
+                         for k, raw in zip(classes, maps[i], strict=True)] for i in range(len(blob))]
+
 
 class CamExplainer(Explainer):
     """Class activation map from the feature-map output and the stored linear head."""
@@ -202,14 +224,24 @@ class CamExplainer(Explainer):
                                  f"{float(worst.max()):.3g} > {self.logit_rtol:g}): refusing to draw a heatmap that is "
                                  "not the model's; re-export the bundle")
 
-    def raw_maps(self, run, blob, class_indices):
+    def _forward(self, run, blob) -> tuple[np.ndarray, np.ndarray]:
+        """Logits and feature maps of one pass, the head checked against them."""
         outs = run(blob, (self.logits_output, self.output))
         logits, features = outs[self.logits_output], outs[self.output]
         if features.ndim != 4:
             raise InferenceError(f"feature-map output {self.output!r} has shape {features.shape}, expected (N, C, h, w)")
         self.check_logits(features, logits)
+        return logits, features
+
+    def raw_maps(self, run, blob, class_indices):
+        logits, features = self._forward(run, blob)
         ks = resolve_classes(logits, class_indices)
         return logits, ks, list(self.cams(features, ks))
+
+    def class_maps(self, run, blob, classes):
+        logits, features = self._forward(run, blob)
+        per_class = [self.cams(features, [k] * len(blob)) for k in resolve_classes(logits[:1], list(classes))]
+        return logits, [[m[i] for m in per_class] for i in range(len(blob))]
 
 
 @dataclass(frozen=True)
@@ -257,20 +289,27 @@ class OcclusionExplainer(Explainer):
     def raw_maps(self, run, blob, class_indices):
         logits = run(blob, (self.logits_output,))[self.logits_output]
         ks = resolve_classes(logits, class_indices)
-        return logits, ks, [self._one(run, x, float(z[k]), k) for x, z, k in zip(blob, logits, ks, strict=True)]
+        return logits, ks, [self._one(run, x, z, [k])[0] for x, z, k in zip(blob, logits, ks, strict=True)]
 
-    def _one(self, run: Runner, x: np.ndarray, score: float, k: int) -> np.ndarray:
+    def class_maps(self, run, blob, classes):
+        logits = run(blob, (self.logits_output,))[self.logits_output]
+        ks = resolve_classes(logits[:1], list(classes))
+        return logits, [list(self._one(run, x, z, ks)) for x, z in zip(blob, logits, strict=True)]
+
+    def _one(self, run: Runner, x: np.ndarray, logits: np.ndarray, ks: list[int]) -> np.ndarray:
+        """Maps (len(ks), H, W) of one image: each class's logit drop, from the same occluded copies."""
         p, positions = self.grid.patch, self.grid.positions
-        total = np.zeros(x.shape[1:], np.float64)
+        scores = np.asarray(logits, np.float64)[ks]
+        total = np.zeros((len(ks), *x.shape[1:]), np.float64)
         count = np.zeros(x.shape[1:], np.float64)
         for i in range(0, len(positions), self.batch_size):  # bounded memory: batch_size occluded copies at a time
             chunk = positions[i : i + self.batch_size]
             batch = np.repeat(x[None], len(chunk), axis=0)
             for j, (y0, x0) in enumerate(chunk):
                 batch[j, :, y0 : y0 + p, x0 : x0 + p] = self.baseline
-            drops = score - run(batch, (self.logits_output,))[self.logits_output][:, k].astype(np.float64)
+            drops = scores - run(batch, (self.logits_output,))[self.logits_output][:, ks].astype(np.float64)
             for (y0, x0), d in zip(chunk, drops, strict=True):
-                total[y0 : y0 + p, x0 : x0 + p] += d
+                total[:, y0 : y0 + p, x0 : x0 + p] += d[:, None, None]
                 count[y0 : y0 + p, x0 : x0 + p] += 1
         return (total / np.maximum(count, 1)).astype(np.float32)
 

@@ -123,25 +123,26 @@ def discover(root: str | os.PathLike, val_fraction: float = 0.2, seed: int = 0) 
         for name in ("val", "test"):
             if (root / name).is_dir():
                 _, per_split[name], not_inputs[name] = _list_class_folder(root / name, classes, name)
+        patients = _dicom_patients([p for by_class in per_split.values() for ps in by_class.values() for p in ps])
         if "val" not in per_split:
-            per_split["train"], per_split["val"] = _split_files(files, val_fraction, seed)
+            per_split["train"], per_split["val"] = _split_files(files, val_fraction, seed, patients)
     else:
         classes, files, left_out = _list_class_folder(root, None, "whole")
         if len(classes) < 2:
             raise DataError(f"{root}: need at least 2 class folders (or train/ and val/), found {classes}")
-        per_split = dict(zip(("train", "val"), _split_files(files, val_fraction, seed), strict=True))
+        patients = _dicom_patients([p for ps in files.values() for p in ps])
+        per_split = dict(zip(("train", "val"), _split_files(files, val_fraction, seed, patients), strict=True))
         not_inputs = {"train": left_out}  # one folder for both splits: its other files are reported once
     for name, by_class in per_split.items():
         items = [(p, classes.index(c)) for c in classes for p in by_class[c]]
         splits[name] = Split([p for p, _ in items], [y for _, y in items], failures=list(not_inputs.get(name, [])))
-    _add_dicom_patients(splits)
+    _add_dicom_patients(splits, patients)
     return classes, splits
 
 
-def _add_dicom_patients(splits: dict[str, Split]) -> None:
+def _add_dicom_patients(splits: dict[str, Split], patients: dict[str, str] | None) -> None:
     """Each image's DICOM PatientID, where the files have one (the run records patients per split); a patient found
     in two splits of folders the user made is said on stderr (the split drawn here never does that)."""
-    patients = _dicom_patients([p for s in splits.values() for p in s.paths])
     if patients is None:
         return
     seen: dict[str, str] = {}
@@ -338,9 +339,9 @@ def fingerprint_difference(run: dict, found: dict) -> str | None:
     return "the same number of images, but file names or sizes differ"
 
 
-def _split_files(files: dict[str, list[str]], val_fraction: float, seed: int):
-    """(train, val) files per class: by patient when the files are DICOM with a PatientID, else ``_stratified``."""
-    patients = _dicom_patients([p for paths in files.values() for p in paths])
+def _split_files(files: dict[str, list[str]], val_fraction: float, seed: int, patients: dict[str, str] | None):
+    """(train, val) files per class: by patient when the files are DICOM with a PatientID (``patients``: each file's,
+    ``_dicom_patients``), else ``_stratified``."""
     if patients is None:
         return _stratified(files, val_fraction, seed)
     classes = list(files)

@@ -170,12 +170,10 @@ def finish(model: Model, batch: list[tuple[Prediction, np.ndarray]], heatmaps: b
 def _explain(model: Model, blob: np.ndarray, heatmaps, net) -> tuple[np.ndarray, list]:
     """Logits and, per image, its Explanation (``heatmaps`` True: of the predicted class) or its list of Explanations
     (``heatmaps`` a tuple of class indices: one per class, in that order)."""
-    explain = partial(model.require_heatmaps().explain, partial(model.infer_outputs, net=net), blob,
-                      cfg=model.preprocess_config)
+    explainer, run = model.require_heatmaps(), partial(model.infer_outputs, net=net)
     if heatmaps is True:
-        return explain(model.label_indices)
-    per_class = [explain([k] * len(blob)) for k in heatmaps]
-    return per_class[0][0], [list(one) for one in zip(*(e for _, e in per_class), strict=True)]
+        return explainer.explain(run, blob, model.label_indices, model.preprocess_config)
+    return explainer.explain_classes(run, blob, heatmaps, model.preprocess_config)  # every class from the same passes
 
 
 def _attach(pred: Prediction, explanation) -> None:

@@ -297,6 +297,31 @@ def test_occlusion_of_a_finding_is_the_drop_of_its_own_logit():
     np.testing.assert_allclose(e0.heatmap, scale_map(total / count, (64, 64)), atol=1e-6)
 
 
+def test_maps_of_several_findings_come_from_the_passes_of_one():
+    """explain_classes gives each class exactly explain's map, from one set of occluded copies (not one per class),
+    and refuses a class the model does not have."""
+    run = _two_findings_model((4, 20, 4, 20), (40, 60, 36, 60))
+    passes = []
+
+    def counted(blob, names):
+        passes.append(len(blob))
+        return run(blob, names)
+
+    blob = np.stack([np.full((1, 64, 64), v, np.float32) for v in (0.8, 0.3)])
+    ex = OcclusionExplainer(64, patch=8, stride=4)
+    logits, per_image = ex.explain_classes(counted, blob, (1, 0))
+    both = sum(passes)
+    for i, maps in enumerate(per_image):
+        assert [e.class_index for e in maps] == [1, 0]
+        for e in maps:
+            np.testing.assert_array_equal(e.heatmap, ex.explain(run, blob[i : i + 1], [e.class_index])[1][0].heatmap)
+    passes.clear()
+    ex.explain(counted, blob, [0, 0])
+    assert both == sum(passes) == 2 + 2 * len(ex.grid.positions)  # two classes cost what one costs
+    with pytest.raises(UsageError, match="class_index"):
+        ex.explain_classes(run, blob, (2,))
+
+
 def test_heatmaps_per_finding_of_a_multilabel_bundle(heat_bundle, tmp_path):
     """CAM of finding k is W[k] over the feature map: one heatmap per finding asked for, each Model.explain's."""
     from tests.edge.multilabel import finding_entry, multilabel_copy
