@@ -593,11 +593,16 @@ def _variant_e2e_lines(e2e: dict | None) -> list[str]:
     ips, bound = e2e["images_per_s"], e2e.get("decode_bound") or {}
     auto = e2e.get("auto") or {}
     files = ", ".join(f"{n} {k}" for k, n in bound.get("files", {}).items())
-    line = (f"End to end on {e2e['images']} 2048x2048 files ({files}): medge on cv2.dnn fp32 "
-            f"{_fmt(ips.get('medge'), 1)} images/s")
+    line = f"End to end on {e2e['images']} 2048x2048 files ({files}): "
+    if "medge (before)" in ips:
+        line += (f"medge as it was (cv2.dnn fp32, PNGs decoded by OpenCV) {_fmt(ips['medge (before)'], 1)} images/s, "
+                 f"with PNGs inflated by libdeflate {_fmt(ips.get('medge'), 1)} images/s")
+    else:
+        line += f"medge on cv2.dnn fp32 {_fmt(ips.get('medge'), 1)} images/s"
     if "medge (auto)" in ips:
+        base = ips.get("medge (before)", ips["medge"])
         line += (f", medge (auto: {auto.get('engine')}/{auto.get('variant')}) {_fmt(ips['medge (auto)'], 1)} images/s "
-                 f"({_fmt(ips['medge (auto)'] / ips['medge'])}x)")
+                 f"({_fmt(ips['medge (auto)'] / base)}x)")
     if bound:
         line += (f"; decode-bound ideal {_fmt(bound['ideal_images_per_s'], 1)} images/s, reached "
                  f"{_fmt(100 * bound['fraction'].get('medge (auto)', bound['fraction']['medge']), 0)}%")

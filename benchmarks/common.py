@@ -6,8 +6,10 @@ import argparse
 import os
 import subprocess
 import sys
+from contextlib import contextmanager
 
 from medge.edge import system
+from medge.edge.inputs import png
 
 
 def rss_mb() -> float:
@@ -42,7 +44,8 @@ def environment() -> dict:
     versions) with what benchmarks add: the git revision, thread variables, torch and ONNX versions, the GPU."""
     env = {**system.environment(), "git_revision": _git_revision(),
            "thread_env": {k: os.environ[k] for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
-                          if k in os.environ}}
+                          if k in os.environ},
+           "png_decoder": png.decoder_name("numpy") if png.available() else "opencv (libpng)"}
     for mod in ("torch", "torchvision", "onnx", "onnxruntime"):
         try:
             m = __import__(mod)
@@ -57,6 +60,21 @@ def environment() -> dict:
     except ImportError:
         pass
     return env
+
+
+@contextmanager
+def opencv_png():
+    """PNGs decoded by OpenCV alone while the block runs (``MEDGE_PNG_DECODER=opencv``), as without the png extra:
+    the "before" of a comparison."""
+    before = os.environ.get(png.DECODER_ENV)
+    os.environ[png.DECODER_ENV] = "opencv"
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(png.DECODER_ENV, None)
+        else:
+            os.environ[png.DECODER_ENV] = before
 
 
 def research_parser(doc: str, prog: str | None = None) -> argparse.ArgumentParser:

@@ -9,6 +9,9 @@ so that machine drift hits all:
                        single-threaded batched forward pass, whichever is next
                        (``edge.execution.pipeline``, ``edge.execution.budget``);
   medge (onnxruntime)  the same pipeline on the onnxruntime engine (``ort`` extra);
+  medge (before)       the cv2.dnn pipeline with every PNG decoded by OpenCV alone, as
+                       medge ran before the png extra (only where it is installed:
+                       without it, ``medge`` is that pipeline);
   medge (auto)         the same pipeline on what ``medge predict`` runs here: the fastest
                        (engine, variant) whose gate passed, a fast variant included
                        (``edge.runtime.choice``), when that is not cv2.dnn fp32;
@@ -33,8 +36,9 @@ from contextlib import contextmanager
 
 import numpy as np
 
-from medge.benchmarks.common import add_out_arguments, check_outputs, emit, environment, research_parser
+from medge.benchmarks.common import add_out_arguments, check_outputs, emit, environment, opencv_png, research_parser
 from medge.benchmarks.runners import load_opencv_model
+from medge.edge.inputs import png
 from medge.edge.inputs.image import write_image
 from medge.edge.inputs.scanning import scan_inputs
 from medge.edge.model import Model
@@ -45,6 +49,7 @@ from medge.edge.runtime.engines import ENGINES
 MEDGE_AUTO = "medge (auto)"  # the pipeline on the engine and variant Model.load picks here
 ORT_ENGINE = "onnxruntime"  # the edge engine of the ort extra (edge.runtime.ort)
 MEDGE_ORT = "medge (onnxruntime)"
+MEDGE_BEFORE = "medge (before)"  # cv2.dnn fp32 with OpenCV's PNG decoding: the pipeline before fast variants and png
 
 
 def make_images(folder: str, n: int, size: int = 2048) -> list[str]:
@@ -64,6 +69,11 @@ def make_images(folder: str, n: int, size: int = 2048) -> list[str]:
 
 def run_medge(model: Model, paths, batch_size: int, workers: int | None) -> np.ndarray:
     return np.stack([np.float32(p.logits) for p in model.predict_iter(paths, batch_size, workers)])
+
+
+def _with_opencv_png(run, *args):
+    with opencv_png():
+        return run(*args)
 
 
 def run_sequential(net, paths, cfg, chw, k) -> np.ndarray:
@@ -109,6 +119,8 @@ def measure(bundle: str, paths: list[str], rounds: int = 3, batch_size: int = 8,
         "medge": lambda: run_medge(model, paths, batch_size, workers),
         "sequential": lambda: run_sequential(net, paths, cfg, model.chw, k),
     }
+    if png.available():
+        contenders[MEDGE_BEFORE] = lambda: _with_opencv_png(run_medge, model, paths, batch_size, workers)
     ort_model = None
     if ORT_ENGINE in ENGINES:
         ort_model = Model.load(bundle, engine=ORT_ENGINE)  # the same SHA-256 and golden self-test

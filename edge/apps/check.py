@@ -35,6 +35,7 @@ from medge.edge import system
 from medge.edge.apps.records import findings_text
 from medge.edge.errors import MedgeError, UsageError
 from medge.edge.findings import MULTILABEL
+from medge.edge.inputs import png
 from medge.edge.inputs.dicom import decoder_support
 from medge.edge.inputs.image import write_image
 from medge.edge.model import Model
@@ -208,7 +209,8 @@ def input_support() -> dict:
             readable += [name] if ok and cv2.imdecode(data, cv2.IMREAD_UNCHANGED) is not None else []
         except cv2.error:  # an OpenCV built without that codec
             continue
-    return {"images": readable, "dicom": decoder_support()}
+    fast_png = png.decoder_name("numpy") if png.available() else None
+    return {"images": readable, "png_inflate": fast_png, "png_extra": png.installed(), "dicom": decoder_support()}
 
 
 def run_check(bundle: str, repeats: int) -> dict:
@@ -268,6 +270,10 @@ def _box_lines(r: dict) -> list[str]:
 def _input_lines(inputs: dict) -> list[str]:
     """Which files this install reads, and what to install for the rest."""
     images = f"inputs      {', '.join(inputs['images']) or 'no image format'} (OpenCV)"
+    if "PNG" in inputs["images"]:
+        images += ("; PNG inflated by " + inputs["png_inflate"].split(" + ")[0] if inputs.get("png_inflate")
+                   else f"; PNG decoded by OpenCV ({png.DECODER_ENV}=opencv)" if inputs.get("png_extra")
+                   else '; PNG faster with pip install "medge[png]"')
     d = inputs["dicom"]
     if d["pydicom"] is None:
         return [images, '            DICOM: not on this install (pip install "medge[dicom]": pydicom and python-gdcm)']

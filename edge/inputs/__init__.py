@@ -4,6 +4,7 @@ The modules divide the work:
 
 - ``formats``: recognising image files by their bytes (format, size, truncation) and ``ImageInfo``;
 - ``image``: reading and decoding files into grayscale arrays (the 8-bit and 16-bit rules), writing PNGs;
+- ``png``: PNG pixels as OpenCV decodes them, inflated by libdeflate (the ``png`` extra), bit for bit;
 - ``dicom``: single-frame grayscale DICOM with the ``dicom`` extra, one decoder per transfer syntax;
 - ``scanning``: finding inputs in files and folders by content, sharding, and what was skipped and why;
 - ``index``: label indexes (NIH, CheXpert, generic CSVs): files, findings, patients and splits;

@@ -37,6 +37,7 @@ import cv2
 import numpy as np
 
 from medge.edge.errors import ImageError
+from medge.edge.inputs import png
 from medge.edge.inputs.dicom import decode_dicom  # pydicom itself is imported inside, only for DICOM files
 from medge.edge.inputs.formats import (
     DEFAULT_MAX_PIXELS,
@@ -176,11 +177,11 @@ def decode_image(data: bytes, path: str | os.PathLike, max_pixels: int = DEFAULT
         return decode_dicom(data, path, max_pixels)
     fmt, width, height = sniff_image(data, path)
     check_size(width, height, max_pixels, path)
-    image = _decode(data, fmt, path)
+    image, decoder = _decode(data, fmt, path)
     if image.ndim not in (2, 3) or sorted(image.shape[:2]) != sorted((height, width)):
         raise ImageError(path, f"decoded size {image.shape[1]}x{image.shape[0]} differs from the header's {width}x{height}")
     info = ImageInfo(fmt, int(image.shape[1]), int(image.shape[0]), 16 if image.dtype == np.uint16 else 8,
-                     photometric(image), f"opencv {cv2.__version__}")
+                     photometric(image), decoder)
     return to_gray(image, path), info
 
 
@@ -193,8 +194,14 @@ def read_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) ->
     return load_image(path, max_pixels)[0]
 
 
-def _decode(data: bytes, fmt: str, path) -> np.ndarray:
-    """cv2.imdecode keeping depth and colour; a PNG whose only fault is a huge text chunk is read without it."""
+def _decode(data: bytes, fmt: str, path) -> tuple[np.ndarray, str]:
+    """cv2.imdecode keeping depth and colour, and what decoded it; a PNG whose only fault is a huge text chunk
+    is read without it. A PNG is inflated by libdeflate where the ``png`` extra is installed (``edge.inputs.png``:
+    the same pixels, bit for bit)."""
+    if fmt == "png":
+        fast = png.decode(data)
+        if fast is not None:
+            return fast[0], png.decoder_name(fast[1])
     image = _imdecode(data, fmt, path)
     if image is None and fmt == "png":
         stripped = _png_pixel_chunks(data)
@@ -202,7 +209,7 @@ def _decode(data: bytes, fmt: str, path) -> np.ndarray:
             image = _imdecode(stripped, fmt, path)
     if image is None:
         raise ImageError(path, f"cannot decode the {fmt.upper()} pixel data: the file is damaged")
-    return image
+    return image, f"opencv {cv2.__version__}"
 
 
 def _imdecode(data: bytes, fmt: str, path) -> np.ndarray | None:

@@ -26,6 +26,9 @@ def test_record_and_table(tmp_path, capsys):
     rec = json.loads(out.read_text())
     assert set(rec["stages"]) == {"png16", "png8", "dicom"}
     assert set(rec["stages"]["dicom"]) == {"edge", "edge, 1 thread", "pydicom pixel_array"}
+    from medge.edge.inputs import png
+    if png.available():  # before and after: OpenCV's own PNG decoding beside the edge's
+        assert "OpenCV's PNG decoder" in rec["stages"]["png16"] and rec["inflate"]["png16"]["libdeflate_p50_ms"] > 0
     for by_name in rec["stages"].values():
         for r in by_name.values():
             assert r["identical_to_edge"] is True and r["total"]["n"] == 2

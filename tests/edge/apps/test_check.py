@@ -164,7 +164,7 @@ def test_check_lists_the_input_formats_this_install_reads(monkeypatch):
         monkeypatch.setattr(dicom.importlib.util, "find_spec", lambda name, *a, hidden=hidden: find(name, *a,
                                                                                                     hidden=hidden))
         text = "\n".join(check._input_lines(check.input_support()))
-        assert text.startswith("inputs      PNG, JPEG, TIFF, BMP (OpenCV)") and expected in text, text
+        assert text.startswith("inputs      PNG, JPEG, TIFF, BMP (OpenCV); PNG ") and expected in text, text
     monkeypatch.setattr(dicom.importlib.util, "find_spec", real_find)
     d = dicom.decoder_support()
     if d["pydicom"] is None:  # the base install: no DICOM, and the report says how to add it
@@ -172,6 +172,21 @@ def test_check_lists_the_input_formats_this_install_reads(monkeypatch):
     else:
         uncompressed = {t["uid"]: t["installed"] for t in d["transfer_syntaxes"]}
         assert uncompressed["1.2.840.10008.1.2.1"] and len(d["transfer_syntaxes"]) == len(dicom.DECODERS)
+
+
+def test_check_says_what_inflates_pngs(monkeypatch):
+    from medge.edge.inputs import png
+
+    if png.available():
+        line = check._input_lines(check.input_support())[0]
+        assert line.endswith("; PNG inflated by " + png.decoder_name("numpy").split(" + ")[0]), line
+    if png.installed():
+        monkeypatch.setenv("MEDGE_PNG_DECODER", "opencv")
+        assert check._input_lines(check.input_support())[0].endswith("; PNG decoded by OpenCV (MEDGE_PNG_DECODER=opencv)")
+    monkeypatch.setattr(png, "_deflate", lambda: None)
+    support = check.input_support()
+    assert support["png_inflate"] is None
+    assert check._input_lines(support)[0].endswith('; PNG faster with pip install "medge[png]"')
 
 
 def test_check_lists_a_multilabel_bundles_findings(multilabel_bundle, capsys):
