@@ -20,7 +20,8 @@ without the extra): for a site that wants OpenCV alone, and for benchmarks compa
 Anything else returns None and the caller decodes the file's own bytes with ``cv2.imdecode``, so
 damaged and unusual files keep their errors and pixels: a chunk whose CRC is wrong, a stream that
 does not inflate to exactly the rows the header states, a zlib header other than the usual 32 KiB
-window, interlacing, or an OpenCV that cannot read the rewrapped file. Bit identity is tested on
+window, interlacing, a header method libpng does not know, a side over 65535 pixels, or an OpenCV that
+cannot read the rewrapped file. Bit identity is tested on
 every route, every filter type and the PNG files installed on the test machine.
 """
 from __future__ import annotations
@@ -37,6 +38,7 @@ SIGNATURE = b"\x89PNG\r\n\x1a\n"
 METADATA_CHUNKS = {b"tEXt", b"zTXt", b"iTXt", b"tIME", b"pHYs"}
 CHANNELS = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}  # PNG colour type -> samples per pixel
 STORED_BLOCK = 65535  # the largest uncompressed deflate block
+MAX_SIDE = 65535  # larger sides meet libpng's and OpenCV's own size limits: left to them
 DECODER_ENV = "MEDGE_PNG_DECODER"  # "opencv": OpenCV decodes every PNG even with the png extra
 
 
@@ -78,9 +80,10 @@ def decode(data: bytes) -> tuple[np.ndarray, str] | None:
     chunks = _chunks(data, lib)
     if chunks is None:
         return None
-    width, height, depth, colour, interlace = struct.unpack_from(">IIBB2xB", data, chunks[0][1] + 8)
+    width, height, depth, colour, method, filtering, interlace = struct.unpack_from(">IIBBBBB", data, chunks[0][1] + 8)
     row_bytes = _row_bytes(width, depth, colour)
-    if interlace != 0 or row_bytes is None:
+    if (method, filtering, interlace) != (0, 0, 0) or row_bytes is None or not 0 < max(width, height) <= MAX_SIDE \
+            or height == 0:
         return None
     raw = _inflate(data, chunks, height * (1 + row_bytes), lib)
     if raw is None:

@@ -129,7 +129,7 @@ def _damaged(data: bytes, kind: bytes, change) -> bytes:
 
 @needs_extra
 @pytest.mark.parametrize("fault", ["crc", "short", "long", "window", "interlaced", "no_iend", "split_idat",
-                                   "bad_filter", "truncated", "not_png"])
+                                   "bad_filter", "truncated", "not_png", "method", "wide"])
 def test_anything_unusual_is_left_to_opencv(fault):
     image = _pixels((64, 64), np.uint8)
     good = encode(image, [1])
@@ -148,6 +148,9 @@ def test_anything_unusual_is_left_to_opencv(fault):
         + _chunk(b"IDAT", zlib.compress(rows.replace(b"\x01", b"\x07", 1))) + _chunk(b"IEND", b""),
         "truncated": good[: len(good) // 2],
         "not_png": b"GIF89a" + good[6:],
+        "method": _damaged(good, b"IHDR", lambda c: _chunk(b"IHDR", c[8:18] + b"\x01\x00\x00")),
+        "wide": png.SIGNATURE + _chunk(b"IHDR", struct.pack(">IIBBBBB", 70000, 1, 8, 0, 0, 0, 0))
+        + _chunk(b"IDAT", zlib.compress(b"\x00" * 70001)) + _chunk(b"IEND", b""),
     }[fault]
     if fault == "split_idat":  # a text chunk between two IDAT chunks
         first_end = data.index(b"IDAT") - 4
