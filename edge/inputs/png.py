@@ -2,7 +2,7 @@
 
 Decoding a 2048 x 2048 16-bit PNG in OpenCV (libpng) takes about 60 ms on a 2-core Xeon, 46 of them in
 zlib's inflate of the pixel stream; libdeflate (the ``png`` extra: ``deflate``, MIT) inflates the same
-stream 2.5 to 3 times faster (benchmarks/decode_cost.py). Two routes, both giving exactly
+stream 2.3 to 2.9 times faster (benchmarks/decode_cost.py). Two routes, both giving exactly
 ``cv2.imdecode``'s array:
 
 - ``numpy``: a grayscale 8- or 16-bit PNG, not interlaced, whose chunks cannot change the pixels
