@@ -20,7 +20,8 @@ split by patient again as in training (or --labels INDEX.csv --images DIR --labe
 --data INDEX.csv: every row of that index, or its val rows when it has a split column). A finding with
 too few validation cases for the target keeps the point-estimate threshold marked unsupported; one with
 fewer than 5 positives or negatives gets none (no decision).
-Fast variants are gated for single-label bundles only for now.
+Its fast variants are gated on the same validation cases, finding by finding at each finding's threshold;
+int8 is calibrated on the index's training split (the run's own, or the train rows of a split column).
 """
 from __future__ import annotations
 
@@ -86,12 +87,13 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 
 def export_variants(args: argparse.Namespace, log=print):
-    """The VariantConfig of --variants: auto = with --data, the variants whose engines this box has; none = fp32 only."""
+    """The VariantConfig of --variants: auto = with --data (or a multi-label model's --labels), the variants whose
+    engines this box has; none = fp32 only."""
     from medge.export.quantize import variant_config
     from medge.export.variants import GATE_ENGINES, pairs_here
 
     text = args.variants.strip().lower()
-    if text == "none" or (text == "auto" and args.data is None):
+    if text == "none" or (text == "auto" and args.data is None and args.labels is None):
         return None
     if text == "auto":
         here = []

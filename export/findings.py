@@ -315,6 +315,8 @@ class ValidationCases:
     split: object  # a train.data.Split
     source: str
     notes: tuple[str, ...] = ()
+    train: object | None = None  # the training split's images (int8's calibration, export.variants); None: unknown
+    train_source: str = ""  # where ``train`` came from
 
 
 def check_membership(src: IndexSource, split, missing: int, log) -> None:
@@ -387,7 +389,7 @@ def validation_split(src: IndexSource, findings: list[str], log, train_patients=
 
     Returns:
         the ValidationCases (the ``train.data.Split``: paths, one tuple of K targets per image, patients; its
-        source; notes).
+        source; notes; the training split where known: the run's own, or a given index's ``train`` rows).
 
     Raises:
         DataError: the index cannot be read; ExportError: its findings are not the model's, its split column
@@ -406,22 +408,30 @@ def validation_split(src: IndexSource, findings: list[str], log, train_patients=
     whole = src.given and not any(e.split for e in (index.rows or index.entries))
     if not src.given:
         found, splits = discover_index(index, src.val_fraction, src.test_fraction, src.seed)
-        split = splits["val"]
+        split, train = splits["val"], splits["train"]
     else:
         found = index.findings
-        mine = [e for e in index.entries if whole or e.split == "val"]
-        if not mine and not whole:
+
+        def rows(keep) -> Split:
+            mine = [e for e in index.entries if keep(e)]
+            return Split([e.file for e in mine], [tuple(e.targets) for e in mine], patients=[e.patient for e in mine],
+                         findings=tuple(index.findings))
+
+        split = rows(lambda e: whole or e.split == "val")
+        train = None if whole else rows(lambda e: e.split == "train")
+        if not len(split) and not whole:
             raise ExportError(f"{src.labels}: its split column names no usable val row (an index given to export is "
                               f"all validation cases only without a split column)")
-        split = Split([e.file for e in mine], [tuple(e.targets) for e in mine], patients=[e.patient for e in mine],
-                      findings=tuple(index.findings))
     if list(found) != list(findings):
         raise ExportError(f"{src.labels}: findings {list(found)} differ from the checkpoint's {list(findings)}")
     if not src.given:
         check_membership(src, split, len(index.missing), log)
     patients = len({p for p in getattr(split, "patients", None) or [] if p is not None})
     log(f"validation: {len(split)} images of {patients or 'unknown'} patients, {src.describe(whole)}")
-    return ValidationCases(split, src.describe(whole), training_overlap(src, split, train_patients, log))
+    train_source = (f"train rows of {src.labels} (its split column)" if src.given else
+                    f"train split of {src.labels} (the run's own index, split again as in training)")
+    return ValidationCases(split, src.describe(whole), training_overlap(src, split, train_patients, log),
+                           train if train is not None and len(train) else None, train_source)
 
 
 def operating_point(model, ck, cases: ValidationCases | None, src: IndexSource | None, cfg, log) -> dict | None:

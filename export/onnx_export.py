@@ -24,7 +24,7 @@ import os
 import tempfile
 import time
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -506,31 +506,50 @@ def operating_point(model, ck, data: str | None, cfg: ExportConfig, log, multi: 
 def multilabel_validation(ck, data: str | None, index: IndexArgs | None, variants: VariantConfig | None,
                           optional_variants: bool, log, positive: str | None = None) -> tuple:
     """(multi, data, variants): for a multi-label checkpoint multi is (its validation cases, where they came from),
-    both None when no index is known, and its index replaces ``data`` (the parity inputs and the thresholds come
-    from its val split), without variants; for a single-label one (None, data, variants). Refuses what a
-    multi-label export cannot do, before the expensive steps.
+    both None when no index is known, and its index replaces ``data`` (the parity inputs, the thresholds and the
+    variants' gate come from its val split, int8's calibration from its training split); for a single-label one
+    (None, data, variants). Refuses what a multi-label export cannot do, before the expensive steps.
 
     Raises:
-        UsageError: an index given for a single-label checkpoint; fast variants or --positive asked for a
-        multi-label one.
+        UsageError: an index given for a single-label checkpoint; --positive asked for a multi-label one, or fast
+        variants (not ``optional_variants``) without the validation index or the training images they need.
     """
     if not is_multilabel(ck.payload):
         if index is not None and (index.labels is not None or index.images is not None):
             raise UsageError("--labels/--images/--labels-format validate a multi-label checkpoint; this one is "
                              f"single-label ({', '.join(ck.classes)}): give its class folders with --data")
+        check_variant_data(variants, data)
         return None, data, variants
     if positive is not None:
         raise UsageError(f"--positive {positive!r}: a multi-label model has no positive class: each finding gets "
                          "its own threshold")
-    if variants is not None and not optional_variants:
-        raise UsageError("--variants: fast variants are gated for single-label bundles only for now; export this "
-                         "multi-label model with --variants none")
-    if variants is not None:
-        log("note: no fast variants: they are gated for single-label bundles only for now")
     src = findings.index_source(ck["train_config"], findings.index_of_data(data) if data else index, ck.data_source)
     cases = None if src is None else findings.validation_split(src, ck.classes, log,
                                                                findings.run_train_patients(ck.path))
-    return (cases, src), (None if src is None else src.labels), None
+    return (cases, src), (None if src is None else src.labels), multilabel_variants(variants, cases, optional_variants,
+                                                                                   log)
+
+
+def multilabel_variants(variants: VariantConfig | None, cases, optional: bool, log) -> VariantConfig | None:
+    """The variants a multi-label export can make: none without validation cases; no int8 without training images
+    (``optional``, from ``--variants auto``: said and left out; else a UsageError)."""
+    if variants is None:
+        return None
+    if cases is None:
+        if not optional:
+            raise UsageError("--variants: a multi-label model's variants are gated on its validation index and none is "
+                             "known: give --labels INDEX.csv (or --variants none)")
+        log("note: no fast variants: no validation index to gate them on")
+        return None
+    if "int8" in variants.variants and cases.train is None:
+        why = f"int8 is calibrated on training images and {cases.source} gives none"
+        if not optional:
+            raise UsageError(f"--variants int8: {why}: give an index with a split column naming train rows, or "
+                             "--variants bf16")
+        log(f"note: no int8 variant: {why}")
+        rest = tuple(v for v in variants.variants if v != "int8")
+        return replace(variants, variants=rest) if rest else None
+    return variants
 
 
 def multilabel_manifest(manifest: dict) -> dict:
@@ -539,14 +558,17 @@ def multilabel_manifest(manifest: dict) -> dict:
     return {"task": MULTILABEL, **manifest, "model": model}
 
 
-def check_variants(variants: VariantConfig | None, data: str | None) -> None:
-    """Before the expensive steps: fast variants need --data and the engines that run them installed here."""
-    if variants is None:
-        return
-    if data is None:
+def check_variants(variants: VariantConfig | None) -> None:
+    """Before the expensive steps: fast variants need the engines that run them installed here."""
+    if variants is not None:
+        pairs_here(variants.variants)
+
+
+def check_variant_data(variants: VariantConfig | None, data: str | None) -> None:
+    """A single-label model's fast variants need --data (a multi-label one's: its index, ``multilabel_variants``)."""
+    if variants is not None and data is None:
         raise UsageError("fast variants need --data: int8 is calibrated on its train split, every variant gated on "
                          "its val split (or --variants none)")
-    pairs_here(variants.variants)
 
 
 def write_verified(out: Path, onnx_bytes: bytes, manifest: dict, overwrite: bool, extra: dict, fast: tuple) -> Path:
@@ -576,7 +598,7 @@ def export_bundle(checkpoint: str, out: str, data: str | None = None, cfg: Expor
         cfg: export settings and tolerances. log: where progress lines go.
         variants: fast variants to make and gate with ``data`` (``export.variants``); None: fp32 only.
         index: a multi-label checkpoint's validation index when not the run's own (``export.findings``; or ``data``).
-        optional_variants: a multi-label checkpoint (no variants yet) is exported without them, not refused.
+        optional_variants: variants a multi-label checkpoint cannot have are left out and said, not refused.
 
     Returns:
         the manifest written.
@@ -589,7 +611,7 @@ def export_bundle(checkpoint: str, out: str, data: str | None = None, cfg: Expor
     out_path = Path(out)
     check_target(out_path, overwrite)
     check_operating_point(cfg)
-    check_variants(variants, data)
+    check_variants(variants)
     timer = StepTimer(log)
     ck = timer.run("load_checkpoint", load_checkpoint, checkpoint)
     check_operating_point(cfg, ck.classes)
@@ -614,12 +636,12 @@ def export_bundle(checkpoint: str, out: str, data: str | None = None, cfg: Expor
                                              timings, cam))
     manifest = manifest if multi is None else multilabel_manifest(manifest)
     op = timer.run("operating_point", operating_point, model, ck, data, cfg, log, multi)
-    if op is not None:
-        manifest[SECTION] = op
+    manifest.update({SECTION: op} if op is not None else {})
     for note in data_profile_notes(manifest["data_profile"]):
         log(f"note: {note}")
     extra = {CAM_HEAD_FILE: cam.head_bytes} if cam is not None else {}
-    written = write_verified(out_path, candidate.onnx_bytes, manifest, overwrite, extra, (data, variants, log))
+    fast = (data if multi is None else multi[0], variants, log)  # a multi-label bundle's variants: on its cases
+    written = write_verified(out_path, candidate.onnx_bytes, manifest, overwrite, extra, fast)
     manifest = read_manifest(written)
     log(f"bundle written: {written} (model.onnx {len(candidate.onnx_bytes) / 1e6:.1f} MB, "
         f"sha256 {manifest['model']['sha256'][:16]}...)")

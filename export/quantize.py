@@ -2,12 +2,16 @@
 
 Usage: medge quantize bundles/xray --data data/xray                    # bf16 and int8
        medge quantize bundles/xray --data data/xray --variants int8 --max-flips 1
+       medge quantize bundles/findings --data data/nih/Data_Entry.csv       # a multi-label bundle: its index
 
 int8 is calibrated on --data's train split (onnxruntime's static quantizer, a QDQ file); every pair of
 an engine of this box and a variant (onnxruntime and OpenVINO for int8, OpenVINO for bf16) is gated on
 its val split against fp32 on cv2.dnn: logit drift, top-1 agreement, decisions flipped at the bundle's
-operating point (at most --max-flips), its own validation figures. Pairs that fail are recorded with
-their reason and never offered. The bundle is rewritten atomically with the int8 file and the sealed
+operating point (at most --max-flips), its own validation figures. A multi-label bundle's --data is
+an index CSV (or a folder holding one): the run's own is split again as in training, another is used
+by its split column; int8 is calibrated on its training split, every pair gated on its validation
+split, each finding at its own threshold. Pairs that fail are recorded with their reason and never
+offered. The bundle is rewritten atomically with the int8 file and the sealed
 ``variants`` section; model.onnx is unchanged. Needs the train extra and the ort and openvino extras.
 
 Tested by tests/export/test_variants.py (the command and the library it drives, ``export.variants``).
@@ -25,7 +29,8 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = sub.add_parser("quantize", help="add gated fast variants (int8, bf16) to a bundle (extras: train, ort, openvino)",
                        description=__doc__.split("\nTested by")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("bundle", help="bundle folder (model.onnx + model.json), rewritten in place, atomically")
-    p.add_argument("--data", required=True, help="the data folder: train split calibrates int8, val split gates every pair")
+    p.add_argument("--data", required=True, help="the data folder: train split calibrates int8, val split gates every pair "
+                                                 "(a multi-label bundle: its index CSV, or a folder holding one)")
     add_variant_arguments(p, d, default=",".join(d.variants), export=False)
     return p
 

@@ -14,6 +14,12 @@ intervals (AUC, sensitivity and specificity at the threshold). A pair that fails
 reason and never offered; a pair that passes also records its golden outputs, which the edge must
 reproduce before running it.
 
+A multi-label bundle (``edge.findings``) is gated the same way on its validation cases (``export.findings``:
+the run's own index split again by patient, or a given index's val rows): every decided finding's decision
+at its own temperature and threshold is compared, so ``flips`` counts (image, finding) decisions, and each
+finding keeps its own flips and validation figures (``findings``). int8 is calibrated on the index's
+training split. A multi-label variant that flips decisions gets no operating point of its own (not built).
+
 Why onnxruntime's quantizer and not NNCF's, measured on the demo's resnet18 (2-core Intel Xeon with
 AMX, 80 validation images, docs/variants.md): the same per-channel QDQ graph from both ran equally
 fast on onnxruntime and OpenVINO (within 5%), but NNCF's default preset moved a logit by up to 7.5
@@ -97,6 +103,27 @@ def split_images(data: str, split: str, limit: int, classes: list[str]) -> list[
     return [(s.paths[i], int(s.labels[i])) for i in pick]
 
 
+def case_images(split, limit: int) -> list[tuple[str, tuple]]:
+    """(path, targets) of at most ``limit`` images of a multi-label ``train.data.Split``, evenly spread."""
+    if not len(split):
+        raise ExportError("the validation index gives no image")
+    pick = np.unique(np.linspace(0, len(split) - 1, min(limit, len(split))).round().astype(int))
+    return [(split.paths[i], tuple(split.labels[i])) for i in pick]
+
+
+def findings_cases(bundle: VerifiedBundle, data, log):
+    """A multi-label bundle's ``export.findings.ValidationCases`` from ``data``: the cases themselves, or an index
+    CSV or a folder holding one (``export.findings.index_of_data``; the run's own index is split again as in
+    training, found through the manifest's training configuration)."""
+    from medge.export import findings
+
+    if isinstance(data, findings.ValidationCases):
+        return data
+    src = findings.index_source(bundle.manifest.get("training", {}).get("train_config") or {},
+                                findings.index_of_data(str(data)))
+    return findings.validation_split(src, bundle.classes, log)
+
+
 def read_blob(items: list[tuple[str, int]], bundle: VerifiedBundle, log) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """The images through the bundle's preprocessing: (blob, labels, paths); unreadable ones skipped and said."""
     tensors, labels, paths = [], [], []
@@ -110,7 +137,8 @@ def read_blob(items: list[tuple[str, int]], bundle: VerifiedBundle, log) -> tupl
         paths.append(path)
     if not tensors:
         raise ExportError("no readable image among " + ", ".join(p for p, _ in items[:3]))
-    return np.stack(tensors), np.asarray(labels, np.int64), paths
+    multi = bundle.findings is not None  # K targets per image: 1, 0, NaN (masked)
+    return np.stack(tensors), np.asarray(labels, np.float64 if multi else np.int64), paths
 
 
 def quantize_int8(onnx_bytes: bytes, calibration: np.ndarray, work: Path) -> tuple[bytes, dict]:
@@ -178,6 +206,45 @@ def gate(reference: np.ndarray, logits: np.ndarray, labels: np.ndarray, bundle: 
     record["passed"] = passed
     record["reason"] = None if passed else (f"{record['flips']} of {record['images']} validation decisions flipped at "
                                             f"the operating point (at most {max_flips} allowed)")
+    return record
+
+
+def gate_findings(reference: np.ndarray, logits: np.ndarray, targets: np.ndarray, bundle: VerifiedBundle,
+                  paths: list[str], max_flips: int) -> dict:
+    """A multi-label pair's gate: ``gate``'s record, its decisions those of every decided finding at the bundle's
+    temperature and threshold of that finding (``flips`` counts (image, finding) pairs; ``decisions`` how many were
+    compared), with each finding's own flips, largest probability change and validation figures (``findings``)."""
+    rules = bundle.findings
+    p_ref, p = rules.probabilities(reference), rules.probabilities(logits)
+    thresholds = np.array([np.nan if f.threshold is None else f.threshold for f in rules.findings])
+    decided = ~np.isnan(thresholds)
+    with np.errstate(invalid="ignore"):
+        flipped = ((p_ref >= thresholds) != (p >= thresholds)) & decided
+    drift = np.abs(logits.astype(np.float64) - reference).max(axis=1)
+    state = lambda v: "present" if v else "absent"
+    record = {"images": int(len(targets)), "decisions": int(len(targets) * decided.sum()),
+              "logit_drift": {"max": float(drift.max()), "p99": float(np.percentile(drift, 99))},
+              "top1_agreement": float(np.mean(np.argmax(p_ref, 1) == np.argmax(p, 1))),
+              "flips": int(flipped.sum()), "max_flips": int(max_flips),
+              "flipped": [{"path": paths[i], "finding": rules.names[k], "fp32": state(p_ref[i, k] >= thresholds[k]),
+                           "variant": state(p[i, k] >= thresholds[k])} for i, k in np.argwhere(flipped)[:10]],
+              "max_abs_probability": float(np.abs(p - p_ref).max()), "findings": {}}
+    for k, rule in enumerate(rules.findings):
+        known = ~np.isnan(targets[:, k])
+        y, score = targets[known, k] == 1, p[known, k]
+        entry = {"flips": int(flipped[:, k].sum()), "max_abs_probability": float(np.abs(p[:, k] - p_ref[:, k]).max()),
+                 "threshold": rule.threshold}
+        if y.any() and (~y).any():
+            entry["auc"] = auc_ci(y, score)
+            if rule.threshold is not None:
+                figures = binary_figures(y, score, rule.threshold)
+                entry.update(sensitivity=figures["sensitivity"], specificity=figures["specificity"])
+        record["findings"][rule.name] = entry
+    passed = record["flips"] <= max_flips
+    record["passed"] = passed
+    record["reason"] = None if passed else (
+        f"{record['flips']} of {record['decisions']} validation decisions flipped at the findings' thresholds (at most "
+        f"{max_flips} allowed): " + ", ".join(f"{n} {e['flips']}" for n, e in record["findings"].items() if e["flips"]))
     return record
 
 
@@ -264,9 +331,12 @@ def gate_pairs(bundle: VerifiedBundle, nets: dict, val: tuple, cfg: VariantConfi
     for pair, net in nets.items():
         if pair == (REFERENCE_ENGINE, FP32):
             continue
-        record = gate(reference, logits[pair], labels, bundle, paths, cfg.max_flips)
-        if not record["passed"] and cfg.own_operating_point:
-            record = regate_with_own_operating_point(record, reference, logits[pair], val, bundle, cfg)
+        if bundle.findings is not None:
+            record = gate_findings(reference, logits[pair], labels, bundle, paths, cfg.max_flips)
+        else:
+            record = gate(reference, logits[pair], labels, bundle, paths, cfg.max_flips)
+            if not record["passed"] and cfg.own_operating_point:
+                record = regate_with_own_operating_point(record, reference, logits[pair], val, bundle, cfg)
         record["forward_ms"] = latency_summary(times[pair])
         record["speedup_vs_cv2_fp32"] = ref_ms / record["forward_ms"]["p50_ms"]
         computed = getattr(net, "precision", PRECISION[pair[1]])
@@ -318,7 +388,7 @@ def summary(record: dict) -> str:
     d = record["logit_drift"]
     text = (f"{record['forward_ms']['p50_ms']:.2f} ms ({record['speedup_vs_cv2_fp32']:.1f}x cv2.dnn fp32), "
             f"max |delta logit| {d['max']:.3g} (p99 {d['p99']:.3g}), top-1 agreement {record['top1_agreement']:.3f}, "
-            f"{record['flips']} of {record['images']} decisions flipped")
+            f"{record['flips']} of {record.get('decisions', record['images'])} decisions flipped")
     own = record.get("operating_point")
     if own is not None:
         text += (f" with its own temperature {own['temperature']:.3g} and threshold {own['threshold']:.4g} "
@@ -326,13 +396,33 @@ def summary(record: dict) -> str:
     return text + (" -> OFFERED" if record["passed"] else f" -> REFUSED: {record['reason']}")
 
 
-def add_variants(bundle_dir: str | os.PathLike, data: str, cfg: VariantConfig = VariantConfig(), log=print) -> dict:
+def gate_images(bundle: VerifiedBundle, data, cfg: VariantConfig, log) -> tuple[list | None, list, str]:
+    """(calibration images or None where int8 is not asked for, validation images, what calibrated int8) as
+    (path, label) pairs: a class folder's train and val splits, or a multi-label bundle's index (``findings_cases``).
+
+    Raises:
+        UsageError: data of other classes; int8 for a multi-label bundle whose index gives no training split.
+    """
+    if bundle.findings is None:
+        calib = split_images(data, "train", cfg.calibration_images, bundle.classes) if "int8" in cfg.variants else None
+        return calib, split_images(data, "val", cfg.gate_images, bundle.classes), f"train split of {data}"
+    cases = findings_cases(bundle, data, log)
+    if "int8" in cfg.variants and cases.train is None:
+        raise UsageError(f"{cases.source}: int8 is calibrated on training images, and this index gives none (an index "
+                         "given without a split column is all validation cases): give the run's own index, or one "
+                         "with a split column naming train rows, or --variants bf16")
+    calib = case_images(cases.train, cfg.calibration_images) if "int8" in cfg.variants else None
+    return calib, case_images(cases.split, cfg.gate_images), cases.train_source
+
+
+def add_variants(bundle_dir: str | os.PathLike, data, cfg: VariantConfig = VariantConfig(), log=print) -> dict:
     """Make, gate and add the fast variants to a bundle; the bundle is rewritten atomically with them.
 
     Args:
         bundle_dir: an exported bundle (verified by its hashes first).
         data: the data folder it was trained on (ImageFolder layout): int8 is calibrated on its train split,
-            every pair gated on its val split.
+            every pair gated on its val split. For a multi-label bundle: its index CSV (or a folder holding one), or
+            ``export.findings.ValidationCases`` (int8 calibrated on their training split, every pair gated on them).
         cfg: which variants and how strict the gate is.
         log: where progress lines go.
 
@@ -341,23 +431,21 @@ def add_variants(bundle_dir: str | os.PathLike, data: str, cfg: VariantConfig = 
 
     Raises:
         ExportError: no engine here runs a variant asked for, no readable image, the quantizer failed.
-        UsageError: a multi-label bundle (variants are single-label only for now).
+        UsageError: data of other classes or findings; int8 without training images.
         BundleError, ModelIntegrityError: the bundle itself is bad. Nothing is written then.
     """
     import tempfile
 
     bundle = open_bundle(bundle_dir, engine=REFERENCE_ENGINE, variant=FP32)
-    if bundle.findings is not None:
-        raise UsageError(f"{bundle_dir}: a multi-label bundle: fast variants are gated for single-label bundles only "
-                         "for now (each finding's threshold would need its own gate)")
     found = pairs_here(cfg.variants)
+    calib_items, val_items, calibrated_on = gate_images(bundle, data, cfg, log)
     int8 = None
     if "int8" in found:
-        calib, _, _ = read_blob(split_images(data, "train", cfg.calibration_images, bundle.classes), bundle, log)
+        calib, _, _ = read_blob(calib_items, bundle, log)
         with tempfile.TemporaryDirectory() as work:
             int8 = quantize_int8(bundle.onnx_bytes, calib, Path(work))
         log(f"variants: int8 quantized ({int8[1]['tool']}, {len(calib)} training images, {len(int8[0]) / 1e6:.1f} MB)")
-    val = read_blob(split_images(data, "val", cfg.gate_images, bundle.classes), bundle, log)
+    val = read_blob(val_items, bundle, log)
     if len(val[1]) < FEW_GATE_IMAGES:
         log(f"warning: the gate sees only {len(val[1])} validation images: 0 decisions flipped on so few says little; "
             f"a variant is better gated on a validation split of {FEW_GATE_IMAGES} or more")
@@ -367,7 +455,7 @@ def add_variants(bundle_dir: str | os.PathLike, data: str, cfg: VariantConfig = 
         raise ExportError(str(e)) from None
     gated = gate_pairs(bundle, nets, val, cfg, log)
     env = environment()
-    section = {v: {**variant_entry(v, gated[v], int8, cfg, f"train split of {data}"),
+    section = {v: {**variant_entry(v, gated[v], int8, cfg, calibrated_on),
                    "gated_on": {k: env[k] for k in ("cpu", "cores", "opencv")}} for v in found}
     manifest = {**bundle.manifest, SECTION: seal({**{k: v for k, v in (bundle.manifest.get(SECTION) or {}).items()
                                                      if k != "sha256"}, **section})}

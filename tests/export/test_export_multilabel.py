@@ -91,17 +91,32 @@ def test_the_run_s_own_index_is_split_again_and_its_log_has_a_line_per_finding(m
     assert any("validation: 48 images of 48 patients" in ln for ln in lines)
 
 
-def test_variants_and_a_positive_class_are_refused_for_a_multi_label_model(multilabel_export_bundle, tmp_path):
-    from medge.export.variants import VariantConfig, add_variants
-
+def test_a_positive_class_is_refused_for_a_multi_label_model(multilabel_export_bundle, tmp_path):
     bundle, ckpt = multilabel_export_bundle
-    with pytest.raises(UsageError, match="single-label bundles only for now"):
-        add_variants(bundle, str(bundle.parent / "data"), VariantConfig(variants=("int8",)))
-    with pytest.raises(UsageError, match="single-label bundles only for now; export this multi-label model with"):
-        export_bundle(str(ckpt), str(tmp_path / "b"), str(bundle.parent / "data"), log=quiet,
-                      variants=VariantConfig(variants=("int8",)))
     with pytest.raises(UsageError, match="a multi-label model has no positive class"):
         export_bundle(str(ckpt), str(tmp_path / "b"), cfg=ExportConfig(positive="Effusion"), log=quiet)
+
+
+def test_variants_a_multi_label_export_cannot_make_are_said_or_refused(multilabel_export_bundle, tmp_path):
+    """No index: no gate (refused when asked for, a note with --variants auto); an index without a split column: no
+    training images to calibrate int8 on."""
+    from medge.export.variants import VariantConfig
+
+    bundle, ckpt = multilabel_export_bundle
+    int8 = VariantConfig(variants=("int8",))
+    with pytest.raises(UsageError, match="gated on its validation index and none is known"):
+        export_bundle(str(ckpt), str(tmp_path / "b"), log=quiet, variants=int8)
+    lines = []
+    export_bundle(str(ckpt), str(tmp_path / "b"), cfg=ExportConfig(max_images=4), log=lines.append, variants=int8,
+                  optional_variants=True)
+    assert "note: no fast variants: no validation index to gate them on" in lines
+    assert "variants" not in json.loads((tmp_path / "b" / "model.json").read_text())
+    whole = tmp_path / "whole.csv"  # the test index without its split column: all validation cases
+    rows = (bundle.parent / "data" / "index.csv").read_text().splitlines()
+    whole.write_text("\n".join(",".join(c for i, c in enumerate(r.split(",")) if i != 2) for r in rows) + "\n")
+    index = IndexArgs(str(whole), str(bundle.parent / "data"), "generic")
+    with pytest.raises(UsageError, match="int8 is calibrated on training images and every row of .* gives none"):
+        export_bundle(str(ckpt), str(tmp_path / "c"), log=quiet, variants=int8, index=index)
 
 
 def test_an_index_is_refused_for_a_single_label_checkpoint(resnet_ckpt, tmp_path):

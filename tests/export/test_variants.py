@@ -192,3 +192,74 @@ def test_a_variant_that_moves_probabilities_keeps_its_decisions_with_its_own_ope
                                                 (None, labels, paths), b, cfg)
     assert not refused["passed"] and ("with its own temperature and threshold" in refused["reason"]
                                       or "no operating point of its own" in refused["reason"])
+
+
+@pytest.fixture
+def multilabel_made(multilabel_export_bundle, tmp_path):
+    """A copy of the multi-label test bundle (three findings: Effusion and Nodule decided, Hernia not) and its index
+    (a split column: 16 train rows, 48 val rows)."""
+    bundle, _ = multilabel_export_bundle
+    return shutil.copytree(bundle, tmp_path / "ml"), bundle.parent / "data" / "index.csv"
+
+
+def test_a_multi_label_bundle_is_gated_finding_by_finding(multilabel_made, tmp_path, monkeypatch):
+    folder, index = multilabel_made
+    m = V.add_variants(folder, str(index), V.VariantConfig(max_flips=1000, calibration_images=16, timing_rounds=2),
+                       log=lambda *a: None)
+    entry = m["variants"]["int8"]
+    assert entry["quantization"]["calibration"] == {"method": "MinMax", "images": 16,
+                                                    "split": f"train rows of {index} (its split column)"}
+    gates = {(v, e): g for v in ("int8", "bf16") for e, g in m["variants"][v]["gates"].items()}
+    assert set(gates) == {("int8", "onnxruntime"), ("int8", "openvino"), ("bf16", "openvino")}
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    from medge.edge.inputs.index import read_index
+
+    paths = [e.file for e in read_index(index, index.parent, "generic").entries if e.split == "val"]
+    fp32 = Model.load(folder, engine="classic", variant="fp32").predict(paths)
+    for (variant, engine), g in gates.items():
+        assert g["images"] == 48 and g["decisions"] == 96  # Effusion and Nodule decided on 48 images; Hernia never
+        assert set(g["findings"]) == {"Effusion", "Nodule", "Hernia"} and g["findings"]["Hernia"]["flips"] == 0
+        assert g["flips"] == sum(f["flips"] for f in g["findings"].values())
+        assert g["findings"]["Effusion"]["auc"]["low"] <= g["findings"]["Effusion"]["auc"]["auc"]
+        if not g["passed"]:  # bf16 on a CPU without it
+            continue
+        # the oracle: the edge's own decisions, fp32 on cv2.dnn against the pair, image by image and finding by finding
+        other = Model.load(folder, engine=engine, variant=variant).predict(paths)
+        recount = sum(a.decisions[n] != b.decisions[n] for a, b in zip(fp32, other, strict=True)
+                      for n in ("Effusion", "Nodule"))
+        assert recount == g["flips"], (variant, engine)
+        expected = {(p, n) for p, a, b in zip(paths, fp32, other, strict=True) for n in ("Effusion", "Nodule")
+                    if a.decisions[n] != b.decisions[n]}
+        named = {(f["path"], f["finding"]) for f in g["flipped"]}
+        assert named <= expected and len(named) == min(10, len(expected))
+
+
+def test_a_multi_label_variant_that_flips_decisions_is_refused_naming_the_findings(multilabel_made, monkeypatch):
+    folder, index = multilabel_made
+    monkeypatch.setattr(V, "quantize_int8", _damaged(V.quantize_int8))
+    m = V.add_variants(folder, str(index), V.VariantConfig(variants=("int8",), calibration_images=16, timing_rounds=2),
+                       log=lambda *a: None)
+    for g in m["variants"]["int8"]["gates"].values():
+        assert not g["passed"] and g["flips"] > 0 and "golden" not in g
+        assert g["reason"].startswith(f"{g['flips']} of 96 validation decisions flipped at the findings' thresholds")
+        named = [n for n, f in g["findings"].items() if f["flips"]]
+        assert named and all(f"{n} {g['findings'][n]['flips']}" in g["reason"] for n in named)
+    assert Model.load(folder).variant == "fp32"
+
+
+def test_int8_of_a_multi_label_bundle_needs_training_images(multilabel_made, tmp_path):
+    folder, index = multilabel_made
+    whole = tmp_path / "whole.csv"  # no split column: every row a validation case, no training rows
+    rows = index.read_text().splitlines()
+    whole.write_text("\n".join(",".join(c for i, c in enumerate(r.split(",")) if i != 2) for r in rows) + "\n")
+    before = (folder / "model.json").read_bytes()
+    with pytest.raises(UsageError, match="int8 is calibrated on training images, and this index gives none"):
+        V.add_variants(folder, str(whole), V.VariantConfig(variants=("int8",)), log=lambda *a: None)
+    assert (folder / "model.json").read_bytes() == before
+
+
+def test_quantize_command_on_a_multi_label_bundle(multilabel_made, capsys):
+    folder, index = multilabel_made
+    assert main(["quantize", str(folder), "--data", str(index), "--variants", "bf16", "--max-flips", "96"]) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert set(out["variants"]) == {"bf16"}

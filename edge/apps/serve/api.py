@@ -182,8 +182,9 @@ def variant_gate(model) -> dict | None:
     gate = v.gates.get(model.engine) if v is not None else None
     if not gate:
         return None
-    return {k: gate.get(k) for k in ("images", "flips", "max_flips", "logit_drift", "top1_agreement", "max_abs_probability",
-                                     "validation")}
+    more = {k: gate[k] for k in ("decisions", "findings") if k in gate}  # a multi-label bundle's: per finding
+    return {**{k: gate.get(k) for k in ("images", "flips", "max_flips", "logit_drift", "top1_agreement",
+                                        "max_abs_probability", "validation")}, **more}
 
 
 def model_info(model: Model) -> dict:

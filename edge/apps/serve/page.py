@@ -410,7 +410,8 @@ def _gate_text(gate: dict | None, t: dict) -> str:
     """The running variant's gate in a few words ("" for fp32, the exported model)."""
     if not gate:
         return ""
-    return t["variant_gate"].format(flips=gate["flips"], images=gate["images"], drift=gate["logit_drift"]["max"])
+    return t["variant_gate"].format(flips=gate["flips"], images=gate.get("decisions") or gate["images"],
+                                    drift=gate["logit_drift"]["max"])
 
 
 def _kv(rows) -> str:
