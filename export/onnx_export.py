@@ -470,7 +470,8 @@ def build_manifest(m: ManifestInputs) -> dict:
         "parity": {**m.report, "inputs": "val images of " + m.data if m.data else "synthetic images",
                    "skipped": [{"path": p, "reason": r} for p, r in m.skipped]},
         "training": {"epoch": ck.epoch, "metrics": ck.metrics, "train_config": ck["train_config"],
-                     "checkpoint": str(Path(m.checkpoint).absolute()), "weights_sha256": ck.weights_sha256},
+                     "checkpoint": str(Path(m.checkpoint).absolute()), "weights_sha256": ck.weights_sha256,
+                     **({"data_source": ck.data_source} if ck.data_source else {})},  # an index run's hashes
         "export": {"config": asdict(cfg), "simplified": cfg.simplify, "simplify_stats": candidate.simplify_stats,
                    "steps": m.steps},
         "versions": {**ck.versions, "export_medge": __version__, "export_torch": str(torch.__version__),

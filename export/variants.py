@@ -114,13 +114,15 @@ def case_images(split, limit: int) -> list[tuple[str, tuple]]:
 def findings_cases(bundle: VerifiedBundle, data, log):
     """A multi-label bundle's ``export.findings.ValidationCases`` from ``data``: the cases themselves, or an index
     CSV or a folder holding one (``export.findings.index_of_data``; the run's own index is split again as in
-    training, found through the manifest's training configuration)."""
+    training, found through the manifest's training configuration, and checked against the split hashes it
+    records)."""
     from medge.export import findings
 
     if isinstance(data, findings.ValidationCases):
         return data
-    src = findings.index_source(bundle.manifest.get("training", {}).get("train_config") or {},
-                                findings.index_of_data(str(data)))
+    training = bundle.manifest.get("training") or {}
+    src = findings.index_source(training.get("train_config") or {}, findings.index_of_data(str(data)),
+                                training.get("data_source"))  # the run's split hashes: its split is checked
     return findings.validation_split(src, bundle.classes, log)
 
 

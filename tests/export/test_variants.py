@@ -263,3 +263,15 @@ def test_quantize_command_on_a_multi_label_bundle(multilabel_made, capsys):
     assert main(["quantize", str(folder), "--data", str(index), "--variants", "bf16", "--max-flips", "96"]) == 0
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert set(out["variants"]) == {"bf16"}
+
+
+def test_the_runs_own_index_is_split_again_and_checked_against_training(multilabel_made):
+    """A bundle whose manifest names the run's own index (medge train --labels) and the hashes of its splits: the
+    split rebuilt for the gate must be the one training held out, else nothing is made."""
+    folder, index = multilabel_made
+    manifest = json.loads((folder / "model.json").read_text())
+    manifest["training"]["train_config"].update(labels=str(index), images=str(index.parent), labels_format="generic")
+    manifest["training"]["data_source"] = {"split_sha256": {"val": "0" * 64}}  # not this index's val split
+    (folder / "model.json").write_text(json.dumps(manifest))
+    with pytest.raises(ExportError, match="is not the one training held out"):
+        V.add_variants(folder, str(index), V.VariantConfig(variants=("bf16",)), log=lambda *a: None)
