@@ -87,13 +87,14 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 
 def export_variants(args: argparse.Namespace, log=print):
-    """The VariantConfig of --variants: auto = with --data (or a multi-label model's --labels), the variants whose
-    engines this box has; none = fp32 only."""
+    """The VariantConfig of --variants: auto = the variants whose engines this box has, made where there is data to
+    gate them on (a single-label model's --data, a multi-label model's validation index; export decides); none =
+    fp32 only."""
     from medge.export.quantize import variant_config
     from medge.export.variants import GATE_ENGINES, pairs_here
 
     text = args.variants.strip().lower()
-    if text == "none" or (text == "auto" and args.data is None and args.labels is None):
+    if text == "none":
         return None
     if text == "auto":
         here = []
@@ -102,11 +103,13 @@ def export_variants(args: argparse.Namespace, log=print):
                 pairs_here((v,))
                 here.append(v)
             except MedgeError as e:
-                log(f"note: no {v} variant: {e}")
+                if args.data or args.labels:  # where variants are wanted at all: say why one is not made
+                    log(f"note: no {v} variant: {e}")
         if not here:
             return None
         args = argparse.Namespace(**{**vars(args), "variants": ",".join(here)})
-    return variant_config(args)
+    cfg = variant_config(args)
+    return cfg if cfg.variants else None  # --variants fp32: the exported model only
 
 
 def run(args: argparse.Namespace) -> int:

@@ -246,10 +246,14 @@ def index_of_data(data: str) -> IndexArgs:
     path = Path(data)
     if path.is_file():
         return IndexArgs(labels=str(path))
+    if not path.exists():
+        raise UsageError(f"--data {data}: not found (a multi-label model is validated on an index: a CSV, or a folder "
+                         "holding exactly one)")
     found = sorted(path.glob("*.csv")) if path.is_dir() else []
     if len(found) != 1:
-        raise UsageError(f"--data {data}: a multi-label model is validated on an index: give --labels INDEX.csv "
-                         f"(--images DIR, --labels-format) or a folder holding one index CSV (found {len(found)})")
+        names = f": {', '.join(f.name for f in found[:5])}" if found else ""
+        raise UsageError(f"--data {data}: a multi-label model is validated on an index: give the index CSV itself, or "
+                         f"a folder holding exactly one (found {len(found)}{names})")
     return IndexArgs(labels=str(found[0]), images=str(path))
 
 
@@ -419,9 +423,12 @@ def validation_split(src: IndexSource, findings: list[str], log, train_patients=
 
         split = rows(lambda e: whole or e.split == "val")
         train = None if whole else rows(lambda e: e.split == "train")
+        if not len(split) and index.missing:
+            raise ExportError(f"{note}: no validation image was found under {src.images} (give --images DIR, where "
+                              "the index's paths are)")
         if not len(split) and not whole:
-            raise ExportError(f"{src.labels}: its split column names no usable val row (an index given to export is "
-                              f"all validation cases only without a split column)")
+            raise ExportError(f"{src.labels}: its split column names no usable val row (an index given is all "
+                              "validation cases only without a split column)")
     if list(found) != list(findings):
         raise ExportError(f"{src.labels}: findings {list(found)} differ from the checkpoint's {list(findings)}")
     if not src.given:

@@ -519,6 +519,8 @@ def multilabel_validation(ck, data: str | None, index: IndexArgs | None, variant
         if index is not None and (index.labels is not None or index.images is not None):
             raise UsageError("--labels/--images/--labels-format validate a multi-label checkpoint; this one is "
                              f"single-label ({', '.join(ck.classes)}): give its class folders with --data")
+        if variants is not None and data is None and optional_variants:  # --variants auto without --data: none
+            return None, data, None
         check_variant_data(variants, data)
         return None, data, variants
     if positive is not None:

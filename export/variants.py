@@ -10,9 +10,9 @@ section (``edge.runtime.variants``) and the int8 file, written into the bundle a
 The gate of a pair, against fp32 on cv2.dnn on the same validation images: logit drift (max, p99),
 top-1 agreement, the decisions flipped at the bundle's operating point (temperature + threshold; argmax
 without one), at most ``max_flips`` (0 by default), and the pair's own validation figures with
-intervals (AUC, sensitivity and specificity at the threshold). A pair that fails is recorded with its
-reason and never offered; a pair that passes also records its golden outputs, which the edge must
-reproduce before running it.
+intervals (AUC, sensitivity and specificity at the threshold); no calibrated probability may move by more
+than ``max_probability_change`` (0.2). A pair that fails is recorded with its reason and never offered;
+a pair that passes also records its golden outputs, which the edge must reproduce before running it.
 
 A multi-label bundle (``edge.findings``) is gated the same way on its validation cases (``export.findings``:
 the run's own index split again by patient, or a given index's val rows): every decided finding's decision
@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -38,7 +38,7 @@ import numpy as np
 from medge.edge.decision import label_indices, seal
 from medge.edge.errors import ExportError, MedgeError, SelfTestError, UsageError
 from medge.edge.golive import auc_ci, binary_figures
-from medge.edge.numeric import latency_summary
+from medge.edge.numeric import latency_summary, softmax
 from medge.edge.preprocess import preprocess_file
 from medge.edge.runtime.bundle import MANIFEST_FILE, MODEL_FILE, golden_inputs, write_bundle
 from medge.edge.runtime.dnn import forward_batches, forward_outputs_batches, load_net, time_forwards
@@ -59,6 +59,9 @@ class VariantConfig:
 
     variants: tuple[str, ...] = ("bf16", "int8")
     max_flips: int = 0  # decisions at the operating point a variant may change on the validation split
+    # the most a variant may move a validation case's calibrated probability (what records show, and what medge
+    # monitor compares with the validation scores): 0.84 once, with every decision kept (docs/variants.md)
+    max_probability_change: float = 0.2
     calibration_images: int = 128  # training-split images the int8 scales are calibrated on (evenly spread)
     gate_images: int = 5000  # validation images the gate compares on, at most (evenly spread)
     own_operating_point: bool = True  # a pair that flips decisions may keep them with its own temperature + threshold
@@ -103,10 +106,11 @@ def split_images(data: str, split: str, limit: int, classes: list[str]) -> list[
     return [(s.paths[i], int(s.labels[i])) for i in pick]
 
 
-def case_images(split, limit: int) -> list[tuple[str, tuple]]:
-    """(path, targets) of at most ``limit`` images of a multi-label ``train.data.Split``, evenly spread."""
+def case_images(split, limit: int, where: str) -> list[tuple[str, tuple]]:
+    """(path, targets) of at most ``limit`` images of a multi-label ``train.data.Split``, evenly spread; ``where``:
+    the split, for the error."""
     if not len(split):
-        raise ExportError("the validation index gives no image")
+        raise ExportError(f"{where}: no image")
     pick = np.unique(np.linspace(0, len(split) - 1, min(limit, len(split))).round().astype(int))
     return [(split.paths[i], tuple(split.labels[i])) for i in pick]
 
@@ -120,10 +124,26 @@ def findings_cases(bundle: VerifiedBundle, data, log):
 
     if isinstance(data, findings.ValidationCases):
         return data
+    given = data if isinstance(data, findings.IndexArgs) else findings.index_of_data(str(data))
     training = bundle.manifest.get("training") or {}
-    src = findings.index_source(training.get("train_config") or {}, findings.index_of_data(str(data)),
-                                training.get("data_source"))  # the run's split hashes: its split is checked
+    src = findings.index_source(training.get("train_config") or {}, given, run_data_source(training))
     return findings.validation_split(src, bundle.classes, log)
+
+
+def run_data_source(training: dict) -> dict | None:
+    """The training run's data source (its index's SHA-256 and its splits' hashes): the manifest's, or, for a bundle
+    exported before the manifest held it, its checkpoint's where that file is still there."""
+    if training.get("data_source"):
+        return training["data_source"]
+    checkpoint = training.get("checkpoint")
+    if not checkpoint or not Path(checkpoint).is_file():
+        return None
+    from medge.train.checkpoint import load_checkpoint
+
+    try:
+        return load_checkpoint(checkpoint).data_source
+    except MedgeError:
+        return None
 
 
 def read_blob(items: list[tuple[str, int]], bundle: VerifiedBundle, log) -> tuple[np.ndarray, np.ndarray, list[str]]:
@@ -204,11 +224,24 @@ def gate(reference: np.ndarray, logits: np.ndarray, labels: np.ndarray, bundle: 
                 figures = binary_figures(y, score, op.threshold)
                 record["validation"] = {"auc": auc_ci(y, score), "sensitivity": figures["sensitivity"],
                                         "specificity": figures["specificity"], "threshold": op.threshold}
+    else:  # argmax on the uncalibrated softmax: the probabilities records show
+        record["max_abs_probability"] = float(np.abs(softmax(logits) - softmax(reference)).max())
     passed = record["flips"] <= max_flips
     record["passed"] = passed
     record["reason"] = None if passed else (f"{record['flips']} of {record['images']} validation decisions flipped at "
                                             f"the operating point (at most {max_flips} allowed)")
     return record
+
+
+def limit_probabilities(record: dict, limit: float) -> dict:
+    """The gate's record, refused also when a calibrated probability moved more than ``limit`` (its decisions may all
+    have held: a variant that shifts every score above a low threshold flips none)."""
+    moved = record.get("max_abs_probability")
+    out = {**record, "max_probability_change": float(limit)}
+    if moved is None or moved <= limit:
+        return out
+    why = f"a calibrated probability moved by {moved:.3g} (at most {limit:g} allowed)"
+    return {**out, "passed": False, "reason": f"{record['reason']}; {why}" if record["reason"] else why}
 
 
 def gate_findings(reference: np.ndarray, logits: np.ndarray, targets: np.ndarray, bundle: VerifiedBundle,
@@ -226,7 +259,6 @@ def gate_findings(reference: np.ndarray, logits: np.ndarray, targets: np.ndarray
     state = lambda v: "present" if v else "absent"
     record = {"images": int(len(targets)), "decisions": int(len(targets) * decided.sum()),
               "logit_drift": {"max": float(drift.max()), "p99": float(np.percentile(drift, 99))},
-              "top1_agreement": float(np.mean(np.argmax(p_ref, 1) == np.argmax(p, 1))),
               "flips": int(flipped.sum()), "max_flips": int(max_flips),
               "flipped": [{"path": paths[i], "finding": rules.names[k], "fp32": state(p_ref[i, k] >= thresholds[k]),
                            "variant": state(p[i, k] >= thresholds[k])} for i, k in np.argwhere(flipped)[:10]],
@@ -334,9 +366,11 @@ def gate_pairs(bundle: VerifiedBundle, nets: dict, val: tuple, cfg: VariantConfi
         if pair == (REFERENCE_ENGINE, FP32):
             continue
         if bundle.findings is not None:
-            record = gate_findings(reference, logits[pair], labels, bundle, paths, cfg.max_flips)
+            record = limit_probabilities(gate_findings(reference, logits[pair], labels, bundle, paths, cfg.max_flips),
+                                         cfg.max_probability_change)
         else:
-            record = gate(reference, logits[pair], labels, bundle, paths, cfg.max_flips)
+            record = limit_probabilities(gate(reference, logits[pair], labels, bundle, paths, cfg.max_flips),
+                                         cfg.max_probability_change)
             if not record["passed"] and cfg.own_operating_point:
                 record = regate_with_own_operating_point(record, reference, logits[pair], val, bundle, cfg)
         record["forward_ms"] = latency_summary(times[pair])
@@ -366,9 +400,10 @@ def regate_with_own_operating_point(record: dict, reference: np.ndarray, logits:
     why = own_unfit(own[0], bundle)
     if why:
         return {**record, "reason": f"{record['reason']}; no operating point of its own: {why}"}
-    again = gate(reference, logits, labels, bundle, paths, cfg.max_flips, own[1])
+    again = limit_probabilities(gate(reference, logits, labels, bundle, paths, cfg.max_flips, own[1]),
+                                cfg.max_probability_change)
     if not again["passed"]:
-        return {**record, "reason": record["reason"] + f"; {again['flips']} with its own temperature and threshold"}
+        return {**record, "reason": record["reason"] + f"; with its own temperature and threshold: {again['reason']}"}
     return {**again, "operating_point": own[0],
             "at_bundle_operating_point": {"flips": record["flips"], "flipped": record["flipped"]}}
 
@@ -388,8 +423,9 @@ def own_unfit(own: dict, bundle: VerifiedBundle) -> str | None:
 def summary(record: dict) -> str:
     """One line of a pair's gate."""
     d = record["logit_drift"]
+    top1 = f"top-1 agreement {record['top1_agreement']:.3f}, " if "top1_agreement" in record else ""
     text = (f"{record['forward_ms']['p50_ms']:.2f} ms ({record['speedup_vs_cv2_fp32']:.1f}x cv2.dnn fp32), "
-            f"max |delta logit| {d['max']:.3g} (p99 {d['p99']:.3g}), top-1 agreement {record['top1_agreement']:.3f}, "
+            f"max |delta logit| {d['max']:.3g} (p99 {d['p99']:.3g}), {top1}"
             f"{record['flips']} of {record.get('decisions', record['images'])} decisions flipped")
     own = record.get("operating_point")
     if own is not None:
@@ -398,23 +434,29 @@ def summary(record: dict) -> str:
     return text + (" -> OFFERED" if record["passed"] else f" -> REFUSED: {record['reason']}")
 
 
-def gate_images(bundle: VerifiedBundle, data, cfg: VariantConfig, log) -> tuple[list | None, list, str]:
-    """(calibration images or None where int8 is not asked for, validation images, what calibrated int8) as
-    (path, label) pairs: a class folder's train and val splits, or a multi-label bundle's index (``findings_cases``).
+def gate_images(bundle: VerifiedBundle, data, cfg: VariantConfig, log) -> tuple[list | None, list, str, str]:
+    """(calibration images or None where int8 is not asked for, validation images, as (path, label) pairs; where
+    each came from): a class folder's train and val splits, or a multi-label bundle's index (``findings_cases``).
 
     Raises:
-        UsageError: data of other classes; int8 for a multi-label bundle whose index gives no training split.
+        UsageError: data of other classes, an index for a single-label bundle; int8 for a multi-label bundle whose
+            index gives no training split.
     """
     if bundle.findings is None:
+        if not isinstance(data, (str, os.PathLike)) or Path(data).is_file():
+            raise UsageError(f"{data}: {bundle.bundle_dir} is a single-label bundle ({', '.join(bundle.classes)}): give "
+                             "the data folder it was trained on (its class folders), not an index")
         calib = split_images(data, "train", cfg.calibration_images, bundle.classes) if "int8" in cfg.variants else None
-        return calib, split_images(data, "val", cfg.gate_images, bundle.classes), f"train split of {data}"
+        val = split_images(data, "val", cfg.gate_images, bundle.classes)
+        return calib, val, f"train split of {data}", f"val split of {data}"
     cases = findings_cases(bundle, data, log)
     if "int8" in cfg.variants and cases.train is None:
-        raise UsageError(f"{cases.source}: int8 is calibrated on training images, and this index gives none (an index "
-                         "given without a split column is all validation cases): give the run's own index, or one "
-                         "with a split column naming train rows, or --variants bf16")
-    calib = case_images(cases.train, cfg.calibration_images) if "int8" in cfg.variants else None
-    return calib, case_images(cases.split, cfg.gate_images), cases.train_source
+        why = ("it is used whole, all validation cases (it has no split column)" if cases.source.startswith("every row")
+               else "its split column names no train row")
+        raise UsageError(f"{cases.source}: int8 is calibrated on training images, and this index gives none ({why}): "
+                         "give the run's own index, or one with a split column naming train rows, or --variants bf16")
+    calib = case_images(cases.train, cfg.calibration_images, cases.train_source) if "int8" in cfg.variants else None
+    return calib, case_images(cases.split, cfg.gate_images, cases.source), cases.train_source, cases.source
 
 
 def add_variants(bundle_dir: str | os.PathLike, data, cfg: VariantConfig = VariantConfig(), log=print) -> dict:
@@ -433,14 +475,19 @@ def add_variants(bundle_dir: str | os.PathLike, data, cfg: VariantConfig = Varia
 
     Raises:
         ExportError: no engine here runs a variant asked for, no readable image, the quantizer failed.
-        UsageError: data of other classes or findings; int8 without training images.
+        UsageError: data of other classes, an index for a single-label bundle, int8 without training images.
+        ExportError: an index of other findings, or whose split is not the one training held out.
         BundleError, ModelIntegrityError: the bundle itself is bad. Nothing is written then.
     """
     import tempfile
 
     bundle = open_bundle(bundle_dir, engine=REFERENCE_ENGINE, variant=FP32)
+    if not cfg.variants:
+        raise UsageError("no fast variant to make: name bf16 and/or int8 (fp32, the exported model, is always there)")
     found = pairs_here(cfg.variants)
-    calib_items, val_items, calibrated_on = gate_images(bundle, data, cfg, log)
+    if bundle.findings is not None:  # a multi-label variant has no operating point of its own (module docstring)
+        cfg = replace(cfg, own_operating_point=False)
+    calib_items, val_items, calibrated_on, gated_on = gate_images(bundle, data, cfg, log)
     int8 = None
     if "int8" in found:
         calib, _, _ = read_blob(calib_items, bundle, log)
@@ -458,7 +505,7 @@ def add_variants(bundle_dir: str | os.PathLike, data, cfg: VariantConfig = Varia
     gated = gate_pairs(bundle, nets, val, cfg, log)
     env = environment()
     section = {v: {**variant_entry(v, gated[v], int8, cfg, calibrated_on),
-                   "gated_on": {k: env[k] for k in ("cpu", "cores", "opencv")}} for v in found}
+                   "gated_on": {**{k: env[k] for k in ("cpu", "cores", "opencv")}, "images": gated_on}} for v in found}
     manifest = {**bundle.manifest, SECTION: seal({**{k: v for k, v in (bundle.manifest.get(SECTION) or {}).items()
                                                      if k != "sha256"}, **section})}
     return write_with_variants(bundle, manifest, {FILES["int8"]: int8[0]} if int8 else {})

@@ -184,7 +184,8 @@ def export_test_bundle(name: str, folder) -> tuple[Path, Path]:
     generate(folder / "data", SynthConfig(n=120, size=48, seed=7))  # 24 val images, 12 per class
     export_bundle(str(ckpt), str(folder / "bundle"), str(folder / "data"),
                   ExportConfig(max_images=8, operating_point="youden"), log=lambda *a: None,
-                  variants=VariantConfig(max_flips=24, calibration_images=16, timing_rounds=3))  # every pair offered
+                  variants=VariantConfig(max_flips=24, max_probability_change=1.0, calibration_images=16,
+                                         timing_rounds=3))  # every pair offered
     return folder / "bundle", ckpt
 
 

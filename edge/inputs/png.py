@@ -20,8 +20,9 @@ without the extra): for a site that wants OpenCV alone, and for benchmarks compa
 Anything else returns None and the caller decodes the file's own bytes with ``cv2.imdecode``, so
 damaged and unusual files keep their errors and pixels: a chunk whose CRC is wrong, a stream that
 does not inflate to exactly the rows the header states, a zlib header other than the usual 32 KiB
-window, interlacing, a header method libpng does not know, a side over 65535 pixels, or an OpenCV that
-cannot read the rewrapped file. Bit identity is tested on
+window, interlacing, a header method libpng does not know, a side over 65535 pixels, a size over
+OpenCV's limits (``OPENCV_IO_MAX_IMAGE_WIDTH``, ``_HEIGHT``, ``_PIXELS``), or an OpenCV that cannot
+read the rewrapped file. Bit identity is tested on
 every route, every filter type and the PNG files installed on the test machine.
 """
 from __future__ import annotations
@@ -39,6 +40,7 @@ METADATA_CHUNKS = {b"tEXt", b"zTXt", b"iTXt", b"tIME", b"pHYs"}
 CHANNELS = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}  # PNG colour type -> samples per pixel
 STORED_BLOCK = 65535  # the largest uncompressed deflate block
 MAX_SIDE = 65535  # larger sides meet libpng's and OpenCV's own size limits: left to them
+MAX_STORED = (1 << 31) - 1 - 16 - 5 * (((1 << 31) // STORED_BLOCK) + 1)  # the largest stream one IDAT chunk holds stored
 DECODER_ENV = "MEDGE_PNG_DECODER"  # "opencv": OpenCV decodes every PNG even with the png extra
 
 
@@ -82,8 +84,7 @@ def decode(data: bytes) -> tuple[np.ndarray, str] | None:
         return None
     width, height, depth, colour, method, filtering, interlace = struct.unpack_from(">IIBBBBB", data, chunks[0][1] + 8)
     row_bytes = _row_bytes(width, depth, colour)
-    if (method, filtering, interlace) != (0, 0, 0) or row_bytes is None or not 0 < max(width, height) <= MAX_SIDE \
-            or height == 0:
+    if (method, filtering, interlace) != (0, 0, 0) or row_bytes is None or not _within_limits(width, height):
         return None
     raw = _inflate(data, chunks, height * (1 + row_bytes), lib)
     if raw is None:
@@ -92,9 +93,34 @@ def decode(data: bytes) -> tuple[np.ndarray, str] | None:
     if colour == 0 and depth in (8, 16) and np.all(rows[:, 0] <= 1) \
             and all(kind in METADATA_CHUNKS for kind, _, _ in chunks[1:-1] if kind != b"IDAT"):
         return _unfilter_sub(rows, width, depth // 8), "numpy"
-    image = cv2.imdecode(np.frombuffer(_rewrapped(data, chunks, raw, lib), np.uint8),
-                         cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR)
+    if len(raw) > MAX_STORED:  # more than one IDAT chunk can hold stored
+        return None
+    try:
+        image = cv2.imdecode(np.frombuffer(_rewrapped(data, chunks, raw, lib), np.uint8),
+                             cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR)
+    except cv2.error:  # the caller decodes the file's own bytes and says what OpenCV finds there
+        return None
     return (image, "libpng") if image is not None else None
+
+
+@functools.cache
+def _opencv_limits() -> tuple[int, int, int]:
+    """OpenCV's image size limits (width, height, pixels), read from the environment once as OpenCV reads them."""
+    def setting(name: str, default: int) -> int:
+        try:
+            return int(os.environ.get(name, default))
+        except ValueError:
+            return default
+
+    return (setting("OPENCV_IO_MAX_IMAGE_WIDTH", 1 << 20), setting("OPENCV_IO_MAX_IMAGE_HEIGHT", 1 << 20),
+            setting("OPENCV_IO_MAX_IMAGE_PIXELS", 1 << 30))
+
+
+def _within_limits(width: int, height: int) -> bool:
+    """Whether OpenCV would decode an image of this size (its limits) and it is within MAX_SIDE."""
+    max_width, max_height, max_pixels = _opencv_limits()
+    return 0 < width <= min(MAX_SIDE, max_width) and 0 < height <= min(MAX_SIDE, max_height) \
+        and width * height <= max_pixels
 
 
 def _chunks(data: bytes, lib) -> list[tuple[bytes, int, int]] | None:

@@ -191,3 +191,26 @@ def test_export_s_index_options_are_the_index_reader_s():
     parser = add_parser(argparse.ArgumentParser().add_subparsers())
     choices = {a.dest: a.choices for a in parser._actions}
     assert choices["labels_format"] is FORMATS and choices["uncertain"] is UNCERTAIN
+
+
+def test_variants_auto_makes_them_on_the_run_s_own_index(multilabel_export_bundle, tmp_path):
+    """medge export's default --variants auto, without --data or --labels: the run's own index gates the variants and
+    its training split calibrates int8."""
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("openvino")
+    from medge.edge.apps.cli import main
+    from medge.train.checkpoint import save_checkpoint
+    from medge.train.config import TrainConfig
+
+    bundle, ckpt = multilabel_export_bundle
+    payload = {k: v for k, v in torch.load(ckpt, weights_only=True).items() if k not in ("format", "version")}
+    index = bundle.parent / "data" / "index.csv"
+    payload["train_config"] = TrainConfig(arch="resnet18", labels=str(index), labels_format="generic").to_dict()
+    save_checkpoint(tmp_path / "run.pt", payload)
+    assert main(["export", str(tmp_path / "run.pt"), "--out", str(tmp_path / "b"), "--max-images", "4",
+                 "--operating-point", "sensitivity=0.8", "--max-flips", "1000", "--max-probability-change", "1"]) == 0
+    variants = json.loads((tmp_path / "b" / "model.json").read_text())["variants"]
+    assert set(variants) == {"int8", "bf16", "sha256"}
+    assert variants["int8"]["quantization"]["calibration"]["split"].startswith(f"train split of {index} (the run's own")
+    assert variants["int8"]["gated_on"]["images"].startswith(f"val split of {index}")

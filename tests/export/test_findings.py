@@ -198,7 +198,7 @@ def test_the_validation_index_is_the_run_s_own_unless_one_is_given(tmp_path):
     assert index_of_data(str(tmp_path)) == IndexArgs(str(tmp_path / "index.csv"), str(tmp_path))
     assert index_of_data(str(tmp_path / "index.csv")) == IndexArgs(str(tmp_path / "index.csv"))
     (tmp_path / "other.csv").write_text("path,A\n")
-    with pytest.raises(UsageError, match=r"a folder holding one index CSV \(found 2\)"):
+    with pytest.raises(UsageError, match=r"a folder holding exactly one \(found 2: index.csv, other.csv\)"):
         index_of_data(str(tmp_path))
 
 

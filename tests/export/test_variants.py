@@ -4,6 +4,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -253,8 +254,14 @@ def test_int8_of_a_multi_label_bundle_needs_training_images(multilabel_made, tmp
     rows = index.read_text().splitlines()
     whole.write_text("\n".join(",".join(c for i, c in enumerate(r.split(",")) if i != 2) for r in rows) + "\n")
     before = (folder / "model.json").read_bytes()
-    with pytest.raises(UsageError, match="int8 is calibrated on training images, and this index gives none"):
-        V.add_variants(folder, str(whole), V.VariantConfig(variants=("int8",)), log=lambda *a: None)
+    from medge.export.findings import IndexArgs
+
+    given = IndexArgs(str(whole), str(index.parent), "generic")  # its images where they are
+    with pytest.raises(UsageError, match=r"int8 is calibrated on training images, and this index gives none \(it is "
+                                         r"used whole, all validation cases \(it has no split column\)\)"):
+        V.add_variants(folder, given, V.VariantConfig(variants=("int8",)), log=lambda *a: None)
+    with pytest.raises(ExportError, match="64 file.* named but not usable .*: no validation image was found under"):
+        V.add_variants(folder, str(whole), V.VariantConfig(variants=("int8",)), log=lambda *a: None)  # images elsewhere
     assert (folder / "model.json").read_bytes() == before
 
 
@@ -275,3 +282,70 @@ def test_the_runs_own_index_is_split_again_and_checked_against_training(multilab
     (folder / "model.json").write_text(json.dumps(manifest))
     with pytest.raises(ExportError, match="is not the one training held out"):
         V.add_variants(folder, str(index), V.VariantConfig(variants=("bf16",)), log=lambda *a: None)
+    # a copy of the run's index (the same bytes as training recorded) is the run's own: split again, checked
+    from medge.train.checkpoint import file_sha256
+
+    copy = index.parent.parent / f"copy-{folder.parent.name}.csv"
+    copy.write_bytes(index.read_bytes())
+    manifest["training"]["data_source"]["index_sha256"] = file_sha256(index)
+    (folder / "model.json").write_text(json.dumps(manifest))
+    from medge.export.findings import IndexArgs
+
+    with pytest.raises(ExportError, match="is not the one training held out"):
+        V.add_variants(folder, IndexArgs(str(copy), str(index.parent)), V.VariantConfig(variants=("bf16",)),
+                       log=lambda *a: None)
+    copy.unlink()
+
+
+def test_quantize_reads_another_index_by_its_format(multilabel_made, tmp_path, capsys):
+    """An index in NIH's layout (no split column: every row a validation case), its images elsewhere: bf16 is gated on
+    it, int8 refused (no training rows), a class folder or a single-label bundle's index refused, all exit 2."""
+    folder, index = multilabel_made
+    from medge.edge.inputs.index import read_index
+
+    entries = read_index(index, index.parent, "generic").entries
+    names = ["Effusion", "Nodule", "Hernia"]
+    rows = [f"{Path(e.file).name},{'|'.join(n for n, t in zip(names, e.targets, strict=True) if t == 1) or 'No Finding'},"
+            f"{e.patient}" for e in entries]
+    nih = tmp_path / "Data_Entry.csv"
+    nih.write_text("Image Index,Finding Labels,Patient ID\n" + "\n".join(rows) + "\n")
+    args = ["quantize", str(folder), "--data", str(nih), "--labels-format", "nih", "--images", str(index.parent)]
+    assert main([*args, "--variants", "bf16", "--max-flips", "1000", "--max-probability-change", "1"]) == 0
+    m = json.loads((folder / "model.json").read_text())
+    assert m["variants"]["bf16"]["gated_on"]["images"].startswith(f"every row of {nih} (nih,")
+    assert main([*args, "--variants", "int8"]) == 2
+    assert "int8 is calibrated on training images, and this index gives none" in capsys.readouterr().err
+    assert main(["quantize", str(folder), "--data", str(index.parent.parent / "nothing-here")]) == 2
+    assert "not found" in capsys.readouterr().err
+    assert main(["quantize", str(folder), "--data", str(index), "--variants", "fp32"]) == 2
+    assert "nothing to make" in capsys.readouterr().err
+
+
+def test_a_single_label_bundle_given_an_index_is_told_so(made, multilabel_made, capsys):
+    folder, _ = made
+    _, index = multilabel_made
+    before = (folder / "model.json").read_bytes()
+    assert main(["quantize", str(folder), "--data", str(index)]) == 2
+    assert f"{folder} is a single-label bundle (disease, normal): give the data folder" in capsys.readouterr().err
+    assert (folder / "model.json").read_bytes() == before
+
+
+def test_a_variant_that_moves_probabilities_is_refused_though_its_decisions_hold():
+    """A shift of every score above a low threshold flips no decision; the probabilities records show still moved."""
+    record = {"passed": True, "reason": None, "flips": 0, "max_abs_probability": 0.84}
+    refused = V.limit_probabilities(record, 0.2)
+    assert not refused["passed"] and refused["max_probability_change"] == 0.2
+    assert refused["reason"] == "a calibrated probability moved by 0.84 (at most 0.2 allowed)"
+    assert V.limit_probabilities(record, 0.9)["passed"]
+    both = V.limit_probabilities({**record, "passed": False, "reason": "3 of 80 validation decisions flipped"}, 0.2)
+    assert both["reason"] == "3 of 80 validation decisions flipped; a calibrated probability moved by 0.84 (at most 0.2 allowed)"
+
+
+def test_the_probability_limit_is_applied_and_recorded(made, multilabel_made):
+    for folder, data in (made, multilabel_made):
+        m = V.add_variants(folder, str(data), V.VariantConfig(variants=("int8",), max_flips=1000, max_probability_change=0.0,
+                                                              calibration_images=8, timing_rounds=2), log=lambda *a: None)
+        for g in m["variants"]["int8"]["gates"].values():
+            assert g["max_abs_probability"] > 0 and g["max_probability_change"] == 0.0 and not g["passed"]
+            assert "a calibrated probability moved by" in g["reason"] and "(at most 0 allowed)" in g["reason"]
+        assert m["variants"]["int8"]["config"]["max_probability_change"] == 0.0

@@ -112,7 +112,7 @@ def test_colour_palette_and_pixel_chunks_take_the_libpng_route():
 @needs_extra
 def test_text_chunks_do_not_leave_the_numpy_route():
     image = _pixels((50, 50), np.uint16)
-    text = _chunk(b"tEXt", b"Comment\x00" + b"x" * 2_000_000)  # larger than OpenCV's chunk limit
+    text = _chunk(b"tEXt", b"Comment\x00" + b"x" * 2_000_000)  # over some OpenCVs' chunk limit (4.x's 8 MB...)
     got = png.decode(encode(image, [1], extra=[text, _chunk(b"tIME", bytes(7))]))
     assert got[1] == "numpy" and np.array_equal(got[0], image)
 
@@ -158,6 +158,59 @@ def test_anything_unusual_is_left_to_opencv(fault):
         cut = first_end + 12 + length
         data = data[:cut] + _chunk(b"tEXt", b"a\x00b") + data[cut:]
     assert png.decode(data) is None
+
+
+@needs_extra
+def test_empty_and_tiny_idat_chunks_are_one_stream():
+    image = _pixels((90, 70), np.uint16)
+    data = encode(image, [1], idat_parts=40)
+    first = data.index(b"IDAT") - 4
+    data = data[:first] + _chunk(b"IDAT", b"") + data[first:]  # a zero-length IDAT first
+    _same_as_opencv(data, "numpy")
+
+
+@needs_extra
+def test_opencvs_size_limits_are_kept():
+    """OpenCV refuses images over OPENCV_IO_MAX_IMAGE_PIXELS (read once per process): both routes leave such a file
+    to it, so the error is OpenCV's, as without the extra (a fresh process, the limit set before OpenCV reads it)."""
+    import subprocess
+    import sys
+
+    code = """
+import sys, numpy as np, cv2
+sys.path.insert(0, sys.argv[1])
+from tests.edge.inputs.test_png import encode, _pixels
+from medge.edge.inputs import png
+from medge.edge.errors import ImageError
+from medge.edge.inputs.image import decode_image
+for image, filters in ((_pixels((40, 40), np.uint8), [1]), (_pixels((40, 40, 3), np.uint8), [4])):
+    data = encode(image, filters)
+    assert png.decode(data) is None, image.shape
+    try:
+        decode_image(data, "x.png")
+        raise SystemExit("decoded over the limit")
+    except ImageError as e:
+        print(e)
+"""
+    import os
+    from pathlib import Path
+
+    root = str(Path(__file__).resolve().parents[3])
+    env = {**os.environ, "OPENCV_IO_MAX_IMAGE_PIXELS": "1000"}
+    done = subprocess.run([sys.executable, "-c", code, root], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.count("x.png: cannot decode the PNG pixel data") == 2, done.stdout
+
+
+def test_opencv_errors_on_the_rewrapped_file_leave_it_to_opencv(monkeypatch):
+    if not png.available():
+        pytest.skip("the png extra (deflate) is not installed")
+
+    def refuse(*a, **k):
+        raise cv2.error("refused")
+
+    monkeypatch.setattr(png.cv2, "imdecode", refuse)
+    assert png.decode(encode(_pixels((40, 40), np.uint8), [4])) is None
 
 
 @needs_extra
