@@ -261,18 +261,19 @@ def load_runners(bundle: str, checkpoint: str | None, probe: np.ndarray, record:
 
 
 def decision_agreement(runners: Contenders, inputs: np.ndarray) -> dict:
-    """Each runtime against cv2.dnn fp32 on the same inputs: logit drift and decisions flipped at the operating point."""
-    from medge.edge.decision import label_indices
+    """Each runtime against cv2.dnn fp32 on the same inputs: logit drift and decisions flipped at the operating point
+    (a multi-label bundle's: each decided finding's, ``runners.flipped_decisions``)."""
+    from medge.benchmarks.runners import flipped_decisions
 
-    op = runners.dnn.model.operating_point
+    dnn = runners.dnn.model
     reference = runners.dnn.infer(inputs).astype(np.float64)
-    decided = label_indices(op, reference)
+    names = [str(i) for i in range(len(inputs))]
     out = {}
     for r in runners.all:
         logits = np.asarray(r.infer(inputs), np.float64).reshape(len(inputs), -1)
-        own = getattr(getattr(r, "model", None), "operating_point", op)  # a variant may decide by its own
+        model = getattr(r, "model", dnn)  # a variant may decide by its own operating point
         out[r.name] = {"inputs": int(len(inputs)), "max_abs_logit": float(np.abs(logits - reference).max()),
-                       "flips": int(sum(a != b for a, b in zip(label_indices(own, logits), decided, strict=True)))}
+                       "flips": len(flipped_decisions(dnn, model, reference, logits, names))}
     return out
 
 

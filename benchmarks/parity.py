@@ -79,19 +79,12 @@ def collect_logits(runners: list, paths: list[str], cfg, batch_size: int) -> tup
     return {k: np.concatenate(v) for k, v in logits.items() if v}, names, skipped
 
 
-def decision_flips(op_a, op_b, a: np.ndarray, b: np.ndarray, names: list[str]) -> list[str]:
-    """The images whose decision differs between two sets of logits, each at its operating point (the bundle's; a
-    variant's own where its gate chose one)."""
-    from medge.edge.decision import label_indices
-
-    la, lb = label_indices(op_a, a), label_indices(op_b, b)
-    return [n for n, x, y in zip(names, la, lb, strict=True) if x != y]
-
-
 def run_parity(bundle: str, checkpoint: str, data: str, tol=None, batch_size: int = 16, log=print) -> dict:
-    """fp32 runtimes against PyTorch and cv2.dnn at the logit tolerance; fast variants against cv2.dnn fp32 by the
-    decisions at the operating point (at most their gate's max_flips), their drift reported beside."""
+    """fp32 runtimes against PyTorch and cv2.dnn at the logit tolerance; fast variants against cv2.dnn fp32 by their
+    gate's rule (at most its max_flips decisions flipped at the operating point, a calibrated probability moved by at
+    most its max_probability_change), their drift reported beside."""
     from medge.benchmarks.common import environment
+    from medge.benchmarks.runners import flipped_decisions, probability_change
     from medge.edge.errors import MedgeError
     from medge.edge.inputs.scanning import scan_inputs
     from medge.export.parity import Tolerance, compare, summary_line
@@ -108,12 +101,16 @@ def run_parity(bundle: str, checkpoint: str, data: str, tol=None, batch_size: in
     for a, b in pairs:  # edge-engine parity last: either engine may run the bundle on a box
         rep = compare(logits[a], logits[b], names, classes, tol, a, b)
         runner = next((r for r in fast if r.name == b), None)
-        op_b = runner.model.operating_point if runner is not None else dnn.model.operating_point
-        rep["operating_point_flips"] = decision_flips(dnn.model.operating_point, op_b, logits[a], logits[b], names)
+        rep["operating_point_flips"] = flipped_decisions(dnn.model, runner.model if runner is not None else dnn.model,
+                                                         logits[a], logits[b], names)
         if runner is not None:  # a fast variant: judged by its gate's rule, not by the fp32 logit tolerance
             gate = runner.model.bundle.variants[runner.model.variant].gates[runner.model.engine]
-            rep["gate"] = f"decisions at the operating point: at most {gate['max_flips']} flipped (the variant's gate)"
-            rep["passed"] = len(rep["operating_point_flips"]) <= gate["max_flips"]
+            limit = gate.get("max_probability_change", 1.0)  # gates made before it was bounded: unbounded
+            rep["max_abs_probability_change"] = probability_change(dnn.model, runner.model, logits[a], logits[b])
+            rep["gate"] = (f"decisions at the operating point: at most {gate['max_flips']} flipped, a calibrated "
+                           f"probability moved by at most {limit:g} (the variant's gate)")
+            rep["passed"] = (len(rep["operating_point_flips"]) <= gate["max_flips"]
+                             and rep["max_abs_probability_change"] <= limit)
         comparisons[f"{a}_vs_{b}"] = rep
         log(summary_line(rep) + f"; {len(rep['operating_point_flips'])} decisions flipped at the operating point")
     notes = [f"{e} not installed: its engine not compared" for e in ("onnxruntime", "openvino")

@@ -57,6 +57,36 @@ def offered_pairs(model: Model) -> list[tuple[str, str]]:
     return pairs
 
 
+def flipped_decisions(reference: Model, model: Model, a: np.ndarray, b: np.ndarray, names: list[str]) -> list[str]:
+    """The decisions that differ between logits ``a`` (``reference``'s, at its operating point) and ``b`` (``model``'s,
+    at its own: a fast variant's where its gate chose one): the names of the images for a single-label bundle; for a
+    multi-label one each (image, finding) whose presence differs, as "image (finding)" (undecided findings never)."""
+    from medge.edge.decision import label_indices
+
+    if reference.findings is not None:
+        rules = reference.findings
+        da, db = (rules.decisions(rules.probabilities(x)) for x in (a, b))
+        return [f"{n} ({f})" for n, x, y in zip(names, da, db, strict=True) for f in rules.names
+                if x[f] is not None and x[f] != y[f]]
+    la, lb = label_indices(reference.operating_point, a), label_indices(model.operating_point, b)
+    return [n for n, x, y in zip(names, la, lb, strict=True) if x != y]
+
+
+def probability_change(reference: Model, model: Model, a: np.ndarray, b: np.ndarray) -> float:
+    """The largest change of a probability records show between logits ``a`` (``reference``'s) and ``b`` (``model``'s):
+    calibrated at each one's operating point, the findings' for a multi-label bundle, else the softmax."""
+    from medge.edge.numeric import softmax
+
+    if reference.findings is not None:
+        pa, pb = reference.findings.probabilities(a), reference.findings.probabilities(b)
+    elif reference.operating_point is not None:
+        pa = reference.operating_point.probabilities(a)
+        pb = (model.operating_point or reference.operating_point).probabilities(b)
+    else:
+        pa, pb = softmax(a), softmax(b)
+    return float(np.abs(np.asarray(pa, np.float64) - pb).max())
+
+
 class TorchRunner:
     """PyTorch eager in inference mode, on the CPU or a CUDA device."""
 

@@ -182,3 +182,34 @@ def test_bench_and_parity_cover_every_engine_and_gated_variant(variant_bundle, t
     assert main(["parity", "--model", str(bundle), "--checkpoint", str(ck), "--data", str(ck.parent / "data" / "val")]) == 0
     text = capsys.readouterr().out
     assert "| cv2.dnn_vs_edge-openvino-int8 |" in text and "judged by their gate" in text
+
+
+def test_parity_judges_a_multi_label_variant_finding_by_finding(multilabel_export_bundle, tmp_path):
+    """medge parity of a multi-label bundle with a variant: its flips are (image, finding) decisions at each finding's
+    threshold, the same the edge's own decisions give, and the gate's probability bound applies."""
+    pytest.importorskip("openvino", reason="the openvino extra is not installed")
+    pytest.importorskip("onnxruntime", reason="the ort extra is not installed")
+    import shutil
+
+    from medge.benchmarks.parity import run_parity
+    from medge.edge.model import Model
+    from medge.export.variants import VariantConfig, add_variants
+
+    source, ck = multilabel_export_bundle
+    bundle = shutil.copytree(source, tmp_path / "ml")
+    add_variants(bundle, str(source.parent / "data" / "index.csv"),
+                 VariantConfig(variants=("int8",), max_flips=1000, max_probability_change=1.0, calibration_images=16,
+                               timing_rounds=2), log=lambda *a: None)
+    images = tmp_path / "images"
+    images.mkdir()
+    for p in sorted((source.parent / "data").glob("*.png"))[16:]:  # the val images
+        shutil.copy(p, images / p.name)
+    rep = run_parity(str(bundle), str(ck), str(images), log=lambda *a: None)
+    fp32 = {p.path: p for p in Model.load(bundle, engine="classic", variant="fp32").predict(sorted(images.glob("*.png")))}
+    for engine in ("onnxruntime", "openvino"):
+        c = rep["comparisons"][f"cv2.dnn_vs_edge-{engine}-int8"]
+        other = Model.load(bundle, engine=engine, variant="int8").predict(sorted(images.glob("*.png")))
+        expected = sorted(f"{p.path} ({f})" for p in other for f in ("Effusion", "Nodule")
+                          if p.decisions[f] != fp32[p.path].decisions[f])
+        assert sorted(c["operating_point_flips"]) == expected
+        assert 0 < c["max_abs_probability_change"] <= 1.0 and c["passed"]
