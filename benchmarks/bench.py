@@ -354,8 +354,10 @@ def variant_gates(manifest: dict) -> dict:
     for variant, entry in (manifest.get("variants") or {}).items():
         if variant == "sha256":
             continue
-        out[variant] = {e: {"passed": g["passed"], "flips": g["flips"], "images": g["images"],
+        out[variant] = {e: {"passed": g["passed"], "flips": g["flips"], "images": g.get("decisions", g["images"]),
                             "max_abs_logit": g["logit_drift"]["max"], "reason": g["reason"],
+                            "max_abs_probability": g.get("max_abs_probability"),
+                            "max_probability_change": g.get("max_probability_change"),
                             "own_operating_point": g.get("operating_point") is not None} for e, g in entry["gates"].items()}
     return out
 
@@ -582,7 +584,8 @@ def variant_summary(records: list[dict]) -> str:
             out.append(f"| {name} | " + " | ".join(cells) + f" | {d.get('max_abs_logit', float('nan')):.2e} | "
                        f"{d.get('flips', '-')}/{d.get('inputs', '-')} | {_gate_cell(name, gates)} |")
         refused = [f"{v} on {e} ({g['flips']}/{g['images']} decisions flipped, max abs logit difference "
-                   f"{g['max_abs_logit']:.3g})" for v, engines in gates.items() for e, g in engines.items() if not g["passed"]]
+                   f"{g['max_abs_logit']:.3g}{_probability_note(g)})" for v, engines in gates.items()
+                   for e, g in engines.items() if not g["passed"]]
         if refused:
             out += ["", "Refused by the export gate, so never run: " + "; ".join(refused) + "."]
         out += [""] + _variant_e2e_lines(rec.get("end_to_end")) + [""]
@@ -598,6 +601,14 @@ def _gate_cell(runtime: str, gates: dict) -> str:
                 return (f"offered ({g['flips']}/{g['images']} flips{own})" if g["passed"]
                         else f"refused: {g['flips']}/{g['images']} flips")
     return "-"
+
+
+def _probability_note(g: dict) -> str:
+    """A refused pair's probability change, where its gate bounded it and it went past the bound."""
+    moved, limit = g.get("max_abs_probability"), g.get("max_probability_change")
+    if moved is None or limit is None or moved <= limit:
+        return ""
+    return f", a calibrated probability moved by {moved:.2f} (at most {limit:g})"
 
 
 def _variant_e2e_lines(e2e: dict | None) -> list[str]:
