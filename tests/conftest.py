@@ -8,6 +8,21 @@ import numpy as np
 import pytest
 
 
+def pytest_configure(config):
+    """The engine choices medge records (``edge.runtime.choice``, under ``$XDG_CACHE_HOME/medge``) go to a folder of this
+    test run: a choice recorded on the user's box by an earlier ``medge check`` of the same test model (the test models
+    are made the same each time) must not decide which engine a test loads."""
+    import tempfile
+
+    config._medge_cache = os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="medge-tests-cache-")
+
+
+def pytest_unconfigure(config):
+    import shutil
+
+    shutil.rmtree(getattr(config, "_medge_cache", ""), ignore_errors=True)
+
+
 def xray_like(h: int, w: int, seed: int = 0, bits: int = 8) -> np.ndarray:
     """A smooth, structured gray image (not noise: CLAHE and blur act on it as on an X-ray)."""
     rng = np.random.default_rng(seed)

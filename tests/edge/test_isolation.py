@@ -22,7 +22,7 @@ EDGE_MODULES = sorted(m.name for m in pkgutil.walk_packages(edge.__path__, "medg
 # Optional extras the edge may import inside the functions that need them (never at module level).
 LAZY_EXTRAS = {"pydicom", "pylibjpeg", "openjpeg", "libjpeg", "gdcm", "onnxruntime", "fastapi", "uvicorn", "gradio",
                "starlette", "multipart", "python_multipart", "fastapi_offline", "pynetdicom", "highdicom", "ray", "pyarrow",
-               "openvino"}
+               "openvino", "deflate"}
 # The installed name of each folder, and what each layer may import from medge (its own layer and those below).
 FOLDERS = {"pkg": "medge", "edge": "medge.edge", "train": "medge.train", "export": "medge.export",
            "benchmarks": "medge.benchmarks"}
