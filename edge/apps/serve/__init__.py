@@ -224,27 +224,7 @@ def serve(app, sock: socket.socket, cfg: ServeConfig, banner: str) -> None:
             signal.signal(s, h)
 
 
-SERVE_MODULES = ("fastapi_offline", "gradio", "python_multipart", "uvicorn")  # the serve extra's
-
-
-def require_serve_extra() -> None:
-    """MissingExtraError (exit 2) naming the first module of the serve extra that is not installed: said before a
-    model is loaded or a port bound."""
-    import importlib.util
-
-    from medge.edge.errors import MissingExtraError
-
-    for name in SERVE_MODULES:
-        try:
-            found = importlib.util.find_spec(name) is not None
-        except (ImportError, ValueError):  # a broken install, or a module blocked in sys.modules
-            found = False
-        if not found:
-            raise MissingExtraError("serve", name, "medge serve")
-
-
 def run(args: argparse.Namespace) -> int:
-    require_serve_extra()
     cfg = config_from_args(args)
     sock = bind(cfg.host, cfg.port)
     service = workdir = None

@@ -79,7 +79,8 @@ def test_without_the_extra_exits_2_naming_it(bundle, tmp_path):
                          capture_output=True, text=True, timeout=120, env={"TMPDIR": str(tmp_path), "PATH": ""})
     assert res.returncode == 2, res.stderr
     assert "needs the 'serve' extra" in res.stderr and "pip install" in res.stderr
-    assert list(tmp_path.iterdir()) == []  # the private folder is removed again
+    # the private folder is removed again (other libraries may leave their own files: onnxruntime writes .ses)
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith("medge-serve-")]
 
 
 @pytest.fixture(scope="module")
