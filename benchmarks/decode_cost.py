@@ -22,7 +22,6 @@ to end figure of a model can be stated as a fraction of it.
 """
 from __future__ import annotations
 
-import struct
 import tempfile
 import time
 import zlib
@@ -134,13 +133,7 @@ def measure_stages(files: dict[str, str], cfg: PreprocessConfig, rounds: int, wa
 
 def _idat(data: bytes) -> bytes:
     """The concatenated IDAT chunks of a PNG: its one zlib stream."""
-    pos, parts = 8, []
-    while pos + 12 <= len(data):
-        (length,) = struct.unpack_from(">I", data, pos)
-        if data[pos + 4:pos + 8] == b"IDAT":
-            parts.append(data[pos + 8:pos + 8 + length])
-        pos += 12 + length
-    return b"".join(parts)
+    return png.idat_stream(data, png.walk(data))
 
 
 def inflate_floor(path: str, repeats: int) -> dict:

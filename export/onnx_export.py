@@ -514,7 +514,9 @@ def multilabel_validation(ck, data: str | None, index: IndexArgs | None, variant
     Raises:
         UsageError: an index given for a single-label checkpoint; --positive asked for a multi-label one, or fast
         variants (not ``optional_variants``) without the validation index or the training images they need.
+        ExportError: fast variants whose engines are not installed here.
     """
+    check_variants(variants)
     if not is_multilabel(ck.payload):
         if index is not None and (index.labels is not None or index.images is not None):
             raise UsageError("--labels/--images/--labels-format validate a multi-label checkpoint; this one is "
@@ -614,7 +616,6 @@ def export_bundle(checkpoint: str, out: str, data: str | None = None, cfg: Expor
     out_path = Path(out)
     check_target(out_path, overwrite)
     check_operating_point(cfg)
-    check_variants(variants)
     timer = StepTimer(log)
     ck = timer.run("load_checkpoint", load_checkpoint, checkpoint)
     check_operating_point(cfg, ck.classes)
@@ -639,7 +640,8 @@ def export_bundle(checkpoint: str, out: str, data: str | None = None, cfg: Expor
                                              timings, cam))
     manifest = manifest if multi is None else multilabel_manifest(manifest)
     op = timer.run("operating_point", operating_point, model, ck, data, cfg, log, multi)
-    manifest.update({SECTION: op} if op is not None else {})
+    if op is not None:
+        manifest[SECTION] = op
     for note in data_profile_notes(manifest["data_profile"]):
         log(f"note: {note}")
     extra = {CAM_HEAD_FILE: cam.head_bytes} if cam is not None else {}

@@ -208,7 +208,7 @@ def gate(reference: np.ndarray, logits: np.ndarray, labels: np.ndarray, bundle: 
     drift = np.abs(logits.astype(np.float64) - reference).max(axis=1)
     ref_labels, labels_here = np.array(label_indices(ref_op, reference)), np.array(label_indices(op, logits))
     flipped = np.flatnonzero(ref_labels != labels_here)
-    record = {"images": int(len(labels)),
+    record = {"images": int(len(labels)), "decisions": int(len(labels)),  # one decision per image
               "logit_drift": {"max": float(drift.max()), "p99": float(np.percentile(drift, 99))},
               "top1_agreement": float(np.mean(np.argmax(reference, 1) == np.argmax(logits, 1))),
               "flips": int(len(flipped)), "max_flips": int(max_flips),
@@ -426,7 +426,7 @@ def summary(record: dict) -> str:
     top1 = f"top-1 agreement {record['top1_agreement']:.3f}, " if "top1_agreement" in record else ""
     text = (f"{record['forward_ms']['p50_ms']:.2f} ms ({record['speedup_vs_cv2_fp32']:.1f}x cv2.dnn fp32), "
             f"max |delta logit| {d['max']:.3g} (p99 {d['p99']:.3g}), {top1}"
-            f"{record['flips']} of {record.get('decisions', record['images'])} decisions flipped")
+            f"{record['flips']} of {record['decisions']} decisions flipped")
     own = record.get("operating_point")
     if own is not None:
         text += (f" with its own temperature {own['temperature']:.3g} and threshold {own['threshold']:.4g} "

@@ -29,7 +29,6 @@ from __future__ import annotations
 import errno
 import os
 import stat
-import struct
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -230,19 +229,11 @@ def _png_pixel_chunks(data: bytes) -> bytes | None:
     OpenCV refuses a PNG whose text chunk (tEXt, zTXt, iTXt: DICOM headers, XMP)
     exceeds its chunk size limit, though the pixels are intact.
     """
-    out, pos = [data[:8]], 8
-    while pos + 12 <= len(data):
-        (length,) = struct.unpack_from(">I", data, pos)
-        kind = data[pos + 4 : pos + 8]
-        end = pos + 12 + length
-        if end > len(data):
-            return None
-        if kind in _PNG_PIXEL_CHUNKS:
-            out.append(data[pos:end])
-        pos = end
-        if kind == b"IEND":
-            return b"".join(out)
-    return None
+    chunks = png.walk(data)
+    if chunks is None:
+        return None
+    return b"".join([data[:8], *(data[pos : pos + 12 + length] for kind, pos, length in chunks
+                                  if kind in _PNG_PIXEL_CHUNKS)])
 
 
 def write_image(path: str | os.PathLike, image: np.ndarray) -> None:

@@ -123,24 +123,35 @@ def _within_limits(width: int, height: int) -> bool:
         and width * height <= max_pixels
 
 
-def _chunks(data: bytes, lib) -> list[tuple[bytes, int, int]] | None:
-    """(type, offset, length) of every chunk up to IEND, or None unless the file is well formed: IHDR
-    first, its IDAT chunks consecutive, IEND last, every CRC right."""
+def walk(data: bytes) -> list[tuple[bytes, int, int]] | None:
+    """(type, offset, length) of a PNG's chunks up to IEND, CRCs unchecked; None when a chunk runs past the end of
+    ``data`` or no IEND comes."""
     chunks, pos = [], len(SIGNATURE)
     while pos + 12 <= len(data):
         (length,) = struct.unpack_from(">I", data, pos)
-        end = pos + 12 + length
-        if end > len(data):
-            return None
-        (crc,) = struct.unpack_from(">I", data, end - 4)
-        if lib.crc32(memoryview(data)[pos + 4 : end - 4]) != crc:
+        if pos + 12 + length > len(data):
             return None
         chunks.append((data[pos + 4 : pos + 8], pos, length))
-        pos = end
+        pos += 12 + length
         if chunks[-1][0] == b"IEND":
-            break
+            return chunks
+    return None
+
+
+def idat_stream(data: bytes, chunks) -> bytes:
+    """The pixel stream: the IDAT chunks' data of ``walk``'s chunks, joined."""
+    return b"".join(memoryview(data)[pos + 8 : pos + 8 + length] for kind, pos, length in chunks if kind == b"IDAT")
+
+
+def _chunks(data: bytes, lib) -> list[tuple[bytes, int, int]] | None:
+    """``walk``'s chunks, or None unless the file is well formed: IHDR first, its IDAT chunks consecutive, IEND
+    last, every CRC right."""
+    chunks = walk(data)
+    if chunks is None or any(lib.crc32(memoryview(data)[pos + 4 : pos + 8 + length])
+                             != struct.unpack_from(">I", data, pos + 8 + length)[0] for _, pos, length in chunks):
+        return None
     kinds = [kind for kind, _, _ in chunks]
-    if not kinds or kinds[0] != b"IHDR" or chunks[0][2] != 13 or kinds[-1] != b"IEND" or b"IDAT" not in kinds:
+    if kinds[0] != b"IHDR" or chunks[0][2] != 13 or b"IDAT" not in kinds:
         return None
     first = kinds.index(b"IDAT")
     last = len(kinds) - 1 - kinds[::-1].index(b"IDAT")
@@ -160,7 +171,7 @@ def _row_bytes(width: int, depth: int, colour: int) -> int | None:
 def _inflate(data: bytes, chunks, size: int, lib) -> bytearray | None:
     """The IDAT stream inflated, when it is a zlib stream with a 32 KiB window (what libpng and zlib
     read without question) that inflates to exactly ``size`` bytes with a right Adler-32."""
-    stream = b"".join(memoryview(data)[pos + 8 : pos + 8 + length] for kind, pos, length in chunks if kind == b"IDAT")
+    stream = idat_stream(data, chunks)
     if len(stream) < 6 or stream[0] != 0x78:
         return None
     try:
