@@ -243,6 +243,9 @@ def report_sr(out_dir: Path, data: Data, cfg: MultiDemoConfig, log) -> dict:
         written.append({"file": str(target), "groups": len(groups), "positive_findings": pred.positive_findings})
         log(f"  {target.name}: {len(groups)} measurement groups read back by highdicom; positive: "
             f"{', '.join(pred.positive_findings) or 'none'}")
+    if private := report.private_classes(model.classes, report.class_codes(model.classes)):
+        log(f"  coded in medge's private scheme 99MEDGE (no standard code in medge's table; medge node --class-code "
+            f"gives one): {', '.join(private)}")
     return {"reports": written}
 
 

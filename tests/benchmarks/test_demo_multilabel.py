@@ -67,15 +67,25 @@ def test_each_finding_has_its_threshold_record_and_figures(demo):
 
 
 def test_the_sr_holds_a_measurement_group_per_finding(demo):
-    out, _ = demo
+    out, text = demo
     hd = pytest.importorskip("highdicom")
     import pydicom
+    from pydicom.sr.coding import Code
+
+    from medge.edge.apps.node import report
 
     (sr_file,) = sorted((out / "sr").glob("*.sr.dcm"))
     sr = hd.sr.Comprehensive3DSR.from_dataset(pydicom.dcmread(sr_file))
     groups = sr.content.get_image_measurement_groups()
     names = json.loads((out / "bundle" / "model.json").read_text())["classes"]
-    assert sorted(g.finding_type.meaning for g in groups) == sorted(names)
+    codes = report.class_codes(names)  # SNOMED CT where medge's table has the finding, else 99MEDGE (said in the log)
+    assert [(g.finding_type.value, g.finding_type.scheme_designator, g.finding_type.meaning) for g in groups] == list(
+        codes)
+    for group in groups:
+        (probability,) = group.get_measurements(name=Code(*report.PROBABILITY))
+        assert 0 <= probability.value <= 1
+    private = report.private_classes(names, codes)
+    assert ("coded in medge's private scheme 99MEDGE" in text) == bool(private)
 
 
 def test_multilabel_refuses_a_data_folder(tmp_path, capsys):

@@ -41,6 +41,7 @@ from medge.edge.apps.node.config import (
     Stow,
     check_ae_title,
     parse_allow,
+    parse_class_codes,
     parse_forward,
 )
 from medge.edge.apps.options import add_bundle_arguments, add_strict_argument, at_least, load_model
@@ -66,6 +67,10 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     add_stow_arguments(p)
     p.add_argument("--heatmap-sc", action="store_true",
                    help="also a Secondary Capture of the heatmap overlay per classified instance (bundles with heatmaps)")
+    p.add_argument("--class-code", action="append", default=[], metavar="NAME=SCHEME:VALUE[:MEANING]",
+                   help="the code of class NAME in the SR (e.g. ptx=SCT:36118008:Pneumothorax; MEANING: the name when "
+                        "left out); repeat for several. Others: SNOMED CT by name from medge's table, else private "
+                        "(99MEDGE, which dicom3tools' dciodvfy warns of; said at start)")
     p.add_argument("--study-timeout", type=float, default=d.study_timeout_s,
                    help="seconds without a new instance after which a study's record is written (default: %(default)s)")
     p.add_argument("--keep-images", action="store_true",
@@ -120,7 +125,7 @@ def config_from_args(args: argparse.Namespace) -> NodeConfig:
     return NodeConfig(ae_title=check_ae_title(args.ae_title, "--ae-title"), host=args.host, port=args.port,
                       allow=tuple(parse_allow(a) for a in args.allow),
                       forward=parse_forward(args.forward) if args.forward else None, stow=stow_from_args(args),
-                      heatmap_sc=args.heatmap_sc,
+                      heatmap_sc=args.heatmap_sc, class_codes=parse_class_codes(args.class_code),
                       study_timeout_s=args.study_timeout, queue=args.queue, max_instance_mb=args.max_instance_mb,
                       max_associations=args.max_associations, keep_images=args.keep_images, strict=args.strict,
                       batch_size=args.batch_size, workers=args.workers, max_pixels=args.max_pixels,
@@ -134,6 +139,19 @@ def require_extra() -> None:
     for module in NODE_MODULES:
         if importlib.util.find_spec(module) is None:
             raise MissingExtraError("node", module, "medge node")
+
+
+def coding_notes(classes, cfg: NodeConfig) -> list[str]:
+    """The start-up lines on the classes the SR codes privately (99MEDGE): none when each has a standard code.
+    UsageError for a --class-code of no class of the bundle, or two classes with the same code."""
+    from medge.edge.apps.node.report import class_codes, private_classes
+
+    private = private_classes(classes, class_codes(classes, cfg.class_codes))
+    if not private:
+        return []
+    return [f"note: the SR codes {', '.join(private)} in medge's private scheme 99MEDGE (no code given, none in medge's "
+            f"table), which dicom3tools' dciodvfy warns of at each use; give a standard one with --class-code "
+            f"NAME=SCHEME:VALUE[:MEANING], e.g. --class-code \"{private[0]}=SCT:<its SNOMED CT code>\""]
 
 
 def _log(msg: str) -> None:
@@ -154,6 +172,7 @@ def run(args: argparse.Namespace) -> int:
     require_extra()
     check_output_dir(args.out, "node output")
     model = load_model(args)
+    coding = coding_notes(model.classes, cfg)  # refuses a --class-code of no class of the bundle, before listening
     from medge.edge.apps.node.service import Node
 
     node = Node(model, cfg, args.out, log=_log)
@@ -177,7 +196,7 @@ def run(args: argparse.Namespace) -> int:
         _log(f"warning: --forward-stow {cfg.stow} is http://: the password or token crosses the network unencrypted")
     for warning in stow_warnings:
         _log(f"warning: {warning}")
-    for note in node.outboxes.notes():
+    for note in [*node.outboxes.notes(), *coding]:
         _log(note)
     try:
         stop.wait()

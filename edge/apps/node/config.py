@@ -1,6 +1,7 @@
-"""``medge node``'s settings: one frozen dataclass, checked once, and the parsing of --allow, --forward and
---forward-stow. Secrets (the STOW-RS password or token) are never settings: ``Stow`` names the file or environment
-variable that holds them and reads it at each try, so they stay off the command line, out of ``ps`` and out of logs.
+"""``medge node``'s settings: one frozen dataclass, checked once, and the parsing of --allow, --forward,
+--forward-stow and --class-code. Secrets (the STOW-RS password or token) are never settings: ``Stow`` names the
+file or environment variable that holds them and reads it at each try, so they stay off the command line, out of
+``ps`` and out of logs.
 """
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import base64
 import ipaddress
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 from medge.edge.config import check_ranges
@@ -56,6 +57,45 @@ def parse_forward(text: str) -> Peer:
     if not 1 <= port <= 65535:
         raise UsageError(f"--forward {text!r}: port {port} is not in 1..65535")
     return Peer(check_ae_title(m.group(1), "--forward"), m.group(2).strip("[]"), port)
+
+
+# A code's parts as DICOM holds them (PS3.3 Table 8.8-1): Coding Scheme Designator SH (16 characters), Code Value SH
+# (16; up to 64 as a Long Code Value), Code Meaning LO (64); none may hold a backslash or a control character.
+CODE_PARTS = (("SCHEME", 16), ("VALUE", 64), ("MEANING", 64))
+_CODE_TEXT = re.compile(r"^[^\\\x00-\x1f\x7f]*$")
+
+
+def parse_class_code(text: str) -> tuple[str, tuple[str, str, str]]:
+    """``NAME=SCHEME:VALUE[:MEANING]``: the code of class NAME in the SR (value, designator, meaning; the meaning is
+    the class name when not given). UsageError naming what is wrong."""
+    name, equals, code = (part.strip() for part in text.partition("="))
+    parts = [part.strip() for part in code.split(":", 2)]
+    if not equals or len(parts) < 2:
+        raise UsageError(f"--class-code {text!r}: give NAME=SCHEME:VALUE[:MEANING], e.g. ptx=SCT:36118008:Pneumothorax")
+    scheme, value, meaning = (*parts, name)[:3]
+    named = "" if len(parts) == 3 else " (the class name is the meaning when none is given)"
+    if not name:
+        raise UsageError(f"--class-code {text!r}: the class NAME before '=' is empty")
+    for (what, limit), part in zip(CODE_PARTS, (scheme, value, meaning), strict=True):
+        if not part:
+            raise UsageError(f"--class-code {text!r}: {what} is empty")
+        if len(part) > limit:
+            raise UsageError(f"--class-code {text!r}: {what} {part!r} is longer than DICOM's {limit} characters"
+                             + (named if what == "MEANING" else ""))
+        if not _CODE_TEXT.match(part):
+            raise UsageError(f"--class-code {text!r}: {what} {part!r} holds a backslash or a control character")
+    return name, (value, scheme, meaning)
+
+
+def parse_class_codes(texts) -> dict[str, tuple[str, str, str]]:
+    """Every --class-code, by class name; a class given twice is a UsageError."""
+    codes: dict[str, tuple[str, str, str]] = {}
+    for text in texts:
+        name, code = parse_class_code(text)
+        if name in codes:
+            raise UsageError(f"--class-code {name}: given twice")
+        codes[name] = code
+    return codes
 
 
 STOW_PASSWORD_ENV = "MEDGE_STOW_PASSWORD"  # the STOW-RS password when --stow-user is given without --stow-password-file
@@ -186,6 +226,8 @@ class NodeConfig:
     tls_key: str | None = None
     tls_ca: str | None = None  # with it, callers must present a certificate it signed (mutual TLS)
     retry_max_s: float = 60.0  # the longest wait between two tries to forward to a PACS that is down
+    # --class-code: a class's code in the SR (value, designator, meaning) by class name, over report.CLASS_CODES'
+    class_codes: dict[str, tuple[str, str, str]] = field(default_factory=dict)
 
     def __post_init__(self):
         check_ranges("node", [

@@ -4,31 +4,32 @@ Built with highdicom (extra ``node``; imported inside the functions), as the IHE
 Results profile asks of an AI result:
 
 - ``build_sr``: a Comprehensive 3D SR holding a TID 1500 Imaging Measurement Report
-  with one measurement group for the source image: the label as its "Finding" (TID 1501,
-  what highdicom's parser reads back as ``finding_type``), each class probability as a
-  measurement (unit "no units"; ``FloatingPointValue`` holds the float64 exactly,
-  ``NumericValue`` its 16-character decimal), the operating threshold when the bundle has
-  one with what it was chosen to guarantee as a text comment ("operating point:
-  sensitivity >= 0.95 with 95% confidence ...", or its "unsupported" mark), the warnings
-  as text, and the algorithm identification (TID 4019: name, medge version, model
-  SHA-256). The algorithm is also in the Contributing Equipment Sequence with purpose of
-  reference (1630, 99IHE, "Processing Algorithm"). The SR references the source instance,
-  is a new series of the same study, stays UNVERIFIED and its SeriesDescription says it
-  is not for diagnostic use.
-- ``build_sr`` of a multi-label bundle (``Findings``, ``edge.findings``): one TID 1501
-  measurement group per finding, in the bundle's order: the finding as its "Finding", its
-  calibrated probability and threshold as measurements, present or absent as a
-  qualitative evaluation (the finding's code = CID 240's SNOMED CT Present / Absent), what
-  the threshold guarantees as a comment; a finding without a threshold (unsupported) has
-  no presence and a comment that it is not decided. The exam-level flag (any finding
-  present) is the report's own qualitative evaluation (TID 1500 row 12).
+  with one TID 1501 measurement group per class of a single-label bundle (``Finding``)
+  or per finding of a multi-label one (``Findings``, ``edge.findings``), in the bundle's
+  order, each built from a ``Group``: the class as its "Finding" (what highdicom's parser
+  reads back as ``finding_type``), its probability as a measurement (122157, DCM,
+  "Probability"; unit "no units"; ``FloatingPointValue`` holds the float64 exactly,
+  ``NumericValue`` its 16-character decimal), present or absent as a qualitative
+  evaluation (the class's code = CID 240's SNOMED CT Present / Absent: the label present
+  and the other classes absent; a multi-label finding as decided), the operating
+  threshold as a measurement (122411, DCM, "Threshold Value") in the group of the class it
+  is on (a multi-label finding's own) with what it was chosen to guarantee as a comment
+  ("operating point: sensitivity >= 0.95 with 95% confidence ...", or its "unsupported"
+  mark), the warnings as comments, and the algorithm identification (TID 4019: name,
+  medge version, model SHA-256). A bundle without an operating point (argmax) states no
+  threshold; a multi-label finding without one (unsupported) no presence, and a comment
+  that it is not decided. A multi-label SR's exam-level flag (any finding present) is the
+  report's own qualitative evaluation (TID 1500 row 12). The algorithm is also in the
+  Contributing Equipment Sequence with purpose of reference (1630, 99IHE, "Processing
+  Algorithm"). The SR references the source instance, is a new series of the same study,
+  stays UNVERIFIED and its SeriesDescription says it is not for diagnostic use.
 - ``SRTemplate``: ``build_sr`` costs ~15 ms an instance (highdicom checks the content
   and deep-copies it on every build), three times the SR's encoding. The node builds the
   SR of its model once with ``build_sr`` and fills a copy per instance: patient and study
-  (copied as highdicom copies them), UIDs, times, evidence, equipment, and the tracking
-  UID, label, probabilities, source reference and warnings; ~2 ms. The result equals
-  ``build_sr``'s element for element (tested); what does not change is shared with the
-  template, not copied.
+  (copied as highdicom copies them), UIDs, times, evidence, equipment, and in each group
+  the tracking UID, probability, presence, source reference and warnings; ~2 ms. The
+  result equals ``build_sr``'s element for element (tested); what does not change is
+  shared with the template, not copied.
 - ``build_heatmap_sc``: the heatmap overlay (RGB) as a Secondary Capture of the same
   patient and study (patient and study attributes copied as in the SR, Study Description
   included), in a new series per source series (so that the source's Laterality and Body
@@ -52,35 +53,93 @@ Results profile asks of an AI result:
 UIDs come from ``result_uid``: derived from the source's UID and the model's hash,
 and the times in them from the instance's receipt (``stamp``), so the same instance
 classified again (after a crash) yields the same objects, byte for byte.
-Class names and labels are coded in a private scheme, ``99MEDGE``, whose code
-values are the class index (C0, C1, ...): PACS viewers show the meaning, the name.
-The SR declares it (and IHE's ``99IHE``) in its Coding Scheme Identification Sequence;
-dicom3tools' ``dciodvfy`` warns of it all the same, for it knows a fixed list of private
-schemes (its only remark on a result of a source that states what the result copies).
+Each class is coded in a standard scheme when medge knows its code (``class_codes``):
+the user's (``medge node --class-code NAME=SCHEME:VALUE[:MEANING]``), else the built-in
+table's (``CLASS_CODES``: SNOMED CT codes that PS3.16 holds with that meaning, by class
+name). A class with neither keeps a private code, ``99MEDGE`` "C<k>" (k its index; the
+meaning its name: PACS viewers show the name), and only then does the SR declare
+``99MEDGE`` in its Coding Scheme Identification Sequence (with IHE's ``99IHE``, always).
+Every other concept is DICOM's, SNOMED CT's, UCUM's or UMLS's: dicom3tools' ``dciodvfy``
+knows those, and warns once per use of ``99MEDGE``, declared or not, for it checks
+designators against a fixed list. The node says at start which classes are coded
+privately.
 """
 from __future__ import annotations
 
 import datetime
 import functools
 import hashlib
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
 import cv2
 import numpy as np
 
+from medge.edge.errors import UsageError
 from medge.edge.findings import MULTILABEL
 
 NOT_FOR_DIAGNOSIS = "medge AI result - not for diagnostic use"
-SCHEME = "99MEDGE"
-# Standard codes of the multi-label SR: DICOM CID 240 "Present-Absent" (SNOMED CT), the TID 1500 row 12 container.
+Code = tuple[str, str, str]  # (code value, coding scheme designator, code meaning), as CodedConcept takes them
+SCHEME = "99MEDGE"  # medge's private scheme: the classes without a standard code, "C<k>"
+# DICOM's concept names of what a group measures (PS3.16), and CID 240 "Present-Absent" (SNOMED CT).
+PROBABILITY, THRESHOLD = ("122157", "DCM", "Probability"), ("122411", "DCM", "Threshold Value")
 PRESENT, ABSENT = ("52101004", "SCT", "Present"), ("272519000", "SCT", "Absent")
-QUALITATIVE_EVALUATIONS = ("C0034375", "UMLS", "Qualitative Evaluations")
-ANY_FINDING = ("ANY", SCHEME, "Any finding")  # the exam-level flag, coded in medge's scheme
+QUALITATIVE_EVALUATIONS = ("C0034375", "UMLS", "Qualitative Evaluations")  # the TID 1500 row 12 container
+# The exam-level flag, any finding present: SNOMED CT's clinical finding, its meaning as PS3.16 writes it (PS3.16's
+# other meaning of the code, "Finding", would read as TID 1501's own (121071, DCM, "Finding") item).
+ANY_FINDING = ("404684003", "SCT", "Clinical finding (finding)")
+# Classes coded by name (lower case, "_" read as a space): SNOMED CT codes that PS3.16 holds with these meanings
+# (a test checks each against pydicom's dictionary of PS3.16). Codes it does not hold are the user's to give.
+CLASS_CODES: dict[str, Code] = {
+    "normal": ("17621005", "SCT", "Normal"), "abnormal": ("263654008", "SCT", "Abnormal"),
+    "disease": ("64572001", "SCT", "Disease"), "cardiomegaly": ("287272002", "SCT", "Cardiomegaly"),
+    "effusion": ("41699000", "SCT", "Effusion"), "pleural effusion": ("60046008", "SCT", "Pleural effusion"),
+    "edema": ("79654002", "SCT", "Edema"), "pulmonary edema": ("19242006", "SCT", "Pulmonary edema"),
+    "pneumothorax": ("36118008", "SCT", "Pneumothorax"), "fibrosis": ("112674009", "SCT", "Fibrosis"),
+    "mass": ("4147007", "SCT", "Mass"),  # the finding; 118538004 "Mass" is the quantity
+    "nodule": ("27925004", "SCT", "Nodule"), "lesion": ("52988006", "SCT", "Lesion"),
+    "lung cancer": ("93880001", "SCT", "Lung cancer"), "malignant": ("21594007", "SCT", "Malignant"),
+    "benign": ("30807003", "SCT", "Benign"), "neoplasm": ("108369006", "SCT", "Neoplasm"),
+    "tumor": ("108369006", "SCT", "Tumor"),
+}
 SR_SERIES_NUMBER, SC_SERIES_NUMBER = 9901, 9902
 SC_LONG_SIDE_PX = 1024  # the SC's long side at most (module docstring: why)
 SC_DRAWN = (", drawn over the image the model saw (its input), resampled to the source's proportions; "
             + NOT_FOR_DIAGNOSIS)
 SC_DERIVATION = "heatmap of where the model looked" + SC_DRAWN
+
+
+def class_codes(classes, given: Mapping[str, Code] | None = None) -> tuple[Code, ...]:
+    """The code of each class: the user's, else ``CLASS_CODES``' by its name, else private (C<k>, 99MEDGE, name).
+
+    Args:
+        classes: the model's classes (a multi-label model's findings), in its order.
+        given: the user's codes by class name (``medge node --class-code``).
+
+    Returns:
+        One code per class, in the order of ``classes``.
+
+    Raises:
+        UsageError: a given name that is no class of the model, or two classes with the same code.
+    """
+    given = given or {}
+    unknown = [name for name in given if name not in classes]
+    if unknown:
+        raise UsageError(f"--class-code {', '.join(unknown)}: no such class in the bundle (its classes: "
+                         f"{', '.join(classes)})")
+    codes = tuple(given.get(name) or CLASS_CODES.get(name.lower().replace("_", " ")) or (f"C{k}", SCHEME, name[:64])
+                  for k, name in enumerate(classes))
+    first: dict[tuple[str, str], str] = {}
+    for name, code in zip(classes, codes, strict=True):
+        if (other := first.setdefault(code[:2], name)) != name:
+            raise UsageError(f"classes {other!r} and {name!r} have the same code ({code[1]} {code[0]}): give one of "
+                             f"them another with --class-code")
+    return codes
+
+
+def private_classes(classes, codes) -> list[str]:
+    """The classes coded in medge's private scheme (``class_codes``' last resort)."""
+    return [name for name, code in zip(classes, codes, strict=True) if code[1] == SCHEME]
 
 
 @dataclass(frozen=True)
@@ -94,6 +153,21 @@ class Algorithm:
 
 
 @dataclass(frozen=True)
+class Group:
+    """What one TID 1501 measurement group states: a class of a single-label model, or a finding of a multi-label
+    one."""
+
+    index: int  # the class's index in the model (its tracking UID's)
+    name: str
+    code: Code  # the group's finding_type, and the concept its presence is stated of
+    probability: float
+    present: bool | None  # None: not decided (no threshold), so no presence is stated
+    threshold: float | None  # the operating threshold, in the group of the class it is on
+    notes: tuple[str, ...]  # comments the same for every instance: what the threshold guarantees, "not decided"
+    tracking: str  # the tracking identifier
+
+
+@dataclass(frozen=True)
 class Finding:
     """One instance's classification, as the SR states it."""
 
@@ -104,17 +178,42 @@ class Finding:
     positive: str | None = None  # the class the threshold applies to
     warnings: tuple[str, ...] = ()
     operating_point: str | None = None  # what the threshold guarantees (edge.decision.guarantee_text), when it has one
+    codes: tuple[Code, ...] = ()  # per class (class_codes); none given: the built-in table's, else private
+
+    def __post_init__(self):
+        if self.threshold is not None and self.positive not in self.classes:
+            raise ValueError(f"threshold {self.threshold} on {self.positive!r}, not one of the classes {self.classes}")
+        if self.operating_point and self.threshold is None:
+            raise ValueError("an operating point without a threshold")
+        _set_codes(self, self.classes)
 
     def per_model(self) -> tuple:
         """What is the same for every instance the model classifies (an SR template is made for it)."""
-        return self.classes, self.threshold, self.positive, self.operating_point
+        return self.classes, self.threshold, self.positive, self.operating_point, self.codes
+
+    def groups(self) -> list[Group]:
+        """One per class: the label present, the others absent; the threshold and what it guarantees in the
+        positive class's group."""
+        guarantee = (f"operating point: {self.operating_point}",) if self.operating_point else ()
+        return [Group(k, name, code, self.probabilities[name], name == self.label,
+                      self.threshold if name == self.positive else None, guarantee if name == self.positive else (),
+                      f"medge class {name}"[:64])
+                for k, (name, code) in enumerate(zip(self.classes, self.codes, strict=True))]
+
+
+def _set_codes(finding, names) -> None:
+    """The codes of a new ``Finding`` or ``Findings``: ``class_codes(names)`` when none were given; one per class."""
+    if not finding.codes:
+        object.__setattr__(finding, "codes", class_codes(names))  # frozen: set once, in the constructor
+    if len(finding.codes) != len(names):
+        raise ValueError(f"{len(finding.codes)} codes for {len(names)} classes: one each")
 
 
 @dataclass(frozen=True)
 class Findings:
     """One instance's multi-label result (``edge.findings``), as the SR states it: each finding's calibrated
     probability and decision (present True, absent False, undecided None: the finding has no threshold), with what
-    is the same for every instance, the findings' thresholds and what each threshold guarantees."""
+    is the same for every instance, the findings' thresholds, what each threshold guarantees and their codes."""
 
     names: tuple[str, ...]
     probabilities: dict[str, float]
@@ -122,6 +221,7 @@ class Findings:
     thresholds: tuple[float | None, ...]  # per finding, in the order of ``names``; None: unsupported
     operating_points: tuple[str, ...]  # per finding: what its threshold guarantees, or why it has none
     warnings: tuple[str, ...] = ()
+    codes: tuple[Code, ...] = ()  # per finding (class_codes); none given: the built-in table's, else private
 
     def __post_init__(self):
         if not (len(self.names) == len(self.thresholds) == len(self.operating_points)):
@@ -131,10 +231,21 @@ class Findings:
             if (self.decisions.get(name) is None) != (threshold is None):
                 raise ValueError(f"finding {name!r}: decision {self.decisions.get(name)!r} with threshold "
                                  f"{threshold!r} (a finding is decided exactly when it has a threshold)")
+        _set_codes(self, self.names)
 
     def per_model(self) -> tuple:
         """What is the same for every instance the model classifies (an SR template is made for it)."""
-        return MULTILABEL, self.names, self.thresholds, self.operating_points
+        return MULTILABEL, self.names, self.thresholds, self.operating_points, self.codes
+
+    def groups(self) -> list[Group]:
+        """One per finding: its threshold, what it guarantees, its decision (none, and a note why, when it has no
+        threshold)."""
+        undecided = "not decided: {} has no threshold, so it is stated neither present nor absent"
+        return [Group(k, name, code, self.probabilities[name], self.decisions[name], threshold,
+                      (f"operating point: {guarantee}", *([undecided.format(name)] if threshold is None else [])),
+                      f"medge finding {name}"[:64])
+                for k, (name, code, threshold, guarantee) in enumerate(zip(self.names, self.codes, self.thresholds,
+                                                                           self.operating_points, strict=True))]
 
     @property
     def positive(self) -> list[str]:
@@ -164,27 +275,32 @@ def algorithm_of(model) -> Algorithm:
                      runtime=f"{model.engine} engine, {model.variant} variant")
 
 
-def finding_of(model, pred) -> Finding | Findings:
+def finding_of(model, pred, codes: Mapping[str, Code] | None = None) -> Finding | Findings:
     """What an SR states of ``pred``, a classified ``Prediction`` of ``model``.
 
     Args:
         model: the loaded ``Model`` that made ``pred``.
         pred: a ``Prediction`` without error.
+        codes: the user's codes of classes, by name (``medge node --class-code``); the others as ``class_codes``
+            codes them.
 
     Returns:
         A ``Finding`` (label, probabilities, the bundle's operating threshold when it has one) or, of a multi-label
-        bundle, a ``Findings`` (each finding's probability, decision, threshold and what the threshold guarantees).
+        bundle, a ``Findings`` (each finding's probability, decision, threshold and what the threshold guarantees);
+        either with the code of each class.
     """
+    coded = class_codes(model.classes, codes)
     rules = model.findings
     if rules is not None:
         return Findings(names=tuple(rules.names), probabilities=dict(pred.probabilities), decisions=dict(pred.decisions),
                         thresholds=tuple(r.threshold for r in rules.findings),
-                        operating_points=tuple(r.guarantee for r in rules.findings), warnings=tuple(pred.warnings))
+                        operating_points=tuple(r.guarantee for r in rules.findings), warnings=tuple(pred.warnings),
+                        codes=coded)
     op = model.operating_point  # the bundle's threshold and positive class, when it has them (else argmax)
     threshold, positive = (op.threshold, op.positive) if op is not None else (None, None)
     return Finding(classes=tuple(model.classes), probabilities=dict(pred.probabilities), label=pred.label,
                    threshold=threshold, positive=positive, warnings=tuple(pred.warnings),
-                   operating_point=op.guarantee if threshold is not None else None)
+                   operating_point=op.guarantee if threshold is not None else None, codes=coded)
 
 
 ACQUISITION_EQUIPMENT = "109101"  # DCM code of the source's own equipment in a Contributing Equipment Sequence
@@ -246,15 +362,9 @@ def instance_number(uid: str) -> int:
     return 1 + int(hashlib.sha256(uid.encode()).hexdigest()[:8], 16) % 999_999_999
 
 
-def _code(value: str, meaning: str):
-    from highdicom.sr import CodedConcept
-
-    return CodedConcept(value=value, scheme_designator=SCHEME, meaning=meaning[:64])
-
-
 # The private coding schemes the results use, as PS3.3 C.12.1.1.1 declares one that is not registered: no registry,
 # no UID; a name (Type 3, given where we can state it) and the organization that answers for it.
-CODING_SCHEMES = {SCHEME: {"name": "medge classes and results", "responsible_organization": "medge"},
+CODING_SCHEMES = {SCHEME: {"name": "medge classes", "responsible_organization": "medge"},
                   "99IHE": {"responsible_organization": "IHE International"}}
 
 
@@ -305,32 +415,35 @@ def _unit():
     return CodedConcept(value="1", scheme_designator="UCUM", meaning="no units")
 
 
-def _probabilities(finding: Finding) -> list:
-    """One measurement per class, its probability as given (float64, exactly)."""
-    import highdicom as hd
-
-    return [hd.sr.Measurement(name=_code(f"C{i}", f"Probability of {name}"), value=float(finding.probabilities[name]),
-                              unit=_unit()) for i, name in enumerate(finding.classes)]
-
-
-def _finding_item(finding: Finding):
-    """The label as TID 1501's "Finding" item, as ``MeasurementsAndQualitativeEvaluations(finding_type=...)`` makes it."""
-    import highdicom as hd
+def _coded(code: Code):
     from highdicom.sr import CodedConcept
 
-    return hd.sr.CodeContentItem(name=CodedConcept(value="121071", meaning="Finding", scheme_designator="DCM"),
-                                 value=_label(finding), relationship_type="CONTAINS")
+    return CodedConcept(value=code[0], scheme_designator=code[1], meaning=code[2])
 
 
-def _label(finding: Finding):
-    return _code(f"C{finding.classes.index(finding.label)}", finding.label)
-
-
-def _tracking(instance_uid: str, algorithm: Algorithm):
+def _tracking(instance_uid: str, algorithm: Algorithm, group: Group):
+    """The tracking identifier of ``group`` (a UID per instance and class)."""
     import highdicom as hd
 
-    return hd.sr.TrackingIdentifier(uid=result_uid(instance_uid, algorithm.model_sha256, "track"),
-                                    identifier="medge classification")
+    return hd.sr.TrackingIdentifier(uid=result_uid(instance_uid, algorithm.model_sha256, f"track:C{group.index}"),
+                                    identifier=group.tracking)
+
+
+def _probability(group: Group):
+    """The class's probability, as given (float64, exactly)."""
+    import highdicom as hd
+
+    return hd.sr.Measurement(name=_coded(PROBABILITY), value=float(group.probability), unit=_unit())
+
+
+def _presence(group: Group) -> list:
+    """The class present or absent (TID 1501's qualitative evaluation: the class's code, CID 240's value), as a list:
+    empty when it is not decided."""
+    import highdicom as hd
+
+    if group.present is None:
+        return []
+    return [hd.sr.QualitativeEvaluation(name=_coded(group.code), value=_coded(PRESENT if group.present else ABSENT))]
 
 
 def _comment(text: str):
@@ -341,62 +454,24 @@ def _comment(text: str):
     return hd.sr.TextContentItem(name=codes.DCM.Comment, value=text, relationship_type="CONTAINS")
 
 
-# --- multi-label: one measurement group per finding ---------------------------------------------------------------
-def _coded(code: tuple[str, str, str]):
-    from highdicom.sr import CodedConcept
-
-    return CodedConcept(value=code[0], scheme_designator=code[1], meaning=code[2])
-
-
-def _finding_tracking(instance_uid: str, algorithm: Algorithm, k: int, name: str):
-    """The tracking identifier of finding ``k``'s measurement group (a UID per instance and finding)."""
-    import highdicom as hd
-
-    return hd.sr.TrackingIdentifier(uid=result_uid(instance_uid, algorithm.model_sha256, f"track:C{k}"),
-                                    identifier=f"medge finding {name}"[:64])
-
-
-def _finding_probability(k: int, name: str, value: float):
-    import highdicom as hd
-
-    return hd.sr.Measurement(name=_code(f"C{k}", f"Probability of {name}"), value=float(value), unit=_unit())
-
-
-def _presence(k: int, name: str, present: bool):
-    """Finding ``k`` present or absent (TID 1501's qualitative evaluation: the finding's code, CID 240's value)."""
-    import highdicom as hd
-
-    return hd.sr.QualitativeEvaluation(name=_code(f"C{k}", name), value=_coded(PRESENT if present else ABSENT))
-
-
-def _finding_groups(source, findings: Findings, algorithm: Algorithm, instance_uid: str) -> list:
-    """A multi-label SR's measurement groups, one per finding: the finding (``finding_type``), its probability, its
-    threshold and presence when it has a threshold (else a comment that it is not decided), what the threshold
-    guarantees, the warnings."""
+def _measurement_group(source, group: Group, algorithm: Algorithm, instance_uid: str, warnings) -> list:
+    """The measurement group of ``group``: the class as its finding (``finding_type``), its probability, the
+    threshold where it is on this class, present or absent when decided, its notes and the warnings as comments."""
     import highdicom as hd
 
     algorithm_id = _algorithm_id(algorithm)
-    groups = []
-    for k, (name, threshold, guarantee) in enumerate(zip(findings.names, findings.thresholds,
-                                                         findings.operating_points, strict=True)):
-        measurements = [_finding_probability(k, name, findings.probabilities[name])]
-        decision = findings.decisions[name]
-        if threshold is not None:
-            measurements.append(hd.sr.Measurement(name=_code("THRESHOLD", f"Operating threshold for {name}"),
-                                                  value=float(threshold), unit=_unit(), algorithm_id=algorithm_id))
-        group = hd.sr.MeasurementsAndQualitativeEvaluations(
-            tracking_identifier=_finding_tracking(instance_uid, algorithm, k, name), finding_type=_code(f"C{k}", name),
-            algorithm_id=algorithm_id, source_images=[hd.sr.SourceImageForMeasurementGroup.from_source_image(source)],
-            measurements=measurements, qualitative_evaluations=None if decision is None else [_presence(k, name,
-                                                                                                         decision)],
-        )
-        comments = [f"operating point: {guarantee}"]
-        if decision is None:
-            comments.append(f"not decided: {name} has no threshold, so it is stated neither present nor absent")
-        group[0].ContentSequence.extend(_comment(text) for text in [*comments, *(f"warning: {text}" for text
-                                                                                 in findings.warnings)])
-        groups.append(group)
-    return groups
+    measurements = [_probability(group)]
+    if group.threshold is not None:
+        measurements.append(hd.sr.Measurement(name=_coded(THRESHOLD), value=float(group.threshold), unit=_unit(),
+                                              algorithm_id=algorithm_id))
+    items = hd.sr.MeasurementsAndQualitativeEvaluations(
+        tracking_identifier=_tracking(instance_uid, algorithm, group), finding_type=_coded(group.code),
+        algorithm_id=algorithm_id, source_images=[hd.sr.SourceImageForMeasurementGroup.from_source_image(source)],
+        measurements=measurements, qualitative_evaluations=_presence(group) or None,
+    )
+    items[0].ContentSequence.extend(_comment(text) for text in [*group.notes, *(f"warning: {text}" for text
+                                                                                in warnings)])
+    return items
 
 
 def _exam_flag(findings: Findings):
@@ -421,39 +496,15 @@ def _algorithm_id(algorithm: Algorithm):
                                                      *([algorithm.runtime] if algorithm.runtime else [])])
 
 
-def _label_group(source, finding: Finding, algorithm: Algorithm, instance_uid: str) -> list:
-    """A single-label SR's one measurement group: the label as its finding, the probabilities, the threshold."""
-    import highdicom as hd
-
-    algorithm_id = _algorithm_id(algorithm)
-    measurements = _probabilities(finding)
-    if finding.threshold is not None:
-        about = f" for {finding.positive}" if finding.positive else ""
-        measurements.append(hd.sr.Measurement(name=_code("THRESHOLD", f"Operating threshold{about}"),
-                                              value=float(finding.threshold), unit=_unit(), algorithm_id=algorithm_id))
-    group = hd.sr.MeasurementsAndQualitativeEvaluations(
-        tracking_identifier=_tracking(instance_uid, algorithm), finding_type=_label(finding),
-        algorithm_id=algorithm_id, source_images=[hd.sr.SourceImageForMeasurementGroup.from_source_image(source)],
-        measurements=measurements,
-    )
-    comments = ([f"operating point: {finding.operating_point}"] if finding.operating_point else []) + [
-        f"warning: {text}" for text in finding.warnings]
-    group[0].ContentSequence.extend(_comment(text) for text in comments)
-    return [group]
-
-
 def build_sr(source, finding: Finding | Findings, algorithm: Algorithm, series_uid: str, instance_uid: str):
     """The Comprehensive 3D SR (TID 1500) of ``finding`` on ``source`` (a pydicom Dataset; pixels not needed):
-    a single-label ``Finding`` or a multi-label ``Findings`` (one measurement group per finding)."""
+    a measurement group per class of a single-label ``Finding`` or per finding of a multi-label ``Findings``."""
     import highdicom as hd
     from highdicom.sr import CodedConcept
     from pydicom.sr.codedict import codes
 
     source = _with_type2(source)
-    if isinstance(finding, Findings):
-        groups, more = _finding_groups(source, finding, algorithm, instance_uid), [_exam_flag(finding)]
-    else:
-        groups, more = _label_group(source, finding, algorithm, instance_uid), []
+    groups = [_measurement_group(source, group, algorithm, instance_uid, finding.warnings) for group in finding.groups()]
     observer = hd.sr.ObserverContext(
         observer_type=codes.DCM.Device,
         observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
@@ -464,14 +515,16 @@ def build_sr(source, finding: Finding | Findings, algorithm: Algorithm, series_u
         procedure_reported=CodedConcept(value="363679005", scheme_designator="SCT", meaning="Imaging procedure"),
         imaging_measurements=groups,
     )
-    content[0].ContentSequence.extend(more)  # TID 1500 row 12: the report's own qualitative evaluations
+    if isinstance(finding, Findings):  # TID 1500 row 12: the report's own qualitative evaluations
+        content[0].ContentSequence.append(_exam_flag(finding))
+    private = [SCHEME] if any(code[1] == SCHEME for code in finding.codes) else []  # declared where it is used
     return hd.sr.Comprehensive3DSR(
         evidence=[source], content=content[0], series_instance_uid=series_uid, series_number=SR_SERIES_NUMBER,
         sop_instance_uid=instance_uid, instance_number=instance_number(instance_uid), manufacturer="medge",
         is_complete=True, is_final=False,
         is_verified=False, contributing_equipment=[_contributing_equipment(algorithm)],
         series_description=NOT_FOR_DIAGNOSIS, manufacturer_model_name=algorithm.name[:64],
-        software_versions=f"medge {algorithm.version}"[:64], coding_schemes=_coding_schemes(SCHEME, "99IHE"),
+        software_versions=f"medge {algorithm.version}"[:64], coding_schemes=_coding_schemes(*private, "99IHE"),
     )
 
 
@@ -482,9 +535,11 @@ PER_INSTANCE = ("SOPInstanceUID", "SeriesInstanceUID", "InstanceNumber", "Instan
 
 
 def _concept(item) -> tuple[str, str, str]:
-    """A content item's value type and concept name (code value, scheme): what it is, whatever its value."""
+    """A content item's value type and concept name (code value, scheme): what it is, whatever its value. A class's
+    code may be long (over 16 characters: a Long Code Value) or a URN, as the user gave it."""
     name = item.ConceptNameCodeSequence[0]
-    return str(item.ValueType), str(name.CodeValue), str(name.CodingSchemeDesignator)
+    value = name.get("CodeValue") or name.get("LongCodeValue") or name.get("URNCodeValue")
+    return str(item.ValueType), str(value), str(name.CodingSchemeDesignator)
 
 
 def _shallow(item, **elements):
@@ -503,13 +558,13 @@ class SRTemplate:
     """``build_sr`` for one model, built once; ``fill`` gives the SR of an instance, equal element for element to
     ``build_sr``'s (tested) at a fraction of the cost.
 
-    The template is ``build_sr`` of a placeholder source with a finding of the model's classes, threshold and
+    The template is ``build_sr`` of a placeholder source with a finding of the model's classes, codes, threshold and
     operating point. ``fill`` shares every element that is the same for all instances (the observer, the algorithm,
-    the threshold, the coding schemes ...) and puts in what is not: patient and study, UIDs, times, character set,
-    evidence, contributing equipment (the source's, then the algorithm's, then highdicom's, stamped now), and in the
-    measurement group the tracking UID, label, probabilities, source reference and warnings (of a multi-label
-    model's: in each finding's group the tracking UID, probability, presence, source reference and warnings, and the
-    exam-level flag). A filled dataset shares elements with the template: encode it, do not modify it.
+    the classes' codes, the threshold, the coding schemes ...) and puts in what is not: patient and study, UIDs,
+    times, character set, evidence, contributing equipment (the source's, then the algorithm's, then highdicom's,
+    stamped now), in each measurement group the tracking UID, probability, presence, source reference and warnings,
+    and a multi-label model's exam-level flag. A filled dataset shares elements with the template: encode it, do not
+    modify it.
     """
 
     def __init__(self, algorithm: Algorithm, finding: Finding | Findings):
@@ -530,6 +585,9 @@ class SRTemplate:
         at = self._root_concepts.index(("CONTAINER", "126010", "DCM"))
         self._group_concepts = [[_concept(item) for item in group.ContentSequence]
                                 for group in root[at].ContentSequence]
+        # A class's presence item is one of two per model (present, absent): made here, shared by every fill.
+        self._presences = {(group.index, present): _presence(replace(group, present=present))[0][0]
+                           for group in model.groups() if group.present is not None for present in (True, False)}
 
     def fill(self, source, finding: Finding | Findings, series_uid: str, instance_uid: str):
         """The SR of ``finding`` on ``source``, as ``build_sr(source, finding, self.algorithm, ...)`` makes it."""
@@ -540,7 +598,8 @@ class SRTemplate:
         from pydicom.valuerep import DA, TM
 
         if finding.per_model() != self.per_model:
-            raise ValueError("this SR template was made for another model's classes, threshold or operating point")
+            raise ValueError("this SR template was made for another model's classes, codes, threshold or operating "
+                             "point")
         source = _with_type2(source)
         shared = {tag: elem for tag, elem in self.sr.items()
                   if tag not in self._placeholder_tags and elem.keyword not in PER_INSTANCE}
@@ -563,7 +622,7 @@ class SRTemplate:
         """The template's content tree with the instance's measurement groups (and exam-level flag) in it."""
         root = list(self.sr.ContentSequence)
         at = self._root_concepts.index(("CONTAINER", "126010", "DCM"))
-        groups = root[at].ContentSequence  # "Imaging Measurements" holds the "Measurement Group"s, one per finding
+        groups = root[at].ContentSequence  # "Imaging Measurements" holds the "Measurement Group"s, one per class
         filled = []
         for group, concepts, fresh in zip(groups, self._group_concepts, self._fresh(source, finding, instance_uid),
                                           strict=True):
@@ -581,18 +640,10 @@ class SRTemplate:
         """Per measurement group, the items that differ per instance (what is the same is the template's)."""
         import highdicom as hd
 
-        if not isinstance(finding, Findings):
-            return [[*_tracking(instance_uid, self.algorithm), _finding_item(finding),
-                     *(m[0] for m in _probabilities(finding)),
-                     hd.sr.SourceImageForMeasurementGroup.from_source_image(source)]]
-        fresh = []
-        for k, name in enumerate(finding.names):
-            decision = finding.decisions[name]
-            fresh.append([*_finding_tracking(instance_uid, self.algorithm, k, name),
-                          _finding_probability(k, name, finding.probabilities[name])[0],
-                          *([] if decision is None else _presence(k, name, decision)),
-                          hd.sr.SourceImageForMeasurementGroup.from_source_image(source)])
-        return fresh
+        source_image = hd.sr.SourceImageForMeasurementGroup.from_source_image(source)  # the same item in each group
+        return [[*_tracking(instance_uid, self.algorithm, group), _probability(group)[0],
+                 *([] if group.present is None else [self._presences[group.index, group.present]]), source_image]
+                for group in finding.groups()]
 
 
 def _blank(finding: Finding | Findings) -> Finding | Findings:
@@ -656,15 +707,17 @@ def _evidence(source):
 
 
 @functools.lru_cache(maxsize=4)
-def _template(algorithm: Algorithm, classes: tuple, threshold, positive, operating_point) -> SRTemplate:
-    finding = Finding(classes, dict.fromkeys(classes, 0.0), classes[0], threshold, positive, (), operating_point)
+def _template(algorithm: Algorithm, classes: tuple, threshold, positive, operating_point, codes: tuple) -> SRTemplate:
+    finding = Finding(classes, dict.fromkeys(classes, 0.0), classes[0], threshold, positive, (), operating_point, codes)
     return SRTemplate(algorithm, finding)
 
 
 @functools.lru_cache(maxsize=4)
-def _findings_template(algorithm: Algorithm, names: tuple, thresholds: tuple, operating_points: tuple) -> SRTemplate:
+def _findings_template(algorithm: Algorithm, names: tuple, thresholds: tuple, operating_points: tuple,
+                       codes: tuple) -> SRTemplate:
     decisions = _undecided_or_absent(names, thresholds)
-    return SRTemplate(algorithm, Findings(names, dict.fromkeys(names, 0.0), decisions, thresholds, operating_points))
+    return SRTemplate(algorithm, Findings(names, dict.fromkeys(names, 0.0), decisions, thresholds, operating_points,
+                                          codes=codes))
 
 
 def _undecided_or_absent(names, thresholds) -> dict[str, bool | None]:
@@ -676,8 +729,8 @@ def sr_template(algorithm: Algorithm, finding: Finding | Findings) -> SRTemplate
 
     Args:
         algorithm: what makes the results.
-        finding: an instance's result: a ``Finding`` (its classes, threshold and operating point make the model's
-            part) or a multi-label ``Findings`` (its findings, thresholds and operating points).
+        finding: an instance's result: a ``Finding`` (its classes, threshold, operating point and codes make the
+            model's part) or a multi-label ``Findings`` (its findings, thresholds, operating points and codes).
 
     Returns:
         The model's ``SRTemplate``.

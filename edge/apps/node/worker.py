@@ -177,7 +177,7 @@ class Classifier:
             self.algorithm = report.algorithm_of(self.model)
         sop = str(source.SOPInstanceUID)
         key = (sop, self.model.sha256)
-        finding = report.finding_of(self.model, pred)  # a Finding, or a multi-label bundle's Findings
+        finding = report.finding_of(self.model, pred, self.cfg.class_codes)  # a Finding, or a multi-label Findings
         study = str(source.StudyInstanceUID)
         sr = report.sr_template(self.algorithm, finding).fill(
             source, finding, series_uid=report.result_uid(study, self.model.sha256, "sr"),

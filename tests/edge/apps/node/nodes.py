@@ -137,6 +137,29 @@ def results(out: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
 
+def bundle_classes(bundle: Path) -> list[str]:
+    """The classes (a multi-label bundle's findings) its manifest names, in the model's order."""
+    return json.loads((Path(bundle) / "model.json").read_text(encoding="utf-8"))["classes"]
+
+
+def sr_probabilities(ds, classes) -> dict[str, float]:
+    """Class -> probability of a medge SR (a pydicom Dataset) of a bundle of ``classes``, as highdicom's TID 1500
+    parser reads it: each measurement group's "Probability" (FloatingPointValue, the float64 exactly), its class
+    known by the group's finding, the class's code (``report.class_codes``)."""
+    import highdicom as hd
+
+    from medge.edge.apps.node.report import PROBABILITY, class_codes
+
+    by_code = {code[:2]: name for name, code in zip(classes, class_codes(classes), strict=True)}
+    found: dict[str, float] = {}
+    for group in hd.sr.Comprehensive3DSR.from_dataset(ds).content.get_image_measurement_groups():
+        name = by_code[group.finding_type.value, group.finding_type.scheme_designator]
+        (found[name],) = [m.value for m in group.get_measurements() if (m.name.value, m.name.scheme_designator)
+                          == PROBABILITY[:2]]
+    assert len(found) == len(classes), f"{len(found)} groups for {len(classes)} classes"
+    return found
+
+
 def certificates(folder: Path) -> dict[str, Path]:
     """A CA, a server certificate for 127.0.0.1 and a client certificate, made with the openssl CLI."""
     folder.mkdir()

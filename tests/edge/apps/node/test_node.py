@@ -23,10 +23,12 @@ from tests.edge.apps.node.nodes import (  # noqa: E402
     PYDICOM_GRAY,
     PYDICOM_RGB,
     NodeProcess,
+    bundle_classes,
     certificates,
     echoscu,
     pydicom_file,
     results,
+    sr_probabilities,
     storescu,
     with_study,
     write_radiograph,
@@ -82,24 +84,6 @@ def send(port, *items, calling="PYSCU", contexts=None, abort_after_pdus=None):
     return statuses
 
 
-def sr_probabilities(path) -> dict[str, float]:
-    """Class -> probability (FloatingPointValue) from a medge SR."""
-    import pydicom
-
-    out = {}
-
-    def walk(items):
-        for item in items:
-            if item.ValueType == "NUM":
-                meaning = item.ConceptNameCodeSequence[0].CodeMeaning
-                if meaning.startswith("Probability of "):
-                    out[meaning.removeprefix("Probability of ")] = float(item.MeasuredValueSequence[0].FloatingPointValue)
-            walk(item.get("ContentSequence", []))
-
-    walk(pydicom.dcmread(path).ContentSequence)
-    return out
-
-
 def predict_records(bundle, files) -> dict[str, dict]:
     """``medge predict --batch-size 1`` on ``files``: file name -> record."""
     run = subprocess.run(["medge", "predict", "--model", str(bundle), "--batch-size", "1", "--format", "jsonl",
@@ -139,6 +123,10 @@ def test_dcmtk_sends_every_transfer_syntax_and_each_instance_gets_one_record(tmp
     assert log.count("already received") == 2
     import pydicom
 
+    from medge.edge.apps.node.report import class_codes
+
+    classes = bundle_classes(bundle)
+    meanings = {name: code[2] for name, code in zip(classes, class_codes(classes), strict=True)}
     by_sop = {r["sop_instance_uid"]: r for r in records}
     assert len(by_sop) == len(sources)
     for path in sources:
@@ -157,7 +145,8 @@ def test_dcmtk_sends_every_transfer_syntax_and_each_instance_gets_one_record(tmp
             assert r["label"] in r["probabilities"] and r["sr"], r
             dump = subprocess.run([DSRDUMP, str(tmp_path / "out" / r["sr"])], capture_output=True, text=True)
             assert dump.returncode == 0, dump.stderr
-            assert "Imaging Measurement Report" in dump.stdout and f'"{r["label"]}"' in dump.stdout
+            present = f'CODE:(,,"{meanings[r["label"]]}")=(52101004,SCT,"Present")'  # the label, present
+            assert "Imaging Measurement Report" in dump.stdout and dump.stdout.count(present) == 1, dump.stdout
         if r["status"] != "classified":
             assert r["sr"] is None
     # no patient data in the log; the spool is emptied and private; the SOP Instance UIDs are hashed
@@ -180,7 +169,8 @@ def test_sr_probabilities_equal_medge_predict(tmp_path, bundle, sources):
         r = next(r for r in records if r["sop_instance_uid"] == uid)
         want = expected[path.name]["probabilities"]
         assert r["probabilities"] == want  # the record: bit-identical floats
-        assert sr_probabilities(tmp_path / "out" / r["sr"]) == want  # the SR's FloatingPointValue too
+        sr = pydicom.dcmread(tmp_path / "out" / r["sr"])
+        assert sr_probabilities(sr, bundle_classes(bundle)) == want  # the SR's FloatingPointValue too
         assert r["label"] == expected[path.name]["label"]
 
 
@@ -400,15 +390,17 @@ def test_study_record_after_the_timeout_and_a_late_instance_updates_it(tmp_path,
 def test_a_multilabel_bundle_gets_a_group_per_finding_and_its_records(tmp_path, multilabel_bundle):
     """storescu sends a radiograph and a CT slice to a node with a multi-label bundle (Effusion threshold 0.4, Nodule
     unsupported): the radiograph's record carries the decisions, thresholds, positive findings and exam-level flag as
-    ``medge predict``'s; its SR a group per finding with those probabilities and decisions; its SC the most probable
-    finding's heatmap. The slice, skipped, has a multi-label record without decisions."""
+    ``medge predict``'s; its SR a group per finding with those probabilities and decisions, each finding coded in
+    SNOMED CT (Nodule by medge's table, Effusion as --class-code says); its SC the most probable finding's heatmap.
+    The slice, skipped, has a multi-label record without decisions."""
     import highdicom as hd
     import pydicom
 
     from medge.edge.findings import label_of
 
     image, ct = write_radiograph(tmp_path / "dx.dcm", size=96), write_radiograph(tmp_path / "ct.dcm", "CT", size=64)
-    with NodeProcess(multilabel_bundle, tmp_path / "out", "--heatmap-sc") as node:
+    with NodeProcess(multilabel_bundle, tmp_path / "out", "--heatmap-sc", "--class-code",
+                     "Effusion=SCT:60046008:Pleural effusion") as node:
         storescu(node.port, image, ct)
         records = {r["modality"]: r for r in node.wait_results(2)}
     record, skipped = records["DX"], records["CT"]
@@ -426,18 +418,42 @@ def test_a_multilabel_bundle_gets_a_group_per_finding_and_its_records(tmp_path, 
     assert record["label"] == label_of(record["positive_findings"], ["Nodule"])  # "No Finding (not decided: ...)"
     assert record["any_positive"] is record["decisions"]["Effusion"]
     sr = hd.sr.Comprehensive3DSR.from_dataset(pydicom.dcmread(tmp_path / "out" / record["sr"]))
-    groups = {g.finding_type.meaning: g for g in sr.content.get_image_measurement_groups()}
-    assert list(groups) == ["Effusion", "Nodule"]
+    groups = dict(zip(["Effusion", "Nodule"], sr.content.get_image_measurement_groups(), strict=True))
+    assert [(g.finding_type.value, g.finding_type.scheme_designator, g.finding_type.meaning) for g in groups.values()
+            ] == [("60046008", "SCT", "Pleural effusion"), ("27925004", "SCT", "Nodule")]
+    assert "99MEDGE" not in node.log()  # no class coded privately: nothing to say at start
     for name, group in groups.items():
         measured = {m.name.meaning: m.value for m in group.get_measurements()}
-        assert measured.pop(f"Probability of {name}") == record["probabilities"][name]  # bit for bit
-        assert measured == ({"Operating threshold for Effusion": 0.4} if name == "Effusion" else {})
+        assert measured.pop("Probability") == record["probabilities"][name]  # bit for bit
+        assert measured == ({"Threshold Value": 0.4} if name == "Effusion" else {})
         presence = [q.value.meaning for q in group.get_qualitative_evaluations()]
         decision = record["decisions"][name]
         assert presence == ([] if decision is None else ["Present" if decision else "Absent"])
     dump = subprocess.run([DSRDUMP, str(tmp_path / "out" / record["sr"])], capture_output=True, text=True)
     flag = "(52101004,SCT,\"Present\")" if record["any_positive"] else "(272519000,SCT,\"Absent\")"
-    assert dump.returncode == 0 and f'<contains CODE:(,,"Any finding")={flag}>' in dump.stdout, dump.stdout
+    assert dump.returncode == 0 and f'<contains CODE:(,,"Clinical finding (finding)")={flag}>' in dump.stdout, \
+        dump.stdout
     sc = pydicom.dcmread(tmp_path / "out" / record["sc"])
     top = max(record["probabilities"], key=record["probabilities"].get)
     assert sc.DerivationDescription.startswith(f"heatmap of where the model looked for {top}, the most probable")
+
+
+@needs_dcmtk
+def test_a_finding_without_a_standard_code_is_named_at_start_and_coded_privately(tmp_path, bundle):
+    """A finding medge has no code for ("ptx"): the node says so at start (99MEDGE, dciodvfy, --class-code); its SR
+    codes it (C0, 99MEDGE, "ptx"), declares 99MEDGE, and reads back with the record's probabilities."""
+    import pydicom
+
+    from tests.edge.multilabel import finding_entry, multilabel_copy
+
+    findings = ("ptx", "Effusion")
+    copy = multilabel_copy(bundle, tmp_path / "bundle", [finding_entry(name) for name in findings], findings)
+    with NodeProcess(copy, tmp_path / "out") as node:
+        storescu(node.port, write_radiograph(tmp_path / "dx.dcm", size=96))
+        (record,) = node.wait_results(1)
+    log = node.log()
+    assert "note: the SR codes ptx in medge's private scheme 99MEDGE" in log and "dciodvfy" in log, log
+    assert '--class-code "ptx=SCT:' in log
+    sr = pydicom.dcmread(tmp_path / "out" / record["sr"])
+    assert [item.CodingSchemeDesignator for item in sr.CodingSchemeIdentificationSequence] == ["99MEDGE", "99IHE"]
+    assert sr_probabilities(sr, findings) == record["probabilities"]  # ptx found by (C0, 99MEDGE), bit for bit

@@ -24,7 +24,15 @@ pydicom = pytest.importorskip("pydicom", reason="the node extra (pydicom) is not
 from pydicom.uid import generate_uid  # noqa: E402
 
 from medge.benchmarks.pacs import ORTHANC, Orthanc  # noqa: E402
-from tests.edge.apps.node.nodes import STORESCU, NodeProcess, results, storescu, write_radiograph  # noqa: E402
+from tests.edge.apps.node.nodes import (  # noqa: E402
+    STORESCU,
+    NodeProcess,
+    bundle_classes,
+    results,
+    sr_probabilities,
+    storescu,
+    write_radiograph,
+)
 
 if not os.access(ORTHANC, os.X_OK):
     pytest.skip(f"Orthanc is not installed ({ORTHANC} is not executable; apt-get install orthanc)", allow_module_level=True)
@@ -37,23 +45,6 @@ needs_dicomweb = pytest.mark.skipif(not DICOMWEB_PLUGIN.is_file(), reason=f"Orth
 SR_CLASS = "1.2.840.10008.5.1.4.1.1.88.34"  # Comprehensive 3D SR Storage
 SC_CLASS = "1.2.840.10008.5.1.4.1.1.7"  # Secondary Capture Image Storage
 WAIT_S = 60  # the longest wait for anything (a ceiling for slow CI machines, not a timing requirement)
-
-
-def sr_probabilities(ds) -> dict[str, float]:
-    """The class probabilities of a medge SR: every NUM item named "Probability of <class>", anywhere in the tree."""
-    found: dict[str, float] = {}
-
-    def walk(items):
-        for item in items:
-            name = item.ConceptNameCodeSequence[0].CodeMeaning if "ConceptNameCodeSequence" in item else ""
-            if item.get("ValueType") == "NUM" and name.startswith("Probability of "):
-                cls = name.removeprefix("Probability of ")
-                assert cls not in found, f"two probabilities of {cls}"
-                found[cls] = item.MeasuredValueSequence[0].FloatingPointValue
-            walk(item.get("ContentSequence", []))
-
-    walk(ds.ContentSequence)
-    return found
 
 
 def medge_predict(bundle: Path, files: list[Path]) -> dict[str, dict]:
@@ -214,7 +205,7 @@ def _round_trip(tmp_path, bundle, study):
             evidence = [ref.ReferencedSOPInstanceUID for e in sr.CurrentRequestedProcedureEvidenceSequence
                         for s in e.ReferencedSeriesSequence for ref in s.ReferencedSOPSequence]
             assert evidence == [rec["sop_instance_uid"]]
-            probabilities = sr_probabilities(sr)
+            probabilities = sr_probabilities(sr, bundle_classes(bundle))
             expected_probabilities = predicted[source_file.name]["probabilities"]
             assert set(probabilities) == set(expected_probabilities), probabilities
             for cls, p in expected_probabilities.items():

@@ -6,7 +6,15 @@ import os
 import numpy as np
 import pytest
 
-from medge.edge.apps.node.config import NodeConfig, Peer, check_ae_title, parse_allow, parse_forward
+from medge.edge.apps.node.config import (
+    NodeConfig,
+    Peer,
+    check_ae_title,
+    parse_allow,
+    parse_class_code,
+    parse_class_codes,
+    parse_forward,
+)
 from medge.edge.apps.node.spool import RESULTS, Spool, uid_hash
 from medge.edge.apps.node.studies import Studies, disease_classes
 from medge.edge.errors import ConfigError, UsageError
@@ -39,6 +47,49 @@ def test_settings_are_checked_once():
     with pytest.raises(UsageError, match="mutual TLS"):
         NodeConfig(tls_ca="ca.pem")
     assert NodeConfig().host == "127.0.0.1" and NodeConfig().batch_size == 1
+
+
+PTX = ("36118008", "SCT", "Pneumothorax")
+
+
+@pytest.mark.parametrize("text, problem", [
+    ("ptx", "give NAME=SCHEME:VALUE"), ("ptx=SCT", "give NAME=SCHEME:VALUE"),
+    ("=SCT:36118008", "the class NAME before '=' is empty"), ("ptx=:36118008", "SCHEME is empty"),
+    ("ptx=SCT:", "VALUE is empty"), ("ptx=SCT:36118008:", "MEANING is empty"),
+    ("ptx=99ABCDEFGHIJKLMNO:1", "SCHEME '99ABCDEFGHIJKLMNO' is longer than DICOM's 16 characters"),
+    (f"ptx=SCT:{'1' * 65}", "VALUE '1+' is longer than DICOM's 64 characters"),
+    (f"ptx=SCT:1:{'m' * 65}", "MEANING 'm+' is longer than DICOM's 64 characters$"),
+    (f"{'c' * 65}=SCT:1", "MEANING 'c+' is longer .* \\(the class name is the meaning when none is given\\)"),
+    ("ptx=SCT:1:a\\b", "MEANING 'a.+b' holds a backslash or a control character"),
+    ("ptx=SCT:1\t2", "VALUE '1.+2' holds a backslash or a control character"),
+])
+def test_class_code_refusals_name_the_option_and_the_problem(text, problem):
+    with pytest.raises(UsageError, match=f"^--class-code .*{problem}"):
+        parse_class_code(text)
+
+
+def test_class_codes():
+    assert parse_class_code("ptx=SCT:36118008:Pneumothorax") == ("ptx", PTX)
+    assert parse_class_code(" ptx = SCT : 36118008 ") == ("ptx", ("36118008", "SCT", "ptx"))  # meaning: the name
+    assert parse_class_code("a b=99LOCAL:X-1:one: two") == ("a b", ("X-1", "99LOCAL", "one: two"))
+    assert parse_class_code(f"ptx=SCT:{'1' * 64}:{'m' * 64}")[1][0] == "1" * 64  # a Long Code Value
+    assert parse_class_codes(["ptx=SCT:36118008:Pneumothorax", "normal=SCT:17621005:Normal"]) == {
+        "ptx": PTX, "normal": ("17621005", "SCT", "Normal")}
+    with pytest.raises(UsageError, match="--class-code ptx: given twice"):
+        parse_class_codes(["ptx=SCT:36118008:Pneumothorax", "ptx=SCT:1"])
+    assert NodeConfig().class_codes == {}
+
+
+def test_the_node_says_at_start_which_classes_it_codes_privately():
+    from medge.edge.apps.node import coding_notes
+
+    assert coding_notes(["disease", "normal"], NodeConfig()) == []  # medge's table codes both
+    (note,) = coding_notes(["ptx", "atelectasis", "normal"], NodeConfig())
+    assert note.startswith("note: the SR codes ptx, atelectasis in medge's private scheme 99MEDGE")
+    assert "dciodvfy warns" in note and '--class-code "ptx=SCT:' in note
+    assert coding_notes(["ptx", "normal"], NodeConfig(class_codes={"ptx": PTX})) == []
+    with pytest.raises(UsageError, match="--class-code ptx: no such class in the bundle"):
+        coding_notes(["disease", "normal"], NodeConfig(class_codes={"ptx": PTX}))
 
 
 # --- the spool ---------------------------------------------------------------------------------------------------
@@ -288,3 +339,7 @@ def test_cli_refuses_bad_options(tmp_path, bundle, capsys):
     assert "go together" in capsys.readouterr().err
     assert main(["node", "--model", str(bundle), "--out", out, "--tls-cert", "x.pem", "--tls-key", "y.pem"]) == 2
     assert "file not found" in capsys.readouterr().err
+    assert main(["node", "--model", str(bundle), "--out", out, "--class-code", "ptx=SCT"]) == 2
+    assert "--class-code 'ptx=SCT': give NAME=SCHEME:VALUE[:MEANING]" in capsys.readouterr().err
+    assert main(["node", "--model", str(bundle), "--out", out, "--class-code", "ptx=SCT:36118008"]) == 2
+    assert "--class-code ptx: no such class in the bundle (its classes: disease, normal)" in capsys.readouterr().err

@@ -38,6 +38,7 @@ def _findings(effusion: float, warnings=()) -> "report.Findings":
 
 
 PRESENT, ABSENT = ("52101004", "SCT", "Present"), ("272519000", "SCT", "Absent")
+EFFUSION, NODULE = ("41699000", "SCT", "Effusion"), ("27925004", "SCT", "Nodule")  # medge's table codes them
 
 
 def _code(concept) -> tuple[str, str, str]:
@@ -70,10 +71,8 @@ def test_sr_and_sc_objects(tmp_path):
     assert sr.SOPClassUID == "1.2.840.10008.5.1.4.1.1.88.34" and sr.SOPInstanceUID == uid
     assert sr.PatientBirthDate == "" and sr.PatientID == source.PatientID and sr.StudyDescription == "CHEST PA"
     assert sr.VerificationFlag == "UNVERIFIED" and "not for diagnostic use" in sr.SeriesDescription
-    schemes = {s.CodingSchemeDesignator: s for s in sr.CodingSchemeIdentificationSequence}
-    assert schemes["99MEDGE"].CodingSchemeResponsibleOrganization == "medge" and schemes["99MEDGE"].CodingSchemeName
-    assert "CodingSchemeUID" not in schemes["99MEDGE"] and "CodingSchemeRegistry" not in schemes["99MEDGE"]
-    assert schemes["99IHE"].CodingSchemeResponsibleOrganization == "IHE International"
+    (ihe,) = sr.CodingSchemeIdentificationSequence  # both classes in SNOMED CT: no private scheme to declare
+    assert ihe.CodingSchemeDesignator == "99IHE" and ihe.CodingSchemeResponsibleOrganization == "IHE International"
     items = {}
 
     def walk(seq):
@@ -99,32 +98,42 @@ def test_sr_and_sc_objects(tmp_path):
 @pytest.mark.parametrize("build", BUILDS)
 @pytest.mark.parametrize("threshold", [0.35, None])
 def test_the_sr_reads_back_through_highdicoms_tid_1500_parser(tmp_path, build, threshold):
-    """Label, every probability (the exact float), the threshold and the algorithm, found by highdicom's parser."""
+    """A group per class, found by highdicom's parser: the class's code as its finding, its probability (the exact
+    float), present for the label and absent for the others, the threshold and what it guarantees in the positive
+    class's group (an argmax bundle: none), the warnings and the algorithm in each."""
     import highdicom as hd
     from highdicom.sr.utils import find_content_items
+    from pydicom.sr.codedict import codes
     from pydicom.sr.coding import Code
 
+    algorithm_id = [Code("111001", "DCM", "Algorithm Name"), Code("111003", "DCM", "Algorithm Version"),
+                    Code("111002", "DCM", "Algorithm Parameters")]
     source = _header(write_radiograph(tmp_path / "dx.dcm"))
-    finding = report.Finding(("disease", "normal", "other"), {"disease": P, "normal": 0.6, "other": 1 - P - 0.6},
-                             "disease", threshold=threshold, positive="disease" if threshold else None)
+    if threshold is not None:  # an operating point: two classes, the threshold on "disease"
+        finding = report.Finding(("disease", "normal"), {"disease": P, "normal": 1 - P}, "normal", threshold, "disease",
+                                 ("low contrast",), "sensitivity >= 0.95 with 95% confidence (lower bound 0.951)")
+    else:  # argmax, and a class medge has no code for: coded privately
+        finding = report.Finding(("disease", "normal", "other"), {"disease": P, "normal": 0.6, "other": 1 - P - 0.6},
+                                 "disease", warnings=("low contrast",))
     ds = _reread(BUILDS[build](source, finding, ALGORITHM, "1.2.3.4", "1.2.3.5"))
-    sr = hd.sr.Comprehensive3DSR.from_dataset(ds)
-    (group,) = sr.content.get_image_measurement_groups()
-    assert (group.finding_type.value, group.finding_type.scheme_designator, group.finding_type.meaning) == (
-        "C0", "99MEDGE", "disease")
-    measured = {m.name.meaning: m.value for m in group.get_measurements()}
-    expected = {"Probability of disease": P, "Probability of normal": 0.6, "Probability of other": 1 - P - 0.6}
-    if threshold is not None:
-        expected["Operating threshold for disease"] = threshold
-    assert measured == expected  # == on floats: bit for bit
-    assert [i.referenced_sop_instance_uid for i in group.source_images] == [source.SOPInstanceUID]
-
-    def texts(value, meaning):
-        return [i.value for i in find_content_items(group[0], name=Code(value, "DCM", meaning))]
-
-    assert texts("111001", "Algorithm Name") == ["resnet18 (xray)"]
-    assert texts("111003", "Algorithm Version") == ["1.0"]
-    assert texts("111002", "Algorithm Parameters") == [f"model sha256 {'ab' * 32}", "opencv engine, fp32 variant"]
+    groups = hd.sr.Comprehensive3DSR.from_dataset(ds).content.get_image_measurement_groups()
+    assert len(groups) == len(finding.classes)
+    expected_codes = [("64572001", "SCT", "Disease"), ("17621005", "SCT", "Normal"), ("C2", "99MEDGE", "other")]
+    for name, code, group in zip(finding.classes, expected_codes, groups, strict=False):
+        assert _code(group.finding_type) == code and group.tracking_identifier == f"medge class {name}"
+        measured = {_code(m.name): m.value for m in group.get_measurements()}
+        assert measured.pop(report.PROBABILITY) == finding.probabilities[name]  # == on floats: bit for bit
+        on_this_class = threshold is not None and name == "disease"
+        assert measured == ({report.THRESHOLD: threshold} if on_this_class else {})
+        (presence,) = group.get_qualitative_evaluations()
+        assert (_code(presence.name), _code(presence.value)) == (code, PRESENT if name == finding.label else ABSENT)
+        assert [i.referenced_sop_instance_uid for i in group.source_images] == [source.SOPInstanceUID]
+        texts = {concept: [i.value for i in find_content_items(group[0], name=concept)]
+                 for concept in (codes.DCM.Comment, *algorithm_id)}
+        assert texts[codes.DCM.Comment] == [*([f"operating point: {finding.operating_point}"] if on_this_class else []),
+                                            "warning: low contrast"]
+        assert [texts[concept] for concept in algorithm_id] == [
+            ["resnet18 (xray)"], ["1.0"], [f"model sha256 {'ab' * 32}", "opencv engine, fp32 variant"]]
 
 
 # --- the template ------------------------------------------------------------------------------------------------
@@ -143,11 +152,15 @@ def _template_sources(tmp_path):
     return [bare, full, ct, mr]
 
 
+LONG_CODE = ("PNEUMOTHORAX-RIGHT-01", "99LOCAL", "Right pneumothorax")  # a user's code over 16 characters: Long Code Value
+
+
 def test_the_template_gives_the_full_build_element_for_element(tmp_path):
     findings = [FINDING, dataclasses.replace(FINDING, warnings=(), label="disease", probabilities={"disease": 1.0,
                                                                                              "normal": 0.0}),
                 report.Finding(("a", "b", "c"), {"a": 0.2, "b": 0.3, "c": 0.5}, "c", warnings=("x", "y")),
-                _findings(P, warnings=("x", "y")), _findings(0.5)]
+                _findings(P, warnings=("x", "y")), _findings(0.5),
+                dataclasses.replace(_findings(0.5), codes=(LONG_CODE, ("C1", "99MEDGE", "Nodule")))]
     for finding in findings:
         template = report.sr_template(ALGORITHM, finding)
         before = _reread(template.sr)
@@ -191,6 +204,65 @@ def test_a_template_refuses_another_models_finding():
     template = report.sr_template(ALGORITHM, FINDING)
     with pytest.raises(ValueError, match="another model's classes"):
         template.fill(None, dataclasses.replace(FINDING, threshold=0.5), "1.2.3.4", "1.2.3.5")
+    recoded = dataclasses.replace(FINDING, codes=(LONG_CODE, FINDING.codes[1]))  # the same classes, coded otherwise
+    with pytest.raises(ValueError, match="another model's classes, codes"):
+        template.fill(None, recoded, "1.2.3.4", "1.2.3.5")
+    assert report.sr_template(ALGORITHM, recoded) is not template
+    assert report.sr_template(ALGORITHM, dataclasses.replace(FINDING, label="disease")) is template
+
+
+# --- class codes -------------------------------------------------------------------------------------------------
+def ps3_16_mismatches(table) -> list[str]:
+    """Entries of a table of class codes (name -> code) that pydicom's dictionary of PS3.16 does not hold with that
+    meaning."""
+    from pydicom.sr._concepts_dict import concepts
+
+    held = {(scheme, value, meaning) for scheme, by_name in concepts.items() for by_value in by_name.values()
+            for value, (meaning, _cids) in by_value.items()}
+    return [f"{name}: {code}" for name, code in table.items() if (code[1], code[0], code[2]) not in held]
+
+
+def test_every_standard_code_of_the_sr_is_in_ps3_16_with_its_meaning():
+    """The built-in class table and every other concept the SR states, against pydicom's dictionary of PS3.16 (DICOM's
+    own codes and the SNOMED CT codes DICOM uses); a planted entry from memory, or a meaning that is not the code's,
+    is found."""
+    assert len(report.CLASS_CODES) == 18 and all(name == name.lower() for name in report.CLASS_CODES)
+    assert {code[1] for code in report.CLASS_CODES.values()} == {"SCT"}
+    assert ps3_16_mismatches(report.CLASS_CODES) == []
+    concepts = {"probability": report.PROBABILITY, "threshold": report.THRESHOLD, "present": report.PRESENT,
+                "absent": report.ABSENT, "exam flag": report.ANY_FINDING}
+    assert ps3_16_mismatches(concepts) == []
+    planted = {"pneumonia": ("233604007", "SCT", "Pneumonia"), "effusion": ("41699000", "SCT", "Pleural effusion")}
+    assert ps3_16_mismatches(planted) == ["pneumonia: ('233604007', 'SCT', 'Pneumonia')",
+                                          "effusion: ('41699000', 'SCT', 'Pleural effusion')"]
+
+
+def test_class_codes_are_the_users_then_the_tables_then_private():
+    from medge.edge.errors import UsageError
+
+    assert report.class_codes(("Normal", "Pleural_Effusion", "ptx", "MASS")) == (
+        ("17621005", "SCT", "Normal"), ("60046008", "SCT", "Pleural effusion"), ("C2", "99MEDGE", "ptx"),
+        ("4147007", "SCT", "Mass"))  # by name, case and "_" aside; the finding, not the quantity 118538004
+    given = {"ptx": ("36118008", "SCT", "Pneumothorax"), "Normal": ("263654008", "SCT", "Abnormal")}
+    assert report.class_codes(("Normal", "ptx"), given) == (given["Normal"], given["ptx"])  # the user's first
+    assert report.private_classes(("a", "normal"), report.class_codes(("a", "normal"))) == ["a"]
+    with pytest.raises(UsageError, match=r"--class-code Ptx: no such class in the bundle \(its classes: ptx, normal\)"):
+        report.class_codes(("ptx", "normal"), {"Ptx": given["ptx"]})
+    with pytest.raises(UsageError, match="classes 'tumor' and 'neoplasm' have the same code .*--class-code"):
+        report.class_codes(("tumor", "neoplasm"))
+    with pytest.raises(UsageError, match="classes 'ptx' and 'pneumothorax' have the same code"):
+        report.class_codes(("ptx", "pneumothorax"), {"ptx": given["ptx"]})
+
+
+def test_a_finding_states_what_it_can():
+    with pytest.raises(ValueError, match="threshold 0.35 on 'other', not one of the classes"):
+        dataclasses.replace(FINDING, positive="other")
+    with pytest.raises(ValueError, match="an operating point without a threshold"):
+        dataclasses.replace(FINDING, threshold=None, positive=None)
+    with pytest.raises(ValueError, match="1 codes for 2 classes"):
+        dataclasses.replace(FINDING, codes=(LONG_CODE,))
+    with pytest.raises(ValueError, match="1 codes for 2 classes"):
+        dataclasses.replace(_findings(0.5), codes=(LONG_CODE,))
 
 
 # --- the heatmap SC ----------------------------------------------------------------------------------------------
@@ -284,8 +356,11 @@ INHERITED = [
 # dciodvfy checks Coding Scheme Designators against its own list (99IHE, 99PMP ... are on it) and warns on any other,
 # declared in the Coding Scheme Identification Sequence or not (dicom3tools' attrvrfy.cc). PS3.16 section 8 gives
 # private schemes a "99" prefix and PS3.3 section 6.2 lets Defined Terms be extended: this warning is of the
-# validator's list, once per use of 99MEDGE (the declaration included), and counted exactly.
+# validator's list, once per use of 99MEDGE (the declaration included). Only a class that medge has no standard code
+# for is coded in 99MEDGE, and the node says so at start.
 PRIVATE_SCHEME = "Warning - Unrecognized defined term <99MEDGE> for value 1 of attribute <Coding Scheme Designator>"
+needs_dciodvfy = pytest.mark.skipif(not os.access(DCIODVFY, os.X_OK),
+                                    reason=f"{DCIODVFY} is not installed (dicom3tools: apt-get install dicom3tools)")
 
 
 def _side(source) -> bool:
@@ -318,30 +393,61 @@ def _dciodvfy_source(name, tmp_path):
 COMPLETE = ["cr complete", "dx complete", "chest"]
 
 
-@pytest.mark.skipif(not os.access(DCIODVFY, os.X_OK),
-                    reason=f"{DCIODVFY} is not installed (dicom3tools: apt-get install dicom3tools)")
+def _dciodvfy(ds, path, kind: str) -> list[str]:
+    """What dciodvfy says of ``ds`` (written to ``path``, checked as the IOD of ``kind``): its errors and warnings."""
+    ds.save_as(path, enforce_file_format=True)
+    out = subprocess.run([DCIODVFY, str(path)], capture_output=True, text=True, timeout=60)
+    lines = (out.stdout + out.stderr).splitlines()
+    found = [line for line in lines if line.startswith(("Error", "Warning"))]
+    iod = {"SR": "Comprehensive3DSR", "SC": "SCImage"}[kind]
+    assert [line for line in lines if line not in found] == [iod], lines  # it read the file, checked that IOD
+    return found
+
+
+@needs_dciodvfy
 @pytest.mark.parametrize("name", ["cr", "dx", *COMPLETE, *PYDICOM_GRAY, "CT_small.dcm", "MR_small.dcm"])
 @pytest.mark.parametrize("bundle_task", ["single-label", "multi-label"])
 def test_dciodvfy_finds_nothing_of_medges_making(tmp_path, name, bundle_task):
+    """Classes with a standard code (each class here is in medge's table): no remark on anything medge made, not
+    even a coding scheme; only what the result copies from a source that shows its cause."""
     source = _dciodvfy_source(name, tmp_path)
     rgb = np.full((*report.display_size(source, (224, 224)), 3), 90, np.uint8)
     finding, explained = (FINDING, None) if bundle_task == "single-label" else (_findings(0.5, ("x",)), "Effusion")
     objects = {"SR": report.sr_template(ALGORITHM, finding).fill(source, finding, "1.2.3.4", "1.2.3.5"),
                "SC": report.build_heatmap_sc(source, rgb, ALGORITHM, "1.2.3.6", "1.2.3.7", explained=explained)}
     for kind, ds in objects.items():
-        path = tmp_path / f"{kind}.dcm"
-        ds.save_as(path, enforce_file_format=True)
-        out = subprocess.run([DCIODVFY, str(path)], capture_output=True, text=True, timeout=60)
-        lines = (out.stdout + out.stderr).splitlines()
-        found = [line for line in lines if line.startswith(("Error", "Warning"))]
-        iod = {"SR": "Comprehensive3DSR", "SC": "SCImage"}[kind]
-        assert [line for line in lines if line not in found] == [iod], lines  # it read the file, checked that IOD
-        private = [line for line in found if line == PRIVATE_SCHEME]
-        assert len(private) == _uses_of_99medge(ds), found
-        unexplained = [line for line in found if line != PRIVATE_SCHEME and not _inherited(line, source)]
+        found = _dciodvfy(ds, tmp_path / f"{kind}.dcm", kind)
+        unexplained = [line for line in found if not _inherited(line, source)]
         assert unexplained == [], f"{kind} of {name}: {unexplained}"
         if name in COMPLETE:  # a source that states it all: nothing to inherit
-            assert [line for line in found if line != PRIVATE_SCHEME] == [], f"{kind} of {name}: {found}"
+            assert found == [], f"{kind} of {name}: {found}"
+
+
+@needs_dciodvfy
+@pytest.mark.parametrize("bundle_task", ["single-label", "multi-label"])
+def test_a_class_without_a_standard_code_is_coded_privately_until_it_is_given_one(tmp_path, bundle_task):
+    """"ptx" is in no table: coded (C0, 99MEDGE, "ptx"), 99MEDGE declared, and dciodvfy warns at each use of it (the
+    group's finding, the presence, the declaration) and of nothing else; with a code given (--class-code) the SR is
+    all standard and dciodvfy says nothing."""
+    source = _dciodvfy_source("cr complete", tmp_path)
+    for given in ({}, {"ptx": ("36118008", "SCT", "Pneumothorax")}):
+        codes = report.class_codes(("ptx", "normal"), given)
+        if bundle_task == "single-label":
+            finding = report.Finding(("ptx", "normal"), {"ptx": P, "normal": 1 - P}, "normal", 0.35, "ptx",
+                                     codes=codes)
+        else:
+            finding = report.Findings(("ptx", "normal"), {"ptx": P, "normal": 1 - P}, {"ptx": False, "normal": None},
+                                      (0.4, None), ("youden", "unsupported"), codes=codes)
+        sr = report.sr_template(ALGORITHM, finding).fill(source, finding, "1.2.3.4", "1.2.3.5")
+        found = _dciodvfy(sr, tmp_path / "SR.dcm", "SR")
+        schemes = {s.CodingSchemeDesignator: s for s in sr.CodingSchemeIdentificationSequence}
+        if given:
+            assert codes[0] == given["ptx"] and list(schemes) == ["99IHE"] and found == []
+            continue
+        assert codes[0] == ("C0", "99MEDGE", "ptx") and list(schemes) == ["99MEDGE", "99IHE"]
+        assert schemes["99MEDGE"].CodingSchemeResponsibleOrganization == "medge" and schemes["99MEDGE"].CodingSchemeName
+        assert "CodingSchemeUID" not in schemes["99MEDGE"] and "CodingSchemeRegistry" not in schemes["99MEDGE"]
+        assert _uses_of_99medge(sr) == 3 and found == [PRIVATE_SCHEME] * 3, found
 
 
 def _inherited(line, source) -> bool:
@@ -400,15 +506,15 @@ def test_the_multilabel_sr_reads_back_through_highdicoms_tid_1500_parser(tmp_pat
     ds = _reread(BUILDS[build](source, findings, ALGORITHM, "1.2.3.4", "1.2.3.5"))
     sr = hd.sr.Comprehensive3DSR.from_dataset(ds)
     effusion_group, nodule_group = sr.content.get_image_measurement_groups()
-    for k, (group, name) in enumerate([(effusion_group, "Effusion"), (nodule_group, "Nodule")]):
-        assert _code(group.finding_type) == (f"C{k}", "99MEDGE", name)
+    for group, name, code in [(effusion_group, "Effusion", EFFUSION), (nodule_group, "Nodule", NODULE)]:
+        assert _code(group.finding_type) == code
         assert [i.referenced_sop_instance_uid for i in group.source_images] == [source.SOPInstanceUID]
         assert group.tracking_identifier == f"medge finding {name}"
-    assert {m.name.meaning: m.value for m in effusion_group.get_measurements()} == {
-        "Probability of Effusion": effusion, "Operating threshold for Effusion": 0.4}  # == on floats: bit for bit
-    assert {m.name.meaning: m.value for m in nodule_group.get_measurements()} == {"Probability of Nodule": 1 - P}
+    assert {_code(m.name): m.value for m in effusion_group.get_measurements()} == {
+        report.PROBABILITY: effusion, report.THRESHOLD: 0.4}  # == on floats: bit for bit
+    assert {_code(m.name): m.value for m in nodule_group.get_measurements()} == {report.PROBABILITY: 1 - P}
     (presence,) = effusion_group.get_qualitative_evaluations()
-    assert _code(presence.name) == ("C0", "99MEDGE", "Effusion")
+    assert _code(presence.name) == EFFUSION
     assert _code(presence.value) == (PRESENT if effusion >= 0.4 else ABSENT)
     assert nodule_group.get_qualitative_evaluations() == []  # not decided: neither present nor absent
 
@@ -422,8 +528,8 @@ def test_the_multilabel_sr_reads_back_through_highdicoms_tid_1500_parser(tmp_pat
         "not decided: Nodule has no threshold, so it is stated neither present nor absent", "warning: low contrast"]
     (flag,) = [i for i in ds.ContentSequence if i.ConceptNameCodeSequence[0].CodeValue == "C0034375"]  # TID 1500 row 12
     any_finding, about = flag.ContentSequence
-    assert (any_finding.ConceptNameCodeSequence[0].CodeValue, any_finding.ConceptNameCodeSequence[0].CodeMeaning) == (
-        "ANY", "Any finding")
+    concept = any_finding.ConceptNameCodeSequence[0]
+    assert (concept.CodeValue, concept.CodingSchemeDesignator, concept.CodeMeaning) == report.ANY_FINDING
     assert any_finding.ConceptCodeSequence[0].CodeValue == (PRESENT if effusion >= 0.4 else ABSENT)[0]
     assert about.TextValue == "exam-level flag: Present when any decided finding (Effusion) is present; not decided: " \
                               "Nodule"
@@ -480,9 +586,13 @@ def test_what_the_sr_states_of_a_models_prediction(tmp_path, bundle, multilabel_
     finding = report.finding_of(single, pred)
     assert isinstance(finding, report.Finding) and (finding.label, finding.probabilities) == (pred.label,
                                                                                              pred.probabilities)
+    assert finding.codes == report.class_codes(single.classes)  # disease, normal: medge's table
+    assert report.finding_of(single, pred, {"disease": LONG_CODE}).codes == (LONG_CODE, report.CLASS_CODES["normal"])
     (pred,) = multi.predict([str(image)])
     findings = report.finding_of(multi, pred)
-    assert (findings.names, findings.thresholds) == (("Effusion", "Nodule"), (0.4, None))
+    assert (findings.names, findings.thresholds, findings.codes) == (("Effusion", "Nodule"), (0.4, None),
+                                                                      (EFFUSION, NODULE))
+    assert report.finding_of(multi, pred, {"Nodule": LONG_CODE}).codes == (EFFUSION, LONG_CODE)
     assert (findings.probabilities, findings.decisions) == (pred.probabilities, pred.decisions)
     assert findings.positive == pred.positive_findings
     assert findings.operating_points[1] == "unsupported: 3 positives in the validation split (5 needed for a threshold)"
