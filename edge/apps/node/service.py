@@ -8,6 +8,7 @@ Usage (what ``medge node`` does):
 """
 from __future__ import annotations
 
+import gc
 import threading
 import time
 from pathlib import Path
@@ -45,6 +46,9 @@ class Node:
         import pydicom  # noqa: F401
         import pynetdicom  # noqa: F401
 
+        # What is loaded by now (the model, the libraries) lives as long as the node: out of the collector's way,
+        # whose full collections would otherwise walk it again and again as datasets come and go.
+        gc.freeze()
         if self.cfg.heatmap_sc:
             self.model.require_heatmaps()
         self._spawn("medge-node-classify", self.classifier.run, self._stop, self._drain)

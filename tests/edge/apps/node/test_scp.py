@@ -203,3 +203,52 @@ def test_a_known_caller_from_another_host_is_told_apart(make_scp):
     scp, port, log = make_scp(allow=(Peer("PACSA", "10.0.0.5"),))
     assert associate(port, calling="PACSA").is_rejected
     assert any("rejected: not in --allow (the AE title is, from 10.0.0.5 only)" in m for m in log), log
+
+
+class _Sock:
+    """An AssociationSocket's part that ``read_whole`` uses: ``socket``."""
+
+    def __init__(self, sock):
+        self.socket = sock
+
+
+def test_read_whole_reads_what_was_asked_however_the_bytes_arrive():
+    """What pynetdicom's ``recv`` returns: exactly the bytes asked for, whatever pieces the peer sends them in; fewer
+    only when the peer closes; a timeout raises."""
+    import random
+
+    rng = random.Random(7)
+    payload = rng.randbytes(3 * 2**20 + 123)
+    a, b = socket.socketpair()
+
+    def send():
+        i = 0
+        while i < len(payload):
+            n = rng.choice((1, 7, 4096, 65536, 300_000))
+            a.sendall(payload[i:i + n])
+            i += n
+        a.close()
+
+    t = threading.Thread(target=send)
+    t.start()
+    first, rest = scp_module.read_whole(_Sock(b), 2**20), scp_module.read_whole(_Sock(b), 4 * 2**20)
+    t.join()
+    b.close()
+    assert isinstance(first, bytearray) and bytes(first) == payload[:2**20]
+    assert isinstance(rest, bytearray) and bytes(rest) == payload[2**20:]  # asked for more, the peer closed: what came
+    c, d = socket.socketpair()
+    d.settimeout(0.05)
+    with pytest.raises(TimeoutError):
+        scp_module.read_whole(_Sock(d), 10)
+    c.close(), d.close()
+
+
+def test_the_reactor_clock_slows_only_the_association_threads_idle_poll(monkeypatch):
+    slept = []
+    monkeypatch.setattr(scp_module.time, "sleep", slept.append)
+    clock = scp_module.ReactorClock()
+    clock.sleep(0.001)  # Association._run_reactor's idle poll
+    clock.sleep(0.0001)  # the others are left as they are
+    clock.sleep(0.1)
+    assert slept == [scp_module.REACTOR_IDLE_S, 0.0001, 0.1]
+    assert clock.monotonic is scp_module.time.monotonic and clock.time is scp_module.time.time
