@@ -255,7 +255,8 @@ def test_stow_backs_off_while_the_server_is_down_and_a_restarted_node_delivers_o
         assert forwarder.send_round() is False
         delays.append(forwarder.delay_s())
     assert delays == [1, 2, 3, 3]  # 1, 2, 4 ... at most retry_max_s
-    assert "ConnectionRefusedError" in forwarder.last_error and "retrying in 3 s" in log[-1]
+    assert "ConnectionRefusedError" in forwarder.last_error
+    assert "3 result object(s) waiting in outbox-stow/, retrying in 3 s" in log[-1]
     assert outbox_uids(forwarder, names) == ["1.2.3.1", "1.2.3.2", "1.2.3.3"]
 
     # The node restarts (a new forwarder on the same folder) and the server is up on its port: each once.
