@@ -40,7 +40,12 @@ def test_node_load_smoke_produces_a_complete_record(bundle, tmp_path, capsys, se
         assert set(r["cpu_s"]) == {"node", "orthanc", "senders", "box"} and r["cpu_s"]["node"] > 0
         assert set(r["ratio_vs_predict"]) == {"8", "1"}
         assert r["ratio_vs_predict"]["8"] == pytest.approx(r["instances_per_s"] / r["predict_instances_per_s"]["8"])
+        predict, per = r["predict_cpu_s_per_instance"], r["cpu_s_per_instance"]  # the CPU view, from the same figures
+        assert predict > 0 and r["cpu_ratio_vs_predict"] == pytest.approx(predict / per["node"])
+        assert r["ceiling_with_senders_beside"] == pytest.approx(predict / (predict + per["senders"] + per["orthanc"]))
+        assert 0 < r["ceiling_with_senders_beside"] < 1
     runs = rec["predict"]["runs"]  # before, between and after the rounds
+    assert all(run[b]["cpu_s_per_instance"] > 0 for run in runs for b in ("8", "1"))
     assert len(runs) == 3 and all(run[b]["classified"] == 4 for run in runs for b in ("8", "1"))
     assert rec["predict"]["summary"]["8"]["runs"] == [run["8"]["instances_per_s"] for run in runs]
     assert rec["goals"] == []  # the goal is at 4 associations: not measured here
@@ -55,3 +60,29 @@ def test_existing_record_is_refused_before_any_measuring(tmp_path, capsys):
     out.write_text("{}")
     assert main(["--model", str(tmp_path / "no-bundle"), "--out", str(out)]) == 2
     assert "exists already" in capsys.readouterr().err and out.read_text() == "{}"
+
+
+def test_the_cpu_view_of_a_round_and_its_table():
+    """Per instance: predict 0.070 s of CPU, the node 0.100, senders 0.012 and PACS 0.005: the node reaches 0.70 of
+    predict on a box of its own, and no node could pass 0.070 / 0.087 with the senders and PACS beside it."""
+    from medge.benchmarks.node_load import cpu_figures
+
+    r = {"cpu_s_per_instance": {"node": 0.100, "orthanc": 0.005, "senders": 0.012, "box": 0.13}}
+    figures = cpu_figures(r, [{"cpu_s_per_instance": 0.060}, {"cpu_s_per_instance": 0.080}])
+    assert figures == pytest.approx({"predict_cpu_s_per_instance": 0.070, "cpu_ratio_vs_predict": 0.70,
+                                     "ceiling_with_senders_beside": 0.070 / 0.087})
+    assert cpu_figures(r, [{"instances_per_s": 20.0}]) == {}  # a record from before CPU was measured
+
+
+def test_the_recorded_table_states_the_ceiling_and_old_records_still_print():
+    from pathlib import Path
+
+    record = json.loads((Path(__file__).parents[2] / "benchmarks/results/xeon-2core/node_load.json").read_text())
+    assert "ceiling with the senders and PACS beside it" in table(record)
+    for r in record["rounds"]:
+        for key in ("predict_cpu_s_per_instance", "cpu_ratio_vs_predict", "ceiling_with_senders_beside"):
+            r.pop(key)
+    for g in record["goals"]:
+        g.pop("ceiling_with_senders_beside")
+    text = table(record)
+    assert " n/a |" in text and "ceiling" not in text.split("Goal:")[1]
