@@ -69,6 +69,7 @@ MAX_PDU = 1 << 20
 # pynetdicom's DUL thread polls every 1 ms while an association is open and idle (its ``_run_loop_delay``, which
 # its source says to raise for less CPU): 4 idle associations cost 17 % of a core, 10 % at 5 ms.
 DUL_IDLE_S = 0.005
+FIRST_READ = MAX_PDU + 6  # ``read_whole``'s first buffer: a whole PDU of this node's size (and its header)
 REACTOR_IDLE_S = 0.005  # the association thread's idle poll (pynetdicom: 1 ms); ``ReactorClock``
 
 
@@ -97,22 +98,25 @@ def _receive_into(folder) -> None:
 
 
 def read_whole(self, nr_bytes: int) -> bytearray:
-    """``AssociationSocket.recv`` (what pynetdicom reads a PDU with) into one buffer of ``nr_bytes``.
+    """``AssociationSocket.recv`` (what pynetdicom reads a PDU with): ``nr_bytes`` into one growing buffer.
 
     pynetdicom's own reads 4 KiB per call, each its own bytes object appended to the result: 2,048 calls and copies
     for an 8 MB instance. This asks the socket for all that is missing each time (loopback hands over 64 KiB and
     more per call), with the same result: the bytes read, fewer only when the peer closed the connection; an
-    error or timeout raises as before."""
-    buf = bytearray(nr_bytes)
+    error or timeout raises as before. ``nr_bytes`` is what the peer's PDU header claims (pynetdicom does not
+    bound it): the buffer starts at ``FIRST_READ`` at most and doubles only as bytes arrive, so a claim of 4 GiB
+    costs what was sent, not 4 GiB."""
+    buf = bytearray(min(nr_bytes, FIRST_READ))
     got = 0
-    with memoryview(buf) as view:
-        while got < nr_bytes:
+    while got < nr_bytes:
+        if got == len(buf):  # full, and more is due: twice the size, at most what is missing
+            buf.extend(bytes(min(len(buf), nr_bytes - got)))
+        with memoryview(buf) as view:
             n = self.socket.recv_into(view[got:])
-            if not n:  # the connection was closed: what came so far
-                break
-            got += n
-    if got < nr_bytes:
-        del buf[got:]
+        if not n:  # the connection was closed: what came so far
+            break
+        got += n
+    del buf[got:]
     return buf
 
 

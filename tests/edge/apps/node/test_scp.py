@@ -243,6 +243,25 @@ def test_read_whole_reads_what_was_asked_however_the_bytes_arrive():
     c.close(), d.close()
 
 
+def test_read_whole_holds_what_arrived_not_what_a_pdu_header_claims():
+    """A peer claims a 1 GiB PDU and sends 100 bytes: the read returns them, having held about one PDU of this node's
+    size (pynetdicom reads whatever length a header states; a buffer of the claim would be 1 GiB per connection)."""
+    import tracemalloc
+
+    a, b = socket.socketpair()
+    a.sendall(bytes(range(100)))
+    a.close()
+    tracemalloc.start()
+    try:
+        got = scp_module.read_whole(_Sock(b), 1 << 30)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+        b.close()
+    assert bytes(got) == bytes(range(100))
+    assert peak < 2 * scp_module.FIRST_READ
+
+
 def test_the_reactor_clock_slows_only_the_association_threads_idle_poll(monkeypatch):
     slept = []
     monkeypatch.setattr(scp_module.time, "sleep", slept.append)
