@@ -76,6 +76,8 @@ def parse_class_code(text: str) -> tuple[str, tuple[str, str, str]]:
     named = "" if len(parts) == 3 else " (the class name is the meaning when none is given)"
     if not name:
         raise UsageError(f"--class-code {text!r}: the class NAME before '=' is empty")
+    if value.lower() == "urn":  # its own ':' split it: "urn" became the value, the rest the meaning
+        raise UsageError(f"--class-code {text!r}: a URN code value cannot be given (':' separates the parts)")
     for (what, limit), part in zip(CODE_PARTS, (scheme, value, meaning), strict=True):
         if not part:
             raise UsageError(f"--class-code {text!r}: {what} is empty")

@@ -66,6 +66,7 @@ privately.
 """
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import functools
 import hashlib
@@ -102,6 +103,13 @@ CLASS_CODES: dict[str, Code] = {
     "benign": ("30807003", "SCT", "Benign"), "neoplasm": ("108369006", "SCT", "Neoplasm"),
     "tumor": ("108369006", "SCT", "Tumor"),
 }
+# The concept names the SR uses besides its classes' (value, designator; a test walks SRs for them): a class coded as
+# one of them would be read as that item (one coded (121071, DCM), "Finding", had its presence read as the finding).
+SR_CONCEPTS = frozenset({
+    ("111001", "DCM"), ("111002", "DCM"), ("111003", "DCM"), ("112039", "DCM"), ("112040", "DCM"), ("121005", "DCM"),
+    ("121012", "DCM"), ("121013", "DCM"), ("121014", "DCM"), ("121015", "DCM"), ("121049", "DCM"), ("121058", "DCM"),
+    ("121071", "DCM"), ("121106", "DCM"), ("121112", "DCM"), ("125007", "DCM"), ("126010", "DCM"), PROBABILITY[:2],
+    THRESHOLD[:2], ANY_FINDING[:2], QUALITATIVE_EVALUATIONS[:2]})
 SR_SERIES_NUMBER, SC_SERIES_NUMBER = 9901, 9902
 SC_LONG_SIDE_PX = 1024  # the SC's long side at most (module docstring: why)
 SC_DRAWN = (", drawn over the image the model saw (its input), resampled to the source's proportions; "
@@ -120,17 +128,22 @@ def class_codes(classes, given: Mapping[str, Code] | None = None) -> tuple[Code,
         One code per class, in the order of ``classes``.
 
     Raises:
-        UsageError: a given name that is no class of the model, or two classes with the same code.
+        UsageError: a given name that is no class of the model, a code the SR uses for one of its own items
+            (``SR_CONCEPTS``), or two classes with the same code.
     """
     given = given or {}
     unknown = [name for name in given if name not in classes]
     if unknown:
         raise UsageError(f"--class-code {', '.join(unknown)}: no such class in the bundle (its classes: "
                          f"{', '.join(classes)})")
-    codes = tuple(given.get(name) or CLASS_CODES.get(name.lower().replace("_", " ")) or (f"C{k}", SCHEME, name[:64])
+    codes = tuple(given.get(name) or CLASS_CODES.get(name.lower().replace("_", " "))
+                  or (f"C{k}", SCHEME, name.replace("\\", "/")[:64])  # a backslash would split the meaning (LO) in two
                   for k, name in enumerate(classes))
     first: dict[tuple[str, str], str] = {}
     for name, code in zip(classes, codes, strict=True):
+        if code[:2] in SR_CONCEPTS:
+            raise UsageError(f"--class-code {name}: {code[1]} {code[0]} is a concept of the SR's own structure; give "
+                             "the class a code of what it is")
         if (other := first.setdefault(code[:2], name)) != name:
             raise UsageError(f"classes {other!r} and {name!r} have the same code ({code[1]} {code[0]}): give one of "
                              f"them another with --class-code")
@@ -140,6 +153,34 @@ def class_codes(classes, given: Mapping[str, Code] | None = None) -> tuple[Code,
 def private_classes(classes, codes) -> list[str]:
     """The classes coded in medge's private scheme (``class_codes``' last resort)."""
     return [name for name, code in zip(classes, codes, strict=True) if code[1] == SCHEME]
+
+
+UTF8 = "ISO_IR 192"
+
+
+def character_set(source, *made_of):
+    """The Specific Character Set of a result object on ``source`` whose own text is in ``made_of`` (texts, and
+    dataclasses such as a ``Finding`` and the ``Algorithm``: their class names, codes, what thresholds guarantee,
+    warnings, the model's name): the source's, as highdicom copies it, while all that text is ASCII, which every character
+    set holds; else UTF-8 (ISO_IR 192), which holds the source's text and medge's alike (pydicom writes every
+    text in the object's character set). Without it a class "pneumonía" was written in Latin-1 under the default
+    repertoire (an object dsrdump cannot read), and "肺炎" as "??"."""
+    texts: list[str] = []
+
+    def walk(value):
+        if isinstance(value, str):
+            texts.append(value)
+        elif dataclasses.is_dataclass(value):
+            walk(dataclasses.astuple(value))
+        elif isinstance(value, dict):
+            for pair in value.items():
+                walk(pair)
+        elif isinstance(value, tuple | list):
+            for item in value:
+                walk(item)
+
+    walk(made_of)
+    return source.get("SpecificCharacterSet") if all(t.isascii() for t in texts) else UTF8
 
 
 @dataclass(frozen=True)
@@ -515,7 +556,7 @@ def build_sr(source, finding: Finding | Findings, algorithm: Algorithm, series_u
         procedure_reported=CodedConcept(value="363679005", scheme_designator="SCT", meaning="Imaging procedure"),
         imaging_measurements=groups,
     )
-    if isinstance(finding, Findings):  # TID 1500 row 12: the report's own qualitative evaluations
+    if _has_exam_flag(finding):  # TID 1500 row 12: the report's own qualitative evaluations
         content[0].ContentSequence.append(_exam_flag(finding))
     private = [SCHEME] if any(code[1] == SCHEME for code in finding.codes) else []  # declared where it is used
     return hd.sr.Comprehensive3DSR(
@@ -525,7 +566,14 @@ def build_sr(source, finding: Finding | Findings, algorithm: Algorithm, series_u
         is_verified=False, contributing_equipment=[_contributing_equipment(algorithm)],
         series_description=NOT_FOR_DIAGNOSIS, manufacturer_model_name=algorithm.name[:64],
         software_versions=f"medge {algorithm.version}"[:64], coding_schemes=_coding_schemes(*private, "99IHE"),
+        specific_character_set=character_set(source, finding, algorithm),
     )
+
+
+def _has_exam_flag(finding: Finding | Findings) -> bool:
+    """Whether the SR states the exam-level flag: a multi-label model's with at least one finding it decides (of
+    findings none of which has a threshold, "any present" would be neither true nor false)."""
+    return isinstance(finding, Findings) and any(t is not None for t in finding.thresholds)
 
 
 # The root attributes of an SR that differ per instance (besides the patient and study's): put in by SRTemplate.fill.
@@ -536,9 +584,9 @@ PER_INSTANCE = ("SOPInstanceUID", "SeriesInstanceUID", "InstanceNumber", "Instan
 
 def _concept(item) -> tuple[str, str, str]:
     """A content item's value type and concept name (code value, scheme): what it is, whatever its value. A class's
-    code may be long (over 16 characters: a Long Code Value) or a URN, as the user gave it."""
+    code may be long (over 16 characters: a Long Code Value, as highdicom writes it)."""
     name = item.ConceptNameCodeSequence[0]
-    value = name.get("CodeValue") or name.get("LongCodeValue") or name.get("URNCodeValue")
+    value = name.get("CodeValue") or name.get("LongCodeValue")
     return str(item.ValueType), str(value), str(name.CodingSchemeDesignator)
 
 
@@ -610,8 +658,8 @@ class SRTemplate:
         now = datetime.datetime.now()
         ds.InstanceCreationDate = ds.ContentDate = DA(now.date())
         ds.InstanceCreationTime = ds.ContentTime = TM(now.time())
-        if "SpecificCharacterSet" in source:
-            ds.SpecificCharacterSet = source.SpecificCharacterSet
+        if (charset := character_set(source, finding, self.algorithm)) is not None:
+            ds.SpecificCharacterSet = charset
         ds.ContributingEquipmentSequence = [*_acquisition_equipment(source), self._ours,
                                             hd.ContributingEquipment.for_highdicom()]
         ds.CurrentRequestedProcedureEvidenceSequence = [_evidence(source)]
@@ -632,7 +680,7 @@ class SRTemplate:
             items += [_comment(f"warning: {text}") for text in finding.warnings]  # each group its own items
             filled.append(_shallow(group, ContentSequence=items))
         root[at] = _shallow(root[at], ContentSequence=filled)
-        if isinstance(finding, Findings):
+        if _has_exam_flag(finding):
             root[self._root_concepts.index(("CONTAINER", *QUALITATIVE_EVALUATIONS[:2]))] = _exam_flag(finding)
         return root
 
@@ -864,6 +912,7 @@ def build_heatmap_sc(source, rgb, algorithm: Algorithm, series_uid: str, instanc
         patient_orientation=tuple(orientation) if known else ("L", "F"),
         transfer_syntax_uid="1.2.840.10008.1.2.1", contributing_equipment=[_contributing_equipment(algorithm)],
         series_description=NOT_FOR_DIAGNOSIS, coding_schemes=_coding_schemes("99IHE"),  # the algorithm's purpose
+        specific_character_set=character_set(source, algorithm, explained or ""),
     )
     if not known:  # Type 2: empty when the source does not say; never made up
         sc.PatientOrientation = None

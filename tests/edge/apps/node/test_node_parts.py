@@ -63,6 +63,7 @@ PTX = ("36118008", "SCT", "Pneumothorax")
     (f"{'c' * 65}=SCT:1", "MEANING 'c+' is longer .* \\(the class name is the meaning when none is given\\)"),
     ("ptx=SCT:1:a\\b", "MEANING 'a.+b' holds a backslash or a control character"),
     ("ptx=SCT:1\t2", "VALUE '1.+2' holds a backslash or a control character"),
+    ("ptx=99L:urn:oid:1.2.3", "a URN code value cannot be given"),
 ])
 def test_class_code_refusals_name_the_option_and_the_problem(text, problem):
     with pytest.raises(UsageError, match=f"^--class-code .*{problem}"):

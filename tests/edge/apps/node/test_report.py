@@ -160,7 +160,8 @@ def test_the_template_gives_the_full_build_element_for_element(tmp_path):
                                                                                              "normal": 0.0}),
                 report.Finding(("a", "b", "c"), {"a": 0.2, "b": 0.3, "c": 0.5}, "c", warnings=("x", "y")),
                 _findings(P, warnings=("x", "y")), _findings(0.5),
-                dataclasses.replace(_findings(0.5), codes=(LONG_CODE, ("C1", "99MEDGE", "Nodule")))]
+                dataclasses.replace(_findings(0.5), codes=(LONG_CODE, ("C1", "99MEDGE", "Nodule"))),
+                *WORDED, UNDECIDED]
     for finding in findings:
         template = report.sr_template(ALGORITHM, finding)
         before = _reread(template.sr)
@@ -176,6 +177,76 @@ def test_the_template_gives_the_full_build_element_for_element(tmp_path):
             stamp.value = expected.ContributingEquipmentSequence[-1].ContributionDateTime
             assert _encoded(filled) == _encoded(expected), _difference(filled, expected)
         assert _encoded(template.sr) == _encoded(before)  # filling never changes the template
+
+
+# Classes in other scripts, a backslash (LO's value delimiter) in one, and a multi-label model that decides nothing.
+WORDED = [report.Finding(("pneumonía", "肺炎", "a\\b"), {"pneumonía": 0.2, "肺炎": 0.3, "a\\b": 0.5}, "肺炎",
+                         warnings=("contraste bajo",)),
+          report.Findings(("Effusion", "肺炎"), {"Effusion": 0.5, "肺炎": 0.7}, {"Effusion": True, "肺炎": False},
+                          (0.4, 0.6), ("youden", "youden"))]
+UNDECIDED = report.Findings(("Effusion", "Nodule"), {"Effusion": 0.5, "Nodule": 0.7}, {"Effusion": None, "Nodule": None},
+                            (None, None), ("unsupported", "unsupported"))
+
+
+@pytest.mark.parametrize("finding", WORDED, ids=["single-label", "multi-label"])
+def test_text_that_is_not_ascii_makes_the_result_utf8_and_reads_back(tmp_path, finding):
+    """Class names beyond ASCII: the SR and SC in UTF-8 (ISO_IR 192), each name read back as it was, a source's Latin-1
+    patient name too; dciodvfy finds nothing of it (before: a Latin-1 byte under the default repertoire, which
+    dciodvfy and dsrdump refused, and "??" for 肺炎); an ASCII result keeps its source's character set."""
+    import highdicom as hd
+
+    source = _header(write_radiograph(tmp_path / "cr.dcm", "CR"))
+    source.SpecificCharacterSet, source.PatientName = "ISO_IR 100", "Müller^Jürgen"
+    names = finding.classes if isinstance(finding, report.Finding) else finding.names
+    for build in BUILDS.values():
+        sr = _reread(build(source, finding, ALGORITHM, "1.2.3.4", "1.2.3.5"))
+        assert sr.SpecificCharacterSet == "ISO_IR 192" and sr.PatientName == "Müller^Jürgen"
+        groups = hd.sr.Comprehensive3DSR.from_dataset(sr).content.get_image_measurement_groups()
+        assert [g.finding_type.meaning for g in groups] == [n.replace("\\", "/") for n in names]
+    assert _reread(BUILDS["template"](source, FINDING, ALGORITHM, "1.2.3.4", "1.2.3.5")).SpecificCharacterSet == \
+        "ISO_IR 100"  # all of medge's text ASCII: the source's, as before
+    rgb = np.zeros((32, 32, 3), np.uint8)
+    sc = _reread(report.build_heatmap_sc(source, rgb, ALGORITHM, "1.2.3.6", "1.2.3.7", explained="肺炎"))
+    assert sc.SpecificCharacterSet == "ISO_IR 192" and "肺炎" in sc.DerivationDescription
+    if os.access(DCIODVFY, os.X_OK):
+        for kind, ds in (("SR", sr), ("SC", sc)):
+            found = _dciodvfy(ds, tmp_path / f"{kind}.dcm", kind)
+            assert [line for line in found if line != PRIVATE_SCHEME and not _inherited(line, source)] == [], found
+
+
+def test_a_multilabel_model_that_decides_nothing_states_no_exam_flag(tmp_path):
+    """"Any finding present" of findings none of which has a threshold would be neither true nor false: not stated."""
+    source = _header(write_radiograph(tmp_path / "cr.dcm", "CR"))
+    for build in BUILDS.values():
+        root = _reread(build(source, UNDECIDED, ALGORITHM, "1.2.3.4", "1.2.3.5")).ContentSequence
+        names = [item.ConceptNameCodeSequence[0].CodeValue for item in root]
+        assert report.QUALITATIVE_EVALUATIONS[0] not in names and "126010" in names
+        decided = _reread(build(source, _findings(0.5), ALGORITHM, "1.2.3.4", "1.2.3.5")).ContentSequence
+        assert report.QUALITATIVE_EVALUATIONS[0] in [item.ConceptNameCodeSequence[0].CodeValue for item in decided]
+
+
+def test_sr_concepts_are_every_concept_the_sr_names_and_no_class_may_take_one(tmp_path):
+    from medge.edge.errors import UsageError
+
+    source = _header(write_radiograph(tmp_path / "cr.dcm", "CR"))
+    used = set()
+    for finding in (FINDING, _findings(0.5), report.Finding(("a", "b"), {"a": 0.4, "b": 0.6}, "b")):
+        sr = report.build_sr(source, finding, ALGORITHM, "1.2.3.4", "1.2.3.5")
+        used |= _concept_names(sr.ContentSequence) - {code[:2] for code in finding.codes}
+    assert used == report.SR_CONCEPTS
+    with pytest.raises(UsageError, match="--class-code ptx: DCM 121071 is a concept of the SR's own structure"):
+        report.class_codes(("ptx", "normal"), {"ptx": ("121071", "DCM", "Finding")})
+
+
+def _concept_names(items) -> set[tuple[str, str]]:
+    """Every concept name (value, designator) in a content tree."""
+    names = set()
+    for item in items:
+        if "ConceptNameCodeSequence" in item:
+            concept = item.ConceptNameCodeSequence[0]
+            names.add((concept.CodeValue, concept.CodingSchemeDesignator))
+        names |= _concept_names(item.get("ContentSequence", []))
+    return names
 
 
 def _seconds(ds, which: str) -> float:
