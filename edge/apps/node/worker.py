@@ -139,10 +139,7 @@ class Classifier:
         record["classified_at"] = _iso(time.time())
         self.spool.commit(item, record)
         self.counts[record["status"]] += 1
-        what = f"{record['status']}: {record['reason']}"
-        if record["status"] == "classified":  # a multi-label label's findings, and each finding's probability
-            what = f"{pred.label} ({max(pred.probabilities.values()):.3f})" if pred.decisions is None else \
-                f"{pred.label} ({', '.join(f'{k} {v:.3f}' for k, v in pred.probabilities.items())})"
+        what = said(pred) if record["status"] == "classified" else f"{record['status']}: {record['reason']}"
         self.log(f"{tag}: {what}" + (f" [{len(pred.warnings)} warning(s)]" if pred.warnings else ""))
         return record
 
@@ -207,6 +204,15 @@ class Classifier:
         if self.forwarder is not None:
             self.forwarder.put(name, data)
         return str(Path("reports") / path.name)
+
+
+def said(pred: Prediction) -> str:
+    """A classified instance in the log: its label and the label's probability (a label by the bundle's threshold
+    is often not the most probable class: "disease (0.304)", not the 0.696 of "normal"), or a multi-label label's
+    findings and each finding's probability."""
+    if pred.decisions is None:
+        return f"{pred.label} ({pred.probabilities[pred.label]:.3f})"
+    return f"{pred.label} ({', '.join(f'{k} {v:.3f}' for k, v in pred.probabilities.items())})"
 
 
 def _identity(source, item: Spooled) -> dict:

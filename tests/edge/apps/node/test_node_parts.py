@@ -94,6 +94,17 @@ def test_the_node_says_at_start_which_classes_it_codes_privately():
         coding_notes(["disease", "normal"], NodeConfig(class_codes={"ptx": PTX}))
 
 
+def test_the_log_gives_the_labels_probability():
+    from medge.edge.apps.node.worker import said
+    from medge.edge.prediction import Prediction
+
+    by_threshold = Prediction("x.dcm", label="disease", probabilities={"disease": 0.304, "normal": 0.696})
+    assert said(by_threshold) == "disease (0.304)"  # not the most probable class's 0.696
+    findings = Prediction("x.dcm", label="Effusion", probabilities={"Effusion": 0.61, "Nodule": 0.2},
+                          decisions={"Effusion": True, "Nodule": False}, thresholds={"Effusion": 0.4, "Nodule": 0.5})
+    assert said(findings) == "Effusion (Effusion 0.610, Nodule 0.200)"
+
+
 # --- the spool ---------------------------------------------------------------------------------------------------
 def _received(tmp_path, name="incoming.dcm", data=b"DICM" * 10):
     path = tmp_path / name
