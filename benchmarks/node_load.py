@@ -30,12 +30,15 @@ a 2-core box their CPU is part of what the node does not get.
 The contender, interleaved with the rounds (before the first, between rounds, after
 the last: the box drifts): ``Model.predict`` on the same files in this process, with
 ``medge predict``'s defaults (batch size 8, one pipeline thread per core) and with the
-node's batch size 1; instances/s from the first file read to the last result. Each
-round's ratio is node / the mean of the predict runs just before and after it.
+node's batch size 1; instances/s from the first file read to the last result, and this
+process's CPU time per instance (the Orthanc polling paused meanwhile). Each round's
+ratio is node / the mean of the predict runs just before and after it; ``cpu_figures``
+adds the same in CPU per instance and the ratio's ceiling with the senders beside.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import json
 import os
@@ -180,17 +183,21 @@ class ChangeWatcher:
         self.pacs, self.poll_s = pacs, poll_s
         self.seen: list[tuple[int, str, float]] = []  # (change seq, Orthanc instance ID, seen at)
         self.last = pacs.get_json("/changes?last")["Last"]
-        self._stop = threading.Event()
-        self._lock = threading.Lock()
+        self._stop, self._polling = threading.Event(), threading.Event()
+        self._polling.set()
+        self._lock, self._reading = threading.Lock(), threading.Lock()
         self._thread = threading.Thread(target=self._run, name="node-load-changes", daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
         client = httpx.Client()  # one kept-alive connection
         while not self._stop.is_set():
+            if not self._polling.wait(0.1):  # paused
+                continue
             asked = time.time()  # what this read sees was stored before it: the arrival is at most poll_s earlier
             try:
-                got = self.pacs.get_json(f"/changes?since={self.last}&limit=1000", client)
+                with self._reading:
+                    got = self.pacs.get_json(f"/changes?since={self.last}&limit=1000", client)
             except httpx.HTTPError:
                 client.close()
                 client = httpx.Client()
@@ -201,6 +208,18 @@ class ChangeWatcher:
             if got["Done"]:
                 self._stop.wait(self.poll_s)
         client.close()
+
+    @contextlib.contextmanager
+    def paused(self):
+        """No reading in the block, a read under way finished first: ``Model.predict``'s runs, whose CPU time is
+        this process's (the polling costs ~70 ms of CPU a second)."""
+        self._polling.clear()
+        with self._reading:
+            pass
+        try:
+            yield
+        finally:
+            self._polling.set()
 
     def since(self, seq: int) -> list[tuple[int, str, float]]:
         with self._lock:
@@ -509,11 +528,16 @@ def measure(bundle: str, paths: list[Path], cfg: LoadConfig, work: Path, orthanc
         watcher = ChangeWatcher(pacs, cfg.poll_s)
         ctx = Session(cfg, pacs, watcher, node, port, node_log, work / "node" / "results.jsonl", contexts)
         warmup = run_round(ctx, warm, 1, work / "round-warmup")
-        predicts, rounds = [run_predicts(model, paths, cfg)], []
+
+        def contender() -> dict:
+            with watcher.paused():  # its CPU is not predict's
+                return run_predicts(model, paths, cfg)
+
+        predicts, rounds = [contender()], []
         for i, c in enumerate(cfg.associations):
             rounds.append(run_round(ctx, paths, c, work / f"round-{i}"))
             shutil.rmtree(work / f"round-{i}", ignore_errors=True)
-            predicts.append(run_predicts(model, paths, cfg))
+            predicts.append(contender())
     finally:
         if watcher is not None:
             watcher.stop()

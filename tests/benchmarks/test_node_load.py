@@ -86,3 +86,34 @@ def test_the_recorded_table_states_the_ceiling_and_old_records_still_print():
         g.pop("ceiling_with_senders_beside")
     text = table(record)
     assert " n/a |" in text and "ceiling" not in text.split("Goal:")[1]
+
+
+def test_the_change_watcher_reads_nothing_while_paused():
+    """The predict runs' CPU time is this process's: the Orthanc polling stops for them (a read under way first)."""
+    import threading
+    import time
+
+    from medge.benchmarks.node_load import ChangeWatcher
+
+    class Pacs:
+        def __init__(self):
+            self.reads, self.lock = 0, threading.Lock()
+
+        def get_json(self, path, client=None):
+            with self.lock:
+                self.reads += 1
+            return {"Last": 0, "Changes": [], "Done": True}
+
+    pacs = Pacs()
+    watcher = ChangeWatcher(pacs, 0.001)
+    try:
+        while pacs.reads < 5:  # polling
+            time.sleep(0.005)
+        with watcher.paused():
+            before = pacs.reads
+            time.sleep(0.2)  # some 100 polls' time
+            assert pacs.reads == before
+        while pacs.reads < before + 5:  # polling again
+            time.sleep(0.005)
+    finally:
+        watcher.stop()
