@@ -106,7 +106,7 @@ class Forwarder:
     def _failed(self, why: str) -> bool:
         self.failures += 1
         self.last_error = why
-        waiting = len(self.waiting())  # the round stopped at one object: what else waits behind it
+        waiting = len(self.waiting())  # what waits, the object the round stopped at included
         self.log(f"{self.sender.option}: {why}; {waiting} result object(s) waiting in {self.dir.name}/, "
                  f"retrying in {self.delay_s():.0f} s")
         return False
