@@ -430,11 +430,27 @@ def past_the_end(path, ds) -> str | None:
         return None  # where the dataset starts, or how it is encoded, is not known for sure
     start = (132 if ds.preamble is not None else 0) + 12 + int(meta.FileMetaInformationGroupLength)
     size = os.path.getsize(path)
+    previous = None
     with open(path, "rb") as fp:
         fp.seek(start)
         for raw in data_element_generator(fp, *ds.original_encoding, defer_size=4096):
             length = getattr(raw, "length", 0xFFFFFFFF)  # a sequence of undefined length comes parsed, checked
             if length != 0xFFFFFFFF and raw.value_tell + length > size:
-                return (f"the dataset is damaged: element {raw.tag} states a length of {length} bytes, "
-                        f"past the end of the file ({size} bytes)")
+                past = f"states a length of {length} bytes, past the end of the file ({size} bytes)"
+                if previous is not None and not _an_element(raw):  # read from the middle of another value
+                    return (f"the dataset is damaged: the length of element {previous} is probably wrong, for what "
+                            f"follows it is no DICOM element ({raw.tag} {past})")
+                return f"the dataset is damaged: element {raw.tag} {past}"
+            previous = raw.tag
     return None
+
+
+def _an_element(raw) -> bool:
+    """Whether a raw element read from a file looks like one: a private tag (odd group), or a tag of the dictionary,
+    with a VR of DICOM's (explicit VR); a wrong length before it has the reader take bytes of a value for a header."""
+    from pydicom.datadict import dictionary_has_tag
+    from pydicom.valuerep import VR
+
+    if raw.VR is not None and raw.VR not in VR.__members__:
+        return False
+    return raw.tag.group % 2 == 1 or dictionary_has_tag(raw.tag)

@@ -154,6 +154,11 @@ def test_a_damaged_element_length_is_named_as_damage(tmp_path):
     damaged.write_bytes(data[:at + 6] + b"\xf0\xff" + data[at + 8:])  # its length now runs past the end
     why = check_header(damaged, "1.2.3")
     assert why.startswith("the dataset is damaged: element (0010,0010) states a length of 65520 bytes")
+    for length in (b"\x03\x00", b"\x28\x00"):  # a wrong length inside the file: the reader lands inside a value
+        damaged.write_bytes(data[:at + 6] + length + data[at + 8:])
+        assert check_header(damaged, "1.2.3").startswith(
+            "the dataset is damaged: the length of element (0010,0010) is probably wrong, for what follows it is no "
+            "DICOM element (")  # not the garbage "element" past it alone, as before
     assert check_header(good, "1.2.3") == "the dataset's SOP Instance UID is not the one of the C-STORE request"
 
 
